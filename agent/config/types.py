@@ -1,0 +1,152 @@
+"""Typed, validated configuration: what the loader produces and the rest of the agent consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Source:
+    """Where a definition came from, for error messages: a file (and line) or the HTTP API."""
+
+    path: str = "<api>"
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+@dataclass(slots=True)
+class CheckDefinition:
+    """A health check as written in a file or an API body, durations in seconds."""
+
+    id: str = ""
+    name: str = ""
+    notes: str = ""
+    service_id: str = ""
+    status: str = "critical"  # initial status
+    interval: float | None = None
+    timeout: float | None = None
+    ttl: float | None = None
+    http: str = ""
+    method: str = "GET"
+    header: dict[str, list[str]] = field(default_factory=dict)
+    body: str = ""
+    tls_skip_verify: bool = False
+    tls_server_name: str = ""
+    disable_redirects: bool = False
+    tcp: str = ""
+    args: list[str] = field(default_factory=list)
+    deregister_critical_service_after: float | None = None
+    success_before_passing: int = 0
+    failures_before_warning: int = 0
+    failures_before_critical: int = 0
+    source: Source = field(default_factory=Source)
+
+    @property
+    def type(self) -> str:
+        """Consul's check type name: http, tcp, script, ttl (or '' when none is set)."""
+        if self.ttl is not None:
+            return "ttl"
+        if self.http:
+            return "http"
+        if self.tcp:
+            return "tcp"
+        if self.args:
+            return "script"
+        return ""
+
+
+@dataclass(slots=True)
+class Weights:
+    """DNS SRV weights by aggregated check status."""
+
+    passing: int = 1
+    warning: int = 1
+
+
+@dataclass(slots=True)
+class ServiceDefinition:
+    """A service as written in a file or an API body."""
+
+    name: str
+    id: str = ""  # defaults to name after parsing
+    tags: list[str] = field(default_factory=list)
+    address: str = ""
+    port: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+    weights: Weights = field(default_factory=Weights)
+    checks: list[CheckDefinition] = field(default_factory=list)
+    enable_tag_override: bool = False
+    kind: str = ""
+    tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proxy: dict[str, Any] = field(default_factory=dict)
+    # connect { native, sidecar_service {...} } kept as a plain dict; a later issue acts on it.
+    connect: dict[str, Any] = field(default_factory=dict)
+    source: Source = field(default_factory=Source)
+
+
+@dataclass(slots=True)
+class DNSConfig:
+    """The `dns_config` block."""
+
+    only_passing: bool = False
+    node_ttl: float = 0.0
+    service_ttl: dict[str, float] = field(default_factory=dict)  # "*" is the fallback
+    udp_answer_limit: int = 3
+    enable_truncate: bool = True
+    a_record_limit: int = 0  # 0 = unlimited
+    recursor_timeout: float = 2.0
+    allow_stale: bool = True
+    max_stale: float = 87600 * 3600.0
+    soa_refresh: int = 3600
+    soa_retry: int = 600
+    soa_expire: int = 86400
+    soa_min_ttl: int = 0
+
+
+@dataclass(slots=True)
+class Ports:
+    """The `ports` block (-1 disables a listener)."""
+
+    dns: int = 8600
+    http: int = 8500
+    serf_lan: int = 8301
+    serf_wan: int = 8302
+    server: int = 8300
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    """The merged agent configuration: defaults < files (lexical order) < command-line flags."""
+
+    node_name: str = ""
+    node_id: str = ""
+    datacenter: str = "dc1"
+    data_dir: str = ""
+    dev: bool = False
+    server: bool = False
+    bootstrap_expect: int = 0
+    bind_addr: str = "0.0.0.0"
+    advertise_addr: str = ""
+    client_addr: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    domain: str = "mesh."
+    log_level: str = "info"
+    log_json: bool = False
+    enable_local_script_checks: bool = False
+    enable_script_checks: bool = False
+    node_meta: dict[str, str] = field(default_factory=dict)
+    recursors: list[str] = field(default_factory=list)
+    dns_config: DNSConfig = field(default_factory=DNSConfig)
+    retry_join: list[str] = field(default_factory=list)
+    encrypt: str = ""
+    check_update_interval: float = 300.0
+    default_query_time: float = 300.0
+    max_query_time: float = 600.0
+    leave_on_terminate: bool | None = None
+    skip_leave_on_interrupt: bool | None = None
+    services: list[ServiceDefinition] = field(default_factory=list)
+    checks: list[CheckDefinition] = field(default_factory=list)
+    config_files: list[str] = field(default_factory=list)  # every file that was loaded, in order

@@ -1,0 +1,1 @@
+"""meshagent.agent.http."""
