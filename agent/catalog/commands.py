@@ -1,0 +1,47 @@
+"""Constructors for catalog commands: the only shapes `Catalog.apply` accepts (and the Raft log carries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .model import Check, Node, Service, row_to_dict
+
+
+def register(node: Node, service: Service | None = None, checks: list[Check] | None = None) -> dict[str, Any]:
+    """Upsert a node, optionally one service on it and checks on it."""
+    return {
+        "op": "register",
+        "node": row_to_dict(node),
+        "service": row_to_dict(service) if service is not None else None,
+        "checks": [row_to_dict(c) for c in checks or ()],
+    }
+
+
+def deregister(node: str, service_id: str = "", check_id: str = "") -> dict[str, Any]:
+    """Remove a check, a service (with its checks) or, with neither id, the whole node."""
+    return {"op": "deregister", "node": node, "service_id": service_id, "check_id": check_id}
+
+
+def kv_set(key: str, value: bytes, flags: int = 0) -> dict[str, Any]:
+    """Write a key unconditionally."""
+    return {"op": "kv", "verb": "set", "key": key, "value": value, "flags": flags}
+
+
+def kv_cas(key: str, value: bytes, index: int, flags: int = 0) -> dict[str, Any]:
+    """Write a key only if its ModifyIndex equals index (0: only if absent)."""
+    return {"op": "kv", "verb": "cas", "key": key, "value": value, "flags": flags, "index": index}
+
+
+def kv_delete(key: str) -> dict[str, Any]:
+    """Delete one key."""
+    return {"op": "kv", "verb": "delete", "key": key}
+
+
+def kv_delete_cas(key: str, index: int) -> dict[str, Any]:
+    """Delete a key only if its ModifyIndex equals index."""
+    return {"op": "kv", "verb": "delete-cas", "key": key, "index": index}
+
+
+def kv_delete_tree(prefix: str) -> dict[str, Any]:
+    """Delete every key under a prefix."""
+    return {"op": "kv", "verb": "delete-tree", "key": prefix}

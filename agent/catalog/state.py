@@ -1,0 +1,473 @@
+"""The catalog state machine: every write is `apply(index, command)`, reads are queries over indexed tables.
+
+It is pure (no trio, no clock, no I/O) so that the Raft FSM can wrap it unchanged. Rows are never mutated
+in place: a write replaces the row, so a reader holding an old row sees a consistent old version.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+from .model import (
+    CRITICAL,
+    PASSING,
+    WARNING,
+    Check,
+    KVEntry,
+    Node,
+    Service,
+    row_from_dict,
+    row_to_dict,
+    worst_status,
+)
+
+SNAPSHOT_VERSION = 1
+
+ChangeListener = Callable[[int, frozenset[str]], None]
+
+
+class CommandError(ValueError):
+    """A command that cannot be applied (unknown op, missing field); the state is left unchanged."""
+
+
+@dataclass(slots=True, frozen=True)
+class Instance:
+    """One service instance with its node and every check that decides its health (node checks first)."""
+
+    node: Node
+    service: Service
+    checks: tuple[Check, ...]
+
+    @property
+    def status(self) -> str:
+        """Aggregated health (critical > warning > passing) over node and service checks; the one predicate
+        that DNS (drops critical, or warning too with only_passing) and `?passing` (all passing) share."""
+        return worst_status([c.status for c in self.checks])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Rows equal apart from their indexes (so re-registering unchanged data bumps nothing)."""
+    same: bool = replace(a, create_index=0, modify_index=0) == replace(b, create_index=0, modify_index=0)
+    return same
+
+
+class Catalog:
+    """Nodes, services, checks and KV with per-watch-key indexes for blocking queries."""
+
+    def __init__(self) -> None:
+        self.last_index = 0
+        self._nodes: dict[str, Node] = {}  # lower-case name -> row
+        self._services: dict[tuple[str, str], Service] = {}  # (node lower, service id) -> row
+        self._services_by_name: dict[str, set[tuple[str, str]]] = {}
+        self._services_by_node: dict[str, set[str]] = {}
+        self._checks: dict[tuple[str, str], Check] = {}  # (node lower, check id) -> row
+        self._checks_by_node: dict[str, set[str]] = {}
+        self._kv: dict[str, KVEntry] = {}
+        self._kv_keys: list[str] = []  # sorted, for prefix scans
+        self._kv_graveyard: dict[str, int] = {}  # deleted key -> delete index, so prefix indexes never go back
+        self._key_index: dict[str, int] = {}
+        self._listeners: list[ChangeListener] = []
+        self._changed: set[str] = set()
+
+    # ------------------------------------------------------------------ writes
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call `listener(index, changed_watch_keys)` after every apply that changed something."""
+        self._listeners.append(listener)
+
+    def apply(self, index: int, command: dict[str, Any]) -> Any:
+        """Apply one command at a log index; returns the command's result (e.g. a CAS outcome)."""
+        if index <= self.last_index:
+            raise CommandError(f"index {index} is not after the last applied index {self.last_index}")
+        op = command.get("op")
+        handler = _HANDLERS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise CommandError(f"unknown catalog command op {op!r}")
+        self._changed = set()
+        try:
+            result = handler(self, index, command)
+        except (KeyError, TypeError) as exc:
+            raise CommandError(f"malformed {op} command: {exc}") from exc
+        finally:
+            self.last_index = index
+            changed = frozenset(self._changed)
+            self._changed = set()
+        for key in changed:
+            self._key_index[key] = index
+        if changed:
+            for listener in self._listeners:
+                listener(index, changed)
+        return result
+
+    def _touch(self, *keys: str) -> None:
+        self._changed.update(keys)
+
+    def _touch_node(self, node_key: str) -> None:
+        """Any change on a node: its own views, and every service it hosts (node checks affect health)."""
+        self._touch(f"node:{node_key}")
+        for sid in self._services_by_node.get(node_key, ()):
+            self._touch(f"service:{self._services[(node_key, sid)].service.lower()}")
+
+    def _apply_register(self, index: int, cmd: dict[str, Any]) -> bool:
+        node = row_from_dict(Node, cmd["node"])
+        if not node.node:
+            raise CommandError("register: node name is required")
+        nkey = node.node.lower()
+        svc_data = cmd.get("service")
+        # Validate everything before the first write, so a rejected command changes nothing.
+        if svc_data is not None and not svc_data.get("service"):
+            raise CommandError("register: service name is required")
+        known_ids = set(self._services_by_node.get(nkey, ()))
+        if svc_data:
+            known_ids.add(svc_data.get("id") or svc_data["service"])
+        for check_data in cmd.get("checks") or ():
+            if not check_data.get("check_id"):
+                raise CommandError("register: check id is required")
+            sid = check_data.get("service_id")
+            if sid and sid not in known_ids:
+                raise CommandError(f"register: check {check_data['check_id']!r} refers to unknown service {sid!r}")
+        old_node = self._nodes.get(nkey)
+        if old_node is None or not _same(old_node, node):
+            create = old_node.create_index if old_node else index
+            self._nodes[nkey] = replace(node, create_index=create, modify_index=index)
+            self._touch("nodes")
+            self._touch_node(nkey)
+        if svc_data:
+            self._ensure_service(index, nkey, row_from_dict(Service, {**svc_data, "node": node.node}))
+        for check_data in cmd.get("checks") or ():
+            self._ensure_check(index, nkey, row_from_dict(Check, {**check_data, "node": node.node}))
+        return True
+
+    def _ensure_service(self, index: int, nkey: str, svc: Service) -> None:
+        if not svc.id:
+            svc = replace(svc, id=svc.service)
+        if not svc.service:
+            raise CommandError("register: service name is required")
+        key = (nkey, svc.id)
+        old = self._services.get(key)
+        if old is not None and _same(old, svc):
+            return
+        if old is not None and old.service.lower() != svc.service.lower():
+            self._unlink_service_name(old)
+        self._services[key] = replace(svc, create_index=old.create_index if old else index, modify_index=index)
+        self._services_by_name.setdefault(svc.service.lower(), set()).add(key)
+        self._services_by_node.setdefault(nkey, set()).add(svc.id)
+        self._touch("services", f"service:{svc.service.lower()}", f"node:{nkey}")
+        # Service checks carry the service's name and tags; keep them in step.
+        for cid in list(self._checks_by_node.get(nkey, ())):
+            check = self._checks[(nkey, cid)]
+            if check.service_id == svc.id and (
+                check.service_name != svc.service or check.service_tags != svc.tags
+            ):
+                self._checks[(nkey, cid)] = replace(
+                    check, service_name=svc.service, service_tags=list(svc.tags), modify_index=index
+                )
+                self._touch("checks")
+
+    def _unlink_service_name(self, svc: Service) -> None:
+        lname = svc.service.lower()
+        members = self._services_by_name.get(lname)
+        if members is not None:
+            members.discard((svc.node.lower(), svc.id))
+            if not members:
+                del self._services_by_name[lname]
+        self._touch(f"service:{lname}")
+
+    def _ensure_check(self, index: int, nkey: str, check: Check) -> None:
+        if not check.check_id:
+            raise CommandError("register: check id is required")
+        if check.service_id:
+            svc = self._services.get((nkey, check.service_id))
+            if svc is None:
+                raise CommandError(f"register: check {check.check_id!r} refers to unknown service "
+                                   f"{check.service_id!r}")
+            check = replace(check, service_name=svc.service, service_tags=list(svc.tags))
+        key = (nkey, check.check_id)
+        old = self._checks.get(key)
+        if old is not None and _same(old, check):
+            return
+        self._checks[key] = replace(check, create_index=old.create_index if old else index, modify_index=index)
+        self._checks_by_node.setdefault(nkey, set()).add(check.check_id)
+        self._touch("checks", f"node:{nkey}")
+        for c in (old, check):
+            if c is None:
+                continue
+            if c.service_id:
+                svc = self._services.get((nkey, c.service_id))
+                if svc is not None:
+                    self._touch(f"service:{svc.service.lower()}")
+            else:
+                self._touch_node(nkey)
+
+    def _apply_deregister(self, index: int, cmd: dict[str, Any]) -> bool:
+        nkey = str(cmd["node"]).lower()
+        if nkey not in self._nodes:
+            return True
+        if cmd.get("check_id"):
+            self._delete_check(nkey, str(cmd["check_id"]))
+        elif cmd.get("service_id"):
+            self._delete_service(nkey, str(cmd["service_id"]))
+        else:
+            for sid in list(self._services_by_node.get(nkey, ())):
+                self._delete_service(nkey, sid)
+            for cid in list(self._checks_by_node.get(nkey, ())):
+                self._delete_check(nkey, cid)
+            del self._nodes[nkey]
+            self._touch("nodes", f"node:{nkey}")
+        return True
+
+    def _delete_service(self, nkey: str, sid: str) -> None:
+        svc = self._services.pop((nkey, sid), None)
+        if svc is None:
+            return
+        self._unlink_service_name(svc)
+        ids = self._services_by_node.get(nkey)
+        if ids is not None:
+            ids.discard(sid)
+            if not ids:
+                del self._services_by_node[nkey]
+        for cid in list(self._checks_by_node.get(nkey, ())):
+            if self._checks[(nkey, cid)].service_id == sid:
+                self._delete_check(nkey, cid)
+        self._touch("services", f"node:{nkey}")
+
+    def _delete_check(self, nkey: str, cid: str) -> None:
+        check = self._checks.pop((nkey, cid), None)
+        if check is None:
+            return
+        ids = self._checks_by_node.get(nkey)
+        if ids is not None:
+            ids.discard(cid)
+            if not ids:
+                del self._checks_by_node[nkey]
+        self._touch("checks", f"node:{nkey}")
+        if check.service_id:
+            svc = self._services.get((nkey, check.service_id))
+            if svc is not None:
+                self._touch(f"service:{svc.service.lower()}")
+        else:
+            self._touch_node(nkey)
+
+    def _apply_kv(self, index: int, cmd: dict[str, Any]) -> bool:
+        verb = cmd["verb"]
+        key = str(cmd["key"])
+        if verb in ("set", "cas"):
+            old = self._kv.get(key)
+            if verb == "cas":
+                expected = int(cmd.get("index", 0))
+                if expected == 0 and old is not None:
+                    return False
+                if expected != 0 and (old is None or old.modify_index != expected):
+                    return False
+            value = cmd.get("value") or b""
+            if not isinstance(value, bytes):
+                raise CommandError("kv: value must be bytes")
+            entry = KVEntry(key=key, value=value, flags=int(cmd.get("flags", 0)),
+                            create_index=old.create_index if old else index, modify_index=index)
+            if old is None:
+                bisect.insort(self._kv_keys, key)
+                self._kv_graveyard.pop(key, None)
+            self._kv[key] = entry
+            self._touch(f"kv:{key}")
+            return True
+        if verb == "delete":
+            self._kv_delete(index, key)
+            return True
+        if verb == "delete-cas":
+            old = self._kv.get(key)
+            if old is None or old.modify_index != int(cmd.get("index", 0)):
+                return False
+            self._kv_delete(index, key)
+            return True
+        if verb == "delete-tree":
+            for k in list(self._kv_prefix_keys(key)):
+                self._kv_delete(index, k)
+            return True
+        raise CommandError(f"unknown kv verb {verb!r}")
+
+    def _kv_delete(self, index: int, key: str) -> None:
+        if self._kv.pop(key, None) is None:
+            return
+        pos = bisect.bisect_left(self._kv_keys, key)
+        del self._kv_keys[pos]
+        self._kv_graveyard[key] = index
+        self._touch(f"kv:{key}")
+
+    # ------------------------------------------------------------------ indexes
+
+    def index_for(self, keys: Iterable[str]) -> int:
+        """The X-Consul-Index of a query watching `keys`: the last index at which any of them changed (≥ 1)."""
+        best = 1
+        for key in keys:
+            if key.startswith("kvprefix:"):
+                prefix = key[len("kvprefix:"):]
+                for k in self._kv_prefix_keys(prefix):
+                    best = max(best, self._kv[k].modify_index)
+                for k, idx in self._kv_graveyard.items():
+                    if idx > best and k.startswith(prefix):
+                        best = idx
+            else:
+                best = max(best, self._key_index.get(key, 0))
+        return best
+
+    # ------------------------------------------------------------------ reads
+
+    def node(self, name: str) -> Node | None:
+        """The node row by (case-insensitive) name."""
+        return self._nodes.get(name.lower())
+
+    def nodes(self) -> list[Node]:
+        """All nodes, sorted by name."""
+        return sorted(self._nodes.values(), key=lambda n: n.node)
+
+    def node_services(self, name: str) -> list[Service]:
+        """Every service instance on one node, sorted by id."""
+        nkey = name.lower()
+        return sorted((self._services[(nkey, sid)] for sid in self._services_by_node.get(nkey, ())),
+                      key=lambda s: s.id)
+
+    def node_checks(self, name: str) -> list[Check]:
+        """Every check on one node (node-level and service checks), sorted by id."""
+        nkey = name.lower()
+        return sorted((self._checks[(nkey, cid)] for cid in self._checks_by_node.get(nkey, ())),
+                      key=lambda c: c.check_id)
+
+    def services(self) -> dict[str, list[str]]:
+        """Service name -> sorted union of tags across its instances (catalog/services)."""
+        out: dict[str, set[str]] = {}
+        for svc in self._services.values():
+            out.setdefault(svc.service, set()).update(svc.tags)
+        return {name: sorted(tags) for name, tags in sorted(out.items())}
+
+    def service_instances(self, name: str, tag: str | None = None) -> list[Instance]:
+        """Every instance of a service (any health), with node and checks, sorted by node then id."""
+        out: list[Instance] = []
+        ltag = tag.lower() if tag is not None else None
+        for nkey, sid in sorted(self._services_by_name.get(name.lower(), ())):
+            svc = self._services[(nkey, sid)]
+            if ltag is not None and ltag not in (t.lower() for t in svc.tags):
+                continue
+            node = self._nodes[nkey]
+            node_checks = []
+            svc_checks = []
+            for cid in sorted(self._checks_by_node.get(nkey, ())):
+                check = self._checks[(nkey, cid)]
+                if not check.service_id:
+                    node_checks.append(check)
+                elif check.service_id == sid:
+                    svc_checks.append(check)
+            out.append(Instance(node, svc, tuple(node_checks + svc_checks)))
+        return out
+
+    def service_checks(self, name: str) -> list[Check]:
+        """Every check belonging to instances of a service."""
+        lname = name.lower()
+        return sorted((c for c in self._checks.values() if c.service_id and c.service_name.lower() == lname),
+                      key=lambda c: (c.node, c.check_id))
+
+    def checks_in_state(self, state: str) -> list[Check]:
+        """Checks with a status (`any` for all), sorted by node and id."""
+        return sorted((c for c in self._checks.values() if state == "any" or c.status == state),
+                      key=lambda c: (c.node, c.check_id))
+
+    def kv_get(self, key: str) -> KVEntry | None:
+        """One KV entry."""
+        return self._kv.get(key)
+
+    def _kv_prefix_keys(self, prefix: str) -> list[str]:
+        start = bisect.bisect_left(self._kv_keys, prefix)
+        end = len(self._kv_keys)
+        if prefix:
+            # Every key with this prefix sorts before prefix + the highest code point.
+            end = bisect.bisect_left(self._kv_keys, prefix + "\U0010ffff", start)
+        return self._kv_keys[start:end]
+
+    def kv_list(self, prefix: str) -> list[KVEntry]:
+        """Every entry whose key starts with prefix, sorted by key."""
+        return [self._kv[k] for k in self._kv_prefix_keys(prefix)]
+
+    def kv_keys(self, prefix: str, separator: str = "") -> list[str]:
+        """Keys under prefix; with a separator, deeper keys fold into `prefix…separator` like Consul."""
+        out: list[str] = []
+        for k in self._kv_prefix_keys(prefix):
+            if separator:
+                cut = k.find(separator, len(prefix))
+                if cut != -1:
+                    k = k[: cut + len(separator)]
+            if not out or out[-1] != k:
+                out.append(k)
+        return out
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> bytes:
+        """The whole state as msgpack bytes."""
+        packed: bytes = msgpack.packb(
+            {
+                "version": SNAPSHOT_VERSION,
+                "last_index": self.last_index,
+                "nodes": [row_to_dict(n) for n in self._nodes.values()],
+                "services": [row_to_dict(s) for s in self._services.values()],
+                "checks": [row_to_dict(c) for c in self._checks.values()],
+                "kv": [row_to_dict(e) for e in self._kv.values()],
+                "kv_graveyard": self._kv_graveyard,
+                "key_index": self._key_index,
+            },
+            use_bin_type=True,
+        )
+        return packed
+
+    @classmethod
+    def restore(cls, data: bytes) -> Catalog:
+        """Rebuild a catalog from `snapshot()` bytes; raises CommandError on a malformed snapshot."""
+        try:
+            raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(raw, dict) or raw.get("version") != SNAPSHOT_VERSION:
+                raise CommandError(f"unsupported catalog snapshot version {raw.get('version')!r}"
+                                   if isinstance(raw, dict) else "catalog snapshot is not a map")
+            cat = cls()
+            cat.last_index = int(raw["last_index"])
+            for n in raw["nodes"]:
+                node = row_from_dict(Node, n)
+                cat._nodes[node.node.lower()] = node
+            for s in raw["services"]:
+                svc = row_from_dict(Service, s)
+                nkey = svc.node.lower()
+                cat._services[(nkey, svc.id)] = svc
+                cat._services_by_name.setdefault(svc.service.lower(), set()).add((nkey, svc.id))
+                cat._services_by_node.setdefault(nkey, set()).add(svc.id)
+            for c in raw["checks"]:
+                check = row_from_dict(Check, c)
+                nkey = check.node.lower()
+                cat._checks[(nkey, check.check_id)] = check
+                cat._checks_by_node.setdefault(nkey, set()).add(check.check_id)
+            for e in raw["kv"]:
+                entry = row_from_dict(KVEntry, e)
+                cat._kv[entry.key] = entry
+            cat._kv_keys = sorted(cat._kv)
+            cat._kv_graveyard = {str(k): int(v) for k, v in raw["kv_graveyard"].items()}
+            cat._key_index = {str(k): int(v) for k, v in raw["key_index"].items()}
+            return cat
+        except CommandError:
+            raise
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise CommandError(f"corrupt catalog snapshot: {exc}") from exc
+
+    def state_equal(self, other: Catalog) -> bool:
+        """True when both catalogs hold the same rows (for round-trip tests and replicas)."""
+        return (self._nodes == other._nodes and self._services == other._services
+                and self._checks == other._checks and self._kv == other._kv)
+
+
+_HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
+    "register": Catalog._apply_register,
+    "deregister": Catalog._apply_deregister,
+    "kv": Catalog._apply_kv,
+}
+
+__all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance"]

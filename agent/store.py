@@ -1,0 +1,120 @@
+"""CatalogStore: the single-node home of the catalog. Hands out log indexes, persists, serves blocking queries.
+
+The Raft issue replaces the index counter and persistence with a replicated log; `Catalog` itself and the
+read/blocking-query side stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .catalog import Catalog, CommandError
+from .watch import WatchHub
+
+log = logging.getLogger("meshagent.store")
+
+SNAPSHOT_FILE = "catalog.snapshot"
+
+
+class StoreError(Exception):
+    """The store could not load or persist its state."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that a crash leaves either the old or the new content: temp file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CatalogStore:
+    """Owns the catalog on a single node; with a data dir every acknowledged write is on disk."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.hub = WatchHub()
+        self._path = Path(data_dir) / SNAPSHOT_FILE if data_dir else None
+        self.catalog = self._load()
+        self.catalog.add_listener(self.hub.notify)
+        self._persisted_index = self.catalog.last_index
+        self._dirty = trio.Event()
+        self._persisted = trio.Event()
+        self._persist_error: Exception | None = None
+
+    def _load(self) -> Catalog:
+        if self._path is None or not self._path.exists():
+            return Catalog()
+        try:
+            return Catalog.restore(self._path.read_bytes())
+        except (CommandError, OSError) as exc:
+            raise StoreError(f"cannot load catalog from {self._path}: {exc}") from exc
+
+    async def apply(self, command: dict[str, Any]) -> Any:
+        """Apply a command at the next index; returns once it is durable (with a data dir)."""
+        index = self.catalog.last_index + 1
+        result = self.catalog.apply(index, command)
+        if self._path is not None:
+            self._dirty.set()
+            while self._persisted_index < index:
+                if self._persist_error is not None:
+                    raise StoreError(f"cannot persist catalog to {self._path}: {self._persist_error}")
+                await self._persisted.wait()
+        return result
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Persist in the background: one snapshot write covers every write that arrived meanwhile."""
+        task_status.started()
+        if self._path is None:
+            await trio.sleep_forever()
+        path = self._path
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            index = self.catalog.last_index
+            data = self.catalog.snapshot()
+            try:
+                await trio.to_thread.run_sync(write_atomic, path, data)
+                self._persist_error = None
+                self._persisted_index = index
+            except OSError as exc:
+                # Keep serving from memory and keep retrying; writers waiting on this index get the error.
+                log.error("cannot persist catalog to %s: %s", path, exc)
+                self._persist_error = exc
+                self._dirty.set()
+                await trio.sleep(1.0)
+            self._persisted.set()
+            self._persisted = trio.Event()
+
+    def index_for(self, keys: Iterable[str]) -> int:
+        """The X-Consul-Index for a query watching `keys`."""
+        return self.catalog.index_for(keys)
+
+    async def block(self, keys: list[str], min_index: int, wait: float) -> int:
+        """Hold a blocking query until the index of `keys` passes min_index or wait (+ jitter ≤ wait/16) ends."""
+        deadline = trio.current_time() + wait + random.uniform(0, wait / 16)
+        index = self.catalog.index_for(keys)
+        # An index from the future (the store was restored or rebuilt) answers at once so the client resets.
+        while index <= min_index <= self.catalog.last_index:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0 or not await self.hub.wait(keys, remaining):
+                break
+            index = self.catalog.index_for(keys)
+        return self.catalog.index_for(keys)
