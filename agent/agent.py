@@ -1,0 +1,208 @@
+"""Agent: one process's components (store, local state and checks, HTTP, DNS) in one nursery."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import meshagent
+import trio
+
+from .addresses import advertise_address
+from .catalog import Node
+from .config.loader import ConfigErrors
+from .config.types import AgentConfig
+from .dns.server import DNSServer
+from .http.api import API
+from .http.server import HTTPServer
+from .local_state import LocalState
+from .logs import parse_level
+from .store import CatalogStore
+
+log = logging.getLogger("meshagent.agent")
+
+ConfigLoader = Callable[[], AgentConfig]
+
+
+class AgentError(Exception):
+    """The agent cannot start (bad data dir, address in use, ...); the message is for the operator."""
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir so two agents never share one (Consul requires locking too)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentError(f"data dir {data_dir} is in use by another meshagent process") from None
+    return fd
+
+
+def _node_id(data_dir: Path | None, configured: str) -> str:
+    """The node's UUID: configured, else persisted in the data dir, else new."""
+    if configured:
+        return configured
+    if data_dir is None:
+        return str(uuid.uuid4())
+    path = data_dir / "node-id"
+    if path.exists():
+        return path.read_text().strip()
+    node_id = str(uuid.uuid4())
+    path.write_text(node_id)
+    return node_id
+
+
+class Agent:
+    """A single meshagent process. Build it, then `await agent.run()`; `shutdown()` stops it."""
+
+    def __init__(self, config: AgentConfig, reload_config: ConfigLoader | None = None) -> None:
+        if not config.dev and not config.data_dir:
+            raise AgentError("Must specify data directory using -data-dir")
+        self.config = config
+        self._reload_config = reload_config
+        self.node_name = config.node_name or socket.gethostname()
+        self.datacenter = config.datacenter
+        data_dir = Path(config.data_dir) if config.data_dir and not config.dev else None
+        self._lock_fd = _lock_data_dir(data_dir) if data_dir else None
+        self.node_id = _node_id(data_dir, config.node_id)
+        try:
+            self.advertise_addr = advertise_address(
+                "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr,
+                config.advertise_addr)
+        except Exception as exc:
+            raise AgentError(str(exc)) from exc
+        try:
+            self.store = CatalogStore(str(data_dir) if data_dir else None)
+        except Exception as exc:
+            raise AgentError(str(exc)) from exc
+        self.node = Node(node=self.node_name, address=self.advertise_addr, id=self.node_id,
+                         datacenter=self.datacenter,
+                         tagged_addresses={"lan": self.advertise_addr, "lan_ipv4": self.advertise_addr,
+                                           "wan": self.advertise_addr, "wan_ipv4": self.advertise_addr},
+                         meta=dict(config.node_meta))
+        self.local = LocalState(node=self.node, store=self.store, data_dir=str(data_dir) if data_dir else None,
+                                enable_local_script_checks=config.enable_local_script_checks,
+                                enable_script_checks=config.enable_script_checks)
+        self.api = API(self)
+        self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
+        self.dns = DNSServer(config, self.store)
+        self._cancel: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  banner: TextIO | None = None, handle_signals: bool = False) -> None:
+        """Start every component, report readiness, and serve until cancelled or shut down."""
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.store.run)
+                await nursery.start(self.local.run)
+                await self.local.start(self.config.services, self.config.checks)
+                if self.config.ports.http >= 0:
+                    await nursery.start(self.http.run)
+                if self.config.ports.dns >= 0:
+                    await nursery.start(self.dns.run)
+                if handle_signals:
+                    nursery.start_soon(self._handle_signals)
+                if banner is not None:
+                    self.print_banner(banner)
+                log.info("agent started: node=%s datacenter=%s", self.node_name, self.datacenter)
+                task_status.started()
+        log.info("agent stopped")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def shutdown(self) -> None:
+        """Stop the agent: cancel every component's tasks."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("caught signal: hangup; reloading configuration")
+                    try:
+                        await self.reload()
+                    except ConfigErrors as exc:
+                        log.error("reload failed, keeping the running configuration: %s", exc)
+                    continue
+                log.info("caught signal: %s; shutting down", signal.Signals(signum).name)
+                self.shutdown()
+                return
+
+    async def reload(self) -> None:
+        """Reload config files: services and checks from files, log level. Raises ConfigErrors and changes
+        nothing when any file is broken."""
+        if self._reload_config is None:
+            return
+        new = self._reload_config()
+        self.config.log_level = new.log_level
+        logging.getLogger("meshagent").setLevel(parse_level(new.log_level))
+        self.config.services, self.config.checks = new.services, new.checks
+        await self.local.load_files(new.services, new.checks)
+        log.info("reload complete: %d services from files", len(new.services))
+
+    # ------------------------------------------------------------------ views
+
+    def members(self) -> list[dict[str, Any]]:
+        """Gossip members in Consul's /v1/agent/members shape (only this node until gossip lands)."""
+        return [{
+            "Name": self.node_name,
+            "Addr": self.advertise_addr,
+            "Port": self.config.ports.serf_lan,
+            "Tags": {
+                "role": "consul" if self.config.server or self.config.dev else "node",
+                "dc": self.datacenter,
+                "port": str(self.config.ports.server),
+                "id": self.node_id,
+                "vsn": "2", "vsn_min": "2", "vsn_max": "3",
+                "build": meshagent.__version__,
+                "segment": "",
+                **({"bootstrap": "1"} if self.config.dev else {}),
+            },
+            "Status": 1,
+            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+        }]
+
+    @property
+    def is_server(self) -> bool:
+        """True for servers (and -dev, which is a single-node server)."""
+        return self.config.server or self.config.dev
+
+    def print_banner(self, out: TextIO = sys.stdout) -> None:
+        """Consul-style start-up banner."""
+        c = self.config
+        dns = self.dns.bound_port if getattr(self.dns, "bound_port", None) else c.ports.dns
+        http = self.http.bound_port if getattr(self.http, "bound_port", None) else c.ports.http
+        lines = [
+            "==> Starting meshagent agent...",
+            f"           Version: '{meshagent.__version__}'",
+            f"           Node ID: '{self.node_id}'",
+            f"         Node name: '{self.node_name}'",
+            f"        Datacenter: '{self.datacenter}' (Segment: '<all>')",
+            f"            Server: {str(self.is_server).lower()} (Bootstrap: {str(c.dev).lower()})",
+            f"       Client Addr: [{c.client_addr}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})",
+            f"      Cluster Addr: {self.advertise_addr} (LAN: {c.ports.serf_lan}, WAN: {c.ports.serf_wan})",
+            f"          Data Dir: {'<in memory>' if c.dev else c.data_dir}",
+            f" Gossip Encryption: {str(bool(c.encrypt)).lower()}",
+            f"            Domain: {c.domain}",
+            "",
+            "==> Log data will now stream in as it occurs:",
+            "",
+        ]
+        out.write("\n".join(lines) + "\n")
+        out.flush()
