@@ -84,12 +84,13 @@ class Catalog:
         """Apply one command at a log index; returns the command's result (e.g. a CAS outcome)."""
         if index <= self.last_index:
             raise CommandError(f"index {index} is not after the last applied index {self.last_index}")
-        op = command.get("op")
+        op = command.get("op") if isinstance(command, dict) else None
         handler = _HANDLERS.get(op) if isinstance(op, str) else None
-        if handler is None:
-            raise CommandError(f"unknown catalog command op {op!r}")
         self._changed = set()
         try:
+            # A rejected command still consumes its index, as a Raft log entry would.
+            if handler is None:
+                raise CommandError(f"unknown catalog command op {op!r}")
             result = handler(self, index, command)
         except (KeyError, TypeError) as exc:
             raise CommandError(f"malformed {op} command: {exc}") from exc

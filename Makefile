@@ -1,0 +1,32 @@
+# The two set-up commands the README documents: `make dev` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint system-deps bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Set up and start a development agent (in-memory, HTTP :8500, DNS :8600, services from ./examples).
+dev: $(BIN)/.installed
+	$(BIN)/meshagent agent -dev -config-dir examples/services
+
+# Tools the tests drive as outside clients: dig (dnsutils), dnsperf and dnsmasq (benchmarks).
+system-deps:
+	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! test -x /usr/sbin/dnsmasq; then \
+		echo "installing dnsutils dnsperf dnsmasq-base (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils dnsperf dnsmasq-base; \
+	fi
+
+# Set up and run the whole test suite (slow suites included).
+test: $(BIN)/.installed system-deps
+	$(BIN)/ruff check agent gossip raft proxy cli tests bench
+	$(BIN)/mypy --strict agent/catalog
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed system-deps
+	$(BIN)/python bench/dns/run.py
+	$(BIN)/python bench/http/run.py

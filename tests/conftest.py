@@ -1,0 +1,31 @@
+"""Fixtures shared by every suite: real agent processes that are always stopped, also on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agents import AgentProcess, start_agent
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start real agents with `agent_factory(*flags, dev=True)`; all are stopped at teardown."""
+    started: list[AgentProcess] = []
+
+    def factory(*extra: str, dev: bool = True, node: str | None = None) -> AgentProcess:
+        agent = start_agent(tmp_path, *extra, dev=dev, node=node)
+        started.append(agent)
+        return agent
+
+    yield factory
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture
+def dev_agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
+    """A running `meshagent agent -dev` on its own 127.0.0.N (HTTP :8500, DNS :8600)."""
+    return agent_factory()

@@ -1,0 +1,1 @@
+"""Shared helpers for tests: real agent processes, waiting on conditions."""

@@ -1,0 +1,123 @@
+"""Start real `meshagent agent` processes, each on its own 127.0.0.N with Consul's default ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .wait import wait_for
+
+MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
+_next_host = 10 + (os.getpid() * 7) % 200
+
+
+def _port_free(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_loopback_host(ports: tuple[int, ...] = (8500, 8600)) -> str:
+    """A 127.0.0.N on which the given TCP and UDP ports are free."""
+    global _next_host
+    for _ in range(250):
+        _next_host = 10 + (_next_host - 9) % 240
+        host = f"127.0.0.{_next_host}"
+        if all(_port_free(host, p) for p in ports):
+            return host
+    raise RuntimeError("no free 127.0.0.N address found")
+
+
+@dataclass
+class AgentProcess:
+    """A running agent process started by a test; `stop()` kills it by PID."""
+
+    host: str
+    args: list[str]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / f"agent-{self.host}.log"
+
+    @property
+    def http_addr(self) -> str:
+        """Base URL of the agent's HTTP API."""
+        return f"http://{self.host}:8500"
+
+    @property
+    def dns_port(self) -> int:
+        """The agent's DNS port."""
+        return 8600
+
+    def start(self, timeout: float = 20.0) -> AgentProcess:
+        """Launch the process and wait until its HTTP API answers."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([MESHAGENT, "agent", *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, start_new_session=True)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the agent serves /v1/status/leader (fail early with its log if it exits)."""
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            return httpx.get(f"{self.http_addr}/v1/status/leader", timeout=1.0).status_code == 200
+        try:
+            wait_for(ready, timeout, what=f"agent on {self.host} to serve HTTP")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- agent log ---\n{self.log()}") from None
+
+    def log(self) -> str:
+        """Everything the agent printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the agent process."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the agent (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_agent(workdir: Path, *extra: str, dev: bool = True, node: str | None = None) -> AgentProcess:
+    """Start an agent on a fresh 127.0.0.N (dev mode unless dev=False) and wait until it serves."""
+    host = free_loopback_host()
+    args = (["-dev"] if dev else []) + ["-client", host, "-bind", host, "-node", node or f"node-{host.split('.')[-1]}",
+                                        *extra]
+    return AgentProcess(host=host, args=args, workdir=workdir).start()
+
+
+def scratch_dir() -> Path:
+    """A temporary directory for one test's files."""
+    return Path(tempfile.mkdtemp(prefix="meshagent-test-"))
