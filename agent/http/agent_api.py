@@ -1,0 +1,322 @@
+"""`/v1/agent/*` (this agent's own services, checks, maintenance, members) and `/v1/status/*`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import meshagent
+import trio
+
+from ..catalog import MAINTENANCE, PASSING, WARNING
+from .catalog_api import required
+from .filter import AGENT_SERVICE_SCHEMA, CHECK_SCHEMA
+from .query import HTTPError, Query, bad_request, parse_bool
+from .render import agent_service_json, aggregated_status, local_check_json
+from .server import Request, Response
+
+if TYPE_CHECKING:
+    from .api import API
+
+_HEALTH_CODES = {PASSING: 200, WARNING: 429}  # anything else (critical, maintenance) is 503
+
+
+def _body_json(request: Request) -> Any:
+    """The request body as JSON (an empty body is an empty object)."""
+    if not request.body.strip():
+        return {}
+    try:
+        return json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request decode failed: {str(exc)[:120]}") from None
+
+
+def _empty() -> Response:
+    return 200, [], b""
+
+
+def _advertise(api: API) -> str:
+    agent = api.agent
+    config = agent.config
+    return str(getattr(agent, "advertise_addr", "") or config.advertise_addr or config.bind_addr)
+
+
+# ---------------------------------------------------------------------- self, members, status
+
+
+async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/self: Config, DebugConfig, Coord, Member, Meta."""
+    agent = api.agent
+    config = agent.config
+    server = bool(getattr(agent, "is_server", config.server or config.dev))
+    members = agent.members()
+    data = {
+        "Config": {
+            "Datacenter": agent.datacenter,
+            "PrimaryDatacenter": agent.datacenter,
+            "NodeName": agent.node_name,
+            "NodeID": agent.node_id,
+            "Server": server,
+            "Revision": "",
+            "Version": meshagent.__version__,
+            "BuildDate": "",
+        },
+        "DebugConfig": {
+            "Datacenter": agent.datacenter,
+            "NodeName": agent.node_name,
+            "NodeID": agent.node_id,
+            "ServerMode": server,
+            "DevMode": config.dev,
+            "ClientAddrs": config.client_addr.split(),
+            "AdvertiseAddrLAN": _advertise(api),
+            "DNSDomain": config.domain,
+            "HTTPPort": config.ports.http,
+            "DNSPort": config.ports.dns,
+            "DataDir": config.data_dir,
+            "EnableLocalScriptChecks": config.enable_local_script_checks,
+            "EnableScriptChecks": config.enable_script_checks,
+        },
+        "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+        "Member": members[0] if members else {},
+        "Stats": {},
+        "Meta": dict(config.node_meta),
+    }
+    return api.json(data, query)
+
+
+async def members(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/members (?wan gives the same single node until WAN gossip lands)."""
+    return api.json(api.agent.members(), query)
+
+
+async def status_leader(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/status/leader: "<advertise addr>:<server port>" (a single node leads itself)."""
+    return api.json(f"{_advertise(api)}:{api.agent.config.ports.server}", query)
+
+
+async def status_peers(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/status/peers: the Raft peer set (just this node)."""
+    return api.json([f"{_advertise(api)}:{api.agent.config.ports.server}"], query)
+
+
+# ---------------------------------------------------------------------- services
+
+
+def _services_json(api: API) -> dict[str, dict[str, Any]]:
+    return {sid: agent_service_json(defn, api.agent.datacenter)
+            for sid, defn in sorted(api.agent.local.services().items())}
+
+
+async def services(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/services (?filter)."""
+    predicate = api.predicate(query.filter, AGENT_SERVICE_SCHEMA) if query.filter else None
+    data = _services_json(api)
+    if predicate is not None:
+        data = {k: v for k, v in data.items() if predicate(v)}
+    return api.json(data, query)
+
+
+async def service(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/service/:id, with Consul's ContentHash (and X-Consul-ContentHash)."""
+    sid = required(arg, "service ID")
+    defn = api.agent.local.services().get(sid)
+    if defn is None:
+        raise HTTPError(404, f"unknown service ID: {sid}")
+    data = agent_service_json(defn, api.agent.datacenter)
+    digest = hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+    data["ContentHash"] = digest
+    return api.json(data, query, extra=[(b"x-consul-contenthash", digest.encode())])
+
+
+async def service_register(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/service/register (CamelCase or snake_case body; ?replace-existing-checks)."""
+    from ..config.loader import parse_service
+    from ..config.types import Source
+
+    body = _body_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: body must be a JSON object")
+    replace = query.flag("replace-existing-checks")
+    defn = parse_service(body, Source("<api>"))
+    await api.agent.local.register_service(defn, replace_existing_checks=replace)
+    return _empty()
+
+
+async def service_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/service/deregister/:id (no-op when unknown)."""
+    await api.agent.local.deregister_service(required(arg, "service ID"))
+    return _empty()
+
+
+def _enable_reason(query: Query) -> tuple[bool, str]:
+    if not query.has("enable"):
+        raise bad_request("Missing value for enable")
+    value = query.get("enable")
+    try:
+        return parse_bool("enable", value), query.get("reason")
+    except HTTPError:
+        raise bad_request(f"Invalid value for enable: {value[:40]!r}") from None
+
+
+async def service_maintenance(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=..."""
+    sid = required(arg, "service ID")
+    enable, reason = _enable_reason(query)
+    await api.agent.local.set_service_maintenance(sid, enable, reason)
+    return _empty()
+
+
+async def maintenance(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/maintenance?enable=true|false&reason=... (node maintenance)."""
+    enable, reason = _enable_reason(query)
+    await api.agent.local.set_node_maintenance(enable, reason)
+    return _empty()
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _checks_json(api: API) -> dict[str, dict[str, Any]]:
+    local = api.agent.local
+    svcs = local.services()
+    node = api.agent.node_name
+    out = {}
+    for cid, check in sorted(local.checks().items()):
+        svc = svcs.get(check.service_id)
+        out[cid] = local_check_json(check, node, list(svc.tags) if svc is not None else [])
+    return out
+
+
+async def checks(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/checks (?filter)."""
+    predicate = api.predicate(query.filter, CHECK_SCHEMA) if query.filter else None
+    data = _checks_json(api)
+    if predicate is not None:
+        data = {k: v for k, v in data.items() if predicate(v)}
+    return api.json(data, query)
+
+
+async def check_register(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/register."""
+    from ..config.loader import parse_check
+    from ..config.types import Source
+
+    body = _body_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: body must be a JSON object")
+    await api.agent.local.register_check(parse_check(body, Source("<api>")))
+    return _empty()
+
+
+async def check_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/deregister/:id."""
+    await api.agent.local.deregister_check(required(arg, "check ID"))
+    return _empty()
+
+
+async def _ttl(api: API, arg: str, status: str, output: str) -> Response:
+    await api.agent.local.update_ttl(required(arg, "check ID"), status, output)
+    return _empty()
+
+
+async def check_pass(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/pass/:id?note=..."""
+    return await _ttl(api, arg, "passing", query.get("note"))
+
+
+async def check_warn(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/warn/:id?note=..."""
+    return await _ttl(api, arg, "warning", query.get("note"))
+
+
+async def check_fail(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/fail/:id?note=..."""
+    return await _ttl(api, arg, "critical", query.get("note"))
+
+
+async def check_update(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/check/update/:id with body {"Status": ..., "Output": ...}."""
+    body = _body_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: body must be a JSON object")
+    status = body.get("Status", body.get("status", ""))
+    output = body.get("Output", body.get("output", ""))
+    if status not in ("passing", "warning", "critical"):
+        raise bad_request(f"Invalid check status: {str(status)[:40]!r}")
+    if not isinstance(output, str):
+        raise bad_request("Invalid check output: must be a string")
+    return await _ttl(api, arg, status, output)
+
+
+# ---------------------------------------------------------------------- local health
+
+
+def _local_health(api: API, sid: str, defn: Any) -> dict[str, Any]:
+    """{AggregatedStatus, Service, Checks} for one local service; node-level checks count too."""
+    node = api.agent.node_name
+    checks = [local_check_json(c, node, list(defn.tags))
+              for cid, c in sorted(api.agent.local.checks().items())
+              if c.service_id == sid or not c.service_id]
+    return {"AggregatedStatus": aggregated_status(checks),
+            "Service": agent_service_json(defn, api.agent.datacenter), "Checks": checks}
+
+
+def _health_response(api: API, query: Query, status: str, data: Any) -> Response:
+    code = _HEALTH_CODES.get(status, 503)
+    if query.get("format") == "text":
+        return code, [(b"content-type", b"text/plain")], status.encode()
+    return api.json(data, query, status=code)
+
+
+async def health_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/health/service/name/:name: 200 passing, 429 warning, 503 critical, 404 unknown."""
+    name = required(arg, "service name")
+    entries = [_local_health(api, sid, d) for sid, d in sorted(api.agent.local.services().items())
+               if d.name == name]
+    if not entries:
+        if query.get("format") == "text":
+            return 404, [(b"content-type", b"text/plain")], f"ServiceName {name} Not Found".encode()
+        raise HTTPError(404, f"ServiceName {name} Not Found")
+    rank = {PASSING: 0, WARNING: 1, "critical": 2, MAINTENANCE: 3}
+    worst = max((e["AggregatedStatus"] for e in entries), key=lambda s: rank.get(s, 2))
+    return _health_response(api, query, worst, entries)
+
+
+async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/health/service/id/:id."""
+    sid = required(arg, "service ID")
+    defn = api.agent.local.services().get(sid)
+    if defn is None:
+        if query.get("format") == "text":
+            return 404, [(b"content-type", b"text/plain")], f"ServiceId {sid} not found".encode()
+        raise HTTPError(404, f"ServiceId {sid} not found")
+    entry = _local_health(api, sid, defn)
+    return _health_response(api, query, entry["AggregatedStatus"], entry)
+
+
+# ---------------------------------------------------------------------- lifecycle
+
+
+async def reload(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/reload: re-read config files; broken files give a 500 listing every reason."""
+    from .api import config_errors_text
+
+    try:
+        await api.agent.reload()
+    except Exception as exc:
+        if api._config_errors is not None and isinstance(exc, api._config_errors):
+            raise HTTPError(500, f"Failed reloading config: {config_errors_text(exc)}") from None
+        raise
+    return _empty()
+
+
+async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/leave: answer, then shut the agent down."""
+    async def later() -> None:
+        # Let the 200 reach the client before the agent's nursery (and this server) is cancelled.
+        await trio.sleep(0.2)
+        api.agent.shutdown()
+
+    trio.lowlevel.spawn_system_task(later)
+    return _empty()

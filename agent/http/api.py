@@ -1,0 +1,196 @@
+"""The `/v1` HTTP API: routing, blocking reads with a response cache, and error mapping.
+
+Endpoint bodies live in the area modules (catalog_api, health_api, kv_api, agent_api); each is an
+`async (api, request, query, arg) -> Response` registered in ROUTES below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from . import agent_api, catalog_api, health_api, kv_api
+from .filter import FilterError, Schema, compile_filter
+from .query import HTTPError, Query, parse_query
+from .render import dumps
+from .server import Headers, Request, Response, simple_response
+
+log = logging.getLogger("meshagent.http")
+
+Endpoint = Callable[["API", Request, Query, str], Awaitable[Response]]
+
+CT_JSON = (b"content-type", b"application/json")
+_KNOWN_LEADER = (b"x-consul-knownleader", b"true")
+_LAST_CONTACT = (b"x-consul-lastcontact", b"0")
+_CACHE_SIZE = 512
+_NOT_FOUND = simple_response(404, "404 page not found")
+
+# path (exact, or prefix ending in "/") -> {method: endpoint}. A prefix route gets the rest as `arg`.
+ROUTES: dict[str, dict[str, Endpoint]] = {
+    "/v1/agent/self": {"GET": agent_api.self_},
+    "/v1/agent/members": {"GET": agent_api.members},
+    "/v1/agent/services": {"GET": agent_api.services},
+    "/v1/agent/service/register": {"PUT": agent_api.service_register},
+    "/v1/agent/service/deregister/": {"PUT": agent_api.service_deregister},
+    "/v1/agent/service/maintenance/": {"PUT": agent_api.service_maintenance},
+    "/v1/agent/service/": {"GET": agent_api.service},
+    "/v1/agent/checks": {"GET": agent_api.checks},
+    "/v1/agent/check/register": {"PUT": agent_api.check_register},
+    "/v1/agent/check/deregister/": {"PUT": agent_api.check_deregister},
+    "/v1/agent/check/pass/": {"PUT": agent_api.check_pass},
+    "/v1/agent/check/warn/": {"PUT": agent_api.check_warn},
+    "/v1/agent/check/fail/": {"PUT": agent_api.check_fail},
+    "/v1/agent/check/update/": {"PUT": agent_api.check_update},
+    "/v1/agent/health/service/name/": {"GET": agent_api.health_by_name},
+    "/v1/agent/health/service/id/": {"GET": agent_api.health_by_id},
+    "/v1/agent/reload": {"PUT": agent_api.reload},
+    "/v1/agent/maintenance": {"PUT": agent_api.maintenance},
+    "/v1/agent/leave": {"PUT": agent_api.leave},
+    "/v1/catalog/services": {"GET": catalog_api.services},
+    "/v1/catalog/service/": {"GET": catalog_api.service},
+    "/v1/catalog/nodes": {"GET": catalog_api.nodes},
+    "/v1/catalog/node/": {"GET": catalog_api.node},
+    "/v1/catalog/datacenters": {"GET": catalog_api.datacenters},
+    "/v1/health/service/": {"GET": health_api.service},
+    "/v1/health/checks/": {"GET": health_api.checks},
+    "/v1/health/node/": {"GET": health_api.node},
+    "/v1/health/state/": {"GET": health_api.state},
+    "/v1/kv/": {"GET": kv_api.get, "PUT": kv_api.put, "DELETE": kv_api.delete},
+    "/v1/status/leader": {"GET": agent_api.status_leader},
+    "/v1/status/peers": {"GET": agent_api.status_peers},
+}
+# Longest prefix first so /v1/agent/service/register beats /v1/agent/service/.
+_PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)
+
+
+def _error_class(module: str, name: str) -> type[BaseException] | None:
+    """An exception class from a sibling module, or None while that module cannot be imported yet."""
+    try:
+        mod = __import__(f"meshagent.agent.{module}", fromlist=[name])
+    except ImportError:
+        return None
+    cls = getattr(mod, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+
+
+def config_errors_text(exc: BaseException) -> str:
+    """Every reason of a ConfigErrors on one line."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, (list, tuple)) and errors:
+        return "; ".join(str(e) for e in errors)
+    return str(exc)
+
+
+class API:
+    """The `/v1` handler for HTTPServer: `await api(request) -> (status, headers, body)`."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        config = getattr(agent, "config", None)
+        self.default_wait = float(getattr(config, "default_query_time", 300.0) or 300.0)
+        self.max_wait = float(getattr(config, "max_query_time", 600.0) or 600.0)
+        # (path, raw query) -> (index, status, body): a repeated read at an unchanged index re-renders nothing.
+        self._cache: dict[tuple[str, str], tuple[int, int, bytes]] = {}
+        self.cache_hits = 0
+        self._filters: dict[tuple[str, int], Callable[[Any], bool]] = {}
+        self._local_error = _error_class("local_state", "LocalStateError")
+        self._config_errors = _error_class("config.loader", "ConfigErrors")
+
+    async def __call__(self, request: Request) -> Response:
+        """Route one request; every failure becomes a one-line error response."""
+        path = request.path
+        routes = ROUTES.get(path)
+        arg = ""
+        if routes is None:
+            for prefix in _PREFIXES:
+                if path.startswith(prefix):
+                    routes, arg = ROUTES[prefix], path[len(prefix):]
+                    break
+            else:
+                return _NOT_FOUND
+        method = "GET" if request.method == "HEAD" else request.method
+        endpoint = routes.get(method)
+        if endpoint is None:
+            allow = ", ".join(sorted(routes)).encode()
+            return simple_response(405, f"method {request.method[:20]} not allowed", [(b"allow", allow)])
+        try:
+            query = parse_query(request.query, self.default_wait, self.max_wait)
+            dc = query.get("dc")
+            if dc and dc != self.agent.datacenter:
+                raise HTTPError(500, "No path to datacenter")
+            return await endpoint(self, request, query, arg)
+        except HTTPError as exc:
+            return exc.response()
+        except FilterError as exc:
+            return simple_response(400, f"Failed to create boolean expression evaluator: {exc}")
+        except Exception as exc:
+            if self._local_error is not None and isinstance(exc, self._local_error):
+                return simple_response(int(getattr(exc, "status", 400)), str(exc).replace("\n", "; "))
+            if self._config_errors is not None and isinstance(exc, self._config_errors):
+                return simple_response(400, config_errors_text(exc).replace("\n", "; "))
+            raise  # the server logs it and answers a bare 500
+
+    # ------------------------------------------------------------------ helpers for endpoints
+
+    def predicate(self, text: str, schema: Schema) -> Callable[[Any], bool]:
+        """A compiled `?filter=` (memoised: dashboards repeat the same few filters)."""
+        key = (text, id(schema))
+        predicate = self._filters.get(key)
+        if predicate is None:
+            predicate = compile_filter(text, schema)
+            if len(self._filters) >= _CACHE_SIZE:
+                self._filters.clear()
+            self._filters[key] = predicate
+        return predicate
+
+    def json(self, data: Any, query: Query, status: int = 200, extra: Headers | None = None) -> Response:
+        """A JSON response (compact, or indented with ?pretty)."""
+        headers: Headers = [CT_JSON]
+        if extra:
+            headers.extend(extra)
+        return status, headers, dumps(data, query.pretty)
+
+    def meta_headers(self, index: int, query: Query) -> Headers:
+        """Consul's query-meta headers for a catalog read at `index`."""
+        return [CT_JSON, (b"x-consul-effective-consistency", query.consistency),
+                (b"x-consul-index", b"%d" % index), _KNOWN_LEADER, _LAST_CONTACT]
+
+    async def block(self, keys: list[str], query: Query) -> int:
+        """Wait for `?index=` (if given) and return the query's current X-Consul-Index."""
+        store = self.agent.store
+        if query.index > 0:
+            await store.block(keys, query.index, query.wait)
+        index: int = store.index_for(keys)
+        return index
+
+    async def read(self, request: Request, query: Query, keys: list[str],
+                   build: Callable[[], Any], schema: Schema | None = None) -> Response:
+        """A blocking catalog/health read: wait, then answer from cache or build + filter + render."""
+        # A bad filter is a 400 now, not after a blocking wait.
+        predicate = self.predicate(query.filter, schema) if query.filter and schema is not None else None
+        index = await self.block(keys, query)
+        cache_key = (request.path, request.query)
+        hit = self._cache.get(cache_key)
+        if hit is not None and hit[0] == index:
+            self.cache_hits += 1
+            return hit[1], self.meta_headers(index, query), hit[2]
+        data = build()
+        if predicate is not None:
+            data = apply_filter(data, predicate)
+        body = dumps(data, query.pretty)
+        if len(self._cache) >= _CACHE_SIZE:
+            # Drop the oldest half; dicts keep insertion order.
+            for key in list(self._cache)[: _CACHE_SIZE // 2]:
+                del self._cache[key]
+        self._cache[cache_key] = (index, 200, body)
+        return 200, self.meta_headers(index, query), body
+
+
+def apply_filter(data: Any, predicate: Callable[[Any], bool]) -> Any:
+    """Filter a list (or the values of a map) with a compiled `?filter=` predicate."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if predicate(v)}
+    if isinstance(data, Iterable):
+        return [item for item in data if predicate(item)]
+    return data

@@ -1,0 +1,113 @@
+"""`/v1/catalog/*`: services, service instances, nodes, one node, datacenters (all blocking reads)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .filter import CATALOG_SERVICE_SCHEMA, NODE_SCHEMA
+from .query import Query, bad_request
+from .render import catalog_service_json, node_json, service_json
+from .server import Request, Response
+
+if TYPE_CHECKING:
+    from ..catalog import Node
+    from .api import API
+
+
+def node_meta_pairs(query: Query) -> list[tuple[str, str]]:
+    """`?node-meta=key:value` (repeatable) as pairs."""
+    pairs = []
+    for item in query.all("node-meta"):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise bad_request(f"Invalid node-meta {item[:60]!r}: expected key:value")
+        pairs.append((key, value))
+    return pairs
+
+
+def node_meta_ok(node: Node, pairs: list[tuple[str, str]]) -> bool:
+    """Whether a node carries every requested meta pair."""
+    return all(node.meta.get(k) == v for k, v in pairs)
+
+
+def required(arg: str, what: str) -> str:
+    """A path argument that must not be empty."""
+    if not arg:
+        raise bad_request(f"Missing {what}")
+    return arg
+
+
+async def services(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/services: service name -> union of tags."""
+    catalog = api.agent.store.catalog
+    meta = node_meta_pairs(query)
+    if not query.filter and not meta:
+        return await api.read(request, query, ["services"], catalog.services)
+
+    predicate = api.predicate(query.filter, CATALOG_SERVICE_SCHEMA) if query.filter else None
+
+    def build() -> dict[str, list[str]]:
+        # Consul filters the flattened service rows, then folds the survivors into name -> tags.
+        out: dict[str, set[str]] = {}
+        for name in catalog.services():
+            for inst in catalog.service_instances(name):
+                if meta and not node_meta_ok(inst.node, meta):
+                    continue
+                if predicate is not None and not predicate(catalog_service_json(inst.node, inst.service)):
+                    continue
+                out.setdefault(inst.service.service, set()).update(inst.service.tags)
+        return {name: sorted(tags) for name, tags in sorted(out.items())}
+
+    # Node fields take part in the answer now, so node changes must wake the query too.
+    return await api.read(request, query, ["services", "nodes"], build)
+
+
+async def service(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/service/:name: every instance, any health (?tag, ?node-meta, ?filter)."""
+    name = required(arg, "service name")
+    catalog = api.agent.store.catalog
+    tags = [t.lower() for t in query.all("tag")]
+    meta = node_meta_pairs(query)
+
+    def build() -> list[dict[str, Any]]:
+        rows = []
+        for inst in catalog.service_instances(name):
+            if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
+                continue
+            if meta and not node_meta_ok(inst.node, meta):
+                continue
+            rows.append(catalog_service_json(inst.node, inst.service))
+        return rows
+
+    return await api.read(request, query, [f"service:{name.lower()}"], build, CATALOG_SERVICE_SCHEMA)
+
+
+async def nodes(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/nodes (?node-meta, ?filter)."""
+    catalog = api.agent.store.catalog
+    meta = node_meta_pairs(query)
+
+    def build() -> list[dict[str, Any]]:
+        return [node_json(n) for n in catalog.nodes() if not meta or node_meta_ok(n, meta)]
+
+    return await api.read(request, query, ["nodes"], build, NODE_SCHEMA)
+
+
+async def node(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/node/:node: the node and its services (null when unknown, as in Consul)."""
+    name = required(arg, "node name")
+    catalog = api.agent.store.catalog
+
+    def build() -> dict[str, Any] | None:
+        row = catalog.node(name)
+        if row is None:
+            return None
+        return {"Node": node_json(row),
+                "Services": {s.id: service_json(s) for s in catalog.node_services(name)}}
+
+    return await api.read(request, query, [f"node:{name.lower()}"], build)
+
+
+async def datacenters(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/datacenters: only ours until WAN federation lands."""
+    return api.json([api.agent.datacenter], query)

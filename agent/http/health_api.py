@@ -1,0 +1,65 @@
+"""`/v1/health/*`: service instances with their checks, and check lists by service, node or state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import PASSING
+from .catalog_api import node_meta_ok, node_meta_pairs, required
+from .filter import CHECK_SCHEMA, HEALTH_ENTRY_SCHEMA
+from .query import Query, bad_request
+from .render import check_json, health_entry_json
+from .server import Request, Response
+
+if TYPE_CHECKING:
+    from .api import API
+
+STATES = frozenset({"any", "passing", "warning", "critical"})
+
+
+async def service(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/health/service/:name (?passing, ?tag repeatable, ?node-meta, ?filter)."""
+    name = required(arg, "service name")
+    catalog = api.agent.store.catalog
+    passing = query.flag("passing")
+    tags = [t.lower() for t in query.all("tag")]
+    meta = node_meta_pairs(query)
+
+    def build() -> list[dict[str, Any]]:
+        out = []
+        for inst in catalog.service_instances(name):
+            if passing and inst.status != PASSING:
+                continue
+            if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
+                continue
+            if meta and not node_meta_ok(inst.node, meta):
+                continue
+            out.append(health_entry_json(inst))
+        return out
+
+    return await api.read(request, query, [f"service:{name.lower()}"], build, HEALTH_ENTRY_SCHEMA)
+
+
+async def checks(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/health/checks/:service."""
+    name = required(arg, "service name")
+    catalog = api.agent.store.catalog
+    return await api.read(request, query, [f"service:{name.lower()}"],
+                          lambda: [check_json(c) for c in catalog.service_checks(name)], CHECK_SCHEMA)
+
+
+async def node(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/health/node/:node."""
+    name = required(arg, "node name")
+    catalog = api.agent.store.catalog
+    return await api.read(request, query, [f"node:{name.lower()}"],
+                          lambda: [check_json(c) for c in catalog.node_checks(name)], CHECK_SCHEMA)
+
+
+async def state(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/health/state/:state (any, passing, warning, critical)."""
+    if arg not in STATES:
+        raise bad_request(f"Invalid state {arg[:40]!r}: must be one of any, passing, warning, critical")
+    catalog = api.agent.store.catalog
+    return await api.read(request, query, ["checks"],
+                          lambda: [check_json(c) for c in catalog.checks_in_state(arg)], CHECK_SCHEMA)

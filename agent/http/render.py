@@ -1,0 +1,222 @@
+"""Consul-shaped JSON (CamelCase dicts) for catalog rows and local state, plus the JSON encoder.
+
+Field names and omissions follow Consul's Go structs (`omitempty` fields are left out when empty), so
+unmodified Consul clients (py-consul, Prometheus consul_sd, consul-template) parse our answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
+from ..catalog.state import Instance
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+_pretty = json.JSONEncoder(indent=4, ensure_ascii=False, check_circular=False).encode
+
+
+def dumps(data: Any, pretty: bool = False) -> bytes:
+    """JSON bytes: compact like Go's encoder, or indented by four spaces for `?pretty`."""
+    if pretty:
+        return (_pretty(data) + "\n").encode()
+    return _compact(data).encode()
+
+
+def _proxy(proxy: dict[str, Any]) -> dict[str, Any]:
+    # Consul always renders the (possibly empty) proxy block with these sub-objects.
+    return proxy if proxy else {"MeshGateway": {}, "Expose": {}}
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    """A node as in /v1/catalog/nodes and the `Node` of /v1/health/service entries."""
+    return {
+        "ID": node.id,
+        "Node": node.node,
+        "Address": node.address,
+        "Datacenter": node.datacenter,
+        "TaggedAddresses": node.tagged_addresses or None,
+        "Meta": node.meta or None,
+        "CreateIndex": node.create_index,
+        "ModifyIndex": node.modify_index,
+    }
+
+
+def service_json(svc: Service) -> dict[str, Any]:
+    """A service as in the `Service` of /v1/health/service entries and /v1/catalog/node."""
+    out: dict[str, Any] = {}
+    if svc.kind:
+        out["Kind"] = svc.kind
+    out.update({
+        "ID": svc.id,
+        "Service": svc.service,
+        "Tags": list(svc.tags),
+        "Address": svc.address,
+        "TaggedAddresses": svc.tagged_addresses or None,
+        "Meta": svc.meta or None,
+        "Port": svc.port,
+        "Weights": dict(svc.weights),
+        "EnableTagOverride": svc.enable_tag_override,
+        "Proxy": _proxy(svc.proxy),
+        "Connect": dict(svc.connect),
+        "CreateIndex": svc.create_index,
+        "ModifyIndex": svc.modify_index,
+    })
+    return out
+
+
+def catalog_service_json(node: Node, svc: Service) -> dict[str, Any]:
+    """One row of /v1/catalog/service/:name (Consul's flattened ServiceNode)."""
+    return {
+        "ID": node.id,
+        "Node": node.node,
+        "Address": node.address,
+        "Datacenter": node.datacenter,
+        "TaggedAddresses": node.tagged_addresses or None,
+        "NodeMeta": node.meta or None,
+        "ServiceKind": svc.kind,
+        "ServiceID": svc.id,
+        "ServiceName": svc.service,
+        "ServiceTags": list(svc.tags),
+        "ServiceAddress": svc.address,
+        "ServiceTaggedAddresses": svc.tagged_addresses or None,
+        "ServiceWeights": dict(svc.weights),
+        "ServiceMeta": svc.meta or {},
+        "ServicePort": svc.port,
+        "ServiceEnableTagOverride": svc.enable_tag_override,
+        "ServiceProxy": _proxy(svc.proxy),
+        "ServiceConnect": dict(svc.connect),
+        "CreateIndex": svc.create_index,
+        "ModifyIndex": svc.modify_index,
+    }
+
+
+def _duration(seconds: Any) -> str:
+    """Seconds as a Go duration string ("10s", "1m30s", "1.5s"); "" when unset."""
+    if not seconds:
+        return ""
+    seconds = float(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    out = f"{hours}h" if hours else ""
+    if hours or minutes:
+        out += f"{minutes}m"
+    return out + f"{secs:g}s"
+
+
+def check_json(check: Check) -> dict[str, Any]:
+    """A check as in /v1/health/* and the `Checks` of health entries."""
+    definition = check.definition or {}
+    return {
+        "Node": check.node,
+        "CheckID": check.check_id,
+        "Name": check.name,
+        "Status": check.status,
+        "Notes": check.notes,
+        "Output": check.output,
+        "ServiceID": check.service_id,
+        "ServiceName": check.service_name,
+        "ServiceTags": list(check.service_tags),
+        "Type": check.type,
+        "Interval": definition.get("Interval", ""),
+        "Timeout": definition.get("Timeout", ""),
+        "ExposedPort": 0,
+        "Definition": {},
+        "CreateIndex": check.create_index,
+        "ModifyIndex": check.modify_index,
+    }
+
+
+def health_entry_json(inst: Instance) -> dict[str, Any]:
+    """One entry of /v1/health/service/:name: node, service and every check deciding its health."""
+    return {
+        "Node": node_json(inst.node),
+        "Service": service_json(inst.service),
+        "Checks": [check_json(c) for c in inst.checks],
+    }
+
+
+def kv_json(entry: KVEntry) -> dict[str, Any]:
+    """One KV entry; an empty value is null, as in Consul."""
+    out: dict[str, Any] = {
+        "LockIndex": entry.lock_index,
+        "Key": entry.key,
+        "Flags": entry.flags,
+        "Value": base64.b64encode(entry.value).decode("ascii") if entry.value else None,
+        "CreateIndex": entry.create_index,
+        "ModifyIndex": entry.modify_index,
+    }
+    if entry.session:
+        out["Session"] = entry.session
+    return out
+
+
+# ---------------------------------------------------------------------- local (agent) views
+
+
+def agent_service_json(defn: Any, datacenter: str) -> dict[str, Any]:
+    """A locally registered service (a ServiceDefinition) as in /v1/agent/services."""
+    out: dict[str, Any] = {}
+    if defn.kind:
+        out["Kind"] = defn.kind
+    out.update({
+        "ID": defn.id or defn.name,
+        "Service": defn.name,
+        "Tags": list(defn.tags),
+        "Meta": dict(defn.meta),
+        "Port": defn.port,
+        "Address": defn.address,
+        "TaggedAddresses": dict(defn.tagged_addresses) or None,
+        "Weights": {"Passing": defn.weights.passing, "Warning": defn.weights.warning},
+        "EnableTagOverride": defn.enable_tag_override,
+        "Datacenter": datacenter,
+    })
+    if defn.proxy:
+        out["Proxy"] = dict(defn.proxy)
+    if defn.connect:
+        out["Connect"] = dict(defn.connect)
+    if out["TaggedAddresses"] is None:
+        del out["TaggedAddresses"]
+    return out
+
+
+def local_check_json(check: Any, node: str, service_tags: list[str]) -> dict[str, Any]:
+    """A locally owned check (LocalCheck) as in /v1/agent/checks."""
+    definition = check.definition
+    interval = _duration(getattr(definition, "interval", None)) if definition is not None else ""
+    timeout = _duration(getattr(definition, "timeout", None)) if definition is not None else ""
+    return {
+        "Node": node,
+        "CheckID": check.check_id,
+        "Name": check.name,
+        "Status": check.status,
+        "Notes": check.notes,
+        "Output": check.output,
+        "ServiceID": check.service_id,
+        "ServiceName": check.service_name,
+        "ServiceTags": list(service_tags),
+        "Type": check.type,
+        "Interval": interval,
+        "Timeout": timeout,
+        "ExposedPort": 0,
+        "Definition": {},
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+    }
+
+
+def aggregated_status(checks: list[dict[str, Any]]) -> str:
+    """Consul api.HealthChecks.AggregatedStatus: maintenance beats critical beats warning beats passing."""
+    status = "passing"
+    for check in checks:
+        cid = check["CheckID"]
+        if cid == NODE_MAINT_CHECK_ID or cid.startswith(SERVICE_MAINT_PREFIX):
+            return MAINTENANCE
+        if check["Status"] == "critical":
+            status = "critical"
+        elif check["Status"] == "warning" and status == "passing":
+            status = "warning"
+    return status
