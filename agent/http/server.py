@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,7 +41,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: list[tuple[bytes, bytes]]
+    headers: Sequence[tuple[bytes, bytes]]  # names in lower case
     body: bytes
     remote: str = ""
 
@@ -87,12 +88,51 @@ def simple_response(status: int, text: str, extra: Headers | None = None) -> Res
     return status, headers, (text + "\n").encode()
 
 
-class _Closed(Exception):
-    """The peer went away or timed out; drop the connection silently."""
+class _EarlyResponse(Exception):
+    """A request rejected before its body was read."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response[0])
+        self.response = response
+
+
+_REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_INF = float("inf")
+_SMALL_BODY = 16384  # below this, one buffer; above, scatter/gather instead of copying the body
+
+
+def _keep_alive(event: h11.Request) -> bool:
+    """HTTP/1.1 without `Connection: close` stays open (HTTP/1.0 keep-alive is not worth supporting)."""
+    if event.http_version != b"1.1":
+        return False
+    for name, value in event.headers:
+        if name == b"connection" and b"close" in value.lower():
+            return False
+    return True
+
+
+def encode_head(status: int, headers: Headers, length: int, close: bool) -> bytes:
+    """Status line and headers; header values come from our code, but a stray CR/LF is dropped anyway."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    for name, value in headers:
+        if b"\n" in value or b"\r" in value:
+            continue
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(b"date: %s\r\ncontent-length: %d\r\n" % (_DATE.get(), length))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class HTTPServer:
-    """Serves `handler` on host:port. `await nursery.start(server.run)` returns the bound port."""
+    """Serves `handler` on host:port. `await nursery.start(server.run)` returns the bound port.
+
+    h11 parses requests (one fresh h11.Connection per request, fed the previous one's trailing bytes,
+    which is what makes pipelining safe); responses are formatted here, because h11's per-header
+    validation of our own headers cost more than the rest of a cached API answer.
+    """
 
     def __init__(self, handler: Handler, host: str, port: int, *, max_body: int = MAX_BODY,
                  max_header_bytes: int = MAX_HEADER_BYTES, read_timeout: float = READ_TIMEOUT,
@@ -140,10 +180,11 @@ class HTTPServer:
         self.connections += 1
         try:
             if count >= self.max_conns_per_client:
-                await self._refuse(stream)
+                await self._final(stream, simple_response(
+                    429, "Your IP is issuing too many concurrent connections, please rate limit your calls"))
                 return
             await self._serve(stream, remote)
-        except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # never let one connection take down the accept loop
             log.exception("HTTP connection from %s failed", remote)
@@ -158,124 +199,132 @@ class HTTPServer:
                 scope.shield = True
                 await stream.aclose()
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        status, headers, body = simple_response(
-            429, "Your IP is issuing too many concurrent connections, please rate limit your calls")
-        data = self._encode(conn, status, [*headers, (b"connection", b"close")], body, head=False)
-        with trio.move_on_after(self.write_timeout):
-            await stream.send_all(data)
-
-    def _encode(self, conn: h11.Connection, status: int, headers: Headers, body: bytes, head: bool) -> bytes:
-        headers.append((b"date", _DATE.get()))
-        headers.append((b"content-length", str(len(body)).encode()))
-        parts = [conn.send(h11.Response(status_code=status, headers=headers))]
-        if body and not head:
-            parts.append(conn.send(h11.Data(data=body)))
-        parts.append(conn.send(h11.EndOfMessage()))
-        return b"".join(p for p in parts if p)
-
-    async def _receive(self, conn: h11.Connection, stream: trio.SocketStream, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            data = await stream.receive_some(_RECV_SIZE)
-            conn.receive_data(data)  # b"" marks EOF for h11
+    async def _write(self, stream: trio.SocketStream, head: bytes, body: bytes) -> None:
+        if len(body) < _SMALL_BODY:
+            await stream.send_all(head + body if body else head)
             return
-        raise _Closed("read timeout")
+        # One writev for head and a large body: no 100 KB copy per response.
+        sent = await stream.socket.sendmsg([head, body])
+        if sent < len(head):
+            await stream.send_all(memoryview(head)[sent:])
+            await stream.send_all(body)
+        elif sent < len(head) + len(body):
+            await stream.send_all(memoryview(body)[sent - len(head):])
 
-    async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream, deadline: float) -> Any:
+    async def _final(self, stream: trio.SocketStream, response: Response) -> None:
+        """Answer and close: half-close, then drain what the client is still sending (for a while), so
+        that it reads our error instead of a connection reset."""
+        status, headers, body = response
+        with trio.move_on_after(self.write_timeout):
+            await stream.send_all(encode_head(status, headers, len(body), close=True) + body)
+            await stream.send_eof()
+            with trio.move_on_after(1.0):
+                drained = 0
+                while drained < 4 * self.max_body:
+                    data = await stream.receive_some(_RECV_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
+
+    async def _serve(self, stream: trio.SocketStream, remote: str) -> None:
+        pending, eof = b"", False
+        # One cancel scope per connection whose deadline moves with the phase (idle, reading, handler,
+        # writing): entering a scope per phase per request cost more than the API itself.
+        with trio.CancelScope() as scope:
+            while True:
+                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+                if pending:
+                    conn.receive_data(pending)
+                if eof:
+                    conn.receive_data(b"")
+                now = trio.current_time()
+                scope.deadline = now + (self.read_timeout if pending else self.idle_timeout)
+                try:
+                    result = await self._read_request(conn, stream, scope, remote)
+                except h11.RemoteProtocolError as exc:
+                    status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+                    reason = "request header fields too large" if status == 431 else _clean_reason(str(exc))
+                    scope.deadline = _INF
+                    await self._final(stream, simple_response(status, f"Bad request: {reason}"))
+                    return
+                except _EarlyResponse as early:  # 413: the body was not read, so the connection ends
+                    scope.deadline = _INF
+                    await self._final(stream, early.response)
+                    return
+                if result is None:
+                    return
+                request, keep_alive = result
+                scope.deadline = _INF  # a blocking query may legitimately take minutes
+                try:
+                    status, headers, body = await self.handler(request)
+                except Exception:
+                    log.exception("HTTP handler failed for %s %s", request.method, request.path)
+                    status, headers, body = simple_response(500, "Internal error")
+                self.requests_served += 1
+                scope.deadline = trio.current_time() + self.write_timeout
+                head = encode_head(status, headers, len(body), close=not keep_alive)
+                await self._write(stream, head, b"" if request.method == "HEAD" else body)
+                if not keep_alive:
+                    return
+                pending, eof = conn.trailing_data
+
+    async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            await self._receive(conn, stream, deadline)
+            conn.receive_data(await stream.receive_some(_RECV_SIZE))  # b"" marks EOF for h11
 
-    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
-        with trio.move_on_after(self.write_timeout):
-            await stream.send_all(data)
-            return
-        raise _Closed("write timeout")
-
-    async def _serve(self, stream: trio.SocketStream, remote: str) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
-        while True:
-            try:
-                request = await self._read_request(conn, stream, remote)
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
-                    reason = "request header fields too large" if status == 431 else _clean_reason(str(exc))
-                    s, h, b = simple_response(status, f"Bad request: {reason}", [(b"connection", b"close")])
-                    await self._send(stream, self._encode(conn, s, h, b, head=False))
-                return
-            if request is None:
-                return
-            if isinstance(request, tuple):  # an early error response (413); the body was not read
-                s, h, b = request
-                h.append((b"connection", b"close"))
-                await self._send(stream, self._encode(conn, s, h, b, head=False))
-                return
-            try:
-                status, headers, body = await self.handler(request)
-            except Exception:
-                log.exception("HTTP handler failed for %s %s", request.method, request.path)
-                status, headers, body = simple_response(500, "Internal error")
-            self.requests_served += 1
-            await self._send(stream, self._encode(conn, status, list(headers), body,
-                                                  head=request.method == "HEAD"))
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return  # h11 decided the connection must close (Connection: close, HTTP/1.0, ...)
-            conn.start_next_cycle()
-
-    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream,
-                            remote: str) -> Request | Response | None:
-        """The next request, an early error response, or None when the peer closed the connection."""
-        # Waiting for a new request is the idle timeout; once bytes arrive the whole request must
-        # arrive within read_timeout, which a per-read timeout would not enforce against slow drips.
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope,
+                            remote: str) -> tuple[Request, bool] | None:
+        """The next request and whether to keep the connection, or None when the peer closed.
+        Raises h11.RemoteProtocolError for malformed requests, _EarlyResponse for oversized ones."""
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            with trio.move_on_after(self.idle_timeout) as idle:
-                data = await stream.receive_some(_RECV_SIZE)
-            if idle.cancelled_caught:
-                return None
+            data = await stream.receive_some(_RECV_SIZE)
+            # Once a request has begun, all of it must arrive within read_timeout (slow drips included).
+            scope.deadline = trio.current_time() + self.read_timeout
             conn.receive_data(data)
-        deadline = trio.current_time() + self.read_timeout
-        if event is h11.NEED_DATA:
-            event = await self._next_event(conn, stream, deadline)
+            event = await self._next_event(conn, stream)
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError("unexpected event", 400)
-        target = event.target
-        raw_path, _, query = target.partition(b"?")
+        head = event
+        raw_path, _, query = event.target.partition(b"?")
         try:
             path = unquote(raw_path.decode("ascii"), errors="strict")
             query_text = query.decode("ascii")
         except UnicodeDecodeError:
             raise h11.RemoteProtocolError("request target is not valid ASCII/UTF-8", 400) from None
         method = event.method.decode("ascii", "replace")
-        headers = [(k, v) for k, v in event.headers]
-        for key, value in headers:
+        for key, value in event.headers:
             if key == b"content-length":
                 try:
                     too_big = int(value) > self.max_body
                 except ValueError:
                     too_big = False  # h11 already rejected non-numeric lengths
                 if too_big:
-                    return simple_response(413, f"Request body too large, max size: {self.max_body} bytes")
+                    raise _EarlyResponse(simple_response(
+                        413, f"Request body too large, max size: {self.max_body} bytes"))
         if conn.they_are_waiting_for_100_continue:
-            await self._send(stream, conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            await stream.send_all(_CONTINUE)
         chunks: list[bytes] = []
         size = 0
         while True:
-            event = await self._next_event(conn, stream, deadline)
+            event = await self._next_event(conn, stream)
+            if type(event) is h11.EndOfMessage:
+                break
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    return simple_response(413, f"Request body too large, max size: {self.max_body} bytes")
+                    raise _EarlyResponse(simple_response(
+                        413, f"Request body too large, max size: {self.max_body} bytes"))
                 chunks.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                break
             else:
                 return None  # ConnectionClosed mid-body
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return Request(method, path, query_text, headers, body, remote)
+        if not chunks:
+            body = b""
+        else:
+            body = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)  # h11 hands out bytearrays
+        return Request(method, path, query_text, head.headers, body, remote), _keep_alive(head)

@@ -1,0 +1,140 @@
+"""In-process HTTP API under test: a real CatalogStore and HTTPServer on a trio loop in a background thread.
+
+Tests talk to it with real HTTP clients (httpx, py-consul, raw sockets) from the main thread and write
+to the store through `server.apply(...)`, which runs on the server's loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
+from meshagent.agent.config.types import AgentConfig, Ports
+from meshagent.agent.http.api import API
+from meshagent.agent.http.server import Handler, HTTPServer
+from meshagent.agent.store import CatalogStore
+
+
+@dataclass
+class FakeLocal:
+    """Stands in for LocalState where catalog/health/KV tests need none of it."""
+
+    _services: dict[str, Any] = field(default_factory=dict)
+    _checks: dict[str, Any] = field(default_factory=dict)
+
+    def services(self) -> dict[str, Any]:
+        return dict(self._services)
+
+    def checks(self) -> dict[str, Any]:
+        return dict(self._checks)
+
+
+class FakeAgent:
+    """The slice of Agent the API uses: config, names, store, local, members()."""
+
+    def __init__(self, node_name: str = "node1", datacenter: str = "dc1") -> None:
+        self.config = AgentConfig(node_name=node_name, datacenter=datacenter, dev=True,
+                                  ports=Ports(http=0, dns=-1), advertise_addr="127.0.0.1")
+        self.node_name = node_name
+        self.node_id = str(uuid.uuid4())
+        self.datacenter = datacenter
+        self.advertise_addr = "127.0.0.1"
+        self.store = CatalogStore()
+        self.local = FakeLocal()
+        self.is_server = True
+        self.shutdowns = 0
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"Name": self.node_name, "Addr": self.advertise_addr, "Port": 8301,
+                 "Tags": {"role": "consul", "dc": self.datacenter, "port": "8300", "id": self.node_id},
+                 "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                 "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}]
+
+    async def reload(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+class ServerThread:
+    """Runs an HTTPServer (and anything else async) on its own trio loop in a daemon thread."""
+
+    def __init__(self, handler: Handler | None = None, agent: FakeAgent | None = None, **server_kw: Any) -> None:
+        self.agent = agent or FakeAgent()
+        self.api = API(self.agent)
+        self.server = HTTPServer(handler or self.api, "127.0.0.1", 0, **server_kw)
+        self.port = 0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True, name="http-under-test")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as exc:  # surfaced by start()/stop()
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            self.port = await nursery.start(self.server.run)
+            self._ready.set()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise AssertionError("HTTP server did not start within 10 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def run(self, afn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run an async function on the server's loop and return its result."""
+        return trio.from_thread.run(afn, *args, trio_token=self._token)
+
+    def apply(self, command: dict[str, Any]) -> Any:
+        """Apply a catalog command on the server's loop."""
+        return self.run(self.agent.store.apply, command)
+
+    def stop(self) -> None:
+        if self._token is not None and self._cancel is not None and self._thread.is_alive():
+            cancel = self._cancel
+            trio.from_thread.run_sync(cancel.cancel, trio_token=self._token)
+        self._thread.join(10)
+        if self._error is not None:
+            raise self._error
+
+
+def node(name: str, address: str = "10.0.0.1", meta: dict[str, str] | None = None) -> Node:
+    """A node row for tests."""
+    return Node(node=name, address=address, datacenter="dc1", id=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+                tagged_addresses={"lan": address, "wan": address}, meta=dict(meta or {}))
+
+
+def register_instance(server: ServerThread, node_name: str, service: str, *, sid: str = "",
+                      address: str = "10.0.0.1", port: int = 8080, tags: list[str] | None = None,
+                      meta: dict[str, str] | None = None, node_meta: dict[str, str] | None = None,
+                      status: str = PASSING) -> None:
+    """Register a node with serfHealth, one service instance and one service check with `status`."""
+    sid = sid or service
+    n = node(node_name, address, node_meta)
+    svc = Service(node=node_name, id=sid, service=service, tags=list(tags or []), port=port,
+                  meta=dict(meta or {}))
+    checks = [Check(node=node_name, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=PASSING),
+              Check(node=node_name, check_id=f"service:{sid}", name=f"Service '{service}' check",
+                    status=status, service_id=sid, type="http")]
+    server.apply(commands.register(n, svc, checks))
