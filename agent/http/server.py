@@ -291,6 +291,8 @@ class HTTPServer:
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError("unexpected event", 400)
         head = event
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise _EarlyResponse(simple_response(505, "HTTP Version Not Supported"))
         raw_path, _, query = event.target.partition(b"?")
         try:
             path = unquote(raw_path.decode("ascii"), errors="strict")
@@ -298,7 +300,11 @@ class HTTPServer:
         except UnicodeDecodeError:
             raise h11.RemoteProtocolError("request target is not valid ASCII/UTF-8", 400) from None
         method = event.method.decode("ascii", "replace")
+        # h11 enforces max_incomplete_event_size only while a head is incomplete; a big head that
+        # arrives in one read must be measured here.
+        head_size = len(event.target) + 16
         for key, value in event.headers:
+            head_size += len(key) + len(value) + 4
             if key == b"content-length":
                 try:
                     too_big = int(value) > self.max_body
@@ -307,6 +313,8 @@ class HTTPServer:
                 if too_big:
                     raise _EarlyResponse(simple_response(
                         413, f"Request body too large, max size: {self.max_body} bytes"))
+        if head_size > self.max_header_bytes:
+            raise h11.RemoteProtocolError("request header fields too large", 431)
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(_CONTINUE)
         chunks: list[bytes] = []
