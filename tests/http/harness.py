@@ -33,6 +33,27 @@ class FakeLocal:
     def checks(self) -> dict[str, Any]:
         return dict(self._checks)
 
+    async def register_service(self, defn: Any, replace_existing_checks: bool = False) -> None:
+        self._services[defn.id or defn.name] = defn
+
+    async def deregister_service(self, service_id: str) -> None:
+        self._services.pop(service_id, None)
+
+    async def register_check(self, defn: Any) -> None:
+        return None
+
+    async def deregister_check(self, check_id: str) -> None:
+        self._checks.pop(check_id, None)
+
+    async def update_ttl(self, check_id: str, status: str, output: str) -> None:
+        return None
+
+    async def set_node_maintenance(self, enable: bool, reason: str) -> None:
+        return None
+
+    async def set_service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
+        return None
+
 
 class FakeAgent:
     """The slice of Agent the API uses: config, names, store, local, members()."""
