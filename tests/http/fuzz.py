@@ -18,8 +18,9 @@ PATHS = [
     "/v1/agent/service/register", "/v1/agent/check/register", "/", "/v1", "/v1/", "/ui/", "/v1/kv",
 ]
 PARAMS = [
-    "index=1&wait=10ms", "index=999999", "index=-1", "index=abc", "wait=10ms", "wait=1x", "wait=", "stale", "consistent",
-    "pretty", "passing", "passing=false", "passing=maybe", "tag=primary", "recurse", "keys", "separator=/",
+    "index=1&wait=10ms", "index=999999", "index=-1", "index=abc", "wait=10ms", "wait=1x", "wait=", "stale",
+    "consistent", "pretty", "passing", "passing=false", "passing=maybe", "tag=primary", "recurse", "keys",
+    "separator=/",
     "raw", "cas=0", "cas=1", "cas=x", "flags=3", "flags=18446744073709551616", "dc=dc1", "dc=zz",
     "filter=" + quote("Service.Service == web"), "filter=" + quote('"a" in Service.Tags'),
     "filter=" + quote("((("), "filter=" + quote("Checks.Status != passing or not Node.Meta.x == y"),
