@@ -7,6 +7,7 @@ Endpoint bodies live in the area modules (catalog_api, health_api, kv_api, agent
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,9 @@ CT_JSON = (b"content-type", b"application/json")
 _KNOWN_LEADER = (b"x-consul-knownleader", b"true")
 _LAST_CONTACT = (b"x-consul-lastcontact", b"0")
 _CACHE_SIZE = 512
+_CACHE_BYTES = 64 * 1024 * 1024
+_CACHE_MAX_BODY = 8 * 1024 * 1024
+_BLOCKING_PARAMS = re.compile(r"(?:^|(?<=&))(?:index|wait)=[^&]*&?")
 _NOT_FOUND = simple_response(404, "404 page not found")
 
 # path (exact, or prefix ending in "/") -> {method: endpoint}. A prefix route gets the rest as `arg`.
@@ -93,6 +97,7 @@ class API:
         # (path, raw query) -> (index, status, body): a repeated read at an unchanged index re-renders nothing.
         self._cache: dict[tuple[str, str], tuple[int, int, bytes]] = {}
         self.cache_hits = 0
+        self._cache_bytes = 0
         self._filters: dict[tuple[str, int], Callable[[Any], bool]] = {}
         self._local_error = _error_class("local_state", "LocalStateError")
         self._config_errors = _error_class("config.loader", "ConfigErrors")
@@ -170,7 +175,11 @@ class API:
         # A bad filter is a 400 now, not after a blocking wait.
         predicate = self.predicate(query.filter, schema) if query.filter and schema is not None else None
         index = await self.block(keys, query)
-        cache_key = (request.path, request.query)
+        raw_query = request.query
+        if "index=" in raw_query or "wait=" in raw_query:
+            # Blocking loops send a new index every time; the body does not depend on it.
+            raw_query = _BLOCKING_PARAMS.sub("", raw_query)
+        cache_key = (request.path, raw_query)
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] == index:
             self.cache_hits += 1
@@ -179,12 +188,21 @@ class API:
         if predicate is not None:
             data = apply_filter(data, predicate)
         body = dumps(data, query.pretty)
-        if len(self._cache) >= _CACHE_SIZE:
-            # Drop the oldest half; dicts keep insertion order.
-            for key in list(self._cache)[: _CACHE_SIZE // 2]:
-                del self._cache[key]
-        self._cache[cache_key] = (index, 200, body)
+        self._remember(cache_key, index, body)
         return 200, self.meta_headers(index, query), body
+
+    def _remember(self, key: tuple[str, str], index: int, body: bytes) -> None:
+        """Cache a rendered body, bounded by entry count and bytes (oldest half dropped when full)."""
+        if len(body) > _CACHE_MAX_BODY:
+            return
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= len(old[2])
+        if len(self._cache) >= _CACHE_SIZE or self._cache_bytes + len(body) > _CACHE_BYTES:
+            for stale in list(self._cache)[: len(self._cache) // 2 + 1]:
+                self._cache_bytes -= len(self._cache.pop(stale)[2])
+        self._cache[key] = (index, 200, body)
+        self._cache_bytes += len(body)
 
 
 def apply_filter(data: Any, predicate: Callable[[Any], bool]) -> Any:
