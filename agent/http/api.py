@@ -11,6 +11,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import trio
+
 from . import agent_api, catalog_api, health_api, kv_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query
@@ -161,11 +163,23 @@ class API:
         return [CT_JSON, (b"x-consul-effective-consistency", query.consistency),
                 (b"x-consul-index", b"%d" % index), _KNOWN_LEADER, _LAST_CONTACT]
 
-    async def block(self, keys: list[str], query: Query) -> int:
-        """Wait for `?index=` (if given) and return the query's current X-Consul-Index."""
+    async def block(self, keys: list[str], query: Query, request: Request | None = None) -> int:
+        """Wait for `?index=` (if given) and return the query's current X-Consul-Index. A client that
+        hangs up ends the wait at once (as Go's request context does in Consul)."""
         store = self.agent.store
         if query.index > 0:
-            await store.block(keys, query.index, query.wait)
+            closed = request.wait_closed if request is not None else None
+            if closed is None:
+                await store.block(keys, query.index, query.wait)
+            else:
+                async with trio.open_nursery() as nursery:
+                    async def hang_up() -> None:
+                        await closed()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(hang_up)
+                    await store.block(keys, query.index, query.wait)
+                    nursery.cancel_scope.cancel()
         index: int = store.index_for(keys)
         return index
 
@@ -174,7 +188,7 @@ class API:
         """A blocking catalog/health read: wait, then answer from cache or build + filter + render."""
         # A bad filter is a 400 now, not after a blocking wait.
         predicate = self.predicate(query.filter, schema) if query.filter and schema is not None else None
-        index = await self.block(keys, query)
+        index = await self.block(keys, query, request)
         raw_query = request.query
         if "index=" in raw_query or "wait=" in raw_query:
             # Blocking loops send a new index every time; the body does not depend on it.

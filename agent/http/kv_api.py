@@ -25,7 +25,7 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
     catalog = api.agent.store.catalog
     if query.has("keys"):
         separator = query.get("separator")
-        index = await api.block([f"kvprefix:{key}"], query)
+        index = await api.block([f"kvprefix:{key}"], query, request)
         keys = catalog.kv_keys(key, separator)
         headers = api.meta_headers(index, query)
         # Consul answers the root with an empty list but any other empty prefix with 404.
@@ -33,13 +33,13 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
             return 404, headers[1:], b""
         return 200, headers, dumps(keys, query.pretty)
     if query.has("recurse"):
-        index = await api.block([f"kvprefix:{key}"], query)
+        index = await api.block([f"kvprefix:{key}"], query, request)
         entries = catalog.kv_list(key)
         headers = api.meta_headers(index, query)
         if not entries:
             return 404, headers[1:], b""
         return 200, headers, dumps([kv_json(e) for e in entries], query.pretty)
-    index = await api.block([f"kv:{key}"], query)
+    index = await api.block([f"kv:{key}"], query, request)
     entry = catalog.kv_get(key)
     headers = api.meta_headers(index, query)
     if entry is None:

@@ -44,6 +44,8 @@ class Request:
     headers: Sequence[tuple[bytes, bytes]]  # names in lower case
     body: bytes
     remote: str = ""
+    # Set by the server: returns when the client closes its side (a long handler can stop waiting).
+    wait_closed: Callable[[], Awaitable[None]] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lower case), or None."""
@@ -86,6 +88,35 @@ def simple_response(status: int, text: str, extra: Headers | None = None) -> Res
     if extra:
         headers.extend(extra)
     return status, headers, (text + "\n").encode()
+
+
+class _PeerWatch:
+    """Reads from the client while a handler runs, to notice a hang-up; keeps pipelined bytes it reads."""
+
+    __slots__ = ("buffered", "eof", "limit", "stream")
+
+    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+        self.stream = stream
+        self.buffered: list[bytes] = []
+        self.eof = False
+        self.limit = limit
+
+    async def wait_closed(self) -> None:
+        """Return once the peer has closed (EOF or reset); never loses bytes (receive_some is atomic
+        under cancellation)."""
+        size = 0
+        while not self.eof:
+            if size > self.limit:
+                await trio.sleep_forever()  # a flood of pipelined bytes: stop reading, wait it out
+            try:
+                data = await self.stream.receive_some(_RECV_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            self.buffered.append(data)
+            size += len(data)
 
 
 class _EarlyResponse(Exception):
@@ -254,6 +285,8 @@ class HTTPServer:
                 if result is None:
                     return
                 request, keep_alive = result
+                watcher = _PeerWatch(stream, self.max_body)
+                request.wait_closed = watcher.wait_closed
                 scope.deadline = _INF  # a blocking query may legitimately take minutes
                 try:
                     status, headers, body = await self.handler(request)
@@ -266,6 +299,11 @@ class HTTPServer:
                 await self._write(stream, head, b"" if request.method == "HEAD" else body)
                 if not keep_alive:
                     return
+                if watcher.buffered or watcher.eof:
+                    # Bytes the watcher read while the handler waited belong to the next request.
+                    conn.receive_data(b"".join(watcher.buffered))
+                    if watcher.eof:
+                        conn.receive_data(b"")
                 pending, eof = conn.trailing_data
 
     async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 
@@ -240,3 +241,31 @@ def wait_waiting(server: ServerThread, count: int, timeout: float = 5.0) -> None
     while server.agent.store.hub.waiting < count:
         assert time.monotonic() < deadline, "blocking query never parked"
         time.sleep(0.005)
+
+
+def test_client_hang_up_ends_a_blocking_query(api_server: ServerThread, client: httpx.Client) -> None:
+    index = int(client.get("/v1/catalog/nodes").headers["x-consul-index"])
+    sock = socket.create_connection(("127.0.0.1", api_server.port), timeout=5)
+    sock.sendall(f"GET /v1/catalog/nodes?index={index}&wait=5m HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    wait_waiting(api_server, 1)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while api_server.agent.store.hub.waiting:
+        assert time.monotonic() < deadline, "blocking query kept waiting after the client left"
+        time.sleep(0.005)
+
+
+def test_request_pipelined_behind_a_blocking_query_is_kept(api_server: ServerThread,
+                                                          client: httpx.Client) -> None:
+    index = int(client.get("/v1/kv/p").headers["x-consul-index"])
+    sock = socket.create_connection(("127.0.0.1", api_server.port), timeout=5)
+    sock.sendall(f"GET /v1/kv/p?index={index}&wait=30s HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    wait_waiting(api_server, 1)
+    sock.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: t\r\n\r\n")  # read by the hang-up watcher
+    client.put("/v1/kv/p", content=b"x")
+    data = b""
+    while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b'"127.0.0.1:8300"'):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert b'"Key":"p"' in data
