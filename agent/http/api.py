@@ -11,8 +11,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import trio
-
 from . import agent_api, catalog_api, health_api, kv_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query
@@ -168,18 +166,11 @@ class API:
         hangs up ends the wait at once (as Go's request context does in Consul)."""
         store = self.agent.store
         if query.index > 0:
-            closed = request.wait_closed if request is not None else None
-            if closed is None:
-                await store.block(keys, query.index, query.wait)
-            else:
-                async with trio.open_nursery() as nursery:
-                    async def hang_up() -> None:
-                        await closed()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(hang_up)
+            if request is not None and request.parking is not None:
+                with request.parking.watch(request.sock):
                     await store.block(keys, query.index, query.wait)
-                    nursery.cancel_scope.cancel()
+            else:
+                await store.block(keys, query.index, query.wait)
         index: int = store.index_for(keys)
         return index
 
