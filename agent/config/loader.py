@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import hcl2
+from hcl2.api import loads as hcl_loads
 
 from .types import AgentConfig, CheckDefinition, DNSConfig, Ports, ServiceDefinition, Source, Weights
 
@@ -424,7 +424,7 @@ def _read_file(path: Path, col: _Collector) -> dict[str, Any] | None:
         if path.suffix == ".json":
             data = json.loads(text) if text.strip() else {}
         else:
-            data = hcl2.loads(text, with_meta=True)  # type: ignore[attr-defined] if text.strip() else {}
+            data = hcl_loads(text, with_meta=True) if text.strip() else {}
     except json.JSONDecodeError as exc:
         col.errors.append(ConfigError(str(path), exc.lineno, "", f"invalid JSON: {exc.msg}"))
         return None
