@@ -7,6 +7,7 @@ import time
 
 import consul
 import httpx
+import pytest
 
 from tests.http.harness import ServerThread, register_instance
 from tests.http.test_api import wait_waiting
@@ -118,3 +119,16 @@ def test_prometheus_consul_sd_flow(api_server: ServerThread) -> None:
     assert int(out["services"].headers["x-consul-index"]) > services_index
     assert [e["Node"]["Node"] for e in out["health"].json()] == ["n1", "n2"]
     assert int(out["health"].headers["x-consul-index"]) > health_index
+
+
+def test_py_consul_service_register_body_parses(api_server: ServerThread) -> None:
+    """py-consul's register body (CamelCase service, snake-ish check keys) through the shared loader."""
+    pytest.importorskip("meshagent.agent.config.loader")
+    c = py_consul(api_server)
+    assert c.agent.service.register("web", service_id="web-1", address="127.0.0.1", port=8080, tags=["v1"],
+                                    check=consul.Check.http("http://127.0.0.1:1/h", interval="1s")) is True
+    defn = api_server.agent.local.services()["web-1"]
+    assert (defn.name, defn.port, defn.tags) == ("web", 8080, ["v1"])
+    assert defn.checks[0].http == "http://127.0.0.1:1/h" and defn.checks[0].interval == 1.0
+    r = httpx.put(f"{api_server.url}/v1/agent/service/register", json={"Name": "x", "Port": "bad"})
+    assert r.status_code == 400 and "port" in r.text.lower() and r.text.count("\n") == 1
