@@ -9,6 +9,7 @@ from .model import (
     SERF_CHECK_ID,
     SERF_CHECK_NAME,
     SERVICE_MAINT_PREFIX,
+    STATUSES,
     WARNING,
     Check,
     KVEntry,
@@ -20,6 +21,6 @@ from .state import Catalog, CommandError, Instance
 
 __all__ = [
     "CRITICAL", "MAINTENANCE", "NODE_MAINT_CHECK_ID", "PASSING", "SERF_CHECK_ID", "SERF_CHECK_NAME",
-    "SERVICE_MAINT_PREFIX", "WARNING", "Catalog", "Check", "CommandError", "Instance", "KVEntry", "Node",
+    "SERVICE_MAINT_PREFIX", "STATUSES", "WARNING", "Catalog", "Check", "CommandError", "Instance", "KVEntry", "Node",
     "Service", "commands", "worst_status",
 ]
