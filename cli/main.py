@@ -6,6 +6,10 @@ import click
 import meshagent
 
 from .agent_cmd import agent
+from .agent_ops_cmd import info, leave, maint, reload, validate, version
+from .catalog_cmd import catalog, members
+from .kv_cmd import kv
+from .services_cmd import services
 
 
 @click.group(context_settings={"help_option_names": ["-h", "-help", "--help"]})
@@ -15,7 +19,8 @@ def cli() -> None:
     """meshagent: a service mesh agent for fleets of VMs (Consul-compatible API, DNS and CLI)."""
 
 
-cli.add_command(agent)
+for command in (agent, catalog, info, kv, leave, maint, members, reload, services, validate, version):
+    cli.add_command(command)
 
 
 def main() -> None:
