@@ -14,11 +14,11 @@ $(BIN)/.installed: pyproject.toml
 dev: $(BIN)/.installed
 	$(BIN)/meshagent agent -dev -config-dir examples/services
 
-# Tools the tests drive as outside clients: dig (dnsutils), dnsperf and dnsmasq (benchmarks).
+# Tools the tests drive as outside clients: dig (dnsutils); dnsperf, dnsmasq and wrk for the benchmarks.
 system-deps:
-	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! test -x /usr/sbin/dnsmasq; then \
-		echo "installing dnsutils dnsperf dnsmasq-base (needs root)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils dnsperf dnsmasq-base; \
+	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq; then \
+		echo "installing dnsutils dnsperf dnsmasq-base wrk (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils dnsperf dnsmasq-base wrk; \
 	fi
 
 # Set up and run the whole test suite (slow suites included).
