@@ -1,17 +1,38 @@
-"""ServiceDefinition / CheckDefinition → Consul's CamelCase JSON (register bodies, agent/services views)."""
+"""ServiceDefinition / CheckDefinition → Consul's CamelCase JSON (register bodies, agent/services views).
+
+`parse_service(service_to_api(d), source)` gives back `d` (the tests check it with hypothesis).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .duration import format_duration
+from .services import snake_case
 from .types import CheckDefinition, ServiceDefinition
 
+# Words Consul writes in capitals inside CamelCase names (CheckID, TLSSkipVerify, HTTP, GRPCUseTLS).
+_INITIALISMS = {"id": "ID", "ttl": "TTL", "http": "HTTP", "tcp": "TCP", "tls": "TLS", "udp": "UDP",
+                "grpc": "GRPC", "dns": "DNS", "ip": "IP", "url": "URL", "acl": "ACL"}
+# Maps whose keys belong to the user; their keys are copied as they are.
+_OPAQUE = {"meta", "config", "header", "env", "node_meta"}
 
-def _go_duration(seconds: float) -> str:
-    """Seconds as a Go duration string that parse_duration reads back exactly."""
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    return f"{round(seconds * 1000)}ms" if seconds * 1000 == round(seconds * 1000) else f"{seconds}s"
+
+def camel_case(key: str) -> str:
+    """`local_bind_port` → `LocalBindPort`, `check_id` → `CheckID`; a key that would not come back
+    unchanged through snake_case is left as it is."""
+    candidate = "".join(_INITIALISMS.get(part, part[:1].upper() + part[1:]) for part in key.split("_"))
+    return candidate if snake_case(candidate) == key else key
+
+
+def camel_keys(value: Any, opaque: bool = False) -> Any:
+    """Schema keys of nested plain data in CamelCase; user-keyed maps (meta, config, header) untouched."""
+    if isinstance(value, dict):
+        return {(key if opaque else camel_case(key)): camel_keys(item, not opaque and key in _OPAQUE)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [camel_keys(v, opaque) for v in value]
+    return value
 
 
 def check_to_api(check: CheckDefinition) -> dict[str, Any]:
@@ -26,10 +47,10 @@ def check_to_api(check: CheckDefinition) -> dict[str, Any]:
                       ("deregister_critical_service_after", "DeregisterCriticalServiceAfter")):
         value = getattr(check, attr)
         if value is not None:
-            out[key] = _go_duration(value)
+            out[key] = format_duration(value)
     if check.http:
-        out.update(HTTP=check.http, Method=check.method, Header=check.header, Body=check.body,
-                   TLSSkipVerify=check.tls_skip_verify, TLSServerName=check.tls_server_name,
+        out.update(HTTP=check.http, Method=check.method, Header={k: list(v) for k, v in check.header.items()},
+                   Body=check.body, TLSSkipVerify=check.tls_skip_verify, TLSServerName=check.tls_server_name,
                    DisableRedirects=check.disable_redirects)
     if check.tcp:
         out["TCP"] = check.tcp
@@ -53,11 +74,11 @@ def service_to_api(svc: ServiceDefinition) -> dict[str, Any]:
     if svc.kind:
         out["Kind"] = svc.kind
     if svc.tagged_addresses:
-        out["TaggedAddresses"] = svc.tagged_addresses
+        out["TaggedAddresses"] = {name: camel_keys(addr) for name, addr in svc.tagged_addresses.items()}
     if svc.proxy:
-        out["Proxy"] = svc.proxy
+        out["Proxy"] = camel_keys(svc.proxy)
     if svc.connect:
-        out["Connect"] = svc.connect
+        out["Connect"] = camel_keys(svc.connect)
     if svc.checks:
         out["Checks"] = [check_to_api(c) for c in svc.checks]
     return out

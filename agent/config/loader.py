@@ -1,545 +1,263 @@
-"""Load HCL/JSON config files into one AgentConfig; parse and validate service and check definitions.
+"""Load HCL/JSON config files into one AgentConfig, and validate them for `meshagent validate`.
 
-Every error names the file, the line where one is known, the field (dotted path) and the reason, and all
-errors of all files are collected before anything is reported.
+Load order: the `config_files` in the order given, then each of `config_dirs` in the order given, a
+directory contributing its `*.hcl` and `*.json` files in lexical order (no subdirectories). Merge: later
+scalars replace earlier ones, lists append, maps merge key by key; flags come last and win the same way
+(a list flag appends, as Consul's flag source does). Every error of every file is collected, each with
+file, line (when known), dotted field and reason, before anything is raised.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, fields
+import base64
+import binascii
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hcl2.api import loads as hcl_loads
+from .duration import parse_duration
+from .errors import Collector, ConfigError, ConfigErrors
+from .services import (
+    CheckContext,
+    Node,
+    blocks,
+    check_from,
+    duration,
+    node_of,
+    one_block,
+    parse_check,
+    parse_service,
+    service_from,
+    snake_case,
+    string_map,
+    typed,
+    validate_meta,
+)
+from .syntax import SyntaxProblem, load_hcl, load_json
+from .types import AgentConfig, CheckDefinition, DNSConfig, Ports, ServiceDefinition
 
-from .types import AgentConfig, CheckDefinition, DNSConfig, Ports, ServiceDefinition, Source, Weights
+__all__ = [
+    "ConfigError", "ConfigErrors", "load_config", "parse_check", "parse_duration", "parse_service",
+    "snake_case", "validate_paths",
+]
 
-META_MAX_PAIRS = 64
-META_KEY_MAX = 128
-META_VALUE_MAX = 512
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-STATUSES = ("passing", "warning", "critical")
+EXTENSIONS = (".hcl", ".json")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
-# Consul keys we accept and ignore until the issue that implements them lands.
-_LATER_KEYS = {
+# Consul keys accepted (with a warning) until the issue that implements them lands.
+LATER_KEYS = frozenset({
     "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot", "retry_interval",
     "retry_max", "rejoin_after_leave", "start_join", "encrypt_verify_incoming", "encrypt_verify_outgoing",
     "addresses", "limits", "reconnect_timeout", "raft_protocol", "server_name", "disable_update_check",
     "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout", "rejoin",
     "disable_remote_exec", "verify_incoming", "verify_outgoing", "ca_file", "cert_file", "key_file",
-}
-_AGENT_SCALARS = {
+    "retry_join_wan", "retry_interval_wan", "advertise_addr_wan", "translate_wan_addrs", "alt_domain",
+    "discovery_max_stale", "enable_central_service_config", "config_entries", "auto_encrypt",
+    "disable_host_node_id", "log_rotate_max_files", "log_rotate_bytes", "log_rotate_duration",
+    "enable_debug", "syslog_facility", "enable_syslog", "serf_lan", "serf_wan", "watches",
+})
+_SCALARS: dict[str, type] = {
     "datacenter": str, "data_dir": str, "node_name": str, "node_id": str, "server": bool, "dev": bool,
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
     "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
 }
-_AGENT_DURATIONS = {"check_update_interval", "default_query_time", "max_query_time"}
-_AGENT_LISTS = {"recursors", "retry_join"}
+_DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_query_time"})
+_LISTS = frozenset({"recursors", "retry_join"})
+_PORTS = frozenset(f.name for f in fields(Ports))
+_LATER_PORTS = frozenset({"https", "grpc", "grpc_tls", "sidecar_min_port", "sidecar_max_port",
+                          "expose_min_port", "expose_max_port"})
+_DNS_BOOLS = frozenset({"only_passing", "enable_truncate", "allow_stale"})
+_DNS_INTS = frozenset({"udp_answer_limit", "a_record_limit"})
+_DNS_DURATIONS = frozenset({"node_ttl", "recursor_timeout", "max_stale"})
+_LATER_DNS = frozenset({"recursor_strategy", "disable_compression", "enable_additional_node_meta_txt",
+                        "use_cache", "cache_max_age", "prefer_namespace"})
 
 
-@dataclass(slots=True, frozen=True)
-class ConfigError:
-    """One problem in one file: where, which field, why."""
-
-    path: str
-    line: int | None
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+# ---------------------------------------------------------------------- one file
 
 
-class ConfigErrors(Exception):
-    """Every error found; str() lists them one per line."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
-
-
-class _Collector:
-    """Accumulates errors and warnings for one file, finding lines for fields."""
-
-    def __init__(self, path: str, text: str = "") -> None:
-        self.path = path
-        self.text = text
-        self.errors: list[ConfigError] = []
-        self.warnings: list[str] = []
-
-    def line_of(self, key: str, near: int | None) -> int | None:
-        """The line of `key`: the first mention at or after the enclosing block's line (best effort)."""
-        if self.text and key:
-            start = 0
-            if near is not None:
-                for _ in range(near - 1):
-                    start = self.text.find("\n", start) + 1
-            for pattern in (f'"{key}"', f"{key} ", f"{key}="):
-                pos = self.text.find(pattern, start)
-                if pos >= 0:
-                    return self.text.count("\n", 0, pos) + 1
-        return near
-
-    def error(self, field: str, reason: str, line: int | None = None) -> None:
-        leaf = field.rsplit(".", 1)[-1].split("[")[0]
-        self.errors.append(ConfigError(self.path, self.line_of(leaf, line), field, reason))
-
-    def warn(self, field: str, reason: str) -> None:
-        self.warnings.append(f"{self.path}: {field}: {reason}")
-
-
-def snake_case(key: str) -> str:
-    """`EnableTagOverride` → `enable_tag_override`, `TLSSkipVerify` → `tls_skip_verify`, `ID` → `id`."""
-    key = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", key)
-    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
-    return key.lower()
-
-
-def parse_duration(value: Any) -> float:
-    """A Go duration (`10s`, `1m30s`, `500ms`) or a number of seconds, as float seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"invalid duration {value!r}")
-    text = value.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
-    if text == "0":
-        return 0.0
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError(f'invalid duration "{value}" (use e.g. 10s, 1m30s, 500ms)')
-    return sign * total
-
-
-def _one_block(value: Any) -> Any:
-    """HCL gives `name { ... }` as a one-element list; JSON gives the dict."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-        return value[0]
-    return value
-
-
-def _blocks(value: Any) -> list[Any]:
-    """A block or list of blocks as a list."""
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        out: list[Any] = []
-        for item in value:
-            out.extend(item if isinstance(item, list) else [item])
-        return out
-    return [value]
-
-
-def _normalise(data: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """snake_case keys (schema positions only) and the block's start line."""
-    line = data.get("__start_line__")
-    return ({snake_case(k): v for k, v in data.items() if not k.startswith("__")},
-            line if isinstance(line, int) else None)
-
-
-def _string_map(col: _Collector, field: str, value: Any, line: int | None) -> dict[str, Any] | None:
-    value = _one_block(value)
-    if not isinstance(value, dict):
-        col.error(field, f"must be a map, got {type(value).__name__}", line)
-        return None
-    return {k: v for k, v in value.items() if not k.startswith("__")}
-
-
-def _validate_meta(col: _Collector, field: str, meta: dict[str, Any], line: int | None) -> dict[str, str]:
-    if len(meta) > META_MAX_PAIRS:
-        col.error(field, f"has {len(meta)} pairs; at most {META_MAX_PAIRS} are allowed", line)
-    out = {}
-    for key, value in meta.items():
-        if not _META_KEY.match(key) or len(key) > META_KEY_MAX:
-            col.error(f"{field}.{key}", f"key must be 1-{META_KEY_MAX} characters of [A-Za-z0-9_-]", line)
-        elif key.startswith("consul-"):
-            col.error(f"{field}.{key}", "keys starting with 'consul-' are reserved", line)
-        if not isinstance(value, str | int | float | bool):
-            col.error(f"{field}.{key}", "value must be a string", line)
-            continue
-        text = str(value)
-        if len(text) > META_VALUE_MAX:
-            col.error(f"{field}.{key}", f"value is {len(text)} characters; at most {META_VALUE_MAX} allowed", line)
-        out[key] = text
-    return out
-
-
-def _typed(col: _Collector, field: str, value: Any, kind: type, line: int | None) -> Any:
-    """Check a scalar's type (ints and bools from HCL/JSON are strict; strings stay strings)."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    col.error(field, f"must be {kind.__name__}, got {value!r}", line)
-    return None
-
-
-def _duration(col: _Collector, field: str, value: Any, line: int | None) -> float | None:
+def read_file(path: Path, col: Collector) -> dict[str, Any] | None:
+    """Parse one file by its extension; syntax errors go to `col` with the parser's line."""
     try:
-        return parse_duration(value)
-    except ValueError as exc:
-        col.error(field, str(exc), line)
-        return None
-
-
-_CHECK_KEYS = {f.name for f in fields(CheckDefinition)} | {"check_id", "script_args", "service_id", "type",
-                                                           "output_max_size", "tcp_use_tls", "udp", "grpc"}
-
-
-def _parse_check(col: _Collector, data: Any, field: str, service_id: str, service_name: str,
-                 index: int, total: int, line: int | None) -> CheckDefinition | None:
-    if not isinstance(data, dict):
-        col.error(field, "must be a block/object", line)
-        return None
-    raw, own_line = _normalise(data)
-    line = own_line or line
-    check = CheckDefinition(source=Source(col.path, line))
-    for key in raw:
-        if key not in _CHECK_KEYS:
-            col.error(f"{field}.{key}", "unknown field", line)
-    check.id = str(raw.get("check_id") or raw.get("id") or "")
-    check.service_id = str(raw.get("service_id") or service_id)
-    if not check.id:
-        if check.service_id:
-            check.id = f"service:{check.service_id}" + (f":{index + 1}" if total > 1 else "")
-        else:
-            check.id = str(raw.get("name") or "")
-    check.name = str(raw.get("name") or (f"Service '{service_name}' check" if service_name else check.id))
-    if not check.id:
-        col.error(f"{field}.name", "a node check needs a name or id", line)
-    check.notes = str(raw.get("notes") or "")
-    for name in ("http", "tcp", "method", "body", "tls_server_name"):
-        if name in raw and raw[name] is not None:
-            value = _typed(col, f"{field}.{name}", raw[name], str, line)
-            if value is not None:
-                setattr(check, name, value)
-    check.method = check.method.upper() or "GET"
-    for name in ("tls_skip_verify", "disable_redirects"):
-        if name in raw:
-            value = _typed(col, f"{field}.{name}", raw[name], bool, line)
-            if value is not None:
-                setattr(check, name, value)
-    args = raw.get("args", raw.get("script_args"))
-    if args is not None:
-        if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
-            check.args = list(args)
-        else:
-            col.error(f"{field}.args", "must be a non-empty list of strings", line)
-    if "header" in raw:
-        header = _string_map(col, f"{field}.header", raw["header"], line) or {}
-        for key, values in header.items():
-            vals = values if isinstance(values, list) else [values]
-            check.header[key] = [str(v) for v in vals]
-    status = raw.get("status")
-    if status is not None:
-        if status not in STATUSES:
-            col.error(f"{field}.status", f"must be one of {', '.join(STATUSES)}, got {status!r}", line)
-        else:
-            check.status = status
-    for name in ("interval", "timeout", "ttl", "deregister_critical_service_after"):
-        if raw.get(name) not in (None, ""):
-            setattr(check, name, _duration(col, f"{field}.{name}", raw[name], line))
-    for name in ("success_before_passing", "failures_before_warning", "failures_before_critical"):
-        if name in raw:
-            value = _typed(col, f"{field}.{name}", raw[name], int, line)
-            if value is not None and value < 0:
-                col.error(f"{field}.{name}", "must not be negative", line)
-            elif value is not None:
-                setattr(check, name, value)
-    kinds = [k for k in ("http", "tcp", "args", "ttl") if getattr(check, k) not in ("", [], None)]
-    for unsupported in ("udp", "grpc"):
-        if raw.get(unsupported):
-            col.error(f"{field}.{unsupported}", f"{unsupported} checks are not supported yet", line)
-    if len(kinds) != 1 and not any(raw.get(u) for u in ("udp", "grpc")):
-        col.error(field, "a check needs exactly one of http, tcp, args or ttl"
-                  + (f" (got {', '.join(kinds)})" if kinds else ""), line)
-    if check.ttl is None and kinds:
-        if check.interval is None and "interval" not in raw:
-            col.error(f"{field}.interval", f"required for {check.type} checks", line)
-        elif check.interval is not None and check.interval < 1.0:
-            col.warn(f"{field}.interval", f"{check.interval}s is below the 1s minimum; using 1s")
-            check.interval = 1.0
-    if check.timeout is None and kinds and check.ttl is None:
-        check.timeout = 30.0 if check.args else 10.0
-    if check.failures_before_warning == 0:
-        check.failures_before_warning = check.failures_before_critical
-    elif check.failures_before_warning > check.failures_before_critical:
-        col.error(f"{field}.failures_before_warning", "must not exceed failures_before_critical", line)
-    dcsa = check.deregister_critical_service_after
-    if dcsa is not None and 0 < dcsa < 60.0:
-        col.warn(f"{field}.deregister_critical_service_after", "below the 1m minimum; using 1m")
-        check.deregister_critical_service_after = 60.0
-    return check
-
-
-_SERVICE_KEYS = {"name", "id", "tags", "address", "port", "meta", "weights", "check", "checks",
-                 "enable_tag_override", "kind", "tagged_addresses", "proxy", "connect", "token", "socket_path",
-                 "locality", "service"}
-
-
-def _parse_service(col: _Collector, data: Any, field: str, line: int | None = None,
-                   sidecar_of: ServiceDefinition | None = None) -> ServiceDefinition | None:
-    if not isinstance(data, dict):
-        col.error(field, "must be a block/object", line)
-        return None
-    raw, own_line = _normalise(data)
-    line = own_line or line
-    for key in raw:
-        if key not in _SERVICE_KEYS:
-            col.error(f"{field}.{key}", "unknown field", line)
-    name = raw.get("name") or raw.get("service")
-    if sidecar_of is not None and not name:
-        name = f"{sidecar_of.name}-sidecar-proxy"
-    if not isinstance(name, str) or not name:
-        col.error(f"{field}.name", "is required", line)
-        name = ""
-    svc = ServiceDefinition(name=name, source=Source(col.path, line))
-    svc.id = str(raw.get("id") or (f"{sidecar_of.id}-sidecar-proxy" if sidecar_of else name))
-    if "tags" in raw:
-        tags = raw["tags"]
-        if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
-            svc.tags = list(tags)
-        else:
-            col.error(f"{field}.tags", "must be a list of strings", line)
-    if raw.get("address") is not None:
-        svc.address = _typed(col, f"{field}.address", raw["address"], str, line) or ""
-    if raw.get("port") is not None:
-        port = _typed(col, f"{field}.port", raw["port"], int, line)
-        if port is not None and not 0 <= port <= 65535:
-            col.error(f"{field}.port", f"{port} is not a port (0-65535)", line)
-        svc.port = port or 0
-    if raw.get("meta") is not None:
-        meta = _string_map(col, f"{field}.meta", raw["meta"], line)
-        if meta is not None:
-            svc.meta = _validate_meta(col, f"{field}.meta", meta, line)
-    if raw.get("weights") is not None:
-        weights = _string_map(col, f"{field}.weights", raw["weights"], line) or {}
-        weights = {snake_case(k): v for k, v in weights.items()}
-        svc.weights = Weights()
-        for key in ("passing", "warning"):
-            if key in weights:
-                value = _typed(col, f"{field}.weights.{key}", weights[key], int, line)
-                if value is not None and value < 1:
-                    col.error(f"{field}.weights.{key}", "must be at least 1", line)
-                elif value is not None:
-                    setattr(svc.weights, key, value)
-    if "enable_tag_override" in raw:
-        svc.enable_tag_override = bool(_typed(col, f"{field}.enable_tag_override", raw["enable_tag_override"],
-                                              bool, line))
-    svc.kind = str(raw.get("kind") or ("connect-proxy" if sidecar_of else ""))
-    if raw.get("tagged_addresses") is not None:
-        svc.tagged_addresses = _string_map(col, f"{field}.tagged_addresses", raw["tagged_addresses"], line) or {}
-    if raw.get("proxy") is not None:
-        svc.proxy = _string_map(col, f"{field}.proxy", raw["proxy"], line) or {}
-    checks_raw: list[Any] = []
-    if raw.get("check") is not None:
-        checks_raw.extend(_blocks(raw["check"]))
-    if raw.get("checks") is not None:
-        checks_raw.extend(_blocks(raw["checks"]))
-    for i, cdata in enumerate(checks_raw):
-        sub = f"{field}.checks[{i}]" if raw.get("checks") is not None else f"{field}.check"
-        check = _parse_check(col, cdata, sub, svc.id, svc.name, i, len(checks_raw), line)
-        if check is not None:
-            svc.checks.append(check)
-    if raw.get("connect") is not None:
-        connect = _string_map(col, f"{field}.connect", raw["connect"], line) or {}
-        connect = {snake_case(k): v for k, v in connect.items()}
-        for key in connect:
-            if key not in ("native", "sidecar_service"):
-                col.error(f"{field}.connect.{key}", "unknown field", line)
-        if connect.get("native") and connect.get("sidecar_service") is not None:
-            col.error(f"{field}.connect", "native and sidecar_service are mutually exclusive", line)
-        if connect.get("sidecar_service") is not None and sidecar_of is None:
-            sidecar = _parse_service(col, _one_block(connect["sidecar_service"]),
-                                     f"{field}.connect.sidecar_service", line, sidecar_of=svc)
-            if sidecar is not None:
-                connect["sidecar_service"] = _plain(connect["sidecar_service"])
-        svc.connect = {k: _plain(v) for k, v in connect.items()}
-    return svc
-
-
-def _plain(value: Any) -> Any:
-    """Drop HCL line markers and unwrap one-element block lists, for storing opaque config."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and "__start_line__" in value[0]:
-        value = value[0]  # an HCL block, not a list attribute
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not k.startswith("__")}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def parse_service(data: dict[str, Any], source: Source) -> ServiceDefinition:
-    """Parse one service (snake_case or CamelCase keys, as in files or API bodies); raises ConfigErrors."""
-    col = _Collector(source.path)
-    svc = _parse_service(col, data, "service", source.line)
-    if col.errors or svc is None:
-        raise ConfigErrors(col.errors or [ConfigError(source.path, source.line, "service", "invalid")])
-    return svc
-
-
-def parse_check(data: dict[str, Any], source: Source, service_id: str = "") -> CheckDefinition:
-    """Parse one check definition (snake_case or CamelCase); raises ConfigErrors."""
-    col = _Collector(source.path)
-    check = _parse_check(col, data, "check", service_id, "", 0, 1, source.line)
-    if col.errors or check is None:
-        raise ConfigErrors(col.errors or [ConfigError(source.path, source.line, "check", "invalid")])
-    return check
-
-
-# ---------------------------------------------------------------------- files
-
-
-def _read_file(path: Path, col: _Collector) -> dict[str, Any] | None:
-    try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         col.error("", f"cannot read: {exc}")
         return None
-    col.text = text
     try:
-        if path.suffix == ".json":
-            data = json.loads(text) if text.strip() else {}
-        else:
-            data = hcl_loads(text, with_meta=True) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        col.errors.append(ConfigError(str(path), exc.lineno, "", f"invalid JSON: {exc.msg}"))
-        return None
-    except Exception as exc:  # lark raises many exception types; all mean a syntax error here
-        line = getattr(exc, "line", None)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        col.errors.append(ConfigError(str(path), line if isinstance(line, int) else None, "",
-                                      f"invalid HCL: {first}"))
+        data = load_json(text) if path.suffix == ".json" else load_hcl(text)
+    except SyntaxProblem as exc:
+        col.error("", exc.reason, exc.line)
         return None
     if not isinstance(data, dict):
-        col.error("", "the top level must be an object")
+        col.error("", "the top level must be an object", 1)
         return None
     return data
 
 
-def _file_settings(data: dict[str, Any], col: _Collector) -> dict[str, Any]:
-    """One file's settings: scalars by AgentConfig name, plus 'services', 'checks', maps and lists."""
+def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
+    """One file's settings keyed by AgentConfig field name (ports and dns_config as partial dicts)."""
+    top = node_of(col, data, "", None)
     out: dict[str, Any] = {}
-    raw, _ = _normalise(data)
-    for key, value in raw.items():
-        if key in _AGENT_SCALARS:
-            typed = _typed(col, key, value, _AGENT_SCALARS[key], None)
-            if typed is not None:
-                out[key] = typed
-        elif key in _AGENT_DURATIONS:
-            dur = _duration(col, key, value, None)
-            if dur is not None:
-                out[key] = dur
-        elif key in _AGENT_LISTS:
-            items = value if isinstance(value, list) else [value]
-            out[key] = [str(v) for v in items]
+    for key, value in top.raw.items():
+        line = top.at(key)
+        if key in _SCALARS:
+            _put(out, key, typed(col, key, value, _SCALARS[key], line))
+        elif key in _DURATIONS:
+            _put(out, key, duration(col, key, value, line))
+        elif key in _LISTS:
+            _put(out, key, _string_list(col, key, value, line))
         elif key == "node_meta":
-            meta = _string_map(col, key, value, None)
-            if meta is not None:
-                out[key] = _validate_meta(col, key, meta, None)
+            out[key] = validate_meta(col, key, value, line)
         elif key == "ports":
-            ports = _string_map(col, key, value, None) or {}
-            out["ports"] = {}
-            for name, port in ports.items():
-                if name not in {f.name for f in fields(Ports)} and name not in ("https", "grpc", "grpc_tls"):
-                    col.error(f"ports.{name}", "unknown port", None)
-                    continue
-                typed = _typed(col, f"ports.{name}", port, int, None)
-                if typed is not None:
-                    out["ports"][name] = typed
+            out[key] = _ports(col, value, line)
         elif key == "dns_config":
-            out["dns_config"] = _dns_config(col, value)
+            out[key] = _dns_config(col, value, line)
         elif key in ("service", "services"):
-            for i, block in enumerate(_blocks(value)):
-                field = "service" if key == "service" else f"services[{i}]"
-                svc = _parse_service(col, block, field)
-                if svc is not None:
-                    out.setdefault("services", []).append(svc)
+            out.setdefault("services", []).extend(_services(col, key, value, line))
         elif key in ("check", "checks"):
-            for i, block in enumerate(_blocks(value)):
-                field = "check" if key == "check" else f"checks[{i}]"
-                check = _parse_check(col, block, field, "", "", 0, 1, None)
-                if check is not None:
-                    out.setdefault("checks", []).append(check)
-        elif key in _LATER_KEYS:
-            col.warn(key, "accepted but not acted on yet")
+            out.setdefault("checks", []).extend(_checks(col, key, value, line))
+        elif key in LATER_KEYS:
+            col.warn(key, "accepted but not acted on yet", line)
         else:
-            col.error(key, "unknown configuration key")
+            col.error(key, "unknown configuration key", line)
     return out
 
 
-def _dns_config(col: _Collector, value: Any) -> dict[str, Any]:
-    block = _string_map(col, "dns_config", value, None) or {}
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        out[key] = value
+
+
+def _string_list(col: Collector, key: str, value: Any, line: int | None) -> list[str] | None:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) for v in items):
+        col.error(key, "must be a list of strings", line)
+        return None
+    return list(items)
+
+
+def _services(col: Collector, key: str, value: Any, line: int | None) -> list[ServiceDefinition]:
+    found = []
+    for i, block in enumerate(blocks(value)):
+        svc = service_from(col, block, "service" if key == "service" else f"services[{i}]", line)
+        if svc is not None:
+            found.append(svc)
+    return found
+
+
+def _checks(col: Collector, key: str, value: Any, line: int | None) -> list[CheckDefinition]:
+    found = []
+    for i, block in enumerate(blocks(value)):
+        check = check_from(col, block, "check" if key == "check" else f"checks[{i}]", CheckContext(), line)
+        if check is not None:
+            found.append(check)
+    return found
+
+
+def _block_node(col: Collector, name: str, value: Any, line: int | None) -> Node | None:
+    data = one_block(value)
+    if not isinstance(data, dict):
+        string_map(col, name, data, line)  # records "must be a map"
+        return None
+    return node_of(col, data, name, line)
+
+
+def _ports(col: Collector, value: Any, line: int | None) -> dict[str, int]:
+    node = _block_node(col, "ports", value, line)
+    out: dict[str, int] = {}
+    for name, port in (node.raw if node else {}).items():
+        field_ = f"ports.{name}"
+        if name in _LATER_PORTS:
+            col.warn(field_, "accepted but not acted on yet", node.at(name) if node else line)
+            continue
+        if name not in _PORTS:
+            col.error(field_, f"unknown port (one of {', '.join(sorted(_PORTS))})", node.at(name) if node else line)
+            continue
+        number = typed(col, field_, port, int, node.at(name) if node else line)
+        if number is not None and not -1 <= number <= 65535:
+            col.error(field_, f"{number} is not a port (0-65535, or -1 to disable)", node.at(name) if node else line)
+        elif number is not None:
+            out[name] = number
+    return out
+
+
+def _dns_config(col: Collector, value: Any, line: int | None) -> dict[str, Any]:
+    node = _block_node(col, "dns_config", value, line)
+    if node is None:
+        return {}
     out: dict[str, Any] = {}
-    for key, item in block.items():
-        field = f"dns_config.{key}"
-        if key in ("only_passing", "enable_truncate", "allow_stale"):
-            out[key] = _typed(col, field, item, bool, None)
-        elif key in ("udp_answer_limit", "a_record_limit"):
-            out[key] = _typed(col, field, item, int, None)
-        elif key in ("node_ttl", "recursor_timeout", "max_stale"):
-            out[key] = _duration(col, field, item, None)
+    for key, item in node.raw.items():
+        field_, where = f"dns_config.{key}", node.at(key)
+        if key in _DNS_BOOLS:
+            _put(out, key, typed(col, field_, item, bool, where))
+        elif key in _DNS_INTS:
+            _put(out, key, _non_negative(col, field_, typed(col, field_, item, int, where), where))
+        elif key in _DNS_DURATIONS:
+            _put(out, key, duration(col, field_, item, where))
         elif key == "service_ttl":
-            ttls = _string_map(col, field, item, None) or {}
-            out[key] = {name: _duration(col, f"{field}.{name}", v, None) for name, v in ttls.items()}
+            ttls = string_map(col, field_, item, where) or {}
+            out[key] = {name: d for name, v in ttls.items()
+                        if (d := duration(col, f"{field_}.{name}", v, where)) is not None}
         elif key == "soa":
-            soa = _string_map(col, field, item, None) or {}
-            for name, v in soa.items():
-                if name not in ("refresh", "retry", "expire", "min_ttl"):
-                    col.error(f"{field}.{name}", "unknown field", None)
-                else:
-                    out[f"soa_{name}"] = _typed(col, f"{field}.{name}", v, int, None)
+            out.update(_soa(col, item, where))
+        elif key in _LATER_DNS:
+            col.warn(field_, "accepted but not acted on yet", where)
         else:
-            col.error(field, "unknown field", None)
-    return {k: v for k, v in out.items() if v is not None}
+            col.error(field_, "unknown field", where)
+    return out
 
 
-def _config_paths(config_files: list[str], config_dirs: list[str], col: list[_Collector]) -> list[Path]:
-    """Files first in the order given, then each dir's *.hcl/*.json in lexical order (no subdirectories)."""
+def _soa(col: Collector, value: Any, line: int | None) -> dict[str, int]:
+    node = _block_node(col, "dns_config.soa", value, line)
+    out: dict[str, int] = {}
+    for name, item in (node.raw if node else {}).items():
+        field_, where = f"dns_config.soa.{name}", node.at(name) if node else line
+        if name not in ("refresh", "retry", "expire", "min_ttl"):
+            col.error(field_, "unknown field (refresh, retry, expire or min_ttl)", where)
+            continue
+        _put(out, f"soa_{name}", _non_negative(col, field_, typed(col, field_, item, int, where), where))
+    return out
+
+
+def _non_negative(col: Collector, field_: str, value: int | None, line: int | None) -> int | None:
+    if value is not None and value < 0:
+        col.error(field_, f"must not be negative, got {value}", line)
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------- many files
+
+
+def _expand(sources: list[str], col: list[Collector]) -> list[Path]:
+    """Files as given; directories as their *.hcl/*.json files in lexical order, no subdirectories."""
     paths: list[Path] = []
-    for name in config_files:
+    for name in sources:
         path = Path(name)
-        if not path.is_file():
-            c = _Collector(name)
-            c.error("", "no such file")
-            col.append(c)
+        if path.is_dir():
+            try:
+                entries = sorted(path.iterdir(), key=lambda p: p.name)
+            except OSError as exc:
+                _missing(col, name, f"cannot read directory: {exc}")
+                continue
+            paths.extend(p for p in entries if p.suffix in EXTENSIONS and p.is_file())
+        elif not path.exists():
+            _missing(col, name, "no such file or directory")
+        elif path.suffix not in EXTENSIONS:
+            _missing(col, name, "unknown format: config files must end in .hcl or .json")
         else:
             paths.append(path)
-    for name in config_dirs:
-        folder = Path(name)
-        if not folder.is_dir():
-            c = _Collector(name)
-            c.error("", "no such directory")
-            col.append(c)
-            continue
-        paths.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".hcl", ".json")))
     return paths
 
 
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+def _missing(col: list[Collector], name: str, reason: str) -> None:
+    c = Collector(name)
+    c.error("", reason)
+    col.append(c)
+
+
+def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
     """Later scalars replace, lists append, maps merge key by key."""
     for key, value in new.items():
         if isinstance(value, list):
@@ -550,15 +268,52 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[key] = value
 
 
-def _build(settings: dict[str, Any]) -> AgentConfig:
+def _load(sources: list[str]) -> tuple[dict[str, Any], list[ConfigError], list[str]]:
+    """Read and merge every file; all errors and warnings of all files."""
+    collectors: list[Collector] = []
+    settings: dict[str, Any] = {"config_files": []}
+    for path in _expand(sources, collectors):
+        col = Collector(str(path))
+        collectors.append(col)
+        data = read_file(path, col)
+        if data is not None:
+            merge(settings, file_settings(data, col))
+            settings["config_files"].append(str(path))
+    errors = [e for c in collectors for e in c.errors]
+    warnings = [w for c in collectors for w in c.warnings]
+    return settings, errors, warnings
+
+
+def _apply_flags(settings: dict[str, Any], flags: dict[str, Any], col: Collector) -> None:
+    """Flags (AgentConfig names; `<port>_port` for ports; None = not given) over the files' settings."""
+    known = {f.name for f in fields(AgentConfig)}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key.endswith("_port") and key[: -len("_port")] in _PORTS:
+            settings.setdefault("ports", {})[key[: -len("_port")]] = value
+        elif key == "node_meta":
+            settings.setdefault(key, {}).update(validate_meta(col, "-node-meta", value, None))
+        elif key not in known:
+            col.error(key, "unknown setting")
+        elif isinstance(value, list | tuple) and key in _LISTS:
+            settings.setdefault(key, []).extend(value)
+        elif isinstance(value, dict):
+            settings.setdefault(key, {}).update(value)
+        else:
+            settings[key] = value
+
+
+def build(settings: dict[str, Any]) -> AgentConfig:
+    """An AgentConfig from merged settings (field names as keys)."""
     config = AgentConfig()
     for key, value in settings.items():
         if key == "ports":
             for name, port in value.items():
-                if hasattr(config.ports, name):
-                    setattr(config.ports, name, port)
+                setattr(config.ports, name, port)
         elif key == "dns_config":
-            config.dns_config = DNSConfig(**{**_dataclass_values(config.dns_config), **value})
+            current = {f.name: getattr(config.dns_config, f.name) for f in fields(DNSConfig)}
+            config.dns_config = DNSConfig(**{**current, **value})
         elif hasattr(config, key):
             setattr(config, key, value)
     if config.domain and not config.domain.endswith("."):
@@ -566,58 +321,77 @@ def _build(settings: dict[str, Any]) -> AgentConfig:
     return config
 
 
-def _dataclass_values(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+def check_agent(config: AgentConfig, errors: list[ConfigError], warnings: list[str]) -> None:
+    """Rules on the merged result, as the agent applies them at start: unique ids, consistent settings."""
+    _unique_ids(config, errors)
+    where = config.config_files[-1] if config.config_files else "<flags>"
+    if config.log_level.lower() not in LOG_LEVELS:
+        errors.append(ConfigError(where, None, "log_level",
+                                  f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
+    if config.bootstrap_expect and not config.server and not config.dev:
+        errors.append(ConfigError(where, None, "bootstrap_expect", "requires server = true"))
+    if config.bootstrap_expect < 0:
+        errors.append(ConfigError(where, None, "bootstrap_expect", "must not be negative"))
+    if config.domain.strip(".") == "":
+        errors.append(ConfigError(where, None, "domain", "must not be empty"))
+    if config.encrypt and not _valid_key(config.encrypt):
+        errors.append(ConfigError(where, None, "encrypt", "must be 16, 24 or 32 bytes, base64-encoded"))
+    if not (config.enable_local_script_checks or config.enable_script_checks):
+        for check in [c for s in config.services for c in s.checks] + config.checks:
+            if check.args:
+                warnings.append(str(ConfigError(check.source.path, check.source.line, f"check {check.id!r}",
+                                                "script checks need enable_local_script_checks = true")))
 
 
-def _check_duplicates(services: list[ServiceDefinition], errors: list[ConfigError]) -> None:
+def _valid_key(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text, validate=True)) in (16, 24, 32)
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _unique_ids(config: AgentConfig, errors: list[ConfigError]) -> None:
     seen: dict[str, ServiceDefinition] = {}
-    for svc in services:
-        first = seen.get(svc.id)
-        if first is not None:
+    for svc in config.services:
+        first = seen.setdefault(svc.id, svc)
+        if first is not svc:
             errors.append(ConfigError(svc.source.path, svc.source.line, "service.id",
                                       f"duplicate service id {svc.id!r} (also defined at {first.source})"))
-        seen[svc.id] = svc
+    owners: dict[str, str] = {}
+    checks: dict[str, CheckDefinition] = {}
+    pairs = [(s.id, c) for s in config.services for c in s.checks] + [("", c) for c in config.checks]
+    for owner, check in pairs:
+        other = checks.setdefault(check.id, check)
+        owners.setdefault(check.id, owner)
+        if other is not check and not (owner and owners[check.id] == owner):  # same service: already reported
+            errors.append(ConfigError(check.source.path, check.source.line, "check.id",
+                                      f"duplicate check id {check.id!r} (also defined at {other.source})"))
 
 
-def _load(config_files: list[str], config_dirs: list[str]) -> tuple[dict[str, Any], list[ConfigError], list[str]]:
-    collectors: list[_Collector] = []
-    settings: dict[str, Any] = {}
-    loaded: list[str] = []
-    for path in _config_paths(config_files, config_dirs, collectors):
-        col = _Collector(str(path))
-        collectors.append(col)
-        data = _read_file(path, col)
-        if data is not None:
-            _merge(settings, _file_settings(data, col))
-            loaded.append(str(path))
-    errors = [e for c in collectors for e in c.errors]
-    warnings = [w for c in collectors for w in c.warnings]
-    _check_duplicates(settings.get("services", []), errors)
-    settings["config_files"] = loaded
-    return settings, errors, warnings
+# ---------------------------------------------------------------------- public
 
 
 def load_config(config_files: list[str], config_dirs: list[str], flags: dict[str, Any]) -> AgentConfig:
-    """Defaults < files (given files, then dirs in lexical order) < flags (None = not given)."""
-    settings, errors, _ = _load(config_files, config_dirs)
+    """Defaults < config_files (in order) < config_dirs (each in lexical order) < flags; raises ConfigErrors.
+
+    Warnings (keys accepted but not acted on, clamped values) are in the result's `warnings`.
+    """
+    settings, errors, warnings = _load(list(config_files) + list(config_dirs))
+    flag_col = Collector("<flags>")
+    _apply_flags(settings, flags, flag_col)
+    errors += flag_col.errors
+    config = build(settings)
+    check_agent(config, errors, warnings)
     if errors:
         raise ConfigErrors(errors)
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if isinstance(value, list) and key in _AGENT_LISTS:
-            settings[key] = value  # a flag replaces the file's list rather than appending
-        elif isinstance(value, dict):
-            settings.setdefault(key, {}).update(value)
-        else:
-            settings[key] = value
-    return _build(settings)
+    config.warnings = warnings
+    return config
 
 
 def validate_paths(paths: list[str]) -> tuple[list[ConfigError], list[str]]:
-    """`meshagent validate FILE|DIR...`: every error (and warning) in the merged configuration."""
-    files = [p for p in paths if not Path(p).is_dir()]
-    dirs = [p for p in paths if Path(p).is_dir()]
-    _, errors, warnings = _load(files, dirs)
+    """`meshagent validate FILE|DIR...`: every error and warning of the merged configuration, paths in order."""
+    settings, errors, warnings = _load(list(paths))
+    if not paths:
+        errors.append(ConfigError("<args>", None, "", "give at least one file or directory"))
+    check_agent(build(settings), errors, warnings)
     return errors, warnings

@@ -150,3 +150,4 @@ class AgentConfig:
     services: list[ServiceDefinition] = field(default_factory=list)
     checks: list[CheckDefinition] = field(default_factory=list)
     config_files: list[str] = field(default_factory=list)  # every file that was loaded, in order
+    warnings: list[str] = field(default_factory=list)  # from loading: keys not acted on yet, clamped values

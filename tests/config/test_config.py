@@ -63,7 +63,7 @@ def test_hcl_and_camel_json_give_the_same_service(tmp_path: Path) -> None:
     ({"name": "x", "check": {"http": "http://x/", "tcp": "a:1", "interval": "1s"}}, "service.check", "exactly one"),
     ({"name": "x", "check": {"ttl": "10s", "status": "great"}}, "service.check.status", "one of"),
     ({"name": "x", "check": {"ttl": "10s", "failures_before_warning": 3, "failures_before_critical": 1}},
-     "service.check.failures_before_warning", "must not exceed"),
+     "service.check.failures_before_warning", "exceeds failures_before_critical"),
     ({"name": "x", "connect": {"native": True, "sidecar_service": {}}}, "service.connect", "mutually exclusive"),
     ({"name": "x", "colour": "red"}, "service.colour", "unknown field"),
 ])
@@ -81,7 +81,7 @@ def test_errors_name_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "syntax.json").write_text('{\n  "service": {\n    "name": "x",\n  }\n}\n')
     errors, _ = validate_paths([str(tmp_path)])
     text = sorted(str(e) for e in errors)
-    assert f"{tmp_path}/db.json:4: service.port: must be int, got 'abc'" in text
+    assert f"{tmp_path}/db.json:4: service.port: must be a whole number, got 'abc'" in text
     assert any(t.startswith(f"{tmp_path}/web.hcl:5: service.check.interval: invalid duration") for t in text)
     assert any(t.startswith(f"{tmp_path}/syntax.hcl:2: invalid HCL") for t in text)
     assert any(t.startswith(f"{tmp_path}/syntax.json:4: invalid JSON") for t in text)
