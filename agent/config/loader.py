@@ -258,14 +258,16 @@ def _missing(col: list[Collector], name: str, reason: str) -> None:
 
 
 def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    """Later scalars replace, lists append, maps merge key by key."""
+    """Later scalars replace, lists append, maps merge key by key (nested maps too)."""
     for key, value in new.items():
-        if isinstance(value, list):
-            into.setdefault(key, []).extend(value)
-        elif isinstance(value, dict):
-            into.setdefault(key, {}).update(value)
+        if isinstance(value, list) and isinstance(into.get(key), list):
+            into[key] = into[key] + value
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            merged = dict(into[key])
+            merge(merged, value)
+            into[key] = merged
         else:
-            into[key] = value
+            into[key] = list(value) if isinstance(value, list) else value
 
 
 def _load(sources: list[str]) -> tuple[dict[str, Any], list[ConfigError], list[str]]:
@@ -279,7 +281,8 @@ def _load(sources: list[str]) -> tuple[dict[str, Any], list[ConfigError], list[s
         if data is not None:
             merge(settings, file_settings(data, col))
             settings["config_files"].append(str(path))
-    errors = [e for c in collectors for e in c.errors]
+    # In file order, and by line within a file, which is how people fix them.
+    errors = [e for c in collectors for e in sorted(c.errors, key=lambda e: e.line or 0)]
     warnings = [w for c in collectors for w in c.warnings]
     return settings, errors, warnings
 

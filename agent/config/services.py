@@ -221,6 +221,7 @@ class CheckContext:
     service_name: str = ""
     index: int = 0
     total: int = 1
+    in_service: bool = False
 
 
 def check_from(col: Collector, data: Any, field_: str, ctx: CheckContext, line: int | None) -> CheckDefinition | None:
@@ -253,13 +254,13 @@ def _check_ids(col: Collector, node: Node, field_: str, check: CheckDefinition, 
     check.service_id = str(raw.get("service_id") or ctx.service_id)
     if given_id:
         check.id = str(given_id)
-    elif ctx.service_name:  # only checks inside a service definition; a registered check defaults to its name
+    elif ctx.in_service:  # a check registered on its own defaults to its name instead, as in Consul
         check.id = f"service:{ctx.service_id}" + (f":{ctx.index + 1}" if ctx.total > 1 else "")
     else:
         check.id = str(raw.get("name") or "")
     check.name = str(raw.get("name") or (f"Service '{ctx.service_name}' check" if ctx.service_name else check.id))
     if not check.id:
-        col.error(f"{field_}.name", "is required for a check that belongs to no service", node.line)
+        col.error(f"{field_}.name", "is required (or id) for a check outside a service", node.line)
     check.notes = str(raw.get("notes") or "")
 
 
@@ -331,23 +332,35 @@ def _check_thresholds(col: Collector, node: Node, field_: str, check: CheckDefin
 
 def _check_kind(col: Collector, node: Node, field_: str, check: CheckDefinition) -> None:
     raw = node.raw
-    kinds = [k for k in ("http", "tcp", "args", "ttl") if getattr(check, k) not in ("", [], None)]
     if any(k in raw for k in _UNSUPPORTED_CHECKS):
         return  # already reported
+    # Judged on what was written, so that a bad value is reported once, not also as a missing type.
+    written = {"http": raw.get("http"), "tcp": raw.get("tcp"), "args": raw.get("args", raw.get("script_args")),
+               "ttl": raw.get("ttl")}
+    kinds = [k for k, v in written.items() if v not in (None, "", [])]
     if len(kinds) != 1:
         got = f" (got {', '.join(kinds)})" if kinds else ""
         col.error(field_, f"a check needs exactly one of http, tcp, args or ttl{got}", node.line)
         return
-    if check.ttl is not None:
+    if kinds == ["ttl"]:
+        if check.ttl is not None and check.ttl <= 0:
+            col.error(f"{field_}.ttl", "must be more than 0", node.at("ttl"))
         return
-    if check.interval is None:
-        if raw.get("interval") in (None, ""):
-            col.error(f"{field_}.interval", f"is required for {check.type} checks", node.line)
-    elif check.interval < MIN_INTERVAL:
-        col.warn(f"{field_}.interval", f"{raw['interval']} is below the 1s minimum; using 1s", node.at("interval"))
+    _interval(col, node, field_, check)
+    if not check.timeout and raw.get("timeout") in (None, "", 0, "0", "0s"):
+        check.timeout = 30.0 if kinds == ["args"] else 10.0
+
+
+def _interval(col: Collector, node: Node, field_: str, check: CheckDefinition) -> None:
+    """Required and positive; under 1s is raised to 1s with a warning, as Consul's runners do."""
+    given = node.raw.get("interval")
+    if given in (None, ""):
+        col.error(f"{field_}.interval", f"is required for {check.type or 'this kind of'} checks", node.line)
+    elif check.interval is not None and check.interval <= 0:
+        col.error(f"{field_}.interval", "must be more than 0", node.at("interval"))
+    elif check.interval is not None and check.interval < MIN_INTERVAL:
+        col.warn(f"{field_}.interval", f"{given} is below the 1s minimum; using 1s", node.at("interval"))
         check.interval = MIN_INTERVAL
-    if check.timeout is None and raw.get("timeout") in (None, ""):
-        check.timeout = 30.0 if check.args else 10.0
 
 
 # ---------------------------------------------------------------------- services
@@ -470,7 +483,7 @@ def _service_checks(col: Collector, node: Node, field_: str, svc: ServiceDefinit
         entries += [(f"{field_}.checks[{i}]", c, node.at("checks"))
                     for i, c in enumerate(blocks(node.raw["checks"]))]
     for i, (sub, data, line) in enumerate(entries):
-        check = check_from(col, data, sub, CheckContext(svc.id, svc.name, i, len(entries)), line)
+        check = check_from(col, data, sub, CheckContext(svc.id, svc.name, i, len(entries), in_service=True), line)
         if check is not None:
             svc.checks.append(check)
     seen: set[str] = set()
