@@ -62,6 +62,7 @@ _SCALARS: dict[str, type] = {
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
     "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
 }
+WHERE = "__where__"  # settings key: top-level key → (file, line) of the definition that won the merge
 _DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_query_time"})
 _LISTS = frozenset({"recursors", "retry_join"})
 _PORTS = frozenset(f.name for f in fields(Ports))
@@ -121,6 +122,7 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             col.warn(key, "accepted but not acted on yet", line)
         else:
             col.error(key, "unknown configuration key", line)
+    out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw}
     return out
 
 
@@ -305,6 +307,7 @@ def _apply_flags(settings: dict[str, Any], flags: dict[str, Any], col: Collector
             settings.setdefault(key, {}).update(value)
         else:
             settings[key] = value
+        settings.setdefault(WHERE, {})[key] = ("<flags>", None)
 
 
 def build(settings: dict[str, Any]) -> AgentConfig:
@@ -324,21 +327,27 @@ def build(settings: dict[str, Any]) -> AgentConfig:
     return config
 
 
-def check_agent(config: AgentConfig, errors: list[ConfigError], warnings: list[str]) -> None:
-    """Rules on the merged result, as the agent applies them at start: unique ids, consistent settings."""
+def check_agent(config: AgentConfig, where: dict[str, tuple[str, int | None]], errors: list[ConfigError],
+                warnings: list[str]) -> None:
+    """Rules on the merged result, as the agent applies them at start: unique ids, consistent settings.
+
+    `where` says which file and line last set each top-level key, so that the error points there.
+    """
+    def fail(key: str, reason: str) -> None:
+        path, line = where.get(key, ("<defaults>", None))
+        errors.append(ConfigError(path, line, key, reason))
+
     _unique_ids(config, errors)
-    where = config.config_files[-1] if config.config_files else "<flags>"
     if config.log_level.lower() not in LOG_LEVELS:
-        errors.append(ConfigError(where, None, "log_level",
-                                  f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
-    if config.bootstrap_expect and not config.server and not config.dev:
-        errors.append(ConfigError(where, None, "bootstrap_expect", "requires server = true"))
+        fail("log_level", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.bootstrap_expect < 0:
-        errors.append(ConfigError(where, None, "bootstrap_expect", "must not be negative"))
+        fail("bootstrap_expect", "must not be negative")
+    elif config.bootstrap_expect and not config.server and not config.dev:
+        fail("bootstrap_expect", "requires server = true")
     if config.domain.strip(".") == "":
-        errors.append(ConfigError(where, None, "domain", "must not be empty"))
+        fail("domain", "must not be empty")
     if config.encrypt and not _valid_key(config.encrypt):
-        errors.append(ConfigError(where, None, "encrypt", "must be 16, 24 or 32 bytes, base64-encoded"))
+        fail("encrypt", "must be 16, 24 or 32 bytes, base64-encoded")
     if not (config.enable_local_script_checks or config.enable_script_checks):
         for check in [c for s in config.services for c in s.checks] + config.checks:
             if check.args:
@@ -384,7 +393,7 @@ def load_config(config_files: list[str], config_dirs: list[str], flags: dict[str
     _apply_flags(settings, flags, flag_col)
     errors += flag_col.errors
     config = build(settings)
-    check_agent(config, errors, warnings)
+    check_agent(config, settings.get(WHERE, {}), errors, warnings)
     if errors:
         raise ConfigErrors(errors)
     config.warnings = warnings
@@ -396,5 +405,5 @@ def validate_paths(paths: list[str]) -> tuple[list[ConfigError], list[str]]:
     settings, errors, warnings = _load(list(paths))
     if not paths:
         errors.append(ConfigError("<args>", None, "", "give at least one file or directory"))
-    check_agent(build(settings), errors, warnings)
+    check_agent(build(settings), settings.get(WHERE, {}), errors, warnings)
     return errors, warnings

@@ -92,6 +92,17 @@ ports {
     assert (config.ports.http, config.ports.dns) == (8888, 9001)
 
 
+def test_agent_rule_errors_point_at_the_winning_definition(tmp_path: Path) -> None:
+    first = write(tmp_path / "a.hcl", 'log_level = "info"\n')
+    second = write(tmp_path / "b.json", '{\n  "datacenter": "x",\n  "log_level": "chatty"\n}\n')
+    errors, _ = validate_paths([first, second])
+    assert [str(e) for e in errors] == [f"{second}:3: log_level: 'chatty' is not one of trace, debug, info, "
+                                        "warn, warning, error"]
+    with pytest.raises(ConfigErrors) as info:
+        load_config([first], [], {"log_level": "shouty"})
+    assert str(info.value).startswith("<flags>: log_level: 'shouty'")
+
+
 def test_bad_flags_are_config_errors() -> None:
     with pytest.raises(ConfigErrors) as info:
         load_config([], [], {"node_meta": {"consul-x": "1"}, "no_such_setting": 1})
@@ -160,7 +171,10 @@ def test_unknown_keys_fail_but_later_consul_keys_warn(tmp_path: Path) -> None:
 def test_agent_rules(tmp_path: Path, text: str, field: str, reason: str) -> None:
     path = write(tmp_path / "a.hcl", text + "\n")
     errors, _ = validate_paths([path])
-    assert any(e.field == field and reason in e.reason and e.path == path for e in errors), errors
+    key = field.rsplit(".", 1)[-1]
+    key_line = text[: text.index(key)].count("\n") + 1
+    assert any(e.field == field and reason in e.reason and (e.path, e.line) == (path, key_line)
+               for e in errors), errors
     with pytest.raises(ConfigErrors):
         load_config([path], [], {})
 
