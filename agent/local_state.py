@@ -88,6 +88,7 @@ class LocalState:
         self.node = node
         self.store = store
         self._path = Path(data_dir) / STATE_FILE if data_dir else None
+        self._persist_lock = trio.Lock()
         self.enable_local_script_checks = enable_local_script_checks
         self.enable_script_checks = enable_script_checks
         self._services: dict[str, ServiceDefinition] = {}
@@ -294,7 +295,10 @@ class LocalState:
                 if cid in self._checks:
                     await self._sync_check(cid)
             if any(self._checks[c].type == "ttl" for c in dirty if c in self._checks):
-                await self._persist()
+                try:
+                    await self._persist()
+                except LocalStateError:
+                    pass  # logged; the next change tries again
 
     async def _anti_entropy(self) -> None:
         while True:
@@ -407,8 +411,19 @@ class LocalState:
             return _Persisted()
 
     async def _persist(self) -> None:
+        """Save API-registered state; raises LocalStateError (500) when the disk refuses."""
         if self._path is None:
             return
+        # One writer at a time: otherwise an older state could be renamed over a newer one.
+        async with self._persist_lock:
+            data = self._persisted_bytes()
+            try:
+                await trio.to_thread.run_sync(write_atomic, self._path, data)
+            except OSError as exc:
+                log.error("could not save local state to %s: %s", self._path, exc)
+                raise LocalStateError(f"could not save local state to {self._path}: {exc}", 500) from exc
+
+    def _persisted_bytes(self) -> bytes:
         now_wall, now = time.time(), trio.current_time()
         ttl = {}
         for cid, check in self._checks.items():
@@ -425,5 +440,4 @@ class LocalState:
             "node_maintenance": self._node_maintenance,
             "service_maintenance": self._service_maintenance,
         }
-        data = json.dumps(state, indent=1, sort_keys=True).encode()
-        await trio.to_thread.run_sync(write_atomic, self._path, data)
+        return json.dumps(state, indent=1, sort_keys=True).encode()
