@@ -1,1 +1,1 @@
-"""meshagent.raft."""
+"""meshagent.raft: a sans-IO Raft core (`RaftNode`), its durable storage and wire codec."""
