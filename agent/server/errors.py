@@ -1,0 +1,18 @@
+"""Errors a server operation reports to the HTTP API and RPC callers."""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """A server-side operation failed; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NoLeader(ServerError):
+    """No leader was known within rpc_hold_timeout."""
+
+    def __init__(self, message: str = "No cluster leader") -> None:
+        super().__init__(message, 500)
