@@ -75,3 +75,24 @@ class Membership:
                 raise ValueError(f"bad server entry {item!r}")
             servers.append(Server(item[0], item[1], item[2]))
         return cls(tuple(servers))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot covers: the last entry it includes and the membership at that entry."""
+
+    index: int
+    term: int
+    membership: Membership
+
+    def to_wire(self) -> list[object]:
+        """A msgpack-ready form."""
+        return [self.index, self.term, self.membership.to_wire()]
+
+    @classmethod
+    def from_wire(cls, raw: object) -> SnapshotMeta:
+        """Parse `to_wire` output; raises ValueError on anything else."""
+        if (not isinstance(raw, list) or len(raw) != 3 or type(raw[0]) is not int
+                or type(raw[1]) is not int):
+            raise ValueError("snapshot meta must be [index, term, membership]")
+        return cls(raw[0], raw[1], Membership.from_wire(raw[2]))
