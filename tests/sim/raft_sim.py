@@ -171,6 +171,7 @@ class Simulation:
         self.committed: dict[int, bytes] = {}  # index -> prefix chain hash, once any server committed it
         self.applied: dict[int, bytes] = {}
         self.steps = 0
+        self.client_stop = duration
         self.stats = {"snapshots_installed": 0, "transfers": 0, "reconfigurations": 0, "elections": 0}
         membership = Membership(tuple(Server(sid, sid) for sid in self.ids))
         for s in self.servers.values():
@@ -342,8 +343,11 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ clients
 
     def _client_op(self, client: str) -> None:
+        if self.now > self.client_stop:
+            return
         alive = [s for s in self.servers.values() if s.alive]
-        if not alive or self.now > self.duration:
+        if not alive:
+            self._schedule(self.now + 0.1, "client", client)
             return
         leaders = [s for s in alive if s.node.role == LEADER]
         s = self.rng.choice(leaders) if leaders and self.rng.random() < 0.8 else self.rng.choice(alive)
@@ -471,6 +475,7 @@ class Simulation:
     def run(self, heal_time: float = 3.0) -> None:
         """Run the faulty phase, then a calm phase in which the cluster must make progress."""
         end = self.duration + heal_time
+        self.client_stop = end - 1.0  # leave time for the last operations to finish
         while self.now < end:
             due = [(s.node.next_deadline(), s.id) for s in self.servers.values() if s.alive]
             next_timer = min(due) if due else (float("inf"), "")
