@@ -25,6 +25,9 @@ from .http.api import API
 from .http.server import HTTPServer
 from .local_state import LocalState
 from .logs import parse_level
+from ..raft.config import RaftConfig
+from ..raft.storage import StorageError
+from .server.runtime import RaftServer
 from .store import CatalogStore
 
 log = logging.getLogger("meshagent.agent")
@@ -81,10 +84,21 @@ class Agent:
                 config.advertise_addr)
         except Exception as exc:
             raise AgentError(str(exc)) from exc
+        self.server: RaftServer | None = None
         try:
-            self.store = CatalogStore(str(data_dir) if data_dir else None)
+            self.store = CatalogStore(str(data_dir) if data_dir else None, replicated=config.server)
         except Exception as exc:
             raise AgentError(str(exc)) from exc
+        if config.server:
+            bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
+            self.server = RaftServer(
+                node_id=self.node_id, node_name=self.node_name, bind=bind, advertise=self.advertise_addr,
+                port=config.ports.server, data_dir=str(data_dir) if data_dir else None, store=self.store,
+                bootstrap_expect=1 if config.dev else config.bootstrap_expect, join=list(config.retry_join),
+                datacenter=self.datacenter,
+                config=RaftConfig(snapshot_threshold=max(1, config.raft_snapshot_threshold),
+                                  trailing_logs=max(0, config.raft_trailing_logs)))
+            self.store.replicator = self.server
         self.node = Node(node=self.node_name, address=self.advertise_addr, id=self.node_id,
                          datacenter=self.datacenter,
                          tagged_addresses={"lan": self.advertise_addr, "lan_ipv4": self.advertise_addr,
@@ -107,8 +121,20 @@ class Agent:
             self._cancel = scope
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.store.run)
+                if self.server is not None:
+                    try:
+                        await nursery.start(self.server.run)
+                    except StorageError as exc:
+                        raise AgentError(f"cannot open the Raft log: {exc}") from exc
+                    except OSError as exc:
+                        raise AgentError(f"cannot listen on server port {self.server.port}: {exc}") from exc
                 await nursery.start(self.local.run)
-                await self.local.start(self.config.services, self.config.checks)
+                if self.server is not None and not self.config.dev:
+                    # Registering our node needs a Raft leader, which may take a while to appear;
+                    # the HTTP API and DNS must not wait for it.
+                    nursery.start_soon(self.local.start, self.config.services, self.config.checks)
+                else:
+                    await self.local.start(self.config.services, self.config.checks)
                 if self.config.ports.http >= 0:
                     await nursery.start(self.http.run)
                 if self.config.ports.dns >= 0:

@@ -33,6 +33,7 @@ from .checks.manager import CheckManager, UnknownCheck
 from .config.encode import check_to_api, service_to_api
 from .config.loader import ConfigErrors, parse_check, parse_service
 from .config.types import CheckDefinition, ServiceDefinition, Source
+from .server.errors import ServerError
 from .store import CatalogStore, write_atomic
 
 log = logging.getLogger("meshagent.agent")
@@ -89,6 +90,7 @@ class LocalState:
         self.store = store
         self._path = Path(data_dir) / STATE_FILE if data_dir else None
         self._persist_lock = trio.Lock()
+        self._out_of_sync = False
         self.enable_local_script_checks = enable_local_script_checks
         self.enable_script_checks = enable_script_checks
         self._services: dict[str, ServiceDefinition] = {}
@@ -301,10 +303,18 @@ class LocalState:
                     pass  # logged; the next change tries again
 
     async def _anti_entropy(self) -> None:
+        since = 0.0
         while True:
-            await trio.sleep(ANTI_ENTROPY_INTERVAL)
+            await trio.sleep(1.0)
+            since += 1.0
+            if since < ANTI_ENTROPY_INTERVAL and not self._out_of_sync:
+                continue
+            since = 0.0
+            self._out_of_sync = False
             try:
                 await self.sync_full()
+                if not self._out_of_sync:
+                    log.debug("catalog in sync")
             except Exception:  # the catalog may be unreachable later (RPC); keep the loop alive
                 log.exception("anti-entropy sync failed")
 
@@ -361,7 +371,14 @@ class LocalState:
                        connect=dict(defn.connect))
 
     async def _apply(self, command: dict[str, Any]) -> Any:
-        return await self.store.apply(command)
+        try:
+            return await self.store.apply(command)
+        except ServerError as exc:
+            # No leader (yet): like Consul, keep the registration locally and let anti-entropy retry.
+            if not self._out_of_sync:
+                log.warning("catalog sync deferred: %s; retrying every second", exc)
+            self._out_of_sync = True
+            return None
 
     async def _sync_service(self, service_id: str) -> None:
         defn = self._services[service_id]

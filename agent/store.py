@@ -13,7 +13,7 @@ import random
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -54,12 +54,22 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+class Replicator(Protocol):
+    """What the store needs from Raft (RaftServer implements it)."""
+
+    async def apply(self, command: dict[str, Any]) -> Any: ...
+
+    async def read_barrier(self, consistent: bool) -> None: ...
+
+
 class CatalogStore:
     """Owns the catalog on a single node; with a data dir every acknowledged write is on disk."""
 
-    def __init__(self, data_dir: str | None = None) -> None:
+    def __init__(self, data_dir: str | None = None, replicated: bool = False) -> None:
         self.hub = WatchHub()
-        self._path = Path(data_dir) / SNAPSHOT_FILE if data_dir else None
+        # A Raft server's catalog is rebuilt from the Raft snapshot and log, so it writes no file of its own.
+        self._path = Path(data_dir) / SNAPSHOT_FILE if data_dir and not replicated else None
+        self.replicator: Replicator | None = None
         self.catalog = self._load()
         self.catalog.add_listener(self.hub.notify)
         self._persisted_index = self.catalog.last_index
@@ -76,7 +86,9 @@ class CatalogStore:
             raise StoreError(f"cannot load catalog from {self._path}: {exc}") from exc
 
     async def apply(self, command: dict[str, Any]) -> Any:
-        """Apply a command at the next index; returns once it is durable (with a data dir)."""
+        """Apply a command: through Raft on a server, else at the next index once durable (with a data dir)."""
+        if self.replicator is not None:
+            return await self.replicator.apply(command)
         index = self.catalog.last_index + 1
         result = self.catalog.apply(index, command)
         if self._path is not None:
@@ -86,6 +98,23 @@ class CatalogStore:
                     raise StoreError(f"cannot persist catalog to {self._path}: {self._persist_error}")
                 await self._persisted.wait()
         return result
+
+    def apply_committed(self, index: int, command: dict[str, Any]) -> Any:
+        """Apply a command Raft committed at `index` (raises CommandError for a rejected one)."""
+        return self.catalog.apply(index, command)
+
+    def restore(self, data: bytes, at_least: int = 0) -> None:
+        """Replace the catalog with a snapshot's; its index never goes below `at_least`. Wakes every watcher."""
+        catalog = Catalog.restore(data)
+        catalog.last_index = max(catalog.last_index, at_least)
+        catalog.add_listener(self.hub.notify)
+        self.catalog = catalog
+        self.hub.notify_all(catalog.last_index)
+
+    async def read_barrier(self, consistency: bytes) -> None:
+        """Before a read: nothing for `stale` (or without Raft); else confirm leadership (lease or quorum)."""
+        if self.replicator is not None and consistency != b"stale":
+            await self.replicator.read_barrier(consistency == b"consistent")
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Persist in the background: one snapshot write covers every write that arrived meanwhile."""

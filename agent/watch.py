@@ -35,6 +35,17 @@ class WatchHub:
             event.set()
         self.wakeups += len(woken)
 
+    def notify_all(self, index: int) -> None:
+        """Wake every waiter (the whole catalog was replaced by a snapshot restore)."""
+        woken: set[trio.Event] = set()
+        for table in (self._by_key, self._by_prefix):
+            for waiters in table.values():
+                woken.update(waiters)
+            table.clear()
+        for event in woken:
+            event.set()
+        self.wakeups += len(woken)
+
     async def wait(self, keys: Iterable[str], timeout: float) -> bool:
         """Sleep until one of `keys` changes (True) or `timeout` seconds pass (False)."""
         event = trio.Event()

@@ -78,6 +78,20 @@ def agent(**opts: Any) -> None:
     except OSError as exc:
         click.echo(f"==> Error starting agent: {exc}", err=True)
         sys.exit(1)
+    except BaseExceptionGroup as group:
+        # A component failing at start-up arrives wrapped by the nursery that started it.
+        known, rest = group.split((AgentError, OSError))
+        if rest is not None or known is None:
+            raise
+        for exc in _leaves(known):
+            click.echo(f"==> Error starting agent: {exc}", err=True)
+        sys.exit(1)
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for sub in group.exceptions for leaf in _leaves(sub)]
+    return [group]
 
 
 def _flags(opts: dict[str, Any]) -> dict[str, Any]:

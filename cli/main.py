@@ -9,7 +9,9 @@ from .agent_cmd import agent
 from .agent_ops_cmd import info, leave, maint, reload, validate, version
 from .catalog_cmd import catalog, members
 from .kv_cmd import kv
+from .operator_cmd import operator
 from .services_cmd import services
+from .snapshot_cmd import snapshot
 
 
 @click.group(context_settings={"help_option_names": ["-h", "-help", "--help"]})
@@ -19,7 +21,8 @@ def cli() -> None:
     """meshagent: a service mesh agent for fleets of VMs (Consul-compatible API, DNS and CLI)."""
 
 
-for command in (agent, catalog, info, kv, leave, maint, members, reload, services, validate, version):
+for command in (agent, catalog, info, kv, leave, maint, members, operator, reload, services, snapshot, validate,
+                version):
     cli.add_command(command)
 
 

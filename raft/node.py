@@ -199,6 +199,8 @@ class RaftNode:
         self._incoming: tuple[int, int, bytearray] | None = None  # snapshot being received
         self._last_leader_contact = float("-inf")
         self._election_deadline = now + self._random_timeout()
+        if self.membership.voters == {self.id}:
+            self._election_deadline = now  # a lone voter has nobody to wait for
         self._heartbeat_due = float("inf")
         self._check_quorum_due = float("inf")
 
@@ -343,6 +345,8 @@ class RaftNode:
         entry = Entry(1, 1, CONFIG, encode_membership(membership))
         self.term = 1
         self._append([entry])
+        if membership.voters == {self.id}:
+            self._election_deadline = float("-inf")
         return [PersistState(1, None), AppendLog((entry,))]
 
     def tick(self, now: float) -> list[Output]:

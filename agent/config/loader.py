@@ -61,6 +61,7 @@ _SCALARS: dict[str, type] = {
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
     "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
+    "raft_snapshot_threshold": int, "raft_trailing_logs": int,
 }
 WHERE = "__where__"  # settings key: top-level key → (file, line) of the definition that won the merge
 _DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_query_time"})

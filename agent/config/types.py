@@ -128,6 +128,8 @@ class AgentConfig:
     dev: bool = False
     server: bool = False
     bootstrap_expect: int = 0
+    raft_snapshot_threshold: int = 16384  # applied entries between Raft snapshots (Consul's default)
+    raft_trailing_logs: int = 10000  # entries kept behind a snapshot for slow followers
     bind_addr: str = "0.0.0.0"
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"

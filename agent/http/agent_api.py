@@ -1,4 +1,4 @@
-"""`/v1/agent/*` (this agent's own services, checks, maintenance, members) and `/v1/status/*`."""
+"""`/v1/agent/*`: this agent's own services, checks, maintenance, members (`/v1/status/*` is in operator_api)."""
 
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ def _empty() -> Response:
     return 200, [], b""
 
 
-def _advertise(api: API) -> str:
+def advertise_address(api: API) -> str:
+    """The LAN address this agent advertises (no port)."""
     agent = api.agent
     config = agent.config
     return str(getattr(agent, "advertise_addr", "") or config.advertise_addr or config.bind_addr)
 
 
-# ---------------------------------------------------------------------- self, members, status
+# ---------------------------------------------------------------------- self, members
 
 
 async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -69,7 +70,7 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
             "ServerMode": server,
             "DevMode": config.dev,
             "ClientAddrs": config.client_addr.split(),
-            "AdvertiseAddrLAN": _advertise(api),
+            "AdvertiseAddrLAN": advertise_address(api),
             "DNSDomain": config.domain,
             "HTTPPort": config.ports.http,
             "DNSPort": config.ports.dns,
@@ -79,7 +80,7 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
         },
         "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
         "Member": members[0] if members else {},
-        "Stats": {},
+        "Stats": {"raft": api.agent.server.stats()} if getattr(api.agent, "server", None) else {},
         "Meta": dict(config.node_meta),
     }
     return api.json(data, query)
@@ -88,16 +89,6 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
 async def members(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/members (?wan gives the same single node until WAN gossip lands)."""
     return api.json(api.agent.members(), query)
-
-
-async def status_leader(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/status/leader: "<advertise addr>:<server port>" (a single node leads itself)."""
-    return api.json(f"{_advertise(api)}:{api.agent.config.ports.server}", query)
-
-
-async def status_peers(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/status/peers: the Raft peer set (just this node)."""
-    return api.json([f"{_advertise(api)}:{api.agent.config.ports.server}"], query)
 
 
 # ---------------------------------------------------------------------- services

@@ -1,6 +1,6 @@
 """The `/v1` HTTP API: routing, blocking reads with a response cache, and error mapping.
 
-Endpoint bodies live in the area modules (catalog_api, health_api, kv_api, agent_api); each is an
+Endpoint bodies live in the area modules (catalog_api, health_api, kv_api, agent_api, operator_api); each is an
 `async (api, request, query, arg) -> Response` registered in ROUTES below.
 """
 
@@ -11,7 +11,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import agent_api, catalog_api, health_api, kv_api
+from ..server.errors import ServerError
+from . import agent_api, catalog_api, health_api, kv_api, operator_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query
 from .render import dumps
@@ -61,8 +62,11 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/health/node/": {"GET": health_api.node},
     "/v1/health/state/": {"GET": health_api.state},
     "/v1/kv/": {"GET": kv_api.get, "PUT": kv_api.put, "DELETE": kv_api.delete},
-    "/v1/status/leader": {"GET": agent_api.status_leader},
-    "/v1/status/peers": {"GET": agent_api.status_peers},
+    "/v1/status/leader": {"GET": operator_api.status_leader},
+    "/v1/status/peers": {"GET": operator_api.status_peers},
+    "/v1/operator/raft/configuration": {"GET": operator_api.raft_configuration},
+    "/v1/operator/raft/peer": {"DELETE": operator_api.raft_remove_peer},
+    "/v1/snapshot": {"GET": operator_api.snapshot_save, "PUT": operator_api.snapshot_restore},
 }
 # Longest prefix first so /v1/agent/service/register beats /v1/agent/service/.
 _PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)
@@ -129,6 +133,8 @@ class API:
             return exc.response()
         except FilterError as exc:
             return simple_response(400, f"Failed to create boolean expression evaluator: {exc}")
+        except ServerError as exc:
+            return simple_response(exc.status, str(exc).replace("\n", "; "))
         except Exception as exc:
             if self._local_error is not None and isinstance(exc, self._local_error):
                 return simple_response(int(getattr(exc, "status", 400)), str(exc).replace("\n", "; "))
@@ -158,13 +164,21 @@ class API:
 
     def meta_headers(self, index: int, query: Query) -> Headers:
         """Consul's query-meta headers for a catalog read at `index`."""
+        server = getattr(self.agent, "server", None)
+        if server is None:
+            leader_headers = [_KNOWN_LEADER, _LAST_CONTACT]
+        else:
+            known = b"true" if server.is_leader() or server.leader_address() else b"false"
+            leader_headers = [(b"x-consul-knownleader", known),
+                              (b"x-consul-lastcontact", b"%d" % server.last_contact_ms())]
         return [CT_JSON, (b"x-consul-effective-consistency", query.consistency),
-                (b"x-consul-index", b"%d" % index), _KNOWN_LEADER, _LAST_CONTACT]
+                (b"x-consul-index", b"%d" % index), *leader_headers]
 
     async def block(self, keys: list[str], query: Query, request: Request | None = None) -> int:
         """Wait for `?index=` (if given) and return the query's current X-Consul-Index. A client that
         hangs up ends the wait at once (as Go's request context does in Consul)."""
         store = self.agent.store
+        await store.read_barrier(query.consistency)
         if query.index > 0:
             if request is not None and request.parking is not None:
                 with request.parking.watch(request.sock):

@@ -22,19 +22,15 @@ import dns.message
 import dns.query
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from machine import cpu_model  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+
 HOST = "127.0.0.201"
 OURS_PORT, DNSMASQ_PORT = 18600, 18601
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model("unknown CPU")
     return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()}"
 
 

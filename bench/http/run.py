@@ -15,8 +15,6 @@ measure wrk, not our code, on a 2-core box.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -28,21 +26,11 @@ from pathlib import Path
 import trio
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+
 PY = sys.executable
 URL_PATH = "/v1/health/service/db?passing"
-
-
-def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"nproc={os.cpu_count()}  cpu={cpu}  python={platform.python_version()} "
-            f"({platform.python_implementation()})  kernel={platform.release()}")
 
 
 def ensure_wrk() -> str:

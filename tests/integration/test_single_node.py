@@ -169,7 +169,8 @@ def test_broken_service_file_is_named_by_validate_start_and_reload(tmp_path: Pat
 
 def test_restart_with_data_dir_keeps_api_services_kv_and_ttl_status(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    agent = start_agent(tmp_path, "-data-dir", str(data_dir), "-server", dev=False, node="keeper")
+    agent = start_agent(tmp_path, "-data-dir", str(data_dir), "-server", "-bootstrap-expect", "1", dev=False,
+                        node="keeper")
     base = agent.http_addr
     body = {"Name": "cache", "ID": "cache-1", "Port": 6379, "Tags": ["a"],
             "Check": {"CheckID": "cache-ttl", "Name": "cache ttl", "TTL": "10m"}}

@@ -29,7 +29,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def free_loopback_host(ports: tuple[int, ...] = (8500, 8600)) -> str:
+def free_loopback_host(ports: tuple[int, ...] = (8500, 8600, 8300)) -> str:
     """A 127.0.0.N on which the given TCP and UDP ports are free."""
     global _next_host
     for _ in range(250):
@@ -48,6 +48,7 @@ class AgentProcess:
     args: list[str]
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NAME] (it execs: same PID)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,12 +64,13 @@ class AgentProcess:
         """The agent's DNS port."""
         return 8600
 
-    def start(self, timeout: float = 20.0) -> AgentProcess:
-        """Launch the process and wait until its HTTP API answers."""
+    def start(self, timeout: float = 20.0, wait: bool = True) -> AgentProcess:
+        """Launch the process and (unless wait=False) wait until its HTTP API answers."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([MESHAGENT, "agent", *self.args], stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([*self.prefix, MESHAGENT, "agent", *self.args], stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.workdir, start_new_session=True)
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:

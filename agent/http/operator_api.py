@@ -1,0 +1,101 @@
+"""`/v1/status/*`, `/v1/operator/raft/*` and `/v1/snapshot`: the Raft server's operator surface.
+
+Every handler talks to `api.agent.server` (a RaftServer, None on client agents); a ServerError it raises
+becomes its status with the message as the body (mapped in API.__call__).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..snapshot_archive import ArchiveError, pack, unpack
+from .agent_api import advertise_address
+from .query import HTTPError, Query, bad_request
+from .server import Request, Response
+
+if TYPE_CHECKING:
+    from .api import API
+
+CT_GZIP = (b"content-type", b"application/x-gzip")
+NOT_A_SERVER = "this agent is not a server"
+
+
+def _server(api: API) -> Any:
+    """The agent's RaftServer, or a 500 as Consul gives for server-only endpoints on a client."""
+    server = getattr(api.agent, "server", None)
+    if server is None:
+        raise HTTPError(500, NOT_A_SERVER)
+    return server
+
+
+def _self_address(api: API) -> str:
+    return f"{advertise_address(api)}:{api.agent.config.ports.server}"
+
+
+# ---------------------------------------------------------------------- status
+
+
+async def status_leader(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/status/leader: the leader's "ip:port", or "" while there is none."""
+    server = getattr(api.agent, "server", None)
+    if server is None:
+        # No Raft running here (a single -dev node or an agent under test) leads itself.
+        return api.json(_self_address(api), query)
+    return api.json(server.leader_address() or "", query)
+
+
+async def status_peers(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/status/peers: the voters' "ip:port" addresses."""
+    server = getattr(api.agent, "server", None)
+    if server is None:
+        return api.json([_self_address(api)], query)
+    return api.json(list(server.peers()), query)
+
+
+# ---------------------------------------------------------------------- operator raft
+
+
+async def raft_configuration(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter, ...}], "Index"}."""
+    index, servers = _server(api).configuration()
+    return api.json({"Servers": servers, "Index": index}, query)
+
+
+async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -> Response:
+    """DELETE /v1/operator/raft/peer?id=<server id> or ?address=<ip:port>."""
+    server = _server(api)
+    server_id, address = query.get("id"), query.get("address")
+    if not server_id and not address:
+        raise bad_request("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
+    if server_id and address:
+        raise bad_request("Must specify only one of ?id or ?address")
+    await server.remove_peer(server_id=server_id or None, address=address or None)
+    return 200, [], b""
+
+
+# ---------------------------------------------------------------------- snapshot
+
+
+async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/snapshot[?stale]: a gzipped tar archive; X-Consul-Index is the snapshot's index."""
+    server = _server(api)
+    meta, state = await server.snapshot(query.has("stale"))
+    try:
+        body = pack(meta, state)
+    except ArchiveError as exc:
+        # The server handed back meta we cannot archive: a bug on our side, not the caller's.
+        raise HTTPError(500, f"failed to build snapshot archive: {exc}") from None
+    known = b"true" if server.leader_address() else b"false"
+    headers = [CT_GZIP, (b"x-consul-index", b"%d" % int(meta["Index"])), (b"x-consul-knownleader", known)]
+    return 200, headers, body
+
+
+async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/snapshot with an archive as the body: verify it, then replace the cluster's state."""
+    server = _server(api)
+    try:
+        meta, state = unpack(request.body)
+    except ArchiveError as exc:
+        raise bad_request(str(exc)) from None
+    await server.restore(meta, state)
+    return 200, [], b""

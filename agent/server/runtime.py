@@ -1,0 +1,723 @@
+"""RaftServer: drives the sans-IO Raft core with trio, durable storage, the :8300 transport and the catalog.
+
+One task owns the core. It takes every queued input (messages, proposals, reads), feeds them to the core,
+then carries out the outputs: one storage write + fsync for the whole batch (group commit), the sends, and
+the applies. While that fsync runs in a worker thread, new inputs queue up and form the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from ...raft.config import RaftConfig
+from ...raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta
+from ...raft.messages import Message
+from ...raft.node import (
+    LEADER,
+    AppendLog,
+    Apply,
+    CompactLog,
+    InstallSnapshot,
+    NotLeader,
+    Output,
+    PersistState,
+    RaftNode,
+    ReadFailed,
+    ReadReady,
+    RoleChange,
+    Send,
+    TruncateLog,
+)
+from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, SnapshotStore
+from ..catalog import Catalog, CommandError
+from ..store import CatalogStore
+from .errors import NoLeader, ServerError
+from .transport import PeerLink, RPCClient, ServerListener, split_address
+
+log = logging.getLogger("meshagent.server")
+
+RPC_HOLD_TIMEOUT = 7.0
+SERVER_STABILIZATION_TIME = 10.0
+DEAD_SERVER_AFTER = 10.0
+
+
+@dataclass
+class _Proposal:
+    data: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    index: int = 0
+    term: int = 0
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class _Read:
+    consistent: bool
+    done: trio.Event = field(default_factory=trio.Event)
+    index: int = 0
+    error: str | None = None
+
+
+class RaftServer:
+    """A server's Raft node, holding the catalog as its state machine."""
+
+    def __init__(self, *, node_id: str, node_name: str, bind: str, advertise: str, port: int,
+                 data_dir: str | None, store: CatalogStore, bootstrap_expect: int = 0,
+                 join: list[str] | None = None, config: RaftConfig | None = None, datacenter: str = "dc1") -> None:
+        self.id = node_id
+        self.name = node_name
+        self.bind = bind
+        self.port = port
+        self.address = f"{advertise}:{port}"
+        self.datacenter = datacenter
+        self.store = store
+        self.bootstrap_expect = bootstrap_expect
+        self.join = list(join or [])
+        self.config = config or RaftConfig()
+        self._dir = Path(data_dir) / "raft" if data_dir else None
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](100_000)
+        self._links: dict[str, PeerLink] = {}
+        self._rpc: dict[str, RPCClient] = {}
+        self._names: dict[str, str] = {node_id: node_name}
+        self._pending: dict[int, _Proposal] = {}
+        self._reads: dict[int, _Read] = {}
+        self._read_seq = 0
+        self._applied = trio.Event()
+        self._leader_known = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._nonvoter_since: dict[str, float] = {}
+        self.listener = ServerListener(bind, port, self._on_raft_message, self._on_rpc)
+        self.node: RaftNode | None = None
+        self.log_store: LogStore | MemoryLogStore | None = None
+        self.snapshots: SnapshotStore | MemorySnapshotStore | None = None
+        self._last_snapshot_index = 0
+
+    # ------------------------------------------------------------------------------------------ start
+
+    def _open(self, now: float) -> None:
+        """Open storage and rebuild the core and the catalog from snapshot + log (blocking; run in a thread)."""
+        if self._dir is None:
+            self.log_store, self.snapshots = MemoryLogStore(), MemorySnapshotStore()
+        else:
+            self.log_store = LogStore.open(self._dir)
+            self.snapshots = SnapshotStore(self._dir / "snapshots")
+        latest = self.snapshots.latest()
+        ls = self.log_store
+        entries = ls.entries(ls.first_index, ls.last_index) if ls.last_index >= ls.first_index else []
+        base = ls.first_index - 1
+        base_term = ls.term_at(base) or 0
+        meta, data = latest if latest else (None, b"")
+        if meta is not None:
+            self.store.restore(data)
+            self._last_snapshot_index = meta.index
+        self.node = RaftNode(self.id, self.config, random.Random(), now, term=ls.term,
+                             vote=ls.vote, entries=entries, base_index=base, base_term=base_term,
+                             snapshot=meta, snapshot_data=data)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open storage, listen on :8300, and run the Raft loop until cancelled."""
+        await trio.to_thread.run_sync(self._open, trio.current_time())
+        assert self.node is not None
+        await trio.lowlevel.checkpoint()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.listener.run)
+            if self.listener.bound_port != self.port:
+                self.port = self.listener.bound_port
+                self.address = f"{self.address.rpartition(':')[0]}:{self.port}"
+            self._sync_links()
+            nursery.start_soon(self._loop)
+            nursery.start_soon(self._bootstrap_or_join)
+            nursery.start_soon(self._autopilot)
+            task_status.started()
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        node = self.node
+        assert node is not None
+        while True:
+            batch: list[tuple[str, Any]] = []
+            with trio.move_on_at(node.next_deadline()):
+                batch.append(await self._inbox.receive())
+            while len(batch) < 4096:
+                try:
+                    batch.append(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            now = trio.current_time()
+            outs: list[Output] = []
+            proposals: list[_Proposal] = []
+            for kind, item in batch:
+                if kind == "msg":
+                    outs.extend(node.receive(now, item[0], item[1]))
+                elif kind == "propose":
+                    proposals.append(item)
+                elif kind == "read":
+                    outs.extend(self._start_read(now, item))
+                elif kind == "call":
+                    outs.extend(item(now))
+            if proposals:
+                outs.extend(self._propose(now, proposals))
+            outs.extend(node.tick(now))
+            await self._carry_out(outs)
+
+    def _propose(self, now: float, proposals: list[_Proposal]) -> list[Output]:
+        assert self.node is not None
+        try:
+            first, outs = self.node.propose_batch(now, [p.data for p in proposals])
+        except NotLeader as exc:
+            for p in proposals:
+                p.error = f"not the leader ({exc})"
+                p.done.set()
+            return []
+        for i, p in enumerate(proposals):
+            p.index, p.term = first + i, self.node.term
+            self._pending[p.index] = p
+        return outs
+
+    def _start_read(self, now: float, read: _Read) -> list[Output]:
+        assert self.node is not None
+        if not read.consistent:
+            index = self.node.lease_read_index(now)
+            if index is not None:
+                read.index = index
+                read.done.set()
+                return []
+        self._read_seq += 1
+        self._reads[self._read_seq] = read
+        return self.node.read_index(now, self._read_seq)
+
+    async def _carry_out(self, outs: list[Output]) -> None:
+        node = self.node
+        assert node is not None
+        while outs:
+            storage = [o for o in outs if isinstance(o, PersistState | AppendLog | TruncateLog | CompactLog |
+                                                     InstallSnapshot)]
+            sends = [o for o in outs if isinstance(o, Send)]
+            # A leader may replicate before its own fsync (it just cannot count itself until then);
+            # anything else (votes, acknowledgements) goes out only once durable.
+            early = node.role == LEADER and not any(isinstance(o, PersistState | TruncateLog | InstallSnapshot)
+                                                    for o in storage)
+            if early:
+                self._send_all(sends)
+            if storage:
+                await trio.to_thread.run_sync(self._write, storage)
+            if not early:
+                self._send_all(sends)
+            for o in outs:
+                if isinstance(o, Apply):
+                    self._apply(o.entries)
+                elif isinstance(o, InstallSnapshot):
+                    self.store.restore(o.data)
+                    self._last_snapshot_index = o.meta.index
+                    self._wake_applied()
+                elif isinstance(o, ReadReady):
+                    self._finish_read(o.ctx, o.index, None)
+                elif isinstance(o, ReadFailed):
+                    self._finish_read(o.ctx, 0, o.reason)
+                elif isinstance(o, RoleChange):
+                    self._on_role_change(o)
+            now = trio.current_time()
+            outs = []
+            if storage and node.role == LEADER:
+                outs.extend(node.persisted(now, node.last_index))
+            outs.extend(node.flush(now))
+            if not outs:
+                await self._maybe_snapshot()
+
+    def _write(self, storage: list[Output]) -> None:
+        ls, snaps = self.log_store, self.snapshots
+        assert ls is not None and snaps is not None
+        appended: list[Entry] = []
+        for o in storage:
+            if isinstance(o, AppendLog):
+                appended.extend(o.entries)
+                continue
+            if appended:
+                ls.append(appended)
+                appended = []
+            if isinstance(o, PersistState):
+                ls.set_hard_state(o.term, o.vote)
+            elif isinstance(o, TruncateLog):
+                ls.truncate_suffix(o.from_index)
+            elif isinstance(o, CompactLog):
+                ls.compact_prefix(o.upto_index, o.upto_term)
+            elif isinstance(o, InstallSnapshot):
+                snaps.save(o.meta, o.data)
+                if o.reset_log:
+                    ls.reset(o.meta.index, o.meta.term)
+        if appended:
+            ls.append(appended)
+        ls.sync()
+
+    def _send_all(self, sends: list[Send]) -> None:
+        for s in sends:
+            link = self._links.get(s.to)
+            if link is not None:
+                link.send(s.msg)
+
+    def _apply(self, entries: tuple[Entry, ...]) -> None:
+        for e in entries:
+            p = self._pending.pop(e.index, None)
+            if e.kind == COMMAND:
+                result, error = self._apply_command(e)
+            else:
+                result, error = None, None
+                if e.kind == 1:
+                    self._sync_links()
+            if p is not None:
+                if p.term != e.term:
+                    p.error = "leadership changed before the write committed; it was not applied"
+                else:
+                    p.result, p.error = result, error
+                p.done.set()
+        self._wake_applied()
+
+    def _apply_command(self, e: Entry) -> tuple[Any, str | None]:
+        catalog = self.store.catalog
+        try:
+            command = msgpack.unpackb(e.data, raw=False)
+        except Exception as exc:
+            return None, f"undecodable command: {exc}"
+        # Raft indexes also count no-op and configuration entries; after a restore the catalog may be
+        # ahead of the log. Every replica maps indexes the same way, so they stay identical.
+        index = max(e.index, catalog.last_index + 1)
+        if isinstance(command, dict) and command.get("op") == "restore":
+            try:
+                self.store.restore(command["state"], at_least=index)
+            except (CommandError, KeyError, TypeError, ValueError) as exc:
+                return None, f"cannot restore snapshot: {exc}"
+            return True, None
+        try:
+            return self.store.apply_committed(index, command), None
+        except CommandError as exc:
+            return None, str(exc)
+
+    def _wake_applied(self) -> None:
+        self._applied.set()
+        self._applied = trio.Event()
+
+    def _finish_read(self, ctx: object, index: int, error: str | None) -> None:
+        read = self._reads.pop(ctx, None)  # type: ignore[call-overload]
+        if read is not None:
+            read.index, read.error = index, error
+            read.done.set()
+
+    def _on_role_change(self, change: RoleChange) -> None:
+        log.info("raft: %s in term %d (leader %s)", change.role, change.term,
+                 self._address_of(change.leader) if change.leader else "unknown")
+        if change.leader is not None:
+            self._leader_known.set()
+        else:
+            self._leader_known = trio.Event()
+        if change.role == LEADER:
+            now = trio.current_time()
+            for s in self.node.membership.servers if self.node else ():
+                if not s.voter:
+                    self._nonvoter_since.setdefault(s.id, now)
+
+    async def _maybe_snapshot(self) -> None:
+        node = self.node
+        assert node is not None and self.snapshots is not None
+        if node.applied_index - self._last_snapshot_index < self.config.snapshot_threshold:
+            return
+        index = node.applied_index
+        data = self.store.catalog.snapshot()
+        meta = SnapshotMeta(index, node.term_at(index) or 0, node.membership_at(index))
+        await trio.to_thread.run_sync(self.snapshots.save, meta, data)
+        self._last_snapshot_index = index
+        outs = node.snapshot_taken(index, data)
+        if outs:
+            await trio.to_thread.run_sync(self._write, outs)
+        log.info("raft: snapshot at index %d (%d bytes)", index, len(data))
+
+    # ------------------------------------------------------------------------------------------ peers
+
+    def _address_of(self, server_id: str | None) -> str:
+        if server_id is None or self.node is None:
+            return ""
+        s = self.node.membership.get(server_id)
+        return s.address if s else ""
+
+    def _sync_links(self) -> None:
+        """One outgoing link per other member of the configuration."""
+        if self.node is None or self._nursery is None:
+            return
+        for s in self.node.membership.servers:
+            if s.id != self.id and (s.id not in self._links or self._links[s.id].address != s.address):
+                link = PeerLink(s.address, self.id, self.address)
+                self._links[s.id] = link
+                self._nursery.start_soon(link.run)
+
+    def _on_raft_message(self, src: str, address: str, msg: Message) -> None:
+        if src not in self._links and self._nursery is not None:
+            # A peer we have no configuration entry for yet (a leader adding us, a fresh bootstrap):
+            # answer it at the address it gave.
+            link = PeerLink(address, self.id, self.address)
+            self._links[src] = link
+            self._nursery.start_soon(link.run)
+        try:
+            self._inbox_send.send_nowait(("msg", (src, msg)))
+        except trio.WouldBlock:
+            pass  # overloaded: Raft retransmits
+
+    async def _call(self, fn: Any) -> None:
+        await self._inbox_send.send(("call", fn))
+
+    def _rpc_client(self, address: str) -> RPCClient:
+        client = self._rpc.get(address)
+        if client is None:
+            client = self._rpc[address] = RPCClient(address)
+        return client
+
+    async def _call_server(self, address: str, method: str, args: Any, timeout: float = 10.0) -> Any:
+        assert self._nursery is not None
+        return await self._rpc_client(address).call(self._nursery, method, args, timeout)
+
+    # ------------------------------------------------------------------------------------------ RPC
+
+    async def _on_rpc(self, method: str, args: Any) -> Any:
+        if method == "hello":
+            if isinstance(args, dict) and isinstance(args.get("id"), str):
+                self._names[args["id"]] = str(args.get("name", ""))
+                self._seen[args["id"]] = args
+            return self._hello()
+        if method == "apply":
+            if not isinstance(args, bytes):
+                raise ServerError("apply needs the command bytes")
+            return await self.apply_bytes(args)
+        if method == "read_index":
+            return await self._leader_read_index(bool(args))
+        if method == "add_server":
+            if not isinstance(args, dict):
+                raise ServerError("add_server needs {id, address, name}")
+            await self._add_server(str(args["id"]), str(args["address"]), str(args.get("name", "")))
+            return True
+        raise ServerError(f"unknown RPC method {method!r}")
+
+    def _hello(self) -> dict[str, Any]:
+        node = self.node
+        assert node is not None
+        return {"id": self.id, "name": self.name, "address": self.address, "datacenter": self.datacenter,
+                "bootstrap_expect": self.bootstrap_expect, "leader": self.leader_address(),
+                "bootstrapped": bool(node.membership.servers) or node.last_index > 0}
+
+    # ------------------------------------------------------------------------------------------ bootstrap
+
+    _seen: dict[str, dict[str, Any]]
+
+    async def _bootstrap_or_join(self) -> None:
+        """Find the other servers through the join addresses; bootstrap once `bootstrap_expect` agree."""
+        self._seen = {}
+        node = self.node
+        assert node is not None
+        if node.membership.servers or node.last_index > 0:
+            return  # already part of a cluster: the log knows the peers
+        if self.bootstrap_expect == 1 and not self.join:
+            await self._call(lambda now: self.node.bootstrap(  # type: ignore[union-attr]
+                Membership((Server(self.id, self.address, True),))))
+            log.info("raft: bootstrapped a single-server cluster")
+            return
+        if not self.bootstrap_expect and not self.join:
+            log.warning("no -bootstrap-expect and no -retry-join: waiting to be added to a cluster")
+            return
+        warned: set[str] = set()
+        while not (self.node.membership.servers or self.node.last_index > 0):
+            hellos: dict[str, dict[str, Any]] = {self.id: self._hello()}
+            for addr in self.join:
+                host, _ = split_address(addr, self.port)
+                target = f"{host}:{self.port}"
+                if target == self.address:
+                    continue
+                try:
+                    h = await self._call_server(target, "hello", self._hello(), timeout=2.0)
+                except ServerError:
+                    continue
+                if isinstance(h, dict) and isinstance(h.get("id"), str):
+                    hellos[h["id"]] = h
+                    self._names[h["id"]] = str(h.get("name", ""))
+            hellos.update({k: v for k, v in self._seen.items() if k not in hellos})
+            log.debug("raft: bootstrap round: %d servers known (%s)", len(hellos),
+                      ", ".join(f"{h.get('address')} expect={h.get('bootstrap_expect')} "
+                                f"bootstrapped={h.get('bootstrapped')}" for h in hellos.values()))
+            leader = next((h["leader"] for h in hellos.values() if h.get("leader")), None)
+            if leader:
+                try:
+                    await self._call_server(leader, "add_server", {"id": self.id, "address": self.address,
+                                                                   "name": self.name}, timeout=5.0)
+                    log.info("raft: asked leader %s to add us", leader)
+                except ServerError as exc:
+                    log.warning("raft: could not join through leader %s: %s", leader, exc)
+            elif self.bootstrap_expect and not any(h.get("bootstrapped") for h in hellos.values()):
+                for h in hellos.values():
+                    if h.get("bootstrap_expect") not in (0, self.bootstrap_expect) and h["id"] not in warned:
+                        warned.add(h["id"])
+                        log.error("raft: server %s (%s) has bootstrap_expect %s but we have %d; not "
+                                  "bootstrapping with it", h.get("name"), h.get("address"),
+                                  h.get("bootstrap_expect"), self.bootstrap_expect)
+                agree = sorted((h for h in hellos.values() if h.get("bootstrap_expect") == self.bootstrap_expect),
+                               key=lambda h: h["id"])
+                if len(agree) >= self.bootstrap_expect:
+                    membership = Membership(tuple(Server(h["id"], h["address"], True) for h in agree))
+                    await self._call(lambda now, m=membership: self.node.bootstrap(m))  # type: ignore[union-attr]
+                    log.info("raft: bootstrapping with %d servers: %s", len(agree),
+                             ", ".join(h["address"] for h in agree))
+                    self._sync_links_soon()
+                    return
+            await trio.sleep(1.0)
+
+    def _sync_links_soon(self) -> None:
+        async def later() -> None:
+            with trio.move_on_after(5):
+                while self.node is not None and not self.node.membership.servers:
+                    await trio.sleep(0.05)
+            self._sync_links()
+        assert self._nursery is not None
+        self._nursery.start_soon(later)
+
+    async def _add_server(self, server_id: str, address: str, name: str) -> None:
+        """Leader side of a join: add as a non-voter (autopilot promotes it once stable)."""
+        node = self.node
+        assert node is not None
+        if node.role != LEADER:
+            leader = self.leader_address()
+            if not leader:
+                raise NoLeader()
+            await self._call_server(leader, "add_server", {"id": server_id, "address": address, "name": name})
+            return
+        self._names[server_id] = name
+        existing = node.membership.get(server_id)
+        if existing is not None and existing.address == address:
+            return
+        new = node.membership.with_server(Server(server_id, address, False))
+        await self._change_membership(new)
+        self._nonvoter_since[server_id] = trio.current_time()
+
+    async def _change_membership(self, new: Membership) -> None:
+        box: list[Exception] = []
+
+        def change(now: float) -> list[Output]:
+            try:
+                _, outs = self.node.propose_membership(now, new)  # type: ignore[union-attr]
+                return outs
+            except (NotLeader, ValueError) as exc:
+                box.append(exc)
+                return []
+        await self._call(change)
+        with trio.move_on_after(1):
+            while not box and self.node is not None and self.node.membership != new:
+                await trio.sleep(0.01)
+        if box:
+            raise ServerError(str(box[0]), 409 if isinstance(box[0], ValueError) else 500)
+        self._sync_links()
+
+    async def _autopilot(self) -> None:
+        """Promote stable non-voters; remove a dead voter once a healthy replacement is there."""
+        while True:
+            await trio.sleep(1.0)
+            node = self.node
+            if node is None or node.role != LEADER:
+                continue
+            now = trio.current_time()
+            try:
+                for s in node.membership.servers:
+                    if s.voter or s.id == self.id:
+                        continue
+                    since = self._nonvoter_since.setdefault(s.id, now)
+                    healthy = self._healthy(s.id, now)
+                    if not healthy:
+                        self._nonvoter_since[s.id] = now
+                        continue
+                    dead = [v.id for v in node.membership.servers
+                            if v.voter and v.id != self.id and not self._healthy(v.id, now, DEAD_SERVER_AFTER)]
+                    if dead:
+                        log.info("autopilot: removing dead server %s for its replacement %s", dead[0], s.id)
+                        await self._change_membership(node.membership.without(dead[0]))
+                        break
+                    if now - since >= SERVER_STABILIZATION_TIME:
+                        log.info("autopilot: promoting %s to voter", s.id)
+                        await self._change_membership(node.membership.with_server(Server(s.id, s.address, True)))
+                        break
+            except ServerError as exc:
+                log.debug("autopilot: %s", exc)
+
+    def _healthy(self, server_id: str, now: float, window: float | None = None) -> bool:
+        pr = self.node._progress.get(server_id) if self.node else None
+        if pr is None:
+            return False
+        return now - pr.last_response < (window or self.config.election_timeout)
+
+    # ------------------------------------------------------------------------------------------ API
+
+    def is_leader(self) -> bool:
+        """Whether this server leads."""
+        return self.node is not None and self.node.role == LEADER
+
+    def leader_address(self) -> str | None:
+        """The leader's server address ("ip:8300"), if known."""
+        if self.node is None or self.node.leader_id is None:
+            return None
+        return self._address_of(self.node.leader_id) or None
+
+    def last_contact_ms(self) -> int:
+        """Milliseconds since this server last heard from the leader (0 on the leader)."""
+        node = self.node
+        if node is None or node.role == LEADER:
+            return 0
+        last = node._last_leader_contact
+        if last == float("-inf"):
+            return 0
+        return int((trio.current_time() - last) * 1000)
+
+    async def _wait_for_leader(self) -> str | None:
+        """The leader's address (None when we lead), waiting up to rpc_hold_timeout for one."""
+        with trio.move_on_after(RPC_HOLD_TIMEOUT):
+            while True:
+                if self.is_leader():
+                    return None
+                leader = self.leader_address()
+                if leader:
+                    return leader
+                await self._leader_known.wait()
+                await trio.sleep(0)
+        raise NoLeader()
+
+    async def apply(self, command: dict[str, Any]) -> Any:
+        """Replicate a catalog command and return its result once applied here; forwards to the leader."""
+        data = msgpack.packb(command, use_bin_type=True)
+        result = await self.apply_bytes(data)
+        return result
+
+    async def apply_bytes(self, data: bytes) -> Any:
+        """`apply` for an encoded command (the RPC entry point)."""
+        deadline = trio.current_time() + RPC_HOLD_TIMEOUT
+        while True:
+            leader = await self._wait_for_leader()
+            if leader is None:
+                p = _Proposal(data)
+                await self._inbox_send.send(("propose", p))
+                await p.done.wait()
+                if p.error is None:
+                    return p.result
+                if not p.error.startswith("not the leader") or trio.current_time() > deadline:
+                    raise ServerError(p.error)
+                await trio.sleep(0.01)
+                continue
+            try:
+                result = await self._call_server(leader, "apply", data, timeout=RPC_HOLD_TIMEOUT)
+            except ServerError as exc:
+                if trio.current_time() > deadline or ("not the leader" not in str(exc) and "reach" not in str(exc)):
+                    raise
+                await trio.sleep(0.05)
+                continue
+            # Read-your-writes on this server: wait until it has applied what the leader did.
+            return result
+
+    async def _leader_read_index(self, consistent: bool) -> int:
+        if not self.is_leader():
+            raise ServerError("not the leader")
+        read = _Read(consistent)
+        await self._inbox_send.send(("read", read))
+        await read.done.wait()
+        if read.error is not None:
+            raise ServerError(f"read not confirmed: {read.error}")
+        return read.index
+
+    async def read_barrier(self, consistent: bool) -> None:
+        """Wait until this server may answer a `default` (consistent=False) or `consistent` read."""
+        node = self.node
+        if not consistent and node is not None and node.role == LEADER:
+            # The hot path: a leader inside its lease answers without a round through the Raft loop.
+            index = node.lease_read_index(trio.current_time())
+            if index is not None and node.applied_index >= index:
+                return
+        deadline = trio.current_time() + RPC_HOLD_TIMEOUT
+        while True:
+            leader = await self._wait_for_leader()
+            try:
+                if leader is None:
+                    index = await self._leader_read_index(consistent)
+                else:
+                    index = await self._call_server(leader, "read_index", consistent, timeout=RPC_HOLD_TIMEOUT)
+                break
+            except ServerError:
+                if trio.current_time() > deadline:
+                    raise NoLeader() from None
+                await trio.sleep(0.05)
+        with trio.move_on_after(RPC_HOLD_TIMEOUT) as scope:
+            while self.node is not None and self.node.applied_index < index:
+                await self._applied.wait()
+        if scope.cancelled_caught:
+            raise ServerError("timed out waiting for this server to catch up with the leader")
+
+    def peers(self) -> list[str]:
+        """Voter addresses."""
+        if self.node is None:
+            return []
+        return [s.address for s in self.node.membership.servers if s.voter]
+
+    def configuration(self) -> tuple[int, list[dict[str, object]]]:
+        """The Raft configuration as /v1/operator/raft/configuration shows it."""
+        node = self.node
+        if node is None:
+            return 0, []
+        index = max((i for i, _ in node._configs), default=node._base_membership_index)
+        return index, [{"ID": s.id, "Node": self._names.get(s.id, s.id), "Address": s.address,
+                        "Leader": s.id == node.leader_id, "Voter": s.voter, "ProtocolVersion": "3"}
+                       for s in node.membership.servers]
+
+    async def remove_peer(self, *, server_id: str | None, address: str | None) -> None:
+        """Remove a server from the configuration (leader only; forwarded otherwise)."""
+        node = self.node
+        assert node is not None
+        target = next((s for s in node.membership.servers
+                       if (server_id and s.id == server_id) or (address and s.address == address)), None)
+        if target is None:
+            raise ServerError(f"no server with {'id ' + repr(server_id) if server_id else 'address ' + repr(address)}"
+                              " in the Raft configuration", 404)
+        if not self.is_leader():
+            raise ServerError("remove-peer must be sent to the leader's agent", 500)
+        await self._change_membership(node.membership.without(target.id))
+
+    async def snapshot(self, stale: bool) -> tuple[dict[str, object], bytes]:
+        """A point-in-time catalog snapshot with its index and term."""
+        if not stale:
+            await self.read_barrier(consistent=True)
+        node = self.node
+        assert node is not None
+        index = node.applied_index
+        data = self.store.catalog.snapshot()
+        meta: dict[str, object] = {"ID": f"{node.term}-{index}-{int(time.time() * 1000)}", "Index": index,
+                                   "Term": node.term_at(index) or node.term, "Version": 1}
+        return meta, data
+
+    async def restore(self, meta: dict[str, object], state: bytes) -> None:
+        """Replace the catalog with a snapshot's, through the log so that every server does it."""
+        try:
+            Catalog.restore(state)
+        except Exception as exc:
+            raise ServerError(f"snapshot state does not decode: {exc}", 400) from exc
+        await self.apply({"op": "restore", "state": state})
+
+    def stats(self) -> dict[str, str]:
+        """Figures for `meshagent info`."""
+        node = self.node
+        if node is None:
+            return {"state": "starting"}
+        return {"state": node.role, "term": str(node.term), "last_log_index": str(node.last_index),
+                "last_log_term": str(node.last_term), "commit_index": str(node.commit_index),
+                "applied_index": str(node.applied_index), "num_peers": str(max(0, len(self.peers()) - 1)),
+                "leader": str(node.role == LEADER).lower(), "leader_addr": self.leader_address() or "",
+                "last_snapshot_index": str(self._last_snapshot_index),
+                "latest_configuration": str([{"id": s.id, "address": s.address, "voter": s.voter}
+                                             for s in node.membership.servers])}

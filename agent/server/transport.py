@@ -1,0 +1,256 @@
+"""The server port (:8300): length-prefixed msgpack frames over TCP, for Raft messages and RPC calls.
+
+Frames: 4-byte big-endian length, then a msgpack array:
+  ["raft", from_id, from_address, message]  one-way Raft message (see meshagent.raft.messages)
+  ["req", id, method, args]             an RPC call; answered on the same connection by
+  ["resp", id, error_or_nil, result]
+Each server keeps one outgoing connection per peer for Raft messages (pipelined, never waiting for
+answers); answers to Raft messages travel on the peer's own connection back to us.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from ...raft.messages import Message, decode_message, encode_message
+from .errors import ServerError
+
+log = logging.getLogger("meshagent.server.transport")
+
+MAX_FRAME = 64 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+RaftHandler = Callable[[str, str, Message], None]
+RPCHandler = Callable[[str, Any], Awaitable[Any]]
+
+
+def pack_frame(payload: Any) -> bytes:
+    """One frame."""
+    body = msgpack.packb(payload, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+class FrameReader:
+    """Splits a byte stream into decoded frames; raises ValueError on a malformed one."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Frames completed by `data`."""
+        self._buf += data
+        frames = []
+        while len(self._buf) >= 4:
+            (size,) = _LEN.unpack_from(self._buf)
+            if size > MAX_FRAME:
+                raise ValueError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+            if len(self._buf) < 4 + size:
+                break
+            body = bytes(self._buf[4:4 + size])
+            del self._buf[:4 + size]
+            try:
+                frames.append(msgpack.unpackb(body, raw=False))
+            except Exception as exc:  # msgpack raises several types for garbage
+                raise ValueError(f"undecodable frame: {exc}") from exc
+        return frames
+
+
+class PeerLink:
+    """The outgoing connection to one peer: a queue drained by one task that reconnects as needed."""
+
+    def __init__(self, address: str, my_id: str, my_address: str) -> None:
+        self.address = address
+        self._my_id = my_id
+        self._my_address = my_address
+        self._send, self._recv = trio.open_memory_channel[bytes](8192)
+        self.dropped = 0
+
+    def send(self, msg: Message) -> None:
+        """Queue a Raft message; dropped (Raft retries) when the queue is full."""
+        try:
+            self._send.send_nowait(pack_frame(["raft", self._my_id, self._my_address, encode_message(msg)]))
+        except trio.WouldBlock:
+            self.dropped += 1
+
+    async def run(self) -> None:
+        """Deliver queued frames forever; on errors wait a little and reconnect."""
+        host, port = split_address(self.address)
+        backoff = 0.05
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                await self._discard_for(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            try:
+                async with stream:
+                    stream.socket.setsockopt(6, 1, 1)  # TCP_NODELAY: Raft latency is round trips
+                    while True:
+                        frame = await self._recv.receive()
+                        chunks = [frame]
+                        while len(chunks) < 256:  # coalesce what is queued into one write
+                            try:
+                                chunks.append(self._recv.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await stream.send_all(b"".join(chunks))
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.sleep(backoff)
+
+    async def _discard_for(self, seconds: float) -> None:
+        # While the peer is unreachable, stale messages are worthless: drop them instead of replaying.
+        with trio.move_on_after(seconds):
+            while True:
+                await self._recv.receive()
+
+
+def split_address(address: str, default_port: int = 8300) -> tuple[str, int]:
+    """"host:port" (or "host") into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, default_port
+    try:
+        return host, int(port)
+    except ValueError as exc:
+        raise ValueError(f"bad address {address!r}") from exc
+
+
+class RPCClient:
+    """Pipelined RPC calls to one server over a single connection."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._stream: trio.SocketStream | None = None
+        self._next_id = 0
+        self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._lock = trio.Lock()
+        self._reader_running = False
+
+    async def call(self, nursery: trio.Nursery, method: str, args: Any, timeout: float = 10.0) -> Any:
+        """Call `method`; raises ServerError for a remote error or an unreachable server."""
+        with trio.move_on_after(timeout) as scope:
+            async with self._lock:
+                if self._stream is None:
+                    host, port = split_address(self.address)
+                    try:
+                        self._stream = await trio.open_tcp_stream(host, port)
+                    except OSError as exc:
+                        raise ServerError(f"cannot reach server {self.address}: {exc}") from exc
+                    self._stream.socket.setsockopt(6, 1, 1)
+                    nursery.start_soon(self._read_loop, self._stream)
+                self._next_id += 1
+                rid = self._next_id
+                slot: tuple[trio.Event, list[Any]] = (trio.Event(), [])
+                self._pending[rid] = slot
+                try:
+                    await self._stream.send_all(pack_frame(["req", rid, method, args]))
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._pending.pop(rid, None)
+                    self._reset()
+                    raise ServerError(f"lost connection to server {self.address}") from exc
+            await slot[0].wait()
+        if scope.cancelled_caught:
+            self._pending.pop(rid, None)
+            raise ServerError(f"server {self.address} did not answer {method} within {timeout:.0f}s")
+        error, result = slot[1]
+        if error is not None:
+            raise ServerError(str(error))
+        return result
+
+    def _reset(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.socket.close()
+        for event, box in self._pending.values():
+            box[:] = [f"lost connection to server {self.address}", None]
+            event.set()
+        self._pending.clear()
+
+    async def _read_loop(self, stream: trio.SocketStream) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                for frame in reader.feed(data):
+                    if isinstance(frame, list) and len(frame) == 4 and frame[0] == "resp":
+                        slot = self._pending.pop(frame[1], None)
+                        if slot is not None:
+                            slot[1][:] = [frame[2], frame[3]]
+                            slot[0].set()
+        except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if self._stream is stream:
+            self._reset()
+
+
+class ServerListener:
+    """Accepts peers' connections on :8300 and routes their frames."""
+
+    def __init__(self, host: str, port: int, on_raft: RaftHandler, on_rpc: RPCHandler) -> None:
+        self.host, self.port = host, port
+        self._on_raft = on_raft
+        self._on_rpc = on_rpc
+        self.bad_frames = 0
+        self.bound_port = port
+
+    async def run(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+            task_status.started(self.bound_port)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        reader = FrameReader()
+        write_lock = trio.Lock()
+        try:
+            stream.socket.setsockopt(6, 1, 1)
+            async with trio.open_nursery() as nursery:
+                while True:
+                    data = await stream.receive_some(262144)
+                    if not data:
+                        break
+                    for frame in reader.feed(data):
+                        self._route(frame, stream, write_lock, nursery)
+                nursery.cancel_scope.cancel()
+        except ValueError as exc:
+            self.bad_frames += 1
+            log.debug("dropping connection with a bad frame: %s", exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    def _route(self, frame: Any, stream: trio.SocketStream, lock: trio.Lock, nursery: trio.Nursery) -> None:
+        if not isinstance(frame, list) or not frame:
+            raise ValueError("a frame must be a non-empty array")
+        if frame[0] == "raft" and len(frame) == 4 and isinstance(frame[1], str) and isinstance(frame[2], str):
+            self._on_raft(frame[1], frame[2], decode_message(frame[3]))
+        elif frame[0] == "req" and len(frame) == 4 and isinstance(frame[2], str):
+            nursery.start_soon(self._answer, frame[1], frame[2], frame[3], stream, lock)
+        else:
+            raise ValueError(f"unknown frame kind {frame[0]!r}")
+
+    async def _answer(self, rid: Any, method: str, args: Any, stream: trio.SocketStream, lock: trio.Lock) -> None:
+        try:
+            result, error = await self._on_rpc(method, args), None
+        except ServerError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # an RPC bug must not kill the connection or the server
+            log.exception("RPC %s failed", method)
+            result, error = None, f"internal error: {exc}"
+        async with lock:
+            await stream.send_all(pack_frame(["resp", rid, error, result]))

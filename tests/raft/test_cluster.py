@@ -1,0 +1,261 @@
+"""Raft on real processes: elections, kill -9, a cut link, restarts, a linearizable KV history."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.agents import AgentProcess
+from tests.support.linearizability import Op, check_history
+from tests.support.netns import Host, Hosts
+from tests.support.wait import wait_for
+
+
+class Cluster:
+    """N servers, each on its own host, all cleaned up at the end."""
+
+    def __init__(self, tmp: Path, n: int, hosts: Hosts, extra: tuple[str, ...] = ()) -> None:
+        self.hosts = hosts
+        self.tmp = tmp
+        self.members: list[tuple[Host, AgentProcess]] = []
+        addrs = [hosts.add() for _ in range(n)]
+        for i, host in enumerate(addrs):
+            joins = [a for h in addrs if h is not host for a in ("-retry-join", h.address)]
+            args = ["-server", "-bootstrap-expect", str(n), "-data-dir", str(tmp / f"s{i}"), "-node", f"s{i}",
+                    "-bind", host.address, "-client", host.address, *joins, *extra]
+            self.members.append((host, AgentProcess(host=host.address, args=args, workdir=tmp,
+                                                    prefix=host.prefix)))
+        for _, agent in self.members:
+            agent.start(wait=False)
+        for _, agent in self.members:
+            agent.wait_ready(30)
+
+    def state(self, agent: AgentProcess) -> str:
+        try:
+            stats = httpx.get(f"{agent.http_addr}/v1/agent/self", timeout=1).json()["Stats"]["raft"]
+            return str(stats["state"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return "down"
+
+    def leaders(self) -> list[AgentProcess]:
+        return [a for _, a in self.members if a.proc and a.proc.poll() is None and self.state(a) == "leader"]
+
+    def wait_one_leader(self, timeout: float = 30) -> AgentProcess:
+        wait_for(lambda: len(self.leaders()) == 1, timeout, what="exactly one leader")
+        return self.leaders()[0]
+
+    def stop(self) -> None:
+        for _, agent in self.members:
+            if agent.proc and agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGCONT)
+            agent.kill()
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    h = Hosts()
+    yield h
+    h.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [3, 5])
+def test_servers_elect_exactly_one_leader(tmp_path: Path, hosts: Hosts, n: int) -> None:
+    cluster = Cluster(tmp_path, n, hosts)
+    try:
+        leader = cluster.wait_one_leader()
+        answers = {httpx.get(f"{a.http_addr}/v1/status/leader", timeout=2).json() for _, a in cluster.members}
+        assert answers == {f"{leader.host}:8300"}
+        peers = httpx.get(f"{leader.http_addr}/v1/status/peers", timeout=2).json()
+        assert sorted(peers) == sorted(f"{h.address}:8300" for h, _ in cluster.members)
+        # Writes through any server, reads back through any other.
+        for i, (_, a) in enumerate(cluster.members):
+            assert httpx.put(f"{a.http_addr}/v1/kv/k{i}", content=f"v{i}".encode(), timeout=10).json() is True
+        for i, (_, a) in enumerate(reversed(cluster.members)):
+            r = httpx.get(f"{a.http_addr}/v1/kv/k{n - 1 - i}", params={"raw": ""}, timeout=10)
+            assert r.content == f"v{n - 1 - i}".encode()
+            assert r.headers["X-Consul-KnownLeader"] == "true"
+    finally:
+        cluster.stop()
+
+
+class Recorder:
+    """Clients running put / cas / ?consistent get against random live servers, recording a history."""
+
+    def __init__(self, cluster: Cluster, clients: int, seed: int) -> None:
+        self.cluster = cluster
+        self.ops: list[Op] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.acked = 0
+        self.threads = [threading.Thread(target=self._client, args=(f"c{i}", random.Random(seed + i)))
+                        for i in range(clients)]
+        self.t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _record(self, op: Op) -> None:
+        with self.lock:
+            self.ops.append(op)
+
+    def _client(self, name: str, rng: random.Random) -> None:
+        n = 0
+        with httpx.Client(timeout=4.0) as http:
+            while not self.stop.is_set() and n < 5000:
+                n += 1
+                live = [a for _, a in self.cluster.members if a.proc and a.proc.poll() is None]
+                agent = rng.choice(live)
+                key = f"k{rng.randrange(2)}"
+                url = f"{agent.http_addr}/v1/kv/lin/{key}"
+                kind = rng.choice(["put", "cas", "get"])
+                if kind in ("get", "cas"):
+                    got = self._get(http, name, key, url)
+                    if kind == "get" or got is None:
+                        continue
+                    value, index = got
+                    self._write(http, name, key, url, f"{name}-{n}", "cas", value, index)
+                else:
+                    self._write(http, name, key, url, f"{name}-{n}", "put", None, None)
+
+    def _get(self, http: httpx.Client, name: str, key: str, url: str) -> tuple[str | None, int] | None:
+        op = Op(client=name, kind="get", key=key, invoke=self.now())
+        try:
+            r = http.get(url, params={"consistent": ""})
+        except httpx.HTTPError:
+            return None
+        if r.status_code == 404:
+            op.result, op.complete = None, self.now()
+            self._record(op)
+            return None, 0
+        if r.status_code != 200:
+            return None
+        import base64
+        entry = r.json()[0]
+        value = base64.b64decode(entry["Value"]).decode() if entry["Value"] is not None else ""
+        op.result, op.complete = value, self.now()
+        self._record(op)
+        return value, int(entry["ModifyIndex"])
+
+    def _write(self, http: httpx.Client, name: str, key: str, url: str, value: str, kind: str,
+               expected: str | None, index: int | None) -> None:
+        op = Op(client=name, kind=kind, key=key, value=value, expected=expected, invoke=self.now())  # type: ignore[arg-type]
+        params = {"cas": str(index)} if kind == "cas" else {}
+        try:
+            r = http.put(url, content=value.encode(), params=params)
+            ok = r.status_code == 200
+            result = r.json() if ok else None
+        except (httpx.HTTPError, ValueError):
+            ok, result = False, None
+        if ok and isinstance(result, bool):
+            op.complete, op.result = self.now(), result if kind == "cas" else True
+            if result:
+                self.acked += 1
+        else:
+            op.complete = None  # unknown outcome: it may or may not have been applied
+        self._record(op)
+
+    def __enter__(self) -> Recorder:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.slow
+def test_kv_history_is_linearizable_through_kill9_restarts_and_a_cut_link(tmp_path: Path, hosts: Hosts) -> None:
+    cluster = Cluster(tmp_path, 3, hosts)
+    try:
+        cluster.wait_one_leader()
+        with Recorder(cluster, clients=4, seed=1) as rec:
+            wait_for(lambda: rec.acked >= 20, 30, what="the first acknowledged writes")
+            # 1. kill -9 the leader: a new one must serve within 10 s (a quorum is still there).
+            old = cluster.leaders()[0]
+            old.kill()
+            t = time.monotonic()
+            wait_for(lambda: len(cluster.leaders()) == 1, 10, what="a new leader after kill -9 of the old")
+            before = rec.acked
+            wait_for(lambda: rec.acked > before, 10, what="writes to resume under the new leader")
+            assert time.monotonic() - t < 10
+            old.start(wait=False)
+            old.wait_ready(30)
+            # 2. cut a follower's link, let the others carry on, then heal it.
+            leader = cluster.wait_one_leader()
+            host, follower = next((h, a) for h, a in cluster.members if a is not leader)
+            hosts.cut(host, follower.proc.pid if follower.proc else None)
+            before = rec.acked
+            wait_for(lambda: rec.acked > before + 10, 20, what="progress while a follower is cut off")
+            hosts.heal(host, follower.proc.pid if follower.proc else None)
+            # 3. kill -9 the new leader too and bring it back.
+            leader = cluster.wait_one_leader()
+            leader.kill()
+            wait_for(lambda: len(cluster.leaders()) == 1, 10, what="a leader after the second kill -9")
+            leader.start(wait=False)
+            leader.wait_ready(30)
+            before = rec.acked
+            wait_for(lambda: rec.acked > before + 10, 20, what="progress after everything healed")
+        # Every server converges; a final read on each key through each server joins the history.
+        cluster.wait_one_leader()
+        final = Recorder(cluster, clients=0, seed=0)
+        final.t0 = rec.t0
+        with httpx.Client(timeout=10) as http:
+            for _, agent in cluster.members:
+                for key in ("k0", "k1"):
+                    final._get(http, "final", key, f"{agent.http_addr}/v1/kv/lin/{key}")
+        history = rec.ops + final.ops
+        result = check_history(history)
+        writes = sum(1 for o in history if o.kind != "get" and o.complete is not None)
+        assert writes > 50, f"too little happened to judge: {writes} acknowledged writes"
+        assert result.ok, result.explanation
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_restart_all_servers_keeps_catalog_and_a_corrupt_log_is_named(tmp_path: Path, hosts: Hosts) -> None:
+    config = tmp_path / "raft.hcl"
+    config.write_text("raft_snapshot_threshold = 40\nraft_trailing_logs = 10\n")
+    cluster = Cluster(tmp_path, 3, hosts, extra=("-config-file", str(config)))
+    try:
+        leader = cluster.wait_one_leader()
+        with httpx.Client(timeout=10) as http:
+            for i in range(150):
+                assert http.put(f"{leader.http_addr}/v1/kv/keep/{i}", content=str(i).encode()).json() is True
+        for _, agent in cluster.members:
+            assert agent.stop() == 0
+        assert any((tmp_path / f"s{i}" / "raft" / "snapshots").glob("*.snap") for i in range(3))
+        for _, agent in cluster.members:
+            agent.start(wait=False)
+        for _, agent in cluster.members:
+            agent.wait_ready(30)
+        leader = cluster.wait_one_leader()
+        for _, agent in cluster.members:
+            keys = httpx.get(f"{agent.http_addr}/v1/kv/keep/", params={"keys": "", "consistent": ""},
+                             timeout=10).json()
+            assert len(keys) == 150
+        # Corrupt the middle of one server's newest segment: it must refuse to start and name the file.
+        _, victim = cluster.members[0]
+        victim.stop()
+        segment = sorted((tmp_path / "s0" / "raft").glob("*.seg"))[-1]
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        victim.start(wait=False)
+        assert victim.proc is not None
+        victim.proc.wait(30)
+        assert victim.proc.returncode == 1
+        log = victim.log()
+        assert str(segment) in log and "corrupt record at offset" in log and "Traceback" not in log
+    finally:
+        cluster.stop()
