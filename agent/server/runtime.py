@@ -100,6 +100,9 @@ class RaftServer:
         self.log_store: LogStore | MemoryLogStore | None = None
         self.snapshots: SnapshotStore | MemorySnapshotStore | None = None
         self._last_snapshot_index = 0
+        # What the catalog has really applied. The core's applied_index runs ahead of it while a batch's
+        # fsync is in flight, so reads must wait on this one.
+        self.fsm_index = 0
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -118,7 +121,7 @@ class RaftServer:
         meta, data = latest if latest else (None, b"")
         if meta is not None:
             self.store.restore(data)
-            self._last_snapshot_index = meta.index
+            self._last_snapshot_index = self.fsm_index = meta.index
         self.node = RaftNode(self.id, self.config, random.Random(), now, term=ls.term,
                              vote=ls.vote, entries=entries, base_index=base, base_term=base_term,
                              snapshot=meta, snapshot_data=data)
@@ -219,7 +222,7 @@ class RaftServer:
                     self._apply(o.entries)
                 elif isinstance(o, InstallSnapshot):
                     self.store.restore(o.data)
-                    self._last_snapshot_index = o.meta.index
+                    self._last_snapshot_index = self.fsm_index = o.meta.index
                     self._wake_applied()
                 elif isinstance(o, ReadReady):
                     self._finish_read(o.ctx, o.index, None)
@@ -275,6 +278,7 @@ class RaftServer:
                 result, error = None, None
                 if e.kind == 1:
                     self._sync_links()
+            self.fsm_index = e.index
             if p is not None:
                 if p.term != e.term:
                     p.error = "leadership changed before the write committed; it was not applied"
@@ -329,9 +333,9 @@ class RaftServer:
     async def _maybe_snapshot(self) -> None:
         node = self.node
         assert node is not None and self.snapshots is not None
-        if node.applied_index - self._last_snapshot_index < self.config.snapshot_threshold:
+        if self.fsm_index - self._last_snapshot_index < self.config.snapshot_threshold:
             return
-        index = node.applied_index
+        index = self.fsm_index
         data = self.store.catalog.snapshot()
         meta = SnapshotMeta(index, node.term_at(index) or 0, node.membership_at(index))
         await trio.to_thread.run_sync(self.snapshots.save, meta, data)
@@ -639,7 +643,7 @@ class RaftServer:
         if not consistent and node is not None and node.role == LEADER:
             # The hot path: a leader inside its lease answers without a round through the Raft loop.
             index = node.lease_read_index(trio.current_time())
-            if index is not None and node.applied_index >= index:
+            if index is not None and self.fsm_index >= index:
                 return
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
         while True:
@@ -655,7 +659,7 @@ class RaftServer:
                     raise NoLeader() from None
                 await trio.sleep(0.05)
         with trio.move_on_after(RPC_HOLD_TIMEOUT) as scope:
-            while self.node is not None and self.node.applied_index < index:
+            while self.fsm_index < index:
                 await self._applied.wait()
         if scope.cancelled_caught:
             raise ServerError("timed out waiting for this server to catch up with the leader")
@@ -695,7 +699,7 @@ class RaftServer:
             await self.read_barrier(consistent=True)
         node = self.node
         assert node is not None
-        index = node.applied_index
+        index = self.fsm_index
         data = self.store.catalog.snapshot()
         meta: dict[str, object] = {"ID": f"{node.term}-{index}-{int(time.time() * 1000)}", "Index": index,
                                    "Term": node.term_at(index) or node.term, "Version": 1}
@@ -716,7 +720,7 @@ class RaftServer:
             return {"state": "starting"}
         return {"state": node.role, "term": str(node.term), "last_log_index": str(node.last_index),
                 "last_log_term": str(node.last_term), "commit_index": str(node.commit_index),
-                "applied_index": str(node.applied_index), "num_peers": str(max(0, len(self.peers()) - 1)),
+                "applied_index": str(self.fsm_index), "num_peers": str(max(0, len(self.peers()) - 1)),
                 "leader": str(node.role == LEADER).lower(), "leader_addr": self.leader_address() or "",
                 "last_snapshot_index": str(self._last_snapshot_index),
                 "latest_configuration": str([{"id": s.id, "address": s.address, "voter": s.voter}

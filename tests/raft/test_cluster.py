@@ -71,8 +71,9 @@ def test_servers_elect_exactly_one_leader(tmp_path: Path, hosts: Hosts, n: int) 
     cluster = Cluster(tmp_path, n, hosts)
     try:
         leader = cluster.wait_one_leader()
-        answers = {httpx.get(f"{a.http_addr}/v1/status/leader", timeout=2).json() for _, a in cluster.members}
-        assert answers == {f"{leader.host}:8300"}
+        wait_for(lambda: {httpx.get(f"{a.http_addr}/v1/status/leader", timeout=2).json()
+                          for _, a in cluster.members} == {f"{leader.host}:8300"}, 10,
+                 what="every server to name the same leader")
         peers = httpx.get(f"{leader.http_addr}/v1/status/peers", timeout=2).json()
         assert sorted(peers) == sorted(f"{h.address}:8300" for h, _ in cluster.members)
         # Writes through any server, reads back through any other.
