@@ -14,17 +14,18 @@ $(BIN)/.installed: pyproject.toml
 dev: $(BIN)/.installed
 	$(BIN)/meshagent agent -dev -config-dir examples/services
 
-# Tools the tests drive as outside clients: dig (dnsutils); dnsperf, dnsmasq and wrk for the benchmarks.
+# Tools the tests drive as outside clients: dig (dnsutils); ip (iproute2) for the network-namespace hosts;
+# dnsperf, dnsmasq and wrk for the benchmarks.
 system-deps:
-	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq; then \
-		echo "installing dnsutils dnsperf dnsmasq-base wrk (needs root)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils dnsperf dnsmasq-base wrk; \
+	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null; then \
+		echo "installing dnsutils iproute2 dnsperf dnsmasq-base wrk (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 dnsperf dnsmasq-base wrk; \
 	fi
 
 # Set up and run the whole test suite (slow suites included).
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
-	$(BIN)/mypy --strict agent/catalog
+	$(BIN)/mypy --strict agent/catalog raft
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed system-deps

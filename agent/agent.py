@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import meshagent
 import trio
 
+from ..raft.config import RaftConfig
+from ..raft.storage import StorageError
 from .addresses import advertise_address
 from .catalog import Node
 from .config.loader import ConfigErrors
@@ -25,8 +27,6 @@ from .http.api import API
 from .http.server import HTTPServer
 from .local_state import LocalState
 from .logs import parse_level
-from ..raft.config import RaftConfig
-from ..raft.storage import StorageError
 from .server.runtime import RaftServer
 from .store import CatalogStore
 

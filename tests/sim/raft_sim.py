@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-
 from meshagent.raft.config import RaftConfig
 from meshagent.raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta
 from meshagent.raft.messages import decode_message, encode_message
 from meshagent.raft.node import (
     LEADER,
-    Apply,
     AppendLog,
+    Apply,
     CompactLog,
     InstallSnapshot,
     NotLeader,
@@ -33,6 +32,7 @@ from meshagent.raft.node import (
     Send,
     TruncateLog,
 )
+
 from tests.support.linearizability import Op
 
 
@@ -281,7 +281,7 @@ class Simulation:
 
     def _record_commit(self, s: SimServer) -> None:
         c = s.node.commit_index
-        if c == 0 or c in self.committed and self.committed[c] == s.chain_at(c):
+        if c == 0 or (c in self.committed and self.committed[c] == s.chain_at(c)):
             return
         chain = s.chain_at(c)
         if chain is None:

@@ -67,8 +67,8 @@ class AgentProcess:
     def start(self, timeout: float = 20.0, wait: bool = True) -> AgentProcess:
         """Launch the process and (unless wait=False) wait until its HTTP API answers."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self.prefix, MESHAGENT, "agent", *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=self.workdir, start_new_session=True)
+            self.proc = subprocess.Popen([*self.prefix, MESHAGENT, "agent", *self.args], stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
         if wait:
             self.wait_ready(timeout)
         return self
