@@ -6,17 +6,15 @@ read/blocking-query side stay as they are.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
+from ..raft.storage import write_atomic
 from .catalog import Catalog, CommandError
 from .watch import WatchHub
 
@@ -27,31 +25,6 @@ SNAPSHOT_FILE = "catalog.snapshot"
 
 class StoreError(Exception):
     """The store could not load or persist its state."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new content: temp file, fsync, rename."""
-    # A unique temp name: two writers must never rename each other's half-written file.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Replicator(Protocol):

@@ -45,7 +45,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that a crash leaves either the old or the new content: temp file, fsync, rename."""
+    # A unique temp name: two writers must never rename each other's half-written file.
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -334,7 +336,7 @@ class LogStore(MemoryLogStore):
         """Make everything written so far durable: one fdatasync per touched file."""
         self._flush_pending()
         if self._meta_dirty:
-            _write_atomic(self.dir / _META, msgpack.packb(
+            write_atomic(self.dir / _META, msgpack.packb(
                 {"term": self.term, "vote": self.vote, "base_index": self._base_index,
                  "base_term": self._base_term}, use_bin_type=True))
             self._meta_dirty = False
@@ -385,7 +387,7 @@ class SnapshotStore(MemorySnapshotStore):
         self.dir.mkdir(parents=True, exist_ok=True)
         body = msgpack.packb({"meta": meta.to_wire(), "data": data}, use_bin_type=True)
         path = self.dir / f"{meta.index:020d}-{meta.term:020d}.snap"
-        _write_atomic(path, hashlib.sha256(body).digest() + body)
+        write_atomic(path, hashlib.sha256(body).digest() + body)
         for old in sorted(self.dir.glob("*.snap"))[:-self.retain]:
             os.unlink(old)
         return path

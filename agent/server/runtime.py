@@ -95,6 +95,7 @@ class RaftServer:
         self._leader_known = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._nonvoter_since: dict[str, float] = {}
+        self._seen: dict[str, dict[str, Any]] = {}  # hellos received from servers that contacted us
         self.listener = ServerListener(bind, port, self._on_raft_message, self._on_rpc)
         self.node: RaftNode | None = None
         self.log_store: LogStore | MemoryLogStore | None = None
@@ -418,11 +419,8 @@ class RaftServer:
 
     # ------------------------------------------------------------------------------------------ bootstrap
 
-    _seen: dict[str, dict[str, Any]]
-
     async def _bootstrap_or_join(self) -> None:
         """Find the other servers through the join addresses; bootstrap once `bootstrap_expect` agree."""
-        self._seen = {}
         node = self.node
         assert node is not None
         if node.membership.servers or node.last_index > 0:
@@ -598,9 +596,7 @@ class RaftServer:
 
     async def apply(self, command: dict[str, Any]) -> Any:
         """Replicate a catalog command and return its result once applied here; forwards to the leader."""
-        data = msgpack.packb(command, use_bin_type=True)
-        result = await self.apply_bytes(data)
-        return result
+        return await self.apply_bytes(msgpack.packb(command, use_bin_type=True))
 
     async def apply_bytes(self, data: bytes) -> Any:
         """`apply` for an encoded command (the RPC entry point)."""
@@ -624,7 +620,6 @@ class RaftServer:
                     raise
                 await trio.sleep(0.05)
                 continue
-            # Read-your-writes on this server: wait until it has applied what the leader did.
             return result
 
     async def _leader_read_index(self, consistent: bool) -> int:

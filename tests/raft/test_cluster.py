@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import signal
 import threading
@@ -138,7 +139,6 @@ class Recorder:
             return None, 0
         if r.status_code != 200:
             return None
-        import base64
         entry = r.json()[0]
         value = base64.b64decode(entry["Value"]).decode() if entry["Value"] is not None else ""
         op.result, op.complete = value, self.now()
