@@ -28,6 +28,7 @@ _LEN = struct.Struct(">I")
 
 RaftHandler = Callable[[str, str, Message], None]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
+ApplyHandler = Callable[[bytes, Callable[[str | None, Any], None]], bool]
 
 
 def pack_frame(payload: Any) -> bytes:
@@ -45,19 +46,23 @@ class FrameReader:
     def feed(self, data: bytes) -> list[Any]:
         """Frames completed by `data`."""
         self._buf += data
+        buf = self._buf
         frames = []
-        while len(self._buf) >= 4:
-            (size,) = _LEN.unpack_from(self._buf)
+        pos, end = 0, len(buf)
+        # One cut at the end, not one per frame: a 256 KiB read can hold thousands of small frames.
+        while end - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
             if size > MAX_FRAME:
                 raise ValueError(f"frame of {size} bytes exceeds {MAX_FRAME}")
-            if len(self._buf) < 4 + size:
+            if end - pos < 4 + size:
                 break
-            body = bytes(self._buf[4:4 + size])
-            del self._buf[:4 + size]
             try:
-                frames.append(msgpack.unpackb(body, raw=False))
+                frames.append(msgpack.unpackb(buf[pos + 4:pos + 4 + size], raw=False))
             except Exception as exc:  # msgpack raises several types for garbage
                 raise ValueError(f"undecodable frame: {exc}") from exc
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
         return frames
 
 
@@ -193,13 +198,40 @@ class RPCClient:
             self._reset()
 
 
-class ServerListener:
-    """Accepts peers' connections on :8300 and routes their frames."""
+class _Conn:
+    """One accepted connection's outgoing side: answers are queued and written by one task, in batches."""
 
-    def __init__(self, host: str, port: int, on_raft: RaftHandler, on_rpc: RPCHandler) -> None:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.out: list[bytes] = []
+        self.wake = trio.Event()
+
+    def reply(self, rid: Any, error: str | None, result: Any) -> None:
+        """Queue the answer to request `rid`."""
+        self.out.append(pack_frame(["resp", rid, error, result]))
+        self.wake.set()
+
+    async def write_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            chunks, self.out = self.out, []
+            await self.stream.send_all(b"".join(chunks))
+
+
+class ServerListener:
+    """Accepts peers' connections on :8300 and routes their frames.
+
+    `on_apply`, when set, takes "apply" calls without a task each: it gets the command bytes and a
+    callback for the answer and returns False when it cannot take the call (the general path then does).
+    """
+
+    def __init__(self, host: str, port: int, on_raft: RaftHandler, on_rpc: RPCHandler,
+                 on_apply: ApplyHandler | None = None) -> None:
         self.host, self.port = host, port
         self._on_raft = on_raft
         self._on_rpc = on_rpc
+        self._on_apply = on_apply
         self.bad_frames = 0
         self.bound_port = port
 
@@ -213,16 +245,17 @@ class ServerListener:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         reader = FrameReader()
-        write_lock = trio.Lock()
+        conn = _Conn(stream)
         try:
             stream.socket.setsockopt(6, 1, 1)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.write_loop)
                 while True:
                     data = await stream.receive_some(262144)
                     if not data:
                         break
                     for frame in reader.feed(data):
-                        self._route(frame, stream, write_lock, nursery)
+                        self._route(frame, conn, nursery)
                 nursery.cancel_scope.cancel()
         except ValueError as exc:
             self.bad_frames += 1
@@ -234,17 +267,21 @@ class ServerListener:
                 scope.shield = True
                 await stream.aclose()
 
-    def _route(self, frame: Any, stream: trio.SocketStream, lock: trio.Lock, nursery: trio.Nursery) -> None:
+    def _route(self, frame: Any, conn: _Conn, nursery: trio.Nursery) -> None:
         if not isinstance(frame, list) or not frame:
             raise ValueError("a frame must be a non-empty array")
         if frame[0] == "raft" and len(frame) == 4 and isinstance(frame[1], str) and isinstance(frame[2], str):
             self._on_raft(frame[1], frame[2], decode_message(frame[3]))
         elif frame[0] == "req" and len(frame) == 4 and isinstance(frame[2], str):
-            nursery.start_soon(self._answer, frame[1], frame[2], frame[3], stream, lock)
+            rid, method, args = frame[1], frame[2], frame[3]
+            if method == "apply" and isinstance(args, bytes) and self._on_apply is not None:
+                if self._on_apply(args, lambda error, result: conn.reply(rid, error, result)):
+                    return
+            nursery.start_soon(self._answer, rid, method, args, conn)
         else:
             raise ValueError(f"unknown frame kind {frame[0]!r}")
 
-    async def _answer(self, rid: Any, method: str, args: Any, stream: trio.SocketStream, lock: trio.Lock) -> None:
+    async def _answer(self, rid: Any, method: str, args: Any, conn: _Conn) -> None:
         try:
             result, error = await self._on_rpc(method, args), None
         except ServerError as exc:
@@ -252,5 +289,4 @@ class ServerListener:
         except Exception as exc:  # an RPC bug must not kill the connection or the server
             log.exception("RPC %s failed", method)
             result, error = None, f"internal error: {exc}"
-        async with lock:
-            await stream.send_all(pack_frame(["resp", rid, error, result]))
+        conn.reply(rid, error, result)

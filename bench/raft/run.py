@@ -1,0 +1,352 @@
+"""Raft benchmark: three `meshagent agent -server` processes on loopback, fsync on, against pysyncobj.
+
+    .venv/bin/python bench/raft/run.py [--quick] [--no-reference] [--json]
+
+Our side: three real server processes (127.0.0.N each, a data dir each in a fresh temporary directory, so
+every acknowledged write is fsynced by a quorum). The client is this process, speaking the agent-to-server
+RPC on :8300 to the leader (one TCP connection, pipelined), applying one KV set per operation, the analogue
+of pysyncobj's replicated counter increment. It measures
+
+1. sequential commit latency: one write after another (p50, p99);
+2. closed-loop throughput with K writes in flight, K = 1 … 20,000, with the fsync rate read from the
+   leader's `fsyncs` counter (`/v1/agent/self` Stats.raft): with group commit, writes per fsync grow with K
+   and the fsync rate, not the request rate, is the ceiling;
+3. failover: SIGKILL of the leader; the time until a survivor names a new leader and until a write sent to
+   a survivor commits (the election timeout is 1 s, the target at most twice that).
+
+The reference, in the same run: bench/raft/pysyncobj_ref.py (a 3-process pysyncobj cluster with its journal
+file on; see that file for why its journal is never fsynced). Figures print as ratios ours/pysyncobj plus
+the absolute numbers. Every phase is bounded by a count and a time cap; servers are killed by PID on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+from meshagent.agent.catalog.commands import kv_set  # noqa: E402
+from meshagent.agent.server.errors import ServerError  # noqa: E402
+from meshagent.agent.server.transport import RPCClient  # noqa: E402
+
+MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
+ELECTION_TIMEOUT_S = 1.0  # RaftConfig's default, which the agent uses
+
+
+def _free(host: str, ports: tuple[int, ...]) -> bool:
+    for port in ports:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    return False
+    return True
+
+
+def free_hosts(n: int) -> list[str]:
+    """n addresses 127.0.0.N whose Consul ports are free."""
+    found: list[str] = []
+    for last in range(230, 254):
+        host = f"127.0.0.{last}"
+        if _free(host, (8300, 8500, 8600)):
+            found.append(host)
+            if len(found) == n:
+                return found
+    raise SystemExit("no free 127.0.0.N addresses for the benchmark servers")
+
+
+class Servers:
+    """Three server processes; killed by PID when the benchmark ends."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.hosts = free_hosts(3)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for i, host in enumerate(self.hosts):
+            joins = [a for h in self.hosts if h != host for a in ("-retry-join", h)]
+            log = open(workdir / f"server-{i}.log", "wb")
+            self.procs[host] = subprocess.Popen(
+                [MESHAGENT, "agent", "-server", "-bootstrap-expect", "3", "-node", f"bench-s{i}", "-bind", host,
+                 "-client", host, "-data-dir", str(workdir / f"s{i}"), "-log-level", "warn", *joins],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def raft_stats(self, host: str) -> dict[str, Any] | None:
+        try:
+            stats: dict[str, Any] = httpx.get(f"http://{host}:8500/v1/agent/self", timeout=1).json()["Stats"]["raft"]
+            return stats
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        for host in among or self.hosts:
+            stats = self.raft_stats(host)
+            if stats and stats.get("state") == "leader":
+                return host
+        return None
+
+    def wait_leader(self, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for host, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f"server {host} exited with {proc.returncode}")
+            leader = self.leader()
+            if leader and all((self.raft_stats(h) or {}).get("leader_addr") for h in self.hosts):
+                return leader
+            time.sleep(0.05)
+        raise SystemExit("no leader elected within the deadline")
+
+    def fsyncs(self, host: str) -> int:
+        stats = self.raft_stats(host)
+        return int(stats["fsyncs"]) if stats else 0
+
+    def kill(self, host: str) -> None:
+        proc = self.procs[host]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    def close(self) -> None:
+        for host in self.procs:
+            self.kill(host)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def command(i: int) -> bytes:
+    return msgpack.packb(kv_set(f"bench/k{i % 1000}", b"x" * 16), use_bin_type=True)
+
+
+class Pipeline:
+    """A lean load generator: one blocking socket to a server's :8300, up to K "apply" calls outstanding.
+
+    It is not the thing measured, so it does the least Python work per call: requests are packed ahead,
+    every answer read is replaced by a new request, and those go out in one send.
+    """
+
+    def __init__(self, host: str, timeout: float = 30.0) -> None:
+        self.sock = socket.create_connection((host, 8300), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.pending = b""
+        self.rid = 0
+        self.errors = 0
+
+    def _request(self, i: int) -> bytes:
+        self.rid += 1
+        body = msgpack.packb(["req", self.rid, "apply", command(i)], use_bin_type=True)
+        return len(body).to_bytes(4, "big") + body
+
+    def _answers(self) -> int:
+        """Block until at least one answer arrives; how many arrived."""
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise SystemExit("server closed the benchmark connection")
+        buf = self.pending + data
+        pos = 0
+        n = 0
+        while len(buf) - pos >= 4:
+            size = int.from_bytes(buf[pos:pos + 4], "big")
+            if len(buf) - pos - 4 < size:
+                break
+            frame = msgpack.unpackb(buf[pos + 4:pos + 4 + size], raw=False)
+            if frame[2] is not None:
+                self.errors += 1
+            pos += 4 + size
+            n += 1
+        self.pending = buf[pos:]
+        return n
+
+    def run(self, k: int, n: int, max_s: float) -> tuple[int, float, list[float]]:
+        """Closed loop with k in flight until n answers or max_s; (answers, seconds, per-call latencies when k=1)."""
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        end = t0 + max_s
+        self.sock.sendall(b"".join(self._request(i) for i in range(k)))
+        sent, done = k, 0
+        t_call = t0
+        while done < sent:
+            got = self._answers()
+            now = time.perf_counter()
+            if k == 1:
+                lat.append(now - t_call)
+                t_call = now
+            done += got
+            more = min(got, n - sent) if now < end else 0
+            if more > 0:
+                self.sock.sendall(b"".join(self._request(sent + j) for j in range(more)))
+                sent += more
+        return done, time.perf_counter() - t0, lat
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def sequential(leader: str, n: int, max_s: float) -> dict[str, Any]:
+    load = Pipeline(leader)
+    try:
+        load.run(1, 20, 5.0)  # warm-up: connection, first batches
+        done, _, lat = load.run(1, n, max_s)
+    finally:
+        load.close()
+    return {"n": done, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+
+
+def throughput(servers: Servers, leader: str, k: int, n: int, max_s: float) -> dict[str, Any]:
+    """K writes in flight, each answer replaced by a new write, until n are done or time is up."""
+    load = Pipeline(leader)
+    try:
+        load.run(1, 1, 5.0)
+        f0 = servers.fsyncs(leader)
+        done, elapsed, _ = load.run(k, max(n, k), max_s)
+        fsyncs = servers.fsyncs(leader) - f0
+    finally:
+        load.close()
+    return {"k": k, "ops": done, "errors": load.errors, "seconds": elapsed, "ops_s": done / elapsed,
+            "fsyncs_s": fsyncs / elapsed, "ops_per_fsync": done / max(1, fsyncs)}
+
+
+async def failover(servers: Servers, leader: str, max_s: float) -> dict[str, Any]:
+    survivors = [h for h in servers.hosts if h != leader]
+    t0 = time.perf_counter()
+    servers.kill(leader)
+    elected: float | None = None
+    committed: float | None = None
+    async with trio.open_nursery() as nursery:
+        clients = [RPCClient(f"{h}:8300") for h in survivors]
+
+        async def writer() -> None:
+            nonlocal committed
+            i = 0
+            while committed is None:
+                try:
+                    await clients[i % 2].call(nursery, "apply", command(i), timeout=1.0)
+                    committed = time.perf_counter() - t0
+                except ServerError:
+                    i += 1
+                    await trio.sleep(0.005)
+
+        async def watcher() -> None:
+            nonlocal elected
+            while elected is None:
+                new = await trio.to_thread.run_sync(servers.leader, survivors)
+                if new:
+                    elected = time.perf_counter() - t0
+                else:
+                    await trio.sleep(0.01)
+
+        with trio.move_on_after(max_s):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(writer)
+                inner.start_soon(watcher)
+        nursery.cancel_scope.cancel()
+    return {"elected_s": elected, "committed_s": committed}
+
+
+def run_reference(quick: bool) -> dict[str, Any] | None:
+    cmd = [sys.executable, str(HERE / "pysyncobj_ref.py"), "--json", "--no-tuned"] + (["--quick"] if quick else [])
+    print(f"\n>>> reference: {' '.join(cmd[1:])}", flush=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        print("reference timed out")
+        return None
+    lines = out.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print("    " + line)
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+    except (IndexError, ValueError):
+        print(f"reference failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+        return None
+
+
+def ratio(ours: float | None, ref: float | None) -> str:
+    if not ours or not ref:
+        return "n/a"
+    return f"{ours / ref:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer ops per phase")
+    parser.add_argument("--no-reference", action="store_true", help="skip the pysyncobj reference")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    seq_n, seq_s = (300, 5.0) if args.quick else (2000, 30.0)
+    window = [1, 8, 64, 512, 4096, 20000]
+    tput_n = {1: 500, 8: 2000, 64: 10000, 512: 20000, 4096: 40000, 20000: 60000}
+    tput_s = 4.0 if args.quick else 12.0
+    print(f"meshagent Raft: 3 server processes on loopback, data dirs in {tempfile.gettempdir()} (fsync on), "
+          "client = RPC on :8300 to the leader, one KV set per op")
+    print(f"machine: {machine_info()}")
+    workdir = Path(tempfile.mkdtemp(prefix="meshagent-bench-raft-"))
+    servers = Servers(workdir)
+    result: dict[str, Any] = {"impl": "meshagent", "machine": machine_info(), "quick": args.quick}
+    try:
+        leader = servers.wait_leader(30)
+        seq = sequential(leader, seq_n, seq_s)
+        result["seq"] = seq
+        print(f"\nsequential commit: n={seq['n']}  p50 {seq['p50_ms']:.2f} ms  p99 {seq['p99_ms']:.2f} ms")
+        print(f"\n{'in flight':>10} {'ops/s':>10} {'fsyncs/s':>10} {'ops/fsync':>10} {'errors':>7}")
+        result["tput"] = []
+        for k in window:
+            r = throughput(servers, leader, k, tput_n[k] if not args.quick else tput_n[k] // 4, tput_s)
+            result["tput"].append(r)
+            print(f"{k:>10} {r['ops_s']:>10,.0f} {r['fsyncs_s']:>10,.0f} {r['ops_per_fsync']:>10.1f} "
+                  f"{r['errors']:>7}", flush=True)
+        fo = trio.run(failover, servers, leader, 20.0)
+        result["failover"] = fo
+        print(f"\nfailover (kill -9 leader): new leader seen after {fo['elected_s'] or float('nan'):.2f} s, "
+              f"first write committed after {fo['committed_s'] or float('nan'):.2f} s "
+              f"(election timeout {ELECTION_TIMEOUT_S:.1f} s)")
+    finally:
+        servers.close()
+
+    ref = None if args.no_reference else run_reference(args.quick)
+    by_k = {r["k"]: r for r in result["tput"]}
+    fo = result["failover"]
+    print("\n=== meshagent vs pysyncobj (same machine, same run; ratio > 1 means ours is bigger) ===")
+    rows = [
+        ("sequential p50 ms", result["seq"]["p50_ms"], ref and ref.get("seq_p50_ms")),
+        ("sequential p99 ms", result["seq"]["p99_ms"], ref and ref.get("seq_p99_ms")),
+        ("ops/s, 64 in flight", by_k[64]["ops_s"], ref and ref.get("tput_64")),
+        ("ops/s, 20,000 in flight", by_k[20000]["ops_s"], ref and ref.get("tput_20000")),
+        ("failover: write committed s", fo["committed_s"], ref and ref.get("failover_s")),
+    ]
+    for label, ours, theirs in rows:
+        theirs_s = f"{theirs:,.2f}" if theirs else "n/a"
+        ours_s = f"{ours:,.2f}" if ours else "n/a"
+        print(f"{label:<30} ours {ours_s:>12}   pysyncobj {theirs_s:>12}   ratio {ratio(ours, theirs)}")
+    if ref is not None:
+        print(f"(pysyncobj {ref.get('version')}, journal fsync: {ref.get('fsync')}; ours fsyncs every batch)")
+    result["reference"] = ref
+    print(f"\nlogs and data dirs: {workdir}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
