@@ -27,7 +27,9 @@ log = logging.getLogger("meshagent.http")
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, Headers, bytes]
 
-MAX_BODY = 512 * 1024  # Consul's kv_max_value_size: the largest body any endpoint accepts
+MAX_BODY = 512 * 1024  # Consul's kv_max_value_size: the largest body an endpoint accepts by default
+# Endpoints whose bodies are whole archives, not values: a snapshot holds the entire catalog.
+BODY_LIMITS = {"/v1/snapshot": 1024 * 1024 * 1024}
 MAX_HEADER_BYTES = 16 * 1024
 READ_TIMEOUT = 30.0  # a whole request (head and body) must arrive within this, once it has started
 IDLE_TIMEOUT = 120.0  # keep-alive connections with no request in flight are closed after this
@@ -360,6 +362,7 @@ class HTTPServer:
         except UnicodeDecodeError:
             raise h11.RemoteProtocolError("request target is not valid ASCII/UTF-8", 400) from None
         method = event.method.decode("ascii", "replace")
+        max_body = BODY_LIMITS.get(path, self.max_body)
         # h11 enforces max_incomplete_event_size only while a head is incomplete; a big head that
         # arrives in one read must be measured here.
         head_size = len(event.target) + 16
@@ -367,12 +370,12 @@ class HTTPServer:
             head_size += len(key) + len(value) + 4
             if key == b"content-length":
                 try:
-                    too_big = int(value) > self.max_body
+                    too_big = int(value) > max_body
                 except ValueError:
                     too_big = False  # h11 already rejected non-numeric lengths
                 if too_big:
                     raise _EarlyResponse(simple_response(
-                        413, f"Request body too large, max size: {self.max_body} bytes"))
+                        413, f"Request body too large, max size: {max_body} bytes"))
         if head_size > self.max_header_bytes:
             raise h11.RemoteProtocolError("request header fields too large", 431)
         if conn.they_are_waiting_for_100_continue:
@@ -385,9 +388,9 @@ class HTTPServer:
                 break
             if isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > self.max_body:
+                if size > max_body:
                     raise _EarlyResponse(simple_response(
-                        413, f"Request body too large, max size: {self.max_body} bytes"))
+                        413, f"Request body too large, max size: {max_body} bytes"))
                 chunks.append(event.data)
             else:
                 return None  # ConnectionClosed mid-body

@@ -4,66 +4,17 @@ from __future__ import annotations
 
 import base64
 import random
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.agents import AgentProcess
 from tests.support.linearizability import Op, check_history
-from tests.support.netns import Host, Hosts
+from tests.support.netns import Hosts
+from tests.support.raft_cluster import Cluster
 from tests.support.wait import wait_for
-
-
-class Cluster:
-    """N servers, each on its own host, all cleaned up at the end."""
-
-    def __init__(self, tmp: Path, n: int, hosts: Hosts, extra: tuple[str, ...] = ()) -> None:
-        self.hosts = hosts
-        self.tmp = tmp
-        self.members: list[tuple[Host, AgentProcess]] = []
-        addrs = [hosts.add() for _ in range(n)]
-        for i, host in enumerate(addrs):
-            joins = [a for h in addrs if h is not host for a in ("-retry-join", h.address)]
-            args = ["-server", "-bootstrap-expect", str(n), "-data-dir", str(tmp / f"s{i}"), "-node", f"s{i}",
-                    "-bind", host.address, "-client", host.address, *joins, *extra]
-            self.members.append((host, AgentProcess(host=host.address, args=args, workdir=tmp,
-                                                    prefix=host.prefix)))
-        for _, agent in self.members:
-            agent.start(wait=False)
-        for _, agent in self.members:
-            agent.wait_ready(30)
-
-    def state(self, agent: AgentProcess) -> str:
-        try:
-            stats = httpx.get(f"{agent.http_addr}/v1/agent/self", timeout=1).json()["Stats"]["raft"]
-            return str(stats["state"])
-        except (httpx.HTTPError, KeyError, ValueError):
-            return "down"
-
-    def leaders(self) -> list[AgentProcess]:
-        return [a for _, a in self.members if a.proc and a.proc.poll() is None and self.state(a) == "leader"]
-
-    def wait_one_leader(self, timeout: float = 30) -> AgentProcess:
-        wait_for(lambda: len(self.leaders()) == 1, timeout, what="exactly one leader")
-        return self.leaders()[0]
-
-    def stop(self) -> None:
-        for _, agent in self.members:
-            if agent.proc and agent.proc.poll() is None:
-                agent.proc.send_signal(signal.SIGCONT)
-            agent.kill()
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    h = Hosts()
-    yield h
-    h.close()
 
 
 @pytest.mark.slow
