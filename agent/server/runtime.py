@@ -42,7 +42,7 @@ from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, Snaps
 from ..catalog import Catalog, CommandError
 from ..store import CatalogStore
 from .errors import NoLeader, ServerError
-from .transport import PeerLink, RPCClient, ServerListener, split_address
+from .transport import PeerLink, Reply, RPCClient, ServerListener, split_address
 
 log = logging.getLogger("meshagent.server")
 
@@ -50,6 +50,7 @@ RPC_HOLD_TIMEOUT = 7.0
 SERVER_STABILIZATION_TIME = 10.0
 DEAD_SERVER_AFTER = 10.0
 MAX_QUEUED_PROPOSALS = 100_000
+BATCH_MAX_COMMANDS = 512
 
 
 def _setter(event: trio.Event) -> Callable[[_Proposal], None]:
@@ -59,7 +60,7 @@ def _setter(event: trio.Event) -> Callable[[_Proposal], None]:
 class _Proposal:
     """A command waiting to be committed and applied; `on_done` hears the outcome."""
 
-    __slots__ = ("data", "error", "index", "on_done", "result", "term")
+    __slots__ = ("data", "error", "index", "on_done", "reply", "result", "rid", "term")
 
     def __init__(self, data: bytes, on_done: Callable[[_Proposal], None]) -> None:
         self.data = data
@@ -67,6 +68,8 @@ class _Proposal:
         self.index = self.term = 0
         self.result: Any = None
         self.error: str | None = None
+        self.reply: Reply | None = None  # the RPC connection's answer callback, for remote proposals
+        self.rid: Any = None
 
     def finish(self, result: Any, error: str | None) -> None:
         self.result, self.error = result, error
@@ -102,7 +105,7 @@ class RaftServer:
         self._links: dict[str, PeerLink] = {}
         self._rpc: dict[str, RPCClient] = {}
         self._names: dict[str, str] = {node_id: node_name}
-        self._pending: dict[int, _Proposal] = {}
+        self._pending: dict[int, list[_Proposal]] = {}
         # Proposals skip the inbox channel (its per-item cost showed in profiles): a deque, plus one
         # "wake" item in the inbox when the deque stops being empty.
         self._proposals: deque[_Proposal] = deque()
@@ -195,15 +198,23 @@ class RaftServer:
 
     def _propose(self, now: float, proposals: list[_Proposal]) -> list[Output]:
         assert self.node is not None
+        # Proposals that queued up together share one log entry (a "batch" command): one record, one
+        # CRC and one Entry per batch instead of per write, on every server. Each write keeps its own
+        # catalog index, since indexes are handed out per command as they apply.
+        groups = [proposals[i:i + BATCH_MAX_COMMANDS] for i in range(0, len(proposals), BATCH_MAX_COMMANDS)]
+        datas = [g[0].data if len(g) == 1 else
+                 msgpack.packb({"op": "batch", "commands": [p.data for p in g]}, use_bin_type=True) for g in groups]
         try:
-            first, outs = self.node.propose_batch(now, [p.data for p in proposals])
+            first, outs = self.node.propose_batch(now, datas)
         except NotLeader as exc:
             for p in proposals:
                 p.finish(None, f"not the leader ({exc})")
             return []
-        for i, p in enumerate(proposals):
-            p.index, p.term = first + i, self.node.term
-            self._pending[p.index] = p
+        term = self.node.term
+        for i, g in enumerate(groups):
+            for p in g:
+                p.index, p.term = first + i, term
+            self._pending[first + i] = g
         return outs
 
     def _start_read(self, now: float, read: _Read) -> list[Output]:
@@ -290,31 +301,47 @@ class RaftServer:
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         for e in entries:
-            p = self._pending.pop(e.index, None)
+            waiting = self._pending.pop(e.index, None)
+            results: list[tuple[Any, str | None]] = []
             if e.kind == COMMAND:
-                result, error = self._apply_command(e)
-                self.commands_applied += 1
-            else:
-                result, error = None, None
-                if e.kind == 1:
-                    self._sync_links()
+                results = self._apply_entry(e)
+                self.commands_applied += len(results)
+            elif e.kind == 1:
+                self._sync_links()
             self.fsm_index = e.index
-            if p is not None:
-                if p.term != e.term:
-                    p.finish(None, "leadership changed before the write committed; it was not applied")
-                else:
-                    p.finish(result, error)
+            if waiting is not None:
+                for i, p in enumerate(waiting):
+                    if p.term != e.term:
+                        p.finish(None, "leadership changed before the write committed; it was not applied")
+                    elif i < len(results):
+                        p.finish(*results[i])
+                    else:
+                        p.finish(None, "the committed entry does not hold this write")
         self._wake_applied()
 
-    def _apply_command(self, e: Entry) -> tuple[Any, str | None]:
-        catalog = self.store.catalog
+    def _apply_entry(self, e: Entry) -> list[tuple[Any, str | None]]:
         try:
             command = msgpack.unpackb(e.data, raw=False)
         except Exception as exc:
-            return None, f"undecodable command: {exc}"
-        # Raft indexes also count no-op and configuration entries; after a restore the catalog may be
-        # ahead of the log. Every replica maps indexes the same way, so they stay identical.
-        index = max(e.index, catalog.last_index + 1)
+            return [(None, f"undecodable command: {exc}")]
+        if isinstance(command, dict) and command.get("op") == "batch" and isinstance(command.get("commands"), list):
+            results = []
+            for data in command["commands"]:
+                try:
+                    sub = msgpack.unpackb(data, raw=False)
+                except Exception as exc:
+                    results.append((None, f"undecodable command: {exc}"))
+                    continue
+                results.append(self._apply_command(e.index, sub))
+            return results
+        return [self._apply_command(e.index, command)]
+
+    def _apply_command(self, raft_index: int, command: Any) -> tuple[Any, str | None]:
+        catalog = self.store.catalog
+        # Raft indexes also count no-op and configuration entries, a batch entry holds several commands,
+        # and after a restore the catalog may be ahead of the log: each command gets the next catalog
+        # index at or above its entry's. Every replica maps them the same way, so they stay identical.
+        index = max(raft_index, catalog.last_index + 1)
         if isinstance(command, dict) and command.get("op") == "restore":
             try:
                 self.store.restore(command["state"], at_least=index)
@@ -614,19 +641,20 @@ class RaftServer:
                 await trio.sleep(0)
         raise NoLeader()
 
-    def _submit_apply(self, data: bytes, reply: Callable[[str | None, Any], None]) -> bool:
+    def _submit_apply(self, data: bytes, reply: Reply, rid: Any) -> bool:
         """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
         if not self.is_leader():
             return False
-        nursery = self._nursery
+        p = _Proposal(data, self._answer_remote)
+        p.reply, p.rid = reply, rid
+        return self._enqueue(p)
 
-        def done(p: _Proposal) -> None:
-            if p.error is not None and p.error.startswith("not the leader") and nursery is not None:
-                nursery.start_soon(self._apply_and_reply, data, reply)  # lost the lead meanwhile: forward
-            else:
-                reply(p.error, p.result)
-
-        return self._enqueue(_Proposal(data, done))
+    def _answer_remote(self, p: _Proposal) -> None:
+        assert p.reply is not None
+        if p.error is not None and p.error.startswith("not the leader") and self._nursery is not None:
+            self._nursery.start_soon(self._apply_and_reply, p)  # lost the lead meanwhile: forward it
+        else:
+            p.reply(p.rid, p.error, p.result)
 
     def _enqueue(self, p: _Proposal) -> bool:
         if len(self._proposals) >= MAX_QUEUED_PROPOSALS:
@@ -639,11 +667,12 @@ class RaftServer:
         self._proposals.append(p)
         return True
 
-    async def _apply_and_reply(self, data: bytes, reply: Callable[[str | None, Any], None]) -> None:
+    async def _apply_and_reply(self, p: _Proposal) -> None:
+        assert p.reply is not None
         try:
-            reply(None, await self.apply_bytes(data))
+            p.reply(p.rid, None, await self.apply_bytes(p.data))
         except ServerError as exc:
-            reply(str(exc), None)
+            p.reply(p.rid, str(exc), None)
 
     async def apply(self, command: dict[str, Any]) -> Any:
         """Replicate a catalog command and return its result once applied here; forwards to the leader."""

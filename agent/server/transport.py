@@ -28,7 +28,8 @@ _LEN = struct.Struct(">I")
 
 RaftHandler = Callable[[str, str, Message], None]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
-ApplyHandler = Callable[[bytes, Callable[[str | None, Any], None]], bool]
+Reply = Callable[[Any, "str | None", Any], None]  # (request id, error, result)
+ApplyHandler = Callable[[bytes, Reply, Any], bool]
 
 
 def pack_frame(payload: Any) -> bytes:
@@ -222,8 +223,9 @@ class _Conn:
 class ServerListener:
     """Accepts peers' connections on :8300 and routes their frames.
 
-    `on_apply`, when set, takes "apply" calls without a task each: it gets the command bytes and a
-    callback for the answer and returns False when it cannot take the call (the general path then does).
+    `on_apply`, when set, takes "apply" calls without a task each: it gets the command bytes, the
+    connection's answer callback and the request id, and returns False when it cannot take the call
+    (the general path then does).
     """
 
     def __init__(self, host: str, port: int, on_raft: RaftHandler, on_rpc: RPCHandler,
@@ -275,7 +277,7 @@ class ServerListener:
         elif frame[0] == "req" and len(frame) == 4 and isinstance(frame[2], str):
             rid, method, args = frame[1], frame[2], frame[3]
             if method == "apply" and isinstance(args, bytes) and self._on_apply is not None:
-                if self._on_apply(args, lambda error, result: conn.reply(rid, error, result)):
+                if self._on_apply(args, conn.reply, rid):
                     return
             nursery.start_soon(self._answer, rid, method, args, conn)
         else:
