@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ from tests.support.linearizability import Op, check_history
 from tests.support.netns import Hosts
 from tests.support.raft_cluster import Cluster
 from tests.support.wait import wait_for
+
+MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 
 
 @pytest.mark.slow
@@ -35,8 +39,27 @@ def test_servers_elect_exactly_one_leader(tmp_path: Path, hosts: Hosts, n: int) 
             r = httpx.get(f"{a.http_addr}/v1/kv/k{n - 1 - i}", params={"raw": ""}, timeout=10)
             assert r.content == f"v{n - 1 - i}".encode()
             assert r.headers["X-Consul-KnownLeader"] == "true"
+        # The operator's view through the CLI: Consul's list-peers columns, and `info` with Raft figures.
+        _, follower = next((h, a) for h, a in cluster.members if a is not leader)
+        peers_out = _cli("operator", "raft", "list-peers", "-http-addr", follower.http_addr)
+        lines = peers_out.stdout.splitlines()
+        assert lines[0].split() == ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]
+        rows = [line.split() for line in lines[1:]]
+        assert sorted(r[0] for r in rows) == sorted(f"s{i}" for i in range(n))
+        assert sorted(r[3] for r in rows) == ["follower"] * (n - 1) + ["leader"]
+        assert {r[4] for r in rows} == {"true"}
+        info = dict(line.lstrip().split(" = ", 1) for line in
+                    _cli("info", "-http-addr", follower.http_addr).stdout.splitlines() if " = " in line)
+        assert info["state"] == "follower" and info["num_peers"] == str(n - 1)
+        assert int(info["commit_index"]) >= n and int(info["applied_index"]) >= n and int(info["term"]) >= 1
     finally:
         cluster.stop()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([MESHAGENT, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 class Recorder:
