@@ -149,8 +149,10 @@ class Recorder:
 
 
 @pytest.mark.slow
-def test_kv_history_is_linearizable_through_kill9_restarts_and_a_cut_link(tmp_path: Path, hosts: Hosts) -> None:
-    cluster = Cluster(tmp_path, 3, hosts)
+@pytest.mark.parametrize("n", [3, 5])
+def test_kv_history_is_linearizable_through_kill9_restarts_and_a_cut_link(tmp_path: Path, hosts: Hosts,
+                                                                          n: int) -> None:
+    cluster = Cluster(tmp_path, n, hosts)
     try:
         cluster.wait_one_leader()
         with Recorder(cluster, clients=4, seed=1) as rec:
@@ -180,6 +182,25 @@ def test_kv_history_is_linearizable_through_kill9_restarts_and_a_cut_link(tmp_pa
             leader.wait_ready(30)
             before = rec.acked
             wait_for(lambda: rec.acked > before + 10, 20, what="progress after everything healed")
+            if n == 5:
+                # 4. lose the quorum (three of five down, the leader among them), then bring one back:
+                # a leader must serve within 10 s of the quorum being back.
+                leader = cluster.wait_one_leader()
+                down = [leader] + [a for _, a in cluster.members if a is not leader][:2]
+                for agent in down:
+                    agent.kill()
+                down[0].start(wait=False)
+                down[0].wait_ready(30)
+                t = time.monotonic()
+                before = rec.acked
+                wait_for(lambda: rec.acked > before, 10, what="writes within 10 s of the quorum being back")
+                assert time.monotonic() - t < 10
+                for agent in down[1:]:
+                    agent.start(wait=False)
+                for agent in down[1:]:
+                    agent.wait_ready(30)
+                before = rec.acked
+                wait_for(lambda: rec.acked > before + 10, 20, what="progress with all five back")
         # Every server converges; a final read on each key through each server joins the history.
         cluster.wait_one_leader()
         final = Recorder(cluster, clients=0, seed=0)
