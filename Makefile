@@ -29,5 +29,7 @@ test: $(BIN)/.installed system-deps
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed system-deps
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/dns/run.py
 	$(BIN)/python bench/http/run.py
+	$(BIN)/python bench/raft/run.py

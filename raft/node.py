@@ -288,7 +288,7 @@ class RaftNode:
 
     def _random_timeout(self) -> float:
         t = self.config.election_timeout
-        return self._rng.uniform(t, 2 * t)
+        return self._rng.uniform(t, 1.5 * t)
 
     def _quorum(self, voters: frozenset[str]) -> int:
         return len(voters) // 2 + 1
