@@ -186,7 +186,7 @@ def test_kv_history_is_linearizable_through_kill9_restarts_and_a_cut_link(tmp_pa
                 # 4. lose the quorum (three of five down, the leader among them), then bring one back:
                 # a leader must serve within 10 s of the quorum being back.
                 leader = cluster.wait_one_leader()
-                down = [leader] + [a for _, a in cluster.members if a is not leader][:2]
+                down = [leader, *[a for _, a in cluster.members if a is not leader][:2]]
                 for agent in down:
                     agent.kill()
                 down[0].start(wait=False)
