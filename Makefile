@@ -15,11 +15,11 @@ dev: $(BIN)/.installed
 	$(BIN)/meshagent agent -dev -config-dir examples/services
 
 # Tools the tests drive as outside clients: dig (dnsutils); ip (iproute2) for the network-namespace hosts;
-# dnsperf, dnsmasq and wrk for the benchmarks.
+# serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq and wrk for the benchmarks.
 system-deps:
-	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null; then \
-		echo "installing dnsutils iproute2 dnsperf dnsmasq-base wrk (needs root)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 dnsperf dnsmasq-base wrk; \
+	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null || ! command -v serf >/dev/null; then \
+		echo "installing dnsutils iproute2 serf dnsperf dnsmasq-base wrk (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 serf dnsperf dnsmasq-base wrk; \
 	fi
 
 # Set up and run the whole test suite (slow suites included).
