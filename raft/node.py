@@ -339,15 +339,20 @@ class RaftNode:
     # ------------------------------------------------------------------------------------------ inputs
 
     def bootstrap(self, membership: Membership) -> list[Output]:
-        """Start a new cluster with `membership` (identical on every bootstrapping server); no-op if not empty."""
-        if self.term != 0 or self.last_index != 0 or self._snapshot is not None:
+        """Start a new cluster with `membership` (identical on every bootstrapper); no-op if the log is not empty.
+
+        A server may already have voted in a later term (a faster peer bootstrapped, won, and died before
+        replicating anything): it keeps that term and vote and still takes the bootstrap entry, which is
+        the same entry (1, term 1) the peer wrote, so logs keep matching.
+        """
+        if self.last_index != 0 or self._snapshot is not None:
             return []
         entry = Entry(1, 1, CONFIG, encode_membership(membership))
-        self.term = 1
+        self.term = max(self.term, 1)
         self._append([entry])
         if membership.voters == {self.id}:
             self._election_deadline = float("-inf")
-        return [PersistState(1, None), AppendLog((entry,))]
+        return [PersistState(self.term, self.vote), AppendLog((entry,))]
 
     def tick(self, now: float) -> list[Output]:
         """Fire the timers that are due at `now`."""

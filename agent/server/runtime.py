@@ -103,6 +103,7 @@ class RaftServer:
         self._dir = Path(data_dir) / "raft" if data_dir else None
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any]](100_000)
         self._links: dict[str, PeerLink] = {}
+        self._linked_membership: Membership | None = None  # the configuration _links was last synced to
         self._rpc: dict[str, RPCClient] = {}
         self._names: dict[str, str] = {node_id: node_name}
         self._pending: dict[int, list[_Proposal]] = {}
@@ -259,6 +260,11 @@ class RaftServer:
                     self._finish_read(o.ctx, 0, o.reason)
                 elif isinstance(o, RoleChange):
                     self._on_role_change(o)
+            if node.membership is not self._linked_membership:
+                # Membership takes effect on append, not commit: a follower that holds the configuration
+                # but has not yet learned that it is committed must still reach its peers to elect a new
+                # leader (found by killing a leader before any commit index reached the followers).
+                self._sync_links()
             now = trio.current_time()
             outs = []
             if storage and node.role == LEADER:
@@ -306,8 +312,6 @@ class RaftServer:
             if e.kind == COMMAND:
                 results = self._apply_entry(e)
                 self.commands_applied += len(results)
-            elif e.kind == 1:
-                self._sync_links()
             self.fsm_index = e.index
             if waiting is not None:
                 for i, p in enumerate(waiting):
@@ -403,6 +407,7 @@ class RaftServer:
         """One outgoing link per other member of the configuration."""
         if self.node is None or self._nursery is None:
             return
+        self._linked_membership = self.node.membership
         for s in self.node.membership.servers:
             if s.id != self.id and (s.id not in self._links or self._links[s.id].address != s.address):
                 link = PeerLink(s.address, self.id, self.address)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.agents import AgentProcess
 from tests.support.linearizability import Op, check_history
 from tests.support.netns import Hosts
 from tests.support.raft_cluster import Cluster
@@ -255,3 +256,48 @@ def test_restart_all_servers_keeps_catalog_and_a_corrupt_log_is_named(tmp_path: 
         assert str(segment) in log and "corrupt record at offset" in log and "Traceback" not in log
     finally:
         cluster.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["at-once", "after-append"])
+def test_followers_that_never_bootstrapped_elect_after_the_bootstrapper_dies(tmp_path: Path, hosts: Hosts,
+                                                                              when: str) -> None:
+    """Two servers start first, the third arrives late and bootstraps alone; it leads and is killed.
+
+    Killed at once, the other two hold a vote but an empty log: they must still bootstrap. Killed once
+    they hold the configuration, perhaps without a commit index, they must still reach each other
+    (membership counts from append, not commit). Both bugs were real; either way a survivor leads.
+    """
+    addrs = [hosts.add() for _ in range(3)]
+    agents = []
+    for i, host in enumerate(addrs):
+        joins = [a for h in addrs if h is not host for a in ("-retry-join", h.address)]
+        agents.append(AgentProcess(host=host.address, workdir=tmp_path, prefix=host.prefix, args=[
+            "-server", "-bootstrap-expect", "3", "-data-dir", str(tmp_path / f"s{i}"), "-node", f"s{i}",
+            "-bind", host.address, "-client", host.address, *joins]))
+    try:
+        for agent in agents[:2]:
+            agent.start(wait=False)
+        for agent in agents[:2]:
+            agent.wait_ready(30)
+        # The first two see each other but not a third: no bootstrap yet.
+        assert all(httpx.get(f"{a.http_addr}/v1/status/leader", timeout=2).json() == "" for a in agents[:2])
+        late = agents[2].start(wait=False)
+        late.wait_ready(30)
+        wait_for(lambda: httpx.get(f"{late.http_addr}/v1/agent/self", timeout=2).json()["Stats"]["raft"]["state"]
+                 == "leader", 20, what="the late server, which bootstrapped alone, to lead")
+        if when == "after-append":
+            wait_for(lambda: all(int(httpx.get(f"{a.http_addr}/v1/agent/self", timeout=2).json()["Stats"]["raft"]
+                                     ["last_log_index"]) >= 1 for a in agents[:2]), 10, what="the entries to arrive")
+        late.kill()
+        t = time.monotonic()
+
+        def survivor_leads() -> bool:
+            return any(httpx.get(f"{a.http_addr}/v1/agent/self", timeout=2).json()["Stats"]["raft"]["state"]
+                       == "leader" for a in agents[:2])
+
+        wait_for(survivor_leads, 10, what="a survivor to lead after the bootstrapper died")
+        assert time.monotonic() - t < 10
+    finally:
+        for agent in agents:
+            agent.kill()
