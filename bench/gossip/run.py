@@ -1,0 +1,263 @@
+"""Gossip benchmark: join convergence, failure detection, leave propagation, user events, idle cost.
+
+    .venv/bin/python bench/gossip/run.py [--n 10 --n 30] [--impl serf --impl meshagent] [--json]
+
+Each implementation runs N agents on loopback (127.0.0.N each, the same gossip port), with its default
+LAN timings, in the same run, and is measured the same way from the outside:
+
+1. join: all N started unjoined; every agent but the first joins the first at once; the time until every
+   agent lists all N alive;
+2. failure detection: SIGKILL of one agent; the time until the first, and until every, other agent marks
+   it failed;
+3. leave: a graceful leave of another agent; the time until every other agent shows it left;
+4. user event: one agent fires an event; the time until the first and the last of the others receives it;
+5. idle: RSS per agent (VmRSS), CPU per agent over 10 s of idleness, and loopback bytes/s divided by N
+   (the whole of `lo`: the machine is otherwise quiet while this runs).
+
+The reference is Debian's `serf agent` (hashicorp/serf 0.8, memberlist's LAN defaults). Ratios are
+ours / serf's (below 1 is better for times and costs). Every wait is bounded; agents are killed by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))
+from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+
+from tests.support.serf_rpc import SerfAgent  # noqa: E402
+
+FIRST_HOST = 60  # agents on 127.0.0.60 … 127.0.0.(60+N-1)
+GOSSIP_PORT = 17946
+RPC_PORT = 17373
+
+
+class Cluster(Protocol):
+    """What the benchmark needs from an implementation's N agents."""
+
+    names: list[str]
+
+    def start_all(self) -> None: ...
+    def join_all(self) -> None: ...
+    def view(self, i: int) -> dict[str, str]: ...  # node name -> alive / failed / left / …
+    def kill(self, i: int) -> None: ...
+    def leave(self, i: int) -> None: ...
+    def event_latency(self, sender: int, receivers: list[int], timeout: float) -> list[float]: ...
+    def pids(self) -> list[int]: ...
+    def close(self) -> None: ...
+
+
+class SerfCluster:
+    """N Debian serf agents."""
+
+    def __init__(self, n: int, workdir: Path) -> None:
+        self.names = [f"serf-{i}" for i in range(n)]
+        hosts = [f"127.0.0.{FIRST_HOST + i}" for i in range(n)]
+        self.agents = [SerfAgent(name, f"{host}:{GOSSIP_PORT}", f"{host}:{RPC_PORT}", workdir)
+                       for name, host in zip(self.names, hosts, strict=True)]
+
+    def start_all(self) -> None:
+        for agent in self.agents:
+            agent.start()
+
+    def join_all(self) -> None:
+        for agent in self.agents[1:]:
+            client = agent.rpc_client()
+            try:
+                client.join([self.agents[0].bind])
+            finally:
+                client.close()
+
+    def view(self, i: int) -> dict[str, str]:
+        try:
+            return self.agents[i].members()
+        except OSError:
+            return {}
+
+    def kill(self, i: int) -> None:
+        self.agents[i].kill()
+
+    def leave(self, i: int) -> None:
+        client = self.agents[i].rpc_client()
+        try:
+            client.leave()
+        finally:
+            client.close()
+
+    def event_latency(self, sender: int, receivers: list[int], timeout: float) -> list[float]:
+        streams = []
+        for i in receivers:
+            client = self.agents[i].rpc_client()
+            client.stream_user_events()
+            streams.append(client)
+        name = f"bench-{time.monotonic_ns()}"
+        client = self.agents[sender].rpc_client()
+        t0 = time.perf_counter()
+        client.event(name, b"payload")
+        client.close()
+        got: list[float] = []
+        for stream in streams:
+            end = t0 + timeout
+            while time.perf_counter() < end:
+                record = stream.next_event(max(0.01, end - time.perf_counter()))
+                if record and record.get("Name") == name:
+                    got.append(time.perf_counter() - t0)  # upper bound: streams are read one after another
+                    break
+            stream.close()
+        return got
+
+    def pids(self) -> list[int]:
+        return [a.proc.pid for a in self.agents if a.proc and a.proc.poll() is None]
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.kill()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.01) -> float | None:
+    """Seconds until `cond()` held, or None after `timeout`."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if cond():
+            return time.perf_counter() - t0
+        time.sleep(step)
+    return None
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lo_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        if line.strip().startswith("lo:"):
+            return int(line.split(":", 1)[1].split()[0])
+    return 0
+
+
+def measure(cluster: Cluster, n: int, idle_s: float) -> dict[str, Any]:
+    """Run the five measurements on a fresh cluster of n agents."""
+    out: dict[str, Any] = {"n": n}
+    cluster.start_all()
+    t0 = time.perf_counter()
+    cluster.join_all()
+    everyone = set(cluster.names)
+
+    def converged() -> bool:
+        return all({k for k, v in cluster.view(i).items() if v == "alive"} >= everyone for i in range(n))
+
+    done = wait_until(converged, 60)
+    out["join_s"] = None if done is None else time.perf_counter() - t0
+
+    # Idle costs, measured on the converged cluster before any fault.
+    pids = cluster.pids()
+    cpu0 = {p: cpu_seconds(p) for p in pids}
+    lo0 = lo_bytes()
+    time.sleep(idle_s)
+    out["idle_cpu_pct"] = statistics.mean((cpu_seconds(p) - cpu0[p]) / idle_s * 100 for p in pids)
+    out["bytes_s_per_agent"] = (lo_bytes() - lo0) / idle_s / n
+    out["rss_mb"] = statistics.mean(rss_kb(p) for p in pids) / 1024
+
+    others = list(range(1, n))
+    lat = cluster.event_latency(0, others, 10)
+    out["event_first_s"] = min(lat) if lat else None
+    out["event_all_s"] = max(lat) if len(lat) == len(others) else None
+
+    victim = n - 1
+    cluster.kill(victim)
+    t0 = time.perf_counter()
+    watchers = list(range(0, n - 2))
+    seen: dict[int, float] = {}
+
+    def detected() -> bool:
+        for i in watchers:
+            if i not in seen and cluster.view(i).get(cluster.names[victim]) == "failed":
+                seen[i] = time.perf_counter() - t0
+        return len(seen) == len(watchers)
+
+    wait_until(detected, 60)
+    out["detect_first_s"] = min(seen.values()) if seen else None
+    out["detect_all_s"] = max(seen.values()) if len(seen) == len(watchers) else None
+
+    leaver = n - 2
+    t0 = time.perf_counter()
+    cluster.leave(leaver)
+    watchers = list(range(0, n - 2))
+    left = wait_until(lambda: all(cluster.view(i).get(cluster.names[leaver]) == "left" for i in watchers), 60)
+    out["leave_s"] = None if left is None else time.perf_counter() - t0
+    return out
+
+
+IMPLS: dict[str, Callable[[int, Path], Cluster]] = {"serf": SerfCluster}
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, action="append", help="cluster sizes (default 10 and 30)")
+    parser.add_argument("--impl", action="append", choices=sorted(IMPLS), help="implementations (default all)")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idleness for CPU and bytes")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    args = parser.parse_args()
+    if not shutil.which("serf") and not Path("/usr/bin/serf").exists():
+        raise SystemExit("Debian's serf is needed as the reference: apt-get install serf (make system-deps)")
+    sizes = args.n or [10, 30]
+    impls = args.impl or sorted(IMPLS)
+    print(f"gossip benchmark on loopback, N = {sizes}; machine: {machine_info()}")
+    results: list[dict[str, Any]] = []
+    for n in sizes:
+        for impl in impls:
+            workdir = Path(tempfile.mkdtemp(prefix=f"meshagent-bench-gossip-{impl}-"))
+            cluster = IMPLS[impl](n, workdir)
+            try:
+                r = measure(cluster, n, args.idle)
+            finally:
+                cluster.close()
+            r["impl"] = impl
+            results.append(r)
+            print(f"  {impl:>9} N={n:<3} join {fmt(r['join_s'], '.2f')} s  detect {fmt(r['detect_first_s'], '.2f')}"
+                  f" / {fmt(r['detect_all_s'], '.2f')} s  leave {fmt(r['leave_s'], '.2f')} s  event "
+                  f"{fmt(r['event_first_s'], '.3f')} / {fmt(r['event_all_s'], '.3f')} s  RSS {r['rss_mb']:.1f} MB"
+                  f"  CPU {r['idle_cpu_pct']:.2f} %  {r['bytes_s_per_agent']:.0f} B/s", flush=True)
+    by = {(r["impl"], r["n"]): r for r in results}
+    if "serf" in impls and len(impls) > 1:
+        print("\n=== ratios ours / serf (below 1: ours is faster or cheaper) ===")
+        keys = ["join_s", "detect_first_s", "detect_all_s", "leave_s", "event_all_s", "rss_mb", "idle_cpu_pct",
+                "bytes_s_per_agent"]
+        for n in sizes:
+            ref = by.get(("serf", n))
+            for impl in impls:
+                if impl == "serf" or ref is None or (impl, n) not in by:
+                    continue
+                ours = by[(impl, n)]
+                cells = [f"{k} {ours[k] / ref[k]:.2f}x" if ours.get(k) and ref.get(k) else f"{k} n/a" for k in keys]
+                print(f"  N={n} {impl}: " + ", ".join(cells))
+    if args.json:
+        print(json.dumps({"machine": machine_info(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
