@@ -1,0 +1,350 @@
+"""The trio runtime for gossip: UDP and TCP on the Serf LAN port, driving `Swim` and `Serf`.
+
+Thin on purpose: read a packet or a stream, unframe it, hand the messages to the core, carry out what
+comes back. Bad input is counted in `bad_packets` / `bad_streams` and logged at debug level; it never
+changes the membership view.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from . import messages as m
+from .config import GossipConfig
+from .framing import (
+    MAX_STREAM_STATE,
+    FramingError,
+    open_stream,
+    pack_compound,
+    pack_packet,
+    pack_stream,
+    stream_payload_size,
+    unpack_packet,
+    unwrap_stream,
+)
+from .serf import Serf, SerfEvent
+from .swim import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
+
+log = logging.getLogger("meshagent.gossip")
+
+Address = tuple[str, int]
+
+
+@dataclass
+class GossipStats:
+    """Counters for /v1/agent/self and the tests."""
+
+    bad_packets: int = 0
+    bad_streams: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+@dataclass
+class GossipAgent:
+    """One node's gossip: `run()` in a nursery, then `join`, `leave`, `user_event`, `members`."""
+
+    name: str
+    bind: str
+    advertise: str
+    port: int
+    tags: dict[str, str]
+    config: GossipConfig = field(default_factory=GossipConfig)
+    keys: list[bytes] = field(default_factory=list)  # primary first
+    verify_incoming: bool = True
+    verify_outgoing: bool = True
+    on_event: Callable[[SerfEvent], None] | None = None
+    reconnect_timeout: float = 72 * 3600.0
+    stats: GossipStats = field(default_factory=GossipStats)
+
+    def __post_init__(self) -> None:
+        rng = random.Random()
+        self.serf = Serf(self.name, dict(self.tags), rng, reconnect_timeout=self.reconnect_timeout)
+        self.swim = Swim(self.config, self.name, ip_bytes(self.advertise), self.port, self.serf, rng)
+        self._sock: socket.socket | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._stream_pings: dict[int, Address] = {}
+
+    # ------------------------------------------------------------------------------------------ running
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind UDP and TCP on the LAN port and gossip until cancelled."""
+        # A plain non-blocking socket: sends happen synchronously from the core's outputs, and the reader
+        # drains every queued datagram per wake-up.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((self.bind, self.port))
+        sock.setblocking(False)
+        self._sock = sock
+        listeners = await trio.open_tcp_listeners(self.port, host=self.bind)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._carry_out(self.swim.start(trio.current_time()))
+            self._drain_events()
+            nursery.start_soon(self._udp_loop, sock)
+            nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            with trio.move_on_at(self.swim.next_deadline()):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            self._carry_out(self.swim.tick(now))
+            self.serf.set_cluster_size(self.swim.num_alive())
+            self.serf.reap(now)
+            self._drain_events()
+
+    async def _udp_loop(self, sock: socket.socket) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(256):
+                    try:
+                        data, src = sock.recvfrom(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:  # e.g. ICMP port unreachable surfacing on Linux
+                        log.debug("udp receive: %s", exc)
+                        continue
+                    self.stats.packets_in += 1
+                    self._handle_packet(data, (src[0], src[1]))
+                await trio.lowlevel.checkpoint()
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    def _handle_packet(self, data: bytes, src: Address) -> None:
+        now = trio.current_time()
+        try:
+            parts = unpack_packet(data, keys=self.keys, verify_incoming=self.verify_incoming)
+        except FramingError as exc:
+            self.stats.bad_packets += 1
+            log.debug("dropping packet from %s:%d: %s", src[0], src[1], exc)
+            return
+        for part in parts:
+            try:
+                self._carry_out(self.swim.receive(now, src, part))
+            except m.MessageError as exc:
+                self.stats.bad_packets += 1
+                log.debug("dropping message from %s:%d: %s", src[0], src[1], exc)
+        self._drain_events()
+        self._wake.set()
+
+    def _carry_out(self, outs: Sequence[Output]) -> None:
+        assert self._nursery is not None
+        for o in outs:
+            if isinstance(o, SendPacket):
+                payload = o.messages[0] if len(o.messages) == 1 else pack_compound(o.messages)
+                data = pack_packet(payload, crc=o.crc, keys=self.keys, encrypt_out=self.verify_outgoing)
+                self._send(data, o.addr)
+            elif isinstance(o, PushPull):
+                self._nursery.start_soon(self._push_pull_quietly, o.addr, o.join)
+            elif isinstance(o, StreamPing):
+                self._nursery.start_soon(self._stream_ping, o)
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, OSError) as exc:
+            log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
+            return
+        self.stats.packets_out += 1
+
+    def _drain_events(self) -> None:
+        for event in self.serf.take_events():
+            log.info("serf: %s", _describe(event))
+            if self.on_event is not None:
+                self.on_event(event)
+
+    # ------------------------------------------------------------------------------------------ streams
+
+    async def _read_stream(self, stream: trio.SocketStream) -> bytes:
+        """One framed stream message (decrypted, decompressed): type byte + body, with trailing data."""
+        buf = bytearray()
+        with trio.fail_after(self.config.tcp_timeout):
+            while True:
+                chunk = await stream.receive_some(65536)
+                if chunk:
+                    buf += chunk
+                if len(buf) > MAX_STREAM_STATE + 5:
+                    raise FramingError("stream larger than the limit")
+                complete = self._complete(bytes(buf))
+                if complete is not None:
+                    return complete
+                if not chunk:
+                    raise FramingError("stream ended before a whole message")
+
+    def _complete(self, buf: bytes) -> bytes | None:
+        """The unframed message once `buf` holds all of it; None while more is needed."""
+        if not buf:
+            return None
+        if buf[0] == m.MessageType.ENCRYPT:
+            if len(buf) < 5:
+                return None
+            size = stream_payload_size(buf[:5])
+            if len(buf) < 5 + size:
+                return None
+            return unwrap_stream(open_stream(buf[:5], buf[5:5 + size], self.keys))
+        if self.keys and self.verify_incoming:
+            raise FramingError("plaintext stream while encryption is required")
+        try:
+            payload = unwrap_stream(buf)
+        except FramingError:
+            return None  # maybe a compress wrapper still arriving; the timeout ends real garbage
+        if payload[0] == m.MessageType.PUSH_PULL:
+            try:
+                decode_push_pull(payload[1:])
+            except m.MessageError:
+                return None
+        return payload
+
+    def _frame(self, payload: bytes) -> bytes:
+        return pack_stream(payload, keys=self.keys, encrypt_out=self.verify_outgoing)
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                payload = await self._read_stream(stream)
+                await self._answer_stream(stream, payload)
+            except (FramingError, m.MessageError, trio.TooSlowError, ValueError) as exc:
+                self.stats.bad_streams += 1
+                log.debug("dropping stream: %s", exc)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _answer_stream(self, stream: trio.SocketStream, payload: bytes) -> None:
+        now = trio.current_time()
+        kind = payload[0]
+        if kind == m.MessageType.PUSH_PULL:
+            header, nodes, user = decode_push_pull(payload[1:])
+            reply = encode_push_pull(self.swim.local_push_pull_state(), self.serf.local_state(header.join),
+                                     header.join)
+            await stream.send_all(self._frame(reply))
+            self._merge(now, nodes, user, header.join)
+        elif kind == m.MessageType.PING:
+            ping = m.decode(payload)
+            assert isinstance(ping, m.Ping)
+            if not ping.node or ping.node == self.name:
+                await stream.send_all(self._frame(m.encode(m.AckResp(ping.seq_no, b""))))
+        elif kind == m.MessageType.USER:
+            header_obj = m.unpack_body(payload[1:])
+            _ = header_obj  # a user message over TCP: Serf sends these only for large query answers
+        else:
+            raise FramingError(f"unexpected stream message type {kind}")
+
+    def _merge(self, now: float, nodes: list[m.PushNodeState], user: bytes, join: bool) -> None:
+        self._carry_out(self.swim.merge_remote_state(now, nodes))
+        if user:
+            self.serf.merge_remote_state(now, user, join)
+        self._drain_events()
+        self._wake.set()
+
+    async def push_pull(self, addr: Address, join: bool) -> None:
+        """One push-pull exchange with `addr`; raises OSError / FramingError / MessageError on failure."""
+        with trio.fail_after(self.config.tcp_timeout):
+            stream = await trio.open_tcp_stream(addr[0], addr[1])
+        async with stream:
+            local = encode_push_pull(self.swim.local_push_pull_state(), self.serf.local_state(join), join)
+            await stream.send_all(self._frame(local))
+            payload = await self._read_stream(stream)
+        if payload[0] != m.MessageType.PUSH_PULL:
+            raise FramingError(f"expected a push-pull answer, got type {payload[0]}")
+        _header, nodes, user = decode_push_pull(payload[1:])
+        self._merge(trio.current_time(), nodes, user, join)
+
+    async def _push_pull_quietly(self, addr: Address, join: bool) -> None:
+        try:
+            await self.push_pull(addr, join)
+        except (OSError, FramingError, m.MessageError, trio.TooSlowError) as exc:
+            log.debug("push-pull with %s:%d failed: %s", addr[0], addr[1], exc)
+
+    async def _stream_ping(self, o: StreamPing) -> None:
+        ok = False
+        try:
+            with trio.fail_after(self.config.probe_timeout * 2):
+                stream = await trio.open_tcp_stream(o.addr[0], o.addr[1])
+                async with stream:
+                    await stream.send_all(self._frame(o.ping))
+                    payload = await self._read_stream(stream)
+                    ack = m.decode(payload)
+                    ok = isinstance(ack, m.AckResp) and ack.seq_no == o.seq_no
+        except (OSError, FramingError, m.MessageError, trio.TooSlowError, trio.BrokenResourceError):
+            ok = False
+        self._carry_out(self.swim.stream_ping_result(trio.current_time(), o.seq_no, ok))
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------ API
+
+    async def join(self, addrs: Sequence[str]) -> int:
+        """Push-pull with each address ("host" or "host:port"); how many answered. Announces our join."""
+        ok = 0
+        for addr in addrs:
+            host, _, port = addr.rpartition(":") if ":" in addr else (addr, "", "")
+            target = (host or addr, int(port) if port else self.port)
+            try:
+                await self.push_pull(target, True)
+                ok += 1
+            except (OSError, FramingError, m.MessageError, trio.TooSlowError, ValueError) as exc:
+                log.warning("failed to join %s: %s", addr, exc)
+        if ok:
+            self.serf.join_intent()
+            self._wake.set()
+        return ok
+
+    async def leave(self, timeout: float = 5.0) -> None:
+        """Graceful leave: Serf's leave intent, then memberlist's, each given time to spread."""
+        self.serf.leave_intent()
+        with trio.move_on_after(timeout / 2):
+            while any(item[0] < 1 for item in self.serf._queue) and self.swim.num_alive() > 1:
+                self._carry_out(self.swim.tick(trio.current_time()))
+                await trio.sleep(self.config.gossip_interval / 2)
+        self._carry_out(self.swim.leave(trio.current_time()))
+        with trio.move_on_after(timeout / 2):
+            while not self.swim.leave_sent():
+                self._carry_out(self.swim._gossip(trio.current_time()))
+                await trio.sleep(self.config.gossip_interval / 2)
+
+    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
+        """Fire a user event."""
+        self.serf.user_event(name, payload, coalesce)
+        self._drain_events()
+        self._wake.set()
+
+    def force_leave(self, node: str, prune: bool = False) -> bool:
+        """Mark a failed node left (and forget it with prune)."""
+        ok = self.serf.force_leave(node, prune)
+        self._drain_events()
+        return ok
+
+    def members(self) -> list[dict[str, Any]]:
+        """Members in Consul's /v1/agent/members shape."""
+        out = []
+        for mem in self.serf.members.values():
+            vsn = list(mem.vsn) + [0] * (6 - len(mem.vsn))
+            out.append({"Name": mem.name, "Addr": _ip(mem.addr), "Port": mem.port, "Tags": dict(mem.tags),
+                        "Status": int(mem.status), "ProtocolMin": vsn[0], "ProtocolMax": vsn[1],
+                        "ProtocolCur": vsn[2], "DelegateMin": vsn[3], "DelegateMax": vsn[4], "DelegateCur": vsn[5]})
+        return out
+
+
+def _ip(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+
+
+def _describe(event: SerfEvent) -> str:
+    member = getattr(event, "member", None)
+    if member is not None:
+        return f"{getattr(event, 'kind', '')}: {member.name} {_ip(member.addr)}"
+    return f"user event {getattr(event, 'name', '')}"

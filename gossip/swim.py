@@ -1,0 +1,590 @@
+"""The SWIM + Lifeguard membership core, speaking memberlist's messages. Sans-IO: no clock, no sockets.
+
+Inputs: `start`, `tick(now)`, `receive(now, src, data)` (one single message: type byte + body),
+`merge_remote_state` (a push-pull's other side), `stream_ping_result`, `leave`, `update_meta`.
+Outputs: `SendPacket` (a list of single messages for one UDP packet; the runtime frames them),
+`PushPull` (open a TCP exchange) and `StreamPing` (a TCP fallback ping). Member changes reach the layer
+above through its `Delegate`, synchronously.
+
+Behaviour follows memberlist's state.go: shuffled round-robin probes, direct ping, indirect pings with
+nacks, TCP fallback, Lifeguard's self-awareness and confirmation-shrinking suspicion timeouts,
+incarnation numbers and refutation, piggybacked dissemination with a retransmit limit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from . import messages as m
+from .config import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
+from .delegate import Delegate, MemberInfo
+from .framing import overhead
+from .messages import NodeState
+
+Address = tuple[str, int]
+META_MAX_SIZE = 512  # memberlist's MetaMaxSize
+
+
+@dataclass(frozen=True, slots=True)
+class SendPacket:
+    """Send these single messages to `addr` in one UDP packet (compound if several)."""
+
+    addr: Address
+    messages: list[bytes]
+    crc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """Open a TCP push-pull exchange with `addr` (local state from `local_push_pull_state`)."""
+
+    addr: Address
+    join: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPing:
+    """Ping `addr` over TCP; report with `stream_ping_result(seq_no, ok)`."""
+
+    addr: Address
+    ping: bytes
+    seq_no: int
+
+
+Output = SendPacket | PushPull | StreamPing
+
+
+@dataclass(slots=True)
+class Member:
+    """One member as this node sees it."""
+
+    name: str
+    addr: bytes
+    port: int
+    meta: bytes
+    incarnation: int
+    state: NodeState
+    state_change: float
+    vsn: bytes = m.DEFAULT_VSN
+
+    @property
+    def address(self) -> Address:
+        return _ip(self.addr), self.port
+
+    def info(self) -> MemberInfo:
+        return MemberInfo(self.name, self.addr, self.port, self.meta, self.incarnation, self.state, self.vsn)
+
+
+def _ip(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+
+
+def ip_bytes(ip: str) -> bytes:
+    """An address as memberlist puts it on the wire (4 or 16 raw bytes)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        return socket.inet_pton(socket.AF_INET6, ip)
+
+
+class Suspicion:
+    """Lifeguard's suspicion timer: starts at `max`, shrinks toward `min` with each independent confirmation."""
+
+    def __init__(self, start: float, k: int, min_timeout: float, max_timeout: float, first: str) -> None:
+        self.start, self.k, self.min, self.max = start, k, min_timeout, max_timeout
+        self.confirmations: set[str] = {first}
+        self.n = 0
+        self.deadline = start + (max_timeout if k >= 1 else min_timeout)
+
+    def confirm(self, who: str) -> bool:
+        """Count a confirmation from a new member; True if it counted (and the deadline moved)."""
+        if self.n >= self.k or who in self.confirmations:
+            return False
+        self.confirmations.add(who)
+        self.n += 1
+        frac = math.log(self.n + 1) / math.log(self.k + 1)
+        self.deadline = self.start + max(self.min, self.max - (self.max - self.min) * frac)
+        return True
+
+
+@dataclass(slots=True)
+class _Broadcast:
+    key: str | None  # the member it is about (a newer one replaces it); None for user messages
+    msg: bytes
+    order: int
+    transmits: int = 0
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq_no: int
+    direct_deadline: float
+    end: float
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+    acked: bool = False
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    their_seq: int
+    nack_at: float | None
+
+
+@dataclass
+class Swim:
+    """One member's SWIM state machine."""
+
+    config: GossipConfig
+    name: str
+    addr: bytes
+    port: int
+    delegate: Delegate
+    rng: random.Random
+    members: dict[str, Member] = field(default_factory=dict)
+    incarnation: int = 0
+    awareness: int = 0
+    leaving: bool = False
+
+    def __post_init__(self) -> None:
+        self._seq = 0
+        self._order = 0
+        self._queue: list[_Broadcast] = []
+        self._probe_list: list[str] = []
+        self._probe_index = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._next_probe = self._next_gossip = self._next_push_pull = 0.0
+        self._reaped_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ views
+
+    def member_list(self) -> list[MemberInfo]:
+        """Every member known, ourselves included."""
+        return [mem.info() for mem in self.members.values()]
+
+    def num_alive(self) -> int:
+        """Members not dead or left (ourselves included)."""
+        return sum(1 for mem in self.members.values() if mem.state in (NodeState.ALIVE, NodeState.SUSPECT))
+
+    def health_score(self) -> int:
+        """Lifeguard's local health: 0 is healthy; probe timing is scaled by score + 1."""
+        return self.awareness
+
+    def next_deadline(self) -> float:
+        """When `tick` next has work."""
+        times = [self._next_probe, self._next_gossip, self._next_push_pull]
+        if self._probe is not None:
+            times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
+        times.extend(s.deadline for s in self._suspicions.values())
+        times.extend(r.nack_at for r in self._relays.values() if r.nack_at is not None)
+        return min(times)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def start(self, now: float) -> list[Output]:
+        """Become alive (incarnation 1) and schedule the periodic work."""
+        self.incarnation += 1
+        meta = self.delegate.node_meta(META_MAX_SIZE)
+        self._alive(now, m.Alive(self.incarnation, self.name, self.addr, self.port, meta), bootstrap=True)
+        self._next_probe = now + self.config.probe_interval
+        self._next_gossip = now + self.config.gossip_interval
+        self._next_push_pull = now + self.config.push_pull_interval
+        return []
+
+    def join(self, seeds: list[Address]) -> list[Output]:
+        """Push-pull with each seed (join=True); the runtime reports answers through merge_remote_state."""
+        return [PushPull(s, True) for s in seeds]
+
+    def update_meta(self, now: float) -> list[Output]:
+        """Announce new metadata (from the delegate) with a fresh incarnation."""
+        self.incarnation += 1
+        me = self.members[self.name]
+        meta = self.delegate.node_meta(META_MAX_SIZE)
+        self._alive(now, m.Alive(self.incarnation, self.name, self.addr, self.port, meta, me.vsn))
+        return []
+
+    def leave(self, now: float) -> list[Output]:
+        """Announce a graceful leave (our own Dead); the runtime then gossips until it has gone out."""
+        self.leaving = True
+        self._dead(now, m.Dead(self.incarnation, self.name, self.name))
+        return self._gossip(now)
+
+    def leave_sent(self) -> bool:
+        """Whether our leave broadcast has been sent at least a few times (or there is nobody to tell)."""
+        if self.num_alive() <= 1:
+            return True
+        return not any(b.key == self.name and b.transmits < 2 for b in self._queue)
+
+    def tick(self, now: float) -> list[Output]:
+        """Run whatever timers are due at `now`."""
+        out: list[Output] = []
+        for name, s in list(self._suspicions.items()):
+            if now >= s.deadline:
+                del self._suspicions[name]
+                mem = self.members.get(name)
+                if mem is not None and mem.state == NodeState.SUSPECT:
+                    self._dead(now, m.Dead(mem.incarnation, name, self.name))
+        for seq, relay in list(self._relays.items()):
+            if relay.nack_at is not None and now >= relay.nack_at:
+                del self._relays[seq]
+                out.append(self._send(relay.requester, m.encode(m.NackResp(relay.their_seq))))
+        probe = self._probe
+        if probe is not None:
+            if probe.acked:
+                self._probe = None
+            elif not probe.indirect_sent and now >= probe.direct_deadline:
+                out.extend(self._indirect(now, probe))
+            elif probe.indirect_sent and now >= probe.end:
+                self._probe_failed(now, probe)
+        if now >= self._next_probe:
+            self._next_probe = now + self._scale(self.config.probe_interval)
+            if self._probe is None:
+                out.extend(self._start_probe(now))
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.config.gossip_interval
+            out.extend(self._gossip(now))
+            self._reap(now)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + push_pull_scale(self.config.push_pull_interval, self.num_alive())
+            peers = [mem for mem in self.members.values() if mem.name != self.name and mem.state == NodeState.ALIVE]
+            if peers:
+                out.append(PushPull(self.rng.choice(peers).address, False))
+        return out
+
+    def receive(self, now: float, src: Address, data: bytes) -> list[Output]:
+        """Handle one single message that arrived from `src`; raises MessageError when malformed."""
+        msg = m.decode(data)
+        out: list[Output] = []
+        if isinstance(msg, m.Ping):
+            if msg.node and msg.node != self.name:
+                return out  # meant for a previous owner of our address
+            dest = (_ip(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
+            out.append(self._send(dest, m.encode(m.AckResp(msg.seq_no, b""))))
+        elif isinstance(msg, m.IndirectPing):
+            seq = self._next_seq()
+            requester = (_ip(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
+            self._relays[seq] = _Relay(requester, msg.seq_no,
+                                       now + self.config.probe_timeout if msg.nack else None)
+            ping = m.Ping(seq, msg.node, self.addr, self.port, self.name)
+            out.append(self._send((_ip(msg.target), msg.port), m.encode(ping)))
+        elif isinstance(msg, m.AckResp):
+            out.extend(self._on_ack(now, msg.seq_no))
+        elif isinstance(msg, m.NackResp):
+            if self._probe is not None and self._probe.seq_no == msg.seq_no:
+                self._probe.nacks += 1
+        elif isinstance(msg, m.Alive):
+            self._alive(now, msg)
+        elif isinstance(msg, m.Suspect):
+            self._suspect(now, msg)
+        elif isinstance(msg, m.Dead):
+            self._dead(now, msg)
+        elif isinstance(msg, m.UserMsg):
+            self.delegate.notify_msg(now, msg.payload)
+        return out
+
+    def stream_ping_result(self, now: float, seq_no: int, ok: bool) -> list[Output]:
+        """The outcome of a StreamPing."""
+        return self._on_ack(now, seq_no) if ok else []
+
+    def local_push_pull_state(self) -> list[m.PushNodeState]:
+        """Our full member list for a push-pull."""
+        return [m.PushNodeState(mem.name, mem.addr, mem.port, mem.meta, mem.incarnation, int(mem.state), mem.vsn)
+                for mem in self.members.values()]
+
+    def merge_remote_state(self, now: float, nodes: list[m.PushNodeState]) -> list[Output]:
+        """Merge a peer's full member list, the way memberlist's mergeState does."""
+        for r in nodes:
+            if r.state == NodeState.ALIVE:
+                self._alive(now, m.Alive(r.incarnation, r.name, r.addr, r.port, r.meta, r.vsn))
+            elif r.state == NodeState.LEFT:
+                self._dead(now, m.Dead(r.incarnation, r.name, r.name))
+            elif r.state in (NodeState.DEAD, NodeState.SUSPECT):
+                # Never trust a remote dead outright: suspect it and let the probes decide.
+                self._suspect(now, m.Suspect(r.incarnation, r.name, self.name))
+        return []
+
+    def queue_user_broadcast(self, msg: bytes) -> None:
+        """Queue a delegate message (memberlist user message, type byte included) for piggybacking."""
+        self._queue_broadcast(None, msg)
+
+    # ------------------------------------------------------------------------------------------ probing
+
+    def _scale(self, timeout: float) -> float:
+        return timeout * (self.awareness + 1)
+
+    def _apply_awareness(self, delta: int) -> None:
+        self.awareness = max(0, min(self.config.awareness_max_multiplier - 1, self.awareness + delta))
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        return self._seq
+
+    def _start_probe(self, now: float) -> list[Output]:
+        target = self._next_probe_target()
+        if target is None:
+            return []
+        seq = self._next_seq()
+        interval = self._scale(self.config.probe_interval)
+        self._probe = _Probe(target.name, seq, now + self._scale(self.config.probe_timeout), now + interval)
+        ping = m.Ping(seq, target.name, self.addr, self.port, self.name)
+        return [self._send(target.address, m.encode(ping), target)]
+
+    def _next_probe_target(self) -> Member | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_list):
+                name = self._probe_list[self._probe_index]
+                self._probe_index += 1
+                mem = self.members.get(name)
+                if mem is not None and name != self.name and mem.state in (NodeState.ALIVE, NodeState.SUSPECT):
+                    return mem
+            self._probe_list = [n for n in self.members if n != self.name]
+            self.rng.shuffle(self._probe_list)
+            self._probe_index = 0
+        return None
+
+    def _indirect(self, now: float, probe: _Probe) -> list[Output]:
+        probe.indirect_sent = True
+        target = self.members.get(probe.target)
+        if target is None:
+            self._probe = None
+            return []
+        out: list[Output] = []
+        helpers = [mem for mem in self.members.values()
+                   if mem.name not in (self.name, probe.target) and mem.state == NodeState.ALIVE]
+        for helper in self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers))):
+            nack = helper.vsn[1] >= 4 if len(helper.vsn) > 1 else False
+            probe.expected_nacks += 1 if nack else 0
+            req = m.IndirectPing(probe.seq_no, target.addr, target.port, target.name, nack,
+                                 self.addr, self.port, self.name)
+            out.append(self._send(helper.address, m.encode(req), helper))
+        if not self.config.disable_tcp_pings and len(target.vsn) > 1 and target.vsn[1] >= 3:
+            ping = m.Ping(probe.seq_no, target.name, self.addr, self.port, self.name)
+            out.append(StreamPing(target.address, m.encode(ping), probe.seq_no))
+        return out
+
+    def _on_ack(self, now: float, seq_no: int) -> list[Output]:
+        relay = self._relays.pop(seq_no, None)
+        if relay is not None:
+            return [self._send(relay.requester, m.encode(m.AckResp(relay.their_seq, b"")))]
+        probe = self._probe
+        if probe is not None and probe.seq_no == seq_no and not probe.acked:
+            probe.acked = True
+            self._apply_awareness(-1)
+            self._probe = None
+        return []
+
+    def _probe_failed(self, now: float, probe: _Probe) -> None:
+        self._probe = None
+        if probe.expected_nacks > 0:
+            self._apply_awareness(max(0, probe.expected_nacks - probe.nacks))
+        else:
+            self._apply_awareness(1)
+        mem = self.members.get(probe.target)
+        if mem is not None and mem.state == NodeState.ALIVE:
+            self._suspect(now, m.Suspect(mem.incarnation, mem.name, self.name))
+
+    # ------------------------------------------------------------------------------------------ gossip
+
+    def _gossip(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        candidates = [mem for mem in self.members.values() if mem.name != self.name and (
+            mem.state in (NodeState.ALIVE, NodeState.SUSPECT)
+            or now - mem.state_change < self.config.gossip_to_the_dead_time)]
+        for mem in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
+            msgs = self._broadcasts(self.config.udp_buffer_size - overhead(0))
+            if not msgs:
+                break
+            out.append(SendPacket(mem.address, msgs, self._wants_crc(mem)))
+        return out
+
+    def _send(self, dest: Address, msg: bytes, member: Member | None = None) -> SendPacket:
+        """One message plus whatever broadcasts fit beside it."""
+        room = self.config.udp_buffer_size - overhead(1) - len(msg)
+        extra = self._broadcasts(room) if room > 0 else []
+        if member is None:
+            member = next((mem for mem in self.members.values() if mem.address == dest), None)
+        return SendPacket(dest, [msg, *extra], self._wants_crc(member))
+
+    @staticmethod
+    def _wants_crc(member: Member | None) -> bool:
+        return member is not None and len(member.vsn) > 1 and member.vsn[1] >= 5
+
+    def _broadcasts(self, room: int) -> list[bytes]:
+        """Fill `room` bytes: our own broadcasts and the delegate's share it, so neither starves the other."""
+        limit = retransmit_limit(self.config.retransmit_mult, max(1, self.num_alive()))
+        taken: list[bytes] = []
+        # The layer above (Serf: joins, leaves, user events) gets first claim on half the packet; then ours;
+        # then the rest goes back to the layer above. memberlist gave its own broadcasts strict priority,
+        # which starved user events during membership churn (memberlist#299).
+        half = room // 2
+        used = self._take_delegate(half, taken)
+        used += self._take_own(room - used, taken, limit)
+        self._take_delegate(room - used, taken)
+        return taken
+
+    def _take_delegate(self, room: int, taken: list[bytes]) -> int:
+        if room <= 3:
+            return 0
+        used = 0
+        # Each delegate message travels as a memberlist user message: one type byte in front.
+        for b in self.delegate.get_broadcasts(3, room):
+            cost = len(b) + 3
+            if used + cost > room or len(taken) >= 255:
+                break
+            taken.append(bytes([m.MessageType.USER]) + b)
+            used += cost
+        return used
+
+    def _take_own(self, room: int, taken: list[bytes], limit: int) -> int:
+        used = 0
+        self._queue.sort(key=lambda b: (b.transmits, -b.order))
+        keep: list[_Broadcast] = []
+        for b in self._queue:
+            cost = len(b.msg) + 2
+            if used + cost <= room and len(taken) < 255:
+                taken.append(b.msg)
+                used += cost
+                b.transmits += 1
+            if b.transmits < limit:
+                keep.append(b)
+        self._queue = keep
+        return used
+
+    def _queue_broadcast(self, key: str | None, msg: bytes) -> None:
+        if key is not None:
+            self._queue = [b for b in self._queue if b.key != key]
+        self._order += 1
+        self._queue.append(_Broadcast(key, msg, self._order))
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _alive(self, now: float, a: m.Alive, bootstrap: bool = False) -> None:
+        if self.leaving and a.node == self.name:
+            return
+        mem = self.members.get(a.node)
+        is_local = a.node == self.name
+        fresh = mem is None
+        updates_address = False
+        if mem is None:
+            mem = Member(a.node, a.addr, a.port, a.meta, 0, NodeState.DEAD, now, a.vsn)
+            self.members[a.node] = mem
+            self._probe_list.insert(self.rng.randint(0, len(self._probe_list)), a.node)
+        elif not is_local and (mem.addr, mem.port) != (a.addr, a.port):
+            # The name moved to another address: fine once the old owner left (or has been dead long
+            # enough); otherwise it is a conflict and the member we know wins.
+            reclaim = self.config.dead_node_reclaim_time
+            if not (mem.state == NodeState.LEFT or (mem.state == NodeState.DEAD and reclaim > 0
+                                                     and now - mem.state_change > reclaim)):
+                return
+            updates_address = True
+        if not fresh and not is_local and not updates_address and a.incarnation <= mem.incarnation:
+            return
+        if not fresh and is_local and a.incarnation < mem.incarnation:
+            return
+        self._suspicions.pop(a.node, None)
+        if is_local and not bootstrap:
+            if a.incarnation == mem.incarnation and a.meta == mem.meta and mem.state == NodeState.ALIVE:
+                return  # our own alive coming back to us
+            self._refute(now, max(a.incarnation, mem.incarnation))
+            return
+        was_state, old_meta, old_addr = mem.state, mem.meta, (mem.addr, mem.port)
+        self._queue_broadcast(a.node, m.encode(a))
+        mem.incarnation, mem.meta, mem.addr, mem.port, mem.vsn = a.incarnation, a.meta, a.addr, a.port, a.vsn
+        if was_state != NodeState.ALIVE or fresh:
+            mem.state, mem.state_change = NodeState.ALIVE, now
+        if fresh or was_state in (NodeState.DEAD, NodeState.LEFT):
+            self.delegate.notify_join(now, mem.info())
+        elif old_meta != a.meta or old_addr != (a.addr, a.port):
+            self.delegate.notify_update(now, mem.info())
+
+    def _suspect(self, now: float, s: m.Suspect) -> None:
+        mem = self.members.get(s.node)
+        if mem is None or s.incarnation < mem.incarnation:
+            return
+        existing = self._suspicions.get(s.node)
+        if existing is not None:
+            if existing.confirm(s.from_node):
+                self._queue_broadcast(s.node, m.encode(s))
+            return
+        if mem.state != NodeState.ALIVE:
+            return
+        if s.node == self.name:
+            self._refute(now, s.incarnation)
+            self._apply_awareness(1)
+            return
+        self._queue_broadcast(s.node, m.encode(s))
+        mem.incarnation, mem.state, mem.state_change = s.incarnation, NodeState.SUSPECT, now
+        n = self.num_alive()
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        low = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
+        self._suspicions[s.node] = Suspicion(now, k, low, self.config.suspicion_max_timeout_mult * low, s.from_node)
+
+    def _dead(self, now: float, d: m.Dead) -> None:
+        mem = self.members.get(d.node)
+        if mem is None or d.incarnation < mem.incarnation:
+            return
+        self._suspicions.pop(d.node, None)
+        if mem.state in (NodeState.DEAD, NodeState.LEFT):
+            return
+        if d.node == self.name and not self.leaving:
+            self._refute(now, d.incarnation)
+            return
+        self._queue_broadcast(d.node, m.encode(d))
+        mem.incarnation = d.incarnation
+        mem.state = NodeState.LEFT if d.node == d.from_node else NodeState.DEAD
+        mem.state_change = now
+        self.delegate.notify_leave(now, mem.info())
+
+    def _refute(self, now: float, accused: int) -> None:
+        self.incarnation = max(self.incarnation, accused) + 1
+        me = self.members[self.name]
+        me.incarnation = self.incarnation
+        me.state = NodeState.ALIVE
+        alive = m.Alive(self.incarnation, self.name, self.addr, self.port, me.meta, me.vsn)
+        self._queue_broadcast(self.name, m.encode(alive))
+
+    def _reap(self, now: float) -> None:
+        """Forget members dead or left for longer than gossip_to_the_dead_time (the layer above keeps them)."""
+        for name, mem in list(self.members.items()):
+            if (name != self.name and mem.state in (NodeState.DEAD, NodeState.LEFT)
+                    and now - mem.state_change > self.config.gossip_to_the_dead_time):
+                del self.members[name]
+
+
+def decode_push_pull(payload: bytes) -> tuple[m.PushPullHeader, list[m.PushNodeState], bytes]:
+    """Parse a push-pull stream payload after its type byte: header, node states, user state."""
+    unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(payload) + 1)
+    unpacker.feed(payload)
+    try:
+        header: Any = m.from_map(m.PushPullHeader, unpacker.unpack())
+        if header.nodes > 100_000:
+            raise m.MessageError("push-pull with too many nodes")
+        nodes = [m.from_map(m.PushNodeState, unpacker.unpack()) for _ in range(header.nodes)]
+    except m.MessageError:
+        raise
+    except Exception as exc:  # msgpack's OutOfData and friends
+        raise m.MessageError(f"truncated push-pull: {exc}") from exc
+    pos = unpacker.tell()
+    user = payload[pos:pos + header.user_state_len]
+    if len(user) != header.user_state_len:
+        raise m.MessageError("truncated push-pull user state")
+    return header, nodes, user
+
+
+def encode_push_pull(nodes: list[m.PushNodeState], user_state: bytes, join: bool) -> bytes:
+    """A push-pull stream payload: type byte, header, node states, user state."""
+    header = m.PushPullHeader(len(nodes), len(user_state), join)
+    return bytes([m.MessageType.PUSH_PULL]) + m.pack_body(header) + b"".join(m.pack_body(n) for n in nodes) + user_state
