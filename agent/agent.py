@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 import meshagent
 import trio
 
+from ..gossip.runtime import GossipAgent
 from ..raft.config import RaftConfig
 from ..raft.storage import StorageError
 from .addresses import advertise_address
@@ -107,6 +109,13 @@ class Agent:
         self.local = LocalState(node=self.node, store=self.store, data_dir=str(data_dir) if data_dir else None,
                                 enable_local_script_checks=config.enable_local_script_checks,
                                 enable_script_checks=config.enable_script_checks)
+        bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
+        try:
+            keys = [base64.b64decode(config.encrypt)] if config.encrypt else []
+        except ValueError as exc:
+            raise AgentError(f"invalid encrypt key: {exc}") from exc
+        self.gossip = GossipAgent(name=self.node_name, bind=bind, advertise=self.advertise_addr,
+                                  port=config.ports.serf_lan, tags=self._gossip_tags(), keys=keys)
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store)
@@ -128,6 +137,14 @@ class Agent:
                         raise AgentError(f"cannot open the Raft log: {exc}") from exc
                     except OSError as exc:
                         raise AgentError(f"cannot listen on server port {self.server.port}: {exc}") from exc
+                if self.config.ports.serf_lan >= 0:
+                    try:
+                        await nursery.start(self.gossip.run)
+                    except OSError as exc:
+                        raise AgentError(f"cannot listen on the Serf LAN port {self.config.ports.serf_lan}: "
+                                         f"{exc}") from exc
+                    if self.config.retry_join:
+                        nursery.start_soon(self._retry_join, list(self.config.retry_join))
                 await nursery.start(self.local.run)
                 if self.server is not None and not self.config.dev:
                     # Registering our node needs a Raft leader, which may take a while to appear;
@@ -149,6 +166,41 @@ class Agent:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def _retry_join(self, addrs: list[str]) -> None:
+        """-retry-join: try the addresses every 30 s until one answers (Consul's retry_interval)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            joined = await self.gossip.join(addrs)
+            if joined:
+                log.info("join: joined cluster by contacting %d nodes", joined)
+                return
+            log.warning("join: attempt %d failed, retrying in 30s", attempt)
+            await trio.sleep(30)
+
+    async def leave(self) -> None:
+        """Graceful leave of the gossip pool (members then show this node as left)."""
+        if self.config.ports.serf_lan >= 0:
+            await self.gossip.leave()
+
+    def _gossip_tags(self) -> dict[str, str]:
+        config = self.config
+        tags = {
+            "role": "consul" if config.server or config.dev else "node",
+            "dc": self.datacenter,
+            "id": self.node_id,
+            "vsn": "2", "vsn_min": "2", "vsn_max": "3",
+            "build": meshagent.__version__,
+            "segment": "",
+        }
+        if config.server or config.dev:
+            tags["port"] = str(config.ports.server)
+            if config.dev:
+                tags["bootstrap"] = "1"
+            elif config.bootstrap_expect:
+                tags["expect"] = str(config.bootstrap_expect)
+        return tags
 
     def shutdown(self) -> None:
         """Stop the agent: cancel every component's tasks."""
@@ -184,25 +236,12 @@ class Agent:
     # ------------------------------------------------------------------ views
 
     def members(self) -> list[dict[str, Any]]:
-        """Gossip members in Consul's /v1/agent/members shape (only this node until gossip lands)."""
-        return [{
-            "Name": self.node_name,
-            "Addr": self.advertise_addr,
-            "Port": self.config.ports.serf_lan,
-            "Tags": {
-                "role": "consul" if self.config.server or self.config.dev else "node",
-                "dc": self.datacenter,
-                "port": str(self.config.ports.server),
-                "id": self.node_id,
-                "vsn": "2", "vsn_min": "2", "vsn_max": "3",
-                "build": meshagent.__version__,
-                "segment": "",
-                **({"bootstrap": "1"} if self.config.dev else {}),
-            },
-            "Status": 1,
-            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
-        }]
+        """Gossip members in Consul's /v1/agent/members shape, this node included."""
+        if self.config.ports.serf_lan < 0 or self.gossip._nursery is None:
+            return [{"Name": self.node_name, "Addr": self.advertise_addr, "Port": self.config.ports.serf_lan,
+                     "Tags": self._gossip_tags(), "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5,
+                     "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}]
+        return self.gossip.members()
 
     @property
     def is_server(self) -> bool:

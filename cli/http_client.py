@@ -40,6 +40,11 @@ class AgentClient:
             headers["X-Consul-Token"] = token
         self._client = httpx.Client(base_url=self.addr, headers=headers, timeout=30.0)
 
+    @property
+    def http(self) -> httpx.Client:
+        """The underlying client, for commands that handle statuses themselves."""
+        return self._client
+
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
                 content: bytes | None = None, ok404: bool = False) -> httpx.Response:
         """Send a request; connection problems and error statuses end the command with one line."""

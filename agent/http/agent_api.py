@@ -302,8 +302,29 @@ async def reload(api: API, request: Request, query: Query, arg: str) -> Response
     return _empty()
 
 
+async def join(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/join/:address: join the gossip pool through that address."""
+    if not arg:
+        raise bad_request("Missing address to join")
+    joined = await api.agent.gossip.join([arg])
+    if not joined:
+        raise HTTPError(500, f"Failed to join {arg}: no answer to a push-pull exchange")
+    return _empty()
+
+
+async def force_leave(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/agent/force-leave/:node[?prune]: mark a failed node left (prune: forget it)."""
+    if not arg:
+        raise bad_request("Missing node name")
+    if not api.agent.gossip.force_leave(arg, prune=query.has("prune")):
+        raise HTTPError(500, f"agent: No node found with name '{arg}'")
+    return _empty()
+
+
 async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
-    """PUT /v1/agent/leave: answer, then shut the agent down."""
+    """PUT /v1/agent/leave: leave the gossip pool gracefully, answer, then shut the agent down."""
+    await api.agent.leave()
+
     async def later() -> None:
         # Let the 200 reach the client before the agent's nursery (and this server) is cancelled.
         await trio.sleep(0.2)

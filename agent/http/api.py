@@ -52,6 +52,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/reload": {"PUT": agent_api.reload},
     "/v1/agent/maintenance": {"PUT": agent_api.maintenance},
     "/v1/agent/leave": {"PUT": agent_api.leave},
+    "/v1/agent/join/": {"PUT": agent_api.join},
+    "/v1/agent/force-leave/": {"PUT": agent_api.force_leave},
     "/v1/catalog/services": {"GET": catalog_api.services},
     "/v1/catalog/service/": {"GET": catalog_api.service},
     "/v1/catalog/nodes": {"GET": catalog_api.nodes},

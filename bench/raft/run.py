@@ -64,7 +64,7 @@ def free_hosts(n: int) -> list[str]:
     found: list[str] = []
     for last in range(230, 254):
         host = f"127.0.0.{last}"
-        if _free(host, (8300, 8500, 8600)):
+        if _free(host, (8300, 8301, 8500, 8600)):
             found.append(host)
             if len(found) == n:
                 return found

@@ -82,6 +82,9 @@ class FakeAgent:
     def shutdown(self) -> None:
         self.shutdowns += 1
 
+    async def leave(self) -> None:
+        self.leaves = getattr(self, "leaves", 0) + 1
+
 
 class ServerThread:
     """Runs an HTTPServer (and anything else async) on its own trio loop in a daemon thread."""

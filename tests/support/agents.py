@@ -29,7 +29,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def free_loopback_host(ports: tuple[int, ...] = (8500, 8600, 8300)) -> str:
+def free_loopback_host(ports: tuple[int, ...] = (8500, 8600, 8300, 8301)) -> str:
     """A 127.0.0.N on which the given TCP and UDP ports are free."""
     global _next_host
     for _ in range(250):
