@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +20,7 @@ import meshagent
 import trio
 
 from ..gossip.runtime import GossipAgent
+from ..gossip.serf import SerfEvent, UserEvent
 from ..raft.config import RaftConfig
 from ..raft.storage import StorageError
 from .addresses import advertise_address
@@ -35,6 +38,13 @@ from .store import CatalogStore
 log = logging.getLogger("meshagent.agent")
 
 ConfigLoader = Callable[[], AgentConfig]
+
+
+def user_event_record(ltime: int, name: str, payload: bytes) -> dict[str, Any]:
+    """A user event as Consul's /v1/event API shows it; the ID is the same on every agent."""
+    ident = uuid.uuid5(uuid.NAMESPACE_OID, f"{ltime}/{name}/{payload.hex()}")
+    return {"ID": str(ident), "Name": name, "Payload": base64.b64encode(payload).decode() if payload else None,
+            "NodeFilter": "", "ServiceFilter": "", "TagFilter": "", "Version": 1, "LTime": ltime}
 
 
 class AgentError(Exception):
@@ -115,7 +125,10 @@ class Agent:
         except ValueError as exc:
             raise AgentError(f"invalid encrypt key: {exc}") from exc
         self.gossip = GossipAgent(name=self.node_name, bind=bind, advertise=self.advertise_addr,
-                                  port=config.ports.serf_lan, tags=self._gossip_tags(), keys=keys)
+                                  port=config.ports.serf_lan, tags=self._gossip_tags(), keys=keys,
+                                  on_event=self._on_gossip_event)
+        self.user_events: deque[dict[str, Any]] = deque(maxlen=256)
+        self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](1024)
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store)
@@ -145,6 +158,7 @@ class Agent:
                                          f"{exc}") from exc
                     if self.config.retry_join:
                         nursery.start_soon(self._retry_join, list(self.config.retry_join))
+                    nursery.start_soon(self._run_watches)
                 await nursery.start(self.local.run)
                 if self.server is not None and not self.config.dev:
                     # Registering our node needs a Raft leader, which may take a while to appear;
@@ -178,6 +192,42 @@ class Agent:
                 return
             log.warning("join: attempt %d failed, retrying in 30s", attempt)
             await trio.sleep(30)
+
+    def _on_gossip_event(self, event: SerfEvent) -> None:
+        if not isinstance(event, UserEvent):
+            return
+        record = user_event_record(event.ltime, event.name, event.payload)
+        self.user_events.append(record)
+        try:
+            self._events_in.send_nowait(record)
+        except trio.WouldBlock:
+            log.warning("event %s: handlers are behind; not running them for this one", event.name)
+
+    async def _run_watches(self) -> None:
+        """Run the `watches` of type event: each matching event's JSON on the handler's stdin."""
+        async with trio.open_nursery() as nursery:
+            async for record in self._events_out:
+                for watch in self.config.watches:
+                    if watch.get("type") == "event" and watch.get("name") in ("", None, record["Name"]):
+                        nursery.start_soon(self._run_handler, list(watch["args"]), record)
+
+    async def _run_handler(self, args: list[str], record: dict[str, Any]) -> None:
+        data = json.dumps([record]).encode()
+        try:
+            with trio.fail_after(30):
+                result = await trio.run_process(args, stdin=data, capture_stdout=True, capture_stderr=True,
+                                                check=False)
+        except (OSError, trio.TooSlowError) as exc:
+            log.error("event handler %s failed: %s", args[0], exc)
+            return
+        if result.returncode != 0:
+            log.error("event handler %s exited with %d: %s", args[0], result.returncode,
+                      result.stderr.decode(errors="replace").strip()[:500])
+
+    def fire_event(self, name: str, payload: bytes) -> dict[str, Any]:
+        """Send a user event to every member (this one included); Consul's event record."""
+        ltime = self.gossip.user_event(name, payload)
+        return user_event_record(ltime, name, payload)
 
     async def leave(self) -> None:
         """Graceful leave of the gossip pool (members then show this node as left)."""

@@ -37,3 +37,20 @@ def force_leave(node: str, prune: bool, http_addr: str | None, token: str | None
     """Force a failed NODE into the left state (with -prune, forget it at once)."""
     AgentClient(http_addr, token).request("PUT", f"/v1/agent/force-leave/{node}",
                                           params={"prune": ""} if prune else None)
+
+
+@click.command()
+@click.option("-name", "--name", "name_opt", default=None, help="Event name (or give it as the first argument).")
+@http_options
+@click.argument("args", nargs=-1)
+def event(name_opt: str | None, args: tuple[str, ...], http_addr: str | None, token: str | None) -> None:
+    """Fire a user event to every member: `meshagent event NAME [PAYLOAD]` or `-name NAME [PAYLOAD]`."""
+    rest = list(args)
+    name = name_opt or (rest.pop(0) if rest else "")
+    if not name:
+        fail("Event name must be specified")
+    if len(rest) > 1:
+        fail("Too many command line arguments: give one payload")
+    payload = rest[0].encode() if rest else b""
+    record = AgentClient(http_addr, token).request("PUT", f"/v1/event/fire/{name}", content=payload).json()
+    click.echo(f"Event ID: {record['ID']}")

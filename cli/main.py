@@ -8,7 +8,7 @@ import meshagent
 from .agent_cmd import agent
 from .agent_ops_cmd import info, leave, maint, reload, validate, version
 from .catalog_cmd import catalog, members
-from .gossip_cmd import force_leave, join
+from .gossip_cmd import event, force_leave, join
 from .keygen_cmd import keygen
 from .kv_cmd import kv
 from .operator_cmd import operator
@@ -23,7 +23,7 @@ def cli() -> None:
     """meshagent: a service mesh agent for fleets of VMs (Consul-compatible API, DNS and CLI)."""
 
 
-for command in (agent, catalog, force_leave, info, join, keygen, kv, leave, maint, members, operator, reload,
+for command in (agent, catalog, event, force_leave, info, join, keygen, kv, leave, maint, members, operator, reload,
                 services, snapshot, validate, version):
     cli.add_command(command)
 

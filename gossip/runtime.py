@@ -316,11 +316,12 @@ class GossipAgent:
                 self._carry_out(self.swim._gossip(trio.current_time()))
                 await trio.sleep(self.config.gossip_interval / 2)
 
-    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
-        """Fire a user event."""
-        self.serf.user_event(name, payload, coalesce)
+    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> int:
+        """Fire a user event; its Lamport time."""
+        ltime = self.serf.user_event(name, payload, coalesce)
         self._drain_events()
         self._wake.set()
+        return ltime
 
     def force_leave(self, node: str, prune: bool = False) -> bool:
         """Mark a failed node left (and forget it with prune)."""

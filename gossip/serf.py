@@ -219,8 +219,8 @@ class Serf:
         self._broadcast(node, encode(SerfType.LEAVE, {"LTime": ltime, "Node": node, "Prune": prune}))
         return True
 
-    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> None:
-        """Fire a user event into the cluster (and deliver it here)."""
+    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> int:
+        """Fire a user event into the cluster (and deliver it here); its Lamport time."""
         if len(name) + len(payload) > MAX_USER_EVENT:
             raise ValueError(f"user event exceeds the {MAX_USER_EVENT}-byte limit")
         ltime = self.event_clock.time
@@ -228,6 +228,7 @@ class Serf:
         msg = encode(SerfType.USER_EVENT, {"LTime": ltime, "Name": name, "Payload": payload, "CC": coalesce})
         self._handle_user_event(ltime, name, payload, coalesce)
         self._event_queue.append((0, msg))
+        return ltime
 
     def take_events(self) -> list[SerfEvent]:
         """What happened since the last call."""

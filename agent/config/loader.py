@@ -54,7 +54,7 @@ LATER_KEYS = frozenset({
     "retry_join_wan", "retry_interval_wan", "advertise_addr_wan", "translate_wan_addrs", "alt_domain",
     "discovery_max_stale", "enable_central_service_config", "config_entries", "auto_encrypt",
     "disable_host_node_id", "log_rotate_max_files", "log_rotate_bytes", "log_rotate_duration",
-    "enable_debug", "syslog_facility", "enable_syslog", "serf_lan", "serf_wan", "watches",
+    "enable_debug", "syslog_facility", "enable_syslog", "serf_lan", "serf_wan",
 })
 _SCALARS: dict[str, type] = {
     "datacenter": str, "data_dir": str, "node_name": str, "node_id": str, "server": bool, "dev": bool,
@@ -119,11 +119,40 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             out.setdefault("services", []).extend(_services(col, key, value, line))
         elif key in ("check", "checks"):
             out.setdefault("checks", []).extend(_checks(col, key, value, line))
+        elif key == "watches":
+            out.setdefault("watches", []).extend(_watches(col, value, line))
         elif key in LATER_KEYS:
             col.warn(key, "accepted but not acted on yet", line)
         else:
             col.error(key, "unknown configuration key", line)
     out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw}
+    return out
+
+
+def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any]]:
+    """Consul's `watches`: only type "event" acts yet (a handler run for each user event)."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        where = f"watches[{i}]"
+        if not isinstance(item, dict):
+            col.error(where, "must be an object", line)
+            continue
+        kind = item.get("type")
+        if kind != "event":
+            col.warn(f"{where}.type", f"watch type {kind!r} is accepted but not acted on yet", line)
+            continue
+        args = item.get("args")
+        if args is None and isinstance(item.get("handler"), str):
+            args = ["/bin/sh", "-c", item["handler"]]
+        if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+            col.error(f"{where}.args", "must be a non-empty list of strings (the handler command)", line)
+            continue
+        name = item.get("name", "")
+        if not isinstance(name, str):
+            col.error(f"{where}.name", "must be a string", line)
+            continue
+        out.append({"type": "event", "name": name, "args": list(args)})
     return out
 
 

@@ -143,6 +143,8 @@ class AgentConfig:
     recursors: list[str] = field(default_factory=list)
     dns_config: DNSConfig = field(default_factory=DNSConfig)
     retry_join: list[str] = field(default_factory=list)
+    # Consul's watches; type "event" runs `args` with the matching events as JSON on stdin.
+    watches: list[dict[str, Any]] = field(default_factory=list)
     encrypt: str = ""
     check_update_interval: float = 300.0
     default_query_time: float = 300.0

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..server.errors import ServerError
-from . import agent_api, catalog_api, health_api, kv_api, operator_api
+from . import agent_api, catalog_api, event_api, health_api, kv_api, operator_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query
 from .render import dumps
@@ -54,6 +54,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/leave": {"PUT": agent_api.leave},
     "/v1/agent/join/": {"PUT": agent_api.join},
     "/v1/agent/force-leave/": {"PUT": agent_api.force_leave},
+    "/v1/event/fire/": {"PUT": event_api.fire},
+    "/v1/event/list": {"GET": event_api.list_events},
     "/v1/catalog/services": {"GET": catalog_api.services},
     "/v1/catalog/service/": {"GET": catalog_api.service},
     "/v1/catalog/nodes": {"GET": catalog_api.nodes},
