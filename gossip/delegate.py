@@ -1,4 +1,4 @@
-"""The seam between the SWIM core (`gossip.swim`) and the layer above it (`gossip.serf`).
+"""The seam between the SWIM core (`gossip.membership`) and the layer above it (`gossip.serf`).
 
 Both sides are pure: the core calls these methods synchronously while it handles an input, and the
 layer above records whatever it wants to do (broadcasts, events) and hands it out on its own terms.

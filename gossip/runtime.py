@@ -17,7 +17,6 @@ from typing import Any
 import trio
 
 from . import messages as m
-from .config import GossipConfig
 from .framing import (
     MAX_STREAM_STATE,
     FramingError,
@@ -29,8 +28,9 @@ from .framing import (
     unpack_packet,
     unwrap_stream,
 )
+from .membership import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
 from .serf import Serf, SerfEvent
-from .swim import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
+from .tunables import GossipConfig
 
 log = logging.getLogger("meshagent.gossip")
 

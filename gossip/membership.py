@@ -22,10 +22,10 @@ from typing import Any
 import msgpack
 
 from . import messages as m
-from .config import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
 from .delegate import Delegate, MemberInfo
 from .framing import overhead
 from .messages import NodeState
+from .tunables import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
 
 Address = tuple[str, int]
 META_MAX_SIZE = 512  # memberlist's MetaMaxSize
