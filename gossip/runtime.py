@@ -29,7 +29,7 @@ from .framing import (
     unwrap_stream,
 )
 from .membership import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
-from .serf import Serf, SerfEvent
+from .serf import Serf, SerfEvent, Status
 from .tunables import GossipConfig
 
 log = logging.getLogger("meshagent.gossip")
@@ -328,6 +328,18 @@ class GossipAgent:
         ok = self.serf.force_leave(node, prune)
         self._drain_events()
         return ok
+
+    def stats_view(self) -> dict[str, str]:
+        """Consul's serf_lan figures (strings), plus our counters of dropped input."""
+        by_status = [mem.status for mem in self.serf.members.values()]
+        return {"members": str(len(by_status)), "failed": str(by_status.count(Status.FAILED)),
+                "left": str(by_status.count(Status.LEFT)), "health_score": str(self.swim.health_score()),
+                "member_time": str(self.serf.clock.time), "event_time": str(self.serf.event_clock.time),
+                "query_time": str(self.serf.query_clock.time), "encrypted": str(bool(self.keys)).lower(),
+                "intent_queue": str(len(self.serf._queue)), "event_queue": str(len(self.serf._event_queue)),
+                "bad_packets": str(self.stats.bad_packets + self.serf.bad_messages),
+                "bad_streams": str(self.stats.bad_streams),
+                "packets_in": str(self.stats.packets_in), "packets_out": str(self.stats.packets_out)}
 
     def members(self) -> list[dict[str, Any]]:
         """Members in Consul's /v1/agent/members shape."""

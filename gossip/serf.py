@@ -194,6 +194,7 @@ class Serf:
         self._recent_ltime = [-1] * EVENT_BUFFER
         self._intents: dict[str, tuple[SerfType, int]] = {}  # intents for members not known yet
         self.event_min_time = 0
+        self.bad_messages = 0
 
     # ------------------------------------------------------------------------------------------ API
 
@@ -281,7 +282,8 @@ class Serf:
             elif kind == SerfType.QUERY:
                 self.query_clock.witness(_uint(body, "LTime"))
         except MessageError:
-            return  # counted and logged by the runtime's caller; a bad message changes nothing
+            self.bad_messages += 1  # a bad message changes nothing
+            return
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
@@ -347,7 +349,7 @@ class Serf:
                         e = {_s(k): v for k, v in ev.items()}
                         self._handle_user_event(_uint(b, "LTime"), _text(e, "Name"), _raw(e, "Payload"), False)
         except MessageError:
-            return
+            self.bad_messages += 1
 
     def notify_join(self, now: float, member: MemberInfo) -> None:
         tags = decode_tags(member.meta)

@@ -79,11 +79,21 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
             "EnableScriptChecks": config.enable_script_checks,
         },
         "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
-        "Member": members[0] if members else {},
-        "Stats": {"raft": api.agent.server.stats()} if getattr(api.agent, "server", None) else {},
+        "Member": next((m for m in members if m.get("Name") == agent.node_name), members[0] if members else {}),
+        "Stats": _stats(agent),
         "Meta": dict(config.node_meta),
     }
     return api.json(data, query)
+
+
+def _stats(agent: Any) -> dict[str, dict[str, str]]:
+    stats: dict[str, dict[str, str]] = {}
+    if getattr(agent, "server", None):
+        stats["raft"] = agent.server.stats()
+    gossip = getattr(agent, "gossip", None)
+    if gossip is not None:
+        stats["serf_lan"] = gossip.stats_view()
+    return stats
 
 
 async def members(api: API, request: Request, query: Query, arg: str) -> Response:
