@@ -391,7 +391,9 @@ class Swim:
         else:
             self._apply_awareness(1)
         mem = self.members.get(probe.target)
-        if mem is not None and mem.state == NodeState.ALIVE:
+        if mem is not None and mem.state in (NodeState.ALIVE, NodeState.SUSPECT):
+            # Already suspected by someone else: our own failed probe is an independent confirmation,
+            # which is what shrinks the suspicion timeout (Lifeguard).
             self._suspect(now, m.Suspect(mem.incarnation, mem.name, self.name))
 
     # ------------------------------------------------------------------------------------------ gossip

@@ -35,6 +35,7 @@ from .tunables import GossipConfig
 log = logging.getLogger("meshagent.gossip")
 
 Address = tuple[str, int]
+RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval
 
 
 @dataclass
@@ -92,7 +93,16 @@ class GossipAgent:
             nursery.start_soon(self._udp_loop, sock)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._reconnect_loop)
             task_status.started()
+
+    async def _reconnect_loop(self) -> None:
+        """Serf's reconnect: every 30 s, maybe try one failed member again (a partition may have healed)."""
+        while True:
+            await trio.sleep(RECONNECT_INTERVAL)
+            member = self.serf.reconnect_candidate()
+            if member is not None:
+                await self._push_pull_quietly((_ip(member.addr), member.port), True)
 
     async def _timer_loop(self) -> None:
         while True:

@@ -25,12 +25,15 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -39,7 +42,8 @@ from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the
 
 from tests.support.serf_rpc import SerfAgent  # noqa: E402
 
-FIRST_HOST = 60  # agents on 127.0.0.60 … 127.0.0.(60+N-1)
+FIRST_HOST = 60  # serf agents on 127.0.0.60 …, meshagents on 127.0.0.160 …
+MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 GOSSIP_PORT = 17946
 RPC_PORT = 17373
 
@@ -126,6 +130,81 @@ class SerfCluster:
             agent.kill()
 
 
+class MeshagentCluster:
+    """N `meshagent agent -dev` processes (the whole agent: HTTP, DNS, catalog and gossip)."""
+
+    STATUS = {1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+
+    def __init__(self, n: int, workdir: Path) -> None:
+        self.names = [f"mesh-{i}" for i in range(n)]
+        self.hosts = [f"127.0.0.{FIRST_HOST + 100 + i}" for i in range(n)]
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.http = httpx.Client(timeout=5)
+
+    def start_all(self) -> None:
+        for name, host in zip(self.names, self.hosts, strict=True):
+            with open(self.workdir / f"{name}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    [MESHAGENT, "agent", "-dev", "-node", name, "-bind", host, "-client", host, "-log-level", "warn"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        for host in self.hosts:
+            if wait_until(lambda h=host: self._ok(f"http://{h}:8500/v1/agent/self"), 30) is None:
+                raise SystemExit(f"meshagent on {host} did not start")
+
+    def _ok(self, url: str) -> bool:
+        try:
+            return self.http.get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def join_all(self) -> None:
+        for host in self.hosts[1:]:
+            self.http.put(f"http://{host}:8500/v1/agent/join/{self.hosts[0]}")
+
+    def view(self, i: int) -> dict[str, str]:
+        try:
+            members = self.http.get(f"http://{self.hosts[i]}:8500/v1/agent/members").json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {m["Name"]: self.STATUS.get(m["Status"], "none") for m in members}
+
+    def kill(self, i: int) -> None:
+        if self.procs[i].poll() is None:
+            self.procs[i].kill()
+            self.procs[i].wait(10)
+
+    def leave(self, i: int) -> None:
+        self.http.put(f"http://{self.hosts[i]}:8500/v1/agent/leave")
+
+    def event_latency(self, sender: int, receivers: list[int], timeout: float) -> list[float]:
+        name = f"bench-{time.monotonic_ns()}"
+        t0 = time.perf_counter()
+        self.http.put(f"http://{self.hosts[sender]}:8500/v1/event/fire/{name}", content=b"payload")
+        got: dict[int, float] = {}
+        while len(got) < len(receivers) and time.perf_counter() - t0 < timeout:
+            for i in receivers:
+                if i in got:
+                    continue
+                try:
+                    events = self.http.get(f"http://{self.hosts[i]}:8500/v1/event/list", params={"name": name}).json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                if events:
+                    got[i] = time.perf_counter() - t0  # upper bound: receivers are polled in turn
+        return list(got.values())
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        self.http.close()
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.01) -> float | None:
     """Seconds until `cond()` held, or None after `timeout`."""
     t0 = time.perf_counter()
@@ -208,7 +287,7 @@ def measure(cluster: Cluster, n: int, idle_s: float) -> dict[str, Any]:
     return out
 
 
-IMPLS: dict[str, Callable[[int, Path], Cluster]] = {"serf": SerfCluster}
+IMPLS: dict[str, Callable[[int, Path], Cluster]] = {"serf": SerfCluster, "meshagent": MeshagentCluster}
 
 
 def fmt(v: float | None, spec: str) -> str:
