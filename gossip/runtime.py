@@ -29,13 +29,12 @@ from .framing import (
     unwrap_stream,
 )
 from .membership import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
-from .serf import Serf, SerfEvent, Status
+from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
 
 log = logging.getLogger("meshagent.gossip")
 
 Address = tuple[str, int]
-RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval
 
 
 @dataclass

@@ -18,6 +18,7 @@ import msgpack
 from .delegate import MemberInfo
 from .messages import MessageError, NodeState
 
+RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval: how often to try one failed member again
 EVENT_BUFFER = 512  # Serf's EventBuffer: recent user events remembered per Lamport time slot
 MAX_USER_EVENT = 512  # Serf's UserEventSizeLimit
 TAG_MAGIC = 255

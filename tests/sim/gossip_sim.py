@@ -1,0 +1,232 @@
+"""A deterministic simulator for the gossip stack (SWIM core + Serf layer), both pure.
+
+One seeded `random.Random`, a virtual clock (an event heap), and a network that loses, delays (so
+reorders) and duplicates packets per link, partitions node sets, and crashes and restarts nodes. Every
+message really goes through `messages.encode/decode`. Push-pull is a reliable exchange unless the link
+is cut or the peer is down; the TCP fallback ping likewise.
+
+`Sim(seed, n).run_until(t)` advances time; the scenario functions in test_gossip_sim.py drive it and
+check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
+from meshagent.gossip.messages import NodeState
+from meshagent.gossip.serf import RECONNECT_INTERVAL, Serf, Status
+from meshagent.gossip.tunables import GossipConfig
+
+PORT = 8301
+
+
+@dataclass
+class SimNode:
+    """One node: its pure stack and whether it runs."""
+
+    name: str
+    ip: str
+    swim: Swim
+    serf: Serf
+    up: bool = True
+    scheduled: float = -1.0
+
+
+@dataclass
+class Sim:
+    """The seeded world."""
+
+    seed: int
+    n: int
+    loss: float = 0.0
+    dup: float = 0.0
+    delay: tuple[float, float] = (0.0005, 0.005)
+    config: GossipConfig = field(default_factory=GossipConfig)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.now = 0.0
+        self.heap: list[tuple[float, int, str, Any]] = []
+        self.seq = 0
+        self.nodes: dict[str, SimNode] = {}
+        self.by_ip: dict[str, str] = {}
+        self.cut: set[frozenset[str]] = set()  # pairs that cannot talk
+        self.trace: list[tuple[float, str, str]] = []
+        self.messages = 0
+        for i in range(self.n):
+            self._make(f"n{i:03d}", f"10.0.{i // 250}.{i % 250 + 1}")
+
+    # ------------------------------------------------------------------------------------------ nodes
+
+    def _make(self, name: str, ip: str) -> SimNode:
+        rng = random.Random(self.rng.getrandbits(64))
+        serf = Serf(name, {"role": "node"}, rng)
+        swim = Swim(self.config, name, bytes(int(x) for x in ip.split(".")), PORT, serf, rng)
+        node = SimNode(name, ip, swim, serf)
+        self.nodes[name] = node
+        self.by_ip[ip] = name
+        return node
+
+    def start(self, name: str, seeds: list[str]) -> None:
+        """Start a node and push-pull with the seeds (names)."""
+        node = self.nodes[name]
+        node.up = True
+        self._handle(node, node.swim.start(self.now))
+        for seed in seeds:
+            self._push_pull(node, (self.nodes[seed].ip, PORT), True)
+        self._reschedule(node)
+        self._push(self.now + self.rng.uniform(0, RECONNECT_INTERVAL), "reconnect", (name, node.swim))
+
+    def crash(self, name: str) -> None:
+        """Stop a node at once: no leave, no more messages."""
+        self.nodes[name].up = False
+        self.trace.append((self.now, "crash", name))
+
+    def restart(self, name: str, seeds: list[str]) -> None:
+        """A fresh process under the same name and address (memberlist restarts at incarnation 1 and refutes)."""
+        old = self.nodes[name]
+        self._make(name, old.ip)
+        self.trace.append((self.now, "restart", name))
+        self.start(name, seeds)
+
+    def partition(self, a: set[str], b: set[str]) -> None:
+        """Cut every link between the two sets."""
+        self.cut |= {frozenset((x, y)) for x in a for y in b}
+
+    def heal(self) -> None:
+        """Restore every link."""
+        self.cut.clear()
+
+    def _reachable(self, a: str, b: str) -> bool:
+        return self.nodes[b].up and frozenset((a, b)) not in self.cut
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _push(self, at: float, kind: str, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (at, self.seq, kind, data))
+
+    def _reschedule(self, node: SimNode) -> None:
+        at = node.swim.next_deadline()
+        if node.up and at != node.scheduled:
+            node.scheduled = at
+            self._push(max(at, self.now), "tick", (node.name, node.swim, at))
+
+    def run_until(self, t: float) -> None:
+        """Process every event up to virtual time t."""
+        while self.heap and self.heap[0][0] <= t:
+            at, _, kind, data = heapq.heappop(self.heap)
+            self.now = at
+            if kind == "tick":
+                name, swim, planned = data
+                node = self.nodes[name]
+                if not node.up or node.swim is not swim or planned != node.scheduled:
+                    continue
+                node.scheduled = -1.0
+                self._handle(node, swim.tick(self.now))
+                self._reschedule(node)
+            elif kind == "packet":
+                src, dst, msg, swim = data
+                node = self.nodes[dst]
+                if not node.up or node.swim is not swim:
+                    continue
+                self.messages += 1
+                self._handle(node, node.swim.receive(self.now, (self.nodes[src].ip, PORT), msg))
+                self._reschedule(node)
+            elif kind == "call":
+                data()
+            elif kind == "reconnect":
+                # Serf's reconnect loop: the runtime's, run here on the same schedule.
+                name, swim = data
+                node = self.nodes[name]
+                if node.up and node.swim is swim:
+                    member = node.serf.reconnect_candidate()
+                    if member is not None:
+                        ip = ".".join(str(b) for b in member.addr)
+                        self._push_pull(node, (ip, member.port), True)
+                    self._push(self.now + RECONNECT_INTERVAL, "reconnect", data)
+        self.now = t
+
+    def _handle(self, node: SimNode, outs: list[Any]) -> None:
+        for o in outs:
+            if isinstance(o, SendPacket):
+                dst = self.by_ip.get(o.addr[0])
+                if dst is None:
+                    continue
+                for msg in o.messages:
+                    self._send(node.name, dst, msg)
+            elif isinstance(o, PushPull):
+                self._push_pull(node, o.addr, o.join)
+            elif isinstance(o, StreamPing):
+                self._stream_ping(node, o)
+        node.serf.set_cluster_size(node.swim.num_alive())
+        node.serf.take_events()
+
+    def _send(self, src: str, dst: str, msg: bytes) -> None:
+        if not self._reachable(src, dst) or self.rng.random() < self.loss:
+            return
+        copies = 2 if self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            self._push(self.now + self.rng.uniform(*self.delay), "packet", (src, dst, msg, self.nodes[dst].swim))
+
+    def _push_pull(self, node: SimNode, addr: tuple[str, int], join: bool) -> None:
+        dst_name = self.by_ip.get(addr[0])
+        if dst_name is None:
+            return
+        src_swim = node.swim
+        rtt = 2 * self.rng.uniform(*self.delay)
+
+        def exchange() -> None:
+            src, dst = self.nodes[node.name], self.nodes[dst_name]
+            if src.swim is not src_swim or not src.up or not self._reachable(src.name, dst.name):
+                return
+            mine = (src.swim.local_push_pull_state(), src.serf.local_state(join))
+            theirs = (dst.swim.local_push_pull_state(), dst.serf.local_state(join))
+            self._handle(dst, dst.swim.merge_remote_state(self.now, mine[0]))
+            dst.serf.merge_remote_state(self.now, mine[1], join)
+            self._handle(src, src.swim.merge_remote_state(self.now, theirs[0]))
+            src.serf.merge_remote_state(self.now, theirs[1], join)
+            if join:
+                src.serf.join_intent()
+            self._reschedule(src)
+            self._reschedule(dst)
+
+        self._push(self.now + rtt, "call", exchange)
+
+    def _stream_ping(self, node: SimNode, o: StreamPing) -> None:
+        dst_name = self.by_ip.get(o.addr[0])
+        ok = dst_name is not None and self._reachable(node.name, dst_name)
+        swim = node.swim
+        wait = 2 * self.rng.uniform(*self.delay) if ok else self.config.probe_timeout
+
+        def result() -> None:
+            if node.up and self.nodes[node.name].swim is swim:
+                self._handle(node, swim.stream_ping_result(self.now, o.seq_no, ok))
+                self._reschedule(node)
+
+        self._push(self.now + wait, "call", result)
+
+    # ------------------------------------------------------------------------------------------ views
+
+    def live(self) -> list[SimNode]:
+        """Nodes that run."""
+        return [n for n in self.nodes.values() if n.up]
+
+    def status(self, viewer: str, subject: str) -> Status | None:
+        """Serf's status of `subject` as `viewer` sees it (None: unknown)."""
+        mem = self.nodes[viewer].serf.members.get(subject)
+        return mem.status if mem else None
+
+    def swim_state(self, viewer: str, subject: str) -> NodeState | None:
+        """The SWIM core's state of `subject` as `viewer` sees it."""
+        mem = self.nodes[viewer].swim.members.get(subject)
+        return mem.state if mem else None
+
+    def converged(self) -> bool:
+        """Every live node sees every live node alive."""
+        live = self.live()
+        return all(self.status(a.name, b.name) == Status.ALIVE for a in live for b in live)
