@@ -426,13 +426,12 @@ class Swim:
         """Fill `room` bytes: our own broadcasts and the delegate's share it, so neither starves the other."""
         limit = retransmit_limit(self.config.retransmit_mult, max(1, self.num_alive()))
         taken: list[bytes] = []
-        # The layer above (Serf: joins, leaves, user events) gets first claim on half the packet; then ours;
-        # then the rest goes back to the layer above. memberlist gave its own broadcasts strict priority,
-        # which starved user events during membership churn (memberlist#299).
-        half = room // 2
-        used = self._take_delegate(half, taken)
-        used += self._take_own(room - used, taken, limit)
-        self._take_delegate(room - used, taken)
+        # The layer above (Serf: joins, leaves, user events) gets first claim on half the packet, ours get
+        # the rest. memberlist gave its own broadcasts strict priority, which starved user events during
+        # membership churn (memberlist#299). The delegate is asked once per packet: each answer counts as
+        # a transmission, so asking twice would send the same message twice in one packet.
+        used = self._take_delegate(room // 2, taken)
+        self._take_own(room - used, taken, limit)
         return taken
 
     def _take_delegate(self, room: int, taken: list[bytes]) -> int:

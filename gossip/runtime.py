@@ -110,7 +110,6 @@ class GossipAgent:
             self._wake = trio.Event()
             now = trio.current_time()
             self._carry_out(self.swim.tick(now))
-            self.serf.set_cluster_size(self.swim.num_alive())
             self.serf.reap(now)
             self._drain_events()
 

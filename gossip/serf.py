@@ -190,7 +190,6 @@ class Serf:
         self.clock.increment()  # Serf starts its member clock at 1
         self._queue: list[tuple[int, str | None, bytes]] = []  # (transmits, intent key, message)
         self._event_queue: list[tuple[int, bytes]] = []
-        self._limit = 4
         self._recent: list[dict[tuple[str, bytes], None] | None] = [None] * EVENT_BUFFER
         self._recent_ltime = [-1] * EVENT_BUFFER
         self._intents: dict[str, tuple[SerfType, int]] = {}  # intents for members not known yet
@@ -237,9 +236,11 @@ class Serf:
         out, self.events = self.events, []
         return out
 
-    def set_cluster_size(self, n: int) -> None:
-        """Retransmit limit for Serf's own queues, as memberlist computes it."""
-        self._limit = 4 * max(1, math.ceil(math.log10(n + 1)))
+    def _retransmit_limit(self) -> int:
+        # As memberlist computes it, from the members alive right now (not when the message was queued:
+        # a node that fires an event just after joining would otherwise send it only a handful of times).
+        alive = sum(1 for mem in self.members.values() if mem.status == Status.ALIVE)
+        return 4 * max(1, math.ceil(math.log10(alive + 1)))
 
     def reap(self, now: float) -> None:
         """Forget failed members after reconnect_timeout and left ones after tombstone_timeout."""
@@ -289,6 +290,9 @@ class Serf:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         used = 0
+        if not self._queue and not self._event_queue:
+            return out
+        max_sends = self._retransmit_limit()
         for queue_name in ("_queue", "_event_queue"):
             queue = getattr(self, queue_name)
             queue.sort(key=lambda item: item[0])
@@ -299,7 +303,7 @@ class Serf:
                     out.append(msg)
                     used += len(msg) + overhead
                     item = (item[0] + 1, *item[1:])
-                if item[0] < self._limit:
+                if item[0] < max_sends:
                     keep.append(item)
             setattr(self, queue_name, keep)
         return out

@@ -18,7 +18,7 @@ from typing import Any
 
 from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
 from meshagent.gossip.messages import NodeState
-from meshagent.gossip.serf import RECONNECT_INTERVAL, Serf, Status
+from meshagent.gossip.serf import RECONNECT_INTERVAL, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
 
 PORT = 8301
@@ -34,6 +34,7 @@ class SimNode:
     serf: Serf
     up: bool = True
     scheduled: float = -1.0
+    user_events: list[UserEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -163,8 +164,7 @@ class Sim:
                 self._push_pull(node, o.addr, o.join)
             elif isinstance(o, StreamPing):
                 self._stream_ping(node, o)
-        node.serf.set_cluster_size(node.swim.num_alive())
-        node.serf.take_events()
+        node.user_events.extend(e for e in node.serf.take_events() if isinstance(e, UserEvent))
 
     def _send(self, src: str, dst: str, msg: bytes) -> None:
         if not self._reachable(src, dst) or self.rng.random() < self.loss:

@@ -151,6 +151,26 @@ def scenario_restart(seed: int, n: int = 8) -> None:
     raise AssertionError(f"restarted {victim} is not alive everywhere within 30 s")
 
 
+def scenario_user_event(seed: int, n: int = 20) -> None:
+    sim = Sim(seed, n, loss=0.10)
+    _join_all(sim)
+    _settle(sim)
+    sender = sim.rng.choice(list(sim.nodes))
+    sim.nodes[sender].serf.user_event("deploy", f"{seed}".encode(), coalesce=False)
+    fired = sim.now
+    while sim.now < fired + 10:
+        sim.run_until(sim.now + 0.2)
+        if all(any(e.name == "deploy" for e in x.user_events) for x in sim.live() if x.name != sender):
+            return
+    missing = [x.name for x in sim.live() if x.name != sender and not any(e.name == "deploy" for e in x.user_events)]
+    raise AssertionError(f"a user event from {sender} did not reach {missing} within 10 s under 10% loss")
+
+
+@pytest.mark.parametrize("seed", _seeds(6000, 30))
+def test_user_event_reaches_every_node_under_loss(seed: int) -> None:
+    _run(seed, scenario_user_event, "user_event")
+
+
 @pytest.mark.parametrize("seed", _seeds(1000, 10))
 def test_fifty_nodes_converge_after_joins(seed: int) -> None:
     _run(seed, scenario_converge, "converge")
@@ -171,7 +191,7 @@ def test_views_agree_after_a_partition_heals(seed: int) -> None:
     _run(seed, scenario_partition_heals, "partition")
 
 
-@pytest.mark.parametrize("seed", _seeds(5000, 300))
+@pytest.mark.parametrize("seed", _seeds(5000, 270))
 def test_restarted_node_is_alive_everywhere_again(seed: int) -> None:
     _run(seed, scenario_restart, "restart")
 
