@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import meshagent
 import trio
 
+from ..gossip.keyring import Keyring, KeyringError, decode_key, load_keyring_file, save_keyring_file
 from ..gossip.runtime import GossipAgent
 from ..gossip.serf import SerfEvent, UserEvent
 from ..raft.config import RaftConfig
@@ -38,6 +39,27 @@ from .store import CatalogStore
 log = logging.getLogger("meshagent.agent")
 
 ConfigLoader = Callable[[], AgentConfig]
+
+
+def _load_keyring(data_dir: Path | None, encrypt: str) -> tuple[Keyring | None, str | None]:
+    """The gossip keyring: <data-dir>/serf/local.keyring when it exists (it holds installed and rotated
+    keys), else a new one from -encrypt, saved there; None without either (plaintext gossip)."""
+    path = data_dir / "serf" / "local.keyring" if data_dir else None
+    try:
+        if path is not None and path.exists():
+            keyring = load_keyring_file(path)
+            if encrypt and decode_key(encrypt) not in keyring:
+                log.warning("%s exists; the -encrypt key is not in it and is ignored (use meshagent keyring)", path)
+            return keyring, str(path)
+        if not encrypt:
+            return None, str(path) if path else None
+        keyring = Keyring([decode_key(encrypt)])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_keyring_file(path, keyring)
+        return keyring, str(path) if path else None
+    except (KeyringError, OSError) as exc:
+        raise AgentError(f"gossip keyring: {exc}") from exc
 
 
 def user_event_record(ltime: int, name: str, payload: bytes) -> dict[str, Any]:
@@ -120,13 +142,12 @@ class Agent:
                                 enable_local_script_checks=config.enable_local_script_checks,
                                 enable_script_checks=config.enable_script_checks)
         bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
-        try:
-            keys = [base64.b64decode(config.encrypt)] if config.encrypt else []
-        except ValueError as exc:
-            raise AgentError(f"invalid encrypt key: {exc}") from exc
+        keyring, keyring_path = _load_keyring(data_dir, config.encrypt)
         self.gossip = GossipAgent(name=self.node_name, bind=bind, advertise=self.advertise_addr,
-                                  port=config.ports.serf_lan, tags=self._gossip_tags(), keys=keys,
-                                  on_event=self._on_gossip_event)
+                                  port=config.ports.serf_lan, tags=self._gossip_tags(), keyring=keyring,
+                                  keyring_path=keyring_path, on_event=self._on_gossip_event,
+                                  verify_incoming=config.encrypt_verify_incoming,
+                                  verify_outgoing=config.encrypt_verify_outgoing)
         self.user_events: deque[dict[str, Any]] = deque(maxlen=256)
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](1024)
         self.api = API(self)

@@ -10,6 +10,7 @@ from .agent_ops_cmd import info, leave, maint, reload, validate, version
 from .catalog_cmd import catalog, members
 from .gossip_cmd import event, force_leave, join
 from .keygen_cmd import keygen
+from .keyring_cmd import keyring
 from .kv_cmd import kv
 from .operator_cmd import operator
 from .services_cmd import services
@@ -23,8 +24,8 @@ def cli() -> None:
     """meshagent: a service mesh agent for fleets of VMs (Consul-compatible API, DNS and CLI)."""
 
 
-for command in (agent, catalog, event, force_leave, info, join, keygen, kv, leave, maint, members, operator, reload,
-                services, snapshot, validate, version):
+for command in (agent, catalog, event, force_leave, info, join, keygen, keyring, kv, leave, maint, members,
+                operator, reload, services, snapshot, validate, version):
     cli.add_command(command)
 
 

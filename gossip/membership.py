@@ -29,6 +29,9 @@ from .tunables import GossipConfig, push_pull_scale, retransmit_limit, suspicion
 
 Address = tuple[str, int]
 META_MAX_SIZE = 512  # memberlist's MetaMaxSize
+# Parts per compound packet. memberlist's format allows 255, but it sizes the length table in a uint8, so
+# a Go peer misreads any compound of 128 parts or more (found by the serf wire tests).
+MAX_PARTS = 127
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +444,7 @@ class Swim:
         # Each delegate message travels as a memberlist user message: one type byte in front.
         for b in self.delegate.get_broadcasts(3, room):
             cost = len(b) + 3
-            if used + cost > room or len(taken) >= 255:
+            if used + cost > room or len(taken) >= MAX_PARTS:
                 break
             taken.append(bytes([m.MessageType.USER]) + b)
             used += cost
@@ -453,7 +456,7 @@ class Swim:
         keep: list[_Broadcast] = []
         for b in self._queue:
             cost = len(b.msg) + 2
-            if used + cost <= room and len(taken) < 255:
+            if used + cost <= room and len(taken) < MAX_PARTS:
                 taken.append(b.msg)
                 used += cost
                 b.transmits += 1

@@ -8,6 +8,7 @@ changes the membership view.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from . import messages as m
+from . import serf_messages as sm
 from .framing import (
     MAX_STREAM_STATE,
     FramingError,
@@ -28,6 +30,7 @@ from .framing import (
     unpack_packet,
     unwrap_stream,
 )
+from .keyring import Keyring, save_keyring_file
 from .membership import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
@@ -57,7 +60,8 @@ class GossipAgent:
     port: int
     tags: dict[str, str]
     config: GossipConfig = field(default_factory=GossipConfig)
-    keys: list[bytes] = field(default_factory=list)  # primary first
+    keyring: Keyring | None = None  # None: no encryption
+    keyring_path: str | None = None  # where the keyring persists (Consul: <data-dir>/serf/local.keyring)
     verify_incoming: bool = True
     verify_outgoing: bool = True
     on_event: Callable[[SerfEvent], None] | None = None
@@ -66,12 +70,18 @@ class GossipAgent:
 
     def __post_init__(self) -> None:
         rng = random.Random()
-        self.serf = Serf(self.name, dict(self.tags), rng, reconnect_timeout=self.reconnect_timeout)
+        self.serf = Serf(self.name, dict(self.tags), rng, reconnect_timeout=self.reconnect_timeout,
+                         keyring=self.keyring, addr=ip_bytes(self.advertise), port=self.port)
         self.swim = Swim(self.config, self.name, ip_bytes(self.advertise), self.port, self.serf, rng)
         self._sock: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._stream_pings: dict[int, Address] = {}
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """Installed gossip keys, primary first (empty: plaintext)."""
+        return self.serf.keyring.keys if self.serf.keyring else ()
 
     # ------------------------------------------------------------------------------------------ running
 
@@ -171,6 +181,15 @@ class GossipAgent:
         self.stats.packets_out += 1
 
     def _drain_events(self) -> None:
+        for reply in self.serf.replies:
+            # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
+            data = pack_packet(bytes([m.MessageType.USER]) + reply.message, crc=False, keys=self.keys,
+                               encrypt_out=self.verify_outgoing)
+            self._send(data, (_ip(reply.addr), reply.port))
+        self.serf.replies.clear()
+        if self.serf.keyring_changed and self._nursery is not None:
+            self.serf.keyring_changed = False
+            self._nursery.start_soon(self._persist_keyring)
         for event in self.serf.take_events():
             log.info("serf: %s", _describe(event))
             if self.on_event is not None:
@@ -330,6 +349,51 @@ class GossipAgent:
         self._drain_events()
         self._wake.set()
         return ltime
+
+    async def _persist_keyring(self) -> None:
+        if self.keyring_path is None or self.serf.keyring is None:
+            return
+        try:
+            await trio.to_thread.run_sync(save_keyring_file, self.keyring_path, self.serf.keyring)
+        except OSError as exc:
+            log.error("cannot save the keyring to %s: %s", self.keyring_path, exc)
+
+    async def key_operation(self, name: str, key: bytes = b"") -> dict[str, Any]:
+        """Run a Serf key query across the cluster; Consul's keyring response for the LAN pool."""
+        alive = sum(1 for mem in self.serf.members.values() if mem.status == Status.ALIVE)
+        timeout = self.config.gossip_interval * 16 * max(1, math.ceil(math.log10(alive + 1)))
+        payload = sm.key_request_payload(key) if name != sm.LIST_KEYS_QUERY else b""
+        qid = self.serf.query(name, payload, timeout)
+        self._drain_events()
+        self._wake.set()
+        answers = self.serf.query_answers[qid]
+        with trio.move_on_after(timeout):
+            while len(answers) < alive:
+                await trio.sleep(0.02)
+        del self.serf.query_answers[qid]
+        keys: dict[str, int] = {}
+        primary: dict[str, int] = {}
+        messages: dict[str, str] = {}
+        errors = 0
+        for answer in answers:
+            try:
+                resp = sm.decode(answer.payload)
+            except m.MessageError as exc:
+                messages[answer.from_node] = f"bad response: {exc}"
+                errors += 1
+                continue
+            if not isinstance(resp, sm.KeyResponseMsg):
+                continue
+            if not resp.result:
+                errors += 1
+                messages[answer.from_node] = resp.message
+            for k in resp.keys:
+                keys[k] = keys.get(k, 0) + 1
+            if resp.primary_key:
+                primary[resp.primary_key] = primary.get(resp.primary_key, 0) + 1
+        return {"WAN": False, "Datacenter": self.tags.get("dc", "dc1"), "Segment": "", "Messages": messages,
+                "Keys": keys, "PrimaryKeys": primary, "NumNodes": alive, "NumResp": len(answers),
+                "NumErr": errors + max(0, alive - len(answers))}
 
     def force_leave(self, node: str, prune: bool = False) -> bool:
         """Mark a failed node left (and forget it with prune)."""

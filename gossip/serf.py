@@ -15,7 +15,9 @@ from typing import Any
 
 import msgpack
 
+from . import serf_messages as sm
 from .delegate import MemberInfo
+from .keyring import Keyring, KeyringError
 from .messages import MessageError, NodeState
 
 RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval: how often to try one failed member again
@@ -96,7 +98,17 @@ class UserEvent:
     coalesce: bool
 
 
+@dataclass(frozen=True, slots=True)
+class QueryReply:
+    """Send `message` (an encoded Serf message) straight to addr:port as a memberlist user message."""
+
+    addr: bytes
+    port: int
+    message: bytes
+
+
 SerfEvent = MemberEvent | UserEvent
+KEY_QUERIES = {sm.INSTALL_KEY_QUERY, sm.USE_KEY_QUERY, sm.REMOVE_KEY_QUERY, sm.LIST_KEYS_QUERY}
 
 
 def encode_tags(tags: dict[str, str]) -> bytes:
@@ -182,6 +194,12 @@ class Serf:
     members: dict[str, SerfMember] = field(default_factory=dict)
     events: list[SerfEvent] = field(default_factory=list)
     leaving: bool = False
+    # The gossip keyring, changed by key queries; None when encryption is off. `keyring_changed` tells the
+    # runtime to persist it.
+    keyring: Keyring | None = None
+    keyring_changed: bool = False
+    addr: bytes = b""
+    port: int = 0
 
     def __post_init__(self) -> None:
         self.clock = LamportClock()
@@ -195,6 +213,10 @@ class Serf:
         self._intents: dict[str, tuple[SerfType, int]] = {}  # intents for members not known yet
         self.event_min_time = 0
         self.bad_messages = 0
+        self._query_queue: list[tuple[int, bytes]] = []
+        self._seen_queries: dict[tuple[int, int], None] = {}
+        self.replies: list[QueryReply] = []  # for the runtime to send
+        self.query_answers: dict[int, list[sm.QueryResponseMsg]] = {}  # our queries' answers, by id
 
     # ------------------------------------------------------------------------------------------ API
 
@@ -230,6 +252,19 @@ class Serf:
         self._handle_user_event(ltime, name, payload, coalesce)
         self._event_queue.append((0, msg))
         return ltime
+
+    def query(self, name: str, payload: bytes, timeout: float) -> int:
+        """Broadcast a query (answered straight to us); its id. Answers gather in `query_answers[id]`."""
+        ltime = self.query_clock.time
+        self.query_clock.increment()
+        qid = self.rng.getrandbits(32)
+        q = sm.QueryMsg(ltime=ltime, id=qid, addr=self.addr, port=self.port, source_node=self.name,
+                        timeout_ns=int(timeout * 1e9), name=name, payload=payload)
+        self.query_answers[qid] = []
+        raw = sm.encode(q)
+        self._handle_query(q)  # we answer our own query too, as Serf does
+        self._query_queue.append((0, raw))
+        return qid
 
     def take_events(self) -> list[SerfEvent]:
         """What happened since the last call."""
@@ -282,7 +317,15 @@ class Serf:
                 if self._handle_user_event(ltime, name, _raw(body, "Payload"), bool(body.get("CC", False))):
                     self._event_queue.append((0, payload))
             elif kind == SerfType.QUERY:
-                self.query_clock.witness(_uint(body, "LTime"))
+                q = sm.decode(payload)
+                if isinstance(q, sm.QueryMsg) and self._handle_query(q) and not q.no_broadcast:
+                    self._query_queue.append((0, payload))
+            elif kind == SerfType.QUERY_RESPONSE:
+                r = sm.decode(payload)
+                if isinstance(r, sm.QueryResponseMsg) and r.id in self.query_answers and not r.ack:
+                    answers = self.query_answers[r.id]
+                    if all(a.from_node != r.from_node for a in answers):
+                        answers.append(r)
         except MessageError:
             self.bad_messages += 1  # a bad message changes nothing
             return
@@ -290,10 +333,10 @@ class Serf:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         used = 0
-        if not self._queue and not self._event_queue:
+        if not (self._queue or self._event_queue or self._query_queue):
             return out
         max_sends = self._retransmit_limit()
-        for queue_name in ("_queue", "_event_queue"):
+        for queue_name in ("_queue", "_event_queue", "_query_queue"):
             queue = getattr(self, queue_name)
             queue.sort(key=lambda item: item[0])
             keep = []
@@ -445,6 +488,69 @@ class Serf:
                 self.events.append(MemberEvent("member-reap", mem))
             return True
         return False
+
+    def _handle_query(self, q: sm.QueryMsg) -> bool:
+        """Process a query once (by Lamport time and id); True if it was new (so it is re-gossiped)."""
+        self.query_clock.witness(q.ltime)
+        key = (q.ltime, q.id)
+        if key in self._seen_queries:
+            return False
+        self._seen_queries[key] = None
+        if len(self._seen_queries) > 4096:
+            self._seen_queries.pop(next(iter(self._seen_queries)))
+        if not self._query_for_us(q):
+            return True
+        if q.ack:
+            self._reply(q, sm.QueryResponseMsg(ltime=q.ltime, id=q.id, from_node=self.name, flags=sm.QUERY_FLAG_ACK))
+        answer: bytes | None = None
+        if q.name == sm.PING_QUERY:
+            answer = b""
+        elif q.name in KEY_QUERIES:
+            answer = sm.encode(self._key_query(q))
+        if answer is not None:
+            self._reply(q, sm.QueryResponseMsg(ltime=q.ltime, id=q.id, from_node=self.name, payload=answer))
+        return True
+
+    def _query_for_us(self, q: sm.QueryMsg) -> bool:
+        for raw in q.filters:
+            try:
+                f = sm.decode_filter(raw)
+            except MessageError:
+                return False
+            if isinstance(f, sm.NodeFilter) and self.name not in f.nodes:
+                return False
+        return True
+
+    def _reply(self, q: sm.QueryMsg, response: sm.QueryResponseMsg) -> None:
+        if q.source_node == self.name:
+            answers = self.query_answers.get(q.id)
+            if answers is not None and not response.ack:
+                answers.append(response)
+            return
+        self.replies.append(QueryReply(q.addr, q.port, sm.encode(response)))
+
+    def _key_query(self, q: sm.QueryMsg) -> sm.KeyResponseMsg:
+        """Serf's key manager, on this node: install, use, remove or list gossip keys."""
+        if self.keyring is None:
+            return sm.KeyResponseMsg(result=False, message="Keyring is empty (encryption not enabled)")
+        if q.name == sm.LIST_KEYS_QUERY:
+            keys = self.keyring.to_base64()
+            return sm.KeyResponseMsg(result=True, keys=tuple(keys), primary_key=keys[0] if keys else "")
+        try:
+            request = sm.decode(q.payload)
+            if not isinstance(request, sm.KeyRequestMsg):
+                raise MessageError("not a key request")
+            key = request.key
+            if q.name == sm.INSTALL_KEY_QUERY:
+                self.keyring.install(key)
+            elif q.name == sm.USE_KEY_QUERY:
+                self.keyring.use(key)
+            else:
+                self.keyring.remove(key)
+        except (MessageError, KeyringError) as exc:
+            return sm.KeyResponseMsg(result=False, message=str(exc))
+        self.keyring_changed = True
+        return sm.KeyResponseMsg(result=True)
 
     def _handle_user_event(self, ltime: int, name: str, payload: bytes, coalesce: bool) -> bool:
         self.event_clock.witness(ltime)

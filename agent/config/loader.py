@@ -47,7 +47,7 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 # Consul keys accepted (with a warning) until the issue that implements them lands.
 LATER_KEYS = frozenset({
     "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot", "retry_interval",
-    "retry_max", "rejoin_after_leave", "start_join", "encrypt_verify_incoming", "encrypt_verify_outgoing",
+    "retry_max", "rejoin_after_leave", "start_join",
     "addresses", "limits", "reconnect_timeout", "raft_protocol", "server_name", "disable_update_check",
     "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout", "rejoin",
     "disable_remote_exec", "verify_incoming", "verify_outgoing", "ca_file", "cert_file", "key_file",
@@ -61,6 +61,7 @@ _SCALARS: dict[str, type] = {
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
     "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
+    "encrypt_verify_incoming": bool, "encrypt_verify_outgoing": bool,
     "raft_snapshot_threshold": int, "raft_trailing_logs": int,
 }
 WHERE = "__where__"  # settings key: top-level key → (file, line) of the definition that won the merge

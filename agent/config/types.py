@@ -146,6 +146,10 @@ class AgentConfig:
     # Consul's watches; type "event" runs `args` with the matching events as JSON on stdin.
     watches: list[dict[str, Any]] = field(default_factory=list)
     encrypt: str = ""
+    # Turning encryption on in a live cluster: first accept plaintext and send encrypted (incoming false),
+    # then require it everywhere (both true, the default).
+    encrypt_verify_incoming: bool = True
+    encrypt_verify_outgoing: bool = True
     check_update_interval: float = 300.0
     default_query_time: float = 300.0
     max_query_time: float = 600.0

@@ -70,6 +70,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/status/peers": {"GET": operator_api.status_peers},
     "/v1/operator/raft/configuration": {"GET": operator_api.raft_configuration},
     "/v1/operator/raft/peer": {"DELETE": operator_api.raft_remove_peer},
+    "/v1/operator/keyring": {"GET": operator_api.keyring, "POST": operator_api.keyring,
+                             "PUT": operator_api.keyring, "DELETE": operator_api.keyring},
     "/v1/snapshot": {"GET": operator_api.snapshot_save, "PUT": operator_api.snapshot_restore},
 }
 # Longest prefix first so /v1/agent/service/register beats /v1/agent/service/.

@@ -6,6 +6,9 @@ becomes its status with the message as the body (mapped in API.__call__).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import TYPE_CHECKING, Any
 
 from ..snapshot_archive import ArchiveError, pack, unpack
@@ -98,4 +101,30 @@ async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -
     except ArchiveError as exc:
         raise bad_request(str(exc)) from None
     await server.restore(meta, state)
+    return 200, [], b""
+
+
+# ---------------------------------------------------------------------- keyring
+
+_KEY_QUERIES = {"POST": "_serf_install-key", "PUT": "_serf_use-key", "DELETE": "_serf_remove-key"}
+
+
+async def keyring(api: API, request: Request, query: Query, arg: str) -> Response:
+    """/v1/operator/keyring: GET lists keys on every member; POST installs, PUT makes primary, DELETE
+    removes the body's {"Key": base64} everywhere (Serf's key queries)."""
+    gossip = api.agent.gossip
+    if request.method == "GET":
+        return api.json([await gossip.key_operation("_serf_list-keys")], query)
+    try:
+        body = json.loads(request.body or b"{}")
+        key = base64.b64decode(body["Key"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise HTTPError(400, 'Request body must be {"Key": "<base64 key>"}') from None
+    result = await gossip.key_operation(_KEY_QUERIES[request.method], key)
+    if result["NumErr"]:
+        detail = "; ".join(f"{node}: {msg}" for node, msg in sorted(result["Messages"].items()))
+        missing = result["NumNodes"] - result["NumResp"]
+        if missing > 0:
+            detail = "; ".join(filter(None, [detail, f"{missing} node(s) did not answer"]))
+        raise HTTPError(500, f"{result['NumErr']}/{result['NumNodes']} nodes reported failure: {detail}")
     return 200, [], b""
