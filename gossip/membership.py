@@ -17,13 +17,9 @@ import math
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Any
-
-import msgpack
 
 from . import messages as m
 from .delegate import Delegate, MemberInfo
-from .framing import overhead
 from .messages import NodeState
 from .tunables import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
 
@@ -82,6 +78,11 @@ class Member:
 
     def info(self) -> MemberInfo:
         return MemberInfo(self.name, self.addr, self.port, self.meta, self.incarnation, self.state, self.vsn)
+
+
+def _overhead(parts: int) -> int:
+    """Bytes a compound of `parts` messages adds around them (type, count, a u16 length each)."""
+    return 2 + 2 * parts
 
 
 def _ip(addr: bytes) -> str:
@@ -407,7 +408,7 @@ class Swim:
             mem.state in (NodeState.ALIVE, NodeState.SUSPECT)
             or now - mem.state_change < self.config.gossip_to_the_dead_time)]
         for mem in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
-            msgs = self._broadcasts(self.config.udp_buffer_size - overhead(0))
+            msgs = self._broadcasts(self.config.udp_buffer_size - _overhead(0))
             if not msgs:
                 break
             out.append(SendPacket(mem.address, msgs, self._wants_crc(mem)))
@@ -415,7 +416,7 @@ class Swim:
 
     def _send(self, dest: Address, msg: bytes, member: Member | None = None) -> SendPacket:
         """One message plus whatever broadcasts fit beside it."""
-        room = self.config.udp_buffer_size - overhead(1) - len(msg)
+        room = self.config.udp_buffer_size - _overhead(1) - len(msg)
         extra = self._broadcasts(room) if room > 0 else []
         if member is None:
             member = next((mem for mem in self.members.values() if mem.address == dest), None)
@@ -566,29 +567,3 @@ class Swim:
             if (name != self.name and mem.state in (NodeState.DEAD, NodeState.LEFT)
                     and now - mem.state_change > self.config.gossip_to_the_dead_time):
                 del self.members[name]
-
-
-def decode_push_pull(payload: bytes) -> tuple[m.PushPullHeader, list[m.PushNodeState], bytes]:
-    """Parse a push-pull stream payload after its type byte: header, node states, user state."""
-    unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(payload) + 1)
-    unpacker.feed(payload)
-    try:
-        header: Any = m.from_map(m.PushPullHeader, unpacker.unpack())
-        if header.nodes > 100_000:
-            raise m.MessageError("push-pull with too many nodes")
-        nodes = [m.from_map(m.PushNodeState, unpacker.unpack()) for _ in range(header.nodes)]
-    except m.MessageError:
-        raise
-    except Exception as exc:  # msgpack's OutOfData and friends
-        raise m.MessageError(f"truncated push-pull: {exc}") from exc
-    pos = unpacker.tell()
-    user = payload[pos:pos + header.user_state_len]
-    if len(user) != header.user_state_len:
-        raise m.MessageError("truncated push-pull user state")
-    return header, nodes, user
-
-
-def encode_push_pull(nodes: list[m.PushNodeState], user_state: bytes, join: bool) -> bytes:
-    """A push-pull stream payload: type byte, header, node states, user state."""
-    header = m.PushPullHeader(len(nodes), len(user_state), join)
-    return bytes([m.MessageType.PUSH_PULL]) + m.pack_body(header) + b"".join(m.pack_body(n) for n in nodes) + user_state

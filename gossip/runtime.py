@@ -19,21 +19,22 @@ import trio
 
 from . import messages as m
 from . import serf_messages as sm
-from .framing import (
-    MAX_STREAM_STATE,
-    FramingError,
-    open_stream,
-    pack_compound,
-    pack_packet,
-    pack_stream,
-    stream_payload_size,
-    unpack_packet,
-    unwrap_stream,
-)
 from .keyring import Keyring, save_keyring_file
-from .membership import Output, PushPull, SendPacket, StreamPing, Swim, decode_push_pull, encode_push_pull, ip_bytes
+from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
+from .wire import (
+    PushPull as ReceivedPushPull,
+)
+from .wire import (
+    StreamReader,
+    WireError,
+    ack_stream,
+    pack_packet,
+    ping_stream,
+    push_pull_stream,
+    unpack_packet,
+)
 
 log = logging.getLogger("meshagent.gossip")
 
@@ -82,6 +83,15 @@ class GossipAgent:
     def keys(self) -> tuple[bytes, ...]:
         """Installed gossip keys, primary first (empty: plaintext)."""
         return self.serf.keyring.keys if self.serf.keyring else ()
+
+    @property
+    def _keyring_in(self) -> Keyring | None:
+        return self.serf.keyring if self.serf.keyring else None
+
+    @property
+    def _keyring_out(self) -> Keyring | None:
+        # encrypt_verify_outgoing = false: send plaintext while a live cluster is being switched over.
+        return self._keyring_in if self.verify_outgoing else None
 
     # ------------------------------------------------------------------------------------------ running
 
@@ -145,8 +155,8 @@ class GossipAgent:
     def _handle_packet(self, data: bytes, src: Address) -> None:
         now = trio.current_time()
         try:
-            parts = unpack_packet(data, keys=self.keys, verify_incoming=self.verify_incoming)
-        except FramingError as exc:
+            parts = unpack_packet(data, keyring=self._keyring_in, verify_incoming=self.verify_incoming)
+        except WireError as exc:
             self.stats.bad_packets += 1
             log.debug("dropping packet from %s:%d: %s", src[0], src[1], exc)
             return
@@ -163,9 +173,7 @@ class GossipAgent:
         assert self._nursery is not None
         for o in outs:
             if isinstance(o, SendPacket):
-                payload = o.messages[0] if len(o.messages) == 1 else pack_compound(o.messages)
-                data = pack_packet(payload, crc=o.crc, keys=self.keys, encrypt_out=self.verify_outgoing)
-                self._send(data, o.addr)
+                self._send(pack_packet(o.messages, keyring=self._keyring_out, crc=o.crc), o.addr)
             elif isinstance(o, PushPull):
                 self._nursery.start_soon(self._push_pull_quietly, o.addr, o.join)
             elif isinstance(o, StreamPing):
@@ -183,8 +191,7 @@ class GossipAgent:
     def _drain_events(self) -> None:
         for reply in self.serf.replies:
             # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
-            data = pack_packet(bytes([m.MessageType.USER]) + reply.message, crc=False, keys=self.keys,
-                               encrypt_out=self.verify_outgoing)
+            data = pack_packet([bytes([m.MessageType.USER]) + reply.message], keyring=self._keyring_out)
             self._send(data, (_ip(reply.addr), reply.port))
         self.serf.replies.clear()
         if self.serf.keyring_changed and self._nursery is not None:
@@ -197,79 +204,44 @@ class GossipAgent:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def _read_stream(self, stream: trio.SocketStream) -> bytes:
-        """One framed stream message (decrypted, decompressed): type byte + body, with trailing data."""
-        buf = bytearray()
+    async def _read_stream(self, stream: trio.SocketStream) -> Any:
+        """One stream message (decrypted, decompressed, parsed)."""
+        reader = StreamReader(keyring=self._keyring_in, verify_incoming=self.verify_incoming)
         with trio.fail_after(self.config.tcp_timeout):
             while True:
                 chunk = await stream.receive_some(65536)
-                if chunk:
-                    buf += chunk
-                if len(buf) > MAX_STREAM_STATE + 5:
-                    raise FramingError("stream larger than the limit")
-                complete = self._complete(bytes(buf))
-                if complete is not None:
-                    return complete
                 if not chunk:
-                    raise FramingError("stream ended before a whole message")
-
-    def _complete(self, buf: bytes) -> bytes | None:
-        """The unframed message once `buf` holds all of it; None while more is needed."""
-        if not buf:
-            return None
-        if buf[0] == m.MessageType.ENCRYPT:
-            if len(buf) < 5:
-                return None
-            size = stream_payload_size(buf[:5])
-            if len(buf) < 5 + size:
-                return None
-            return unwrap_stream(open_stream(buf[:5], buf[5:5 + size], self.keys))
-        if self.keys and self.verify_incoming:
-            raise FramingError("plaintext stream while encryption is required")
-        try:
-            payload = unwrap_stream(buf)
-        except FramingError:
-            return None  # maybe a compress wrapper still arriving; the timeout ends real garbage
-        if payload[0] == m.MessageType.PUSH_PULL:
-            try:
-                decode_push_pull(payload[1:])
-            except m.MessageError:
-                return None
-        return payload
-
-    def _frame(self, payload: bytes) -> bytes:
-        return pack_stream(payload, keys=self.keys, encrypt_out=self.verify_outgoing)
+                    return reader.eof()
+                message = reader.feed(chunk)
+                if message is not None:
+                    return message
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                payload = await self._read_stream(stream)
-                await self._answer_stream(stream, payload)
-            except (FramingError, m.MessageError, trio.TooSlowError, ValueError) as exc:
+                message = await self._read_stream(stream)
+                await self._answer_stream(stream, message)
+            except (WireError, m.MessageError, trio.TooSlowError) as exc:
                 self.stats.bad_streams += 1
                 log.debug("dropping stream: %s", exc)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _answer_stream(self, stream: trio.SocketStream, payload: bytes) -> None:
+    async def _answer_stream(self, stream: trio.SocketStream, message: Any) -> None:
         now = trio.current_time()
-        kind = payload[0]
-        if kind == m.MessageType.PUSH_PULL:
-            header, nodes, user = decode_push_pull(payload[1:])
-            reply = encode_push_pull(self.swim.local_push_pull_state(), self.serf.local_state(header.join),
-                                     header.join)
-            await stream.send_all(self._frame(reply))
-            self._merge(now, nodes, user, header.join)
-        elif kind == m.MessageType.PING:
-            ping = m.decode(payload)
-            assert isinstance(ping, m.Ping)
-            if not ping.node or ping.node == self.name:
-                await stream.send_all(self._frame(m.encode(m.AckResp(ping.seq_no, b""))))
-        elif kind == m.MessageType.USER:
-            header_obj = m.unpack_body(payload[1:])
-            _ = header_obj  # a user message over TCP: Serf sends these only for large query answers
+        if isinstance(message, ReceivedPushPull):
+            reply = push_pull_stream(self.swim.local_push_pull_state(), self.serf.local_state(message.join),
+                                     join=message.join, keyring=self._keyring_out)
+            await stream.send_all(reply)
+            self._merge(now, list(message.nodes), message.user_state, message.join)
+        elif isinstance(message, m.Ping):
+            if not message.node or message.node == self.name:
+                await stream.send_all(ack_stream(m.AckResp(message.seq_no, b""), keyring=self._keyring_out))
+        elif isinstance(message, m.UserMsg):
+            self.serf.notify_msg(now, message.payload)
+            self._drain_events()
         else:
-            raise FramingError(f"unexpected stream message type {kind}")
+            raise WireError(f"unexpected stream message {type(message).__name__}")
 
     def _merge(self, now: float, nodes: list[m.PushNodeState], user: bytes, join: bool) -> None:
         self._carry_out(self.swim.merge_remote_state(now, nodes))
@@ -279,22 +251,23 @@ class GossipAgent:
         self._wake.set()
 
     async def push_pull(self, addr: Address, join: bool) -> None:
-        """One push-pull exchange with `addr`; raises OSError / FramingError / MessageError on failure."""
+        """One push-pull exchange with `addr`; raises OSError / WireError / MessageError on failure."""
         with trio.fail_after(self.config.tcp_timeout):
             stream = await trio.open_tcp_stream(addr[0], addr[1])
         async with stream:
-            local = encode_push_pull(self.swim.local_push_pull_state(), self.serf.local_state(join), join)
-            await stream.send_all(self._frame(local))
-            payload = await self._read_stream(stream)
-        if payload[0] != m.MessageType.PUSH_PULL:
-            raise FramingError(f"expected a push-pull answer, got type {payload[0]}")
-        _header, nodes, user = decode_push_pull(payload[1:])
-        self._merge(trio.current_time(), nodes, user, join)
+            await stream.send_all(push_pull_stream(self.swim.local_push_pull_state(), self.serf.local_state(join),
+                                                   join=join, keyring=self._keyring_out))
+            answer = await self._read_stream(stream)
+        if isinstance(answer, m.ErrResp):
+            raise WireError(f"the peer refused the push-pull: {answer.error}")
+        if not isinstance(answer, ReceivedPushPull):
+            raise WireError(f"expected a push-pull answer, got {type(answer).__name__}")
+        self._merge(trio.current_time(), list(answer.nodes), answer.user_state, join)
 
     async def _push_pull_quietly(self, addr: Address, join: bool) -> None:
         try:
             await self.push_pull(addr, join)
-        except (OSError, FramingError, m.MessageError, trio.TooSlowError) as exc:
+        except (OSError, WireError, m.MessageError, trio.TooSlowError) as exc:
             log.debug("push-pull with %s:%d failed: %s", addr[0], addr[1], exc)
 
     async def _stream_ping(self, o: StreamPing) -> None:
@@ -303,11 +276,12 @@ class GossipAgent:
             with trio.fail_after(self.config.probe_timeout * 2):
                 stream = await trio.open_tcp_stream(o.addr[0], o.addr[1])
                 async with stream:
-                    await stream.send_all(self._frame(o.ping))
-                    payload = await self._read_stream(stream)
-                    ack = m.decode(payload)
+                    ping = m.decode(o.ping)
+                    assert isinstance(ping, m.Ping)
+                    await stream.send_all(ping_stream(ping, keyring=self._keyring_out))
+                    ack = await self._read_stream(stream)
                     ok = isinstance(ack, m.AckResp) and ack.seq_no == o.seq_no
-        except (OSError, FramingError, m.MessageError, trio.TooSlowError, trio.BrokenResourceError):
+        except (OSError, WireError, m.MessageError, trio.TooSlowError, trio.BrokenResourceError):
             ok = False
         self._carry_out(self.swim.stream_ping_result(trio.current_time(), o.seq_no, ok))
         self._wake.set()
@@ -323,7 +297,7 @@ class GossipAgent:
             try:
                 await self.push_pull(target, True)
                 ok += 1
-            except (OSError, FramingError, m.MessageError, trio.TooSlowError, ValueError) as exc:
+            except (OSError, WireError, m.MessageError, trio.TooSlowError, ValueError) as exc:
                 log.warning("failed to join %s: %s", addr, exc)
         if ok:
             self.serf.join_intent()

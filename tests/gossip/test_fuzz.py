@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from meshagent.gossip import messages as m
-from meshagent.gossip.framing import add_crc, pack_compound
+from meshagent.gossip.wire import add_crc, make_compound
 
 from tests.support.agents import AgentProcess
 from tests.support.wait import wait_for
@@ -27,8 +27,8 @@ def _seeds(target: str) -> list[bytes]:
     ack, nack = m.encode(m.AckResp(7, b"x")), m.encode(m.NackResp(8))
     serf_event = bytes([m.MessageType.USER, 3]) + b"\x84\xa5LTime\x01\xa4Name\xa1e\xa7Payload\xa1p\xa2CC\xc2"
     stale_dead = m.encode(m.Dead(0, "nobody-known", "fuzzer"))
-    return [ping, indirect, ack, nack, serf_event, stale_dead, pack_compound([ping, ack]), add_crc(ping),
-            add_crc(pack_compound([nack, serf_event]))]
+    return [ping, indirect, ack, nack, serf_event, stale_dead, make_compound([ping, ack]), add_crc(ping),
+            add_crc(make_compound([nack, serf_event]))]
 
 
 def _mutate(rng: random.Random, seed: bytes) -> bytes:
