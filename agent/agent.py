@@ -41,6 +41,10 @@ log = logging.getLogger("meshagent.agent")
 ConfigLoader = Callable[[], AgentConfig]
 
 
+USER_COALESCE_PERIOD = 3.0  # Serf agent's user event coalescing: at most this long after the first event
+USER_QUIESCENT_PERIOD = 1.0  # ... or this long after the last one
+
+
 def _load_keyring(data_dir: Path | None, encrypt: str) -> tuple[Keyring | None, str | None]:
     """The gossip keyring: <data-dir>/serf/local.keyring when it exists (it holds installed and rotated
     keys), else a new one from -encrypt, saved there; None without either (plaintext gossip)."""
@@ -147,8 +151,10 @@ class Agent:
                                   port=config.ports.serf_lan, tags=self._gossip_tags(), keyring=keyring,
                                   keyring_path=keyring_path, on_event=self._on_gossip_event,
                                   verify_incoming=config.encrypt_verify_incoming,
-                                  verify_outgoing=config.encrypt_verify_outgoing)
+                                  verify_outgoing=config.encrypt_verify_outgoing,
+                                  reconnect_timeout=config.reconnect_timeout)
         self.user_events: deque[dict[str, Any]] = deque(maxlen=256)
+        self.join_failed = False
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](1024)
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
@@ -203,7 +209,8 @@ class Agent:
             self._lock_fd = None
 
     async def _retry_join(self, addrs: list[str]) -> None:
-        """-retry-join: try the addresses every 30 s until one answers (Consul's retry_interval)."""
+        """-retry-join: try the addresses every retry_interval until one answers; after retry_max failed
+        attempts (when set) the agent gives up and exits, as Consul does."""
         attempt = 0
         while True:
             attempt += 1
@@ -211,8 +218,13 @@ class Agent:
             if joined:
                 log.info("join: joined cluster by contacting %d nodes", joined)
                 return
-            log.warning("join: attempt %d failed, retrying in 30s", attempt)
-            await trio.sleep(30)
+            if self.config.retry_max and attempt >= self.config.retry_max:
+                log.error("join: max join retry exhausted (%d attempts to %s), exiting", attempt, ", ".join(addrs))
+                self.join_failed = True
+                self.shutdown()
+                return
+            log.warning("join: attempt %d failed, retrying in %gs", attempt, self.config.retry_interval)
+            await trio.sleep(self.config.retry_interval)
 
     def _on_gossip_event(self, event: SerfEvent) -> None:
         if not isinstance(event, UserEvent):
@@ -220,17 +232,35 @@ class Agent:
         record = user_event_record(event.ltime, event.name, event.payload)
         self.user_events.append(record)
         try:
-            self._events_in.send_nowait(record)
+            self._events_in.send_nowait({**record, "_coalesce": event.coalesce})
         except trio.WouldBlock:
             log.warning("event %s: handlers are behind; not running them for this one", event.name)
 
     async def _run_watches(self) -> None:
-        """Run the `watches` of type event: each matching event's JSON on the handler's stdin."""
+        """Run the `watches` of type event: matching events' JSON on the handler's stdin. Events fired with
+        coalescing (the default) are delivered as the latest per name once the stream goes quiet for
+        USER_QUIESCENT_PERIOD or USER_COALESCE_PERIOD has passed since the first (Serf's coalescer)."""
+        pending: dict[str, dict[str, Any]] = {}
+        first_at = 0.0
         async with trio.open_nursery() as nursery:
-            async for record in self._events_out:
-                for watch in self.config.watches:
-                    if watch.get("type") == "event" and watch.get("name") in ("", None, record["Name"]):
-                        nursery.start_soon(self._run_handler, list(watch["args"]), record)
+            while True:
+                deadline = (min(first_at + USER_COALESCE_PERIOD, trio.current_time() + USER_QUIESCENT_PERIOD)
+                            if pending else float("inf"))
+                record = None
+                with trio.move_on_at(deadline):
+                    record = await self._events_out.receive()
+                if record is not None and record.pop("_coalesce", False):
+                    if not pending:
+                        first_at = trio.current_time()
+                    pending[record["Name"]] = record
+                    continue
+                batch = [record] if record is not None else []
+                if record is None:
+                    batch, pending = list(pending.values()), {}
+                for item in batch:
+                    for watch in self.config.watches:
+                        if watch.get("type") == "event" and watch.get("name") in ("", None, item["Name"]):
+                            nursery.start_soon(self._run_handler, list(watch["args"]), item)
 
     async def _run_handler(self, args: list[str], record: dict[str, Any]) -> None:
         data = json.dumps([record]).encode()

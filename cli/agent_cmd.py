@@ -38,6 +38,8 @@ def _opt(name: str, **kwargs: Any) -> Any:
 @_opt("recursor", multiple=True, help="Upstream DNS server for names outside the domain; repeatable.")
 @_opt("retry-join", multiple=True, help="Address to join at start; repeatable.")
 @_opt("join", multiple=True, help="Alias of -retry-join.")
+@_opt("retry-interval", default=None, help="Time between join attempts (default 30s).")
+@_opt("retry-max", type=int, default=None, help="Join attempts before giving up and exiting (default 0: forever).")
 @_opt("encrypt", default=None, help="Gossip encryption key (base64).")
 @_opt("node-meta", multiple=True, help="key:value node metadata; repeatable.")
 def agent(**opts: Any) -> None:
@@ -86,6 +88,9 @@ def agent(**opts: Any) -> None:
         for exc in _leaves(known):
             click.echo(f"==> Error starting agent: {exc}", err=True)
         sys.exit(1)
+    if instance.join_failed:
+        click.echo("==> Error: max join retry exhausted, exiting", err=True)
+        sys.exit(1)
 
 
 def _leaves(group: BaseException) -> list[BaseException]:
@@ -126,6 +131,18 @@ def _flags(opts: dict[str, Any]) -> dict[str, Any]:
         "recursors": list(opts["recursor"]) or None,
         "retry_join": list(opts["retry_join"]) + list(opts["join"]) or None,
         "encrypt": opts["encrypt"],
+        "retry_max": opts["retry_max"],
+        "retry_interval": _seconds(opts["retry_interval"]) if opts["retry_interval"] else None,
         "node_meta": meta,
     }
     return flags
+
+
+def _seconds(text: str) -> float:
+    """A Go duration flag ("30s", "1m") in seconds; a clear error otherwise."""
+    from meshagent.agent.config.duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-retry-interval") from None

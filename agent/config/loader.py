@@ -46,9 +46,9 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
 # Consul keys accepted (with a warning) until the issue that implements them lands.
 LATER_KEYS = frozenset({
-    "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot", "retry_interval",
-    "retry_max", "rejoin_after_leave", "start_join",
-    "addresses", "limits", "reconnect_timeout", "raft_protocol", "server_name", "disable_update_check",
+    "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot",
+    "rejoin_after_leave", "start_join",
+    "addresses", "limits", "raft_protocol", "server_name", "disable_update_check",
     "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout", "rejoin",
     "disable_remote_exec", "verify_incoming", "verify_outgoing", "ca_file", "cert_file", "key_file",
     "retry_join_wan", "retry_interval_wan", "advertise_addr_wan", "translate_wan_addrs", "alt_domain",
@@ -61,11 +61,12 @@ _SCALARS: dict[str, type] = {
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
     "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
-    "encrypt_verify_incoming": bool, "encrypt_verify_outgoing": bool,
+    "encrypt_verify_incoming": bool, "encrypt_verify_outgoing": bool, "retry_max": int,
     "raft_snapshot_threshold": int, "raft_trailing_logs": int,
 }
 WHERE = "__where__"  # settings key: top-level key → (file, line) of the definition that won the merge
-_DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_query_time"})
+_DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_query_time", "retry_interval",
+                        "reconnect_timeout"})
 _LISTS = frozenset({"recursors", "retry_join"})
 _PORTS = frozenset(f.name for f in fields(Ports))
 _LATER_PORTS = frozenset({"https", "grpc", "grpc_tls", "sidecar_min_port", "sidecar_max_port",

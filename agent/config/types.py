@@ -143,6 +143,9 @@ class AgentConfig:
     recursors: list[str] = field(default_factory=list)
     dns_config: DNSConfig = field(default_factory=DNSConfig)
     retry_join: list[str] = field(default_factory=list)
+    retry_interval: float = 30.0  # seconds between -retry-join attempts
+    retry_max: int = 0  # attempts before the agent gives up and exits; 0 retries forever
+    reconnect_timeout: float = 72 * 3600.0  # a failed member is reaped (forgotten) after this long
     # Consul's watches; type "event" runs `args` with the matching events as JSON on stdin.
     watches: list[dict[str, Any]] = field(default_factory=list)
     encrypt: str = ""

@@ -143,11 +143,11 @@ dns_config {
 
 
 def test_unknown_keys_fail_but_later_consul_keys_warn(tmp_path: Path) -> None:
-    path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nretry_interval = "30s"\n')
+    path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nrejoin_after_leave = true\n')
     errors, warnings = validate_paths([path])
     assert [str(e) for e in errors] == [f"{path}:1: datacentre: unknown configuration key"]
     assert f"{path}:2: ui_config: accepted but not acted on yet" in warnings
-    assert any("retry_interval" in w for w in warnings)
+    assert any("rejoin_after_leave" in w for w in warnings)
     ok = write(tmp_path / "b.hcl", 'ui_config {\n  enabled = true\n}\n')
     assert any("ui_config" in w for w in load_config([ok], [], {}).warnings)
 
@@ -225,3 +225,11 @@ def test_script_checks_without_the_flag_warn(tmp_path: Path) -> None:
     assert any("enable_local_script_checks" in w for w in warnings)
     write(tmp_path / "s.hcl", text + "enable_local_script_checks = true\n")
     assert validate_paths([path]) == ([], [])
+
+
+def test_gossip_settings_from_files(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.hcl", 'retry_interval = "5s"\nretry_max = 3\nreconnect_timeout = "8h"\n'
+                 'encrypt_verify_incoming = false\n')
+    config = load_config([path], [], {})
+    assert (config.retry_interval, config.retry_max, config.reconnect_timeout) == (5.0, 3, 8 * 3600.0)
+    assert config.encrypt_verify_incoming is False and config.encrypt_verify_outgoing is True
