@@ -33,3 +33,5 @@ bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/dns/run.py
 	$(BIN)/python bench/http/run.py
 	$(BIN)/python bench/raft/run.py
+	$(BIN)/python bench/gossip/run.py
+	$(BIN)/python bench/gossip/sim_rounds.py
