@@ -300,6 +300,10 @@ class RaftNode:
     def next_deadline(self) -> float:
         """The time at which `tick` has work to do."""
         if self.role == LEADER:
+            if all(s.id == self.id for s in self.membership.servers):
+                # Alone (-dev, a single server): nobody to heartbeat and the quorum is us, so no wake-ups
+                # until an input arrives. The timers stay armed for when a second server is added.
+                return float("inf")
             due = min(self._heartbeat_due, self._check_quorum_due)
             if self._transfer is not None:
                 due = min(due, self._transfer[1])
