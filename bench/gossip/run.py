@@ -164,7 +164,7 @@ class MeshagentCluster:
 
     def join_all(self) -> None:
         def join(host: str) -> None:
-            httpx.put(f"http://{host}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
+            self.http.put(f"http://{host}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(join, self.hosts[1:]))
