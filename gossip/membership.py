@@ -28,6 +28,8 @@ META_MAX_SIZE = 512  # memberlist's MetaMaxSize
 # Parts per compound packet. memberlist's format allows 255, but it sizes the length table in a uint8, so
 # a Go peer misreads any compound of 128 parts or more (found by the serf wire tests).
 MAX_PARTS = 127
+# Room kept in each packet for what the runtime wraps around it: AES-GCM (29 bytes) and the CRC header (5).
+FRAMING_RESERVE = 34
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,8 @@ class _Probe:
 class _Relay:
     requester: Address
     their_seq: int
-    nack_at: float | None
+    expires: float  # memberlist's ack handler lives probe_timeout; then a nack if one was asked for
+    nack: bool
 
 
 @dataclass
@@ -191,7 +194,7 @@ class Swim:
         if self._probe is not None:
             times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
         times.extend(s.deadline for s in self._suspicions.values())
-        times.extend(r.nack_at for r in self._relays.values() if r.nack_at is not None)
+        times.extend(r.expires for r in self._relays.values())
         return min(times)
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -215,7 +218,9 @@ class Swim:
         self.incarnation += 1
         me = self.members[self.name]
         meta = self.delegate.node_meta(META_MAX_SIZE)
-        self._alive(now, m.Alive(self.incarnation, self.name, self.addr, self.port, meta, me.vsn))
+        # bootstrap=True as memberlist's UpdateNode: otherwise our own alive is taken for an accusation and
+        # refuted with the old meta.
+        self._alive(now, m.Alive(self.incarnation, self.name, self.addr, self.port, meta, me.vsn), bootstrap=True)
         return []
 
     def leave(self, now: float) -> list[Output]:
@@ -240,9 +245,10 @@ class Swim:
                 if mem is not None and mem.state == NodeState.SUSPECT:
                     self._dead(now, m.Dead(mem.incarnation, name, self.name))
         for seq, relay in list(self._relays.items()):
-            if relay.nack_at is not None and now >= relay.nack_at:
+            if now >= relay.expires:
                 del self._relays[seq]
-                out.append(self._send(relay.requester, m.encode(m.NackResp(relay.their_seq))))
+                if relay.nack:
+                    out.append(self._send(relay.requester, m.encode(m.NackResp(relay.their_seq))))
         probe = self._probe
         if probe is not None:
             if probe.acked:
@@ -278,8 +284,7 @@ class Swim:
         elif isinstance(msg, m.IndirectPing):
             seq = self._next_seq()
             requester = (_ip(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
-            self._relays[seq] = _Relay(requester, msg.seq_no,
-                                       now + self.config.probe_timeout if msg.nack else None)
+            self._relays[seq] = _Relay(requester, msg.seq_no, now + self.config.probe_timeout, msg.nack)
             ping = m.Ping(seq, msg.node, self.addr, self.port, self.name)
             out.append(self._send((_ip(msg.target), msg.port), m.encode(ping)))
         elif isinstance(msg, m.AckResp):
@@ -341,8 +346,12 @@ class Swim:
         seq = self._next_seq()
         interval = self._scale(self.config.probe_interval)
         self._probe = _Probe(target.name, seq, now + self._scale(self.config.probe_timeout), now + interval)
-        ping = m.Ping(seq, target.name, self.addr, self.port, self.name)
-        return [self._send(target.address, m.encode(ping), target)]
+        ping = m.encode(m.Ping(seq, target.name, self.addr, self.port, self.name))
+        if target.state != NodeState.ALIVE:
+            # A suspect target gets the accusation with the ping, so it can refute as soon as it hears us.
+            suspect = m.encode(m.Suspect(target.incarnation, target.name, self.name))
+            return [SendPacket(target.address, [ping, suspect], self._wants_crc(target))]
+        return [self._send(target.address, ping, target)]
 
     def _next_probe_target(self) -> Member | None:
         for _ in range(2):
@@ -408,7 +417,7 @@ class Swim:
             mem.state in (NodeState.ALIVE, NodeState.SUSPECT)
             or now - mem.state_change < self.config.gossip_to_the_dead_time)]
         for mem in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
-            msgs = self._broadcasts(self.config.udp_buffer_size - _overhead(0))
+            msgs = self._broadcasts(self.config.udp_buffer_size - FRAMING_RESERVE - _overhead(0))
             if not msgs:
                 break
             out.append(SendPacket(mem.address, msgs, self._wants_crc(mem)))
@@ -416,7 +425,7 @@ class Swim:
 
     def _send(self, dest: Address, msg: bytes, member: Member | None = None) -> SendPacket:
         """One message plus whatever broadcasts fit beside it."""
-        room = self.config.udp_buffer_size - _overhead(1) - len(msg)
+        room = self.config.udp_buffer_size - FRAMING_RESERVE - _overhead(1) - len(msg)
         extra = self._broadcasts(room) if room > 0 else []
         if member is None:
             member = next((mem for mem in self.members.values() if mem.address == dest), None)
@@ -526,7 +535,6 @@ class Swim:
             return
         if s.node == self.name:
             self._refute(now, s.incarnation)
-            self._apply_awareness(1)
             return
         self._queue_broadcast(s.node, m.encode(s))
         mem.incarnation, mem.state, mem.state_change = s.incarnation, NodeState.SUSPECT, now
@@ -555,6 +563,8 @@ class Swim:
 
     def _refute(self, now: float, accused: int) -> None:
         self.incarnation = max(self.incarnation, accused) + 1
+        # Being accused (suspect, dead, or an alive that isn't ours) is a hint that we are the slow one.
+        self._apply_awareness(1)
         me = self.members[self.name]
         me.incarnation = self.incarnation
         me.state = NodeState.ALIVE

@@ -45,8 +45,8 @@ class GossipConfig:
 LAN = GossipConfig()
 WAN = replace(LAN, probe_interval=5.0, probe_timeout=3.0, suspicion_mult=6, gossip_interval=0.5, gossip_nodes=4,
               gossip_to_the_dead_time=60.0, push_pull_interval=60.0, tcp_timeout=30.0)
-LOCAL = replace(LAN, probe_interval=1.0, probe_timeout=0.2, suspicion_mult=3, gossip_interval=0.1,
-                gossip_to_the_dead_time=15.0, push_pull_interval=15.0, tcp_timeout=1.0)
+LOCAL = replace(LAN, indirect_checks=1, retransmit_mult=2, probe_interval=1.0, probe_timeout=0.2, suspicion_mult=3,
+                gossip_interval=0.1, gossip_to_the_dead_time=15.0, push_pull_interval=15.0, tcp_timeout=1.0)
 
 _PUSH_PULL_SCALE_THRESHOLD = 32
 

@@ -6,19 +6,25 @@ message really goes through `messages.encode/decode`. Push-pull is a reliable ex
 is cut or the peer is down; the TCP fallback ping likewise.
 
 `Sim(seed, n).run_until(t)` advances time; the scenario functions in test_gossip_sim.py drive it and
-check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>.
+check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>. Every failure declaration
+(Serf's member-failed, i.e. the core's alive/suspect -> dead) is logged in `Sim.failures` as it happens,
+so the scenarios check "never declared" and "not before the crash" exactly rather than by sampling.
+
+`converge_rounds(n, seed)` is the dissemination benchmark: gossip rounds for one new fact to reach all n.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshagent.gossip import messages as m
 from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
 from meshagent.gossip.messages import NodeState
-from meshagent.gossip.serf import RECONNECT_INTERVAL, Serf, Status, UserEvent
+from meshagent.gossip.serf import RECONNECT_INTERVAL, MemberEvent, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
 
 PORT = 8301
@@ -47,6 +53,7 @@ class Sim:
     dup: float = 0.0
     delay: tuple[float, float] = (0.0005, 0.005)
     config: GossipConfig = field(default_factory=GossipConfig)
+    record: bool = False  # log every delivered message in `trace` (for the replay test; costs memory)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -57,6 +64,7 @@ class Sim:
         self.by_ip: dict[str, str] = {}
         self.cut: set[frozenset[str]] = set()  # pairs that cannot talk
         self.trace: list[tuple[float, str, str]] = []
+        self.failures: list[tuple[float, str, str]] = []  # (time, viewer, subject) for each member-failed
         self.messages = 0
         for i in range(self.n):
             self._make(f"n{i:03d}", f"10.0.{i // 250}.{i % 250 + 1}")
@@ -136,6 +144,8 @@ class Sim:
                 if not node.up or node.swim is not swim:
                     continue
                 self.messages += 1
+                if self.record:
+                    self.trace.append((self.now, f"{src}>{dst}", msg.hex()))
                 self._handle(node, node.swim.receive(self.now, (self.nodes[src].ip, PORT), msg))
                 self._reschedule(node)
             elif kind == "call":
@@ -164,7 +174,11 @@ class Sim:
                 self._push_pull(node, o.addr, o.join)
             elif isinstance(o, StreamPing):
                 self._stream_ping(node, o)
-        node.user_events.extend(e for e in node.serf.take_events() if isinstance(e, UserEvent))
+        for e in node.serf.take_events():
+            if isinstance(e, UserEvent):
+                node.user_events.append(e)
+            elif isinstance(e, MemberEvent) and e.kind == "member-failed":
+                self.failures.append((self.now, node.name, e.member.name))
 
     def _send(self, src: str, dst: str, msg: bytes) -> None:
         if not self._reachable(src, dst) or self.rng.random() < self.loss:
@@ -230,3 +244,32 @@ class Sim:
         """Every live node sees every live node alive."""
         live = self.live()
         return all(self.status(a.name, b.name) == Status.ALIVE for a in live for b in live)
+
+
+def converge_rounds(n: int, seed: int) -> tuple[float, int]:
+    """Gossip rounds for one new fact (a user event fired at one node) to reach all n nodes, and the messages
+    delivered meanwhile. The cluster starts converged (every node merged the full member list, nothing left
+    to gossip about members), the network loses nothing; log2(n) rounds is the ideal epidemic."""
+    sim = Sim(seed, n)
+    states = []
+    for node in sim.nodes.values():
+        node.swim.start(0.0)
+        me = node.swim.members[node.name]
+        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
+    for node in sim.nodes.values():
+        node.swim.merge_remote_state(0.0, states)
+        node.swim._queue.clear()  # converged: nothing left to say about members
+        node.serf.take_events()
+        sim._reschedule(node)
+    first = next(iter(sim.nodes.values()))
+    first.serf.user_event("fact", b"x", coalesce=False)
+    seen = {first.name}
+    start, messages = sim.now, sim.messages
+    step = sim.config.gossip_interval / 4
+    limit = 10 * math.log2(max(2, n)) * sim.config.gossip_interval + 10.0
+    while len(seen) < n and sim.now - start <= limit:
+        sim.run_until(sim.now + step)
+        seen.update(node.name for node in sim.nodes.values() if node.user_events)
+    if len(seen) < n:
+        raise AssertionError(f"seed {seed}: the fact reached {len(seen)} of {n} nodes in {limit:.0f} s")
+    return (sim.now - start) / sim.config.gossip_interval, sim.messages - messages

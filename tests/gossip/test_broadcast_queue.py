@@ -1,0 +1,128 @@
+"""Piggybacked dissemination (memberlist queue.go's TransmitLimitedQueue, as the SWIM core uses it).
+
+Each broadcast goes out at most retransmit_mult * ceil(log10(n + 1)) times; the least-transmitted go first
+and, among equals, the newest; a newer broadcast about the same member replaces the older one; a packet is
+filled to the byte budget. And, unlike memberlist (issue #299), the delegate's user broadcasts share every
+packet with membership news, so a storm of one never starves the other.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from meshagent.gossip import messages as m
+from meshagent.gossip.membership import FRAMING_RESERVE, SendPacket, Swim
+from meshagent.gossip.tunables import GossipConfig, retransmit_limit
+
+from tests.gossip.test_swim import PORT, Rec
+
+QUIET = replace(GossipConfig(), probe_interval=1e6, push_pull_interval=1e6, gossip_nodes=1)
+
+
+def alive(name: str, inc: int = 1, last: int = 9) -> m.Alive:
+    return m.Alive(inc, name, bytes([10, 0, 1, last]), PORT)
+
+
+def one_peer(config: GossipConfig = QUIET, rec: Rec | None = None) -> Swim:
+    """A node that knows one peer, with the news of that join already spread."""
+    swim = Swim(config, "me", bytes([10, 0, 0, 1]), PORT, rec or Rec(), random.Random(3))
+    swim.start(0.0)
+    swim.receive(0.0, ("10.0.0.2", PORT), m.encode(m.Alive(1, "peer", bytes([10, 0, 0, 2]), PORT)))
+    swim._queue.clear()
+    return swim
+
+
+def rounds(swim: Swim, count: int) -> list[list[m.Message]]:
+    """The messages of every packet sent over the next `count` gossip rounds (the only timer due)."""
+    out: list[list[m.Message]] = []
+    for _ in range(count):
+        for o in swim.tick(swim.next_deadline()):
+            if isinstance(o, SendPacket):
+                out.append([m.decode(x) for x in o.messages])
+    return out
+
+
+def test_each_broadcast_goes_out_retransmit_limit_times_then_is_dropped() -> None:
+    swim = one_peer()
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("news")))  # now 3 alive members
+    sent = [msg for packet in rounds(swim, 40) for msg in packet]
+    assert sent.count(alive("news")) == retransmit_limit(QUIET.retransmit_mult, 3) == 4
+
+
+def test_least_transmitted_first_and_newest_first_among_equals() -> None:
+    one = len(m.encode(alive("aaa")))
+    swim = one_peer(replace(QUIET, udp_buffer_size=FRAMING_RESERVE + 2 + one + 2))  # exactly one per packet
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("aaa", last=1)))
+    assert rounds(swim, 1) == [[alive("aaa", last=1)]]
+    swim.receive(1.3, ("10.0.0.2", PORT), m.encode(alive("bbb", last=2)))
+    swim.receive(1.3, ("10.0.0.2", PORT), m.encode(alive("ccc", last=3)))
+    order = [packet[0].node for packet in rounds(swim, 5)]  # type: ignore[union-attr]
+    assert order == ["ccc", "bbb", "ccc", "bbb", "aaa"]
+
+
+def test_a_newer_broadcast_about_a_member_replaces_the_older_one() -> None:
+    swim = one_peer()
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("x")))
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "x", "peer")))
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("y")))
+    sent = [msg for packet in rounds(swim, 1) for msg in packet]
+    assert m.Suspect(1, "x", "peer") in sent and alive("y") in sent and alive("x") not in sent
+
+
+def test_a_broadcast_too_big_for_what_is_left_is_skipped_not_blocking_smaller_ones() -> None:
+    small = len(m.encode(alive("s")))
+    big = alive("b" * 200)
+    swim = one_peer(replace(QUIET, udp_buffer_size=FRAMING_RESERVE + 2 + 2 * (small + 2) + 10))
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("s1", last=1)))
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(big))  # newest, so first in line, but does not fit
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("s2", last=2)))
+    packets = rounds(swim, 1)
+    assert packets == [[alive("s2", last=2), alive("s1", last=1)]]
+
+
+class UserQueue(Rec):
+    """A delegate with its own transmit-limited queue of user messages, as Serf has."""
+
+    def __init__(self, messages: list[bytes], limit: int) -> None:
+        super().__init__()
+        self.pending = {msg: 0 for msg in messages}
+        self.limit = limit
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        out, used = [], 0
+        for msg, sent in sorted(self.pending.items(), key=lambda kv: kv[1]):
+            if used + len(msg) + overhead > limit:
+                continue
+            out.append(msg)
+            used += len(msg) + overhead
+            self.pending[msg] = sent + 1
+        self.pending = {k: v for k, v in self.pending.items() if v < self.limit}
+        return out
+
+
+def test_a_user_broadcast_rides_in_every_packet_of_a_membership_storm_until_its_limit() -> None:
+    event = b"\x06user-event:deploy"
+    rec = UserQueue([event], limit=5)
+    swim = one_peer(replace(QUIET, gossip_nodes=3), rec)
+    for i in range(300):  # 300 joins at once: many packets' worth of membership news
+        swim.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Alive(1, f"joiner-{i:03d}-" + "x" * 24,
+                                                                bytes([10, 1, i // 250, i % 250 + 1]), PORT)))
+    packets = rounds(swim, 10)
+    assert len(packets) > 5
+    with_event = [i for i, p in enumerate(packets) if m.UserMsg(event) in p]
+    assert with_event == list(range(5))  # the first five packets, one copy each, despite the storm
+    assert all(sum(isinstance(x, m.Alive) for x in p) >= 10 for p in packets)  # and membership news flows
+    for p in packets:
+        assert 2 + sum(len(m.encode(x)) + 2 for x in p) <= QUIET.udp_buffer_size - FRAMING_RESERVE
+
+
+def test_a_storm_of_user_broadcasts_does_not_starve_membership_news() -> None:
+    rec = UserQueue([bytes([7]) + f"event-{i:04d}".encode() * 4 for i in range(500)], limit=4)
+    swim = one_peer(replace(QUIET, gossip_nodes=3), rec)
+    swim.receive(1.0, ("10.0.0.2", PORT), m.encode(alive("joiner")))
+    packets = rounds(swim, 2)
+    assert all(any(isinstance(x, m.UserMsg) for x in p) for p in packets)
+    assert sum(p.count(alive("joiner")) for p in packets) >= 3  # the join goes out in the storm's first packets
+    for p in packets:
+        assert 2 + sum(len(m.encode(x)) + 2 for x in p) <= QUIET.udp_buffer_size - FRAMING_RESERVE

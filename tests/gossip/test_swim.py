@@ -1,0 +1,486 @@
+"""The SWIM core driven by hand: two to four `Swim` objects, packets carried by a tiny in-memory wire.
+
+Each test states the memberlist rule it checks (state.go: aliveNode, suspectNode, deadNode, refute,
+probeNode, mergeState; memberlist.go: Leave, UpdateNode). Four of them
+(ping + suspect to a suspect target, awareness on every refutation, update_meta, the LOCAL profile) found
+differences from memberlist that are now fixed.
+"""
+
+# ruff: noqa: RUF059 -- tests unpack a whole cluster so that every node has a name, used or not
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from meshagent.gossip import messages as m
+from meshagent.gossip.delegate import MemberInfo
+from meshagent.gossip.membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes
+from meshagent.gossip.messages import NodeState
+from meshagent.gossip.tunables import GossipConfig, suspicion_timeout
+
+CFG = GossipConfig()
+PORT = 8301
+
+
+@dataclass
+class Rec:
+    """A delegate that records every notification (kind, member name, state)."""
+
+    meta: bytes = b""
+    events: list[tuple[str, str, NodeState]] = field(default_factory=list)
+    user: list[bytes] = field(default_factory=list)
+
+    def node_meta(self, limit: int) -> bytes:
+        return self.meta
+
+    def notify_msg(self, now: float, payload: bytes) -> None:
+        self.user.append(payload)
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        return []
+
+    def local_state(self, join: bool) -> bytes:
+        return b""
+
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
+        pass
+
+    def notify_join(self, now: float, member: MemberInfo) -> None:
+        self.events.append(("join", member.name, member.state))
+
+    def notify_leave(self, now: float, member: MemberInfo) -> None:
+        self.events.append(("leave", member.name, member.state))
+
+    def notify_update(self, now: float, member: MemberInfo) -> None:
+        self.events.append(("update", member.name, member.state))
+
+    def about(self, name: str) -> list[tuple[str, NodeState]]:
+        return [(kind, state) for kind, who, state in self.events if who == name]
+
+
+class Net:
+    """Swim objects by address; carries SendPackets at once (in order) unless the destination is cut off."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[str, int], Swim] = {}
+        self.down: set[str] = set()
+        self.sent: list[tuple[str, str, m.Message]] = []  # (from, to, message) for every delivered message
+        self.other: list[Output] = []  # PushPull / StreamPing outputs, for the test to inspect
+
+    def add(self, name: str, last: int, now: float = 0.0, meta: bytes = b"") -> tuple[Swim, Rec]:
+        rec = Rec(meta)
+        swim = Swim(CFG, name, bytes([10, 0, 0, last]), PORT, rec, random.Random(last))
+        swim.start(now)
+        self.nodes[(f"10.0.0.{last}", PORT)] = swim
+        return swim, rec
+
+    def addr(self, swim: Swim) -> tuple[str, int]:
+        return next(a for a, s in self.nodes.items() if s is swim)
+
+    def run(self, now: float, src: Swim, outs: list[Output]) -> None:
+        """Deliver `outs` from `src` and everything they provoke, breadth first."""
+        pending = [(src, o) for o in outs]
+        while pending:
+            sender, o = pending.pop(0)
+            if not isinstance(o, SendPacket):
+                self.other.append(o)
+                continue
+            dst = self.nodes.get(o.addr)
+            if dst is None or dst.name in self.down or sender.name in self.down:
+                continue
+            for raw in o.messages:
+                self.sent.append((sender.name, dst.name, m.decode(raw)))
+                pending.extend((dst, x) for x in dst.receive(now, self.addr(sender), raw))
+
+    def push_pull(self, now: float, a: Swim, b: Swim, join: bool) -> None:
+        """The TCP exchange the runtime performs for a PushPull output, done in place."""
+        mine, theirs = a.local_push_pull_state(), b.local_push_pull_state()
+        self.run(now, b, b.merge_remote_state(now, mine))
+        self.run(now, a, a.merge_remote_state(now, theirs))
+
+    def tick(self, now: float, *swims: Swim) -> None:
+        for swim in swims or tuple(self.nodes.values()):
+            if swim.name not in self.down:
+                self.run(now, swim, swim.tick(now))
+
+
+def cluster(n: int) -> tuple[Net, list[Swim], list[Rec]]:
+    """n nodes that all joined node 0 and exchanged full state: everyone alive everywhere."""
+    net = Net()
+    pairs = [net.add(f"n{i}", i + 1) for i in range(n)]
+    swims, recs = [p[0] for p in pairs], [p[1] for p in pairs]
+    for s in swims[1:]:
+        net.push_pull(0.0, s, swims[0], True)
+    for s in swims[1:]:
+        net.push_pull(0.0, s, swims[0], False)
+    for s in swims:
+        assert {x.name: x.state for x in s.member_list()} == {x.name: NodeState.ALIVE for x in swims}
+    return net, swims, recs
+
+
+def state(viewer: Swim, name: str) -> NodeState | None:
+    mem = viewer.members.get(name)
+    return mem.state if mem else None
+
+
+def probe_round(net: Net, swim: Swim, now: float) -> tuple[str, int]:
+    """Let `swim` start its next probe at `now`; return (target name, sequence number)."""
+    outs = swim.tick(now)
+    pings = [(o, m.decode(o.messages[0])) for o in outs if isinstance(o, SendPacket)
+             and m.decode(o.messages[0]).TYPE == m.MessageType.PING]
+    assert len(pings) == 1, outs
+    ping = pings[0][1]
+    assert isinstance(ping, m.Ping)
+    return ping.node, ping.seq_no
+
+
+# ---------------------------------------------------------------------------------------------- start / join
+
+
+def test_start_makes_us_alive_at_incarnation_one_and_notifies_our_own_join() -> None:
+    net = Net()
+    a, rec = net.add("a", 1, meta=b"tags")
+    assert [(x.name, x.state, x.incarnation, x.meta) for x in a.member_list()] == [("a", NodeState.ALIVE, 1, b"tags")]
+    assert rec.events == [("join", "a", NodeState.ALIVE)]  # memberlist's setAlive notifies the local join too
+    assert a.num_alive() == 1 and a.health_score() == 0
+    assert a.next_deadline() == pytest.approx(CFG.gossip_interval)  # the earliest periodic timer
+
+
+def test_join_asks_for_a_push_pull_with_every_seed_and_the_exchange_makes_both_alive() -> None:
+    net = Net()
+    a, ra = net.add("a", 1)
+    b, rb = net.add("b", 2)
+    assert a.join([("10.0.0.2", PORT), ("10.0.0.3", PORT)]) == [PushPull(("10.0.0.2", PORT), True),
+                                                                PushPull(("10.0.0.3", PORT), True)]
+    net.push_pull(0.1, a, b, True)
+    assert state(a, "b") == state(b, "a") == NodeState.ALIVE
+    assert ra.about("b") == [("join", NodeState.ALIVE)] and rb.about("a") == [("join", NodeState.ALIVE)]
+    net.push_pull(0.2, a, b, False)  # a second exchange changes nothing and notifies nothing
+    assert ra.about("b") == [("join", NodeState.ALIVE)] and rb.about("a") == [("join", NodeState.ALIVE)]
+
+
+def test_a_new_alive_is_gossiped_onwards() -> None:
+    net, (a, b, c), _ = cluster(3)
+    d, _ = net.add("d", 4)
+    net.push_pull(1.0, d, a, True)
+    net.tick(1.2, a)  # a gossips the news about d to the others
+    assert state(b, "d") == state(c, "d") == NodeState.ALIVE
+
+
+# ---------------------------------------------------------------------------------------------- probes
+
+
+def test_a_ping_is_acked_with_its_sequence_number_to_the_source_address() -> None:
+    net, (a, b), _ = cluster(2)
+    ping = m.Ping(77, "n1", ip_bytes("10.0.0.9"), 9999, "a")
+    outs = b.receive(1.0, ("10.0.0.1", PORT), m.encode(ping))
+    assert len(outs) == 1 and isinstance(outs[0], SendPacket)
+    assert outs[0].addr == ("10.0.0.9", 9999)  # SourceAddr/SourcePort win over the packet's source
+    assert m.decode(outs[0].messages[0]) == m.AckResp(77, b"")
+
+
+def test_a_ping_for_another_node_name_is_ignored() -> None:
+    """Our address may have belonged to another node: a probe meant for it must not be acked by us."""
+    net, (a, b), _ = cluster(2)
+    assert b.receive(1.0, ("10.0.0.1", PORT), m.encode(m.Ping(5, "someone-else"))) == []
+
+
+def test_probe_targets_go_round_robin_over_a_shuffled_list_skipping_the_dead() -> None:
+    net, swims, _ = cluster(6)
+    a = swims[0]
+    net.down.add("n5")
+    a.members["n5"].state = NodeState.DEAD  # as if declared dead earlier: never probed
+    now, seen = 0.0, []
+    for _ in range(8):
+        now += CFG.probe_interval
+        target, _ = probe_round(net, a, now)
+        seen.append(target)
+        a._probe = None  # the probe goes unanswered; end it quietly so suspicion stays out of this test
+    others = {"n1", "n2", "n3", "n4"}
+    assert set(seen[:4]) == others and set(seen[4:]) == others  # each pass covers everyone once
+
+
+def test_an_acked_probe_ends_without_suspicion() -> None:
+    net, (a, b, c), _ = cluster(3)
+    outs = a.tick(1.0)
+    net.run(1.0, a, outs)
+    net.tick(1.6, a)
+    net.tick(2.0, a)
+    assert all(state(a, x) == NodeState.ALIVE for x in ("n1", "n2"))
+    assert not any(isinstance(msg, m.IndirectPing) for _, _, msg in net.sent)
+
+
+def test_a_missed_ack_sends_indirect_pings_asking_for_nacks_and_a_tcp_ping() -> None:
+    net, swims, _ = cluster(5)
+    a = swims[0]
+    target, seq = probe_round(net, a, 1.0)
+    outs = a.tick(1.0 + CFG.probe_timeout)
+    indirect = [(o.addr, m.decode(o.messages[0])) for o in outs if isinstance(o, SendPacket)]
+    assert len(indirect) == CFG.indirect_checks  # three of the four others, never the target
+    for addr, msg in indirect:
+        assert isinstance(msg, m.IndirectPing)
+        assert (msg.seq_no, msg.node, msg.nack, msg.source_node) == (seq, target, True, "n0")
+        assert net.nodes[addr].name not in ("n0", target)
+    tcp = [o for o in outs if isinstance(o, StreamPing)]
+    assert len(tcp) == 1 and tcp[0].seq_no == seq
+    assert tcp[0].addr == net.addr(next(s for s in swims if s.name == target))
+    assert m.decode(tcp[0].ping) == m.Ping(seq, target, ip_bytes("10.0.0.1"), PORT, "n0")
+
+
+def test_an_indirect_ack_is_relayed_and_the_probe_succeeds() -> None:
+    net, swims, _ = cluster(4)
+    a = swims[0]
+    target, seq = probe_round(net, a, 1.0)  # the direct ping is lost
+    net.run(1.5, a, a.tick(1.5))  # indirect pings go out and are answered through the helpers
+    relayed = [msg for src, dst, msg in net.sent if dst == "n0" and isinstance(msg, m.AckResp)]
+    assert relayed and all(x.seq_no == seq for x in relayed)
+    net.tick(2.0, a)
+    assert state(a, target) == NodeState.ALIVE
+
+
+def test_a_helper_sends_a_nack_when_the_target_stays_silent() -> None:
+    net, (a, b, c), _ = cluster(3)
+    net.down.add("n2")
+    req = m.IndirectPing(9, ip_bytes("10.0.0.3"), PORT, "n2", True, ip_bytes("10.0.0.1"), PORT, "a")
+    outs = b.receive(1.0, ("10.0.0.1", PORT), m.encode(req))
+    assert [m.decode(o.messages[0]).TYPE for o in outs if isinstance(o, SendPacket)] == [m.MessageType.PING]
+    assert b.next_deadline() <= 1.0 + CFG.probe_timeout
+    nacks = [o for o in b.tick(1.0 + CFG.probe_timeout) if isinstance(o, SendPacket) and o.addr == ("10.0.0.1", PORT)]
+    assert [m.decode(o.messages[0]) for o in nacks] == [m.NackResp(9)]
+
+
+def test_a_tcp_fallback_ack_saves_the_probe() -> None:
+    net, (a, b, c), _ = cluster(3)
+    net.down.update({"n1", "n2"})  # UDP dead both ways; only TCP gets through
+    target, seq = probe_round(net, a, 1.0)
+    a.tick(1.5)
+    a.stream_ping_result(1.6, seq, True)
+    a.tick(2.0)
+    assert state(a, target) == NodeState.ALIVE
+
+
+def test_a_failed_probe_suspects_and_the_suspicion_ends_in_dead() -> None:
+    net, (a, b), (ra, _) = cluster(2)
+    net.down.add("n1")
+    target, seq = probe_round(net, a, 1.0)
+    a.tick(1.5)
+    a.stream_ping_result(1.6, seq, False)
+    a.tick(2.0)
+    assert state(a, "n1") == NodeState.SUSPECT
+    assert ra.about("n1") == [("join", NodeState.ALIVE)]  # suspect is not a leave
+    # Two members, so k = 0: the minimum timeout applies at once (suspicionNode's n - 2 < k rule).
+    timeout = suspicion_timeout(CFG.suspicion_mult, 2, CFG.probe_interval)
+    a.tick(2.0 + timeout - 0.01)
+    assert state(a, "n1") == NodeState.SUSPECT
+    a.tick(2.0 + timeout)
+    assert state(a, "n1") == NodeState.DEAD
+    assert ra.about("n1") == [("join", NodeState.ALIVE), ("leave", NodeState.DEAD)]
+
+
+def test_a_probe_of_a_suspect_node_carries_the_suspicion_so_it_can_refute() -> None:
+    net, swims, _ = cluster(2)
+    a = swims[0]
+    a.receive(0.5, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "n1", "x")))
+    a._queue.clear()  # drop what is queued, so only the probe itself could carry the suspicion
+    outs = a.tick(1.0)
+    probe = next(o for o in outs if isinstance(o, SendPacket) and o.addr == ("10.0.0.2", PORT))
+    assert any(isinstance(m.decode(x), m.Suspect) for x in probe.messages)
+
+
+# ---------------------------------------------------------------------------------------------- alive rules
+
+
+def test_alive_needs_a_newer_incarnation_and_meta_changes_notify_update() -> None:
+    net, (a, b), (ra, _) = cluster(2)
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Alive(1, "n1", ip_bytes("10.0.0.2"), PORT, b"new")))
+    assert a.members["n1"].meta == b""  # same incarnation: ignored
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Alive(2, "n1", ip_bytes("10.0.0.2"), PORT, b"new")))
+    assert (a.members["n1"].meta, a.members["n1"].incarnation) == (b"new", 2)
+    assert ra.about("n1") == [("join", NodeState.ALIVE), ("update", NodeState.ALIVE)]
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Alive(3, "n1", ip_bytes("10.0.0.2"), PORT, b"new")))
+    assert len(ra.about("n1")) == 2  # a newer incarnation with the same meta notifies nothing
+
+
+def test_an_alive_from_another_address_is_a_conflict_unless_the_old_owner_left() -> None:
+    net, (a, b), (ra, _) = cluster(2)
+    a.receive(1.0, ("10.0.0.9", PORT), m.encode(m.Alive(5, "n1", ip_bytes("10.0.0.9"), PORT)))
+    assert (a.members["n1"].addr, a.members["n1"].incarnation) == (ip_bytes("10.0.0.2"), 1)
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Dead(1, "n1", "n1")))  # n1 leaves
+    a.receive(2.0, ("10.0.0.9", PORT), m.encode(m.Alive(1, "n1", ip_bytes("10.0.0.9"), PORT)))
+    assert (a.members["n1"].addr, a.members["n1"].state) == (ip_bytes("10.0.0.9"), NodeState.ALIVE)
+    assert ra.about("n1")[-2:] == [("leave", NodeState.LEFT), ("join", NodeState.ALIVE)]
+
+
+def test_alive_clears_a_suspicion_and_a_dead_member_can_come_back() -> None:
+    net, (a, b, c), (ra, _, _) = cluster(3)
+    a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n1", "n2")))
+    assert state(a, "n1") == NodeState.SUSPECT
+    a.receive(1.1, ("10.0.0.2", PORT), m.encode(m.Alive(2, "n1", ip_bytes("10.0.0.2"), PORT)))
+    assert state(a, "n1") == NodeState.ALIVE
+    a.tick(100.0)  # the old suspicion timer is gone: nothing turns n1 dead
+    assert state(a, "n1") == NodeState.ALIVE
+    a.receive(101.0, ("10.0.0.3", PORT), m.encode(m.Dead(2, "n1", "n2")))
+    a.receive(102.0, ("10.0.0.2", PORT), m.encode(m.Alive(3, "n1", ip_bytes("10.0.0.2"), PORT)))
+    assert ra.about("n1") == [("join", NodeState.ALIVE), ("leave", NodeState.DEAD), ("join", NodeState.ALIVE)]
+
+
+# ---------------------------------------------------------------------------------------------- suspect / dead
+
+
+def test_suspect_and_dead_with_an_old_incarnation_are_ignored() -> None:
+    net, (a, b), _ = cluster(2)
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Alive(4, "n1", ip_bytes("10.0.0.2"), PORT)))
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Suspect(3, "n1", "x")))
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Dead(3, "n1", "x")))
+    assert state(a, "n1") == NodeState.ALIVE
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "nobody", "x")))  # unknown: ignored
+    assert "nobody" not in a.members
+
+
+def test_dead_from_the_node_itself_is_left_and_from_others_is_dead() -> None:
+    net, (a, b, c), (ra, _, _) = cluster(3)
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Dead(1, "n1", "n1")))
+    a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Dead(1, "n2", "n1")))
+    assert (state(a, "n1"), state(a, "n2")) == (NodeState.LEFT, NodeState.DEAD)
+    assert ra.about("n1")[-1] == ("leave", NodeState.LEFT) and ra.about("n2")[-1] == ("leave", NodeState.DEAD)
+    a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Dead(1, "n1", "n2")))
+    assert state(a, "n1") == NodeState.LEFT and len(ra.about("n1")) == 2  # already gone: nothing changes
+
+
+def test_suspicion_about_ourselves_is_refuted_past_the_accusers_incarnation() -> None:
+    net, (a, b), _ = cluster(2)
+    b.receive(1.0, ("10.0.0.1", PORT), m.encode(m.Suspect(7, "n1", "n0")))
+    assert state(b, "n1") == NodeState.ALIVE and b.members["n1"].incarnation == 8
+    net.tick(1.2, b)  # the refutation is gossiped
+    assert (state(a, "n1"), a.members["n1"].incarnation) == (NodeState.ALIVE, 8)
+
+
+def test_dead_about_ourselves_is_refuted_unless_we_are_leaving() -> None:
+    net, (a, b), (_, rb) = cluster(2)
+    b.receive(1.0, ("10.0.0.1", PORT), m.encode(m.Dead(3, "n1", "n0")))
+    assert state(b, "n1") == NodeState.ALIVE and b.members["n1"].incarnation == 4
+    assert rb.about("n1") == [("join", NodeState.ALIVE)]
+
+
+def test_refuting_a_dead_message_lowers_our_health() -> None:
+    net, (a, b), _ = cluster(2)
+    b.receive(1.0, ("10.0.0.1", PORT), m.encode(m.Dead(3, "n1", "n0")))
+    assert b.health_score() == 1
+
+
+def test_suspicion_confirmations_are_regossiped_once_per_new_accuser() -> None:
+    net, swims, _ = cluster(6)
+    a = swims[0]
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "n5", "n1")))
+    a._queue.clear()
+    a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n5", "n2")))
+    a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n5", "n2")))  # a duplicate is no confirmation
+    assert [m.decode(b.msg) for b in a._queue] == [m.Suspect(1, "n5", "n2")]
+
+
+# ---------------------------------------------------------------------------------------------- push-pull merge
+
+
+def test_merge_trusts_alive_and_left_but_only_suspects_a_remote_dead() -> None:
+    net, (a, b, c, d), (ra, _, _, _) = cluster(4)
+    remote = [m.PushNodeState("n1", ip_bytes("10.0.0.2"), PORT, b"", 1, NodeState.DEAD),
+              m.PushNodeState("n2", ip_bytes("10.0.0.3"), PORT, b"", 1, NodeState.LEFT),
+              m.PushNodeState("n3", ip_bytes("10.0.0.4"), PORT, b"", 1, NodeState.SUSPECT),
+              m.PushNodeState("n9", ip_bytes("10.0.0.10"), PORT, b"m", 3, NodeState.ALIVE)]
+    a.merge_remote_state(1.0, remote)
+    assert [state(a, x) for x in ("n1", "n2", "n3", "n9")] == [NodeState.SUSPECT, NodeState.LEFT,
+                                                             NodeState.SUSPECT, NodeState.ALIVE]
+    assert ra.about("n9") == [("join", NodeState.ALIVE)] and ra.about("n2")[-1] == ("leave", NodeState.LEFT)
+    # A left member stays left when a later exchange says it is dead.
+    a.merge_remote_state(2.0, [m.PushNodeState("n2", ip_bytes("10.0.0.3"), PORT, b"", 1, NodeState.DEAD)])
+    assert state(a, "n2") == NodeState.LEFT
+
+
+def test_a_restarted_node_starts_at_incarnation_one_and_refutes_the_old_view() -> None:
+    net, (a, b), _ = cluster(2)
+    b.receive(1.0, ("10.0.0.1", PORT), m.encode(m.Suspect(5, "n1", "n0")))  # n1 at incarnation 6 now
+    net.tick(1.2, b)
+    assert a.members["n1"].incarnation == 6
+    net.down.add("n1")
+    fresh = Swim(CFG, "n1", ip_bytes("10.0.0.2"), PORT, Rec(), random.Random(9))
+    fresh.start(50.0)
+    assert fresh.members["n1"].incarnation == 1
+    net.nodes[("10.0.0.2", PORT)] = fresh
+    net.down.discard("n1")
+    net.push_pull(50.0, fresh, a, True)  # a's view says n1 is alive at 6: the fresh process outbids it
+    assert fresh.members["n1"].incarnation == 7
+    net.tick(50.2, fresh)
+    assert (a.members["n1"].incarnation, state(a, "n1")) == (7, NodeState.ALIVE)
+
+
+# ---------------------------------------------------------------------------------------------- leave, meta
+
+
+def test_leave_broadcasts_our_own_dead_and_reports_when_it_has_gone_out() -> None:
+    net, (a, b, c), (ra, rb, _) = cluster(3)
+    outs = a.leave(5.0)
+    assert state(a, "n0") == NodeState.LEFT and ra.about("n0")[-1] == ("leave", NodeState.LEFT)
+    sent = [m.decode(x) for o in outs if isinstance(o, SendPacket) for x in o.messages]
+    assert m.Dead(1, "n0", "n0") in sent
+    net.run(5.0, a, outs)
+    assert state(b, "n0") == NodeState.LEFT and rb.about("n0")[-1] == ("leave", NodeState.LEFT)
+    for i in range(1, 20):
+        if a.leave_sent():
+            break
+        net.tick(5.0 + i * CFG.gossip_interval, a)
+    assert a.leave_sent()
+    # An alive about us still in flight must not bring us back.
+    a.receive(9.0, ("10.0.0.2", PORT), m.encode(m.Alive(9, "n0", ip_bytes("10.0.0.1"), PORT)))
+    assert state(a, "n0") == NodeState.LEFT
+
+
+def test_leave_alone_is_sent_at_once() -> None:
+    net = Net()
+    a, _ = net.add("a", 1)
+    a.leave(1.0)
+    assert a.leave_sent()
+
+
+def test_update_meta_announces_the_new_meta_at_the_next_incarnation() -> None:
+    net, (a, b), (_, rb) = cluster(2)
+    a.delegate.meta = b"v2"  # type: ignore[attr-defined]
+    a.update_meta(2.0)
+    assert (a.members["n0"].meta, a.members["n0"].incarnation) == (b"v2", 2)
+    net.tick(2.2, a)
+    assert (b.members["n0"].meta, b.members["n0"].incarnation) == (b"v2", 2)
+    assert rb.about("n0")[-1] == ("update", NodeState.ALIVE)
+
+
+# ---------------------------------------------------------------------------------------------- packets
+
+
+def test_every_packet_fits_the_udp_buffer_and_the_compound_limit() -> None:
+    net, (a, b), _ = cluster(2)
+    for i in range(400):  # far more news than one packet carries
+        a.receive(0.5, ("10.0.0.2", PORT), m.encode(m.Alive(1, f"member-{i:04d}-" + "x" * (i % 40),
+                                                             bytes([10, 1, i // 250, i % 250 + 1]), PORT)))
+    now = 0.5
+    packets: list[SendPacket] = []
+    for _ in range(30):
+        now += CFG.gossip_interval
+        packets += [o for o in a.tick(now) if isinstance(o, SendPacket)]
+    packets += [o for o in b.receive(now, ("10.0.0.1", PORT), m.encode(m.Ping(1, "n1")))
+                if isinstance(o, SendPacket)]
+    assert len(packets) > 10
+    for p in packets:
+        assert 1 <= len(p.messages) <= 127
+        assert 2 + sum(len(x) + 2 for x in p.messages) <= CFG.udp_buffer_size
+
+
+def test_user_messages_reach_the_delegate_without_the_type_byte() -> None:
+    net, (a, b), (ra, _) = cluster(2)
+    a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.UserMsg(b"\x05hello")))
+    assert ra.user == [b"\x05hello"]
+
+
+def test_a_malformed_message_raises_message_error() -> None:
+    net, (a, b), _ = cluster(2)
+    with pytest.raises(m.MessageError):
+        a.receive(1.0, ("10.0.0.2", PORT), b"\x04\xc1")
