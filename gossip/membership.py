@@ -76,7 +76,7 @@ class Member:
 
     @property
     def address(self) -> Address:
-        return _ip(self.addr), self.port
+        return ip_text(self.addr), self.port
 
     def info(self) -> MemberInfo:
         return MemberInfo(self.name, self.addr, self.port, self.meta, self.incarnation, self.state, self.vsn)
@@ -87,7 +87,8 @@ def _overhead(parts: int) -> int:
     return 2 + 2 * parts
 
 
-def _ip(addr: bytes) -> str:
+def ip_text(addr: bytes) -> str:
+    """An address from the wire's raw bytes, as text."""
     return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
 
 
@@ -279,14 +280,14 @@ class Swim:
         if isinstance(msg, m.Ping):
             if msg.node and msg.node != self.name:
                 return out  # meant for a previous owner of our address
-            dest = (_ip(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
+            dest = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
             out.append(self._send(dest, m.encode(m.AckResp(msg.seq_no, b""))))
         elif isinstance(msg, m.IndirectPing):
             seq = self._next_seq()
-            requester = (_ip(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
+            requester = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
             self._relays[seq] = _Relay(requester, msg.seq_no, now + self.config.probe_timeout, msg.nack)
             ping = m.Ping(seq, msg.node, self.addr, self.port, self.name)
-            out.append(self._send((_ip(msg.target), msg.port), m.encode(ping)))
+            out.append(self._send((ip_text(msg.target), msg.port), m.encode(ping)))
         elif isinstance(msg, m.AckResp):
             out.extend(self._on_ack(now, msg.seq_no))
         elif isinstance(msg, m.NackResp):

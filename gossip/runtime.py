@@ -20,12 +20,10 @@ import trio
 from . import messages as m
 from . import serf_messages as sm
 from .keyring import Keyring, save_keyring_file
-from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes
+from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes, ip_text
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
-from .wire import (
-    PushPull as ReceivedPushPull,
-)
+from .wire import PushPull as ReceivedPushPull
 from .wire import (
     StreamReader,
     WireError,
@@ -121,7 +119,7 @@ class GossipAgent:
             await trio.sleep(RECONNECT_INTERVAL)
             member = self.serf.reconnect_candidate()
             if member is not None:
-                await self._push_pull_quietly((_ip(member.addr), member.port), True)
+                await self._push_pull_quietly((ip_text(member.addr), member.port), True)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -192,7 +190,7 @@ class GossipAgent:
         for reply in self.serf.replies:
             # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
             data = pack_packet([bytes([m.MessageType.USER]) + reply.message], keyring=self._keyring_out)
-            self._send(data, (_ip(reply.addr), reply.port))
+            self._send(data, (ip_text(reply.addr), reply.port))
         self.serf.replies.clear()
         if self.serf.keyring_changed and self._nursery is not None:
             self.serf.keyring_changed = False
@@ -392,18 +390,16 @@ class GossipAgent:
         out = []
         for mem in self.serf.members.values():
             vsn = list(mem.vsn) + [0] * (6 - len(mem.vsn))
-            out.append({"Name": mem.name, "Addr": _ip(mem.addr), "Port": mem.port, "Tags": dict(mem.tags),
+            out.append({"Name": mem.name, "Addr": ip_text(mem.addr), "Port": mem.port, "Tags": dict(mem.tags),
                         "Status": int(mem.status), "ProtocolMin": vsn[0], "ProtocolMax": vsn[1],
                         "ProtocolCur": vsn[2], "DelegateMin": vsn[3], "DelegateMax": vsn[4], "DelegateCur": vsn[5]})
         return out
 
 
-def _ip(addr: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
 
 
 def _describe(event: SerfEvent) -> str:
     member = getattr(event, "member", None)
     if member is not None:
-        return f"{getattr(event, 'kind', '')}: {member.name} {_ip(member.addr)}"
+        return f"{getattr(event, 'kind', '')}: {member.name} {ip_text(member.addr)}"
     return f"user event {getattr(event, 'name', '')}"

@@ -23,7 +23,6 @@ from .messages import MessageError, NodeState
 RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval: how often to try one failed member again
 EVENT_BUFFER = 512  # Serf's EventBuffer: recent user events remembered per Lamport time slot
 MAX_USER_EVENT = 512  # Serf's UserEventSizeLimit
-TAG_MAGIC = 255
 
 
 class SerfType(IntEnum):
@@ -111,25 +110,14 @@ SerfEvent = MemberEvent | UserEvent
 KEY_QUERIES = {sm.INSTALL_KEY_QUERY, sm.USE_KEY_QUERY, sm.REMOVE_KEY_QUERY, sm.LIST_KEYS_QUERY}
 
 
-def encode_tags(tags: dict[str, str]) -> bytes:
-    """Tags in node meta: Serf's magic byte, then a msgpack map."""
-    packed: bytes = msgpack.packb(dict(sorted(tags.items())), use_bin_type=False)
-    return bytes([TAG_MAGIC]) + packed
-
-
-def decode_tags(meta: bytes) -> dict[str, str]:
-    """Tags from node meta; a meta without the magic byte is a legacy role name."""
+def member_tags(meta: bytes) -> dict[str, str]:
+    """A member's tags from its node meta; garbage from a peer gives no tags rather than an error."""
     if not meta:
         return {}
-    if meta[0] != TAG_MAGIC:
-        return {"role": meta.decode("utf-8", "replace")}
     try:
-        raw = msgpack.unpackb(meta[1:], raw=True, strict_map_key=False)
-    except Exception:  # garbage from a peer must not hurt us
+        return sm.decode_tags(meta)
+    except MessageError:
         return {}
-    if not isinstance(raw, dict):
-        return {}
-    return {_s(k): _s(v) for k, v in raw.items() if isinstance(k, bytes | str) and isinstance(v, bytes | str)}
 
 
 def _s(v: Any) -> str:
@@ -296,7 +284,7 @@ class Serf:
     # ------------------------------------------------------------------------------------------ Delegate
 
     def node_meta(self, limit: int) -> bytes:
-        meta = encode_tags(self.tags)
+        meta = sm.encode_tags(self.tags)
         if len(meta) > limit:
             raise ValueError(f"encoded tags are {len(meta)} bytes, over the {limit}-byte limit")
         return meta
@@ -400,7 +388,7 @@ class Serf:
             self.bad_messages += 1
 
     def notify_join(self, now: float, member: MemberInfo) -> None:
-        tags = decode_tags(member.meta)
+        tags = member_tags(member.meta)
         mem = self.members.get(member.name)
         if mem is None:
             mem = SerfMember(member.name, member.addr, member.port, tags, Status.ALIVE, member.vsn)
@@ -435,7 +423,7 @@ class Serf:
         mem = self.members.get(member.name)
         if mem is None:
             return
-        mem.addr, mem.port, mem.tags = member.addr, member.port, decode_tags(member.meta)
+        mem.addr, mem.port, mem.tags = member.addr, member.port, member_tags(member.meta)
         self.events.append(MemberEvent("member-update", mem))
 
     # ------------------------------------------------------------------------------------------ intents
