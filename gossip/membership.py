@@ -348,10 +348,6 @@ class Swim:
         interval = self._scale(self.config.probe_interval)
         self._probe = _Probe(target.name, seq, now + self._scale(self.config.probe_timeout), now + interval)
         ping = m.encode(m.Ping(seq, target.name, self.addr, self.port, self.name))
-        if target.state != NodeState.ALIVE:
-            # A suspect target gets the accusation with the ping, so it can refute as soon as it hears us.
-            suspect = m.encode(m.Suspect(target.incarnation, target.name, self.name))
-            return [SendPacket(target.address, [ping, suspect], self._wants_crc(target))]
         return [self._send(target.address, ping, target)]
 
     def _next_probe_target(self) -> Member | None:
