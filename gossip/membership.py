@@ -13,9 +13,9 @@ incarnation numbers and refutation, piggybacked dissemination with a retransmit 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
-import socket
 from dataclasses import dataclass, field
 
 from . import messages as m
@@ -88,16 +88,16 @@ def _overhead(parts: int) -> int:
 
 
 def ip_text(addr: bytes) -> str:
-    """An address from the wire's raw bytes, as text."""
-    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+    """An address from the wire's raw bytes, as text; MessageError unless 4 or 16 bytes."""
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        raise m.MessageError(f"an address must be 4 or 16 bytes, got {len(addr)}") from None
 
 
 def ip_bytes(ip: str) -> bytes:
     """An address as memberlist puts it on the wire (4 or 16 raw bytes)."""
-    try:
-        return socket.inet_pton(socket.AF_INET, ip)
-    except OSError:
-        return socket.inet_pton(socket.AF_INET6, ip)
+    return ipaddress.ip_address(ip).packed
 
 
 class Suspicion:
@@ -323,10 +323,6 @@ class Swim:
                 # Never trust a remote dead outright: suspect it and let the probes decide.
                 self._suspect(now, m.Suspect(r.incarnation, r.name, self.name))
         return []
-
-    def queue_user_broadcast(self, msg: bytes) -> None:
-        """Queue a delegate message (memberlist user message, type byte included) for piggybacking."""
-        self._queue_broadcast(None, msg)
 
     # ------------------------------------------------------------------------------------------ probing
 

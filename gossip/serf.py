@@ -10,10 +10,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Any
-
-import msgpack
 
 from . import serf_messages as sm
 from .delegate import MemberInfo
@@ -25,29 +21,8 @@ EVENT_BUFFER = 512  # Serf's EventBuffer: recent user events remembered per Lamp
 MAX_USER_EVENT = 512  # Serf's UserEventSizeLimit
 
 
-class SerfType(IntEnum):
-    """Serf's message type byte (messages.go)."""
-
-    LEAVE = 0
-    JOIN = 1
-    PUSH_PULL = 2
-    USER_EVENT = 3
-    QUERY = 4
-    QUERY_RESPONSE = 5
-    CONFLICT_RESPONSE = 6
-    KEY_REQUEST = 7
-    KEY_RESPONSE = 8
-    RELAY = 9
-
-
-class Status(IntEnum):
-    """Serf's member status, as Consul's /v1/agent/members reports it."""
-
-    NONE = 0
-    ALIVE = 1
-    LEAVING = 2
-    LEFT = 3
-    FAILED = 4
+Status = sm.MemberStatus  # Serf's member status, as Consul's /v1/agent/members reports it
+SerfType = sm.SerfMessageType
 
 
 class LamportClock:
@@ -120,56 +95,6 @@ def member_tags(meta: bytes) -> dict[str, str]:
         return {}
 
 
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def encode(kind: SerfType, body: dict[str, Any]) -> bytes:
-    """One Serf message: type byte + go-msgpack map."""
-    packed: bytes = msgpack.packb(body, use_bin_type=False)
-    return bytes([kind]) + packed
-
-
-def decode(data: bytes) -> tuple[SerfType, dict[str, Any]]:
-    """A Serf message's type and its map with str keys (values left raw); MessageError when malformed."""
-    if not data:
-        raise MessageError("empty serf message")
-    try:
-        kind = SerfType(data[0])
-    except ValueError:
-        raise MessageError(f"unknown serf message type {data[0]}") from None
-    try:
-        raw = msgpack.unpackb(data[1:], raw=True, strict_map_key=False)
-    except Exception as exc:
-        raise MessageError(f"bad serf message: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise MessageError("serf message body is not a map")
-    return kind, {_s(k): v for k, v in raw.items()}
-
-
-def _uint(body: dict[str, Any], key: str) -> int:
-    v = body.get(key, 0)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise MessageError(f"serf field {key} must be an unsigned integer")
-    return v
-
-
-def _text(body: dict[str, Any], key: str) -> str:
-    v = body.get(key, b"")
-    if not isinstance(v, bytes | str):
-        raise MessageError(f"serf field {key} must be a string")
-    return _s(v)
-
-
-def _raw(body: dict[str, Any], key: str) -> bytes:
-    v = body.get(key) or b""
-    if isinstance(v, str):
-        v = v.encode()
-    if not isinstance(v, bytes):
-        raise MessageError(f"serf field {key} must be bytes")
-    return v
-
-
 @dataclass
 class Serf:
     """Serf's state for one node; the `Delegate` of its `Swim` core."""
@@ -212,14 +137,14 @@ class Serf:
         """Announce our join at the current member clock (after the core joined someone)."""
         ltime = self.clock.time
         self._handle_join(ltime, self.name)
-        self._broadcast(self.name, encode(SerfType.JOIN, {"LTime": ltime, "Node": self.name}))
+        self._broadcast(self.name, sm.encode(sm.JoinMsg(ltime, self.name)))
 
     def leave_intent(self) -> None:
         """Announce our graceful leave (then the core leaves)."""
         self.leaving = True
         ltime = self.clock.increment()
         self._handle_leave(ltime, self.name, False)
-        self._broadcast(self.name, encode(SerfType.LEAVE, {"LTime": ltime, "Node": self.name, "Prune": False}))
+        self._broadcast(self.name, sm.encode(sm.LeaveMsg(ltime, self.name, False)))
 
     def force_leave(self, node: str, prune: bool = False) -> bool:
         """Mark a failed member as left (and forget it with `prune`); False if unknown."""
@@ -227,7 +152,7 @@ class Serf:
             return False
         ltime = self.clock.increment()
         self._handle_leave(ltime, node, prune)
-        self._broadcast(node, encode(SerfType.LEAVE, {"LTime": ltime, "Node": node, "Prune": prune}))
+        self._broadcast(node, sm.encode(sm.LeaveMsg(ltime, node, prune)))
         return True
 
     def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> int:
@@ -236,7 +161,7 @@ class Serf:
             raise ValueError(f"user event exceeds the {MAX_USER_EVENT}-byte limit")
         ltime = self.event_clock.time
         self.event_clock.increment()
-        msg = encode(SerfType.USER_EVENT, {"LTime": ltime, "Name": name, "Payload": payload, "CC": coalesce})
+        msg = sm.encode(sm.UserEventMsg(ltime, name, payload, coalesce))
         self._handle_user_event(ltime, name, payload, coalesce)
         self._event_queue.append((0, msg))
         return ltime
@@ -291,29 +216,23 @@ class Serf:
 
     def notify_msg(self, now: float, payload: bytes) -> None:
         try:
-            kind, body = decode(payload)
-            if kind == SerfType.JOIN:
-                ltime, node = _uint(body, "LTime"), _text(body, "Node")
-                if self._handle_join(ltime, node):
-                    self._broadcast(node, payload)
-            elif kind == SerfType.LEAVE:
-                ltime, node = _uint(body, "LTime"), _text(body, "Node")
-                if self._handle_leave(ltime, node, bool(body.get("Prune", False))):
-                    self._broadcast(node, payload)
-            elif kind == SerfType.USER_EVENT:
-                ltime, name = _uint(body, "LTime"), _text(body, "Name")
-                if self._handle_user_event(ltime, name, _raw(body, "Payload"), bool(body.get("CC", False))):
+            msg = sm.decode(payload)
+            if isinstance(msg, sm.JoinMsg):
+                if self._handle_join(msg.ltime, msg.node):
+                    self._broadcast(msg.node, payload)
+            elif isinstance(msg, sm.LeaveMsg):
+                if self._handle_leave(msg.ltime, msg.node, msg.prune):
+                    self._broadcast(msg.node, payload)
+            elif isinstance(msg, sm.UserEventMsg):
+                if self._handle_user_event(msg.ltime, msg.name, msg.payload, msg.cc):
                     self._event_queue.append((0, payload))
-            elif kind == SerfType.QUERY:
-                q = sm.decode(payload)
-                if isinstance(q, sm.QueryMsg) and self._handle_query(q) and not q.no_broadcast:
+            elif isinstance(msg, sm.QueryMsg):
+                if self._handle_query(msg) and not msg.no_broadcast:
                     self._query_queue.append((0, payload))
-            elif kind == SerfType.QUERY_RESPONSE:
-                r = sm.decode(payload)
-                if isinstance(r, sm.QueryResponseMsg) and r.id in self.query_answers and not r.ack:
-                    answers = self.query_answers[r.id]
-                    if all(a.from_node != r.from_node for a in answers):
-                        answers.append(r)
+            elif isinstance(msg, sm.QueryResponseMsg):
+                answers = self.query_answers.get(msg.id)
+                if answers is not None and not msg.ack and all(a.from_node != msg.from_node for a in answers):
+                    answers.append(msg)
         except MessageError:
             self.bad_messages += 1  # a bad message changes nothing
             return
@@ -340,52 +259,41 @@ class Serf:
         return out
 
     def local_state(self, join: bool) -> bytes:
-        events = [{"LTime": self._recent_ltime[i], "Events": [{"Name": n, "Payload": p} for (n, p) in slot]}
-                  for i, slot in enumerate(self._recent) if slot]
-        body = {
-            "LTime": self.clock.time,
-            "StatusLTimes": {name: mem.status_ltime for name, mem in self.members.items()},
-            "LeftMembers": [name for name, mem in self.members.items() if mem.status == Status.LEFT],
-            "EventLTime": self.event_clock.time,
-            "Events": events,
-            "QueryLTime": self.query_clock.time,
-        }
-        return encode(SerfType.PUSH_PULL, body)
+        events = tuple(sm.UserEvents(self._recent_ltime[i], tuple(sm.UserEvent(n, p) for (n, p) in slot))
+                       for i, slot in enumerate(self._recent) if slot)
+        return sm.encode(sm.PushPullMsg(
+            ltime=self.clock.time,
+            status_ltimes={name: mem.status_ltime for name, mem in self.members.items()},
+            left_members=tuple(name for name, mem in self.members.items() if mem.status == Status.LEFT),
+            event_ltime=self.event_clock.time, events=events, query_ltime=self.query_clock.time))
 
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
         try:
-            kind, body = decode(data)
-            if kind != SerfType.PUSH_PULL:
-                return
-            for clock, key in ((self.clock, "LTime"), (self.event_clock, "EventLTime"),
-                               (self.query_clock, "QueryLTime")):
-                t = _uint(body, key)
-                if t > 0:
-                    clock.witness(t - 1)
-            status = body.get("StatusLTimes") or {}
-            left = {_s(n) for n in (body.get("LeftMembers") or []) if isinstance(n, bytes | str)}
-            if not isinstance(status, dict):
-                raise MessageError("StatusLTimes must be a map")
-            ltimes = {_s(k): v for k, v in status.items() if isinstance(v, int) and not isinstance(v, bool)}
-            for name in left:
-                self._handle_leave(ltimes.get(name, 0), name, False)
-            for name, ltime in ltimes.items():
-                if name not in left:
-                    self._handle_join(ltime, name)
-            if join:
-                # A joiner does not replay old events (Serf's default, -replay off).
-                self.event_min_time = max(self.event_min_time, _uint(body, "EventLTime"))
-                return
-            for batch in body.get("Events") or []:
-                if not isinstance(batch, dict):
-                    continue
-                b = {_s(k): v for k, v in batch.items()}
-                for ev in b.get("Events") or []:
-                    if isinstance(ev, dict):
-                        e = {_s(k): v for k, v in ev.items()}
-                        self._handle_user_event(_uint(b, "LTime"), _text(e, "Name"), _raw(e, "Payload"), False)
+            pp = sm.decode(data)
         except MessageError:
             self.bad_messages += 1
+            return
+        if not isinstance(pp, sm.PushPullMsg):
+            return
+        for clock, t in ((self.clock, pp.ltime), (self.event_clock, pp.event_ltime),
+                         (self.query_clock, pp.query_ltime)):
+            if t > 0:
+                clock.witness(t - 1)
+        left = set(pp.left_members)
+        for name in left:
+            self._handle_leave(pp.status_ltimes.get(name, 0), name, False)
+        for name, ltime in pp.status_ltimes.items():
+            if name not in left:
+                self._handle_join(ltime, name)
+        if join:
+            # A joiner does not replay old events (Serf's default, -replay off).
+            self.event_min_time = max(self.event_min_time, pp.event_ltime)
+            return
+        for batch in pp.events:
+            if batch is None:
+                continue  # an empty slot of the sender's ring buffer
+            for ev in batch.events:
+                self._handle_user_event(batch.ltime, ev.name, ev.payload, False)
 
     def notify_join(self, now: float, member: MemberInfo) -> None:
         tags = member_tags(member.meta)
@@ -433,15 +341,19 @@ class Serf:
         self._queue = [item for item in self._queue if item[1] != key]
         self._queue.append((0, key, msg))
 
+    def _record_intent(self, node: str, kind: SerfType, ltime: int) -> bool:
+        """An intent about a member we do not know yet, kept until it shows up; True if newer (re-gossip)."""
+        old = self._intents.get(node)
+        if old is not None and old[1] >= ltime:
+            return False
+        self._intents[node] = (kind, ltime)
+        return True
+
     def _handle_join(self, ltime: int, node: str) -> bool:
         self.clock.witness(ltime)
         mem = self.members.get(node)
         if mem is None:
-            old = self._intents.get(node)
-            if old is not None and old[1] >= ltime:
-                return False
-            self._intents[node] = (SerfType.JOIN, ltime)
-            return True
+            return self._record_intent(node, SerfType.JOIN, ltime)
         if ltime <= mem.status_ltime:
             return False
         mem.status_ltime = ltime
@@ -453,16 +365,12 @@ class Serf:
         self.clock.witness(ltime)
         mem = self.members.get(node)
         if mem is None:
-            old = self._intents.get(node)
-            if old is not None and old[1] >= ltime:
-                return False
-            self._intents[node] = (SerfType.LEAVE, ltime)
-            return True
+            return self._record_intent(node, SerfType.LEAVE, ltime)
         if ltime <= mem.status_ltime:
             return False
         if node == self.name and not self.leaving:
             # Someone says we are leaving: refute with a newer join.
-            self._broadcast(self.name, encode(SerfType.JOIN, {"LTime": self.clock.increment(), "Node": self.name}))
+            self._broadcast(self.name, sm.encode(sm.JoinMsg(self.clock.increment(), self.name)))
             return False
         mem.status_ltime = ltime
         if mem.status == Status.ALIVE:

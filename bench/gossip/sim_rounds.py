@@ -19,38 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 from machine import machine_info  # noqa: E402
-from meshagent.gossip import messages as m  # noqa: E402
-from meshagent.gossip.serf import UserEvent  # noqa: E402
 
-from tests.sim.gossip_sim import PORT, Sim  # noqa: E402
-
-
-def rounds(n: int, seed: int) -> tuple[float, int]:
-    """(gossip rounds until all n nodes delivered the event, messages delivered meanwhile)."""
-    sim = Sim(seed, n)
-    states = []
-    for node in sim.nodes.values():
-        node.swim.start(0.0)
-        me = node.swim.members[node.name]
-        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
-    for node in sim.nodes.values():
-        node.swim.merge_remote_state(0.0, states)
-        node.swim._queue.clear()  # the cluster is converged: nothing left to say about members
-        node.serf.take_events()
-        sim._reschedule(node)
-    seen: set[str] = set()
-    first = next(iter(sim.nodes.values()))
-    first.serf.user_event("fact", b"x", coalesce=False)
-    seen.add(first.name)
-    start, messages = sim.now, sim.messages
-    while len(seen) < n:
-        sim.run_until(sim.now + sim.config.gossip_interval / 4)
-        for name, node in sim.nodes.items():
-            if name not in seen and (node.user_events or any(isinstance(e, UserEvent) for e in node.serf.events)):
-                seen.add(name)
-        if sim.now - start > 60:
-            break
-    return (sim.now - start) / sim.config.gossip_interval, sim.messages - messages
+from tests.sim.gossip_sim import converge_rounds  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +31,7 @@ def main() -> None:
     print(f"simulator, N = {args.n}, no loss; machine: {machine_info()}")
     for seed in range(args.seeds):
         t0 = time.perf_counter()
-        r, msgs = rounds(args.n, seed)
+        r, msgs = converge_rounds(args.n, seed)
         print(f"  seed {seed}: {r:.1f} gossip rounds to reach all {args.n} nodes; log2 N = {math.log2(args.n):.1f}; "
               f"ratio {r / math.log2(args.n):.2f}; {msgs:,} messages; {time.perf_counter() - t0:.1f} s wall")
 
