@@ -21,19 +21,25 @@ import trio
 
 from ..gossip.keyring import Keyring, KeyringError, decode_key, load_keyring_file, save_keyring_file
 from ..gossip.runtime import GossipAgent
-from ..gossip.serf import SerfEvent, UserEvent
+from ..gossip.serf import MemberEvent, SerfEvent, UserEvent
 from ..raft.config import RaftConfig
 from ..raft.storage import StorageError
 from .addresses import advertise_address
 from .catalog import Node
+from .client.forward import ServerForwarder
+from .client.replica import CatalogReplica
+from .client.servers import ServerPool, server_addresses
 from .config.loader import ConfigErrors
 from .config.types import AgentConfig
 from .dns.server import DNSServer
 from .http.api import API
 from .http.server import HTTPServer
+from .lifecycle import leaves_on, notify_systemd
 from .local_state import LocalState
 from .logs import parse_level
+from .server.leader import MembershipReconciler
 from .server.runtime import RaftServer
+from .server.transport import split_address
 from .store import CatalogStore
 
 log = logging.getLogger("meshagent.agent")
@@ -123,8 +129,10 @@ class Agent:
         except Exception as exc:
             raise AgentError(str(exc)) from exc
         self.server: RaftServer | None = None
+        # Every agent but -dev is part of a cluster: a server's catalog comes from Raft, a client's is a
+        # replica of the servers'; neither keeps a catalog file of its own.
         try:
-            self.store = CatalogStore(str(data_dir) if data_dir else None, replicated=config.server)
+            self.store = CatalogStore(str(data_dir) if data_dir else None, replicated=not config.dev)
         except Exception as exc:
             raise AgentError(str(exc)) from exc
         if config.server:
@@ -137,6 +145,18 @@ class Agent:
                 config=RaftConfig(snapshot_threshold=max(1, config.raft_snapshot_threshold),
                                   trailing_logs=max(0, config.raft_trailing_logs)))
             self.store.replicator = self.server
+            self.server.discover = lambda: server_addresses(self.members(), self.datacenter)
+        self.reconciler = (MembershipReconciler(self.server, self.store, self.members, self.datacenter,
+                                                config.reconnect_timeout) if self.server is not None else None)
+        self.replica: CatalogReplica | None = None
+        self.forwarder: ServerForwarder | None = None
+        if not config.server and not config.dev:
+            pool = ServerPool(self.members, self.datacenter,
+                              [split_address(a, config.ports.serf_lan)[0] for a in config.retry_join],
+                              config.ports.server)
+            self.replica = CatalogReplica(self.store, pool, self.node_name)
+            self.forwarder = ServerForwarder(pool, self.replica)
+            self.store.replicator = self.forwarder
         self.node = Node(node=self.node_name, address=self.advertise_addr, id=self.node_id,
                          datacenter=self.datacenter,
                          tagged_addresses={"lan": self.advertise_addr, "lan_ipv4": self.advertise_addr,
@@ -144,7 +164,9 @@ class Agent:
                          meta=dict(config.node_meta))
         self.local = LocalState(node=self.node, store=self.store, data_dir=str(data_dir) if data_dir else None,
                                 enable_local_script_checks=config.enable_local_script_checks,
-                                enable_script_checks=config.enable_script_checks)
+                                enable_script_checks=config.enable_script_checks,
+                                check_update_interval=config.check_update_interval,
+                                cluster_size=lambda: len(self.members()))
         bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
         keyring, keyring_path = _load_keyring(data_dir, config.encrypt)
         self.gossip = GossipAgent(name=self.node_name, bind=bind, advertise=self.advertise_addr,
@@ -160,6 +182,7 @@ class Agent:
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store)
         self._cancel: trio.CancelScope | None = None
+        self._local_scope = trio.CancelScope()
 
     # ------------------------------------------------------------------ running
 
@@ -185,14 +208,15 @@ class Agent:
                                          f"{exc}") from exc
                     if self.config.retry_join:
                         nursery.start_soon(self._retry_join, list(self.config.retry_join))
+                    else:
+                        notify_systemd("READY=1")
                     nursery.start_soon(self._run_watches)
-                await nursery.start(self.local.run)
-                if self.server is not None and not self.config.dev:
-                    # Registering our node needs a Raft leader, which may take a while to appear;
-                    # the HTTP API and DNS must not wait for it.
-                    nursery.start_soon(self.local.start, self.config.services, self.config.checks)
-                else:
-                    await self.local.start(self.config.services, self.config.checks)
+                if self.reconciler is not None:
+                    nursery.start_soon(self.reconciler.run)
+                if self.replica is not None and self.forwarder is not None:
+                    await nursery.start(self.forwarder.run)
+                    await nursery.start(self.replica.run)
+                await nursery.start(self._run_local)
                 if self.config.ports.http >= 0:
                     await nursery.start(self.http.run)
                 if self.config.ports.dns >= 0:
@@ -208,6 +232,25 @@ class Agent:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    async def _run_local(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Local services and checks, synced to the catalog, under their own cancel scope (a graceful leave
+        stops them first)."""
+        with self._local_scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.local.run)
+                if self.config.dev:
+                    await self.local.start(self.config.services, self.config.checks)
+                    task_status.started()
+                    return
+                # Registering needs a leader (and, on a client, a server), which may take a while to
+                # appear; the HTTP API and DNS must not wait for it.
+                task_status.started()
+                if self.replica is not None:
+                    # Syncing compares with the catalog: wait (a little) for our replica's first snapshot.
+                    with trio.move_on_after(5):
+                        await self.replica.synced.wait()
+                await self.local.start(self.config.services, self.config.checks)
+
     async def _retry_join(self, addrs: list[str]) -> None:
         """-retry-join: try the addresses every retry_interval until one answers; after retry_max failed
         attempts (when set) the agent gives up and exits, as Consul does."""
@@ -217,6 +260,7 @@ class Agent:
             joined = await self.gossip.join(addrs)
             if joined:
                 log.info("join: joined cluster by contacting %d nodes", joined)
+                notify_systemd("READY=1")
                 return
             if self.config.retry_max and attempt >= self.config.retry_max:
                 log.error("join: max join retry exhausted (%d attempts to %s), exiting", attempt, ", ".join(addrs))
@@ -227,6 +271,10 @@ class Agent:
             await trio.sleep(self.config.retry_interval)
 
     def _on_gossip_event(self, event: SerfEvent) -> None:
+        if isinstance(event, MemberEvent):
+            if self.reconciler is not None:
+                self.reconciler.member_changed(event.member.name, reaped=event.kind == "member-reap")
+            return
         if not isinstance(event, UserEvent):
             return
         record = user_event_record(event.ltime, event.name, event.payload)
@@ -281,7 +329,9 @@ class Agent:
         return user_event_record(ltime, name, payload)
 
     async def leave(self) -> None:
-        """Graceful leave of the gossip pool (members then show this node as left)."""
+        """Graceful leave: stop syncing local state (so nothing re-registers this node), then leave the
+        gossip pool; members show this node as left and the leader deregisters it."""
+        self._local_scope.cancel()
         if self.config.ports.serf_lan >= 0:
             await self.gossip.leave()
 
@@ -318,7 +368,14 @@ class Agent:
                     except ConfigErrors as exc:
                         log.error("reload failed, keeping the running configuration: %s", exc)
                     continue
-                log.info("caught signal: %s; shutting down", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if leaves_on(signum, self.is_server, self.config.leave_on_terminate,
+                             self.config.skip_leave_on_interrupt):
+                    log.info("caught signal: %s; leaving the cluster gracefully, then shutting down", name)
+                    with trio.move_on_after(15):
+                        await self.leave()
+                else:
+                    log.info("caught signal: %s; shutting down without leaving", name)
                 self.shutdown()
                 return
 

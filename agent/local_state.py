@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,14 @@ import trio
 from .catalog import (
     CRITICAL,
     NODE_MAINT_CHECK_ID,
-    PASSING,
     SERF_CHECK_ID,
-    SERF_CHECK_NAME,
     SERVICE_MAINT_PREFIX,
     STATUSES,
     Check,
     Node,
     Service,
     commands,
+    same_row,
 )
 from .checks.manager import CheckManager, UnknownCheck
 from .config.encode import check_to_api, service_to_api
@@ -40,6 +42,14 @@ log = logging.getLogger("meshagent.agent")
 
 STATE_FILE = "local-state.json"
 ANTI_ENTROPY_INTERVAL = 60.0
+AE_SCALE_THRESHOLD = 128  # up to this many nodes a full sync runs about every ANTI_ENTROPY_INTERVAL
+
+
+def anti_entropy_interval(nodes: int, base: float = ANTI_ENTROPY_INTERVAL) -> float:
+    """Consul's scaling: one more `base` for every doubling of the cluster beyond 128 nodes."""
+    if nodes <= AE_SCALE_THRESHOLD:
+        return base
+    return base * (1 + math.ceil(math.log2(nodes) - math.log2(AE_SCALE_THRESHOLD)))
 
 
 class LocalStateError(Exception):
@@ -85,9 +95,14 @@ class LocalState:
     """What this agent owns; every change is written to the catalog before the call returns."""
 
     def __init__(self, *, node: Node, store: CatalogStore, data_dir: str | None,
-                 enable_local_script_checks: bool, enable_script_checks: bool) -> None:
+                 enable_local_script_checks: bool, enable_script_checks: bool,
+                 check_update_interval: float = 300.0, cluster_size: Callable[[], int] = lambda: 1) -> None:
         self.node = node
         self.store = store
+        self.check_update_interval = check_update_interval
+        self._cluster_size = cluster_size
+        self._output_synced: dict[str, float] = {}  # check id -> when its output last reached the catalog
+        self.syncs = 0  # catalog writes made by this agent's syncs, for tests and metrics
         self._path = Path(data_dir) / STATE_FILE if data_dir else None
         self._persist_lock = trio.Lock()
         self._out_of_sync = False
@@ -127,7 +142,7 @@ class LocalState:
         """Load persisted state, register the node, file and API services, then sync the catalog fully."""
         persisted = self._load()
         self._ttl_restore = persisted.ttl
-        await self._apply(commands.register(self.node, checks=[self._serf_check()]))
+        await self._sync_node()
         for body in persisted.services.values():
             try:
                 await self.register_service(parse_service(body, Source("<persisted>")), persist=False)
@@ -152,6 +167,7 @@ class LocalState:
             await nursery.start(self.checks_runner.run)
             nursery.start_soon(self._push_check_changes)
             nursery.start_soon(self._anti_entropy)
+            nursery.start_soon(self._watch_catalog)
             task_status.started()
 
     async def load_files(self, services: list[ServiceDefinition], checks: list[CheckDefinition]) -> None:
@@ -303,13 +319,13 @@ class LocalState:
                     pass  # logged; the next change tries again
 
     async def _anti_entropy(self) -> None:
-        since = 0.0
+        """Full syncs: every second while the catalog is unreachable, else every scaled interval, staggered
+        at random so that a fleet started together does not sync together."""
         while True:
-            await trio.sleep(1.0)
-            since += 1.0
-            if since < ANTI_ENTROPY_INTERVAL and not self._out_of_sync:
-                continue
-            since = 0.0
+            interval = anti_entropy_interval(self._cluster_size())
+            deadline = trio.current_time() + random.uniform(0.5, 1.5) * interval
+            while trio.current_time() < deadline and not self._out_of_sync:
+                await trio.sleep(1.0)
             self._out_of_sync = False
             try:
                 await self.sync_full()
@@ -317,6 +333,20 @@ class LocalState:
                     log.debug("catalog in sync")
             except Exception:  # the catalog may be unreachable later (RPC); keep the loop alive
                 log.exception("anti-entropy sync failed")
+                self._out_of_sync = True
+            if self._out_of_sync:
+                await trio.sleep(1.0)
+
+    async def _watch_catalog(self) -> None:
+        """Beyond Consul's periodic repair: when the catalog's view of this node changes behind our back
+        (a catalog deregister, a restore), sync at once instead of up to a minute later."""
+        key = f"node:{self.node.node.lower()}"
+        while True:
+            await self.store.hub.wait([key], 3600.0)
+            await trio.sleep(0.2)  # let a burst of changes (our own writes among them) settle
+            if not self._in_sync():
+                log.info("catalog entries for this node changed elsewhere; syncing")
+                self._out_of_sync = True
 
     # ------------------------------------------------------------------ maintenance
 
@@ -357,11 +387,6 @@ class LocalState:
 
     # ------------------------------------------------------------------ catalog sync
 
-    def _serf_check(self) -> Check:
-        # Gossip reports node liveness in a later issue; a lone agent is alive by definition.
-        return Check(node=self.node.node, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=PASSING,
-                     output="Agent alive and reachable", type="")
-
     def _service_row(self, defn: ServiceDefinition) -> Service:
         return Service(node=self.node.node, id=defn.id, service=defn.name, tags=list(defn.tags),
                        address=defn.address, port=defn.port, meta=dict(defn.meta),
@@ -372,6 +397,7 @@ class LocalState:
 
     async def _apply(self, command: dict[str, Any]) -> Any:
         try:
+            self.syncs += 1
             return await self.store.apply(command)
         except ServerError as exc:
             # No leader (yet): like Consul, keep the registration locally and let anti-entropy retry.
@@ -380,24 +406,81 @@ class LocalState:
             self._out_of_sync = True
             return None
 
+    def _check_rows(self, service_id: str) -> list[Check]:
+        tags = self._services[service_id].tags if service_id in self._services else []
+        return [c.row(self.node.node, tags) for c in self._checks.values() if c.service_id == service_id]
+
+    def _check_current(self, wanted: Check, have: Check | None, now: float) -> bool:
+        """Whether the catalog's row may stay: equal, or differing only in output for less than
+        check_update_interval since the output was last written (Consul defers output-only changes)."""
+        if have is None:
+            return False
+        if same_row(have, wanted):
+            return True
+        if have.status != wanted.status or not same_row(have, replace(wanted, output=have.output)):
+            return False
+        return now - self._output_synced.get(wanted.check_id, float("-inf")) < self.check_update_interval
+
+    def _catalog_checks(self) -> dict[str, Check]:
+        return {c.check_id: c for c in self.store.catalog.node_checks(self.node.node)}
+
+    async def _write_checks(self, service: Service | None, rows: list[Check]) -> None:
+        now = trio.current_time()
+        for row in rows:
+            self._output_synced[row.check_id] = now
+        await self._apply(commands.register(self.node, service, rows))
+
+    async def _sync_node(self) -> None:
+        have = self.store.catalog.node(self.node.node)
+        if have is None or not same_row(have, self.node):
+            await self._apply(commands.register(self.node))
+
     async def _sync_service(self, service_id: str) -> None:
+        """Write the service and its checks if the catalog differs; drop checks it no longer has."""
         defn = self._services[service_id]
-        rows = [c.row(self.node.node, defn.tags) for c in self._checks.values() if c.service_id == service_id]
-        await self._apply(commands.register(self.node, self._service_row(defn), rows))
-        # Checks that the service no longer has must leave the catalog too.
+        wanted = self._service_row(defn)
+        rows = self._check_rows(service_id)
+        have_svc = next((s for s in self.store.catalog.node_services(self.node.node) if s.id == service_id), None)
+        have_checks = self._catalog_checks()
+        now = trio.current_time()
+        if (have_svc is None or not same_row(have_svc, wanted) or
+                not all(self._check_current(r, have_checks.get(r.check_id), now) for r in rows)):
+            await self._write_checks(wanted, rows)
         live = {r.check_id for r in rows}
-        for check in self.store.catalog.node_checks(self.node.node):
+        for check in have_checks.values():
             if check.service_id == service_id and check.check_id not in live:
                 await self._apply(commands.deregister(self.node.node, check_id=check.check_id))
 
     async def _sync_check(self, check_id: str) -> None:
         check = self._checks[check_id]
         tags = self._services[check.service_id].tags if check.service_id in self._services else []
-        await self._apply(commands.register(self.node, checks=[check.row(self.node.node, tags)]))
+        row = check.row(self.node.node, tags)
+        if not self._check_current(row, self._catalog_checks().get(check_id), trio.current_time()):
+            await self._write_checks(None, [row])
+
+    def _in_sync(self) -> bool:
+        """Whether the catalog's view of this node equals local state (no writes; output deferral applies)."""
+        catalog = self.store.catalog
+        have_node = catalog.node(self.node.node)
+        if have_node is None or not same_row(have_node, self.node):
+            return False
+        services = {s.id: s for s in catalog.node_services(self.node.node)}
+        if services.keys() != self._services.keys():
+            return False
+        if any(not same_row(services[sid], self._service_row(d)) for sid, d in self._services.items()):
+            return False
+        checks = self._catalog_checks()
+        if checks.keys() - {SERF_CHECK_ID} != self._checks.keys():
+            return False
+        now = trio.current_time()
+        return all(self._check_current(self._checks[cid].row(self.node.node, self._services[c.service_id].tags
+                                                              if c.service_id in self._services else []),
+                                       checks[cid], now) for cid, c in self._checks.items())
 
     async def sync_full(self) -> None:
-        """Anti-entropy: make the catalog's view of this node equal to local state, adding and removing."""
-        await self._apply(commands.register(self.node, checks=[self._serf_check()]))
+        """Anti-entropy: make the catalog's view of this node equal to local state, writing only what
+        differs. serfHealth belongs to the leader (it follows gossip) and is never touched here."""
+        await self._sync_node()
         for sid in list(self._services):
             await self._sync_service(sid)
         for cid, check in list(self._checks.items()):

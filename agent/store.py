@@ -43,6 +43,8 @@ class CatalogStore:
         # A Raft server's catalog is rebuilt from the Raft snapshot and log, so it writes no file of its own.
         self._path = Path(data_dir) / SNAPSHOT_FILE if data_dir and not replicated else None
         self.replicator: Replicator | None = None
+        # On a client agent: when its catalog replica lost its server (None while fed and current).
+        self.stale_since: float | None = None
         self.catalog = self._load()
         self.catalog.add_listener(self.hub.notify)
         self._persisted_index = self.catalog.last_index

@@ -17,10 +17,10 @@ from .model import (
     Service,
     worst_status,
 )
-from .state import Catalog, CommandError, Instance
+from .state import Catalog, CommandError, Instance, same_row
 
 __all__ = [
     "CRITICAL", "MAINTENANCE", "NODE_MAINT_CHECK_ID", "PASSING", "SERF_CHECK_ID", "SERF_CHECK_NAME",
     "SERVICE_MAINT_PREFIX", "STATUSES", "WARNING", "Catalog", "Check", "CommandError", "Instance", "KVEntry", "Node",
-    "Service", "commands", "worst_status",
+    "Service", "commands", "same_row", "worst_status",
 ]

@@ -50,7 +50,7 @@ class Instance:
         return worst_status([c.status for c in self.checks])
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_row(a: Any, b: Any) -> bool:
     """Rows equal apart from their indexes (so re-registering unchanged data bumps nothing)."""
     same: bool = replace(a, create_index=0, modify_index=0) == replace(b, create_index=0, modify_index=0)
     return same
@@ -133,7 +133,7 @@ class Catalog:
             if sid and sid not in known_ids:
                 raise CommandError(f"register: check {check_data['check_id']!r} refers to unknown service {sid!r}")
         old_node = self._nodes.get(nkey)
-        if old_node is None or not _same(old_node, node):
+        if old_node is None or not same_row(old_node, node):
             create = old_node.create_index if old_node else index
             self._nodes[nkey] = replace(node, create_index=create, modify_index=index)
             self._touch("nodes")
@@ -151,7 +151,7 @@ class Catalog:
             raise CommandError("register: service name is required")
         key = (nkey, svc.id)
         old = self._services.get(key)
-        if old is not None and _same(old, svc):
+        if old is not None and same_row(old, svc):
             return
         if old is not None and old.service.lower() != svc.service.lower():
             self._unlink_service_name(old)
@@ -190,7 +190,7 @@ class Catalog:
             check = replace(check, service_name=svc.service, service_tags=list(svc.tags))
         key = (nkey, check.check_id)
         old = self._checks.get(key)
-        if old is not None and _same(old, check):
+        if old is not None and same_row(old, check):
             return
         self._checks[key] = replace(check, create_index=old.create_index if old else index, modify_index=index)
         self._checks_by_node.setdefault(nkey, set()).add(check.check_id)

@@ -36,9 +36,10 @@ TCP_IDLE = 10.0
 
 @dataclass(slots=True)
 class DNSStats:
-    """Counters exported as metrics later."""
+    """Counters, exported by /v1/agent/metrics."""
 
     queries: int = 0
+    stale_queries: int = 0  # answered from a client's catalog replica while no server fed it
     cache_hits: int = 0
     formerr: int = 0
     dropped: int = 0
@@ -149,6 +150,8 @@ class DNSServer:
         if len(packet) < 12:
             self.stats.dropped += 1
             return b""  # too short to answer at all: drop (b"" is falsy but not None)
+        if self.store.stale_since is not None and self._too_stale():
+            return self._error_reply(packet, dns.rcode.SERVFAIL)
         index = self.store.catalog.last_index
         if index != self._cache_index:
             self._cache.clear()
@@ -160,6 +163,16 @@ class DNSServer:
         wire = entry.variants[entry.next]
         entry.next = (entry.next + 1) % len(entry.variants)
         return packet[:2] + wire[2:]
+
+    def _too_stale(self) -> bool:
+        """A client whose replica lost its server answers from it for up to dns_config.max_stale (counted);
+        after that, SERVFAIL says the data can no longer be vouched for."""
+        assert self.store.stale_since is not None
+        if trio.current_time() - self.store.stale_since > self.config.dns_config.max_stale:
+            self.stats.servfail += 1
+            return True
+        self.stats.stale_queries += 1
+        return False
 
     async def _answer_slow(self, packet: bytes, tcp: bool) -> bytes | None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import meshagent
@@ -342,3 +343,30 @@ async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
 
     trio.lowlevel.spawn_system_task(later)
     return _empty()
+
+
+def _counter(name: str, value: int) -> dict[str, Any]:
+    return {"Name": name, "Count": value, "Rate": 0.0, "Sum": float(value), "Min": 0.0, "Max": 0.0,
+            "Mean": 0.0, "Stddev": 0.0, "Labels": {}}
+
+
+async def metrics(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`)."""
+    agent = api.agent
+    dns = agent.dns.stats
+    counters = [_counter(f"meshagent.dns.{name}", getattr(dns, name)) for name in
+                ("queries", "cache_hits", "stale_queries", "servfail", "formerr", "dropped", "recursed")]
+    gauges = []
+    replica = getattr(agent, "replica", None)
+    if replica is not None:
+        counters.append(_counter("meshagent.client.feed_resubscribes", replica.resubscribes))
+        counters.append(_counter("meshagent.client.rpc_forwarded", agent.forwarder.forwarded))
+        stale_since = agent.store.stale_since
+        gauges.append({"Name": "meshagent.client.stale_seconds", "Labels": {},
+                       "Value": 0.0 if stale_since is None else round(trio.current_time() - stale_since, 3)})
+    if getattr(agent, "server", None) is not None:
+        gauges.append({"Name": "meshagent.server.feed_subscribers", "Labels": {},
+                       "Value": float(agent.server.feed.subscribers)})
+    data = {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
+            "Gauges": gauges, "Points": [], "Counters": counters, "Samples": []}
+    return api.json(data, query)

@@ -35,6 +35,7 @@ _NOT_FOUND = simple_response(404, "404 page not found")
 ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/self": {"GET": agent_api.self_},
     "/v1/agent/members": {"GET": agent_api.members},
+    "/v1/agent/metrics": {"GET": agent_api.metrics},
     "/v1/agent/services": {"GET": agent_api.services},
     "/v1/agent/service/register": {"PUT": agent_api.service_register},
     "/v1/agent/service/deregister/": {"PUT": agent_api.service_deregister},
@@ -171,12 +172,18 @@ class API:
     def meta_headers(self, index: int, query: Query) -> Headers:
         """Consul's query-meta headers for a catalog read at `index`."""
         server = getattr(self.agent, "server", None)
-        if server is None:
+        replica = getattr(self.agent, "replica", None)
+        if server is not None:
+            known_leader, last_contact = server.leader_info()
+        elif replica is not None:
+            known_leader, last_contact = replica.leader_known, replica.last_contact_ms()
+        else:
+            known_leader, last_contact = True, 0
+        if known_leader and not last_contact:
             leader_headers = [_KNOWN_LEADER, _LAST_CONTACT]
         else:
-            known = b"true" if server.is_leader() or server.leader_address() else b"false"
-            leader_headers = [(b"x-consul-knownleader", known),
-                              (b"x-consul-lastcontact", b"%d" % server.last_contact_ms())]
+            leader_headers = [(b"x-consul-knownleader", b"true" if known_leader else b"false"),
+                              (b"x-consul-lastcontact", b"%d" % last_contact)]
         return [CT_JSON, (b"x-consul-effective-consistency", query.consistency),
                 (b"x-consul-index", b"%d" % index), *leader_headers]
 

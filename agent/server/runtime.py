@@ -42,6 +42,7 @@ from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, Snaps
 from ..catalog import Catalog, CommandError
 from ..store import CatalogStore
 from .errors import NoLeader, ServerError
+from .feed import CatalogFeed
 from .transport import PeerLink, Reply, RPCClient, ServerListener, split_address
 
 log = logging.getLogger("meshagent.server")
@@ -117,7 +118,11 @@ class RaftServer:
         self._nursery: trio.Nursery | None = None
         self._nonvoter_since: dict[str, float] = {}
         self._seen: dict[str, dict[str, Any]] = {}  # hellos received from servers that contacted us
-        self.listener = ServerListener(bind, port, self._on_raft_message, self._on_rpc, self._submit_apply)
+        self.feed = CatalogFeed(store, self.leader_info)
+        # Servers found through gossip tags (the agent sets this), tried like -retry-join addresses.
+        self.discover: Callable[[], list[str]] = list
+        self.listener = ServerListener(bind, port, self._on_raft_message, self._on_rpc, self._submit_apply,
+                                       feed=self.feed)
         self.node: RaftNode | None = None
         self.log_store: LogStore | MemoryLogStore | None = None
         self.snapshots: SnapshotStore | MemorySnapshotStore | None = None
@@ -165,6 +170,7 @@ class RaftServer:
             nursery.start_soon(self._loop)
             nursery.start_soon(self._bootstrap_or_join)
             nursery.start_soon(self._autopilot)
+            nursery.start_soon(self.feed.run)
             task_status.started()
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -252,6 +258,7 @@ class RaftServer:
                     self._apply(o.entries)
                 elif isinstance(o, InstallSnapshot):
                     self.store.restore(o.data)
+                    self.feed.restored()
                     self._last_snapshot_index = self.fsm_index = o.meta.index
                     self._wake_applied()
                 elif isinstance(o, ReadReady):
@@ -336,11 +343,11 @@ class RaftServer:
                 except Exception as exc:
                     results.append((None, f"undecodable command: {exc}"))
                     continue
-                results.append(self._apply_command(e.index, sub))
+                results.append(self._apply_command(e.index, sub, data))
             return results
-        return [self._apply_command(e.index, command)]
+        return [self._apply_command(e.index, command, e.data)]
 
-    def _apply_command(self, raft_index: int, command: Any) -> tuple[Any, str | None]:
+    def _apply_command(self, raft_index: int, command: Any, data: bytes) -> tuple[Any, str | None]:
         catalog = self.store.catalog
         # Raft indexes also count no-op and configuration entries, a batch entry holds several commands,
         # and after a restore the catalog may be ahead of the log: each command gets the next catalog
@@ -351,11 +358,16 @@ class RaftServer:
                 self.store.restore(command["state"], at_least=index)
             except (CommandError, KeyError, TypeError, ValueError) as exc:
                 return None, f"cannot restore snapshot: {exc}"
+            self.feed.restored()
             return True, None
         try:
             return self.store.apply_committed(index, command), None
         except CommandError as exc:
             return None, str(exc)
+        finally:
+            # Subscribed client agents apply the same command at the same index (a rejected one too:
+            # it used its index here, so it must there).
+            self.feed.publish(index, data)
 
     def _wake_applied(self) -> None:
         self._applied.set()
@@ -453,6 +465,10 @@ class RaftServer:
             return await self.apply_bytes(args)
         if method == "read_index":
             return await self._leader_read_index(bool(args))
+        if method == "barrier":
+            # A client agent's read: once this returns, its replica must reach this catalog index.
+            await self.read_barrier(bool(args))
+            return self.store.catalog.last_index
         if method == "add_server":
             if not isinstance(args, dict):
                 raise ServerError("add_server needs {id, address, name}")
@@ -486,7 +502,7 @@ class RaftServer:
         warned: set[str] = set()
         while not (self.node.membership.servers or self.node.last_index > 0):
             hellos: dict[str, dict[str, Any]] = {self.id: self._hello()}
-            for addr in self.join:
+            for addr in dict.fromkeys([*self.join, *self.discover()]):
                 host, _ = split_address(addr, self.port)
                 target = f"{host}:{self.port}"
                 if target == self.address:
@@ -620,6 +636,10 @@ class RaftServer:
         if self.node is None or self.node.leader_id is None:
             return None
         return self._address_of(self.node.leader_id) or None
+
+    def leader_info(self) -> tuple[bool, int]:
+        """(a leader is known, ms since this server last heard from it), for X-Consul-KnownLeader/LastContact."""
+        return self.is_leader() or self.leader_address() is not None, self.last_contact_ms()
 
     def last_contact_ms(self) -> int:
         """Milliseconds since this server last heard from the leader (0 on the leader)."""

@@ -4,6 +4,7 @@ Frames: 4-byte big-endian length, then a msgpack array:
   ["raft", from_id, from_address, message]  one-way Raft message (see meshagent.raft.messages)
   ["req", id, method, args]             an RPC call; answered on the same connection by
   ["resp", id, error_or_nil, result]
+  ["sub", node_name]                    a client agent subscribes to the catalog feed (see feed.py)
 Each server keeps one outgoing connection per peer for Raft messages (pipelined, never waiting for
 answers); answers to Raft messages travel on the peer's own connection back to us.
 """
@@ -13,13 +14,16 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
 from ...raft.messages import Message, decode_message, encode_message
 from .errors import ServerError
+
+if TYPE_CHECKING:
+    from .feed import CatalogFeed
 
 log = logging.getLogger("meshagent.server.transport")
 
@@ -205,18 +209,36 @@ class _Conn:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.out: list[bytes] = []
+        self.out_bytes = 0
         self.wake = trio.Event()
+        self.aborted = False
 
     def reply(self, rid: Any, error: str | None, result: Any) -> None:
         """Queue the answer to request `rid`."""
-        self.out.append(pack_frame(["resp", rid, error, result]))
+        self.send_frame(pack_frame(["resp", rid, error, result]))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an encoded frame."""
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        self.wake.set()
+
+    def backlog(self) -> int:
+        """Bytes queued and not yet written."""
+        return self.out_bytes
+
+    def abort(self) -> None:
+        """Close the connection from the writing side (a subscriber too far behind)."""
+        self.aborted = True
         self.wake.set()
 
     async def write_loop(self) -> None:
         while True:
             await self.wake.wait()
             self.wake = trio.Event()
-            chunks, self.out = self.out, []
+            if self.aborted:
+                raise trio.BrokenResourceError("connection aborted by the server")
+            chunks, self.out, self.out_bytes = self.out, [], 0
             await self.stream.send_all(b"".join(chunks))
 
 
@@ -229,11 +251,12 @@ class ServerListener:
     """
 
     def __init__(self, host: str, port: int, on_raft: RaftHandler, on_rpc: RPCHandler,
-                 on_apply: ApplyHandler | None = None) -> None:
+                 on_apply: ApplyHandler | None = None, feed: CatalogFeed | None = None) -> None:
         self.host, self.port = host, port
         self._on_raft = on_raft
         self._on_rpc = on_rpc
         self._on_apply = on_apply
+        self.feed = feed
         self.bad_frames = 0
         self.bound_port = port
 
@@ -265,6 +288,8 @@ class ServerListener:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            if self.feed is not None:
+                self.feed.unsubscribe(conn)
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await stream.aclose()
@@ -280,6 +305,8 @@ class ServerListener:
                 if self._on_apply(args, conn.reply, rid):
                     return
             nursery.start_soon(self._answer, rid, method, args, conn)
+        elif frame[0] == "sub" and len(frame) == 2 and isinstance(frame[1], str) and self.feed is not None:
+            self.feed.subscribe(conn, frame[1])
         else:
             raise ValueError(f"unknown frame kind {frame[0]!r}")
 

@@ -1,0 +1,83 @@
+"""ServerForwarder: a client agent's writes and read barriers, sent over :8300 RPC to a server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+import trio
+
+from ..server.errors import ServerError
+from ..server.transport import RPCClient
+from .replica import CatalogReplica
+from .servers import ServerPool
+
+log = logging.getLogger("meshagent.client")
+
+RPC_HOLD_TIMEOUT = 7.0  # Consul's rpc_hold_timeout: how long a request may wait for a leader or a server
+CALL_TIMEOUT = 5.0
+_TRANSPORT_ERRORS = ("cannot reach server", "lost connection", "did not answer")
+
+
+class ServerForwarder:
+    """The store's `Replicator` on a client agent: writes go to a server, which forwards them to the leader."""
+
+    def __init__(self, pool: ServerPool, replica: CatalogReplica) -> None:
+        self.pool = pool
+        self.replica = replica
+        self._clients: dict[str, RPCClient] = {}
+        self._nursery: trio.Nursery | None = None
+        self.forwarded = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the RPC connections' reader tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _call(self, method: str, args: Any) -> Any:
+        """Call a server, moving on to the next one when it cannot be reached, for up to RPC_HOLD_TIMEOUT."""
+        assert self._nursery is not None, "ServerForwarder.run must be started first"
+        deadline = trio.current_time() + RPC_HOLD_TIMEOUT
+        last_error = "No known servers"
+        tried: set[str] = set()
+        while True:
+            # The server feeding our replica first: its answers and our replica move in step.
+            candidates = [a for a in [self.replica.server, *self.pool.candidates()] if a]
+            if not candidates:
+                raise ServerError("No known servers (none has been seen through gossip yet)")
+            address = next((a for a in candidates if a not in tried), None)
+            if address is None:
+                tried.clear()
+                address = candidates[0]
+            tried.add(address)
+            client = self._clients.get(address)
+            if client is None:
+                client = self._clients[address] = RPCClient(address)
+            timeout = min(CALL_TIMEOUT, max(0.5, deadline - trio.current_time()))
+            try:
+                self.forwarded += 1
+                return await client.call(self._nursery, method, args, timeout)
+            except ServerError as exc:
+                if not any(text in str(exc) for text in _TRANSPORT_ERRORS):
+                    raise  # the server answered: the error is the request's own
+                last_error = str(exc)
+                log.debug("RPC %s to %s failed: %s", method, address, exc)
+                self.pool.failed(address)
+            if trio.current_time() >= deadline:
+                raise ServerError(last_error)
+            await trio.sleep(0.05)
+
+    async def apply(self, command: dict[str, Any]) -> Any:
+        """Write through a server; the answer is the catalog command's result."""
+        return await self._call("apply", msgpack.packb(command, use_bin_type=True))
+
+    async def read_barrier(self, consistent: bool) -> None:
+        """Before a `default` or `consistent` read: the leader confirms an index, the replica reaches it."""
+        index = await self._call("barrier", consistent)
+        if not isinstance(index, int):
+            raise ServerError(f"bad barrier answer {index!r}")
+        if not await self.replica.wait_for_index(index, RPC_HOLD_TIMEOUT):
+            raise ServerError(f"the local catalog replica did not reach index {index} in {RPC_HOLD_TIMEOUT:.0f}s")

@@ -1,0 +1,93 @@
+"""CatalogFeed: a server streams its catalog to client agents, which keep a read replica of it.
+
+A client sends ["sub", node_name] on the server port; from then on the connection carries, server to
+client only:
+  ["snap", catalog_index, snapshot]                the whole catalog (first, and after every restore)
+  ["cmd", catalog_index, command]                  one applied catalog command, in apply order
+  ["beat", catalog_index, leader_known, last_contact_ms]   every HEARTBEAT_INTERVAL, so silence means loss
+Catalog indexes are the same on every server (each maps Raft entries to catalog indexes the same way), so a
+client may move to another server and compare indexes across them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from ..store import CatalogStore
+from .transport import pack_frame
+
+log = logging.getLogger("meshagent.server.feed")
+
+HEARTBEAT_INTERVAL = 1.0
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # a subscriber this far behind is dropped; it resubscribes from a snapshot
+
+
+class Subscriber(Protocol):
+    """The outgoing side of a subscribed connection (transport's _Conn)."""
+
+    def send_frame(self, frame: bytes) -> None: ...
+
+    def backlog(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class CatalogFeed:
+    """Fans applied catalog commands out to subscribed client agents."""
+
+    def __init__(self, store: CatalogStore, leader_info: Callable[[], tuple[bool, int]]) -> None:
+        self._store = store
+        self._leader_info = leader_info
+        self._subscribers: dict[Subscriber, str] = {}
+        self.dropped = 0
+
+    @property
+    def subscribers(self) -> int:
+        """How many client agents are subscribed."""
+        return len(self._subscribers)
+
+    def subscribe(self, sub: Subscriber, node: str) -> None:
+        """Start streaming to `sub`: the whole catalog now, every command after."""
+        self._subscribers[sub] = node
+        catalog = self._store.catalog
+        sub.send_frame(pack_frame(["snap", catalog.last_index, catalog.snapshot()]))
+        log.debug("feed: %s subscribed at index %d", node, catalog.last_index)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a closed connection."""
+        self._subscribers.pop(sub, None)
+
+    def publish(self, index: int, command: bytes) -> None:
+        """An applied command (applied or rejected: either way it used its index)."""
+        if not self._subscribers:
+            return
+        self._send_all(pack_frame(["cmd", index, command]))
+
+    def restored(self) -> None:
+        """The catalog was replaced (snapshot install or restore): everyone gets the new one."""
+        if not self._subscribers:
+            return
+        catalog = self._store.catalog
+        self._send_all(pack_frame(["snap", catalog.last_index, catalog.snapshot()]))
+
+    def _send_all(self, frame: bytes) -> None:
+        for sub, node in list(self._subscribers.items()):
+            if sub.backlog() > MAX_BACKLOG_BYTES:
+                log.warning("feed: dropping %s, %d bytes behind", node, sub.backlog())
+                self.dropped += 1
+                self.unsubscribe(sub)
+                sub.abort()
+                continue
+            sub.send_frame(frame)
+
+    async def run(self) -> None:
+        """Heartbeats, so that a client can tell a quiet catalog from a lost server."""
+        while True:
+            await trio.sleep(HEARTBEAT_INTERVAL)
+            if self._subscribers:
+                known, last_contact = self._leader_info()
+                self._send_all(pack_frame(["beat", self._store.catalog.last_index, known, last_contact]))
