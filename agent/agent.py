@@ -37,6 +37,7 @@ from .http.server import HTTPServer
 from .lifecycle import leaves_on, notify_systemd
 from .local_state import LocalState
 from .logs import parse_level
+from .peer_snapshot import PeerSnapshot
 from .server.leader import MembershipReconciler
 from .server.runtime import RaftServer
 from .server.transport import split_address
@@ -129,12 +130,9 @@ class Agent:
         except Exception as exc:
             raise AgentError(str(exc)) from exc
         self.server: RaftServer | None = None
-        # Every agent but -dev is part of a cluster: a server's catalog comes from Raft, a client's is a
-        # replica of the servers'; neither keeps a catalog file of its own.
-        try:
-            self.store = CatalogStore(str(data_dir) if data_dir else None, replicated=not config.dev)
-        except Exception as exc:
-            raise AgentError(str(exc)) from exc
+        # A server's catalog comes from Raft (log and snapshots in the data dir), a client's is a replica of
+        # the servers', -dev keeps it in memory.
+        self.store = CatalogStore()
         if config.server:
             bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
             self.server = RaftServer(
@@ -175,6 +173,7 @@ class Agent:
                                   verify_incoming=config.encrypt_verify_incoming,
                                   verify_outgoing=config.encrypt_verify_outgoing,
                                   reconnect_timeout=config.reconnect_timeout)
+        self.peer_snapshot = PeerSnapshot(data_dir / "serf" / "peers.json") if data_dir else None
         self.user_events: deque[dict[str, Any]] = deque(maxlen=256)
         self.join_failed = False
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](1024)
@@ -192,7 +191,6 @@ class Agent:
         with trio.CancelScope() as scope:
             self._cancel = scope
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.store.run)
                 if self.server is not None:
                     try:
                         await nursery.start(self.server.run)
@@ -210,6 +208,8 @@ class Agent:
                         nursery.start_soon(self._retry_join, list(self.config.retry_join))
                     else:
                         notify_systemd("READY=1")
+                    if self.peer_snapshot is not None:
+                        nursery.start_soon(self._keep_peer_snapshot)
                     nursery.start_soon(self._run_watches)
                 if self.reconciler is not None:
                     nursery.start_soon(self.reconciler.run)
@@ -250,6 +250,29 @@ class Agent:
                     with trio.move_on_after(5):
                         await self.replica.synced.wait()
                 await self.local.start(self.config.services, self.config.checks)
+
+    def _peer_addresses(self) -> list[str]:
+        return [f"{m['Addr']}:{m['Port']}" for m in self.gossip.members()
+                if m["Status"] == 1 and m["Name"] != self.node_name]
+
+    async def _keep_peer_snapshot(self) -> None:
+        """Rejoin the last run's peers (unless we left gracefully, without -rejoin), then keep the peer
+        list on disk up to date."""
+        assert self.peer_snapshot is not None
+        peers, left = self.peer_snapshot.load()
+        if peers and left and not self.config.rejoin_after_leave:
+            log.info("not rejoining the last run's %d peers: this agent left gracefully (use -rejoin)",
+                     len(peers))
+        elif peers:
+            joined = await self.gossip.join(peers)
+            log.info("rejoin: contacted %d of the last run's %d peers", joined, len(peers))
+        saved: list[str] = []
+        while True:
+            current = sorted(self._peer_addresses())
+            if current and current != saved:
+                await trio.to_thread.run_sync(self.peer_snapshot.save, current, False)
+                saved = current
+            await trio.sleep(5.0)
 
     async def _retry_join(self, addrs: list[str]) -> None:
         """-retry-join: try the addresses every retry_interval until one answers; after retry_max failed
@@ -333,7 +356,10 @@ class Agent:
         gossip pool; members show this node as left and the leader deregisters it."""
         self._local_scope.cancel()
         if self.config.ports.serf_lan >= 0:
+            peers = self._peer_addresses()
             await self.gossip.leave()
+            if self.peer_snapshot is not None:
+                await trio.to_thread.run_sync(self.peer_snapshot.save, peers, True)
 
     def _gossip_tags(self) -> dict[str, str]:
         config = self.config

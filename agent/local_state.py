@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from ..raft.storage import write_atomic
 from .catalog import (
     CRITICAL,
     NODE_MAINT_CHECK_ID,
@@ -36,7 +37,7 @@ from .config.encode import check_to_api, service_to_api
 from .config.loader import ConfigErrors, parse_check, parse_service
 from .config.types import CheckDefinition, ServiceDefinition, Source
 from .server.errors import ServerError
-from .store import CatalogStore, write_atomic
+from .store import CatalogStore
 
 log = logging.getLogger("meshagent.agent")
 

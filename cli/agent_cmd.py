@@ -38,6 +38,7 @@ def _opt(name: str, **kwargs: Any) -> Any:
 @_opt("recursor", multiple=True, help="Upstream DNS server for names outside the domain; repeatable.")
 @_opt("retry-join", multiple=True, help="Address to join at start; repeatable.")
 @_opt("join", multiple=True, help="Alias of -retry-join.")
+@_opt("rejoin", is_flag=True, default=None, help="Rejoin the last run's peers even after a graceful leave.")
 @_opt("retry-interval", default=None, help="Time between join attempts (default 30s).")
 @_opt("retry-max", type=int, default=None, help="Join attempts before giving up and exiting (default 0: forever).")
 @_opt("encrypt", default=None, help="Gossip encryption key (base64).")
@@ -132,6 +133,7 @@ def _flags(opts: dict[str, Any]) -> dict[str, Any]:
         "retry_join": list(opts["retry_join"]) + list(opts["join"]) or None,
         "encrypt": opts["encrypt"],
         "retry_max": opts["retry_max"],
+        "rejoin_after_leave": opts["rejoin"],
         "retry_interval": _seconds(opts["retry_interval"]) if opts["retry_interval"] else None,
         "node_meta": meta,
     }

@@ -47,9 +47,9 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 # Consul keys accepted (with a warning) until the issue that implements them lands.
 LATER_KEYS = frozenset({
     "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot",
-    "rejoin_after_leave", "start_join",
+    "start_join",
     "addresses", "limits", "raft_protocol", "server_name", "disable_update_check",
-    "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout", "rejoin",
+    "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout",
     "disable_remote_exec", "verify_incoming", "verify_outgoing", "ca_file", "cert_file", "key_file",
     "retry_join_wan", "retry_interval_wan", "advertise_addr_wan", "translate_wan_addrs", "alt_domain",
     "discovery_max_stale", "enable_central_service_config", "config_entries", "auto_encrypt",
@@ -60,7 +60,7 @@ _SCALARS: dict[str, type] = {
     "datacenter": str, "data_dir": str, "node_name": str, "node_id": str, "server": bool, "dev": bool,
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
     "log_level": str, "log_json": bool, "enable_local_script_checks": bool, "enable_script_checks": bool,
-    "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool,
+    "encrypt": str, "leave_on_terminate": bool, "skip_leave_on_interrupt": bool, "rejoin_after_leave": bool,
     "encrypt_verify_incoming": bool, "encrypt_verify_outgoing": bool, "retry_max": int,
     "raft_snapshot_threshold": int, "raft_trailing_logs": int,
 }

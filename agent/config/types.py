@@ -158,6 +158,8 @@ class AgentConfig:
     max_query_time: float = 600.0
     leave_on_terminate: bool | None = None
     skip_leave_on_interrupt: bool | None = None
+    # At start, rejoin the peers of the last run (<data-dir>/serf/peers.json) even after a graceful leave.
+    rejoin_after_leave: bool = False
     services: list[ServiceDefinition] = field(default_factory=list)
     checks: list[CheckDefinition] = field(default_factory=list)
     config_files: list[str] = field(default_factory=list)  # every file that was loaded, in order
