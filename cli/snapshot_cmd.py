@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 from meshagent.agent.snapshot_archive import ArchiveError, unpack
-from meshagent.agent.store import write_atomic
+from meshagent.raft.storage import write_atomic
 
 from .http_client import AgentClient, fail, http_options
 
