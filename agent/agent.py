@@ -275,8 +275,8 @@ class Agent:
             await trio.sleep(5.0)
 
     async def _retry_join(self, addrs: list[str]) -> None:
-        """-retry-join: try the addresses every retry_interval until one answers; after retry_max failed
-        attempts (when set) the agent gives up and exits, as Consul does."""
+        """-retry-join: try the addresses until one answers, backing off to every retry_interval; after
+        retry_max failed attempts (when set) the agent gives up and exits, as Consul does."""
         attempt = 0
         while True:
             attempt += 1
@@ -290,8 +290,11 @@ class Agent:
                 self.join_failed = True
                 self.shutdown()
                 return
-            log.warning("join: attempt %d failed, retrying in %gs", attempt, self.config.retry_interval)
-            await trio.sleep(self.config.retry_interval)
+            # Beyond Consul: the first retries come sooner (1, 2, 4 ... s, up to retry_interval), so that a
+            # fleet started all at once forms in seconds instead of after a full 30 s interval.
+            delay = min(self.config.retry_interval, 2.0 ** (attempt - 1))
+            log.warning("join: attempt %d failed, retrying in %gs", attempt, delay)
+            await trio.sleep(delay)
 
     def _on_gossip_event(self, event: SerfEvent) -> None:
         if isinstance(event, MemberEvent):

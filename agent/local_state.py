@@ -346,7 +346,7 @@ class LocalState:
             await self.store.hub.wait([key], 3600.0)
             await trio.sleep(0.2)  # let a burst of changes (our own writes among them) settle
             if not self._in_sync():
-                log.info("catalog entries for this node changed elsewhere; syncing")
+                log.debug("catalog entries for this node differ from local state; syncing")
                 self._out_of_sync = True
 
     # ------------------------------------------------------------------ maintenance
