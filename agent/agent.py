@@ -181,7 +181,7 @@ class Agent:
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store)
         self._cancel: trio.CancelScope | None = None
-        self._local_scope = trio.CancelScope()
+        self._until_leave = trio.CancelScope()
 
     # ------------------------------------------------------------------ running
 
@@ -208,15 +208,13 @@ class Agent:
                         nursery.start_soon(self._retry_join, list(self.config.retry_join))
                     else:
                         notify_systemd("READY=1")
-                    if self.peer_snapshot is not None:
-                        nursery.start_soon(self._keep_peer_snapshot)
                     nursery.start_soon(self._run_watches)
                 if self.reconciler is not None:
                     nursery.start_soon(self.reconciler.run)
                 if self.replica is not None and self.forwarder is not None:
                     await nursery.start(self.forwarder.run)
                     await nursery.start(self.replica.run)
-                await nursery.start(self._run_local)
+                await nursery.start(self._run_until_leave)
                 if self.config.ports.http >= 0:
                     await nursery.start(self.http.run)
                 if self.config.ports.dns >= 0:
@@ -232,11 +230,13 @@ class Agent:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    async def _run_local(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Local services and checks, synced to the catalog, under their own cancel scope (a graceful leave
-        stops them first)."""
-        with self._local_scope:
+    async def _run_until_leave(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """What a graceful leave stops first: local services and checks synced to the catalog (nothing may
+        re-register this node) and the peer snapshot (which records the leave)."""
+        with self._until_leave:
             async with trio.open_nursery() as nursery:
+                if self.peer_snapshot is not None and self.config.ports.serf_lan >= 0:
+                    nursery.start_soon(self._keep_peer_snapshot)
                 await nursery.start(self.local.run)
                 if self.config.dev:
                     await self.local.start(self.config.services, self.config.checks)
@@ -357,7 +357,7 @@ class Agent:
     async def leave(self) -> None:
         """Graceful leave: stop syncing local state (so nothing re-registers this node), then leave the
         gossip pool; members show this node as left and the leader deregisters it."""
-        self._local_scope.cancel()
+        self._until_leave.cancel()
         if self.config.ports.serf_lan >= 0:
             peers = self._peer_addresses()
             await self.gossip.leave()
