@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _HEALTH_CODES = {PASSING: 200, WARNING: 429}  # anything else (critical, maintenance) is 503
 
 
-def _body_json(request: Request) -> Any:
+def body_json(request: Request) -> Any:
     """The request body as JSON (an empty body is an empty object)."""
     if not request.body.strip():
         return {}
@@ -136,7 +136,7 @@ async def service_register(api: API, request: Request, query: Query, arg: str) -
     from ..config.loader import parse_service
     from ..config.types import Source
 
-    body = _body_json(request)
+    body = body_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: body must be a JSON object")
     replace = query.flag("replace-existing-checks")
@@ -204,7 +204,7 @@ async def check_register(api: API, request: Request, query: Query, arg: str) -> 
     from ..config.loader import parse_check
     from ..config.types import Source
 
-    body = _body_json(request)
+    body = body_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: body must be a JSON object")
     await api.agent.local.register_check(parse_check(body, Source("<api>")))
@@ -239,7 +239,7 @@ async def check_fail(api: API, request: Request, query: Query, arg: str) -> Resp
 
 async def check_update(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/update/:id with body {"Status": ..., "Output": ...}."""
-    body = _body_json(request)
+    body = body_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: body must be a JSON object")
     status = body.get("Status", body.get("status", ""))

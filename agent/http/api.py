@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..server.errors import ServerError
-from . import agent_api, catalog_api, event_api, health_api, kv_api, operator_api
+from . import agent_api, catalog_api, catalog_write_api, event_api, health_api, kv_api, operator_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query
 from .render import dumps
@@ -62,6 +62,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/catalog/nodes": {"GET": catalog_api.nodes},
     "/v1/catalog/node/": {"GET": catalog_api.node},
     "/v1/catalog/datacenters": {"GET": catalog_api.datacenters},
+    "/v1/catalog/register": {"PUT": catalog_write_api.register},
+    "/v1/catalog/deregister": {"PUT": catalog_write_api.deregister},
     "/v1/health/service/": {"GET": health_api.service},
     "/v1/health/checks/": {"GET": health_api.checks},
     "/v1/health/node/": {"GET": health_api.node},

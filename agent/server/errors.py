@@ -16,3 +16,11 @@ class NoLeader(ServerError):
 
     def __init__(self, message: str = "No cluster leader") -> None:
         super().__init__(message, 500)
+
+
+REJECTED = "rejected: "  # prefix of a command the catalog refused: the request's fault, not the cluster's
+
+
+def error_from_text(text: str) -> ServerError:
+    """A ServerError for an error string that crossed Raft or the RPC: 400 for a refused command."""
+    return ServerError(text, 400 if text.startswith(REJECTED) else 500)

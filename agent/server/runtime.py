@@ -41,7 +41,7 @@ from ...raft.node import (
 from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, SnapshotStore
 from ..catalog import Catalog, CommandError
 from ..store import CatalogStore
-from .errors import NoLeader, ServerError
+from .errors import REJECTED, NoLeader, ServerError, error_from_text
 from .feed import CatalogFeed
 from .transport import PeerLink, Reply, RPCClient, ServerListener, split_address
 
@@ -363,7 +363,7 @@ class RaftServer:
         try:
             return self.store.apply_committed(index, command), None
         except CommandError as exc:
-            return None, str(exc)
+            return None, f"{REJECTED}{exc}"
         finally:
             # Subscribed client agents apply the same command at the same index (a rejected one too:
             # it used its index here, so it must there).
@@ -717,7 +717,7 @@ class RaftServer:
                 if p.error is None:
                     return p.result
                 if not p.error.startswith("not the leader") or trio.current_time() > deadline:
-                    raise ServerError(p.error)
+                    raise error_from_text(p.error)
                 await trio.sleep(0.01)
                 continue
             try:

@@ -20,7 +20,7 @@ import msgpack
 import trio
 
 from ...raft.messages import Message, decode_message, encode_message
-from .errors import ServerError
+from .errors import ServerError, error_from_text
 
 if TYPE_CHECKING:
     from .feed import CatalogFeed
@@ -146,6 +146,9 @@ class RPCClient:
 
     async def call(self, nursery: trio.Nursery, method: str, args: Any, timeout: float = 10.0) -> Any:
         """Call `method`; raises ServerError for a remote error or an unreachable server."""
+        rid: int | None = None
+        sent = False
+        slot: tuple[trio.Event, list[Any]] = (trio.Event(), [])
         with trio.move_on_after(timeout) as scope:
             async with self._lock:
                 if self._stream is None:
@@ -158,21 +161,26 @@ class RPCClient:
                     nursery.start_soon(self._read_loop, self._stream)
                 self._next_id += 1
                 rid = self._next_id
-                slot: tuple[trio.Event, list[Any]] = (trio.Event(), [])
                 self._pending[rid] = slot
                 try:
                     await self._stream.send_all(pack_frame(["req", rid, method, args]))
+                    sent = True
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._pending.pop(rid, None)
                     self._reset()
                     raise ServerError(f"lost connection to server {self.address}") from exc
+                finally:
+                    if not sent:
+                        self._reset()  # cancelled halfway through a frame: the stream is unusable
             await slot[0].wait()
         if scope.cancelled_caught:
+            if rid is None:
+                raise ServerError(f"cannot reach server {self.address}: no connection within {timeout:.0f}s")
             self._pending.pop(rid, None)
             raise ServerError(f"server {self.address} did not answer {method} within {timeout:.0f}s")
         error, result = slot[1]
         if error is not None:
-            raise ServerError(str(error))
+            raise error_from_text(str(error))
         return result
 
     def _reset(self) -> None:
