@@ -15,11 +15,14 @@ dev: $(BIN)/.installed
 	$(BIN)/meshagent agent -dev -config-dir examples/services
 
 # Tools the tests drive as outside clients: dig (dnsutils); ip (iproute2) for the network-namespace hosts;
-# serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq and wrk for the benchmarks.
+# serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq and wrk for the benchmarks;
+# vagrant for `vagrant validate` of vagrant/ (without its recommends: libvirt, qemu and NFS are 300+ MB and
+# validation needs none of them).
 system-deps:
-	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null || ! command -v serf >/dev/null; then \
-		echo "installing dnsutils iproute2 serf dnsperf dnsmasq-base wrk (needs root)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 serf dnsperf dnsmasq-base wrk; \
+	@if ! command -v dig >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null || ! command -v serf >/dev/null || ! command -v vagrant >/dev/null; then \
+		echo "installing dnsutils iproute2 serf dnsperf dnsmasq-base wrk vagrant (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 serf dnsperf dnsmasq-base wrk && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends vagrant; \
 	fi
 
 # Set up and run the whole test suite (slow suites included).
@@ -35,3 +38,4 @@ bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/raft/run.py
 	$(BIN)/python bench/gossip/run.py
 	$(BIN)/python bench/gossip/sim_rounds.py
+	$(BIN)/python bench/cluster/run.py
