@@ -184,3 +184,14 @@ def test_graceful_leave_of_a_client_removes_its_services_at_once_and_shows_left(
                        "members to show the leaver as left")
     leaver.start()
     cluster.wait_until(lambda: _db_everywhere(cluster, _db_hosts(cluster)), 30, "the leaver back after restart")
+
+
+def test_sigterm_on_a_server_keeps_it_in_the_quorum(cluster: Cluster) -> None:
+    server = next(s for s in cluster.servers if s is not _leader(cluster))
+    watcher = next(s for s in cluster.servers if s is not server)
+    server.terminate()  # leave_on_terminate is false on servers: a restart must not shrink the quorum
+    cluster.wait_until(lambda: watcher.members().get(server.name) == 4, 30,
+                       f"{server.name} to show as failed (not left) after SIGTERM")
+    assert f"{server.address}:8300" in watcher.http("/v1/status/peers")
+    server.start()
+    cluster.wait_until(lambda: watcher.members().get(server.name) == 1, 30, f"{server.name} alive again")

@@ -143,11 +143,11 @@ dns_config {
 
 
 def test_unknown_keys_fail_but_later_consul_keys_warn(tmp_path: Path) -> None:
-    path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nrejoin_after_leave = true\n')
+    path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nstart_join = ["a"]\n')
     errors, warnings = validate_paths([path])
     assert [str(e) for e in errors] == [f"{path}:1: datacentre: unknown configuration key"]
     assert f"{path}:2: ui_config: accepted but not acted on yet" in warnings
-    assert any("rejoin_after_leave" in w for w in warnings)
+    assert any("start_join" in w for w in warnings)
     ok = write(tmp_path / "b.hcl", 'ui_config {\n  enabled = true\n}\n')
     assert any("ui_config" in w for w in load_config([ok], [], {}).warnings)
 
