@@ -72,6 +72,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.support.agents import port_free
+
 log = logging.getLogger("tests.cluster.hosts")
 
 T = TypeVar("T")
@@ -992,15 +994,7 @@ class Cluster:
 
 
 def _ports_free(address: str) -> bool:
-    for kind, port in ((socket.SOCK_STREAM, HTTP_PORT), (socket.SOCK_STREAM, DNS_PORT), (socket.SOCK_DGRAM, DNS_PORT),
-                       (socket.SOCK_STREAM, SERF_PORT), (socket.SOCK_DGRAM, SERF_PORT),
-                       (socket.SOCK_STREAM, SERVER_PORT)):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((address, port))
-            except OSError:
-                return False
-    return True
+    return all(port_free(address, p) for p in (HTTP_PORT, DNS_PORT, SERF_PORT, SERVER_PORT))
 
 
 # ---------------------------------------------------------------------- command line

@@ -19,7 +19,8 @@ MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 _next_host = 10 + (os.getpid() * 7) % 200
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether `port` is free on `host` for both TCP and UDP."""
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as sock:
             try:
@@ -35,7 +36,7 @@ def free_loopback_host(ports: tuple[int, ...] = (8500, 8600, 8300, 8301)) -> str
     for _ in range(250):
         _next_host = 10 + (_next_host - 9) % 240
         host = f"127.0.0.{_next_host}"
-        if all(_port_free(host, p) for p in ports):
+        if all(port_free(host, p) for p in ports):
             return host
     raise RuntimeError("no free 127.0.0.N address found")
 
