@@ -19,7 +19,6 @@ import random
 from dataclasses import dataclass, field
 
 from . import messages as m
-from . import wire
 from .delegate import Delegate, MemberInfo
 from .messages import NodeState
 from .tunables import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
@@ -31,23 +30,15 @@ META_MAX_SIZE = 512  # memberlist's MetaMaxSize
 MAX_PARTS = 127
 # Room kept in each packet for what the runtime wraps around it: AES-GCM (29 bytes) and the CRC header (5).
 FRAMING_RESERVE = 34
-# When broadcasts are left over after a packet is full, we try a compressed packet holding more of them:
-# up to this many times the packet's room in raw bytes (LZW shrinks our alive messages to about half).
-COMPRESS_RAW_FACTOR = 2.5
-COMPRESS_TRIES = 4
 
 
 @dataclass(frozen=True, slots=True)
 class SendPacket:
-    """Send these single messages to `addr` in one UDP packet (compound if several).
-
-    `compressed`, when set, is what goes on the wire instead: one compress message (type 9) holding the
-    compound of `messages`, which would not fit the packet uncompressed."""
+    """Send these single messages to `addr` in one UDP packet (compound if several)."""
 
     addr: Address
     messages: list[bytes]
     crc: bool = False
-    compressed: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,69 +410,26 @@ class Swim:
             mem.state in (NodeState.ALIVE, NodeState.SUSPECT)
             or now - mem.state_change < self.config.gossip_to_the_dead_time)]
         for mem in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
-            msgs, packed = self._fill([])
+            msgs = self._broadcasts(self.config.udp_buffer_size - FRAMING_RESERVE - _overhead(0))
             if not msgs:
                 break
-            out.append(SendPacket(mem.address, msgs, self._wants_crc(mem), packed))
+            out.append(SendPacket(mem.address, msgs, self._wants_crc(mem)))
         return out
 
     def _send(self, dest: Address, msg: bytes, member: Member | None = None) -> SendPacket:
         """One message plus whatever broadcasts fit beside it."""
-        msgs, packed = self._fill([msg])
+        room = self.config.udp_buffer_size - FRAMING_RESERVE - _overhead(1) - len(msg)
+        extra = self._broadcasts(room) if room > 0 else []
         if member is None:
             member = next((mem for mem in self.members.values() if mem.address == dest), None)
-        return SendPacket(dest, msgs, self._wants_crc(member), packed)
-
-    def _fill(self, lead: list[bytes]) -> tuple[list[bytes], bytes | None]:
-        """`lead` and the broadcasts that fit beside it in one packet, and the compressed form of them all
-        when compressing let more broadcasts in (None: send them plain)."""
-        total = self.config.udp_buffer_size - FRAMING_RESERVE
-        room = total - _overhead(len(lead)) - sum(len(x) for x in lead)
-        if room <= 0:
-            return lead, None
-        taken, rest, limit = self._broadcasts(room)
-        msgs = [*lead, *taken]
-        if not rest or not self.config.compress_when_full:
-            return msgs, None
-        return self._compress_more(msgs, rest, total, limit)
-
-    def _compress_more(self, msgs: list[bytes], rest: list[_Broadcast], total: int,
-                       limit: int) -> tuple[list[bytes], bytes | None]:
-        """A packet is full and our broadcasts in `rest` are left over: add as many of them as fit once the
-        packet is LZW-compressed (memberlist compresses only after filling a packet, so it never gains
-        room). During a join storm this carries about twice the alive messages per packet."""
-        raw = _overhead(len(msgs)) + sum(len(x) for x in msgs)
-        budget = int(total * COMPRESS_RAW_FACTOR)
-        extra: list[_Broadcast] = []
-        for b in rest:
-            if len(msgs) + len(extra) >= MAX_PARTS:
-                break
-            if raw + len(b.msg) + 2 <= budget:
-                extra.append(b)
-                raw += len(b.msg) + 2
-        for _ in range(COMPRESS_TRIES):
-            if not extra:
-                break
-            packed = wire.compress_message(wire.make_compound([*msgs, *(b.msg for b in extra)]))
-            if len(packed) <= total:
-                for b in extra:
-                    b.transmits += 1
-                self._queue = [b for b in self._queue if b.transmits < limit]
-                return [*msgs, *(b.msg for b in extra)], packed
-            # Too big: the compressed size grows about linearly with the raw size, so cut the extras to
-            # what should fit (with a margin), at least one.
-            target = raw * total / len(packed) * 0.97
-            while extra and raw > target:
-                raw -= len(extra.pop().msg) + 2
-        return msgs, None
+        return SendPacket(dest, [msg, *extra], self._wants_crc(member))
 
     @staticmethod
     def _wants_crc(member: Member | None) -> bool:
         return member is not None and len(member.vsn) > 1 and member.vsn[1] >= 5
 
-    def _broadcasts(self, room: int) -> tuple[list[bytes], list[_Broadcast], int]:
-        """Fill `room` bytes: our own broadcasts and the delegate's share it, so neither starves the other.
-        Returns the messages taken, our broadcasts that did not fit (in queue order), and the retransmit limit."""
+    def _broadcasts(self, room: int) -> list[bytes]:
+        """Fill `room` bytes: our own broadcasts and the delegate's share it, so neither starves the other."""
         limit = retransmit_limit(self.config.retransmit_mult, max(1, self.num_alive()))
         taken: list[bytes] = []
         # The layer above (Serf: joins, leaves, user events) gets first claim on half the packet, ours get
@@ -489,8 +437,8 @@ class Swim:
         # membership churn (memberlist#299). The delegate is asked once per packet: each answer counts as
         # a transmission, so asking twice would send the same message twice in one packet.
         used = self._take_delegate(room // 2, taken)
-        rest = self._take_own(room - used, taken, limit)
-        return taken, rest, limit
+        self._take_own(room - used, taken, limit)
+        return taken
 
     def _take_delegate(self, room: int, taken: list[bytes]) -> int:
         if room <= 3:
@@ -505,25 +453,20 @@ class Swim:
             used += cost
         return used
 
-    def _take_own(self, room: int, taken: list[bytes], limit: int) -> list[_Broadcast]:
-        """Take our broadcasts that fit `room`, least transmitted first; return those left over, in order."""
+    def _take_own(self, room: int, taken: list[bytes], limit: int) -> int:
         used = 0
         self._queue.sort(key=lambda b: (b.transmits, -b.order))
         keep: list[_Broadcast] = []
-        rest: list[_Broadcast] = []
         for b in self._queue:
             cost = len(b.msg) + 2
             if used + cost <= room and len(taken) < MAX_PARTS:
                 taken.append(b.msg)
                 used += cost
                 b.transmits += 1
-                if b.transmits < limit:
-                    keep.append(b)
-            elif b.transmits < limit:
+            if b.transmits < limit:
                 keep.append(b)
-                rest.append(b)
         self._queue = keep
-        return rest
+        return used
 
     def _queue_broadcast(self, key: str | None, msg: bytes) -> None:
         if key is not None:

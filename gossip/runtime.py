@@ -171,8 +171,7 @@ class GossipAgent:
         assert self._nursery is not None
         for o in outs:
             if isinstance(o, SendPacket):
-                parts = [o.compressed] if o.compressed is not None else o.messages
-                self._send(pack_packet(parts, keyring=self._keyring_out, crc=o.crc), o.addr)
+                self._send(pack_packet(o.messages, keyring=self._keyring_out, crc=o.crc), o.addr)
             elif isinstance(o, PushPull):
                 self._nursery.start_soon(self._push_pull_quietly, o.addr, o.join)
             elif isinstance(o, StreamPing):

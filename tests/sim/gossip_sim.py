@@ -26,7 +26,6 @@ from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
 from meshagent.gossip.messages import NodeState
 from meshagent.gossip.serf import RECONNECT_INTERVAL, MemberEvent, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
-from meshagent.gossip.wire import unpack_packet
 
 PORT = 8301
 
@@ -169,9 +168,7 @@ class Sim:
                 dst = self.by_ip.get(o.addr[0])
                 if dst is None:
                     continue
-                # A compressed packet is unpacked as the receiver's runtime would (the real codec).
-                msgs = unpack_packet(o.compressed) if o.compressed is not None else o.messages
-                for msg in msgs:
+                for msg in o.messages:
                     self._send(node.name, dst, msg)
             elif isinstance(o, PushPull):
                 self._push_pull(node, o.addr, o.join)
