@@ -27,6 +27,7 @@ from .catalog import (
     SERVICE_MAINT_PREFIX,
     STATUSES,
     Check,
+    CommandError,
     Node,
     Service,
     commands,
@@ -400,8 +401,9 @@ class LocalState:
         try:
             self.syncs += 1
             return await self.store.apply(command)
-        except ServerError as exc:
-            # No leader (yet): like Consul, keep the registration locally and let anti-entropy retry.
+        except (ServerError, CommandError) as exc:
+            # No leader (yet), or the catalog changed under us (a check whose service was deregistered
+            # elsewhere): keep local state and let a full sync put everything back.
             if not self._out_of_sync:
                 log.warning("catalog sync deferred: %s; retrying every second", exc)
             self._out_of_sync = True
@@ -454,6 +456,10 @@ class LocalState:
 
     async def _sync_check(self, check_id: str) -> None:
         check = self._checks[check_id]
+        if check.service_id in self._services and not any(
+                s.id == check.service_id for s in self.store.catalog.node_services(self.node.node)):
+            await self._sync_service(check.service_id)  # the service is gone from the catalog: both go back
+            return
         tags = self._services[check.service_id].tags if check.service_id in self._services else []
         row = check.row(self.node.node, tags)
         if not self._check_current(row, self._catalog_checks().get(check_id), trio.current_time()):
