@@ -18,9 +18,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_SIZES = (16, 24, 32)
 NONCE_SIZE = 12
@@ -52,6 +53,14 @@ def overhead(version: int = 1) -> int:
     return 1 + NONCE_SIZE + TAG_SIZE + (_BLOCK if version == 0 else 0)
 
 
+def _aesgcm(key: bytes) -> AESGCM:
+    # Imported on first use: `cryptography` (its Rust extension and OpenSSL bindings) adds about 6.5 MB to
+    # the process, which an agent that gossips in plaintext never needs.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", *, version: int = 1) -> bytes:
     """Seal `plaintext` with `key` in memberlist's framing (`aad` is GCM additional data; may be empty)."""
     validate_key(key)
@@ -61,7 +70,7 @@ def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", *, version: int = 1)
         pad = _BLOCK - len(plaintext) % _BLOCK
         plaintext = plaintext + bytes([pad]) * pad
     nonce = os.urandom(NONCE_SIZE)
-    return bytes([version]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return bytes([version]) + nonce + _aesgcm(key).encrypt(nonce, plaintext, aad)
 
 
 def decrypt(keys: Sequence[bytes], data: bytes, aad: bytes = b"") -> bytes:
@@ -75,9 +84,11 @@ def decrypt(keys: Sequence[bytes], data: bytes, aad: bytes = b"") -> bytes:
         raise DecryptError(f"payload is too small to decrypt: {len(data)} bytes")
     nonce = data[1 : 1 + NONCE_SIZE]
     sealed = data[1 + NONCE_SIZE :]
+    from cryptography.exceptions import InvalidTag
+
     for key in keys:
         try:
-            plain = AESGCM(key).decrypt(nonce, sealed, aad)
+            plain = _aesgcm(key).decrypt(nonce, sealed, aad)
         except (InvalidTag, ValueError):
             continue
         return _unpad(plain) if version == 0 else plain

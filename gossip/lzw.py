@@ -54,14 +54,23 @@ def compress(data: bytes) -> bytes:
     hi = _EOF
     overflow = 1 << width
     table: dict[int, int] = {}
+    get = table.get
+    # The bit writer, inlined in the loop (the gossip core compresses full packets during join storms).
+    out = writer.out
+    bits, nbits = writer.bits, writer.nbits
     code = data[0]
     for byte in data[1:]:
         key = (code << 8) | byte
-        found = table.get(key)
+        found = get(key)
         if found is not None:
             code = found
             continue
-        writer.write(code, width)
+        bits |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(bits & 0xFF)
+            bits >>= 8
+            nbits -= 8
         code = byte
         hi += 1
         if hi == overflow:
@@ -69,11 +78,17 @@ def compress(data: bytes) -> bytes:
             overflow <<= 1
         if hi == _MAX_CODE:
             # Out of codes: tell the reader to reset, then start a fresh table.
-            writer.write(_CLEAR, width)
+            bits |= _CLEAR << nbits
+            nbits += width
+            while nbits >= 8:
+                out.append(bits & 0xFF)
+                bits >>= 8
+                nbits -= 8
             width, hi, overflow = _LIT_WIDTH + 1, _EOF, 1 << (_LIT_WIDTH + 1)
             table.clear()
             continue
         table[key] = hi
+    writer.bits, writer.nbits = bits, nbits
     writer.write(code, width)
     hi += 1
     if hi == overflow:

@@ -171,7 +171,7 @@ class GossipAgent:
         assert self._nursery is not None
         for o in outs:
             if isinstance(o, SendPacket):
-                self._send(pack_packet(o.messages, keyring=self._keyring_out, crc=o.crc), o.addr)
+                self._send(pack_packet([o.payload()], keyring=self._keyring_out, crc=o.crc), o.addr)
             elif isinstance(o, PushPull):
                 self._nursery.start_soon(self._push_pull_quietly, o.addr, o.join)
             elif isinstance(o, StreamPing):
@@ -299,6 +299,7 @@ class GossipAgent:
                 log.warning("failed to join %s: %s", addr, exc)
         if ok:
             self.serf.join_intent()
+            self.swim.joined(trio.current_time())
             self._wake.set()
         return ok
 

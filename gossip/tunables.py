@@ -36,6 +36,10 @@ class GossipConfig:
     tcp_timeout: float = 10.0
     # Largest UDP payload we build; compound messages are packed up to this.
     udp_buffer_size: int = 1400
+    # Not in memberlist: when broadcasts are left over after a packet is full, compress the packet (LZW, as
+    # memberlist's compress message) and fit more of them. memberlist compresses every packet after filling
+    # it, which saves bytes but never carries more news.
+    compress_when_full: bool = True
     # Disable the TCP ping sent alongside indirect probes.
     disable_tcp_pings: bool = False
     # A dead member's name may be taken by a new address after this long (0: never while known).

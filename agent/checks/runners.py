@@ -7,7 +7,6 @@ import signal
 import ssl
 import subprocess
 
-import httpx
 import trio
 
 from ..config.types import CheckDefinition
@@ -23,6 +22,10 @@ def _clip(text: str) -> str:
 
 async def run_http(check: CheckDefinition) -> tuple[str, str]:
     """2xx passing, 429 warning, anything else (or no answer) critical."""
+    # Imported on first use: httpx (and the rich it pulls in) is about 7 MB that an agent without HTTP checks
+    # never needs.
+    import httpx
+
     timeout = check.timeout or 10.0
     verify: ssl.SSLContext | bool = True
     if check.tls_skip_verify:

@@ -4,6 +4,10 @@ Each broadcast goes out at most retransmit_mult * ceil(log10(n + 1)) times; the 
 and, among equals, the newest; a newer broadcast about the same member replaces the older one; a packet is
 filled to the byte budget. And, unlike memberlist (issue #299), the delegate's user broadcasts share every
 packet with membership news, so a storm of one never starves the other.
+
+Also unlike memberlist: a full packet with broadcasts still waiting goes out LZW-compressed with more of
+them in it (`compress_when_full`). The queue tests run with that off (QUIET), so that they see memberlist's
+queue; the last tests turn it on.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import random
 from dataclasses import replace
 
 from meshagent.gossip import messages as m
+from meshagent.gossip import serf_messages as sm
 from meshagent.gossip.membership import FRAMING_RESERVE, SendPacket, Swim
 from meshagent.gossip.tunables import GossipConfig, retransmit_limit
+from meshagent.gossip.wire import make_compound, unpack_packet
 
 from tests.gossip.test_swim import PORT, Rec
 
-QUIET = replace(GossipConfig(), probe_interval=1e6, push_pull_interval=1e6, gossip_nodes=1)
+QUIET = replace(GossipConfig(), probe_interval=1e6, push_pull_interval=1e6, gossip_nodes=1, compress_when_full=False)
 
 
 def alive(name: str, inc: int = 1, last: int = 9) -> m.Alive:
@@ -126,3 +132,79 @@ def test_a_storm_of_user_broadcasts_does_not_starve_membership_news() -> None:
     assert sum(p.count(alive("joiner")) for p in packets) >= 3  # the join goes out in the storm's first packets
     for p in packets:
         assert 2 + sum(len(m.encode(x)) + 2 for x in p) <= QUIET.udp_buffer_size - FRAMING_RESERVE
+
+
+# ---------------------------------------------------------------------------------------------- compression
+
+# Consul's tags, as an agent gossips them: they make an alive message about 240 bytes, five to a packet.
+CONSUL_TAGS = {"role": "consul", "dc": "dc1", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "0.1.0",
+               "segment": "", "port": "8300", "bootstrap": "1", "raft_vsn": "3", "wan_join_port": "8302"}
+
+
+def consul_alive(i: int) -> m.Alive:
+    tags = {**CONSUL_TAGS, "id": f"{i:08x}-{i * 7919 % 65536:04x}-4{i % 4096:03x}-8000-{i * 104729:012x}"}
+    return m.Alive(1, f"node-{i:03d}", bytes([10, 1, i // 250, i % 250 + 1]), PORT, sm.encode_tags(tags))
+
+
+def sent_packets(swim: Swim, count: int) -> list[SendPacket]:
+    out: list[SendPacket] = []
+    for _ in range(count):
+        out += [o for o in swim.tick(swim.next_deadline()) if isinstance(o, SendPacket)]
+    return out
+
+
+def test_a_full_packet_with_news_left_over_goes_out_compressed_with_more_of_it() -> None:
+    config = replace(QUIET, compress_when_full=True)
+    swim = one_peer(config)
+    news = [consul_alive(i) for i in range(29)]  # a join storm's worth for one seed
+    for a in news:
+        swim.receive(1.0, ("10.0.0.2", PORT), m.encode(a))
+    budget = config.udp_buffer_size - FRAMING_RESERVE
+    plain_fit = (budget - 2) // (len(m.encode(news[0])) + 2)
+    first = sent_packets(swim, 1)[0]
+    assert first.compressed is not None
+    assert len(first.compressed) <= budget  # what goes on the wire fits the packet
+    assert unpack_packet(first.compressed) == first.messages  # and holds exactly the messages listed
+    assert len(make_compound(first.messages)) > budget  # which would not have fitted plainly
+    assert len(first.messages) >= 2 * plain_fit - 1  # about twice as many (LZW halves these messages)
+
+
+def test_compressed_packets_keep_the_retransmit_count() -> None:
+    swim = one_peer(replace(QUIET, compress_when_full=True))
+    news = [consul_alive(i) for i in range(29)]
+    for a in news:
+        swim.receive(1.0, ("10.0.0.2", PORT), m.encode(a))
+    packets = sent_packets(swim, 200)
+    assert any(p.compressed is not None for p in packets)
+    sent = [m.decode(x) for p in packets for x in p.messages]
+    limit = retransmit_limit(QUIET.retransmit_mult, 31)
+    assert all(sent.count(a) == limit for a in news)  # each exactly its limit, compressed or not
+    assert swim._queue == []
+
+
+def test_nothing_is_compressed_when_everything_fits() -> None:
+    swim = one_peer(replace(QUIET, compress_when_full=True))
+    for i in range(3):
+        swim.receive(1.0, ("10.0.0.2", PORT), m.encode(consul_alive(i)))
+    packets = sent_packets(swim, 20)
+    assert packets and all(p.compressed is None for p in packets)  # no LZW work while the queue is short
+
+
+def test_incompressible_news_goes_out_plain_and_does_not_stop_later_compression() -> None:
+    swim = one_peer(replace(QUIET, compress_when_full=True))
+    rng = random.Random(11)
+    noise = [m.Alive(1, f"noise-{i:02d}", bytes([10, 2, 0, i + 1]), PORT, rng.randbytes(220)) for i in range(20)]
+    for a in noise:
+        swim.receive(1.0, ("10.0.0.2", PORT), m.encode(a))
+    budget = QUIET.udp_buffer_size - FRAMING_RESERVE
+    packets = sent_packets(swim, 60)
+    assert all(len(p.payload()) <= budget for p in packets)
+    sent = [m.decode(x) for p in packets for x in p.messages]
+    assert all(sent.count(a) == retransmit_limit(QUIET.retransmit_mult, 22) for a in noise)
+    # Compressible news afterwards is packed compressed again: more than the five a plain packet holds at
+    # once, and from the next packet on (aimed with the ratio just measured) about twice that.
+    for i in range(29):
+        swim.receive(20.0, ("10.0.0.2", PORT), m.encode(consul_alive(i)))
+    later = sent_packets(swim, 2)
+    assert all(p.compressed is not None for p in later)
+    assert len(later[0].messages) > 5 and len(later[1].messages) >= 9

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +23,10 @@ import pytest
 from meshagent.gossip import messages as m
 from meshagent.gossip import serf_messages as sm
 from meshagent.gossip import wire
+from meshagent.gossip.delegate import MemberInfo
 from meshagent.gossip.keyring import Keyring
+from meshagent.gossip.membership import Swim
+from meshagent.gossip.tunables import GossipConfig
 
 from tests.support.serf_rpc import SerfAgent, SerfRPC
 from tests.support.wait import wait_for
@@ -322,6 +325,67 @@ def test_compound_part_limit_for_memberlist_peers(serf: Serf) -> None:
     assert acked(wire.make_compound(group)) == set(range(1000, 1127))
     # Why the limit: memberlist 0.2 sizes the length table in a uint8 and misreads 128 parts entirely.
     assert acked(wire.make_compound(pings)) == set()
+
+
+class _Quiet:
+    """A delegate with nothing of its own to say."""
+
+    def node_meta(self, limit: int) -> bytes:
+        return b""
+
+    def notify_msg(self, now: float, payload: bytes) -> None:
+        pass
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        return []
+
+    def local_state(self, join: bool) -> bytes:
+        return b""
+
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
+        pass
+
+    def notify_join(self, now: float, member: MemberInfo) -> None:
+        pass
+
+    def notify_leave(self, now: float, member: MemberInfo) -> None:
+        pass
+
+    def notify_update(self, now: float, member: MemberInfo) -> None:
+        pass
+
+
+def test_our_compressed_full_packets_are_read_whole_by_serf(serf: Serf) -> None:
+    """The core compresses a full packet to fit more alive messages in (compress_when_full): serf must read
+    every one of them, CRC and encryption included, and list those members."""
+    swim = Swim(replace(GossipConfig(), gossip_nodes=1), "gossiper", socket.inet_aton(serf.ip), serf.fake_port,
+                _Quiet(), random.Random(5))
+    swim.start(0.0)
+    vsn = bytes([1, 5, 2, 2, 5, 4])  # serf 0.9: memberlist protocol 1..5, so it wants a CRC
+    s1 = m.Alive(1, "s1", socket.inet_aton(serf.ip), serf.port, sm.encode_tags({"role": "x"}), vsn)
+    swim.receive(0.0, (serf.ip, serf.port), m.encode(s1))
+    swim._queue.clear()
+    tags = {"role": "consul", "dc": "dc1", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "0.1.0",
+            "segment": "", "port": "8300", "bootstrap": "1"}
+    names = [f"joiner-{i:02d}" for i in range(20)]
+    for i, name in enumerate(names):
+        meta = sm.encode_tags({**tags, "id": f"00000000-0000-4000-8000-{i:012d}"})
+        swim.receive(0.0, (serf.ip, serf.port), m.encode(m.Alive(1, name, socket.inet_aton(serf.ip),
+                                                                   serf.fake_port + 1 + i, meta)))
+    # A ping to serf, with the waiting news piggybacked, as a probe sends it.
+    packet = swim._send((serf.ip, serf.port), m.encode(m.Ping(31337, "s1")))
+    assert packet.crc  # serf speaks protocol 5: CRC
+    assert packet.compressed is not None
+    sent = [x.node for x in map(m.decode, packet.messages) if isinstance(x, m.Alive)]
+    assert len(sent) >= 9  # five fit a plain packet
+    data = wire.pack_packet([packet.payload()], keyring=serf.keyring, crc=packet.crc)
+    assert len(data) <= GossipConfig().udp_buffer_size
+    acks = {x.seq_no for raw in _udp_exchange(serf, data, serf.keyring, 1.0)
+            for x in map(m.decode, wire.unpack_packet(raw, keyring=serf.keyring)) if isinstance(x, m.AckResp)}
+    assert 31337 in acks
+    listed = wait_for(lambda: (lambda rows: rows if set(sent) <= set(rows) else None)(_members(serf)), 10.0,
+                      what="every member of our compressed packet in `serf members`")
+    assert "dc=dc1" in " ".join(listed[sent[0]])
 
 
 # ------------------------------------------------------------------------------------------------ (b) push-pull

@@ -26,6 +26,7 @@ from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
 from meshagent.gossip.messages import NodeState
 from meshagent.gossip.serf import RECONNECT_INTERVAL, MemberEvent, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
+from meshagent.gossip.wire import unpack_packet
 
 PORT = 8301
 
@@ -53,6 +54,7 @@ class Sim:
     dup: float = 0.0
     delay: tuple[float, float] = (0.0005, 0.005)
     config: GossipConfig = field(default_factory=GossipConfig)
+    tags: dict[str, str] = field(default_factory=lambda: {"role": "node"})  # every node's Serf tags
     record: bool = False  # log every delivered message in `trace` (for the replay test; costs memory)
 
     def __post_init__(self) -> None:
@@ -73,7 +75,7 @@ class Sim:
 
     def _make(self, name: str, ip: str) -> SimNode:
         rng = random.Random(self.rng.getrandbits(64))
-        serf = Serf(name, {"role": "node"}, rng)
+        serf = Serf(name, dict(self.tags), rng)
         swim = Swim(self.config, name, bytes(int(x) for x in ip.split(".")), PORT, serf, rng)
         node = SimNode(name, ip, swim, serf)
         self.nodes[name] = node
@@ -168,7 +170,9 @@ class Sim:
                 dst = self.by_ip.get(o.addr[0])
                 if dst is None:
                     continue
-                for msg in o.messages:
+                # A compressed packet is unpacked as the receiver's runtime would (the real codec).
+                msgs = unpack_packet(o.compressed) if o.compressed is not None else o.messages
+                for msg in msgs:
                     self._send(node.name, dst, msg)
             elif isinstance(o, PushPull):
                 self._push_pull(node, o.addr, o.join)
@@ -206,6 +210,7 @@ class Sim:
             src.serf.merge_remote_state(self.now, theirs[1], join)
             if join:
                 src.serf.join_intent()
+                src.swim.joined(self.now)
             self._reschedule(src)
             self._reschedule(dst)
 
