@@ -23,11 +23,11 @@ import pytest
 from meshagent.gossip import messages as m
 from meshagent.gossip import serf_messages as sm
 from meshagent.gossip import wire
-from meshagent.gossip.delegate import MemberInfo
 from meshagent.gossip.keyring import Keyring
 from meshagent.gossip.membership import Swim
 from meshagent.gossip.tunables import GossipConfig
 
+from tests.gossip.test_swim import Rec
 from tests.support.serf_rpc import SerfAgent, SerfRPC
 from tests.support.wait import wait_for
 
@@ -327,39 +327,11 @@ def test_compound_part_limit_for_memberlist_peers(serf: Serf) -> None:
     assert acked(wire.make_compound(pings)) == set()
 
 
-class _Quiet:
-    """A delegate with nothing of its own to say."""
-
-    def node_meta(self, limit: int) -> bytes:
-        return b""
-
-    def notify_msg(self, now: float, payload: bytes) -> None:
-        pass
-
-    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
-        return []
-
-    def local_state(self, join: bool) -> bytes:
-        return b""
-
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
-        pass
-
-    def notify_join(self, now: float, member: MemberInfo) -> None:
-        pass
-
-    def notify_leave(self, now: float, member: MemberInfo) -> None:
-        pass
-
-    def notify_update(self, now: float, member: MemberInfo) -> None:
-        pass
-
-
 def test_our_compressed_full_packets_are_read_whole_by_serf(serf: Serf) -> None:
     """The core compresses a full packet to fit more alive messages in (compress_when_full): serf must read
     every one of them, CRC and encryption included, and list those members."""
     swim = Swim(replace(GossipConfig(), gossip_nodes=1), "gossiper", socket.inet_aton(serf.ip), serf.fake_port,
-                _Quiet(), random.Random(5))
+                Rec(), random.Random(5))
     swim.start(0.0)
     vsn = bytes([1, 5, 2, 2, 5, 4])  # serf 0.9: memberlist protocol 1..5, so it wants a CRC
     s1 = m.Alive(1, "s1", socket.inet_aton(serf.ip), serf.port, sm.encode_tags({"role": "x"}), vsn)
