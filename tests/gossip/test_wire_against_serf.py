@@ -28,6 +28,7 @@ from meshagent.gossip.membership import Swim
 from meshagent.gossip.tunables import GossipConfig
 
 from tests.gossip.test_swim import Rec
+from tests.support.agents import port_free
 from tests.support.serf_rpc import SerfAgent, SerfRPC
 from tests.support.wait import wait_for
 
@@ -39,16 +40,6 @@ WRONG_KEY = bytes(range(100, 132))
 T = TypeVar("T")
 
 
-def _free(ip: str, port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            try:
-                probe.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
 def _pick_addresses() -> tuple[str, int, int, int]:
     """An IP in 127.0.0.150-199 with three free ports: serf gossip, serf RPC, our fake member."""
     rng = random.Random()
@@ -56,7 +47,7 @@ def _pick_addresses() -> tuple[str, int, int, int]:
         ip = f"127.0.0.{rng.randint(150, 199)}"
         base = 17946 + rng.randrange(0, 400) * 4
         ports = (base, base + 1, base + 2)
-        if all(_free(ip, p) for p in ports):
+        if all(port_free(ip, p) for p in ports):
             return ip, *ports
     raise RuntimeError("no free 127.0.0.150-199 address and ports")
 

@@ -27,14 +27,18 @@ async def _attack() -> None:
     listener = ServerListener("127.0.0.1", 0, lambda *a: None, _echo)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(listener.run)
-        for attack in (b"\x00\x00\x00\x03abc",                      # undecodable frame
-                       pack_frame(["nonsense", 1]),                  # unknown frame kind
-                       b"\xff\xff\xff\xff",                          # absurd length
-                       pack_frame(["req", 1, "echo", "x"])[:7]):     # half a frame, then a reset
+        for n, attack in enumerate((b"\x00\x00\x00\x03abc",            # undecodable frame
+                                    pack_frame(["nonsense", 1]),        # unknown frame kind
+                                    b"\xff\xff\xff\xff"), start=1):     # absurd length
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(attack)
-            await trio.sleep(0.05)
+            with trio.fail_after(10):
+                while listener.bad_frames < n:  # the server has read it and dropped the connection
+                    await trio.sleep(0.01)
             _rst(stream.socket)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)  # half a frame, then a reset
+        await stream.send_all(pack_frame(["req", 1, "echo", "x"])[:7])
+        _rst(stream.socket)
         # A reset while the server is writing an answer.
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(pack_frame(["req", 1, "echo", b"y" * 4_000_000]))
