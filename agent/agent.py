@@ -32,6 +32,7 @@ from .client.servers import ServerPool, server_addresses
 from .config.loader import ConfigErrors
 from .config.types import AgentConfig
 from .dns.server import DNSServer
+from .heap_trim import trim_heap
 from .http.api import API
 from .http.server import HTTPServer
 from .lifecycle import leaves_on, notify_systemd
@@ -50,6 +51,7 @@ ConfigLoader = Callable[[], AgentConfig]
 
 USER_COALESCE_PERIOD = 3.0  # Serf agent's user event coalescing: at most this long after the first event
 USER_QUIESCENT_PERIOD = 1.0  # ... or this long after the last one
+HEAP_TRIM_DELAY = 10.0  # seconds after start: the first election, join and anti-entropy sync are over by then
 
 
 def _load_keyring(data_dir: Path | None, encrypt: str) -> tuple[Keyring | None, str | None]:
@@ -224,11 +226,17 @@ class Agent:
                 if banner is not None:
                     self.print_banner(banner)
                 log.info("agent started: node=%s datacenter=%s", self.node_name, self.datacenter)
+                nursery.start_soon(self._trim_heap_once_settled)
                 task_status.started()
         log.info("agent stopped")
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def _trim_heap_once_settled(self) -> None:
+        """Return start-up's freed heap to the OS once the first election, join and syncs are done."""
+        await trio.sleep(HEAP_TRIM_DELAY)
+        trim_heap()
 
     async def _run_until_leave(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """What a graceful leave stops first: local services and checks synced to the catalog (nothing may

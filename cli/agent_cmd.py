@@ -6,8 +6,12 @@ import sys
 from typing import Any
 
 import click
-import trio
-from meshagent.agent.config.types import AgentConfig
+from meshagent.cli.deferred_modules import defer_rarely_used_modules
+
+defer_rarely_used_modules()  # before trio and dnspython load
+
+import trio  # noqa: E402
+from meshagent.agent.config.types import AgentConfig  # noqa: E402
 
 
 def _opt(name: str, **kwargs: Any) -> Any:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -48,7 +47,7 @@ def _fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file so that a crash leaves either the old or the new content: temp file, fsync, rename."""
     # A unique temp name: two writers must never rename each other's half-written file.
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:

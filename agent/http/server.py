@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -75,7 +74,9 @@ class _Date:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True).encode()
+            # RFC 7231's IMF-fixdate. LC_TIME is never set in the agent, so %a and %b are English (the C
+            # locale); email.utils.formatdate would pull in the whole email package for this one line.
+            self._value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
         return self._value
 
 
