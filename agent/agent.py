@@ -177,6 +177,7 @@ class Agent:
                                   reconnect_timeout=config.reconnect_timeout)
         self.peer_snapshot = PeerSnapshot(data_dir / "serf" / "peers.json") if data_dir else None
         self.user_events: deque[dict[str, Any]] = deque(maxlen=256)
+        self.user_event_arrived = trio.Event()  # set (and replaced) on every event: wakes blocking event lists
         self.join_failed = False
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](1024)
         self.api = API(self)
@@ -313,6 +314,8 @@ class Agent:
             return
         record = user_event_record(event.ltime, event.name, event.payload)
         self.user_events.append(record)
+        self.user_event_arrived.set()
+        self.user_event_arrived = trio.Event()
         try:
             self._events_in.send_nowait({**record, "_coalesce": event.coalesce})
         except trio.WouldBlock:

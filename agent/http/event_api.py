@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
+
+import trio
 
 from .query import HTTPError, Query, bad_request
 from .server import Request, Response
@@ -25,8 +28,27 @@ async def fire(api: API, request: Request, query: Query, arg: str) -> Response:
     return api.json(record, query)
 
 
+def uuid_to_uint64(event_id: str) -> int:
+    """Consul's X-Consul-Index for an event list: the last event's ID, its two 64-bit halves XORed."""
+    digits = event_id.replace("-", "")
+    return int(digits[:16], 16) ^ int(digits[16:32], 16)
+
+
 async def list_events(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/event/list[?name=]: the most recent user events this agent received, oldest first."""
+    """GET /v1/event/list[?name=]: the most recent user events this agent received, oldest first.
+
+    A blocking query as in Consul: with ?index= equal to the current index, the answer waits for a new
+    event (or ?wait, plus Consul's up to 1/16 jitter)."""
     name = query.get("name")
-    events = [e for e in api.agent.user_events if not name or e["Name"] == name]
-    return api.json(events, query)
+    deadline = trio.current_time() + query.wait + random.uniform(0, query.wait / 16)
+    while True:
+        arrived = api.agent.user_event_arrived
+        events = [e for e in api.agent.user_events if not name or e["Name"] == name]
+        # No events: index 1, not 0, so that a watch loop blocks instead of spinning (Consul does the same).
+        index = uuid_to_uint64(events[-1]["ID"]) if events else 1
+        if query.index == 0 or index != query.index or trio.current_time() >= deadline:
+            break
+        with trio.move_on_at(deadline):
+            await arrived.wait()
+    headers: list[tuple[bytes, bytes]] = [(b"x-consul-index", b"%d" % index)]
+    return api.json(events, query, extra=headers)

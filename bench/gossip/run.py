@@ -14,6 +14,9 @@ LAN timings, in the same run, and is measured the same way from the outside:
 5. idle: RSS per agent (VmRSS), CPU per agent over 10 s of idleness, and loopback bytes/s divided by N
    (the whole of `lo`: the machine is otherwise quiet while this runs).
 
+User events are timed on every receiver at once: serf's through one event stream per agent, ours through
+one blocking `/v1/event/list` query per agent (which answers as soon as the event has arrived).
+
 The reference is Debian's `serf agent` (hashicorp/serf 0.9, memberlist's LAN defaults). Ratios are
 ours / serf's (below 1 is better for times and costs). Every wait is bounded; agents are killed by PID.
 
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -199,21 +203,36 @@ class MeshagentCluster:
         self.http.put(f"http://{self.hosts[i]}:8500/v1/agent/leave")
 
     def event_latency(self, sender: int, receivers: list[int], timeout: float) -> list[float]:
+        """One blocking `/v1/event/list?name=` per receiver, all waiting at once (as serf's event streams
+        are all open at once): each answers when its agent has the event."""
         name = f"bench-{time.monotonic_ns()}"
-        t0 = time.perf_counter()
-        self.http.put(f"http://{self.hosts[sender]}:8500/v1/event/fire/{name}", content=b"payload")
-        got: dict[int, float] = {}
-        while len(got) < len(receivers) and time.perf_counter() - t0 < timeout:
-            for i in receivers:
-                if i in got:
-                    continue
-                try:
-                    events = self.http.get(f"http://{self.hosts[i]}:8500/v1/event/list", params={"name": name}).json()
-                except (httpx.HTTPError, ValueError):
-                    continue
-                if events:
-                    got[i] = time.perf_counter() - t0  # upper bound: receivers are polled in turn
-        return list(got.values())
+        start = threading.Barrier(len(receivers) + 1)
+        t0 = 0.0
+
+        def wait_for_event(i: int) -> float | None:
+            url = f"http://{self.hosts[i]}:8500/v1/event/list"
+            with httpx.Client(timeout=timeout + 5) as client:
+                index = client.get(url, params={"name": name}).headers.get("X-Consul-Index", "1")
+                start.wait()
+                deadline = time.perf_counter() + timeout
+                while time.perf_counter() < deadline:
+                    try:
+                        r = client.get(url, params={"name": name, "index": index, "wait": f"{timeout}s"})
+                    except httpx.HTTPError:
+                        continue
+                    if r.json():
+                        return time.perf_counter() - t0
+                    index = r.headers.get("X-Consul-Index", index)
+            return None
+
+        with ThreadPoolExecutor(len(receivers)) as pool:
+            futures = [pool.submit(wait_for_event, i) for i in receivers]
+            start.wait()
+            time.sleep(0.2)  # let every blocking query reach its agent (they wait on a condition there)
+            t0 = time.perf_counter()
+            self.http.put(f"http://{self.hosts[sender]}:8500/v1/event/fire/{name}", content=b"payload")
+            got = [f.result() for f in futures]
+        return [x for x in got if x is not None]
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.poll() is None]
