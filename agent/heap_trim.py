@@ -2,7 +2,7 @@
 
 Importing and wiring the agent allocates and frees a few MB of short-lived objects; glibc keeps the freed
 pages mapped, so they stay in the agent's resident memory for good. One trim once the agent is up returns
-about 2 MB per agent (docs/gossip-design.md). Elsewhere than glibc this does nothing.
+about 2 MB per agent (docs/agent-memory.md). Elsewhere than glibc this does nothing.
 """
 
 from __future__ import annotations

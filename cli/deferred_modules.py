@@ -2,7 +2,7 @@
 
 trio imports `ssl` at start-up for its TLS streams, and dnspython imports `importlib.metadata` (and with it
 email, zipfile and csv) to check optional packages. An agent without TLS checks or the mesh proxy never
-touches either: deferring them saves about 2 MB of every agent's resident memory (docs/gossip-design.md).
+touches either: deferring them saves about 2 MB of every agent's resident memory (docs/agent-memory.md).
 
 `importlib.util.LazyLoader` does not do here: on Python 3.11 the `import` statement itself reads the
 module's `__spec__`, which loads a lazy module at once. A placeholder module that loads the real one on its
