@@ -22,7 +22,7 @@ from . import messages as m
 from . import wire
 from .delegate import Delegate, MemberInfo
 from .messages import NodeState
-from .tunables import GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
+from .tunables import EAGER_GOSSIP_DIVISOR, GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
 
 Address = tuple[str, int]
 META_MAX_SIZE = 512  # memberlist's MetaMaxSize
@@ -187,6 +187,8 @@ class Swim:
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
         self._next_probe = self._next_gossip = self._next_push_pull = 0.0
+        self._last_gossip = -math.inf  # when a gossip round last sent something (eager gossip's spacing)
+        self._confirm: list[str] = []  # suspects to probe before the round robin resumes (prompt confirmation)
         self._reaped_at: dict[str, float] = {}
         self._lzw_ratio = 0.55  # compressed / raw size of our last compressed packet (alive messages: ~0.5)
 
@@ -241,6 +243,20 @@ class Swim:
         limit = retransmit_limit(self.config.retransmit_mult, max(1, self.num_alive()))
         self._next_push_pull = min(self._next_push_pull, now + limit * self.config.gossip_interval)
 
+    def gossip_soon(self, now: float) -> None:
+        """News was queued for gossip (by the layer above, or here): run the next gossip round now rather than
+        at the next tick, but not sooner than gossip_interval / EAGER_GOSSIP_DIVISOR after the last round that
+        sent anything. The runtime calls it when Serf queues a user event, query or intent, then re-arms its
+        timer at `next_deadline`.
+
+        Not in memberlist, where news waits for the next tick (up to one gossip interval at every hop). Only
+        the moment changes: each broadcast is still sent retransmit-limit times and each packet is filled the
+        same way; the spacing keeps a burst of news (a join storm) from becoming a burst of packets."""
+        if not self.config.eager_gossip:
+            return
+        soonest = self._last_gossip + self.config.gossip_interval / EAGER_GOSSIP_DIVISOR
+        self._next_gossip = min(self._next_gossip, max(now, soonest))
+
     def update_meta(self, now: float) -> list[Output]:
         """Announce new metadata (from the delegate) with a fresh incarnation."""
         self.incarnation += 1
@@ -276,7 +292,7 @@ class Swim:
             if now >= relay.expires:
                 del self._relays[seq]
                 if relay.nack:
-                    out.append(self._send(relay.requester, m.encode(m.NackResp(relay.their_seq))))
+                    out.append(self._send(relay.requester, [m.encode(m.NackResp(relay.their_seq))]))
         probe = self._probe
         if probe is not None:
             if probe.acked:
@@ -308,13 +324,13 @@ class Swim:
             if msg.node and msg.node != self.name:
                 return out  # meant for a previous owner of our address
             dest = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
-            out.append(self._send(dest, m.encode(m.AckResp(msg.seq_no, b""))))
+            out.append(self._send(dest, [m.encode(m.AckResp(msg.seq_no, b""))]))
         elif isinstance(msg, m.IndirectPing):
             seq = self._next_seq()
             requester = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
             self._relays[seq] = _Relay(requester, msg.seq_no, now + self.config.probe_timeout, msg.nack)
             ping = m.Ping(seq, msg.node, self.addr, self.port, self.name)
-            out.append(self._send((ip_text(msg.target), msg.port), m.encode(ping)))
+            out.append(self._send((ip_text(msg.target), msg.port), [m.encode(ping)]))
         elif isinstance(msg, m.AckResp):
             out.extend(self._on_ack(now, msg.seq_no))
         elif isinstance(msg, m.NackResp):
@@ -370,10 +386,20 @@ class Swim:
         seq = self._next_seq()
         interval = self._scale(self.config.probe_interval)
         self._probe = _Probe(target.name, seq, now + self._scale(self.config.probe_timeout), now + interval)
-        ping = m.encode(m.Ping(seq, target.name, self.addr, self.port, self.name))
-        return [self._send(target.address, ping, target)]
+        lead = [m.encode(m.Ping(seq, target.name, self.addr, self.port, self.name))]
+        if target.state == NodeState.SUSPECT:
+            # memberlist's probeNode: the accusation rides with the ping, so a suspect that is only slow
+            # refutes as soon as it hears from us rather than when gossip happens to bring it the news.
+            lead.append(m.encode(m.Suspect(target.incarnation, target.name, self.name)))
+        return [self._send(target.address, lead, target)]
 
     def _next_probe_target(self) -> Member | None:
+        while self._confirm:
+            mem = self.members.get(self._confirm.pop(0))
+            suspicion = self._suspicions.get(mem.name) if mem is not None else None
+            # Skipped if the suspicion ended or we confirmed it meanwhile (our round robin got there first).
+            if mem is not None and suspicion is not None and self.name not in suspicion.confirmations:
+                return mem
         for _ in range(2):
             while self._probe_index < len(self._probe_list):
                 name = self._probe_list[self._probe_index]
@@ -400,7 +426,7 @@ class Swim:
             probe.expected_nacks += 1 if nack else 0
             req = m.IndirectPing(probe.seq_no, target.addr, target.port, target.name, nack,
                                  self.addr, self.port, self.name)
-            out.append(self._send(helper.address, m.encode(req), helper))
+            out.append(self._send(helper.address, [m.encode(req)], helper))
         if not self.config.disable_tcp_pings and len(target.vsn) > 1 and target.vsn[1] >= 3:
             ping = m.Ping(probe.seq_no, target.name, self.addr, self.port, self.name)
             out.append(StreamPing(target.address, m.encode(ping), probe.seq_no))
@@ -409,7 +435,7 @@ class Swim:
     def _on_ack(self, now: float, seq_no: int) -> list[Output]:
         relay = self._relays.pop(seq_no, None)
         if relay is not None:
-            return [self._send(relay.requester, m.encode(m.AckResp(relay.their_seq, b"")))]
+            return [self._send(relay.requester, [m.encode(m.AckResp(relay.their_seq, b""))])]
         probe = self._probe
         if probe is not None and probe.seq_no == seq_no and not probe.acked:
             probe.acked = True
@@ -441,11 +467,13 @@ class Swim:
             if not msgs:
                 break
             out.append(SendPacket(mem.address, msgs, self._wants_crc(mem), packed))
+        if out:
+            self._last_gossip = now
         return out
 
-    def _send(self, dest: Address, msg: bytes, member: Member | None = None) -> SendPacket:
-        """One message plus whatever broadcasts fit beside it."""
-        msgs, packed = self._fill([msg])
+    def _send(self, dest: Address, lead: list[bytes], member: Member | None = None) -> SendPacket:
+        """The `lead` messages plus whatever broadcasts fit beside them."""
+        msgs, packed = self._fill(lead)
         if member is None:
             member = next((mem for mem in self.members.values() if mem.address == dest), None)
         return SendPacket(dest, msgs, self._wants_crc(member), packed)
@@ -547,11 +575,12 @@ class Swim:
         self._queue = keep
         return rest
 
-    def _queue_broadcast(self, key: str | None, msg: bytes) -> None:
+    def _queue_broadcast(self, now: float, key: str | None, msg: bytes) -> None:
         if key is not None:
             self._queue = [b for b in self._queue if b.key != key]
         self._order += 1
         self._queue.append(_Broadcast(key, msg, self._order))
+        self.gossip_soon(now)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -585,7 +614,7 @@ class Swim:
             self._refute(now, max(a.incarnation, mem.incarnation))
             return
         was_state, old_meta, old_addr = mem.state, mem.meta, (mem.addr, mem.port)
-        self._queue_broadcast(a.node, m.encode(a))
+        self._queue_broadcast(now, a.node, m.encode(a))
         mem.incarnation, mem.meta, mem.addr, mem.port, mem.vsn = a.incarnation, a.meta, a.addr, a.port, a.vsn
         if was_state != NodeState.ALIVE or fresh:
             mem.state, mem.state_change = NodeState.ALIVE, now
@@ -601,14 +630,14 @@ class Swim:
         existing = self._suspicions.get(s.node)
         if existing is not None:
             if existing.confirm(s.from_node):
-                self._queue_broadcast(s.node, m.encode(s))
+                self._queue_broadcast(now, s.node, m.encode(s))
             return
         if mem.state != NodeState.ALIVE:
             return
         if s.node == self.name:
             self._refute(now, s.incarnation)
             return
-        self._queue_broadcast(s.node, m.encode(s))
+        self._queue_broadcast(now, s.node, m.encode(s))
         mem.incarnation, mem.state, mem.state_change = s.incarnation, NodeState.SUSPECT, now
         n = self.num_alive()
         k = self.config.suspicion_mult - 2
@@ -616,6 +645,13 @@ class Swim:
             k = 0
         low = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
         self._suspicions[s.node] = Suspicion(now, k, low, self.config.suspicion_max_timeout_mult * low, s.from_node)
+        probing = self._probe is not None and self._probe.target == s.node
+        if self.config.prompt_confirmation and s.from_node != self.name and not probing and s.node not in self._confirm:
+            # Lifeguard shrinks the timeout with each independent confirmation, but round robin reaches the
+            # suspect at a random point of its pass (up to n - 1 probe intervals away), so confirmations
+            # trickle in and the timeout often stays long. Probing it next, once per suspicion, brings ours
+            # within about one probe interval; the probe in flight and the round-robin order are left alone.
+            self._confirm.append(s.node)
 
     def _dead(self, now: float, d: m.Dead) -> None:
         mem = self.members.get(d.node)
@@ -627,7 +663,7 @@ class Swim:
         if d.node == self.name and not self.leaving:
             self._refute(now, d.incarnation)
             return
-        self._queue_broadcast(d.node, m.encode(d))
+        self._queue_broadcast(now, d.node, m.encode(d))
         mem.incarnation = d.incarnation
         mem.state = NodeState.LEFT if d.node == d.from_node else NodeState.DEAD
         mem.state_change = now
@@ -641,7 +677,7 @@ class Swim:
         me.incarnation = self.incarnation
         me.state = NodeState.ALIVE
         alive = m.Alive(self.incarnation, self.name, self.addr, self.port, me.meta, me.vsn)
-        self._queue_broadcast(self.name, m.encode(alive))
+        self._queue_broadcast(now, self.name, m.encode(alive))
 
     def _reap(self, now: float) -> None:
         """Forget members dead or left for longer than gossip_to_the_dead_time (the layer above keeps them)."""

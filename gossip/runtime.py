@@ -187,6 +187,10 @@ class GossipAgent:
         self.stats.packets_out += 1
 
     def _drain_events(self) -> None:
+        if self.serf.gossip_news:
+            self.serf.gossip_news = False
+            self.swim.gossip_soon(trio.current_time())
+            self._wake.set()  # the timer loop re-arms at the new, earlier deadline
         for reply in self.serf.replies:
             # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
             data = pack_packet([bytes([m.MessageType.USER]) + reply.message], keyring=self._keyring_out)
@@ -300,12 +304,14 @@ class GossipAgent:
         if ok:
             self.serf.join_intent()
             self.swim.joined(trio.current_time())
+            self._drain_events()
             self._wake.set()
         return ok
 
     async def leave(self, timeout: float = 5.0) -> None:
         """Graceful leave: Serf's leave intent, then memberlist's, each given time to spread."""
         self.serf.leave_intent()
+        self._drain_events()
         with trio.move_on_after(timeout / 2):
             while any(item[0] < 1 for item in self.serf._queue) and self.swim.num_alive() > 1:
                 self._carry_out(self.swim.tick(trio.current_time()))

@@ -111,6 +111,9 @@ class Serf:
     # runtime to persist it.
     keyring: Keyring | None = None
     keyring_changed: bool = False
+    # A broadcast was queued since the runtime last looked: it clears this and calls `Swim.gossip_soon`, so
+    # the news leaves in a gossip round now rather than at the next tick.
+    gossip_news: bool = False
     addr: bytes = b""
     port: int = 0
 
@@ -164,6 +167,7 @@ class Serf:
         msg = sm.encode(sm.UserEventMsg(ltime, name, payload, coalesce))
         self._handle_user_event(ltime, name, payload, coalesce)
         self._event_queue.append((0, msg))
+        self.gossip_news = True
         return ltime
 
     def query(self, name: str, payload: bytes, timeout: float) -> int:
@@ -177,6 +181,7 @@ class Serf:
         raw = sm.encode(q)
         self._handle_query(q)  # we answer our own query too, as Serf does
         self._query_queue.append((0, raw))
+        self.gossip_news = True
         return qid
 
     def take_events(self) -> list[SerfEvent]:
@@ -226,9 +231,11 @@ class Serf:
             elif isinstance(msg, sm.UserEventMsg):
                 if self._handle_user_event(msg.ltime, msg.name, msg.payload, msg.cc):
                     self._event_queue.append((0, payload))
+                    self.gossip_news = True
             elif isinstance(msg, sm.QueryMsg):
                 if self._handle_query(msg) and not msg.no_broadcast:
                     self._query_queue.append((0, payload))
+                    self.gossip_news = True
             elif isinstance(msg, sm.QueryResponseMsg):
                 answers = self.query_answers.get(msg.id)
                 if answers is not None and not msg.ack and all(a.from_node != msg.from_node for a in answers):
@@ -340,6 +347,7 @@ class Serf:
         # A newer intent about the same member replaces the older one in the queue.
         self._queue = [item for item in self._queue if item[1] != key]
         self._queue.append((0, key, msg))
+        self.gossip_news = True
 
     def _record_intent(self, node: str, kind: SerfType, ltime: int) -> bool:
         """An intent about a member we do not know yet, kept until it shows up; True if newer (re-gossip)."""

@@ -40,6 +40,16 @@ class GossipConfig:
     # memberlist's compress message) and fit more of them. memberlist compresses every packet after filling
     # it, which saves bytes but never carries more news.
     compress_when_full: bool = True
+    # Not in memberlist: a member that hears of a new suspicion from someone else probes the suspect next,
+    # out of its round-robin turn. Its failed probe is an independent confirmation (which shrinks everyone's
+    # suspicion timeout) within about one probe interval instead of whenever round robin comes around; a
+    # live suspect gets the suspicion with the ping and refutes at once. One extra ping per member per
+    # suspicion.
+    prompt_confirmation: bool = True
+    # Not in memberlist: newly queued news (ours or the layer above's) goes out in a gossip round at once
+    # instead of at the next gossip_interval tick, but rounds that send anything are never closer together
+    # than gossip_interval / EAGER_GOSSIP_DIVISOR. Retransmit limit and packet size are unchanged.
+    eager_gossip: bool = True
     # Disable the TCP ping sent alongside indirect probes.
     disable_tcp_pings: bool = False
     # A dead member's name may be taken by a new address after this long (0: never while known).
@@ -53,6 +63,9 @@ LOCAL = replace(LAN, indirect_checks=1, retransmit_mult=2, probe_interval=1.0, p
                 gossip_interval=0.1, gossip_to_the_dead_time=15.0, push_pull_interval=15.0, tcp_timeout=1.0)
 
 _PUSH_PULL_SCALE_THRESHOLD = 32
+# With eager_gossip, gossip rounds are at least gossip_interval / this apart: ten times memberlist's round
+# rate at most, and only while news keeps arriving.
+EAGER_GOSSIP_DIVISOR = 10
 
 
 def retransmit_limit(mult: int, n: int) -> int:

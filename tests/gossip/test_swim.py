@@ -11,14 +11,14 @@ differences from memberlist that are now fixed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from meshagent.gossip import messages as m
 from meshagent.gossip.delegate import MemberInfo
 from meshagent.gossip.membership import FRAMING_RESERVE, Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes
 from meshagent.gossip.messages import NodeState
-from meshagent.gossip.tunables import GossipConfig, suspicion_timeout
+from meshagent.gossip.tunables import GossipConfig, retransmit_limit, suspicion_timeout
 from meshagent.gossip.wire import unpack_packet
 
 CFG = GossipConfig()
@@ -280,8 +280,6 @@ def test_a_failed_probe_suspects_and_the_suspicion_ends_in_dead() -> None:
     assert ra.about("n1") == [("join", NodeState.ALIVE), ("leave", NodeState.DEAD)]
 
 
-@pytest.mark.xfail(strict=True, reason="memberlist's probeNode sends ping + suspect to a suspect target; held back "
-                   "while slow leaves were investigated (their cause turned out to be elsewhere); not re-measured")
 def test_a_probe_of_a_suspect_node_carries_the_suspicion_so_it_can_refute() -> None:
     net, swims, _ = cluster(2)
     a = swims[0]
@@ -289,7 +287,96 @@ def test_a_probe_of_a_suspect_node_carries_the_suspicion_so_it_can_refute() -> N
     a._queue.clear()  # drop what is queued, so only the probe itself could carry the suspicion
     outs = a.tick(1.0)
     probe = next(o for o in outs if isinstance(o, SendPacket) and o.addr == ("10.0.0.2", PORT))
-    assert any(isinstance(m.decode(x), m.Suspect) for x in probe.messages)
+    assert isinstance(m.decode(probe.messages[0]), m.Ping)  # the ping leads, as in memberlist's compound
+    assert m.Suspect(1, "n1", "n0") in [m.decode(x) for x in probe.messages]  # the target's incarnation, from us
+
+
+def test_a_slow_suspect_refutes_as_soon_as_a_probe_reaches_it() -> None:
+    """Nothing else tells n1 that it is suspected (n0's queue is cleared): the probe alone does. The ack went
+    out before the suspicion was read, so the refutation follows in n1's next gossip round."""
+    net, swims, _ = cluster(3)
+    a, b = swims[0], swims[1]
+    a.receive(0.5, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n1", "n2")))
+    a._queue.clear()
+    a._probe_list, a._probe_index = ["n1"], 0  # n1 is probed next, whatever the shuffle says
+    net.run(1.0, a, a.tick(1.0))
+    assert b.incarnation == 2
+    net.tick(1.0, b)
+    assert (state(a, "n1"), a.members["n1"].incarnation) == (NodeState.ALIVE, 2)
+
+
+def probe_order(net: Net, a: Swim, start: float, count: int) -> list[str]:
+    """The targets of `a`'s next `count` probes from `start` on, each when it is due and ended quietly (no ack,
+    no suspicion) so that only the choice of target is seen."""
+    targets = []
+    for _ in range(count):
+        start = max(start, a._next_probe)
+        target, _ = probe_round(net, a, start)
+        targets.append(target)
+        a._probe = None
+    return targets
+
+
+def test_a_suspicion_heard_from_another_member_puts_the_suspect_first_then_round_robin_resumes() -> None:
+    """Prompt confirmation: whichever member round robin would probe next, a member that someone else just
+    suspected is probed first, once (a further confirmation gives it no second turn), and round robin then
+    carries on exactly where it was."""
+    net, swims, _ = cluster(5)
+    names = [s.name for s in swims[1:]]
+    usual = probe_order(net, swims[0], 1.0, len(names))
+    assert sorted(usual) == names
+    for victim in names:
+        net, swims, _ = cluster(5)
+        a = swims[0]
+        accuser, other = [x for x in names if x != victim][:2]
+        a.receive(0.5, ("10.0.0.2", PORT), m.encode(m.Suspect(1, victim, accuser)))
+        a.receive(0.6, ("10.0.0.3", PORT), m.encode(m.Suspect(1, victim, other)))  # a confirmation
+        assert probe_order(net, a, 1.0, len(names) + 1) == [victim, *usual]
+
+
+def test_our_own_suspicion_gives_no_extra_probe() -> None:
+    """A suspicion we start ourselves (here from a push-pull's remote state) confirms nothing when we probe."""
+    net, swims, _ = cluster(5)
+    usual = probe_order(net, swims[0], 1.0, 4)
+    net, swims, _ = cluster(5)
+    a = swims[0]
+    a.merge_remote_state(0.5, [m.PushNodeState(usual[2], ip_bytes("10.0.0.9"), PORT, b"", 1, NodeState.SUSPECT)])
+    assert state(a, usual[2]) == NodeState.SUSPECT
+    assert probe_order(net, a, 1.0, 4) == usual
+
+
+def test_a_probe_in_flight_is_not_disturbed_by_prompt_confirmation() -> None:
+    net, swims, _ = cluster(5)
+    usual = probe_order(net, swims[0], 1.0, 4)
+    net, swims, _ = cluster(5)
+    a = swims[0]
+    net.down.add(usual[0])
+    assert probe_round(net, a, 1.0)[0] == usual[0]  # in flight, and it will fail
+    victim = usual[2]
+    a.receive(1.1, ("10.0.0.2", PORT), m.encode(m.Suspect(1, victim, usual[1])))
+    victim_addr = net.addr(next(s for s in swims if s.name == victim))
+    outs = a.tick(1.5)  # the probe in flight moves on to indirect pings; the suspect waits its turn
+    assert not any(isinstance(o, SendPacket) and o.addr == victim_addr and isinstance(m.decode(o.messages[0]), m.Ping)
+                   for o in outs)
+    a.stream_ping_result(1.6, 1, False)
+    assert probe_order(net, a, 2.0, 4) == [victim, *usual[1:]]
+    assert state(a, usual[0]) == NodeState.SUSPECT  # the probe in flight ran its course
+
+
+def test_our_failed_prompt_probe_confirms_the_suspicion_and_is_gossiped_at_once() -> None:
+    """The point of probing promptly: our confirmation (which shrinks the timeout) goes out within one probe."""
+    net, swims, _ = cluster(5)
+    a = swims[0]
+    victim = swims[3].name
+    net.down.add(victim)
+    a.receive(0.5, ("10.0.0.2", PORT), m.encode(m.Suspect(1, victim, "n1")))
+    net.run(0.5, a, a.tick(0.5))  # the suspicion's own gossip round
+    assert probe_round(net, a, 1.0)[0] == victim
+    net.run(1.5, a, a.tick(1.5))
+    net.run(2.0, a, a.tick(2.0))  # the probe fails: our confirmation is queued and gossiped in the same tick
+    confirmations = [(dst, msg) for src, dst, msg in net.sent if src == "n0" and msg == m.Suspect(1, victim, "n0")]
+    assert confirmations, "our failed probe confirmed the suspicion and gossiped it"
+    assert a._suspicions[victim].n == 1
 
 
 # ---------------------------------------------------------------------------------------------- alive rules
@@ -454,6 +541,73 @@ def test_update_meta_announces_the_new_meta_at_the_next_incarnation() -> None:
     net.tick(2.2, a)
     assert (b.members["n0"].meta, b.members["n0"].incarnation) == (b"v2", 2)
     assert rb.about("n0")[-1] == ("update", NodeState.ALIVE)
+
+
+# ---------------------------------------------------------------------------------------------- eager gossip
+
+
+def gossiped(outs: list[Output], msg: m.Message) -> int:
+    """In how many of these packets `msg` rides."""
+    return sum(1 for o in outs if isinstance(o, SendPacket) and m.encode(msg) in o.messages)
+
+
+def test_news_goes_out_at_once_and_rounds_stay_a_tenth_of_a_gossip_interval_apart() -> None:
+    net, swims, _ = cluster(4)
+    a = swims[0]
+    net.tick(1.0, a)  # a regular round (the joins' news) at 1.0
+    a._queue.clear()
+    assert a.next_deadline() == pytest.approx(1.0 + CFG.gossip_interval)
+    nine = m.Alive(1, "n9", ip_bytes("10.0.0.10"), PORT)
+    a.receive(1.05, ("10.0.0.2", PORT), m.encode(nine))
+    assert a.next_deadline() == 1.05  # not 1.2
+    assert gossiped(a.tick(1.05), nine) == CFG.gossip_nodes
+    eight = m.Alive(1, "n8", ip_bytes("10.0.0.11"), PORT)
+    a.receive(1.051, ("10.0.0.2", PORT), m.encode(eight))
+    spacing = CFG.gossip_interval / 10
+    assert a.next_deadline() == pytest.approx(1.05 + spacing)  # rate-limited, still well before 1.25
+    assert gossiped(a.tick(1.05 + spacing / 2), eight) == 0
+    assert gossiped(a.tick(1.05 + spacing), eight) == CFG.gossip_nodes
+    # Then the regular pace again, and what changes nothing (a repeat, a ping) brings nothing forward.
+    a.receive(1.1, ("10.0.0.2", PORT), m.encode(nine))
+    a.receive(1.1, ("10.0.0.2", PORT), m.encode(m.Ping(7, "n0")))
+    assert a.next_deadline() == pytest.approx(1.05 + spacing + CFG.gossip_interval)
+
+
+def test_the_layer_above_brings_the_next_round_forward_with_gossip_soon() -> None:
+    net, swims, _ = cluster(2)
+    a = swims[0]
+    net.tick(1.0, a)
+    a._queue.clear()
+    a.gossip_soon(1.1)  # e.g. Serf queued a user event; the round has nothing of ours to send, but runs
+    assert a.next_deadline() == 1.1
+    assert a.tick(1.1) == [] and a.next_deadline() == pytest.approx(1.1 + CFG.gossip_interval)
+    a.gossip_soon(1.15)  # an empty round set no spacing: at once again
+    assert a.next_deadline() == 1.15
+
+
+def test_eager_gossip_keeps_the_retransmit_limit() -> None:
+    """Only the moment of a round changes: a broadcast is sent retransmit-limit times in all, probes included."""
+    net, swims, _ = cluster(4)
+    a = swims[0]
+    net.tick(1.0, a)
+    a._queue.clear()
+    nine = m.Alive(1, "n9", ip_bytes("10.0.0.10"), PORT)
+    a.receive(1.05, ("10.0.0.2", PORT), m.encode(nine))
+    sent = 0
+    now = 1.05
+    while now < 10.0:
+        sent += gossiped(a.tick(now), nine)
+        now = a.next_deadline()
+    assert sent == retransmit_limit(CFG.retransmit_mult, a.num_alive())
+
+
+def test_without_eager_gossip_news_waits_for_the_tick() -> None:
+    net, swims, _ = cluster(2)
+    a = swims[0]
+    a.config = replace(CFG, eager_gossip=False)
+    net.tick(1.0, a)
+    a.receive(1.05, ("10.0.0.2", PORT), m.encode(m.Alive(1, "n9", ip_bytes("10.0.0.10"), PORT)))
+    assert a.next_deadline() == pytest.approx(1.0 + CFG.gossip_interval)
 
 
 # ---------------------------------------------------------------------------------------------- packets

@@ -336,7 +336,7 @@ def test_our_compressed_full_packets_are_read_whole_by_serf(serf: Serf) -> None:
         swim.receive(0.0, (serf.ip, serf.port), m.encode(m.Alive(1, name, socket.inet_aton(serf.ip),
                                                                    serf.fake_port + 1 + i, meta)))
     # A ping to serf, with the waiting news piggybacked, as a probe sends it.
-    packet = swim._send((serf.ip, serf.port), m.encode(m.Ping(31337, "s1")))
+    packet = swim._send((serf.ip, serf.port), [m.encode(m.Ping(31337, "s1"))])
     assert packet.crc  # serf speaks protocol 5: CRC
     assert packet.compressed is not None
     sent = [x.node for x in map(m.decode, packet.messages) if isinstance(x, m.Alive)]

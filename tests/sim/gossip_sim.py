@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ class Sim:
         self.trace: list[tuple[float, str, str]] = []
         self.failures: list[tuple[float, str, str]] = []  # (time, viewer, subject) for each member-failed
         self.messages = 0
+        self.packets = 0  # UDP packets sent (a compound counts once), lost ones included
         for i in range(self.n):
             self._make(f"n{i:03d}", f"10.0.{i // 250}.{i % 250 + 1}")
 
@@ -91,6 +93,13 @@ class Sim:
             self._push_pull(node, (self.nodes[seed].ip, PORT), True)
         self._reschedule(node)
         self._push(self.now + self.rng.uniform(0, RECONNECT_INTERVAL), "reconnect", (name, node.swim))
+
+    def user_event(self, name: str, event: str, payload: bytes) -> None:
+        """Fire a user event at `name`, as the runtime's `GossipAgent.user_event` does."""
+        node = self.nodes[name]
+        node.serf.user_event(event, payload, coalesce=False)
+        self._handle(node, [])
+        self._reschedule(node)
 
     def crash(self, name: str) -> None:
         """Stop a node at once: no leave, no more messages."""
@@ -167,6 +176,7 @@ class Sim:
     def _handle(self, node: SimNode, outs: list[Any]) -> None:
         for o in outs:
             if isinstance(o, SendPacket):
+                self.packets += 1
                 dst = self.by_ip.get(o.addr[0])
                 if dst is None:
                     continue
@@ -178,6 +188,9 @@ class Sim:
                 self._push_pull(node, o.addr, o.join)
             elif isinstance(o, StreamPing):
                 self._stream_ping(node, o)
+        if node.serf.gossip_news:  # as the runtime's _drain_events
+            node.serf.gossip_news = False
+            node.swim.gossip_soon(self.now)
         for e in node.serf.take_events():
             if isinstance(e, UserEvent):
                 node.user_events.append(e)
@@ -211,6 +224,7 @@ class Sim:
             if join:
                 src.serf.join_intent()
                 src.swim.joined(self.now)
+                self._handle(src, [])
             self._reschedule(src)
             self._reschedule(dst)
 
@@ -278,3 +292,110 @@ def converge_rounds(n: int, seed: int) -> tuple[float, int]:
     if len(seen) < n:
         raise AssertionError(f"seed {seed}: the fact reached {len(seen)} of {n} nodes in {limit:.0f} s")
     return (sim.now - start) / sim.config.gossip_interval, sim.messages - messages
+
+
+def steady_sim(seed: int, n: int, config: GossipConfig | None = None, loss: float = 0.0) -> Sim:
+    """n nodes that know each other, nothing left to gossip, probing in steady state: each started at a random
+    moment within one probe interval (so their timers are out of phase, as in a real cluster), then handed the
+    full member list, then run for 5 s."""
+    sim = Sim(seed, n, loss=loss, config=config or GossipConfig())
+    for node in sim.nodes.values():
+        sim.run_until(sim.now + sim.rng.uniform(0, sim.config.probe_interval / n))
+        node.swim.start(sim.now)
+        sim._reschedule(node)
+    states = []
+    for node in sim.nodes.values():
+        me = node.swim.members[node.name]
+        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
+    for node in sim.nodes.values():
+        node.swim.merge_remote_state(sim.now, states)
+        node.swim._queue.clear()
+        node.serf.take_events()
+        sim._reschedule(node)
+    sim.run_until(sim.now + 5.0)
+    return sim
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Seconds from a crash until the first live node suspected it, and until the first and the last live node
+    declared it failed."""
+
+    suspected: float
+    first: float
+    last: float
+
+
+def detect_crash(n: int, seed: int, config: GossipConfig | None = None) -> Detection:
+    """Crash one random node of a steady cluster of n; when did the live nodes declare it failed? Raises if a
+    live node is ever declared failed, or if some live node has not declared the crash within 120 s."""
+    sim = steady_sim(seed, n, config)
+    victim = sim.rng.choice(list(sim.nodes))
+    sim.run_until(sim.now + sim.rng.uniform(0, sim.config.probe_interval))
+    crashed = sim.now
+    sim.crash(victim)
+    live = {x.name for x in sim.live()}
+    declared: dict[str, float] = {}
+    suspected = math.inf
+    while set(declared) != live and sim.now - crashed < 120:
+        sim.run_until(sim.now + 0.01)
+        if suspected == math.inf and any(sim.swim_state(x, victim) == NodeState.SUSPECT for x in live):
+            suspected = sim.now - crashed  # to within the 10 ms step
+        declared.update((who, t - crashed) for t, who, subject in sim.failures
+                        if subject == victim and who not in declared)
+    wrong = [f for f in sim.failures if f[2] != victim]
+    if wrong or set(declared) != live:
+        raise AssertionError(f"seed {seed}: false failures {wrong}, undeclared {sorted(live - set(declared))}")
+    return Detection(suspected, min(declared.values()), max(declared.values()))
+
+
+def user_event_spread(n: int, seed: int, config: GossipConfig | None = None) -> tuple[float, int]:
+    """Seconds for a user event fired at a random node of a steady cluster of n to reach every node, and the
+    packets sent meanwhile. Fired at a random moment, as an operator would."""
+    sim = steady_sim(seed, n, config)
+    sender = sim.rng.choice(list(sim.nodes))
+    sim.run_until(sim.now + sim.rng.uniform(0, sim.config.probe_interval))
+    fired, packets = sim.now, sim.packets
+    sim.user_event(sender, "fact", b"x")
+    while not all(x.user_events for x in sim.nodes.values()):
+        if sim.now - fired > 30:
+            raise AssertionError(f"seed {seed}: the user event did not reach every node within 30 s")
+        sim.run_until(sim.now + 0.001)
+    return sim.now - fired, sim.packets - packets
+
+
+def false_alarms(n: int, seed: int, loss: float, duration: float = 120.0,
+                 config: GossipConfig | None = None) -> tuple[int, int]:
+    """A steady cluster of n under `loss` on every link for `duration` s, nobody crashing: how many times a live
+    node was declared failed (by anyone), and how many refutations the live nodes sent (each one answers a
+    suspicion or death notice that reached its subject)."""
+    sim = steady_sim(seed, n, config, loss)
+    sim.run_until(sim.now + duration)
+    refutations = sum(x.swim.incarnation - 1 for x in sim.live())
+    return len(sim.failures), refutations
+
+
+def quantiles(values: list[float]) -> tuple[float, float]:
+    """Median and 90th percentile."""
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def measure(seeds: int = 50, sizes: tuple[int, ...] = (10, 30), config: GossipConfig | None = None) -> None:
+    """Print detection and dissemination figures (median / p90 over `seeds` seeds) for each cluster size."""
+    for n in sizes:
+        det = [detect_crash(n, seed, config) for seed in range(seeds)]
+        ev = [user_event_spread(n, seed, config) for seed in range(seeds)]
+        rows = {"crash -> all declared failed": [d.last for d in det],
+                "crash -> first declared failed": [d.first for d in det],
+                "first suspected -> first declared": [d.first - d.suspected for d in det],
+                "dead: first -> last declaration": [d.last - d.first for d in det],
+                "user event -> all nodes": [t for t, _ in ev]}
+        for label, values in rows.items():
+            med, p90 = quantiles(values)
+            print(f"n={n:3d} {label:34s} median {med:7.3f} s   p90 {p90:7.3f} s")
+        print(f"n={n:3d} {'user event: packets meanwhile':34s} median {statistics.median(p for _, p in ev):7.0f}")
+
+
+if __name__ == "__main__":
+    measure()
