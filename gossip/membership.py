@@ -34,6 +34,8 @@ FRAMING_RESERVE = 34
 # When broadcasts are left over after a packet is full, we try a compressed packet holding more of them;
 # this many compressions at most per packet (the first usually fits: see Swim._lzw_ratio).
 COMPRESS_TRIES = 3
+# A failed probe still counts nacks for this fraction of the probe timeout after it ends (see _probe_failed).
+NACK_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,7 @@ class _Probe:
     expected_nacks: int = 0
     nacks: int = 0
     acked: bool = False
+    settle_at: float = math.inf  # once failed: when its missing nacks are charged to our awareness
 
 
 @dataclass(slots=True)
@@ -184,6 +187,7 @@ class Swim:
         self._probe_list: list[str] = []
         self._probe_index = 0
         self._probe: _Probe | None = None
+        self._failed_probe: _Probe | None = None  # failed, still counting late nacks
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
         self._next_probe = self._next_gossip = self._next_push_pull = 0.0
@@ -211,6 +215,8 @@ class Swim:
         times = [self._next_probe, self._next_gossip, self._next_push_pull]
         if self._probe is not None:
             times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
+        if self._failed_probe is not None:
+            times.append(self._failed_probe.settle_at)
         times.extend(s.deadline for s in self._suspicions.values())
         times.extend(r.expires for r in self._relays.values())
         return min(times)
@@ -293,6 +299,8 @@ class Swim:
                 del self._relays[seq]
                 if relay.nack:
                     out.append(self._send(relay.requester, [m.encode(m.NackResp(relay.their_seq))]))
+        if self._failed_probe is not None and now >= self._failed_probe.settle_at:
+            self._settle_failed_probe()
         probe = self._probe
         if probe is not None:
             if probe.acked:
@@ -334,8 +342,9 @@ class Swim:
         elif isinstance(msg, m.AckResp):
             out.extend(self._on_ack(now, msg.seq_no))
         elif isinstance(msg, m.NackResp):
-            if self._probe is not None and self._probe.seq_no == msg.seq_no:
-                self._probe.nacks += 1
+            for probe in (self._probe, self._failed_probe):
+                if probe is not None and probe.seq_no == msg.seq_no:
+                    probe.nacks += 1
         elif isinstance(msg, m.Alive):
             self._alive(now, msg)
         elif isinstance(msg, m.Suspect):
@@ -445,15 +454,26 @@ class Swim:
 
     def _probe_failed(self, now: float, probe: _Probe) -> None:
         self._probe = None
-        if probe.expected_nacks > 0:
-            self._apply_awareness(max(0, probe.expected_nacks - probe.nacks))
-        else:
-            self._apply_awareness(1)
+        # Lifeguard charges each missing nack to our own health. But a relay nacks probe_timeout after our
+        # indirect ping reached it, which is probe_timeout after our direct ping: at the very moment our
+        # unscaled probe ends (memberlist and serf alike). Counted at that moment, every nack about a truly
+        # dead member is missing, so each member that probes it slows its own probing 4x, and the next
+        # failure anywhere is found late. We count nacks a little longer and charge only those still missing.
+        if self._failed_probe is not None:  # only if probe_interval < 1.5 probe_timeout
+            self._settle_failed_probe()
+        probe.settle_at = now + NACK_GRACE * self.config.probe_timeout
+        self._failed_probe = probe
         mem = self.members.get(probe.target)
         if mem is not None and mem.state in (NodeState.ALIVE, NodeState.SUSPECT):
             # Already suspected by someone else: our own failed probe is an independent confirmation,
             # which is what shrinks the suspicion timeout (Lifeguard).
             self._suspect(now, m.Suspect(mem.incarnation, mem.name, self.name))
+
+    def _settle_failed_probe(self) -> None:
+        failed = self._failed_probe
+        assert failed is not None
+        self._failed_probe = None
+        self._apply_awareness(max(0, failed.expected_nacks - failed.nacks) if failed.expected_nacks else 1)
 
     # ------------------------------------------------------------------------------------------ gossip
 

@@ -8,7 +8,8 @@ LAN timings, in the same run, and is measured the same way from the outside:
 1. join: all N started unjoined; every agent but the first joins the first (8 join calls at a time); the
    time until every agent lists all N alive;
 2. failure detection: SIGKILL of one agent; the time until the first, and until every, other agent marks
-   it failed; three crashes one after another, medians;
+   it failed; five crashes one after another (each victim restarted and rejoined, untimed, before the
+   next, so each crash is in a whole cluster), medians;
 3. leave: a graceful leave of another agent; the time until every other agent shows it left;
 4. user event: one agent fires an event; the time until the first and the last of the others receives it;
 5. idle: RSS per agent (VmRSS), CPU per agent over 10 s of idleness, and loopback bytes/s divided by N
@@ -59,6 +60,7 @@ FIRST_HOST = 60  # serf agents on 127.0.0.60 …, meshagents on 127.0.0.160 …
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 GOSSIP_PORT = 17946
 RPC_PORT = 17373
+QUIET_S = 2.0  # between a restarted victim's rejoin and the next crash
 
 
 class Cluster(Protocol):
@@ -70,6 +72,7 @@ class Cluster(Protocol):
     def join_all(self) -> None: ...
     def view(self, i: int) -> dict[str, str]: ...  # node name -> alive / failed / left / …
     def kill(self, i: int) -> None: ...
+    def restart(self, i: int) -> None: ...  # start a killed agent again and join it to agent 0
     def leave(self, i: int) -> None: ...
     def event_latency(self, sender: int, receivers: list[int], timeout: float) -> list[float]: ...
     def pids(self) -> list[int]: ...
@@ -115,6 +118,14 @@ class SerfCluster:
     def kill(self, i: int) -> None:
         self.agents[i].kill()
 
+    def restart(self, i: int) -> None:
+        self.agents[i].start()
+        client = self.agents[i].rpc_client()
+        try:
+            client.join([self.agents[0].bind])
+        finally:
+            client.close()
+
     def leave(self, i: int) -> None:
         client = self.agents[i].rpc_client()
         try:
@@ -129,20 +140,31 @@ class SerfCluster:
             client.stream_user_events()
             streams.append(client)
         name = f"bench-{time.monotonic_ns()}"
-        client = self.agents[sender].rpc_client()
-        t0 = time.perf_counter()
-        client.event(name, b"payload")
-        client.close()
-        got: list[float] = []
-        for stream in streams:
+        t0 = 0.0
+        fired = threading.Event()
+
+        def wait_for_event(stream: Any) -> float | None:
+            fired.wait()
             end = t0 + timeout
-            while time.perf_counter() < end:
-                record = stream.next_event(max(0.01, end - time.perf_counter()))
-                if record and record.get("Name") == name:
-                    got.append(time.perf_counter() - t0)  # upper bound: streams are read one after another
-                    break
-            stream.close()
-        return got
+            try:
+                while time.perf_counter() < end:
+                    record = stream.next_event(max(0.01, end - time.perf_counter()))
+                    if record and record.get("Name") == name:
+                        return time.perf_counter() - t0
+                return None
+            finally:
+                stream.close()
+
+        # One reader thread per stream, all waiting at once, so each event is timed when it arrives.
+        with ThreadPoolExecutor(len(streams)) as pool:
+            futures = [pool.submit(wait_for_event, stream) for stream in streams]
+            client = self.agents[sender].rpc_client()
+            t0 = time.perf_counter()
+            client.event(name, b"payload")
+            fired.set()
+            client.close()
+            got = [f.result() for f in futures]
+        return [x for x in got if x is not None]
 
     def pids(self) -> list[int]:
         return [a.proc.pid for a in self.agents if a.proc and a.proc.poll() is None]
@@ -165,14 +187,25 @@ class MeshagentCluster:
         self.http = httpx.Client(timeout=5)
 
     def start_all(self) -> None:
-        for name, host in zip(self.names, self.hosts, strict=True):
-            with open(self.workdir / f"{name}.log", "wb") as log:
-                self.procs.append(subprocess.Popen(
-                    [MESHAGENT, "agent", "-dev", "-node", name, "-bind", host, "-client", host, "-log-level", "warn"],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        for host in self.hosts:
-            if wait_until(lambda h=host: self._ok(f"http://{h}:8500/v1/agent/self"), 30) is None:
-                raise SystemExit(f"meshagent on {host} did not start")
+        self.procs = [self._spawn(i) for i in range(len(self.names))]
+        for i in range(len(self.names)):
+            self._wait_up(i)
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        name, host = self.names[i], self.hosts[i]
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [MESHAGENT, "agent", "-dev", "-node", name, "-bind", host, "-client", host, "-log-level", "warn"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait_up(self, i: int) -> None:
+        if wait_until(lambda: self._ok(f"http://{self.hosts[i]}:8500/v1/agent/self"), 30) is None:
+            raise SystemExit(f"meshagent on {self.hosts[i]} did not start")
+
+    def restart(self, i: int) -> None:
+        self.procs[i] = self._spawn(i)
+        self._wait_up(i)
+        self.http.put(f"http://{self.hosts[i]}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
 
     def _ok(self, url: str) -> bool:
         try:
@@ -274,7 +307,7 @@ def lo_bytes() -> int:
     return 0
 
 
-def measure(cluster: Cluster, n: int, idle_s: float) -> dict[str, Any]:
+def measure(cluster: Cluster, n: int, idle_s: float, crashes: int) -> dict[str, Any]:
     """Run the five measurements on a fresh cluster of n agents."""
     out: dict[str, Any] = {"n": n}
     cluster.start_all()
@@ -302,12 +335,15 @@ def measure(cluster: Cluster, n: int, idle_s: float) -> dict[str, Any]:
     out["event_first_s"] = min(lat) if lat else None
     out["event_all_s"] = max(lat) if len(lat) == len(others) else None
 
-    # Three crashes, one after another (each detected by everyone before the next): medians.
+    # Crashes one after another. Each victim, once every other agent marks it failed, is started again and
+    # rejoined (not timed), and the next crash comes after the cluster has converged and been quiet for
+    # QUIET_S: every crash happens in a whole cluster of n. Medians.
     firsts, alls = [], []
-    for victim in (n - 1, n - 3, n - 4):
+    for k in range(crashes):
+        victim = n - 1 - k % (n - 1)  # never agent 0, the one everybody joins
+        watchers = [i for i in range(n) if i != victim]
         cluster.kill(victim)
         t0 = time.perf_counter()
-        watchers = [i for i in range(n - 4) if i != 0] or [0]
         seen: dict[int, float] = {}
 
         def detected(v: int = victim, w: list[int] = watchers, box: dict[int, float] = seen,
@@ -322,14 +358,18 @@ def measure(cluster: Cluster, n: int, idle_s: float) -> dict[str, Any]:
             firsts.append(min(seen.values()))
         if len(seen) == len(watchers):
             alls.append(max(seen.values()))
+        cluster.restart(victim)
+        if wait_until(converged, 60) is None:
+            break
+        time.sleep(QUIET_S)
     out["detect_first_s"] = statistics.median(firsts) if firsts else None
-    out["detect_all_s"] = statistics.median(alls) if len(alls) == 3 else None
+    out["detect_all_s"] = statistics.median(alls) if len(alls) == crashes else None
     out["detect_runs"] = list(zip(firsts, alls, strict=False))
 
     leaver = n - 2
     t0 = time.perf_counter()
     cluster.leave(leaver)
-    watchers = list(range(0, n - 4))
+    watchers = [i for i in range(n) if i != leaver]
     left = wait_until(lambda: all(cluster.view(i).get(cluster.names[leaver]) == "left" for i in watchers), 60)
     out["leave_s"] = None if left is None else time.perf_counter() - t0
     return out
@@ -357,6 +397,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, action="append", help="cluster sizes (default 10 and 30)")
     parser.add_argument("--impl", action="append", choices=sorted(IMPLS), help="implementations (default all)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idleness for CPU and bytes")
+    parser.add_argument("--crashes", type=int, default=5, help="crashes timed one after another (median)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     args = parser.parse_args()
     if not shutil.which("serf") and not Path("/usr/bin/serf").exists():
@@ -370,7 +411,7 @@ def main() -> None:
             workdir = Path(tempfile.mkdtemp(prefix=f"meshagent-bench-gossip-{impl}-"))
             cluster = IMPLS[impl](n, workdir)
             try:
-                r = measure(cluster, n, args.idle)
+                r = measure(cluster, n, args.idle, args.crashes)
             finally:
                 cluster.close()
             r["impl"] = impl

@@ -3,9 +3,10 @@
 The score runs 0..awareness_max_multiplier-1; probe interval (and so the time for indirect acks and nacks)
 is multiplied by score + 1, so a node that is itself slow or cut off probes and accuses less.
 
-memberlist's timing, kept here: a helper nacks probe_timeout after it got the indirect ping, which at an
-unscaled interval lands just after the prober's deadline (Lifeguard paper, footnote 5). So nacks only count
-once the prober's score has stretched its interval; the nack tests start from a score of 1.
+A helper nacks probe_timeout after it got the indirect ping (memberlist's timing, kept): at an unscaled
+interval that is the very moment the prober's probe ends (Lifeguard paper, footnote 5). memberlist counts
+nacks at that moment, so all of them are missing whenever the target is really dead. We keep counting for
+NACK_GRACE x probe_timeout after a failed probe and charge only the nacks still missing then.
 """
 
 # ruff: noqa: RUF059 -- tests unpack a whole cluster so that every node has a name, used or not
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 from meshagent.gossip import messages as m
-from meshagent.gossip.membership import SendPacket, Swim
+from meshagent.gossip.membership import NACK_GRACE, SendPacket, Swim
 from meshagent.gossip.messages import NodeState
 
 from tests.gossip.test_swim import CFG, PORT, cluster, probe_round
@@ -46,6 +47,8 @@ def nacked_probe(helpers_down: int) -> Swim:
     a.stream_ping_result(2.5, seq, False)
     a.tick(3.0)  # the probe ends (the next probe it starts is not delivered: it must not earn a point back)
     assert state_of(a, target) == NodeState.SUSPECT
+    assert a.health_score() == 1  # not yet charged: late nacks may still come
+    a.tick(3.0 + NACK_GRACE * CFG.probe_timeout)
     return a
 
 
@@ -58,14 +61,28 @@ def test_all_nacks_received_means_the_target_is_the_problem_not_us() -> None:
     assert nacked_probe(helpers_down=0).health_score() == 1
 
 
-def test_at_the_base_interval_nacks_arrive_too_late_and_count_as_missing() -> None:
+def base_interval_probe(helpers_down: int) -> Swim:
+    """A prober at score 0 whose target is down; its probe ends at 2.0 s, when the helpers' nack timers fire."""
     net, swims, _ = cluster(5)
     a = swims[0]
     target, seq = probe_round(net, a, 1.0)
     net.down.add(target)
+    net.down.update([s.name for s in swims[1:] if s.name != target][:helpers_down])
     net.run(1.5, a, a.tick(1.5))
-    a.tick(2.0)  # the prober's deadline; the helpers' nack timers fire at the same instant, too late
-    assert a.health_score() == CFG.indirect_checks
+    net.run(2.0, a, a.tick(2.0))  # the probe ends first ...
+    net.run(2.0, a, a.tick(2.0))  # (and a runtime may wake again at once) ...
+    net.tick(2.0, *(s for s in swims[1:]))  # ... then the nacks arrive, at the same instant
+    assert a._probe is None or a._probe.seq_no != seq
+    a.tick(2.0 + NACK_GRACE * CFG.probe_timeout)
+    return a
+
+
+def test_at_the_base_interval_nacks_just_after_the_deadline_still_count() -> None:
+    assert base_interval_probe(helpers_down=0).health_score() == 0
+
+
+def test_at_the_base_interval_nacks_still_missing_after_the_grace_are_charged() -> None:
+    assert base_interval_probe(helpers_down=2).health_score() == 2
 
 
 def test_a_successful_probe_earns_a_point_back_but_never_below_zero() -> None:
