@@ -10,7 +10,7 @@ check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>. Eve
 (Serf's member-failed, i.e. the core's alive/suspect -> dead) is logged in `Sim.failures` as it happens,
 so the scenarios check "never declared" and "not before the crash" exactly rather than by sampling.
 
-`converge_rounds(n, seed)` is the dissemination benchmark: gossip rounds for one new fact to reach all n.
+`converge_rounds(n, seed, config)` is the dissemination benchmark: gossip intervals for one new fact to reach all n.
 """
 
 from __future__ import annotations
@@ -265,11 +265,12 @@ class Sim:
         return all(self.status(a.name, b.name) == Status.ALIVE for a in live for b in live)
 
 
-def converge_rounds(n: int, seed: int) -> tuple[float, int]:
-    """Gossip rounds for one new fact (a user event fired at one node) to reach all n nodes, and the messages
-    delivered meanwhile. The cluster starts converged (every node merged the full member list, nothing left
-    to gossip about members), the network loses nothing; log2(n) rounds is the ideal epidemic."""
-    sim = Sim(seed, n)
+def converge_rounds(n: int, seed: int, config: GossipConfig | None = None) -> tuple[float, int]:
+    """Time for one new fact (a user event fired at one node) to reach all n nodes, in gossip intervals, and
+    the messages delivered meanwhile. The cluster starts converged (every node merged the full member list,
+    nothing left to gossip about members), the network loses nothing. Without eager gossip each interval is
+    one gossip round, and log2(n) rounds is the ideal epidemic."""
+    sim = Sim(seed, n, config=config or GossipConfig())
     states = []
     for node in sim.nodes.values():
         node.swim.start(0.0)
