@@ -332,7 +332,14 @@ class Swim:
             if msg.node and msg.node != self.name:
                 return out  # meant for a previous owner of our address
             dest = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
-            out.append(self._send(dest, [m.encode(m.AckResp(msg.seq_no, b""))]))
+            lead = [m.encode(m.AckResp(msg.seq_no, b""))]
+            sender = self.members.get(msg.source_node) if msg.source_node else None
+            if sender is not None and sender.state == NodeState.DEAD:
+                # Not in memberlist: a member we declared dead is probing us, so it lives and is cut off no
+                # more (a healed partition). Our verdict rides with the ack and it refutes at once; otherwise
+                # it learns it only if a last retransmit of the news or Serf's 30 s reconnect happens by.
+                lead.append(m.encode(m.Dead(sender.incarnation, sender.name, self.name)))
+            out.append(self._send(dest, lead))
         elif isinstance(msg, m.IndirectPing):
             seq = self._next_seq()
             requester = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src

@@ -305,6 +305,33 @@ def test_a_slow_suspect_refutes_as_soon_as_a_probe_reaches_it() -> None:
     assert (state(a, "n1"), a.members["n1"].incarnation) == (NodeState.ALIVE, 2)
 
 
+def test_a_member_we_declared_dead_that_probes_us_hears_it_with_the_ack_and_refutes() -> None:
+    """A healed partition: n1 was declared dead by n0 and nothing is left in anyone's queue to tell it so.
+    n1's next probe of n0 brings back the verdict with the ack; n1 refutes, and n0 sees it alive again."""
+    net, swims, _ = cluster(3)
+    a, b = swims[0], swims[1]
+    a.receive(0.5, net.addr(swims[2]), m.encode(m.Dead(1, "n1", "n2")))
+    assert state(a, "n1") == NodeState.DEAD
+    for swim in swims:
+        swim._queue.clear()
+    b._probe_list, b._probe_index = ["n0"], 0
+    net.run(1.0, b, b.tick(1.0))
+    assert b.incarnation == 2
+    net.tick(1.0, b)  # the refutation goes out with b's next gossip round
+    assert (state(a, "n1"), a.members["n1"].incarnation) == (NodeState.ALIVE, 2)
+
+
+def test_a_probe_from_a_live_member_gets_a_plain_ack() -> None:
+    net, swims, _ = cluster(3)
+    b = swims[1]
+    for swim in swims:
+        swim._queue.clear()
+    b._probe_list, b._probe_index = ["n0"], 0
+    net.run(1.0, b, b.tick(1.0))
+    acks = [msgs for src, dst, msgs in net.sent if src == "n0" and dst == "n1"]
+    assert acks and all(isinstance(x, m.AckResp) for x in acks) and b.incarnation == 1
+
+
 def probe_order(net: Net, a: Swim, start: float, count: int) -> list[str]:
     """The targets of `a`'s next `count` probes from `start` on, each when it is due and ended quietly (no ack,
     no suspicion) so that only the choice of target is seen."""
