@@ -299,8 +299,10 @@ class Swim:
                 del self._relays[seq]
                 if relay.nack:
                     out.append(self._send(relay.requester, [m.encode(m.NackResp(relay.their_seq))]))
-        if self._failed_probe is not None and now >= self._failed_probe.settle_at:
-            self._settle_failed_probe()
+        failed = self._failed_probe
+        if failed is not None and now >= failed.settle_at:
+            self._failed_probe = None
+            self._charge_missing_nacks(failed)
         probe = self._probe
         if probe is not None:
             if probe.acked:
@@ -467,7 +469,7 @@ class Swim:
         # dead member is missing, so each member that probes it slows its own probing 4x, and the next
         # failure anywhere is found late. We count nacks a little longer and charge only those still missing.
         if self._failed_probe is not None:  # only if probe_interval < 1.5 probe_timeout
-            self._settle_failed_probe()
+            self._charge_missing_nacks(self._failed_probe)
         probe.settle_at = now + NACK_GRACE * self.config.probe_timeout
         self._failed_probe = probe
         mem = self.members.get(probe.target)
@@ -476,10 +478,8 @@ class Swim:
             # which is what shrinks the suspicion timeout (Lifeguard).
             self._suspect(now, m.Suspect(mem.incarnation, mem.name, self.name))
 
-    def _settle_failed_probe(self) -> None:
-        failed = self._failed_probe
-        assert failed is not None
-        self._failed_probe = None
+    def _charge_missing_nacks(self, failed: _Probe) -> None:
+        """Lifeguard's cost of a failed probe to our health: one point per missing nack, or one without helpers."""
         self._apply_awareness(max(0, failed.expected_nacks - failed.nacks) if failed.expected_nacks else 1)
 
     # ------------------------------------------------------------------------------------------ gossip

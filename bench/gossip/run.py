@@ -99,15 +99,15 @@ class SerfCluster:
             agent.start()
 
     def join_all(self) -> None:
-        def join(agent: SerfAgent) -> None:
-            client = agent.rpc_client()
-            try:
-                client.join([self.agents[0].bind])
-            finally:
-                client.close()
-
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(join, self.agents[1:]))
+            list(pool.map(self._join_first, range(1, len(self.agents))))
+
+    def _join_first(self, i: int) -> None:
+        client = self.agents[i].rpc_client()
+        try:
+            client.join([self.agents[0].bind])
+        finally:
+            client.close()
 
     def view(self, i: int) -> dict[str, str]:
         try:
@@ -120,11 +120,7 @@ class SerfCluster:
 
     def restart(self, i: int) -> None:
         self.agents[i].start()
-        client = self.agents[i].rpc_client()
-        try:
-            client.join([self.agents[0].bind])
-        finally:
-            client.close()
+        self._join_first(i)
 
     def leave(self, i: int) -> None:
         client = self.agents[i].rpc_client()
@@ -205,7 +201,7 @@ class MeshagentCluster:
     def restart(self, i: int) -> None:
         self.procs[i] = self._spawn(i)
         self._wait_up(i)
-        self.http.put(f"http://{self.hosts[i]}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
+        self._join_first(i)
 
     def _ok(self, url: str) -> bool:
         try:
@@ -214,11 +210,11 @@ class MeshagentCluster:
             return False
 
     def join_all(self) -> None:
-        def join(host: str) -> None:
-            self.http.put(f"http://{host}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
-
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(join, self.hosts[1:]))
+            list(pool.map(self._join_first, range(1, len(self.hosts))))
+
+    def _join_first(self, i: int) -> None:
+        self.http.put(f"http://{self.hosts[i]}:8500/v1/agent/join/{self.hosts[0]}", timeout=10)
 
     def view(self, i: int) -> dict[str, str]:
         try:

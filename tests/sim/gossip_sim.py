@@ -265,22 +265,29 @@ class Sim:
         return all(self.status(a.name, b.name) == Status.ALIVE for a in live for b in live)
 
 
+def _know_each_other(sim: Sim) -> None:
+    """Hand every started node the full member list and drop what that queued: a converged cluster with nothing
+    left to say about members."""
+    states = []
+    for node in sim.nodes.values():
+        me = node.swim.members[node.name]
+        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
+    for node in sim.nodes.values():
+        node.swim.merge_remote_state(sim.now, states)
+        node.swim._queue.clear()
+        node.serf.take_events()
+        sim._reschedule(node)
+
+
 def converge_rounds(n: int, seed: int, config: GossipConfig | None = None) -> tuple[float, int]:
     """Time for one new fact (a user event fired at one node) to reach all n nodes, in gossip intervals, and
     the messages delivered meanwhile. The cluster starts converged (every node merged the full member list,
     nothing left to gossip about members), the network loses nothing. Without eager gossip each interval is
     one gossip round, and log2(n) rounds is the ideal epidemic."""
     sim = Sim(seed, n, config=config or GossipConfig())
-    states = []
     for node in sim.nodes.values():
         node.swim.start(0.0)
-        me = node.swim.members[node.name]
-        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
-    for node in sim.nodes.values():
-        node.swim.merge_remote_state(0.0, states)
-        node.swim._queue.clear()  # converged: nothing left to say about members
-        node.serf.take_events()
-        sim._reschedule(node)
+    _know_each_other(sim)
     first = next(iter(sim.nodes.values()))
     first.serf.user_event("fact", b"x", coalesce=False)
     seen = {first.name}
@@ -304,15 +311,7 @@ def steady_sim(seed: int, n: int, config: GossipConfig | None = None, loss: floa
         sim.run_until(sim.now + sim.rng.uniform(0, sim.config.probe_interval / n))
         node.swim.start(sim.now)
         sim._reschedule(node)
-    states = []
-    for node in sim.nodes.values():
-        me = node.swim.members[node.name]
-        states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
-    for node in sim.nodes.values():
-        node.swim.merge_remote_state(sim.now, states)
-        node.swim._queue.clear()
-        node.serf.take_events()
-        sim._reschedule(node)
+    _know_each_other(sim)
     sim.run_until(sim.now + 5.0)
     return sim
 
@@ -363,17 +362,6 @@ def user_event_spread(n: int, seed: int, config: GossipConfig | None = None) -> 
             raise AssertionError(f"seed {seed}: the user event did not reach every node within 30 s")
         sim.run_until(sim.now + 0.001)
     return sim.now - fired, sim.packets - packets
-
-
-def false_alarms(n: int, seed: int, loss: float, duration: float = 120.0,
-                 config: GossipConfig | None = None) -> tuple[int, int]:
-    """A steady cluster of n under `loss` on every link for `duration` s, nobody crashing: how many times a live
-    node was declared failed (by anyone), and how many refutations the live nodes sent (each one answers a
-    suspicion or death notice that reached its subject)."""
-    sim = steady_sim(seed, n, config, loss)
-    sim.run_until(sim.now + duration)
-    refutations = sum(x.swim.incarnation - 1 for x in sim.live())
-    return len(sim.failures), refutations
 
 
 def quantiles(values: list[float]) -> tuple[float, float]:
