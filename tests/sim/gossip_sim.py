@@ -289,7 +289,7 @@ def converge_rounds(n: int, seed: int, config: GossipConfig | None = None) -> tu
         node.swim.start(0.0)
     _know_each_other(sim)
     first = next(iter(sim.nodes.values()))
-    first.serf.user_event("fact", b"x", coalesce=False)
+    sim.user_event(first.name, "fact", b"x")  # as the runtime fires it: the news leaves at once
     seen = {first.name}
     start, messages = sim.now, sim.messages
     step = sim.config.gossip_interval / 4
