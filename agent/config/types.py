@@ -118,6 +118,27 @@ class Ports:
 
 
 @dataclass(slots=True)
+class TLSConfig:
+    """Consul's `tls { defaults {...} internal_rpc {...} }` plus `auto_encrypt`, for the server port :8300.
+
+    With no files set and a gossip key, :8300 still runs mutual TLS under a CA derived from the keyring
+    (docs/security.md); plaintext :8300 only when there is neither.
+    """
+
+    ca_file: str = ""
+    ca_path: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify_incoming: bool = False
+    verify_outgoing: bool = False
+    verify_server_hostname: bool = False
+    # auto_encrypt: a client asks the servers for its certificate (`tls`); a server hands them out (`allow_tls`).
+    auto_encrypt_tls: bool = False
+    auto_encrypt_allow_tls: bool = False
+    source: Source = field(default_factory=Source)  # where the tls block was defined, for error messages
+
+
+@dataclass(slots=True)
 class AgentConfig:
     """The merged agent configuration: defaults < files (lexical order) < command-line flags."""
 
@@ -153,6 +174,7 @@ class AgentConfig:
     # then require it everywhere (both true, the default).
     encrypt_verify_incoming: bool = True
     encrypt_verify_outgoing: bool = True
+    tls: TLSConfig = field(default_factory=TLSConfig)
     check_update_interval: float = 300.0
     default_query_time: float = 300.0
     max_query_time: float = 600.0
