@@ -18,8 +18,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from . import bounds, limits, wire
 from . import messages as m
-from . import wire
 from .delegate import Delegate, MemberInfo
 from .messages import NodeState
 from .tunables import EAGER_GOSSIP_DIVISOR, GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
@@ -179,6 +179,7 @@ class Swim:
     incarnation: int = 0
     awareness: int = 0
     leaving: bool = False
+    unrefutable: int = 0  # alive messages about us at the top incarnation, which we cannot out-bid
 
     def __post_init__(self) -> None:
         self._seq = 0
@@ -265,7 +266,7 @@ class Swim:
 
     def update_meta(self, now: float) -> list[Output]:
         """Announce new metadata (from the delegate) with a fresh incarnation."""
-        self.incarnation += 1
+        self.incarnation = min(self.incarnation + 1, limits.INCARNATION_MAX)
         me = self.members[self.name]
         meta = self.delegate.node_meta(META_MAX_SIZE)
         # bootstrap=True as memberlist's UpdateNode: otherwise our own alive is taken for an accusation and
@@ -327,8 +328,10 @@ class Swim:
         return out
 
     def receive(self, now: float, src: Address, data: bytes) -> list[Output]:
-        """Handle one single message that arrived from `src`; raises MessageError when malformed."""
+        """Handle one single message that arrived from `src`; raises MessageError when malformed or out of
+        bounds (`gossip.bounds`), and then nothing has changed."""
         msg = m.decode(data)
+        _check(msg)
         out: list[Output] = []
         if isinstance(msg, m.Ping):
             if msg.node and msg.node != self.name:
@@ -343,6 +346,8 @@ class Swim:
                 lead.append(m.encode(m.Dead(sender.incarnation, sender.name, self.name)))
             out.append(self._send(dest, lead))
         elif isinstance(msg, m.IndirectPing):
+            if len(self._relays) >= limits.RELAYS_MAX:
+                raise m.MessageError(f"already relaying {limits.RELAYS_MAX} probes")
             seq = self._next_seq()
             requester = (ip_text(msg.source_addr), msg.source_port) if msg.source_addr and msg.source_port else src
             self._relays[seq] = _Relay(requester, msg.seq_no, now + self.config.probe_timeout, msg.nack)
@@ -374,7 +379,9 @@ class Swim:
                 for mem in self.members.values()]
 
     def merge_remote_state(self, now: float, nodes: list[m.PushNodeState]) -> list[Output]:
-        """Merge a peer's full member list, the way memberlist's mergeState does."""
+        """Merge a peer's full member list, the way memberlist's mergeState does; MessageError (and nothing
+        merged) if any state in it is out of bounds."""
+        bounds.push_pull(nodes)
         for r in nodes:
             if r.state == NodeState.ALIVE:
                 self._alive(now, m.Alive(r.incarnation, r.name, r.addr, r.port, r.meta, r.vsn))
@@ -697,6 +704,11 @@ class Swim:
         self.delegate.notify_leave(now, mem.info())
 
     def _refute(self, now: float, accused: int) -> None:
+        if max(self.incarnation, accused) >= limits.INCARNATION_MAX:
+            # Only a forged alive can get here (claims are bounded well below): one more would not fit
+            # memberlist's uint32, so we keep our incarnation and count it rather than overflow.
+            self.unrefutable += 1
+            return
         self.incarnation = max(self.incarnation, accused) + 1
         # Being accused (suspect, dead, or an alive that isn't ours) is a hint that we are the slow one.
         self._apply_awareness(1)
@@ -712,3 +724,21 @@ class Swim:
             if (name != self.name and mem.state in (NodeState.DEAD, NodeState.LEFT)
                     and now - mem.state_change > self.config.gossip_to_the_dead_time):
                 del self.members[name]
+
+
+def _check(msg: m.Message) -> None:
+    """Hold a decoded message to `gossip.bounds` before the core acts on it."""
+    if isinstance(msg, m.Alive):
+        bounds.alive(msg)
+    elif isinstance(msg, (m.Suspect, m.Dead)):
+        bounds.claim(msg.node, msg.from_node, msg.incarnation)
+    elif isinstance(msg, m.Ping):
+        bounds.name(msg.node, "ping target", empty=True)
+        bounds.name(msg.source_node, "ping source", empty=True)
+        if msg.source_addr:
+            bounds.address(msg.source_addr, msg.source_port)
+    elif isinstance(msg, m.IndirectPing):
+        bounds.name(msg.node, "probe target", empty=True)
+        bounds.address(msg.target, msg.port)
+        if msg.source_addr:
+            bounds.address(msg.source_addr, msg.source_port)

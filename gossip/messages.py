@@ -49,7 +49,9 @@ class MessageError(ValueError):
 
 
 # Field kinds: how a Go field is typed and therefore how it is checked on the way in.
-_UINT = "uint"
+_UINT = "uint"  # a Go int used as a count or length: non-negative int64
+_U16 = "u16"
+_U32 = "u32"
 _STR = "str"
 _BYTES = "bytes"
 _BOOL = "bool"
@@ -65,10 +67,10 @@ class Ping:
 
     TYPE: ClassVar[MessageType] = MessageType.PING
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("seq_no", "SeqNo", _UINT, False),
+        ("seq_no", "SeqNo", _U32, False),
         ("node", "Node", _STR, False),
         ("source_addr", "SourceAddr", _BYTES, True),
-        ("source_port", "SourcePort", _UINT, True),
+        ("source_port", "SourcePort", _U16, True),
         ("source_node", "SourceNode", _STR, True),
     )
     seq_no: int
@@ -84,13 +86,13 @@ class IndirectPing:
 
     TYPE: ClassVar[MessageType] = MessageType.INDIRECT_PING
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("seq_no", "SeqNo", _UINT, False),
+        ("seq_no", "SeqNo", _U32, False),
         ("target", "Target", _BYTES, False),
-        ("port", "Port", _UINT, False),
+        ("port", "Port", _U16, False),
         ("node", "Node", _STR, False),
         ("nack", "Nack", _BOOL, False),
         ("source_addr", "SourceAddr", _BYTES, True),
-        ("source_port", "SourcePort", _UINT, True),
+        ("source_port", "SourcePort", _U16, True),
         ("source_node", "SourceNode", _STR, True),
     )
     seq_no: int
@@ -109,7 +111,7 @@ class AckResp:
 
     TYPE: ClassVar[MessageType] = MessageType.ACK_RESP
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("seq_no", "SeqNo", _UINT, False),
+        ("seq_no", "SeqNo", _U32, False),
         ("payload", "Payload", _BYTES, False),
     )
     seq_no: int
@@ -121,7 +123,7 @@ class NackResp:
     """An indirect prober saying "I asked, nobody answered": evidence that *we* are not the slow one."""
 
     TYPE: ClassVar[MessageType] = MessageType.NACK_RESP
-    GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (("seq_no", "SeqNo", _UINT, False),)
+    GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (("seq_no", "SeqNo", _U32, False),)
     seq_no: int
 
 
@@ -140,7 +142,7 @@ class Suspect:
 
     TYPE: ClassVar[MessageType] = MessageType.SUSPECT
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("incarnation", "Incarnation", _UINT, False),
+        ("incarnation", "Incarnation", _U32, False),
         ("node", "Node", _STR, False),
         ("from_node", "From", _STR, False),
     )
@@ -155,10 +157,10 @@ class Alive:
 
     TYPE: ClassVar[MessageType] = MessageType.ALIVE
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("incarnation", "Incarnation", _UINT, False),
+        ("incarnation", "Incarnation", _U32, False),
         ("node", "Node", _STR, False),
         ("addr", "Addr", _BYTES, False),
-        ("port", "Port", _UINT, False),
+        ("port", "Port", _U16, False),
         ("meta", "Meta", _BYTES, False),
         ("vsn", "Vsn", _BYTES, False),
     )
@@ -176,7 +178,7 @@ class Dead:
 
     TYPE: ClassVar[MessageType] = MessageType.DEAD
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
-        ("incarnation", "Incarnation", _UINT, False),
+        ("incarnation", "Incarnation", _U32, False),
         ("node", "Node", _STR, False),
         ("from_node", "From", _STR, False),
     )
@@ -208,9 +210,9 @@ class PushNodeState:
     GO: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
         ("name", "Name", _STR, False),
         ("addr", "Addr", _BYTES, False),
-        ("port", "Port", _UINT, False),
+        ("port", "Port", _U16, False),
         ("meta", "Meta", _BYTES, False),
-        ("incarnation", "Incarnation", _UINT, False),
+        ("incarnation", "Incarnation", _U32, False),
         ("state", "State", _UINT, False),
         ("vsn", "Vsn", _BYTES, False),
     )
@@ -254,7 +256,9 @@ _PACKET_TYPES: dict[int, type[Any]] = {
     MessageType.DEAD: Dead,
 }
 
-_UINT_MAX = 0xFFFF_FFFF_FFFF_FFFF
+# Go's widths: a value the Go peer could not hold is a bad message here too (a uint32 incarnation of 2^64-1
+# once crashed the agent that tried to refute it).
+_UINT_MAX = {_UINT: (1 << 63) - 1, _U16: 0xFFFF, _U32: 0xFFFF_FFFF}
 
 
 def to_map(msg: Any) -> dict[str, Any]:
@@ -308,9 +312,10 @@ def _has_default(cls: type[Any], attr: str) -> bool:
 
 
 def _check(owner: str, go_name: str, kind: str, value: Any) -> Any:
-    if kind == _UINT:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT_MAX:
-            raise MessageError(f"{owner}: field {go_name} must be an unsigned integer")
+    top = _UINT_MAX.get(kind)
+    if top is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise MessageError(f"{owner}: field {go_name} must be an unsigned integer up to {top}")
         return value
     if kind == _BOOL:
         if not isinstance(value, bool):

@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from . import bounds, limits
 from . import serf_messages as sm
 from .delegate import MemberInfo
 from .keyring import Keyring, KeyringError
@@ -222,6 +223,7 @@ class Serf:
     def notify_msg(self, now: float, payload: bytes) -> None:
         try:
             msg = sm.decode(payload)
+            bounds.serf_message(msg)
             if isinstance(msg, sm.JoinMsg):
                 if self._handle_join(msg.ltime, msg.node):
                     self._broadcast(msg.node, payload)
@@ -277,10 +279,11 @@ class Serf:
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
         try:
             pp = sm.decode(data)
+            if not isinstance(pp, sm.PushPullMsg):
+                raise MessageError(f"expected Serf's push-pull state, got {type(pp).__name__}")
+            bounds.serf_push_pull(pp)
         except MessageError:
             self.bad_messages += 1
-            return
-        if not isinstance(pp, sm.PushPullMsg):
             return
         for clock, t in ((self.clock, pp.ltime), (self.event_clock, pp.event_ltime),
                          (self.query_clock, pp.query_ltime)):
@@ -354,6 +357,10 @@ class Serf:
         old = self._intents.get(node)
         if old is not None and old[1] >= ltime:
             return False
+        self._intents.pop(node, None)
+        if len(self._intents) >= limits.INTENTS_MAX:
+            # Names nobody has seen alive yet come from anyone; keep the newest ones (dicts keep order).
+            del self._intents[next(iter(self._intents))]
         self._intents[node] = (kind, ltime)
         return True
 

@@ -37,6 +37,7 @@ import msgpack
 from . import lzw
 from .keyring import DecryptError, Keyring
 from .keyring import overhead as _seal_overhead
+from .limits import PUSH_PULL_NODES_MAX
 from .messages import (
     AckResp,
     ErrResp,
@@ -356,6 +357,8 @@ class _Body:
             header: PushPullHeader = _from_map(PushPullHeader, obj)
             if header.nodes > self.max_bytes or header.user_state_len > self.max_bytes:
                 raise WireError(f"push-pull header claims more than {self.max_bytes} bytes")
+            if header.nodes > PUSH_PULL_NODES_MAX:
+                raise WireError(f"push-pull header claims {header.nodes} node states (limit {PUSH_PULL_NODES_MAX})")
             return header
         user: UserMsgHeader = _from_map(UserMsgHeader, obj)
         if user.user_msg_len > self.max_bytes:
