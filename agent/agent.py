@@ -191,6 +191,8 @@ class Agent:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   banner: TextIO | None = None, handle_signals: bool = False) -> None:
         """Start every component, report readiness, and serve until cancelled or shut down."""
+        for warning in self.config.warnings:  # exposure and clamped values, from the config loader
+            log.warning("config: %s", warning)
         with trio.CancelScope() as scope:
             self._cancel = scope
             async with trio.open_nursery() as nursery:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .duration import parse_duration
 from .errors import Collector, ConfigError, ConfigErrors
+from .exposure import exposure_warnings
 from .services import (
     CheckContext,
     Node,
@@ -34,7 +35,12 @@ from .services import (
     validate_meta,
 )
 from .syntax import SyntaxProblem, load_hcl, load_json
+from .tls import LEGACY as _TLS_LEGACY
+from .tls import auto_encrypt_block, build_tls, check_tls, legacy_key, tls_block
 from .types import AgentConfig, CheckDefinition, DNSConfig, Ports, ServiceDefinition
+from .unsupported import DNS as _LATER_DNS
+from .unsupported import DNS_HONOURED, DNS_ONLY_REASON, HONOURED, PORT_REASON, TOP_LEVEL, honoured
+from .unsupported import PORTS as _LATER_PORTS
 
 __all__ = [
     "ConfigError", "ConfigErrors", "load_config", "parse_check", "parse_duration", "parse_service",
@@ -44,18 +50,6 @@ __all__ = [
 EXTENSIONS = (".hcl", ".json")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
-# Consul keys accepted (with a warning) until the issue that implements them lands.
-LATER_KEYS = frozenset({
-    "ui", "ui_config", "connect", "telemetry", "acl", "tls", "performance", "autopilot",
-    "start_join",
-    "addresses", "limits", "raft_protocol", "server_name", "disable_update_check",
-    "log_file", "pid_file", "primary_datacenter", "leave_drain_time", "rpc_hold_timeout",
-    "disable_remote_exec", "verify_incoming", "verify_outgoing", "ca_file", "cert_file", "key_file",
-    "retry_join_wan", "retry_interval_wan", "advertise_addr_wan", "translate_wan_addrs", "alt_domain",
-    "discovery_max_stale", "enable_central_service_config", "config_entries", "auto_encrypt",
-    "disable_host_node_id", "log_rotate_max_files", "log_rotate_bytes", "log_rotate_duration",
-    "enable_debug", "syslog_facility", "enable_syslog", "serf_lan", "serf_wan",
-})
 _SCALARS: dict[str, type] = {
     "datacenter": str, "data_dir": str, "node_name": str, "node_id": str, "server": bool, "dev": bool,
     "bootstrap_expect": int, "bind_addr": str, "advertise_addr": str, "client_addr": str, "domain": str,
@@ -69,13 +63,9 @@ _DURATIONS = frozenset({"check_update_interval", "default_query_time", "max_quer
                         "reconnect_timeout"})
 _LISTS = frozenset({"recursors", "retry_join"})
 _PORTS = frozenset(f.name for f in fields(Ports))
-_LATER_PORTS = frozenset({"https", "grpc", "grpc_tls", "sidecar_min_port", "sidecar_max_port",
-                          "expose_min_port", "expose_max_port"})
-_DNS_BOOLS = frozenset({"only_passing", "enable_truncate", "allow_stale"})
+_DNS_BOOLS = frozenset({"only_passing"})
 _DNS_INTS = frozenset({"udp_answer_limit", "a_record_limit"})
 _DNS_DURATIONS = frozenset({"node_ttl", "recursor_timeout", "max_stale"})
-_LATER_DNS = frozenset({"recursor_strategy", "disable_compression", "enable_additional_node_meta_txt",
-                        "use_cache", "cache_max_age", "prefer_namespace"})
 
 
 # ---------------------------------------------------------------------- one file
@@ -103,6 +93,8 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
     """One file's settings keyed by AgentConfig field name (ports and dns_config as partial dicts)."""
     top = node_of(col, data, "", None)
     out: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    tls_where: dict[str, tuple[str, int | None]] = {}
     for key, value in top.raw.items():
         line = top.at(key)
         if key in _SCALARS:
@@ -123,16 +115,25 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             out.setdefault("checks", []).extend(_checks(col, key, value, line))
         elif key == "watches":
             out.setdefault("watches", []).extend(_watches(col, value, line))
-        elif key in LATER_KEYS:
-            col.warn(key, "accepted but not acted on yet", line)
+        elif key == "tls":
+            tls_block(col, value, line, tls, tls_where)
+        elif key == "auto_encrypt":
+            auto_encrypt_block(col, value, line, tls, tls_where)
+        elif key in _TLS_LEGACY:
+            legacy_key(col, key, value, line, tls, tls_where)
+        elif key in TOP_LEVEL:
+            if not honoured(HONOURED, key, value):
+                col.error(key, TOP_LEVEL[key], line)
         else:
             col.error(key, "unknown configuration key", line)
-    out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw}
+    if tls:
+        out["tls"] = tls
+    out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw} | tls_where
     return out
 
 
 def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any]]:
-    """Consul's `watches`: only type "event" acts yet (a handler run for each user event)."""
+    """Consul's `watches`: only type "event" exists yet (a handler run for each user event); others are errors."""
     items = value if isinstance(value, list) else [value]
     out = []
     for i, item in enumerate(items):
@@ -142,7 +143,8 @@ def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any
             continue
         kind = item.get("type")
         if kind != "event":
-            col.warn(f"{where}.type", f"watch type {kind!r} is accepted but not acted on yet", line)
+            col.error(f"{where}.type", f"watch type {kind!r} is not supported yet (only \"event\"); remove it — "
+                      "its handler would never run", line)
             continue
         args = item.get("args")
         if args is None and isinstance(item.get("handler"), str):
@@ -203,7 +205,11 @@ def _ports(col: Collector, value: Any, line: int | None) -> dict[str, int]:
     for name, port in (node.raw if node else {}).items():
         field_ = f"ports.{name}"
         if name in _LATER_PORTS:
-            col.warn(field_, "accepted but not acted on yet", node.at(name) if node else line)
+            number = typed(col, field_, port, int, node.at(name) if node else line)
+            if number not in (-1, None):
+                col.error(field_, PORT_REASON, node.at(name) if node else line)
+            elif number == -1 and name in _PORTS:
+                out[name] = -1
             continue
         if name not in _PORTS:
             col.error(field_, f"unknown port (one of {', '.join(sorted(_PORTS))})", node.at(name) if node else line)
@@ -235,8 +241,9 @@ def _dns_config(col: Collector, value: Any, line: int | None) -> dict[str, Any]:
                         if (d := duration(col, f"{field_}.{name}", v, where)) is not None}
         elif key == "soa":
             out.update(_soa(col, item, where))
-        elif key in _LATER_DNS:
-            col.warn(field_, "accepted but not acted on yet", where)
+        elif key in _LATER_DNS or key in DNS_HONOURED:
+            if not honoured(DNS_HONOURED, key, item):
+                col.error(field_, _LATER_DNS.get(key) or DNS_ONLY_REASON[key], where)
         else:
             col.error(field_, "unknown field", where)
     return out
@@ -352,6 +359,8 @@ def build(settings: dict[str, Any]) -> AgentConfig:
         elif key == "dns_config":
             current = {f.name: getattr(config.dns_config, f.name) for f in fields(DNSConfig)}
             config.dns_config = DNSConfig(**{**current, **value})
+        elif key == "tls":
+            config.tls = build_tls(value, settings.get(WHERE, {}))
         elif hasattr(config, key):
             setattr(config, key, value)
     if config.domain and not config.domain.endswith("."):
@@ -359,12 +368,15 @@ def build(settings: dict[str, Any]) -> AgentConfig:
     return config
 
 
-def check_agent(config: AgentConfig, where: dict[str, tuple[str, int | None]], errors: list[ConfigError],
+def check_agent(config: AgentConfig, settings: dict[str, Any], errors: list[ConfigError],
                 warnings: list[str]) -> None:
-    """Rules on the merged result, as the agent applies them at start: unique ids, consistent settings.
+    """Rules on the merged result, as the agent applies them at start: unique ids, consistent settings,
+    usable TLS files; warnings for settings that expose the agent to its network.
 
-    `where` says which file and line last set each top-level key, so that the error points there.
+    The settings' WHERE says which file and line last set each key, so that the error points there.
     """
+    where: dict[str, tuple[str, int | None]] = settings.get(WHERE, {})
+
     def fail(key: str, reason: str) -> None:
         path, line = where.get(key, ("<defaults>", None))
         errors.append(ConfigError(path, line, key, reason))
@@ -385,6 +397,8 @@ def check_agent(config: AgentConfig, where: dict[str, tuple[str, int | None]], e
             if check.args:
                 warnings.append(str(ConfigError(check.source.path, check.source.line, f"check {check.id!r}",
                                                 "script checks need enable_local_script_checks = true")))
+    check_tls(config.tls, settings.get("tls", {}), where, config.server or config.dev, errors)
+    warnings += exposure_warnings(config, where)
 
 
 def _valid_key(text: str) -> bool:
@@ -418,14 +432,14 @@ def _unique_ids(config: AgentConfig, errors: list[ConfigError]) -> None:
 def load_config(config_files: list[str], config_dirs: list[str], flags: dict[str, Any]) -> AgentConfig:
     """Defaults < config_files (in order) < config_dirs (each in lexical order) < flags; raises ConfigErrors.
 
-    Warnings (keys accepted but not acted on, clamped values) are in the result's `warnings`.
+    Warnings (clamped values, settings that expose the agent to its network) are in the result's `warnings`.
     """
     settings, errors, warnings = _load(list(config_files) + list(config_dirs))
     flag_col = Collector("<flags>")
     _apply_flags(settings, flags, flag_col)
     errors += flag_col.errors
     config = build(settings)
-    check_agent(config, settings.get(WHERE, {}), errors, warnings)
+    check_agent(config, settings, errors, warnings)
     if errors:
         raise ConfigErrors(errors)
     config.warnings = warnings
@@ -437,5 +451,5 @@ def validate_paths(paths: list[str]) -> tuple[list[ConfigError], list[str]]:
     settings, errors, warnings = _load(list(paths))
     if not paths:
         errors.append(ConfigError("<args>", None, "", "give at least one file or directory"))
-    check_agent(build(settings), settings.get(WHERE, {}), errors, warnings)
+    check_agent(build(settings), settings, errors, warnings)
     return errors, warnings

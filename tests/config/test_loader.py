@@ -142,14 +142,13 @@ dns_config {
     assert (config.dns_config.soa_refresh, config.dns_config.soa_min_ttl, config.dns_config.soa_retry) == (10, 2, 600)
 
 
-def test_unknown_keys_fail_but_later_consul_keys_warn(tmp_path: Path) -> None:
+def test_unknown_and_not_yet_supported_keys_fail(tmp_path: Path) -> None:
     path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nstart_join = ["a"]\n')
     errors, warnings = validate_paths([path])
-    assert [str(e) for e in errors] == [f"{path}:1: datacentre: unknown configuration key"]
-    assert f"{path}:2: ui_config: accepted but not acted on yet" in warnings
-    assert any("start_join" in w for w in warnings)
-    ok = write(tmp_path / "b.hcl", 'ui_config {\n  enabled = true\n}\n')
-    assert any("ui_config" in w for w in load_config([ok], [], {}).warnings)
+    assert [(e.line, e.field) for e in errors] == [(1, "datacentre"), (2, "ui_config"), (5, "start_join")]
+    assert "use retry_join" in errors[2].reason
+    ok = write(tmp_path / "b.hcl", 'ui_config {\n  enabled = false\n}\ndisable_update_check = true\n')
+    assert load_config([ok], [], {}).warnings == []
 
 
 @pytest.mark.parametrize("text,field,reason", [
