@@ -1,8 +1,9 @@
 """The trio runtime for gossip: UDP and TCP on the Serf LAN port, driving `Swim` and `Serf`.
 
 Thin on purpose: read a packet or a stream, unframe it, hand the messages to the core, carry out what
-comes back. Bad input is counted in `bad_packets` / `bad_streams` and logged at debug level; it never
-changes the membership view.
+comes back. Each packet, message and stream is handled in isolation: bad input, and any exception while
+handling it, is counted (`bad_packets`, `bad_streams`, `handler_errors`), logged at most once per source
+a minute (`BadInputLog`) and dropped; it never changes the membership view and never ends a task.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import trio
 
 from . import messages as m
 from . import serf_messages as sm
+from .badlog import BadInputLog
 from .keyring import Keyring, save_keyring_file
+from .limits import STREAMS_MAX
 from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes, ip_text
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
@@ -43,8 +46,10 @@ Address = tuple[str, int]
 class GossipStats:
     """Counters for /v1/agent/self and the tests."""
 
-    bad_packets: int = 0
-    bad_streams: int = 0
+    bad_packets: int = 0  # packets, or messages in them, dropped as malformed or out of bounds
+    bad_streams: int = 0  # TCP streams dropped likewise (or too slow)
+    handler_errors: int = 0  # unexpected exceptions while handling one input (a bug; the input is dropped)
+    streams_refused: int = 0  # inbound streams closed at once because STREAMS_MAX were open
     packets_in: int = 0
     packets_out: int = 0
 
@@ -76,6 +81,8 @@ class GossipAgent:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._stream_pings: dict[int, Address] = {}
+        self._bad_log = BadInputLog(log)
+        self._streams = 0
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -127,9 +134,13 @@ class GossipAgent:
                 await self._wake.wait()
             self._wake = trio.Event()
             now = trio.current_time()
-            self._carry_out(self.swim.tick(now))
-            self.serf.reap(now)
-            self._drain_events()
+            try:
+                self._carry_out(self.swim.tick(now))
+                self.serf.reap(now)
+                self._drain_events()
+            except Exception as exc:  # a bug in the core must not end gossip; back off so it cannot spin
+                self._handler_error("timer", "tick", exc)
+                await trio.sleep(self.config.gossip_interval)
 
     async def _udp_loop(self, sock: socket.socket) -> None:
         try:
@@ -152,20 +163,37 @@ class GossipAgent:
 
     def _handle_packet(self, data: bytes, src: Address) -> None:
         now = trio.current_time()
+        source = f"{src[0]}:{src[1]}"
         try:
             parts = unpack_packet(data, keyring=self._keyring_in, verify_incoming=self.verify_incoming)
         except WireError as exc:
-            self.stats.bad_packets += 1
-            log.debug("dropping packet from %s:%d: %s", src[0], src[1], exc)
+            self._bad_packet(now, source, exc)
+            return
+        except Exception as exc:
+            self._handler_error(source, "packet", exc)
             return
         for part in parts:
             try:
                 self._carry_out(self.swim.receive(now, src, part))
             except m.MessageError as exc:
-                self.stats.bad_packets += 1
-                log.debug("dropping message from %s:%d: %s", src[0], src[1], exc)
-        self._drain_events()
+                self._bad_packet(now, source, exc)
+            except Exception as exc:
+                self._handler_error(source, "message", exc)
+        try:
+            self._drain_events()
+        except Exception as exc:
+            self._handler_error(source, "packet's events", exc)
         self._wake.set()
+
+    def _bad_packet(self, now: float, source: str, exc: Exception) -> None:
+        self.stats.bad_packets += 1
+        self._bad_log.report(now, source, "gossip packet", exc)
+
+    def _handler_error(self, source: str, what: str, exc: Exception) -> None:
+        """An exception nobody expected while handling one input: count it, log it (rate-limited), go on."""
+        self.stats.handler_errors += 1
+        if self._bad_log.report(trio.current_time(), source, f"{what} (internal error)", exc):
+            log.debug("internal error handling %s from %s", what, source, exc_info=exc)
 
     def _carry_out(self, outs: Sequence[Output]) -> None:
         assert self._nursery is not None
@@ -191,11 +219,11 @@ class GossipAgent:
             self.serf.gossip_news = False
             self.swim.gossip_soon(trio.current_time())
             self._wake.set()  # the timer loop re-arms at the new, earlier deadline
-        for reply in self.serf.replies:
+        replies, self.serf.replies = self.serf.replies, []
+        for reply in replies:
             # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
             data = pack_packet([bytes([m.MessageType.USER]) + reply.message], keyring=self._keyring_out)
             self._send(data, (ip_text(reply.addr), reply.port))
-        self.serf.replies.clear()
         if self.serf.keyring_changed and self._nursery is not None:
             self.serf.keyring_changed = False
             self._nursery.start_soon(self._persist_keyring)
@@ -220,14 +248,24 @@ class GossipAgent:
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         async with stream:
+            if self._streams >= STREAMS_MAX:
+                # Each stream may hold up to a 20 MiB message for tcp_timeout: bound how many at once.
+                self.stats.streams_refused += 1
+                return
+            self._streams += 1
+            source = _peer(stream)
             try:
                 message = await self._read_stream(stream)
                 await self._answer_stream(stream, message)
             except (WireError, m.MessageError, trio.TooSlowError) as exc:
                 self.stats.bad_streams += 1
-                log.debug("dropping stream: %s", exc)
+                self._bad_log.report(trio.current_time(), source, "gossip stream", exc)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+            except Exception as exc:
+                self._handler_error(source, "stream", exc)
+            finally:
+                self._streams -= 1
 
     async def _answer_stream(self, stream: trio.SocketStream, message: Any) -> None:
         now = trio.current_time()
@@ -269,8 +307,10 @@ class GossipAgent:
     async def _push_pull_quietly(self, addr: Address, join: bool) -> None:
         try:
             await self.push_pull(addr, join)
-        except (OSError, WireError, m.MessageError, trio.TooSlowError) as exc:
+        except (OSError, WireError, m.MessageError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.debug("push-pull with %s:%d failed: %s", addr[0], addr[1], exc)
+        except Exception as exc:
+            self._handler_error(f"{addr[0]}:{addr[1]}", "push-pull", exc)
 
     async def _stream_ping(self, o: StreamPing) -> None:
         ok = False
@@ -285,7 +325,12 @@ class GossipAgent:
                     ok = isinstance(ack, m.AckResp) and ack.seq_no == o.seq_no
         except (OSError, WireError, m.MessageError, trio.TooSlowError, trio.BrokenResourceError):
             ok = False
-        self._carry_out(self.swim.stream_ping_result(trio.current_time(), o.seq_no, ok))
+        except Exception as exc:
+            self._handler_error(f"{o.addr[0]}:{o.addr[1]}", "stream ping", exc)
+        try:
+            self._carry_out(self.swim.stream_ping_result(trio.current_time(), o.seq_no, ok))
+        except Exception as exc:
+            self._handler_error(f"{o.addr[0]}:{o.addr[1]}", "stream ping result", exc)
         self._wake.set()
 
     # ------------------------------------------------------------------------------------------ API
@@ -401,8 +446,16 @@ class GossipAgent:
                 "query_time": str(self.serf.query_clock.time), "encrypted": str(bool(self.keys)).lower(),
                 "intent_queue": str(len(self.serf._queue)), "event_queue": str(len(self.serf._event_queue)),
                 "bad_packets": str(self.stats.bad_packets + self.serf.bad_messages),
-                "bad_streams": str(self.stats.bad_streams),
+                "bad_streams": str(self.stats.bad_streams), "handler_errors": str(self.stats.handler_errors),
+                "streams_refused": str(self.stats.streams_refused),
                 "packets_in": str(self.stats.packets_in), "packets_out": str(self.stats.packets_out)}
+
+    def counters(self) -> dict[str, int]:
+        """Counters of dropped and refused input, for /v1/agent/metrics (`meshagent.gossip.<name>`)."""
+        return {"bad_packets": self.stats.bad_packets + self.serf.bad_messages,
+                "bad_streams": self.stats.bad_streams, "handler_errors": self.stats.handler_errors,
+                "streams_refused": self.stats.streams_refused, "unrefutable": self.swim.unrefutable,
+                "packets_in": self.stats.packets_in, "packets_out": self.stats.packets_out}
 
     def members(self) -> list[dict[str, Any]]:
         """Members in Consul's /v1/agent/members shape."""
@@ -415,6 +468,14 @@ class GossipAgent:
         return out
 
 
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"
 
 
 def _describe(event: SerfEvent) -> str:
