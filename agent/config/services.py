@@ -30,7 +30,7 @@ _CHECK_KEYS = {
     "id", "check_id", "name", "notes", "service_id", "status", "interval", "timeout", "ttl", "http", "method",
     "header", "body", "tls_skip_verify", "tls_server_name", "disable_redirects", "tcp", "args", "script_args",
     "deregister_critical_service_after", "success_before_passing", "failures_before_warning",
-    "failures_before_critical", "output_max_size", "type", "service_name", "definition", "node",
+    "failures_before_critical", "output_max_size", "type", "namespace", "partition",
 }
 # Consul check types that exist but that this agent does not run yet: an error beats a check that never runs.
 _UNSUPPORTED_CHECKS = {"udp", "grpc", "h2ping", "docker_container_id", "os_service", "alias_service",
@@ -39,6 +39,22 @@ _SERVICE_KEYS = {
     "name", "service", "id", "tags", "address", "port", "meta", "weights", "check", "checks",
     "enable_tag_override", "kind", "tagged_addresses", "proxy", "connect", "token", "socket_path",
     "locality", "namespace", "partition",
+}
+_ENTERPRISE = "only \"default\" is accepted: namespaces and partitions are Consul Enterprise features"
+# Consul fields this agent does not act on: accepted only at a value that asks for what it already does
+# (docs/config-keys.md), else an error with the reason; a setting silently dropped is worse than a refusal.
+_SERVICE_LATER: dict[str, tuple[tuple[Any, ...], str]] = {
+    "token": (("",), "ACL tokens are not supported yet (ACLs arrive in a later release); remove it"),
+    "socket_path": (("",), "not supported yet: services are reached at address and port; remove it"),
+    "locality": ((None, {}), "not supported yet: there is no locality-aware routing; remove it"),
+    "namespace": (("", "default"), _ENTERPRISE),
+    "partition": (("", "default"), _ENTERPRISE),
+}
+_CHECK_LATER: dict[str, tuple[tuple[Any, ...], str]] = {
+    "output_max_size": ((4096,), "not supported yet: check output is kept up to 4096 bytes (Consul's default), "
+                                 "the only value accepted"),
+    "namespace": (("", "default"), _ENTERPRISE),
+    "partition": (("", "default"), _ENTERPRISE),
 }
 _KINDS = ("", "typical", "connect-proxy", "mesh-gateway", "terminating-gateway", "ingress-gateway",
           "api-gateway")
@@ -237,12 +253,27 @@ def check_from(col: Collector, data: Any, field_: str, ctx: CheckContext, line: 
             col.error(f"{field_}.{key}", "this check type is not supported yet", node.at(key))
         elif key not in _CHECK_KEYS:
             col.error(f"{field_}.{key}", "unknown field", node.at(key))
+        elif key in _CHECK_LATER:
+            _later(col, _CHECK_LATER, f"{field_}.{key}", key, raw[key], node.at(key))
     _check_ids(col, node, field_, check, ctx)
     _check_strings(col, node, field_, check)
     _check_durations(col, node, field_, check)
     _check_thresholds(col, node, field_, check)
     _check_kind(col, node, field_, check)
+    written_type = raw.get("type")
+    if written_type not in (None, "") and written_type != check.type and check.type:
+        col.error(f"{field_}.type", f"says {_show(written_type)} but the check is a {check.type} check",
+                  node.at("type"))
     return check
+
+
+def _later(col: Collector, table: dict[str, tuple[tuple[Any, ...], str]], field_: str, key: str, value: Any,
+           line: int | None) -> None:
+    """An error with the reason unless `value` is one the agent already honours."""
+    accepted, reason = table[key]
+    if not isinstance(value, bool) and value in accepted:  # True == 1: a bool is never an accepted value
+        return
+    col.error(field_, reason, line)
 
 
 def _check_ids(col: Collector, node: Node, field_: str, check: CheckDefinition, ctx: CheckContext) -> None:
@@ -376,6 +407,8 @@ def service_from(col: Collector, data: Any, field_: str, line: int | None = None
     for key in node.raw:
         if key not in _SERVICE_KEYS:
             col.error(f"{field_}.{key}", "unknown field", node.at(key))
+        elif key in _SERVICE_LATER:
+            _later(col, _SERVICE_LATER, f"{field_}.{key}", key, plain(node.raw[key]), node.at(key))
     svc = ServiceDefinition(name=_service_name(col, node, field_, sidecar_of), source=Source(col.path, node.line))
     svc.id = _service_id(col, node, field_, svc.name, sidecar_of)
     _service_scalars(col, node, field_, svc, sidecar_of)
@@ -513,6 +546,10 @@ def _service_connect(col: Collector, node: Node, field_: str, svc: ServiceDefini
             if sidecar_of is not None:
                 col.error(f"{sub}.sidecar_service", "a sidecar cannot have its own sidecar", connect.at(key))
                 continue
+            # Kept parsed (and validated) for the Connect issue, but refused: no sidecar would be registered.
+            col.error(f"{sub}.sidecar_service", "not supported yet: no sidecar service would be registered and no "
+                      "proxy run; register the proxy as its own service with kind = \"connect-proxy\"",
+                      connect.at(key))
             block = one_block(value) if value != [] else {}
             if service_from(col, block, f"{sub}.sidecar_service", connect.at(key), sidecar_of=svc) is not None:
                 out["sidecar_service"] = plain(block)

@@ -34,21 +34,20 @@ def test_hcl_and_camel_json_give_the_same_service(tmp_path: Path) -> None:
   meta = { version = "v1" }
   weights { passing = 3  warning = 1 }
   check { tcp = "127.0.0.1:5432"  interval = "10s"  timeout = "2s" }
-  connect { sidecar_service { proxy { upstreams = [{ destination_name = "cache", local_bind_port = 9191 }] } } }
+  connect { native = true }
 }
 ''')
     from_hcl = load_config([str(tmp_path / "s.hcl")], [], {}).services[0]
     camel = {"Name": "db", "ID": "db-1", "Port": 5432, "Tags": ["primary"], "Meta": {"version": "v1"},
              "Weights": {"Passing": 3, "Warning": 1},
              "Check": {"TCP": "127.0.0.1:5432", "Interval": "10s", "Timeout": "2s"},
-             "Connect": {"SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": "cache",
-                                                                    "LocalBindPort": 9191}]}}}}
+             "Connect": {"Native": True}}
     from_api = parse_service(camel, Source())
     for attr in ("name", "id", "port", "tags", "meta", "weights"):
         assert getattr(from_api, attr) == getattr(from_hcl, attr), attr
     assert [(c.id, c.tcp, c.interval, c.timeout) for c in from_api.checks] == \
         [(c.id, c.tcp, c.interval, c.timeout) for c in from_hcl.checks] == [("service:db-1", "127.0.0.1:5432", 10, 2)]
-    assert from_hcl.connect["sidecar_service"]["proxy"]["upstreams"][0]["local_bind_port"] == 9191
+    assert from_hcl.connect == from_api.connect == {"native": True}
 
 
 @pytest.mark.parametrize("body,field,reason", [

@@ -45,14 +45,13 @@ def test_camel_case(snake: str, camel: str) -> None:
 
 
 def test_register_body_shape() -> None:
-    svc = parse_service({"name": "web", "port": 80, "tags": ["a"], "connect": {"sidecar_service": {
-        "proxy": {"upstreams": [{"destination_name": "db", "local_bind_port": 9191}]}}},
+    svc = parse_service({"name": "web", "port": 80, "tags": ["a"], "kind": "connect-proxy", "proxy": {
+        "upstreams": [{"destination_name": "db", "local_bind_port": 9191}]},
         "check": {"http": "http://x/", "interval": "10s"}}, Source())
     body = service_to_api(svc)
     assert body["Name"] == "web" and body["ID"] == "web" and body["Port"] == 80 and body["Tags"] == ["a"]
     assert body["Weights"] == {"Passing": 1, "Warning": 1}
-    assert body["Connect"] == {"SidecarService": {"Proxy": {"Upstreams": [
-        {"DestinationName": "db", "LocalBindPort": 9191}]}}}
+    assert body["Proxy"] == {"Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191}]}
     assert body["Checks"] == [{
         "CheckID": "service:web", "Name": "Service 'web' check", "ServiceID": "web", "Status": "critical",
         "Interval": "10s", "Timeout": "10s", "HTTP": "http://x/", "Method": "GET", "Header": {}, "Body": "",
@@ -91,12 +90,10 @@ services = st.fixed_dictionaries(
         "enable_tag_override": st.booleans(), "checks": st.lists(checks, max_size=3),
         "tagged_addresses": st.dictionaries(st.sampled_from(["lan", "wan"]), st.fixed_dictionaries(
             {"address": st.just("10.0.0.2"), "port": st.integers(1, 65535)}), max_size=2),
-        "connect": st.one_of(
-            st.fixed_dictionaries({"native": st.booleans()}),
-            st.fixed_dictionaries({"sidecar_service": st.fixed_dictionaries({}, optional={
-                "port": st.integers(1, 65535), "proxy": st.fixed_dictionaries({"upstreams": st.lists(
-                    st.fixed_dictionaries({"destination_name": names, "local_bind_port": st.integers(1, 65535)}),
-                    max_size=2)})})})),
+        "connect": st.fixed_dictionaries({"native": st.booleans()}),
+        "proxy": st.fixed_dictionaries({"upstreams": st.lists(
+            st.fixed_dictionaries({"destination_name": names, "local_bind_port": st.integers(1, 65535)}),
+            max_size=2)}),
     })
 
 
