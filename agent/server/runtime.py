@@ -422,7 +422,7 @@ class RaftServer:
         self._linked_membership = self.node.membership
         for s in self.node.membership.servers:
             if s.id != self.id and (s.id not in self._links or self._links[s.id].address != s.address):
-                link = PeerLink(s.address, self.id, self.address)
+                link = PeerLink(s.address, self.id, self.address, self.listener.tls)
                 self._links[s.id] = link
                 self._nursery.start_soon(link.run)
 
@@ -430,7 +430,7 @@ class RaftServer:
         if src not in self._links and self._nursery is not None:
             # A peer we have no configuration entry for yet (a leader adding us, a fresh bootstrap):
             # answer it at the address it gave.
-            link = PeerLink(address, self.id, self.address)
+            link = PeerLink(address, self.id, self.address, self.listener.tls)
             self._links[src] = link
             self._nursery.start_soon(link.run)
         try:
@@ -444,7 +444,7 @@ class RaftServer:
     def _rpc_client(self, address: str) -> RPCClient:
         client = self._rpc.get(address)
         if client is None:
-            client = self._rpc[address] = RPCClient(address)
+            client = self._rpc[address] = RPCClient(address, self.listener.tls)
         return client
 
     async def _call_server(self, address: str, method: str, args: Any, timeout: float = 10.0) -> Any:
