@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgpack
+
 # Entry kinds. COMMAND data is an opaque state-machine command (msgpack bytes); CONFIG data is an encoded
 # Membership; NOOP is the entry a new leader appends to commit its term.
 COMMAND, CONFIG, NOOP = 0, 1, 2
+
+MAX_ID_LEN = 256       # server IDs (UUIDs in practice)
+MAX_ADDRESS_LEN = 300  # "host:port"
+MAX_SERVERS = 256      # servers in one configuration
+MAX_INDEX = 2**62      # terms and indexes read from disk or the wire stay below this (+1 never overflows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +72,44 @@ class Membership:
 
     @classmethod
     def from_wire(cls, raw: object) -> Membership:
-        """Parse `to_wire` output; raises ValueError on anything else."""
-        if not isinstance(raw, list):
-            raise ValueError("membership must be a list")
+        """Parse `to_wire` output; raises ValueError on anything else (bad shapes, duplicate IDs, bad addresses)."""
+        if not isinstance(raw, list) or len(raw) > MAX_SERVERS:
+            raise ValueError(f"membership must be a list of at most {MAX_SERVERS} servers")
         servers = []
         for item in raw:
             if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
-                    or not isinstance(item[1], str) or not isinstance(item[2], bool)):
-                raise ValueError(f"bad server entry {item!r}")
+                    or not isinstance(item[1], str) or not isinstance(item[2], bool)
+                    or not 0 < len(item[0]) <= MAX_ID_LEN or not valid_address(item[1])):
+                raise ValueError(f"bad server entry {show_value(item)}")
             servers.append(Server(item[0], item[1], item[2]))
+        if len({s.id for s in servers}) != len(servers):
+            raise ValueError("duplicate server IDs in a membership")
         return cls(tuple(servers))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Membership:
+        """The membership in CONFIG entry data; raises ValueError on anything malformed."""
+        try:
+            raw = msgpack.unpackb(data, raw=False)
+        except Exception as exc:  # msgpack raises several types for garbage
+            raise ValueError(f"undecodable membership: {exc}") from exc
+        return cls.from_wire(raw)
+
+
+def valid_address(address: object) -> bool:
+    """Whether `address` is a plausible "host:port" (non-empty host without spaces, port 1-65535)."""
+    if not isinstance(address, str) or not 3 <= len(address) <= MAX_ADDRESS_LEN:
+        return False
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    return all(c.isascii() and c.isprintable() and not c.isspace() for c in host)
+
+
+def show_value(v: object) -> str:
+    """A short repr for error messages (hostile values can be huge)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +128,6 @@ class SnapshotMeta:
     def from_wire(cls, raw: object) -> SnapshotMeta:
         """Parse `to_wire` output; raises ValueError on anything else."""
         if (not isinstance(raw, list) or len(raw) != 3 or type(raw[0]) is not int
-                or type(raw[1]) is not int):
+                or type(raw[1]) is not int or not 0 <= raw[0] <= MAX_INDEX or not 0 <= raw[1] <= MAX_INDEX):
             raise ValueError("snapshot meta must be [index, term, membership]")
         return cls(raw[0], raw[1], Membership.from_wire(raw[2]))

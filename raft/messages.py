@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .entry import Entry, Membership
+from .entry import CONFIG, MAX_ID_LEN, MAX_INDEX, Entry, Membership, show_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +112,27 @@ def encode_message(msg: Message) -> list[Any]:
     return [code, msg.term, msg.leader]
 
 
+# Every number from the wire lies in [0, MAX_WIRE_INT]: far beyond anything a real cluster reaches (a term a
+# second for 10^11 years), and far enough below 2^63 that a +1 never overflows msgpack or SQLite integers.
+MAX_WIRE_INT = MAX_INDEX
+MAX_ENTRIES = 65536       # entries in one AppendEntries (the leader sends max_entries_per_append, 1024)
+
+
 def _int(v: object) -> int:
-    if type(v) is not int or v < 0:
-        raise ValueError(f"expected a non-negative integer, got {v!r}")
+    if type(v) is not int or not 0 <= v <= MAX_WIRE_INT:
+        raise ValueError(f"expected an integer in [0, 2^62], got {show_value(v)}")
     return v
 
 
-def _str(v: object) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a string, got {v!r}")
+def _str(v: object, limit: int = MAX_ID_LEN) -> str:
+    if not isinstance(v, str) or not v or len(v) > limit:
+        raise ValueError(f"expected a non-empty string of at most {limit} characters, got {show_value(v)}")
     return v
 
 
 def _bool(v: object) -> bool:
     if not isinstance(v, bool):
-        raise ValueError(f"expected a boolean, got {v!r}")
+        raise ValueError(f"expected a boolean, got {show_value(v)}")
     return v
 
 
@@ -142,14 +148,17 @@ def _entry(raw: object) -> Entry:
     kind = _int(raw[2])
     if kind > 2:
         raise ValueError(f"unknown entry kind {kind}")
-    return Entry(_int(raw[0]), _int(raw[1]), kind, _bytes(raw[3]))
+    entry = Entry(_int(raw[0]), _int(raw[1]), kind, _bytes(raw[3]))
+    if kind == CONFIG:
+        Membership.decode(entry.data)  # a follower decodes it on append: refuse it here, not halfway there
+    return entry
 
 
 _ARITY = {1: 7, 2: 4, 3: 8, 4: 5, 5: 10, 6: 6, 7: 3}
 
 
 def decode_message(raw: object) -> Message:
-    """Parse the list form; raises ValueError on anything malformed."""
+    """Parse the list form; raises ValueError on anything malformed, out of range or inconsistent."""
     if not isinstance(raw, list) or not raw:
         raise ValueError("a raft message must be a non-empty list")
     code = raw[0]
@@ -159,22 +168,35 @@ def decode_message(raw: object) -> Message:
         raise ValueError(f"raft message type {code} needs {_ARITY[code] - 1} fields, got {len(raw) - 1}")
     f = raw[1:]
     if code == 1:
-        return VoteRequest(_int(f[0]), _str(f[1]), _int(f[2]), _int(f[3]), _bool(f[4]), _bool(f[5]))
+        term, last_index, last_term = _int(f[0]), _int(f[2]), _int(f[3])
+        if last_term > term:
+            raise ValueError("a candidate's last term is never above the term it asks for")
+        return VoteRequest(term, _str(f[1]), last_index, last_term, _bool(f[4]), _bool(f[5]))
     if code == 2:
         return VoteResponse(_int(f[0]), _bool(f[1]), _bool(f[2]))
     if code == 3:
-        if not isinstance(f[4], list):
-            raise ValueError("entries must be a list")
+        if not isinstance(f[4], list) or len(f[4]) > MAX_ENTRIES:
+            raise ValueError(f"entries must be a list of at most {MAX_ENTRIES}")
+        term, prev, prev_term = _int(f[0]), _int(f[2]), _int(f[3])
         entries = tuple(_entry(e) for e in f[4])
-        prev = _int(f[2])
+        if prev_term > term:
+            raise ValueError("prev_term is never above the leader's term")
+        last_term = prev_term
         for i, e in enumerate(entries):
             if e.index != prev + 1 + i:
                 raise ValueError("entries are not contiguous after prev_index")
-        return AppendRequest(_int(f[0]), _str(f[1]), prev, _int(f[3]), entries, _int(f[5]), _int(f[6]))
+            if not last_term <= e.term <= term or e.term == 0:
+                raise ValueError("entry terms must rise from prev_term and never pass the leader's term")
+            last_term = e.term
+        return AppendRequest(term, _str(f[1]), prev, prev_term, entries, _int(f[5]), _int(f[6]))
     if code == 4:
         return AppendResponse(_int(f[0]), _bool(f[1]), _int(f[2]), _int(f[3]))
     if code == 5:
-        return SnapshotRequest(_int(f[0]), _str(f[1]), _int(f[2]), _int(f[3]), Membership.from_wire(f[4]),
+        term, last_index, last_term = _int(f[0]), _int(f[2]), _int(f[3])
+        membership = Membership.from_wire(f[4])
+        if not membership.voters or last_index == 0 or not 0 < last_term <= term:
+            raise ValueError("a snapshot covers at least entry 1 of a term up to the leader's, with voters")
+        return SnapshotRequest(term, _str(f[1]), last_index, last_term, membership,
                                _int(f[5]), _bytes(f[6]), _bool(f[7]), _int(f[8]))
     if code == 6:
         return SnapshotResponse(_int(f[0]), _int(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))

@@ -28,6 +28,10 @@ from .messages import (
 
 FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre-candidate", "candidate", "leader"
 
+# A message whose term is this far ahead of ours is refused: real terms move by a few per election, and a
+# forged huge term would otherwise burn the term space (terms stay below 2^62 on the wire) in one frame.
+MAX_TERM_JUMP = 2**32
+
 
 # ---------------------------------------------------------------------------------------------- outputs
 
@@ -129,8 +133,8 @@ def encode_membership(membership: Membership) -> bytes:
 
 
 def decode_membership(data: bytes) -> Membership:
-    """The membership in a CONFIG entry."""
-    return Membership.from_wire(msgpack.unpackb(data, raw=False))
+    """The membership in a CONFIG entry (ValueError when malformed; the wire decoder already refused those)."""
+    return Membership.decode(data)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -189,6 +193,9 @@ class RaftNode:
             if e.kind == CONFIG and e.index > start:
                 self._configs.append((e.index, decode_membership(e.data)))
         self.membership = self._latest_membership()
+        self._known: frozenset[str] | None = None  # every server in any configuration we hold (cached)
+        self._caught_up_at: int | None = None
+        self.dropped = 0  # messages refused: from strangers, inconsistent claims, answers to nothing we sent
         self._progress: dict[str, Progress] = {}
         self._votes: set[str] = set()
         self._seq = 0
@@ -220,6 +227,22 @@ class RaftNode:
     def first_index(self) -> int:
         """Index of the first entry still held."""
         return self._base_index + 1
+
+    @property
+    def caught_up_index(self) -> int | None:
+        """The commit index at which this node first held everything a leader had committed, since it started.
+
+        A follower sets it when an AppendEntries leaves it committed up to the leader's commit index; a leader
+        when the first entry of its term commits. The runtime serves reads as authoritative only once it has
+        applied this far (until then its state machine may be older than what the cluster told clients).
+        """
+        return self._caught_up_at
+
+    def known_servers(self) -> frozenset[str]:
+        """IDs in any configuration this node holds (latest, uncommitted and the snapshot's)."""
+        if self._known is None:
+            self._known = self._base_membership.ids().union(*(m.ids() for _, m in self._configs))
+        return self._known
 
     @property
     def snapshot_meta(self) -> SnapshotMeta | None:
@@ -275,6 +298,7 @@ class RaftNode:
 
     def _membership_changed(self) -> None:
         self.membership = self._latest_membership()
+        self._known = None
         if self.role == LEADER:
             members = self.membership.ids() - {self.id}
             for sid in list(self._progress):
@@ -440,8 +464,11 @@ class RaftNode:
         return self.leader_id is not None and now - self._last_leader_contact < self.config.election_timeout
 
     def receive(self, now: float, src: str, msg: Message) -> list[Output]:
-        """Handle one message from server `src`."""
+        """Handle one message from server `src`; one that fails the admission checks is dropped and counted."""
         out: list[Output] = []
+        if not self._admit(now, src, msg, out):
+            self.dropped += 1
+            return out
         if msg.term > self.term:
             if isinstance(msg, VoteRequest):
                 if msg.pre_vote or (not msg.transfer and self._sticky(now)):
@@ -474,9 +501,31 @@ class RaftNode:
         elif isinstance(msg, SnapshotResponse):
             self._on_snapshot_response(now, src, msg, out)
         elif isinstance(msg, TimeoutNow):
-            if self.role != LEADER and self.id in self.membership.voters:
+            if self.role != LEADER and self.id in self.membership.voters and src == self.leader_id:
                 self._campaign(now, out, transfer=True)
         return out
+
+    def _admit(self, now: float, src: str, msg: Message, out: list[Output]) -> bool:
+        """Whether a (well-formed) message may be handled at all; nothing in it is trusted before this."""
+        if src == self.id or msg.term > self.term + MAX_TERM_JUMP:
+            return False
+        if isinstance(msg, AppendRequest | SnapshotRequest | TimeoutNow):
+            if msg.leader != src:
+                return False
+            if msg.term == self.term and self.leader_id is not None and self.leader_id != src:
+                return False  # one leader per term: we already know who leads this one
+        elif isinstance(msg, VoteRequest) and msg.candidate != src:
+            return False
+        known = self.known_servers()
+        if known and src not in known:
+            # Not in any configuration we hold (a server being added holds none yet and accepts its leader).
+            return False
+        if isinstance(msg, VoteRequest | VoteResponse) and self.membership.servers and \
+                src not in self.membership.voters:
+            if isinstance(msg, VoteRequest):
+                out.append(Send(src, VoteResponse(self.term, False, msg.pre_vote)))  # as hashicorp/raft does
+            return False
+        return True
 
     # ------------------------------------------------------------------------------------------ elections
 
@@ -529,7 +578,9 @@ class RaftNode:
             entries = entries[skip:]
             prev_index = self.commit_index
             prev_term_known = self.term_at(prev_index)
-            assert prev_term_known is not None
+            if prev_term_known is None:  # our commit index is always held; refuse rather than trust the sender
+                out.append(Send(src, AppendResponse(self.term, False, self.commit_index, req.seq)))
+                return
             prev_term = prev_term_known
         if self.term_at(prev_index) != prev_term:
             hint = min(prev_index - 1, self.last_index)
@@ -557,6 +608,8 @@ class RaftNode:
         if req.commit > self.commit_index:
             self.commit_index = min(req.commit, match)
             self._emit_apply(out)
+        if self._caught_up_at is None and req.commit <= self.commit_index:
+            self._caught_up_at = self.commit_index  # we hold all the leader had committed when it sent this
         out.append(Send(src, AppendResponse(self.term, True, match, req.seq)))
 
     def _on_snapshot(self, now: float, src: str, req: SnapshotRequest, out: list[Output]) -> None:
@@ -593,6 +646,7 @@ class RaftNode:
         self.commit_index = max(self.commit_index, meta.index)
         self.applied_index = meta.index
         self.membership = self._latest_membership()
+        self._known = None
         out.append(InstallSnapshot(meta, bytes(buf), reset_log=not keep))
         self._emit_apply(out)
         out.append(Send(src, SnapshotResponse(self.term, meta.index, len(buf), True, req.seq)))
@@ -658,6 +712,8 @@ class RaftNode:
             return
         self.commit_index = n
         self._emit_apply(out)
+        if self._caught_up_at is None:
+            self._caught_up_at = n  # the first entry of our term is committed: we hold every committed entry
         if self._waiting_reads and self.term_at(self.commit_index) == self.term:
             waiting, self._waiting_reads = self._waiting_reads, []
             for ctx in waiting:
@@ -670,6 +726,10 @@ class RaftNode:
         pr = self._progress.get(src)
         if self.role != LEADER or pr is None:
             return
+        if resp.seq > self._seq or (resp.success and resp.last_index > self.last_index):
+            self.dropped += 1  # an answer to nothing we sent, or a claim to hold entries we never had
+            return
+        stale = resp.seq < pr.acked_seq  # overtaken by a later answer: its hint is out of date
         self._record_ack(now, pr, resp.seq)
         if resp.success:
             if resp.last_index > pr.match_index:
@@ -682,8 +742,14 @@ class RaftNode:
             pr.dirty = True
             if self._transfer is not None and self._transfer[0] == src and pr.match_index == self.last_index:
                 out.append(Send(src, TimeoutNow(self.term, self.id)))
-        elif pr.mode != "snapshot":
-            pr.next_index = max(pr.match_index + 1, min(resp.last_index + 1, pr.next_index - 1))
+        elif pr.mode != "snapshot" and not stale:
+            if resp.last_index < pr.match_index:
+                # It lost entries it had acknowledged (a log tail cut on disk): go back to what it holds,
+                # which is a prefix of what matched before.
+                pr.match_index = resp.last_index
+                pr.next_index = resp.last_index + 1
+            else:
+                pr.next_index = max(pr.match_index + 1, min(resp.last_index + 1, pr.next_index - 1))
             pr.mode = "probe"
             pr.sent.clear()
             pr.dirty = True
@@ -703,6 +769,9 @@ class RaftNode:
     def _on_snapshot_response(self, now: float, src: str, resp: SnapshotResponse, out: list[Output]) -> None:
         pr = self._progress.get(src)
         if self.role != LEADER or pr is None:
+            return
+        if resp.seq > self._seq or resp.last_index > self.last_index:
+            self.dropped += 1
             return
         self._record_ack(now, pr, resp.seq)
         if resp.done:
@@ -747,7 +816,12 @@ class RaftNode:
                      advance: bool) -> None:
         prev = start - 1
         prev_term = self.term_at(prev)
-        assert prev_term is not None
+        if prev_term is None:
+            # Outside what we hold (our own bookkeeping never gets here): probe again from the last entry.
+            pr.mode, pr.next_index, pr.match_index = "probe", self.last_index + 1, min(pr.match_index,
+                                                                                          self.last_index)
+            pr.dirty = True
+            return
         batch = self.entries(start, start + self.config.max_entries_per_append - 1)
         seq = self._next_seq()
         pr.sent[seq] = now
@@ -796,8 +870,10 @@ class RaftNode:
                 continue
             seq = self._next_seq()
             pr.sent[seq] = now
+            # It carries our whole commit index: the follower commits only up to the match point anyway, and
+            # it learns how far it lags (caught_up_index).
             out.append(Send(sid, AppendRequest(self.term, self.id, pr.match_index, prev_term, (),
-                                               min(self.commit_index, pr.match_index), seq)))
+                                               self.commit_index, seq)))
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -887,6 +963,7 @@ class RaftNode:
         self._snapshot_data = data
         self._base_membership, self._base_membership_index = self._snapshot.membership, index
         self._configs = [(i, m) for i, m in self._configs if i > index]
+        self._known = None
         upto = index - self.config.trailing_logs
         if upto <= self._base_index:
             return []

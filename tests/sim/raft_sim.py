@@ -36,6 +36,11 @@ from meshagent.raft.node import (
 from tests.support.linearizability import Op
 
 
+def _addr(sid: str) -> str:
+    """A simulated server's address (host:port, as the wire decoder requires)."""
+    return f"{sid}:8300"
+
+
 class InvariantViolation(AssertionError):
     """A Raft safety property failed."""
 
@@ -173,7 +178,7 @@ class Simulation:
         self.steps = 0
         self.client_stop = duration
         self.stats = {"snapshots_installed": 0, "transfers": 0, "reconfigurations": 0, "elections": 0}
-        membership = Membership(tuple(Server(sid, sid) for sid in self.ids))
+        membership = Membership(tuple(Server(sid, _addr(sid)) for sid in self.ids))
         for s in self.servers.values():
             self._carry_out(s, s.node.bootstrap(membership))
         for c in self.client_ids:
@@ -457,9 +462,9 @@ class Simulation:
         missing = [sid for sid in self.ids if m.get(sid) is None]
         nonvoters = [sv.id for sv in m.servers if not sv.voter]
         if nonvoters:
-            new = m.with_server(Server(nonvoters[0], nonvoters[0], True))
+            new = m.with_server(Server(nonvoters[0], _addr(nonvoters[0]), True))
         elif missing:
-            new = m.with_server(Server(missing[0], missing[0], False))
+            new = m.with_server(Server(missing[0], _addr(missing[0]), False))
         else:
             victim = self.rng.choice(sorted(m.voters - {leader}))
             new = m.without(victim)
@@ -476,6 +481,10 @@ class Simulation:
         """Run the faulty phase, then a calm phase in which the cluster must make progress."""
         end = self.duration + heal_time
         self.client_stop = end - 1.0  # leave time for the last operations to finish
+        self.advance(end)
+
+    def advance(self, end: float) -> None:
+        """Run events and timers up to virtual time `end`, checking the invariants on the way."""
         while self.now < end:
             due = [(s.node.next_deadline(), s.id) for s in self.servers.values() if s.alive]
             next_timer = min(due) if due else (float("inf"), "")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.sim.raft_sim import Simulation
+from tests.sim.raft_sim import Faults, Simulation
 from tests.support.linearizability import check_history
 
 # CI runs 1,000 seeds (3- and 5-server clusters alternate); RAFT_SIM_SEEDS=N runs more, RAFT_SIM_SEED=S one.
@@ -59,3 +59,35 @@ def test_faults_exercise_every_mechanism() -> None:
         for key in totals:
             totals[key] += sim.stats[key]
     assert all(v > 0 for v in totals.values()), totals
+
+
+CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("seed", range(6))
+def test_a_follower_that_lost_its_log_tail_is_repaired(seed: int) -> None:
+    """Issue 11: a follower restarted without the last entries it had acknowledged catches up, no election.
+
+    The leader's match index for it is beyond its log; the follower's rejections must move the leader
+    below that match index (it used to stay there, and the follower stayed at commit 0).
+    """
+    sim = Simulation(seed, servers=3, faults=CALM, duration=4.0, snapshot_every=100_000)
+    sim.client_stop = 3.5
+    sim.advance(1.5)
+    leader = sim.leader()
+    assert leader is not None
+    term = sim.servers[leader].node.term
+    victim = sim.servers[next(sid for sid in sim.ids if sid != leader)]
+    victim.alive = False
+    d = victim.durable
+    cut = min(len(d.log) - 1, 8 + seed)
+    assert cut > 0, "too few entries to cut"
+    del d.log[-cut:], d.chain[-cut:]
+    victim.restart()
+    assert victim.node.caught_up_index is None
+    sim.advance(4.0)
+    lead = sim.servers[leader].node
+    assert sim.leader() == leader and lead.term == term, f"seed {seed}: the leader changed"
+    assert victim.node.commit_index == lead.commit_index > 0, f"seed {seed}: the follower did not catch up"
+    assert victim.node.caught_up_index is not None
