@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import meshagent
 import trio
@@ -43,6 +43,9 @@ from .server.leader import MembershipReconciler
 from .server.runtime import RaftServer
 from .server.transport import split_address
 from .store import CatalogStore
+
+if TYPE_CHECKING:
+    from .tls.policy import RPCTLS
 
 log = logging.getLogger("meshagent.agent")
 
@@ -73,6 +76,23 @@ def _load_keyring(data_dir: Path | None, encrypt: str) -> tuple[Keyring | None, 
         return keyring, str(path) if path else None
     except (KeyringError, OSError) as exc:
         raise AgentError(f"gossip keyring: {exc}") from exc
+
+
+def _rpc_tls(config: AgentConfig, keyring: Keyring | None) -> RPCTLS | None:
+    """The server port's TLS policy (agent/tls): None keeps :8300 plaintext (no tls settings, no gossip key)."""
+    from .tls.setup import rpc_tls_for, tls_configured
+
+    if not keyring and not tls_configured(config.tls):
+        return None
+    from .tls.policy import TLSSetupError
+
+    try:
+        tls = rpc_tls_for(config, keyring)
+    except TLSSetupError as exc:
+        raise AgentError(f"tls: {exc}") from exc
+    if tls is not None:
+        log.info("server port :%d security: %s", config.ports.server, tls.describe())
+    return tls
 
 
 def user_event_record(ltime: int, name: str, payload: bytes) -> dict[str, Any]:
@@ -169,6 +189,11 @@ class Agent:
                                 cluster_size=lambda: len(self.members()))
         bind = "127.0.0.1" if config.dev and config.bind_addr == "0.0.0.0" else config.bind_addr
         keyring, keyring_path = _load_keyring(data_dir, config.encrypt)
+        self.rpc_tls = _rpc_tls(config, keyring)
+        if self.server is not None:
+            self.server.listener.tls = self.rpc_tls
+        if self.forwarder is not None and self.replica is not None:
+            self.forwarder.tls = self.replica.tls = self.rpc_tls
         self.gossip = GossipAgent(name=self.node_name, bind=bind, advertise=self.advertise_addr,
                                   port=config.ports.serf_lan, tags=self._gossip_tags(), keyring=keyring,
                                   keyring_path=keyring_path, on_event=self._on_gossip_event,
@@ -217,6 +242,10 @@ class Agent:
                 if self.reconciler is not None:
                     nursery.start_soon(self.reconciler.run)
                 if self.replica is not None and self.forwarder is not None:
+                    if self.rpc_tls is not None and self.rpc_tls.config.auto_encrypt_tls:
+                        from .tls.auto_encrypt import keep_certificate
+                        await nursery.start(keep_certificate, self.rpc_tls, self.forwarder.pool.candidates,
+                                            self.node_name)
                     await nursery.start(self.forwarder.run)
                     await nursery.start(self.replica.run)
                 await nursery.start(self._run_until_leave)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reload": ("agent_ops_cmd", "reload"),
     "services": ("services_cmd", "services"),
     "snapshot": ("snapshot_cmd", "snapshot"),
+    "tls": ("tls_cmd", "tls"),
     "validate": ("agent_ops_cmd", "validate"),
     "version": ("agent_ops_cmd", "version"),
 }

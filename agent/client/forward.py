@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
@@ -12,6 +12,9 @@ from ..server.errors import ServerError
 from ..server.transport import RPCClient
 from .replica import CatalogReplica
 from .servers import ServerPool
+
+if TYPE_CHECKING:
+    from ..tls.policy import RPCTLS
 
 log = logging.getLogger("meshagent.client")
 
@@ -23,9 +26,10 @@ _TRANSPORT_ERRORS = ("cannot reach server", "lost connection", "did not answer")
 class ServerForwarder:
     """The store's `Replicator` on a client agent: writes go to a server, which forwards them to the leader."""
 
-    def __init__(self, pool: ServerPool, replica: CatalogReplica) -> None:
+    def __init__(self, pool: ServerPool, replica: CatalogReplica, tls: RPCTLS | None = None) -> None:
         self.pool = pool
         self.replica = replica
+        self.tls = tls  # :8300's TLS policy (None: plaintext)
         self._clients: dict[str, RPCClient] = {}
         self._nursery: trio.Nursery | None = None
         self.forwarded = 0
@@ -55,7 +59,7 @@ class ServerForwarder:
             tried.add(address)
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = RPCClient(address)
+                client = self._clients[address] = RPCClient(address, self.tls)
             timeout = min(CALL_TIMEOUT, max(0.5, deadline - trio.current_time()))
             try:
                 self.forwarded += 1

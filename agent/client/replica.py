@@ -8,15 +8,19 @@ can be reached (beyond Consul, hashicorp/consul#13243). While the feed is down t
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import msgpack
 import trio
 
 from ..catalog import CommandError
 from ..server.feed import HEARTBEAT_INTERVAL
-from ..server.transport import FrameReader, pack_frame, split_address
+from ..server.transport import FrameReader, open_stream, pack_frame
 from ..store import CatalogStore
 from .servers import ServerPool
+
+if TYPE_CHECKING:
+    from ..tls.policy import RPCTLS
 
 log = logging.getLogger("meshagent.client")
 
@@ -38,6 +42,7 @@ class CatalogReplica:
         self.synced = trio.Event()  # set once the first snapshot arrived
         self.resubscribes = 0
         self._progress = trio.Event()
+        self.tls: RPCTLS | None = None  # :8300's TLS policy, set by the agent (None: plaintext)
 
     def last_contact_ms(self) -> int:
         """Milliseconds since the leader's data last reached us (through the server)."""
@@ -77,9 +82,8 @@ class CatalogReplica:
             self.store.stale_since = self.last_frame
 
     async def _follow(self, address: str) -> None:
-        host, port = split_address(address)
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await trio.open_tcp_stream(host, port)
+            stream, _ = await open_stream(address, self.tls)
         async with stream:
             await stream.send_all(pack_frame(["sub", self.node_name]))
             reader = FrameReader()
