@@ -112,11 +112,11 @@ def _winners(written: dict[str, Any]) -> dict[str, str]:
 
 
 def build_tls(written: dict[str, Any], where: Where) -> TLSConfig:
-    """The merged written names → TLSConfig, its source the first place any of them was set."""
+    """The merged written names → TLSConfig, its source the tls block (else the first TLS setting)."""
     config = TLSConfig()
     for attr, name in _winners(written).items():
         setattr(config, attr, written[name])
-    places = [where[n] for n in written if n in where]
+    places = [where[n] for n in ("tls", *written) if n in where]
     if places:
         config.source.path, config.source.line = places[0]
     return config

@@ -144,7 +144,7 @@ dns_config {
 
 def test_unknown_and_not_yet_supported_keys_fail(tmp_path: Path) -> None:
     path = write(tmp_path / "a.hcl", 'datacentre = "x"\nui_config {\n  enabled = true\n}\nstart_join = ["a"]\n')
-    errors, warnings = validate_paths([path])
+    errors, _ = validate_paths([path])
     assert [(e.line, e.field) for e in errors] == [(1, "datacentre"), (2, "ui_config"), (5, "start_join")]
     assert "use retry_join" in errors[2].reason
     ok = write(tmp_path / "b.hcl", 'ui_config {\n  enabled = false\n}\ndisable_update_check = true\n')
