@@ -228,7 +228,7 @@ class RPCClient:
                                                                      bootstrap=self._bootstrap)
                     except _CONNECT_ERRORS as exc:
                         raise ServerError(f"cannot reach server {self.address}: "
-                                          f"{exc or type(exc).__name__}") from exc
+                                          f"{exc.__cause__ or exc or type(exc).__name__}") from exc
                     nursery.start_soon(self._read_loop, self._stream)
                 self._next_id += 1
                 rid = self._next_id
@@ -253,6 +253,10 @@ class RPCClient:
         if error is not None:
             raise error_from_text(str(error))
         return result
+
+    def close(self) -> None:
+        """Drop the connection (calls in progress fail)."""
+        self._reset()
 
     def _reset(self) -> None:
         self._stream = None
