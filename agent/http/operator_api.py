@@ -11,10 +11,13 @@ import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..snapshot_archive import ArchiveError, pack, unpack
+import trio
+
+from ..snapshot_archive import ArchiveError, pack, unpack, unpack_file
 from .agent_api import advertise_address
 from .query import HTTPError, Query, bad_request
 from .server import Request, Response
+from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:
     from .api import API
@@ -94,12 +97,20 @@ async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> R
 
 
 async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -> Response:
-    """PUT /v1/snapshot with an archive as the body: verify it, then replace the cluster's state."""
+    """PUT /v1/snapshot with an archive as the body: stream it to a temp file in the data dir, verify it
+    there (off the event loop), then replace the cluster's state."""
     server = _server(api)
-    try:
-        meta, state = unpack(request.body)
-    except ArchiveError as exc:
-        raise bad_request(str(exc)) from None
+    if request.body_stream is None:  # an in-memory body (a test server without streaming)
+        try:
+            meta, state = unpack(request.body)
+        except ArchiveError as exc:
+            raise bad_request(str(exc)) from None
+    else:
+        async with body_to_file(request.body_stream, upload_dir(api.agent.config.data_dir)) as path:
+            try:
+                meta, state = await trio.to_thread.run_sync(unpack_file, path)
+            except ArchiveError as exc:
+                raise bad_request(str(exc)) from None
     await server.restore(meta, state)
     return 200, [], b""
 

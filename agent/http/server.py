@@ -8,6 +8,7 @@ with a fixed body (the traceback goes to the log only).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -28,7 +29,13 @@ Response = tuple[int, Headers, bytes]
 
 MAX_BODY = 512 * 1024  # Consul's kv_max_value_size: the largest body an endpoint accepts by default
 # Endpoints whose bodies are whole archives, not values: a snapshot holds the entire catalog.
-BODY_LIMITS = {"/v1/snapshot": 1024 * 1024 * 1024}
+SNAPSHOT_MAX_BODY = 1024 * 1024 * 1024
+BODY_LIMITS = {"/v1/snapshot": SNAPSHOT_MAX_BODY}
+# Requests whose body the handler reads itself, chunk by chunk (request.body_stream), instead of the
+# server gathering it in memory first.
+STREAMED_BODIES = frozenset({("PUT", "/v1/snapshot")})
+# A streamed body may take longer than READ_TIMEOUT, as long as it keeps coming at this rate on average.
+MIN_UPLOAD_RATE = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 READ_TIMEOUT = 30.0  # a whole request (head and body) must arrive within this, once it has started
 IDLE_TIMEOUT = 120.0  # keep-alive connections with no request in flight are closed after this
@@ -51,6 +58,8 @@ class Request:
     sock: Any = None
     # Set by the server: `with request.parking.watch(request.sock):` ends a long wait on hang-up.
     parking: Parking | None = None
+    # For STREAMED_BODIES: the body, still on the socket (`body` is then empty).
+    body_stream: BodyStream | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lower case), or None."""
@@ -147,6 +156,53 @@ class _EarlyResponse(Exception):
         self.response = response
 
 
+class BodyError(_EarlyResponse):
+    """A streamed body that broke off: too large, too slow or cut; the server answers it and closes."""
+
+
+class BodyStream:
+    """A request body read from the socket as the handler asks for it: `async for chunk in stream`.
+
+    Memory stays at one socket read however large the body; the size limit, and a deadline that grows
+    with the bytes received (so a large upload at a fair rate is never cut, a trickle is), apply as it
+    arrives. Raises BodyError, which the server answers (413, 408 or 400) before closing.
+    """
+
+    def __init__(self, conn: h11.Connection, stream: trio.SocketStream, limit: int, read_timeout: float,
+                 length: int | None) -> None:
+        self._conn = conn
+        self._stream = stream
+        self.limit = limit
+        self.length = length  # the Content-Length, or None for a chunked body
+        self.received = 0
+        self.finished = False
+        self._start = trio.current_time()
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self.finished:
+            event = self._conn.next_event()
+            if event is h11.NEED_DATA:
+                deadline = self._start + self._read_timeout + self.received / MIN_UPLOAD_RATE
+                with trio.move_on_at(deadline):
+                    self._conn.receive_data(await self._stream.receive_some(_RECV_SIZE))
+                    continue
+                raise BodyError(simple_response(408, "Request body timed out"))
+            if type(event) is h11.EndOfMessage:
+                self.finished = True
+            elif isinstance(event, h11.Data):
+                self.received += len(event.data)
+                if self.received > self.limit:
+                    raise BodyError(simple_response(413, f"Request body too large, max size: {self.limit} bytes"))
+                return bytes(event.data)
+            else:  # ConnectionClosed mid-body
+                raise BodyError(simple_response(400, "Bad request: the body ended early"))
+        raise StopAsyncIteration
+
+
 _REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INF = float("inf")
@@ -161,6 +217,17 @@ def _keep_alive(event: h11.Request) -> bool:
         if name == b"connection" and b"close" in value.lower():
             return False
     return True
+
+
+_HEAD_END = re.compile(rb"\n\r?\n")
+_CONTENT_LENGTH_LINE = re.compile(rb"^content-length[ \t]*:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _repeated_content_length(raw: bytes) -> bool:
+    """Whether a request head (at the start of raw) carries Content-Length twice or as a list ("5, 5")."""
+    end = _HEAD_END.search(raw)
+    values = _CONTENT_LENGTH_LINE.findall(raw[: end.start() if end else len(raw)])
+    return len(values) > 1 or any(b"," in v for v in values)
 
 
 def encode_head(status: int, headers: Headers, length: int, close: bool) -> bytes:
@@ -301,7 +368,7 @@ class HTTPServer:
                 now = trio.current_time()
                 scope.deadline = now + (self.read_timeout if pending else self.idle_timeout)
                 try:
-                    result = await self._read_request(conn, stream, scope, remote)
+                    result = await self._read_request(conn, stream, scope, remote, pending)
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
                     reason = "request header fields too large" if status == 431 else _clean_reason(str(exc))
@@ -320,10 +387,18 @@ class HTTPServer:
                 scope.deadline = _INF  # a blocking query may legitimately take minutes
                 try:
                     status, headers, body = await self.handler(request)
+                except BodyError as broken:
+                    await self._final(stream, broken.response)
+                    return
                 except Exception:
                     log.exception("HTTP handler failed for %s %s", request.method, request.path)
                     status, headers, body = simple_response(500, "Internal error")
                 self.requests_served += 1
+                if request.body_stream is not None and not request.body_stream.finished:
+                    # The handler answered without reading all of the body: it cannot be skipped to
+                    # the next request, so this answer ends the connection.
+                    await self._final(stream, (status, headers, body))
+                    return
                 scope.deadline = trio.current_time() + self.write_timeout
                 head = encode_head(status, headers, len(body), close=not keep_alive)
                 await self._write(stream, head, b"" if request.method == "HEAD" else body)
@@ -339,16 +414,22 @@ class HTTPServer:
             conn.receive_data(await stream.receive_some(_RECV_SIZE))  # b"" marks EOF for h11
 
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope,
-                            remote: str) -> tuple[Request, bool] | None:
+                            remote: str, pending: bytes) -> tuple[Request, bool] | None:
         """The next request and whether to keep the connection, or None when the peer closed.
         Raises h11.RemoteProtocolError for malformed requests, _EarlyResponse for oversized ones."""
+        raw = [pending] if pending else []  # the bytes the head came in, for checks h11 does not make
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_RECV_SIZE)
             # Once a request has begun, all of it must arrive within read_timeout (slow drips included).
             scope.deadline = trio.current_time() + self.read_timeout
-            conn.receive_data(data)
-            event = await self._next_event(conn, stream)
+            while True:
+                conn.receive_data(data)  # b"" marks EOF for h11
+                raw.append(data)
+                event = conn.next_event()
+                if event is not h11.NEED_DATA:
+                    break
+                data = await stream.receive_some(_RECV_SIZE)
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
@@ -367,20 +448,32 @@ class HTTPServer:
         # h11 enforces max_incomplete_event_size only while a head is incomplete; a big head that
         # arrives in one read must be measured here.
         head_size = len(event.target) + 16
+        content_length: int | None = None
+        chunked = False
         for key, value in event.headers:
             head_size += len(key) + len(value) + 4
             if key == b"content-length":
-                try:
-                    too_big = int(value) > max_body
-                except ValueError:
-                    too_big = False  # h11 already rejected non-numeric lengths
-                if too_big:
-                    raise _EarlyResponse(simple_response(
-                        413, f"Request body too large, max size: {max_body} bytes"))
+                content_length = int(value)  # h11 has checked it is digits, and that duplicates agree
+            elif key == b"transfer-encoding":
+                chunked = True
         if head_size > self.max_header_bytes:
             raise h11.RemoteProtocolError("request header fields too large", 431)
+        if content_length is not None:
+            # Two framings are how a request is smuggled past a proxy that picks the other one: RFC 9112
+            # section 6.3 says reject and close. h11 merges equal duplicate lengths, so look at the raw head.
+            if chunked:
+                raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding", 400)
+            if _repeated_content_length(b"".join(raw)):
+                raise h11.RemoteProtocolError("more than one Content-Length", 400)
+            if content_length > max_body:
+                raise _EarlyResponse(simple_response(413, f"Request body too large, max size: {max_body} bytes"))
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(_CONTINUE)
+        if (method, path) in STREAMED_BODIES:
+            body_stream = BodyStream(conn, stream, max_body, self.read_timeout, content_length)
+            request = Request(method, path, query_text, head.headers, b"", remote)
+            request.body_stream = body_stream
+            return request, _keep_alive(head)
         chunks: list[bytes] = []
         size = 0
         while True:
