@@ -115,8 +115,20 @@ class RoleChange:
     leader: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FollowerLostEntries:
+    """Data loss on `server`: it had acknowledged entries up to `acknowledged` and now holds only up to `held`.
+
+    The leader sends them again; the runtime reports it (a follower's storage lost synced bytes).
+    """
+
+    server: str
+    held: int
+    acknowledged: int
+
+
 Output = Send | PersistState | AppendLog | TruncateLog | CompactLog | Apply | InstallSnapshot | ReadReady | \
-    ReadFailed | RoleChange
+    ReadFailed | RoleChange | FollowerLostEntries
 
 
 class NotLeader(Exception):
@@ -746,6 +758,7 @@ class RaftNode:
             if resp.last_index < pr.match_index:
                 # It lost entries it had acknowledged (a log tail cut on disk): go back to what it holds,
                 # which is a prefix of what matched before.
+                out.append(FollowerLostEntries(src, resp.last_index, pr.match_index))
                 pr.match_index = resp.last_index
                 pr.next_index = resp.last_index + 1
             else:

@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -34,6 +35,17 @@ class CorruptLogError(StorageError):
     def __init__(self, path: Path, offset: int, reason: str) -> None:
         super().__init__(f"{path}: corrupt record at offset {offset}: {reason}")
         self.path, self.offset, self.reason = path, offset, reason
+
+
+@dataclass(frozen=True, slots=True)
+class CutTail:
+    """Bytes recovery cut off the end of the log: entries from `first_lost` on, unless they were never synced."""
+
+    path: Path
+    offset: int
+    size: int
+    first_lost: int
+    reason: str
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,6 +179,10 @@ class LogStore(MemoryLogStore):
         self._meta_dirty = False
         self._dir_dirty = False
         self._retired: list[int] = []
+        # Set when recovery cut a damaged tail. A crash mid-write leaves one too (never acknowledged), but so
+        # does a disk or operator losing synced bytes; the two look the same here, so it is reported as
+        # possible loss of acknowledged entries, and the leader, which knows what we acknowledged, confirms.
+        self.cut_tail: CutTail | None = None
 
     @classmethod
     def open(cls, directory: Path, segment_bytes: int = 64 * 1024 * 1024) -> LogStore:
@@ -221,8 +237,14 @@ class LogStore(MemoryLogStore):
                 if problem is not None:
                     end = offset + _HEADER.size + size
                     if is_last and (problem != "CRC mismatch" or end >= len(data)):
-                        # A torn write at the very end: never acknowledged, safe to cut.
-                        log.warning("%s: cutting a torn record at offset %d (%s)", path, offset, problem)
+                        # A torn write at the very end: safe to cut if never acknowledged; if it was (the
+                        # disk lost synced bytes), the leader sends the entries again.
+                        lost = self.last_index + 1
+                        self.cut_tail = CutTail(path, offset, len(data) - offset, lost, problem)
+                        log.error("%s: DATA LOSS? cut %d bytes at offset %d (%s): entries from index %d on are "
+                                  "gone from this server; harmless after a crash mid-write, lost acknowledged "
+                                  "entries otherwise (the leader re-sends them and logs the range it had "
+                                  "confirmed)", path, len(data) - offset, offset, problem, lost)
                         with open(path, "r+b") as f:
                             f.truncate(offset)
                             os.fsync(f.fileno())

@@ -20,13 +20,14 @@ import msgpack
 import trio
 
 from ...raft.config import RaftConfig
-from ...raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta
+from ...raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta, valid_address
 from ...raft.messages import Message
 from ...raft.node import (
     LEADER,
     AppendLog,
     Apply,
     CompactLog,
+    FollowerLostEntries,
     InstallSnapshot,
     NotLeader,
     Output,
@@ -43,6 +44,7 @@ from ..catalog import Catalog, CommandError
 from ..store import CatalogStore
 from .errors import REJECTED, NoLeader, ServerError, error_from_text
 from .feed import CatalogFeed
+from .rpc_args import parse_add_server, parse_hello
 from .transport import PeerLink, Reply, RPCClient, ServerListener, split_address
 
 log = logging.getLogger("meshagent.server")
@@ -52,6 +54,10 @@ SERVER_STABILIZATION_TIME = 10.0
 DEAD_SERVER_AFTER = 10.0
 MAX_QUEUED_PROPOSALS = 100_000
 BATCH_MAX_COMMANDS = 512
+MAX_STRANGER_LINKS = 8   # links to servers outside our (empty) configuration: a leader adding us, a bootstrap
+MAX_SEEN = 64            # hellos kept from servers that contacted us before we bootstrapped
+MAX_NAMES = 1024
+MAX_LOGGED_SOURCES = 32  # a misbehaving source is logged once; after this many, no more are named
 
 
 def _setter(event: trio.Event) -> Callable[[_Proposal], None]:
@@ -132,6 +138,14 @@ class RaftServer:
         # What the catalog has really applied. The core's applied_index runs ahead of it while a batch's
         # fsync is in flight, so reads must wait on this one.
         self.fsm_index = 0
+        # False after start until this server has applied everything a leader had committed (or, leading,
+        # its term's first entry is committed); reads are not authoritative before (DNS SERVFAIL, HTTP
+        # X-Consul-KnownLeader: false). It then stays True: an election does not make the catalog older.
+        self.caught_up = False
+        self.bad_raft_messages = 0  # refused before the core: wrong address for the ID, handler errors
+        self.followers_lost_entries = 0  # (leader) followers found without entries they had acknowledged
+        self._logged_sources: set[str] = set()
+        self._stranger_links = 0
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -191,7 +205,10 @@ class RaftServer:
             outs: list[Output] = []
             for kind, item in batch:
                 if kind == "msg":
-                    outs.extend(node.receive(now, item[0], item[1]))
+                    try:
+                        outs.extend(node.receive(now, item[0], item[1]))
+                    except Exception:  # a core bug on one message must not end the server's Raft loop
+                        self._bad_message(item[0], "raft message raised in the core", exc_info=True)
                 elif kind == "read":
                     outs.extend(self._start_read(now, item))
                 elif kind == "call":
@@ -267,6 +284,15 @@ class RaftServer:
                     self._finish_read(o.ctx, 0, o.reason)
                 elif isinstance(o, RoleChange):
                     self._on_role_change(o)
+                elif isinstance(o, FollowerLostEntries):
+                    self.followers_lost_entries += 1
+                    log.error("raft: DATA LOSS on server %s (%s): it had acknowledged entries up to %d and now "
+                              "holds only up to %d; sending entries %d..%d again", o.server,
+                              self._address_of(o.server) or "?", o.acknowledged, o.held, o.held + 1,
+                              o.acknowledged)
+            if not self.caught_up:
+                index = node.caught_up_index
+                self.caught_up = index is not None and self.fsm_index >= index
             if node.membership is not self._linked_membership:
                 # Membership takes effect on append, not commit: a follower that holds the configuration
                 # but has not yet learned that it is committed must still reach its peers to elect a new
@@ -364,6 +390,11 @@ class RaftServer:
             return self.store.apply_committed(index, command), None
         except CommandError as exc:
             return None, f"{REJECTED}{exc}"
+        except Exception as exc:
+            # A committed command the catalog chokes on (a bug, or a hostile write): every replica fails it
+            # the same way, so it is refused here too instead of ending the server.
+            log.exception("raft: command at index %d failed to apply", raft_index)
+            return None, f"{REJECTED}command failed: {type(exc).__name__}"
         finally:
             # Subscribed client agents apply the same command at the same index (a rejected one too:
             # it used its index here, so it must there).
@@ -426,11 +457,34 @@ class RaftServer:
                 self._links[s.id] = link
                 self._nursery.start_soon(link.run)
 
+    def _bad_message(self, src: str, what: str, exc_info: bool = False) -> None:
+        """Count a refused message; name its source in the log once."""
+        self.bad_raft_messages += 1
+        if src not in self._logged_sources and len(self._logged_sources) < MAX_LOGGED_SOURCES:
+            self._logged_sources.add(src)
+            log.warning("raft: dropping a message from %r: %s (further ones from it are only counted)",
+                        src[:80], what, exc_info=exc_info)
+
     def _on_raft_message(self, src: str, address: str, msg: Message) -> None:
+        node = self.node
+        if node is None:
+            return
+        member = node.membership.get(src)
+        if member is not None and member.address != address:
+            self._bad_message(src, f"it claims address {address[:80]!r}, the configuration says {member.address}")
+            return
+        known = node.known_servers()
+        if known and src not in known:
+            node.dropped += 1  # the core would drop it too; spare the inbox
+            return
         if src not in self._links and self._nursery is not None:
             # A peer we have no configuration entry for yet (a leader adding us, a fresh bootstrap):
-            # answer it at the address it gave.
-            link = PeerLink(address, self.id, self.address, self.listener.tls)
+            # answer it at the address it gave; a few such links at most.
+            if member is None and (not valid_address(address) or self._stranger_links >= MAX_STRANGER_LINKS):
+                self._bad_message(src, "no link for an unknown server (bad address, or too many strangers)")
+                return
+            self._stranger_links += member is None
+            link = PeerLink(member.address if member else address, self.id, self.address, self.listener.tls)
             self._links[src] = link
             self._nursery.start_soon(link.run)
         try:
@@ -455,26 +509,36 @@ class RaftServer:
 
     async def _on_rpc(self, method: str, args: Any) -> Any:
         if method == "hello":
-            if isinstance(args, dict) and isinstance(args.get("id"), str):
-                self._names[args["id"]] = str(args.get("name", ""))
-                self._seen[args["id"]] = args
+            hello = parse_hello(args)
+            if hello is not None and hello["id"] != self.id:
+                self._remember_name(hello["id"], hello["name"])
+                bootstrapped = self.node is not None and (self.node.membership.servers or self.node.last_index)
+                if not bootstrapped and (hello["id"] in self._seen or len(self._seen) < MAX_SEEN):
+                    self._seen[hello["id"]] = hello
             return self._hello()
         if method == "apply":
             if not isinstance(args, bytes):
                 raise ServerError("apply needs the command bytes")
             return await self.apply_bytes(args)
         if method == "read_index":
-            return await self._leader_read_index(bool(args))
+            if not isinstance(args, bool):
+                raise ServerError("read_index needs a boolean (consistent)", 400)
+            return await self._leader_read_index(args)
         if method == "barrier":
+            if not isinstance(args, bool):
+                raise ServerError("barrier needs a boolean (consistent)", 400)
             # A client agent's read: once this returns, its replica must reach this catalog index.
-            await self.read_barrier(bool(args))
+            await self.read_barrier(args)
             return self.store.catalog.last_index
         if method == "add_server":
-            if not isinstance(args, dict):
-                raise ServerError("add_server needs {id, address, name}")
-            await self._add_server(str(args["id"]), str(args["address"]), str(args.get("name", "")))
+            add = parse_add_server(args)
+            await self._add_server(add.id, add.address, add.name)
             return True
         raise ServerError(f"unknown RPC method {method!r}")
+
+    def _remember_name(self, server_id: str, name: str) -> None:
+        if server_id in self._names or len(self._names) < MAX_NAMES:
+            self._names[server_id] = name
 
     def _hello(self) -> dict[str, Any]:
         node = self.node
@@ -511,9 +575,10 @@ class RaftServer:
                     h = await self._call_server(target, "hello", self._hello(), timeout=2.0)
                 except ServerError:
                     continue
-                if isinstance(h, dict) and isinstance(h.get("id"), str):
-                    hellos[h["id"]] = h
-                    self._names[h["id"]] = str(h.get("name", ""))
+                parsed = parse_hello(h)
+                if parsed is not None:
+                    hellos[parsed["id"]] = parsed
+                    self._remember_name(parsed["id"], parsed["name"])
             hellos.update({k: v for k, v in self._seen.items() if k not in hellos})
             log.debug("raft: bootstrap round: %d servers known (%s)", len(hellos),
                       ", ".join(f"{h.get('address')} expect={h.get('bootstrap_expect')} "
@@ -563,10 +628,21 @@ class RaftServer:
                 raise NoLeader()
             await self._call_server(leader, "add_server", {"id": server_id, "address": address, "name": name})
             return
-        self._names[server_id] = name
         existing = node.membership.get(server_id)
         if existing is not None and existing.address == address:
             return
+        now = trio.current_time()
+        if server_id == self.id:
+            raise ServerError("the leader cannot be re-added through add_server", 409)
+        if existing is not None and existing.voter and self._healthy(server_id, now):
+            # A live voter moving address would be demoted to a non-voter: only a server that is gone
+            # (restarted elsewhere) may be re-added under its ID.
+            raise ServerError(f"server {server_id} is a live voter at {existing.address}; refusing to move it "
+                              f"to {address}", 409)
+        clash = next((s for s in node.membership.servers if s.address == address and s.id != server_id), None)
+        if clash is not None and (clash.id == self.id or self._healthy(clash.id, now)):
+            raise ServerError(f"address {address} belongs to live server {clash.id}", 409)
+        self._remember_name(server_id, name)
         new = node.membership.with_server(Server(server_id, address, False))
         await self._change_membership(new)
         self._nonvoter_since[server_id] = trio.current_time()
@@ -638,8 +714,13 @@ class RaftServer:
         return self._address_of(self.node.leader_id) or None
 
     def leader_info(self) -> tuple[bool, int]:
-        """(a leader is known, ms since this server last heard from it), for X-Consul-KnownLeader/LastContact."""
-        return self.is_leader() or self.leader_address() is not None, self.last_contact_ms()
+        """(a leader is known, ms since this server last heard from it), for X-Consul-KnownLeader/LastContact.
+
+        A server that has not caught up with a leader since it started says no leader is known: its catalog
+        may be older than what the cluster has told clients.
+        """
+        known = self.caught_up and (self.is_leader() or self.leader_address() is not None)
+        return known, self.last_contact_ms()
 
     def last_contact_ms(self) -> int:
         """Milliseconds since this server last heard from the leader (0 on the leader)."""
@@ -815,6 +896,10 @@ class RaftServer:
             raise ServerError(f"snapshot state does not decode: {exc}", 400) from exc
         await self.apply({"op": "restore", "state": state})
 
+    def _tail_cut_text(self) -> str:
+        cut = self.log_store.cut_tail if isinstance(self.log_store, LogStore) else None
+        return "" if cut is None else f"{cut.path}@{cut.offset}: {cut.size} bytes, entries from {cut.first_lost}"
+
     def stats(self) -> dict[str, str]:
         """Figures for `meshagent info`."""
         node = self.node
@@ -826,5 +911,9 @@ class RaftServer:
                 "leader": str(node.role == LEADER).lower(), "leader_addr": self.leader_address() or "",
                 "last_snapshot_index": str(self._last_snapshot_index),
                 "fsyncs": str(self.fsyncs), "commands_applied": str(self.commands_applied),
+                "caught_up": str(self.caught_up).lower(), "bad_raft_messages": str(self.bad_raft_messages),
+                "dropped_raft_messages": str(node.dropped), "bad_frames": str(self.listener.bad_frames),
+                "followers_lost_entries": str(self.followers_lost_entries),
+                "log_tail_cut": self._tail_cut_text(),
                 "latest_configuration": str([{"id": s.id, "address": s.address, "voter": s.voter}
                                              for s in node.membership.servers])}
