@@ -152,6 +152,11 @@ class DNSServer:
             return b""  # too short to answer at all: drop (b"" is falsy but not None)
         if self.store.stale_since is not None and self._too_stale():
             return self._error_reply(packet, dns.rcode.SERVFAIL)
+        if not getattr(self.store.replicator, "caught_up", True):
+            # A server not caught up with a leader since it started may hold an empty or older catalog:
+            # no NXDOMAIN or empty answer from it as if authoritative (issue 11).
+            self.stats.servfail += 1
+            return self._error_reply(packet, dns.rcode.SERVFAIL)
         index = self.store.catalog.last_index
         if index != self._cache_index:
             self._cache.clear()
