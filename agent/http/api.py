@@ -144,6 +144,10 @@ class API:
             return simple_response(400, f"Failed to create boolean expression evaluator: {exc}")
         except ServerError as exc:
             return simple_response(exc.status, str(exc).replace("\n", "; "))
+        except RecursionError:
+            # Hostile nesting (a JSON body of 100,000 '[') that got past every explicit bound: the
+            # request's fault, answered without a traceback.
+            return simple_response(400, "Request is nested too deeply")
         except Exception as exc:
             if self._local_error is not None and isinstance(exc, self._local_error):
                 return simple_response(int(getattr(exc, "status", 400)), str(exc).replace("\n", "; "))

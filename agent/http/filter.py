@@ -66,6 +66,12 @@ class FilterError(ValueError):
     """A filter that does not parse or does not fit the shape; the message is one line for a 400."""
 
 
+# Bounds on untrusted filter text: the parser recurses per '(' and 'not', and evaluation per level of the
+# tree, so both are capped well inside Python's recursion limit (go-bexpr users write a handful of terms).
+MAX_FILTER_LENGTH = 4096
+MAX_FILTER_DEPTH = 32
+
+
 # ---------------------------------------------------------------------- tokens
 
 _TOKEN = re.compile(r"""
@@ -142,8 +148,11 @@ Expr = Match | Not | BinOp
 
 class _Parser:
     def __init__(self, text: str, schema: Schema) -> None:
+        if len(text) > MAX_FILTER_LENGTH:
+            raise FilterError(f"invalid filter: longer than {MAX_FILTER_LENGTH} characters")
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
         self.schema = schema
 
     def peek(self, offset: int = 0) -> _Tok | None:
@@ -180,29 +189,36 @@ class _Parser:
         return expr
 
     def parse_or(self) -> Expr:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.is_kw("or"):
             self.i += 1
-            left = BinOp("or", left, self.parse_and())
-        return left
+            terms.append(self.parse_and())
+        return _balanced("or", terms)
 
     def parse_and(self) -> Expr:
-        left = self.parse_unary()
+        terms = [self.parse_unary()]
         while self.is_kw("and"):
             self.i += 1
-            left = BinOp("and", left, self.parse_unary())
-        return left
+            terms.append(self.parse_unary())
+        return _balanced("and", terms)
 
     def parse_unary(self) -> Expr:
-        if self.is_kw("not"):
+        if self.is_kw("not") or self.is_op("("):
+            tok = self.peek()
+            assert tok is not None
+            self.depth += 1
+            if self.depth > MAX_FILTER_DEPTH:
+                raise FilterError(f"invalid filter: nested deeper than {MAX_FILTER_DEPTH} levels of '(' and "
+                                  f"'not' at offset {tok.pos}")
             self.i += 1
-            return Not(self.parse_unary())
-        if self.is_op("("):
-            self.i += 1
-            expr = self.parse_or()
-            if not self.is_op(")"):
-                raise self.fail("')'")
-            self.i += 1
+            if tok.kind == "word":
+                expr: Expr = Not(self.parse_unary())
+            else:
+                expr = self.parse_or()
+                if not self.is_op(")"):
+                    raise self.fail("')'")
+                self.i += 1
+            self.depth -= 1
             return expr
         return self.parse_match()
 
@@ -310,6 +326,15 @@ class _Parser:
             else:
                 break
         return tuple(parts), _resolve(self.schema, parts)
+
+
+def _balanced(op: str, terms: list[Expr]) -> Expr:
+    """`a op b op c ...` as a balanced tree: the same left-to-right evaluation as a chain, but a long run of
+    terms nests log2(n) deep instead of n (evaluation recurses per level)."""
+    if len(terms) == 1:
+        return terms[0]
+    middle = len(terms) // 2
+    return BinOp(op, _balanced(op, terms[:middle]), _balanced(op, terms[middle:]))
 
 
 def _resolve(schema: Schema, parts: list[str]) -> str:
