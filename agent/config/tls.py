@@ -17,10 +17,10 @@ from .types import TLSConfig
 
 Where = dict[str, tuple[str, int | None]]
 
-_DEFAULTS = {"ca_file": str, "ca_path": str, "cert_file": str, "key_file": str, "verify_incoming": bool,
-             "verify_outgoing": bool}
-_INTERNAL_RPC = {"verify_incoming": bool, "verify_server_hostname": bool}
-_AUTO_ENCRYPT = {"tls": bool, "allow_tls": bool}
+_DEFAULTS: dict[str, type] = {"ca_file": str, "ca_path": str, "cert_file": str, "key_file": str,
+                               "verify_incoming": bool, "verify_outgoing": bool}
+_INTERNAL_RPC: dict[str, type] = {"verify_incoming": bool, "verify_server_hostname": bool}
+_AUTO_ENCRYPT: dict[str, type] = {"tls": bool, "allow_tls": bool}
 # Consul's pre-1.12 top-level spellings; verify_incoming_rpc is internal_rpc.verify_incoming.
 LEGACY: dict[str, type] = {**_DEFAULTS, "verify_server_hostname": bool, "verify_incoming_rpc": bool}
 _LATER = "not supported yet; remove it"
