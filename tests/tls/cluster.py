@@ -1,4 +1,4 @@
-"""Helpers for the :8300 security tests: a 3-server + 1-client cluster on 127.0.0.80–109, and an attacker
+"""Helpers for the :8300 security tests: a 3-server + 1-client cluster on 127.0.0.80-109, and an attacker
 that speaks the server port with nothing but a socket (plaintext, or TLS without our credentials)."""
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ def raft_servers(agent: AgentProcess) -> list[tuple[str, bool]]:
 def attack_frames() -> list[bytes]:
     """What an outsider sends: a KV write, an add_server that would demote a voter, a forged Raft append,
     and a feed subscription."""
-    from meshagent.agent.catalog.commands import kv_set
-
     import msgpack
+    from meshagent.agent.catalog.commands import kv_set
 
     cmd = msgpack.packb(kv_set("owned", b"by-attacker"), use_bin_type=True)
     forged = AppendRequest(term=1, leader="evil", prev_index=0, prev_term=0, entries=(), commit=0, seq=1)

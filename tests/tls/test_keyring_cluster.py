@@ -22,8 +22,7 @@ from meshagent.gossip.keyring import Keyring
 from tests.support.agents import MESHAGENT, AgentProcess
 from tests.support.wait import wait_for
 
-from .cluster import (attack_frames, cluster, kv, openssl_refused, plaintext_attempt, raft_servers,
-                      tls_attempt)
+from .cluster import attack_frames, cluster, kv, openssl_refused, plaintext_attempt, raft_servers, tls_attempt
 
 pytestmark = pytest.mark.slow
 
