@@ -76,14 +76,27 @@ def agent(**opts: Any) -> None:
     except ValueError as exc:
         click.echo(f"==> Error: {exc}", err=True)
         sys.exit(1)
+    started = False
+
+    async def run() -> None:
+        nonlocal started
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: instance.run(task_status, banner=sys.stdout,
+                                                                 handle_signals=True))
+            started = True
+
+    # Once the agent has started, a failure is no start-up error (a full disk used to say "starting").
+    def failed(exc: BaseException) -> str:
+        return f"==> Error: agent stopped: {exc}" if started else f"==> Error starting agent: {exc}"
+
     try:
         instance = Agent(config, reload_config=load)
-        trio.run(lambda: instance.run(banner=sys.stdout, handle_signals=True))
+        trio.run(run)
     except AgentError as exc:
-        click.echo(f"==> Error starting agent: {exc}", err=True)
+        click.echo(failed(exc), err=True)
         sys.exit(1)
     except OSError as exc:
-        click.echo(f"==> Error starting agent: {exc}", err=True)
+        click.echo(failed(exc), err=True)
         sys.exit(1)
     except BaseExceptionGroup as group:
         # A component failing at start-up arrives wrapped by the nursery that started it.
@@ -91,7 +104,7 @@ def agent(**opts: Any) -> None:
         if rest is not None or known is None:
             raise
         for exc in _leaves(known):
-            click.echo(f"==> Error starting agent: {exc}", err=True)
+            click.echo(failed(exc), err=True)
         sys.exit(1)
     if instance.join_failed:
         click.echo("==> Error: max join retry exhausted, exiting", err=True)

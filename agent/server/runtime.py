@@ -7,6 +7,7 @@ the applies. While that fsync runs in a worker thread, new inputs queue up and f
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -138,6 +139,9 @@ class RaftServer:
         # What the catalog has really applied. The core's applied_index runs ahead of it while a batch's
         # fsync is in flight, so reads must wait on this one.
         self.fsm_index = 0
+        # Why this server stopped taking part in Raft after a failed write ("no space left on device
+        # writing ..."), or None while its storage works.
+        self.storage_error: str | None = None
         # False after start until this server has applied everything a leader had committed (or, leading,
         # its term's first entry is committed); reads are not authoritative before (DNS SERVFAIL, HTTP
         # X-Consul-KnownLeader: false). It then stays True: an election does not make the catalog older.
@@ -218,7 +222,31 @@ class RaftServer:
                 self._proposals.clear()
                 outs.extend(self._propose(now, proposals))
             outs.extend(node.tick(now))
-            await self._carry_out(outs)
+            try:
+                await self._carry_out(outs)
+            except OSError as exc:
+                await self._storage_failed(exc)
+
+    async def _storage_failed(self, exc: OSError) -> None:
+        """The disk refused a write (full, read-only). The core's log is now ahead of the one on disk, so this
+        server stops taking part in Raft, as a crashed one would, but the agent keeps running: writes here get
+        the reason, reads answer (see read_barrier). A restart, once there is space, recovers from disk."""
+        what = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        reason = self.storage_error = f"{what} writing {exc.filename or self._dir}"
+        log.error("raft: %s; this server has stopped replicating until it is restarted", reason)
+        while True:  # answer everything that reaches the loop, forever; never touch the core again
+            for group in self._pending.values():
+                for p in group:
+                    p.finish(None, reason)
+            self._pending.clear()
+            while self._proposals:
+                self._proposals.popleft().finish(None, reason)
+            for ctx in list(self._reads):
+                self._finish_read(ctx, 0, reason)
+            kind, item = await self._inbox.receive()
+            if kind == "read":
+                item.error = reason
+                item.done.set()
 
     def _propose(self, now: float, proposals: list[_Proposal]) -> list[Output]:
         assert self.node is not None
@@ -823,6 +851,10 @@ class RaftServer:
     async def read_barrier(self, consistent: bool) -> None:
         """Wait until this server may answer a `default` (consistent=False) or `consistent` read."""
         node = self.node
+        if self.storage_error is not None:
+            if node is not None and [s.id for s in node.membership.servers if s.voter] == [self.id]:
+                return  # the only voter: nothing can have been committed elsewhere, the catalog is current
+            raise ServerError(f"{self.storage_error}; this server stopped replicating (?stale reads answer)")
         if not consistent and node is not None and node.role == LEADER:
             # The hot path: a leader inside its lease answers without a round through the Raft loop.
             index = node.lease_read_index(trio.current_time())
