@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-from meshagent.agent.snapshot_archive import ArchiveError, unpack
+from meshagent.agent.snapshot_archive import ArchiveError, inspect_file, unpack
 from meshagent.raft.storage import write_atomic
 
 from .http_client import AgentClient, fail, http_options
 
 
-def _read(path: str) -> bytes:
+def _verify_file(path: str) -> tuple[dict[str, Any], int]:
+    """(meta, state size) of a snapshot file, verified in bounded memory whatever its size."""
     try:
-        return Path(path).read_bytes()
+        return inspect_file(path)
     except OSError as exc:
         fail(f"Error opening snapshot file: {path}: {exc.strerror or exc}")
+    except ArchiveError as exc:
+        fail(f"Error verifying snapshot file: {exc}")
 
 
 def _verify(data: bytes, what: str) -> tuple[dict[str, Any], bytes]:
@@ -53,9 +56,14 @@ def save(file: str, stale: bool, http_addr: str | None, token: str | None) -> No
 @click.argument("file")
 def restore(file: str, http_addr: str | None, token: str | None) -> None:
     """Replace the cluster's state with the snapshot in FILE (disaster recovery)."""
-    data = _read(file)
-    _verify(data, "snapshot file")  # refuse a corrupt file before it reaches the servers
-    AgentClient(http_addr, token).request("PUT", "/v1/snapshot", content=data)
+    _verify_file(file)  # refuse a corrupt file before it reaches the servers
+    try:
+        handle = open(file, "rb")
+    except OSError as exc:
+        fail(f"Error opening snapshot file: {file}: {exc.strerror or exc}")
+    with handle:
+        # httpx streams a file body in chunks (with its Content-Length): a large snapshot is never in memory.
+        AgentClient(http_addr, token).request("PUT", "/v1/snapshot", content=handle)  # type: ignore[arg-type]
     click.echo("Restored snapshot")
 
 
@@ -63,8 +71,8 @@ def restore(file: str, http_addr: str | None, token: str | None) -> None:
 @click.argument("file")
 def inspect(file: str) -> None:
     """Print a snapshot file's ID, Size, Index, Term and Version (no agent needed)."""
-    meta, state = _verify(_read(file), "snapshot file")
-    rows = [("ID", meta["ID"]), ("Size", len(state)), ("Index", meta["Index"]), ("Term", meta["Term"]),
+    meta, size = _verify_file(file)
+    rows = [("ID", meta["ID"]), ("Size", size), ("Index", meta["Index"]), ("Term", meta["Term"]),
             ("Version", meta["Version"])]
     width = max(len(key) for key, _ in rows) + 6  # Consul's tabwriter padding
     for key, value in rows:
