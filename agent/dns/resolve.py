@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-import dns.flags
-import dns.message
+import dns.exception
 import dns.name
 import dns.rcode
 import dns.rdataclass
@@ -26,22 +27,53 @@ class OutsideDomain(Exception):
     """The question is not under our domain (recursors or REFUSED decide)."""
 
 
+class Endpoint(NamedTuple):
+    """One healthy instance as DNS serves it: plain values copied off the catalog, so rendering needs no
+    catalog (and may run off the event loop). `address` is an IP when `kind` is A/AAAA, else a hostname."""
+
+    target: bytes  # SRV target in wire form (uncompressed, absolute)
+    address: str
+    kind: int | None
+    port: int
+    weight: int
+
+
 @dataclass(slots=True)
 class Answer:
-    """Records for one question, before size limits; `shufflable` marks answers whose order is free."""
+    """Records for one question, before size limits; `shufflable` marks answers whose order is free.
+
+    Service answers carry `endpoints` (rendered as `rdtype` records under `qname`, at most `limit` of them
+    when limit > 0, Consul's a_record_limit) instead of prebuilt RRsets: building a dnspython RRset costs
+    ~150 us, so a 1,000-instance answer is written straight to the wire, and only as far as it fits.
+    """
 
     rcode: int = dns.rcode.NOERROR
     answer: list[dns.rrset.RRset] = field(default_factory=list)
     additional: list[dns.rrset.RRset] = field(default_factory=list)
     authority: list[dns.rrset.RRset] = field(default_factory=list)
     shufflable: bool = False
+    endpoints: Sequence[Endpoint] = ()
+    rdtype: int = 0
+    ttl: int = 0
+    limit: int = 0
 
 
+@functools.lru_cache(maxsize=65536)  # addresses repeat across queries; ipaddress parsing costs ~20 us
 def _ip_kind(address: str) -> int | None:
     try:
         return A if ipaddress.ip_address(address).version == 4 else AAAA
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=65536)
+def name_wire(text: str) -> bytes:
+    """An absolute name's uncompressed wire form; plain LDH labels skip dnspython's (slower) parser."""
+    labels = text.rstrip(".").split(".")
+    raw = [label.encode("ascii", "strict") if label.isascii() else b"" for label in labels]
+    if all(0 < len(label) < 64 for label in raw) and sum(len(r) + 1 for r in raw) < 255:
+        return b"".join(bytes([len(label)]) + label for label in raw) + b"\0"
+    return dns.name.from_text(text.rstrip(".") + ".").to_wire() or b""
 
 
 def hex_address(address: str) -> str:
@@ -57,6 +89,11 @@ class Resolver:
         self.catalog_ref = catalog_ref
         self.domain = dns.name.from_text(config.domain or "mesh.")
         self.dc = config.datacenter.lower()
+        self._domain_text = self.domain.to_text()
+        # healthy endpoints per (service, tag, SRV?, only_passing) at one catalog index: distinct packets
+        # for one name (DNS 0x20 case, EDNS sizes) resolve once per catalog change
+        self._memo: dict[tuple[str, str | None, bool, bool], tuple[Endpoint, ...]] = {}
+        self._memo_at: tuple[int, int] = (-1, -1)
 
     def soa(self) -> dns.rrset.RRset:
         """The SOA record for our domain (Authority of negative answers)."""
@@ -98,9 +135,27 @@ class Resolver:
             return self._addr(qname, qtype, parts[0])
         return self._negative(dns.rcode.NXDOMAIN)
 
-    def _healthy(self, instances: list[Instance]) -> list[Instance]:
-        drop = {CRITICAL, WARNING} if self.config.dns_config.only_passing else {CRITICAL}
-        return [i for i in instances if i.status not in drop]
+    def _endpoints(self, name: str, tag: str | None, srv: bool) -> tuple[Endpoint, ...]:
+        """Healthy instances as endpoints (empty: none healthy), memoized until the catalog moves."""
+        catalog = self.catalog_ref.catalog
+        at = (id(catalog), catalog.last_index)
+        if at != self._memo_at or len(self._memo) >= 1024:
+            self._memo.clear()
+            self._memo_at = at
+        only_passing = self.config.dns_config.only_passing
+        key = (name.lower(), tag.lower() if tag is not None else None, srv, only_passing)
+        found = self._memo.get(key)
+        if found is None:
+            drop = (CRITICAL, WARNING) if only_passing else (CRITICAL,)
+            out = []
+            for inst in catalog.service_instances(name, tag):
+                status = inst.status
+                if status not in drop:
+                    ep = self._endpoint(inst, status, srv)
+                    if ep is not None:
+                        out.append(ep)
+            found = self._memo[key] = tuple(out)
+        return found
 
     def _service_ttl(self, name: str) -> int:
         ttls = self.config.dns_config.service_ttl
@@ -117,47 +172,41 @@ class Resolver:
             tag, name = parts
         else:
             return self._negative(dns.rcode.NXDOMAIN)
-        catalog = self.catalog_ref.catalog
-        instances = self._healthy(catalog.service_instances(name, tag))
-        if not instances:
+        healthy = self._endpoints(name, tag, qtype == SRV)
+        if not healthy:
             return self._negative(dns.rcode.NXDOMAIN)
         ttl = self._service_ttl(name)
-        out = Answer(shufflable=True)
-        if qtype == SRV:
-            for inst in instances:
-                out.answer.append(self._srv(qname, inst, ttl, out))
-        elif qtype in (A, AAAA, ANY):
-            for inst in instances:
-                address = inst.service.address or inst.node.address
-                kind = _ip_kind(address)
-                if kind is None:
-                    out.answer.append(dns.rrset.from_text(qname, ttl, "IN", "CNAME", address.rstrip(".") + "."))
-                elif qtype in (kind, ANY):
-                    out.answer.append(dns.rrset.from_text(qname, ttl, "IN", dns.rdatatype.to_text(kind), address))
-            limit = self.config.dns_config.a_record_limit
-            if limit:
-                random.shuffle(out.answer)
-                out.answer = out.answer[:limit]
-        if not out.answer:
+        endpoints: Sequence[Endpoint] = ()
+        if qtype in (SRV, ANY):
+            endpoints = healthy
+        elif qtype in (A, AAAA):
+            # a hostname address is served as a CNAME whatever address type was asked
+            endpoints = [ep for ep in healthy if ep.kind is None or ep.kind == qtype]
+        if not endpoints:
             return self._negative(dns.rcode.NOERROR)  # NODATA: the name exists, not this type
-        return out
+        limit = self.config.dns_config.a_record_limit if qtype != SRV else 0
+        return Answer(shufflable=True, endpoints=endpoints, rdtype=qtype, ttl=ttl, limit=max(0, limit))
 
-    def _srv(self, qname: dns.name.Name, inst: Instance, ttl: int, out: Answer) -> dns.rrset.RRset:
+    def _endpoint(self, inst: Instance, status: str, srv: bool) -> Endpoint | None:
+        """The instance's DNS values; None when its target cannot be a DNS name (it is left out)."""
         weights = inst.service.weights or {}
-        weight = int(weights.get("Warning" if inst.status == WARNING else "Passing", 1))
+        weight = int(weights.get("Warning" if status == WARNING else "Passing", 1))
         svc_addr = inst.service.address
+        if not srv:
+            address = svc_addr or inst.node.address
+            return Endpoint(b"", address, _ip_kind(address), 0, 0)
         if svc_addr and _ip_kind(svc_addr) is not None:
-            target = f"{hex_address(svc_addr)}.addr.{self.dc}.{self.domain}"
-            address = svc_addr
+            target, address = f"{hex_address(svc_addr)}.addr.{self.dc}.{self._domain_text}", svc_addr
         elif svc_addr:
-            target, address = svc_addr.rstrip(".") + ".", ""
+            target, address = svc_addr.rstrip(".") + ".", svc_addr
         else:
-            target = f"{inst.node.node}.node.{self.dc}.{self.domain}"
-            address = inst.node.address
-        kind = _ip_kind(address) if address else None
-        if kind is not None:
-            out.additional.append(dns.rrset.from_text(target, ttl, "IN", dns.rdatatype.to_text(kind), address))
-        return dns.rrset.from_text(qname, ttl, "IN", "SRV", f"1 {weight} {inst.service.port} {target}")
+            target, address = f"{inst.node.node}.node.{self.dc}.{self._domain_text}", inst.node.address
+        try:
+            wire = name_wire(target)
+        except (dns.exception.DNSException, UnicodeError):
+            return None
+        return Endpoint(wire, address, _ip_kind(address), max(0, min(inst.service.port, 65535)),
+                        max(0, min(weight, 65535)))
 
     def _node(self, qname: dns.name.Name, qtype: int, name: str) -> Answer:
         node = self.catalog_ref.catalog.node(name)
@@ -198,29 +247,3 @@ class CatalogRef:
     def catalog(self) -> Catalog:
         """The live catalog."""
         return self._get.catalog  # type: ignore[attr-defined,no-any-return]
-
-
-def build_response(query: dns.message.Message, ans: Answer, max_size: int, recursion: bool) -> tuple[bytes, bool]:
-    """Wire bytes for an answer, cut to max_size (TC set when anything was cut); returns (wire, truncated)."""
-    answers, additional = list(ans.answer), list(ans.additional)
-    truncated = False
-    while True:
-        resp = dns.message.make_response(query, recursion_available=recursion)
-        resp.flags |= dns.flags.AA
-        resp.set_rcode(ans.rcode)
-        resp.answer = answers
-        resp.authority = list(ans.authority)
-        resp.additional = additional
-        if truncated:
-            resp.flags |= dns.flags.TC
-        try:
-            return resp.to_wire(max_size=max_size), truncated
-        except dns.exception.TooBig:
-            truncated = True
-            if additional:
-                additional = additional[: len(additional) // 2] if len(additional) > 1 else []
-            elif answers:
-                answers = answers[: len(answers) - 1]
-            else:
-                resp.authority = []
-                return resp.to_wire(max_size=max_size), True

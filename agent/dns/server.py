@@ -2,17 +2,23 @@
 
 A full dnspython parse and build costs ~0.5 ms; the cache (keyed on the packet after its ID, flushed when the
 catalog index moves) answers repeat questions by patching the 2-byte ID into stored bytes. Each wake-up of
-the UDP loop drains every queued datagram before sleeping again.
+the UDP loop drains every queued datagram before sleeping again. A cache miss is answered in its own task
+(at most DNSLimits.pending at once), so neither a recursor that never answers nor a large answer holds the
+loop; large answers are rendered in a worker thread.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import random
 import socket
 import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -23,15 +29,17 @@ import trio
 
 from ..config.types import AgentConfig
 from ..store import CatalogStore
-from .resolve import Answer, CatalogRef, OutsideDomain, Resolver, build_response
+from .limits import DNSLimits
+from .recurse import Forwarder
+from .render import badvers, render, size_limit, udp_count_limit
+from .resolve import Answer, CatalogRef, OutsideDomain, Resolver
 
 log = logging.getLogger("meshagent.dns")
 
-PLAIN_UDP_MAX = 512
-TCP_MAX = 65535
+_Later = Callable[[], Awaitable[bytes | None]]
+
 VARIANTS = 4  # cached shuffles per question
 CACHE_MAX = 10_000
-TCP_IDLE = 10.0
 
 
 @dataclass(slots=True)
@@ -45,6 +53,8 @@ class DNSStats:
     dropped: int = 0
     servfail: int = 0
     recursed: int = 0
+    tcp_refused: int = 0  # TCP connections closed at once: per-client or total cap reached
+    badvers: int = 0  # queries with an EDNS version above 0
 
 
 @dataclass(slots=True)
@@ -57,14 +67,20 @@ class _Cached:
 class DNSServer:
     """Serves the catalog over DNS on (client_addr, ports.dns); `bound_port` is set once listening."""
 
-    def __init__(self, config: AgentConfig, store: CatalogStore) -> None:
+    def __init__(self, config: AgentConfig, store: CatalogStore, limits: DNSLimits | None = None) -> None:
         self.config = config
         self.store = store
+        self.limits = limits or DNSLimits()
         self.resolver = Resolver(config, CatalogRef(store))
         self.stats = DNSStats()
         self.bound_port: int | None = None
         self._cache: dict[bytes, _Cached] = {}
         self._cache_index = -1
+        self._slots = trio.Semaphore(self.limits.pending)
+        self._forwarder = Forwarder(self.limits.recursive)
+        self._render_threads = trio.CapacityLimiter(1)  # big renders take turns: the GIL runs one anyway
+        self._tcp_clients: Counter[str] = Counter()
+        self._tcp_open = 0
 
     # ------------------------------------------------------------------ sockets
 
@@ -76,7 +92,7 @@ class DNSServer:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._udp_loop, udp)
+                nursery.start_soon(self._udp_loop, udp, nursery)
                 nursery.start_soon(trio.serve_listeners, self._tcp_conn, [listener])
                 log.info("DNS listening on %s:%d (udp, tcp)", host, self.bound_port)
                 task_status.started(self.bound_port)
@@ -102,7 +118,7 @@ class DNSServer:
                     raise OSError(exc.errno, f"DNS cannot listen on {host}:{port}: {exc.strerror}") from None
         raise OSError(errno.EADDRINUSE, f"DNS found no free port pair on {host}")
 
-    async def _udp_loop(self, sock: socket.socket) -> None:
+    async def _udp_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
@@ -112,35 +128,76 @@ class DNSServer:
                     break
                 except OSError:
                     break  # e.g. ICMP errors surfaced on the socket; nothing to answer
-                reply = self._answer_cached(packet, tcp=False)
+                reply: bytes | _Later | None = self._answer_cached(packet, tcp=False)
                 if reply is None:
-                    reply = await self._answer_slow(packet, tcp=False)
-                if reply:
-                    try:
-                        sock.sendto(reply, addr)
-                    except OSError:
-                        self.stats.dropped += 1  # full send buffer: UDP may drop, the client retries
+                    reply = self._answer_now(packet, tcp=False)
+                if callable(reply):
+                    # at the cap, stop reading: the kernel's socket buffer queues (and drops) for us
+                    await self._slots.acquire()
+                    nursery.start_soon(self._udp_later, sock, packet, addr, reply)
+                elif reply:
+                    self._send(sock, reply, addr)
+
+    def _send(self, sock: socket.socket, reply: bytes, addr: tuple[str, int]) -> None:
+        try:
+            sock.sendto(reply, addr)
+        except OSError:
+            self.stats.dropped += 1  # full send buffer: UDP may drop, the client retries
+
+    async def _udp_later(self, sock: socket.socket, packet: bytes, addr: tuple[str, int], later: _Later) -> None:
+        try:
+            reply = await self._finish(packet, later)
+        finally:
+            self._slots.release()
+        if reply:
+            self._send(sock, reply, addr)
 
     async def _tcp_conn(self, stream: trio.SocketStream) -> None:
-        buf = b""
         try:
-            while True:
-                while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
-                    with trio.move_on_after(TCP_IDLE) as idle:
-                        data = await stream.receive_some(65536)
-                    if idle.cancelled_caught or not data:
-                        return
-                    buf += data
-                size = struct.unpack("!H", buf[:2])[0]
-                packet, buf = buf[2:2 + size], buf[2 + size:]
-                reply = self._answer_cached(packet, tcp=True) or await self._answer_slow(packet, tcp=True)
-                if reply is None:
-                    return
-                await stream.send_all(struct.pack("!H", len(reply)) + reply)
+            client = str(stream.socket.getpeername()[0])
+        except OSError:
+            client = ""
+        if self._tcp_open >= self.limits.tcp_total or self._tcp_clients[client] >= self.limits.tcp_per_client:
+            self.stats.tcp_refused += 1
+            await stream.aclose()
+            return
+        self._tcp_open += 1
+        self._tcp_clients[client] += 1
+        try:
+            await self._tcp_serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         finally:
+            self._tcp_open -= 1
+            self._tcp_clients[client] -= 1
+            if self._tcp_clients[client] <= 0:
+                del self._tcp_clients[client]
             await stream.aclose()
+
+    async def _tcp_serve(self, stream: trio.SocketStream) -> None:
+        """Length-prefixed queries, one at a time: tcp_idle to start the next one, tcp_read to finish it."""
+        buf = bytearray()
+        while True:
+            deadline = trio.current_time() + (self.limits.tcp_read if buf else self.limits.tcp_idle)
+            while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
+                with trio.move_on_at(deadline) as timer:
+                    data = await stream.receive_some(65536)
+                if timer.cancelled_caught or not data:
+                    return
+                if not buf:  # the query has begun: it must now complete within tcp_read
+                    deadline = min(deadline, trio.current_time() + self.limits.tcp_read)
+                buf += data
+            size = struct.unpack("!H", buf[:2])[0]
+            packet, buf = bytes(buf[2:2 + size]), buf[2 + size:]
+            reply = self._answer_cached(packet, tcp=True)
+            if reply is None:
+                reply = await self._answer_slow(packet, tcp=True)
+            if not reply:
+                return
+            with trio.move_on_after(self.limits.tcp_write) as timer:
+                await stream.send_all(struct.pack("!H", len(reply)) + reply)
+            if timer.cancelled_caught:
+                return  # a client that does not read its answers holds nothing
 
     # ------------------------------------------------------------------ answering
 
@@ -180,12 +237,27 @@ class DNSServer:
         return False
 
     async def _answer_slow(self, packet: bytes, tcp: bool) -> bytes | None:
+        reply = self._answer_now(packet, tcp)
+        return await self._finish(packet, reply) if callable(reply) else reply
+
+    def _answer_now(self, packet: bytes, tcp: bool) -> bytes | _Later | None:
+        """An uncached answer, or the work that must wait (a recursor, a large render) as a coroutine
+        function, to be awaited in its own task."""
         try:
-            return await self._answer(packet, tcp)
+            return self._answer(packet, tcp)
         except Exception:
-            log.exception("DNS query failed; answering SERVFAIL")
-            self.stats.servfail += 1
-            return self._error_reply(packet, dns.rcode.SERVFAIL)
+            return self._failed(packet)
+
+    async def _finish(self, packet: bytes, later: _Later) -> bytes | None:
+        try:
+            return await later()
+        except Exception:
+            return self._failed(packet)
+
+    def _failed(self, packet: bytes) -> bytes | None:
+        log.exception("DNS query failed; answering SERVFAIL")
+        self.stats.servfail += 1
+        return self._error_reply(packet, dns.rcode.SERVFAIL)
 
     def _error_reply(self, packet: bytes, rcode: int) -> bytes | None:
         """A header-only reply (same ID, QR set) for packets we cannot parse."""
@@ -195,7 +267,7 @@ class DNSServer:
         flags = 0x8000 | (flags & 0x7900) | rcode  # QR, keep opcode + RD
         return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
 
-    async def _answer(self, packet: bytes, tcp: bool) -> bytes | None:
+    def _answer(self, packet: bytes, tcp: bool) -> bytes | _Later | None:
         try:
             query = dns.message.from_wire(packet)
         except (dns.exception.DNSException, ValueError, IndexError, struct.error, UnicodeError):
@@ -209,35 +281,45 @@ class DNSServer:
         if len(query.question) != 1:
             self.stats.formerr += 1
             return self._error_reply(packet, dns.rcode.FORMERR)
+        if query.edns > 0:
+            self.stats.badvers += 1
+            return badvers(query)
         question = query.question[0]
-        max_size = TCP_MAX if tcp else max(PLAIN_UDP_MAX, query.payload if query.edns >= 0 else PLAIN_UDP_MAX)
+        max_size = size_limit(query, tcp)
+        index = self.store.catalog.last_index
         try:
             ans = self.resolver.resolve(question.name, question.rdtype)
         except OutsideDomain:
-            return await self._recurse(packet, query, max_size)
-        recursion = bool(self.config.recursors)
-        if not tcp and query.edns < 0 and len(ans.answer) > self.config.dns_config.udp_answer_limit > 0:
-            # Consul's non-EDNS UDP answer limit; TC tells the client to ask again over TCP.
-            wire, _ = build_response(query, _limited(ans, self.config.dns_config.udp_answer_limit),
-                                     max_size, recursion)
-            wires = [_set_tc(wire)]
-        else:
-            wires = [build_response(query, ans, max_size, recursion)[0]]
-        if ans.shufflable and len(ans.answer) > 1:
-            for _ in range(VARIANTS - 1):
-                shuffled = Answer(ans.rcode, random.sample(ans.answer, len(ans.answer)), ans.additional,
-                                  ans.authority)
-                limit = self.config.dns_config.udp_answer_limit
-                if not tcp and query.edns < 0 and len(shuffled.answer) > limit > 0:
-                    wires.append(_set_tc(build_response(query, _limited(shuffled, limit), max_size, recursion)[0]))
-                else:
-                    wires.append(build_response(query, shuffled, max_size, recursion)[0])
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        cached = _Cached(wires)
-        self._cache[(b"T" if tcp else b"U") + packet[2:]] = cached
-        cached.next = 1 % len(wires)
+            return functools.partial(self._recurse, packet, query, max_size)
+        count_limit = 0 if tcp else udp_count_limit(max_size, self.config.dns_config.udp_answer_limit)
+        variants = VARIANTS if ans.shufflable and len(ans.endpoints) > 1 else 1
+        args = (query, ans, max_size, count_limit, variants)
+        if min(len(ans.endpoints), max_size // 16) * variants > self.limits.inline_records:
+            return functools.partial(self._render_in_thread, packet, tcp, index, args)
+        return self._keep(packet, tcp, index, self._render_variants(*args))
+
+    async def _render_in_thread(self, packet: bytes, tcp: bool, index: int, args: tuple[Any, ...]) -> bytes:
+        wires = await trio.to_thread.run_sync(self._render_variants, *args, limiter=self._render_threads)
+        return self._keep(packet, tcp, index, wires)
+
+    def _keep(self, packet: bytes, tcp: bool, index: int, wires: list[bytes]) -> bytes:
+        """Cache the answer's variants (unless the catalog moved while rendering) and return the first."""
+        if self.store.catalog.last_index == index:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            cached = _Cached(wires)
+            self._cache[(b"T" if tcp else b"U") + packet[2:]] = cached
+            cached.next = 1 % len(wires)
         return packet[:2] + wires[0][2:]
+
+    def _render_variants(self, query: dns.message.Message, ans: Answer, max_size: int, count_limit: int,
+                         variants: int) -> list[bytes]:
+        """`variants` shuffles of the answer (or the one answer), each cut to the limits in one pass; plain
+        values only, so it may run in a worker thread."""
+        recursion = bool(self.config.recursors)
+        set_tc = self.config.dns_config.enable_truncate
+        return [render(query, ans, max_size, recursion=recursion, count_limit=count_limit, set_tc=set_tc,
+                       shuffle=variants > 1, rng=random.Random())[0] for _ in range(variants)]
 
     async def _recurse(self, packet: bytes, query: dns.message.Message, max_size: int) -> bytes | None:
         recursors = self.config.recursors
@@ -246,40 +328,11 @@ class DNSServer:
             resp.set_rcode(dns.rcode.REFUSED)
             return bytes(resp.to_wire(max_size=max_size))
         self.stats.recursed += 1
-        timeout = self.config.dns_config.recursor_timeout
-        for recursor in recursors:
-            host, _, port = recursor.rpartition(":") if recursor.count(":") == 1 else (recursor, "", "53")
-            try:
-                reply = await self._ask(host, int(port or 53), packet, timeout)
-            except (OSError, ValueError, trio.TooSlowError) as exc:
-                log.debug("recursor %s failed: %s", recursor, exc)
-                continue
-            if len(reply) >= 4 and (reply[3] & 0x0F) in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                return reply
-        resp = dns.message.make_response(query, recursion_available=True)
-        resp.set_rcode(dns.rcode.SERVFAIL)
-        self.stats.servfail += 1
-        return bytes(resp.to_wire(max_size=max_size))
-
-    @staticmethod
-    async def _ask(host: str, port: int, packet: bytes, timeout: float) -> bytes:
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        with sock:
-            with trio.fail_after(timeout):
-                await sock.connect((host, port))
-                await sock.send(packet)
-                while True:
-                    reply = await sock.recv(65535)
-                    if reply[:2] == packet[:2]:
-                        return reply
-
-
-def _limited(ans: Answer, limit: int) -> Answer:
-    keep = ans.answer[:limit]
-    targets = {str(rr.target) for rrset in keep for rr in rrset if hasattr(rr, "target")}
-    extra = [r for r in ans.additional if str(r.name) in targets] if targets else []
-    return Answer(ans.rcode, keep, extra, ans.authority, ans.shufflable)
-
-
-def _set_tc(wire: bytes) -> bytes:
-    return wire[:2] + bytes([wire[2] | 0x02]) + wire[3:]
+        refused = self._forwarder.refused
+        reply = await self._forwarder.forward(packet, query, list(recursors),
+                                              self.config.dns_config.recursor_timeout, max_size)
+        if len(reply) >= 4 and reply[3] & 0x0F == dns.rcode.SERVFAIL:
+            self.stats.servfail += 1
+        if self._forwarder.refused != refused:
+            log.debug("DNS: %d queries already at the recursors; SERVFAIL", self.limits.recursive)
+        return reply
