@@ -85,7 +85,7 @@ class FrameReader:
         """Bytes of an incomplete frame held (at most max_frame + 4 plus one read)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray) -> list[Any]:
         """Frames completed by `data`."""
         self._buf += data
         buf = self._buf
@@ -137,8 +137,10 @@ async def open_stream(address: str, tls: RPCTLS | None, *, bootstrap: bool = Fal
             raise OSError("waiting for this agent's auto_encrypt certificate")
         if bootstrap:
             await tcp.send_all(_BOOTSTRAP_BYTE)
+        from ..tls.stream import TLSStream  # loads ssl: only for agents with TLS on
+
         ctx = tls.bootstrap_client_context() if bootstrap else tls.client_context()
-        stream = trio.SSLStream(tcp, ctx, server_hostname=tls.server_hostname)
+        stream = TLSStream(tcp, ctx, server_side=False, server_hostname=tls.server_hostname)
         with trio.fail_after(handshake_timeout):
             await stream.do_handshake()
         return stream, sock
@@ -431,8 +433,10 @@ class ServerListener:
                     bootstrap = first[0] != _TLS_BYTE
                     if bootstrap:
                         await tcp.socket.recv(1)
+                    from ..tls.stream import TLSStream
+
                     ctx = tls.bootstrap_server_context() if bootstrap else tls.server_context()
-                    stream = trio.SSLStream(tcp, ctx, server_side=True)
+                    stream = TLSStream(tcp, ctx, server_side=True)
                     await stream.do_handshake()
                     if bootstrap:
                         return stream, "bootstrap", None
@@ -467,7 +471,7 @@ class ServerListener:
                         deadline = float("inf")  # a subscriber only listens
                     else:
                         deadline = now + limits.idle_timeout
-                    data: bytes | None = None
+                    data: bytes | bytearray | None = None
                     with trio.move_on_at(deadline):
                         data = await stream.receive_some(262144)
                     if data is None:

@@ -14,6 +14,10 @@ of pysyncobj's replicated counter increment. It measures
 3. failover (three times, median and max): SIGKILL of the leader; the time until a survivor names a
    new leader and until a write sent to a survivor commits (the election timeout is 1 s, the target at most twice that).
 
+`--tls both` (the default) measures twice in the same run: plaintext :8300, then a cluster started with
+`-encrypt KEY`, where :8300 is mutual TLS 1.3 under the keyring's CA (docs/security.md); the load
+generator then holds a certificate minted from the same key. `--tls off|on` measures one of them.
+
 The reference, in the same run: bench/raft/pysyncobj_ref.py (a 3-process pysyncobj cluster with its journal
 file on; see that file for why its journal is never fsynced). Figures print as ratios ours/pysyncobj plus
 the absolute numbers. Every phase is bounded by a count and a time cap; servers are killed by PID on exit.
@@ -22,6 +26,7 @@ the absolute numbers. Every phase is bounded by a count and a time cap; servers 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -41,8 +46,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 from meshagent.agent.catalog.commands import kv_set  # noqa: E402
+from meshagent.agent.config.types import TLSConfig  # noqa: E402
 from meshagent.agent.server.errors import ServerError  # noqa: E402
 from meshagent.agent.server.transport import RPCClient  # noqa: E402
+from meshagent.agent.tls.policy import RPCTLS  # noqa: E402
+from meshagent.gossip.keyring import Keyring  # noqa: E402
 
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 ELECTION_TIMEOUT_S = 1.0  # RaftConfig's default, which the agent uses
@@ -74,9 +82,10 @@ def free_hosts(n: int) -> list[str]:
 class Servers:
     """Three server processes; killed by PID when the benchmark ends."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, key: bytes | None = None) -> None:
         self.hosts = free_hosts(3)
         self.workdir = workdir
+        self.encrypt = ["-encrypt", base64.b64encode(key).decode()] if key else []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for host in self.hosts:
             self.start(host)
@@ -87,7 +96,8 @@ class Servers:
         with open(self.workdir / f"server-{i}.log", "ab") as log:
             self.procs[host] = subprocess.Popen(
                 [MESHAGENT, "agent", "-server", "-bootstrap-expect", "3", "-node", f"bench-s{i}", "-bind", host,
-                 "-client", host, "-data-dir", str(self.workdir / f"s{i}"), "-log-level", "warn", *joins],
+                 "-client", host, "-data-dir", str(self.workdir / f"s{i}"), "-log-level", "warn", *joins,
+                 *self.encrypt],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def raft_stats(self, host: str) -> dict[str, Any] | None:
@@ -147,9 +157,11 @@ class Pipeline:
     every answer read is replaced by a new request, and those go out in one send.
     """
 
-    def __init__(self, host: str, timeout: float = 30.0) -> None:
+    def __init__(self, host: str, tls: RPCTLS | None = None, timeout: float = 30.0) -> None:
         self.sock = socket.create_connection((host, 8300), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.client_context().wrap_socket(self.sock, server_hostname=tls.server_hostname)
         self.unpacker = msgpack.Unpacker(raw=False)
         self.pending = b""
         self.rid = 0
@@ -205,8 +217,8 @@ class Pipeline:
         self.sock.close()
 
 
-def sequential(leader: str, n: int, max_s: float) -> dict[str, Any]:
-    load = Pipeline(leader)
+def sequential(leader: str, n: int, max_s: float, tls: RPCTLS | None) -> dict[str, Any]:
+    load = Pipeline(leader, tls)
     try:
         load.run(1, 20, 5.0)  # warm-up: connection, first batches
         done, _, lat = load.run(1, n, max_s)
@@ -215,9 +227,9 @@ def sequential(leader: str, n: int, max_s: float) -> dict[str, Any]:
     return {"n": done, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
 
 
-def throughput(servers: Servers, leader: str, k: int, n: int, max_s: float) -> dict[str, Any]:
+def throughput(servers: Servers, leader: str, k: int, n: int, max_s: float, tls: RPCTLS | None) -> dict[str, Any]:
     """K writes in flight, each answer replaced by a new write, until n are done or time is up."""
-    load = Pipeline(leader)
+    load = Pipeline(leader, tls)
     try:
         load.run(1, 1, 5.0)
         f0 = servers.fsyncs(leader)
@@ -229,14 +241,14 @@ def throughput(servers: Servers, leader: str, k: int, n: int, max_s: float) -> d
             "fsyncs_s": fsyncs / elapsed, "ops_per_fsync": done / max(1, fsyncs)}
 
 
-async def failover(servers: Servers, leader: str, max_s: float) -> dict[str, Any]:
+async def failover(servers: Servers, leader: str, max_s: float, tls: RPCTLS | None) -> dict[str, Any]:
     survivors = [h for h in servers.hosts if h != leader]
     t0 = time.perf_counter()
     servers.kill(leader)
     elected: float | None = None
     committed: float | None = None
     async with trio.open_nursery() as nursery:
-        clients = [RPCClient(f"{h}:8300") for h in survivors]
+        clients = [RPCClient(f"{h}:8300", tls) for h in survivors]
 
         async def writer(client: RPCClient, first: int) -> None:
             # One writer per survivor, short timeouts: what is measured is when the cluster takes writes
@@ -294,34 +306,28 @@ def ratio(ours: float | None, ref: float | None) -> str:
     return f"{ours / ref:.2f}x"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer ops per phase")
-    parser.add_argument("--no-reference", action="store_true", help="skip the pysyncobj reference")
-    parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
-    parser.add_argument("--failovers", type=int, default=3, help="leader kills to measure (median reported)")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
+def measure(args: argparse.Namespace, key: bytes | None) -> dict[str, Any]:
+    """One cluster (plaintext :8300, or with `key` TLS under the keyring CA): every phase."""
     seq_n, seq_s = (300, 5.0) if args.quick else (2000, 30.0)
     window = [1, 8, 64, 512, 4096, 20000]
     tput_n = {1: 500, 8: 2000, 64: 10000, 512: 20000, 4096: 40000, 20000: 60000}
     tput_s = 4.0 if args.quick else 12.0
-    print(f"meshagent Raft: 3 server processes on loopback, data dirs in {tempfile.gettempdir()} (fsync on), "
-          "client = RPC on :8300 to the leader, one KV set per op")
-    print(f"machine: {machine_info()}")
+    tls = RPCTLS(TLSConfig(), "dc1", server=False, keyring=Keyring([key])) if key else None
+    mode = "TLS (-encrypt: mutual TLS 1.3 on :8300)" if key else "plaintext :8300"
+    print(f"\n##### {mode}")
     workdir = Path(tempfile.mkdtemp(prefix="meshagent-bench-raft-"))
-    servers = Servers(workdir)
-    result: dict[str, Any] = {"impl": "meshagent", "machine": machine_info(), "quick": args.quick}
+    servers = Servers(workdir, key)
+    result: dict[str, Any] = {"impl": "meshagent", "tls": bool(key), "machine": machine_info(), "quick": args.quick,
+                              "workdir": str(workdir)}
     try:
         leader = servers.wait_leader(30)
-        seq = sequential(leader, seq_n, seq_s)
+        seq = sequential(leader, seq_n, seq_s, tls)
         result["seq"] = seq
         print(f"\nsequential commit: n={seq['n']}  p50 {seq['p50_ms']:.2f} ms  p99 {seq['p99_ms']:.2f} ms")
         print(f"\n{'in flight':>10} {'ops/s':>10} {'fsyncs/s':>10} {'ops/fsync':>10} {'errors':>7}")
         result["tput"] = []
         for k in window:
-            r = throughput(servers, leader, k, tput_n[k] if not args.quick else tput_n[k] // 4, tput_s)
+            r = throughput(servers, leader, k, tput_n[k] if not args.quick else tput_n[k] // 4, tput_s, tls)
             result["tput"].append(r)
             print(f"{k:>10} {r['ops_s']:>10,.0f} {r['fsyncs_s']:>10,.0f} {r['ops_per_fsync']:>10.1f} "
                   f"{r['errors']:>7}", flush=True)
@@ -332,7 +338,7 @@ def main() -> None:
                 servers.start(killed)
                 leader = servers.wait_leader(30)
             killed = leader
-            runs.append(trio.run(failover, servers, leader, 20.0))
+            runs.append(trio.run(failover, servers, leader, 20.0, tls))
             print(f"  failover {attempt + 1}: leader seen {runs[-1]['elected_s']}, write committed "
                   f"{runs[-1]['committed_s']}", flush=True)
         committed = sorted(r["committed_s"] for r in runs if r["committed_s"] is not None)
@@ -347,26 +353,59 @@ def main() -> None:
               f"(election timeout {ELECTION_TIMEOUT_S:.1f} s)")
     finally:
         servers.close()
+    return result
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, float | None]]:
+    by_k = {r["k"]: r for r in result["tput"]}
+    return [("sequential p50 ms", result["seq"]["p50_ms"]), ("sequential p99 ms", result["seq"]["p99_ms"]),
+            ("ops/s, 64 in flight", by_k[64]["ops_s"]), ("ops/s, 20,000 in flight", by_k[20000]["ops_s"]),
+            ("failover: write committed s", result["failover"]["committed_s"])]
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:,.2f}" if value else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer ops per phase")
+    parser.add_argument("--no-reference", action="store_true", help="skip the pysyncobj reference")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    parser.add_argument("--failovers", type=int, default=3, help="leader kills to measure (median reported)")
+    parser.add_argument("--tls", choices=("both", "off", "on"), default="both",
+                        help=":8300 plaintext, TLS (-encrypt), or both in the same run (default)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    print(f"meshagent Raft: 3 server processes on loopback, data dirs in {tempfile.gettempdir()} (fsync on), "
+          "client = RPC on :8300 to the leader, one KV set per op")
+    print(f"machine: {machine_info()}")
+    modes = {"both": [None, os.urandom(32)], "off": [None], "on": [os.urandom(32)]}[args.tls]
+    results = [measure(args, key) for key in modes]
+    result = results[0]
+    tls_result = next((r for r in results if r["tls"]), None)
+    plain = next((r for r in results if not r["tls"]), None)
 
     ref = None if args.no_reference else run_reference(args.quick)
-    by_k = {r["k"]: r for r in result["tput"]}
-    fo = result["failover"]
     print("\n=== meshagent vs pysyncobj (same machine, same run; ratio > 1 means ours is bigger) ===")
-    rows = [
-        ("sequential p50 ms", result["seq"]["p50_ms"], ref and ref.get("seq_p50_ms")),
-        ("sequential p99 ms", result["seq"]["p99_ms"], ref and ref.get("seq_p99_ms")),
-        ("ops/s, 64 in flight", by_k[64]["ops_s"], ref and ref.get("tput_64")),
-        ("ops/s, 20,000 in flight", by_k[20000]["ops_s"], ref and ref.get("tput_20000")),
-        ("failover: write committed s", fo["committed_s"], ref and ref.get("failover_s")),
-    ]
-    for label, ours, theirs in rows:
-        theirs_s = f"{theirs:,.2f}" if theirs else "n/a"
-        ours_s = f"{ours:,.2f}" if ours else "n/a"
-        print(f"{label:<30} ours {ours_s:>12}   pysyncobj {theirs_s:>12}   ratio {ratio(ours, theirs)}")
+    for label, ours in _rows(result):
+        theirs = ref and ref.get({"sequential p50 ms": "seq_p50_ms", "sequential p99 ms": "seq_p99_ms",
+                                  "ops/s, 64 in flight": "tput_64", "ops/s, 20,000 in flight": "tput_20000",
+                                  "failover: write committed s": "failover_s"}[label])
+        print(f"{label:<30} ours {_fmt(ours):>12}   pysyncobj {_fmt(theirs):>12}   ratio {ratio(ours, theirs)}")
     if ref is not None:
         print(f"(pysyncobj {ref.get('version')}, journal fsync: {ref.get('fsync')}; ours fsyncs every batch)")
+    print(f"(ours: {'TLS' if result['tls'] else 'plaintext'} :8300)")
+    if tls_result is not None and plain is not None:
+        print("\n=== :8300 with TLS (-encrypt) vs plaintext (same run; ratio > 1 means TLS is bigger) ===")
+        for (label, with_tls), (_, without) in zip(_rows(tls_result), _rows(plain), strict=True):
+            print(f"{label:<30} TLS {_fmt(with_tls):>12}   plaintext {_fmt(without):>12}   "
+                  f"ratio {ratio(with_tls, without)}")
     result["reference"] = ref
-    print(f"\nlogs and data dirs: {workdir}")
+    if tls_result is not None and tls_result is not result:
+        result["with_tls"] = tls_result
+    print(f"\nlogs and data dirs: {', '.join(r['workdir'] for r in results)}")
     if args.json:
         print(json.dumps(result))
 
