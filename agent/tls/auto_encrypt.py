@@ -20,13 +20,20 @@ async def request_certificate(tls: RPCTLS, address: str, node: str, timeout: flo
     """One signing call to the server at `address` over the auto_encrypt channel; installs the answer."""
     args, key = tls.sign_request(node)
     client = RPCClient(address, tls, bootstrap=True)
+    outcome: list[object] = []
     try:
-        async with trio.open_nursery() as nursery:
-            answer = await client.call(nursery, SIGN_METHOD, args, timeout)
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:  # owns the call's reader task, for this call only
+            try:
+                outcome.append(await client.call(nursery, SIGN_METHOD, args, timeout))
+            except ServerError as exc:
+                outcome.append(exc)  # raised below, outside the nursery (not as an ExceptionGroup)
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         client.close()
-    tls.accept_signed(answer, key)
+    if isinstance(outcome[0], ServerError):
+        raise outcome[0]
+    tls.accept_signed(outcome[0], key)
 
 
 async def keep_certificate(tls: RPCTLS, servers: Callable[[], list[str]], node: str,
