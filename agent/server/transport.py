@@ -61,7 +61,7 @@ class Limits:
     max_frame: int = MAX_FRAME
     handshake_timeout: float = 10.0  # first byte + TLS handshake
     frame_deadline: float = 30.0  # a started frame must be complete within this (16 MiB at >= 0.5 MiB/s)
-    idle_timeout: float = 600.0  # no frame at all (feed subscribers excepted: they only listen)
+    idle_timeout: float = 600.0  # no frame at all (feed subscribers and verified servers excepted)
     max_conns_per_ip: int = 100  # Consul's limits.rpc_max_conns_per_client
     max_inflight: int = 1024  # calls in progress per connection; beyond it we stop reading (backpressure)
     max_backlog: int = 64 * 1024 * 1024  # answers queued but not read by the peer
@@ -467,8 +467,10 @@ class ServerListener:
                     now = trio.current_time()
                     if frame_started is not None:
                         deadline = frame_started + limits.frame_deadline
-                    elif conn.subscribed:
-                        deadline = float("inf")  # a subscriber only listens
+                    elif conn.subscribed or conn.role == "server":
+                        # A subscriber only listens; a verified server's Raft link to a follower may be quiet
+                        # between elections.
+                        deadline = float("inf")
                     else:
                         deadline = now + limits.idle_timeout
                     data: bytes | bytearray | None = None
