@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -15,6 +16,10 @@ from .query import HTTPError
 from .server import BodyStream
 
 WRITE_BATCH = 1024 * 1024  # bytes gathered per write: one thread hop per MiB, not per socket read
+PREFIX = ".meshagent-upload-"
+# An upload file nobody has written to for this long was left by a process that died mid-upload (a live
+# upload writes at least every few seconds or is cut by its read deadline).
+STALE_AFTER = 3600.0
 
 
 def write_error(exc: OSError, path: Path | str) -> HTTPError:
@@ -35,6 +40,12 @@ def _free_bytes(directory: Path) -> int:
 
 
 def _create(path: Path) -> int:
+    """The new upload file (0600), after removing any that a killed agent left behind."""
+    now = time.time()
+    for old in path.parent.glob(f"{PREFIX}*.tmp"):
+        with suppress(OSError):
+            if now - old.stat().st_mtime > STALE_AFTER:
+                old.unlink()
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 
@@ -56,7 +67,7 @@ async def body_to_file(body: BodyStream, directory: Path) -> AsyncIterator[Path]
         if body.length > free:
             raise HTTPError(507, f"not enough free space in {directory} for a {body.length}-byte upload "
                                  f"({free} bytes free)")
-    path = directory / f".upload-{os.urandom(6).hex()}.tmp"
+    path = directory / f"{PREFIX}{os.urandom(6).hex()}.tmp"
     try:
         fd = await trio.to_thread.run_sync(_create, path)
     except OSError as exc:

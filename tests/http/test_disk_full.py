@@ -53,7 +53,7 @@ def test_full_disk_fails_the_write_and_keeps_serving(tmp_path: Path, small_disk:
         # One of unknown length fills the disk: a clear error, and its temp file is gone.
         r = http.put("/v1/snapshot", content=iter([b"\x1f\x8b" + os.urandom(1 << 20) for _ in range(5)]))
         assert r.status_code == 500 and FULL in r.text and str(small_disk) in r.text, r.text
-        assert not list(small_disk.glob(".upload-*"))
+        assert not list(small_disk.glob(".meshagent-upload-*"))
 
         value = os.urandom(100_000)
         answers = []

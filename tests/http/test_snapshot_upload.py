@@ -84,7 +84,7 @@ def test_large_upload_streams_to_disk_in_bounded_memory_and_others_are_served(tm
             assert reached.wait(60), "the upload never got going"
 
             def spooled() -> Path | None:
-                files = list(data_dir.glob(".upload-*.tmp"))
+                files = list(data_dir.glob(".meshagent-upload-*.tmp"))
                 return files[0] if files and files[0].stat().st_size >= (PAUSE_AT_MB - 16) << 20 else None
             spool = wait_for(spooled, 30, what="the upload to reach the temp file in the data dir")
             assert spool.stat().st_mode & 0o777 == 0o600
@@ -105,11 +105,14 @@ def test_large_upload_streams_to_disk_in_bounded_memory_and_others_are_served(tm
         growth_mb = (_vm_kib(pid, "VmHWM") - peak_before) / 1024
         print(f"peak RSS growth {growth_mb:.1f} MB; {during} GETs mid-upload, slowest {slowest:.3f} s")
         assert growth_mb < 50, f"peak RSS grew {growth_mb:.0f} MB for a {UPLOAD_MB} MB upload"
-        assert not list(data_dir.glob(".upload-*"))  # removed after a failure
+        assert not list(data_dir.glob(".meshagent-upload-*"))  # removed after a failure
 
+        left = data_dir / ".meshagent-upload-killed.tmp"  # as an agent killed mid-upload leaves one
+        left.write_bytes(b"x")
+        os.utime(left, (time.time() - 7200, time.time() - 7200))
         r = http.put("/v1/snapshot", content=io.BytesIO(good).read())
         assert r.status_code == 200, r.text
         assert http.get("/v1/kv/after").status_code == 404 and http.get("/v1/kv/before").status_code == 200
-        assert not list(data_dir.glob(".upload-*"))  # and after a success
+        assert not list(data_dir.glob(".meshagent-upload-*"))  # and after a success (the stale one too)
     finally:
         agent.stop()
