@@ -46,7 +46,7 @@ MAX_SERVER_FRAME = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 _BOOTSTRAP_BYTE = b"\x07"  # agent/tls/policy.BOOTSTRAP_BYTE (not imported: that module loads ssl)
 _TLS_BYTE = 0x16
-_SERVER_ONLY = "server-only"
+TRUST_RECHECK = 5.0  # seconds: a quiet connection's key is checked again this often (after keyring -remove)
 
 RaftHandler = Callable[[str, str, Message], None]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
@@ -469,24 +469,26 @@ class ServerListener:
                         deadline = frame_started + limits.frame_deadline
                     elif conn.subscribed or conn.role == "server":
                         # A subscriber only listens; a verified server's Raft link to a follower may be quiet
-                        # between elections.
-                        deadline = float("inf")
+                        # between elections. Neither idles out, but both must still hold a trusted key.
+                        deadline = now + TRUST_RECHECK
                     else:
                         deadline = now + limits.idle_timeout
                     data: bytes | bytearray | None = None
                     with trio.move_on_at(deadline):
                         data = await stream.receive_some(262144)
-                    if data is None:
-                        if frame_started is not None:
-                            raise ValueError(f"a frame was not completed within {limits.frame_deadline:.0f}s")
-                        break  # idle: the peer reconnects when it needs us again
-                    if not data:
-                        break
                     if self.tls is not None and self.tls.keyring_state != trust:
                         trust = self.tls.keyring_state
                         if not self._still_trusted(conn):
                             log.info("server port: closing a connection whose gossip key was removed")
                             break
+                    if data is None:
+                        if frame_started is not None:
+                            raise ValueError(f"a frame was not completed within {limits.frame_deadline:.0f}s")
+                        if conn.subscribed or conn.role == "server":
+                            continue
+                        break  # idle: the peer reconnects when it needs us again
+                    if not data:
+                        break
                     frames = reader.feed(data)
                     for frame in frames:
                         self._route(frame, conn, nursery)

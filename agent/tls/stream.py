@@ -96,7 +96,8 @@ class TLSStream(trio.abc.Stream):
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if self._out.pending:
-                    await self._flush()  # TLS 1.3 tickets, key updates, alerts
+                    with trio.CancelScope(shield=True):  # half a record sent would break the stream
+                        await self._flush()  # TLS 1.3 tickets, key updates, alerts
                 if chunks:
                     return b"".join(chunks)
                 if self._closed or self._eof:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,7 @@ def _keyring(agent: AgentProcess, *args: str) -> None:
 
 def test_keyring_rotation_keeps_the_server_port_working(agents: list[AgentProcess]) -> None:
     s1, s2, s3, client = agents
+    mark = len(client.log())
     _keyring(s1, "-install", _b64(NEW))
     _keyring(s1, "-use", _b64(NEW))
     assert httpx.put(f"{s3.http_addr}/v1/kv/mid", content="1", timeout=10).json() is True
@@ -109,5 +111,9 @@ def test_keyring_rotation_keeps_the_server_port_working(agents: list[AgentProces
     r = httpx.put(f"{client.http_addr}/v1/kv/from-client", content="yes", timeout=15)
     assert r.status_code == 200 and r.json() is True, r.text
     assert kv(s1, "from-client") == "yes"
+    # The client's feed subscription was made under OLD too: it is cut and resubscribes under NEW.
+    wait_for(lambda: re.search(r"catalog feed from \S+ lost", client.log()[mark:]), 20,
+             what="the old-key feed subscription cut")
+    assert wait_for(lambda: kv(client, "after2") == "ok", 20, what="the client's catalog feed after rotation")
     for agent in (s1, s2, s3, client):
         assert agent.proc is not None and agent.proc.poll() is None
