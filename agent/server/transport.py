@@ -456,7 +456,9 @@ class ServerListener:
 
     async def _session(self, stream: trio.abc.Stream, role: Role, peercert: dict[str, Any] | None) -> None:
         limits = self.limits
-        reader = FrameReader(limits.max_frame)
+        # A verified server may send frames as big as a client accepts from it (Raft appends, restores);
+        # everyone else, the open plaintext port included, the ordinary cap.
+        reader = FrameReader(max(MAX_SERVER_FRAME, limits.max_frame) if role == "server" else limits.max_frame)
         conn = _Conn(stream, role, peercert, limits.max_backlog)
         trust = self.tls.keyring_state if self.tls is not None else None
         try:
