@@ -223,6 +223,16 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _CONTENT_LENGTH_LINE = re.compile(rb"^content-length[ \t]*:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 
+def _prefix(chunks: list[bytes], size: int) -> bytes:
+    """The first `size` bytes of the chunks joined (pipelined requests may follow the head: never copy them all)."""
+    out = b""
+    for chunk in chunks:
+        out += chunk[: size - len(out)]
+        if len(out) >= size:
+            break
+    return out
+
+
 def _repeated_content_length(raw: bytes) -> bool:
     """Whether a request head (at the start of raw) carries Content-Length twice or as a list ("5, 5")."""
     end = _HEAD_END.search(raw)
@@ -463,7 +473,7 @@ class HTTPServer:
             # section 6.3 says reject and close. h11 merges equal duplicate lengths, so look at the raw head.
             if chunked:
                 raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding", 400)
-            if _repeated_content_length(b"".join(raw)):
+            if _repeated_content_length(_prefix(raw, self.max_header_bytes + 4)):
                 raise h11.RemoteProtocolError("more than one Content-Length", 400)
             if content_length > max_body:
                 raise _EarlyResponse(simple_response(413, f"Request body too large, max size: {max_body} bytes"))
