@@ -24,6 +24,8 @@ PUSH_PULL_NODES_MAX = 16_384  # node states in one push-pull: far above any LAN 
 SERF_LIST_MAX = 16_384  # status times, left members, event slots, filters in one Serf message
 INTENTS_MAX = 4_096  # join/leave intents kept for members not known yet (the oldest go first)
 RELAYS_MAX = 1_024  # indirect probes we relay at once (each lives one probe timeout)
-STREAMS_MAX = 64  # inbound TCP streams handled at once; more are closed at once and counted
-STREAM_BYTES_MAX = 20 * 1024 * 1024  # memberlist's maxPushStateBytes: the cap on one stream message
+STREAMS_MAX = 32  # inbound TCP streams handled at once; more are closed at once and counted
+# One inbound stream message. memberlist allows 20 MiB (maxPushStateBytes); a push-pull of 16,384 members
+# with Consul's tags is ~5 MiB, and 32 streams x 8 MiB bounds what half-sent streams can make us hold.
+STREAM_BYTES_MAX = 8 * 1024 * 1024
 USER_EVENT_MAX = 9 * 1024  # Serf's largest allowed UserEventSizeLimit: name and payload of one event

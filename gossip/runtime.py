@@ -22,7 +22,7 @@ from . import messages as m
 from . import serf_messages as sm
 from .badlog import BadInputLog
 from .keyring import Keyring, save_keyring_file
-from .limits import STREAMS_MAX
+from .limits import STREAM_BYTES_MAX, STREAMS_MAX
 from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes, ip_text
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
@@ -236,7 +236,8 @@ class GossipAgent:
 
     async def _read_stream(self, stream: trio.SocketStream) -> Any:
         """One stream message (decrypted, decompressed, parsed)."""
-        reader = StreamReader(keyring=self._keyring_in, verify_incoming=self.verify_incoming)
+        reader = StreamReader(keyring=self._keyring_in, verify_incoming=self.verify_incoming,
+                              max_bytes=STREAM_BYTES_MAX)
         with trio.fail_after(self.config.tcp_timeout):
             while True:
                 chunk = await stream.receive_some(65536)
@@ -249,7 +250,7 @@ class GossipAgent:
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         async with stream:
             if self._streams >= STREAMS_MAX:
-                # Each stream may hold up to a 20 MiB message for tcp_timeout: bound how many at once.
+                # Each stream may hold up to STREAM_BYTES_MAX for tcp_timeout: bound how many at once.
                 self.stats.streams_refused += 1
                 return
             self._streams += 1

@@ -27,7 +27,7 @@ from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
 from meshagent.gossip.messages import NodeState
 from meshagent.gossip.serf import RECONNECT_INTERVAL, MemberEvent, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
-from meshagent.gossip.wire import unpack_packet
+from meshagent.gossip.wire import WireError, unpack_packet
 
 PORT = 8301
 
@@ -70,6 +70,7 @@ class Sim:
         self.failures: list[tuple[float, str, str]] = []  # (time, viewer, subject) for each member-failed
         self.messages = 0
         self.packets = 0  # UDP packets sent (a compound counts once), lost ones included
+        self.bad = 0  # injected packets and messages refused (WireError / MessageError), as the runtime counts them
         for i in range(self.n):
             self._make(f"n{i:03d}", f"10.0.{i // 250}.{i % 250 + 1}")
 
@@ -112,6 +113,11 @@ class Sim:
         self._make(name, old.ip)
         self.trace.append((self.now, "restart", name))
         self.start(name, seeds)
+
+    def inject(self, dst: str, packet: bytes, src: tuple[str, int] = ("10.255.0.1", 9)) -> None:
+        """An outsider's raw UDP packet for `dst` (any bytes), delivered after the usual delay and handled as
+        the runtime does: unframed, each message on its own, refusals counted in `bad`."""
+        self._push(self.now + self.rng.uniform(*self.delay), "raw", (dst, packet, src, self.nodes[dst].swim))
 
     def partition(self, a: set[str], b: set[str]) -> None:
         """Cut every link between the two sets."""
@@ -159,6 +165,8 @@ class Sim:
                     self.trace.append((self.now, f"{src}>{dst}", msg.hex()))
                 self._handle(node, node.swim.receive(self.now, (self.nodes[src].ip, PORT), msg))
                 self._reschedule(node)
+            elif kind == "raw":
+                self._deliver_raw(*data)
             elif kind == "call":
                 data()
             elif kind == "reconnect":
@@ -172,6 +180,23 @@ class Sim:
                         self._push_pull(node, (ip, member.port), True)
                     self._push(self.now + RECONNECT_INTERVAL, "reconnect", data)
         self.now = t
+
+    def _deliver_raw(self, dst: str, packet: bytes, src: tuple[str, int], swim: Swim) -> None:
+        node = self.nodes[dst]
+        if not node.up or node.swim is not swim:
+            return
+        try:
+            parts = unpack_packet(packet)
+        except WireError:
+            self.bad += 1
+            return
+        for part in parts:
+            try:
+                self._handle(node, swim.receive(self.now, src, part))
+            except m.MessageError:
+                self.bad += 1
+        self._handle(node, [])
+        self._reschedule(node)
 
     def _handle(self, node: SimNode, outs: list[Any]) -> None:
         for o in outs:

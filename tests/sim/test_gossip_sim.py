@@ -7,6 +7,7 @@ two cores); GOSSIP_SIM_SEED=<seed> runs just that seed. A failure names its seed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -17,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from meshagent.gossip.messages import NodeState
+from meshagent.gossip import limits
+from meshagent.gossip.messages import MessageType, NodeState
 from meshagent.gossip.serf import Status
 from meshagent.gossip.tunables import GossipConfig, suspicion_timeout
 
-from tests.sim.gossip_sim import PORT, Sim, converge_rounds
+from tests.sim.gossip_sim import PORT, Sim, converge_rounds, steady_sim
+from tests.support import hostile_gossip as h
 
 pytestmark = pytest.mark.sim
 
@@ -206,6 +209,66 @@ def scenario_restart(seed: int, n: int = 8) -> None:
         if sim.converged():
             return
     raise AssertionError(f"restarted {victim} is not alive everywhere within 30 s")
+
+
+@functools.cache
+def _hostile_packets(names: tuple[str, ...]) -> list[bytes]:
+    """Hostile packets naming the simulated nodes, drawn once (hypothesis is the slow part)."""
+    return h.draw_many(h.packet(names), 200, 11)
+
+
+def _incarnations(sim: Sim) -> dict[tuple[str, str], int]:
+    return {(v.name, mem.name): mem.incarnation for v in sim.live() for mem in v.swim.members.values()}
+
+
+def scenario_hostile_outsider(seed: int, n: int = 8) -> None:
+    """An outsider sends 200 hostile packets to random nodes of a steady cluster over 10 s: every one is
+    refused, nobody is declared failed, no incarnation or Lamport clock moves."""
+    sim = steady_sim(seed, n)
+    names = tuple(sim.nodes)
+    before = _incarnations(sim), [(x.serf.clock.time, x.serf.event_clock.time) for x in sim.live()]
+    packets = _hostile_packets(names)
+    for packet in packets:
+        sim.run_until(sim.now + sim.rng.uniform(0, 0.1))
+        sim.inject(sim.rng.choice(names), packet)
+    sim.run_until(sim.now + 5.0)
+    refused = sim.bad + sum(x.serf.bad_messages for x in sim.live())
+    assert refused >= len(packets), f"only {refused} of {len(packets)} hostile packets refused"
+    assert sim.failures == [], sim.failures
+    assert sim.converged()
+    assert (_incarnations(sim), [(x.serf.clock.time, x.serf.event_clock.time) for x in sim.live()]) == before
+
+
+def scenario_claim_at_the_bound(seed: int, n: int = 6) -> None:
+    """A dead claim at the claim bound is refuted (incarnation bound + 1, within memberlist's uint32); one past
+    the bound, or at 2^64-1, is refused everywhere and kills nobody."""
+    sim = steady_sim(seed, n)
+    names = list(sim.nodes)
+    victim = names[1]
+    for dst in names:
+        sim.inject(dst, h.overflow_claim(MessageType.DEAD, victim, limits.CLAIM_INCARNATION_MAX))
+    sim.run_until(sim.now + 10.0)
+    assert sim.converged(), "the victim did not refute a claim at the bound"
+    assert sim.nodes[victim].swim.incarnation == limits.CLAIM_INCARNATION_MAX + 1
+    failures = len(sim.failures)
+    for dst in names:
+        for inc in (limits.CLAIM_INCARNATION_MAX + 2, limits.INCARNATION_MAX, h.U64_MAX):
+            sim.inject(dst, h.overflow_claim(MessageType.DEAD, victim, inc))
+            sim.inject(dst, h.overflow_claim(MessageType.SUSPECT, victim, inc))
+    sim.run_until(sim.now + 10.0)
+    assert len(sim.failures) == failures, sim.failures[failures:]
+    assert sim.converged() and sim.bad == 6 * n
+    assert all(inc <= limits.CLAIM_INCARNATION_MAX + 1 for inc in _incarnations(sim).values())
+
+
+@pytest.mark.parametrize("seed", _seeds(8000, 6))
+def test_a_hostile_outsider_changes_nothing(seed: int) -> None:
+    _run(seed, scenario_hostile_outsider, "hostile_outsider")
+
+
+@pytest.mark.parametrize("seed", _seeds(8100, 6))
+def test_claims_at_the_bound_are_refuted_and_beyond_it_refused(seed: int) -> None:
+    _run(seed, scenario_claim_at_the_bound, "claims_at_the_bound")
 
 
 def scenario_user_event(seed: int, n: int = 20) -> None:
