@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..server.transport import MAX_FRAME
 from ..snapshot_archive import ArchiveError, pack, unpack, unpack_file
 from .agent_api import advertise_address
 from .query import HTTPError, Query, bad_request
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from .api import API
 
 CT_GZIP = (b"content-type", b"application/x-gzip")
+# A restore travels to every server as one Raft command, in one :8300 frame: a larger state would be
+# appended on the leader and then refused by every follower, stalling replication.
+MAX_RESTORE_STATE = MAX_FRAME - 1024 * 1024
 NOT_A_SERVER = "this agent is not a server"
 
 
@@ -111,6 +115,9 @@ async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -
                 meta, state = await trio.to_thread.run_sync(unpack_file, path)
             except ArchiveError as exc:
                 raise bad_request(str(exc)) from None
+    if len(state) > MAX_RESTORE_STATE:
+        raise HTTPError(413, f"snapshot state is {len(state)} bytes; a restore is replicated as one Raft "
+                             f"command of at most {MAX_RESTORE_STATE} bytes")
     await server.restore(meta, state)
     return 200, [], b""
 

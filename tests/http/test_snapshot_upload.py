@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meshagent.agent.http.operator_api import MAX_RESTORE_STATE
+from meshagent.agent.snapshot_archive import pack
 
 from tests.http.server_agent import start_server_agent
 from tests.support.wait import wait_for
@@ -114,5 +116,17 @@ def test_large_upload_streams_to_disk_in_bounded_memory_and_others_are_served(tm
         assert r.status_code == 200, r.text
         assert http.get("/v1/kv/after").status_code == 404 and http.get("/v1/kv/before").status_code == 200
         assert not list(data_dir.glob(".meshagent-upload-*"))  # and after a success (the stale one too)
+    finally:
+        agent.stop()
+
+
+def test_a_restore_too_large_for_one_raft_frame_is_refused(tmp_path: Path) -> None:
+    # Zeros: a 15+ MiB state in a 15 KB archive. Replicating it would stall every follower.
+    big = pack({"ID": "1-1-1", "Index": 1, "Term": 1, "Version": 1}, bytes(MAX_RESTORE_STATE + 1))
+    agent = start_server_agent(tmp_path, tmp_path / "data", "bigrestore")
+    try:
+        r = httpx.put(f"{agent.http_addr}/v1/snapshot", content=big, timeout=30)
+        assert r.status_code == 413 and "one Raft command" in r.text, r.text
+        assert httpx.put(f"{agent.http_addr}/v1/kv/still", content=b"ok", timeout=10).json() is True
     finally:
         agent.stop()
