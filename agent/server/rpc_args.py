@@ -25,13 +25,17 @@ def _text(v: object, limit: int, empty_ok: bool = False) -> bool:
     return isinstance(v, str) and (empty_ok or bool(v)) and len(v) <= limit and v.isprintable()
 
 
+def _server_id(v: object) -> bool:
+    return _text(v, MAX_ID_LEN) and not any(c.isspace() for c in v)  # type: ignore[union-attr]
+
+
 def parse_add_server(args: Any) -> AddServerArgs:
     """{id, address, name?}: an ID, a host:port and a node name, nothing else; ServerError(400) otherwise."""
     if not isinstance(args, dict) or not {"id", "address"} <= args.keys() <= {"id", "address", "name"}:
         raise ServerError("add_server needs {id, address, name}", 400)
     sid, address, name = args["id"], args["address"], args.get("name", "")
-    if not _text(sid, MAX_ID_LEN):
-        raise ServerError(f"add_server: id must be a printable string of 1-{MAX_ID_LEN} characters", 400)
+    if not _server_id(sid):
+        raise ServerError(f"add_server: id must be 1-{MAX_ID_LEN} printable characters without spaces", 400)
     if not valid_address(address):
         raise ServerError("add_server: address must be host:port", 400)
     if not _text(name, MAX_NAME_LEN, empty_ok=True):
@@ -46,7 +50,7 @@ def parse_hello(raw: Any) -> dict[str, Any] | None:
     sid, address, name = raw.get("id"), raw.get("address"), raw.get("name", "")
     expect, leader, bootstrapped = raw.get("bootstrap_expect", 0), raw.get("leader"), raw.get("bootstrapped", False)
     dc = raw.get("datacenter", "")
-    if (not _text(sid, MAX_ID_LEN) or not valid_address(address) or not _text(name, MAX_NAME_LEN, True)
+    if (not _server_id(sid) or not valid_address(address) or not _text(name, MAX_NAME_LEN, True)
             or type(expect) is not int or not 0 <= expect <= MAX_BOOTSTRAP_EXPECT
             or not (leader is None or leader == "" or valid_address(leader))
             or not isinstance(bootstrapped, bool) or not _text(dc, MAX_NAME_LEN, True)):
