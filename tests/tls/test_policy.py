@@ -133,3 +133,29 @@ def test_plaintext_connections_are_warned_about_at_most_once_a_minute(caplog: py
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "192.0.2.1" in lines[0] and "192.0.2.2" in lines[1] and "4 more" in lines[1]
+
+
+async def _migration() -> None:
+    key = os.urandom(32)
+    # Step 1-2 of turning a gossip key on: the server accepts TLS and plaintext; agents still sending
+    # plaintext and agents already sending TLS both get through.
+    open_server = RPCTLS(TLSConfig(), "dc1", server=True, keyring=Keyring([key]), encrypt_verify_incoming=False,
+                         encrypt_verify_outgoing=False)
+    assert open_server.accepts_plaintext and open_server.accepts_tls and not open_server.sends_tls
+    # Step 3: plaintext refused.
+    closed_server = RPCTLS(TLSConfig(), "dc1", server=True, keyring=Keyring([key]))
+    assert not closed_server.accepts_plaintext
+    sending_tls = RPCTLS(TLSConfig(), "dc1", server=False, keyring=Keyring([key]), encrypt_verify_incoming=False)
+    async with trio.open_nursery() as nursery:
+        for server, plaintext_ok in ((open_server, True), (closed_server, False)):
+            listener = ServerListener("127.0.0.1", 0, lambda *a: None, _echo, tls=server)
+            port = await nursery.start(listener.run)
+            address = f"127.0.0.1:{port}"
+            assert await _call(address, sending_tls) == ["barrier", "x"]
+            plain = await _call(address, None)
+            assert (plain == ["barrier", "x"]) if plaintext_ok else isinstance(plain, ServerError)
+        nursery.cancel_scope.cancel()
+
+
+def test_turning_a_gossip_key_on_accepts_both_until_verify_incoming() -> None:
+    trio.run(_migration)
