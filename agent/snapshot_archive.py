@@ -67,10 +67,21 @@ def inspect_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
     return meta, state.size
 
 
-def unpack_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
+class StateTooLarge(ArchiveError):
+    """A valid archive whose state.bin is larger than the caller can take."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"snapshot state is {size} bytes, more than the {limit} allowed")
+        self.size, self.limit = size, limit
+
+
+def unpack_file(path: str | os.PathLike[str], max_state: int = MAX_UNPACKED) -> tuple[dict[str, Any], bytes]:
     """`unpack` for an archive on disk: one streaming pass verifies it (memory bounded by the member size
-    limits, not by the archive), a second reads state.bin, which the restore needs whole anyway."""
+    limits, not by the archive), a second reads state.bin, which the restore needs whole anyway; a state
+    over max_state raises StateTooLarge before it is read."""
     meta, verified = _verify(lambda: open(path, "rb"), keep_state=False)
+    if verified.size > max_state:
+        raise StateTooLarge(verified.size, max_state)
     with open(path, "rb") as src:
         state = _read_members(_Gunzip(src), keep_state=True)[STATE]
     # The file is ours, but the second read must still be the archive we verified.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..server.transport import MAX_FRAME
-from ..snapshot_archive import ArchiveError, pack, unpack, unpack_file
+from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from .agent_api import advertise_address
 from .query import HTTPError, Query, bad_request
 from .server import Request, Response
@@ -100,6 +100,11 @@ async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> R
     return 200, headers, body
 
 
+def _too_large(size: int) -> HTTPError:
+    return HTTPError(413, f"snapshot state is {size} bytes; a restore is replicated as one Raft command of "
+                          f"at most {MAX_RESTORE_STATE} bytes")
+
+
 async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/snapshot with an archive as the body: stream it to a temp file in the data dir, verify it
     there (off the event loop), then replace the cluster's state."""
@@ -112,12 +117,14 @@ async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -
     else:
         async with body_to_file(request.body_stream, upload_dir(api.agent.config.data_dir)) as path:
             try:
-                meta, state = await trio.to_thread.run_sync(unpack_file, path)
+                # The state size is checked before the state is read: zeros inflate 1000:1.
+                meta, state = await trio.to_thread.run_sync(unpack_file, path, MAX_RESTORE_STATE)
+            except StateTooLarge as exc:
+                raise _too_large(exc.size) from None
             except ArchiveError as exc:
                 raise bad_request(str(exc)) from None
     if len(state) > MAX_RESTORE_STATE:
-        raise HTTPError(413, f"snapshot state is {len(state)} bytes; a restore is replicated as one Raft "
-                             f"command of at most {MAX_RESTORE_STATE} bytes")
+        raise _too_large(len(state))
     await server.restore(meta, state)
     return 200, [], b""
 

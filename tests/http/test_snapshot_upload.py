@@ -16,8 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshagent.agent.http.operator_api import MAX_RESTORE_STATE
-from meshagent.agent.snapshot_archive import pack
 
 from tests.http.server_agent import start_server_agent
 from tests.support.wait import wait_for
@@ -120,13 +118,33 @@ def test_large_upload_streams_to_disk_in_bounded_memory_and_others_are_served(tm
         agent.stop()
 
 
-def test_a_restore_too_large_for_one_raft_frame_is_refused(tmp_path: Path) -> None:
-    # Zeros: a 15+ MiB state in a 15 KB archive. Replicating it would stall every follower.
-    big = pack({"ID": "1-1-1", "Index": 1, "Term": 1, "Version": 1}, bytes(MAX_RESTORE_STATE + 1))
+def _zeros_archive(size: int) -> bytes:
+    """A valid archive whose state.bin is `size` zero bytes: tiny on the wire, huge inflated."""
+    meta = json.dumps({"ID": "1-1-1", "Index": 1, "Term": 1, "Version": 1, "Format": "meshagent-catalog-1"}).encode()
+    digest, block = hashlib.sha256(), bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(block)
+    sums = f"{hashlib.sha256(meta).hexdigest()}  meta.json\n{digest.hexdigest()}  state.bin\n".encode()
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [deflate.compress(_member("SHA256SUMS", len(sums)) + sums.ljust(512, b"\0")
+                              + _member("meta.json", len(meta)) + meta.ljust(512, b"\0")
+                              + _member("state.bin", size))]
+    parts.extend(deflate.compress(block) for _ in range(size >> 20))
+    parts.append(deflate.compress(bytes(1024)) + deflate.flush())
+    return b"".join(parts)
+
+
+def test_a_restore_too_large_for_one_raft_frame_is_refused_unread(tmp_path: Path) -> None:
+    # 256 MiB of zeros in a ~250 KB upload. Its size is checked before the state is read into memory;
+    # replicating even a 16 MiB one would stall every follower (one Raft command, one :8300 frame).
+    big = _zeros_archive(256 << 20)
     agent = start_server_agent(tmp_path, tmp_path / "data", "bigrestore")
     try:
-        r = httpx.put(f"{agent.http_addr}/v1/snapshot", content=big, timeout=30)
-        assert r.status_code == 413 and "one Raft command" in r.text, r.text
+        assert agent.proc is not None
+        peak_before = _vm_kib(agent.proc.pid, "VmHWM")
+        r = httpx.put(f"{agent.http_addr}/v1/snapshot", content=big, timeout=60)
+        assert r.status_code == 413 and "one Raft command" in r.text and str(256 << 20) in r.text, r.text
+        assert (_vm_kib(agent.proc.pid, "VmHWM") - peak_before) / 1024 < 50
         assert httpx.put(f"{agent.http_addr}/v1/kv/still", content=b"ok", timeout=10).json() is True
     finally:
         agent.stop()
