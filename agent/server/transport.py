@@ -368,6 +368,8 @@ class ServerListener:
         self.bound_port = port
         self._per_ip: dict[str, int] = {}
         self._warned_at = float("-inf")
+        self.handler_errors = 0  # connections ended by an unexpected exception (logged at most once a minute)
+        self._error_logged_at = float("-inf")
         self._unwarned = 0
 
     @property
@@ -413,6 +415,12 @@ class ServerListener:
             accepted = await self._accept(tcp, ip)
             if accepted is not None:
                 await self._session(*accepted)
+        except Exception:  # a bug met by one connection ends that connection, never the listener
+            self.handler_errors += 1
+            now = trio.current_time()
+            if now - self._error_logged_at >= self.PLAINTEXT_WARN_EVERY:
+                self._error_logged_at = now
+                log.exception("server port: connection from %s failed (%d so far)", ip, self.handler_errors)
         finally:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:

@@ -9,6 +9,7 @@ from typing import Any
 import trio
 from meshagent.agent.server.errors import ServerError
 from meshagent.agent.server.transport import Limits, RPCClient, ServerListener, pack_frame
+from meshagent.raft.messages import AppendRequest, encode_message
 
 LIMITS = Limits(max_frame=1024 * 1024, handshake_timeout=1.0, frame_deadline=0.5, idle_timeout=30.0,
                 max_conns_per_ip=4)
@@ -103,3 +104,24 @@ async def _silent() -> None:
 
 def test_silent_connections_are_closed() -> None:
     trio.run(_silent)
+
+
+async def _handler_bug() -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug in a handler")
+
+    listener = ServerListener("127.0.0.1", 0, broken, _echo, limits=LIMITS)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(listener.run)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        heartbeat = AppendRequest(term=1, leader="a", prev_index=0, prev_term=0, entries=(), commit=0, seq=1)
+        await stream.send_all(pack_frame(["raft", "a", "127.0.0.1:1", encode_message(heartbeat)]))
+        assert await _closed_by_server(stream, 5)
+        assert listener.handler_errors == 1
+        with trio.fail_after(5):
+            assert await RPCClient(f"127.0.0.1:{port}").call(nursery, "echo", "alive") == "alive"
+        nursery.cancel_scope.cancel()
+
+
+def test_a_handler_bug_ends_one_connection_not_the_listener() -> None:
+    trio.run(_handler_bug)
