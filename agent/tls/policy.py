@@ -250,6 +250,8 @@ class RPCTLS:
         server_side = kind in ("server", "bootstrap-server")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        if server_side:
+            ctx.num_tickets = 0  # connections are long-lived and never resumed: no session tickets to send
         trusted = self._trusted()
         for pem in trusted:
             ctx.load_verify_locations(cadata=pem.decode("ascii"))
