@@ -9,6 +9,7 @@ output durable before it sends any message of that batch; it reports the leader'
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -181,8 +182,12 @@ class RaftNode:
     def __init__(self, node_id: str, config: RaftConfig, rng: random.Random, now: float, *,
                  term: int = 0, vote: str | None = None, entries: list[Entry] | None = None,
                  base_index: int = 0, base_term: int = 0,
-                 snapshot: SnapshotMeta | None = None, snapshot_data: bytes = b"") -> None:
+                 snapshot: SnapshotMeta | None = None, snapshot_data: bytes = b"",
+                 snapshot_check: Callable[[bytes], bool] | None = None) -> None:
         self.id = node_id
+        # Says whether a received snapshot's data is one the state machine can restore: a snapshot that is
+        # not is refused before it is saved (it would fail every restart after).
+        self._snapshot_check = snapshot_check
         self.config = config
         self._rng = rng
         self.term = term
@@ -643,6 +648,10 @@ class RaftNode:
             out.append(Send(src, SnapshotResponse(self.term, req.last_index, len(buf), False, req.seq)))
             return
         self._incoming = None
+        if self._snapshot_check is not None and not self._snapshot_check(bytes(buf)):
+            self.dropped += 1  # start over from the first chunk (a real leader's snapshot restores)
+            out.append(Send(src, SnapshotResponse(self.term, req.last_index, 0, False, req.seq)))
+            return
         meta = SnapshotMeta(req.last_index, req.last_term, req.membership)
         keep = self.term_at(req.last_index) == req.last_term
         if keep:

@@ -61,6 +61,16 @@ MAX_NAMES = 1024
 MAX_LOGGED_SOURCES = 32  # a misbehaving source is logged once; after this many, no more are named
 
 
+def _restorable(data: bytes) -> bool:
+    """Whether snapshot data from a leader restores into a catalog (checked before it is saved)."""
+    try:
+        Catalog.restore(data)
+    except Exception:
+        log.error("raft: refusing a snapshot from the leader that does not restore", exc_info=True)
+        return False
+    return True
+
+
 def _setter(event: trio.Event) -> Callable[[_Proposal], None]:
     return lambda _p: event.set()
 
@@ -171,7 +181,7 @@ class RaftServer:
             self._last_snapshot_index = self.fsm_index = meta.index
         self.node = RaftNode(self.id, self.config, random.Random(), now, term=ls.term,
                              vote=ls.vote, entries=entries, base_index=base, base_term=base_term,
-                             snapshot=meta, snapshot_data=data)
+                             snapshot=meta, snapshot_data=data, snapshot_check=_restorable)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open storage, listen on :8300, and run the Raft loop until cancelled."""

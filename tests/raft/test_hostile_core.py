@@ -12,18 +12,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshagent.raft.config import RaftConfig
-from meshagent.raft.entry import Membership, Server
+from meshagent.raft.entry import CONFIG, Entry, Membership, Server
 from meshagent.raft.messages import (
     MAX_WIRE_INT,
     AppendRequest,
     AppendResponse,
     Message,
+    SnapshotRequest,
     VoteRequest,
     VoteResponse,
     decode_message,
     encode_message,
 )
-from meshagent.raft.node import LEADER, AppendLog, PersistState, RaftNode, Send
+from meshagent.raft.node import LEADER, AppendLog, InstallSnapshot, PersistState, RaftNode, Send
 
 from tests.sim.raft_sim import Faults, Simulation
 from tests.support.hostile_raft import hostile_message, junk, well_formed_message
@@ -150,7 +151,15 @@ def test_a_server_being_added_accepts_its_leaders_first_append() -> None:
     assert fresh.known_servers() == frozenset()
     membership = Membership((Server("s1", "s1:8300"), Server("s9", "s9:8300", False)))
     entry_data = msgpack.packb(membership.to_wire())
-    from meshagent.raft.entry import CONFIG, Entry
     outs = fresh.receive(0.1, "s1", AppendRequest(3, "s1", 0, 0, (Entry(1, 3, CONFIG, entry_data),), 1, 1))
     assert any(isinstance(o, AppendLog) for o in outs) and fresh.membership == membership
     assert fresh.caught_up_index == 1
+
+
+def test_a_snapshot_the_state_machine_cannot_restore_is_refused_before_it_is_saved() -> None:
+    membership = Membership(tuple(Server(i, f"{i}:8300") for i in IDS))
+    for check, installed in ((lambda data: data == b"good", False), (lambda data: True, True)):
+        node = RaftNode("s2", RaftConfig(), random.Random(1), 0.0, snapshot_check=check)
+        outs = node.receive(0.1, "s1", SnapshotRequest(4, "s1", 50, 3, membership, 0, b"junk", True, 1))
+        assert any(isinstance(o, InstallSnapshot) for o in outs) == installed
+        assert (node.commit_index == 50) == installed
