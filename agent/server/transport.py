@@ -9,8 +9,8 @@ Each server keeps one outgoing connection per peer for Raft messages (pipelined,
 answers); answers to Raft messages travel on the peer's own connection back to us.
 
 A connection's first byte says what it is: 0x16 a TLS handshake, 0x07 then TLS the auto_encrypt channel
-(only the signing call), anything else plaintext frames (a frame's length is below 16 MiB, so its first
-byte is 0x00). Who may connect and send what is agent/tls/policy.py's RPCTLS; without one, :8300 is open.
+(only the signing call), anything else plaintext frames (a frame's length is at most 64 MiB, so its first
+byte is at most 0x04). Who may connect and send what is agent/tls/policy.py's RPCTLS; without one, :8300 is open.
 Every connection is bounded: handshake and idle timeouts, a deadline for a half-sent frame, a frame size
 cap, a cap on calls in progress and on unread answers, and a cap on connections per peer address.
 """

@@ -30,7 +30,7 @@ Role = Literal["server", "client", "bootstrap", "anonymous"]
 CLIENT_METHODS = frozenset({"apply", "barrier", "auto_encrypt.sign"})
 SIGN_METHOD = "auto_encrypt.sign"
 # First byte of a connection that asks for the auto_encrypt channel: TLS without a client certificate, only
-# SIGN_METHOD allowed (Consul's RPCTLSInsecure). A plaintext frame never starts with it (length < 16 MiB).
+# SIGN_METHOD allowed (Consul's RPCTLSInsecure). A plaintext frame never starts with it (length <= 64 MiB).
 BOOTSTRAP_BYTE = 0x07
 TLS_RECORD_BYTE = 0x16  # a TLS ClientHello's first byte
 MINTED_DAYS = 365
