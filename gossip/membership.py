@@ -180,6 +180,7 @@ class Swim:
     awareness: int = 0
     leaving: bool = False
     unrefutable: int = 0  # alive messages about us at the top incarnation, which we cannot out-bid
+    dropped_states: int = 0  # push-pull states with a claim past the bound (skipped, not merged)
 
     def __post_init__(self) -> None:
         self._seq = 0
@@ -383,6 +384,9 @@ class Swim:
         merged) if any state in it is out of bounds."""
         bounds.push_pull(nodes)
         for r in nodes:
+            if r.state != NodeState.ALIVE and r.incarnation > limits.CLAIM_INCARNATION_MAX:
+                self.dropped_states += 1  # a claim nobody could refute: never acted on
+                continue
             if r.state == NodeState.ALIVE:
                 self._alive(now, m.Alive(r.incarnation, r.name, r.addr, r.port, r.meta, r.vsn))
             elif r.state == NodeState.LEFT:

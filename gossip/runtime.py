@@ -456,6 +456,7 @@ class GossipAgent:
         return {"bad_packets": self.stats.bad_packets + self.serf.bad_messages,
                 "bad_streams": self.stats.bad_streams, "handler_errors": self.stats.handler_errors,
                 "streams_refused": self.stats.streams_refused, "unrefutable": self.swim.unrefutable,
+                "dropped_states": self.swim.dropped_states,
                 "packets_in": self.stats.packets_in, "packets_out": self.stats.packets_out}
 
     def members(self) -> list[dict[str, Any]]:

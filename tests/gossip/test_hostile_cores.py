@@ -229,3 +229,17 @@ def test_bad_input_log_names_each_source_once_a_minute_and_caps_the_total(caplog
         assert spoofed.count(True) == 4  # the burst cap: 5 lines a minute in all
         assert log.report(70.0, "10.0.0.1:1", "packet", ValueError("x"))
     assert len(caplog.records) == 1 + 4 + 2  # the two minutes' lines and one "N more were not logged"
+
+
+def test_a_push_pull_skips_only_a_claim_past_the_bound() -> None:
+    # An honest peer can hold such a claim (about a member an outsider pinned at the top with a forged alive):
+    # its exchange must still merge, without acting on the claim.
+    swim = cluster()
+    dead = m.PushNodeState("n1", ip_bytes("127.0.0.2"), 8301, b"", limits.CLAIM_INCARNATION_MAX + 1,
+                           NodeState.DEAD)
+    new = m.PushNodeState("n3", ip_bytes("127.0.0.4"), 8301, b"", 1, NodeState.ALIVE)
+    swim.merge_remote_state(1.0, [dead, new])
+    assert swim.dropped_states == 1
+    assert swim.members["n1"].state == NodeState.ALIVE and swim.members["n1"].incarnation == 3
+    assert swim.members["n3"].state == NodeState.ALIVE
+    check_invariants(swim)
