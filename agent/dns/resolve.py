@@ -15,12 +15,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ..catalog import CRITICAL, WARNING, Catalog, Instance
+from ..catalog import CRITICAL, WARNING, Catalog, Instance, Node, Service
 from ..config.types import AgentConfig
 
 A, AAAA, SRV, TXT, ANY, SOA, NS, CNAME = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV,
                                          dns.rdatatype.TXT, dns.rdatatype.ANY, dns.rdatatype.SOA,
                                          dns.rdatatype.NS, dns.rdatatype.CNAME)
+
+
+ROWS_MAX = 200_000  # endpoints kept per resolver (each holds its node and service rows)
 
 
 class OutsideDomain(Exception):
@@ -94,6 +97,9 @@ class Resolver:
         # for one name (DNS 0x20 case, EDNS sizes) resolve once per catalog change
         self._memo: dict[tuple[str, str | None, bool, bool], tuple[Endpoint, ...]] = {}
         self._memo_at: tuple[int, int] = (-1, -1)
+        # endpoint per catalog row (node, service objects, health): a catalog change re-resolves a
+        # 1,000-instance service without rebuilding 1,000 endpoints
+        self._rows: dict[tuple[int, int, str, bool], tuple[Node, Service, Endpoint | None]] = {}
 
     def soa(self) -> dns.rrset.RRset:
         """The SOA record for our domain (Authority of negative answers)."""
@@ -147,13 +153,21 @@ class Resolver:
         found = self._memo.get(key)
         if found is None:
             drop = (CRITICAL, WARNING) if only_passing else (CRITICAL,)
+            rows = self._rows
+            if len(rows) > ROWS_MAX:
+                rows.clear()
             out = []
             for inst in catalog.service_instances(name, tag):
                 status = inst.status
-                if status not in drop:
-                    ep = self._endpoint(inst, status, srv)
-                    if ep is not None:
-                        out.append(ep)
+                if status in drop:
+                    continue
+                # the catalog replaces rows on change, never edits them: same objects, same endpoint
+                row = rows.get((id(inst.node), id(inst.service), status, srv))
+                if row is None or row[0] is not inst.node or row[1] is not inst.service:
+                    row = (inst.node, inst.service, self._endpoint(inst, status, srv))
+                    rows[(id(inst.node), id(inst.service), status, srv)] = row
+                if row[2] is not None:
+                    out.append(row[2])
             found = self._memo[key] = tuple(out)
         return found
 

@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ _Later = Callable[[], Awaitable[bytes | None]]
 
 VARIANTS = 4  # cached shuffles per question
 CACHE_MAX = 10_000
+YIELD_AFTER = 0.002  # seconds of uncached answers in one wake-up before other tasks get a turn
 
 
 @dataclass(slots=True)
@@ -62,6 +64,7 @@ class _Cached:
     variants: list[bytes]
     next: int = 0
     hits: int = field(default=0)
+    more: Callable[[], bytes] | None = None  # renders one more shuffle; None once VARIANTS are cached
 
 
 class DNSServer:
@@ -121,6 +124,7 @@ class DNSServer:
     async def _udp_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock)
+            since = time.perf_counter()
             while True:
                 try:
                     packet, addr = sock.recvfrom(4096)
@@ -128,15 +132,22 @@ class DNSServer:
                     break
                 except OSError:
                     break  # e.g. ICMP errors surfaced on the socket; nothing to answer
-                reply: bytes | _Later | None = self._answer_cached(packet, tcp=False)
-                if reply is None:
-                    reply = self._answer_now(packet, tcp=False)
+                cached = self._answer_cached(packet, tcp=False)
+                if cached is not None:
+                    if cached:
+                        self._send(sock, cached, addr)
+                    continue
+                reply = self._answer_now(packet, tcp=False)
                 if callable(reply):
                     # at the cap, stop reading: the kernel's socket buffer queues (and drops) for us
                     await self._slots.acquire()
                     nursery.start_soon(self._udp_later, sock, packet, addr, reply)
                 elif reply:
                     self._send(sock, reply, addr)
+                if time.perf_counter() - since > YIELD_AFTER:
+                    # uncached answers cost up to a few ms each: a queue of them must not hold Raft and the rest
+                    await trio.lowlevel.checkpoint()
+                    since = time.perf_counter()
 
     def _send(self, sock: socket.socket, reply: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -222,9 +233,25 @@ class DNSServer:
         if entry is None:
             return None
         self.stats.cache_hits += 1
+        if entry.more is not None:
+            return packet[:2] + self._another_variant(entry)[2:]
         wire = entry.variants[entry.next]
         entry.next = (entry.next + 1) % len(entry.variants)
         return packet[:2] + wire[2:]
+
+    @staticmethod
+    def _another_variant(entry: _Cached) -> bytes:
+        """Shuffles are rendered one per hit (a question asked once costs one render, not VARIANTS)."""
+        assert entry.more is not None
+        try:
+            entry.variants.append(entry.more())
+        except Exception:
+            log.exception("DNS: rendering another shuffle failed; serving the ones cached")
+            entry.more = None
+            return entry.variants[0]
+        if len(entry.variants) >= VARIANTS:
+            entry.more = None
+        return entry.variants[-1]
 
     def _too_stale(self) -> bool:
         """A client whose replica lost its server answers from it for up to dns_config.max_stale (counted);
@@ -294,32 +321,36 @@ class DNSServer:
         count_limit = 0 if tcp else udp_count_limit(max_size, self.config.dns_config.udp_answer_limit)
         variants = VARIANTS if ans.shufflable and len(ans.endpoints) > 1 else 1
         args = (query, ans, max_size, count_limit, variants)
-        if min(len(ans.endpoints), max_size // 16) * variants > self.limits.inline_records:
+        if min(len(ans.endpoints), max_size // 16) > self.limits.inline_records:
             return functools.partial(self._render_in_thread, packet, tcp, index, args)
-        return self._keep(packet, tcp, index, self._render_variants(*args))
+        more = functools.partial(self._render_one, query, ans, max_size, count_limit) if variants > 1 else None
+        return self._keep(packet, tcp, index, [self._render_one(query, ans, max_size, count_limit)], more)
 
     async def _render_in_thread(self, packet: bytes, tcp: bool, index: int, args: tuple[Any, ...]) -> bytes:
         wires = await trio.to_thread.run_sync(self._render_variants, *args, limiter=self._render_threads)
         return self._keep(packet, tcp, index, wires)
 
-    def _keep(self, packet: bytes, tcp: bool, index: int, wires: list[bytes]) -> bytes:
+    def _keep(self, packet: bytes, tcp: bool, index: int, wires: list[bytes],
+              more: Callable[[], bytes] | None = None) -> bytes:
         """Cache the answer's variants (unless the catalog moved while rendering) and return the first."""
         if self.store.catalog.last_index == index:
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
-            cached = _Cached(wires)
+            cached = _Cached(wires, more=more)
             self._cache[(b"T" if tcp else b"U") + packet[2:]] = cached
             cached.next = 1 % len(wires)
         return packet[:2] + wires[0][2:]
 
     def _render_variants(self, query: dns.message.Message, ans: Answer, max_size: int, count_limit: int,
                          variants: int) -> list[bytes]:
-        """`variants` shuffles of the answer (or the one answer), each cut to the limits in one pass; plain
-        values only, so it may run in a worker thread."""
-        recursion = bool(self.config.recursors)
-        set_tc = self.config.dns_config.enable_truncate
-        return [render(query, ans, max_size, recursion=recursion, count_limit=count_limit, set_tc=set_tc,
-                       shuffle=variants > 1, rng=random.Random())[0] for _ in range(variants)]
+        """`variants` shuffles of a large answer, rendered at once in a worker thread (plain values only)."""
+        return [self._render_one(query, ans, max_size, count_limit) for _ in range(variants)]
+
+    def _render_one(self, query: dns.message.Message, ans: Answer, max_size: int, count_limit: int) -> bytes:
+        """The answer (shuffled when its order is free), cut to the limits in one pass."""
+        return render(query, ans, max_size, recursion=bool(self.config.recursors), count_limit=count_limit,
+                      set_tc=self.config.dns_config.enable_truncate, shuffle=ans.shufflable,
+                      rng=random.Random())[0]
 
     async def _recurse(self, packet: bytes, query: dns.message.Message, max_size: int) -> bytes | None:
         recursors = self.config.recursors
