@@ -1,6 +1,7 @@
 """DNS benchmark: dnsperf against meshagent's responder and against dnsmasq serving the same records.
 
 Same run, same machine, same query files; prints queries/s and latency for each and the ratio.
+Then the large-answer case: uncached EDNS SRV queries for 1,000 instances vs 3 (issue 11).
 Usage: .venv/bin/python bench/dns/run.py [--seconds 10] [--clients 4]
 """
 
@@ -23,6 +24,8 @@ import dns.query
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))  # tests.support, shared with the tests
+from big import loop_time, over_the_wire  # noqa: E402  (bench/dns/big.py)
 from machine import cpu_model  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 
 HOST = "127.0.0.201"
@@ -73,7 +76,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="meshagent-dnsbench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        ours = subprocess.Popen([sys.executable, str(HERE / "serve.py"), HOST, str(OURS_PORT)],
+        ours = subprocess.Popen([sys.executable, str(HERE / "serve.py"), HOST, str(OURS_PORT), "1000"],
                                 stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "wb"))
         procs.append(ours)
         hosts = "".join(f"--host-record=db.service.mesh,10.0.0.{i + 1}\n" for i in range(3))
@@ -101,6 +104,9 @@ def main() -> None:
             for name in ("meshagent", "dnsmasq"):
                 qps, lat = results[(qtype, name)]
                 print(f"{'db.service.mesh ' + qtype:<22}{name:<12}{qps:>12,.0f}{lat:>11.3f} ms{qps / ref:>11.2f}x")
+        print("\nlarge answers (meshagent, same server process; 1,000 instances of web):")
+        for line in over_the_wire(HOST, OURS_PORT) + loop_time():
+            print(line)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -1,4 +1,5 @@
-"""Run a DNSServer over a store holding 3 healthy `db` instances (the benchmark's meshagent side)."""
+"""Run a DNSServer over a store holding 3 healthy `db` instances (the benchmark's meshagent side), and
+optionally N instances of `web` (argv[3]) for the large-answer case."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from meshagent.agent.dns.server import DNSServer
 from meshagent.agent.store import CatalogStore
 
 
-async def main(host: str, port: int) -> None:
+async def main(host: str, port: int, big: int) -> None:
     store = CatalogStore()
     for i in range(3):
         node = f"db{i}"
@@ -20,6 +21,12 @@ async def main(host: str, port: int) -> None:
             Service(node=node, id="db", service="db", port=5432),
             [Check(node=node, check_id="serfHealth", status=PASSING),
              Check(node=node, check_id="service:db", status=PASSING, service_id="db")]))
+    for i in range(big):
+        node = f"web-node-{i:04d}"
+        await store.apply(commands.register(
+            Node(node=node, address=f"10.1.{i // 250}.{i % 250 + 1}"),
+            Service(node=node, id="web", service="web", port=8000 + i % 1000),
+            [Check(node=node, check_id="serfHealth", status=PASSING)]))
     config = AgentConfig(client_addr=host)
     config.ports.dns = port
     async with trio.open_nursery() as nursery:
@@ -28,4 +35,4 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], int(sys.argv[2]))
+    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
