@@ -617,7 +617,9 @@ class RaftServer:
                 if parsed is not None:
                     hellos[parsed["id"]] = parsed
                     self._remember_name(parsed["id"], parsed["name"])
-            hellos.update({k: v for k, v in self._seen.items() if k not in hellos})
+            for k, v in list(self._seen.items()):
+                if k not in hellos and await self._confirm_hello(v):
+                    hellos[k] = v
             log.debug("raft: bootstrap round: %d servers known (%s)", len(hellos),
                       ", ".join(f"{h.get('address')} expect={h.get('bootstrap_expect')} "
                                 f"bootstrapped={h.get('bootstrapped')}" for h in hellos.values()))
@@ -646,6 +648,18 @@ class RaftServer:
                     self._sync_links_soon()
                     return
             await trio.sleep(1.0)
+
+    async def _confirm_hello(self, hello: dict[str, Any]) -> bool:
+        """A hello that reached us counts for bootstrap only if its address answers with the same ID (anyone
+        can send a hello; forged ones must not become members of a new cluster)."""
+        try:
+            back = parse_hello(await self._call_server(hello["address"], "hello", self._hello(), timeout=2.0))
+        except ServerError:
+            return False
+        if back is None or back["id"] != hello["id"]:
+            self._seen.pop(hello["id"], None)
+            return False
+        return True
 
     def _sync_links_soon(self) -> None:
         async def later() -> None:
@@ -878,6 +892,8 @@ class RaftServer:
                     index = await self._leader_read_index(consistent)
                 else:
                     index = await self._call_server(leader, "read_index", consistent, timeout=RPC_HOLD_TIMEOUT)
+                    if type(index) is not int:
+                        raise ServerError(f"the leader answered read_index with {type(index).__name__}")
                 break
             except ServerError:
                 if trio.current_time() > deadline:
