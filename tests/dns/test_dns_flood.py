@@ -16,11 +16,12 @@ import dns.message
 import httpx
 import pytest
 
-from tests.support.dns_flood import FixedHosts, register_instances, srv_query, tcp_exchange
+from tests.support.dns_flood import register_instances, srv_query, tcp_exchange
+from tests.support.loopback_range import LoopbackRange
 from tests.support.raft_cluster import Cluster
 from tests.support.wait import wait_for
 
-SERVERS = ["127.0.0.134", "127.0.0.135", "127.0.0.136"]
+FIRST, LAST = 134, 159  # this suite's 127.0.0.N range (130-133: test_dns_hostile)
 INSTANCES = 1000
 DNS_RATE, HTTP_RATE, WRITE_RATE, SECONDS = 50, 10, 2, 10  # per second; HTTP: health queries with distinct filters
 
@@ -40,7 +41,7 @@ def _paced(rate: int, seconds: int, act: Callable[[int], object]) -> None:
 
 @pytest.mark.slow
 def test_leader_keeps_leadership_through_uncached_dns_and_http_flood(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path, 3, FixedHosts(list(SERVERS)), name="flood")  # type: ignore[arg-type]
+    cluster = Cluster(tmp_path, 3, LoopbackRange(FIRST, LAST), name="flood")  # type: ignore[arg-type]
     try:
         leader = cluster.wait_one_leader(30)
         register_instances(leader.http_addr, "web", INSTANCES)

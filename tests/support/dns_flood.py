@@ -1,5 +1,5 @@
 """DNS load tooling shared by tests and benches: many instances registered over HTTP, distinct uncached
-queries (DNS 0x20 case mixing), raw UDP/TCP exchanges that report wire sizes, and fixed 127.0.0.N hosts."""
+queries (DNS 0x20 case mixing), raw UDP/TCP exchanges that report wire sizes."""
 
 from __future__ import annotations
 
@@ -8,29 +8,9 @@ import socket
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import dns.message
 import httpx
-
-from .netns import Host
-
-
-@dataclass
-class FixedHosts:
-    """A `Hosts` stand-in that hands out given 127.0.0.N addresses in order (no namespaces, nothing to remove)."""
-
-    addresses: list[str]
-    hosts: list[Host] = field(default_factory=list)
-
-    def add(self) -> Host:
-        """The next address as a host."""
-        host = Host(self.addresses[len(self.hosts)])
-        self.hosts.append(host)
-        return host
-
-    def close(self) -> None:
-        """Nothing was created."""
 
 
 def instance_address(i: int) -> str:
