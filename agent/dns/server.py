@@ -57,6 +57,7 @@ class DNSStats:
     recursed: int = 0
     tcp_refused: int = 0  # TCP connections closed at once: per-client or total cap reached
     badvers: int = 0  # queries with an EDNS version above 0
+    recursor_busy: int = 0  # forwards answered SERVFAIL at once: DNSLimits.recursive were upstream already
 
 
 @dataclass(slots=True)
@@ -359,11 +360,9 @@ class DNSServer:
             resp.set_rcode(dns.rcode.REFUSED)
             return bytes(resp.to_wire(max_size=max_size))
         self.stats.recursed += 1
-        refused = self._forwarder.refused
         reply = await self._forwarder.forward(packet, query, list(recursors),
                                               self.config.dns_config.recursor_timeout, max_size)
+        self.stats.recursor_busy = self._forwarder.refused
         if len(reply) >= 4 and reply[3] & 0x0F == dns.rcode.SERVFAIL:
             self.stats.servfail += 1
-        if self._forwarder.refused != refused:
-            log.debug("DNS: %d queries already at the recursors; SERVFAIL", self.limits.recursive)
         return reply

@@ -19,6 +19,7 @@ import pytest
 import trio
 from meshagent.agent.catalog import CRITICAL, PASSING, WARNING, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig
+from meshagent.agent.dns.limits import DNSLimits
 from meshagent.agent.dns.server import DNSServer
 from meshagent.agent.store import CatalogStore
 
@@ -40,12 +41,12 @@ class Running:
 def dns_server() -> Iterator[Callable[..., Running]]:
     stops: list[Callable[[], None]] = []
 
-    def start(config: AgentConfig | None = None) -> Running:
+    def start(config: AgentConfig | None = None, limits: DNSLimits | None = None) -> Running:
         config = config or AgentConfig()
         host = free_loopback_host((8600,))
         config.client_addr, config.ports.dns = host, 0
         store = CatalogStore()
-        server = DNSServer(config, store)
+        server = DNSServer(config, store, limits)
         ready = threading.Event()
         token_box: list[trio.lowlevel.TrioToken] = []
         cancel_box: list[trio.CancelScope] = []

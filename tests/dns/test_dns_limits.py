@@ -5,12 +5,15 @@ in-process responder with real sockets."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 from meshagent.agent.config.types import AgentConfig
+from meshagent.agent.dns.limits import DNSLimits
 
 from tests.dns.test_dns import Running, answers, dns_server, q, register  # noqa: F401
 
@@ -54,3 +57,25 @@ def test_edns_size_is_capped_at_4096(dns_server: Callable[..., Running]) -> None
     assert len(wire) <= 4096 and reply.flags & dns.flags.TC and reply.payload == 4096
     targets = {rr.target for rr in answers(reply, dns.rdatatype.SRV)}  # type: ignore[attr-defined]
     assert targets and targets <= {rrset.name for rrset in reply.additional}  # no SRV without its address
+
+
+def test_recursor_forwards_beyond_the_cap_get_servfail_at_once(dns_server: Callable[..., Running]) -> None:
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))  # never answers
+    config = AgentConfig(recursors=[f"127.0.0.1:{dead.getsockname()[1]}"])
+    config.dns_config.recursor_timeout = 3.0
+    r = dns_server(config, DNSLimits(recursive=2))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            for i in range(5):
+                sock.sendto(dns.message.make_query(f"h{i}.example.org", "A", id=i).to_wire(), (r.host, r.port))
+            start = time.monotonic()
+            early = [dns.message.from_wire(sock.recv(512)) for _ in range(3)]
+            assert time.monotonic() - start < 2.0  # the 3 beyond the cap did not wait for the upstream
+            late = [dns.message.from_wire(sock.recv(512)) for _ in range(2)]
+        assert all(m.rcode() == dns.rcode.SERVFAIL for m in early + late)
+        assert sorted(m.id for m in early + late) == [0, 1, 2, 3, 4]
+        assert r.server.stats.recursor_busy == 3
+    finally:
+        dead.close()
