@@ -42,6 +42,7 @@ _Later = Callable[[], Awaitable[bytes | None]]
 
 VARIANTS = 4  # cached shuffles per question
 CACHE_MAX = 10_000
+CACHE_BYTES = 32 << 20  # distinct questions for a big service (0x20 case, TCP) must not grow memory unbounded
 YIELD_AFTER = 0.002  # seconds of uncached answers in one wake-up before other tasks get a turn
 
 
@@ -81,6 +82,7 @@ class DNSServer:
         self.bound_port: int | None = None
         self._cache: dict[bytes, _Cached] = {}
         self._cache_index = -1
+        self._cache_bytes = 0  # wire bytes held by the cache (recounted from 0 whenever it is found empty)
         self._slots = trio.Semaphore(self.limits.pending)
         self._forwarder = Forwarder(self.limits.recursive)
         self._render_threads = trio.CapacityLimiter(1)  # big renders take turns: the GIL runs one anyway
@@ -237,7 +239,9 @@ class DNSServer:
             return None
         self.stats.cache_hits += 1
         if entry.more is not None:
-            return packet[:2] + self._another_variant(entry)[2:]
+            wire = self._another_variant(entry)
+            self._cache_bytes += len(wire)
+            return packet[:2] + wire[2:]
         wire = entry.variants[entry.next]
         entry.next = (entry.next + 1) % len(entry.variants)
         return packet[:2] + wire[2:]
@@ -337,8 +341,12 @@ class DNSServer:
               more: Callable[[], bytes] | None = None) -> bytes:
         """Cache the answer's variants (unless the catalog moved while rendering) and return the first."""
         if self.store.catalog.last_index == index:
-            if len(self._cache) >= CACHE_MAX:
+            if not self._cache:
+                self._cache_bytes = 0
+            if len(self._cache) >= CACHE_MAX or self._cache_bytes > CACHE_BYTES:
                 self._cache.clear()
+                self._cache_bytes = 0
+            self._cache_bytes += sum(map(len, wires))
             cached = _Cached(wires, more=more)
             self._cache[(b"T" if tcp else b"U") + packet[2:]] = cached
             cached.next = 1 % len(wires)

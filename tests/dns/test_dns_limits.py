@@ -4,6 +4,7 @@ in-process responder with real sockets."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -12,10 +13,13 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
 from meshagent.agent.config.types import AgentConfig
+from meshagent.agent.dns import server as server_module
 from meshagent.agent.dns.limits import DNSLimits
 
 from tests.dns.test_dns import Running, answers, dns_server, q, register  # noqa: F401
+from tests.support.dns_flood import mixed_case
 
 
 def _fill(r: Running, n: int) -> None:
@@ -79,3 +83,15 @@ def test_recursor_forwards_beyond_the_cap_get_servfail_at_once(dns_server: Calla
         assert r.server.stats.recursor_busy == 3
     finally:
         dead.close()
+
+
+def test_answer_cache_is_bounded_in_bytes(dns_server: Callable[..., Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "CACHE_BYTES", 64 << 10)
+    r = dns_server()
+    _fill(r, 120)
+    rng = random.Random(7)
+    for _ in range(60):  # distinct questions (mixed case) of ~4 KB answers each: ~240 KB uncapped
+        reply = q(r, mixed_case("big.service.mesh", rng), "SRV", use_edns=0, payload=4096)
+        assert len(answers(reply, dns.rdatatype.SRV)) > 20
+    held = r.server._cache_bytes
+    assert 0 < held <= (64 << 10) + 4 * 4096, held
