@@ -32,6 +32,11 @@ FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre-candidate", "candi
 # A message whose term is this far ahead of ours is refused: real terms move by a few per election, and a
 # forged huge term would otherwise burn the term space (terms stay below 2^62 on the wire) in one frame.
 MAX_TERM_JUMP = 2**32
+# A follower that has heard from no leader for this many election timeouts accepts AppendEntries from a
+# server outside its configurations: it may have missed the entries that added today's leader (Raft thesis
+# 4.2.2), and would otherwise never hear of them. A healthy cluster's followers hear their leader every
+# heartbeat, so a stranger's forged AppendEntries is refused there.
+STRANGER_LEADER_AFTER = 3
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -222,6 +227,7 @@ class RaftNode:
         self._transfer: tuple[str, float] | None = None
         self._incoming: tuple[int, int, bytearray] | None = None  # snapshot being received
         self._last_leader_contact = float("-inf")
+        self._started = now
         self._election_deadline = now + self._random_timeout()
         if self.membership.voters == {self.id}:
             self._election_deadline = now  # a lone voter has nobody to wait for
@@ -522,6 +528,13 @@ class RaftNode:
                 self._campaign(now, out, transfer=True)
         return out
 
+    def admits_stranger(self, now: float, msg: Message) -> bool:
+        """Whether a leader's message from outside our configurations is taken (see STRANGER_LEADER_AFTER)."""
+        if not isinstance(msg, AppendRequest | SnapshotRequest) or msg.term < self.term or self.role == LEADER:
+            return False
+        quiet = now - max(self._last_leader_contact, self._started)
+        return quiet >= STRANGER_LEADER_AFTER * self.config.election_timeout
+
     def _admit(self, now: float, src: str, msg: Message, out: list[Output]) -> bool:
         """Whether a (well-formed) message may be handled at all; nothing in it is trusted before this."""
         if src == self.id or msg.term > self.term + MAX_TERM_JUMP:
@@ -534,7 +547,7 @@ class RaftNode:
         elif isinstance(msg, VoteRequest) and msg.candidate != src:
             return False
         known = self.known_servers()
-        if known and src not in known:
+        if known and src not in known and not self.admits_stranger(now, msg):
             # Not in any configuration we hold (a server being added holds none yet and accepts its leader).
             return False
         if isinstance(msg, VoteRequest | VoteResponse) and self.membership.servers and \

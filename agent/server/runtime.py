@@ -512,7 +512,7 @@ class RaftServer:
             self._bad_message(src, f"it claims address {address[:80]!r}, the configuration says {member.address}")
             return
         known = node.known_servers()
-        if known and src not in known:
+        if known and src not in known and not node.admits_stranger(trio.current_time(), msg):
             node.dropped += 1  # the core would drop it too; spare the inbox
             return
         if src not in self._links and self._nursery is not None:

@@ -24,7 +24,15 @@ from meshagent.raft.messages import (
     decode_message,
     encode_message,
 )
-from meshagent.raft.node import LEADER, AppendLog, InstallSnapshot, PersistState, RaftNode, Send
+from meshagent.raft.node import (
+    LEADER,
+    STRANGER_LEADER_AFTER,
+    AppendLog,
+    InstallSnapshot,
+    PersistState,
+    RaftNode,
+    Send,
+)
 
 from tests.sim.raft_sim import Faults, Simulation
 from tests.support.hostile_raft import hostile_message, junk, well_formed_message
@@ -91,13 +99,13 @@ def test_the_core_survives_forged_well_formed_messages(who: str, msgs: list[tupl
     for src, msg in msgs:
         now += 0.01
         before = _state(node)
-        known = node.known_servers()
+        stranger = src not in node.known_servers() and not node.admits_stranger(now, msg)
         outs = node.receive(now, src, msg)
         outs += node.tick(now) + node.flush(now)
         if node.role == LEADER:
             outs += node.persisted(now, node.last_index)
         _check_outputs(node, outs)
-        if src not in known or src == node.id:
+        if stranger or src == node.id:
             assert _state(node) == before, f"a message from {src} changed state"
             assert not any(isinstance(o, PersistState | AppendLog) for o in outs)
         assert node.term <= before[0] + 2**32
@@ -163,3 +171,17 @@ def test_a_snapshot_the_state_machine_cannot_restore_is_refused_before_it_is_sav
         outs = node.receive(0.1, "s1", SnapshotRequest(4, "s1", 50, 3, membership, 0, b"junk", True, 1))
         assert any(isinstance(o, InstallSnapshot) for o in outs) == installed
         assert (node.commit_index == 50) == installed
+
+
+def test_a_follower_that_missed_its_new_leaders_configuration_accepts_it_once_leaderless_for_long() -> None:
+    """Raft thesis 4.2.2: refusing every stranger would strand a follower that missed the entries adding
+    today's leader. It takes one only after STRANGER_LEADER_AFTER election timeouts without a leader."""
+    node = copy.deepcopy(FOLLOWER_NODE)
+    heard = NOW
+    append = AppendRequest(node.term + 1, "s4", node.last_index, node.last_term, (), node.commit_index, 1)
+    quiet = STRANGER_LEADER_AFTER * node.config.election_timeout
+    assert node.receive(heard + quiet / 2, "s4", append) == [] and node.leader_id != "s4"
+    later = heard + quiet + 0.01
+    outs = node.receive(later, "s4", append)
+    assert node.leader_id == "s4" and node.term == append.term
+    assert [o.msg.success for o in outs if isinstance(o, Send)] == [True]
