@@ -261,12 +261,12 @@ def scenario_claim_at_the_bound(seed: int, n: int = 6) -> None:
     assert all(inc <= limits.CLAIM_INCARNATION_MAX + 1 for inc in _incarnations(sim).values())
 
 
-@pytest.mark.parametrize("seed", _seeds(8000, 6))
+@pytest.mark.parametrize("seed", _seeds(9000, 6))
 def test_a_hostile_outsider_changes_nothing(seed: int) -> None:
     _run(seed, scenario_hostile_outsider, "hostile_outsider")
 
 
-@pytest.mark.parametrize("seed", _seeds(8100, 6))
+@pytest.mark.parametrize("seed", _seeds(9100, 6))
 def test_claims_at_the_bound_are_refuted_and_beyond_it_refused(seed: int) -> None:
     _run(seed, scenario_claim_at_the_bound, "claims_at_the_bound")
 
