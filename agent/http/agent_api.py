@@ -368,8 +368,16 @@ async def metrics(api: API, request: Request, query: Query, arg: str) -> Respons
         gauges.append({"Name": "meshagent.client.stale_seconds", "Labels": {},
                        "Value": 0.0 if stale_since is None else round(trio.current_time() - stale_since, 3)})
     if getattr(agent, "server", None) is not None:
+        server = agent.server
         gauges.append({"Name": "meshagent.server.feed_subscribers", "Labels": {},
-                       "Value": float(agent.server.feed.subscribers)})
+                       "Value": float(server.feed.subscribers)})
+        # Hostile or broken input on :8300 (issue 11): what was dropped, and why, without reading the log.
+        listener = server.listener
+        counters.extend(_counter(f"meshagent.server.{name}", getattr(listener, name))
+                        for name in ("bad_frames", "refused", "denied", "handler_errors"))
+        counters.append(_counter("meshagent.raft.bad_messages", server.bad_raft_messages))
+        counters.append(_counter("meshagent.raft.dropped_messages", server.node.dropped if server.node else 0))
+        counters.append(_counter("meshagent.raft.followers_lost_entries", server.followers_lost_entries))
     data = {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
             "Gauges": gauges, "Points": [], "Counters": counters, "Samples": []}
     return api.json(data, query)
