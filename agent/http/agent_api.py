@@ -355,7 +355,8 @@ async def metrics(api: API, request: Request, query: Query, arg: str) -> Respons
     agent = api.agent
     dns = agent.dns.stats
     counters = [_counter(f"meshagent.dns.{name}", getattr(dns, name)) for name in
-                ("queries", "cache_hits", "stale_queries", "servfail", "formerr", "dropped", "recursed")]
+                ("queries", "cache_hits", "stale_queries", "servfail", "formerr", "dropped", "recursed",
+                 "tcp_refused", "badvers", "recursor_busy")]
     gossip = getattr(agent, "gossip", None)
     if gossip is not None:  # dropped gossip input (issue 11): bad_packets, bad_streams, handler_errors...
         counters.extend(_counter(f"meshagent.gossip.{name}", value) for name, value in gossip.counters().items())
