@@ -638,8 +638,10 @@ class RaftNode:
         if req.commit > self.commit_index:
             self.commit_index = min(req.commit, match)
             self._emit_apply(out)
-        if self._caught_up_at is None and req.commit <= self.commit_index:
-            self._caught_up_at = self.commit_index  # we hold all the leader had committed when it sent this
+        if self._caught_up_at is None and req.commit <= self.commit_index and self.term_at(req.commit) == req.term:
+            # We hold all the leader had committed when it sent this, and that is all the cluster has committed:
+            # its commit index is at an entry of its own term (before that, a new leader may know less).
+            self._caught_up_at = self.commit_index
         out.append(Send(src, AppendResponse(self.term, True, match, req.seq)))
 
     def _on_snapshot(self, now: float, src: str, req: SnapshotRequest, out: list[Output]) -> None:
