@@ -153,8 +153,8 @@ def hostile_rpc_args(draw: st.DrawFn, method: str) -> Any:
     if method == "add_server":
         bad = draw(st.sampled_from(["id", "address", "name", "extra", "shape"]))
         args: dict[str, Any] = {"id": "fuzz-id", "address": "127.0.0.99:8300", "name": "fuzz"}
-        if bad == "shape":
-            return draw(junk())
+        if bad == "shape":  # a drawn dict could be a valid call
+            return draw(junk().filter(lambda v: not isinstance(v, dict)))
         if bad == "extra":
             args[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in args))] = draw(junk(2))
         else:
@@ -292,8 +292,8 @@ class FrameFuzzer:
         elif method == "add_server":
             args = {"id": "fuzz-id", "address": "127.0.0.99:8300", "name": "fuzz"}
             field = rng.choice(["id", "address", "name", "extra", "shape"])
-            if field == "shape":
-                args = self.junk()
+            if field == "shape":  # junk dicts can hold a valid id and address: keep it a list
+                args = [self.junk()]
             elif field == "extra":
                 args["zz"] = 1
             elif field == "id":  # any printable string without spaces is a valid ID: only invalid ones here
