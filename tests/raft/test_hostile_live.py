@@ -34,6 +34,7 @@ from tests.support.raft_cluster import Cluster
 from tests.support.wait import wait_for
 
 FUZZ_FRAMES = int(os.environ.get("RAFT_FUZZ_FRAMES", "100000"))
+pytestmark = pytest.mark.slow  # a 3-server cluster for the module (about 45 s in all)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,6 @@ def _fuzz(address: str, frames: list[bytes], cut: list[bytes], counts: dict[str,
         counts["killers"] += 1
 
 
-@pytest.mark.slow
 def test_fuzz_hostile_frames_against_live_servers(cluster: Cluster) -> None:
     servers = _servers(cluster)
     seed = int(os.environ.get("RAFT_FUZZ_SEED", str(int.from_bytes(os.urandom(4), "big"))))
@@ -248,7 +248,6 @@ def test_fuzz_hostile_frames_against_live_servers(cluster: Cluster) -> None:
         assert "Traceback" not in a.log()
 
 
-@pytest.mark.slow
 def test_hypothesis_frames_against_a_live_follower(cluster: Cluster) -> None:
     """The shrinking side of the fuzz: hypothesis draws frames (each on its own connection) for one follower;
     a failure shrinks to the smallest frame that breaks it."""
