@@ -360,6 +360,9 @@ def test_a_server_that_cannot_catch_up_answers_servfail_and_no_known_leader(clus
         r = httpx.get(f"{victim.http_addr}/v1/catalog/service/late", params={"stale": ""}, timeout=10)
         assert r.status_code == 200 and r.headers["X-Consul-KnownLeader"] == "false"
         assert _raft(victim)["caught_up"] == "false"
+        # A default read waits for a leader (rpc_hold_timeout, 7 s), then fails as Consul's does.
+        r = httpx.get(f"{victim.http_addr}/v1/catalog/service/late", timeout=20)
+        assert r.status_code == 500 and "No cluster leader" in r.text
     finally:
         for a in others:
             a.signal(signal.SIGCONT)
