@@ -21,6 +21,9 @@ class RaftConfig:
     leader_lease_timeout: float = 0.5
     # Entries per AppendEntries; bigger batches amortise per-message cost, smaller ones bound latency.
     max_entries_per_append: int = 1024
+    # Entry bytes per AppendEntries (at least one entry is always sent): keeps every append far below the
+    # transport's frame cap (16 MiB for peers it cannot verify), whatever the entries hold.
+    max_bytes_per_append: int = 4 * 1024 * 1024
     # AppendEntries a leader keeps in flight per follower before waiting for answers (pipelining).
     max_inflight: int = 16
     # A pipelined follower that answers nothing for this long is probed again from its match index.

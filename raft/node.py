@@ -859,13 +859,22 @@ class RaftNode:
                                                                                           self.last_index)
             pr.dirty = True
             return
-        batch = self.entries(start, start + self.config.max_entries_per_append - 1)
+        batch = self._byte_bounded(self.entries(start, start + self.config.max_entries_per_append - 1))
         seq = self._next_seq()
         pr.sent[seq] = now
         out.append(Send(sid, AppendRequest(self.term, self.id, prev, prev_term, tuple(batch),
                                            self.commit_index, seq)))
         if advance and batch:
             pr.next_index = batch[-1].index + 1
+
+    def _byte_bounded(self, batch: list[Entry]) -> list[Entry]:
+        """The longest prefix of `batch` within max_bytes_per_append (never empty when `batch` is not)."""
+        budget = self.config.max_bytes_per_append
+        for i, e in enumerate(batch):
+            budget -= len(e.data)
+            if budget < 0 and i > 0:
+                return batch[:i]
+        return batch
 
     def _send_snapshot_chunk(self, now: float, sid: str, pr: Progress, out: list[Output]) -> None:
         snap = self._snapshot

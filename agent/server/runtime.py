@@ -55,6 +55,11 @@ SERVER_STABILIZATION_TIME = 10.0
 DEAD_SERVER_AFTER = 10.0
 MAX_QUEUED_PROPOSALS = 100_000
 BATCH_MAX_COMMANDS = 512
+# One batch entry stays well below an append's byte budget (RaftConfig.max_bytes_per_append), and one
+# command below the smallest :8300 frame cap (16 MiB from anyone but a verified server), so that whatever
+# is committed can also be replicated, on a plaintext cluster too.
+BATCH_MAX_BYTES = 1024 * 1024
+MAX_COMMAND_BYTES = 4 * 1024 * 1024
 MAX_STRANGER_LINKS = 8   # links to servers outside our (empty) configuration: a leader adding us, a bootstrap
 MAX_SEEN = 64            # hellos kept from servers that contacted us before we bootstrapped
 MAX_NAMES = 1024
@@ -73,6 +78,19 @@ def _restorable(data: bytes) -> bool:
 
 def _setter(event: trio.Event) -> Callable[[_Proposal], None]:
     return lambda _p: event.set()
+
+
+def _batches(proposals: list[_Proposal]) -> list[list[_Proposal]]:
+    """Proposals in queue order, grouped by at most BATCH_MAX_COMMANDS and BATCH_MAX_BYTES (a bigger one alone)."""
+    groups: list[list[_Proposal]] = []
+    size = 0
+    for p in proposals:
+        if not groups or len(groups[-1]) >= BATCH_MAX_COMMANDS or size + len(p.data) > BATCH_MAX_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += len(p.data)
+    return groups
 
 
 class _Proposal:
@@ -263,7 +281,7 @@ class RaftServer:
         # Proposals that queued up together share one log entry (a "batch" command): one record, one
         # CRC and one Entry per batch instead of per write, on every server. Each write keeps its own
         # catalog index, since indexes are handed out per command as they apply.
-        groups = [proposals[i:i + BATCH_MAX_COMMANDS] for i in range(0, len(proposals), BATCH_MAX_COMMANDS)]
+        groups = _batches(proposals)
         datas = [g[0].data if len(g) == 1 else
                  msgpack.packb({"op": "batch", "commands": [p.data for p in g]}, use_bin_type=True) for g in groups]
         try:
@@ -787,7 +805,7 @@ class RaftServer:
 
     def _submit_apply(self, data: bytes, reply: Reply, rid: Any) -> bool:
         """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
-        if not self.is_leader():
+        if not self.is_leader() or len(data) > MAX_COMMAND_BYTES:
             return False
         p = _Proposal(data, self._answer_remote)
         p.reply, p.rid = reply, rid
@@ -824,6 +842,8 @@ class RaftServer:
 
     async def apply_bytes(self, data: bytes) -> Any:
         """`apply` for an encoded command (the RPC entry point)."""
+        if len(data) > MAX_COMMAND_BYTES:
+            raise ServerError(f"{REJECTED}command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}", 400)
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
         while True:
             leader = await self._wait_for_leader()
