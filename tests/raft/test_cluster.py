@@ -241,12 +241,25 @@ def test_restart_all_servers_keeps_catalog_and_a_corrupt_log_is_named(tmp_path: 
             keys = httpx.get(f"{agent.http_addr}/v1/kv/keep/", params={"keys": "", "consistent": ""},
                              timeout=10).json()
             assert len(keys) == 150
-        # Corrupt the middle of one server's newest segment: it must refuse to start and name the file.
+        # Corrupt the first record of one server's newest segment, with records after it: it must refuse to
+        # start and name the file. (Its last record would be a torn write, cut and started from: the middle
+        # byte of a segment holding few records sometimes was, and the server rightly started.)
         _, victim = cluster.members[0]
+        with httpx.Client(timeout=10) as http:
+            for i in range(5):
+                assert http.put(f"{leader.http_addr}/v1/kv/more/{i}", content=b"x").json() is True
+
+        def victim_has_them() -> bool:
+            r = httpx.get(f"{victim.http_addr}/v1/kv/more/", params={"keys": "", "stale": ""}, timeout=5)
+            return r.status_code == 200 and len(r.json()) == 5
+
+        wait_for(victim_has_them, 10, what="the victim to hold 5 more writes")
         victim.stop()
         segment = sorted((tmp_path / "s0" / "raft").glob("*.seg"))[-1]
         data = bytearray(segment.read_bytes())
-        data[len(data) // 2] ^= 0xFF
+        first_size = int.from_bytes(data[:4], "big")
+        assert 8 + first_size < len(data), "the newest segment must hold more than one record"
+        data[8 + first_size // 2] ^= 0xFF
         segment.write_bytes(bytes(data))
         victim.start(wait=False)
         assert victim.proc is not None
