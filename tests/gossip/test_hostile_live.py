@@ -39,7 +39,7 @@ FUZZ_SEED = int(os.environ.get("MESHAGENT_GOSSIP_FUZZ_SEED", "20261204"))
 def _hosts(n: int) -> list[str]:
     free = [f"127.0.0.{i}" for i in range(50, 79) if all(port_free(f"127.0.0.{i}", p) for p in PORTS)]
     if len(free) < n:
-        pytest.skip("not enough free addresses in 127.0.0.50-78")
+        pytest.fail("not enough free addresses in 127.0.0.50-78 (something else holds the agent ports)")
     return free[:n]
 
 

@@ -23,7 +23,7 @@ def _host() -> str:
     for i in range(70, 78):
         if port_free(f"127.0.0.{i}", PORT):
             return f"127.0.0.{i}"
-    pytest.skip("no free address in 127.0.0.70-77")
+    pytest.fail("no free address in 127.0.0.70-77 (something else holds the gossip port)")
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
