@@ -131,3 +131,15 @@ def openssl_refused(host: str) -> bool:
     reached = "CN = server." in err  # the server's certificate arrived: it was a refusal, not a dead port
     assert reached and proc.stdout == b"" and proc.returncode != 0, (proc.returncode, proc.stdout, err)
     return True
+
+
+def assert_cluster_works(servers: list[AgentProcess], client: AgentProcess) -> None:
+    """A KV write on one server reaches another, and the client agent's registration reaches the catalog."""
+    s1, s2, s3 = servers
+    assert httpx.put(f"{s2.http_addr}/v1/kv/greeting", content="hello", timeout=10).json() is True
+    assert wait_for(lambda: kv(s3, "greeting") == "hello", 10, what="the write on another server")
+    r = httpx.put(f"{client.http_addr}/v1/agent/service/register", json={"Name": "web", "Port": 80}, timeout=15)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: any(i["Node"] == "c1" for i in httpx.get(f"{s1.http_addr}/v1/catalog/service/web",
+                                                               timeout=5).json()),
+             20, what="the client's registration in the catalog")

@@ -15,9 +15,18 @@ import pytest
 from meshagent.agent.server.transport import pack_frame
 
 from tests.support.agents import MESHAGENT, AgentProcess
-from tests.support.wait import wait_for
 
-from .cluster import _answers, attack_frames, cluster, kv, openssl_refused, plaintext_attempt, raft_servers, tls_attempt
+from .cluster import (
+    _answers,
+    assert_cluster_works,
+    attack_frames,
+    cluster,
+    kv,
+    openssl_refused,
+    plaintext_attempt,
+    raft_servers,
+    tls_attempt,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +109,5 @@ def test_the_auto_encrypt_channel_only_signs(agents: tuple[Path, list[AgentProce
 
 def test_the_cluster_works_and_the_auto_encrypt_client_forwards(agents: tuple[Path, list[AgentProcess]]) -> None:
     _, (s1, s2, s3, client) = agents
-    assert httpx.put(f"{s2.http_addr}/v1/kv/greeting", content="hello", timeout=10).json() is True
-    assert wait_for(lambda: kv(s3, "greeting") == "hello", 10, what="the write on another server")
-    r = httpx.put(f"{client.http_addr}/v1/agent/service/register", json={"Name": "web", "Port": 80}, timeout=15)
-    assert r.status_code == 200, r.text
-    wait_for(lambda: any(i["Node"] == "c1" for i in httpx.get(f"{s1.http_addr}/v1/catalog/service/web",
-                                                               timeout=5).json()),
-             20, what="the client's registration in the catalog")
+    assert_cluster_works([s1, s2, s3], client)
     assert "auto_encrypt: got a client certificate" in client.log()

@@ -23,7 +23,16 @@ from meshagent.gossip.keyring import Keyring
 from tests.support.agents import MESHAGENT, AgentProcess
 from tests.support.wait import wait_for
 
-from .cluster import attack_frames, cluster, kv, openssl_refused, plaintext_attempt, raft_servers, tls_attempt
+from .cluster import (
+    assert_cluster_works,
+    attack_frames,
+    cluster,
+    kv,
+    openssl_refused,
+    plaintext_attempt,
+    raft_servers,
+    tls_attempt,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,13 +87,7 @@ def test_an_outsider_cannot_write_join_send_raft_or_subscribe(agents: list[Agent
 
 def test_the_cluster_works_and_a_client_forwards_its_registration(agents: list[AgentProcess]) -> None:
     s1, s2, s3, client = agents
-    assert httpx.put(f"{s2.http_addr}/v1/kv/greeting", content="hello", timeout=10).json() is True
-    assert wait_for(lambda: kv(s3, "greeting") == "hello", 10, what="the write on another server")
-    r = httpx.put(f"{client.http_addr}/v1/agent/service/register", json={"Name": "web", "Port": 80}, timeout=10)
-    assert r.status_code == 200, r.text
-    wait_for(lambda: any(i["Node"] == "c1" for i in httpx.get(f"{s1.http_addr}/v1/catalog/service/web",
-                                                               timeout=5).json()),
-             20, what="the client's registration in the catalog")
+    assert_cluster_works([s1, s2, s3], client)
     assert _barrier_with(OLD, s1.host) is not None  # a holder of the key is let in
 
 
