@@ -28,7 +28,7 @@ system-deps:
 # Set up and run the whole test suite (slow suites included).
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
-	$(BIN)/mypy --strict agent/catalog raft gossip
+	.ci/typecheck raft gossip agent.catalog
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed system-deps

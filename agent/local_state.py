@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from ..raft.storage import write_atomic
+from ..atomic_file import write_atomic
 from .catalog import (
     CRITICAL,
     NODE_MAINT_CHECK_ID,

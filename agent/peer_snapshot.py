@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..raft.storage import write_atomic
+from ..atomic_file import write_atomic
 
 log = logging.getLogger("meshagent.agent")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 from meshagent.agent.snapshot_archive import ArchiveError, inspect_file, unpack
-from meshagent.raft.storage import write_atomic
+from meshagent.atomic_file import write_atomic
 
 from .http_client import AgentClient, fail, http_options
 

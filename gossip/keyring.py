@@ -15,10 +15,11 @@ import base64
 import binascii
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..atomic_file import write_atomic
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -212,30 +213,4 @@ def save_keyring_file(path: str | os.PathLike[str], keyring: Keyring) -> None:
     """Write `keyring` as Serf does (indented JSON list, mode 0600), atomically: temp file, fsync, rename."""
     path = Path(path)
     data = json.dumps(keyring.to_base64(), indent=2).encode("ascii")
-    directory = path.parent
-    # mkstemp creates the file 0600, the mode Serf uses for key material.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk too.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, data, mode=0o600)  # 0600, the mode Serf uses for key material

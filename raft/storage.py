@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgpack
 
+from ..atomic_file import fsync_dir as _fsync_dir
+from ..atomic_file import write_atomic
 from .entry import Entry, SnapshotMeta
 
 log = logging.getLogger("meshagent.raft.storage")
@@ -46,35 +48,6 @@ class CutTail:
     size: int
     first_lost: int
     reason: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new content: temp file, fsync, rename."""
-    # A unique temp name: two writers must never rename each other's half-written file.
-    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _record(e: Entry) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from meshagent.raft.storage import write_atomic
+from meshagent.atomic_file import write_atomic
 
 
 def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
