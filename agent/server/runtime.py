@@ -25,26 +25,22 @@ from ...raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta, vali
 from ...raft.messages import Message
 from ...raft.node import (
     LEADER,
-    AppendLog,
     Apply,
-    CompactLog,
     FollowerLostEntries,
     InstallSnapshot,
     NotLeader,
     Output,
-    PersistState,
     RaftNode,
     ReadFailed,
     ReadReady,
     RoleChange,
-    Send,
-    TruncateLog,
 )
 from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, SnapshotStore
 from ..catalog import Catalog, CommandError
 from ..store import CatalogStore
 from .errors import REJECTED, NoLeader, ServerError, error_from_text
 from .feed import CatalogFeed
+from .raft_io import RaftIO
 from .rpc_args import parse_add_server, parse_hello
 from .transport import PeerLink, Reply, RPCClient, ServerListener, split_address
 
@@ -162,7 +158,7 @@ class RaftServer:
         self.log_store: LogStore | MemoryLogStore | None = None
         self.snapshots: SnapshotStore | MemorySnapshotStore | None = None
         self._last_snapshot_index = 0
-        self.fsyncs = 0  # storage batches made durable (group commit: one fsync each)
+        self.io: RaftIO | None = None  # storage and sends, once storage is open
         self.commands_applied = 0
         # What the catalog has really applied. The core's applied_index runs ahead of it while a batch's
         # fsync is in flight, so reads must wait on this one.
@@ -197,6 +193,7 @@ class RaftServer:
         if meta is not None:
             self.store.restore(data)
             self._last_snapshot_index = self.fsm_index = meta.index
+        self.io = RaftIO(self.log_store, self.snapshots, self._send)
         self.node = RaftNode(self.id, self.config, random.Random(), now, term=ls.term,
                              vote=ls.vote, entries=entries, base_index=base, base_term=base_term,
                              snapshot=meta, snapshot_data=data, snapshot_check=_restorable)
@@ -222,8 +219,8 @@ class RaftServer:
     # ------------------------------------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:
-        node = self.node
-        assert node is not None
+        node, io = self.node, self.io
+        assert node is not None and io is not None
         while True:
             batch: list[tuple[str, Any]] = []
             with trio.move_on_at(node.next_deadline()):
@@ -251,7 +248,7 @@ class RaftServer:
                 outs.extend(self._propose(now, proposals))
             outs.extend(node.tick(now))
             try:
-                await self._carry_out(outs)
+                await io.carry_out(node, outs, self)
             except OSError as exc:
                 await self._storage_failed(exc)
 
@@ -309,90 +306,56 @@ class RaftServer:
         self._reads[self._read_seq] = read
         return self.node.read_index(now, self._read_seq)
 
-    async def _carry_out(self, outs: list[Output]) -> None:
+    # RaftEffects: what raft_io hands back after storage and sends
+
+    def handle(self, o: Output) -> None:
+        """Carry out one output that is neither storage nor a send."""
+        if isinstance(o, Apply):
+            self._apply(o.entries)
+        elif isinstance(o, InstallSnapshot):
+            self.store.restore(o.data)
+            self.feed.restored()
+            self._last_snapshot_index = self.fsm_index = o.meta.index
+            self._wake_applied()
+        elif isinstance(o, ReadReady):
+            self._finish_read(o.ctx, o.index, None)
+        elif isinstance(o, ReadFailed):
+            self._finish_read(o.ctx, 0, o.reason)
+        elif isinstance(o, RoleChange):
+            self._on_role_change(o)
+        elif isinstance(o, FollowerLostEntries):
+            self.followers_lost_entries += 1
+            log.error("raft: DATA LOSS on server %s (%s): it had acknowledged entries up to %d and now "
+                      "holds only up to %d; sending entries %d..%d again", o.server,
+                      self._address_of(o.server) or "?", o.acknowledged, o.held, o.held + 1,
+                      o.acknowledged)
+
+    def after_round(self) -> None:
+        """After each round: note catching up, and follow membership changes with links."""
         node = self.node
         assert node is not None
-        while outs:
-            storage = [o for o in outs if isinstance(o, PersistState | AppendLog | TruncateLog | CompactLog |
-                                                     InstallSnapshot)]
-            sends = [o for o in outs if isinstance(o, Send)]
-            # A leader may replicate before its own fsync (it just cannot count itself until then);
-            # anything else (votes, acknowledgements) goes out only once durable.
-            early = node.role == LEADER and not any(isinstance(o, PersistState | TruncateLog | InstallSnapshot)
-                                                    for o in storage)
-            if early:
-                self._send_all(sends)
-            if storage:
-                await trio.to_thread.run_sync(self._write, storage)
-            if not early:
-                self._send_all(sends)
-            for o in outs:
-                if isinstance(o, Apply):
-                    self._apply(o.entries)
-                elif isinstance(o, InstallSnapshot):
-                    self.store.restore(o.data)
-                    self.feed.restored()
-                    self._last_snapshot_index = self.fsm_index = o.meta.index
-                    self._wake_applied()
-                elif isinstance(o, ReadReady):
-                    self._finish_read(o.ctx, o.index, None)
-                elif isinstance(o, ReadFailed):
-                    self._finish_read(o.ctx, 0, o.reason)
-                elif isinstance(o, RoleChange):
-                    self._on_role_change(o)
-                elif isinstance(o, FollowerLostEntries):
-                    self.followers_lost_entries += 1
-                    log.error("raft: DATA LOSS on server %s (%s): it had acknowledged entries up to %d and now "
-                              "holds only up to %d; sending entries %d..%d again", o.server,
-                              self._address_of(o.server) or "?", o.acknowledged, o.held, o.held + 1,
-                              o.acknowledged)
-            if not self.caught_up:
-                index = node.caught_up_index
-                self.caught_up = index is not None and self.fsm_index >= index
-            if node.membership is not self._linked_membership:
-                # Membership takes effect on append, not commit: a follower that holds the configuration
-                # but has not yet learned that it is committed must still reach its peers to elect a new
-                # leader (found by killing a leader before any commit index reached the followers).
-                self._sync_links()
-            now = trio.current_time()
-            outs = []
-            if storage and node.role == LEADER:
-                outs.extend(node.persisted(now, node.last_index))
-            outs.extend(node.flush(now))
-            if not outs:
-                await self._maybe_snapshot()
+        if not self.caught_up:
+            index = node.caught_up_index
+            self.caught_up = index is not None and self.fsm_index >= index
+        if node.membership is not self._linked_membership:
+            # Membership takes effect on append, not commit: a follower that holds the configuration
+            # but has not yet learned that it is committed must still reach its peers to elect a new
+            # leader (found by killing a leader before any commit index reached the followers).
+            self._sync_links()
 
-    def _write(self, storage: list[Output]) -> None:
-        ls, snaps = self.log_store, self.snapshots
-        assert ls is not None and snaps is not None
-        appended: list[Entry] = []
-        for o in storage:
-            if isinstance(o, AppendLog):
-                appended.extend(o.entries)
-                continue
-            if appended:
-                ls.append(appended)
-                appended = []
-            if isinstance(o, PersistState):
-                ls.set_hard_state(o.term, o.vote)
-            elif isinstance(o, TruncateLog):
-                ls.truncate_suffix(o.from_index)
-            elif isinstance(o, CompactLog):
-                ls.compact_prefix(o.upto_index, o.upto_term)
-            elif isinstance(o, InstallSnapshot):
-                snaps.save(o.meta, o.data)
-                if o.reset_log:
-                    ls.reset(o.meta.index, o.meta.term)
-        if appended:
-            ls.append(appended)
-        ls.sync()
-        self.fsyncs += 1
+    async def idle(self) -> None:
+        """Nothing more to carry out: snapshot if the log has grown enough."""
+        await self._maybe_snapshot()
 
-    def _send_all(self, sends: list[Send]) -> None:
-        for s in sends:
-            link = self._links.get(s.to)
-            if link is not None:
-                link.send(s.msg)
+    def _send(self, to: str, msg: Message) -> None:
+        link = self._links.get(to)
+        if link is not None:
+            link.send(msg)
+
+    @property
+    def fsyncs(self) -> int:
+        """Storage batches made durable (group commit: one fsync each)."""
+        return self.io.fsyncs if self.io is not None else 0
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         for e in entries:
@@ -490,8 +453,8 @@ class RaftServer:
         await trio.to_thread.run_sync(self.snapshots.save, meta, data)
         self._last_snapshot_index = index
         outs = node.snapshot_taken(index, data)
-        if outs:
-            await trio.to_thread.run_sync(self._write, outs)
+        if outs and self.io is not None:
+            await trio.to_thread.run_sync(self.io.write, outs)
         log.info("raft: snapshot at index %d (%d bytes)", index, len(data))
 
     # ------------------------------------------------------------------------------------------ peers
