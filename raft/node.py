@@ -9,7 +9,7 @@ output durable before it sends any message of that batch; it reports the leader'
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -174,6 +174,16 @@ class Progress:
     dirty: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressView:
+    """A read-only copy of the leader's view of one follower (for health checks and autopilot)."""
+
+    match_index: int
+    next_index: int
+    last_response: float  # time of its newest answer (-inf-like 0.0 when none yet)
+    mode: str
+
+
 @dataclass(slots=True)
 class _PendingRead:
     ctx: object
@@ -260,6 +270,11 @@ class RaftNode:
         applied this far (until then its state machine may be older than what the cluster told clients).
         """
         return self._caught_up_at
+
+    def progress(self) -> Mapping[str, ProgressView]:
+        """The leader's view of each follower's replication (empty unless leading)."""
+        return {sid: ProgressView(pr.match_index, pr.next_index, pr.last_response, pr.mode)
+                for sid, pr in self._progress.items()}
 
     def known_servers(self) -> frozenset[str]:
         """IDs in any configuration this node holds (latest, uncommitted and the snapshot's)."""
