@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,32 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from .ports import free_loopback_host, port_free  # noqa: F401  (port_free: re-exported for older importers)
 from .wait import wait_for
 
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
-_next_host = 10 + (os.getpid() * 7) % 200
-
-
-def port_free(host: str, port: int) -> bool:
-    """Whether `port` is free on `host` for both TCP and UDP."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_loopback_host(ports: tuple[int, ...] = (8500, 8600, 8300, 8301)) -> str:
-    """A 127.0.0.N on which the given TCP and UDP ports are free."""
-    global _next_host
-    for _ in range(250):
-        _next_host = 10 + (_next_host - 9) % 240
-        host = f"127.0.0.{_next_host}"
-        if all(port_free(host, p) for p in ports):
-            return host
-    raise RuntimeError("no free 127.0.0.N address found")
 
 
 @dataclass
