@@ -34,7 +34,7 @@ from meshagent.raft.node import (
     Send,
 )
 
-from tests.sim.raft_sim import Faults, Simulation
+from tests.support.sim.raft_sim import Faults, Simulation
 from tests.support.hostile_raft import hostile_message, junk, well_formed_message
 
 IDS = ["s1", "s2", "s3"]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.sim.raft_sim import Faults, Simulation
+from tests.support.sim.raft_sim import Faults, Simulation
 from tests.support.linearizability import check_history
 
 # CI runs 1,000 seeds (3- and 5-server clusters alternate); RAFT_SIM_SEEDS=N runs more, RAFT_SIM_SEED=S one.

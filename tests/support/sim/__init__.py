@@ -1,0 +1,1 @@
+"""Deterministic simulators of the protocol cores, imported by tests and benches."""
