@@ -1,9 +1,9 @@
 """The Raft core: a pure state machine. Time and messages go in; sends, storage work and applies come out.
 
-The caller (trio runtime or simulator) must carry out each batch of outputs in order and make every storage
-output durable before it sends any message of that batch; it reports the leader's own durable log with
-`persisted()` and calls `flush()` after each batch of inputs, which is when replication messages are built
-(so many proposals or acknowledgements become one AppendEntries per follower).
+Callers do not carry out outputs themselves: `raft.executor` sorts each step's outputs into a `Ready`
+(persist → send → apply → publish, see raft/ready.py), carries it out through the caller's I/O, and then
+calls `advance()`, which reports the leader's durable log (`persisted()`) and builds the replication
+messages (`flush()`, so many proposals or acknowledgements become one AppendEntries per follower).
 """
 
 from __future__ import annotations
@@ -255,6 +255,11 @@ class RaftNode:
     def last_term(self) -> int:
         """Term of the last entry in the log."""
         return self._log[-1].term if self._log else self._base_term
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads now."""
+        return self.role == LEADER
 
     @property
     def first_index(self) -> int:
@@ -738,6 +743,18 @@ class RaftNode:
         entry = Entry(self.last_index + 1, self.term, CONFIG, encode_membership(new))
         self._append([entry])
         return entry.index, [AppendLog((entry,))]
+
+    def advance(self, now: float, persisted: bool) -> list[Output]:
+        """The caller carried out the last step's outputs (`persisted`: storage work among them is durable).
+
+        As etcd raft's Advance: a leader counts its durable log towards commitment, then the replication
+        messages the step called for are built. Returns the next step's outputs (often none).
+        """
+        out: list[Output] = []
+        if persisted and self.role == LEADER:
+            out.extend(self.persisted(now, self.last_index))
+        out.extend(self.flush(now))
+        return out
 
     def persisted(self, now: float, index: int) -> list[Output]:
         """The caller made the log durable up to `index`; the leader counts itself towards commitment."""

@@ -1,21 +1,24 @@
-"""Carries out the Raft core's outputs: storage writes (one fsync per batch), sends, then the rest.
+"""The trio I/O beneath the shared Raft executor (raft/executor.py): sqlite storage, links, the driver.
 
-The driver hands each round's outputs to `RaftIO.carry_out`; the outputs that are not storage or sends
-(applies, read answers, role changes...) go back to the driver through the small `RaftEffects` protocol.
+The order of a step's outputs (a leader's early sends, persist with one fsync per batch, sends, apply,
+publish) is the executor's, the same one the simulator runs; this module only does the I/O. Outputs that
+are neither storage nor sends (applies, read answers, role changes...) go back to the driver through the
+small `RaftEffects` protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
 
 from ...raft.entry import Entry
+from ...raft.executor import EXECUTOR, Executor
 from ...raft.messages import Message
 from ...raft.node import (
-    LEADER,
     AppendLog,
+    Apply,
     CompactLog,
     InstallSnapshot,
     Output,
@@ -24,6 +27,7 @@ from ...raft.node import (
     Send,
     TruncateLog,
 )
+from ...raft.ready import Notice, Storage
 from ...raft.storage import LogStore, MemoryLogStore, MemorySnapshotStore, SnapshotStore
 
 
@@ -44,41 +48,24 @@ class RaftIO:
     """The storage and the sender of one server's Raft core."""
 
     def __init__(self, log_store: LogStore | MemoryLogStore, snapshots: SnapshotStore | MemorySnapshotStore,
-                 send: Callable[[str, Message], None]) -> None:
+                 send: Callable[[str, Message], None], executor: Executor = EXECUTOR) -> None:
         self.log_store = log_store
         self.snapshots = snapshots
         self._send = send
+        self._executor = executor
         self.fsyncs = 0  # storage batches made durable (group commit: one fsync each)
 
     async def carry_out(self, node: RaftNode, outs: list[Output], effects: RaftEffects) -> None:
-        """Carry out `outs` and whatever the core produces in turn, until it has nothing more."""
-        while outs:
-            storage = [o for o in outs if isinstance(o, PersistState | AppendLog | TruncateLog | CompactLog |
-                                                     InstallSnapshot)]
-            sends = [o for o in outs if isinstance(o, Send)]
-            # A leader may replicate before its own fsync (it just cannot count itself until then);
-            # anything else (votes, acknowledgements) goes out only once durable.
-            early = node.role == LEADER and not any(isinstance(o, PersistState | TruncateLog | InstallSnapshot)
-                                                    for o in storage)
-            if early:
-                self.send_all(sends)
-            if storage:
-                await trio.to_thread.run_sync(self.write, storage)
-            if not early:
-                self.send_all(sends)
-            for o in outs:
-                if not isinstance(o, Send | PersistState | AppendLog | TruncateLog | CompactLog):
-                    effects.handle(o)
-            effects.after_round()
-            now = trio.current_time()
-            outs = []
-            if storage and node.role == LEADER:
-                outs.extend(node.persisted(now, node.last_index))
-            outs.extend(node.flush(now))
-            if not outs:
-                await effects.idle()
+        """Carry out `outs` and whatever the core produces in turn, until it has nothing more; then idle.
 
-    def write(self, storage: list[Output]) -> None:
+        An OSError from storage propagates: the caller stops taking part in Raft (see _storage_failed).
+        """
+        if not outs:
+            return
+        await self._executor.execute(node, outs, _TrioReadyIO(self, effects))
+        await effects.idle()
+
+    def write(self, storage: Sequence[Output]) -> None:
         """Write storage outputs in order and fsync once (blocking: run it in a thread)."""
         ls, snaps = self.log_store, self.snapshots
         appended: list[Entry] = []
@@ -104,7 +91,35 @@ class RaftIO:
         ls.sync()
         self.fsyncs += 1
 
-    def send_all(self, sends: list[Send]) -> None:
+    def send_all(self, sends: Sequence[Send]) -> None:
         """Hand each message to the link of its destination (dropped when there is none)."""
         for s in sends:
             self._send(s.to, s.msg)
+
+
+class _TrioReadyIO:
+    """The executor's ReadyIO for one carry_out: fsync in a worker thread, the rest on the event loop."""
+
+    def __init__(self, io: RaftIO, effects: RaftEffects) -> None:
+        self._io, self._effects = io, effects
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def persist(self, storage: Sequence[Storage]) -> None:
+        await trio.to_thread.run_sync(self._io.write, storage)
+
+    def send(self, sends: Sequence[Send]) -> None:
+        self._io.send_all(sends)
+
+    def apply(self, out: Apply) -> None:
+        self._effects.handle(out)
+
+    def install_snapshot(self, out: InstallSnapshot) -> None:
+        self._effects.handle(out)
+
+    def publish(self, out: Notice) -> None:
+        self._effects.handle(out)
+
+    def round_done(self) -> None:
+        self._effects.after_round()
