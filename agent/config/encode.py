@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from .duration import format_duration
-from .services import snake_case
 from .types import CheckDefinition, ServiceDefinition
+from .values import snake_case
 
 # Words Consul writes in capitals inside CamelCase names (CheckID, TLSSkipVerify, HTTP, GRPCUseTLS).
 _INITIALISMS = {"id": "ID", "ttl": "TTL", "http": "HTTP", "tcp": "TCP", "tls": "TLS", "udp": "UDP",

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Collector, ConfigError
-from .services import Node, node_of, one_block, typed
 from .types import TLSConfig
+from .values import Node, node_of, one_block, typed
 
 Where = dict[str, tuple[str, int | None]]
 

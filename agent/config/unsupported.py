@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .services import plain
+from .values import plain
 
 _LATER = "not supported yet; remove it"
 _ACL = ("not supported yet (ACLs arrive in a later release); remove it — the agent would otherwise run "

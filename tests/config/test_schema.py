@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshagent.agent.config.errors import Collector
 from meshagent.agent.config.loader import ConfigErrors, load_config, parse_check, parse_service
-from meshagent.agent.config.services import Collector, service_from, snake_case
+from meshagent.agent.config.services import service_from
 from meshagent.agent.config.types import Source
+from meshagent.agent.config.values import snake_case
 
 
 def errors_of(body: dict[str, Any]) -> list[tuple[str, str]]:
