@@ -6,103 +6,18 @@ import random
 import socket
 import struct
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
-import pytest
-import trio
-from meshagent.agent.catalog import CRITICAL, PASSING, WARNING, Check, Node, Service, commands
+from meshagent.agent.catalog import CRITICAL, WARNING
 from meshagent.agent.config.types import AgentConfig
-from meshagent.agent.dns.limits import DNSLimits
-from meshagent.agent.dns.server import DNSServer
-from meshagent.agent.store import CatalogStore
 
-from tests.support.agents import free_loopback_host
+from tests.support.dns_harness import Running, answers, q, register
 from tests.support.wait import wait_for
-
-
-@dataclass
-class Running:
-    """A DNS server running in a background trio thread; `call` runs a coroutine function in its loop."""
-
-    host: str
-    port: int
-    server: DNSServer
-    call: Callable[..., object]
-
-
-@pytest.fixture
-def dns_server() -> Iterator[Callable[..., Running]]:
-    stops: list[Callable[[], None]] = []
-
-    def start(config: AgentConfig | None = None, limits: DNSLimits | None = None) -> Running:
-        config = config or AgentConfig()
-        host = free_loopback_host((8600,))
-        config.client_addr, config.ports.dns = host, 0
-        store = CatalogStore()
-        server = DNSServer(config, store, limits)
-        ready = threading.Event()
-        token_box: list[trio.lowlevel.TrioToken] = []
-        cancel_box: list[trio.CancelScope] = []
-
-        async def main() -> None:
-            with trio.CancelScope() as scope:
-                cancel_box.append(scope)
-                token_box.append(trio.lowlevel.current_trio_token())
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
-                    ready.set()
-
-        thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-        thread.start()
-        assert ready.wait(10), "DNS server did not start"
-
-        def call(fn: Callable[..., object], *args: object) -> object:
-            return trio.from_thread.run(fn, *args, trio_token=token_box[0])  # type: ignore[arg-type]
-
-        def stop() -> None:
-            trio.from_thread.run_sync(cancel_box[0].cancel, trio_token=token_box[0])
-            thread.join(10)
-
-        stops.append(stop)
-        assert server.bound_port is not None
-        running = Running(host, server.bound_port, server, call)
-        running.store = store  # type: ignore[attr-defined]
-        return running
-
-    yield start
-    for stop in stops:
-        stop()
-
-
-def register(r: Running, node: str, address: str, sid: str, status: str = PASSING, name: str = "db",
-             tags: list[str] | None = None, svc_address: str = "", port: int = 5432,
-             weights: dict[str, int] | None = None, meta: dict[str, str] | None = None) -> None:
-    store: CatalogStore = r.store  # type: ignore[attr-defined]
-    cmd = commands.register(
-        Node(node=node, address=address, meta=meta or {}),
-        Service(node=node, id=sid, service=name, tags=tags or [], address=svc_address, port=port,
-                weights=weights or {"Passing": 1, "Warning": 1}),
-        [Check(node=node, check_id="serfHealth", status=PASSING),
-         Check(node=node, check_id=f"service:{sid}", status=status, service_id=sid)])
-    r.call(store.apply, cmd)
-
-
-def q(r: Running, name: str, rdtype: str = "A", tcp: bool = False, **kw: object) -> dns.message.Message:
-    query = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
-    if tcp:
-        return dns.query.tcp(query, r.host, port=r.port, timeout=5)
-    return dns.query.udp(query, r.host, port=r.port, timeout=5)
-
-
-def answers(msg: dns.message.Message, rdtype: int) -> list[object]:
-    return [rr for rrset in msg.answer if rrset.rdtype == rdtype for rr in rrset]
 
 
 def test_service_forms_and_health(dns_server: Callable[..., Running]) -> None:

@@ -1,6 +1,5 @@
 """Consul's answer-size rules (udp_answer_limit, a_record_limit, enable_truncate) and the EDNS cap, on an
 in-process responder with real sockets."""
-# ruff: noqa: F811  (the `dns_server` fixture is imported from test_dns, then named as a parameter)
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from meshagent.agent.config.types import AgentConfig
 from meshagent.agent.dns import server as server_module
 from meshagent.agent.dns.limits import DNSLimits
 
-from tests.dns.test_dns import Running, answers, dns_server, q, register  # noqa: F401
 from tests.support.dns_flood import mixed_case
+from tests.support.dns_harness import Running, answers, q, register
 
 
 def _fill(r: Running, n: int) -> None:

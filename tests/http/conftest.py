@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.http.harness import ServerThread
+from tests.support.http_harness import ServerThread
 
 
 @pytest.fixture

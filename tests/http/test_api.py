@@ -12,7 +12,7 @@ import pytest
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.query import parse_duration
 
-from tests.http.harness import ServerThread, register_instance
+from tests.support.http_harness import ServerThread, register_instance, wait_waiting
 
 
 @pytest.fixture
@@ -233,14 +233,6 @@ def test_catalog_write_invalidates_cached_answer(api_server: ServerThread, clien
     assert [e["Node"]["Node"] for e in client.get("/v1/health/service/db?passing").json()] == ["n1", "n3"]
     api_server.apply(commands.deregister("n1"))
     assert [e["Node"]["Node"] for e in client.get("/v1/health/service/db?passing").json()] == ["n3"]
-
-
-def wait_waiting(server: ServerThread, count: int, timeout: float = 5.0) -> None:
-    """Wait until `count` blocking queries are parked in the store's watch hub."""
-    deadline = time.monotonic() + timeout
-    while server.agent.store.hub.waiting < count:
-        assert time.monotonic() < deadline, "blocking query never parked"
-        time.sleep(0.005)
 
 
 def test_client_hang_up_ends_a_blocking_query(api_server: ServerThread, client: httpx.Client) -> None:

@@ -7,10 +7,8 @@ import time
 
 import consul
 import httpx
-import pytest
 
-from tests.http.harness import ServerThread, register_instance
-from tests.http.test_api import wait_waiting
+from tests.support.http_harness import ServerThread, register_instance, wait_waiting
 
 
 def py_consul(server: ServerThread) -> consul.Consul:
@@ -123,7 +121,6 @@ def test_prometheus_consul_sd_flow(api_server: ServerThread) -> None:
 
 def test_py_consul_service_register_body_parses(api_server: ServerThread) -> None:
     """py-consul's register body (CamelCase service, snake-ish check keys) through the shared loader."""
-    pytest.importorskip("meshagent.agent.config.loader")
     c = py_consul(api_server)
     assert c.agent.service.register("web", service_id="web-1", address="127.0.0.1", port=8080, tags=["v1"],
                                     check=consul.Check.http("http://127.0.0.1:1/h", interval="1s")) is True

@@ -18,8 +18,6 @@ from tests.http.fuzz import run_fuzz
 from tests.support.agents import AgentProcess
 from tests.support.wait import wait_for
 
-pytest.importorskip("meshagent.agent.agent")  # until every module the agent wires exists
-
 
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from meshagent.agent.http.filter import HEALTH_ENTRY_SCHEMA, MAX_FILTER_DEPTH, FilterError, evaluate, parse_filter
 
-from tests.http.harness import ServerThread, register_instance
+from tests.support.http_harness import ServerThread, register_instance
 
 SMUGGLED = b"GET /v1/agent/self HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 from meshagent.agent.http.server import Request, Response
 
-from tests.http.harness import ServerThread
+from tests.support.http_client import read_response, read_until_closed
+from tests.support.http_harness import ServerThread
 
 
 async def echo(request: Request) -> Response:
@@ -33,40 +34,6 @@ def echo_server() -> Iterator[ServerThread]:
 def connect(server: ServerThread) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     return sock
-
-
-def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """Read one response (content-length framed) from sock, keeping extra bytes in buf."""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before a full response; got {bytes(buf)!r}")
-        buf += data
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("closed mid-body")
-        rest += data
-    body, extra = rest[:length], rest[length:]
-    buf[:] = extra
-    return status, headers, body
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    out = b""
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            return out
-        if not data:
-            return out
-        out += data
 
 
 def test_reports_bound_port(echo_server: ServerThread) -> None:

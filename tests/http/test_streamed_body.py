@@ -11,8 +11,8 @@ import pytest
 from meshagent.agent.http import server as http_server
 from meshagent.agent.http.server import Request, Response
 
-from tests.http.harness import ServerThread
-from tests.http.test_server import read_response, read_until_closed
+from tests.support.http_client import read_response, read_until_closed
+from tests.support.http_harness import ServerThread
 
 
 async def count_body(request: Request) -> Response:

@@ -19,6 +19,8 @@ from meshagent.agent.http.api import API
 from meshagent.agent.http.server import Handler, HTTPServer
 from meshagent.agent.store import CatalogStore
 
+from tests.support.wait import wait_for
+
 
 @dataclass
 class FakeLocal:
@@ -162,3 +164,9 @@ def register_instance(server: ServerThread, node_name: str, service: str, *, sid
               Check(node=node_name, check_id=f"service:{sid}", name=f"Service '{service}' check",
                     status=status, service_id=sid, type="http")]
     server.apply(commands.register(n, svc, checks))
+
+
+def wait_waiting(server: ServerThread, count: int, timeout: float = 5.0) -> None:
+    """Wait until `count` blocking queries are parked in the store's watch hub."""
+    wait_for(lambda: server.agent.store.hub.waiting >= count, timeout, interval=0.005,
+             what=f"{count} blocking queries to park")
