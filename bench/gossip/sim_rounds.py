@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 from machine import machine_info  # noqa: E402
 from meshagent.gossip.tunables import GossipConfig  # noqa: E402
 
-from tests.sim.gossip_sim import converge_rounds  # noqa: E402
+from tests.support.sim.gossip_sim import converge_rounds  # noqa: E402
 
 PACINGS = {"memberlist pacing": GossipConfig(eager_gossip=False), "eager gossip (default)": GossipConfig()}
 

@@ -18,7 +18,7 @@ from meshagent.gossip import messages as m
 from meshagent.gossip.membership import NACK_GRACE, SendPacket, Swim
 from meshagent.gossip.messages import NodeState
 
-from tests.gossip.test_swim import CFG, PORT, cluster, probe_round
+from tests.support.gossip_harness import CFG, PORT, cluster, probe_round
 
 
 def test_a_failed_probe_without_nack_helpers_costs_one_point_up_to_the_cap() -> None:

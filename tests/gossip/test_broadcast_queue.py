@@ -21,7 +21,7 @@ from meshagent.gossip.membership import FRAMING_RESERVE, SendPacket, Swim
 from meshagent.gossip.tunables import GossipConfig, retransmit_limit
 from meshagent.gossip.wire import make_compound, unpack_packet
 
-from tests.gossip.test_swim import PORT, Rec
+from tests.support.gossip_harness import PORT, Rec
 
 QUIET = replace(GossipConfig(), probe_interval=1e6, push_pull_interval=1e6, gossip_nodes=1, compress_when_full=False)
 

@@ -27,8 +27,8 @@ from meshagent.gossip.keyring import Keyring
 from meshagent.gossip.membership import Swim
 from meshagent.gossip.tunables import GossipConfig
 
-from tests.gossip.test_swim import Rec
 from tests.support.agents import port_free
+from tests.support.gossip_harness import Rec
 from tests.support.serf_rpc import SerfAgent, SerfRPC
 from tests.support.wait import wait_for
 

@@ -23,8 +23,8 @@ from meshagent.gossip.messages import MessageType, NodeState
 from meshagent.gossip.serf import Status
 from meshagent.gossip.tunables import GossipConfig, suspicion_timeout
 
-from tests.sim.gossip_sim import PORT, Sim, converge_rounds, steady_sim
 from tests.support import hostile_gossip as h
+from tests.support.sim.gossip_sim import PORT, Sim, converge_rounds, steady_sim
 
 pytestmark = pytest.mark.sim
 

@@ -5,7 +5,7 @@ reorders) and duplicates packets per link, partitions node sets, and crashes and
 message really goes through `messages.encode/decode`. Push-pull is a reliable exchange unless the link
 is cut or the peer is down; the TCP fallback ping likewise.
 
-`Sim(seed, n).run_until(t)` advances time; the scenario functions in test_gossip_sim.py drive it and
+`Sim(seed, n).run_until(t)` advances time; the scenario functions in tests/sim/test_gossip_sim.py drive it and
 check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>. Every failure declaration
 (Serf's member-failed, i.e. the core's alive/suspect -> dead) is logged in `Sim.failures` as it happens,
 so the scenarios check "never declared" and "not before the crash" exactly rather than by sampling.
