@@ -30,7 +30,8 @@ import dns.rcode
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.cluster.hosts import Cluster, Host
+from tests.support.cluster_hosts import Cluster, Host
+from tests.support.wait import wait_for
 
 WEB = 'service {\n  name = "web"\n  port = 80\n}\n'
 
@@ -62,12 +63,9 @@ def answers(addr: str, name: str) -> list[str] | None:
 
 
 def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until predicate() holds (polled as fast as it answers)."""
+    """Seconds until predicate() holds (polled every 5 ms, the figures' resolution)."""
     start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+    wait_for(predicate, timeout, 0.005, what)
     return time.monotonic() - start
 
 

@@ -1,1 +1,1 @@
-"""The VM cluster on one machine: hosts in network namespaces (hosts.py) and the suites that use them."""
+"""The VM cluster on one machine: the suites on tests/support/cluster_hosts.py (hosts in network namespaces)."""

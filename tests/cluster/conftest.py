@@ -1,4 +1,4 @@
-"""Fixtures for the VM-cluster suites: hosts in network namespaces (tests/cluster/hosts.py), always removed.
+"""Fixtures for the VM-cluster suites: hosts in network namespaces (tests/support/cluster_hosts.py), always removed.
 
 `cluster_factory(servers, clients, **kw)` makes clusters that are stopped when the test ends, pass or fail;
 `cluster` is one started cluster (3 servers, 2 clients) shared by a module (a module may define its own).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .hosts import Cluster
+from tests.support.cluster_hosts import Cluster
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from .hosts import Cluster, Host
+from tests.support.cluster_hosts import Cluster, Host
 
 pytestmark = pytest.mark.slow
 

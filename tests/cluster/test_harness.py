@@ -1,4 +1,4 @@
-"""The host harness itself (tests/cluster/hosts.py): namespaces, agents, gossip, cut/heal, cleanup.
+"""The host harness itself (tests/support/cluster_hosts.py): namespaces, agents, gossip, cut/heal, cleanup.
 
 Only what the harness promises is tested here; the cluster features (catalog on clients, serfHealth in
 DNS, ...) are tests/cluster/test_acceptance.py's. Waits are on conditions, 30 s bounds.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .hosts import (
+from tests.support.cluster_hosts import (
     SERVICES,
     TEMPLATES,
     Cluster,

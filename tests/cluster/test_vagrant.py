@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .hosts import SERVICES, VAGRANT, meshagent_binary
+from tests.support.cluster_hosts import SERVICES, VAGRANT, meshagent_binary
 
 SERVER_ADDRS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
 

@@ -9,11 +9,10 @@
     finally:
         cluster.stop()                                   # kill every agent by PID, remove every namespace
 
-Network: each run takes a free /24 of 198.18.0.0/15 (198.18.0.0/24 when nothing else uses it). The root
-namespace holds .1 on the bridge, so the test process reaches every host directly (HTTP, `dig`); servers
-are .11, .12, ..., clients .21, .22, ... Hosts have no default route: they reach only each other and the
-test process. Interface names are `<prefix><run>b` (bridge) and `<prefix><run>h<i>` (the root end of
-host i's veth; inside the namespace it is `eth0`); namespaces are `<prefix><run>-<host>`.
+Network, names and the registry are tests/support/netns.py's (the one namespace harness): each run takes
+a free /24 of 198.18.0.0/15; the root namespace holds .1 on the bridge, so the test process reaches every
+host directly (HTTP, `dig`); servers are .11, .12, ..., clients .21, .22, ... Namespaces are
+`<run>-<host name>`.
 
 Agents run on config rendered from vagrant/templates/{server,client}.hcl.tmpl by vagrant/render.py, the
 same files the Vagrant VMs are provisioned with, in `<host>/config/agent.hcl`; services go beside it.
@@ -27,20 +26,19 @@ MESHAGENT_CLUSTER_NETNS=0 in the environment forces that fallback (to see what a
 runs).
 
 Cleanup, also when a test fails or the process dies: `stop()` (the fixtures call it in a finalizer),
-an atexit hook for every cluster still up, and at the start of each run the removal of what earlier
-runs with the same prefix left behind. Each run records its owner (PID and start time), agent PIDs
-(with start times, so a reused PID is never killed) and network in /run/meshagent-cluster/<run>.json
-(written before anything is created); a record whose owner is gone is torn down. Runs made by the
+an atexit hook for every cluster still up, and at the start of each run netns.cleanup_stale. Each run's
+record also holds its agent PIDs (with start times, so a reused PID is never killed). Runs made by the
 `up` command below are "detached" and left alone until `down`.
 
 For poking at by hand (as root, from the repo root):
 
-    .venv/bin/python -m tests.cluster.hosts up --servers 3 --clients 3 --dir /tmp/x [--service vagrant/services/web.hcl]
-    .venv/bin/python -m tests.cluster.hosts status --dir /tmp/x
-    .venv/bin/python -m tests.cluster.hosts cut client-1 --dir /tmp/x     # and: heal client-1
+    .venv/bin/python -m tests.support.cluster_hosts up --servers 3 --clients 3 --dir /tmp/x \
+        [--service vagrant/services/web.hcl]
+    .venv/bin/python -m tests.support.cluster_hosts status --dir /tmp/x
+    .venv/bin/python -m tests.support.cluster_hosts cut client-1 --dir /tmp/x     # and: heal client-1
     ip netns exec <namespace> dig @127.0.0.1 -p 8600 web.service.mesh
-    .venv/bin/python -m tests.cluster.hosts down --dir /tmp/x
-    .venv/bin/python -m tests.cluster.hosts cleanup                        # stale runs of crashed processes
+    .venv/bin/python -m tests.support.cluster_hosts down --dir /tmp/x
+    .venv/bin/python -m tests.support.cluster_hosts cleanup                        # stale runs of crashed processes
 """
 
 from __future__ import annotations
@@ -48,33 +46,54 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import fcntl
 import importlib.util
-import ipaddress
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
 
-from tests.support.agents import port_free
+from .netns import (
+    add_namespace,
+    can_use_namespaces,
+    check_prefix,
+    cleanup_stale,
+    cut_link,
+    free_subnet,
+    heal_link,
+    make_bridge,
+    new_run,
+    proc_start_time,
+    record_is_live,
+    records,
+    registry_dir,
+    registry_lock,
+    same_process,
+    signal_agent,
+    teardown,
+    wait_gone,
+    write_json,
+)
+from .ports import ports_free
+from .wait import wait_for
 
-log = logging.getLogger("tests.cluster.hosts")
+__all__ = ["Cluster", "ClusterWarning", "DigError", "Host", "NotIsolated", "cleanup_stale", "layout",
+           "meshagent_binary", "proc_start_time", "registry_dir", "render"]
+
+log = logging.getLogger("tests.support.cluster_hosts")
 
 T = TypeVar("T")
 
@@ -83,13 +102,10 @@ VAGRANT = REPO / "vagrant"
 TEMPLATES = VAGRANT / "templates"
 SERVICES = VAGRANT / "services"
 
-NETWORK = ipaddress.ip_network("198.18.0.0/15")
 LOOPBACK_NET = "127.18"  # fallback hosts: 127.18.K.N
 HTTP_PORT, DNS_PORT, SERF_PORT, SERVER_PORT = 8500, 8600, 8301, 8300
 STATE_FILE = "cluster.json"
-DEFAULT_PREFIX = "mvc"  # "meshagent VM cluster"; tests/support/netns.py uses mb/mh/mi/mn
-_RUN_CHARS = string.ascii_lowercase + string.digits
-_RUN_LEN = 4
+DEFAULT_PREFIX = "mvc"  # "meshagent VM cluster"; netns.Hosts runs use "mns"
 
 
 class NotIsolated(RuntimeError):
@@ -127,203 +143,6 @@ def _load_render() -> ModuleType:
 
 
 render = _load_render()
-
-
-# ---------------------------------------------------------------------- processes and commands
-
-
-def _run(argv: Sequence[str], check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    except OSError as exc:  # e.g. no `ip` at all: as a failed command
-        proc = subprocess.CompletedProcess(list(argv), 127, "", str(exc))
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _run(["ip", *args], check=check)
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None when it is gone or a zombie): with the PID,
-    it identifies a process, so that a recorded PID that was reused is never signalled."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _same_process(pid: int | None, start: int | None) -> bool:
-    return pid is not None and start is not None and proc_start_time(pid) == start
-
-
-def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc_start_time(pid) is None or (start is not None and proc_start_time(pid) != start):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _signal_agent(pid: int, start: int | None, sig: int, group: bool) -> bool:
-    """Signal a recorded agent process (its whole process group with `group`: the agent leads its own
-    session, so script checks it started go too). False when that process no longer exists."""
-    if start is not None and proc_start_time(pid) != start:
-        return False
-    try:
-        if group and os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _is_agent(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(b"meshagent" in part for part in cmdline) and b"agent" in cmdline
-
-
-# ---------------------------------------------------------------------- the run registry
-
-
-def registry_dir() -> Path:
-    """Where runs record themselves: /run/meshagent-cluster as root (gone at reboot, as namespaces are)."""
-    if os.geteuid() == 0 and Path("/run").is_dir():
-        return Path("/run/meshagent-cluster")
-    return Path(tempfile.gettempdir()) / f"meshagent-cluster-{os.geteuid()}"
-
-
-@contextlib.contextmanager
-def _registry_lock() -> Iterator[Path]:
-    reg = registry_dir()
-    reg.mkdir(parents=True, exist_ok=True)
-    with open(reg / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield reg
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _records(reg: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(reg.glob("*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            log.warning("ignoring unreadable run record %s", path)
-    return out
-
-
-def _record_is_live(rec: dict[str, Any]) -> bool:
-    if rec.get("detached"):
-        # A cluster made by `up`: only `down` removes it, unless its directory is gone.
-        return (Path(rec.get("dir", "/nonexistent")) / STATE_FILE).exists()
-    owner = rec.get("owner") or {}
-    return _same_process(owner.get("pid"), owner.get("start"))
-
-
-def _teardown(rec: dict[str, Any]) -> list[str]:
-    """Kill the recorded agents (verified by start time) and remove the recorded namespaces and links.
-    Returns what could not be removed."""
-    problems: list[str] = []
-    for h in rec.get("hosts", []):
-        pid, start = h.get("pid"), h.get("start")
-        if pid and _same_process(pid, start) and _is_agent(pid):
-            _signal_agent(pid, start, signal.SIGKILL, group=True)
-            if not _wait_gone(pid, start, 10):
-                problems.append(f"process {pid} ({h.get('name')}) did not exit after SIGKILL")
-    if rec.get("isolated"):
-        namespaces = set(_ip("netns", "list", check=False).stdout.split())
-        links = _links()
-        for h in rec.get("hosts", []):
-            if h.get("netns") in namespaces:
-                _ip("netns", "delete", h["netns"], check=False)
-            if h.get("veth") in links:
-                _ip("link", "delete", h["veth"], check=False)
-        if rec.get("bridge") in links:
-            _ip("link", "delete", rec["bridge"], check=False)
-        namespaces = set(_ip("netns", "list", check=False).stdout.split())
-        links = _links()
-        problems += [f"namespace {h['netns']}" for h in rec.get("hosts", []) if h.get("netns") in namespaces]
-        problems += [f"link {n}" for n in [rec.get("bridge")] + [h.get("veth") for h in rec.get("hosts", [])]
-                     if n and n in links]
-    return problems
-
-
-def _links() -> set[str]:
-    proc = _ip("-j", "link", "show", check=False)
-    if proc.returncode != 0:
-        return set()
-    return {link["ifname"] for link in json.loads(proc.stdout or "[]")}
-
-
-def _can_use_namespaces() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None and Path("/proc/self/ns/net").exists()
-
-
-def cleanup_stale(prefix: str = DEFAULT_PREFIX, keep: Sequence[str] = ()) -> list[str]:
-    """Remove what earlier runs with this prefix left behind when their owner died (crash, SIGKILL,
-    timeout): their recorded agents, namespaces, veths and bridges, and unrecorded namespaces and links
-    named like ours. Runs in `keep`, runs whose owner lives and detached (`up`) runs stay. Returns the
-    names of the runs removed."""
-    _check_prefix(prefix)
-    removed = []
-    with _registry_lock() as reg:
-        live = set(keep)
-        for rec in _records(reg):
-            run = rec.get("run", "")
-            if not run.startswith(prefix) or run in keep:
-                continue
-            if _record_is_live(rec):
-                live.add(run)
-                continue
-            problems = _teardown(rec)
-            if problems:
-                log.warning("stale run %s: could not remove %s", run, ", ".join(problems))
-            (reg / f"{run}.json").unlink(missing_ok=True)
-            removed.append(run)
-        if _can_use_namespaces():
-            # Names like ours with no live record: a run whose record was lost. Their processes are not
-            # recorded, so nothing is killed; the namespace goes when they exit.
-            run_re = re.compile(rf"^({re.escape(prefix)}[{_RUN_CHARS}]{{{_RUN_LEN}}})(?:-|b$|h\d+$)")
-            for ns in _ip("netns", "list", check=False).stdout.split():
-                m = run_re.match(ns)
-                if m and m.group(1) not in live:
-                    _ip("netns", "delete", ns, check=False)
-                    removed.append(m.group(1))
-            for link in _links():
-                m = run_re.match(link)
-                if m and m.group(1) not in live:
-                    _ip("link", "delete", link, check=False)
-                    removed.append(m.group(1))
-    removed = sorted(set(removed))
-    if removed:
-        log.warning("removed stale cluster runs: %s", ", ".join(removed))
-    return removed
-
-
-def _check_prefix(prefix: str) -> None:
-    if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", prefix):
-        raise ValueError(f"prefix {prefix!r}: 1-6 characters, a-z then a-z/0-9 (interface names are 15 at most)")
 
 
 # ---------------------------------------------------------------------- hosts
@@ -434,7 +253,7 @@ class Host:
                 return True
             self.returncode = self.process.returncode
             return False
-        return _same_process(self.pid, self.start_time)
+        return same_process(self.pid, self.start_time)
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> Host:
         """Start the agent (its output appended to log_path); with `wait`, until it answers HTTP."""
@@ -481,7 +300,7 @@ class Host:
                 self.returncode = self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 return None
-        elif self.pid is not None and not _wait_gone(self.pid, self.start_time, timeout):
+        elif self.pid is not None and not wait_gone(self.pid, self.start_time, timeout):
             return None
         self.cluster.save()
         return self.returncode
@@ -490,13 +309,13 @@ class Host:
         """Send a signal to the agent process (only the one this harness started)."""
         if not self.running or self.pid is None:
             raise RuntimeError(f"{self.name} is not running")
-        _signal_agent(self.pid, self.start_time, sig, group=False)
+        signal_agent(self.pid, self.start_time, sig, group=False)
 
     def kill(self) -> int | None:
         """SIGKILL (a crash: no leave) to the agent and its process group; waits until it is gone."""
         if self.pid is None or not self.running:
             return self.returncode
-        _signal_agent(self.pid, self.start_time, signal.SIGKILL, group=True)
+        signal_agent(self.pid, self.start_time, signal.SIGKILL, group=True)
         code = self._reap(15)
         if self.running:
             raise RuntimeError(f"{self.name}: pid {self.pid} survived SIGKILL")
@@ -549,16 +368,14 @@ class Host:
         """Take the host off the network: both ends of its veth down. The agent keeps running."""
         if self.netns is None or self.veth is None:
             raise NotIsolated(f"{self.name}: no network namespaces here (loopback fallback), links cannot be cut")
-        _ip("link", "set", self.veth, "down")
-        _ip("-n", self.netns, "link", "set", "eth0", "down")
+        cut_link(self.netns, self.veth)
         self.is_cut = True
 
     def heal(self) -> None:
         """Put the host back on the network."""
         if self.netns is None or self.veth is None:
             raise NotIsolated(f"{self.name}: no network namespaces here (loopback fallback), links cannot be cut")
-        _ip("-n", self.netns, "link", "set", "eth0", "up")
-        _ip("link", "set", self.veth, "up")
+        heal_link(self.netns, self.veth)
         self.is_cut = False
 
     def exec(self, argv: Sequence[str], timeout: float = 30.0, check: bool = False,
@@ -681,12 +498,12 @@ class Cluster:
         """`isolate`: None = namespaces when possible, else the loopback fallback; False = loopback;
         True = namespaces or an error. `detached`: the cluster outlives this process (the `up` command):
         no atexit stop, and other runs' stale cleanup leaves it alone."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / STATE_FILE).exists():
             old = json.loads((self.root / STATE_FILE).read_text())
-            if not old.get("stopped") and any(_same_process(h.get("pid"), h.get("start")) for h in old["hosts"]):
+            if not old.get("stopped") and any(same_process(h.get("pid"), h.get("start")) for h in old["hosts"]):
                 raise RuntimeError(f"{self.root} holds a cluster that is still running (run `down` first)")
         self.prefix = prefix
         self.datacenter = datacenter
@@ -706,7 +523,7 @@ class Cluster:
         plan = layout(servers, clients)
         if isolate is None and os.environ.get("MESHAGENT_CLUSTER_NETNS") == "0":
             isolate = False
-        want_ns = _can_use_namespaces() if isolate is None else isolate
+        want_ns = can_use_namespaces() if isolate is None else isolate
         if not detached:
             _LIVE.append(self)
         try:
@@ -739,55 +556,22 @@ class Cluster:
 
     # ---------------------------------------------------------------- set-up
 
-    def _new_run(self, reg: Path) -> str:
-        taken = {r.get("run") for r in _records(reg)} | set(_ip("netns", "list", check=False).stdout.split())
-        taken |= _links() if self.isolated else set()
-        while True:
-            run = self.prefix + "".join(secrets.choice(_RUN_CHARS) for _ in range(_RUN_LEN))
-            if run not in taken and not any(t and t.startswith(run) for t in taken):
-                return run
-
     def _make_namespaces(self, plan: list[tuple[str, str, int]]) -> None:
         self.isolated = True
-        with _registry_lock() as reg:
-            self.run = self._new_run(reg)
-            self.subnet = str(self._free_subnet(reg))
-            net = ipaddress.ip_network(self.subnet)
+        with registry_lock() as reg:
+            self.run = new_run(reg, self.prefix)
+            net = free_subnet(reg)
+            self.subnet = str(net)
             self.gateway = str(net.network_address + 1)
             self.bridge = f"{self.run}b"
             for i, (name, role, octet) in enumerate(plan, start=1):
                 self.hosts.append(Host(self, i, name, role, str(net.network_address + octet),
                                        f"{self.run}-{name}", f"{self.run}h{i}"))
             self.save(reg)  # the record first: a crash from here on leaves something cleanup_stale finds
-            _ip("link", "add", self.bridge, "type", "bridge")
-            _ip("addr", "add", f"{self.gateway}/{net.prefixlen}", "dev", self.bridge)
-            _ip("link", "set", self.bridge, "up")
+            make_bridge(self.bridge, net)
         for host in self.hosts:
             assert host.netns and host.veth
-            _ip("netns", "add", host.netns)
-            _ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
-            _ip("link", "set", host.veth, "master", self.bridge, "up")
-            _ip("-n", host.netns, "addr", "add", f"{host.address}/{net.prefixlen}", "dev", "eth0")
-            _ip("-n", host.netns, "link", "set", "eth0", "up")
-            _ip("-n", host.netns, "link", "set", "lo", "up")
-
-    def _free_subnet(self, reg: Path) -> ipaddress.IPv4Network:
-        """The first /24 of 198.18.0.0/15 that no interface, route or other live run uses."""
-        used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for link in json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]"):
-            for a in link.get("addr_info", []):
-                used.append(ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network)
-        for route in json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]"):
-            dst = route.get("dst", "default")
-            if dst != "default" and re.fullmatch(r"[\d.]+(/\d+)?", dst):
-                used.append(ipaddress.ip_network(dst, strict=False))
-        for rec in _records(reg):
-            if rec.get("subnet") and rec.get("isolated") and _record_is_live(rec):
-                used.append(ipaddress.ip_network(rec["subnet"]))
-        for candidate in NETWORK.subnets(new_prefix=24):
-            if not any(candidate.overlaps(u) for u in used if u.version == 4 and u.prefixlen > 0):
-                return candidate  # type: ignore[return-value]
-        raise RuntimeError("every /24 of 198.18.0.0/15 is in use")
+            add_namespace(host.netns, host.veth, host.address, net.prefixlen, self.bridge)
 
     def _fallback(self, plan: list[tuple[str, str, int]], why: str) -> None:
         self.isolated = False
@@ -796,10 +580,10 @@ class Cluster:
                    "they are not isolated and cut()/heal() raise NotIsolated")
         log.warning(message)
         warnings.warn(message, ClusterWarning, stacklevel=3)
-        with _registry_lock() as reg:
+        with registry_lock() as reg:
             if not self.run:
-                self.run = self._new_run(reg)
-            taken = {r.get("subnet") for r in _records(reg) if _record_is_live(r) and r.get("run") != self.run}
+                self.run = new_run(reg, self.prefix)
+            taken = {r.get("subnet") for r in records(reg) if record_is_live(r) and r.get("run") != self.run}
             for k in range(256):
                 subnet = f"{LOOPBACK_NET}.{k}.0/24"
                 addresses = [f"{LOOPBACK_NET}.{k}.{octet}" for _, _, octet in plan]
@@ -816,7 +600,7 @@ class Cluster:
         """Delete the namespaces, veths and the bridge; what could not be removed."""
         if not self.isolated:
             return []
-        return _teardown({"isolated": True, "bridge": self.bridge,
+        return teardown({"isolated": True, "bridge": self.bridge,
                           "hosts": [{"netns": h.netns, "veth": h.veth} for h in self.hosts]})
 
     def _check_usable(self) -> None:
@@ -888,23 +672,7 @@ class Cluster:
         counts as "not yet" (unless it is `fatal`); after `timeout` seconds an AssertionError names
         `what`, the last exception and the state and log tail of every host."""
         __tracebackhide__ = True  # pytest shows the caller's line, not this loop
-        deadline = time.monotonic() + timeout
-        last_exc: BaseException | None = None
-        while True:
-            try:
-                value = predicate()
-                if value:
-                    return value
-                last_exc = None
-            except fatal:
-                raise
-            except Exception as exc:  # the thing we wait for may not be up yet
-                last_exc = exc
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                                     + (f"\nlast error: {last_exc!r}" if last_exc else "")
-                                     + "\n" + self.report())
-            time.sleep(interval)
+        return wait_for(predicate, timeout, interval, what, fatal=fatal, report=self.report)
 
     def report(self, lines: int = 15) -> str:
         """Every host's state and the tail of its log, for failure messages."""
@@ -933,10 +701,10 @@ class Cluster:
         with contextlib.suppress(Exception):
             self.http_client.close()
         if self.run:
-            with contextlib.suppress(OSError), _registry_lock() as reg:
+            with contextlib.suppress(OSError), registry_lock() as reg:
                 (reg / f"{self.run}.json").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                _write_json(self.root / STATE_FILE, self.state())
+                write_json(self.root / STATE_FILE, self.state())
         if self in _LIVE:
             _LIVE.remove(self)
         if problems:
@@ -962,12 +730,12 @@ class Cluster:
         if not self.run or self.stopped:
             return
         state = self.state()
-        _write_json(self.root / STATE_FILE, state)
+        write_json(self.root / STATE_FILE, state)
         if reg is not None:
-            _write_json(reg / f"{self.run}.json", state)
+            write_json(reg / f"{self.run}.json", state)
         else:
-            with _registry_lock() as reg_:
-                _write_json(reg_ / f"{self.run}.json", state)
+            with registry_lock() as reg_:
+                write_json(reg_ / f"{self.run}.json", state)
 
     @classmethod
     def attach(cls, root: str | os.PathLike[str]) -> Cluster:
@@ -994,7 +762,7 @@ class Cluster:
 
 
 def _ports_free(address: str) -> bool:
-    return all(port_free(address, p) for p in (HTTP_PORT, DNS_PORT, SERF_PORT, SERVER_PORT))
+    return ports_free(address, (HTTP_PORT, DNS_PORT, SERF_PORT, SERVER_PORT))
 
 
 # ---------------------------------------------------------------------- command line
@@ -1010,7 +778,7 @@ def _print_hosts(cluster: Cluster) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.hosts",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster_hosts",
                                      description="Hosts in network namespaces running meshagent, for manual poking.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="create the hosts and start the agents; they keep running after this exits")
@@ -1049,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_hosts(cluster)
         print(f"\ndig @{cluster.hosts[0].address} -p {DNS_PORT} {cluster.hosts[0].name}.node.mesh"
               f"    curl http://{cluster.hosts[0].address}:{HTTP_PORT}/v1/agent/members")
-        print(f"python -m tests.cluster.hosts down --dir {cluster.root}")
+        print(f"python -m tests.support.cluster_hosts down --dir {cluster.root}")
         return 0
     if args.command == "cleanup":
         removed = cleanup_stale(args.prefix)
