@@ -39,9 +39,9 @@ from .lifecycle import leaves_on, notify_systemd
 from .local_state import LocalState
 from .logs import parse_level
 from .peer_snapshot import PeerSnapshot
+from .rpc.framing import split_address
 from .server.leader import MembershipReconciler
-from .server.runtime import RaftServer
-from .server.transport import split_address
+from .server.raft_server import RaftServer
 from .store import CatalogStore
 
 if TYPE_CHECKING:

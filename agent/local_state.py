@@ -37,7 +37,7 @@ from .checks.manager import CheckManager, UnknownCheck
 from .config.encode import check_to_api, service_to_api
 from .config.loader import ConfigErrors, parse_check, parse_service
 from .config.types import CheckDefinition, ServiceDefinition, Source
-from .server.errors import ServerError
+from .rpc.errors import ServerError
 from .store import CatalogStore
 
 log = logging.getLogger("meshagent.agent")

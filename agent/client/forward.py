@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from ..server.errors import ServerError
-from ..server.transport import RPCClient
+from ..rpc.client import RPCClient
+from ..rpc.errors import ServerError, Unreachable
 from .replica import CatalogReplica
 from .servers import ServerPool
 
@@ -20,7 +20,6 @@ log = logging.getLogger("meshagent.client")
 
 RPC_HOLD_TIMEOUT = 7.0  # Consul's rpc_hold_timeout: how long a request may wait for a leader or a server
 CALL_TIMEOUT = 5.0
-_TRANSPORT_ERRORS = ("cannot reach server", "lost connection", "did not answer")
 
 
 class ServerForwarder:
@@ -51,7 +50,7 @@ class ServerForwarder:
             # The server feeding our replica first: its answers and our replica move in step.
             candidates = [a for a in [self.replica.server, *self.pool.candidates()] if a]
             if not candidates:
-                raise ServerError("No known servers (none has been seen through gossip yet)")
+                raise Unreachable("No known servers (none has been seen through gossip yet)")
             address = next((a for a in candidates if a not in tried), None)
             if address is None:
                 tried.clear()
@@ -64,14 +63,12 @@ class ServerForwarder:
             try:
                 self.forwarded += 1
                 return await client.call(self._nursery, method, args, timeout)
-            except ServerError as exc:
-                if not any(text in str(exc) for text in _TRANSPORT_ERRORS):
-                    raise  # the server answered: the error is the request's own
+            except Unreachable as exc:  # any other error is the server's answer: the request's own
                 last_error = str(exc)
                 log.debug("RPC %s to %s failed: %s", method, address, exc)
                 self.pool.failed(address)
             if trio.current_time() >= deadline:
-                raise ServerError(last_error)
+                raise Unreachable(last_error)
             await trio.sleep(0.05)
 
     async def apply(self, command: dict[str, Any]) -> Any:

@@ -14,8 +14,8 @@ import msgpack
 import trio
 
 from ..catalog import CommandError
-from ..server.feed import HEARTBEAT_INTERVAL
-from ..server.transport import FrameReader, open_stream, pack_frame
+from ..rpc.feed import HEARTBEAT_INTERVAL, subscribe_frame
+from ..rpc.framing import FrameReader, open_stream
 from ..store import CatalogStore
 from .servers import ServerPool
 
@@ -85,7 +85,7 @@ class CatalogReplica:
         with trio.fail_after(CONNECT_TIMEOUT):
             stream, _ = await open_stream(address, self.tls)
         async with stream:
-            await stream.send_all(pack_frame(["sub", self.node_name]))
+            await stream.send_all(subscribe_frame(self.node_name))
             reader = FrameReader()
             while True:
                 with trio.fail_after(SILENCE_LIMIT):

@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ..server.errors import ServerError
+from ..rpc.errors import ServerError
 from . import agent_api, catalog_api, catalog_write_api, event_api, health_api, kv_api, operator_api
 from .filter import FilterError, Schema, compile_filter
 from .query import HTTPError, Query, parse_query

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..server.transport import MAX_FRAME
+from ..rpc.framing import MAX_FRAME
 from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from .agent_api import advertise_address
 from .query import HTTPError, Query, bad_request

@@ -1,12 +1,7 @@
 """CatalogFeed: a server streams its catalog to client agents, which keep a read replica of it.
 
-A client sends ["sub", node_name] on the server port; from then on the connection carries, server to
-client only:
-  ["snap", catalog_index, snapshot]                the whole catalog (first, and after every restore)
-  ["cmd", catalog_index, command]                  one applied catalog command, in apply order
-  ["beat", catalog_index, leader_known, last_contact_ms]   every HEARTBEAT_INTERVAL, so silence means loss
-Catalog indexes are the same on every server (each maps Raft entries to catalog indexes the same way), so a
-client may move to another server and compare indexes across them.
+The frames are agent/rpc/feed.py's. Catalog indexes are the same on every server (each maps Raft entries
+to catalog indexes the same way), so a client may move to another server and compare indexes across them.
 """
 
 from __future__ import annotations
@@ -17,12 +12,11 @@ from typing import Protocol
 
 import trio
 
+from ..rpc.feed import HEARTBEAT_INTERVAL, command_frame, heartbeat_frame, snapshot_frame
 from ..store import CatalogStore
-from .transport import pack_frame
 
 log = logging.getLogger("meshagent.server.feed")
 
-HEARTBEAT_INTERVAL = 1.0
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # a subscriber this far behind is dropped; it resubscribes from a snapshot
 
 
@@ -54,7 +48,7 @@ class CatalogFeed:
         """Start streaming to `sub`: the whole catalog now, every command after."""
         self._subscribers[sub] = node
         catalog = self._store.catalog
-        sub.send_frame(pack_frame(["snap", catalog.last_index, catalog.snapshot()]))
+        sub.send_frame(snapshot_frame(catalog.last_index, catalog.snapshot()))
         log.debug("feed: %s subscribed at index %d", node, catalog.last_index)
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -65,14 +59,14 @@ class CatalogFeed:
         """An applied command (applied or rejected: either way it used its index)."""
         if not self._subscribers:
             return
-        self._send_all(pack_frame(["cmd", index, command]))
+        self._send_all(command_frame(index, command))
 
     def restored(self) -> None:
         """The catalog was replaced (snapshot install or restore): everyone gets the new one."""
         if not self._subscribers:
             return
         catalog = self._store.catalog
-        self._send_all(pack_frame(["snap", catalog.last_index, catalog.snapshot()]))
+        self._send_all(snapshot_frame(catalog.last_index, catalog.snapshot()))
 
     def _send_all(self, frame: bytes) -> None:
         for sub, node in list(self._subscribers.items()):
@@ -90,4 +84,4 @@ class CatalogFeed:
             await trio.sleep(HEARTBEAT_INTERVAL)
             if self._subscribers:
                 known, last_contact = self._leader_info()
-                self._send_all(pack_frame(["beat", self._store.catalog.last_index, known, last_contact]))
+                self._send_all(heartbeat_frame(self._store.catalog.last_index, known, last_contact))

@@ -8,10 +8,10 @@ from typing import Any
 
 import trio
 
+from ..rpc.errors import ServerError
 from ..store import CatalogStore
-from .errors import ServerError
+from .raft_server import RaftServer
 from .reconcile import MemberView, forget_commands, member_commands, reap_commands
-from .runtime import RaftServer
 
 log = logging.getLogger("meshagent.leader")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...raft.entry import MAX_ID_LEN, valid_address
-from .errors import ServerError
+from ..rpc.errors import Rejected
 
 MAX_NAME_LEN = 128
 MAX_BOOTSTRAP_EXPECT = 64
@@ -30,16 +30,16 @@ def _server_id(v: object) -> bool:
 
 
 def parse_add_server(args: Any) -> AddServerArgs:
-    """{id, address, name?}: an ID, a host:port and a node name, nothing else; ServerError(400) otherwise."""
+    """{id, address, name?}: an ID, a host:port and a node name, nothing else; Rejected otherwise."""
     if not isinstance(args, dict) or not {"id", "address"} <= args.keys() <= {"id", "address", "name"}:
-        raise ServerError("add_server needs {id, address, name}", 400)
+        raise Rejected("add_server needs {id, address, name}")
     sid, address, name = args["id"], args["address"], args.get("name", "")
     if not _server_id(sid):
-        raise ServerError(f"add_server: id must be 1-{MAX_ID_LEN} printable characters without spaces", 400)
+        raise Rejected(f"add_server: id must be 1-{MAX_ID_LEN} printable characters without spaces")
     if not valid_address(address):
-        raise ServerError("add_server: address must be host:port", 400)
+        raise Rejected("add_server: address must be host:port")
     if not _text(name, MAX_NAME_LEN, empty_ok=True):
-        raise ServerError(f"add_server: name must be a printable string of at most {MAX_NAME_LEN}", 400)
+        raise Rejected(f"add_server: name must be a printable string of at most {MAX_NAME_LEN}")
     return AddServerArgs(sid, address, name)
 
 

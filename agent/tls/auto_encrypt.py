@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import trio
 
-from ..server.errors import ServerError
-from ..server.transport import RPCClient
+from ..rpc.client import RPCClient
+from ..rpc.errors import ServerError
 from .policy import AUTO_ENCRYPT_DAYS, RPCTLS, SIGN_METHOD
 
 log = logging.getLogger("meshagent.tls")

@@ -47,8 +47,8 @@ sys.path.insert(0, str(HERE.parent))
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 from meshagent.agent.catalog.commands import kv_set  # noqa: E402
 from meshagent.agent.config.types import TLSConfig  # noqa: E402
-from meshagent.agent.server.errors import ServerError  # noqa: E402
-from meshagent.agent.server.transport import RPCClient  # noqa: E402
+from meshagent.agent.rpc.client import RPCClient  # noqa: E402
+from meshagent.agent.rpc.errors import ServerError  # noqa: E402
 from meshagent.agent.tls.policy import RPCTLS  # noqa: E402
 from meshagent.gossip.keyring import Keyring  # noqa: E402
 

@@ -23,6 +23,7 @@ def _frames(commands: list[bytes]) -> bytes:
 
 
 def _answers(sock: socket.socket, n: int) -> dict[int, tuple[object, object]]:
+    """(error, result) per request id; an error ([code, message] on the wire) as "code: message"."""
     unpacker = b""
     got: dict[int, tuple[object, object]] = {}
     while len(got) < n:
@@ -33,7 +34,7 @@ def _answers(sock: socket.socket, n: int) -> dict[int, tuple[object, object]]:
             size = int.from_bytes(unpacker[:4], "big")
             kind, rid, error, result = msgpack.unpackb(unpacker[4:4 + size], raw=False)
             assert kind == "resp"
-            got[rid] = (error, result)
+            got[rid] = (None if error is None else f"{error[0]}: {error[1]}", result)
             unpacker = unpacker[4 + size:]
     return got
 

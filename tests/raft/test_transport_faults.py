@@ -8,8 +8,10 @@ import struct
 from typing import Any
 
 import trio
-from meshagent.agent.server.errors import ServerError
-from meshagent.agent.server.transport import RPCClient, ServerListener, pack_frame
+from meshagent.agent.rpc.client import RPCClient
+from meshagent.agent.rpc.errors import ServerError
+from meshagent.agent.rpc.framing import pack_frame
+from meshagent.agent.server.listener import ServerListener
 
 
 async def _echo(method: str, args: Any) -> Any:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from meshagent.agent.server.transport import FrameReader, pack_frame
+from meshagent.agent.rpc.framing import FrameReader, pack_frame
 from meshagent.raft.messages import AppendRequest, encode_message
 
 from tests.support.agents import AgentProcess, port_free

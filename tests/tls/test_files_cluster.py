@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshagent.agent.server.transport import pack_frame
+from meshagent.agent.rpc.framing import pack_frame
 
 from tests.support.agents import MESHAGENT, AgentProcess
 

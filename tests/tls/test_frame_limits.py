@@ -7,8 +7,10 @@ import struct
 from typing import Any
 
 import trio
-from meshagent.agent.server.errors import ServerError
-from meshagent.agent.server.transport import Limits, RPCClient, ServerListener, pack_frame
+from meshagent.agent.rpc.client import RPCClient
+from meshagent.agent.rpc.errors import ServerError
+from meshagent.agent.rpc.framing import pack_frame
+from meshagent.agent.server.listener import Limits, ServerListener
 from meshagent.raft.messages import AppendRequest, encode_message
 
 LIMITS = Limits(max_frame=1024 * 1024, handshake_timeout=1.0, frame_deadline=0.5, idle_timeout=30.0,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import trio
 from meshagent.agent.config.types import TLSConfig
-from meshagent.agent.server.errors import ServerError
-from meshagent.agent.server.transport import RPCClient
+from meshagent.agent.rpc.client import RPCClient
+from meshagent.agent.rpc.errors import ServerError
 from meshagent.agent.tls.policy import RPCTLS
 from meshagent.gossip.keyring import Keyring
 

@@ -11,8 +11,9 @@ import pytest
 import trio
 import trio.testing
 from meshagent.agent.config.types import TLSConfig
-from meshagent.agent.server.errors import ServerError
-from meshagent.agent.server.transport import RPCClient, ServerListener
+from meshagent.agent.rpc.client import RPCClient
+from meshagent.agent.rpc.errors import ServerError
+from meshagent.agent.server.listener import ServerListener
 from meshagent.agent.tls import certs
 from meshagent.agent.tls.auto_encrypt import request_certificate
 from meshagent.agent.tls.policy import RPCTLS

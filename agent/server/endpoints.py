@@ -1,0 +1,63 @@
+"""The server's RPC endpoint table: one entry per :8300 method, each checking its arguments.
+
+(auto_encrypt.sign is answered by the listener itself, from the TLS policy.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..rpc.errors import Rejected
+from .rpc_args import parse_add_server
+
+if TYPE_CHECKING:
+    from .raft_server import RaftServer
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class Endpoints:
+    """Maps each RPC method to its handler on one server."""
+
+    def __init__(self, server: RaftServer) -> None:
+        self.server = server
+        self.table: dict[str, Handler] = {
+            "hello": server.bootstrap.on_hello,       # a server looking for its peers (bootstrap/join)
+            "apply": self.apply,                      # a write, forwarded to the leader if need be
+            "read_index": self.read_index,            # (leader) an index a follower may read at
+            "barrier": self.barrier,                  # a client agent's read barrier
+            "add_server": self.add_server,            # a server asking the leader to add it
+        }
+
+    async def dispatch(self, method: str, args: Any) -> Any:
+        """Answer one call (the listener's RPC handler)."""
+        handler = self.table.get(method)
+        if handler is None:
+            raise Rejected(f"unknown RPC method {method!r}")
+        return await handler(args)
+
+    async def apply(self, args: Any) -> Any:
+        """A catalog command's bytes; the answer is its result once applied."""
+        if not isinstance(args, bytes):
+            raise Rejected("apply needs the command bytes")
+        return await self.server.apply_bytes(args)
+
+    async def read_index(self, args: Any) -> int:
+        """(Leader) confirm leadership and name the index a read must wait for."""
+        if not isinstance(args, bool):
+            raise Rejected("read_index needs a boolean (consistent)")
+        return await self.server.driver.read_index(args)
+
+    async def barrier(self, args: Any) -> int:
+        """A client agent's read: once this returns, its replica must reach this catalog index."""
+        if not isinstance(args, bool):
+            raise Rejected("barrier needs a boolean (consistent)")
+        await self.server.read_barrier(args)
+        return self.server.store.catalog.last_index
+
+    async def add_server(self, args: Any) -> bool:
+        """Add the calling server as a non-voter (forwarded to the leader if need be)."""
+        add = parse_add_server(args)
+        await self.server.bootstrap.add_server(add.id, add.address, add.name)
+        return True
