@@ -2,6 +2,10 @@
 
 It is pure (no trio, no clock, no I/O) so that the Raft FSM can wrap it unchanged. Rows are never mutated
 in place: a write replaces the row, so a reader holding an old row sees a consistent old version.
+The Raft side (entries, batches, restore commands, snapshots) is agent/server/fsm.py.
+
+Over ~450 lines on purpose: the tables, their secondary indexes and the per-key watch indexes must change
+together on every write, and one class holding them all is where that invariant can be read and checked.
 """
 
 from __future__ import annotations
