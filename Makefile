@@ -1,9 +1,11 @@
-# The two set-up commands the README documents: `make dev` and `make test`.
+# The two set-up commands the README documents: `make dev` and `make test` (everything, as CI runs it).
+# While editing: `make test-fast` (lint, mypy on the cores, tests not marked slow/sim/cluster; under 90 s on
+# a quiet 2-core machine) and `make check-imports` (the layering rules, tests/test_import_rules.py).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint system-deps bench
+.PHONY: dev test test-fast check-imports lint system-deps bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,17 @@ test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
 	.ci/typecheck raft gossip agent.catalog
 	$(BIN)/pytest
+
+# Lint, type-check the cores, and every test not marked slow, sim or cluster (pytest's exit 5, nothing
+# collected, fails like any other error).
+test-fast: $(BIN)/.installed system-deps
+	$(BIN)/ruff check agent gossip raft proxy cli tests bench
+	.ci/typecheck raft gossip agent.catalog
+	$(BIN)/pytest -q -m "not slow and not sim and not cluster"
+
+# What each folder may import (docs/ARCHITECTURE): cores no trio/socket/time/agent, proxy/ no agent, cli/ only config.
+check-imports: $(BIN)/.installed
+	$(BIN)/pytest -q tests/test_import_rules.py
 
 bench: $(BIN)/.installed system-deps
 	$(BIN)/pip install -q -e '.[bench]'

@@ -9,6 +9,17 @@ import pytest
 
 from tests.support.agents import AgentProcess, start_agent
 
+CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+NAMESPACE_FIXTURES = {"hosts"}  # tests/raft's netns.Hosts: one network namespace per server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `cluster` every test that makes network namespaces: tests/cluster and users of the `hosts`
+    fixture (they need root and `ip`, take a bridge and a /24 each, and run for tens of seconds)."""
+    for item in items:
+        if CLUSTER_DIR in item.path.parents or NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
 
 @pytest.fixture
 def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
