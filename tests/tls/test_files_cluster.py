@@ -15,9 +15,8 @@ import pytest
 from meshagent.agent.rpc.framing import pack_frame
 
 from tests.support.agents import MESHAGENT, AgentProcess
-
-from .cluster import (
-    _answers,
+from tests.support.tls_cluster import (
+    answers_until_close,
     assert_cluster_works,
     attack_frames,
     cluster,
@@ -103,7 +102,7 @@ def test_the_auto_encrypt_channel_only_signs(agents: tuple[Path, list[AgentProce
         raw.sendall(b"\x07")
         with ctx.wrap_socket(raw) as sock:
             sock.sendall(pack_frame(["req", 1, "barrier", False]))
-            answer = _answers(sock)
+            answer = answers_until_close(sock)
     assert answer and "permission denied" in str(answer[0]), answer
 
 

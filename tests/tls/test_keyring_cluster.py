@@ -21,9 +21,7 @@ from meshagent.agent.tls.policy import RPCTLS
 from meshagent.gossip.keyring import Keyring
 
 from tests.support.agents import MESHAGENT, AgentProcess
-from tests.support.wait import wait_for
-
-from .cluster import (
+from tests.support.tls_cluster import (
     assert_cluster_works,
     attack_frames,
     cluster,
@@ -33,6 +31,7 @@ from .cluster import (
     raft_servers,
     tls_attempt,
 )
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
-"""Helpers for the :8300 security tests: a 3-server + 1-client cluster on 127.0.0.80-109, and an attacker
-that speaks the server port with nothing but a socket (plaintext, or TLS without our credentials)."""
+"""Harness for the :8300 security tests (tests/tls): a 3-server + 1-client cluster on 127.0.0.80-109, and an
+attacker that speaks the server port with nothing but a socket (plaintext, or TLS without our credentials)."""
 
 from __future__ import annotations
 
@@ -14,25 +14,18 @@ import httpx
 from meshagent.agent.rpc.framing import FrameReader, pack_frame
 from meshagent.raft.messages import AppendRequest, encode_message
 
-from tests.support.agents import AgentProcess, port_free
-from tests.support.wait import wait_for
+from .agents import AgentProcess
+from .ports import free_hosts
+from .wait import wait_for
 
-PORTS = (8300, 8301, 8500, 8600)
-
-
-def free_hosts(n: int, first: int = 80, last: int = 109) -> list[str]:
-    """`n` addresses of this suite's range whose agent ports are all free."""
-    hosts = [f"127.0.0.{i}" for i in range(first, last + 1)
-             if all(port_free(f"127.0.0.{i}", p) for p in PORTS)]
-    assert len(hosts) >= n, f"not enough free addresses in 127.0.0.{first}-{last}"
-    return hosts[:n]
+FIRST, LAST = 80, 109  # this suite's own addresses
 
 
 @contextmanager
 def cluster(tmp: Path, extra_server: list[str], extra_client: list[str]) -> Iterator[list[AgentProcess]]:
     """Three servers (bootstrap_expect 3) and one client agent; yields [s1, s2, s3, client] once the servers
     have a leader and the client has registered its node. Kills them all by PID on exit."""
-    hosts = free_hosts(4)
+    hosts = free_hosts(4, FIRST, LAST)
     started: list[AgentProcess] = []
     try:
         for i, host in enumerate(hosts[:3]):
@@ -79,7 +72,7 @@ def attack_frames() -> list[bytes]:
             pack_frame(["sub", "evil"])]
 
 
-def _answers(sock: socket.socket | ssl.SSLSocket) -> list[object]:
+def answers_until_close(sock: socket.socket | ssl.SSLSocket) -> list[object]:
     """Frames the server sends back before it closes (or 3 s pass)."""
     reader = FrameReader()
     frames: list[object] = []
@@ -102,7 +95,7 @@ def plaintext_attempt(host: str, frame: bytes) -> list[object]:
             sock.sendall(frame)
         except OSError:
             return []
-        return _answers(sock)
+        return answers_until_close(sock)
 
 
 def tls_attempt(host: str, frame: bytes, cert: tuple[str, str] | None = None) -> list[object]:
@@ -115,7 +108,7 @@ def tls_attempt(host: str, frame: bytes, cert: tuple[str, str] | None = None) ->
     try:
         with socket.create_connection((host, 8300), timeout=5) as raw, ctx.wrap_socket(raw) as sock:
             sock.sendall(frame)
-            return _answers(sock)
+            return answers_until_close(sock)
     except OSError:  # ssl.SSLError included: the handshake was refused
         return []
 
