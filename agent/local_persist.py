@@ -1,0 +1,68 @@
+"""The data dir's local-state.json: API-registered services and checks, maintenance and TTL statuses.
+
+A restart reads it back so that what was registered over HTTP, and a TTL check's last status, survive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..atomic_file import write_atomic
+
+log = logging.getLogger("meshagent.agent")
+
+STATE_FILE = "local-state.json"
+
+
+@dataclass(slots=True)
+class Persisted:
+    """What local-state.json holds."""
+
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)  # api-registered, CamelCase bodies
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # api-registered node checks
+    ttl: dict[str, dict[str, Any]] = field(default_factory=dict)  # check id -> status, output, expires (wall)
+    node_maintenance: str | None = None
+    service_maintenance: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """The file's contents: sorted, indented JSON."""
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+
+class StateFile:
+    """Reads and writes local-state.json in `data_dir` (nothing at all without a data dir)."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.path = Path(data_dir) / STATE_FILE if data_dir else None
+        self._lock = trio.Lock()
+
+    def load(self) -> Persisted:
+        """The saved state; empty when there is none or it cannot be read (logged)."""
+        if self.path is None or not self.path.exists():
+            return Persisted()
+        try:
+            raw = json.loads(self.path.read_text())
+            return Persisted(services=dict(raw.get("services", {})), checks=dict(raw.get("checks", {})),
+                             ttl=dict(raw.get("ttl", {})), node_maintenance=raw.get("node_maintenance"),
+                             service_maintenance=dict(raw.get("service_maintenance", {})))
+        except (OSError, ValueError, AttributeError) as exc:
+            # Refusing to start would lose the catalog too; start empty and say loudly what was dropped.
+            log.error("ignoring unreadable local state %s: %s", self.path, exc)
+            return Persisted()
+
+    async def save(self, current: Callable[[], Persisted]) -> None:
+        """Replace the file atomically with `current()`; raises OSError when the disk refuses."""
+        if self.path is None:
+            return
+        # One writer at a time, and the state taken once the lock is ours: otherwise an older state could be
+        # renamed over a newer one.
+        async with self._lock:
+            data = current().to_bytes()
+            await trio.to_thread.run_sync(write_atomic, self.path, data)
