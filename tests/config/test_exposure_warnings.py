@@ -9,7 +9,8 @@ import pytest
 from meshagent.agent.config.exposure import is_loopback
 from meshagent.agent.config.loader import load_config, validate_paths
 
-from tests.support.agents import MESHAGENT, AgentProcess, port_free
+from tests.support.agents import MESHAGENT, AgentProcess
+from tests.support.ports import free_hosts
 from tests.support.wait import wait_for
 
 KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
@@ -62,8 +63,7 @@ def test_validate_prints_warnings_and_still_passes(tmp_path: Path) -> None:
 
 
 def test_the_agent_logs_the_warnings_at_start(tmp_path: Path) -> None:
-    host = next(f"127.0.0.{n}" for n in range(129, 109, -1)  # this suite's range, from the top
-                if all(port_free(f"127.0.0.{n}", p) for p in (8500, 8600, 8300, 8301)))
+    [host] = free_hosts(1, 129, 110)  # this suite's range, from the top
     agent = AgentProcess(host=host, args=["-dev", "-bind", host, "-client", host, "-enable-script-checks"],
                          workdir=tmp_path)
     try:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from meshagent.agent.config.loader import load_config, validate_paths
 
-from tests.support.agents import MESHAGENT, port_free
+from tests.support.agents import MESHAGENT
+from tests.support.ports import free_hosts
 
 ACL = 'acl {\n  enabled        = true\n  default_policy = "deny"\n}\n'
 
@@ -77,11 +78,7 @@ service {
 
 
 def _free_host() -> str:
-    for n in range(110, 130):  # this suite's 127.0.0.N range
-        host = f"127.0.0.{n}"
-        if all(port_free(host, p) for p in (8500, 8600, 8300, 8301)):
-            return host
-    raise RuntimeError("no free address in 127.0.0.110-129")
+    return free_hosts(1, 110, 129)[0]  # this suite's 127.0.0.N range
 
 
 def test_agent_with_acl_refuses_to_start(tmp_path: Path) -> None:

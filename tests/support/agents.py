@@ -51,14 +51,14 @@ class AgentProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until the agent serves /v1/status/leader (fail early with its log if it exits)."""
+        """Wait until the agent serves /v1/status/leader (fail at once, with its log, if it exits)."""
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             return httpx.get(f"{self.http_addr}/v1/status/leader", timeout=1.0).status_code == 200
         try:
-            wait_for(ready, timeout, what=f"agent on {self.host} to serve HTTP")
+            wait_for(ready, timeout, what=f"agent on {self.host} to serve HTTP", fatal=AssertionError)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- agent log ---\n{self.log()}") from None
 

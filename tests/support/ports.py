@@ -37,8 +37,10 @@ def free_loopback_host(ports: tuple[int, ...] = AGENT_PORTS) -> str:
 
 
 def free_hosts(n: int, first: int, last: int, ports: tuple[int, ...] = AGENT_PORTS) -> list[str]:
-    """The first `n` addresses 127.0.0.N with N in [first, last] (a suite's own range) whose ports are free."""
-    found = [f"127.0.0.{i}" for i in range(first, last + 1) if ports_free(f"127.0.0.{i}", ports)][:n]
+    """The first `n` addresses 127.0.0.N, N from `first` to `last` (a suite's own range; first > last counts
+    down), whose ports are free."""
+    step = 1 if last >= first else -1
+    found = [f"127.0.0.{i}" for i in range(first, last + step, step) if ports_free(f"127.0.0.{i}", ports)][:n]
     if len(found) < n:
         raise RuntimeError(f"only {len(found)} of {n} addresses in 127.0.0.{first}-{last} have ports {ports} free")
     return found
