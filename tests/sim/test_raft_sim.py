@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from tests.support.sim.raft_sim import Faults, Simulation
 from tests.support.linearizability import check_history
+from tests.support.sim.raft_sim import Faults, Simulation
 
 # CI runs 1,000 seeds (3- and 5-server clusters alternate); RAFT_SIM_SEEDS=N runs more, RAFT_SIM_SEED=S one.
 SEEDS = int(os.environ.get("RAFT_SIM_SEEDS", "1000"))
@@ -61,7 +61,8 @@ def test_faults_exercise_every_mechanism() -> None:
     assert all(v > 0 for v in totals.values()), totals
 
 
-CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0)
+CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0,
+              crash_before_fsync=0.0, crash_after_persist=0.0)
 
 
 @pytest.mark.sim

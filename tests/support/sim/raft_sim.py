@@ -1,7 +1,10 @@
 """A deterministic simulator for the Raft core: virtual time, a faulty network, crashes, and a KV client load.
 
 Everything random comes from one `random.Random(seed)`, so a seed replays exactly. Safety invariants are
-checked after every step; the client history is returned for a linearizability check.
+checked after every step; the client history is returned for a linearizability check. Outputs go through
+the runtime's own executor (raft/executor.py) over `SimIO`; besides uniform crashes between steps, a
+server can crash inside a Ready: before its fsync (after a leader's early sends) or right after it (before
+its sends and applies).
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 from meshagent.raft.config import RaftConfig
 from meshagent.raft.entry import COMMAND, Entry, Membership, Server, SnapshotMeta
+from meshagent.raft.executor import EXECUTOR, Executor, drive
 from meshagent.raft.messages import decode_message, encode_message
 from meshagent.raft.node import (
     LEADER,
@@ -32,6 +37,7 @@ from meshagent.raft.node import (
     Send,
     TruncateLog,
 )
+from meshagent.raft.ready import Notice, Storage
 
 from tests.support.linearizability import Op
 
@@ -58,6 +64,10 @@ class Faults:
     transfer_rate: float = 0.2    # leadership transfers per virtual second
     reconfigure_rate: float = 0.5  # membership changes per virtual second (5-server clusters)
     down_time: tuple[float, float] = (0.2, 2.0)
+    # Targeted faults, drawn at each storage write of the faulty phase: a crash before the fsync (the write
+    # is lost; a leader's early sends are already out) and a crash right after it (nothing sent or applied).
+    crash_before_fsync: float = 0.002
+    crash_after_persist: float = 0.002
 
 
 @dataclass
@@ -79,6 +89,10 @@ class Durable:
 def _link(prev: bytes, e: Entry) -> bytes:
     return hashlib.blake2b(prev + e.term.to_bytes(8, "big") + e.kind.to_bytes(1, "big") + e.data,
                            digest_size=12).digest()
+
+
+class Crashed(Exception):
+    """A targeted fault stopped a server in the middle of carrying out a Ready."""
 
 
 class KV:
@@ -128,6 +142,7 @@ class SimServer:
         self.node = self._boot()
         self.kv = KV()
         self.applied_chain: dict[int, bytes] = {}
+        self.io = SimIO(sim, self)
 
     def _boot(self) -> RaftNode:
         d = self.durable
@@ -154,8 +169,9 @@ class Simulation:
     """A seeded cluster run."""
 
     def __init__(self, seed: int, servers: int = 3, faults: Faults | None = None, clients: int = 3,
-                 duration: float = 6.0, snapshot_every: int = 40) -> None:
+                 duration: float = 6.0, snapshot_every: int = 40, executor: Executor = EXECUTOR) -> None:
         self.seed = seed
+        self.executor = executor
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.config = RaftConfig(election_timeout=0.15, heartbeat_interval=0.03, leader_lease_timeout=0.1,
@@ -177,7 +193,8 @@ class Simulation:
         self.applied: dict[int, bytes] = {}
         self.steps = 0
         self.client_stop = duration
-        self.stats = {"snapshots_installed": 0, "transfers": 0, "reconfigurations": 0, "elections": 0}
+        self.stats = {"snapshots_installed": 0, "transfers": 0, "reconfigurations": 0, "elections": 0,
+                      "crash_before_fsync": 0, "crash_after_persist": 0}
         membership = Membership(tuple(Server(sid, _addr(sid)) for sid in self.ids))
         for s in self.servers.values():
             self._carry_out(s, s.node.bootstrap(membership))
@@ -208,63 +225,22 @@ class Simulation:
             self._schedule(self.now + delay, "msg", (src, dst, wire))
 
     def _carry_out(self, s: SimServer, outputs: list[Output]) -> None:
-        """Storage first (durable at once here), then messages; then the leader's own ack and a flush."""
-        sends: list[Send] = []
-        work = list(outputs)
-        while work:
-            d = s.durable
-            for out in work:
-                if isinstance(out, Send):
-                    sends.append(out)
-                elif isinstance(out, PersistState):
-                    d.term, d.vote = out.term, out.vote
-                elif isinstance(out, AppendLog):
-                    for e in out.entries:
-                        if e.index != d.base_index + len(d.log) + 1:
-                            raise InvariantViolation(f"{s.id}: non-contiguous append of {e.index}")
-                        prev = d.chain[-1] if d.chain else d.base_chain
-                        d.log.append(e)
-                        d.chain.append(_link(prev, e))
-                elif isinstance(out, TruncateLog):
-                    cut = out.from_index - d.base_index - 1
-                    if self.committed.get(out.from_index) == s.chain_at(out.from_index):
-                        raise InvariantViolation(f"{s.id}: truncating committed entry {out.from_index}")
-                    del d.log[cut:]
-                    del d.chain[cut:]
-                elif isinstance(out, CompactLog):
-                    drop = out.upto_index - d.base_index
-                    d.base_chain = d.chain[drop - 1]
-                    del d.log[:drop]
-                    del d.chain[:drop]
-                    d.base_index, d.base_term = out.upto_index, out.upto_term
-                elif isinstance(out, InstallSnapshot):
-                    self.stats["snapshots_installed"] += 1
-                    d.snapshot, d.snapshot_data = out.meta, out.data
-                    chain = self.committed.get(out.meta.index)
-                    if chain is None:
-                        raise InvariantViolation(f"{s.id}: snapshot at uncommitted index {out.meta.index}")
-                    d.snapshot_chain = chain
-                    if out.reset_log:
-                        d.log, d.chain = [], []
-                        d.base_index, d.base_term, d.base_chain = out.meta.index, out.meta.term, chain
-                    s.kv = KV.restore(out.data)
-                elif isinstance(out, Apply):
-                    self._apply(s, out.entries)
-                elif isinstance(out, ReadReady):
-                    self._read_ready(s, out.ctx, out.index)
-                elif isinstance(out, ReadFailed):
-                    self._read_failed(out.ctx)
-                elif isinstance(out, RoleChange):
-                    if out.role == LEADER:
-                        self._on_leader(s, out.term)
-            work = []
-            if s.node.role == LEADER:
-                work.extend(s.node.persisted(self.now, s.node.last_index))
-            work.extend(s.node.flush(self.now))
-        for snd in sends:
-            self._send(s.id, snd.to, snd.msg)
+        """Carry out the outputs through the shared executor; then commit bookkeeping and snapshots."""
+        try:
+            drive(self.executor.execute(s.node, outputs, s.io))
+        except Crashed:
+            return
         self._record_commit(s)
         self._maybe_snapshot(s)
+
+    def targeted_crash(self, s: SimServer, kind: str) -> None:
+        """Raise Crashed (server down) with the probability of the `kind` fault; only in the faulty phase."""
+        rate: float = getattr(self.faults, kind)
+        if rate <= 0 or self.steps == 0 or self.now >= self.duration or self.rng.random() >= rate:
+            return
+        self.stats[kind] += 1
+        self._down(s)
+        raise Crashed(kind)
 
     # ------------------------------------------------------------------------------------------ invariants
 
@@ -291,6 +267,8 @@ class Simulation:
         chain = s.chain_at(c)
         if chain is None:
             return  # covered by an installed snapshot
+        if s.node.role == LEADER:
+            self._check_durable_quorum(s, c, chain)
         known = self.committed.get(c)
         if known is not None and known != chain:
             raise InvariantViolation(f"committed entry {c} differs on {s.id}")
@@ -302,6 +280,15 @@ class Simulation:
             assert ch is not None
             self.committed[i] = ch
             i -= 1
+
+    def _check_durable_quorum(self, s: SimServer, index: int, chain: bytes) -> None:
+        """A leader commits an entry only once a quorum of its voters hold it durably (crashes can't undo it)."""
+        voters = s.node.membership.voters
+        holders = [v for v in sorted(voters) if self.servers[v].chain_at(index) == chain or
+                   self.servers[v].durable.base_index > index]
+        if len(holders) < len(voters) // 2 + 1:
+            raise InvariantViolation(f"durability: {s.id} committed {index} (term {s.node.term}) but only "
+                                     f"{holders} of voters {sorted(voters)} hold it durably")
 
     def check_log_matching(self) -> None:
         """Same (index, term) on two servers means the same prefix (via prefix hashes)."""
@@ -426,13 +413,17 @@ class Simulation:
             return
         s = self.servers[self.rng.choice(self.ids)]
         if s.alive:
-            s.alive = False
-            for oid, p in list(self.pending.items()):
-                if p.server == s.id and p.op.kind == "get":
-                    del self.pending[oid]  # a read on a crashed server never answered: drop it
-                    self._schedule(self.now + 0.01, "client", p.op.client)
-            self._schedule(self.now + self.rng.uniform(*self.faults.down_time), "restart", s.id)
+            self._down(s)
         self._schedule(self._exp(self.faults.crash_rate), "crash", None)
+
+    def _down(self, s: SimServer) -> None:
+        """Crash `s` (it keeps only its durable state) and schedule its restart."""
+        s.alive = False
+        for oid, p in list(self.pending.items()):
+            if p.server == s.id and p.op.kind == "get":
+                del self.pending[oid]  # a read on a crashed server never answered: drop it
+                self._schedule(self.now + 0.01, "client", p.op.client)
+        self._schedule(self.now + self.rng.uniform(*self.faults.down_time), "restart", s.id)
 
     def _transfer(self) -> None:
         if self.now >= self.duration:
@@ -540,3 +531,74 @@ class Simulation:
         if not leaders:
             return None
         return max(leaders, key=lambda s: s.node.term).id
+
+
+class SimIO:
+    """The simulator's ReadyIO for one server: storage is durable at once, sends go to the faulty network."""
+
+    def __init__(self, sim: Simulation, s: SimServer) -> None:
+        self.sim, self.s = sim, s
+
+    def now(self) -> float:
+        return self.sim.now
+
+    async def persist(self, storage: Sequence[Storage]) -> None:
+        sim, s = self.sim, self.s
+        sim.targeted_crash(s, "crash_before_fsync")
+        d = s.durable
+        for out in storage:
+            if isinstance(out, PersistState):
+                d.term, d.vote = out.term, out.vote
+            elif isinstance(out, AppendLog):
+                for e in out.entries:
+                    if e.index != d.base_index + len(d.log) + 1:
+                        raise InvariantViolation(f"{s.id}: non-contiguous append of {e.index}")
+                    prev = d.chain[-1] if d.chain else d.base_chain
+                    d.log.append(e)
+                    d.chain.append(_link(prev, e))
+            elif isinstance(out, TruncateLog):
+                cut = out.from_index - d.base_index - 1
+                if sim.committed.get(out.from_index) == s.chain_at(out.from_index):
+                    raise InvariantViolation(f"{s.id}: truncating committed entry {out.from_index}")
+                del d.log[cut:]
+                del d.chain[cut:]
+            elif isinstance(out, CompactLog):
+                drop = out.upto_index - d.base_index
+                d.base_chain = d.chain[drop - 1]
+                del d.log[:drop]
+                del d.chain[:drop]
+                d.base_index, d.base_term = out.upto_index, out.upto_term
+            else:
+                sim.stats["snapshots_installed"] += 1
+                d.snapshot, d.snapshot_data = out.meta, out.data
+                chain = sim.committed.get(out.meta.index)
+                if chain is None:
+                    raise InvariantViolation(f"{s.id}: snapshot at uncommitted index {out.meta.index}")
+                d.snapshot_chain = chain
+                if out.reset_log:
+                    d.log, d.chain = [], []
+                    d.base_index, d.base_term, d.base_chain = out.meta.index, out.meta.term, chain
+        sim.targeted_crash(s, "crash_after_persist")
+
+    def send(self, sends: Sequence[Send]) -> None:
+        for snd in sends:
+            self.sim._send(self.s.id, snd.to, snd.msg)
+
+    def apply(self, out: Apply) -> None:
+        self.sim._apply(self.s, out.entries)
+
+    def install_snapshot(self, out: InstallSnapshot) -> None:
+        self.s.kv = KV.restore(out.data)
+
+    def publish(self, out: Notice) -> None:
+        sim = self.sim
+        if isinstance(out, ReadReady):
+            sim._read_ready(self.s, out.ctx, out.index)
+        elif isinstance(out, ReadFailed):
+            sim._read_failed(out.ctx)
+        elif isinstance(out, RoleChange):
+            if out.role == LEADER:
+                sim._on_leader(self.s, out.term)
+
+    def round_done(self) -> None:
+        pass
