@@ -61,8 +61,7 @@ def test_faults_exercise_every_mechanism() -> None:
     assert all(v > 0 for v in totals.values()), totals
 
 
-CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0,
-              crash_before_fsync=0.0, crash_after_persist=0.0)
+CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0)
 
 
 @pytest.mark.sim

@@ -12,10 +12,10 @@ from meshagent.raft.executor import Executor, ReadyIO, Suspended, drive
 from meshagent.raft.ready import Ready
 
 from tests.support.linearizability import check_history
-from tests.support.sim.raft_sim import Faults, Simulation
+from tests.support.sim.raft_sim import TARGETED, Faults, Simulation
 
 SEEDS = range(30)  # the first seeds of the CI run (tests/sim/test_raft_sim.py), same cluster sizes
-UNIFORM_ONLY = Faults(crash_before_fsync=0.0, crash_after_persist=0.0)
+UNIFORM_ONLY = Faults()  # crashes between steps only
 
 
 class AcksBeforeFsync(Executor):
@@ -43,7 +43,7 @@ def failures(faults: Faults, executor: Executor) -> list[str]:
 
 @pytest.mark.sim
 def test_targeted_faults_catch_an_acknowledgement_sent_before_its_fsync() -> None:
-    caught = failures(Faults(), AcksBeforeFsync())
+    caught = failures(TARGETED, AcksBeforeFsync())
     missed = failures(UNIFORM_ONLY, AcksBeforeFsync())
     assert caught, "the targeted faults did not catch the planted bug in the CI seeds"
     assert not missed, f"uniform crashes alone caught the planted bug, so the comparison shows nothing: {missed}"

@@ -66,8 +66,13 @@ class Faults:
     down_time: tuple[float, float] = (0.2, 2.0)
     # Targeted faults, drawn at each storage write of the faulty phase: a crash before the fsync (the write
     # is lost; a leader's early sends are already out) and a crash right after it (nothing sent or applied).
-    crash_before_fsync: float = 0.002
-    crash_after_persist: float = 0.002
+    # Off in Faults(); the simulator's default (TARGETED) turns them on.
+    crash_before_fsync: float = 0.0
+    crash_after_persist: float = 0.0
+
+
+# What a Simulation runs with unless told otherwise (the CI seeds): the uniform faults plus the targeted ones.
+TARGETED = Faults(crash_before_fsync=0.002, crash_after_persist=0.002)
 
 
 @dataclass
@@ -173,7 +178,7 @@ class Simulation:
         self.seed = seed
         self.executor = executor
         self.rng = random.Random(seed)
-        self.faults = faults or Faults()
+        self.faults = faults or TARGETED
         self.config = RaftConfig(election_timeout=0.15, heartbeat_interval=0.03, leader_lease_timeout=0.1,
                                  inflight_timeout=0.1, max_entries_per_append=8, max_inflight=4,
                                  snapshot_chunk_bytes=64, trailing_logs=10, snapshot_threshold=snapshot_every)
