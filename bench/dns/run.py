@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dns.message
@@ -28,6 +27,8 @@ sys.path.insert(0, str(HERE.parent.parent))  # tests.support, shared with the te
 from big import loop_time, over_the_wire  # noqa: E402  (bench/dns/big.py)
 from machine import cpu_model  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 
+from tests.support.wait import wait_for  # noqa: E402
+
 HOST = "127.0.0.201"
 OURS_PORT, DNSMASQ_PORT = 18600, 18601
 
@@ -38,16 +39,13 @@ def machine() -> str:
 
 
 def wait_answer(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reply = dns.query.udp(dns.message.make_query("db.service.mesh", "A"), HOST, port=port, timeout=0.5)
-            if reply.answer:
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"server on {HOST}:{port} did not answer db.service.mesh within {timeout}s")
+    def answered() -> bool:
+        reply = dns.query.udp(dns.message.make_query("db.service.mesh", "A"), HOST, port=port, timeout=0.5)
+        return bool(reply.answer)
+    try:
+        wait_for(answered, timeout, 0.1, f"db.service.mesh from {HOST}:{port}")
+    except AssertionError:
+        raise SystemExit(f"server on {HOST}:{port} did not answer db.service.mesh within {timeout}s") from None
 
 
 def dnsperf(port: int, qfile: Path, seconds: int, clients: int) -> tuple[float, float]:

@@ -48,7 +48,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))  # tests.support, shared with the tests
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+
+from tests.support.ports import free_ports  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
 
 HOST = "127.0.0.1"
 NODES = 3
@@ -318,19 +321,6 @@ class NodeProc:
             return ""
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -338,19 +328,22 @@ def pct(values: list[float], p: float) -> float:
 
 def wait_leader(nodes: list[NodeProc], timeout: float) -> NodeProc:
     """Poll the live nodes until they all name the same leader and that node says it is leader and ready."""
-    deadline = time.monotonic() + timeout
     last: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    def agreed() -> NodeProc | None:
         live = [n for n in nodes if n.alive()]
-        last = [n.call(10, cmd="status") for n in live]
+        last[:] = [n.call(10, cmd="status") for n in live]
         leaders = {s["leader"] for s in last}
         if len(leaders) == 1 and None not in leaders:
             (leader_addr,) = leaders
             for n, s in zip(live, last, strict=True):
                 if n.addr == leader_addr and s["is_leader"] and s["ready"]:
                     return n
-        time.sleep(0.02)
-    raise RuntimeError(f"no agreed leader within {timeout:.0f} s: {last}")
+        return None
+    try:
+        return wait_for(agreed, timeout, 0.02, "an agreed leader")
+    except AssertionError:
+        raise RuntimeError(f"no agreed leader within {timeout:.0f} s: {last}") from None
 
 
 def journal_fsyncs() -> tuple[bool, str]:
@@ -377,7 +370,7 @@ def run_cluster(label: str, conf: dict[str, Any], plan: dict[str, Any], budget_e
         return max(1.0, min(want, budget_end - time.monotonic() - reserve))
 
     try:
-        ports = free_ports(NODES)
+        ports = free_ports(NODES, HOST)
         nodes = [NodeProc(i, ports, workdir, conf) for i in range(NODES)]
         for n in nodes:
             n.recv(30)  # hello: the node imported pysyncobj and created its SyncObj

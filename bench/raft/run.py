@@ -44,6 +44,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))  # tests.support, shared with the tests
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 from meshagent.agent.catalog.commands import kv_set  # noqa: E402
 from meshagent.agent.config.types import TLSConfig  # noqa: E402
@@ -52,38 +53,26 @@ from meshagent.agent.rpc.errors import ServerError  # noqa: E402
 from meshagent.agent.tls.policy import RPCTLS  # noqa: E402
 from meshagent.gossip.keyring import Keyring  # noqa: E402
 
+from tests.support.ports import free_hosts  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
+
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 ELECTION_TIMEOUT_S = 1.0  # RaftConfig's default, which the agent uses
 
 
-def _free(host: str, ports: tuple[int, ...]) -> bool:
-    for port in ports:
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            with socket.socket(socket.AF_INET, kind) as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    return False
-    return True
-
-
-def free_hosts(n: int) -> list[str]:
-    """n addresses 127.0.0.N whose Consul ports are free."""
-    found: list[str] = []
-    for last in range(230, 254):
-        host = f"127.0.0.{last}"
-        if _free(host, (8300, 8301, 8500, 8600)):
-            found.append(host)
-            if len(found) == n:
-                return found
-    raise SystemExit("no free 127.0.0.N addresses for the benchmark servers")
+def free_hosts_or_exit(n: int) -> list[str]:
+    """n addresses 127.0.0.N (N in 230-253) whose Consul ports are free."""
+    try:
+        return free_hosts(n, 230, 253)
+    except RuntimeError:
+        raise SystemExit("no free 127.0.0.N addresses for the benchmark servers") from None
 
 
 class Servers:
     """Three server processes; killed by PID when the benchmark ends."""
 
     def __init__(self, workdir: Path, key: bytes | None = None) -> None:
-        self.hosts = free_hosts(3)
+        self.hosts = free_hosts_or_exit(3)
         self.workdir = workdir
         self.encrypt = ["-encrypt", base64.b64encode(key).decode()] if key else []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -115,16 +104,18 @@ class Servers:
         return None
 
     def wait_leader(self, timeout: float) -> str:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        def agreed() -> str | None:
             for host, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise SystemExit(f"server {host} exited with {proc.returncode}")
             leader = self.leader()
             if leader and all((self.raft_stats(h) or {}).get("leader_addr") for h in self.hosts):
                 return leader
-            time.sleep(0.05)
-        raise SystemExit("no leader elected within the deadline")
+            return None
+        try:
+            return wait_for(agreed, timeout, 0.05, "a leader known on every server")
+        except AssertionError:
+            raise SystemExit("no leader elected within the deadline") from None
 
     def fsyncs(self, host: str) -> int:
         stats = self.raft_stats(host)
