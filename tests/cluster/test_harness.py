@@ -6,10 +6,12 @@ DNS, ...) are tests/cluster/test_acceptance.py's. Waits are on conditions, 30 s 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.support.cluster_hosts import (
     registry_dir,
     render,
 )
+from tests.support.netns import Hosts
 
 pytestmark = pytest.mark.slow
 
@@ -236,6 +239,60 @@ def test_loopback_fallback_runs_agents_and_refuses_cuts(cluster_factory: Callabl
         c.clients[0].cut()
     with pytest.raises(pytest.skip.Exception):
         c.require_isolation()
+
+
+def _connects(prefix: list[str], address: str, port: int) -> bool:
+    """A TCP connect to address:port from a process run with `prefix` (inside a host's namespace)."""
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout=1).close()"
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, timeout=20).returncode == 0
+
+
+def test_bare_hosts_share_the_registry_with_clusters(cluster_factory: Callable[..., Cluster]) -> None:
+    """netns.Hosts (the Raft suites' hosts) and a Cluster in the same run take different /24s, cut and heal
+    the same way, and leave nothing behind; a Hosts run whose owner died is removed by the next one."""
+    c = cluster_factory(1, 0)
+    if not c.isolated:
+        pytest.skip("no network namespaces here")
+    hosts = Hosts()
+    run = hosts.run
+    listener = None
+    try:
+        a, b = hosts.add(), hosts.add()
+        subnet = ipaddress.ip_network(hosts.subnet)
+        assert not subnet.overlaps(ipaddress.ip_network(c.subnet))
+        assert [ipaddress.ip_address(h.address) in subnet for h in (a, b)] == [True, True]
+        assert (registry_dir() / f"{run}.json").exists()
+        assert len(_leftovers(run)) == 1 + 2 * 2  # bridge, and per host a namespace and a veth
+        listener = subprocess.Popen([*b.prefix, sys.executable, "-m", "http.server", "--bind", b.address, "8123"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        c.wait_until(lambda: _connects(a.prefix, b.address, 8123), 30, "a to reach b")
+        assert _connects([], b.address, 8123), "the test process reaches every host"
+        hosts.cut(b)
+        assert not _connects(a.prefix, b.address, 8123)
+        hosts.heal(b)
+        c.wait_until(lambda: _connects(a.prefix, b.address, 8123), 30, "a to reach b after the heal")
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        hosts.close()
+    assert _leftovers(run) == [] and not (registry_dir() / f"{run}.json").exists()
+
+    crashed = Hosts()
+    crashed.add()
+    record = registry_dir() / f"{crashed.run}.json"
+    state = json.loads(record.read_text())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state["owner"] = {"pid": dead.pid, "start": 1}  # as if the owning test process had been killed
+    record.write_text(json.dumps(state))
+    survivor = Hosts()  # its start cleans up stale runs of the same prefix
+    try:
+        assert _leftovers(crashed.run) == [] and not record.exists()
+        assert (registry_dir() / f"{survivor.run}.json").exists()
+    finally:
+        survivor.close()
+        crashed.close()
 
 
 def test_layout_and_rendering(tmp_path: Path) -> None:
