@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .agents import port_free
 from .netns import Host
-
-AGENT_PORTS = (8500, 8600, 8300, 8301)
+from .ports import AGENT_PORTS, ports_free
 
 
 @dataclass
@@ -24,7 +22,7 @@ class LoopbackRange:
         taken = {h.address for h in self.hosts}
         for n in range(self.first, self.last + 1):
             address = f"127.0.0.{n}"
-            if address not in taken and all(port_free(address, p) for p in AGENT_PORTS):
+            if address not in taken and ports_free(address, AGENT_PORTS):
                 host = Host(address)
                 self.hosts.append(host)
                 return host
