@@ -79,7 +79,7 @@ def test_the_simulator_drives_the_planner_a_dead_voter_is_replaced_and_the_repla
         assert leader is not None
         s = sim.servers[leader]
         index, outs = s.node.propose_membership(sim.now, to)
-        sim._carry_out(s, outs)
+        sim.carry_out(s, outs)
         deadline = sim.now + 2.0
         while s.node.commit_index < index and sim.now < deadline:
             sim.advance(sim.now + 0.05)

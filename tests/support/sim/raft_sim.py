@@ -202,7 +202,7 @@ class Simulation:
                       "crash_before_fsync": 0, "crash_after_persist": 0}
         membership = Membership(tuple(Server(sid, _addr(sid)) for sid in self.ids))
         for s in self.servers.values():
-            self._carry_out(s, s.node.bootstrap(membership))
+            self.carry_out(s, s.node.bootstrap(membership))
         for c in self.client_ids:
             self._schedule(self.rng.uniform(0.05, 0.3), "client", c)
         self._schedule(self._exp(self.faults.partition_rate), "partition", None)
@@ -229,7 +229,7 @@ class Simulation:
             delay = self.rng.uniform(self.faults.min_delay, self.faults.max_delay)
             self._schedule(self.now + delay, "msg", (src, dst, wire))
 
-    def _carry_out(self, s: SimServer, outputs: list[Output]) -> None:
+    def carry_out(self, s: SimServer, outputs: list[Output]) -> None:
         """Carry out the outputs through the shared executor; then commit bookkeeping and snapshots."""
         try:
             drive(self.executor.execute(s.node, outputs, s.io))
@@ -335,7 +335,7 @@ class Simulation:
             d.snapshot, d.snapshot_data = node.snapshot_meta, data
             chain = s.chain_at(node.applied_index)
             d.snapshot_chain = chain or b""
-            self._carry_out(s, outs)
+            self.carry_out(s, outs)
 
     # ------------------------------------------------------------------------------------------ clients
 
@@ -360,7 +360,7 @@ class Simulation:
                 if idx is not None:
                     self._read_ready(s, oid, idx)
                     return
-            self._carry_out(s, s.node.read_index(self.now, oid))
+            self.carry_out(s, s.node.read_index(self.now, oid))
             self._schedule(self.now + 1.0, "timeout", oid)
             return
         op.value = f"{client}-{oid}"
@@ -374,7 +374,7 @@ class Simulation:
             return
         self.pending[oid] = PendingOp(op, s.id, index=index, term=s.node.term, deadline=self.now + 1.0)
         self._schedule(self.now + 1.0, "timeout", oid)
-        self._carry_out(s, outs)
+        self.carry_out(s, outs)
 
     def _read_ready(self, s: SimServer, ctx: object, index: int) -> None:
         p = self.pending.get(ctx)  # type: ignore[call-overload]
@@ -443,7 +443,7 @@ class Simulation:
         except (NotLeader, ValueError):
             return
         self.stats["transfers"] += 1
-        self._carry_out(s, outs)
+        self.carry_out(s, outs)
 
     def _reconfigure(self) -> None:
         """Remove a voter, add it back as a non-voter, promote it: one server at a time."""
@@ -469,7 +469,7 @@ class Simulation:
         except (NotLeader, ValueError):
             return
         self.stats["reconfigurations"] += 1
-        self._carry_out(s, outs)
+        self.carry_out(s, outs)
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -491,7 +491,7 @@ class Simulation:
             if next_timer[0] <= next_event:
                 self.now = max(self.now, next_timer[0])
                 s = self.servers[next_timer[1]]
-                self._carry_out(s, s.node.tick(self.now))
+                self.carry_out(s, s.node.tick(self.now))
             else:
                 at, _, kind, payload = heapq.heappop(self._queue)
                 self.now = max(self.now, at)
@@ -509,7 +509,7 @@ class Simulation:
             if not s.alive or frozenset((src, dst)) in self.cut:
                 return
             msg = decode_message(msgpack.unpackb(wire, raw=False))
-            self._carry_out(s, s.node.receive(self.now, src, msg))
+            self.carry_out(s, s.node.receive(self.now, src, msg))
         elif kind == "client":
             self._client_op(payload)
         elif kind == "timeout":
