@@ -1,4 +1,4 @@
-"""Process lifecycle: readiness for systemd, and whether a signal means a graceful leave."""
+"""Process lifecycle: readiness for systemd, whether a signal means a graceful leave, the start-up banner."""
 
 from __future__ import annotations
 
@@ -35,3 +35,26 @@ def leaves_on(signum: int, server: bool, leave_on_terminate: bool | None,
     if signum == signal.SIGINT:
         return (not server) if skip_leave_on_interrupt is None else not skip_leave_on_interrupt
     return False
+
+
+def banner(*, version: str, node_id: str, node_name: str, datacenter: str, server: bool, dev: bool,
+           client_addr: str, http_port: int, dns_port: int, advertise: str, serf_lan: int, serf_wan: int,
+           data_dir: str, encrypt: bool, domain: str) -> str:
+    """Consul-style start-up banner."""
+    lines = [
+        "==> Starting meshagent agent...",
+        f"           Version: '{version}'",
+        f"           Node ID: '{node_id}'",
+        f"         Node name: '{node_name}'",
+        f"        Datacenter: '{datacenter}' (Segment: '<all>')",
+        f"            Server: {str(server).lower()} (Bootstrap: {str(dev).lower()})",
+        f"       Client Addr: [{client_addr}] (HTTP: {http_port}, HTTPS: -1, gRPC: -1, DNS: {dns_port})",
+        f"      Cluster Addr: {advertise} (LAN: {serf_lan}, WAN: {serf_wan})",
+        f"          Data Dir: {'<in memory>' if dev else data_dir}",
+        f" Gossip Encryption: {str(encrypt).lower()}",
+        f"            Domain: {domain}",
+        "",
+        "==> Log data will now stream in as it occurs:",
+        "",
+    ]
+    return "\n".join(lines) + "\n"

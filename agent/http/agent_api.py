@@ -11,14 +11,25 @@ import meshagent
 import trio
 
 from ..catalog import MAINTENANCE, PASSING, WARNING
+from ..config.errors import ConfigErrors
 from .catalog_api import required
+from .errors import config_errors_text
 from .filter import AGENT_SERVICE_SCHEMA, CHECK_SCHEMA
 from .query import HTTPError, Query, bad_request, parse_bool
-from .render import agent_service_json, aggregated_status, local_check_json
+from .render import (
+    agent_self_json,
+    agent_service_json,
+    aggregated_status,
+    local_check_json,
+    member_json,
+    metrics_json,
+)
 from .server import Request, Response
 
 if TYPE_CHECKING:
+    from ..config.types import ServiceDefinition
     from .api import API
+    from .view import GossipView
 
 _HEALTH_CODES = {PASSING: 200, WARNING: 429}  # anything else (critical, maintenance) is 503
 
@@ -41,7 +52,15 @@ def advertise_address(api: API) -> str:
     """The LAN address this agent advertises (no port)."""
     agent = api.agent
     config = agent.config
-    return str(getattr(agent, "advertise_addr", "") or config.advertise_addr or config.bind_addr)
+    return agent.advertise_addr or config.advertise_addr or config.bind_addr
+
+
+def gossip_of(api: API) -> GossipView:
+    """The gossip pool, or a 500 where none runs."""
+    gossip = api.agent.gossip
+    if gossip is None:
+        raise HTTPError(500, "gossip is not running on this agent")
+    return gossip
 
 
 # ---------------------------------------------------------------------- self, members
@@ -50,56 +69,20 @@ def advertise_address(api: API) -> str:
 async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/self: Config, DebugConfig, Coord, Member, Meta."""
     agent = api.agent
-    config = agent.config
-    server = bool(getattr(agent, "is_server", config.server or config.dev))
     members = agent.members()
-    data = {
-        "Config": {
-            "Datacenter": agent.datacenter,
-            "PrimaryDatacenter": agent.datacenter,
-            "NodeName": agent.node_name,
-            "NodeID": agent.node_id,
-            "Server": server,
-            "Revision": "",
-            "Version": meshagent.__version__,
-            "BuildDate": "",
-        },
-        "DebugConfig": {
-            "Datacenter": agent.datacenter,
-            "NodeName": agent.node_name,
-            "NodeID": agent.node_id,
-            "ServerMode": server,
-            "DevMode": config.dev,
-            "ClientAddrs": config.client_addr.split(),
-            "AdvertiseAddrLAN": advertise_address(api),
-            "DNSDomain": config.domain,
-            "HTTPPort": config.ports.http,
-            "DNSPort": config.ports.dns,
-            "DataDir": config.data_dir,
-            "EnableLocalScriptChecks": config.enable_local_script_checks,
-            "EnableScriptChecks": config.enable_script_checks,
-        },
-        "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
-        "Member": next((m for m in members if m.get("Name") == agent.node_name), members[0] if members else {}),
-        "Stats": _stats(agent),
-        "Meta": dict(config.node_meta),
-    }
-    return api.json(data, query)
-
-
-def _stats(agent: Any) -> dict[str, dict[str, str]]:
+    mine = next((m for m in members if m.name == agent.node_name), members[0] if members else None)
+    member = member_json(mine) if mine is not None else {}
     stats: dict[str, dict[str, str]] = {}
-    if getattr(agent, "server", None):
+    if agent.server is not None:
         stats["raft"] = agent.server.stats()
-    gossip = getattr(agent, "gossip", None)
-    if gossip is not None:
-        stats["serf_lan"] = gossip.stats_view()
-    return stats
+    if agent.gossip is not None:
+        stats["serf_lan"] = agent.gossip.stats_view()
+    return api.json(agent_self_json(agent, member, stats, meshagent.__version__), query)
 
 
 async def members(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/members (?wan gives the same single node until WAN gossip lands)."""
-    return api.json(api.agent.members(), query)
+    return api.json([member_json(m) for m in api.agent.members()], query)
 
 
 # ---------------------------------------------------------------------- services
@@ -254,7 +237,7 @@ async def check_update(api: API, request: Request, query: Query, arg: str) -> Re
 # ---------------------------------------------------------------------- local health
 
 
-def _local_health(api: API, sid: str, defn: Any) -> dict[str, Any]:
+def _local_health(api: API, sid: str, defn: ServiceDefinition) -> dict[str, Any]:
     """{AggregatedStatus, Service, Checks} for one local service; node-level checks count too."""
     node = api.agent.node_name
     checks = [local_check_json(c, node, list(defn.tags))
@@ -302,14 +285,10 @@ async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Re
 
 async def reload(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/reload: re-read config files; broken files give a 500 listing every reason."""
-    from .api import config_errors_text
-
     try:
         await api.agent.reload()
-    except Exception as exc:
-        if api._config_errors is not None and isinstance(exc, api._config_errors):
-            raise HTTPError(500, f"Failed reloading config: {config_errors_text(exc)}") from None
-        raise
+    except ConfigErrors as exc:
+        raise HTTPError(500, f"Failed reloading config: {config_errors_text(exc)}") from None
     return _empty()
 
 
@@ -317,7 +296,7 @@ async def join(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/join/:address: join the gossip pool through that address."""
     if not arg:
         raise bad_request("Missing address to join")
-    joined = await api.agent.gossip.join([arg])
+    joined = await gossip_of(api).join([arg])
     if not joined:
         raise HTTPError(500, f"Failed to join {arg}: no answer to a push-pull exchange")
     return _empty()
@@ -327,7 +306,7 @@ async def force_leave(api: API, request: Request, query: Query, arg: str) -> Res
     """PUT /v1/agent/force-leave/:node[?prune]: mark a failed node left (prune: forget it)."""
     if not arg:
         raise bad_request("Missing node name")
-    if not api.agent.gossip.force_leave(arg, prune=query.has("prune")):
+    if not gossip_of(api).force_leave(arg, prune=query.has("prune")):
         raise HTTPError(500, f"agent: No node found with name '{arg}'")
     return _empty()
 
@@ -345,40 +324,7 @@ async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
     return _empty()
 
 
-def _counter(name: str, value: int) -> dict[str, Any]:
-    return {"Name": name, "Count": value, "Rate": 0.0, "Sum": float(value), "Min": 0.0, "Max": 0.0,
-            "Mean": 0.0, "Stddev": 0.0, "Labels": {}}
-
-
 async def metrics(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`)."""
-    agent = api.agent
-    dns = agent.dns.stats
-    counters = [_counter(f"meshagent.dns.{name}", getattr(dns, name)) for name in
-                ("queries", "cache_hits", "stale_queries", "servfail", "formerr", "dropped", "recursed",
-                 "tcp_refused", "badvers", "recursor_busy")]
-    gossip = getattr(agent, "gossip", None)
-    if gossip is not None:  # dropped gossip input (issue 11): bad_packets, bad_streams, handler_errors...
-        counters.extend(_counter(f"meshagent.gossip.{name}", value) for name, value in gossip.counters().items())
-    gauges = []
-    replica = getattr(agent, "replica", None)
-    if replica is not None:
-        counters.append(_counter("meshagent.client.feed_resubscribes", replica.resubscribes))
-        counters.append(_counter("meshagent.client.rpc_forwarded", agent.forwarder.forwarded))
-        stale_since = agent.store.stale_since
-        gauges.append({"Name": "meshagent.client.stale_seconds", "Labels": {},
-                       "Value": 0.0 if stale_since is None else round(trio.current_time() - stale_since, 3)})
-    if getattr(agent, "server", None) is not None:
-        server = agent.server
-        gauges.append({"Name": "meshagent.server.feed_subscribers", "Labels": {},
-                       "Value": float(server.feed.subscribers)})
-        # Hostile or broken input on :8300 (issue 11): what was dropped, and why, without reading the log.
-        listener = server.listener
-        counters.extend(_counter(f"meshagent.server.{name}", getattr(listener, name))
-                        for name in ("bad_frames", "refused", "denied", "handler_errors"))
-        counters.append(_counter("meshagent.raft.bad_messages", server.bad_raft_messages))
-        counters.append(_counter("meshagent.raft.dropped_messages", server.node.dropped if server.node else 0))
-        counters.append(_counter("meshagent.raft.followers_lost_entries", server.followers_lost_entries))
-    data = {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
-            "Gauges": gauges, "Points": [], "Counters": counters, "Samples": []}
-    return api.json(data, query)
+    timestamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
+    return api.json(metrics_json(api.agent.metrics(), timestamp), query)

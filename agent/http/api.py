@@ -11,12 +11,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ..rpc.errors import ServerError
 from . import agent_api, catalog_api, catalog_write_api, event_api, health_api, kv_api, operator_api
-from .filter import FilterError, Schema, compile_filter
+from .errors import error_response
+from .filter import Schema, compile_filter
 from .query import HTTPError, Query, parse_query
 from .render import dumps
 from .server import Headers, Request, Response, simple_response
+from .view import AgentView
 
 log = logging.getLogger("meshagent.http")
 
@@ -81,39 +82,18 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
 _PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)
 
 
-def _error_class(module: str, name: str) -> type[BaseException] | None:
-    """An exception class from a sibling module, or None while that module cannot be imported yet."""
-    try:
-        mod = __import__(f"meshagent.agent.{module}", fromlist=[name])
-    except ImportError:
-        return None
-    cls = getattr(mod, name, None)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
-
-
-def config_errors_text(exc: BaseException) -> str:
-    """Every reason of a ConfigErrors on one line."""
-    errors = getattr(exc, "errors", None)
-    if isinstance(errors, (list, tuple)) and errors:
-        return "; ".join(str(e) for e in errors)
-    return str(exc)
-
-
 class API:
     """The `/v1` handler for HTTPServer: `await api(request) -> (status, headers, body)`."""
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self.agent = agent
-        config = getattr(agent, "config", None)
-        self.default_wait = float(getattr(config, "default_query_time", 300.0) or 300.0)
-        self.max_wait = float(getattr(config, "max_query_time", 600.0) or 600.0)
+        self.default_wait = float(agent.config.default_query_time or 300.0)
+        self.max_wait = float(agent.config.max_query_time or 600.0)
         # (path, raw query) -> (index, status, body): a repeated read at an unchanged index re-renders nothing.
         self._cache: dict[tuple[str, str], tuple[int, int, bytes]] = {}
         self.cache_hits = 0
         self._cache_bytes = 0
         self._filters: dict[tuple[str, int], Callable[[Any], bool]] = {}
-        self._local_error = _error_class("local_state", "LocalStateError")
-        self._config_errors = _error_class("config.loader", "ConfigErrors")
 
     async def __call__(self, request: Request) -> Response:
         """Route one request; every failure becomes a one-line error response."""
@@ -138,22 +118,11 @@ class API:
             if dc and dc != self.agent.datacenter:
                 raise HTTPError(500, "No path to datacenter")
             return await endpoint(self, request, query, arg)
-        except HTTPError as exc:
-            return exc.response()
-        except FilterError as exc:
-            return simple_response(400, f"Failed to create boolean expression evaluator: {exc}")
-        except ServerError as exc:
-            return simple_response(exc.status, str(exc).replace("\n", "; "))
-        except RecursionError:
-            # Hostile nesting (a JSON body of 100,000 '[') that got past every explicit bound: the
-            # request's fault, answered without a traceback.
-            return simple_response(400, "Request is nested too deeply")
         except Exception as exc:
-            if self._local_error is not None and isinstance(exc, self._local_error):
-                return simple_response(int(getattr(exc, "status", 400)), str(exc).replace("\n", "; "))
-            if self._config_errors is not None and isinstance(exc, self._config_errors):
-                return simple_response(400, config_errors_text(exc).replace("\n", "; "))
-            raise  # the server logs it and answers a bare 500
+            response = error_response(exc)
+            if response is None:
+                raise  # the server logs it and answers a bare 500
+            return response
 
     # ------------------------------------------------------------------ helpers for endpoints
 
@@ -177,14 +146,7 @@ class API:
 
     def meta_headers(self, index: int, query: Query) -> Headers:
         """Consul's query-meta headers for a catalog read at `index`."""
-        server = getattr(self.agent, "server", None)
-        replica = getattr(self.agent, "replica", None)
-        if server is not None:
-            known_leader, last_contact = server.leader_info()
-        elif replica is not None:
-            known_leader, last_contact = replica.leader_known, replica.last_contact_ms()
-        else:
-            known_leader, last_contact = True, 0
+        known_leader, last_contact = self.agent.leader_status()
         if known_leader and not last_contact:
             leader_headers = [_KNOWN_LEADER, _LAST_CONTACT]
         else:

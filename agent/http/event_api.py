@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .query import HTTPError, Query, bad_request
+from .render import event_json
 from .server import Request, Response
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ async def fire(api: API, request: Request, query: Query, arg: str) -> Response:
         record = api.agent.fire_event(arg, request.body)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-    return api.json(record, query)
+    return api.json(event_json(record), query)
 
 
 def uuid_to_uint64(event_id: str) -> int:
@@ -42,13 +43,13 @@ async def list_events(api: API, request: Request, query: Query, arg: str) -> Res
     name = query.get("name")
     deadline = trio.current_time() + query.wait + random.uniform(0, query.wait / 16)
     while True:
-        arrived = api.agent.user_event_arrived
-        events = [e for e in api.agent.user_events if not name or e["Name"] == name]
+        arrived = api.agent.events.arrived
+        events = [e for e in api.agent.events.recent if not name or e.name == name]
         # No events: index 1, not 0, so that a watch loop blocks instead of spinning (Consul does the same).
-        index = uuid_to_uint64(events[-1]["ID"]) if events else 1
+        index = uuid_to_uint64(events[-1].id) if events else 1
         if query.index == 0 or index != query.index or trio.current_time() >= deadline:
             break
         with trio.move_on_at(deadline):
             await arrived.wait()
     headers: list[tuple[bytes, bytes]] = [(b"x-consul-index", b"%d" % index)]
-    return api.json(events, query, extra=headers)
+    return api.json([event_json(e) for e in events], query, extra=headers)

@@ -1,6 +1,6 @@
 """`/v1/status/*`, `/v1/operator/raft/*` and `/v1/snapshot`: the Raft server's operator surface.
 
-Every handler talks to `api.agent.server` (a RaftServer, None on client agents); a ServerError it raises
+Every handler talks to `api.agent.server` (a ServerView, None on client agents); a ServerError it raises
 becomes its status with the message as the body (mapped in API.__call__).
 """
 
@@ -9,19 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..rpc.framing import MAX_FRAME
 from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
-from .agent_api import advertise_address
+from .agent_api import advertise_address, gossip_of
 from .query import HTTPError, Query, bad_request
 from .server import Request, Response
 from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:
     from .api import API
+    from .view import ServerView
 
 CT_GZIP = (b"content-type", b"application/x-gzip")
 # A restore travels to every server as one Raft command, in one :8300 frame: a larger state would be
@@ -30,9 +31,9 @@ MAX_RESTORE_STATE = MAX_FRAME - 1024 * 1024
 NOT_A_SERVER = "this agent is not a server"
 
 
-def _server(api: API) -> Any:
-    """The agent's RaftServer, or a 500 as Consul gives for server-only endpoints on a client."""
-    server = getattr(api.agent, "server", None)
+def _server(api: API) -> ServerView:
+    """The agent's Raft server, or a 500 as Consul gives for server-only endpoints on a client."""
+    server = api.agent.server
     if server is None:
         raise HTTPError(500, NOT_A_SERVER)
     return server
@@ -47,7 +48,7 @@ def _self_address(api: API) -> str:
 
 async def status_leader(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/status/leader: the leader's "ip:port", or "" while there is none."""
-    server = getattr(api.agent, "server", None)
+    server = api.agent.server
     if server is None:
         # No Raft running here (a single -dev node or an agent under test) leads itself.
         return api.json(_self_address(api), query)
@@ -56,7 +57,7 @@ async def status_leader(api: API, request: Request, query: Query, arg: str) -> R
 
 async def status_peers(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/status/peers: the voters' "ip:port" addresses."""
-    server = getattr(api.agent, "server", None)
+    server = api.agent.server
     if server is None:
         return api.json([_self_address(api)], query)
     return api.json(list(server.peers()), query)
@@ -137,7 +138,7 @@ _KEY_QUERIES = {"POST": "_serf_install-key", "PUT": "_serf_use-key", "DELETE": "
 async def keyring(api: API, request: Request, query: Query, arg: str) -> Response:
     """/v1/operator/keyring: GET lists keys on every member; POST installs, PUT makes primary, DELETE
     removes the body's {"Key": base64} everywhere (Serf's key queries)."""
-    gossip = api.agent.gossip
+    gossip = gossip_of(api)
     if request.method == "GET":
         return api.json([await gossip.key_operation("_serf_list-keys")], query)
     try:

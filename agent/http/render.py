@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
 from ..catalog.state import Instance
+from ...gossip.member import Member
+
+if TYPE_CHECKING:
+    from ..config.types import ServiceDefinition
+    from ..local_sync import LocalCheck
+    from ..user_events import UserEventRecord
+    from .view import AgentView, Metrics
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 _pretty = json.JSONEncoder(indent=4, ensure_ascii=False, check_circular=False).encode
@@ -157,7 +164,7 @@ def kv_json(entry: KVEntry) -> dict[str, Any]:
 # ---------------------------------------------------------------------- local (agent) views
 
 
-def agent_service_json(defn: Any, datacenter: str) -> dict[str, Any]:
+def agent_service_json(defn: ServiceDefinition, datacenter: str) -> dict[str, Any]:
     """A locally registered service (a ServiceDefinition) as in /v1/agent/services."""
     out: dict[str, Any] = {}
     if defn.kind:
@@ -183,11 +190,11 @@ def agent_service_json(defn: Any, datacenter: str) -> dict[str, Any]:
     return out
 
 
-def local_check_json(check: Any, node: str, service_tags: list[str]) -> dict[str, Any]:
-    """A locally owned check (LocalCheck) as in /v1/agent/checks."""
+def local_check_json(check: LocalCheck, node: str, service_tags: list[str]) -> dict[str, Any]:
+    """A locally owned check as in /v1/agent/checks."""
     definition = check.definition
-    interval = _duration(getattr(definition, "interval", None)) if definition is not None else ""
-    timeout = _duration(getattr(definition, "timeout", None)) if definition is not None else ""
+    interval = _duration(definition.interval) if definition is not None else ""
+    timeout = _duration(definition.timeout) if definition is not None else ""
     return {
         "Node": node,
         "CheckID": check.check_id,
@@ -220,3 +227,72 @@ def aggregated_status(checks: list[dict[str, Any]]) -> str:
         elif check["Status"] == "warning" and status == "passing":
             status = "warning"
     return status
+
+
+# ---------------------------------------------------------------------- events, metrics
+
+
+def event_json(record: UserEventRecord) -> dict[str, Any]:
+    """A user event as Consul's /v1/event API (and an event watch handler's stdin) shows it."""
+    return {"ID": record.id, "Name": record.name,
+            "Payload": base64.b64encode(record.payload).decode() if record.payload else None,
+            "NodeFilter": "", "ServiceFilter": "", "TagFilter": "", "Version": 1, "LTime": record.ltime}
+
+
+def _counter(name: str, value: int) -> dict[str, Any]:
+    return {"Name": name, "Count": value, "Rate": 0.0, "Sum": float(value), "Min": 0.0, "Max": 0.0,
+            "Mean": 0.0, "Stddev": 0.0, "Labels": {}}
+
+
+def metrics_json(metrics: Metrics, timestamp: str) -> dict[str, Any]:
+    """/v1/agent/metrics in Consul's JSON shape, names prefixed `meshagent.`."""
+    return {"Timestamp": timestamp,
+            "Gauges": [{"Name": f"meshagent.{name}", "Labels": {}, "Value": value} for name, value in metrics.gauges],
+            "Points": [], "Counters": [_counter(f"meshagent.{name}", value) for name, value in metrics.counters],
+            "Samples": []}
+
+
+def agent_self_json(agent: AgentView, member: dict[str, Any], stats: dict[str, dict[str, str]],
+                    version: str) -> dict[str, Any]:
+    """/v1/agent/self: Config, DebugConfig, Coord, Member, Stats, Meta."""
+    config = agent.config
+    server = agent.is_server
+    return {
+        "Config": {
+            "Datacenter": agent.datacenter,
+            "PrimaryDatacenter": agent.datacenter,
+            "NodeName": agent.node_name,
+            "NodeID": agent.node_id,
+            "Server": server,
+            "Revision": "",
+            "Version": version,
+            "BuildDate": "",
+        },
+        "DebugConfig": {
+            "Datacenter": agent.datacenter,
+            "NodeName": agent.node_name,
+            "NodeID": agent.node_id,
+            "ServerMode": server,
+            "DevMode": config.dev,
+            "ClientAddrs": config.client_addr.split(),
+            "AdvertiseAddrLAN": agent.advertise_addr or config.advertise_addr or config.bind_addr,
+            "DNSDomain": config.domain,
+            "HTTPPort": config.ports.http,
+            "DNSPort": config.ports.dns,
+            "DataDir": config.data_dir,
+            "EnableLocalScriptChecks": config.enable_local_script_checks,
+            "EnableScriptChecks": config.enable_script_checks,
+        },
+        "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+        "Member": member,
+        "Stats": stats,
+        "Meta": dict(config.node_meta),
+    }
+
+
+def member_json(member: Member) -> dict[str, Any]:
+    """A gossip member in /v1/agent/members' shape (Serf's status number, memberlist's six versions)."""
+    v = member.vsn
+    return {"Name": member.name, "Addr": member.addr, "Port": member.port, "Tags": dict(member.tags),
+            "Status": int(member.status), "ProtocolMin": v[0], "ProtocolMax": v[1], "ProtocolCur": v[2],
+            "DelegateMin": v[3], "DelegateMax": v[4], "DelegateCur": v[5]}

@@ -14,10 +14,14 @@ from typing import Any
 
 import trio
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
-from meshagent.agent.config.types import AgentConfig, Ports
+from meshagent.agent.config.types import AgentConfig, CheckDefinition, Ports, ServiceDefinition
 from meshagent.agent.http.api import API
 from meshagent.agent.http.server import Handler, HTTPServer
+from meshagent.agent.http.view import AgentView, GossipView, Metrics, ServerView
+from meshagent.agent.local_sync import LocalCheck
 from meshagent.agent.store import CatalogStore
+from meshagent.agent.user_events import UserEventRecord
+from meshagent.gossip.member import Member, MemberStatus
 
 from tests.support.wait import wait_for
 
@@ -26,22 +30,22 @@ from tests.support.wait import wait_for
 class FakeLocal:
     """Stands in for LocalState where catalog/health/KV tests need none of it."""
 
-    _services: dict[str, Any] = field(default_factory=dict)
-    _checks: dict[str, Any] = field(default_factory=dict)
+    _services: dict[str, ServiceDefinition] = field(default_factory=dict)
+    _checks: dict[str, LocalCheck] = field(default_factory=dict)
 
-    def services(self) -> dict[str, Any]:
+    def services(self) -> dict[str, ServiceDefinition]:
         return dict(self._services)
 
-    def checks(self) -> dict[str, Any]:
+    def checks(self) -> dict[str, LocalCheck]:
         return dict(self._checks)
 
-    async def register_service(self, defn: Any, replace_existing_checks: bool = False) -> None:
+    async def register_service(self, defn: ServiceDefinition, replace_existing_checks: bool = False) -> None:
         self._services[defn.id or defn.name] = defn
 
     async def deregister_service(self, service_id: str) -> None:
         self._services.pop(service_id, None)
 
-    async def register_check(self, defn: Any) -> None:
+    async def register_check(self, cdef: CheckDefinition) -> None:
         return None
 
     async def deregister_check(self, check_id: str) -> None:
@@ -57,8 +61,21 @@ class FakeLocal:
         return None
 
 
+class FakeEvents:
+    """User events fired through the fake agent (no gossip: they arrive only here)."""
+
+    def __init__(self) -> None:
+        self.recent: list[UserEventRecord] = []
+        self.arrived = trio.Event()
+
+    def add(self, record: UserEventRecord) -> None:
+        self.recent.append(record)
+        self.arrived.set()
+        self.arrived = trio.Event()
+
+
 class FakeAgent:
-    """The slice of Agent the API uses: config, names, store, local, members()."""
+    """An AgentView without gossip or Raft: config, names, a real store, a fake local state, one member."""
 
     def __init__(self, node_name: str = "node1", datacenter: str = "dc1") -> None:
         self.config = AgentConfig(node_name=node_name, datacenter=datacenter, dev=True,
@@ -70,13 +87,29 @@ class FakeAgent:
         self.store = CatalogStore()
         self.local = FakeLocal()
         self.is_server = True
+        self.server: ServerView | None = None
+        self.gossip: GossipView | None = None
+        self.events = FakeEvents()
         self.shutdowns = 0
+        self.leaves = 0
+        self._ltime = 0
 
-    def members(self) -> list[dict[str, Any]]:
-        return [{"Name": self.node_name, "Addr": self.advertise_addr, "Port": 8301,
-                 "Tags": {"role": "consul", "dc": self.datacenter, "port": "8300", "id": self.node_id},
-                 "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-                 "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}]
+    def members(self) -> list[Member]:
+        return [Member(self.node_name, self.advertise_addr, 8301,
+                       {"role": "consul", "dc": self.datacenter, "port": "8300", "id": self.node_id},
+                       MemberStatus.ALIVE, (1, 5, 2, 2, 5, 4))]
+
+    def leader_status(self) -> tuple[bool, int]:
+        return True, 0  # no Raft here: this agent leads itself, as -dev does
+
+    def metrics(self) -> Metrics:
+        return Metrics()
+
+    def fire_event(self, name: str, payload: bytes) -> UserEventRecord:
+        self._ltime += 1
+        record = UserEventRecord.of(self._ltime, name, payload)
+        self.events.add(record)
+        return record
 
     async def reload(self) -> None:
         return None
@@ -85,7 +118,11 @@ class FakeAgent:
         self.shutdowns += 1
 
     async def leave(self) -> None:
-        self.leaves = getattr(self, "leaves", 0) + 1
+        self.leaves += 1
+
+
+def _is_agent_view(agent: FakeAgent) -> AgentView:
+    return agent  # mypy checks here that FakeAgent implements AgentView
 
 
 class ServerThread:
