@@ -27,7 +27,8 @@ BENCH_QUERY = "passing"
 
 
 class BenchAgent:
-    """The slice of Agent the API reads (no local services, no checks running)."""
+    """The slice of AgentView (agent/http/view.py) the benchmark's reads use (no local services, no checks,
+    no gossip or Raft)."""
 
     def __init__(self) -> None:
         self.config = AgentConfig(node_name="bench", dev=True)
@@ -37,9 +38,14 @@ class BenchAgent:
         self.advertise_addr = "127.0.0.1"
         self.store = CatalogStore()
         self.local: Any = None
+        self.server = None
+        self.gossip = None
 
-    def members(self) -> list[dict[str, Any]]:
+    def members(self) -> list[Any]:
         return []
+
+    def leader_status(self) -> tuple[bool, int]:
+        return True, 0  # no Raft: leads itself, as -dev does
 
 
 async def populate(store: CatalogStore, instances: int) -> None:
