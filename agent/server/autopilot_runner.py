@@ -1,8 +1,5 @@
-"""Autopilot on a leader: promote stable non-voters; remove a dead voter once a healthy replacement is there.
-
-Its decisions are carried out as membership changes through the driver. (The pure planner,
-agent/server/autopilot.py, is to take over the deciding; until then the rules live here.)
-"""
+"""Autopilot on a leader: once a second, ask the pure planner (autopilot.py) and carry out its decision
+(promote a stable non-voter; remove a dead voter once a healthy replacement is there) through the driver."""
 
 from __future__ import annotations
 
@@ -10,32 +7,27 @@ import logging
 
 import trio
 
-from ...raft.entry import Server
 from ...raft.node import LEADER, RaftNode, RoleChange
 from ..rpc.errors import ServerError
+from .autopilot import AutopilotConfig, Promote, RemoveDead, healthy, plan
 from .driver import RaftDriver
 
 log = logging.getLogger("meshagent.server")
 
-SERVER_STABILIZATION_TIME = 10.0
-DEAD_SERVER_AFTER = 10.0
-
 
 class Autopilot:
-    """Watches the configuration once a second while this server leads."""
+    """Runs the planner while this server leads; keeps the non-voters' stabilization start times."""
 
     def __init__(self, server_id: str, driver: RaftDriver) -> None:
         self.id = server_id
         self.driver = driver
+        self.config = AutopilotConfig(healthy_within=driver.config.election_timeout)
         self._nonvoter_since: dict[str, float] = {}
 
-    def healthy(self, server_id: str, now: float, window: float | None = None) -> bool:
-        """(Leader) whether `server_id` answered within `window` (default: the election timeout)."""
+    def healthy(self, server_id: str, now: float) -> bool:
+        """(Leader) whether `server_id` answered within the election timeout."""
         node = self.driver.node
-        pr = node.progress().get(server_id) if node is not None else None
-        if pr is None:
-            return False
-        return now - pr.last_response < (window or self.driver.config.election_timeout)
+        return node is not None and healthy(node.progress(), server_id, now, self.config.healthy_within)
 
     def added(self, server_id: str, now: float) -> None:
         """A non-voter was just added: its stabilization time starts now."""
@@ -63,20 +55,12 @@ class Autopilot:
                 log.debug("autopilot: %s", exc)
 
     async def _step(self, node: RaftNode, now: float) -> None:
-        for s in node.membership.servers:
-            if s.voter or s.id == self.id:
-                continue
-            since = self._nonvoter_since.setdefault(s.id, now)
-            if not self.healthy(s.id, now):
-                self._nonvoter_since[s.id] = now
-                continue
-            dead = [v.id for v in node.membership.servers
-                    if v.voter and v.id != self.id and not self.healthy(v.id, now, DEAD_SERVER_AFTER)]
-            if dead:
-                log.info("autopilot: removing dead server %s for its replacement %s", dead[0], s.id)
-                await self.driver.change_membership(node.membership.without(dead[0]))
-                return
-            if now - since >= SERVER_STABILIZATION_TIME:
-                log.info("autopilot: promoting %s to voter", s.id)
-                await self.driver.change_membership(node.membership.with_server(Server(s.id, s.address, True)))
-                return
+        p = plan(self.id, node.membership, node.progress(), self._nonvoter_since, now, self.config)
+        self._nonvoter_since = dict(p.nonvoter_since)
+        d = p.decision
+        if isinstance(d, RemoveDead):
+            log.info("autopilot: removing dead server %s for its replacement %s", d.server_id, d.replacement)
+        elif isinstance(d, Promote):
+            log.info("autopilot: promoting %s to voter", d.voter.id)
+        if d is not None:
+            await self.driver.change_membership(p.apply_to(node.membership))
