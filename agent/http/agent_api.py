@@ -15,6 +15,7 @@ from ..config.errors import ConfigErrors
 from .catalog_api import required
 from .errors import config_errors_text
 from .filter import AGENT_SERVICE_SCHEMA, CHECK_SCHEMA
+from .messages import Request, Response
 from .query import HTTPError, Query, bad_request, parse_bool
 from .render import (
     agent_self_json,
@@ -24,7 +25,6 @@ from .render import (
     member_json,
     metrics_json,
 )
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from ..config.types import ServiceDefinition

@@ -14,9 +14,9 @@ from typing import Any
 from . import agent_api, catalog_api, catalog_write_api, event_api, health_api, kv_api, operator_api
 from .errors import error_response
 from .filter import Schema, compile_filter
+from .messages import Headers, Request, Response, simple_response
 from .query import HTTPError, Query, parse_query
 from .render import dumps
-from .server import Headers, Request, Response, simple_response
 from .view import AgentView
 
 log = logging.getLogger("meshagent.http")

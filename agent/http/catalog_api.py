@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .filter import CATALOG_SERVICE_SCHEMA, NODE_SCHEMA
+from .messages import Request, Response
 from .query import Query, bad_request
 from .render import catalog_service_json, node_json, service_json
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from ..catalog import Node

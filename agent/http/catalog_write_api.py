@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import PASSING, STATUSES, Check, CommandError, Node, Service, commands
 from .agent_api import body_json
+from .messages import Request, Response
 from .query import Query, bad_request
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from .api import API

@@ -7,8 +7,8 @@ from ..config.errors import ConfigErrors
 from ..local_state import LocalStateError
 from ..rpc.errors import ServerError
 from .filter import FilterError
+from .messages import Response, simple_response
 from .query import HTTPError
-from .server import Response, simple_response
 
 
 def config_errors_text(exc: ConfigErrors) -> str:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
 from .render import event_json
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from .api import API

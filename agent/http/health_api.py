@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import PASSING
 from .catalog_api import node_meta_ok, node_meta_pairs, required
 from .filter import CHECK_SCHEMA, HEALTH_ENTRY_SCHEMA
+from .messages import Request, Response
 from .query import Query, bad_request
 from .render import check_json, health_entry_json
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from .api import API

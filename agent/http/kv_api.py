@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..catalog import commands
+from .messages import Request, Response
 from .query import Query, bad_request, parse_uint
 from .render import dumps, kv_json
-from .server import Request, Response
 
 if TYPE_CHECKING:
     from .api import API

@@ -16,8 +16,8 @@ import trio
 from ..rpc.framing import MAX_FRAME
 from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from .agent_api import advertise_address, gossip_of
+from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
-from .server import Request, Response
 from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from .server import Headers, Response, simple_response
+from .messages import Headers, Response, simple_response
 
 
 class HTTPError(Exception):

@@ -10,9 +10,9 @@ import base64
 import json
 from typing import TYPE_CHECKING, Any
 
+from ...gossip.member import Member
 from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
 from ..catalog.state import Instance
-from ...gossip.member import Member
 
 if TYPE_CHECKING:
     from ..config.types import ServiceDefinition

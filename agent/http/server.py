@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
 import h11
 import trio
 
-log = logging.getLogger("meshagent.http")
+from .body import RECV_SIZE, BodyError, BodyStream, EarlyResponse
+from .messages import Handler, Request, Response, encode_head, simple_response
+from .parking import Parking
 
-Headers = list[tuple[bytes, bytes]]
-Response = tuple[int, Headers, bytes]
+log = logging.getLogger("meshagent.http")
 
 MAX_BODY = 512 * 1024  # Consul's kv_max_value_size: the largest body an endpoint accepts by default
 # Endpoints whose bodies are whole archives, not values: a snapshot holds the entire catalog.
@@ -34,62 +29,12 @@ BODY_LIMITS = {"/v1/snapshot": SNAPSHOT_MAX_BODY}
 # Requests whose body the handler reads itself, chunk by chunk (request.body_stream), instead of the
 # server gathering it in memory first.
 STREAMED_BODIES = frozenset({("PUT", "/v1/snapshot")})
-# A streamed body may take longer than READ_TIMEOUT, as long as it keeps coming at this rate on average.
-MIN_UPLOAD_RATE = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 READ_TIMEOUT = 30.0  # a whole request (head and body) must arrive within this, once it has started
 IDLE_TIMEOUT = 120.0  # keep-alive connections with no request in flight are closed after this
 WRITE_TIMEOUT = 30.0
 MAX_CONNS_PER_CLIENT = 200  # Consul's limits.http_max_conns_per_client
 HANGUP_CHECK_INTERVAL = 1.0  # how often parked blocking queries are checked for a departed client
-_RECV_SIZE = 65536
-
-
-@dataclass(slots=True)
-class Request:
-    """One parsed request. `path` is percent-decoded; `query` is the raw query string."""
-
-    method: str
-    path: str
-    query: str
-    headers: Sequence[tuple[bytes, bytes]]  # names in lower case
-    body: bytes
-    remote: str = ""
-    sock: Any = None
-    # Set by the server: `with request.parking.watch(request.sock):` ends a long wait on hang-up.
-    parking: Parking | None = None
-    # For STREAMED_BODIES: the body, still on the socket (`body` is then empty).
-    body_stream: BodyStream | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a header (name in lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class _Date:
-    """The Date header value, formatted at most once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            # RFC 7231's IMF-fixdate. LC_TIME is never set in the agent, so %a and %b are English (the C
-            # locale); email.utils.formatdate would pull in the whole email package for this one line.
-            self._value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-        return self._value
-
-
-_DATE = _Date()
 
 
 def _clean_reason(text: str) -> str:
@@ -98,112 +43,6 @@ def _clean_reason(text: str) -> str:
     return line[:160]
 
 
-def simple_response(status: int, text: str, extra: Headers | None = None) -> Response:
-    """A text/plain response with a one-line body."""
-    headers: Headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    if extra:
-        headers.extend(extra)
-    return status, headers, (text + "\n").encode()
-
-
-class Parking:
-    """Blocking queries parked on their connections; a sweep ends those whose client hung up.
-
-    Watching each parked socket with its own task made every wake-up pay for an epoll unregister and a
-    cancellation (2-3x the write-to-wake-up delay), so instead one sweep per interval asks the kernel for
-    each parked socket's TCP state and cancels the queries whose peer has closed (Linux TCP_INFO).
-    """
-
-    def __init__(self) -> None:
-        self._parked: dict[trio.CancelScope, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self._parked)
-
-    @contextmanager
-    def watch(self, sock: Any) -> Iterator[None]:
-        """Run the body in a scope that the sweep cancels if the client behind `sock` goes away."""
-        with trio.CancelScope() as scope:
-            self._parked[scope] = sock
-            try:
-                yield
-            finally:
-                del self._parked[scope]
-
-    def sweep(self) -> int:
-        """Cancel every parked query whose peer has closed or reset; returns how many."""
-        ended = 0
-        for scope, sock in list(self._parked.items()):
-            try:
-                state = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
-            except OSError:
-                state = _TCP_CLOSE
-            if state in (_TCP_CLOSE_WAIT, _TCP_CLOSE):
-                scope.cancel()
-                ended += 1
-        return ended
-
-
-_TCP_INFO = getattr(socket, "TCP_INFO", 11)
-_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8  # linux/tcp_states.h
-
-
-class _EarlyResponse(Exception):
-    """A request rejected before its body was read."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response[0])
-        self.response = response
-
-
-class BodyError(_EarlyResponse):
-    """A streamed body that broke off: too large, too slow or cut; the server answers it and closes."""
-
-
-class BodyStream:
-    """A request body read from the socket as the handler asks for it: `async for chunk in stream`.
-
-    Memory stays at one socket read however large the body; the size limit, and a deadline that grows
-    with the bytes received (so a large upload at a fair rate is never cut, a trickle is), apply as it
-    arrives. Raises BodyError, which the server answers (413, 408 or 400) before closing.
-    """
-
-    def __init__(self, conn: h11.Connection, stream: trio.SocketStream, limit: int, read_timeout: float,
-                 length: int | None) -> None:
-        self._conn = conn
-        self._stream = stream
-        self.limit = limit
-        self.length = length  # the Content-Length, or None for a chunked body
-        self.received = 0
-        self.finished = False
-        self._start = trio.current_time()
-        self._read_timeout = read_timeout
-
-    def __aiter__(self) -> BodyStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self.finished:
-            event = self._conn.next_event()
-            if event is h11.NEED_DATA:
-                deadline = self._start + self._read_timeout + self.received / MIN_UPLOAD_RATE
-                with trio.move_on_at(deadline):
-                    self._conn.receive_data(await self._stream.receive_some(_RECV_SIZE))
-                    continue
-                raise BodyError(simple_response(408, "Request body timed out"))
-            if type(event) is h11.EndOfMessage:
-                self.finished = True
-            elif isinstance(event, h11.Data):
-                self.received += len(event.data)
-                if self.received > self.limit:
-                    raise BodyError(simple_response(413, f"Request body too large, max size: {self.limit} bytes"))
-                return bytes(event.data)
-            else:  # ConnectionClosed mid-body
-                raise BodyError(simple_response(400, "Bad request: the body ended early"))
-        raise StopAsyncIteration
-
-
-_REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INF = float("inf")
 _SMALL_BODY = 16384  # below this, one buffer; above, scatter/gather instead of copying the body
@@ -238,20 +77,6 @@ def _repeated_content_length(raw: bytes) -> bool:
     end = _HEAD_END.search(raw)
     values = _CONTENT_LENGTH_LINE.findall(raw[: end.start() if end else len(raw)])
     return len(values) > 1 or any(b"," in v for v in values)
-
-
-def encode_head(status: int, headers: Headers, length: int, close: bool) -> bytes:
-    """Status line and headers; header values come from our code, but a stray CR/LF is dropped anyway."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-    for name, value in headers:
-        if b"\n" in value or b"\r" in value:
-            continue
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"date: %s\r\ncontent-length: %d\r\n" % (_DATE.get(), length))
-    if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 class HTTPServer:
@@ -359,7 +184,7 @@ class HTTPServer:
             with trio.move_on_after(1.0):
                 drained = 0
                 while drained < 4 * self.max_body:
-                    data = await stream.receive_some(_RECV_SIZE)
+                    data = await stream.receive_some(RECV_SIZE)
                     if not data:
                         break
                     drained += len(data)
@@ -385,7 +210,7 @@ class HTTPServer:
                     scope.deadline = _INF
                     await self._final(stream, simple_response(status, f"Bad request: {reason}"))
                     return
-                except _EarlyResponse as early:  # 413: the body was not read, so the connection ends
+                except EarlyResponse as early:  # 413: the body was not read, so the connection ends
                     scope.deadline = _INF
                     await self._final(stream, early.response)
                     return
@@ -421,16 +246,16 @@ class HTTPServer:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            conn.receive_data(await stream.receive_some(_RECV_SIZE))  # b"" marks EOF for h11
+            conn.receive_data(await stream.receive_some(RECV_SIZE))  # b"" marks EOF for h11
 
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope,
                             remote: str, pending: bytes) -> tuple[Request, bool] | None:
         """The next request and whether to keep the connection, or None when the peer closed.
-        Raises h11.RemoteProtocolError for malformed requests, _EarlyResponse for oversized ones."""
+        Raises h11.RemoteProtocolError for malformed requests, EarlyResponse for oversized ones."""
         raw = [pending] if pending else []  # the bytes the head came in, for checks h11 does not make
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(_RECV_SIZE)
+            data = await stream.receive_some(RECV_SIZE)
             # Once a request has begun, all of it must arrive within read_timeout (slow drips included).
             scope.deadline = trio.current_time() + self.read_timeout
             while True:
@@ -439,14 +264,14 @@ class HTTPServer:
                 event = conn.next_event()
                 if event is not h11.NEED_DATA:
                     break
-                data = await stream.receive_some(_RECV_SIZE)
+                data = await stream.receive_some(RECV_SIZE)
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError("unexpected event", 400)
         head = event
         if event.http_version not in (b"1.1", b"1.0"):
-            raise _EarlyResponse(simple_response(505, "HTTP Version Not Supported"))
+            raise EarlyResponse(simple_response(505, "HTTP Version Not Supported"))
         raw_path, _, query = event.target.partition(b"?")
         try:
             path = unquote(raw_path.decode("ascii"), errors="strict")
@@ -476,7 +301,7 @@ class HTTPServer:
             if _repeated_content_length(_prefix(raw, self.max_header_bytes + 4)):
                 raise h11.RemoteProtocolError("more than one Content-Length", 400)
             if content_length > max_body:
-                raise _EarlyResponse(simple_response(413, f"Request body too large, max size: {max_body} bytes"))
+                raise EarlyResponse(simple_response(413, f"Request body too large, max size: {max_body} bytes"))
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(_CONTINUE)
         if (method, path) in STREAMED_BODIES:
@@ -493,7 +318,7 @@ class HTTPServer:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > max_body:
-                    raise _EarlyResponse(simple_response(
+                    raise EarlyResponse(simple_response(
                         413, f"Request body too large, max size: {max_body} bytes"))
                 chunks.append(event.data)
             else:

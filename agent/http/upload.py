@@ -12,8 +12,8 @@ from pathlib import Path
 
 import trio
 
+from .body import BodyStream
 from .query import HTTPError
-from .server import BodyStream
 
 WRITE_BATCH = 1024 * 1024  # bytes gathered per write: one thread hop per MiB, not per socket read
 PREFIX = ".meshagent-upload-"

@@ -19,7 +19,8 @@ import trio
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig
 from meshagent.agent.http.api import API
-from meshagent.agent.http.server import HTTPServer, Request, Response
+from meshagent.agent.http.messages import Request, Response
+from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.store import CatalogStore
 
 BENCH_PATH = "/v1/health/service/db"

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from meshagent.agent.http.server import Request, Response
+from meshagent.agent.http.messages import Request, Response
 
 from tests.support.http_client import read_response, read_until_closed
 from tests.support.http_harness import ServerThread

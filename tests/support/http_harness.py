@@ -16,7 +16,8 @@ import trio
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig, CheckDefinition, Ports, ServiceDefinition
 from meshagent.agent.http.api import API
-from meshagent.agent.http.server import Handler, HTTPServer
+from meshagent.agent.http.messages import Handler
+from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.http.view import AgentView, GossipView, Metrics, ServerView
 from meshagent.agent.local_sync import LocalCheck
 from meshagent.agent.store import CatalogStore
