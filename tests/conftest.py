@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import AgentProcess, start_agent
+from tests.support.markers import mark_slow
 
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 NAMESPACE_FIXTURES = {"hosts"}  # tests/raft's netns.Hosts: one network namespace per server
@@ -15,10 +16,12 @@ NAMESPACE_FIXTURES = {"hosts"}  # tests/raft's netns.Hosts: one network namespac
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `cluster` every test that makes network namespaces: tests/cluster and users of the `hosts`
-    fixture (they need root and `ip`, take a bridge and a /24 each, and run for tens of seconds)."""
+    fixture (they need root and `ip`, take a bridge and a /24 each, and run for tens of seconds); mark
+    `slow` the long tests tests/support/markers.py lists."""
     for item in items:
         if CLUSTER_DIR in item.path.parents or NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
+        mark_slow(item)
 
 
 @pytest.fixture
