@@ -1,7 +1,8 @@
 """The seam between the SWIM core (`gossip.membership`) and the layer above it (`gossip.serf`).
 
-Both sides are pure: the core calls these methods synchronously while it handles an input, and the
-layer above records whatever it wants to do (broadcasts, events) and hands it out on its own terms.
+Both sides are pure: the core calls these methods synchronously while it handles an input; the layer above
+queues its broadcasts (handed out through `get_broadcasts`) and returns its other outputs (events, replies),
+which the core passes on after its own.
 Mirrors memberlist's Delegate and EventDelegate, with the clock passed in instead of read.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .messages import NodeState
+from .outputs import SerfOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ class Delegate(Protocol):
     def node_meta(self, limit: int) -> bytes:
         """Our node's metadata (Serf: encoded tags), at most `limit` bytes."""
 
-    def notify_msg(self, now: float, payload: bytes) -> None:
+    def notify_msg(self, now: float, payload: bytes) -> list[SerfOutput]:
         """A user message arrived (gossip or stream); `payload` is without memberlist's type byte."""
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
@@ -41,14 +43,14 @@ class Delegate(Protocol):
     def local_state(self, join: bool) -> bytes:
         """Our user state for a push-pull exchange."""
 
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[SerfOutput]:
         """The peer's user state from a push-pull exchange."""
 
-    def notify_join(self, now: float, member: MemberInfo) -> None:
+    def notify_join(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         """A member became alive (new, or back from dead/left)."""
 
-    def notify_leave(self, now: float, member: MemberInfo) -> None:
+    def notify_leave(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         """A member became dead or left (`member.state` says which)."""
 
-    def notify_update(self, now: float, member: MemberInfo) -> None:
+    def notify_update(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         """A live member changed its address or meta."""

@@ -2,9 +2,10 @@
 
 Inputs: `start`, `tick(now)`, `receive(now, src, data)` (one single message: type byte + body),
 `merge_remote_state` (a push-pull's other side), `joined`, `stream_ping_result`, `leave`, `update_meta`.
-Outputs: `SendPacket` (a list of single messages for one UDP packet; the runtime frames them),
-`PushPull` (open a TCP exchange) and `StreamPing` (a TCP fallback ping). Member changes reach the layer
-above through its `Delegate`, synchronously.
+Outputs (`gossip.outputs`): `SendPacket` (a list of single messages for one UDP packet; the runtime frames
+them), `PushPull` (open a TCP exchange) and `StreamPing` (a TCP fallback ping). Member changes reach the
+layer above through its `Delegate`, synchronously; what the delegate returns is passed on with our own
+outputs, after them, so each input gives one list.
 
 Behaviour follows memberlist's state.go: shuffled round-robin probes, direct ping, indirect pings with
 nacks, TCP fallback, Lifeguard's self-awareness and confirmation-shrinking suspicion timeouts,
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 
 from . import bounds, limits, wire
 from . import messages as m
+from .broadcast_queue import Broadcast, BroadcastQueue
 from .delegate import Delegate, MemberInfo
 from .messages import NodeState
+from .outputs import Output, PushPull, SendPacket, StreamPing
 from .tunables import EAGER_GOSSIP_DIVISOR, GossipConfig, push_pull_scale, retransmit_limit, suspicion_timeout
 
 Address = tuple[str, int]
+__all__ = ["Output", "PushPull", "SendPacket", "StreamPing", "Swim"]  # the outputs, re-exported for callers
 META_MAX_SIZE = 512  # memberlist's MetaMaxSize
 # Parts per compound packet. memberlist's format allows 255, but it sizes the length table in a uint8, so
 # a Go peer misreads any compound of 128 parts or more (found by the serf wire tests).
@@ -36,45 +40,6 @@ FRAMING_RESERVE = 34
 COMPRESS_TRIES = 3
 # A failed probe still counts nacks for this fraction of the probe timeout after it ends (see _probe_failed).
 NACK_GRACE = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class SendPacket:
-    """Send these single messages to `addr` in one UDP packet (compound if several).
-
-    `compressed`, when set, is what goes on the wire instead: one compress message (type 9) holding the
-    compound of `messages`, which would not fit the packet uncompressed."""
-
-    addr: Address
-    messages: list[bytes]
-    crc: bool = False
-    compressed: bytes | None = None
-
-    def payload(self) -> bytes:
-        """The packet before CRC and encryption: the compressed form, the lone message, or a compound."""
-        if self.compressed is not None:
-            return self.compressed
-        return self.messages[0] if len(self.messages) == 1 else wire.make_compound(self.messages)
-
-
-@dataclass(frozen=True, slots=True)
-class PushPull:
-    """Open a TCP push-pull exchange with `addr` (local state from `local_push_pull_state`)."""
-
-    addr: Address
-    join: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPing:
-    """Ping `addr` over TCP; report with `stream_ping_result(seq_no, ok)`."""
-
-    addr: Address
-    ping: bytes
-    seq_no: int
-
-
-Output = SendPacket | PushPull | StreamPing
 
 
 @dataclass(slots=True)
@@ -137,14 +102,6 @@ class Suspicion:
 
 
 @dataclass(slots=True)
-class _Broadcast:
-    key: str | None  # the member it is about (a newer one replaces it); None for user messages
-    msg: bytes
-    order: int
-    transmits: int = 0
-
-
-@dataclass(slots=True)
 class _Probe:
     target: str
     seq_no: int
@@ -184,8 +141,7 @@ class Swim:
 
     def __post_init__(self) -> None:
         self._seq = 0
-        self._order = 0
-        self._queue: list[_Broadcast] = []
+        self.broadcasts = BroadcastQueue()  # our own news (alive, suspect, dead) to piggyback
         self._probe_list: list[str] = []
         self._probe_index = 0
         self._probe: _Probe | None = None
@@ -197,6 +153,7 @@ class Swim:
         self._confirm: list[str] = []  # suspects to probe before the round robin resumes (prompt confirmation)
         self._reaped_at: dict[str, float] = {}
         self._lzw_ratio = 0.55  # compressed / raw size of our last compressed packet (alive messages: ~0.5)
+        self._above: list[Output] = []  # what the delegate returned during the current input
 
     # ------------------------------------------------------------------------------------------ views
 
@@ -233,7 +190,7 @@ class Swim:
         self._next_probe = now + self.config.probe_interval
         self._next_gossip = now + self.config.gossip_interval
         self._next_push_pull = now + self.config.push_pull_interval
-        return []
+        return self._with_above([])
 
     def join(self, seeds: list[Address]) -> list[Output]:
         """Push-pull with each seed (join=True); the runtime reports answers through merge_remote_state."""
@@ -273,19 +230,19 @@ class Swim:
         # bootstrap=True as memberlist's UpdateNode: otherwise our own alive is taken for an accusation and
         # refuted with the old meta.
         self._alive(now, m.Alive(self.incarnation, self.name, self.addr, self.port, meta, me.vsn), bootstrap=True)
-        return []
+        return self._with_above([])
 
     def leave(self, now: float) -> list[Output]:
         """Announce a graceful leave (our own Dead); the runtime then gossips until it has gone out."""
         self.leaving = True
         self._dead(now, m.Dead(self.incarnation, self.name, self.name))
-        return self._gossip(now)
+        return self._with_above(self._gossip(now))
 
     def leave_sent(self) -> bool:
         """Whether our leave broadcast has been sent at least a few times (or there is nobody to tell)."""
         if self.num_alive() <= 1:
             return True
-        return not any(b.key == self.name and b.transmits < 2 for b in self._queue)
+        return not self.broadcasts.pending(self.name, below=2)
 
     def tick(self, now: float) -> list[Output]:
         """Run whatever timers are due at `now`."""
@@ -326,7 +283,7 @@ class Swim:
             peers = [mem for mem in self.members.values() if mem.name != self.name and mem.state == NodeState.ALIVE]
             if peers:
                 out.append(PushPull(self.rng.choice(peers).address, False))
-        return out
+        return self._with_above(out)
 
     def receive(self, now: float, src: Address, data: bytes) -> list[Output]:
         """Handle one single message that arrived from `src`; raises MessageError when malformed or out of
@@ -367,12 +324,12 @@ class Swim:
         elif isinstance(msg, m.Dead):
             self._dead(now, msg)
         elif isinstance(msg, m.UserMsg):
-            self.delegate.notify_msg(now, msg.payload)
-        return out
+            self._above.extend(self.delegate.notify_msg(now, msg.payload))
+        return self._with_above(out)
 
     def stream_ping_result(self, now: float, seq_no: int, ok: bool) -> list[Output]:
         """The outcome of a StreamPing."""
-        return self._on_ack(now, seq_no) if ok else []
+        return self._with_above(self._on_ack(now, seq_no) if ok else [])
 
     def local_push_pull_state(self) -> list[m.PushNodeState]:
         """Our full member list for a push-pull."""
@@ -394,7 +351,14 @@ class Swim:
             elif r.state in (NodeState.DEAD, NodeState.SUSPECT):
                 # Never trust a remote dead outright: suspect it and let the probes decide.
                 self._suspect(now, m.Suspect(r.incarnation, r.name, self.name))
-        return []
+        return self._with_above([])
+
+    def _with_above(self, out: list[Output]) -> list[Output]:
+        """Our outputs, then what the delegate returned while we handled this input (its events, replies)."""
+        if self._above:
+            out.extend(self._above)
+            self._above = []
+        return out
 
     # ------------------------------------------------------------------------------------------ probing
 
@@ -529,7 +493,7 @@ class Swim:
             return msgs, None
         return self._compress_more(msgs, rest, total, limit)
 
-    def _compress_more(self, msgs: list[bytes], rest: list[_Broadcast], total: int,
+    def _compress_more(self, msgs: list[bytes], rest: list[Broadcast], total: int,
                        limit: int) -> tuple[list[bytes], bytes | None]:
         """A packet is full and our broadcasts in `rest` are left over: add as many of them as fit once the
         packet is LZW-compressed (memberlist compresses only after filling a packet, so it never gains
@@ -537,7 +501,7 @@ class Swim:
         raw = _overhead(len(msgs)) + sum(len(x) for x in msgs)
         # Aim at what the last compression ratio says fits, with a margin: usually one compression does.
         target = total / self._lzw_ratio * 0.95
-        extra: list[_Broadcast] = []
+        extra: list[Broadcast] = []
         for b in rest:
             if len(msgs) + len(extra) >= MAX_PARTS:
                 break
@@ -552,9 +516,7 @@ class Swim:
             # Capped, so that one incompressible packet does not stop us from trying on the next ones.
             self._lzw_ratio = min(0.8, max(0.2, ratio))
             if len(packed) <= total:
-                for b in extra:
-                    b.transmits += 1
-                self._queue = [b for b in self._queue if b.transmits < limit]
+                self.broadcasts.sent(extra, limit)
                 return [*msgs, *(b.msg for b in extra)], packed
             # Too big: cut the extras to what this ratio says fits, at least one.
             target = total / ratio * 0.95
@@ -567,7 +529,7 @@ class Swim:
     def _wants_crc(member: Member | None) -> bool:
         return member is not None and len(member.vsn) > 1 and member.vsn[1] >= 5
 
-    def _broadcasts(self, room: int) -> tuple[list[bytes], list[_Broadcast], int]:
+    def _broadcasts(self, room: int) -> tuple[list[bytes], list[Broadcast], int]:
         """Fill `room` bytes: our own broadcasts and the delegate's share it, so neither starves the other.
         Returns the messages taken, our broadcasts that did not fit (in queue order), and the retransmit limit."""
         limit = retransmit_limit(self.config.retransmit_mult, max(1, self.num_alive()))
@@ -577,7 +539,7 @@ class Swim:
         # membership churn (memberlist#299). The delegate is asked once per packet: each answer counts as
         # a transmission, so asking twice would send the same message twice in one packet.
         used = self._take_delegate(room // 2, taken)
-        rest = self._take_own(room - used, taken, limit)
+        rest = self.broadcasts.take(room - used, taken, limit, MAX_PARTS)
         return taken, rest, limit
 
     def _take_delegate(self, room: int, taken: list[bytes]) -> int:
@@ -593,31 +555,8 @@ class Swim:
             used += cost
         return used
 
-    def _take_own(self, room: int, taken: list[bytes], limit: int) -> list[_Broadcast]:
-        """Take our broadcasts that fit `room`, least transmitted first; return those left over, in order."""
-        used = 0
-        self._queue.sort(key=lambda b: (b.transmits, -b.order))
-        keep: list[_Broadcast] = []
-        rest: list[_Broadcast] = []
-        for b in self._queue:
-            cost = len(b.msg) + 2
-            if used + cost <= room and len(taken) < MAX_PARTS:
-                taken.append(b.msg)
-                used += cost
-                b.transmits += 1
-                if b.transmits < limit:
-                    keep.append(b)
-            elif b.transmits < limit:
-                keep.append(b)
-                rest.append(b)
-        self._queue = keep
-        return rest
-
     def _queue_broadcast(self, now: float, key: str | None, msg: bytes) -> None:
-        if key is not None:
-            self._queue = [b for b in self._queue if b.key != key]
-        self._order += 1
-        self._queue.append(_Broadcast(key, msg, self._order))
+        self.broadcasts.queue(key, msg)
         self.gossip_soon(now)
 
     # ------------------------------------------------------------------------------------------ state
@@ -657,9 +596,9 @@ class Swim:
         if was_state != NodeState.ALIVE or fresh:
             mem.state, mem.state_change = NodeState.ALIVE, now
         if fresh or was_state in (NodeState.DEAD, NodeState.LEFT):
-            self.delegate.notify_join(now, mem.info())
+            self._above.extend(self.delegate.notify_join(now, mem.info()))
         elif old_meta != a.meta or old_addr != (a.addr, a.port):
-            self.delegate.notify_update(now, mem.info())
+            self._above.extend(self.delegate.notify_update(now, mem.info()))
 
     def _suspect(self, now: float, s: m.Suspect) -> None:
         mem = self.members.get(s.node)
@@ -705,7 +644,7 @@ class Swim:
         mem.incarnation = d.incarnation
         mem.state = NodeState.LEFT if d.node == d.from_node else NodeState.DEAD
         mem.state_change = now
-        self.delegate.notify_leave(now, mem.info())
+        self._above.extend(self.delegate.notify_leave(now, mem.info()))
 
     def _refute(self, now: float, accused: int) -> None:
         if max(self.incarnation, accused) >= limits.INCARNATION_MAX:

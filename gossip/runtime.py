@@ -1,7 +1,8 @@
 """The trio runtime for gossip: UDP and TCP on the Serf LAN port, driving `Swim` and `Serf`.
 
-Thin on purpose: read a packet or a stream, unframe it, hand the messages to the core, carry out what
-comes back. Each packet, message and stream is handled in isolation: bad input, and any exception while
+Thin on purpose: read a packet or a stream, unframe it, hand the messages to the cores through the shared
+`GossipExecutor`, which carries out what comes back through this module's I/O (`GossipIO`).
+Each packet, message and stream is handled in isolation: bad input, and any exception while
 handling it, is counted (`bad_packets`, `bad_streams`, `handler_errors`), logged at most once per source
 a minute (`BadInputLog`) and dropped; it never changes the membership view and never ends a task.
 """
@@ -21,9 +22,12 @@ import trio
 from . import messages as m
 from . import serf_messages as sm
 from .badlog import BadInputLog
+from .executor import GossipExecutor
 from .keyring import Keyring, save_keyring_file
 from .limits import STREAM_BYTES_MAX, STREAMS_MAX
-from .membership import Output, PushPull, SendPacket, StreamPing, Swim, ip_bytes, ip_text
+from .member import Member
+from .membership import Swim, ip_bytes, ip_text
+from .outputs import Address, Event, MemberEvent, QueryResponse, SendPacket, StreamPing
 from .serf import RECONNECT_INTERVAL, Serf, SerfEvent, Status
 from .tunables import GossipConfig
 from .wire import PushPull as ReceivedPushPull
@@ -38,8 +42,6 @@ from .wire import (
 )
 
 log = logging.getLogger("meshagent.gossip")
-
-Address = tuple[str, int]
 
 
 @dataclass
@@ -83,6 +85,8 @@ class GossipAgent:
         self._stream_pings: dict[int, Address] = {}
         self._bad_log = BadInputLog(log)
         self._streams = 0
+        self._queries: dict[int, _Answers] = {}  # our open queries (key operations), by id
+        self.executor = GossipExecutor(self.swim, self.serf, self)
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -112,8 +116,7 @@ class GossipAgent:
         listeners = await trio.open_tcp_listeners(self.port, host=self.bind)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._carry_out(self.swim.start(trio.current_time()))
-            self._drain_events()
+            self.executor.start(trio.current_time())
             nursery.start_soon(self._udp_loop, sock)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
             nursery.start_soon(self._timer_loop)
@@ -135,9 +138,7 @@ class GossipAgent:
             self._wake = trio.Event()
             now = trio.current_time()
             try:
-                self._carry_out(self.swim.tick(now))
-                self.serf.reap(now)
-                self._drain_events()
+                self.executor.tick(now)
             except Exception as exc:  # a bug in the core must not end gossip; back off so it cannot spin
                 self._handler_error("timer", "tick", exc)
                 await trio.sleep(self.config.gossip_interval)
@@ -174,15 +175,11 @@ class GossipAgent:
             return
         for part in parts:
             try:
-                self._carry_out(self.swim.receive(now, src, part))
+                self.executor.receive(now, src, part)
             except m.MessageError as exc:
                 self._bad_packet(now, source, exc)
             except Exception as exc:
                 self._handler_error(source, "message", exc)
-        try:
-            self._drain_events()
-        except Exception as exc:
-            self._handler_error(source, "packet's events", exc)
         self._wake.set()
 
     def _bad_packet(self, now: float, source: str, exc: Exception) -> None:
@@ -195,15 +192,41 @@ class GossipAgent:
         if self._bad_log.report(trio.current_time(), source, f"{what} (internal error)", exc):
             log.debug("internal error handling %s from %s", what, source, exc_info=exc)
 
-    def _carry_out(self, outs: Sequence[Output]) -> None:
+    # ------------------------------------------------------------------------------------------ GossipIO
+
+    def send_packet(self, packet: SendPacket) -> None:
+        """Frame (CRC, encryption) and send one packet."""
+        self._send(pack_packet([packet.payload()], keyring=self._keyring_out, crc=packet.crc), packet.addr)
+
+    def open_push_pull(self, addr: Address, join: bool) -> None:
+        """A push-pull exchange in its own task."""
         assert self._nursery is not None
-        for o in outs:
-            if isinstance(o, SendPacket):
-                self._send(pack_packet([o.payload()], keyring=self._keyring_out, crc=o.crc), o.addr)
-            elif isinstance(o, PushPull):
-                self._nursery.start_soon(self._push_pull_quietly, o.addr, o.join)
-            elif isinstance(o, StreamPing):
-                self._nursery.start_soon(self._stream_ping, o)
+        self._nursery.start_soon(self._push_pull_quietly, addr, join)
+
+    def open_stream_ping(self, ping: StreamPing) -> None:
+        """A TCP fallback ping in its own task."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._stream_ping, ping)
+
+    def persist_keyring(self, keys: tuple[bytes, ...]) -> None:
+        """Save the keyring in a thread (the file write must not block gossip)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._persist_keyring)
+
+    def publish(self, event: Event) -> None:
+        """Answers go to the key operation waiting for them; events are logged and handed to `on_event`."""
+        if isinstance(event, QueryResponse):
+            answers = self._queries.get(event.id)
+            if answers is not None:
+                answers.add(event)
+            return
+        log.info("serf: %s", _describe(event))
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def rearm(self) -> None:
+        """The timer loop re-arms at the core's new, earlier deadline."""
+        self._wake.set()
 
     def _send(self, data: bytes, addr: Address) -> None:
         assert self._sock is not None
@@ -213,24 +236,6 @@ class GossipAgent:
             log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
             return
         self.stats.packets_out += 1
-
-    def _drain_events(self) -> None:
-        if self.serf.gossip_news:
-            self.serf.gossip_news = False
-            self.swim.gossip_soon(trio.current_time())
-            self._wake.set()  # the timer loop re-arms at the new, earlier deadline
-        replies, self.serf.replies = self.serf.replies, []
-        for reply in replies:
-            # Straight to the asker, as memberlist's SendTo does: a lone user message, no CRC.
-            data = pack_packet([bytes([m.MessageType.USER]) + reply.message], keyring=self._keyring_out)
-            self._send(data, (ip_text(reply.addr), reply.port))
-        if self.serf.keyring_changed and self._nursery is not None:
-            self.serf.keyring_changed = False
-            self._nursery.start_soon(self._persist_keyring)
-        for event in self.serf.take_events():
-            log.info("serf: %s", _describe(event))
-            if self.on_event is not None:
-                self.on_event(event)
 
     # ------------------------------------------------------------------------------------------ streams
 
@@ -279,16 +284,12 @@ class GossipAgent:
             if not message.node or message.node == self.name:
                 await stream.send_all(ack_stream(m.AckResp(message.seq_no, b""), keyring=self._keyring_out))
         elif isinstance(message, m.UserMsg):
-            self.serf.notify_msg(now, message.payload)
-            self._drain_events()
+            self.executor.user_message(now, message.payload)
         else:
             raise WireError(f"unexpected stream message {type(message).__name__}")
 
     def _merge(self, now: float, nodes: list[m.PushNodeState], user: bytes, join: bool) -> None:
-        self._carry_out(self.swim.merge_remote_state(now, nodes))
-        if user:
-            self.serf.merge_remote_state(now, user, join)
-        self._drain_events()
+        self.executor.merge(now, nodes, user, join)
         self._wake.set()
 
     async def push_pull(self, addr: Address, join: bool) -> None:
@@ -329,7 +330,7 @@ class GossipAgent:
         except Exception as exc:
             self._handler_error(f"{o.addr[0]}:{o.addr[1]}", "stream ping", exc)
         try:
-            self._carry_out(self.swim.stream_ping_result(trio.current_time(), o.seq_no, ok))
+            self.executor.stream_ping_result(trio.current_time(), o.seq_no, ok)
         except Exception as exc:
             self._handler_error(f"{o.addr[0]}:{o.addr[1]}", "stream ping result", exc)
         self._wake.set()
@@ -348,32 +349,32 @@ class GossipAgent:
             except (OSError, WireError, m.MessageError, trio.TooSlowError, ValueError) as exc:
                 log.warning("failed to join %s: %s", addr, exc)
         if ok:
-            self.serf.join_intent()
-            self.swim.joined(trio.current_time())
-            self._drain_events()
+            self.executor.joined(trio.current_time())
             self._wake.set()
         return ok
 
     async def leave(self, timeout: float = 5.0) -> None:
         """Graceful leave: Serf's leave intent, then memberlist's, each given time to spread."""
-        self.serf.leave_intent()
-        self._drain_events()
+        self.executor.leave_intent(trio.current_time())
         with trio.move_on_after(timeout / 2):
-            while any(item[0] < 1 for item in self.serf._queue) and self.swim.num_alive() > 1:
-                self._carry_out(self.swim.tick(trio.current_time()))
+            while self.serf.intent_unsent() and self.swim.num_alive() > 1:
+                now = trio.current_time()
+                self.executor.carry_out(now, self.swim.tick(now))
                 await trio.sleep(self.config.gossip_interval / 2)
-        self._carry_out(self.swim.leave(trio.current_time()))
+        now = trio.current_time()
+        self.executor.carry_out(now, self.swim.leave(now))
         # Beyond memberlist: tell every live member directly, once. Gossip alone reaches only three random
         # members per round, some of them possibly dead, and then this process is gone; the bench saw a
         # leave show up as a failure (and "left" only 9-28 s later) when those few packets missed.
         self._announce_leave()
         with trio.move_on_after(timeout / 2):
             while not self.swim.leave_sent():
-                self._carry_out(self.swim._gossip(trio.current_time()))
+                now = trio.current_time()
+                self.executor.carry_out(now, self.swim._gossip(now))
                 await trio.sleep(self.config.gossip_interval / 2)
 
     def _announce_leave(self) -> None:
-        intent = next((msg for _, key, msg in self.serf._queue if key == self.name), None)
+        intent = self.serf.queued_intent(self.name)
         dead = m.encode(m.Dead(self.swim.incarnation, self.name, self.name))
         messages = [dead] if intent is None else [bytes([m.MessageType.USER]) + intent, dead]
         for mem in list(self.swim.members.values()):
@@ -382,8 +383,7 @@ class GossipAgent:
 
     def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> int:
         """Fire a user event; its Lamport time."""
-        ltime = self.serf.user_event(name, payload, coalesce)
-        self._drain_events()
+        ltime = self.executor.user_event(trio.current_time(), name, payload, coalesce)
         self._wake.set()
         return ltime
 
@@ -400,14 +400,18 @@ class GossipAgent:
         alive = sum(1 for mem in self.serf.members.values() if mem.status == Status.ALIVE)
         timeout = self.config.gossip_interval * 16 * max(1, math.ceil(math.log10(alive + 1)))
         payload = sm.key_request_payload(key) if name != sm.LIST_KEYS_QUERY else b""
-        qid = self.serf.query(name, payload, timeout)
-        self._drain_events()
-        self._wake.set()
-        answers = self.serf.query_answers[qid]
-        with trio.move_on_after(timeout):
-            while len(answers) < alive:
-                await trio.sleep(0.02)
-        del self.serf.query_answers[qid]
+        now = trio.current_time()
+        qid, outs = self.executor.query(now, name, payload, timeout)
+        collected = self._queries[qid] = _Answers(alive)
+        try:
+            self.executor.carry_out(now, outs)  # our own answer is among them
+            self._wake.set()
+            with trio.move_on_after(timeout):
+                await collected.all_in.wait()
+        finally:
+            del self._queries[qid]
+            self.serf.close_query(qid)
+        answers = collected.answers
         keys: dict[str, int] = {}
         primary: dict[str, int] = {}
         messages: dict[str, str] = {}
@@ -434,9 +438,7 @@ class GossipAgent:
 
     def force_leave(self, node: str, prune: bool = False) -> bool:
         """Mark a failed node left (and forget it with prune)."""
-        ok = self.serf.force_leave(node, prune)
-        self._drain_events()
-        return ok
+        return self.executor.force_leave(trio.current_time(), node, prune)
 
     def stats_view(self) -> dict[str, str]:
         """Consul's serf_lan figures (strings), plus our counters of dropped input."""
@@ -459,15 +461,23 @@ class GossipAgent:
                 "dropped_states": self.swim.dropped_states,
                 "packets_in": self.stats.packets_in, "packets_out": self.stats.packets_out}
 
-    def members(self) -> list[dict[str, Any]]:
-        """Members in Consul's /v1/agent/members shape."""
-        out = []
-        for mem in self.serf.members.values():
-            vsn = list(mem.vsn) + [0] * (6 - len(mem.vsn))
-            out.append({"Name": mem.name, "Addr": ip_text(mem.addr), "Port": mem.port, "Tags": dict(mem.tags),
-                        "Status": int(mem.status), "ProtocolMin": vsn[0], "ProtocolMax": vsn[1],
-                        "ProtocolCur": vsn[2], "DelegateMin": vsn[3], "DelegateMax": vsn[4], "DelegateCur": vsn[5]})
-        return out
+    def members(self) -> list[Member]:
+        """Every member we know, ourselves included (Consul's JSON is agent/http/render.py's job)."""
+        return self.executor.members()
+
+
+class _Answers:
+    """The answers to one of our queries, and an event set once `expected` have come in."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.answers: list[QueryResponse] = []
+        self.all_in = trio.Event()
+
+    def add(self, answer: QueryResponse) -> None:
+        self.answers.append(answer)
+        if len(self.answers) >= self.expected:
+            self.all_in.set()
 
 
 
@@ -481,7 +491,6 @@ def _peer(stream: trio.SocketStream) -> str:
 
 
 def _describe(event: SerfEvent) -> str:
-    member = getattr(event, "member", None)
-    if member is not None:
-        return f"{getattr(event, 'kind', '')}: {member.name} {ip_text(member.addr)}"
-    return f"user event {getattr(event, 'name', '')}"
+    if isinstance(event, MemberEvent):
+        return f"{event.kind}: {event.member.name} {event.member.addr}"
+    return f"user event {event.name}"

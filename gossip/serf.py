@@ -1,7 +1,9 @@
 """The Serf layer over the SWIM core: tags, Lamport-clocked join/leave intents, user events, reaping.
 
 Pure like the core: it implements `Delegate` for `Swim`, keeps Serf's member list (alive, leaving, left,
-failed), and hands out what happened as `SerfEvent`s. Messages are Serf's own (serf/messages.go): a type
+failed), and returns what it wants done as values (`gossip.outputs`: events, query replies and responses,
+news to gossip soon, a changed keyring) from each input, as `Swim` does; `gossip.executor` carries them out.
+Messages are Serf's own (serf/messages.go): a type
 byte, then a go-msgpack map, carried inside memberlist user messages.
 """
 
@@ -15,14 +17,16 @@ from . import bounds, limits
 from . import serf_messages as sm
 from .delegate import MemberInfo
 from .keyring import Keyring, KeyringError
+from .member import Member, MemberStatus, member_of
 from .messages import MessageError, NodeState
+from .outputs import GossipSoon, KeyringChanged, MemberEvent, QueryResponse, Reply, SerfOutput, UserEvent
 
 RECONNECT_INTERVAL = 30.0  # Serf's ReconnectInterval: how often to try one failed member again
 EVENT_BUFFER = 512  # Serf's EventBuffer: recent user events remembered per Lamport time slot
 MAX_USER_EVENT = 512  # Serf's UserEventSizeLimit
 
 
-Status = sm.MemberStatus  # Serf's member status, as Consul's /v1/agent/members reports it
+Status = MemberStatus  # Serf's member status, as Consul's /v1/agent/members reports it
 SerfType = sm.SerfMessageType
 
 
@@ -54,35 +58,13 @@ class SerfMember:
     status_ltime: int = 0
     leave_time: float = 0.0
 
-
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
-    """member-join, member-leave, member-failed, member-update, member-reap."""
-
-    kind: str
-    member: SerfMember
-
-
-@dataclass(frozen=True, slots=True)
-class UserEvent:
-    """A user event delivered here (once per Lamport time, name and payload)."""
-
-    ltime: int
-    name: str
-    payload: bytes
-    coalesce: bool
-
-
-@dataclass(frozen=True, slots=True)
-class QueryReply:
-    """Send `message` (an encoded Serf message) straight to addr:port as a memberlist user message."""
-
-    addr: bytes
-    port: int
-    message: bytes
+    def view(self) -> Member:
+        """This member as a typed value for the layers above (a copy)."""
+        return member_of(self.name, self.addr, self.port, self.tags, self.status, self.vsn)
 
 
 SerfEvent = MemberEvent | UserEvent
+__all__ = ["MemberEvent", "Serf", "SerfEvent", "SerfMember", "Status", "UserEvent"]
 KEY_QUERIES = {sm.INSTALL_KEY_QUERY, sm.USE_KEY_QUERY, sm.REMOVE_KEY_QUERY, sm.LIST_KEYS_QUERY}
 
 
@@ -106,15 +88,9 @@ class Serf:
     reconnect_timeout: float = 72 * 3600.0
     tombstone_timeout: float = 24 * 3600.0
     members: dict[str, SerfMember] = field(default_factory=dict)
-    events: list[SerfEvent] = field(default_factory=list)
     leaving: bool = False
-    # The gossip keyring, changed by key queries; None when encryption is off. `keyring_changed` tells the
-    # runtime to persist it.
+    # The gossip keyring, changed by key queries (each change returns KeyringChanged); None: no encryption.
     keyring: Keyring | None = None
-    keyring_changed: bool = False
-    # A broadcast was queued since the runtime last looked: it clears this and calls `Swim.gossip_soon`, so
-    # the news leaves in a gossip round now rather than at the next tick.
-    gossip_news: bool = False
     addr: bytes = b""
     port: int = 0
 
@@ -132,35 +108,56 @@ class Serf:
         self.bad_messages = 0
         self._query_queue: list[tuple[int, bytes]] = []
         self._seen_queries: dict[tuple[int, int], None] = {}
-        self.replies: list[QueryReply] = []  # for the runtime to send
-        self.query_answers: dict[int, list[sm.QueryResponseMsg]] = {}  # our queries' answers, by id
+        self._responders: dict[int, set[str]] = {}  # our open queries: who has answered, by query id
+        # Outputs of the input being handled, returned at its end (`_done`). `_news`: a broadcast was queued,
+        # so the input returns one GossipSoon and the news leaves in a gossip round now, not at the next tick.
+        self._out: list[SerfOutput] = []
+        self._news = False
+
+    def _done(self) -> list[SerfOutput]:
+        """The outputs gathered while handling one input (GossipSoon last, once)."""
+        out, self._out = self._out, []
+        if self._news:
+            self._news = False
+            out.append(GossipSoon())
+        return out
 
     # ------------------------------------------------------------------------------------------ API
 
-    def join_intent(self) -> None:
+    def join_intent(self) -> list[SerfOutput]:
         """Announce our join at the current member clock (after the core joined someone)."""
         ltime = self.clock.time
         self._handle_join(ltime, self.name)
         self._broadcast(self.name, sm.encode(sm.JoinMsg(ltime, self.name)))
+        return self._done()
 
-    def leave_intent(self) -> None:
+    def leave_intent(self) -> list[SerfOutput]:
         """Announce our graceful leave (then the core leaves)."""
         self.leaving = True
         ltime = self.clock.increment()
         self._handle_leave(ltime, self.name, False)
         self._broadcast(self.name, sm.encode(sm.LeaveMsg(ltime, self.name, False)))
+        return self._done()
 
-    def force_leave(self, node: str, prune: bool = False) -> bool:
+    def force_leave(self, node: str, prune: bool = False) -> tuple[bool, list[SerfOutput]]:
         """Mark a failed member as left (and forget it with `prune`); False if unknown."""
         if node not in self.members:
-            return False
+            return False, []
         ltime = self.clock.increment()
         self._handle_leave(ltime, node, prune)
         self._broadcast(node, sm.encode(sm.LeaveMsg(ltime, node, prune)))
-        return True
+        return True, self._done()
 
-    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> int:
-        """Fire a user event into the cluster (and deliver it here); its Lamport time."""
+    def intent_unsent(self) -> bool:
+        """Whether an intent we queued has not been sent even once yet."""
+        return any(item[0] < 1 for item in self._queue)
+
+    def queued_intent(self, node: str) -> bytes | None:
+        """The queued intent (a join or leave message) about `node`, if any."""
+        return next((msg for _, key, msg in self._queue if key == node), None)
+
+    def user_event(self, name: str, payload: bytes, coalesce: bool = True) -> tuple[int, list[SerfOutput]]:
+        """Fire a user event into the cluster (and deliver it here); its Lamport time and the outputs."""
         if len(name) + len(payload) > MAX_USER_EVENT:
             raise ValueError(f"user event exceeds the {MAX_USER_EVENT}-byte limit")
         ltime = self.event_clock.time
@@ -168,27 +165,27 @@ class Serf:
         msg = sm.encode(sm.UserEventMsg(ltime, name, payload, coalesce))
         self._handle_user_event(ltime, name, payload, coalesce)
         self._event_queue.append((0, msg))
-        self.gossip_news = True
-        return ltime
+        self._news = True
+        return ltime, self._done()
 
-    def query(self, name: str, payload: bytes, timeout: float) -> int:
-        """Broadcast a query (answered straight to us); its id. Answers gather in `query_answers[id]`."""
+    def query(self, name: str, payload: bytes, timeout: float) -> tuple[int, list[SerfOutput]]:
+        """Broadcast a query (answered straight to us); its id and the outputs. Each responder's first answer
+        comes back as a QueryResponse (ours among them) until `close_query(id)`."""
         ltime = self.query_clock.time
         self.query_clock.increment()
         qid = self.rng.getrandbits(32)
         q = sm.QueryMsg(ltime=ltime, id=qid, addr=self.addr, port=self.port, source_node=self.name,
                         timeout_ns=int(timeout * 1e9), name=name, payload=payload)
-        self.query_answers[qid] = []
+        self._responders[qid] = set()
         raw = sm.encode(q)
         self._handle_query(q)  # we answer our own query too, as Serf does
         self._query_queue.append((0, raw))
-        self.gossip_news = True
-        return qid
+        self._news = True
+        return qid, self._done()
 
-    def take_events(self) -> list[SerfEvent]:
-        """What happened since the last call."""
-        out, self.events = self.events, []
-        return out
+    def close_query(self, qid: int) -> None:
+        """Stop collecting answers to our query `qid` (later ones are dropped)."""
+        self._responders.pop(qid, None)
 
     def _retransmit_limit(self) -> int:
         # As memberlist computes it, from the members alive right now (not when the message was queued:
@@ -196,13 +193,21 @@ class Serf:
         alive = sum(1 for mem in self.members.values() if mem.status == Status.ALIVE)
         return 4 * max(1, math.ceil(math.log10(alive + 1)))
 
-    def reap(self, now: float) -> None:
+    def reap(self, now: float) -> list[SerfOutput]:
         """Forget failed members after reconnect_timeout and left ones after tombstone_timeout."""
         for name, mem in list(self.members.items()):
             limit = {Status.FAILED: self.reconnect_timeout, Status.LEFT: self.tombstone_timeout}.get(mem.status)
             if limit is not None and name != self.name and now - mem.leave_time > limit:
                 del self.members[name]
-                self.events.append(MemberEvent("member-reap", mem))
+                self._event("member-reap", mem)
+        return self._done()
+
+    def member_views(self) -> list[Member]:
+        """Every member we know (ourselves included) as typed values."""
+        return [mem.view() for mem in self.members.values()]
+
+    def _event(self, kind: str, mem: SerfMember) -> None:
+        self._out.append(MemberEvent(kind, mem.view()))
 
     def reconnect_candidate(self) -> SerfMember | None:
         """A failed member to try again, with Serf's probability (failed / alive)."""
@@ -220,7 +225,7 @@ class Serf:
             raise ValueError(f"encoded tags are {len(meta)} bytes, over the {limit}-byte limit")
         return meta
 
-    def notify_msg(self, now: float, payload: bytes) -> None:
+    def notify_msg(self, now: float, payload: bytes) -> list[SerfOutput]:
         try:
             msg = sm.decode(payload)
             bounds.serf_message(msg)
@@ -233,18 +238,24 @@ class Serf:
             elif isinstance(msg, sm.UserEventMsg):
                 if self._handle_user_event(msg.ltime, msg.name, msg.payload, msg.cc):
                     self._event_queue.append((0, payload))
-                    self.gossip_news = True
+                    self._news = True
             elif isinstance(msg, sm.QueryMsg):
                 if self._handle_query(msg) and not msg.no_broadcast:
                     self._query_queue.append((0, payload))
-                    self.gossip_news = True
+                    self._news = True
             elif isinstance(msg, sm.QueryResponseMsg):
-                answers = self.query_answers.get(msg.id)
-                if answers is not None and not msg.ack and all(a.from_node != msg.from_node for a in answers):
-                    answers.append(msg)
+                if not msg.ack:
+                    self._response(msg.id, msg.from_node, msg.payload)
         except MessageError:
             self.bad_messages += 1  # a bad message changes nothing
-            return
+        return self._done()
+
+    def _response(self, qid: int, from_node: str, payload: bytes) -> None:
+        """An answer to our query `qid`: passed on once per responder while the query is open."""
+        responders = self._responders.get(qid)
+        if responders is not None and from_node not in responders:
+            responders.add(from_node)
+            self._out.append(QueryResponse(qid, from_node, payload))
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
@@ -276,7 +287,7 @@ class Serf:
             left_members=tuple(name for name, mem in self.members.items() if mem.status == Status.LEFT),
             event_ltime=self.event_clock.time, events=events, query_ltime=self.query_clock.time))
 
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[SerfOutput]:
         try:
             pp = sm.decode(data)
             if not isinstance(pp, sm.PushPullMsg):
@@ -284,7 +295,7 @@ class Serf:
             bounds.serf_push_pull(pp)
         except MessageError:
             self.bad_messages += 1
-            return
+            return self._done()
         for clock, t in ((self.clock, pp.ltime), (self.event_clock, pp.event_ltime),
                          (self.query_clock, pp.query_ltime)):
             if t > 0:
@@ -298,14 +309,15 @@ class Serf:
         if join:
             # A joiner does not replay old events (Serf's default, -replay off).
             self.event_min_time = max(self.event_min_time, pp.event_ltime)
-            return
+            return self._done()
         for batch in pp.events:
             if batch is None:
                 continue  # an empty slot of the sender's ring buffer
             for ev in batch.events:
                 self._handle_user_event(batch.ltime, ev.name, ev.payload, False)
+        return self._done()
 
-    def notify_join(self, now: float, member: MemberInfo) -> None:
+    def notify_join(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         tags = member_tags(member.meta)
         mem = self.members.get(member.name)
         if mem is None:
@@ -320,12 +332,13 @@ class Serf:
         else:
             mem.addr, mem.port, mem.tags, mem.vsn = member.addr, member.port, tags, member.vsn
             mem.status = Status.ALIVE
-        self.events.append(MemberEvent("member-join", mem))
+        self._event("member-join", mem)
+        return self._done()
 
-    def notify_leave(self, now: float, member: MemberInfo) -> None:
+    def notify_leave(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         mem = self.members.get(member.name)
         if mem is None:
-            return
+            return []
         if mem.status == Status.LEAVING or (member.state == NodeState.LEFT and mem.status != Status.FAILED):
             mem.status = Status.LEFT
             kind = "member-leave"
@@ -333,16 +346,18 @@ class Serf:
             mem.status = Status.FAILED
             kind = "member-failed"
         else:
-            return
+            return []
         mem.leave_time = now
-        self.events.append(MemberEvent(kind, mem))
+        self._event(kind, mem)
+        return self._done()
 
-    def notify_update(self, now: float, member: MemberInfo) -> None:
+    def notify_update(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         mem = self.members.get(member.name)
         if mem is None:
-            return
+            return []
         mem.addr, mem.port, mem.tags = member.addr, member.port, member_tags(member.meta)
-        self.events.append(MemberEvent("member-update", mem))
+        self._event("member-update", mem)
+        return self._done()
 
     # ------------------------------------------------------------------------------------------ intents
 
@@ -350,7 +365,7 @@ class Serf:
         # A newer intent about the same member replaces the older one in the queue.
         self._queue = [item for item in self._queue if item[1] != key]
         self._queue.append((0, key, msg))
-        self.gossip_news = True
+        self._news = True
 
     def _record_intent(self, node: str, kind: SerfType, ltime: int) -> bool:
         """An intent about a member we do not know yet, kept until it shows up; True if newer (re-gossip)."""
@@ -393,10 +408,10 @@ class Serf:
             return True
         if mem.status == Status.FAILED:
             mem.status = Status.LEFT
-            self.events.append(MemberEvent("member-leave", mem))
+            self._event("member-leave", mem)
             if prune:
                 del self.members[node]
-                self.events.append(MemberEvent("member-reap", mem))
+                self._event("member-reap", mem)
             return True
         return False
 
@@ -434,11 +449,10 @@ class Serf:
 
     def _reply(self, q: sm.QueryMsg, response: sm.QueryResponseMsg) -> None:
         if q.source_node == self.name:
-            answers = self.query_answers.get(q.id)
-            if answers is not None and not response.ack:
-                answers.append(response)
+            if not response.ack:
+                self._response(q.id, response.from_node, response.payload)
             return
-        self.replies.append(QueryReply(q.addr, q.port, sm.encode(response)))
+        self._out.append(Reply(q.addr, q.port, sm.encode(response)))
 
     def _key_query(self, q: sm.QueryMsg) -> sm.KeyResponseMsg:
         """Serf's key manager, on this node: install, use, remove or list gossip keys."""
@@ -460,7 +474,7 @@ class Serf:
                 self.keyring.remove(key)
         except (MessageError, KeyringError) as exc:
             return sm.KeyResponseMsg(result=False, message=str(exc))
-        self.keyring_changed = True
+        self._out.append(KeyringChanged(self.keyring.keys))
         return sm.KeyResponseMsg(result=True)
 
     def _handle_user_event(self, ltime: int, name: str, payload: bytes, coalesce: bool) -> bool:
@@ -479,5 +493,5 @@ class Serf:
         if (name, payload) in seen:
             return False
         seen[(name, payload)] = None
-        self.events.append(UserEvent(ltime, name, payload, coalesce))
+        self._out.append(UserEvent(ltime, name, payload, coalesce))
         return True

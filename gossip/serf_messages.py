@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from .member import MemberStatus as MemberStatus  # Serf's numbers, as a conflict response carries them
 from .messages import MessageError, unpack_body
 
 
@@ -38,16 +39,6 @@ class FilterType(IntEnum):
 
     NODE = 0
     TAG = 1
-
-
-class MemberStatus(IntEnum):
-    """Serf's member status (a Go int), as carried in a conflict response."""
-
-    NONE = 0
-    ALIVE = 1
-    LEAVING = 2
-    LEFT = 3
-    FAILED = 4
 
 
 QUERY_FLAG_ACK = 1  # the receiver should answer with an ack response straight away

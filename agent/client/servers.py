@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
-MembersView = Callable[[], list[dict[str, Any]]]
+from ...gossip.member import Member, MemberStatus
+
+MembersView = Callable[[], list[Member]]
 
 
-def server_addresses(members: list[dict[str, Any]], datacenter: str) -> list[str]:
+def server_addresses(members: list[Member], datacenter: str) -> list[str]:
     """"ip:port" of the alive servers of `datacenter` among gossip members (tags role=consul and port)."""
     out = []
     for m in members:
-        tags = m.get("Tags") or {}
-        if m.get("Status") == 1 and tags.get("role") == "consul" and tags.get("dc", datacenter) == datacenter:
+        tags = m.tags
+        if m.status == MemberStatus.ALIVE and tags.get("role") == "consul" and tags.get("dc", datacenter) == datacenter:
             port = tags.get("port", "")
             if port.isdigit():
-                out.append(f"{m['Addr']}:{port}")
+                out.append(f"{m.addr}:{port}")
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from ...gossip.member import Member
 from ..rpc.errors import ServerError
 from ..store import CatalogStore
 from .raft_server import RaftServer
@@ -21,7 +22,7 @@ RECONCILE_INTERVAL = 60.0  # a full pass this often, besides one per member even
 class MembershipReconciler:
     """Turns member events into catalog writes while this server leads; a full pass on every election."""
 
-    def __init__(self, server: RaftServer, store: CatalogStore, members: Callable[[], list[dict[str, Any]]],
+    def __init__(self, server: RaftServer, store: CatalogStore, members: Callable[[], list[Member]],
                  datacenter: str, reconnect_timeout: float) -> None:
         self._server = server
         self._store = store
@@ -68,7 +69,7 @@ class MembershipReconciler:
                 last_full = now
 
     async def _reconcile(self, full: bool, names: set[str], reaped: set[str]) -> None:
-        members = {m["Name"]: MemberView.from_api(m) for m in self._members()}
+        members = {m.name: MemberView.from_member(m) for m in self._members()}
         catalog = self._store.catalog
         cmds: list[dict[str, Any]] = []
         for name in (members if full else names & members.keys()):

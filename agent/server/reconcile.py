@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...gossip.member import Member, MemberStatus
 from ..catalog import CRITICAL, PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Catalog, Check, Node, commands
 
-ALIVE, LEAVING, LEFT, FAILED = 1, 2, 3, 4  # Serf member status numbers, as /v1/agent/members shows them
+# Gossip's member status (Serf's numbers), under the short names the rules below use.
+ALIVE, LEAVING, LEFT, FAILED = MemberStatus.ALIVE, MemberStatus.LEAVING, MemberStatus.LEFT, MemberStatus.FAILED
 ALIVE_OUTPUT = "Agent alive and reachable"
 FAILED_OUTPUT = "Agent not live or unreachable"
 
@@ -26,13 +28,13 @@ class MemberView:
 
     name: str
     address: str
-    status: int
+    status: int  # a MemberStatus (an int, so tests may give Serf's numbers)
     tags: dict[str, str]
 
     @classmethod
-    def from_api(cls, member: dict[str, Any]) -> MemberView:
-        """From the /v1/agent/members shape."""
-        return cls(str(member["Name"]), str(member["Addr"]), int(member["Status"]), dict(member.get("Tags") or {}))
+    def from_member(cls, member: Member) -> MemberView:
+        """From gossip's typed member."""
+        return cls(member.name, member.addr, member.status, dict(member.tags))
 
 
 def _serf_check(node: str, status: str) -> Check:

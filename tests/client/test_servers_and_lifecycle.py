@@ -11,13 +11,14 @@ import pytest
 from meshagent.agent.client.servers import ServerPool, server_addresses
 from meshagent.agent.lifecycle import leaves_on, notify_systemd
 from meshagent.agent.local_state import anti_entropy_interval
+from meshagent.gossip.member import Member, MemberStatus
 
 
-def _member(name: str, addr: str, status: int = 1, role: str = "consul", dc: str = "dc1") -> dict:
+def _member(name: str, addr: str, status: int = 1, role: str = "consul", dc: str = "dc1") -> Member:
     tags = {"role": role, "dc": dc}
     if role == "consul":
         tags["port"] = "8300"
-    return {"Name": name, "Addr": addr, "Port": 8301, "Status": status, "Tags": tags}
+    return Member(name, addr, 8301, tags, MemberStatus(status))
 
 
 def test_only_alive_servers_of_our_datacenter_are_candidates() -> None:
@@ -27,7 +28,7 @@ def test_only_alive_servers_of_our_datacenter_are_candidates() -> None:
 
 
 def test_a_failed_server_goes_to_the_back_and_fallback_hosts_are_used_until_gossip_shows_servers() -> None:
-    members: list[dict] = []
+    members: list[Member] = []
     pool = ServerPool(lambda: members, "dc1", ["198.18.0.11"], 8300, rng=random.Random(1))
     assert pool.pick() == "198.18.0.11:8300"
     members[:] = [_member(f"s{i}", f"198.18.0.1{i}") for i in (1, 2, 3)]

@@ -1,4 +1,5 @@
-"""Piggybacked dissemination (memberlist queue.go's TransmitLimitedQueue, as the SWIM core uses it).
+"""Piggybacked dissemination: the queue itself (gossip/broadcast_queue.py, memberlist queue.go's
+TransmitLimitedQueue), then as the SWIM core uses it.
 
 Each broadcast goes out at most retransmit_mult * ceil(log10(n + 1)) times; the least-transmitted go first
 and, among equals, the newest; a newer broadcast about the same member replaces the older one; a packet is
@@ -17,11 +18,73 @@ from dataclasses import replace
 
 from meshagent.gossip import messages as m
 from meshagent.gossip import serf_messages as sm
+from meshagent.gossip.broadcast_queue import PART_OVERHEAD, BroadcastQueue
 from meshagent.gossip.membership import FRAMING_RESERVE, SendPacket, Swim
 from meshagent.gossip.tunables import GossipConfig, retransmit_limit
 from meshagent.gossip.wire import make_compound, unpack_packet
 
 from tests.support.gossip_harness import PORT, Rec
+
+# ---------------------------------------------------------------------------------------------- the queue alone
+
+
+def test_the_queue_sends_each_broadcast_limit_times_then_drops_it() -> None:
+    q = BroadcastQueue()
+    q.queue("a", b"alive-a")
+    sent = []
+    for _ in range(10):
+        taken: list[bytes] = []
+        q.take(1000, taken, limit=3, max_parts=127)
+        sent += taken
+    assert sent == [b"alive-a"] * 3 and len(q) == 0
+
+
+def test_the_queue_takes_least_transmitted_first_and_newest_first_among_equals() -> None:
+    q = BroadcastQueue()
+    q.queue("a", b"a")
+    first: list[bytes] = []
+    q.take(1000, first, limit=9, max_parts=127)
+    q.queue("b", b"b")
+    q.queue("c", b"c")
+    order: list[bytes] = []
+    for _ in range(5):
+        q.take(len(b"x") + PART_OVERHEAD, order, limit=9, max_parts=127)  # room for exactly one
+    assert first == [b"a"] and order == [b"c", b"b", b"c", b"b", b"a"]
+
+
+def test_a_newer_broadcast_about_the_same_key_replaces_the_older_and_keyless_ones_stay() -> None:
+    q = BroadcastQueue()
+    q.queue("x", b"alive-x")
+    q.queue(None, b"user-1")
+    q.queue("x", b"suspect-x")
+    q.queue(None, b"user-2")
+    assert sorted(b.msg for b in q) == [b"suspect-x", b"user-1", b"user-2"]
+
+
+def test_a_broadcast_too_big_is_skipped_and_returned_as_left_over_without_blocking_smaller_ones() -> None:
+    q = BroadcastQueue()
+    q.queue("s1", b"s" * 10)
+    q.queue("big", b"b" * 100)
+    q.queue("s2", b"t" * 10)
+    taken: list[bytes] = []
+    rest = q.take(2 * (10 + PART_OVERHEAD) + 5, taken, limit=4, max_parts=127)
+    assert taken == [b"t" * 10, b"s" * 10] and [b.key for b in rest] == ["big"]
+    q.sent(rest, limit=4)  # sent after all (the core's compressed packet): counted like the others
+    assert {b.key: b.transmits for b in q} == {"s1": 1, "big": 1, "s2": 1}
+
+
+def test_the_queue_stops_at_the_part_limit_and_tells_whether_a_key_is_still_pending() -> None:
+    q = BroadcastQueue()
+    for i in range(5):
+        q.queue(f"m{i}", b"x")
+    taken = [b"lead"]
+    q.take(1000, taken, limit=2, max_parts=3)
+    assert len(taken) == 3
+    assert q.pending("m0", below=1) and not q.pending("m4", below=1) and q.pending("m4", below=2)
+    assert not q.pending("nobody", below=9)
+
+
+# ---------------------------------------------------------------------------------------------- in the SWIM core
 
 QUIET = replace(GossipConfig(), probe_interval=1e6, push_pull_interval=1e6, gossip_nodes=1, compress_when_full=False)
 
@@ -35,7 +98,7 @@ def one_peer(config: GossipConfig = QUIET, rec: Rec | None = None) -> Swim:
     swim = Swim(config, "me", bytes([10, 0, 0, 1]), PORT, rec or Rec(), random.Random(3))
     swim.start(0.0)
     swim.receive(0.0, ("10.0.0.2", PORT), m.encode(m.Alive(1, "peer", bytes([10, 0, 0, 2]), PORT)))
-    swim._queue.clear()
+    swim.broadcasts.clear()
     return swim
 
 
@@ -179,7 +242,7 @@ def test_compressed_packets_keep_the_retransmit_count() -> None:
     sent = [m.decode(x) for p in packets for x in p.messages]
     limit = retransmit_limit(QUIET.retransmit_mult, 31)
     assert all(sent.count(a) == limit for a in news)  # each exactly its limit, compressed or not
-    assert swim._queue == []
+    assert list(swim.broadcasts) == []
 
 
 def test_nothing_is_compressed_when_everything_fits() -> None:

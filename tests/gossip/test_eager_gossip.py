@@ -1,5 +1,5 @@
-"""Eager gossip from the layer above: Serf flags each newly queued broadcast (`gossip_news`), the runtime turns
-the flag into `Swim.gossip_soon` and re-arms its timer, so a user event leaves now, not at the next tick."""
+"""Eager gossip from the layer above: Serf returns GossipSoon with each newly queued broadcast, the executor turns
+it into `Swim.gossip_soon` and re-arms the runtime's timer, so a user event leaves now, not at the next tick."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import trio.testing
 from meshagent.gossip import messages as m
 from meshagent.gossip import serf_messages as sm
 from meshagent.gossip.membership import ip_bytes
+from meshagent.gossip.outputs import GossipSoon
 from meshagent.gossip.runtime import GossipAgent
 from meshagent.gossip.serf import Serf
 from meshagent.gossip.tunables import GossipConfig
@@ -22,25 +23,22 @@ def fresh_serf() -> Serf:
 
 def test_what_serf_queues_for_gossip_is_news_and_a_repeat_is_not() -> None:
     serf = fresh_serf()
-    assert not serf.gossip_news
-    serf.user_event("deploy", b"v1", coalesce=False)
-    assert serf.gossip_news
-    serf.gossip_news = False
+    assert GossipSoon() not in serf.reap(0.0)  # a fresh Serf has no news
+    _, outs = serf.user_event("deploy", b"v1", coalesce=False)
+    assert GossipSoon() in outs
     relayed = sm.encode(sm.UserEventMsg(7, "deploy", b"v2", False))
-    serf.notify_msg(1.0, relayed)  # new to us: relayed onwards, so news
-    assert serf.gossip_news
-    serf.gossip_news = False
-    serf.notify_msg(1.1, relayed)  # the same event again: nothing queued
-    assert not serf.gossip_news
+    outs = serf.notify_msg(1.0, relayed)  # new to us: relayed onwards, so news
+    assert GossipSoon() in outs
+    outs = serf.notify_msg(1.1, relayed)  # the same event again: nothing queued
+    assert GossipSoon() not in outs
     for queue in (serf.join_intent, serf.leave_intent):
-        queue()
-        assert serf.gossip_news
-        serf.gossip_news = False
-    serf.query("_serf_ping", b"", 1.0)
-    assert serf.gossip_news
-    serf.gossip_news = False
-    serf.get_broadcasts(3, 1400)  # handing out queued messages is not news
-    assert not serf.gossip_news
+        outs = queue()
+        assert GossipSoon() in outs
+    _, outs = serf.query("_serf_ping", b"", 1.0)
+    assert GossipSoon() in outs
+    serf.get_broadcasts(3, 1400)  # handing out queued messages is not news (none is left over for the next input)
+    outs = serf.notify_msg(1.2, relayed)
+    assert GossipSoon() not in outs
 
 
 def user_messages(data: bytes) -> list[bytes]:
@@ -72,7 +70,7 @@ def test_the_runtime_sends_a_user_event_at_once_and_the_next_within_the_spacing(
             # One peer; what its arrival queued is dropped, so only the events have anything to say.
             peer = m.PushNodeState("b", ip_bytes("127.0.0.2"), 7946, b"", 1, int(m.NodeState.ALIVE))
             agent._merge(start, [peer], b"", False)
-            agent.swim._queue.clear()
+            agent.swim.broadcasts.clear()
             await trio.sleep_until(start + 1.5 * config.gossip_interval)  # between two regular rounds
             fired = trio.current_time()
             agent.user_event("deploy", b"v1", coalesce=False)

@@ -7,6 +7,7 @@ import random
 from meshagent.gossip import messages as m
 from meshagent.gossip.delegate import MemberInfo
 from meshagent.gossip.membership import FRAMING_RESERVE, SendPacket, Swim
+from meshagent.gossip.outputs import SerfOutput
 from meshagent.gossip.tunables import GossipConfig
 
 
@@ -19,8 +20,8 @@ class UserQueue:
     def node_meta(self, limit: int) -> bytes:
         return b""
 
-    def notify_msg(self, now: float, payload: bytes) -> None:
-        pass
+    def notify_msg(self, now: float, payload: bytes) -> list[SerfOutput]:
+        return []
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         self.offered += 1
@@ -29,17 +30,17 @@ class UserQueue:
     def local_state(self, join: bool) -> bytes:
         return b""
 
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
-        pass
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[SerfOutput]:
+        return []
 
-    def notify_join(self, now: float, member: MemberInfo) -> None:
-        pass
+    def notify_join(self, now: float, member: MemberInfo) -> list[SerfOutput]:
+        return []
 
-    def notify_leave(self, now: float, member: MemberInfo) -> None:
-        pass
+    def notify_leave(self, now: float, member: MemberInfo) -> list[SerfOutput]:
+        return []
 
-    def notify_update(self, now: float, member: MemberInfo) -> None:
-        pass
+    def notify_update(self, now: float, member: MemberInfo) -> list[SerfOutput]:
+        return []
 
 
 def test_user_broadcasts_are_not_starved_by_a_storm_of_membership_changes() -> None:

@@ -169,7 +169,7 @@ def test_a_probe_of_a_suspect_node_carries_the_suspicion_so_it_can_refute() -> N
     net, swims, _ = cluster(2)
     a = swims[0]
     a.receive(0.5, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "n1", "x")))
-    a._queue.clear()  # drop what is queued, so only the probe itself could carry the suspicion
+    a.broadcasts.clear()  # drop what is queued, so only the probe itself could carry the suspicion
     outs = a.tick(1.0)
     probe = next(o for o in outs if isinstance(o, SendPacket) and o.addr == ("10.0.0.2", PORT))
     assert isinstance(m.decode(probe.messages[0]), m.Ping)  # the ping leads, as in memberlist's compound
@@ -182,7 +182,7 @@ def test_a_slow_suspect_refutes_as_soon_as_a_probe_reaches_it() -> None:
     net, swims, _ = cluster(3)
     a, b = swims[0], swims[1]
     a.receive(0.5, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n1", "n2")))
-    a._queue.clear()
+    a.broadcasts.clear()
     a._probe_list, a._probe_index = ["n1"], 0  # n1 is probed next, whatever the shuffle says
     net.run(1.0, a, a.tick(1.0))
     assert b.incarnation == 2
@@ -198,7 +198,7 @@ def test_a_member_we_declared_dead_that_probes_us_hears_it_with_the_ack_and_refu
     a.receive(0.5, net.addr(swims[2]), m.encode(m.Dead(1, "n1", "n2")))
     assert state(a, "n1") == NodeState.DEAD
     for swim in swims:
-        swim._queue.clear()
+        swim.broadcasts.clear()
     b._probe_list, b._probe_index = ["n0"], 0
     net.run(1.0, b, b.tick(1.0))
     assert b.incarnation == 2
@@ -210,7 +210,7 @@ def test_a_probe_from_a_live_member_gets_a_plain_ack() -> None:
     net, swims, _ = cluster(3)
     b = swims[1]
     for swim in swims:
-        swim._queue.clear()
+        swim.broadcasts.clear()
     b._probe_list, b._probe_index = ["n0"], 0
     net.run(1.0, b, b.tick(1.0))
     acks = [msgs for src, dst, msgs in net.sent if src == "n0" and dst == "n1"]
@@ -376,10 +376,10 @@ def test_suspicion_confirmations_are_regossiped_once_per_new_accuser() -> None:
     net, swims, _ = cluster(6)
     a = swims[0]
     a.receive(1.0, ("10.0.0.2", PORT), m.encode(m.Suspect(1, "n5", "n1")))
-    a._queue.clear()
+    a.broadcasts.clear()
     a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n5", "n2")))
     a.receive(1.0, ("10.0.0.3", PORT), m.encode(m.Suspect(1, "n5", "n2")))  # a duplicate is no confirmation
-    assert [m.decode(b.msg) for b in a._queue] == [m.Suspect(1, "n5", "n2")]
+    assert [m.decode(b.msg) for b in a.broadcasts] == [m.Suspect(1, "n5", "n2")]
 
 
 # ---------------------------------------------------------------------------------------------- push-pull merge
@@ -467,7 +467,7 @@ def test_news_goes_out_at_once_and_rounds_stay_a_tenth_of_a_gossip_interval_apar
     net, swims, _ = cluster(4)
     a = swims[0]
     net.tick(1.0, a)  # a regular round (the joins' news) at 1.0
-    a._queue.clear()
+    a.broadcasts.clear()
     assert a.next_deadline() == pytest.approx(1.0 + CFG.gossip_interval)
     nine = m.Alive(1, "n9", ip_bytes("10.0.0.10"), PORT)
     a.receive(1.05, ("10.0.0.2", PORT), m.encode(nine))
@@ -489,7 +489,7 @@ def test_the_layer_above_brings_the_next_round_forward_with_gossip_soon() -> Non
     net, swims, _ = cluster(2)
     a = swims[0]
     net.tick(1.0, a)
-    a._queue.clear()
+    a.broadcasts.clear()
     a.gossip_soon(1.1)  # e.g. Serf queued a user event; the round has nothing of ours to send, but runs
     assert a.next_deadline() == 1.1
     assert a.tick(1.1) == [] and a.next_deadline() == pytest.approx(1.1 + CFG.gossip_interval)
@@ -502,7 +502,7 @@ def test_eager_gossip_keeps_the_retransmit_limit() -> None:
     net, swims, _ = cluster(4)
     a = swims[0]
     net.tick(1.0, a)
-    a._queue.clear()
+    a.broadcasts.clear()
     nine = m.Alive(1, "n9", ip_bytes("10.0.0.10"), PORT)
     a.receive(1.05, ("10.0.0.2", PORT), m.encode(nine))
     sent = 0

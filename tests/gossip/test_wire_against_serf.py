@@ -327,7 +327,7 @@ def test_our_compressed_full_packets_are_read_whole_by_serf(serf: Serf) -> None:
     vsn = bytes([1, 5, 2, 2, 5, 4])  # serf 0.9: memberlist protocol 1..5, so it wants a CRC
     s1 = m.Alive(1, "s1", socket.inet_aton(serf.ip), serf.port, sm.encode_tags({"role": "x"}), vsn)
     swim.receive(0.0, (serf.ip, serf.port), m.encode(s1))
-    swim._queue.clear()
+    swim.broadcasts.clear()
     tags = {"role": "consul", "dc": "dc1", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "0.1.0",
             "segment": "", "port": "8300", "bootstrap": "1"}
     names = [f"joiner-{i:02d}" for i in range(20)]

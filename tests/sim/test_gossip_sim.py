@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from meshagent.gossip import limits
+from meshagent.gossip import serf_messages as sm
+from meshagent.gossip.keyring import Keyring
 from meshagent.gossip.messages import MessageType, NodeState
 from meshagent.gossip.serf import Status
 from meshagent.gossip.tunables import GossipConfig, suspicion_timeout
@@ -277,7 +279,7 @@ def scenario_user_event(seed: int, n: int = 20) -> None:
     _join_all(sim)
     _settle(sim)
     sender = sim.rng.choice(list(sim.nodes))
-    sim.nodes[sender].serf.user_event("deploy", f"{seed}".encode(), coalesce=False)
+    sim.user_event(sender, "deploy", f"{seed}".encode())  # as the runtime fires it (not coalesced)
     fired = sim.now
     while sim.now < fired + 10:
         sim.run_until(sim.now + 0.2)
@@ -290,6 +292,51 @@ def scenario_user_event(seed: int, n: int = 20) -> None:
 @pytest.mark.parametrize("seed", _seeds(6000, 30))
 def test_user_event_reaches_every_node_under_loss(seed: int) -> None:
     _run(seed, scenario_user_event, "user_event")
+
+
+OLD_KEY, NEW_KEY = bytes(range(32)), bytes(range(100, 132))
+
+
+def _key_query(sim: Sim, asker: str, query: str, key: bytes = b"") -> list[sm.KeyResponseMsg]:
+    """Run a key query from `asker` as the runtime's key_operation does; every node's decoded answer, once all
+    live nodes have answered (within 10 s)."""
+    payload = sm.key_request_payload(key) if query != sm.LIST_KEYS_QUERY else b""
+    qid = sim.query(asker, query, payload, timeout=10.0)
+    deadline = sim.now + 10
+    while len(sim.nodes[asker].answers[qid]) < len(sim.live()) and sim.now < deadline:
+        sim.run_until(sim.now + 0.05)
+    answers = sim.nodes[asker].answers[qid]
+    assert sorted(a.from_node for a in answers) == sorted(x.name for x in sim.live()), (query, answers)
+    decoded = [sm.decode(a.payload) for a in answers]
+    assert all(isinstance(r, sm.KeyResponseMsg) for r in decoded)
+    return decoded  # type: ignore[return-value]
+
+
+def scenario_key_rotation(seed: int, n: int = 8) -> None:
+    """A key rotation (install, use, remove, list) by Serf queries, with 5 % of packets duplicated (no loss: a lost
+    answer is never resent, in Serf too): every node answers each query once over the simulated network, every
+    node's keyring changes, and each change is persisted (KeyringChanged)."""
+    sim = Sim(seed, n, dup=0.05, keys=(OLD_KEY,))
+    _join_all(sim)
+    _settle(sim)
+    asker = sim.rng.choice(list(sim.nodes))
+    for query, key, keyring in ((sm.INSTALL_KEY_QUERY, NEW_KEY, (OLD_KEY, NEW_KEY)),
+                                (sm.USE_KEY_QUERY, NEW_KEY, (NEW_KEY, OLD_KEY)),
+                                (sm.REMOVE_KEY_QUERY, OLD_KEY, (NEW_KEY,))):
+        answers = _key_query(sim, asker, query, key)
+        assert all(r.result for r in answers), (query, [r.message for r in answers if not r.result])
+        for x in sim.live():
+            assert x.serf.keyring is not None and x.serf.keyring.keys == keyring, (query, x.name)
+            assert x.saved_keys[-1] == keyring, (query, x.name, x.saved_keys)
+    listed = _key_query(sim, asker, sm.LIST_KEYS_QUERY)
+    encoded = Keyring([NEW_KEY]).to_base64()
+    assert all(list(r.keys) == encoded and r.primary_key == encoded[0] for r in listed)
+    assert all(len(x.saved_keys) == 3 for x in sim.live())  # list-keys changes nothing, so saves nothing
+
+
+@pytest.mark.parametrize("seed", _seeds(9200, 8))
+def test_a_key_rotation_and_its_queries_run_through_the_simulator(seed: int) -> None:
+    _run(seed, scenario_key_rotation, "key_rotation")
 
 
 @pytest.mark.parametrize("seed", _seeds(1000, 10))

@@ -10,6 +10,7 @@ from meshagent.gossip import messages as m
 from meshagent.gossip.delegate import MemberInfo
 from meshagent.gossip.membership import Output, SendPacket, Swim
 from meshagent.gossip.messages import NodeState
+from meshagent.gossip.outputs import SerfOutput
 from meshagent.gossip.tunables import GossipConfig
 
 CFG = GossipConfig()
@@ -27,8 +28,9 @@ class Rec:
     def node_meta(self, limit: int) -> bytes:
         return self.meta
 
-    def notify_msg(self, now: float, payload: bytes) -> None:
+    def notify_msg(self, now: float, payload: bytes) -> list[SerfOutput]:
         self.user.append(payload)
+        return []
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return []
@@ -36,17 +38,20 @@ class Rec:
     def local_state(self, join: bool) -> bytes:
         return b""
 
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> None:
-        pass
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[SerfOutput]:
+        return []
 
-    def notify_join(self, now: float, member: MemberInfo) -> None:
+    def notify_join(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         self.events.append(("join", member.name, member.state))
+        return []
 
-    def notify_leave(self, now: float, member: MemberInfo) -> None:
+    def notify_leave(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         self.events.append(("leave", member.name, member.state))
+        return []
 
-    def notify_update(self, now: float, member: MemberInfo) -> None:
+    def notify_update(self, now: float, member: MemberInfo) -> list[SerfOutput]:
         self.events.append(("update", member.name, member.state))
+        return []
 
     def about(self, name: str) -> list[tuple[str, NodeState]]:
         return [(kind, state) for kind, who, state in self.events if who == name]

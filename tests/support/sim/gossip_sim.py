@@ -10,6 +10,10 @@ check the views. A failing seed replays exactly with GOSSIP_SIM_SEED=<seed>. Eve
 (Serf's member-failed, i.e. the core's alive/suspect -> dead) is logged in `Sim.failures` as it happens,
 so the scenarios check "never declared" and "not before the crash" exactly rather than by sampling.
 
+Each node's outputs are carried out by the runtime's own `GossipExecutor` (gossip/executor.py); only the I/O
+beneath it (`SimIO`) is simulated, so the simulator gets every output the runtime gets: packets, push-pulls,
+TCP pings, query replies and responses, keyring changes, member and user events.
+
 `converge_rounds(n, seed, config)` is the dissemination benchmark: gossip intervals for one new fact to reach all n.
 """
 
@@ -23,8 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshagent.gossip import messages as m
-from meshagent.gossip.membership import PushPull, SendPacket, StreamPing, Swim
+from meshagent.gossip.executor import GossipExecutor
+from meshagent.gossip.keyring import Keyring
+from meshagent.gossip.membership import Swim
 from meshagent.gossip.messages import NodeState
+from meshagent.gossip.outputs import Address, Event, QueryResponse, SendPacket, StreamPing
 from meshagent.gossip.serf import RECONNECT_INTERVAL, MemberEvent, Serf, Status, UserEvent
 from meshagent.gossip.tunables import GossipConfig
 from meshagent.gossip.wire import WireError, unpack_packet
@@ -34,15 +41,63 @@ PORT = 8301
 
 @dataclass
 class SimNode:
-    """One node: its pure stack and whether it runs."""
+    """One node: its pure stack, the executor that carries out its outputs, and whether it runs."""
 
     name: str
     ip: str
     swim: Swim
     serf: Serf
+    executor: GossipExecutor
     up: bool = True
     scheduled: float = -1.0
     user_events: list[UserEvent] = field(default_factory=list)
+    member_events: list[MemberEvent] = field(default_factory=list)
+    answers: dict[int, list[QueryResponse]] = field(default_factory=dict)  # our queries' answers, by id
+    saved_keys: list[tuple[bytes, ...]] = field(default_factory=list)  # each keyring persisted, in order
+
+
+class SimIO:
+    """The simulated I/O beneath one node's executor: the seeded network, push-pull and TCP pings as events."""
+
+    def __init__(self, sim: Sim, name: str) -> None:
+        self.sim, self.name = sim, name
+
+    @property
+    def node(self) -> SimNode:
+        return self.sim.nodes[self.name]
+
+    def send_packet(self, packet: SendPacket) -> None:
+        self.sim.packets += 1
+        dst = self.sim.by_ip.get(packet.addr[0])
+        if dst is None:
+            return
+        # A compressed packet is unpacked as the receiver's runtime would (the real codec).
+        msgs = unpack_packet(packet.compressed) if packet.compressed is not None else packet.messages
+        for msg in msgs:
+            self.sim._send(self.name, dst, msg)
+
+    def open_push_pull(self, addr: Address, join: bool) -> None:
+        self.sim._push_pull(self.node, addr, join)
+
+    def open_stream_ping(self, ping: StreamPing) -> None:
+        self.sim._stream_ping(self.node, ping)
+
+    def persist_keyring(self, keys: tuple[bytes, ...]) -> None:
+        self.node.saved_keys.append(keys)
+
+    def publish(self, event: Event) -> None:
+        node = self.node
+        if isinstance(event, UserEvent):
+            node.user_events.append(event)
+        elif isinstance(event, QueryResponse):
+            node.answers.setdefault(event.id, []).append(event)
+        else:
+            node.member_events.append(event)
+            if event.kind == "member-failed":
+                self.sim.failures.append((self.sim.now, node.name, event.member.name))
+
+    def rearm(self) -> None:
+        pass  # the simulator reschedules every node's timer after each input it handles
 
 
 @dataclass
@@ -57,6 +112,7 @@ class Sim:
     config: GossipConfig = field(default_factory=GossipConfig)
     tags: dict[str, str] = field(default_factory=lambda: {"role": "node"})  # every node's Serf tags
     record: bool = False  # log every delivered message in `trace` (for the replay test; costs memory)
+    keys: tuple[bytes, ...] = ()  # every node's gossip keyring, primary first (empty: none; the sim never encrypts)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -78,9 +134,11 @@ class Sim:
 
     def _make(self, name: str, ip: str) -> SimNode:
         rng = random.Random(self.rng.getrandbits(64))
-        serf = Serf(name, dict(self.tags), rng)
-        swim = Swim(self.config, name, bytes(int(x) for x in ip.split(".")), PORT, serf, rng)
-        node = SimNode(name, ip, swim, serf)
+        addr = bytes(int(x) for x in ip.split("."))
+        keyring = Keyring(list(self.keys)) if self.keys else None
+        serf = Serf(name, dict(self.tags), rng, keyring=keyring, addr=addr, port=PORT)
+        swim = Swim(self.config, name, addr, PORT, serf, rng)
+        node = SimNode(name, ip, swim, serf, GossipExecutor(swim, serf, SimIO(self, name)))
         self.nodes[name] = node
         self.by_ip[ip] = name
         return node
@@ -89,7 +147,7 @@ class Sim:
         """Start a node and push-pull with the seeds (names)."""
         node = self.nodes[name]
         node.up = True
-        self._handle(node, node.swim.start(self.now))
+        node.executor.start(self.now)
         for seed in seeds:
             self._push_pull(node, (self.nodes[seed].ip, PORT), True)
         self._reschedule(node)
@@ -98,9 +156,18 @@ class Sim:
     def user_event(self, name: str, event: str, payload: bytes) -> None:
         """Fire a user event at `name`, as the runtime's `GossipAgent.user_event` does."""
         node = self.nodes[name]
-        node.serf.user_event(event, payload, coalesce=False)
-        self._handle(node, [])
+        node.executor.user_event(self.now, event, payload, coalesce=False)
         self._reschedule(node)
+
+    def query(self, name: str, query: str, payload: bytes = b"", timeout: float = 5.0) -> int:
+        """Start a query at `name`, as the runtime's key operations do; its id. Answers, ours included, gather
+        in `nodes[name].answers[id]`."""
+        node = self.nodes[name]
+        qid, outs = node.executor.query(self.now, query, payload, timeout)
+        node.answers[qid] = []
+        node.executor.carry_out(self.now, outs)
+        self._reschedule(node)
+        return qid
 
     def crash(self, name: str) -> None:
         """Stop a node at once: no leave, no more messages."""
@@ -153,7 +220,7 @@ class Sim:
                 if not node.up or node.swim is not swim or planned != node.scheduled:
                     continue
                 node.scheduled = -1.0
-                self._handle(node, swim.tick(self.now))
+                node.executor.tick(self.now)
                 self._reschedule(node)
             elif kind == "packet":
                 src, dst, msg, swim = data
@@ -163,7 +230,7 @@ class Sim:
                 self.messages += 1
                 if self.record:
                     self.trace.append((self.now, f"{src}>{dst}", msg.hex()))
-                self._handle(node, node.swim.receive(self.now, (self.nodes[src].ip, PORT), msg))
+                node.executor.receive(self.now, (self.nodes[src].ip, PORT), msg)
                 self._reschedule(node)
             elif kind == "raw":
                 self._deliver_raw(*data)
@@ -192,35 +259,10 @@ class Sim:
             return
         for part in parts:
             try:
-                self._handle(node, swim.receive(self.now, src, part))
+                node.executor.receive(self.now, src, part)
             except m.MessageError:
                 self.bad += 1
-        self._handle(node, [])
         self._reschedule(node)
-
-    def _handle(self, node: SimNode, outs: list[Any]) -> None:
-        for o in outs:
-            if isinstance(o, SendPacket):
-                self.packets += 1
-                dst = self.by_ip.get(o.addr[0])
-                if dst is None:
-                    continue
-                # A compressed packet is unpacked as the receiver's runtime would (the real codec).
-                msgs = unpack_packet(o.compressed) if o.compressed is not None else o.messages
-                for msg in msgs:
-                    self._send(node.name, dst, msg)
-            elif isinstance(o, PushPull):
-                self._push_pull(node, o.addr, o.join)
-            elif isinstance(o, StreamPing):
-                self._stream_ping(node, o)
-        if node.serf.gossip_news:  # as the runtime's _drain_events
-            node.serf.gossip_news = False
-            node.swim.gossip_soon(self.now)
-        for e in node.serf.take_events():
-            if isinstance(e, UserEvent):
-                node.user_events.append(e)
-            elif isinstance(e, MemberEvent) and e.kind == "member-failed":
-                self.failures.append((self.now, node.name, e.member.name))
 
     def _send(self, src: str, dst: str, msg: bytes) -> None:
         if not self._reachable(src, dst) or self.rng.random() < self.loss:
@@ -242,14 +284,10 @@ class Sim:
                 return
             mine = (src.swim.local_push_pull_state(), src.serf.local_state(join))
             theirs = (dst.swim.local_push_pull_state(), dst.serf.local_state(join))
-            self._handle(dst, dst.swim.merge_remote_state(self.now, mine[0]))
-            dst.serf.merge_remote_state(self.now, mine[1], join)
-            self._handle(src, src.swim.merge_remote_state(self.now, theirs[0]))
-            src.serf.merge_remote_state(self.now, theirs[1], join)
+            dst.executor.merge(self.now, mine[0], mine[1], join)
+            src.executor.merge(self.now, theirs[0], theirs[1], join)
             if join:
-                src.serf.join_intent()
-                src.swim.joined(self.now)
-                self._handle(src, [])
+                src.executor.joined(self.now)
             self._reschedule(src)
             self._reschedule(dst)
 
@@ -263,7 +301,7 @@ class Sim:
 
         def result() -> None:
             if node.up and self.nodes[node.name].swim is swim:
-                self._handle(node, swim.stream_ping_result(self.now, o.seq_no, ok))
+                node.executor.stream_ping_result(self.now, o.seq_no, ok)
                 self._reschedule(node)
 
         self._push(self.now + wait, "call", result)
@@ -298,9 +336,8 @@ def _know_each_other(sim: Sim) -> None:
         me = node.swim.members[node.name]
         states.append(m.PushNodeState(node.name, me.addr, PORT, me.meta, me.incarnation, 0, me.vsn))
     for node in sim.nodes.values():
-        node.swim.merge_remote_state(sim.now, states)
-        node.swim._queue.clear()
-        node.serf.take_events()
+        node.swim.merge_remote_state(sim.now, states)  # what it returns (member-join events) is dropped
+        node.swim.broadcasts.clear()
         sim._reschedule(node)
 
 
