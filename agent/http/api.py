@@ -161,7 +161,7 @@ class API:
         store = self.agent.store
         await store.read_barrier(query.consistency)
         if query.index > 0:
-            if request is not None and request.parking is not None:
+            if request is not None and request.parking is not None and request.sock is not None:
                 with request.parking.watch(request.sock):
                     await store.block(keys, query.index, query.wait)
             else:

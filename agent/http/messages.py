@@ -7,9 +7,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from trio.socket import SocketType
+
     from .body import BodyStream
     from .parking import Parking
 
@@ -27,7 +29,7 @@ class Request:
     headers: Sequence[tuple[bytes, bytes]]  # names in lower case
     body: bytes
     remote: str = ""
-    sock: Any = None
+    sock: SocketType | None = None  # the connection's socket, set by the server
     # Set by the server: `with request.parking.watch(request.sock):` ends a long wait on hang-up.
     parking: Parking | None = None
     # For STREAMED_BODIES: the body, still on the socket (`body` is then empty).

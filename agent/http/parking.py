@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import trio
+from trio.socket import SocketType
 
 
 class Parking:
@@ -19,13 +19,13 @@ class Parking:
     """
 
     def __init__(self) -> None:
-        self._parked: dict[trio.CancelScope, Any] = {}
+        self._parked: dict[trio.CancelScope, SocketType] = {}
 
     def __len__(self) -> int:
         return len(self._parked)
 
     @contextmanager
-    def watch(self, sock: Any) -> Iterator[None]:
+    def watch(self, sock: SocketType) -> Iterator[None]:
         """Run the body in a scope that the sweep cancels if the client behind `sock` goes away."""
         with trio.CancelScope() as scope:
             self._parked[scope] = sock

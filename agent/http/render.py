@@ -99,7 +99,7 @@ def catalog_service_json(node: Node, svc: Service) -> dict[str, Any]:
     }
 
 
-def _duration(seconds: Any) -> str:
+def _duration(seconds: float | None) -> str:
     """Seconds as a Go duration string ("10s", "1m30s", "1.5s"); "" when unset."""
     if not seconds:
         return ""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.agents import AgentProcess, port_free
+from tests.support.agents import AgentProcess
+from tests.support.ports import port_free
 from tests.support.wait import wait_for
 
 HOSTS = [f"127.0.0.{n}" for n in range(160, 190)]

@@ -15,7 +15,7 @@ from meshagent.agent.dns.limits import DNSLimits
 from meshagent.agent.dns.server import DNSServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.agents import free_loopback_host
+from tests.support.ports import free_loopback_host
 
 
 @dataclass
