@@ -110,7 +110,7 @@ class Agent:
         self.events = UserEventLog(config.watches)
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
-        self.dns = DNSServer(config, self.store)
+        self.dns = DNSServer(config, self.store, server=self.server)
         self._cancel: trio.CancelScope | None = None
         self._until_leave = trio.CancelScope()
 

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import dns.exception
 import dns.flags
@@ -44,6 +44,13 @@ VARIANTS = 4  # cached shuffles per question
 CACHE_MAX = 10_000
 CACHE_BYTES = 32 << 20  # distinct questions for a big service (0x20 case, TCP) must not grow memory unbounded
 YIELD_AFTER = 0.002  # seconds of uncached answers in one wake-up before other tasks get a turn
+
+
+class RaftProgress(Protocol):
+    """What the DNS server asks of a Raft server: whether it has caught up with a leader since it started."""
+
+    @property
+    def caught_up(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -73,9 +80,11 @@ class _Cached:
 class DNSServer:
     """Serves the catalog over DNS on (client_addr, ports.dns); `bound_port` is set once listening."""
 
-    def __init__(self, config: AgentConfig, store: CatalogStore, limits: DNSLimits | None = None) -> None:
+    def __init__(self, config: AgentConfig, store: CatalogStore, limits: DNSLimits | None = None,
+                 server: RaftProgress | None = None) -> None:
         self.config = config
         self.store = store
+        self._server = server  # a server's Raft progress; None on clients and -dev (always authoritative)
         self.limits = limits or DNSLimits()
         self.resolver = Resolver(config, CatalogRef(store))
         self.stats = DNSStats()
@@ -225,7 +234,7 @@ class DNSServer:
             return b""  # too short to answer at all: drop (b"" is falsy but not None)
         if self.store.stale_since is not None and self._too_stale():
             return self._error_reply(packet, dns.rcode.SERVFAIL)
-        if not getattr(self.store.replicator, "caught_up", True):
+        if self._server is not None and not self._server.caught_up:
             # A server not caught up with a leader since it started may hold an empty or older catalog:
             # no NXDOMAIN or empty answer from it as if authoritative (issue 11).
             self.stats.servfail += 1
