@@ -238,6 +238,10 @@ class Swim:
         self._dead(now, m.Dead(self.incarnation, self.name, self.name))
         return self._with_above(self._gossip(now))
 
+    def gossip_now(self, now: float) -> list[Output]:
+        """One gossip round at once, outside the timers (the runtime's leave repeats it until the news is out)."""
+        return self._with_above(self._gossip(now))
+
     def leave_sent(self) -> bool:
         """Whether our leave broadcast has been sent at least a few times (or there is nobody to tell)."""
         if self.num_alive() <= 1:

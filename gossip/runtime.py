@@ -370,7 +370,7 @@ class GossipAgent:
         with trio.move_on_after(timeout / 2):
             while not self.swim.leave_sent():
                 now = trio.current_time()
-                self.executor.carry_out(now, self.swim._gossip(now))
+                self.executor.carry_out(now, self.swim.gossip_now(now))
                 await trio.sleep(self.config.gossip_interval / 2)
 
     def _announce_leave(self) -> None:
@@ -443,11 +443,12 @@ class GossipAgent:
     def stats_view(self) -> dict[str, str]:
         """Consul's serf_lan figures (strings), plus our counters of dropped input."""
         by_status = [mem.status for mem in self.serf.members.values()]
+        intents, events = self.serf.queue_depths()
         return {"members": str(len(by_status)), "failed": str(by_status.count(Status.FAILED)),
                 "left": str(by_status.count(Status.LEFT)), "health_score": str(self.swim.health_score()),
                 "member_time": str(self.serf.clock.time), "event_time": str(self.serf.event_clock.time),
                 "query_time": str(self.serf.query_clock.time), "encrypted": str(bool(self.keys)).lower(),
-                "intent_queue": str(len(self.serf._queue)), "event_queue": str(len(self.serf._event_queue)),
+                "intent_queue": str(intents), "event_queue": str(events),
                 "bad_packets": str(self.stats.bad_packets + self.serf.bad_messages),
                 "bad_streams": str(self.stats.bad_streams), "handler_errors": str(self.stats.handler_errors),
                 "streams_refused": str(self.stats.streams_refused),

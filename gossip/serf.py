@@ -152,6 +152,10 @@ class Serf:
         """Whether an intent we queued has not been sent even once yet."""
         return any(item[0] < 1 for item in self._queue)
 
+    def queue_depths(self) -> tuple[int, int]:
+        """How many intents and user events wait to be gossiped (Consul's intent_queue, event_queue)."""
+        return len(self._queue), len(self._event_queue)
+
     def queued_intent(self, node: str) -> bytes | None:
         """The queued intent (a join or leave message) about `node`, if any."""
         return next((msg for _, key, msg in self._queue if key == node), None)

@@ -327,7 +327,7 @@ def scenario_key_rotation(seed: int, n: int = 8) -> None:
         assert all(r.result for r in answers), (query, [r.message for r in answers if not r.result])
         for x in sim.live():
             assert x.serf.keyring is not None and x.serf.keyring.keys == keyring, (query, x.name)
-            assert x.saved_keys[-1] == keyring, (query, x.name, x.saved_keys)
+            assert x.saved_keys and x.saved_keys[-1] == keyring, (query, x.name, x.saved_keys)
     listed = _key_query(sim, asker, sm.LIST_KEYS_QUERY)
     encoded = Keyring([NEW_KEY]).to_base64()
     assert all(list(r.keys) == encoded and r.primary_key == encoded[0] for r in listed)
