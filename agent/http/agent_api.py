@@ -20,8 +20,8 @@ from .query import HTTPError, Query, bad_request, parse_bool
 from .render import (
     agent_self_json,
     agent_service_json,
-    aggregated_status,
     local_check_json,
+    local_health_json,
     member_json,
     metrics_json,
 )
@@ -239,12 +239,8 @@ async def check_update(api: API, request: Request, query: Query, arg: str) -> Re
 
 def _local_health(api: API, sid: str, defn: ServiceDefinition) -> dict[str, Any]:
     """{AggregatedStatus, Service, Checks} for one local service; node-level checks count too."""
-    node = api.agent.node_name
-    checks = [local_check_json(c, node, list(defn.tags))
-              for cid, c in sorted(api.agent.local.checks().items())
-              if c.service_id == sid or not c.service_id]
-    return {"AggregatedStatus": aggregated_status(checks),
-            "Service": agent_service_json(defn, api.agent.datacenter), "Checks": checks}
+    checks = [c for cid, c in sorted(api.agent.local.checks().items()) if c.service_id == sid or not c.service_id]
+    return local_health_json(defn, checks, api.agent.node_name, api.agent.datacenter)
 
 
 def _health_response(api: API, query: Query, status: str, data: Any) -> Response:

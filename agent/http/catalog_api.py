@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .filter import CATALOG_SERVICE_SCHEMA, NODE_SCHEMA
 from .messages import Request, Response
 from .query import Query, bad_request
-from .render import catalog_service_json, node_json, service_json
+from .render import catalog_node_json, catalog_service_json, node_json
 
 if TYPE_CHECKING:
     from ..catalog import Node
@@ -102,8 +102,7 @@ async def node(api: API, request: Request, query: Query, arg: str) -> Response:
         row = catalog.node(name)
         if row is None:
             return None
-        return {"Node": node_json(row),
-                "Services": {s.id: service_json(s) for s in catalog.node_services(name)}}
+        return catalog_node_json(row, catalog.node_services(name))
 
     return await api.read(request, query, [f"node:{name.lower()}"], build)
 

@@ -18,6 +18,7 @@ from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
+from .render import raft_configuration_json
 from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ async def status_peers(api: API, request: Request, query: Query, arg: str) -> Re
 async def raft_configuration(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter, ...}], "Index"}."""
     index, servers = _server(api).configuration()
-    return api.json({"Servers": servers, "Index": index}, query)
+    return api.json(raft_configuration_json(index, servers), query)
 
 
 async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -> Response:

@@ -146,6 +146,11 @@ def health_entry_json(inst: Instance) -> dict[str, Any]:
     }
 
 
+def catalog_node_json(node: Node, services: list[Service]) -> dict[str, Any]:
+    """/v1/catalog/node/:node: the node and its services by ID."""
+    return {"Node": node_json(node), "Services": {s.id: service_json(s) for s in services}}
+
+
 def kv_json(entry: KVEntry) -> dict[str, Any]:
     """One KV entry; an empty value is null, as in Consul."""
     out: dict[str, Any] = {
@@ -213,6 +218,14 @@ def local_check_json(check: LocalCheck, node: str, service_tags: list[str]) -> d
         "CreateIndex": 0,
         "ModifyIndex": 0,
     }
+
+
+def local_health_json(defn: ServiceDefinition, checks: list[LocalCheck], node: str,
+                      datacenter: str) -> dict[str, Any]:
+    """{AggregatedStatus, Service, Checks} for one local service, as /v1/agent/health/service/* shows it."""
+    rendered = [local_check_json(c, node, list(defn.tags)) for c in checks]
+    return {"AggregatedStatus": aggregated_status(rendered),
+            "Service": agent_service_json(defn, datacenter), "Checks": rendered}
 
 
 def aggregated_status(checks: list[dict[str, Any]]) -> str:
@@ -296,3 +309,8 @@ def member_json(member: Member) -> dict[str, Any]:
     return {"Name": member.name, "Addr": member.addr, "Port": member.port, "Tags": dict(member.tags),
             "Status": int(member.status), "ProtocolMin": v[0], "ProtocolMax": v[1], "ProtocolCur": v[2],
             "DelegateMin": v[3], "DelegateMax": v[4], "DelegateCur": v[5]}
+
+
+def raft_configuration_json(index: int, servers: list[dict[str, Any]]) -> dict[str, Any]:
+    """/v1/operator/raft/configuration: the servers (as RaftServer.configuration gives them) and the index."""
+    return {"Servers": servers, "Index": index}
