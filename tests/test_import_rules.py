@@ -100,17 +100,17 @@ def core_violations(folders: tuple[str, ...] = ("gossip", "raft"), root: Path = 
     return sorted(set(out))
 
 
-def proxy_violations() -> list[str]:
+def proxy_violations(root: Path = REPO) -> list[str]:
     """proxy/ importing the agent (the agent feeds it typed config)."""
-    return sorted({f"{i.path}:{i.line} imports {m}" for p in _files("proxy") for i in imports_of(p)
+    return sorted({f"{i.path}:{i.line} imports {m}" for p in _files("proxy", root) for i in imports_of(p, root)
                    if (m := i.first_under(("meshagent.agent",)))})
 
 
-def cli_agent_imports() -> set[tuple[str, str]]:
+def cli_agent_imports(root: Path = REPO) -> set[tuple[str, str]]:
     """(file, module) of every cli/ import of agent internals other than config validation."""
     found = set()
-    for path in _files("cli"):
-        for imp in imports_of(path):
+    for path in _files("cli", root):
+        for imp in imports_of(path, root):
             module = imp.first_under(("meshagent.agent",))
             if module and not any(_under(module, a) for a in CLI_ALLOWED):
                 found.add((imp.path, module))
@@ -160,3 +160,15 @@ def test_the_io_edges_may_use_trio_but_not_the_agent(tmp_path: Path) -> None:
     (tmp_path / "gossip" / "runtime.py").write_text("import trio\nimport socket\nfrom .. import agent\n")
     found = core_violations(("gossip",), tmp_path)
     assert len(found) == 1 and "meshagent.agent" in found[0], found
+
+
+def test_cli_and_proxy_rules_catch_planted_imports(tmp_path: Path) -> None:
+    for folder, source in (("cli", "from meshagent.agent.config.loader import load_config\n"
+                                   "from meshagent.agent.server import fsm\n"
+                                   "def f():\n    from ..agent.dns import server\n"),
+                           ("proxy", "from ..agent import tls\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "planted.py").write_text(source)
+    assert cli_agent_imports(tmp_path) == {("cli/planted.py", "meshagent.agent.server"),
+                                           ("cli/planted.py", "meshagent.agent.dns")}
+    assert proxy_violations(tmp_path) == ["proxy/planted.py:1 imports meshagent.agent"]
