@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.http.server_agent import HOSTS
 from tests.support.agents import AgentProcess, port_free
+from tests.support.server_agent import HOSTS
 
 IDLE = 10_000
 BLOCKED = 1_000

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.http.server_agent import start_server_agent
+from tests.support.server_agent import start_server_agent
 
 FULL = "no space left on device writing"
 

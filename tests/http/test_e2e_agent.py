@@ -14,8 +14,8 @@ import consul
 import httpx
 import pytest
 
-from tests.http.fuzz import run_fuzz
 from tests.support.agents import AgentProcess
+from tests.support.http_fuzz import run_fuzz
 from tests.support.wait import wait_for
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import consul
 import pytest
 
-from tests.http.fuzz import run_fuzz
+from tests.support.http_fuzz import run_fuzz
 from tests.support.http_harness import FakeAgent, ServerThread, register_instance
 
 

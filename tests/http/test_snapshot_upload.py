@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.http.server_agent import start_server_agent
+from tests.support.server_agent import start_server_agent
 from tests.support.wait import wait_for
 
 UPLOAD_MB = 200
