@@ -74,6 +74,7 @@ def test_a_follower_that_lost_its_log_tail_is_repaired(seed: int) -> None:
     """
     sim = Simulation(seed, servers=3, faults=CALM, duration=4.0, snapshot_every=100_000)
     sim.client_stop = 3.5
+    sim.check_durable_quorum = False  # the test cuts a follower's durable log below what it acknowledged
     sim.advance(1.5)
     leader = sim.leader()
     assert leader is not None
