@@ -30,13 +30,13 @@ import signal
 import string
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .ports import free_loopback_host
+from .wait import wait_for
 
 log = logging.getLogger("tests.support.netns")
 
@@ -69,12 +69,14 @@ def same_process(pid: int | None, start: int | None) -> bool:
 
 def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
     """Until the process (pid, start) has exited; False after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc_start_time(pid) is None or (start is not None and proc_start_time(pid) != start):
-            return True
-        time.sleep(0.02)
-    return False
+    def gone() -> bool:
+        now = proc_start_time(pid)
+        return now is None or (start is not None and now != start)
+    try:
+        wait_for(gone, timeout, 0.02, f"process {pid} to exit")
+    except AssertionError:
+        return False
+    return True
 
 
 def signal_agent(pid: int, start: int | None, sig: int, group: bool) -> bool:
