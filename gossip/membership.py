@@ -43,8 +43,8 @@ NACK_GRACE = 0.5
 
 
 @dataclass(slots=True)
-class Member:
-    """One member as this node sees it."""
+class SwimMember:
+    """One member as this node's SWIM core sees it (the layers above get `gossip.member.Member` values)."""
 
     name: str
     addr: bytes
@@ -132,7 +132,7 @@ class Swim:
     port: int
     delegate: Delegate
     rng: random.Random
-    members: dict[str, Member] = field(default_factory=dict)
+    members: dict[str, SwimMember] = field(default_factory=dict)
     incarnation: int = 0
     awareness: int = 0
     leaving: bool = False
@@ -390,7 +390,7 @@ class Swim:
             lead.append(m.encode(m.Suspect(target.incarnation, target.name, self.name)))
         return [self._send(target.address, lead, target)]
 
-    def _next_probe_target(self) -> Member | None:
+    def _next_probe_target(self) -> SwimMember | None:
         while self._confirm:
             mem = self.members.get(self._confirm.pop(0))
             suspicion = self._suspicions.get(mem.name) if mem is not None else None
@@ -477,7 +477,7 @@ class Swim:
             self._last_gossip = now
         return out
 
-    def _send(self, dest: Address, lead: list[bytes], member: Member | None = None) -> SendPacket:
+    def _send(self, dest: Address, lead: list[bytes], member: SwimMember | None = None) -> SendPacket:
         """The `lead` messages plus whatever broadcasts fit beside them."""
         msgs, packed = self._fill(lead)
         if member is None:
@@ -530,7 +530,7 @@ class Swim:
         return msgs, None
 
     @staticmethod
-    def _wants_crc(member: Member | None) -> bool:
+    def _wants_crc(member: SwimMember | None) -> bool:
         return member is not None and len(member.vsn) > 1 and member.vsn[1] >= 5
 
     def _broadcasts(self, room: int) -> tuple[list[bytes], list[Broadcast], int]:
@@ -573,7 +573,7 @@ class Swim:
         fresh = mem is None
         updates_address = False
         if mem is None:
-            mem = Member(a.node, a.addr, a.port, a.meta, 0, NodeState.DEAD, now, a.vsn)
+            mem = SwimMember(a.node, a.addr, a.port, a.meta, 0, NodeState.DEAD, now, a.vsn)
             self.members[a.node] = mem
             self._probe_list.insert(self.rng.randint(0, len(self._probe_list)), a.node)
         elif not is_local and (mem.addr, mem.port) != (a.addr, a.port):
