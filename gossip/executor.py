@@ -121,7 +121,7 @@ class GossipExecutor:
         self.carry_out(now, outs)
         return ltime
 
-    def query(self, now: float, name: str, payload: bytes, timeout: float) -> tuple[int, list[Output]]:
+    def query(self, name: str, payload: bytes, timeout: float) -> tuple[int, list[Output]]:
         """Start a query; its id, and the outputs for the caller to carry out once it is ready for the answers
         (our own answer is among them)."""
         qid, outs = self.serf.query(name, payload, timeout)

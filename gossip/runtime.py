@@ -401,7 +401,7 @@ class GossipAgent:
         timeout = self.config.gossip_interval * 16 * max(1, math.ceil(math.log10(alive + 1)))
         payload = sm.key_request_payload(key) if name != sm.LIST_KEYS_QUERY else b""
         now = trio.current_time()
-        qid, outs = self.executor.query(now, name, payload, timeout)
+        qid, outs = self.executor.query(name, payload, timeout)
         collected = self._queries[qid] = _Answers(alive)
         try:
             self.executor.carry_out(now, outs)  # our own answer is among them

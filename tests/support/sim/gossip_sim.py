@@ -163,7 +163,7 @@ class Sim:
         """Start a query at `name`, as the runtime's key operations do; its id. Answers, ours included, gather
         in `nodes[name].answers[id]`."""
         node = self.nodes[name]
-        qid, outs = node.executor.query(self.now, query, payload, timeout)
+        qid, outs = node.executor.query(query, payload, timeout)
         node.answers[qid] = []
         node.executor.carry_out(self.now, outs)
         self._reschedule(node)
