@@ -933,6 +933,12 @@ class RaftNode:
                 if pr.mode != "snapshot":
                     pr.mode = "probe"
                     pr.next_index = pr.match_index + 1
+            elif pr.mode == "replicate" and not pr.sent and pr.next_index > pr.match_index + 1:
+                # Appends beyond what it acknowledged are no longer tracked (a later answer, to a heartbeat,
+                # overtook theirs) and never answered: lost. Without this the leader would wait for the next
+                # proposal to notice, and an idle cluster would never commit them (found by the simulator).
+                pr.mode = "probe"
+                pr.next_index = pr.match_index + 1
             if pr.mode == "snapshot" or pr.next_index - 1 < self._base_index:
                 self._send_snapshot_chunk(now, sid, pr, out)
                 continue
