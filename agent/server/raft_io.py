@@ -1,4 +1,4 @@
-"""The trio I/O beneath the shared Raft executor (raft/executor.py): sqlite storage, links, the driver.
+"""The trio I/O beneath the shared Raft executor (raft/executor.py): the on-disk log, links, the driver.
 
 The order of a step's outputs (a leader's early sends, persist with one fsync per batch, sends, apply,
 publish) is the executor's, the same one the simulator runs; this module only does the I/O. Outputs that
