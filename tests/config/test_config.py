@@ -106,6 +106,7 @@ def test_durations() -> None:
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=20)
 
 
+@pytest.mark.slow  # ~2 s of hypothesis examples: out of `make test-fast`
 @given(names, st.lists(names, max_size=4), st.integers(0, 65535),
        st.dictionaries(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,20}", fullmatch=True).filter(
            lambda k: not k.startswith("consul-")), names, max_size=5),

@@ -144,6 +144,7 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+@pytest.mark.slow  # 300 examples through the loader, ~2 s: out of `make test-fast`
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.sampled_from(["service", "services", "check", "ports", "dns_config", "node_meta",
                                         "datacenter", "recursors"]), json_values, max_size=3))
