@@ -67,6 +67,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .netns import (
+    HOSTS_PREFIX,
     add_namespace,
     can_use_namespaces,
     check_prefix,
@@ -798,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("host")
         p.add_argument("--dir", required=True)
     clean = sub.add_parser("cleanup", help="remove what crashed runs left behind")
-    clean.add_argument("--prefix", default=DEFAULT_PREFIX)
+    clean.add_argument("--prefix", default=None,
+                       help=f"default: {DEFAULT_PREFIX} (clusters) and {HOSTS_PREFIX} (bare hosts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -820,7 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m tests.support.cluster_hosts down --dir {cluster.root}")
         return 0
     if args.command == "cleanup":
-        removed = cleanup_stale(args.prefix)
+        prefixes = [args.prefix] if args.prefix else [DEFAULT_PREFIX, HOSTS_PREFIX]
+        removed = [run for prefix in prefixes for run in cleanup_stale(prefix)]
         print("removed: " + (", ".join(removed) if removed else "nothing"))
         return 0
     cluster = Cluster.attach(args.dir)
