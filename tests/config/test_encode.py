@@ -97,6 +97,7 @@ services = st.fixed_dictionaries(
     })
 
 
+@pytest.mark.slow  # hypothesis, 2-6 s: out of `make test-fast`
 @given(services)
 def test_service_round_trips_through_the_api_shape(body: dict[str, Any]) -> None:
     svc = parse_service(body, Source())
