@@ -43,5 +43,6 @@ def member_of(name: str, addr: bytes, port: int, tags: Mapping[str, str], status
               vsn: bytes) -> Member:
     """A `Member` from Serf's raw view (address as 4 or 16 wire bytes, vsn padded to six numbers)."""
     v = (list(vsn) + [0] * 6)[:6]
-    return Member(name, str(ipaddress.ip_address(addr)), port, dict(tags), status,
-                  (v[0], v[1], v[2], v[3], v[4], v[5]))
+    # IPv4 by hand: a join storm makes one Member per join event, and ipaddress is the slow part of that.
+    text = f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}" if len(addr) == 4 else str(ipaddress.ip_address(addr))
+    return Member(name, text, port, dict(tags), status, (v[0], v[1], v[2], v[3], v[4], v[5]))

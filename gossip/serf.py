@@ -199,8 +199,9 @@ class Serf:
 
     def reap(self, now: float) -> list[SerfOutput]:
         """Forget failed members after reconnect_timeout and left ones after tombstone_timeout."""
+        limits = {Status.FAILED: self.reconnect_timeout, Status.LEFT: self.tombstone_timeout}
         for name, mem in list(self.members.items()):
-            limit = {Status.FAILED: self.reconnect_timeout, Status.LEFT: self.tombstone_timeout}.get(mem.status)
+            limit = limits.get(mem.status)
             if limit is not None and name != self.name and now - mem.leave_time > limit:
                 del self.members[name]
                 self._event("member-reap", mem)
