@@ -267,6 +267,16 @@ class RaftNode:
         return self._base_index + 1
 
     @property
+    def last_leader_contact(self) -> float | None:
+        """When this node last heard from a leader of its term (the `now` it was given), None if never."""
+        return None if self._last_leader_contact == float("-inf") else self._last_leader_contact
+
+    @property
+    def membership_index(self) -> int:
+        """Log index of the configuration in effect (the latest one appended, committed or not)."""
+        return self._configs[-1][0] if self._configs else self._base_membership_index
+
+    @property
     def caught_up_index(self) -> int | None:
         """The commit index at which this node first held everything a leader had committed, since it started.
 

@@ -17,6 +17,7 @@ from ..catalog.state import Instance
 if TYPE_CHECKING:
     from ..config.types import ServiceDefinition
     from ..local_sync import LocalCheck
+    from ..server.peers import RaftPeer
     from ..user_events import UserEventRecord
     from .view import AgentView, Metrics
 
@@ -311,6 +312,7 @@ def member_json(member: Member) -> dict[str, Any]:
             "DelegateMin": v[3], "DelegateMax": v[4], "DelegateCur": v[5]}
 
 
-def raft_configuration_json(index: int, servers: list[dict[str, Any]]) -> dict[str, Any]:
-    """/v1/operator/raft/configuration: the servers (as RaftServer.configuration gives them) and the index."""
-    return {"Servers": servers, "Index": index}
+def raft_configuration_json(index: int, servers: list[RaftPeer]) -> dict[str, Any]:
+    """/v1/operator/raft/configuration: the servers of the configuration in effect and its index."""
+    return {"Servers": [{"ID": s.id, "Node": s.node, "Address": s.address, "Leader": s.leader, "Voter": s.voter,
+                         "ProtocolVersion": "3"} for s in servers], "Index": index}

@@ -30,6 +30,7 @@ from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
 from .listener import Reply, ServerListener
+from .peers import RaftPeer
 from .proposals import Proposal, setter
 
 RPC_HOLD_TIMEOUT = 7.0
@@ -146,8 +147,8 @@ class RaftServer:
         node = self.driver.node
         if node is None or node.role == LEADER:
             return 0
-        last = node._last_leader_contact  # TODO(raft): a public accessor on RaftNode
-        if last == float("-inf"):
+        last = node.last_leader_contact
+        if last is None:
             return 0
         return int((trio.current_time() - last) * 1000)
 
@@ -280,17 +281,14 @@ class RaftServer:
             return []
         return [s.address for s in node.membership.servers if s.voter]
 
-    def configuration(self) -> tuple[int, list[dict[str, object]]]:
-        """The Raft configuration as /v1/operator/raft/configuration shows it."""
+    def configuration(self) -> tuple[int, list[RaftPeer]]:
+        """The Raft configuration in effect and the log index it was appended at."""
         node = self.driver.node
         if node is None:
             return 0, []
-        # TODO(raft): a public accessor on RaftNode for the latest configuration's index
-        index = max((i for i, _ in node._configs), default=node._base_membership_index)
         names = self.bootstrap.names
-        return index, [{"ID": s.id, "Node": names.get(s.id, s.id), "Address": s.address,
-                        "Leader": s.id == node.leader_id, "Voter": s.voter, "ProtocolVersion": "3"}
-                       for s in node.membership.servers]
+        return node.membership_index, [RaftPeer(s.id, names.get(s.id, s.id), s.address, s.id == node.leader_id,
+                                                s.voter) for s in node.membership.servers]
 
     async def remove_peer(self, *, server_id: str | None, address: str | None) -> None:
         """Remove a server from the configuration (leader only; forwarded otherwise)."""
