@@ -23,6 +23,7 @@ from . import messages as m
 from . import serf_messages as sm
 from .badlog import BadInputLog
 from .executor import GossipExecutor
+from .key_query import KeyQueryResult, tally
 from .keyring import Keyring, save_keyring_file
 from .limits import STREAM_BYTES_MAX, STREAMS_MAX
 from .member import Member
@@ -395,8 +396,8 @@ class GossipAgent:
         except OSError as exc:
             log.error("cannot save the keyring to %s: %s", self.keyring_path, exc)
 
-    async def key_operation(self, name: str, key: bytes = b"") -> dict[str, Any]:
-        """Run a Serf key query across the cluster; Consul's keyring response for the LAN pool."""
+    async def key_operation(self, name: str, key: bytes = b"") -> KeyQueryResult:
+        """Run a Serf key query across the cluster and tally the answers (the LAN pool's keyring report)."""
         alive = sum(1 for mem in self.serf.members.values() if mem.status == Status.ALIVE)
         timeout = self.config.gossip_interval * 16 * max(1, math.ceil(math.log10(alive + 1)))
         payload = sm.key_request_payload(key) if name != sm.LIST_KEYS_QUERY else b""
@@ -411,30 +412,7 @@ class GossipAgent:
         finally:
             del self._queries[qid]
             self.serf.close_query(qid)
-        answers = collected.answers
-        keys: dict[str, int] = {}
-        primary: dict[str, int] = {}
-        messages: dict[str, str] = {}
-        errors = 0
-        for answer in answers:
-            try:
-                resp = sm.decode(answer.payload)
-            except m.MessageError as exc:
-                messages[answer.from_node] = f"bad response: {exc}"
-                errors += 1
-                continue
-            if not isinstance(resp, sm.KeyResponseMsg):
-                continue
-            if not resp.result:
-                errors += 1
-                messages[answer.from_node] = resp.message
-            for k in resp.keys:
-                keys[k] = keys.get(k, 0) + 1
-            if resp.primary_key:
-                primary[resp.primary_key] = primary.get(resp.primary_key, 0) + 1
-        return {"WAN": False, "Datacenter": self.tags.get("dc", "dc1"), "Segment": "", "Messages": messages,
-                "Keys": keys, "PrimaryKeys": primary, "NumNodes": alive, "NumResp": len(answers),
-                "NumErr": errors + max(0, alive - len(answers))}
+        return tally(collected.answers, alive, self.tags.get("dc", "dc1"))
 
     def force_leave(self, node: str, prune: bool = False) -> bool:
         """Mark a failed node left (and forget it with prune)."""

@@ -18,7 +18,7 @@ from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
-from .render import raft_configuration_json
+from .render import keyring_json, raft_configuration_json
 from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:
@@ -141,17 +141,17 @@ async def keyring(api: API, request: Request, query: Query, arg: str) -> Respons
     removes the body's {"Key": base64} everywhere (Serf's key queries)."""
     gossip = gossip_of(api)
     if request.method == "GET":
-        return api.json([await gossip.key_operation("_serf_list-keys")], query)
+        return api.json([keyring_json(await gossip.key_operation("_serf_list-keys"))], query)
     try:
         body = json.loads(request.body or b"{}")
         key = base64.b64decode(body["Key"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise HTTPError(400, 'Request body must be {"Key": "<base64 key>"}') from None
     result = await gossip.key_operation(_KEY_QUERIES[request.method], key)
-    if result["NumErr"]:
-        detail = "; ".join(f"{node}: {msg}" for node, msg in sorted(result["Messages"].items()))
-        missing = result["NumNodes"] - result["NumResp"]
+    if result.num_err:
+        detail = "; ".join(f"{node}: {msg}" for node, msg in sorted(result.messages.items()))
+        missing = result.num_nodes - result.num_resp
         if missing > 0:
             detail = "; ".join(filter(None, [detail, f"{missing} node(s) did not answer"]))
-        raise HTTPError(500, f"{result['NumErr']}/{result['NumNodes']} nodes reported failure: {detail}")
+        raise HTTPError(500, f"{result.num_err}/{result.num_nodes} nodes reported failure: {detail}")
     return 200, [], b""

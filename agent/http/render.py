@@ -15,6 +15,7 @@ from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Ch
 from ..catalog.state import Instance
 
 if TYPE_CHECKING:
+    from ...gossip.key_query import KeyQueryResult
     from ..config.types import ServiceDefinition
     from ..local_sync import LocalCheck
     from ..server.peers import RaftPeer
@@ -316,3 +317,10 @@ def raft_configuration_json(index: int, servers: list[RaftPeer]) -> dict[str, An
     """/v1/operator/raft/configuration: the servers of the configuration in effect and its index."""
     return {"Servers": [{"ID": s.id, "Node": s.node, "Address": s.address, "Leader": s.leader, "Voter": s.voter,
                          "ProtocolVersion": "3"} for s in servers], "Index": index}
+
+
+def keyring_json(result: KeyQueryResult) -> dict[str, Any]:
+    """One pool's entry of /v1/operator/keyring (Consul's KeyringResponse)."""
+    return {"WAN": False, "Datacenter": result.datacenter, "Segment": "", "Messages": result.messages,
+            "Keys": result.keys, "PrimaryKeys": result.primary_keys, "NumNodes": result.num_nodes,
+            "NumResp": result.num_resp, "NumErr": result.num_err}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import trio
 
+    from ...gossip.key_query import KeyQueryResult
     from ...gossip.member import Member
     from ..config.types import AgentConfig, CheckDefinition, ServiceDefinition
     from ..local_sync import LocalCheck
@@ -41,7 +42,7 @@ class GossipView(Protocol):
 
     async def join(self, addrs: Sequence[str]) -> int: ...
     def force_leave(self, node: str, prune: bool = False) -> bool: ...
-    async def key_operation(self, name: str, key: bytes = b"") -> dict[str, Any]: ...
+    async def key_operation(self, name: str, key: bytes = b"") -> KeyQueryResult: ...
     def stats_view(self) -> dict[str, str]: ...
 
 

@@ -34,8 +34,8 @@ from meshagent.raft.node import (
     Send,
 )
 
-from tests.support.sim.raft_sim import Faults, Simulation
 from tests.support.hostile_raft import hostile_message, junk, well_formed_message
+from tests.support.sim.raft_sim import Faults, Simulation
 
 IDS = ["s1", "s2", "s3"]
 CALM = Faults(loss=0.0, duplicate=0.0, partition_rate=0.0, crash_rate=0.0, transfer_rate=0.0, reconfigure_rate=0.0)
