@@ -8,10 +8,13 @@ that skips its quorum round fails here deterministically.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from meshagent.raft.config import RaftConfig
 from meshagent.raft.entry import Membership, Server
-from meshagent.raft.node import LEADER, Output, RaftNode, ReadFailed, ReadReady, Send
+from meshagent.raft.executor import EXECUTOR, drive
+from meshagent.raft.node import LEADER, Apply, InstallSnapshot, Output, RaftNode, ReadFailed, ReadReady, Send
+from meshagent.raft.ready import Notice, Storage
 
 IDS = ("a", "b", "c")
 STEP = 0.01
@@ -32,16 +35,8 @@ class Net:
             self.handle(node, node.bootstrap(membership))
 
     def handle(self, node: RaftNode, outs: list[Output]) -> None:
-        while outs:
-            for o in outs:
-                if isinstance(o, Send):
-                    self.queue.append((node.id, o))
-                elif isinstance(o, ReadReady | ReadFailed):
-                    self.reads[o.ctx] = o
-            outs = []
-            if node.role == LEADER:
-                outs.extend(node.persisted(self.now, node.last_index))
-            outs.extend(node.flush(self.now))
+        """Carry the outputs out through the runtime's executor; storage is durable at once, nothing applies."""
+        drive(EXECUTOR.execute(node, outs, _NetIO(self, node)))
 
     def step(self) -> None:
         """Deliver what is queued, then advance the clock one step and tick everyone."""
@@ -64,6 +59,35 @@ class Net:
 
     def leaders(self) -> list[RaftNode]:
         return [n for n in self.nodes.values() if n.role == LEADER]
+
+
+class _NetIO:
+    """The executor's I/O for one core of a Net: sends queue up, reads are recorded, storage needs no work."""
+
+    def __init__(self, net: Net, node: RaftNode) -> None:
+        self.net, self.node = net, node
+
+    def now(self) -> float:
+        return self.net.now
+
+    async def persist(self, storage: Sequence[Storage]) -> None:
+        pass
+
+    def send(self, sends: Sequence[Send]) -> None:
+        self.net.queue.extend((self.node.id, o) for o in sends)
+
+    def apply(self, out: Apply) -> None:
+        pass
+
+    def install_snapshot(self, out: InstallSnapshot) -> None:
+        pass
+
+    def publish(self, out: Notice) -> None:
+        if isinstance(out, ReadReady | ReadFailed):
+            self.net.reads[out.ctx] = out
+
+    def round_done(self) -> None:
+        pass
 
 
 def _elect(net: Net) -> RaftNode:
