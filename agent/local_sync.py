@@ -185,9 +185,9 @@ class CatalogSync:
         for svc in self.store.catalog.node_services(self.node.node):
             if svc.id not in self._services:
                 await self.apply(commands.deregister(self.node.node, service_id=svc.id))
-        for check in self.store.catalog.node_checks(self.node.node):
-            if check.check_id not in known_checks:
-                await self.apply(commands.deregister(self.node.node, check_id=check.check_id))
+        for remote in self.store.catalog.node_checks(self.node.node):
+            if remote.check_id not in known_checks:
+                await self.apply(commands.deregister(self.node.node, check_id=remote.check_id))
         self.last_sync = time.time()
 
     async def run_anti_entropy(self) -> None:

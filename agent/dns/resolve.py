@@ -230,7 +230,7 @@ class Resolver:
         out = Answer()
         kind = _ip_kind(node.address)
         if kind is not None and qtype in (kind, ANY):
-            out.answer.append(dns.rrset.from_text(qname, ttl, "IN", dns.rdatatype.to_text(kind), node.address))
+            out.answer.append(dns.rrset.from_text(qname, ttl, "IN", dns.rdatatype.RdataType.make(kind), node.address))
         if qtype in (TXT, ANY) and node.meta:
             texts = [(v if k.startswith("rfc1035-") else f"{k}={v}") for k, v in sorted(node.meta.items())]
             out.answer.append(dns.rrset.from_text_list(qname, ttl, "IN", "TXT",
@@ -248,7 +248,7 @@ class Resolver:
         kind = _ip_kind(address)
         if qtype not in (kind, ANY):
             return self._negative(dns.rcode.NOERROR)
-        return Answer(answer=[dns.rrset.from_text(qname, 0, "IN", dns.rdatatype.to_text(kind or A), address)])
+        return Answer(answer=[dns.rrset.from_text(qname, 0, "IN", dns.rdatatype.RdataType.make(kind or A), address)])
 
 
 class CatalogRef:

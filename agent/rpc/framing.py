@@ -37,7 +37,7 @@ TLS_BYTE = 0x16
 
 def pack_frame(payload: Any) -> bytes:
     """One frame."""
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 

@@ -4,6 +4,7 @@ a leader to add us; the leader's side of that request (add as a non-voter) is he
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -14,12 +15,20 @@ from ..rpc.framing import split_address
 from .rpc_args import parse_hello
 
 if TYPE_CHECKING:
+    from ...raft.node import Output
+    from .driver import RaftDriver
     from .raft_server import RaftServer
 
 log = logging.getLogger("meshagent.server")
 
 MAX_SEEN = 64            # hellos kept from servers that contacted us before we bootstrapped
 MAX_NAMES = 1024
+
+
+def _bootstrap(driver: RaftDriver, membership: Membership, now: float) -> list[Output]:
+    """(On the loop) bootstrap the core with the agreed configuration."""
+    assert driver.node is not None
+    return driver.node.bootstrap(membership)
 
 
 class Bootstrap:
@@ -94,7 +103,7 @@ class Bootstrap:
                                key=lambda h: h["id"])
                 if len(agree) >= s.bootstrap_expect:
                     membership = Membership(tuple(Server(h["id"], h["address"], True) for h in agree))
-                    await s.driver.call(lambda now, m=membership: s.driver.node.bootstrap(m))  # type: ignore[union-attr]
+                    await s.driver.call(partial(_bootstrap, s.driver, membership))
                     log.info("raft: bootstrapping with %d servers: %s", len(agree),
                              ", ".join(h["address"] for h in agree))
                     await self._sync_links_once_bootstrapped()

@@ -49,7 +49,8 @@ def restore_command(state: bytes) -> dict[str, Any]:
 
 def batch_command(datas: list[bytes]) -> bytes:
     """One log entry holding several encoded commands, applied in order."""
-    return msgpack.packb({"op": "batch", "commands": datas}, use_bin_type=True)
+    data: bytes = msgpack.packb({"op": "batch", "commands": datas}, use_bin_type=True)
+    return data
 
 
 class CatalogFSM:

@@ -26,7 +26,7 @@ def _text(v: object, limit: int, empty_ok: bool = False) -> bool:
 
 
 def _server_id(v: object) -> bool:
-    return _text(v, MAX_ID_LEN) and not any(c.isspace() for c in v)  # type: ignore[union-attr]
+    return isinstance(v, str) and _text(v, MAX_ID_LEN) and not any(c.isspace() for c in v)
 
 
 def parse_add_server(args: Any) -> AddServerArgs:
