@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.agents import AgentProcess, free_loopback_host
+from tests.support.agents import AgentProcess
+from tests.support.ports import free_loopback_host
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow

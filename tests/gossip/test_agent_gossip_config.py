@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.agents import AgentProcess, free_loopback_host
+from tests.support.agents import AgentProcess
+from tests.support.ports import free_loopback_host
 from tests.support.wait import wait_for
 
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))

@@ -25,7 +25,8 @@ from meshagent.gossip import messages as m
 from meshagent.gossip import serf_messages as sm
 
 from tests.support import hostile_gossip as h
-from tests.support.agents import AgentProcess, port_free
+from tests.support.agents import AgentProcess
+from tests.support.ports import ports_free
 from tests.support.wait import wait_for
 
 PORTS = (8500, 8600, 8300, 8301)
@@ -37,7 +38,7 @@ FUZZ_SEED = int(os.environ.get("MESHAGENT_GOSSIP_FUZZ_SEED", "20261204"))
 
 
 def _hosts(n: int) -> list[str]:
-    free = [f"127.0.0.{i}" for i in range(50, 79) if all(port_free(f"127.0.0.{i}", p) for p in PORTS)]
+    free = [f"127.0.0.{i}" for i in range(50, 79) if ports_free(f"127.0.0.{i}", PORTS)]
     if len(free) < n:
         pytest.fail("not enough free addresses in 127.0.0.50-78 (something else holds the agent ports)")
     return free[:n]

@@ -14,7 +14,7 @@ from meshagent.gossip import serf_messages as sm
 from meshagent.gossip.runtime import GossipAgent
 from meshagent.gossip.serf import SerfEvent, UserEvent
 
-from tests.support.agents import port_free
+from tests.support.ports import port_free
 
 PORT = 8301
 

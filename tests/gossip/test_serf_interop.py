@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.agents import AgentProcess, free_loopback_host
+from tests.support.agents import AgentProcess
+from tests.support.ports import free_loopback_host
 from tests.support.serf_rpc import SERF, SerfAgent, SerfRPCError
 from tests.support.wait import wait_for
 

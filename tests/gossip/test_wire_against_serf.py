@@ -27,8 +27,8 @@ from meshagent.gossip.keyring import Keyring
 from meshagent.gossip.membership import Swim
 from meshagent.gossip.tunables import GossipConfig
 
-from tests.support.agents import port_free
 from tests.support.gossip_harness import Rec
+from tests.support.ports import ports_free
 from tests.support.serf_rpc import SerfAgent, SerfRPC
 from tests.support.wait import wait_for
 
@@ -47,7 +47,7 @@ def _pick_addresses() -> tuple[str, int, int, int]:
         ip = f"127.0.0.{rng.randint(150, 199)}"
         base = 17946 + rng.randrange(0, 400) * 4
         ports = (base, base + 1, base + 2)
-        if all(port_free(ip, p) for p in ports):
+        if ports_free(ip, ports):
             return ip, *ports
     raise RuntimeError("no free 127.0.0.150-199 address and ports")
 

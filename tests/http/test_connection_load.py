@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.agents import AgentProcess, port_free
+from tests.support.agents import AgentProcess
+from tests.support.ports import ports_free
 from tests.support.server_agent import HOSTS
 
 IDLE = 10_000
@@ -41,7 +42,7 @@ def _rss_mib(pid: int) -> float:
 
 @pytest.mark.slow
 def test_idle_connections_and_blocking_queries_do_not_stall_the_agent(tmp_path: Path) -> None:
-    host = next(h for h in reversed(HOSTS) if all(port_free(h, p) for p in (8500, 8600, 8300, 8301)))
+    host = next(h for h in reversed(HOSTS) if ports_free(h))
     agent = AgentProcess(host=host, args=["-dev", "-client", host, "-bind", host, "-node", "load"],
                          workdir=tmp_path).start()
     socks: list[socket.socket] = []

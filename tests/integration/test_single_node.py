@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.support.agents import MESHAGENT, AgentProcess, start_agent
+from tests.support.ports import ports_free
 from tests.support.wait import wait_for
 
 
@@ -208,7 +209,7 @@ def test_second_agent_on_same_data_dir_is_refused(tmp_path: Path) -> None:
 def test_readme_make_dev_starts_a_working_agent(tmp_path: Path) -> None:
     """The README's first command: `make dev` sets up and starts an agent that answers DNS and HTTP."""
     repo = Path(__file__).resolve().parents[2]
-    if not all(_free("127.0.0.1", p) for p in (8500, 8600)):
+    if not ports_free("127.0.0.1", (8500, 8600)):
         pytest.fail("127.0.0.1:8500/8600 are taken; `make dev` needs them (stop the other agent)")
     log = open(tmp_path / "make-dev.log", "wb")
     proc = subprocess.Popen(["make", "dev"], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
@@ -231,14 +232,3 @@ def test_readme_make_dev_starts_a_working_agent(tmp_path: Path) -> None:
 def _a_records(name: str) -> list[str]:
     reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=8600, timeout=2)
     return [rr.address for rrset in reply.answer for rr in rrset]
-
-
-def _free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from .ports import free_loopback_host, port_free  # noqa: F401  (port_free: re-exported for older importers)
+from .ports import free_loopback_host
 from .wait import wait_for
 
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))

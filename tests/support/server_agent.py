@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.agents import AgentProcess
-from tests.support.ports import port_free
+from tests.support.ports import ports_free
 from tests.support.wait import wait_for
 
 HOSTS = [f"127.0.0.{n}" for n in range(160, 190)]
@@ -16,7 +16,7 @@ HOSTS = [f"127.0.0.{n}" for n in range(160, 190)]
 
 def start_server_agent(workdir: Path, data_dir: Path, name: str) -> AgentProcess:
     """Start a bootstrapped single server with its data in `data_dir` and wait until it leads."""
-    host = next((h for h in HOSTS if all(port_free(h, p) for p in (8500, 8600, 8300, 8301))), None)
+    host = next((h for h in HOSTS if ports_free(h)), None)
     if host is None:
         raise RuntimeError("no free address in 127.0.0.160-189")
     args = ["-server", "-bootstrap-expect", "1", "-data-dir", str(data_dir), "-client", host, "-bind", host,
