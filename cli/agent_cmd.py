@@ -10,7 +10,6 @@ from meshagent.cli.deferred_modules import defer_rarely_used_modules
 
 defer_rarely_used_modules()  # before trio and dnspython load
 
-import trio  # noqa: E402
 from meshagent.agent.config.types import AgentConfig  # noqa: E402
 
 
@@ -49,9 +48,8 @@ def _opt(name: str, **kwargs: Any) -> Any:
 @_opt("node-meta", multiple=True, help="key:value node metadata; repeatable.")
 def agent(**opts: Any) -> None:
     """Run a meshagent agent."""
-    from meshagent.agent.agent import Agent, AgentError
     from meshagent.agent.config.loader import ConfigErrors, load_config
-    from meshagent.agent.logs import setup_logging
+    from meshagent.agent.entry import run_agent
 
     flags = _flags(opts)
     files, dirs = list(opts["config_file"]), list(opts["config_dir"])
@@ -71,50 +69,11 @@ def agent(**opts: Any) -> None:
         for err in exc.errors:
             click.echo(f"==> Error: {err}", err=True)
         sys.exit(1)
-    try:
-        setup_logging(config.log_level, config.log_json)
-    except ValueError as exc:
-        click.echo(f"==> Error: {exc}", err=True)
+    errors = run_agent(config, load)
+    for line in errors:
+        click.echo(line, err=True)
+    if errors:
         sys.exit(1)
-    started = False
-
-    async def run() -> None:
-        nonlocal started
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: instance.run(task_status, banner=sys.stdout,
-                                                                 handle_signals=True))
-            started = True
-
-    # Once the agent has started, a failure is no start-up error (a full disk used to say "starting").
-    def failed(exc: BaseException) -> str:
-        return f"==> Error: agent stopped: {exc}" if started else f"==> Error starting agent: {exc}"
-
-    try:
-        instance = Agent(config, reload_config=load)
-        trio.run(run)
-    except AgentError as exc:
-        click.echo(failed(exc), err=True)
-        sys.exit(1)
-    except OSError as exc:
-        click.echo(failed(exc), err=True)
-        sys.exit(1)
-    except BaseExceptionGroup as group:
-        # A component failing at start-up arrives wrapped by the nursery that started it.
-        known, rest = group.split((AgentError, OSError))
-        if rest is not None or known is None:
-            raise
-        for exc in _leaves(known):
-            click.echo(failed(exc), err=True)
-        sys.exit(1)
-    if instance.join_failed:
-        click.echo("==> Error: max join retry exhausted, exiting", err=True)
-        sys.exit(1)
-
-
-def _leaves(group: BaseException) -> list[BaseException]:
-    if isinstance(group, BaseExceptionGroup):
-        return [leaf for sub in group.exceptions for leaf in _leaves(sub)]
-    return [group]
 
 
 def _flags(opts: dict[str, Any]) -> dict[str, Any]:

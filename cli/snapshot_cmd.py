@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from meshagent.agent.snapshot_archive import ArchiveError, inspect_file, unpack
 from meshagent.atomic_file import write_atomic
+from meshagent.snapshot_archive import ArchiveError, inspect_file, unpack
 
 from .http_client import AgentClient, fail, http_options
 

@@ -44,7 +44,7 @@ def _refuse_existing(*paths: Path) -> None:
               help="Another permitted DNS name for the CA (repeatable; implies -name-constraint).")
 def ca_create(days: int, domain: str, common_name: str, name_constraint: bool, additional: tuple[str, ...]) -> None:
     """Create a new CA: <domain>-agent-ca.pem and <domain>-agent-ca-key.pem in the current directory."""
-    from meshagent.agent.tls.certs import new_ca, write_private
+    from meshagent.certs import new_ca, write_private
 
     domain = domain.strip(".")
     cert_path, key_path = Path(f"{domain}-agent-ca.pem"), Path(f"{domain}-agent-ca-key.pem")
@@ -79,7 +79,7 @@ def cert_create(server: bool, client: bool, cli_: bool, dc: str, days: int, doma
     """Create <dc>-<server|client|cli>-<domain>-N.pem and its -key.pem, signed by the CA."""
     import ipaddress
 
-    from meshagent.agent.tls.certs import issue, load_ca, write_private
+    from meshagent.certs import issue, load_ca, write_private
 
     if sum((server, client, cli_)) != 1:
         raise click.UsageError("exactly one of -server, -client or -cli is needed")

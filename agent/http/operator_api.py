@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ...snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from ..rpc.framing import MAX_FRAME
-from ..snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request

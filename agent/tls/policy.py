@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ... import certs
 from ...gossip.keyring import Keyring
 from ..config.types import TLSConfig
-from . import certs
 
 log = logging.getLogger("meshagent.tls")
 

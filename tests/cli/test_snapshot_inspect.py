@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshagent.agent.snapshot_archive import pack
+from meshagent.snapshot_archive import pack
 
 MESHAGENT = str(Path(sys.executable).with_name("meshagent"))
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshagent.agent.snapshot_archive import FORMAT, ArchiveError, pack, unpack
+from meshagent.snapshot_archive import FORMAT, ArchiveError, pack, unpack
 
 META: dict[str, Any] = {"ID": "2-9-1700000000000", "Index": 9, "Term": 2, "Version": 1}
 STATE = b"\x00catalog state\xff" * 50

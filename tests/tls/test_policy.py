@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from meshagent import certs
 from meshagent.agent.config.types import TLSConfig
 from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ServerError
 from meshagent.agent.server.listener import ServerListener
-from meshagent.agent.tls import certs
 from meshagent.agent.tls.auto_encrypt import request_certificate
 from meshagent.agent.tls.policy import RPCTLS
 from meshagent.gossip.keyring import Keyring
