@@ -22,7 +22,7 @@ prefix=/opt/meshagent
 conf=${MESHAGENT_RENDER_ONLY:-/etc/meshagent.d}
 data=/var/lib/meshagent
 
-# Agent config from the template shared with tests/cluster/hosts.py. A server's retry_join lists every
+# Agent config from the template shared with tests/support/cluster_hosts.py. A server's retry_join lists every
 # server, itself included: joining itself counts, so the first server is ready before the others exist.
 render_config() {
   local join=() values=()

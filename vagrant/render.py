@@ -2,7 +2,7 @@
 """Render an agent config template (vagrant/templates/*.hcl.tmpl) into HCL. Standard library only.
 
 Shared by the Vagrant provisioning (vagrant/provision.sh, on the VM's own python3) and the namespace
-test harness (tests/cluster/hosts.py), so that both run agents on the same configuration.
+test harness (tests/support/cluster_hosts.py), so that both run agents on the same configuration.
 
 Templates use string.Template placeholders: `${name}`. A string value is escaped for use inside an HCL
 string (the template writes the quotes: `node_name = "${node_name}"`); a list is written as a whole HCL
