@@ -8,14 +8,14 @@ the follower's match index, kept succeeding.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 from meshagent.raft.config import RaftConfig
 from meshagent.raft.entry import Membership, Server
 from meshagent.raft.executor import EXECUTOR, drive
 from meshagent.raft.messages import AppendRequest, Message
-from meshagent.raft.node import LEADER, Apply, InstallSnapshot, Output, RaftNode, Send
-from meshagent.raft.ready import Notice, Storage
+from meshagent.raft.node import LEADER, Output, RaftNode
+
+from tests.support.raft_instant_io import InstantIO
 
 MEMBERSHIP = Membership((Server("s1", "127.0.0.1:8300"), Server("s2", "127.0.0.2:8300")))
 CONFIG = RaftConfig(election_timeout=0.15, heartbeat_interval=0.03, leader_lease_timeout=0.1, inflight_timeout=0.1)
@@ -30,7 +30,8 @@ class Wire:
         self.queue: list[tuple[str, str, Message]] = []
 
     def run(self, sid: str, outs: list[Output]) -> None:
-        drive(EXECUTOR.execute(self.nodes[sid], outs, _IO(self, sid)))
+        io = InstantIO(lambda: self.now, lambda s: self.queue.append((sid, s.to, s.msg)))
+        drive(EXECUTOR.execute(self.nodes[sid], outs, io))
 
     def deliver_all(self) -> None:
         while self.queue:
@@ -43,32 +44,6 @@ class Wire:
             for sid, n in self.nodes.items():
                 self.run(sid, n.tick(self.now))
             self.deliver_all()
-
-
-class _IO:
-    def __init__(self, wire: Wire, sid: str) -> None:
-        self.wire, self.sid = wire, sid
-
-    def now(self) -> float:
-        return self.wire.now
-
-    async def persist(self, storage: Sequence[Storage]) -> None:
-        pass
-
-    def send(self, sends: Sequence[Send]) -> None:
-        self.wire.queue.extend((self.sid, s.to, s.msg) for s in sends)
-
-    def apply(self, out: Apply) -> None:
-        pass
-
-    def install_snapshot(self, out: InstallSnapshot) -> None:
-        pass
-
-    def publish(self, out: Notice) -> None:
-        pass
-
-    def round_done(self) -> None:
-        pass
 
 
 def test_a_lost_append_overtaken_by_a_heartbeat_answer_is_sent_again() -> None:

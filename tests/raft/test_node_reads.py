@@ -8,13 +8,14 @@ that skips its quorum round fails here deterministically.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 from meshagent.raft.config import RaftConfig
 from meshagent.raft.entry import Membership, Server
 from meshagent.raft.executor import EXECUTOR, drive
-from meshagent.raft.node import LEADER, Apply, InstallSnapshot, Output, RaftNode, ReadFailed, ReadReady, Send
-from meshagent.raft.ready import Notice, Storage
+from meshagent.raft.node import LEADER, Output, RaftNode, ReadFailed, ReadReady, Send
+from meshagent.raft.ready import Notice
+
+from tests.support.raft_instant_io import InstantIO
 
 IDS = ("a", "b", "c")
 STEP = 0.01
@@ -36,7 +37,12 @@ class Net:
 
     def handle(self, node: RaftNode, outs: list[Output]) -> None:
         """Carry the outputs out through the runtime's executor; storage is durable at once, nothing applies."""
-        drive(EXECUTOR.execute(node, outs, _NetIO(self, node)))
+        io = InstantIO(lambda: self.now, lambda s: self.queue.append((node.id, s)), self._record_read)
+        drive(EXECUTOR.execute(node, outs, io))
+
+    def _record_read(self, notice: Notice) -> None:
+        if isinstance(notice, ReadReady | ReadFailed):
+            self.reads[notice.ctx] = notice
 
     def step(self) -> None:
         """Deliver what is queued, then advance the clock one step and tick everyone."""
@@ -59,35 +65,6 @@ class Net:
 
     def leaders(self) -> list[RaftNode]:
         return [n for n in self.nodes.values() if n.role == LEADER]
-
-
-class _NetIO:
-    """The executor's I/O for one core of a Net: sends queue up, reads are recorded, storage needs no work."""
-
-    def __init__(self, net: Net, node: RaftNode) -> None:
-        self.net, self.node = net, node
-
-    def now(self) -> float:
-        return self.net.now
-
-    async def persist(self, storage: Sequence[Storage]) -> None:
-        pass
-
-    def send(self, sends: Sequence[Send]) -> None:
-        self.net.queue.extend((self.node.id, o) for o in sends)
-
-    def apply(self, out: Apply) -> None:
-        pass
-
-    def install_snapshot(self, out: InstallSnapshot) -> None:
-        pass
-
-    def publish(self, out: Notice) -> None:
-        if isinstance(out, ReadReady | ReadFailed):
-            self.net.reads[out.ctx] = out
-
-    def round_done(self) -> None:
-        pass
 
 
 def _elect(net: Net) -> RaftNode:
