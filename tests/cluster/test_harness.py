@@ -200,24 +200,29 @@ def test_stop_removes_every_namespace_link_and_process(cluster_factory: Callable
         c.hosts[0].start()
 
 
+def _orphan(run: str) -> None:
+    """Make a run's registry record name a dead owner, as if the test process that made it had been killed."""
+    record = registry_dir() / f"{run}.json"
+    state = json.loads(record.read_text())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state["owner"] = {"pid": dead.pid, "start": 1}
+    record.write_text(json.dumps(state))
+
+
 def test_runs_left_behind_by_a_dead_owner_are_removed(cluster_factory: Callable[..., Cluster]) -> None:
     prefix = "mvt"  # not the default prefix: concurrent real runs are not affected
     crashed = cluster_factory(1, 0, prefix=prefix)
     crashed.start(wait=False)
     pid, start = crashed.hosts[0].pid, crashed.hosts[0].start_time
-    record = registry_dir() / f"{crashed.run}.json"
-    state = json.loads(record.read_text())
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    state["owner"] = {"pid": dead.pid, "start": 1}  # as if the owning test process had been killed
-    record.write_text(json.dumps(state))
+    _orphan(crashed.run)
     try:
         if crashed.isolated:
             subprocess.run(["ip", "netns", "add", f"{prefix}zzzz-orphan"], check=True)  # unrecorded leftover
         removed = cleanup_stale(prefix)  # what every new Cluster does first
         assert crashed.run in removed
         assert pid is not None and proc_start_time(pid) != start, "the crashed run's agent still runs"
-        assert _leftovers(crashed.run) == [] and not record.exists()
+        assert _leftovers(crashed.run) == [] and not (registry_dir() / f"{crashed.run}.json").exists()
         assert _leftovers(f"{prefix}zzzz") == []
         survivor = cluster_factory(1, 0, prefix=prefix)  # a live owner: left alone
         assert survivor.run not in cleanup_stale(prefix)
@@ -280,15 +285,10 @@ def test_bare_hosts_share_the_registry_with_clusters(cluster_factory: Callable[.
 
     crashed = Hosts()
     crashed.add()
-    record = registry_dir() / f"{crashed.run}.json"
-    state = json.loads(record.read_text())
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    state["owner"] = {"pid": dead.pid, "start": 1}  # as if the owning test process had been killed
-    record.write_text(json.dumps(state))
+    _orphan(crashed.run)
     survivor = Hosts()  # its start cleans up stale runs of the same prefix
     try:
-        assert _leftovers(crashed.run) == [] and not record.exists()
+        assert _leftovers(crashed.run) == [] and not (registry_dir() / f"{crashed.run}.json").exists()
         assert (registry_dir() / f"{survivor.run}.json").exists()
     finally:
         survivor.close()
