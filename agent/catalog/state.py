@@ -6,6 +6,7 @@ The Raft side (entries, batches, restore commands, snapshots) is agent/server/fs
 
 Over ~450 lines on purpose: the tables, their secondary indexes and the per-key watch indexes must change
 together on every write, and one class holding them all is where that invariant can be read and checked.
+The mesh CA's state is its own class (connect_state.py); this one only routes its commands and snapshots it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import msgpack
 
+from .connect_state import WATCH_KEY as CONNECT_CA_WATCH_KEY
+from .connect_state import ConnectState, ConnectStateError
 from .model import (
     CRITICAL,
     PASSING,
@@ -75,6 +78,7 @@ class Catalog:
         self._kv_keys: list[str] = []  # sorted, for prefix scans
         self._kv_graveyard: dict[str, int] = {}  # deleted key -> delete index, so prefix indexes never go back
         self._key_index: dict[str, int] = {}
+        self.connect = ConnectState()  # the mesh CA (cluster ID, config, roots)
         self._listeners: list[ChangeListener] = []
         self._changed: set[str] = set()
 
@@ -295,6 +299,15 @@ class Catalog:
             return True
         raise CommandError(f"unknown kv verb {verb!r}")
 
+    def _apply_connect_ca(self, index: int, cmd: dict[str, Any]) -> bool:
+        try:
+            changed = self.connect.apply(index, cmd)
+        except (ConnectStateError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if changed:
+            self._touch(CONNECT_CA_WATCH_KEY)
+        return changed
+
     def _kv_delete(self, index: int, key: str) -> None:
         if self._kv.pop(key, None) is None:
             return
@@ -422,6 +435,7 @@ class Catalog:
                 "kv": [row_to_dict(e) for e in self._kv.values()],
                 "kv_graveyard": self._kv_graveyard,
                 "key_index": self._key_index,
+                "connect": self.connect.snapshot(),
             },
             use_bin_type=True,
         )
@@ -457,22 +471,24 @@ class Catalog:
             cat._kv_keys = sorted(cat._kv)
             cat._kv_graveyard = {str(k): int(v) for k, v in raw["kv_graveyard"].items()}
             cat._key_index = {str(k): int(v) for k, v in raw["key_index"].items()}
+            cat.connect = ConnectState.restore(raw.get("connect"))  # absent in snapshots from before the mesh
             return cat
         except CommandError:
             raise
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
             raise CommandError(f"corrupt catalog snapshot: {exc}") from exc
 
     def state_equal(self, other: Catalog) -> bool:
         """True when both catalogs hold the same rows (for round-trip tests and replicas)."""
         return (self._nodes == other._nodes and self._services == other._services
-                and self._checks == other._checks and self._kv == other._kv)
+                and self._checks == other._checks and self._kv == other._kv and self.connect == other.connect)
 
 
 _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "register": Catalog._apply_register,
     "deregister": Catalog._apply_deregister,
     "kv": Catalog._apply_kv,
+    "connect-ca": Catalog._apply_connect_ca,
 }
 
 __all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance"]
