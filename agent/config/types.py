@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .connect_defaults import LEAF_TTL_MIN, default_ca_config
+
 
 @dataclass(slots=True)
 class Source:
@@ -184,5 +186,16 @@ class AgentConfig:
     rejoin_after_leave: bool = False
     services: list[ServiceDefinition] = field(default_factory=list)
     checks: list[CheckDefinition] = field(default_factory=list)
+    # The mesh (issue 13, docs/config-keys.md): the CA runs on servers and -dev unless connect.enabled = false;
+    # on clients the setting is only validated (they follow the servers).
+    connect_enabled: bool = True
+    ca_provider: str = "consul"
+    # connect.ca_config, snake_case keys as written, durations in seconds; Consul's defaults filled in.
+    ca_config: dict[str, Any] = field(default_factory=default_ca_config)
+    # config_entries.bootstrap: each entry normalized (canonical CamelCase JSON) at load.
+    config_entries_bootstrap: list[dict[str, Any]] = field(default_factory=list)
+    acl_default_policy: str = "allow"  # the intention decision when nothing matches
+    # For tests only (connect.test_min_leaf_ttl): the lowest leaf_cert_ttl accepted, Consul's 1 h by default.
+    connect_test_min_leaf_ttl: float = LEAF_TTL_MIN
     config_files: list[str] = field(default_factory=list)  # every file that was loaded, in order
     warnings: list[str] = field(default_factory=list)  # from loading: keys not acted on yet, clamped values
