@@ -45,3 +45,18 @@ def kv_delete_cas(key: str, index: int) -> dict[str, Any]:
 def kv_delete_tree(prefix: str) -> dict[str, Any]:
     """Delete every key under a prefix."""
     return {"op": "kv", "verb": "delete-tree", "key": prefix}
+
+
+def config_entry_set(entry: dict[str, Any], cas: int | None = None) -> dict[str, Any]:
+    """Write a (validated, canonical) config entry; with `cas`, only if its ModifyIndex is `cas` (0: absent)."""
+    return {"op": "config-entry", "verb": "set", "entry": entry, "cas": cas}
+
+
+def config_entry_delete(kind: str, name: str, cas: int | None = None) -> dict[str, Any]:
+    """Delete a config entry; with `cas`, only if its ModifyIndex is `cas`."""
+    return {"op": "config-entry", "verb": "delete", "kind": kind, "name": name, "cas": cas}
+
+
+def connect_ca(action: str, **fields: Any) -> dict[str, Any]:
+    """A mesh CA command (init, rotate, prune, set-config: agent/catalog/connect_state.py); leader only."""
+    return {"op": "connect-ca", "action": action, **fields}

@@ -91,10 +91,15 @@ class ConnectState:
             return True
         raise ConnectStateError(f"unknown connect-ca action {action!r}")
 
-    def snapshot(self) -> dict[str, Any]:
-        """As plain data for the catalog snapshot."""
-        return {"cluster_id": self.cluster_id, "trust_domain": self.trust_domain, "config": self.config,
-                "roots": [asdict(r) for r in self.roots.values()]}
+    def snapshot(self, redact_secrets: bool = False) -> dict[str, Any]:
+        """As plain data for the catalog snapshot; `redact_secrets` blanks the roots' private keys and any
+        key in the CA configuration (what client agents get: only servers may hold them)."""
+        roots = [asdict(r) for r in self.roots.values()]
+        config = self.config
+        if redact_secrets:
+            roots = [{**r, "private_key": ""} for r in roots]
+            config = redacted_config(config)
+        return {"cluster_id": self.cluster_id, "trust_domain": self.trust_domain, "config": config, "roots": roots}
 
     @classmethod
     def restore(cls, raw: dict[str, Any] | None) -> ConnectState:
@@ -108,11 +113,31 @@ class ConnectState:
         return cls(str(raw["cluster_id"]), str(raw["trust_domain"]), _config(raw["config"]), rows)
 
 
+def redacted_command(cmd: dict[str, Any]) -> dict[str, Any]:
+    """A "connect-ca" command as client agents' replicas get it: no private keys (their FSM accepts "")."""
+    out = dict(cmd)
+    if isinstance(out.get("root"), dict):
+        out["root"] = {**out["root"], "private_key": ""}
+    if isinstance(out.get("config"), dict):
+        out["config"] = redacted_config(out["config"])
+    return out
+
+
+def redacted_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The CA configuration without a supplied PrivateKey (in `Config`, Consul's shape, or at the top)."""
+    out = {k: v for k, v in config.items() if k != "PrivateKey"}
+    inner = out.get("Config")
+    if isinstance(inner, dict) and "PrivateKey" in inner:
+        out["Config"] = {k: v for k, v in inner.items() if k != "PrivateKey"}
+    return out
+
+
 def _root(raw: dict[str, Any], index: int, active: bool) -> RootRow:
     if not isinstance(raw, dict):
         raise ConnectStateError("a root must be a map")
     texts = {k: raw[k] for k in ("id", "name", "serial_number", "signing_key_id", "root_cert", "private_key")}
-    if not all(isinstance(v, str) and v for v in texts.values()):
+    # private_key is "" on client agents (redacted by the feed); every other field must be there.
+    if not all(isinstance(v, str) and (v or k == "private_key") for k, v in texts.items()):
         raise ConnectStateError("a root needs id, name, serial_number, signing_key_id, root_cert and private_key")
     inter = raw.get("intermediate_certs", ())
     if not isinstance(inter, list | tuple) or not all(isinstance(c, str) for c in inter):

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from .config_entries import ConfigEntryError, ConfigEntryState, entry_watch_key
 from .connect_state import WATCH_KEY as CONNECT_CA_WATCH_KEY
 from .connect_state import ConnectState, ConnectStateError
 from .model import (
@@ -79,6 +80,7 @@ class Catalog:
         self._kv_graveyard: dict[str, int] = {}  # deleted key -> delete index, so prefix indexes never go back
         self._key_index: dict[str, int] = {}
         self.connect = ConnectState()  # the mesh CA (cluster ID, config, roots)
+        self.config_entries = ConfigEntryState()  # service-defaults, intentions, routers, ...
         self._listeners: list[ChangeListener] = []
         self._changed: set[str] = set()
 
@@ -308,6 +310,15 @@ class Catalog:
             self._touch(CONNECT_CA_WATCH_KEY)
         return changed
 
+    def _apply_config_entry(self, index: int, cmd: dict[str, Any]) -> bool:
+        try:
+            result, changed = self.config_entries.apply(index, cmd)
+        except ConfigEntryError as exc:
+            raise CommandError(str(exc)) from exc
+        if changed is not None:
+            self._touch(entry_watch_key(changed[0]), entry_watch_key(*changed))
+        return result
+
     def _kv_delete(self, index: int, key: str) -> None:
         if self._kv.pop(key, None) is None:
             return
@@ -423,8 +434,8 @@ class Catalog:
 
     # ------------------------------------------------------------------ snapshot
 
-    def snapshot(self) -> bytes:
-        """The whole state as msgpack bytes."""
+    def snapshot(self, redact_secrets: bool = False) -> bytes:
+        """The whole state as msgpack bytes; `redact_secrets` leaves out the CA's private keys (for clients)."""
         packed: bytes = msgpack.packb(
             {
                 "version": SNAPSHOT_VERSION,
@@ -435,7 +446,8 @@ class Catalog:
                 "kv": [row_to_dict(e) for e in self._kv.values()],
                 "kv_graveyard": self._kv_graveyard,
                 "key_index": self._key_index,
-                "connect": self.connect.snapshot(),
+                "connect": self.connect.snapshot(redact_secrets),
+                "config_entries": self.config_entries.snapshot(),
             },
             use_bin_type=True,
         )
@@ -472,6 +484,7 @@ class Catalog:
             cat._kv_graveyard = {str(k): int(v) for k, v in raw["kv_graveyard"].items()}
             cat._key_index = {str(k): int(v) for k, v in raw["key_index"].items()}
             cat.connect = ConnectState.restore(raw.get("connect"))  # absent in snapshots from before the mesh
+            cat.config_entries = ConfigEntryState.restore(raw.get("config_entries"))
             return cat
         except CommandError:
             raise
@@ -481,7 +494,8 @@ class Catalog:
     def state_equal(self, other: Catalog) -> bool:
         """True when both catalogs hold the same rows (for round-trip tests and replicas)."""
         return (self._nodes == other._nodes and self._services == other._services
-                and self._checks == other._checks and self._kv == other._kv and self.connect == other.connect)
+                and self._checks == other._checks and self._kv == other._kv and self.connect == other.connect
+                and self.config_entries == other.config_entries)
 
 
 _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
@@ -489,6 +503,7 @@ _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "deregister": Catalog._apply_deregister,
     "kv": Catalog._apply_kv,
     "connect-ca": Catalog._apply_connect_ca,
+    "config-entry": Catalog._apply_config_entry,
 }
 
 __all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance"]

@@ -1,6 +1,8 @@
 """CatalogFeed: a server streams its catalog to client agents, which keep a read replica of it.
 
-The frames are agent/rpc/feed.py's. Catalog indexes are the same on every server (each maps Raft entries
+The frames are agent/rpc/feed.py's. Client agents never get the CA's private keys: snapshots are sent redacted,
+"connect-ca" commands re-encoded without them, and a restore's own bytes not at all (its snapshot frame,
+sent first, already covers its index). Catalog indexes are the same on every server (each maps Raft entries
 to catalog indexes the same way), so a client may move to another server and compare indexes across them.
 """
 
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+import msgpack
 import trio
 
+from ..catalog.connect_state import redacted_command
 from ..rpc.feed import HEARTBEAT_INTERVAL, command_frame, heartbeat_frame, snapshot_frame
 from ..store import CatalogStore
 
@@ -48,17 +52,23 @@ class CatalogFeed:
         """Start streaming to `sub`: the whole catalog now, every command after."""
         self._subscribers[sub] = node
         catalog = self._store.catalog
-        sub.send_frame(snapshot_frame(catalog.last_index, catalog.snapshot()))
+        sub.send_frame(snapshot_frame(catalog.last_index, catalog.snapshot(redact_secrets=True)))
         log.debug("feed: %s subscribed at index %d", node, catalog.last_index)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a closed connection."""
         self._subscribers.pop(sub, None)
 
-    def publish(self, index: int, command: bytes) -> None:
-        """An applied command (applied or rejected: either way it used its index)."""
+    def publish(self, index: int, command: bytes, decoded: Any = None) -> None:
+        """An applied command (applied or rejected: either way it used its index); `decoded` is its value."""
         if not self._subscribers:
             return
+        if isinstance(decoded, dict):
+            op = decoded.get("op")
+            if op == "restore":
+                return
+            if op == "connect-ca":
+                command = msgpack.packb(redacted_command(decoded), use_bin_type=True)
         self._send_all(command_frame(index, command))
 
     def restored(self) -> None:
@@ -66,7 +76,7 @@ class CatalogFeed:
         if not self._subscribers:
             return
         catalog = self._store.catalog
-        self._send_all(snapshot_frame(catalog.last_index, catalog.snapshot()))
+        self._send_all(snapshot_frame(catalog.last_index, catalog.snapshot(redact_secrets=True)))
 
     def _send_all(self, frame: bytes) -> None:
         for sub, node in list(self._subscribers.items()):

@@ -130,4 +130,4 @@ class CatalogFSM:
         finally:
             # Subscribed client agents apply the same command at the same index (a rejected one too:
             # it used its index here, so it must there).
-            self.feed.publish(index, data)
+            self.feed.publish(index, data, command)
