@@ -9,6 +9,7 @@ and `delete` (same `cas`). Every change touches the kind's watch key and the ent
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ class ConfigEntryState:
         """Every entry of a kind, sorted by name."""
         return sorted((r for (k, _), r in self._rows.items() if k == kind), key=lambda r: r.name)
 
-    def all(self) -> list[ConfigEntryRow]:
+    def all(self) -> builtins.list[ConfigEntryRow]:
         """Every entry, sorted by kind then name."""
         return sorted(self._rows.values(), key=lambda r: (r.kind, r.name))
 
@@ -87,12 +88,12 @@ class ConfigEntryState:
             return True, (kind, name)
         raise ConfigEntryError(f"unknown config-entry verb {verb!r}")
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> builtins.list[dict[str, Any]]:
         """As plain data for the catalog snapshot."""
         return [asdict(r) for r in self._rows.values()]
 
     @classmethod
-    def restore(cls, raw: list[dict[str, Any]] | None) -> ConfigEntryState:
+    def restore(cls, raw: builtins.list[dict[str, Any]] | None) -> ConfigEntryState:
         """From `snapshot()` data; None (a snapshot from before config entries) gives an empty state."""
         state = cls()
         for r in raw or ():
