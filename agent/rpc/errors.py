@@ -1,6 +1,7 @@
 """Errors of server operations, as exception types that cross :8300 as a code, never as text to match.
 
-On the wire an error is `[code, message]`; `decode_error` gives back the same type. The HTTP API answers
+On the wire an error is `[code, message]` (RateLimited adds its wait hint: `[code, message, seconds]`);
+`decode_error` gives back the same type. The HTTP API answers
 with the exception's `status`.
 """
 
@@ -61,10 +62,15 @@ class PermissionDenied(ServerError):
 
 
 class RateLimited(ServerError):
-    """The server refuses the call for now; the caller may retry later."""
+    """The server refuses the call for now; the caller may retry after `retry_after` seconds (a hint)."""
 
     code = "RateLimited"
     default_status = 429
+    MAX_RETRY_AFTER = 60.0
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float = 0.0) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 _BY_CODE: dict[str, type[ServerError]] = {
@@ -73,13 +79,19 @@ _BY_CODE: dict[str, type[ServerError]] = {
 MAX_MESSAGE = 4096  # a peer's error text is bounded before it is kept or logged
 
 
-def encode_error(exc: ServerError) -> list[str]:
-    """The wire form of an error: [code, message]."""
+def encode_error(exc: ServerError) -> list[str | float]:
+    """The wire form of an error: [code, message], and RateLimited's wait hint third."""
+    if isinstance(exc, RateLimited):
+        return [exc.code, str(exc), float(exc.retry_after)]
     return [exc.code, str(exc)]
 
 
 def decode_error(wire: Any) -> ServerError:
     """The exception for an error from the wire (an unknown or malformed code: a plain ServerError)."""
+    if isinstance(wire, list | tuple) and len(wire) == 3 and wire[0] == RateLimited.code:
+        hint = wire[2] if isinstance(wire[2], int | float) and not isinstance(wire[2], bool) else 0.0
+        hint = min(max(float(hint), 0.0), RateLimited.MAX_RETRY_AFTER) if hint == hint else 0.0  # NaN: 0
+        return RateLimited(str(wire[1])[:MAX_MESSAGE], retry_after=hint)
     if isinstance(wire, list | tuple) and len(wire) == 2 and isinstance(wire[0], str):
         return _BY_CODE.get(wire[0], ServerError)(str(wire[1])[:MAX_MESSAGE])
     return ServerError(str(wire)[:MAX_MESSAGE])
