@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .check_defs import parse_check
+from .connect_defaults import default_ca_config
+from .connect_settings import BOOTSTRAP_SOURCES, check_bootstrap, check_ca
 from .duration import parse_duration
 from .errors import Collector, ConfigError, ConfigErrors
 from .exposure import exposure_warnings
@@ -127,6 +129,8 @@ def build(settings: dict[str, Any]) -> AgentConfig:
             config.dns_config = DNSConfig(**{**current, **value})
         elif key == "tls":
             config.tls = build_tls(value, settings.get(WHERE, {}))
+        elif key == "ca_config":
+            config.ca_config = default_ca_config() | value
         elif hasattr(config, key):
             setattr(config, key, value)
     if config.domain and not config.domain.endswith("."):
@@ -164,6 +168,8 @@ def check_agent(config: AgentConfig, settings: dict[str, Any], errors: list[Conf
                 warnings.append(str(ConfigError(check.source.path, check.source.line, f"check {check.id!r}",
                                                 "script checks need enable_local_script_checks = true")))
     check_tls(config.tls, settings.get("tls", {}), where, config.server or config.dev, errors)
+    check_ca(config.ca_config, config.connect_test_min_leaf_ttl, where, errors)
+    check_bootstrap(config.config_entries_bootstrap, settings.get(BOOTSTRAP_SOURCES, []), errors)
     warnings += exposure_warnings(config, where)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .check_defs import CheckContext, check_from
+from .connect_settings import acl_block, config_entries_block, connect_block, legacy_acl_default_policy
 from .errors import Collector
 from .services import service_from
 from .syntax import SyntaxProblem, load_hcl, load_json
@@ -64,6 +65,7 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
     out: dict[str, Any] = {}
     tls: dict[str, Any] = {}
     tls_where: dict[str, tuple[str, int | None]] = {}
+    mesh_where: dict[str, tuple[str, int | None]] = {}  # connect/acl values: their own file and line
     for key, value in top.raw.items():
         line = top.at(key)
         if key in _SCALARS:
@@ -90,6 +92,14 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             auto_encrypt_block(col, value, line, tls, tls_where)
         elif key in _TLS_LEGACY:
             legacy_key(col, key, value, line, tls, tls_where)
+        elif key == "connect":
+            connect_block(col, value, line, out, mesh_where)
+        elif key == "acl":
+            acl_block(col, value, line, out, mesh_where)
+        elif key == "acl_default_policy":
+            legacy_acl_default_policy(col, value, line, out, mesh_where)
+        elif key == "config_entries":
+            config_entries_block(col, value, line, out)
         elif key in TOP_LEVEL:
             if not honoured(HONOURED, key, value):
                 col.error(key, TOP_LEVEL[key], line)
@@ -97,7 +107,7 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             col.error(key, "unknown configuration key", line)
     if tls:
         out["tls"] = tls
-    out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw} | tls_where
+    out[WHERE] = {key: (col.path, top.at(key)) for key in top.raw} | tls_where | mesh_where
     return out
 
 

@@ -12,20 +12,18 @@ from typing import Any
 from .values import plain
 
 _LATER = "not supported yet; remove it"
-_ACL = ("not supported yet (ACLs arrive in a later release); remove it — the agent would otherwise run "
+ACL_REASON = ("not supported yet (ACLs arrive in a later release); remove it — the agent would otherwise run "
         "without the access control you asked for")
+
+_ACL = ACL_REASON
 
 # Top-level keys: the reason given when they are refused.
 TOP_LEVEL: dict[str, str] = {
-    "acl": _ACL,
     "acl_datacenter": _ACL,
-    "acl_default_policy": _ACL,
     "acl_token": _ACL,
     "acl_master_token": _ACL,
     "ui": "there is no web UI; remove it (only `ui = false` is accepted)",
     "ui_config": "there is no web UI; remove it (only `ui_config { enabled = false }` is accepted)",
-    "connect": f"{_LATER} — the agent runs no Connect CA and no sidecar proxies yet "
-               "(only `connect { enabled = false }` is accepted)",
     "telemetry": f"{_LATER} — the agent sends no metrics to sinks yet",
     "performance": f"{_LATER} — Raft timing cannot be tuned yet",
     "autopilot": f"{_LATER} — autopilot (dead server cleanup, stabilization) does not exist yet",
@@ -56,17 +54,15 @@ TOP_LEVEL: dict[str, str] = {
     "serf_lan": f"{_LATER} — gossip binds to bind_addr",
     "alt_domain": f"{_LATER} — DNS answers only for `domain`",
     "discovery_max_stale": f"{_LATER} — stale reads are bounded by dns_config.max_stale only",
-    "enable_central_service_config": f"{_LATER} — there are no config entries yet",
-    "config_entries": f"{_LATER} — there are no config entries yet",
+    "enable_central_service_config": f"{_LATER} — services do not take their settings from service-defaults "
+                                     "entries yet",
     "disable_host_node_id": "only `true` is accepted: node IDs are random UUIDs, never derived from the host",
 }
 
 # Values that ask for what the agent already does: accepted silently.
 HONOURED: dict[str, tuple[Any, ...]] = {
-    "acl": ({"enabled": False},),
     "ui": (False,),
     "ui_config": ({"enabled": False},),
-    "connect": ({"enabled": False},),
     "disable_update_check": (True,),
     "enable_syslog": (False,),
     "disable_remote_exec": (True,),
