@@ -1,0 +1,295 @@
+"""A config entry checked in full before it is written: `normalize_entry` (one entry's fields and rules) and
+`check_references` (rules across entries: routers and splitters need an HTTP protocol ...), pure.
+
+The HTTP API, the CLI and `config_entries.bootstrap` all call `normalize_entry`; its result is the canonical
+Consul JSON the catalog stores (CamelCase keys, `Kind` and `Name` first, no indexes). Input is hostile: every
+problem is an EntryError naming the field's dotted path, never another exception.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .entry_schema import HTTP_PROTOCOLS, KIND_SPECS, FieldProblem, fold, join, kind_of
+from .intentions import precedence
+
+MAX_ENTRY_BYTES = 256 * 1024
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
+
+
+class EntryError(ValueError):
+    """A refused entry: `field` is the dotted path (`Routes[0].Match.HTTP.PathPrefix`), `problem` the reason;
+    str() is "<Kind> <Name>: field <path>: <problem>"."""
+
+    def __init__(self, kind: str, name: str, field: str, problem: str) -> None:
+        super().__init__(f"{kind or 'config entry'} {name or '(no name)'}: field {field or '(entry)'}: {problem}")
+        self.kind, self.name, self.field, self.problem = kind, name, field, problem
+
+
+def normalize_entry(raw: Any) -> dict[str, Any]:
+    """Check one entry (Consul JSON or HCL-style snake_case keys) and return its canonical form."""
+    kind, name = _identity(raw)
+    try:
+        return _normalize(raw, kind)
+    except FieldProblem as exc:
+        raise EntryError(kind, name, exc.path, exc.problem) from None
+    except RecursionError:
+        raise EntryError(kind, name, "", "nested too deeply") from None
+
+
+def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
+    """Rules across entries, given a canonical entry and `lookup(kind, name)` of stored ones; raises EntryError."""
+    kind, name = str(entry.get("Kind", "")), str(entry.get("Name", ""))
+
+    def need_http(service: str, field: str, what: str) -> None:
+        proto = protocol_of(service, lookup)
+        if proto not in HTTP_PROTOCOLS:
+            raise EntryError(kind, name, field, f'{what} needs service "{service}" to use protocol http, http2 or '
+                             f'grpc (set Protocol in its service-defaults), but it uses "{proto}"')
+
+    if kind in ("service-router", "service-splitter"):
+        need_http(name, "Name", f"a {kind}")
+    if kind == "service-router":
+        for i, route in enumerate(entry.get("Routes", [])):
+            target = route.get("Destination", {}).get("Service", "")
+            if target and target != name:
+                need_http(target, f"Routes[{i}].Destination.Service", "a route")
+    if kind == "service-splitter":
+        for i, split in enumerate(entry.get("Splits", [])):
+            target = split.get("Service", "")
+            if target and target != name:
+                need_http(target, f"Splits[{i}].Service", "a split")
+    if kind == "service-intentions" and name != "*":
+        for i, source in enumerate(entry.get("Sources", [])):
+            if "Permissions" in source:
+                need_http(name, f"Sources[{i}].Permissions", "an intention with L7 Permissions")
+    if kind == "service-defaults" and entry.get("Protocol", "tcp") not in HTTP_PROTOCOLS:
+        for other in ("service-router", "service-splitter"):
+            if lookup(other, name) is not None:
+                raise EntryError(kind, name, "Protocol", f'a {other} exists for "{name}", which needs protocol '
+                                 "http, http2 or grpc")
+
+
+def protocol_of(service: str, lookup: Lookup) -> str:
+    """A service's protocol: its service-defaults `Protocol`, else proxy-defaults global `Config.protocol`,
+    else tcp."""
+    defaults = lookup("service-defaults", service)
+    if defaults and isinstance(defaults.get("Protocol"), str) and defaults["Protocol"]:
+        return str(defaults["Protocol"])
+    proxy = lookup("proxy-defaults", "global")
+    config = proxy.get("Config") if proxy else None
+    if isinstance(config, Mapping) and isinstance(config.get("protocol"), str) and config["protocol"]:
+        return str(config["protocol"]).lower()
+    return "tcp"
+
+
+# ---------------------------------------------------------------------- one entry
+
+
+def _identity(raw: Any) -> tuple[str, str]:
+    """The entry's Kind and Name for error messages (checked properly later)."""
+    kind = name = ""
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            if isinstance(key, str) and isinstance(value, str):
+                if fold(key) == "kind":
+                    kind = value[:64]
+                elif fold(key) == "name":
+                    name = value[:256]
+    return kind, name
+
+
+def _normalize(raw: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise FieldProblem("", f"must be a map, got {kind_of(raw)}")
+    try:
+        size = len(json.dumps(raw, separators=(",", ":")))
+    except (TypeError, ValueError):
+        raise FieldProblem("", "is not JSON data") from None
+    if size > MAX_ENTRY_BYTES:
+        raise FieldProblem("", f"is larger than {MAX_ENTRY_BYTES // 1024} KiB")
+    if not kind:
+        raise FieldProblem("Kind", "is required (a string)")
+    spec = KIND_SPECS.get(kind)
+    if spec is None:
+        raise FieldProblem("Kind", f"unknown kind {kind!r} (one of {', '.join(KIND_SPECS)})")
+    body = spec.check(raw, "")
+    body["Kind"] = kind  # the spec accepts any casing of the key; the value is the kind itself
+    if body["Name"] == "*" and kind != "service-intentions":
+        raise FieldProblem("Name", f'"*" is only a name for service-intentions, not {kind}')
+    RULES[kind](body)
+    return {"Kind": kind, "Name": body.pop("Name"), **{k: v for k, v in body.items() if k != "Kind"}}
+
+
+def _proxy_defaults(e: dict[str, Any]) -> None:
+    if e["Name"] != "global":
+        raise FieldProblem("Name", f'must be "global" for proxy-defaults, got {e["Name"]!r}')
+    proto = e.get("Config", {}).get("protocol")
+    if proto is not None and (not isinstance(proto, str) or proto.lower() not in ("tcp", *HTTP_PROTOCOLS)):
+        raise FieldProblem("Config.protocol", "must be one of 'tcp', 'http', 'http2', 'grpc'")
+    _expose(e)
+
+
+def _service_defaults(e: dict[str, Any]) -> None:
+    _expose(e)
+    names: set[str] = set()
+    for i, o in enumerate(e.get("UpstreamConfig", {}).get("Overrides", [])):
+        if o["Name"] in names:
+            raise FieldProblem(f"UpstreamConfig.Overrides[{i}].Name", f"{o['Name']!r} is given more than once")
+        names.add(o["Name"])
+
+
+def _expose(e: dict[str, Any]) -> None:
+    for i, p in enumerate(e.get("Expose", {}).get("Paths", [])):
+        if p.get("Path") and not p["Path"].startswith("/"):
+            raise FieldProblem(f"Expose.Paths[{i}].Path", "must begin with '/'")
+
+
+def _intentions(e: dict[str, Any]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, src in enumerate(e.get("Sources", [])):
+        at = f"Sources[{i}]"
+        ns = src.get("Namespace") or "default"
+        if (ns, src["Name"]) in seen:
+            raise FieldProblem(join(at, "Name"), f"source {src['Name']!r} is given more than once")
+        seen.add((ns, src["Name"]))
+        if ns == "*" and src["Name"] != "*":
+            raise FieldProblem(join(at, "Name"), 'must be "*" when Namespace is "*"')
+        if "Action" in src and "Permissions" in src:
+            raise FieldProblem(join(at, "Permissions"), "cannot be set together with Action (use one)")
+        if "Action" not in src and "Permissions" not in src:
+            raise FieldProblem(join(at, "Action"), "is required (allow or deny) unless Permissions are set")
+        if "Permissions" in src and not src["Permissions"]:
+            raise FieldProblem(join(at, "Permissions"), "must not be empty")
+        for j, perm in enumerate(src.get("Permissions", [])):
+            http = perm.get("HTTP")
+            where = f"{at}.Permissions[{j}].HTTP"
+            if not http:
+                raise FieldProblem(where, "is required: a permission matches on HTTP paths, methods or headers")
+            _path_match(http, where)
+            _headers(http.get("Header", []), f"{where}.Header")
+            _unique(http.get("Methods", []), f"{where}.Methods")
+        if src.get("LegacyID"):
+            try:
+                uuid.UUID(src["LegacyID"])
+            except ValueError:
+                raise FieldProblem(join(at, "LegacyID"), "must be a UUID") from None
+        src.setdefault("Type", "consul")
+        src["Precedence"] = precedence(ns, src["Name"], "default", e["Name"])
+
+
+def _router(e: dict[str, Any]) -> None:
+    for i, route in enumerate(e.get("Routes", [])):
+        http = route.get("Match", {}).get("HTTP", {})
+        where = f"Routes[{i}].Match.HTTP"
+        _path_match(http, where)
+        _headers(http.get("Header", []), f"{where}.Header")
+        _unique(http.get("Methods", []), f"{where}.Methods")
+        for j, q in enumerate(http.get("QueryParam", [])):
+            given = [k for k in ("Present", "Exact", "Regex") if k in q and q[k] is not False]
+            if len(given) != 1:
+                raise FieldProblem(f"{where}.QueryParam[{j}]", "must set exactly one of Present, Exact or Regex")
+        dest = route.get("Destination", {})
+        if dest.get("PrefixRewrite") and not (http.get("PathPrefix") or http.get("PathExact")):
+            raise FieldProblem(f"Routes[{i}].Destination.PrefixRewrite", "needs Match.HTTP.PathPrefix or PathExact")
+
+
+def _splitter(e: dict[str, Any]) -> None:
+    splits = e.get("Splits", [])
+    if not splits:
+        raise FieldProblem("Splits", "must have at least one split")
+    total, seen = 0, set()
+    for i, split in enumerate(splits):
+        hundredths = round(split["Weight"] * 100)
+        if abs(split["Weight"] * 100 - hundredths) > 1e-6:
+            raise FieldProblem(f"Splits[{i}].Weight", "has a resolution of 0.01 at most")
+        total += hundredths
+        target = (split.get("Service") or e["Name"], split.get("ServiceSubset", ""))
+        if target in seen:
+            raise FieldProblem(f"Splits[{i}]", f"sends to {target[0]!r} subset {target[1]!r} more than once")
+        seen.add(target)
+    if total != 10000:
+        raise FieldProblem("Splits", f"weights must add up to 100, they add up to {total / 100:g}")
+
+
+def _resolver(e: dict[str, Any]) -> None:
+    subsets = e.get("Subsets", {})
+    if e.get("DefaultSubset") and e["DefaultSubset"] not in subsets:
+        raise FieldProblem("DefaultSubset", f"{e['DefaultSubset']!r} is not one of the Subsets")
+    redirect = e.get("Redirect")
+    if redirect is not None:
+        for other in ("Subsets", "DefaultSubset", "Failover"):
+            if e.get(other):
+                raise FieldProblem("Redirect", f"cannot be set together with {other}")
+        if not any(redirect.values()):
+            raise FieldProblem("Redirect", "must name a Service, ServiceSubset, Namespace or Datacenter")
+        if redirect.get("Service", e["Name"]) == e["Name"] and not any(
+                redirect.get(k) for k in ("ServiceSubset", "Datacenter", "Peer")):
+            raise FieldProblem("Redirect.Service", "redirects the resolver to itself")
+    for key, fo in e.get("Failover", {}).items():
+        where = f"Failover.{key}"
+        if key != "*" and key not in subsets:
+            raise FieldProblem(where, f'{key!r} is neither "*" nor one of the Subsets')
+        if not any(fo.get(k) for k in ("Service", "ServiceSubset", "Namespace", "Datacenters", "Targets")):
+            raise FieldProblem(where, "must set Service, ServiceSubset, Namespace, Datacenters or Targets")
+        if fo.get("Targets") and any(fo.get(k) for k in ("Service", "ServiceSubset", "Namespace", "Datacenters")):
+            raise FieldProblem(join(where, "Targets"), "cannot be combined with Service, ServiceSubset, "
+                               "Namespace or Datacenters")
+    _load_balancer(e.get("LoadBalancer", {}))
+
+
+def _load_balancer(lb: dict[str, Any]) -> None:
+    policy = lb.get("Policy", "")
+    if "RingHashConfig" in lb and policy != "ring_hash":
+        raise FieldProblem("LoadBalancer.RingHashConfig", 'needs Policy "ring_hash"')
+    ring = lb.get("RingHashConfig", {})
+    if ring.get("MinimumRingSize") and ring.get("MaximumRingSize") and \
+            ring["MinimumRingSize"] > ring["MaximumRingSize"]:
+        raise FieldProblem("LoadBalancer.RingHashConfig.MinimumRingSize", "must not exceed MaximumRingSize")
+    if "LeastRequestConfig" in lb and policy != "least_request":
+        raise FieldProblem("LoadBalancer.LeastRequestConfig", 'needs Policy "least_request"')
+    if lb.get("HashPolicies") and policy not in ("ring_hash", "maglev"):
+        raise FieldProblem("LoadBalancer.HashPolicies", 'need Policy "ring_hash" or "maglev"')
+    for i, hp in enumerate(lb.get("HashPolicies", [])):
+        where = f"LoadBalancer.HashPolicies[{i}]"
+        if hp.get("Field") and hp.get("SourceIP"):
+            raise FieldProblem(join(where, "SourceIP"), "cannot be set together with Field")
+        if not hp.get("Field") and not hp.get("SourceIP"):
+            raise FieldProblem(join(where, "Field"), "is required unless SourceIP is true")
+        if hp.get("Field") and not hp.get("FieldValue"):
+            raise FieldProblem(join(where, "FieldValue"), "is required with Field")
+        cookie = hp.get("CookieConfig")
+        if cookie is not None and hp.get("Field") != "cookie":
+            raise FieldProblem(join(where, "CookieConfig"), 'needs Field "cookie"')
+        if cookie and cookie.get("Session") and cookie.get("TTL"):
+            raise FieldProblem(join(where, "CookieConfig.TTL"), "cannot be set together with Session")
+
+
+def _path_match(http: Mapping[str, Any], where: str) -> None:
+    given = [k for k in ("PathExact", "PathPrefix", "PathRegex") if k in http]
+    if len(given) > 1:
+        raise FieldProblem(join(where, given[1]), f"cannot be set together with {given[0]} (one path match at most)")
+    for key in ("PathExact", "PathPrefix"):
+        if http.get(key) and not http[key].startswith("/"):
+            raise FieldProblem(join(where, key), "must begin with '/'")
+
+
+def _headers(headers: list[dict[str, Any]], where: str) -> None:
+    for i, h in enumerate(headers):
+        given = [k for k in ("Present", "Exact", "Prefix", "Suffix", "Regex") if k in h and h[k] is not False]
+        if len(given) != 1:
+            raise FieldProblem(f"{where}[{i}]", "must set exactly one of Present, Exact, Prefix, Suffix or Regex")
+
+
+def _unique(values: list[Any], where: str) -> None:
+    if len(set(values)) != len(values):
+        raise FieldProblem(where, "has a value more than once")
+
+
+RULES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "service-defaults": _service_defaults, "proxy-defaults": _proxy_defaults, "service-intentions": _intentions,
+    "service-router": _router, "service-splitter": _splitter, "service-resolver": _resolver,
+}
