@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..catalog import commands
 from ..catalog.connect_state import ConnectState, RootRow
 from . import ca
 
@@ -314,11 +315,6 @@ def ca_root(row: RootRow, trust_domain: str) -> ca.CARoot:
 
 # ---------------------------------------------------------------------------------------------- plans
 
-def _connect_ca(action: str, **fields: Any) -> dict[str, Any]:
-    # The shape of agent/catalog/commands.connect_ca (built here too: that helper lands with the catalog).
-    return {"op": "connect-ca", "action": action, **fields}
-
-
 def leadership_commands(state: ConnectState, agent_ca_config: dict[str, Any], provider: str,
                         now: datetime.datetime, min_leaf_ttl: float = LEAF_TTL_MIN,
                         new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> list[dict[str, Any]]:
@@ -332,7 +328,7 @@ def leadership_commands(state: ConnectState, agent_ca_config: dict[str, Any], pr
     cfg = stored["Config"]
     root = make_root(trust_domain, now, parse_duration(cfg["RootCertTTL"], "RootCertTTL"), cfg["PrivateKeyBits"],
                      secrets.get("PrivateKey"), secrets.get("RootCert"))
-    return [_connect_ca("init", cluster_id=cluster_id, trust_domain=trust_domain,
+    return [commands.connect_ca("init", cluster_id=cluster_id, trust_domain=trust_domain,
                                 root=root_fields(root), config=stored)]
 
 
@@ -354,7 +350,7 @@ def set_config_commands(state: ConnectState, provider: str, raw: Any, force_with
     key = _load_key(key_pem) if key_pem is not None else None
     if key is not None:
         cfg["PrivateKeyBits"] = key.curve.key_size  # the supplied key's, whatever the map said
-    cmds = [_connect_ca("set-config", config=stored_config(provider, cfg, force_without_cross_signing))]
+    cmds = [commands.connect_ca("set-config", config=stored_config(provider, cfg, force_without_cross_signing))]
     if key is not None:
         if key.public_key() == old_cert.public_key() and secrets.get("RootCert") in (None, old.root_cert):
             return cmds  # the active root's own key (a GET-modify-PUT): nothing to rotate
@@ -367,7 +363,7 @@ def set_config_commands(state: ConnectState, provider: str, raw: Any, force_with
     inter = () if force_without_cross_signing else (ca.cross_sign(old, new, now),)
     new_fields = root_fields(new)
     new_fields["intermediate_certs"] = list(inter)
-    cmds.append(_connect_ca("rotate", root=new_fields, rotated_at=now.timestamp()))
+    cmds.append(commands.connect_ca("rotate", root=new_fields, rotated_at=now.timestamp()))
     return cmds
 
 
@@ -376,4 +372,4 @@ def prune_command(state: ConnectState, now: float) -> dict[str, Any] | None:
     before = now - 2 * settings_of(state.config).leaf_ttl
     stale = [r for r in state.roots.values()
              if not r.active and r.rotated_out_at is not None and r.rotated_out_at < before]
-    return _connect_ca("prune", before=before) if stale else None
+    return commands.connect_ca("prune", before=before) if stale else None
