@@ -1,0 +1,157 @@
+"""`/v1/config`: config entries. PUT one (`?cas=`), GET one or a kind's list (blocking), DELETE (`?cas=`).
+
+Entries are validated in full (agent/connect/entry_validate.py) before the write; the FSM checks only their
+structure. Answers follow Consul's handlers: PUT → true/false, DELETE → `{}` (or true/false with `?cas=`),
+a missing entry → 404 "Config entry not found for ...".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import CommandError, commands
+from ..catalog.config_entries import KINDS, ConfigEntryRow, entry_watch_key
+from ..connect.entry_validate import EntryError, check_references, normalize_entry
+from .filter import ANYMAP, INT, STR, STRMAP, Schema
+from .messages import Request, Response
+from .query import HTTPError, Query, bad_request, parse_uint
+
+if TYPE_CHECKING:
+    from .api import API
+
+_TRUE = b"true"
+_FALSE = b"false"
+_CT_JSON = (b"content-type", b"application/json")
+_CT_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+MAX_ERROR = 1024  # characters of an error message in an answer
+MAX_NAME = 256  # the FSM's bound on an entry name; a longer path part can name nothing
+
+# `?filter=` over a listed entry: the fields every kind shares, plus the common kind-specific ones.
+ENTRY_SCHEMA: Schema = {
+    "Kind": STR, "Name": STR, "Namespace": STR, "Partition": STR, "Meta": STRMAP, "Protocol": STR,
+    "Mode": STR, "Config": ANYMAP, "CreateIndex": INT, "ModifyIndex": INT,
+}
+
+
+def entry_json(row: ConfigEntryRow) -> dict[str, Any]:
+    """Consul's JSON for a stored entry: the canonical entry plus its Raft indexes."""
+    return {**row.entry, "CreateIndex": row.create_index, "ModifyIndex": row.modify_index}
+
+
+def check_kind(kind: str) -> str:
+    """The kind, or a 400 as Consul's MakeConfigEntry answers for an unknown one."""
+    if kind not in KINDS:
+        raise bad_request(f"invalid config entry kind: {kind[:64]}")
+    return kind
+
+
+def lookup(api: API) -> Any:
+    """A `(kind, name) -> entry | None` reader over the agent's catalog, for check_references."""
+    entries = api.agent.store.catalog.config_entries
+
+    def read(kind: str, name: str) -> dict[str, Any] | None:
+        row = entries.get(kind, name)
+        return None if row is None else row.entry
+
+    return read
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def body_json(request: Request) -> Any:
+    """The request body as strict JSON (NaN and Infinity refused: no client could read them back)."""
+    if not request.body.strip():
+        return {}
+    try:
+        return json.loads(request.body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request decoding failed: {str(exc)[:120]}") from None
+
+
+def validate(api: API, raw: Any) -> dict[str, Any]:
+    """A request's entry, normalized and checked against the stored ones; 400 naming the field otherwise."""
+    if not isinstance(raw, dict):
+        raise bad_request("Request decoding failed: the body must be a JSON object (one config entry)")
+    try:
+        entry = normalize_entry(raw)
+        check_references(entry, lookup(api))
+    except EntryError as exc:
+        raise bad_request(str(exc)[:MAX_ERROR]) from None  # errors may quote hostile input: bounded
+    return entry
+
+
+def cas_of(query: Query) -> int | None:
+    """`?cas=N` as an int, None when absent or empty (Consul ignores `?cas=`)."""
+    text = query.get("cas")
+    return parse_uint("cas", text) if text else None
+
+
+async def apply(api: API, command: dict[str, Any]) -> bool:
+    """Write through the store (Raft, a server, or -dev); a command the FSM refuses is a 400."""
+    try:
+        result = await api.agent.store.apply(command)
+    except CommandError as exc:
+        raise bad_request(str(exc)) from None
+    return bool(result)
+
+
+def _bool(ok: bool) -> Response:
+    return 200, [_CT_JSON], _TRUE if ok else _FALSE
+
+
+def _split(arg: str) -> tuple[str, str | None]:
+    kind, sep, name = arg.partition("/")
+    if not kind:
+        raise HTTPError(404, "Must provide either a kind or both kind and name")
+    check_kind(kind)
+    if not sep:
+        return kind, None
+    if not name:
+        raise bad_request("Missing config entry name")
+    return kind, name
+
+
+async def put(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/config: create or replace one entry; with `?cas=N` only at ModifyIndex N (0: only if absent)."""
+    cas = cas_of(query)
+    entry = validate(api, body_json(request))
+    return _bool(await apply(api, commands.config_entry_set(entry, cas)))
+
+
+async def get(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/config/:kind/:name (404 when absent) or /v1/config/:kind (a list by name); both blocking."""
+    kind, name = _split(arg)
+    if name is None:
+        def build() -> list[dict[str, Any]]:
+            return [entry_json(row) for row in api.agent.store.catalog.config_entries.list(kind)]
+
+        return await api.read(request, query, [entry_watch_key(kind)], build, ENTRY_SCHEMA)
+    index = await api.block([entry_watch_key(kind, name)], query, request)
+    entries = api.agent.store.catalog.config_entries  # a restore may have replaced the catalog meanwhile
+    row = entries.get(kind, name) if len(name) <= MAX_NAME else None
+    headers = api.meta_headers(index, query)
+    if row is None:
+        reason = f"Config entry not found for {json.dumps(kind)} / {json.dumps(name[:MAX_NAME])}"
+        return 404, [_CT_TEXT, *headers[1:]], reason.encode()
+    return api.json(entry_json(row), query, extra=headers[1:])
+
+
+async def delete(api: API, request: Request, query: Query, arg: str) -> Response:
+    """DELETE /v1/config/:kind/:name: `{}`; with `?cas=N` true/false (N must be the entry's ModifyIndex)."""
+    kind, name = _split(arg)
+    if name is None:
+        raise HTTPError(404, "Must provide both a kind and name to delete")
+    cas = cas_of(query)
+    if len(name) > MAX_NAME:  # nothing so named can exist: the delete has nothing to do
+        return _bool(True) if cas is not None else api.json({}, query)
+    ok = await apply(api, commands.config_entry_delete(kind, name, cas))
+    if cas is not None:
+        return _bool(ok)
+    return api.json({}, query)
+
+
+__all__ = ["ENTRY_SCHEMA", "apply", "body_json", "cas_of", "check_kind", "delete", "entry_json", "get", "lookup", "put",
+           "validate"]
