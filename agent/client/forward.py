@@ -71,6 +71,10 @@ class ServerForwarder:
                 raise Unreachable(last_error)
             await trio.sleep(0.05)
 
+    async def call(self, method: str, args: Any) -> Any:
+        """Call a server's RPC method (the next server while one cannot be reached, up to RPC_HOLD_TIMEOUT)."""
+        return await self._call(method, args)
+
     async def apply(self, command: dict[str, Any]) -> Any:
         """Write through a server; the answer is the catalog command's result."""
         return await self._call("apply", msgpack.packb(command, use_bin_type=True))

@@ -8,13 +8,33 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from ..rpc.errors import Rejected
 from .rpc_args import parse_add_server
 
 if TYPE_CHECKING:
+    from ..connect.ca_manager import CAManager
     from .raft_server import RaftServer
 
 Handler = Callable[[Any], Awaitable[Any]]
+CA_OP = b"connect-ca"
+
+
+def is_ca_command(data: bytes) -> bool:
+    """Whether encoded command bytes are, or (as a batch) hold, a "connect-ca" command. Only the leader's CA
+    writes those, through Raft directly: over RPC `apply` they are refused, so no caller can plant a root."""
+    if CA_OP not in data:  # the cheap check: almost every write
+        return False
+    try:
+        command = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return False  # undecodable: the FSM refuses it anyway
+    if not isinstance(command, dict):
+        return False
+    if command.get("op") == "batch" and isinstance(command.get("commands"), list):
+        return any(isinstance(d, bytes) and is_ca_command(d) for d in command["commands"])
+    return command.get("op") == "connect-ca"
 
 
 class Endpoints:
@@ -28,7 +48,10 @@ class Endpoints:
             "read_index": self.read_index,            # (leader) an index a follower may read at
             "barrier": self.barrier,                  # a client agent's read barrier
             "add_server": self.add_server,            # a server asking the leader to add it
+            "connect_ca_sign": self.connect_ca_sign,  # a CSR to sign (followers forward to the leader)
+            "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
         }
+        self.ca: CAManager | None = None  # the mesh CA, set by the agent (None: connect disabled)
 
     async def dispatch(self, method: str, args: Any) -> Any:
         """Answer one call (the listener's RPC handler)."""
@@ -41,6 +64,8 @@ class Endpoints:
         """A catalog command's bytes; the answer is its result once applied."""
         if not isinstance(args, bytes):
             raise Rejected("apply needs the command bytes")
+        if is_ca_command(args):
+            raise Rejected("connect-ca commands are written by the leader's CA only, not over RPC apply")
         return await self.server.apply_bytes(args)
 
     async def read_index(self, args: Any) -> int:
@@ -61,3 +86,16 @@ class Endpoints:
         add = parse_add_server(args)
         await self.server.bootstrap.add_server(add.id, add.address, add.name)
         return True
+
+    def _ca(self) -> CAManager:
+        if self.ca is None or not self.ca.enabled:
+            raise Rejected("Connect is not enabled on this server (connect { enabled = false })")
+        return self.ca
+
+    async def connect_ca_sign(self, args: Any) -> dict[str, Any]:
+        """Sign a CSR ({csr: PEM}); a follower forwards it to the leader. RateLimited carries a wait hint."""
+        return await self._ca().rpc_sign(args)
+
+    async def connect_ca_set_config(self, args: Any) -> bool:
+        """Change the CA configuration ({provider, config, force_without_cross_signing}); at the leader."""
+        return await self._ca().rpc_set_config(args)

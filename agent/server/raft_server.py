@@ -25,7 +25,7 @@ from ..store import CatalogStore
 from .autopilot_runner import Autopilot
 from .bootstrap import Bootstrap
 from .driver import RaftDriver
-from .endpoints import Endpoints
+from .endpoints import Endpoints, is_ca_command
 from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
@@ -184,8 +184,8 @@ class RaftServer:
 
     def _submit_apply(self, data: bytes, reply: Reply, rid: Any) -> bool:
         """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
-        if not self.is_leader() or len(data) > MAX_COMMAND_BYTES:
-            return False
+        if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or is_ca_command(data):
+            return False  # (a CA command: Endpoints.apply refuses it)
         p = Proposal(data, self._answer_remote)
         p.reply, p.rid = reply, rid
         return self.driver.enqueue(p)
