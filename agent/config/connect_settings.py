@@ -7,12 +7,11 @@ minimum, points at the line that set the value). docs/config-keys.md lists the d
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .connect_defaults import HOUR, LEAF_TTL_MIN
 from .errors import Collector, ConfigError
-from .syntax import END, LINES, START
+from .syntax import END, START
 from .unsupported import ACL_REASON
 from .values import Node, blocks, duration, kind_of, node_of, one_block, show, typed
 
@@ -270,57 +269,15 @@ def bootstrap_entry(col: Collector, field_: str, raw: Any, line: int | None) -> 
         return None
     own = raw.get(START)
     at = own if isinstance(own, int) else line
-    data = strip_markers(raw)
-    validate = _entry_validate()
-    if validate is None:  # the validator is not in this tree yet: keep the entry as written
-        return _shape_only(col, field_, data, at)
+    # The one validator of config entries, shared with the HTTP API; imported only when there are entries.
+    from ..connect.entry_files import line_of
+    from ..connect.entry_validate import EntryError, normalize_entry
+
     try:
-        entry: dict[str, Any] = validate.normalize_entry(data)
-    except validate.EntryError as exc:
-        path = str(getattr(exc, "field", "") or "")
-        col.error(f"{field_}.{path}" if path else field_, _problem(exc), _line_of(raw, path, at))
+        return normalize_entry(strip_markers(raw))
+    except EntryError as exc:
+        col.error(f"{field_}.{exc.field}" if exc.field else field_, exc.problem, line_of(raw, exc.field) or at)
         return None
-    return entry
-
-
-def _entry_validate() -> Any:
-    """agent/connect/entry_validate (the one validator of config entries), imported when there are entries."""
-    try:
-        return importlib.import_module("..connect.entry_validate", __package__)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("entry_validate"):
-            return None
-        raise
-
-
-def _shape_only(col: Collector, field_: str, data: dict[str, Any], line: int | None) -> dict[str, Any] | None:
-    lowered = {str(k).lower(): v for k, v in data.items()}
-    for key in ("kind", "name"):
-        if not isinstance(lowered.get(key), str) or not lowered[key]:
-            col.error(f"{field_}.{key.title()}", "must be a non-empty string", line)
-            return None
-    return data
-
-
-def _problem(exc: Exception) -> str:
-    """EntryError's text without its "<Kind> <Name>: field <path>: " prefix (the field is named already)."""
-    text = str(exc)
-    marker = ": field "
-    if marker in text:
-        rest = text.split(marker, 1)[1]
-        return rest.split(": ", 1)[1] if ": " in rest else rest
-    return text
-
-
-def _line_of(raw: dict[str, Any], path: str, default: int | None) -> int | None:
-    """The line of the entry's top-level key that `path` starts with (any spelling), else `default`."""
-    head = path.split(".", 1)[0].split("[", 1)[0].replace("_", "").lower()
-    lines = raw.get(LINES)
-    if head and isinstance(lines, dict):
-        for key, at in lines.items():
-            if str(key).replace("_", "").lower() == head and isinstance(at, int):
-                return at
-    return default
 
 
 def strip_markers(value: Any) -> Any:
