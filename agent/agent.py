@@ -31,6 +31,9 @@ from .client.replica import CatalogReplica
 from .client.servers import ServerPool, server_addresses
 from .config.loader import ConfigErrors
 from .config.types import AgentConfig
+from .connect.authority import CAAuthority
+from .connect.ca_manager import CAManager
+from .connect.forwarded_ca import ForwardedCA
 from .dns.server import DNSServer
 from .gossip_link import GossipLink
 from .heap_trim import trim_heap
@@ -87,6 +90,16 @@ class Agent:
             self._wire_server(bind, data_dir)
         elif not config.dev:
             self._wire_client()
+        # The mesh CA: on servers the leader's (followers forward to it), under -dev in memory, on clients
+        # through a server.
+        self.ca_manager: CAManager | None = None
+        self.ca: CAAuthority
+        if self.forwarder is not None:
+            self.ca = ForwardedCA(self.forwarder)
+        else:
+            self.ca = self.ca_manager = CAManager.for_agent(config, self.store, self.server)
+            if self.server is not None:
+                self.server.endpoints.ca = self.ca_manager
         self.node = Node(node=self.node_name, address=self.advertise_addr, id=self.node_id,
                          datacenter=self.datacenter,
                          tagged_addresses={"lan": self.advertise_addr, "lan_ipv4": self.advertise_addr,
@@ -169,6 +182,8 @@ class Agent:
                     nursery.start_soon(self.events.run_watches)
                 if self.reconciler is not None:
                     nursery.start_soon(self.reconciler.run)
+                if self.ca_manager is not None:
+                    await nursery.start(self.ca_manager.run)
                 if self.replica is not None and self.forwarder is not None:
                     if self.rpc_tls is not None and self.rpc_tls.config.auto_encrypt_tls:
                         from .tls.auto_encrypt import keep_certificate

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ...gossip.key_query import KeyQueryResult
     from ...gossip.member import Member
     from ..config.types import AgentConfig, CheckDefinition, ServiceDefinition
+    from ..connect.authority import CAAuthority
     from ..local_sync import LocalCheck
     from ..server.peers import RaftPeer
     from ..store import CatalogStore
@@ -103,6 +104,9 @@ class AgentView(Protocol):
         """The gossip pool; None where gossip does not run."""
     @property
     def events(self) -> EventLog: ...
+    @property
+    def ca(self) -> CAAuthority:
+        """The mesh CA: signs leaves, changes its configuration (agent/connect/authority.py)."""
 
     def members(self) -> list[Member]: ...
     def leader_status(self) -> tuple[bool, int]:

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig, CheckDefinition, Ports, ServiceDefinition
+from meshagent.agent.connect.ca_manager import CAManager
 from meshagent.agent.http.api import API
 from meshagent.agent.http.messages import Handler
 from meshagent.agent.http.server import HTTPServer
@@ -91,6 +92,8 @@ class FakeAgent:
         self.server: ServerView | None = None
         self.gossip: GossipView | None = None
         self.events = FakeEvents()
+        # A real in-memory CA (as under -dev): it sets itself up on the first call, so tests can sign at once.
+        self.ca = CAManager(self.store, datacenter, min_leaf_ttl=1.0)
         self.shutdowns = 0
         self.leaves = 0
         self._ltime = 0
