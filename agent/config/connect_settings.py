@@ -11,7 +11,7 @@ from typing import Any
 
 from .connect_defaults import HOUR, LEAF_TTL_MIN
 from .errors import Collector, ConfigError
-from .syntax import END, START
+from .syntax import START
 from .unsupported import ACL_REASON
 from .values import Node, blocks, duration, kind_of, node_of, one_block, show, typed
 
@@ -281,11 +281,11 @@ def bootstrap_entry(col: Collector, field_: str, raw: Any, line: int | None) -> 
 
 
 def strip_markers(value: Any) -> Any:
-    """Parsed config as plain data, keys as written: line markers dropped, HCL blocks unwrapped.
+    """Parsed config as plain data, keys as written, line markers dropped.
 
-    Unlike values.plain, keys keep their spelling: subset and failover names belong to the user."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and END in value[0]:
-        value = value[0]
+    Unlike values.plain, keys keep their spelling (subset and failover names belong to the user) and HCL
+    blocks stay one-element lists: `sources { }` is a list of one source, `mesh_gateway { }` a map, which only
+    the entry's schema knows (normalize_entry takes a one-element list for a map)."""
     if isinstance(value, dict):
         return {str(k): strip_markers(v) for k, v in value.items() if not str(k).startswith("__")}
     if isinstance(value, list):

@@ -104,11 +104,16 @@ def test_ca_config_merges_key_by_key_across_files(tmp_path: Path) -> None:
 
 def test_bootstrap_entries_of_several_files_and_blocks_append(tmp_path: Path) -> None:
     one = write(tmp_path / "1.hcl", 'config_entries {\n  bootstrap {\n    kind = "service-defaults"\n'
-                '    name = "a"\n  }\n  bootstrap {\n    kind = "service-defaults"\n    name = "b"\n  }\n}\n')
+                '    name = "a"\n    mesh_gateway {\n      mode = "local"\n    }\n  }\n  bootstrap {\n'
+                '    kind = "service-intentions"\n    name = "b"\n    sources {\n      name = "web"\n'
+                '      action = "deny"\n    }\n  }\n}\n')
     two = write(tmp_path / "2.json", '{"config_entries": {"bootstrap": [{"Kind": "service-defaults", "Name": "c"}]}}')
     config = load_config([one, two], [], {})
     names = [e["Name"] for e in config.config_entries_bootstrap]
     assert names == ["a", "b", "c"]
+    # one nested block is a map where the schema says map, a list of one where it says list
+    assert config.config_entries_bootstrap[0]["MeshGateway"] == {"Mode": "local"}
+    assert [s["Name"] for s in config.config_entries_bootstrap[1]["Sources"]] == ["web"]
 
 
 BAD = [
