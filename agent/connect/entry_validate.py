@@ -269,7 +269,7 @@ def _load_balancer(lb: dict[str, Any]) -> None:
 
 
 def _path_match(http: Mapping[str, Any], where: str) -> None:
-    given = [k for k in ("PathExact", "PathPrefix", "PathRegex") if k in http]
+    given = [k for k in http if k in ("PathExact", "PathPrefix", "PathRegex")]  # as written: name the later
     if len(given) > 1:
         raise FieldProblem(join(where, given[1]), f"cannot be set together with {given[0]} (one path match at most)")
     for key in ("PathExact", "PathPrefix"):
