@@ -54,14 +54,17 @@ def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
         need_http(name, "Name", f"a {kind}")
     if kind == "service-router":
         for i, route in enumerate(entry.get("Routes", [])):
-            target = route.get("Destination", {}).get("Service", "")
-            if target and target != name:
+            dest = route.get("Destination", {})
+            target = dest.get("Service") or name
+            if target != name:
                 need_http(target, f"Routes[{i}].Destination.Service", "a route")
+            _need_subset(entry, lookup, target, dest.get("ServiceSubset", ""), f"Routes[{i}].Destination.ServiceSubset")
     if kind == "service-splitter":
         for i, split in enumerate(entry.get("Splits", [])):
-            target = split.get("Service", "")
-            if target and target != name:
+            target = split.get("Service") or name
+            if target != name:
                 need_http(target, f"Splits[{i}].Service", "a split")
+            _need_subset(entry, lookup, target, split.get("ServiceSubset", ""), f"Splits[{i}].ServiceSubset")
     if kind == "service-intentions" and name != "*":
         for i, source in enumerate(entry.get("Sources", [])):
             if "Permissions" in source:
@@ -71,6 +74,20 @@ def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
             if lookup(other, name) is not None:
                 raise EntryError(kind, name, "Protocol", f'a {other} exists for "{name}", which needs protocol '
                                  "http, http2 or grpc")
+        intentions = lookup("service-intentions", name) or {}
+        if any("Permissions" in s for s in intentions.get("Sources", [])):
+            raise EntryError(kind, name, "Protocol", f'intentions with L7 Permissions exist for "{name}", which '
+                             "need protocol http, http2 or grpc")
+
+
+def _need_subset(entry: Mapping[str, Any], lookup: Lookup, service: str, subset: str, field: str) -> None:
+    """A route or split to a subset needs that subset in the service's resolver (Consul checks the chain)."""
+    if not subset:
+        return
+    resolver = lookup("service-resolver", service) or {}
+    if subset not in resolver.get("Subsets", {}):
+        raise EntryError(str(entry.get("Kind", "")), str(entry.get("Name", "")), field,
+                         f'service "{service}" has no subset "{subset}" (define it in its service-resolver)')
 
 
 def protocol_of(service: str, lookup: Lookup) -> str:

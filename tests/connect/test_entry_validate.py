@@ -338,10 +338,28 @@ def test_routers_and_splitters_need_an_http_protocol() -> None:
         check_references(router, _lookup({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}},
                                          _sd(Protocol="tcp")))
     splitter = normalize_entry(_splits(50, 50))
+    subsets = _resolver(Subsets={"v0": {"Filter": "Service.Meta.version == v0"}, "v1": {}})
     with pytest.raises(EntryError) as err:
-        check_references(splitter, _lookup())
+        check_references(splitter, _lookup(subsets))
     assert err.value.field == "Name"
-    check_references(splitter, _lookup(_sd(Protocol="grpc")))
+    check_references(splitter, _lookup(_sd(Protocol="grpc"), subsets))
+
+
+def test_routes_and_splits_to_a_subset_need_it_in_the_resolver() -> None:
+    http = [_sd(Protocol="http"), _sd(Name="api", Protocol="http")]
+    splitter = normalize_entry(_splits(50, 50))  # subsets v0 and v1 of web
+    with pytest.raises(EntryError) as err:
+        check_references(splitter, _lookup(*http))
+    assert err.value.field == "Splits[0].ServiceSubset" and '"v0"' in str(err.value)
+    with pytest.raises(EntryError) as err:
+        check_references(splitter, _lookup(*http, _resolver(Subsets={"v0": {}})))
+    assert err.value.field == "Splits[1].ServiceSubset"
+    check_references(splitter, _lookup(*http, _resolver(Subsets={"v0": {}, "v1": {}})))
+    router = normalize_entry(_router({"PathPrefix": "/"}, {"Service": "api", "ServiceSubset": "canary"}))
+    with pytest.raises(EntryError) as err:  # web's resolver does not count for api's subset
+        check_references(router, _lookup(*http, _resolver(Subsets={"canary": {}})))
+    assert err.value.field == "Routes[0].Destination.ServiceSubset"
+    check_references(router, _lookup(*http, _resolver(Name="api", Subsets={"canary": {}})))
 
 
 def test_a_service_with_a_router_cannot_go_back_to_tcp() -> None:
@@ -351,6 +369,11 @@ def test_a_service_with_a_router_cannot_go_back_to_tcp() -> None:
     assert err.value.field == "Protocol"
     check_references(normalize_entry(_sd(Protocol="http")), lookup)
     check_references(normalize_entry(_sd(Name="other")), lookup)
+    l7 = _lookup(_sources({"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}))
+    with pytest.raises(EntryError) as err:
+        check_references(normalize_entry(_sd(Name="db", Protocol="tcp")), l7)
+    assert err.value.field == "Protocol" and "L7" in str(err.value)
+    check_references(normalize_entry(_sd(Name="db", Protocol="http")), l7)
 
 
 def test_l7_intentions_need_an_http_destination_and_l4_ones_do_not() -> None:
