@@ -243,7 +243,7 @@ def _resolver(e: dict[str, Any]) -> None:
                 raise FieldProblem("Redirect", f"cannot be set together with {other}")
         if not any(redirect.values()):
             raise FieldProblem("Redirect", "must name a Service, ServiceSubset, Namespace or Datacenter")
-        if redirect.get("Service", e["Name"]) == e["Name"] and not any(
+        if (redirect.get("Service") or e["Name"]) == e["Name"] and not any(
                 redirect.get(k) for k in ("ServiceSubset", "Datacenter", "Peer")):
             raise FieldProblem("Redirect.Service", "redirects the resolver to itself")
     for key, fo in e.get("Failover", {}).items():

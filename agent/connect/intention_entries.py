@@ -37,17 +37,27 @@ def _ns(source: Mapping[str, Any]) -> str:
     return str(source.get("Namespace") or DEFAULT_NS)
 
 
+def _sources(row: RowOrEntry) -> list[Mapping[str, Any]]:
+    """An intentions entry's well-formed Sources. Stored entries were validated before the write, but the FSM
+    checks only structure, so a forged one must not break readers: malformed sources are left out."""
+    entry = _entry(row)
+    ok = entry.get("Kind", KIND) == KIND and isinstance(entry.get("Name"), str)
+    sources = entry.get("Sources") if ok else None
+    if not isinstance(sources, list):
+        return []
+    return [s for s in sources if isinstance(s, Mapping) and isinstance(s.get("Name"), str)]
+
+
 def intentions_of(rows: Iterable[RowOrEntry]) -> list[Intention]:
     """Every Source of every service-intentions entry as an Intention (L7 Permissions: action None)."""
     out: list[Intention] = []
     for row in rows:
-        entry = _entry(row)
-        if entry.get("Kind") != KIND:
-            continue
-        for src in entry.get("Sources", []):
-            perms = tuple(src.get("Permissions") or ())
-            action = None if perms else Action(src.get("Action", "deny"))
-            out.append(Intention(source=str(src["Name"]), destination=str(entry["Name"]), action=action,
+        for src in _sources(row):
+            perms = src.get("Permissions")
+            perms = tuple(perms) if isinstance(perms, list) else ()
+            # fail closed: an action that is neither allow nor deny (only a forged entry has one) denies
+            action = None if perms else Action.ALLOW if src.get("Action") == "allow" else Action.DENY
+            out.append(Intention(source=str(src["Name"]), destination=str(_entry(row)["Name"]), action=action,
                                  permissions=perms, source_ns=_ns(src)))
     return out
 
@@ -59,7 +69,7 @@ def legacy_id(destination: str, source: str, source_ns: str = DEFAULT_NS) -> str
 
 def find_source(entry: Mapping[str, Any] | None, source: str, source_ns: str = DEFAULT_NS) -> dict[str, Any] | None:
     """The entry's Source for `source`, or None."""
-    for src in (entry or {}).get("Sources", []):
+    for src in _sources(entry) if entry else []:
         if src.get("Name") == source and _ns(src) == source_ns:
             return dict(src)
     return None
@@ -76,27 +86,27 @@ def legacy_json(row_or_entry: RowOrEntry, source: Mapping[str, Any] | str) -> di
     destination = str(entry["Name"])
     name, ns = str(source["Name"]), _ns(source)
     create_index, modify_index = _indexes(row_or_entry)
+    l7 = isinstance(source.get("Permissions"), list) and bool(source["Permissions"])
     out: dict[str, Any] = {
         "ID": source.get("LegacyID") or legacy_id(destination, name, ns),
         "Description": source.get("Description", ""),
         "SourceNS": ns, "SourceName": name, "DestinationNS": DEFAULT_NS, "DestinationName": destination,
         "SourceType": source.get("Type", "consul"),
-        "Action": "" if source.get("Permissions") else source.get("Action", ""),
-        "Meta": dict(source.get("LegacyMeta") or {}),
+        "Action": "" if l7 else "allow" if source.get("Action") == "allow" else "deny",  # as intentions_of
+        "Meta": dict(meta) if isinstance(meta := source.get("LegacyMeta"), Mapping) else {},
         "Precedence": precedence(ns, name, DEFAULT_NS, destination),
         "CreatedAt": source.get("LegacyCreateTime") or ZERO_TIME,
         "UpdatedAt": source.get("LegacyUpdateTime") or ZERO_TIME,
         "CreateIndex": create_index, "ModifyIndex": modify_index,
     }
-    if source.get("Permissions"):
-        out["Permissions"] = [dict(p) for p in source["Permissions"]]
+    if l7:
+        out["Permissions"] = [dict(p) for p in source["Permissions"] if isinstance(p, Mapping)]
     return out
 
 
 def legacy_list(rows: Iterable[RowOrEntry]) -> list[dict[str, Any]]:
     """Every intention as legacy JSON, in evaluation order (highest precedence first, deny first, names)."""
-    items = [legacy_json(row, src) for row in rows if _entry(row).get("Kind") == KIND
-             for src in _entry(row).get("Sources", [])]
+    items = [legacy_json(row, src) for row in rows for src in _sources(row)]
     return sorted(items, key=_order)
 
 

@@ -139,3 +139,25 @@ def test_remove_source_leaves_the_rest_or_none() -> None:
     assert remove_source(entry, "nobody") == entry
     assert remove_source(left, "api") is None
     assert [s["Name"] for s in entry["Sources"]] == ["web", "api"]  # the input is not changed
+
+
+def test_a_forged_entry_in_the_catalog_does_not_break_readers() -> None:
+    # The FSM checks only an entry's structure: a command that skipped validation must not crash readers,
+    # and an action that is neither allow nor deny denies.
+    catalog = _catalog(CATALOG_ENTRIES[0])
+    forged = {"Kind": "service-intentions", "Name": "cache", "Sources": [
+        {"Name": "web", "Action": "maybe", "LegacyMeta": "x", "Permissions": "all"}, "junk", {"Name": 5},
+        {"Action": "allow"}]}
+    assert catalog.apply(20, commands.config_entry_set(forged)) is True
+    assert catalog.apply(21, commands.config_entry_set({"Kind": "service-intentions", "Name": "queue",
+                                                        "Sources": {"Name": "web"}})) is True
+    rows = catalog.config_entries.all()
+    found = intentions_of(rows)
+    assert sorted((i.source, i.destination, i.action) for i in found) == [
+        ("*", "db", Action.DENY), ("web", "cache", Action.DENY), ("web", "db", Action.ALLOW)]
+    assert not decide_l4(found, "web", "cache").allowed
+    items = legacy_list(rows)
+    assert [(i["SourceName"], i["DestinationName"], i["Action"]) for i in items] == [
+        ("web", "cache", "deny"), ("web", "db", "allow"), ("*", "db", "deny")]
+    assert items[0]["Meta"] == {} and "Permissions" not in items[0]
+    assert match(rows, "destination", "queue") == []
