@@ -117,6 +117,9 @@ class CAManager:
                 except ServerError as exc:
                     log.warning("connect: CA leader duties: %s; retrying", exc)
                     await trio.sleep(1.0)
+                except ValueError as exc:  # a CA configuration the loader let through but the CA refuses
+                    log.error("connect: cannot set up the CA: %s", exc)
+                    await trio.sleep(30.0)
             await trio.sleep(LEADERSHIP_POLL)
 
     async def _on_leadership(self) -> None:
@@ -135,7 +138,12 @@ class CAManager:
         if not self.bootstrap_entries:
             return
         # Only absent entries are written (cas=0): an election never undoes an operator's change.
-        for cmd in bootstrap_commands(self.store.catalog, self.bootstrap_entries):
+        try:
+            cmds = bootstrap_commands(self.store.catalog, self.bootstrap_entries)
+        except ValueError as exc:  # EntryError: the config loader checks them first, so only a bug gets here
+            log.error("connect: config_entries.bootstrap not written: %s", exc)
+            return
+        for cmd in cmds:
             await self.store.apply(cmd)
 
     async def prune(self) -> bool:
@@ -150,14 +158,17 @@ class CAManager:
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
 
-    async def _initialized(self) -> ConnectState:
+    async def initialized(self) -> ConnectState:
         """The CA state once a leader has set it up (waiting up to RPC_HOLD_TIMEOUT)."""
         if not self.enabled:
             raise Rejected("Connect is not enabled on this server (connect { enabled = false })")
         if not self.state.cluster_id and self.is_leader():
             async with self._config_lock:  # the first call may come before run() got to it (-dev, tests)
                 if not self.state.cluster_id:
-                    await self._on_leadership()
+                    try:
+                        await self._on_leadership()
+                    except ValueError as exc:
+                        raise ServerError(f"cannot set up the mesh CA: {exc}") from None
         with trio.move_on_after(RPC_HOLD_TIMEOUT):
             while not self.state.cluster_id or self.state.active_root is None:
                 await trio.sleep(0.05)
@@ -208,7 +219,7 @@ class CAManager:
         """(Leader) check the CSR and sign it with the active root, if the rate limit allows now."""
         if not isinstance(csr_pem, str) or len(csr_pem) > ca.MAX_CSR_BYTES:
             raise Rejected(f"csr must be PEM text of at most {ca.MAX_CSR_BYTES} bytes")
-        state = await self._initialized()
+        state = await self.initialized()
         if not self.is_leader():
             raise NotLeader("not the leader")
         settings = ca_plan.settings_of(state.config)
@@ -271,7 +282,7 @@ class CAManager:
             await trio.sleep(0.05)
 
     async def _set_config_local(self, provider: str, config: dict[str, Any], force: bool) -> None:
-        await self._initialized()
+        await self.initialized()
         async with self._config_lock:  # one change at a time: a rotation plans from the root in effect
             try:
                 cmds = ca_plan.set_config_commands(self.state, provider, config, force, self._now(),
