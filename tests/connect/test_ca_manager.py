@@ -99,7 +99,7 @@ def test_bad_csrs_are_rejected_with_the_reason(make: Callable[[CAManager], str])
 
 
 def test_over_the_rate_the_leader_answers_ratelimited_with_a_hint_and_sign_retries_it() -> None:
-    rate, n = 20.0, 40
+    rate, n = 30.0, 30
 
     async def go() -> None:
         m = _manager(csr_max_per_second=rate)
