@@ -15,9 +15,12 @@ import meshagent
 COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent_cmd", "agent"),
     "catalog": ("catalog_cmd", "catalog"),
+    "config": ("config_cmd", "config"),
+    "connect": ("connect_cmd", "connect"),
     "event": ("gossip_cmd", "event"),
     "force-leave": ("gossip_cmd", "force_leave"),
     "info": ("agent_ops_cmd", "info"),
+    "intention": ("intention_cmd", "intention"),
     "join": ("gossip_cmd", "join"),
     "keygen": ("keygen_cmd", "keygen"),
     "keyring": ("keyring_cmd", "keyring"),

@@ -1,0 +1,214 @@
+"""`meshagent config write|read|list|delete`: config entries through the HTTP API, with Consul's flags and messages.
+
+`write` parses the HCL or JSON file here (syntax errors name the line) and sends the entry as written; the agent
+validates it in full and a refusal (400) is shown with the field it names. Also the shared `api_call` helper of
+the mesh commands (intention_cmd.py, connect_cmd.py): statuses and connection problems as one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import click
+import httpx
+from meshagent.agent.config.connect_settings import strip_markers
+from meshagent.agent.config.syntax import SyntaxProblem, load_hcl, load_json
+
+from .http_client import AgentClient, http_options
+
+MAX_FILE_BYTES = 1024 * 1024  # an entry file; the agent refuses bodies far smaller than this anyway
+MAX_ERROR_TEXT = 1000  # characters of an error answer shown: the agent's messages are short, others need not be
+KINDS = ("service-defaults", "proxy-defaults", "service-intentions", "service-router", "service-splitter",
+         "service-resolver")
+
+
+def die(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit with `code`."""
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
+             body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
+    """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
+    try:
+        resp = client.http.request(method, path, params=params,
+                                   content=None if body is None else json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"} if body is not None else None)
+    except httpx.ConnectError:
+        die(f"{what}: cannot connect to the agent at {client.addr} (connection refused). Is the agent running?", code)
+    except httpx.HTTPError as exc:
+        die(f"{what}: {type(exc).__name__} talking to the agent at {client.addr}: {exc}", code)
+    if resp.status_code not in ok:
+        die(f"{what}: Unexpected response code: {resp.status_code} ({error_text(resp)})", code)
+    return resp
+
+
+def error_text(resp: httpx.Response) -> str:
+    """The agent's error answer as one bounded line (its body, or the status phrase when empty)."""
+    text = " ".join(resp.text.split())  # one line: newlines and control whitespace folded
+    text = "".join(ch for ch in text if ch.isprintable())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "..."
+    return text or resp.reason_phrase
+
+
+def json_of(resp: httpx.Response, what: str) -> Any:
+    """The decoded JSON answer, or a clear error when the agent sent something else."""
+    try:
+        return resp.json()
+    except ValueError:
+        die(f"{what}: the agent's answer is not JSON: {error_text(resp)[:200]}")
+
+
+def cas_params(cas: bool, modify_index: int | None) -> dict[str, int]:
+    """?cas=N for -cas -modify-index N; -modify-index alone is refused (it would be ignored)."""
+    if modify_index is not None and not cas:
+        die("-modify-index is used only with -cas (Check-And-Set); add -cas or remove it")
+    return {"cas": modify_index or 0} if cas else {}
+
+
+def segment(text: str) -> str:
+    """One URL path segment: `/`, `?`, `#` and `%` escaped, so that a name cannot reach another endpoint."""
+    return quote(text, safe="")
+
+
+def _need(value: str, flag: str) -> str:
+    if not value:
+        die(f"Must specify the -{flag} parameter")
+    return value
+
+
+# ---------------------------------------------------------------------- reading an entry file
+
+
+def read_entry(source: str) -> dict[str, Any]:
+    """The entry in FILE (or stdin for "-"), HCL or JSON, without line markers; exits on any problem."""
+    name = "<stdin>" if source == "-" else source
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        die(f"Failed to load data: {name}: {exc.strerror or exc}")
+    if len(data) > MAX_FILE_BYTES:
+        die(f"Failed to load data: {name} is larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        die(f"Failed to load data: {name} is not UTF-8 text (byte {exc.start})")
+    if not text.strip():
+        die(f"Failed to decode config entry input: {name} is empty")
+    json_like = source.endswith(".json") or (not source.endswith(".hcl") and text.lstrip().startswith("{"))
+    try:
+        tree = load_json(text) if json_like else load_hcl(text)
+    except SyntaxProblem as exc:
+        where = f"{name}:{exc.line}" if exc.line else name
+        hint = ""
+        if "unexpected '{'" in exc.reason:  # Consul's HCL1 habit, a syntax error in HCL2
+            hint = " (HCL2 has no blocks inside a list or map: write `Match = { HTTP = { ... } }`, not `Match { ... }`)"
+        die(f"Failed to decode config entry input: {where}: {exc.reason}{hint}")
+    if not isinstance(tree, dict):
+        die(f"Failed to decode config entry input: {name}: the top level must be an object (one config entry)")
+    entry = strip_markers(tree)
+    assert isinstance(entry, dict)
+    return entry
+
+
+def identity(entry: dict[str, Any], name: str) -> tuple[str, str]:
+    """The entry's kind and name, written in any case (`Kind`, `kind`); exits when either is missing."""
+    found: dict[str, Any] = {}
+    for key, value in entry.items():
+        folded = key.replace("_", "").lower()
+        if folded in ("kind", "name"):
+            found.setdefault(folded, value)
+    if "kind" not in found:
+        die(f"Failed to decode config entry input: {name}: Payload does not contain a kind/Kind key at the top level")
+    if not isinstance(found["kind"], str):
+        die(f"Failed to decode config entry input: {name}: Kind value in payload is not a string")
+    if not isinstance(found.get("name"), str) or not found["name"]:
+        die(f"Failed to decode config entry input: {name}: Name is required (a non-empty string)")
+    return found["kind"], found["name"]
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@click.group()
+def config() -> None:
+    """Create, read, list and delete config entries (service-defaults, service-intentions, ...)."""
+
+
+@config.command("write")
+@click.option("-cas", "--cas", is_flag=True, help="Check-And-Set: write only if the entry's ModifyIndex is "
+              "-modify-index (0: only if it does not exist).")
+@click.option("-modify-index", "--modify-index", "modify_index", type=click.IntRange(min=0), default=None,
+              help="The ModifyIndex for -cas.")
+@http_options
+@click.argument("source", metavar="FILE|-")
+def write(source: str, cas: bool, modify_index: int | None, http_addr: str | None, token: str | None) -> None:
+    """Create or update the config entry in FILE (HCL or JSON; - reads stdin)."""
+    params = cas_params(cas, modify_index)
+    entry = read_entry(source)
+    kind, name = identity(entry, "<stdin>" if source == "-" else source)
+    what = f"Error writing config entry {kind}/{name}"
+    resp = api_call(AgentClient(http_addr, token), "PUT", "/v1/config", what, params=params, body=entry)
+    if json_of(resp, what) is not True:
+        die(f"Config entry not updated: {kind}/{name}")
+    click.echo(f"Config entry written: {kind}/{name}")
+
+
+@config.command("read")
+@click.option("-kind", "--kind", default="", help="The entry's kind.")
+@click.option("-name", "--name", default="", help="The entry's name.")
+@http_options
+def read(kind: str, name: str, http_addr: str | None, token: str | None) -> None:
+    """Print one config entry as JSON (with its CreateIndex and ModifyIndex, for -cas)."""
+    kind, name = _need(kind, "kind"), _need(name, "name")
+    what = f'Error reading config entry "{kind}" / "{name}"'
+    resp = api_call(AgentClient(http_addr, token), "GET", f"/v1/config/{segment(kind)}/{segment(name)}", what)
+    click.echo(json.dumps(json_of(resp, what), indent=4))
+
+
+@config.command("list")
+@click.option("-kind", "--kind", default="", help="The kind of entries to list.")
+@click.option("-filter", "--filter", "filter_", default="", help="A filter expression over the entries.")
+@http_options
+def list_(kind: str, filter_: str, http_addr: str | None, token: str | None) -> None:
+    """Print the names of every config entry of a kind."""
+    kind = _need(kind, "kind")
+    what = f'Error listing config entries for kind "{kind}"'
+    resp = api_call(AgentClient(http_addr, token), "GET", f"/v1/config/{segment(kind)}", what,
+                    params={"filter": filter_} if filter_ else None)
+    entries = json_of(resp, what)
+    if not isinstance(entries, list):
+        die(f"{what}: the agent's answer is not a list")
+    for entry in entries:
+        if isinstance(entry, dict):
+            click.echo(str(entry.get("Name", "")))
+
+
+@config.command("delete")
+@click.option("-kind", "--kind", default="", help="The entry's kind.")
+@click.option("-name", "--name", default="", help="The entry's name.")
+@click.option("-cas", "--cas", is_flag=True, help="Check-And-Set: delete only if the entry's ModifyIndex is "
+              "-modify-index.")
+@click.option("-modify-index", "--modify-index", "modify_index", type=click.IntRange(min=0), default=None,
+              help="The ModifyIndex for -cas.")
+@http_options
+def delete(kind: str, name: str, cas: bool, modify_index: int | None, http_addr: str | None,
+           token: str | None) -> None:
+    """Delete one config entry."""
+    kind, name = _need(kind, "kind"), _need(name, "name")
+    params = cas_params(cas, modify_index)
+    what = f"Error deleting config entry {kind}/{name}"
+    resp = api_call(AgentClient(http_addr, token), "DELETE", f"/v1/config/{segment(kind)}/{segment(name)}", what,
+                    params=params)
+    if cas and json_of(resp, what) is not True:
+        die(f"Config entry not deleted: {kind}/{name}")
+    click.echo(f"Config entry deleted: {kind}/{name}")
