@@ -20,6 +20,7 @@ from meshagent.cli.main import cli
 
 from tests.support.agents import AgentProcess, scratch_dir, start_agent
 from tests.support.ports import free_ports
+from tests.support.wait import wait_for
 
 
 def run(*args: str) -> Result:
@@ -134,3 +135,37 @@ def test_a_supplied_root_rotates_cross_signed_unless_forced(agent: AgentProcess,
         assert len(active) == 1 and active[0]["ID"] not in old_ids
         # cross-signed by the old root unless forced: the new root's certificate signed by the old key
         assert len(active[0].get("IntermediateCerts") or []) == intermediates, (force, active[0])
+
+
+@pytest.mark.slow
+def test_the_agent_files_connect_and_bootstrap_settings_reach_the_ca_and_the_store(tmp_path: Path) -> None:
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    (config_dir / "mesh.hcl").write_text('''
+connect {
+  test_min_leaf_ttl = "1s"
+  ca_config {
+    leaf_cert_ttl      = "90s"
+    csr_max_per_second = 7
+  }
+}
+config_entries {
+  bootstrap = [
+    { kind = "service-defaults", name = "boot", protocol = "http" },
+  ]
+}
+''')
+    proc = start_agent(scratch_dir(), "-config-dir", str(config_dir))
+    try:
+        # the CA and the bootstrap entries are written once the -dev agent leads: wait for them, briefly
+        config = wait_for(lambda: get_config(proc)["Config"], 20, what="the CA configuration")
+        assert (config["LeafCertTTL"], config["CSRMaxPerSecond"]) == ("1m30s", 7), config
+
+        def read() -> Result | None:
+            result = CliRunner().invoke(cli, ["config", "read", "-kind", "service-defaults", "-name", "boot",
+                                              "-http-addr", proc.http_addr])
+            return result if result.exit_code == 0 else None
+
+        assert json.loads(wait_for(read, 20, what="the bootstrap entry").stdout)["Protocol"] == "http"
+    finally:
+        proc.stop()
