@@ -147,8 +147,8 @@ def get(args: tuple[str, ...], http_addr: str | None, token: str | None) -> None
     if ixn.get("Description"):
         rows.append(("Description:", str(ixn["Description"])))
     meta = ixn.get("Meta")
-    for key in sorted(meta) if isinstance(meta, dict) else ():
-        rows.append((f"Meta[{key}]:", str(meta[key])))
+    if isinstance(meta, dict):
+        rows += [(f"Meta[{key}]:", str(meta[key])) for key in sorted(meta)]
     rows.append(("Created At:", created_at(ixn.get("CreatedAt"))))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
