@@ -8,13 +8,14 @@ the mesh commands (intention_cmd.py, connect_cmd.py): statuses and connection pr
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, NoReturn
 from urllib.parse import quote
 
 import click
 import httpx
-from meshagent.agent.config.connect_settings import strip_markers
+from meshagent.agent.config.connect_settings import line_of, strip_markers
 from meshagent.agent.config.syntax import SyntaxProblem, load_hcl, load_json
 
 from .http_client import AgentClient, http_options
@@ -86,7 +87,8 @@ def _need(value: str, flag: str) -> str:
 
 
 def read_entry(source: str) -> dict[str, Any]:
-    """The entry in FILE (or stdin for "-"), HCL or JSON, without line markers; exits on any problem."""
+    """The parsed entry in FILE (or stdin for "-"), HCL or JSON, with the parser's line markers; exits on any
+    problem."""
     name = "<stdin>" if source == "-" else source
     try:
         if source == "-":
@@ -115,9 +117,7 @@ def read_entry(source: str) -> dict[str, Any]:
         die(f"Failed to decode config entry input: {where}: {exc.reason}{hint}")
     if not isinstance(tree, dict):
         die(f"Failed to decode config entry input: {name}: the top level must be an object (one config entry)")
-    entry = strip_markers(tree)
-    assert isinstance(entry, dict)
-    return entry
+    return tree
 
 
 def identity(entry: dict[str, Any], name: str) -> tuple[str, str]:
@@ -154,10 +154,20 @@ def config() -> None:
 def write(source: str, cas: bool, modify_index: int | None, http_addr: str | None, token: str | None) -> None:
     """Create or update the config entry in FILE (HCL or JSON; - reads stdin)."""
     params = cas_params(cas, modify_index)
-    entry = read_entry(source)
-    kind, name = identity(entry, "<stdin>" if source == "-" else source)
+    tree = read_entry(source)
+    entry = strip_markers(tree)
+    file_name = "<stdin>" if source == "-" else source
+    kind, name = identity(entry, file_name)
     what = f"Error writing config entry {kind}/{name}"
-    resp = api_call(AgentClient(http_addr, token), "PUT", "/v1/config", what, params=params, body=entry)
+    resp = api_call(AgentClient(http_addr, token), "PUT", "/v1/config", what, params=params, body=entry,
+                    ok=(200, 400))
+    if resp.status_code == 400:
+        # The agent names the field ("<Kind> <Name>: field <path>: <problem>"); the file says where it is.
+        text = error_text(resp)
+        found = re.search(r": field ([^:\s]+): ", text)
+        line = line_of(tree, found.group(1)) if found else None
+        where = f"\n{file_name}:{line}: field {found.group(1)}" if found and line else ""
+        die(f"{what}: Unexpected response code: 400 ({text}){where}")
     if json_of(resp, what) is not True:
         die(f"Config entry not updated: {kind}/{name}")
     click.echo(f"Config entry written: {kind}/{name}")

@@ -7,11 +7,12 @@ minimum, points at the line that set the value). docs/config-keys.md lists the d
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .connect_defaults import HOUR, LEAF_TTL_MIN
 from .errors import Collector, ConfigError
-from .syntax import START
+from .syntax import LINES, START
 from .unsupported import ACL_REASON
 from .values import Node, blocks, duration, kind_of, node_of, one_block, show, typed
 
@@ -22,6 +23,7 @@ _CA_DURATIONS = ("leaf_cert_ttl", "root_cert_ttl", "intermediate_cert_ttl", "rot
 _PEM_MAX = 64 * 1024
 BOOTSTRAP_MAX = 1024  # entries in config_entries.bootstrap: a bound, far above any real seed list
 _POLICIES = ("allow", "deny")
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")  # `Routes[0].Match` -> Routes, 0, Match
 BOOTSTRAP_SOURCES = "config_entries_sources"  # settings key, not an AgentConfig field
 
 
@@ -270,7 +272,6 @@ def bootstrap_entry(col: Collector, field_: str, raw: Any, line: int | None) -> 
     own = raw.get(START)
     at = own if isinstance(own, int) else line
     # The one validator of config entries, shared with the HTTP API; imported only when there are entries.
-    from ..connect.entry_files import line_of
     from ..connect.entry_validate import EntryError, normalize_entry
 
     try:
@@ -278,6 +279,39 @@ def bootstrap_entry(col: Collector, field_: str, raw: Any, line: int | None) -> 
     except EntryError as exc:
         col.error(f"{field_}.{exc.field}" if exc.field else field_, exc.problem, line_of(raw, exc.field) or at)
         return None
+
+
+def line_of(tree: Any, path: str) -> int | None:
+    """The line where a dotted field path (`Routes[0].Match.HTTP`, any key spelling) was written in a parsed
+    tree, as near as known: the deepest key or object on the path that has a line."""
+    line = tree.get(START) if isinstance(tree, dict) else None
+    node = tree
+    for match in _SEGMENT.finditer(path):
+        key, index = match.group(1), match.group(2)
+        if isinstance(node, list) and key is not None and len(node) == 1 and isinstance(node[0], dict):
+            node = node[0]  # an HCL block: `Name { ... }` is a one-element list
+        if index is not None:
+            if not isinstance(node, list) or int(index) >= len(node):
+                break
+            node = node[int(index)]
+        elif isinstance(node, dict):
+            found = next((k for k in node if isinstance(k, str) and not k.startswith("__")
+                          and _fold(k) == _fold(key)), None)
+            if found is None:
+                break
+            lines = node.get(LINES)
+            if isinstance(lines, dict) and isinstance(lines.get(found), int):
+                line = lines[found]
+            node = node[found]
+        else:
+            break
+        if isinstance(node, dict) and isinstance(node.get(START), int):
+            line = node[START]
+    return line if isinstance(line, int) else None
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
 
 
 def strip_markers(value: Any) -> Any:

@@ -163,6 +163,7 @@ def test_the_agents_refusals_are_shown_with_the_field(agent: AgentProcess, tmp_p
     assert result.exit_code == 1
     assert result.stderr.startswith("Error writing config entry service-defaults/web: Unexpected response code: 400 (")
     assert "field Protocol" in result.stderr
+    assert result.stderr.endswith(f"\n{bad}:3: field Protocol\n")  # the agent names the field, the file the line
     router = tmp_path / "router.hcl"  # service "tcp-only" has no protocol: a router on it is refused
     router.write_text('Kind = "service-router"\nName = "tcp-only"\nRoutes = [\n  { Destination = { Service = "x" } '
                       '},\n]\n')
