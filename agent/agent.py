@@ -34,6 +34,7 @@ from .config.types import AgentConfig
 from .connect.authority import CAAuthority
 from .connect.ca_manager import CAManager
 from .connect.forwarded_ca import ForwardedCA
+from .connect.leaf_cache import LeafCache
 from .dns.server import DNSServer
 from .gossip_link import GossipLink
 from .heap_trim import trim_heap
@@ -121,6 +122,9 @@ class Agent:
                               data_dir=data_dir, on_event=self._on_gossip_event)
         self.gossip = self.lan.agent
         self.events = UserEventLog(config.watches)
+        # Leaf certificates of local services, signed through self.ca (the CA authority).
+        self.leaves = LeafCache(self.store, self.datacenter, lambda: getattr(self, "ca", None),
+                                lambda: [d.name for d in self.local.services().values()])
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server)
@@ -192,6 +196,7 @@ class Agent:
                     await nursery.start(self.forwarder.run)
                     await nursery.start(self.replica.run)
                 await nursery.start(self._run_until_leave)
+                await nursery.start(self.leaves.run)
                 if self.config.ports.http >= 0:
                     await nursery.start(self.http.run)
                 if self.config.ports.dns >= 0:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ...gossip.member import Member
     from ..config.types import AgentConfig, CheckDefinition, ServiceDefinition
     from ..connect.authority import CAAuthority
+    from ..connect.leaf_cache import LeafCache
     from ..local_sync import LocalCheck
     from ..server.peers import RaftPeer
     from ..store import CatalogStore
@@ -107,6 +108,9 @@ class AgentView(Protocol):
     @property
     def ca(self) -> CAAuthority:
         """The mesh CA: signs leaves, changes its configuration (agent/connect/authority.py)."""
+    @property
+    def leaves(self) -> LeafCache:
+        """Local services' leaf certificates (agent/connect/leaf_cache.py)."""
 
     def members(self) -> list[Member]: ...
     def leader_status(self) -> tuple[bool, int]:

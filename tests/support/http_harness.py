@@ -16,6 +16,7 @@ import trio
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig, CheckDefinition, Ports, ServiceDefinition
 from meshagent.agent.connect.ca_manager import CAManager
+from meshagent.agent.connect.leaf_cache import LeafCache
 from meshagent.agent.http.api import API
 from meshagent.agent.http.messages import Handler
 from meshagent.agent.http.server import HTTPServer
@@ -95,7 +96,10 @@ class FakeAgent:
         # A real in-memory CA (as under -dev): it sets itself up on the first call, so tests can sign at once.
         self.ca = CAManager(self.store, datacenter, min_leaf_ttl=1.0)
         self.shutdowns = 0
-        self.leaves = 0
+        self.leave_calls = 0
+        # Leaf certificates signed by `self.ca` once a test (or the harness) sets one.
+        self.leaves = LeafCache(self.store, datacenter, lambda: getattr(self, "ca", None),
+                                lambda: [d.name for d in self.local.services().values()])
         self._ltime = 0
 
     def members(self) -> list[Member]:
@@ -122,7 +126,7 @@ class FakeAgent:
         self.shutdowns += 1
 
     async def leave(self) -> None:
-        self.leaves += 1
+        self.leave_calls += 1
 
 
 def _is_agent_view(agent: FakeAgent) -> AgentView:
@@ -158,6 +162,7 @@ class ServerThread:
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
+            await nursery.start(self.agent.leaves.run)
             self.port = await nursery.start(self.server.run)
             self._ready.set()
 
