@@ -97,6 +97,7 @@ class LeafCache:
         # (SPIFFE ID, key, CSR) not signed yet: retries resend the same CSR instead of making a key each time.
         self._pending: dict[str, tuple[str, str, str]] = {}
         self._nursery: trio.Nursery | None = None
+        self._first_service = trio.Event()  # set when a service is added: the roots watch resumes
         self.signings = 0  # leaves received, all services
 
     # ------------------------------------------------------------------ running
@@ -165,6 +166,7 @@ class LeafCache:
             raise LeafError(429, f"this agent already keeps {MAX_SERVICES} service certificates")
         state = leaf_plan.new_state(service, self._clock())
         self._states[service] = state
+        self._first_service.set()
         self._nursery.start_soon(self._keep, state)
         return state
 
@@ -254,6 +256,10 @@ class LeafCache:
         """Every change of the active root schedules the reissue of leaves signed by another root."""
         active: str | None = None
         while True:
+            if not self._states:
+                # No leaves: hold no watch on the store (blocking-query counts stay the API's own).
+                await self._first_service.wait()
+                self._first_service = trio.Event()
             root = self.store.catalog.connect.active_root
             current = root.id if root is not None else None
             if current != active:
