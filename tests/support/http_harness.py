@@ -162,6 +162,9 @@ class ServerThread:
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
+            ca = getattr(self.agent, "ca", None)  # a test's CA authority (e.g. a -dev CAManager) runs here too
+            if ca is not None and hasattr(ca, "run"):
+                await nursery.start(ca.run)
             await nursery.start(self.agent.leaves.run)
             self.port = await nursery.start(self.server.run)
             self._ready.set()

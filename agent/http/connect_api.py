@@ -1,0 +1,236 @@
+"""`/v1/agent/connect/*` and `/v1/connect/ca/*`: CA roots and configuration, leaf certificates, authorize.
+
+Roots and authorize answer from this agent's own catalog (every agent holds a replica, roots without their
+keys), so they keep working with every server stopped; only `?consistent` asks a server first. Leaves come
+from the agent's LeafCache (agent/connect/leaf_cache.py). A CA configuration change goes to the authority
+(agent.ca), which refuses a bad one with Rejected (400 naming the field).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..catalog.config_entries import entry_watch_key
+from ..catalog.connect_state import WATCH_KEY
+from ..connect.intention_entries import intentions_of
+from ..connect.intentions import Action, Intention, decide_l4, ordered
+from ..connect.leaf_cache import LeafError
+from ..connect.spiffe import SpiffeIDError, parse_service_id, service_id
+from .connect_render import authorize_json, ca_config_json, leaf_json, roots_json, roots_pem
+from .messages import Request, Response
+from .query import HTTPError, Query, bad_request, parse_bool
+from .render import dumps
+
+if TYPE_CHECKING:
+    from ..catalog.state import Catalog
+    from .api import API
+
+INTENTIONS_KIND = "service-intentions"
+INTENTIONS_KEY = entry_watch_key(INTENTIONS_KIND)
+MAX_AUTHORIZE_BODY = 16 * 1024  # Target + a SPIFFE ID (≤ 2 KiB) + a serial: far below this
+MAX_CONFIG_BODY = 256 * 1024  # a CA configuration may carry a PEM key and certificate
+MAX_NAME = 256
+PEM_CHAIN = (b"content-type", b"application/pem-certificate-chain")
+DEFAULT_REASON = "Default behavior configured by ACLs"  # Consul's reason when no intention matched
+
+
+def _connect_disabled() -> HTTPError:
+    return HTTPError(500, "Connect must be enabled in order to use this endpoint")
+
+
+@contextmanager
+def _hangup_ends_wait(request: Request) -> Iterator[None]:
+    """A client that hangs up ends a blocking wait at once (as API.block does)."""
+    if request.parking is not None and request.sock is not None:
+        with request.parking.watch(request.sock):
+            yield
+    else:
+        yield
+
+
+async def _block_local(api: API, query: Query, request: Request) -> int:
+    """A blocking read of the CA state from the local catalog: no server is asked unless ?consistent."""
+    store = api.agent.store
+    if query.consistency == b"consistent":
+        await store.read_barrier(query.consistency)
+    if query.index > 0:
+        with _hangup_ends_wait(request):
+            await store.block([WATCH_KEY], query.index, query.wait)
+    # Never 0: a watch loop that sends ?index=0 would not block (Consul's indexes start at 1).
+    return max(1, store.index_for([WATCH_KEY]))
+
+
+# ---------------------------------------------------------------------------------------------- roots
+
+async def agent_roots(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/agent/connect/ca/roots: the trusted roots from this agent's cache (blocking)."""
+    index = await _block_local(api, query, request)
+    return 200, api.meta_headers(index, query), _dumps(roots_json(api.agent.store.catalog.connect), query)
+
+
+async def roots(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/ca/roots[?pem=true]: the trusted roots, as JSON or as a PEM bundle (blocking)."""
+    pem = query.has("pem") and (query.get("pem") == "" or parse_bool("pem", query.get("pem")))
+    index = await _block_local(api, query, request)
+    connect = api.agent.store.catalog.connect
+    if pem:
+        headers = api.meta_headers(index, query)
+        headers[0] = PEM_CHAIN
+        return 200, headers, roots_pem(connect).encode()
+    return 200, api.meta_headers(index, query), _dumps(roots_json(connect), query)
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+async def ca_configuration_get(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/ca/configuration: Provider, Config (without PrivateKey), State, indexes."""
+    index = await _block_local(api, query, request)
+    connect = api.agent.store.catalog.connect
+    if not connect.cluster_id:
+        raise HTTPError(500, "Connect CA is not initialized yet")
+    provider = str(getattr(api.agent.config, "ca_provider", "consul") or "consul")
+    return 200, api.meta_headers(index, query), _dumps(ca_config_json(connect, index, provider), query)
+
+
+async def ca_configuration_put(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/connect/ca/configuration with {Provider, Config, ForceWithoutCrossSigning}: to the authority."""
+    body = _json_object(request.body, MAX_CONFIG_BODY)
+    provider = body.get("Provider", body.get("provider", ""))
+    if not isinstance(provider, str) or len(provider) > MAX_NAME:
+        raise bad_request("Request decode failed: Provider must be a string")
+    config = body.get("Config", body.get("config", {}))
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise bad_request("Request decode failed: Config must be an object")
+    force = body.get("ForceWithoutCrossSigning", body.get("force_without_cross_signing", False))
+    if not isinstance(force, bool):
+        raise bad_request("Request decode failed: ForceWithoutCrossSigning must be a boolean")
+    authority = getattr(api.agent, "ca", None)
+    if authority is None:
+        raise _connect_disabled()
+    try:
+        await authority.set_config(provider or "consul", config, force)
+    except ValueError as exc:  # a CA that validates with ValueError (its Rejected is a ServerError: 400)
+        raise bad_request(str(exc)) from None
+    return 200, [], b""
+
+
+# ---------------------------------------------------------------------------------------------- leaf
+
+async def leaf(api: API, request: Request, query: Query, service: str) -> Response:
+    """GET /v1/agent/connect/ca/leaf/:service: the service's leaf (blocking on ?index= until a new one)."""
+    if not service:
+        raise bad_request("Missing service name")
+    try:
+        with _hangup_ends_wait(request):
+            record = await api.agent.leaves.get(service, query.index, query.wait if query.index > 0 else 0.0)
+    except LeafError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
+    return 200, api.meta_headers(record.index, query), _dumps(leaf_json(record), query)
+
+
+# ---------------------------------------------------------------------------------------------- authorize
+
+class _IntentionCache:
+    """The intentions of one catalog, compiled once per change of the service-intentions entries."""
+
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.index = -1
+        self.intentions: list[Intention] = []
+
+    def get(self, catalog: Catalog) -> list[Intention]:
+        index = catalog.index_for([INTENTIONS_KEY])
+        if catalog is not self.catalog or index != self.index:
+            rows = catalog.config_entries.list(INTENTIONS_KIND)
+            self.intentions = ordered(intentions_of(rows))
+            self.catalog, self.index = catalog, index
+        return self.intentions
+
+
+_CACHES: dict[int, _IntentionCache] = {}  # by id(store): one per agent (tests run several in one process)
+
+
+def compiled_intentions(api: API) -> list[Intention]:
+    """This agent's intentions, ordered, recompiled only when service-intentions entries changed."""
+    store = api.agent.store
+    cache = _CACHES.get(id(store))
+    if cache is None:
+        if len(_CACHES) >= 64:
+            _CACHES.clear()
+        cache = _CACHES[id(store)] = _IntentionCache()
+    return cache.get(store.catalog)
+
+
+async def authorize(api: API, request: Request, query: Query, arg: str) -> Response:
+    """POST /v1/agent/connect/authorize {Target, ClientCertURI, ClientCertSerial}: {Authorized, Reason},
+    decided at L4 from this agent's intentions (an L7 intention denies), the ACL default otherwise."""
+    body = _json_object(request.body, MAX_AUTHORIZE_BODY)
+    target = _text(body, "Target", required=True)
+    uri = _text(body, "ClientCertURI", required=True)
+    _text(body, "ClientCertSerial", required=False)
+    try:
+        service_id("x", "x", target)
+    except SpiffeIDError as exc:
+        raise bad_request(f"Target is not a valid service name: {exc}") from None
+    try:
+        client = parse_service_id(uri)
+    except SpiffeIDError as exc:
+        raise bad_request(f"ClientCertURI not a valid Connect identifier: {exc}") from None
+    trust_domain = api.agent.store.catalog.connect.trust_domain
+    if not trust_domain:
+        return api.json(authorize_json(False, "Connect CA is not initialized on this agent yet"), query)
+    if client.trust_domain != trust_domain:
+        return api.json(authorize_json(False, f"Identity from an external trust domain "
+                                              f"{client.trust_domain} (this mesh is {trust_domain})"), query)
+    default_allow = str(getattr(api.agent.config, "acl_default_policy", "allow")).lower() != "deny"
+    decision = decide_l4(compiled_intentions(api), client.service, target, default_allow,
+                         source_ns=client.namespace)
+    # Sorted once in the cache; decide_l4 sorts again, which on sorted input is one linear pass.
+    return api.json(authorize_json(decision.allowed, _reason(decision.matched)), query)
+
+
+def _reason(matched: Intention | None) -> str:
+    if matched is None:
+        return DEFAULT_REASON
+    name = f"{matched.source} => {matched.destination}"
+    if matched.action is None:
+        return f"Matched L7 intention: {name} (L7 permissions deny at L4)"
+    return f"Matched L4 intention: {name} ({Action(matched.action).value})"
+
+
+# ---------------------------------------------------------------------------------------------- bodies
+
+def _json_object(body: bytes, limit: int) -> dict[str, Any]:
+    if len(body) > limit:
+        raise HTTPError(413, f"Request body too large, max size: {limit} bytes")
+    if not body.strip():
+        raise bad_request("Request decode failed: empty body")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request decode failed: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise bad_request("Request decode failed: body must be a JSON object")
+    return data
+
+
+def _text(body: dict[str, Any], name: str, required: bool) -> str:
+    value = body.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise bad_request(f"Request decode failed: {name} must be a string")
+    if len(value.encode("utf-8", "replace")) > 4096:
+        raise bad_request(f"{name} is too long")
+    if required and not value:
+        raise bad_request(f"{name} must be specified")
+    return value
+
+
+def _dumps(data: Any, query: Query) -> bytes:
+    return dumps(data, query.pretty)
