@@ -8,6 +8,7 @@ decodes them. Cross-field rules (one path match at most, weights summing to 100 
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -292,7 +293,9 @@ class Obj(Spec):
                 raise FieldProblem(path, f"has a key that is not a string: {_short(key)}")
             name = self.by_fold.get(fold(key))
             if name is None:
-                raise FieldProblem(join(path, key[:MAX_NAME]), "unknown field")
+                near = difflib.get_close_matches(fold(key[:MAX_NAME]), list(self.by_fold), n=1)
+                hint = f" (did you mean {self.by_fold[near[0]]}?)" if near else ""
+                raise FieldProblem(join(path, key[:MAX_NAME]), f"unknown field{hint}")
             if name in seen:
                 raise FieldProblem(join(path, name), f"given twice (as {seen[name]!r} and {key!r})")
             seen[name] = key

@@ -251,6 +251,8 @@ def test_bad_entries_are_refused_naming_the_field(raw: Any, field: str) -> None:
         normalize_entry(raw)
     assert err.value.field == field, str(err.value)
     assert f"field {field or '(entry)'}: " in str(err.value)
+    if field == "Protocl":
+        assert "did you mean Protocol?" in str(err.value)
     if isinstance(raw, dict) and isinstance(raw.get("Kind"), str) and isinstance(raw.get("Name"), str):
         assert str(err.value).startswith(f"{raw['Kind']} {raw['Name']}: ")
 
