@@ -127,7 +127,7 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
         raise bad_request("Missing service name")
     try:
         with _hangup_ends_wait(request):
-            record = await api.agent.leaves.get(service, query.index, query.wait if query.index > 0 else 0.0)
+            record = await api.agent.leaves.get(service, query.index, query.wait)
     except LeafError as exc:
         raise HTTPError(exc.status, str(exc)) from None
     return 200, api.meta_headers(record.index, query), _dumps(leaf_json(record), query)
