@@ -1,0 +1,412 @@
+"""`/v1/connect/intentions`: the legacy intention API, mapped onto `service-intentions` entries as Consul ≥ 1.9.
+
+Every intention is one Source of its destination's entry. A write reads that entry, changes the one source
+(agent/connect/intention_entries.py) and writes the whole entry back with `cas` = its ModifyIndex, retrying
+when another write got there first; so two clients editing intentions of one destination never lose one.
+Reads answer Consul's legacy JSON, ordered by precedence; `check` decides with intentions.decide_l4.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..catalog import commands
+from ..catalog.config_entries import MAX_NAME_LEN, ConfigEntryRow, entry_watch_key
+from ..connect.entry_validate import EntryError
+from ..connect.intention_entries import (
+    find_by_id,
+    find_source,
+    intentions_of,
+    legacy_json,
+    legacy_list,
+    match,
+    remove_source,
+    upsert_source,
+)
+from ..connect.intentions import decide_l4
+from .config_api import MAX_ERROR, apply, body_json, validate
+from .filter import INT, STR, STRMAP, Schema
+from .messages import Request, Response
+from .query import HTTPError, Query, bad_request
+
+if TYPE_CHECKING:
+    from ..store import CatalogStore
+    from .api import API
+
+KIND = "service-intentions"
+WRITE_ATTEMPTS = 5
+# How long a retry waits for this agent's catalog to show the write that beat it (a client's replica lags).
+CATCH_UP_WAIT = 2.0
+MAX_META_KEYS = 64
+_CT_JSON = (b"content-type", b"application/json")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_NOT_FOUND = "Intention not found"
+
+INTENTION_SCHEMA: Schema = {
+    "ID": STR, "Description": STR, "SourceNS": STR, "SourceName": STR, "DestinationNS": STR,
+    "DestinationName": STR, "SourceType": STR, "Action": STR, "Meta": STRMAP, "Precedence": INT,
+    "CreateIndex": INT, "ModifyIndex": INT,
+}
+
+Change = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _rows(api: API) -> list[ConfigEntryRow]:
+    return api.agent.store.catalog.config_entries.list(KIND)
+
+
+def _find_id(api: API, ixn_id: str) -> tuple[ConfigEntryRow, dict[str, Any], dict[str, Any]] | None:
+    """(entry row, source, legacy JSON) of the intention with this ID, or None."""
+    legacy = find_by_id(_rows(api), ixn_id)
+    if legacy is None:
+        return None
+    row = api.agent.store.catalog.config_entries.get(KIND, str(legacy["DestinationName"]))
+    source = find_source(None if row is None else row.entry, str(legacy["SourceName"]))
+    if row is None or source is None:
+        return None
+    return row, source, legacy
+
+
+# ---------------------------------------------------------------------- parameters
+
+
+def _one(query: Query, name: str) -> str:
+    values = query.all(name)
+    if len(values) != 1 or not values[0]:
+        raise bad_request(f"required query parameter '{name}' not set")
+    return values[0]
+
+
+def service_name(text: str, param: str) -> str:
+    """A `?source=`/`?destination=`/`?name=` value: `name` or `default/name` (one namespace here)."""
+    if text.startswith("peer:"):
+        raise bad_request(f"{param} {text[:64]!r} is invalid: cluster peers are not supported")
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise bad_request(f"{param} {text[:64]!r} is invalid: partitions are not supported")
+    if len(parts) == 2:
+        if parts[0] not in ("default", "*"):
+            raise bad_request(f"{param} {text[:64]!r} is invalid: only the default namespace exists")
+        text = parts[1]
+    if not text or len(text) > MAX_NAME_LEN or not text.isprintable():
+        raise bad_request(f"{param} must be a service name of 1-{MAX_NAME_LEN} printable characters")
+    return text
+
+
+def _pair(query: Query) -> tuple[str, str]:
+    return (service_name(_one(query, "source"), "source"),
+            service_name(_one(query, "destination"), "destination"))
+
+
+def _check_id(ixn_id: str) -> str:
+    if not _UUID.match(ixn_id):
+        raise bad_request(f"Invalid intention ID {ixn_id[:64]!r}: UUID must be 36 characters in 8-4-4-4-12 form")
+    return ixn_id.lower()
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+def _fold(body: Any) -> dict[str, Any]:
+    """The intention body with keys matched case-insensitively, as Go's encoding/json does."""
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: the body must be a JSON object (one intention)")
+    return {str(k).lower(): v for k, v in body.items()}
+
+
+def _str(body: dict[str, Any], field: str, limit: int = 4096) -> str:
+    value = body.get(field.lower())
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise bad_request(f"Request decode failed: {field} must be a string of at most {limit} characters")
+    return value
+
+
+def _meta(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("meta")
+    if value is None:
+        return {}
+    if (not isinstance(value, dict) or len(value) > MAX_META_KEYS
+            or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
+                       for k, v in value.items())):
+        raise bad_request(f"Request decode failed: Meta must be an object of at most {MAX_META_KEYS} strings "
+                          "(keys ≤ 128, values ≤ 512 characters)")
+    return dict(value)
+
+
+def _source(body: dict[str, Any], name: str, *, legacy: bool) -> dict[str, Any]:
+    """The Source an intention body makes (Consul's ToSourceIntention): L4 Action or L7 Permissions."""
+    source_type = _str(body, "SourceType") or "consul"
+    if source_type != "consul":
+        raise bad_request(f"Invalid SourceType {source_type[:40]!r}: only \"consul\" is supported")
+    for field in ("SourcePartition", "DestinationPartition"):
+        if _str(body, field) not in ("", "default"):
+            raise bad_request(f"Cannot specify a {field} with this endpoint: partitions are not supported")
+    for field in ("SourceNS", "DestinationNS"):
+        if _str(body, field) not in ("", "default"):
+            raise bad_request(f"Invalid {field}: only the default namespace exists")
+    if _str(body, "SourcePeer"):
+        raise bad_request("SourcePeer is not supported: cluster peering does not exist here")
+    source: dict[str, Any] = {"Name": name, "Type": source_type}
+    action = _str(body, "Action")
+    permissions = body.get("permissions")
+    if legacy and permissions:
+        raise bad_request("Permissions cannot be set with the legacy intention API; "
+                          "use PUT /v1/connect/intentions/exact or a service-intentions config entry")
+    if action:
+        source["Action"] = action
+    if permissions:
+        source["Permissions"] = permissions  # validated with the whole entry (normalize_entry)
+    description = _str(body, "Description", 512)
+    if description:
+        source["Description"] = description
+    return source
+
+
+def _now() -> str:
+    """Go's time.Time JSON form (RFC 3339, nanoseconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------- writing
+
+
+# Writers on this agent to one destination take turns (each rewrites the whole entry, so they would only
+# beat each other's cas); cas and retry are left for writers on other agents. Per store: one per agent.
+_WRITERS: weakref.WeakKeyDictionary[CatalogStore, dict[str, trio.Lock]] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _turn(store: CatalogStore, destination: str) -> AsyncIterator[None]:
+    locks = _WRITERS.setdefault(store, {})
+    lock = locks.setdefault(destination, trio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and not lock.statistics().tasks_waiting:
+            locks.pop(destination, None)  # only destinations being written keep a lock
+
+
+async def modify(api: API, destination: str, change: Change) -> None:
+    """Read the destination's entry, change it (None: delete it) and write it back at its ModifyIndex,
+    retrying when a concurrent write moved it; 409 after WRITE_ATTEMPTS conflicts."""
+    async with _turn(api.agent.store, destination):
+        await _modify(api, destination, change)
+
+
+async def _modify(api: API, destination: str, change: Change) -> None:
+    store = api.agent.store
+    key = entry_watch_key(KIND, destination)
+    for _ in range(WRITE_ATTEMPTS):
+        seen = store.index_for([key])
+        row = store.catalog.config_entries.get(KIND, destination)
+        try:
+            new = change(None if row is None else row.entry)
+        except EntryError as exc:
+            raise bad_request(str(exc)[:MAX_ERROR]) from None
+        if new is None:
+            if row is None:
+                return
+            command = commands.config_entry_delete(KIND, destination, row.modify_index)
+        else:
+            if row is not None and new == row.entry:
+                return
+            command = commands.config_entry_set(validate(api, new), row.modify_index if row else 0)
+        if await apply(api, command):
+            return
+        # Another write won: wait (bounded) until this agent's catalog shows it, then try again on top of it.
+        await store.block([key], seen, CATCH_UP_WAIT)
+    raise HTTPError(409, f"config entry failed to persist due to CAS failure: kind={KIND!r}, "
+                         f"name={destination!r}; retry")
+
+
+def _upsert(destination: str, source: dict[str, Any], meta: dict[str, str]) -> Change:
+    def change(entry: dict[str, Any] | None) -> dict[str, Any]:
+        # Consul: Meta cannot live on one intention; it may only repeat the enclosing entry's Meta.
+        if meta and (entry is None or (entry.get("Meta") or {}) != meta):
+            raise bad_request("Meta must not be specified, or should be unchanged during an update.")
+        return upsert_source(entry, destination, source)
+
+    return change
+
+
+def _remove(name: str) -> Change:
+    def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        if entry is None or find_source(entry, name) is None:
+            return entry
+        return remove_source(entry, name)
+
+    return change
+
+
+def _bool(ok: bool = True) -> Response:
+    return 200, [_CT_JSON], b"true" if ok else b"false"
+
+
+# ---------------------------------------------------------------------- endpoints
+
+
+async def list_intentions(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/intentions: every intention, highest precedence first (blocking)."""
+    return await api.read(request, query, [entry_watch_key(KIND)], lambda: legacy_list(_rows(api)),
+                          INTENTION_SCHEMA)
+
+
+async def create(api: API, request: Request, query: Query, arg: str) -> Response:
+    """POST /v1/connect/intentions: a legacy intention with a new ID (answers {"ID": ...}); 400 if the
+    pair exists."""
+    body = _fold(body_json(request))
+    if _str(body, "ID"):
+        raise bad_request("ID must be empty when creating a new intention")
+    source_name = service_name(_str(body, "SourceName"), "SourceName")
+    destination = service_name(_str(body, "DestinationName"), "DestinationName")
+    source = _source(body, source_name, legacy=True)
+    now = _now()
+    ixn_id = str(uuid.uuid4())
+    source.update(LegacyID=ixn_id, LegacyCreateTime=now, LegacyUpdateTime=now)
+    meta = _meta(body)
+    if meta:
+        source["LegacyMeta"] = meta
+
+    def change(entry: dict[str, Any] | None) -> dict[str, Any]:
+        if find_source(entry, source_name) is not None:
+            raise bad_request(f"duplicate intention found: {source_name} => {destination}")
+        return upsert_source(entry, destination, source)
+
+    await modify(api, destination, change)
+    return api.json({"ID": ixn_id}, query)
+
+
+async def exact_get(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/intentions/exact?source=&destination=: one intention, 404 when absent (blocking)."""
+    source_name, destination = _pair(query)
+    index = await api.block([entry_watch_key(KIND, destination)], query, request)
+    row = api.agent.store.catalog.config_entries.get(KIND, destination)
+    source = find_source(None if row is None else row.entry, source_name)
+    if row is None or source is None:
+        raise HTTPError(404, _NOT_FOUND)
+    return api.json(legacy_json(row, source), query, extra=api.meta_headers(index, query)[1:])
+
+
+async def exact_put(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/connect/intentions/exact?source=&destination=: create or replace that intention (true)."""
+    source_name, destination = _pair(query)
+    body = _fold(body_json(request))
+    if _str(body, "ID"):
+        raise bad_request("ID must not be specified")
+    await modify(api, destination, _upsert(destination, _source(body, source_name, legacy=False), _meta(body)))
+    return _bool()
+
+
+async def exact_delete(api: API, request: Request, query: Query, arg: str) -> Response:
+    """DELETE /v1/connect/intentions/exact?source=&destination=: true, also when there was none."""
+    source_name, destination = _pair(query)
+    await modify(api, destination, _remove(source_name))
+    return _bool()
+
+
+async def match_intentions(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/intentions/match?by=source|destination&name=...: {name: [intentions]} (blocking)."""
+    by = query.all("by")
+    if len(by) != 1:
+        raise bad_request("required query parameter 'by' not set")
+    if by[0] not in ("source", "destination"):
+        raise bad_request("'by' parameter must be one of 'source' or 'destination'")
+    names = query.all("name")
+    if not names:
+        raise bad_request("required query parameter 'name' not set")
+    if len(names) > 64:
+        raise bad_request("at most 64 'name' parameters")
+    parsed = [(raw, service_name(raw, "name")) for raw in names]
+
+    def build() -> dict[str, list[dict[str, Any]]]:
+        rows = _rows(api)
+        return {raw: list(match(rows, by[0], name)) for raw, name in parsed}
+
+    return await api.read(request, query, [entry_watch_key(KIND)], build)
+
+
+async def check(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/intentions/check?source=&destination=: {"Allowed": bool} with the default policy."""
+    source_type = query.get("source-type", "consul")
+    if source_type != "consul":
+        raise bad_request(f"Invalid source-type {source_type[:40]!r}: only \"consul\" is supported")
+    source_name, destination = _pair(query)
+    await api.agent.store.read_barrier(query.consistency)
+    default_allow = getattr(api.agent.config, "acl_default_policy", "allow") != "deny"
+    decision = decide_l4(intentions_of(_rows(api)), source_name, destination, default_allow)
+    return api.json({"Allowed": decision.allowed}, query)
+
+
+async def by_id_get(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/connect/intentions/:id: one intention by its (legacy) ID, 404 when none has it."""
+    ixn_id = _check_id(arg)
+    index = await api.block([entry_watch_key(KIND)], query, request)
+    found = _find_id(api, ixn_id)
+    if found is None:
+        raise HTTPError(404, _NOT_FOUND)
+    return api.json(found[2], query, extra=api.meta_headers(index, query)[1:])
+
+
+async def by_id_put(api: API, request: Request, query: Query, arg: str) -> Response:
+    """PUT /v1/connect/intentions/:id: replace a legacy intention (its destination cannot change)."""
+    ixn_id = _check_id(arg)
+    body = _fold(body_json(request))
+    found = _find_id(api, ixn_id)
+    if found is None:
+        raise HTTPError(404, f"Cannot modify non-existent intention: '{ixn_id}'")
+    row, old, legacy = found
+    destination = service_name(_str(body, "DestinationName") or row.name, "DestinationName")
+    if destination != row.name:
+        raise bad_request("Cannot modify DestinationNS or DestinationName for an intention once it exists.")
+    source_name = service_name(_str(body, "SourceName") or str(old.get("Name", "")), "SourceName")
+    source = _source(body, source_name, legacy=True)
+    source.update(LegacyID=ixn_id, LegacyUpdateTime=_now(),
+                  LegacyCreateTime=old.get("LegacyCreateTime") or legacy.get("CreatedAt") or _now())
+    meta = _meta(body)
+    if meta:
+        source["LegacyMeta"] = meta
+    old_name = str(old.get("Name", ""))
+
+    def change(entry: dict[str, Any] | None) -> dict[str, Any]:
+        current = find_source(entry, old_name)
+        if entry is None or current is None:
+            raise HTTPError(404, f"Cannot modify non-existent intention: '{ixn_id}'")
+        if source_name != old_name:
+            if find_source(entry, source_name) is not None:
+                raise bad_request(f"duplicate intention found: {source_name} => {destination}")
+            remaining = remove_source(entry, old_name)
+            return upsert_source(remaining, destination, source)
+        return upsert_source(entry, destination, source)
+
+    await modify(api, destination, change)
+    return api.json({"ID": ixn_id}, query)
+
+
+async def by_id_delete(api: API, request: Request, query: Query, arg: str) -> Response:
+    """DELETE /v1/connect/intentions/:id: true; 404 when no intention has that ID."""
+    ixn_id = _check_id(arg)
+    found = _find_id(api, ixn_id)
+    if found is None:
+        raise HTTPError(404, f"Cannot delete non-existent intention: '{ixn_id}'")
+    row, source, _ = found
+    await modify(api, row.name, _remove(str(source.get("Name", ""))))
+    return _bool()
+
+
+__all__ = ["INTENTION_SCHEMA", "by_id_delete", "by_id_get", "by_id_put", "check", "create",
+           "exact_delete", "exact_get", "exact_put", "list_intentions", "match_intentions", "modify",
+           "service_name"]
