@@ -11,7 +11,18 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import agent_api, catalog_api, catalog_write_api, event_api, health_api, kv_api, operator_api
+from . import (
+    agent_api,
+    catalog_api,
+    catalog_write_api,
+    config_api,
+    connect_api,
+    event_api,
+    health_api,
+    intentions_api,
+    kv_api,
+    operator_api,
+)
 from .errors import error_response
 from .filter import Schema, compile_filter
 from .messages import Headers, Request, Response, simple_response
@@ -77,6 +88,21 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/operator/keyring": {"GET": operator_api.keyring, "POST": operator_api.keyring,
                              "PUT": operator_api.keyring, "DELETE": operator_api.keyring},
     "/v1/snapshot": {"GET": operator_api.snapshot_save, "PUT": operator_api.snapshot_restore},
+    "/v1/agent/connect/ca/roots": {"GET": connect_api.agent_roots},
+    "/v1/agent/connect/ca/leaf/": {"GET": connect_api.leaf},
+    "/v1/agent/connect/authorize": {"POST": connect_api.authorize},
+    "/v1/connect/ca/roots": {"GET": connect_api.roots},
+    "/v1/connect/ca/configuration": {"GET": connect_api.ca_configuration_get,
+                                     "PUT": connect_api.ca_configuration_put},
+    "/v1/config": {"PUT": config_api.put},
+    "/v1/config/": {"GET": config_api.get, "DELETE": config_api.delete},
+    "/v1/connect/intentions": {"GET": intentions_api.list_intentions, "POST": intentions_api.create},
+    "/v1/connect/intentions/exact": {"GET": intentions_api.exact_get, "PUT": intentions_api.exact_put,
+                                     "DELETE": intentions_api.exact_delete},
+    "/v1/connect/intentions/match": {"GET": intentions_api.match_intentions},
+    "/v1/connect/intentions/check": {"GET": intentions_api.check},
+    "/v1/connect/intentions/": {"GET": intentions_api.by_id_get, "PUT": intentions_api.by_id_put,
+                                "DELETE": intentions_api.by_id_delete},
 }
 # Longest prefix first so /v1/agent/service/register beats /v1/agent/service/.
 _PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)
