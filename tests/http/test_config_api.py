@@ -82,6 +82,9 @@ def test_http_shapes_match_consul(api_server: ServerThread) -> None:
     missing = httpx.get(f"{url}/service-defaults/nope")
     assert missing.status_code == 404 and missing.text == 'Config entry not found for "service-defaults" / "nope"'
     assert "x-consul-index" in missing.headers
+    # A read entry written back as it came (indexes and all) is accepted, as Consul's decoder does.
+    assert httpx.put(url, json={**got, "Protocol": "grpc"}).json() is True
+    assert httpx.get(f"{url}/service-defaults/web").json()["Protocol"] == "grpc"
     deleted = httpx.delete(f"{url}/service-defaults/web")
     assert (deleted.status_code, deleted.json()) == (200, {})  # Consul: {} without ?cas, true/false with
     assert httpx.delete(f"{url}/service-defaults/web").json() == {}  # already gone: still fine
