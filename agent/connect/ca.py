@@ -172,20 +172,29 @@ def cross_sign(old: CARoot, new: CARoot, now: datetime.datetime) -> str:
     new_cert = x509.load_pem_x509_certificate(new.root_cert.encode())
     old_cert = x509.load_pem_x509_certificate(old.root_cert.encode())
     old_key = _private_key(old)
-    cert = (x509.CertificateBuilder()
-            .subject_name(new_cert.subject).issuer_name(old_cert.subject).public_key(new_cert.public_key())
-            .serial_number(_serial()).not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(min(new_cert.not_valid_after_utc, old_cert.not_valid_after_utc))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(new_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value,
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False)
-            .add_extension(new_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value,
-                           critical=False)
-            .sign(old_key, hashes.SHA256()))
+    # An operator-supplied root may lack the key identifier or the SAN: derive the one, leave out the other.
+    try:
+        ski = new_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        ski = x509.SubjectKeyIdentifier.from_public_key(new_cert.public_key())
+    builder = (x509.CertificateBuilder()
+               .subject_name(new_cert.subject).issuer_name(old_cert.subject).public_key(new_cert.public_key())
+               .serial_number(_serial()).not_valid_before(now - CLOCK_SKEW)
+               .not_valid_after(min(new_cert.not_valid_after_utc, old_cert.not_valid_after_utc))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(ski, critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()),
+                              critical=False))
+    try:
+        san = new_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        builder = builder.add_extension(san, critical=False)
+    except x509.ExtensionNotFound:
+        pass
+    cert = builder.sign(old_key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

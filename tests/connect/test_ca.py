@@ -138,3 +138,25 @@ def test_a_csr_with_a_forged_signature_is_refused() -> None:
     forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(CSRError, match="signature"):
         check_csr(forged, TD, "dc1")
+
+
+def test_a_supplied_root_without_key_identifier_or_san_is_cross_signed(tmp_path: Path) -> None:
+    """An operator's root may carry neither extension; rotation to it must still chain (it was a 500)."""
+    from meshagent.agent.connect.ca_plan import make_root
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator root")])
+    bare = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    supplied = make_root(TD, NOW, 86400.0, key_pem=key_pem,
+                         cert_pem=bare.public_bytes(serialization.Encoding.PEM).decode())
+    old = new_root(TD, NOW)
+    inter = cross_sign(old, supplied, NOW)
+    leaf = sign_leaf(supplied, leaf_key_and_csr(WEB)[1], "dc1", NOW)
+    only_old = _openssl_verify(tmp_path, [old.root_cert], leaf.cert_pem, untrusted=(inter,))
+    assert only_old.returncode == 0, only_old.stdout + only_old.stderr
