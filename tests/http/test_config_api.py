@@ -275,6 +275,7 @@ KEYS = st.sampled_from(["Protocol", "Sources", "Routes", "Splits", "Config", "Me
                         "Redirect", "Failover", "MeshGateway", "Expose", "Mode", "TransparentProxy"])
 
 
+@pytest.mark.slow  # 3 s quiet, up to 10 s on the loaded CI machine
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(["service-defaults", "proxy-defaults", "service-intentions", "service-router",
                              "service-splitter", "service-resolver"]),
