@@ -229,8 +229,8 @@ async def _modify(api: API, destination: str, change: Change) -> None:
             return
         # Another write won: wait (bounded) until this agent's catalog shows it, then try again on top of it.
         await store.block([key], seen, CATCH_UP_WAIT)
-    raise HTTPError(409, f"config entry failed to persist due to CAS failure: kind={KIND!r}, "
-                         f"name={destination!r}; retry")
+    raise HTTPError(409, f'config entry failed to persist due to CAS failure: kind="{KIND}", '
+                         f'name="{destination}"; retry')
 
 
 def _upsert(destination: str, source: dict[str, Any], meta: dict[str, str]) -> Change:
