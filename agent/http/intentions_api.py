@@ -47,7 +47,7 @@ WRITE_ATTEMPTS = 5
 CATCH_UP_WAIT = 2.0
 MAX_META_KEYS = 64
 _CT_JSON = (b"content-type", b"application/json")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NOT_FOUND = "Intention not found"
 
 INTENTION_SCHEMA: Schema = {
@@ -110,7 +110,7 @@ def _pair(query: Query) -> tuple[str, str]:
 
 
 def _check_id(ixn_id: str) -> str:
-    if not _UUID.match(ixn_id):
+    if not _UUID.fullmatch(ixn_id):
         raise bad_request(f"Invalid intention ID {ixn_id[:64]!r}: UUID must be 36 characters in 8-4-4-4-12 form")
     return ixn_id.lower()
 
