@@ -123,7 +123,7 @@ class Agent:
         self.gossip = self.lan.agent
         self.events = UserEventLog(config.watches)
         # Leaf certificates of local services, signed through self.ca (the CA authority).
-        self.leaves = LeafCache(self.store, self.datacenter, lambda: getattr(self, "ca", None),
+        self.leaves = LeafCache(self.store, self.datacenter, lambda: self.ca,
                                 lambda: [d.name for d in self.local.services().values()])
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
