@@ -28,6 +28,7 @@ from meshagent.agent.connect.ca_manager import CAManager
 from meshagent.agent.connect.forwarded_ca import ForwardedCA
 from meshagent.agent.rpc.client import RPCClient
 
+from tests.support.agents import AgentProcess
 from tests.support.http_harness import FakeAgent, ServerThread
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
@@ -307,6 +308,24 @@ def test_hostile_bodies_and_names_are_400_never_500(http: httpx.Client) -> None:
         assert response.status_code == 400, (name[:40], response.status_code, response.text)
     assert http.get("/v1/connect/ca/roots?pem=maybe").status_code == 400
     assert http.post("/v1/agent/connect/ca/roots").status_code == 405
+
+
+@pytest.mark.slow  # a real agent process
+def test_a_dev_agent_process_serves_roots_configuration_and_a_verifiable_leaf(dev_agent: AgentProcess,
+                                                                             tmp_path: Path) -> None:
+    c = consul.Consul(host=dev_agent.host, port=8500)
+    roots = wait_for(lambda: c.connect.ca.roots()["Roots"], 20, what="the -dev agent's CA root")
+    assert roots[0]["Active"] and c.connect.ca.configuration()["Config"]["LeafCertTTL"] == "72h"
+    leaf = httpx.get(f"{dev_agent.http_addr}/v1/agent/connect/ca/leaf/web", timeout=30).json()
+    (tmp_path / "roots.pem").write_text(httpx.get(f"{dev_agent.http_addr}/v1/connect/ca/roots?pem=true").text)
+    (tmp_path / "leaf.pem").write_text(leaf["CertPEM"])
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "roots.pem"), str(tmp_path / "leaf.pem")],
+                            capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    trust_domain = c.connect.ca.roots()["TrustDomain"]
+    authorized = httpx.post(f"{dev_agent.http_addr}/v1/agent/connect/authorize",
+                            json={"Target": "db", "ClientCertURI": leaf["ServiceURI"]}).json()
+    assert leaf["ServiceURI"] == f"spiffe://{trust_domain}/ns/default/dc/dc1/svc/web" and authorized["Authorized"]
 
 
 def _epoch(text: str) -> float:
