@@ -18,23 +18,31 @@ if TYPE_CHECKING:
     from .raft_server import RaftServer
 
 Handler = Callable[[Any], Awaitable[Any]]
-CA_OP = b"connect-ca"
+# Ops no caller may send through RPC `apply`: the CA's (only the leader's CA writes them, through Raft
+# directly) and a whole-catalog restore (servers forward it with `raft_restore`, which client certificates
+# may not call: agent/tls/policy.py CLIENT_METHODS).
+PRIVILEGED_OPS = {b"connect-ca": "connect-ca", b"restore": "restore"}
 
 
-def is_ca_command(data: bytes) -> bool:
-    """Whether encoded command bytes are, or (as a batch) hold, a "connect-ca" command. Only the leader's CA
-    writes those, through Raft directly: over RPC `apply` they are refused, so no caller can plant a root."""
-    if CA_OP not in data:  # the cheap check: almost every write
-        return False
+def privileged_op(data: bytes) -> str | None:
+    """The privileged op that encoded command bytes are, or (as a batch) hold; None for ordinary writes."""
+    if not any(marker in data for marker in PRIVILEGED_OPS):  # the cheap check: almost every write
+        return None
     try:
         command = msgpack.unpackb(data, raw=False)
     except Exception:
-        return False  # undecodable: the FSM refuses it anyway
+        return None  # undecodable: the FSM refuses it anyway
     if not isinstance(command, dict):
-        return False
+        return None
     if command.get("op") == "batch" and isinstance(command.get("commands"), list):
-        return any(isinstance(d, bytes) and is_ca_command(d) for d in command["commands"])
-    return command.get("op") == "connect-ca"
+        return next((op for d in command["commands"] if isinstance(d, bytes) and (op := privileged_op(d))), None)
+    op = command.get("op")
+    return op if op in PRIVILEGED_OPS.values() else None
+
+
+def is_ca_command(data: bytes) -> bool:
+    """Whether encoded command bytes are, or (as a batch) hold, a "connect-ca" command."""
+    return privileged_op(data) == "connect-ca"
 
 
 class Endpoints:
@@ -48,6 +56,7 @@ class Endpoints:
             "read_index": self.read_index,            # (leader) an index a follower may read at
             "barrier": self.barrier,                  # a client agent's read barrier
             "add_server": self.add_server,            # a server asking the leader to add it
+            "raft_restore": self.raft_restore,        # a snapshot restore, forwarded by a server to the leader
             "connect_ca_sign": self.connect_ca_sign,  # a CSR to sign (followers forward to the leader)
             "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
         }
@@ -64,9 +73,18 @@ class Endpoints:
         """A catalog command's bytes; the answer is its result once applied."""
         if not isinstance(args, bytes):
             raise Rejected("apply needs the command bytes")
-        if is_ca_command(args):
+        op = privileged_op(args)
+        if op == "connect-ca":
             raise Rejected("connect-ca commands are written by the leader's CA only, not over RPC apply")
+        if op is not None:
+            raise Rejected(f"{op} commands are not accepted over RPC apply")
         return await self.server.apply_bytes(args)
+
+    async def raft_restore(self, args: Any) -> Any:
+        """A restore command's bytes (only that), from a server's /v1/snapshot PUT; forwarded to the leader."""
+        if not isinstance(args, bytes) or privileged_op(args) != "restore":
+            raise Rejected("raft_restore needs a restore command")
+        return await self.server.apply_bytes(args, forward_method="raft_restore")
 
     async def read_index(self, args: Any) -> int:
         """(Leader) confirm leadership and name the index a read must wait for."""

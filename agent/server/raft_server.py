@@ -25,7 +25,7 @@ from ..store import CatalogStore
 from .autopilot_runner import Autopilot
 from .bootstrap import Bootstrap
 from .driver import RaftDriver
-from .endpoints import Endpoints, is_ca_command
+from .endpoints import Endpoints, privileged_op
 from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
@@ -184,8 +184,8 @@ class RaftServer:
 
     def _submit_apply(self, data: bytes, reply: Reply, rid: Any) -> bool:
         """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
-        if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or is_ca_command(data):
-            return False  # (a CA command: Endpoints.apply refuses it)
+        if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or privileged_op(data) is not None:
+            return False  # (Endpoints.apply refuses it)
         p = Proposal(data, self._answer_remote)
         p.reply, p.rid = reply, rid
         return self.driver.enqueue(p)
@@ -208,8 +208,8 @@ class RaftServer:
         """Replicate a catalog command and return its result once applied here; forwards to the leader."""
         return await self.apply_bytes(msgpack.packb(command, use_bin_type=True))
 
-    async def apply_bytes(self, data: bytes) -> Any:
-        """`apply` for an encoded command (the RPC entry point)."""
+    async def apply_bytes(self, data: bytes, forward_method: str = "apply") -> Any:
+        """`apply` for an encoded command (the RPC entry point); a follower forwards it with `forward_method`."""
         if len(data) > MAX_COMMAND_BYTES:
             raise Rejected(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
@@ -228,7 +228,7 @@ class RaftServer:
                 await trio.sleep(0.01)
                 continue
             try:
-                result = await self.call_server(leader, "apply", data, timeout=RPC_HOLD_TIMEOUT)
+                result = await self.call_server(leader, forward_method, data, timeout=RPC_HOLD_TIMEOUT)
             except (NotLeader, Unreachable) as exc:
                 # Retried only when it cannot have been applied: refused, or never sent.
                 if trio.current_time() > deadline or isinstance(exc, Unanswered):
@@ -318,7 +318,7 @@ class RaftServer:
     async def restore(self, meta: dict[str, object], state: bytes) -> None:
         """Replace the catalog with a snapshot's, through the log so that every server does it."""
         check_restore(state)
-        await self.apply(restore_command(state))
+        await self.apply_bytes(msgpack.packb(restore_command(state), use_bin_type=True), forward_method="raft_restore")
 
     # ------------------------------------------------------------------------------------------ figures
 

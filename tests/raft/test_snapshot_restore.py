@@ -63,7 +63,9 @@ def test_snapshot_saved_on_one_cluster_restores_identically_on_a_fresh_one(tmp_p
     target = Cluster(tmp_path / "b", 3, hosts, name="b")
     try:
         leader = target.wait_one_leader()
-        restored = _cli("snapshot", "restore", "-http-addr", leader.http_addr, str(tmp_path / "backup.snap"))
+        # Through a follower: it forwards the restore to the leader with the server-only raft_restore call.
+        follower = next(agent for _, agent in target.members if agent is not leader)
+        restored = _cli("snapshot", "restore", "-http-addr", follower.http_addr, str(tmp_path / "backup.snap"))
         assert restored.returncode == 0, restored.stderr
         assert restored.stdout.strip() == "Restored snapshot"
         after = _catalog(leader.http_addr, names)

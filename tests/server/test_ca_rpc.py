@@ -189,12 +189,17 @@ def test_connect_ca_commands_over_rpc_apply_are_refused_by_every_server(cluster:
         prune = commands.connect_ca("prune", before=time.time() + 10**6)
         datas = [msgpack.packb(c, use_bin_type=True) for c in (rotate, config, prune)]
         datas.append(msgpack.packb({"op": "batch", "commands": datas[:1]}, use_bin_type=True))
+        # A whole-catalog restore (CA keys included) is refused over apply too: servers use raft_restore.
+        restore = msgpack.packb({"op": "restore", "state": client.store.catalog.snapshot()}, use_bin_type=True)
         for address in _addresses(cluster, alive_only=True):  # the leader (its fast path) and the followers
             rpc = RPCClient(address)
             for data in datas:
                 with pytest.raises(Rejected) as info:
                     await rpc.call(client.nursery, "apply", data, 30)
                 assert "connect-ca" in str(info.value)
+            with pytest.raises(Rejected) as info:
+                await rpc.call(client.nursery, "apply", restore, 30)
+            assert "restore" in str(info.value)
             # An ordinary write over the same call still goes through.
             assert await rpc.call(client.nursery, "apply",
                                   msgpack.packb(commands.kv_set("ca-rpc/probe", address.encode()),
