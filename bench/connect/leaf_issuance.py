@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from machine import machine_info  # noqa: E402  (bench/machine.py)
 from meshagent.agent.connect.ca import leaf_key_and_csr, new_root, sign_leaf  # noqa: E402
 from meshagent.agent.connect.spiffe import service_id  # noqa: E402
 
-from tests.support.cluster_hosts import Cluster  # noqa: E402
+from tests.support.cluster_hosts import Cluster, ClusterWarning  # noqa: E402
 from tests.support.mesh import connect_hcl, leaf, uri_sans, wait_ca, write_extra_config  # noqa: E402
 
 TIME_CAP = 120.0  # seconds, per measured phase
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent keep-alive HTTP clients")
     parser.add_argument("--limit", type=float, default=0, help="csr_max_per_second on the servers (0: none)")
     args = parser.parse_args()
+    warnings.simplefilter("ignore", ClusterWarning)  # loopback hosts on purpose: no namespaces needed here
+    logging.getLogger("tests.support.cluster_hosts").setLevel(logging.ERROR)
     print(f"machine: {machine_info()}")
 
     ref_rate, ref_times, whole_rate = reference(args.leaves)
