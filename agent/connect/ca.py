@@ -70,10 +70,22 @@ def new_root(trust_domain: str, now: datetime.datetime, ttl: datetime.timedelta 
              name: str = "meshagent CA Primary Cert") -> CARoot:
     """A fresh root for `trust_domain`: a new EC P-256 key and its self-signed certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_root(key, trust_domain, now, ttl)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return CARoot(colon_hex(cert.fingerprint(hashes.SHA256())), name, cert.serial_number, colon_hex(ski.digest),
+                  cert.not_valid_before_utc, cert.not_valid_after_utc, pem, key_pem, trust_domain)
+
+
+def self_signed_root(key: ec.EllipticCurvePrivateKey, trust_domain: str, now: datetime.datetime,
+                     ttl: datetime.timedelta) -> x509.Certificate:
+    """A root CA certificate for `key`: Consul's subject form, the trust domain as its URI SAN."""
     serial = _serial()
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pri-{serial % 16**8:08x}.ca.{trust_domain}")])
-    cert = (x509.CertificateBuilder()
+    return (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(serial).not_valid_before(now - CLOCK_SKEW).not_valid_after(now + ttl)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -85,11 +97,6 @@ def new_root(trust_domain: str, now: datetime.datetime, ttl: datetime.timedelta 
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return CARoot(colon_hex(cert.fingerprint(hashes.SHA256())), name, serial, colon_hex(ski.digest),
-                  cert.not_valid_before_utc, cert.not_valid_after_utc, pem, key_pem, trust_domain)
 
 
 def leaf_key_and_csr(service: ServiceID) -> tuple[str, str]:

@@ -22,7 +22,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ..catalog import commands
 from ..catalog.connect_state import ConnectState, RootRow
@@ -236,7 +235,7 @@ def make_root(trust_domain: str, now: datetime.datetime, ttl: float, bits: int =
     else:
         key = _load_key(key_pem)
     if cert_pem is None:
-        cert = _self_signed(key, trust_domain, now, ttl)
+        cert = ca.self_signed_root(key, trust_domain, now, datetime.timedelta(seconds=ttl))
     else:
         cert = _load_ca_cert(cert_pem, key, now)
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -273,27 +272,6 @@ def _load_ca_cert(cert_pem: str, key: ec.EllipticCurvePrivateKey, now: datetime.
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         raise CAConfigError("Config.RootCert", "is not valid now")
     return cert
-
-
-def _self_signed(key: ec.EllipticCurvePrivateKey, trust_domain: str, now: datetime.datetime,
-                 ttl: float) -> x509.Certificate:
-    # The same certificate shape as ca.new_root, for a key it did not make.
-    serial = x509.random_serial_number()
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pri-{serial % 16**8:08x}.ca.{trust_domain}")])
-    return (x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(serial).not_valid_before(now - ca.CLOCK_SKEW)
-            .not_valid_after(now + datetime.timedelta(seconds=ttl))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
 
 
 def root_fields(root: ca.CARoot) -> dict[str, Any]:

@@ -8,17 +8,15 @@ a syntax error in HCL2, and the message says to write `Match = { HTTP = { ... } 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from ..config.connect_settings import line_of
 from ..config.syntax import END, LINES, START, SyntaxProblem, load_hcl, load_json
-from .entry_schema import fold
 from .entry_validate import EntryError, normalize_entry
 
 MAX_FILE_BYTES = 1024 * 1024  # HCL is wordier than the 256 KiB of JSON an entry may be
 _MARKERS = (START, LINES, END)
-_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 class EntryFileError(EntryError):
@@ -74,34 +72,6 @@ def strip_lines(value: Any) -> Any:
     if isinstance(value, list):
         return [strip_lines(v) for v in value]
     return value
-
-
-def line_of(tree: Any, field: str) -> int | None:
-    """The line where a dotted field path (`Routes[0].Match.HTTP.PathPrefix`) was written, as near as known."""
-    line = tree.get(START) if isinstance(tree, dict) else None
-    node = tree
-    for match in _SEGMENT.finditer(field):
-        key, index = match.group(1), match.group(2)
-        if isinstance(node, list) and key is not None and len(node) == 1 and isinstance(node[0], dict):
-            node = node[0]  # an HCL block: `Name { ... }` is a one-element list
-        if index is not None:
-            if not isinstance(node, list) or int(index) >= len(node):
-                break
-            node = node[int(index)]
-        elif isinstance(node, dict):
-            found = key if key in node else next((k for k in node if isinstance(k, str) and k not in _MARKERS
-                                                  and fold(k) == fold(key)), None)
-            if found is None:
-                break
-            lines = node.get(LINES)
-            if isinstance(lines, dict) and isinstance(lines.get(found), int):
-                line = lines[found]
-            node = node[found]
-        else:
-            break
-        if isinstance(node, dict) and isinstance(node.get(START), int):
-            line = node[START]
-    return line if isinstance(line, int) else None
 
 
 def _hint(reason: str) -> str:
