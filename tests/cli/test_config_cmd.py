@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from meshagent.cli.main import cli
 
-from tests.support.agents import MESHAGENT, AgentProcess, scratch_dir, start_agent
-from tests.support.ports import free_ports
+from tests.cli.conftest import closed_addr
+from tests.support.agents import MESHAGENT, AgentProcess
 
 
 def run(*args: str, stdin: str | None = None) -> Result:
@@ -21,17 +20,6 @@ def run(*args: str, stdin: str | None = None) -> Result:
     return CliRunner().invoke(cli, list(args), input=stdin)
 
 
-def closed_addr() -> str:
-    return f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    proc = start_agent(scratch_dir())
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 # ---------------------------------------------------------------------- without an agent

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from meshagent.cli.main import cli
 
+from tests.cli.conftest import closed_addr
 from tests.support.agents import AgentProcess, scratch_dir, start_agent
-from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
 
@@ -28,17 +27,6 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(cli, ["connect", "ca", *args])
 
 
-def closed_addr() -> str:
-    return f"http://127.0.0.1:{free_ports(1)[0]}"
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    proc = start_agent(scratch_dir())
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 # ---------------------------------------------------------------------- without an agent

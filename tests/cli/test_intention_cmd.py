@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ from click.testing import CliRunner, Result
 from meshagent.cli.intention_cmd import created_at, describe
 from meshagent.cli.main import cli
 
-from tests.support.agents import MESHAGENT, AgentProcess, scratch_dir, start_agent
-from tests.support.ports import free_ports
+from tests.cli.conftest import closed_addr
+from tests.support.agents import MESHAGENT, AgentProcess
 
 
 def run(*args: str) -> Result:
@@ -22,17 +21,6 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
 
-def closed_addr() -> str:
-    return f"http://127.0.0.1:{free_ports(1)[0]}"
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    proc = start_agent(scratch_dir())
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 # ---------------------------------------------------------------------- without an agent
