@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..catalog.config_entries import entry_watch_key
 from ..catalog.connect_state import WATCH_KEY
 from ..connect.intention_entries import intentions_of
-from ..connect.intentions import Action, Intention, decide_l4, ordered
+from ..connect.intentions import Action, Intention, IntentionIndex
 from ..connect.leaf_cache import LeafError
 from ..connect.spiffe import SpiffeIDError, parse_service_id, service_id
 from .connect_render import authorize_json, ca_config_json, leaf_json, roots_json, roots_pem
@@ -141,13 +141,13 @@ class _IntentionCache:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
         self.index = -1
-        self.intentions: list[Intention] = []
+        self.intentions = IntentionIndex(())
 
-    def get(self, catalog: Catalog) -> list[Intention]:
+    def get(self, catalog: Catalog) -> IntentionIndex:
         index = catalog.index_for([INTENTIONS_KEY])
         if catalog is not self.catalog or index != self.index:
             rows = catalog.config_entries.list(INTENTIONS_KIND)
-            self.intentions = ordered(intentions_of(rows))
+            self.intentions = IntentionIndex(intentions_of(rows))
             self.catalog, self.index = catalog, index
         return self.intentions
 
@@ -155,8 +155,8 @@ class _IntentionCache:
 _CACHES: dict[int, _IntentionCache] = {}  # by id(store): one per agent (tests run several in one process)
 
 
-def compiled_intentions(api: API) -> list[Intention]:
-    """This agent's intentions, ordered, recompiled only when service-intentions entries changed."""
+def compiled_intentions(api: API) -> IntentionIndex:
+    """This agent's intentions, indexed by destination, recompiled only when service-intentions entries changed."""
     store = api.agent.store
     cache = _CACHES.get(id(store))
     if cache is None:
@@ -188,9 +188,7 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
         return api.json(authorize_json(False, f"Identity from an external trust domain "
                                               f"{client.trust_domain} (this mesh is {trust_domain})"), query)
     default_allow = str(getattr(api.agent.config, "acl_default_policy", "allow")).lower() != "deny"
-    decision = decide_l4(compiled_intentions(api), client.service, target, default_allow,
-                         source_ns=client.namespace)
-    # Sorted once in the cache; decide_l4 sorts again, which on sorted input is one linear pass.
+    decision = compiled_intentions(api).decide(client.service, target, default_allow, source_ns=client.namespace)
     return api.json(authorize_json(decision.allowed, _reason(decision.matched)), query)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from meshagent.agent.connect.intentions import Action, Intention, decide_l4, ordered, precedence
+from hypothesis import given
+from hypothesis import strategies as st
+from meshagent.agent.connect.intentions import Action, Intention, IntentionIndex, decide_l4, ordered, precedence
 
 # Consul's table: (source namespace, source name, destination namespace, destination name) → precedence;
 # "e" is exact, "*" a wildcard. A wildcard namespace implies a wildcard name.
@@ -73,3 +75,23 @@ def test_an_l7_intention_denies_at_l4() -> None:
 def test_the_default_decides_when_nothing_matches(default_allow: bool) -> None:
     decision = decide_l4([Intention("web", "cache", Action.DENY)], "web", "db", default_allow)
     assert decision.allowed is default_allow and decision.matched is None
+
+
+_NAMES = st.sampled_from(["web", "db", "api", "*"])
+_NAMESPACES = st.sampled_from(["default", "default", "other", "*"])
+_INTENTION = st.builds(Intention, source=_NAMES, destination=_NAMES,
+                       action=st.sampled_from([Action.ALLOW, Action.DENY, None]),
+                       source_ns=_NAMESPACES, destination_ns=_NAMESPACES)
+
+
+@given(st.lists(_INTENTION, max_size=30), st.sampled_from(["web", "db", "api", "cache"]),
+       st.sampled_from(["web", "db", "api", "cache"]), st.sampled_from(["default", "other"]),
+       st.sampled_from(["default", "other"]), st.booleans())
+def test_the_index_decides_as_decide_l4(intentions: list[Intention], source: str, destination: str,
+                                        source_ns: str, destination_ns: str, default_allow: bool) -> None:
+    index = IntentionIndex(intentions)
+    want = decide_l4(intentions, source, destination, default_allow, source_ns=source_ns,
+                     destination_ns=destination_ns)
+    got = index.decide(source, destination, default_allow, source_ns=source_ns, destination_ns=destination_ns)
+    assert (got.allowed, got.matched) == (want.allowed, want.matched)
+    assert len(index) == len(intentions)
