@@ -102,7 +102,7 @@ class CAManager:
         task_status.started()
         if not self.enabled:
             return
-        next_prune = 0.0
+        last_prune = float("-inf")
         while True:
             if not self.is_leader():
                 self._leading = False
@@ -111,9 +111,10 @@ class CAManager:
                     if not self._leading:
                         await self._on_leadership()
                         self._leading = True
-                    if trio.current_time() >= next_prune:
+                    # The interval follows the current configuration: a shorter LeafCertTTL prunes sooner.
+                    if trio.current_time() >= last_prune + ca_plan.settings_of(self.state.config).prune_interval:
                         await self.prune()
-                        next_prune = trio.current_time() + ca_plan.settings_of(self.state.config).prune_interval
+                        last_prune = trio.current_time()
                 except ServerError as exc:
                     log.warning("connect: CA leader duties: %s; retrying", exc)
                     await trio.sleep(1.0)

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 
 PROPAGATION_BOUND = 1.0  # the issue: authorize reflects a change within 1 s on every agent
 SHORT_LEAF_TTL = 10.0  # seconds, for the rotation test (connect.test_min_leaf_ttl lowers the 1 h minimum)
-PRUNE_TICK_MAX = 60.0  # the leader looks for roots to prune every min(leaf TTL / 2, 60 s)
+PRUNE_TICK = SHORT_LEAF_TTL / 2  # the leader looks for roots to prune every min(leaf TTL / 2, 60 s)
 
 
 @pytest.fixture(scope="module")
@@ -268,12 +268,12 @@ def test_rotation_keeps_old_leaves_chains_new_ones_to_the_old_root_and_prunes_it
 
     # The old root stays until it has been inactive for 2 x leaf TTL, then leaves every agent's bundle.
     bound = 2 * SHORT_LEAF_TTL
-    # The leader prunes on a timer of min(TTL / 2, 60 s); the tick scheduled under the 72 h TTL (60 s) is
-    # not shortened when the TTL changes (today), so the old root may leave up to PRUNE_TICK_MAX late.
+    # The leader prunes on a timer of min(TTL / 2, 60 s) that follows the current TTL, so the old root leaves
+    # at most one tick after 2 x TTL (plus the feed and the poll).
     gone_at = cluster.wait_until(
         lambda: time.monotonic() if all(old_root["ID"] not in {r["ID"] for r in roots(h, agent=True)["Roots"]}
                                         for h in cluster.running()) else None,
-        bound + PRUNE_TICK_MAX + 20, f"the old root to leave every agent's bundle after 2 x {SHORT_LEAF_TTL:g} s",
+        bound + PRUNE_TICK + 10, f"the old root to leave every agent's bundle after 2 x {SHORT_LEAF_TTL:g} s",
         interval=0.2)
     waited = gone_at - rotated_at
     print(f"\nold root left every bundle {waited:.1f} s after the rotation (2 x leaf TTL = {bound:g} s)")
