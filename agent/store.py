@@ -69,8 +69,9 @@ class CatalogStore:
         """Hold a blocking query until the index of `keys` passes min_index or wait (+ jitter ≤ wait/16) ends."""
         deadline = trio.current_time() + wait + random.uniform(0, wait / 16)
         index = self.catalog.index_for(keys)
-        # An index from the future (the store was restored or rebuilt) answers at once so the client resets.
-        while index <= min_index <= self.catalog.last_index:
+        # An index from the future (the store was restored or rebuilt) answers at once so the client resets;
+        # an empty catalog (a client before its first snapshot) has no future, and index 1 waits as any other.
+        while index <= min_index and (min_index <= self.catalog.last_index or self.catalog.last_index == 0):
             remaining = deadline - trio.current_time()
             if remaining <= 0 or not await self.hub.wait(keys, remaining):
                 break
