@@ -35,6 +35,9 @@ MAX_CONFIG_BODY = 256 * 1024  # a CA configuration may carry a PEM key and certi
 MAX_NAME = 256
 PEM_CHAIN = (b"content-type", b"application/pem-certificate-chain")
 DEFAULT_REASON = "Default behavior configured by ACLs"  # Consul's reason when no intention matched
+MAX_ANSWERS = 16_384  # authorize answers kept per agent between intention changes
+MAX_REMEMBERED_BODY = 1024  # only answers to bodies this small are kept (a SPIFFE ID and a name fit)
+CT_JSON = (b"content-type", b"application/json")
 
 
 def _connect_disabled() -> HTTPError:
@@ -136,39 +139,63 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
 # ---------------------------------------------------------------------------------------------- authorize
 
 class _IntentionCache:
-    """The intentions of one catalog, compiled once per change of the service-intentions entries."""
+    """The intentions of one catalog, compiled once per change of the service-intentions entries, and the
+    answers given since (by caller, target and policy), which the same change and a new trust domain clear."""
 
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
         self.index = -1
+        self.trust_domain = ""
         self.intentions = IntentionIndex(())
+        self.answers: dict[tuple[bytes, bool, bool], bytes] = {}
 
     def get(self, catalog: Catalog) -> IntentionIndex:
         index = catalog.index_for([INTENTIONS_KEY])
-        if catalog is not self.catalog or index != self.index:
+        trust_domain = catalog.connect.trust_domain
+        if catalog is not self.catalog or index != self.index or trust_domain != self.trust_domain:
             rows = catalog.config_entries.list(INTENTIONS_KIND)
             self.intentions = IntentionIndex(intentions_of(rows))
-            self.catalog, self.index = catalog, index
+            self.catalog, self.index, self.trust_domain = catalog, index, trust_domain
+            self.answers = {}
         return self.intentions
+
+    def remember(self, key: tuple[bytes, bool, bool], body: bytes) -> None:
+        """Keep an answer; bounded, since callers choose the keys."""
+        if len(self.answers) >= MAX_ANSWERS:
+            self.answers.clear()
+        self.answers[key] = body
 
 
 _CACHES: dict[int, _IntentionCache] = {}  # by id(store): one per agent (tests run several in one process)
 
 
-def compiled_intentions(api: API) -> IntentionIndex:
-    """This agent's intentions, indexed by destination, recompiled only when service-intentions entries changed."""
+def _cache(api: API) -> _IntentionCache:
     store = api.agent.store
     cache = _CACHES.get(id(store))
     if cache is None:
         if len(_CACHES) >= 64:
             _CACHES.clear()
         cache = _CACHES[id(store)] = _IntentionCache()
-    return cache.get(store.catalog)
+    cache.get(store.catalog)
+    return cache
+
+
+def compiled_intentions(api: API) -> IntentionIndex:
+    """This agent's intentions, indexed by destination, recompiled only when service-intentions entries changed."""
+    return _cache(api).intentions
 
 
 async def authorize(api: API, request: Request, query: Query, arg: str) -> Response:
     """POST /v1/agent/connect/authorize {Target, ClientCertURI, ClientCertSerial}: {Authorized, Reason},
     decided at L4 from this agent's intentions (an L7 intention denies), the ACL default otherwise."""
+    default_allow = str(getattr(api.agent.config, "acl_default_policy", "allow")).lower() != "deny"
+    cache = _cache(api)
+    # A proxy asks the same few questions over and over, in the same bytes: the answer is kept, by the
+    # request's body (small ones only), until intentions, the trust domain or the policy change.
+    raw_key = (request.body, default_allow, query.pretty) if len(request.body) <= MAX_REMEMBERED_BODY else None
+    hit = cache.answers.get(raw_key) if raw_key is not None else None
+    if hit is not None:
+        return 200, [CT_JSON], hit
     body = _json_object(request.body, MAX_AUTHORIZE_BODY)
     target = _text(body, "Target", required=True)
     uri = _text(body, "ClientCertURI", required=True)
@@ -181,15 +208,19 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
         client = parse_service_id(uri)
     except SpiffeIDError as exc:
         raise bad_request(f"ClientCertURI not a valid Connect identifier: {exc}") from None
-    trust_domain = api.agent.store.catalog.connect.trust_domain
+    trust_domain = cache.trust_domain
     if not trust_domain:
         return api.json(authorize_json(False, "Connect CA is not initialized on this agent yet"), query)
     if client.trust_domain != trust_domain:
-        return api.json(authorize_json(False, f"Identity from an external trust domain "
-                                              f"{client.trust_domain} (this mesh is {trust_domain})"), query)
-    default_allow = str(getattr(api.agent.config, "acl_default_policy", "allow")).lower() != "deny"
-    decision = compiled_intentions(api).decide(client.service, target, default_allow, source_ns=client.namespace)
-    return api.json(authorize_json(decision.allowed, _reason(decision.matched)), query)
+        answer = authorize_json(False, f"Identity from an external trust domain {client.trust_domain} "
+                                       f"(this mesh is {trust_domain})")
+    else:
+        decision = cache.intentions.decide(client.service, target, default_allow, source_ns=client.namespace)
+        answer = authorize_json(decision.allowed, _reason(decision.matched))
+    rendered = _dumps(answer, query)
+    if raw_key is not None:
+        cache.remember(raw_key, rendered)
+    return 200, [CT_JSON], rendered
 
 
 def _reason(matched: Intention | None) -> str:
