@@ -7,6 +7,10 @@ The Raft side (entries, batches, restore commands, snapshots) is agent/server/fs
 Over ~450 lines on purpose: the tables, their secondary indexes and the per-key watch indexes must change
 together on every write, and one class holding them all is where that invariant can be read and checked.
 The mesh CA's state is its own class (connect_state.py); this one only routes its commands and snapshots it.
+
+Watch keys: `nodes`, `node:<name>`, `services`, `service:<name>`, `checks`, `kv:<key>`, and
+`connect:<name>` (lower-case): any change to a mesh-capable instance for `name` (a `connect-proxy` whose
+destination is `name`, or a Connect-native `name`), to a check on it, or to its node's health.
 """
 
 from __future__ import annotations
@@ -64,6 +68,19 @@ def same_row(a: Any, b: Any) -> bool:
     return same
 
 
+def connect_target(svc: Service) -> str | None:
+    """The lower-case service name an instance is mesh-capable for: a connect-proxy's destination (either
+    spelling of the key, as files and API bodies give it), a Connect-native service's own name, else None."""
+    if svc.kind == "connect-proxy":
+        proxy = svc.proxy if isinstance(svc.proxy, dict) else {}
+        dest = proxy.get("destination_service_name", proxy.get("DestinationServiceName"))
+        return dest.lower() if isinstance(dest, str) and dest else None
+    connect = svc.connect if isinstance(svc.connect, dict) else {}
+    if connect.get("native", connect.get("Native")) is True:
+        return svc.service.lower()
+    return None
+
+
 class Catalog:
     """Nodes, services, checks and KV with per-watch-key indexes for blocking queries."""
 
@@ -73,6 +90,8 @@ class Catalog:
         self._services: dict[tuple[str, str], Service] = {}  # (node lower, service id) -> row
         self._services_by_name: dict[str, set[tuple[str, str]]] = {}
         self._services_by_node: dict[str, set[str]] = {}
+        # connect_target(row) -> keys: sidecars and Connect-native instances by the service they front
+        self._connect_by_target: dict[str, set[tuple[str, str]]] = {}
         self._checks: dict[tuple[str, str], Check] = {}  # (node lower, check id) -> row
         self._checks_by_node: dict[str, set[str]] = {}
         self._kv: dict[str, KVEntry] = {}
@@ -122,7 +141,14 @@ class Catalog:
         """Any change on a node: its own views, and every service it hosts (node checks affect health)."""
         self._touch(f"node:{node_key}")
         for sid in self._services_by_node.get(node_key, ()):
-            self._touch(f"service:{self._services[(node_key, sid)].service.lower()}")
+            self._touch_service(self._services[(node_key, sid)])
+
+    def _touch_service(self, svc: Service) -> None:
+        """An instance's health or row changed: its service's watchers, and its mesh target's."""
+        self._touch(f"service:{svc.service.lower()}")
+        target = connect_target(svc)
+        if target is not None:
+            self._touch(f"connect:{target}")
 
     def _apply_register(self, index: int, cmd: dict[str, Any]) -> bool:
         node = row_from_dict(Node, cmd["node"])
@@ -165,10 +191,15 @@ class Catalog:
             return
         if old is not None and old.service.lower() != svc.service.lower():
             self._unlink_service_name(old)
-        self._services[key] = replace(svc, create_index=old.create_index if old else index, modify_index=index)
+        if old is not None:
+            self._unlink_connect(old)
+        row = self._services[key] = replace(svc, create_index=old.create_index if old else index,
+                                            modify_index=index)
         self._services_by_name.setdefault(svc.service.lower(), set()).add(key)
         self._services_by_node.setdefault(nkey, set()).add(svc.id)
-        self._touch("services", f"service:{svc.service.lower()}", f"node:{nkey}")
+        self._link_connect(row)
+        self._touch("services", f"node:{nkey}")
+        self._touch_service(row)
         # Service checks carry the service's name and tags; keep them in step.
         for cid in list(self._checks_by_node.get(nkey, ())):
             check = self._checks[(nkey, cid)]
@@ -188,6 +219,22 @@ class Catalog:
             if not members:
                 del self._services_by_name[lname]
         self._touch(f"service:{lname}")
+
+    def _link_connect(self, svc: Service) -> None:
+        target = connect_target(svc)
+        if target is not None:
+            self._connect_by_target.setdefault(target, set()).add((svc.node.lower(), svc.id))
+
+    def _unlink_connect(self, svc: Service) -> None:
+        target = connect_target(svc)
+        if target is None:
+            return
+        members = self._connect_by_target.get(target)
+        if members is not None:
+            members.discard((svc.node.lower(), svc.id))
+            if not members:
+                del self._connect_by_target[target]
+        self._touch(f"connect:{target}")
 
     def _ensure_check(self, index: int, nkey: str, check: Check) -> None:
         if not check.check_id:
@@ -211,7 +258,7 @@ class Catalog:
             if c.service_id:
                 svc = self._services.get((nkey, c.service_id))
                 if svc is not None:
-                    self._touch(f"service:{svc.service.lower()}")
+                    self._touch_service(svc)
             else:
                 self._touch_node(nkey)
 
@@ -237,6 +284,7 @@ class Catalog:
         if svc is None:
             return
         self._unlink_service_name(svc)
+        self._unlink_connect(svc)
         ids = self._services_by_node.get(nkey)
         if ids is not None:
             ids.discard(sid)
@@ -260,7 +308,7 @@ class Catalog:
         if check.service_id:
             svc = self._services.get((nkey, check.service_id))
             if svc is not None:
-                self._touch(f"service:{svc.service.lower()}")
+                self._touch_service(svc)
         else:
             self._touch_node(nkey)
 
@@ -375,9 +423,18 @@ class Catalog:
 
     def service_instances(self, name: str, tag: str | None = None) -> list[Instance]:
         """Every instance of a service (any health), with node and checks, sorted by node then id."""
-        out: list[Instance] = []
         ltag = tag.lower() if tag is not None else None
-        for nkey, sid in sorted(self._services_by_name.get(name.lower(), ())):
+        return self._instances(self._services_by_name.get(name.lower(), ()), ltag)
+
+    def connect_instances(self, name: str, tag: str | None = None) -> list[Instance]:
+        """Every mesh-capable instance for a service (its sidecars, and Connect-native instances of it), any
+        health, with node and checks, sorted by node then id; `tag` matches the instance's own tags."""
+        ltag = tag.lower() if tag is not None else None
+        return self._instances(self._connect_by_target.get(name.lower(), ()), ltag)
+
+    def _instances(self, keys: Iterable[tuple[str, str]], ltag: str | None) -> list[Instance]:
+        out: list[Instance] = []
+        for nkey, sid in sorted(keys):
             svc = self._services[(nkey, sid)]
             if ltag is not None and ltag not in (t.lower() for t in svc.tags):
                 continue
@@ -472,6 +529,7 @@ class Catalog:
                 cat._services[(nkey, svc.id)] = svc
                 cat._services_by_name.setdefault(svc.service.lower(), set()).add((nkey, svc.id))
                 cat._services_by_node.setdefault(nkey, set()).add(svc.id)
+                cat._link_connect(svc)
             for c in raw["checks"]:
                 check = row_from_dict(Check, c)
                 nkey = check.node.lower()
@@ -506,4 +564,4 @@ _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "config-entry": Catalog._apply_config_entry,
 }
 
-__all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance"]
+__all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance", "connect_target"]

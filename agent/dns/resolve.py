@@ -23,6 +23,7 @@ A, AAAA, SRV, TXT, ANY, SOA, NS, CNAME = (dns.rdatatype.A, dns.rdatatype.AAAA, d
                                          dns.rdatatype.NS, dns.rdatatype.CNAME)
 
 
+_KINDS = ("service", "connect", "node", "addr")  # the labels that name a lookup's kind
 ROWS_MAX = 200_000  # endpoints kept per resolver (each holds its node and service rows)
 
 
@@ -95,7 +96,7 @@ class Resolver:
         self._domain_text = self.domain.to_text()
         # healthy endpoints per (service, tag, SRV?, only_passing) at one catalog index: distinct packets
         # for one name (DNS 0x20 case, EDNS sizes) resolve once per catalog change
-        self._memo: dict[tuple[str, str | None, bool, bool], tuple[Endpoint, ...]] = {}
+        self._memo: dict[tuple[str, str | None, bool, bool, bool], tuple[Endpoint, ...]] = {}
         self._memo_at: tuple[int, int] = (-1, -1)
         # endpoint per catalog row (node, service objects, health): a catalog change re-resolves a
         # 1,000-instance service without rebuilding 1,000 endpoints
@@ -126,13 +127,17 @@ class Resolver:
         dc = self.dc
         if len(labels) >= 3 and labels[-1] == "dc":
             dc, labels = labels[-2], labels[:-2]
-        elif len(labels) >= 3 and labels[-2] in ("service", "node", "addr"):
-            dc, labels = labels[-1], labels[:-1]  # legacy <svc>.service.<dc>.<domain>
+        elif len(labels) >= 3 and labels[-2] in _KINDS and labels[-1] not in _KINDS:
+            # legacy <svc>.service.<dc>.<domain>; the rightmost kind label wins, as in Consul, so a
+            # tagged lookup of a service named "connect" (`v1.connect.service`) stays a service lookup
+            dc, labels = labels[-1], labels[:-1]
         if dc != self.dc:
             return self._negative(dns.rcode.NXDOMAIN)  # no WAN federation yet: other DCs are unknown
         kind, parts = labels[-1], labels[:-1]
         if kind == "service" and parts:
             return self._service(qname, qtype, parts)
+        if kind == "connect" and len(parts) == 1:
+            return self._service(qname, qtype, parts, connect=True)  # no tags, as in Consul
         if kind.startswith("_") and len(labels) == 2 and labels[0].startswith("_"):
             return self._service(qname, qtype, labels)  # _svc._tag.<domain>
         if kind == "node" and len(parts) == 1:
@@ -141,15 +146,16 @@ class Resolver:
             return self._addr(qname, qtype, parts[0])
         return self._negative(dns.rcode.NXDOMAIN)
 
-    def _endpoints(self, name: str, tag: str | None, srv: bool) -> tuple[Endpoint, ...]:
-        """Healthy instances as endpoints (empty: none healthy), memoized until the catalog moves."""
+    def _endpoints(self, name: str, tag: str | None, srv: bool, connect: bool = False) -> tuple[Endpoint, ...]:
+        """Healthy instances (with `connect`, the service's healthy sidecars and Connect-native instances) as
+        endpoints (empty: none healthy), memoized until the catalog moves."""
         catalog = self.catalog_ref.catalog
         at = (id(catalog), catalog.last_index)
         if at != self._memo_at or len(self._memo) >= 1024:
             self._memo.clear()
             self._memo_at = at
         only_passing = self.config.dns_config.only_passing
-        key = (name.lower(), tag.lower() if tag is not None else None, srv, only_passing)
+        key = (name.lower(), tag.lower() if tag is not None else None, srv, only_passing, connect)
         found = self._memo.get(key)
         if found is None:
             drop = (CRITICAL, WARNING) if only_passing else (CRITICAL,)
@@ -157,7 +163,8 @@ class Resolver:
             if len(rows) > ROWS_MAX:
                 rows.clear()
             out = []
-            for inst in catalog.service_instances(name, tag):
+            instances = catalog.connect_instances(name, tag) if connect else catalog.service_instances(name, tag)
+            for inst in instances:
                 status = inst.status
                 if status in drop:
                     continue
@@ -175,7 +182,7 @@ class Resolver:
         ttls = self.config.dns_config.service_ttl
         return int(ttls.get(name, ttls.get("*", 0.0)))
 
-    def _service(self, qname: dns.name.Name, qtype: int, parts: list[str]) -> Answer:
+    def _service(self, qname: dns.name.Name, qtype: int, parts: list[str], connect: bool = False) -> Answer:
         tag: str | None = None
         if len(parts) == 2 and parts[0].startswith("_") and parts[1].startswith("_"):
             name, proto = parts[0][1:], parts[1][1:]
@@ -186,7 +193,7 @@ class Resolver:
             tag, name = parts
         else:
             return self._negative(dns.rcode.NXDOMAIN)
-        healthy = self._endpoints(name, tag, qtype == SRV)
+        healthy = self._endpoints(name, tag, qtype == SRV, connect)
         if not healthy:
             return self._negative(dns.rcode.NXDOMAIN)
         ttl = self._service_ttl(name)

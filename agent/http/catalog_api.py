@@ -1,4 +1,5 @@
-"""`/v1/catalog/*`: services, service instances, nodes, one node, datacenters (all blocking reads)."""
+"""`/v1/catalog/*`: services, service instances (and a service's mesh-capable instances), nodes, one node,
+datacenters (all blocking reads)."""
 
 from __future__ import annotations
 
@@ -64,14 +65,24 @@ async def services(api: API, request: Request, query: Query, arg: str) -> Respon
 
 async def service(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/catalog/service/:name: every instance, any health (?tag, ?node-meta, ?filter)."""
-    name = required(arg, "service name")
+    return await _instances(api, request, query, required(arg, "service name"), connect=False)
+
+
+async def connect(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/catalog/connect/:name: the service's mesh-capable instances (its sidecar proxies and
+    Connect-native instances), any health, with the options of /v1/catalog/service."""
+    return await _instances(api, request, query, required(arg, "service name"), connect=True)
+
+
+async def _instances(api: API, request: Request, query: Query, name: str, connect: bool) -> Response:
     catalog = api.agent.store.catalog
     tags = [t.lower() for t in query.all("tag")]
     meta = node_meta_pairs(query)
+    instances = catalog.connect_instances if connect else catalog.service_instances
 
     def build() -> list[dict[str, Any]]:
         rows = []
-        for inst in catalog.service_instances(name):
+        for inst in instances(name):
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
                 continue
             if meta and not node_meta_ok(inst.node, meta):
@@ -79,7 +90,8 @@ async def service(api: API, request: Request, query: Query, arg: str) -> Respons
             rows.append(catalog_service_json(inst.node, inst.service))
         return rows
 
-    return await api.read(request, query, [f"service:{name.lower()}"], build, CATALOG_SERVICE_SCHEMA)
+    key = f"connect:{name.lower()}" if connect else f"service:{name.lower()}"
+    return await api.read(request, query, [key], build, CATALOG_SERVICE_SCHEMA)
 
 
 async def nodes(api: API, request: Request, query: Query, arg: str) -> Response:

@@ -19,15 +19,25 @@ STATES = frozenset({"any", "passing", "warning", "critical"})
 
 async def service(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/health/service/:name (?passing, ?tag repeatable, ?node-meta, ?filter)."""
-    name = required(arg, "service name")
+    return await _entries(api, request, query, required(arg, "service name"), connect=False)
+
+
+async def connect(api: API, request: Request, query: Query, arg: str) -> Response:
+    """GET /v1/health/connect/:name: the service's sidecar proxies and Connect-native instances with their
+    checks (?passing, ?tag, ?node-meta, ?filter as /v1/health/service)."""
+    return await _entries(api, request, query, required(arg, "service name"), connect=True)
+
+
+async def _entries(api: API, request: Request, query: Query, name: str, connect: bool) -> Response:
     catalog = api.agent.store.catalog
     passing = query.flag("passing")
     tags = [t.lower() for t in query.all("tag")]
     meta = node_meta_pairs(query)
+    instances = catalog.connect_instances if connect else catalog.service_instances
 
     def build() -> list[dict[str, Any]]:
         out = []
-        for inst in catalog.service_instances(name):
+        for inst in instances(name):
             if passing and inst.status != PASSING:
                 continue
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
@@ -37,7 +47,8 @@ async def service(api: API, request: Request, query: Query, arg: str) -> Respons
             out.append(health_entry_json(inst))
         return out
 
-    return await api.read(request, query, [f"service:{name.lower()}"], build, HEALTH_ENTRY_SCHEMA)
+    key = f"connect:{name.lower()}" if connect else f"service:{name.lower()}"
+    return await api.read(request, query, [key], build, HEALTH_ENTRY_SCHEMA)
 
 
 async def checks(api: API, request: Request, query: Query, arg: str) -> Response:
