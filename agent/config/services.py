@@ -1,13 +1,15 @@
 """Service definitions: one parser for config files and HTTP API bodies (snake_case or CamelCase).
 
-Consul behaviour kept here: the id defaults to the name; a sidecar_service block is parsed and validated but
-refused (no sidecar would run). The checks inside a service are parsed by check_defs.py.
+Consul behaviour kept here: the id defaults to the name; a connect.sidecar_service block is validated here and
+expanded by agent/connect/sidecar.py when registered; the `proxy` block is kept in Consul's CamelCase (sidecar.py
+`proxy_from`). The checks inside a service are parsed by check_defs.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..connect.sidecar import check_proxy_service, proxy_from
 from .check_defs import CheckContext, check_from
 from .errors import Collector, ConfigError, ConfigErrors
 from .types import ServiceDefinition, Source, Weights
@@ -62,6 +64,7 @@ def service_from(col: Collector, data: Any, field_: str, line: int | None = None
     _service_maps(col, node, field_, svc)
     _service_checks(col, node, field_, svc)
     _service_connect(col, node, field_, svc, sidecar_of)
+    check_proxy_service(col, svc, field_, node.line, sidecar_of, node.raw)
     return svc
 
 
@@ -128,10 +131,8 @@ def _service_maps(col: Collector, node: Node, field_: str, svc: ServiceDefinitio
                 continue
             svc.tagged_addresses[name] = plain(addr)
     if raw.get("proxy") is not None:
-        proxy = plain(raw["proxy"])
-        if not isinstance(proxy, dict):
-            col.error(f"{field_}.proxy", f"must be a map, got {kind_of(proxy)}", node.at("proxy"))
-        else:
+        proxy = proxy_from(col, raw["proxy"], f"{field_}.proxy", node.at("proxy"))
+        if proxy is not None:
             svc.proxy = proxy
 
 
@@ -193,10 +194,6 @@ def _service_connect(col: Collector, node: Node, field_: str, svc: ServiceDefini
             if sidecar_of is not None:
                 col.error(f"{sub}.sidecar_service", "a sidecar cannot have its own sidecar", connect.at(key))
                 continue
-            # Kept parsed (and validated) for the Connect issue, but refused: no sidecar would be registered.
-            col.error(f"{sub}.sidecar_service", "not supported yet: no sidecar service would be registered and no "
-                      "proxy run; register the proxy as its own service with kind = \"connect-proxy\"",
-                      connect.at(key))
             block = one_block(value) if value != [] else {}
             if service_from(col, block, f"{sub}.sidecar_service", connect.at(key), sidecar_of=svc) is not None:
                 out["sidecar_service"] = plain(block)

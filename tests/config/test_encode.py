@@ -46,12 +46,14 @@ def test_camel_case(snake: str, camel: str) -> None:
 
 def test_register_body_shape() -> None:
     svc = parse_service({"name": "web", "port": 80, "tags": ["a"], "kind": "connect-proxy", "proxy": {
-        "upstreams": [{"destination_name": "db", "local_bind_port": 9191}]},
+        "destination_service_name": "api", "upstreams": [{"destination_name": "db", "local_bind_port": 9191}]},
         "check": {"http": "http://x/", "interval": "10s"}}, Source())
     body = service_to_api(svc)
     assert body["Name"] == "web" and body["ID"] == "web" and body["Port"] == 80 and body["Tags"] == ["a"]
     assert body["Weights"] == {"Passing": 1, "Warning": 1}
-    assert body["Proxy"] == {"Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191}]}
+    # The proxy block is kept in Consul's API form (agent/connect/sidecar.py proxy_from).
+    assert body["Proxy"] == {"DestinationServiceName": "api", "MeshGateway": {}, "Expose": {}, "Upstreams": [
+        {"DestinationType": "service", "DestinationName": "db", "LocalBindPort": 9191, "MeshGateway": {}}]}
     assert body["Checks"] == [{
         "CheckID": "service:web", "Name": "Service 'web' check", "ServiceID": "web", "Status": "critical",
         "Interval": "10s", "Timeout": "10s", "HTTP": "http://x/", "Method": "GET", "Header": {}, "Body": "",

@@ -93,13 +93,16 @@ def test_clamps_warn() -> None:
     assert (svc.checks[0].interval, svc.checks[0].deregister_critical_service_after) == (1.0, 60.0)
 
 
-def test_sidecar_service_is_refused_until_sidecars_are_registered_but_still_validated() -> None:
-    assert [f for f, _ in errors_of({"name": "web", "connect": {"sidecar_service": {}}})] == [
-        "service.connect.sidecar_service"]
+def test_sidecar_service_is_accepted_and_validated() -> None:
+    # Issue 14: sidecar_service is registered (agent/connect/sidecar.py); the proxy block is kept in API form.
+    assert parse_service({"name": "web", "connect": {"sidecar_service": {}}}, Source()).connect == {
+        "sidecar_service": {}}
     svc = parse_service({"name": "web-proxy", "kind": "connect-proxy", "port": 21000, "proxy": {
+        "destination_service_name": "web",
         "upstreams": [{"destination_name": "db", "local_bind_port": 9191}], "config": {"KeepMe": 1}}}, Source())
-    assert svc.proxy["upstreams"] == [{"destination_name": "db", "local_bind_port": 9191}]
-    assert svc.proxy["config"] == {"KeepMe": 1}  # opaque: keys untouched
+    assert svc.proxy["Upstreams"] == [{"DestinationType": "service", "DestinationName": "db", "LocalBindPort": 9191,
+                                       "MeshGateway": {}}]
+    assert svc.proxy["Config"] == {"KeepMe": 1}  # opaque: keys untouched
     assert ("service.connect.sidecar_service.port", "99999 is not a port (0-65535)") in errors_of(
         {"name": "web", "connect": {"sidecar_service": {"port": 99999}}})
     assert any(f == "service.connect.sidecar_service.check.interval" for f, _ in errors_of(
@@ -174,7 +177,7 @@ def test_camel_and_snake_case_are_the_same_service() -> None:
         "name": "web", "id": "web-1", "tags": ["v1"], "address": "10.0.0.1", "port": 8080,
         "meta": {"Version": "1"}, "weights": {"passing": 10, "warning": 2}, "enable_tag_override": True,
         "tagged_addresses": {"lan": {"address": "10.0.0.1", "port": 8080}},
-        "kind": "connect-proxy", "proxy": {"local_service_port": 8080},
+        "kind": "connect-proxy", "proxy": {"local_service_port": 8080, "destination_service_name": "api"},
         "checks": [
             {"check_id": "h", "name": "web http", "notes": "n", "http": "http://10.0.0.1:8080/health",
              "method": "post", "header": {"X-A": ["1"]}, "body": "{}", "tls_skip_verify": True,
@@ -190,7 +193,7 @@ def test_camel_and_snake_case_are_the_same_service() -> None:
         "Name": "web", "ID": "web-1", "Tags": ["v1"], "Address": "10.0.0.1", "Port": 8080,
         "Meta": {"Version": "1"}, "Weights": {"Passing": 10, "Warning": 2}, "EnableTagOverride": True,
         "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 8080}},
-        "Kind": "connect-proxy", "Proxy": {"LocalServicePort": 8080},
+        "Kind": "connect-proxy", "Proxy": {"LocalServicePort": 8080, "DestinationServiceName": "api"},
         "Checks": [
             {"CheckID": "h", "Name": "web http", "Notes": "n", "HTTP": "http://10.0.0.1:8080/health",
              "Method": "post", "Header": {"X-A": ["1"]}, "Body": "{}", "TLSSkipVerify": True,
