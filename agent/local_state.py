@@ -20,6 +20,7 @@ from .checks.manager import CheckManager, UnknownCheck
 from .config.encode import check_to_api, service_to_api
 from .config.loader import ConfigErrors, parse_check, parse_service
 from .config.types import CheckDefinition, ServiceDefinition, Source
+from .connect.sidecar import sidecar_for, sidecar_ids
 from .local_persist import Persisted, StateFile
 from .local_sync import ANTI_ENTROPY_INTERVAL, CatalogSync, LocalCheck, anti_entropy_interval
 from .store import CatalogStore
@@ -50,6 +51,7 @@ class LocalState:
         self.enable_script_checks = enable_script_checks
         self._services: dict[str, ServiceDefinition] = {}
         self._file_service_ids: set[str] = set()
+        self._sidecars: dict[str, str] = {}  # parent service id -> the sidecar registered from its definition
         self._checks: dict[str, LocalCheck] = {}
         self._node_maintenance: str | None = None
         self._service_maintenance: dict[str, str] = {}
@@ -129,7 +131,8 @@ class LocalState:
     async def load_files(self, services: list[ServiceDefinition], checks: list[CheckDefinition]) -> None:
         """Make file-defined services and checks match `services`/`checks` (start and reload)."""
         wanted = {s.id: s for s in services}
-        for sid in sorted(self._file_service_ids - wanted.keys()):
+        wanted_ids = wanted.keys() | sidecar_ids(services)  # a kept parent's sidecar is not dropped (its port stays)
+        for sid in sorted(self._file_service_ids - wanted_ids):
             await self.deregister_service(sid)
         for defn in services:
             await self.register_service(defn, from_file=True, persist=False)
@@ -139,7 +142,7 @@ class LocalState:
             await self.deregister_check(cid)
         for cdef in checks:
             await self.register_check(cdef, from_file=True, persist=False)
-        self._file_service_ids = set(wanted)
+        self._file_service_ids = set(wanted_ids)
 
     # ------------------------------------------------------------------ services
 
@@ -157,6 +160,13 @@ class LocalState:
         """Add or replace a service and its checks, then write them to the catalog."""
         for cdef in defn.checks:
             self._check_script_allowed(cdef, from_file)
+        try:
+            sidecar = sidecar_for(defn, self._services)  # before any change: a refusal leaves state as it was
+        except ConfigErrors as exc:
+            raise LocalStateError(str(exc)) from exc
+        if sidecar is not None:
+            for cdef in sidecar.checks:
+                self._check_script_allowed(cdef, from_file)
         old_check_ids = {c.check_id for c in self._checks.values()
                          if c.service_id == defn.id and not c.check_id.startswith(SERVICE_MAINT_PREFIX)}
         self._services[defn.id] = defn
@@ -173,6 +183,11 @@ class LocalState:
         await self.sync.sync_service(defn.id)
         if persist and not from_file:
             await self._persist()
+        if sidecar is not None:
+            self._sidecars[defn.id] = sidecar.id
+            await self.register_service(sidecar, True, from_file=from_file, persist=persist)
+        elif defn.id in self._sidecars:  # the sidecar_service block was removed
+            await self.deregister_service(self._sidecars.pop(defn.id))
 
     async def deregister_service(self, service_id: str) -> None:
         """Remove a service and its checks (no-op when unknown)."""
@@ -180,11 +195,14 @@ class LocalState:
             return
         del self._services[service_id]
         self._file_service_ids.discard(service_id)
+        sidecar = self._sidecars.pop(service_id, None)
         self._service_maintenance.pop(service_id, None)
         for check in [c for c in self._checks.values() if c.service_id == service_id]:
             self._remove_check(check.check_id)
         await self.sync.apply(commands.deregister(self.node.node, service_id=service_id))
         await self._persist()
+        if sidecar is not None:  # a sidecar goes with the service that defined it
+            await self.deregister_service(sidecar)
 
     # ------------------------------------------------------------------ checks
 
@@ -331,8 +349,9 @@ class LocalState:
                 ttl[cid] = {"status": check.status, "output": check.output,
                             "expires": now_wall + max(0.0, (expires or now) - now)}
         return Persisted(
+            # A sidecar is not kept on its own: its parent's definition registers it again.
             services={sid: service_to_api(d) for sid, d in self._services.items()
-                      if sid not in self._file_service_ids},
+                      if sid not in self._file_service_ids and sid not in self._sidecars.values()},
             checks={cid: check_to_api(c.definition) for cid, c in self._checks.items()
                     if c.definition is not None and not c.service_id and not c.from_file},
             ttl=ttl, node_maintenance=self._node_maintenance, service_maintenance=self._service_maintenance)

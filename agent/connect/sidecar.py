@@ -8,7 +8,7 @@ SIDECAR_PORT_RANGE, the local service address and port, the "Connect Sidecar Lis
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..config.errors import Collector, ConfigError, ConfigErrors
@@ -240,3 +240,17 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int],
                                        source=Source(defn.source.path, defn.source.line))]
     side.source = defn.source
     return side
+
+
+def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinition]) -> ServiceDefinition | None:
+    """Expand `defn`'s sidecar against the agent's local `services`: skip ports other local proxies hold and
+    keep the port the sidecar already has when it is still free (so a reload does not move it)."""
+    sid = sidecar_id(defn.id)
+    used = [s.port for key, s in services.items() if key != sid and s.kind == PROXY_KIND and s.port]
+    current = services.get(sid)
+    return expand_sidecar(defn, used, current.port if current is not None else None)
+
+
+def sidecar_ids(services: Iterable[ServiceDefinition]) -> set[str]:
+    """The ids of the sidecars these services ask for."""
+    return {sidecar_id(s.id) for s in services if s.connect.get("sidecar_service") is not None}
