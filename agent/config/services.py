@@ -64,7 +64,7 @@ def service_from(col: Collector, data: Any, field_: str, line: int | None = None
     _service_maps(col, node, field_, svc)
     _service_checks(col, node, field_, svc)
     _service_connect(col, node, field_, svc, sidecar_of)
-    check_proxy_service(col, svc, field_, node.line, sidecar_of, node.raw)
+    check_proxy_service(col, svc, field_, node, sidecar_of)
     return svc
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config.errors import Collector, ConfigError, ConfigErrors
 from ..config.types import CheckDefinition, ServiceDefinition, Source
-from ..config.values import kind_of, node_of, one_block, plain, show, typed
+from ..config.values import Node, kind_of, node_of, one_block, plain, show, typed
 
 SIDECAR_PORT_RANGE = (21000, 21255)  # Consul's sidecar_min_port and sidecar_max_port
 SIDECAR_SUFFIX = "-sidecar-proxy"
@@ -165,24 +165,26 @@ def _upstream(col: Collector, field_: str, data: Any, line: int | None) -> dict[
     return out if len(col.errors) == errors else None
 
 
-def check_proxy_service(col: Collector, svc: ServiceDefinition, field_: str, line: int | None,
-                        sidecar_of: ServiceDefinition | None, given: dict[str, Any]) -> None:
-    """The rules a connect-proxy service (standalone or sidecar) must follow; `given` is its raw keys."""
+def check_proxy_service(col: Collector, svc: ServiceDefinition, field_: str, node: Node,
+                        sidecar_of: ServiceDefinition | None) -> None:
+    """The rules a connect-proxy service (standalone or sidecar) must follow; `node` is its raw keys."""
+    given = node.raw
     if sidecar_of is not None:
         want = sidecar_id(sidecar_of.id)
         if given.get("id") not in (None, "") and given["id"] != want:
             col.error(f"{field_}.id", f"a sidecar's id is always {want!r} (Consul manages it by that id), "
-                      f"got {show(given['id'])}", line)
+                      f"got {show(given['id'])}", node.at("id"))
         if given.get("kind") not in (None, "", PROXY_KIND):
             col.error(f"{field_}.kind", f"a sidecar's kind is always {PROXY_KIND!r}, got {show(given['kind'])}",
-                      line)
+                      node.at("kind"))
         return
     if svc.kind != PROXY_KIND:
         return
     if not svc.proxy.get("DestinationServiceName"):
-        col.error(f"{field_}.proxy.destination_service_name", "is required for kind = \"connect-proxy\"", line)
+        col.error(f"{field_}.proxy.destination_service_name", "is required for kind = \"connect-proxy\"",
+                  node.at("proxy"))
     if not svc.port:
-        col.error(f"{field_}.port", "is required for kind = \"connect-proxy\" (1-65535)", line)
+        col.error(f"{field_}.port", "is required for kind = \"connect-proxy\" (1-65535)", node.at("port"))
 
 
 def pick_port(used: Iterable[int], previous: int | None = None) -> int | None:
