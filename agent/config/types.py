@@ -84,7 +84,7 @@ class ServiceDefinition:
     kind: str = ""
     tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
     proxy: dict[str, Any] = field(default_factory=dict)
-    # connect { native, sidecar_service {...} } kept as a plain dict; a later issue acts on it.
+    # connect { native, sidecar_service {...} } as written; sidecar_service is expanded by agent/connect/sidecar.py.
     connect: dict[str, Any] = field(default_factory=dict)
     source: Source = field(default_factory=Source)
 
