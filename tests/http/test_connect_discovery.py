@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import consul
+import dns.message
+import dns.query
 import httpx
 import pytest
 from meshagent.agent.catalog import CRITICAL, PASSING, WARNING, Check, Service, commands
 
+from tests.support.agents import start_agent
 from tests.support.http_harness import ServerThread, node, register_instance, wait_waiting
+from tests.support.wait import wait_for
 
 
 def register_sidecar(server: ServerThread, node_name: str, dest: str, *, address: str = "10.0.0.1",
@@ -154,3 +159,46 @@ def test_py_consul_reads_both_endpoints(api_server: ServerThread, client: httpx.
     assert int(index) > 0 and [e["Node"]["Node"] for e in entries] == ["n1"]
     index, rows = c.catalog.connect("web")
     assert [r["ServiceID"] for r in rows] == ["web-sidecar-proxy"] * 3
+
+
+WEB_WITH_SIDECAR = """
+service {
+  name = "web"
+  port = 8080
+  connect {
+    sidecar_service {}
+  }
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_real_agent_serves_its_sidecars_over_http_and_dns(tmp_path: Path) -> None:
+    """End to end through a -dev agent: a file sidecar and an API-registered standalone proxy (Consul's
+    CamelCase body) are found by destination over HTTP, and the healthy one over DNS."""
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    (config_dir / "web.hcl").write_text(WEB_WITH_SIDECAR)
+    agent = start_agent(tmp_path, "-config-dir", str(config_dir))
+    try:
+        with httpx.Client(base_url=agent.http_addr, timeout=10) as http:
+            put = http.put("/v1/agent/service/register", json={
+                "Kind": "connect-proxy", "Name": "web-proxy", "Port": 21500,
+                "Proxy": {"DestinationServiceName": "web", "LocalServicePort": 8080}, "Check": {"TTL": "60s"}})
+            assert put.status_code == 200, put.text
+            assert http.put("/v1/agent/check/pass/service:web-proxy").status_code == 200
+
+            def ids() -> list[str]:
+                return sorted(e["Service"]["ID"] for e in http.get("/v1/health/connect/web").json())
+
+            wait_for(lambda: ids() == ["web-proxy", "web-sidecar-proxy"], 10, what="both proxies by destination")
+            rows = http.get("/v1/catalog/connect/web").json()
+            assert sorted(r["ServicePort"] for r in rows) == sorted([21000, 21500])
+            # nothing listens on the sidecar's port, so only the TTL-passing proxy is healthy
+            passing = [e["Service"]["ID"] for e in http.get("/v1/health/connect/web?passing").json()]
+            assert passing == ["web-proxy"]
+            query = dns.message.make_query("web.connect.mesh", "SRV")
+            answer = dns.query.udp(query, agent.host, port=agent.dns_port, timeout=5)
+            assert [rr.port for rrset in answer.answer for rr in rrset] == [21500]  # type: ignore[attr-defined]
+    finally:
+        agent.stop()
