@@ -10,65 +10,24 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
 import click
-import httpx
 from meshagent.agent.config.connect_settings import line_of, strip_markers
 from meshagent.agent.config.syntax import SyntaxProblem, load_hcl, load_json
 
-from .http_client import AgentClient, http_options
+from .http_client import AgentClient, api_call, error_text, fail, http_options, json_of
 
 MAX_FILE_BYTES = 1024 * 1024  # an entry file; the agent refuses bodies far smaller than this anyway
-MAX_ERROR_TEXT = 1000  # characters of an error answer shown: the agent's messages are short, others need not be
 KINDS = ("service-defaults", "proxy-defaults", "service-intentions", "service-router", "service-splitter",
          "service-resolver")
-
-
-def die(message: str, code: int = 1) -> NoReturn:
-    """Print one line to stderr and exit with `code`."""
-    click.echo(message, err=True)
-    sys.exit(code)
-
-
-def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
-             body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
-    """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
-    try:
-        resp = client.http.request(method, path, params=params,
-                                   content=None if body is None else json.dumps(body).encode(),
-                                   headers={"Content-Type": "application/json"} if body is not None else None)
-    except httpx.ConnectError:
-        die(f"{what}: cannot connect to the agent at {client.addr} (connection refused). Is the agent running?", code)
-    except httpx.HTTPError as exc:
-        die(f"{what}: {type(exc).__name__} talking to the agent at {client.addr}: {exc}", code)
-    if resp.status_code not in ok:
-        die(f"{what}: Unexpected response code: {resp.status_code} ({error_text(resp)})", code)
-    return resp
-
-
-def error_text(resp: httpx.Response) -> str:
-    """The agent's error answer as one bounded line (its body, or the status phrase when empty)."""
-    text = " ".join(resp.text.split())  # one line: newlines and control whitespace folded
-    text = "".join(ch for ch in text if ch.isprintable())
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[:MAX_ERROR_TEXT] + "..."
-    return text or resp.reason_phrase
-
-
-def json_of(resp: httpx.Response, what: str) -> Any:
-    """The decoded JSON answer, or a clear error when the agent sent something else."""
-    try:
-        return resp.json()
-    except ValueError:
-        die(f"{what}: the agent's answer is not JSON: {error_text(resp)[:200]}")
 
 
 def cas_params(cas: bool, modify_index: int | None) -> dict[str, int]:
     """?cas=N for -cas -modify-index N; -modify-index alone is refused (it would be ignored)."""
     if modify_index is not None and not cas:
-        die("-modify-index is used only with -cas (Check-And-Set); add -cas or remove it")
+        fail("-modify-index is used only with -cas (Check-And-Set); add -cas or remove it")
     return {"cas": modify_index or 0} if cas else {}
 
 
@@ -79,7 +38,7 @@ def segment(text: str) -> str:
 
 def _need(value: str, flag: str) -> str:
     if not value:
-        die(f"Must specify the -{flag} parameter")
+        fail(f"Must specify the -{flag} parameter")
     return value
 
 
@@ -97,15 +56,15 @@ def read_entry(source: str) -> dict[str, Any]:
             with open(source, "rb") as fh:
                 data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        die(f"Failed to load data: {name}: {exc.strerror or exc}")
+        fail(f"Failed to load data: {name}: {exc.strerror or exc}")
     if len(data) > MAX_FILE_BYTES:
-        die(f"Failed to load data: {name} is larger than {MAX_FILE_BYTES // 1024} KiB")
+        fail(f"Failed to load data: {name} is larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        die(f"Failed to load data: {name} is not UTF-8 text (byte {exc.start})")
+        fail(f"Failed to load data: {name} is not UTF-8 text (byte {exc.start})")
     if not text.strip():
-        die(f"Failed to decode config entry input: {name} is empty")
+        fail(f"Failed to decode config entry input: {name} is empty")
     json_like = source.endswith(".json") or (not source.endswith(".hcl") and text.lstrip().startswith("{"))
     try:
         tree = load_json(text) if json_like else load_hcl(text)
@@ -114,9 +73,9 @@ def read_entry(source: str) -> dict[str, Any]:
         hint = ""
         if "unexpected '{'" in exc.reason:  # Consul's HCL1 habit, a syntax error in HCL2
             hint = " (HCL2 has no blocks inside a list or map: write `Match = { HTTP = { ... } }`, not `Match { ... }`)"
-        die(f"Failed to decode config entry input: {where}: {exc.reason}{hint}")
+        fail(f"Failed to decode config entry input: {where}: {exc.reason}{hint}")
     if not isinstance(tree, dict):
-        die(f"Failed to decode config entry input: {name}: the top level must be an object (one config entry)")
+        fail(f"Failed to decode config entry input: {name}: the top level must be an object (one config entry)")
     return tree
 
 
@@ -128,11 +87,11 @@ def identity(entry: dict[str, Any], name: str) -> tuple[str, str]:
         if folded in ("kind", "name"):
             found.setdefault(folded, value)
     if "kind" not in found:
-        die(f"Failed to decode config entry input: {name}: Payload does not contain a kind/Kind key at the top level")
+        fail(f"Failed to decode config entry input: {name}: Payload does not contain a kind/Kind key at the top level")
     if not isinstance(found["kind"], str):
-        die(f"Failed to decode config entry input: {name}: Kind value in payload is not a string")
+        fail(f"Failed to decode config entry input: {name}: Kind value in payload is not a string")
     if not isinstance(found.get("name"), str) or not found["name"]:
-        die(f"Failed to decode config entry input: {name}: Name is required (a non-empty string)")
+        fail(f"Failed to decode config entry input: {name}: Name is required (a non-empty string)")
     return found["kind"], found["name"]
 
 
@@ -167,9 +126,9 @@ def write(source: str, cas: bool, modify_index: int | None, http_addr: str | Non
         found = re.search(r": field ([^:\s]+): ", text)
         line = line_of(tree, found.group(1)) if found else None
         where = f"\n{file_name}:{line}: field {found.group(1)}" if found and line else ""
-        die(f"{what}: Unexpected response code: 400 ({text}){where}")
+        fail(f"{what}: Unexpected response code: 400 ({text}){where}")
     if json_of(resp, what) is not True:
-        die(f"Config entry not updated: {kind}/{name}")
+        fail(f"Config entry not updated: {kind}/{name}")
     click.echo(f"Config entry written: {kind}/{name}")
 
 
@@ -197,7 +156,7 @@ def list_(kind: str, filter_: str, http_addr: str | None, token: str | None) -> 
                     params={"filter": filter_} if filter_ else None)
     entries = json_of(resp, what)
     if not isinstance(entries, list):
-        die(f"{what}: the agent's answer is not a list")
+        fail(f"{what}: the agent's answer is not a list")
     for entry in entries:
         if isinstance(entry, dict):
             click.echo(str(entry.get("Name", "")))
@@ -220,5 +179,5 @@ def delete(kind: str, name: str, cas: bool, modify_index: int | None, http_addr:
     resp = api_call(AgentClient(http_addr, token), "DELETE", f"/v1/config/{segment(kind)}/{segment(name)}", what,
                     params=params)
     if cas and json_of(resp, what) is not True:
-        die(f"Config entry not deleted: {kind}/{name}")
+        fail(f"Config entry not deleted: {kind}/{name}")
     click.echo(f"Config entry deleted: {kind}/{name}")

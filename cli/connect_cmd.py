@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from .config_cmd import MAX_FILE_BYTES, api_call, die, json_of
-from .http_client import AgentClient, http_options
+from .config_cmd import MAX_FILE_BYTES
+from .http_client import AgentClient, api_call, fail, http_options, json_of
 
 
 @click.group()
@@ -36,22 +36,22 @@ def read_ca_config(path: str) -> dict[str, Any]:
         with open(path, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        die(f"Error reading config file: {path}: {exc.strerror or exc}")
+        fail(f"Error reading config file: {path}: {exc.strerror or exc}")
     if len(data) > MAX_FILE_BYTES:
-        die(f"Error reading config file: {path} is larger than {MAX_FILE_BYTES // 1024} KiB")
+        fail(f"Error reading config file: {path} is larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
         config = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        die(f"Error parsing config file: {path} is not UTF-8 text (byte {exc.start})")
+        fail(f"Error parsing config file: {path} is not UTF-8 text (byte {exc.start})")
     except json.JSONDecodeError as exc:
-        die(f"Error parsing config file: {path}:{exc.lineno}: {exc.msg} (column {exc.colno})")
+        fail(f"Error parsing config file: {path}:{exc.lineno}: {exc.msg} (column {exc.colno})")
     except RecursionError:
-        die(f"Error parsing config file: {path}: nested too deeply")
+        fail(f"Error parsing config file: {path}: nested too deeply")
     if not isinstance(config, dict):
-        die(f"Error parsing config file: {path}: the top level must be an object ({{\"Provider\": ..., "
+        fail(f"Error parsing config file: {path}: the top level must be an object ({{\"Provider\": ..., "
             "\"Config\": {...}})")
     if "Config" in config and not isinstance(config["Config"], dict):
-        die(f"Error parsing config file: {path}: Config must be an object")
+        fail(f"Error parsing config file: {path}: Config must be an object")
     return config
 
 
@@ -65,7 +65,7 @@ def read_ca_config(path: str) -> dict[str, Any]:
 def set_config(config_file: str, force: bool, http_addr: str | None, token: str | None) -> None:
     """Change the CA configuration (a new key or a supplied root rotates the CA)."""
     if not config_file:
-        die("The -config-file flag is required")
+        fail("The -config-file flag is required")
     config = read_ca_config(config_file)
     if force:
         config["ForceWithoutCrossSigning"] = True

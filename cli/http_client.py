@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, NoReturn
@@ -10,12 +11,13 @@ import click
 import httpx
 
 DEFAULT_ADDR = "http://127.0.0.1:8500"
+MAX_ERROR_TEXT = 1000  # characters of an error answer shown: the agent's messages are short, others need not be
 
 
-def fail(message: str) -> NoReturn:
-    """Print one line to stderr and exit 1."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit with `code`."""
     click.echo(message, err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def http_options(func: Any) -> Any:
@@ -65,3 +67,36 @@ class AgentClient:
 def _reason(exc: Exception) -> str:
     text = str(exc)
     return "connection refused" if "refused" in text.lower() else text or type(exc).__name__
+
+
+def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
+             body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
+    """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
+    try:
+        resp = client.http.request(method, path, params=params,
+                                   content=None if body is None else json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"} if body is not None else None)
+    except httpx.ConnectError:
+        fail(f"{what}: cannot connect to the agent at {client.addr} (connection refused). Is the agent running?", code)
+    except httpx.HTTPError as exc:
+        fail(f"{what}: {type(exc).__name__} talking to the agent at {client.addr}: {exc}", code)
+    if resp.status_code not in ok:
+        fail(f"{what}: Unexpected response code: {resp.status_code} ({error_text(resp)})", code)
+    return resp
+
+
+def error_text(resp: httpx.Response) -> str:
+    """The agent's error answer as one bounded line (its body, or the status phrase when empty)."""
+    text = " ".join(resp.text.split())  # one line: newlines and control whitespace folded
+    text = "".join(ch for ch in text if ch.isprintable())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "..."
+    return text or resp.reason_phrase
+
+
+def json_of(resp: httpx.Response, what: str) -> Any:
+    """The decoded JSON answer, or a clear error when the agent sent something else."""
+    try:
+        return resp.json()
+    except ValueError:
+        fail(f"{what}: the agent's answer is not JSON: {error_text(resp)[:200]}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from .config_cmd import api_call, die, json_of, segment
-from .http_client import AgentClient, http_options
+from .config_cmd import segment
+from .http_client import AgentClient, api_call, fail, http_options, json_of
 
 DEFAULT_NS = "default"
 
@@ -21,10 +21,10 @@ DEFAULT_NS = "default"
 def target(text: str, side: str) -> tuple[str, str]:
     """(namespace, name) of a SRC or DST argument: `name` or `namespace/name` (namespace "" when not given)."""
     if text.count("/") > 1:
-        die(f"Error: Invalid intention {side}: target can contain at most one '/'")
+        fail(f"Error: Invalid intention {side}: target can contain at most one '/'")
     ns, _, name = text.rpartition("/")
     if not name:
-        die(f"Error: Invalid intention {side}: the service name is empty")
+        fail(f"Error: Invalid intention {side}: the service name is empty")
     return ns, name
 
 
@@ -47,7 +47,7 @@ def _meta(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            die(f"Error: invalid -meta {pair!r}: must be key=value")
+            fail(f"Error: invalid -meta {pair!r}: must be key=value")
         meta[key] = value
     return meta
 
@@ -71,7 +71,7 @@ def create(src: str, dst: str, allow: bool, deny: bool, replace: bool, meta: tup
            http_addr: str | None, token: str | None) -> None:
     """Create an intention from SRC to DST (allow unless -deny)."""
     if allow and deny:
-        die("Only one of -allow or -deny may be specified.")
+        fail("Only one of -allow or -deny may be specified.")
     src_ns, src_name = target(src, "source")
     dst_ns, dst_name = target(dst, "destination")
     body: dict[str, Any] = {"SourceName": src_name, "DestinationName": dst_name, "SourceType": "consul",
@@ -108,7 +108,7 @@ def check(src: str, dst: str, http_addr: str | None, token: str | None) -> None:
                     params={"source": src, "destination": dst}, code=2)
     answer = json_of(resp, what)
     if not isinstance(answer, dict) or not isinstance(answer.get("Allowed"), bool):
-        die(f"{what}: the agent's answer has no Allowed field", 2)
+        fail(f"{what}: the agent's answer has no Allowed field", 2)
     click.echo("Allowed" if answer["Allowed"] else "Denied")
     raise SystemExit(0 if answer["Allowed"] else 1)
 
@@ -119,16 +119,16 @@ def _fetch(client: AgentClient, args: tuple[str, ...]) -> dict[str, Any]:
         what = f"Error reading the intention with ID {args[0]!r}"
         resp = api_call(client, "GET", f"/v1/connect/intentions/{segment(args[0])}", what, ok=(200, 404))
         if resp.status_code == 404:
-            die(f"Intention with ID {args[0]!r} not found")
+            fail(f"Intention with ID {args[0]!r} not found")
     elif len(args) == 2:
         what = f"Error reading the intention from {args[0]!r} to {args[1]!r}"
         resp = api_call(client, "GET", "/v1/connect/intentions/exact", what,
                         params={"source": args[0], "destination": args[1]})
     else:
-        die("command requires exactly 1 or 2 arguments")
+        fail("command requires exactly 1 or 2 arguments")
     found = json_of(resp, what)
     if not isinstance(found, dict):
-        die(f"{what}: the agent's answer is not an intention")
+        fail(f"{what}: the agent's answer is not an intention")
     return found
 
 
@@ -180,9 +180,9 @@ def list_(http_addr: str | None, token: str | None) -> None:
     what = "Failed to retrieve the intentions list"
     items = json_of(api_call(AgentClient(http_addr, token), "GET", "/v1/connect/intentions", what), what)
     if not isinstance(items, list):
-        die(f"{what}: the agent's answer is not a list")
+        fail(f"{what}: the agent's answer is not a list")
     if not items:
-        die("There are no intentions.", 2)
+        fail("There are no intentions.", 2)
     rows = [["ID", "Source", "Action", "Destination", "Precedence"]]
     rows += [[str(i.get("ID", "")), str(i.get("SourceName", "")), str(i.get("Action", "")),
               str(i.get("DestinationName", "")), str(i.get("Precedence", ""))] for i in items if isinstance(i, dict)]
@@ -200,7 +200,7 @@ def list_(http_addr: str | None, token: str | None) -> None:
 def match(name: str, by_source: bool, by_destination: bool, http_addr: str | None, token: str | None) -> None:
     """Show the intentions that apply to a source or destination, in evaluation order."""
     if by_source and by_destination:
-        die("Error: only one of -source or -destination may be specified")
+        fail("Error: only one of -source or -destination may be specified")
     what = "Error matching the connection"
     resp = api_call(AgentClient(http_addr, token), "GET", "/v1/connect/intentions/match", what,
                     params={"by": "source" if by_source else "destination", "name": name})
@@ -224,5 +224,5 @@ def delete(args: tuple[str, ...], http_addr: str | None, token: str | None) -> N
         api_call(client, "DELETE", "/v1/connect/intentions/exact", what,
                  params={"source": args[0], "destination": args[1]})
     else:
-        die("command requires exactly 1 or 2 arguments")
+        fail("command requires exactly 1 or 2 arguments")
     click.echo("Intention deleted.")
