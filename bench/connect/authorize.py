@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 from machine import machine_info  # noqa: E402  (bench/machine.py)
 from meshagent.agent.connect.intentions import Action, Intention, IntentionIndex, decide_l4, ordered  # noqa: E402
+from wrk_tool import ensure_wrk  # noqa: E402  (bench/wrk_tool.py)
 
 from tests.support.cluster_hosts import Cluster, ClusterWarning, Host  # noqa: E402
 from tests.support.mesh import (  # noqa: E402
@@ -55,18 +55,6 @@ request = function()
   return wrk.format("POST", "/v1/agent/connect/authorize", {{["Content-Type"] = "application/json"}}, bodies[i])
 end
 """
-
-
-def ensure_wrk() -> str:
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
-    print(">>> wrk is not installed; installing it with `apt-get install -y wrk` (Debian package)...", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
-    wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("wrk is still missing after apt-get install; install it and re-run")
-    return wrk
 
 
 def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | None) -> dict[str, str]:

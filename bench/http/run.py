@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,21 +27,10 @@ import trio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
+from wrk_tool import ensure_wrk  # noqa: E402  (bench/wrk_tool.py)
 
 PY = sys.executable
 URL_PATH = "/v1/health/service/db?passing"
-
-
-def ensure_wrk() -> str:
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
-    print(">>> wrk is not installed; installing it with `apt-get install -y wrk` (Debian package)...", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
-    wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("wrk is still missing after apt-get install; install it and re-run")
-    return wrk
 
 
 class Server:
