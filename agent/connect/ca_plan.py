@@ -13,7 +13,6 @@ its defaults). Key types: the roots here are EC (P-256, or P-384 with PrivateKey
 from __future__ import annotations
 
 import datetime
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..catalog import commands
 from ..catalog.connect_state import ConnectState, RootRow
+from ..config import duration
 from . import ca
 
 HOUR = 3600.0
@@ -72,25 +72,18 @@ class CASettings:
 
 # ---------------------------------------------------------------------------------------------- durations
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(value: Any, field: str) -> float:
-    """A Go duration string ("72h", "1h30m", "500ms") in seconds; anything else is a CAConfigError."""
+    """A Go duration string ("72h", "1h30m", "500ms") in seconds (config/duration.py reads it); anything
+    else, a negative one included, is a CAConfigError."""
     if not isinstance(value, str) or not value or len(value) > MAX_DURATION_TEXT:
         raise CAConfigError(field, f'must be a duration string such as "72h", not {_show(value)}')
-    if value == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(value):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(value):
+    try:
+        seconds = duration.parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
         raise CAConfigError(field, f"{value!r} is not a duration (e.g. \"72h\", \"1h30m\", \"10s\")")
-    return total
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
