@@ -15,6 +15,8 @@ from ..rpc.errors import ServerError
 
 MAX_PEM = 64 * 1024  # a signed leaf's PEM (or one intermediate's) is far below this
 
+MAX_EPOCH = 253402300800  # 10000-01-01: past the last second a datetime (and an X.509 time) can hold
+
 
 @dataclass(frozen=True, slots=True)
 class SignedLeaf:
@@ -51,7 +53,8 @@ class SignedLeaf:
 
         def number(name: str) -> float:
             v = raw.get(name)
-            if isinstance(v, bool) or not isinstance(v, int | float):
+            # Epoch seconds a datetime can hold: NaN or 1e300 would end the leaf endpoint in an OverflowError.
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < MAX_EPOCH:
                 raise ServerError(f"connect_ca_sign answer: bad {name}")
             return float(v)
 
@@ -66,8 +69,11 @@ class SignedLeaf:
         index = raw.get("index")
         if type(index) is not int or index < 0:
             raise ServerError("connect_ca_sign answer: bad index")
-        return cls(text("cert_pem"), serial, text("service"), text("service_uri"), number("valid_after"),
-                   number("valid_before"), text("root_id"), tuple(inter), index)
+        valid_after, valid_before = number("valid_after"), number("valid_before")
+        if valid_after > valid_before:
+            raise ServerError("connect_ca_sign answer: valid_after is after valid_before")
+        return cls(text("cert_pem"), serial, text("service"), text("service_uri"), valid_after, valid_before,
+                   text("root_id"), tuple(inter), index)
 
 
 class CAAuthority(Protocol):

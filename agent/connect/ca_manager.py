@@ -302,6 +302,8 @@ class CAManager:
         """The `connect_ca_sign` RPC: args {"csr": PEM, "forwarded": bool (from another server)}."""
         if not isinstance(args, dict) or not isinstance(args.get("csr"), str):
             raise Rejected("connect_ca_sign needs {csr: PEM text}")
+        if len(args["csr"]) > ca.MAX_CSR_BYTES:  # before a follower forwards it, not only at the leader
+            raise Rejected(f"CSR larger than {ca.MAX_CSR_BYTES} bytes")
         forwarded = args.get("forwarded", False)
         if not isinstance(forwarded, bool):
             raise Rejected("connect_ca_sign: forwarded must be a boolean")
@@ -313,8 +315,10 @@ class CAManager:
             raise Rejected("connect_ca_set_config needs a map")
         provider, config = args.get("provider", "consul"), args.get("config")
         force, forwarded = args.get("force_without_cross_signing", False), args.get("forwarded", False)
-        if not isinstance(provider, str) or not isinstance(config, dict):
+        if not isinstance(provider, str) or not isinstance(config, dict) or len(provider) > 64:
             raise Rejected("connect_ca_set_config needs provider (text) and config (a map)")
+        if len(config) > ca_plan.MAX_CONFIG_KEYS:  # before a follower forwards it; the leader checks each value
+            raise Rejected(f"connect_ca_set_config: more than {ca_plan.MAX_CONFIG_KEYS} Config keys")
         if not isinstance(force, bool) or not isinstance(forwarded, bool):
             raise Rejected("connect_ca_set_config: force_without_cross_signing and forwarded must be booleans")
         await self.set_config(provider, config, force, forwarded=forwarded)

@@ -34,6 +34,7 @@ TTL_MAX = 100 * 8760 * HOUR
 PRUNE_INTERVAL_MAX = 60.0
 MAX_PEM_INPUT = 32 * 1024
 MAX_DURATION_TEXT = 64
+MAX_CONFIG_KEYS = 64  # a CA Config map has about a dozen known keys
 
 # Canonical Config keys (Consul's) and their defaults.
 DEFAULTS: dict[str, Any] = {
@@ -116,7 +117,7 @@ def normalize_config(raw: Any, current: dict[str, Any] | None = None,
     PrivateKey/RootCert PEM). Keys left out keep `current`'s value, else Consul's default."""
     if not isinstance(raw, dict):
         raise CAConfigError("Config", "must be a map")
-    if len(raw) > 64:
+    if len(raw) > MAX_CONFIG_KEYS:
         raise CAConfigError("Config", "has too many keys")
     out = {k: v for k, v in (current or DEFAULTS).items() if k in DEFAULTS}
     for k, v in DEFAULTS.items():

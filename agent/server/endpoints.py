@@ -24,8 +24,9 @@ Handler = Callable[[Any], Awaitable[Any]]
 PRIVILEGED_OPS = {b"connect-ca": "connect-ca", b"restore": "restore"}
 
 
-def privileged_op(data: bytes) -> str | None:
-    """The privileged op that encoded command bytes are, or (as a batch) hold; None for ordinary writes."""
+def privileged_op(data: bytes, in_batch: bool = False) -> str | None:
+    """The privileged op that encoded command bytes are, or (as a batch) hold; None for ordinary writes.
+    One level of batch is looked into: the FSM applies no batch inside a batch (it refuses it as unknown)."""
     if not any(marker in data for marker in PRIVILEGED_OPS):  # the cheap check: almost every write
         return None
     try:
@@ -34,8 +35,9 @@ def privileged_op(data: bytes) -> str | None:
         return None  # undecodable: the FSM refuses it anyway
     if not isinstance(command, dict):
         return None
-    if command.get("op") == "batch" and isinstance(command.get("commands"), list):
-        return next((op for d in command["commands"] if isinstance(d, bytes) and (op := privileged_op(d))), None)
+    if command.get("op") == "batch" and isinstance(command.get("commands"), list) and not in_batch:
+        return next((op for d in command["commands"]
+                     if isinstance(d, bytes) and (op := privileged_op(d, in_batch=True))), None)
     op = command.get("op")
     return op if op in PRIVILEGED_OPS.values() else None
 
