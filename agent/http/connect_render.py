@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 _UINT64 = (1 << 64) - 1
 _SECRET_CONFIG_KEYS = frozenset({"PrivateKey", "private_key", "RootCert", "root_cert"})
-_TOP_LEVEL = frozenset({"Provider", "Config", "State", "ForceWithoutCrossSigning", "ClusterID"})
 
 
 def rfc3339(epoch: float) -> str:
@@ -114,12 +113,9 @@ def ca_config_json(connect: ConnectState, index: int, default_provider: str = "c
     Config never carries PrivateKey (Consul's does; here only servers hold root keys). The configuration has
     no index of its own in the catalog: CreateIndex is the CA's first root, ModifyIndex the CA's last change."""
     stored = connect.config
-    inner = stored.get("Config")
-    if isinstance(inner, dict):
-        provider, config = stored.get("Provider") or default_provider, inner
-    else:  # a plain Config map (older state): the provider is the agent's
-        provider = stored.get("Provider") or default_provider
-        config = {k: v for k, v in stored.items() if k not in _TOP_LEVEL}
+    inner = stored.get("Config")  # ca_plan.stored_config always nests it; {} before the CA is initialized
+    provider = stored.get("Provider") or default_provider
+    config = inner if isinstance(inner, dict) else {}
     state = stored.get("State")
     created = min((r.create_index for r in connect.roots.values()), default=index)
     return {
