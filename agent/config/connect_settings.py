@@ -162,6 +162,17 @@ def check_ca(config_ca: dict[str, Any], min_leaf_ttl: float, where: Where, error
         reason = _key_problem(str(key_pem), str(cert_pem) if cert_pem else None)
         if reason:
             fail(reason[0], reason[1])
+    if not errors:
+        # The CA's own check last, so that nothing loads here that the leader would refuse at its first
+        # election (it would never initialize the CA).
+        from ..connect.ca_plan import CAConfigError, config_from_agent
+
+        try:
+            config_from_agent(config_ca, min_leaf_ttl=min_leaf_ttl)
+        except CAConfigError as exc:
+            folded = exc.field.rpartition(".")[2].lower()
+            key = next((k for k in config_ca if k.replace("_", "") == folded), exc.field)
+            fail(key, exc.problem)
 
 
 def _key_problem(key_pem: str, cert_pem: str | None) -> tuple[str, str] | None:

@@ -53,6 +53,7 @@ class CAConfigError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"CA configuration field {field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)

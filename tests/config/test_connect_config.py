@@ -156,6 +156,9 @@ BAD = [
      "connect.ca_config.root_cert", "needs private_key"),
     ('connect {\n  ca_config {\n    private_key = "-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----"\n'
      '  }\n}\n', 3, "connect.ca_config.private_key", "not a readable"),
+    # Values only the CA's own check refuses: the loader must not let through what the leader would refuse.
+    ('connect {\n  ca_config {\n    csr_max_concurrent = 500000\n  }\n}\n', 3,
+     "connect.ca_config.csr_max_concurrent", "100000"),
     ('connect {\n  test_min_leaf_ttl = "2h"\n}\n', 2, "connect.test_min_leaf_ttl", "at most 1h"),
     ('acl {\n  default_policy = "maybe"\n}\n', 2, "acl.default_policy", '"allow" or "deny"'),
     ('acl {\n  down_policy = "extend-cache"\n}\n', 2, "acl.down_policy", "ACLs arrive in a later release"),
