@@ -20,8 +20,6 @@ from meshagent.agent.config.syntax import SyntaxProblem, load_hcl, load_json
 from .http_client import AgentClient, api_call, error_text, fail, http_options, json_of
 
 MAX_FILE_BYTES = 1024 * 1024  # an entry file; the agent refuses bodies far smaller than this anyway
-KINDS = ("service-defaults", "proxy-defaults", "service-intentions", "service-router", "service-splitter",
-         "service-resolver")
 
 
 def cas_params(cas: bool, modify_index: int | None) -> dict[str, int]:

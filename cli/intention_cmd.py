@@ -89,7 +89,7 @@ def create(src: str, dst: str, allow: bool, deny: bool, replace: bool, meta: tup
                         params={"source": src, "destination": dst}, ok=(200, 404))
         old = json_of(resp, what) if resp.status_code == 200 else None
         if isinstance(old, dict) and old.get("ID"):
-            api_call(client, "PUT", f"/v1/connect/intentions/{old['ID']}",
+            api_call(client, "PUT", f"/v1/connect/intentions/{segment(str(old['ID']))}",
                      f"Error replacing intention with source {src!r} and destination {dst!r}", body=body)
             click.echo(f"Created: {shown}")
             return

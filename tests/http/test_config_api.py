@@ -185,7 +185,7 @@ def test_blocking_reads_wake_on_a_write(api_server: ServerThread, path: str) -> 
     thread.join(10)
     assert out, "the blocking read never returned"
     returned_at, r = out[0]
-    assert returned_at - written_at < 1.0
+    assert returned_at - written_at < 5.0  # a generous liveness bound: the wait itself is 30 s
     assert int(r.headers["x-consul-index"]) > index
     body = r.json()
     entry = body if isinstance(body, dict) else body[0]
@@ -258,12 +258,14 @@ def test_a_body_over_the_limit_is_413(api_server: ServerThread) -> None:
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("path", ["/v1/config/service-defaults/" + "w" * 5000,
-                                  "/v1/config/service-defaults/web/extra/parts",
-                                  "/v1/config/service-defaults/"])
-def test_odd_paths_are_answered(api_server: ServerThread, path: str) -> None:
-    assert httpx.get(api_server.url + path).status_code in (400, 404)
-    assert httpx.delete(api_server.url + path).status_code in (200, 400, 404)
+@pytest.mark.parametrize("path,get_status,delete_status", [
+    ("/v1/config/service-defaults/" + "w" * 5000, 404, 200),  # nothing so named can exist: nothing to delete
+    ("/v1/config/service-defaults/web/extra/parts", 404, 200),  # a name with slashes, absent
+    ("/v1/config/service-defaults/", 400, 400),  # no name
+])
+def test_odd_paths_are_answered(api_server: ServerThread, path: str, get_status: int, delete_status: int) -> None:
+    assert httpx.get(api_server.url + path).status_code == get_status
+    assert httpx.delete(api_server.url + path).status_code == delete_status
 
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \

@@ -198,7 +198,8 @@ def test_hostile_bodies_are_a_4xx_never_a_500(api_server: ServerThread, body: by
 
 
 def test_concurrent_writers_to_one_destination_lose_nothing(api_server: ServerThread) -> None:
-    """Each upsert rewrites the destination's whole entry; cas plus retry keeps every one of them."""
+    """Each upsert rewrites the destination's whole entry; writers on one agent take turns per destination
+    (cas conflicts between agents: test_a_write_beaten_by_another_agent_is_retried_on_top_of_it), so none is lost."""
     sources = [f"svc-{i}" for i in range(24)]
 
     def upsert(name: str) -> bool:
@@ -289,7 +290,7 @@ def test_blocking_list_wakes_on_an_upsert(api_server: ServerThread) -> None:
     thread.join(10)
     assert out, "the blocking list never returned"
     returned_at, r = out[0]
-    assert returned_at - written_at < 1.0 and int(r.headers["x-consul-index"]) > index
+    assert returned_at - written_at < 5.0 and int(r.headers["x-consul-index"]) > index  # the wait is 30 s
     assert sorted(i["SourceName"] for i in r.json()) == ["api", "web"]
 
 
