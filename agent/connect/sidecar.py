@@ -153,7 +153,11 @@ def _upstream(col: Collector, field_: str, data: Any, line: int | None) -> dict[
             if config:
                 out["Config"] = config
         elif key == "mesh_gateway":
-            out["MeshGateway"] = _camel_map(plain(one_block(value)))
+            block = plain(one_block(value))
+            if not isinstance(block, dict):
+                col.error(sub, f"must be a map, got {kind_of(block)}", at)
+            else:
+                out["MeshGateway"] = _camel_map(block)
         else:
             col.error(sub, "unknown field (destination_type, destination_name, datacenter, local_bind_address, "
                       "local_bind_port, config, mesh_gateway)", at)
@@ -247,6 +251,8 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int],
 def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinition]) -> ServiceDefinition | None:
     """Expand `defn`'s sidecar against the agent's local `services`: skip ports other local proxies hold and
     keep the port the sidecar already has when it is still free (so a reload does not move it)."""
+    if defn.connect.get("sidecar_service") is None:
+        return None  # most services: no scan over the others
     sid = sidecar_id(defn.id)
     used = [s.port for key, s in services.items() if key != sid and s.kind == PROXY_KIND and s.port]
     current = services.get(sid)

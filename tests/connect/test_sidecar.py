@@ -128,6 +128,8 @@ def test_camel_case_api_body_expands_the_same_as_snake_case() -> None:
     ({"proxy": {"upstreams": [{"destination_name": "db", "local_bind_port": 1, "destination_type": "x"}]}},
      "service.connect.sidecar_service.proxy.upstreams[0].destination_type", "service or prepared_query"),
     ({"proxy": {"upstreams": "db"}}, "service.connect.sidecar_service.proxy.upstreams", "list of blocks"),
+    ({"proxy": {"upstreams": [{"destination_name": "db", "local_bind_port": 1, "mesh_gateway": "local"}]}},
+     "service.connect.sidecar_service.proxy.upstreams[0].mesh_gateway", "must be a map"),
     ({"proxy": {"mode": "magic"}}, "service.connect.sidecar_service.proxy.mode", "direct or transparent"),
     ({"proxy": {"local_service_port": "http"}}, "service.connect.sidecar_service.proxy.local_service_port",
      "whole number"),
