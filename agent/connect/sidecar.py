@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..config.encode import camel_keys
 from ..config.errors import Collector, ConfigError, ConfigErrors
 from ..config.types import CheckDefinition, ServiceDefinition, Source
 from ..config.values import Node, kind_of, node_of, one_block, plain, show, typed
@@ -39,15 +40,6 @@ def _port(col: Collector, field_: str, value: Any, line: int | None) -> int | No
         col.error(field_, f"{port} is not a port (1-65535)", line)
         return None
     return int(port) if port is not None else None
-
-
-def _camel_map(value: Any) -> Any:
-    """Nested schema keys (mesh_gateway, expose) in Consul's CamelCase."""
-    if isinstance(value, dict):
-        return {"".join(p[:1].upper() + p[1:] for p in str(k).split("_")): _camel_map(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_camel_map(v) for v in value]
-    return value
 
 
 def _opaque_map(col: Collector, field_: str, value: Any, line: int | None) -> dict[str, Any] | None:
@@ -96,7 +88,7 @@ def proxy_from(col: Collector, data: Any, field_: str, line: int | None) -> dict
             if not isinstance(block, dict):
                 col.error(sub, f"must be a map, got {kind_of(block)}", at)
             else:
-                out["MeshGateway" if key == "mesh_gateway" else "Expose"] = _camel_map(block)
+                out["MeshGateway" if key == "mesh_gateway" else "Expose"] = camel_keys(block)
         else:
             col.error(sub, "unknown field (destination_service_name, destination_service_id, "
                       "local_service_address, local_service_port, mode, config, upstreams, mesh_gateway, expose)", at)
@@ -157,7 +149,7 @@ def _upstream(col: Collector, field_: str, data: Any, line: int | None) -> dict[
             if not isinstance(block, dict):
                 col.error(sub, f"must be a map, got {kind_of(block)}", at)
             else:
-                out["MeshGateway"] = _camel_map(block)
+                out["MeshGateway"] = camel_keys(block)
         else:
             col.error(sub, "unknown field (destination_type, destination_name, datacenter, local_bind_address, "
                       "local_bind_port, config, mesh_gateway)", at)
