@@ -180,6 +180,11 @@ def _cache(api: API) -> _IntentionCache:
     return cache
 
 
+def default_allow(api: API) -> bool:
+    """The decision when no intention matches: `acl { default_policy }` (allow unless set to deny)."""
+    return str(api.agent.config.acl_default_policy).lower() != "deny"
+
+
 def compiled_intentions(api: API) -> IntentionIndex:
     """This agent's intentions, indexed by destination, recompiled only when service-intentions entries changed."""
     return _cache(api).intentions
@@ -188,11 +193,11 @@ def compiled_intentions(api: API) -> IntentionIndex:
 async def authorize(api: API, request: Request, query: Query, arg: str) -> Response:
     """POST /v1/agent/connect/authorize {Target, ClientCertURI, ClientCertSerial}: {Authorized, Reason},
     decided at L4 from this agent's intentions (an L7 intention denies), the ACL default otherwise."""
-    default_allow = str(getattr(api.agent.config, "acl_default_policy", "allow")).lower() != "deny"
+    allow_by_default = default_allow(api)
     cache = _cache(api)
     # A proxy asks the same few questions over and over, in the same bytes: the answer is kept, by the
     # request's body (small ones only), until intentions, the trust domain or the policy change.
-    raw_key = (request.body, default_allow, query.pretty) if len(request.body) <= MAX_REMEMBERED_BODY else None
+    raw_key = (request.body, allow_by_default, query.pretty) if len(request.body) <= MAX_REMEMBERED_BODY else None
     hit = cache.answers.get(raw_key) if raw_key is not None else None
     if hit is not None:
         return 200, [CT_JSON], hit
@@ -215,7 +220,7 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
         answer = authorize_json(False, f"Identity from an external trust domain {client.trust_domain} "
                                        f"(this mesh is {trust_domain})")
     else:
-        decision = cache.intentions.decide(client.service, target, default_allow, source_ns=client.namespace)
+        decision = cache.intentions.decide(client.service, target, allow_by_default, source_ns=client.namespace)
         answer = authorize_json(decision.allowed, _reason(decision.matched))
     rendered = _dumps(answer, query)
     if raw_key is not None:

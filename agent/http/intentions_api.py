@@ -24,15 +24,14 @@ from ..connect.entry_validate import EntryError
 from ..connect.intention_entries import (
     find_by_id,
     find_source,
-    intentions_of,
     legacy_json,
     legacy_list,
     match,
     remove_source,
     upsert_source,
 )
-from ..connect.intentions import decide_l4
 from .config_api import MAX_ERROR, apply, body_json, validate
+from .connect_api import compiled_intentions, default_allow
 from .filter import INT, STR, STRMAP, Schema
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
@@ -346,8 +345,7 @@ async def check(api: API, request: Request, query: Query, arg: str) -> Response:
         raise bad_request(f"Invalid source-type {source_type[:40]!r}: only \"consul\" is supported")
     source_name, destination = _pair(query)
     await api.agent.store.read_barrier(query.consistency)
-    default_allow = getattr(api.agent.config, "acl_default_policy", "allow") != "deny"
-    decision = decide_l4(intentions_of(_rows(api)), source_name, destination, default_allow)
+    decision = compiled_intentions(api).decide(source_name, destination, default_allow(api))
     return api.json({"Allowed": decision.allowed}, query)
 
 
