@@ -22,6 +22,7 @@ from . import (
     intentions_api,
     kv_api,
     operator_api,
+    proxy_api,
 )
 from .errors import error_response
 from .filter import Schema, compile_filter
@@ -93,6 +94,7 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/connect/ca/roots": {"GET": connect_api.agent_roots},
     "/v1/agent/connect/ca/leaf/": {"GET": connect_api.leaf},
     "/v1/agent/connect/authorize": {"POST": connect_api.authorize},
+    "/v1/agent/connect/proxy/": {"GET": proxy_api.proxy_config},
     "/v1/connect/ca/roots": {"GET": connect_api.roots},
     "/v1/connect/ca/configuration": {"GET": connect_api.ca_configuration_get,
                                      "PUT": connect_api.ca_configuration_put},
