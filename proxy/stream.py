@@ -1,0 +1,505 @@
+"""Stream: one non-blocking socket on the reactor, plain or TLS (ssl.MemoryBIO + SSLObject), with plaintext
+callbacks, a write buffer and backpressure; `connect` dials one, `accept_tls` terminates one.
+
+Reads are 64 KiB and bounded per wake-up (READS_PER_WAKE) so a fast peer cannot starve the others; the
+reactor is level-triggered, so what is left is read on the next turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Callable
+
+from .reactor import Reactor, Timer
+from .tls import peer_spiffe_id
+
+READ_SIZE = 65536
+READS_PER_WAKE = 4
+MAX_WRITE_BUFFER = 64 * 1024 * 1024  # a peer that never reads: pipes pause far below this, L7 may not
+MAX_HANDSHAKE_BUFFER = 256 * 1024  # ciphertext a peer may queue before its handshake completes
+HANDSHAKE_TIMEOUT_S = 10.0
+
+_RESET = (ConnectionError, OSError)
+
+
+def _ignore_eof() -> None:
+    return None
+
+
+class Stream:
+    """One connection: `on_data(bytes)` plaintext in, `write()` out, `on_eof`, `on_close(reason)`."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, tls: ssl.SSLObject | None = None,
+                 incoming: ssl.MemoryBIO | None = None, outgoing: ssl.MemoryBIO | None = None) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._tls = tls
+        self._in = incoming
+        self._out = outgoing
+        self._wbuf = bytearray()
+        self._writing = False
+        self._reading = False
+        self._paused = True  # not reading until the owner is ready (resume_reading / handshake done)
+        self._held = False  # pause_reading() was called: _start() leaves the stream paused
+        self._shut_wanted = False
+        self._shut_done = False
+        self._eof_received = False
+        self._timer: Timer | None = None
+        self.closed = False
+        self.close_reason: str | None = None
+        self.on_data: Callable[[bytes], None] = self._discard
+        self.on_eof: Callable[[], None] = self._close_clean
+        self.on_close: Callable[[str | None], None] = _ignore_reason
+        self.on_drain: Callable[[], None] | None = None
+        self.peer_spiffe_id: str | None = None
+        self.session_reused = False
+        self.on_session: Callable[[ssl.SSLSession], None] | None = None  # first resumable session seen
+        self.received = 0  # bytes from the socket (ciphertext for TLS)
+        self.sent = 0
+
+    # ------------------------------------------------------------------ defaults
+
+    def _discard(self, data: bytes) -> None:
+        return None
+
+    def _close_clean(self) -> None:
+        self.close()
+
+    @property
+    def tls(self) -> ssl.SSLObject | None:
+        """The SSLObject of a TLS stream."""
+        return self._tls
+
+    # ------------------------------------------------------------------ reading
+
+    def pause_reading(self) -> None:
+        """Stop delivering `on_data` until `resume_reading()` (the kernel buffers, then the peer waits)."""
+        self._paused = True
+        self._held = True
+        if self._reading:
+            self._reading = False
+            self.reactor.remove_reader(self.fd)
+
+    def _start(self) -> None:
+        """After on_ready: start reading unless the owner paused the stream inside on_ready."""
+        if not self._held and not self.closed:
+            self.resume_reading()
+
+    def resume_reading(self) -> None:
+        """Deliver `on_data` again (plaintext already decrypted and buffered comes first)."""
+        if self.closed or not self._paused:
+            return
+        self._paused = False
+        if self._eof_received:
+            return
+        self._reading = True
+        self.reactor.add_reader(self.fd, self._on_readable)
+        if self._tls is not None and ((self._in is not None and self._in.pending) or self._tls.pending()):
+            self.reactor.call_soon(self._drain_tls_soon)
+
+    def _drain_tls_soon(self) -> None:
+        if not self.closed and not self._paused:
+            self._drain_tls(False)
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        tls = self._tls
+        for _ in range(READS_PER_WAKE):
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except _RESET:
+                self.close("reset")
+                return
+            n = len(data)
+            self.received += n
+            if tls is None:
+                if not n:
+                    self._got_eof()
+                    return
+                self.on_data(data)
+            else:
+                assert self._in is not None
+                if n:
+                    self._in.write(data)
+                else:
+                    self._in.write_eof()
+                self._drain_tls(not n)
+            if self._paused or self.closed or self._eof_received or n < READ_SIZE:
+                return  # a short read: the socket is very likely empty, spare the EAGAIN syscall
+
+    def _drain_tls(self, eof: bool) -> None:
+        tls = self._tls
+        assert tls is not None
+        while not self._paused and not self.closed:
+            try:
+                chunk = tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a plain FIN: both end the side
+                self._flush_tls()
+                self._got_eof()
+                return
+            except ssl.SSLError:
+                self.close("tls-error")
+                return
+            if not chunk:
+                break
+            self.on_data(chunk)
+        if self.on_session is not None and not self.closed:
+            self._offer_session()
+        if self._out is not None and self._out.pending:
+            self._flush_tls()  # post-handshake messages (key updates)
+        if eof and not self.closed and not self._paused:
+            self._got_eof()
+
+    def _offer_session(self) -> None:
+        assert self._tls is not None
+        session = self._tls.session
+        if session is not None and session.has_ticket and self.on_session is not None:
+            cb, self.on_session = self.on_session, None
+            cb(session)
+
+    def _got_eof(self) -> None:
+        if self._eof_received:
+            return
+        self._eof_received = True
+        if self._reading:
+            self._reading = False
+            self.reactor.remove_reader(self.fd)
+        if self._shut_done:
+            self.close()
+            return
+        self.on_eof()
+
+    # ------------------------------------------------------------------ writing
+
+    def buffered(self) -> int:
+        """Bytes accepted by write() and not yet handed to the kernel."""
+        return len(self._wbuf)
+
+    def write(self, data: bytes) -> None:
+        """Queue `data` (encrypted for TLS) and send what the kernel takes now; dropped after close."""
+        if self.closed or self._shut_wanted:
+            return
+        tls = self._tls
+        if tls is not None:
+            assert self._out is not None
+            try:
+                tls.write(data)
+            except ssl.SSLError:
+                self.close("tls-error")
+                return
+            data = self._out.read()
+        if self._wbuf:
+            self._wbuf += data
+            if len(self._wbuf) > MAX_WRITE_BUFFER:
+                self.close("write-buffer-overflow")
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except _RESET:
+            self.close("reset")
+            return
+        self.sent += n
+        if n < len(data):
+            self._wbuf += memoryview(data)[n:]
+            self._want_write()
+
+    def _flush_tls(self) -> None:
+        assert self._out is not None
+        data = self._out.read()
+        if data:
+            self._wbuf += data
+            self._on_writable()
+
+    def _want_write(self) -> None:
+        if not self._writing and not self.closed:
+            self._writing = True
+            self.reactor.add_writer(self.fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        wbuf = self._wbuf
+        sock = self.sock
+        while wbuf:
+            try:
+                n = sock.send(wbuf)
+            except (BlockingIOError, InterruptedError):
+                self._want_write()
+                return
+            except _RESET:
+                self.close("reset")
+                return
+            self.sent += n
+            del wbuf[:n]
+        if self._writing:
+            self._writing = False
+            self.reactor.remove_writer(self.fd)
+        if self._shut_wanted and not self._shut_done:
+            self._do_shutdown()
+            return
+        if self.on_drain is not None and not self.closed:
+            self.on_drain()
+
+    def shutdown_write(self) -> None:
+        """End our side once the buffer drains (TCP FIN; the peer's next read ends cleanly)."""
+        if self.closed or self._shut_wanted:
+            return
+        self._shut_wanted = True
+        if not self._wbuf:
+            self._do_shutdown()
+
+    def _do_shutdown(self) -> None:
+        # No close_notify on a half-close: SSLObject.unwrap() discards application data the peer may still
+        # send, and TLS 1.3 half-close would need it. Our own reader takes a plain FIN on TLS as the end.
+        self._shut_done = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close("reset")
+            return
+        if self._eof_received:
+            self.close()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, reason: str | None = None) -> None:
+        """Close at once (buffered bytes are dropped); `on_close(reason)` runs once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading:
+            self.reactor.remove_reader(self.fd)
+        if self._writing:
+            self.reactor.remove_writer(self.fd)
+        self._reading = self._writing = False
+        self._wbuf = bytearray()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        cb, self.on_close = self.on_close, _ignore_reason
+        self.on_data = self._discard
+        self.on_drain = None
+        cb(reason)
+
+    # ------------------------------------------------------------------ handshake (TLS)
+
+    def _handshake(self, timeout_s: float, on_done: Callable[[], None], on_fail: Callable[[str], None],
+                   ) -> None:
+        """Drive the TLS handshake; `on_done()` when it completes, `on_fail(reason)` (stream closed)."""
+        self._hs_done = on_done
+        self._hs_fail = on_fail
+        self._timer = self.reactor.call_later(timeout_s, self._hs_timeout)
+        self.reactor.add_reader(self.fd, self._hs_step)
+        self._reading = True
+        self._hs_step(first=True)
+
+    def _hs_timeout(self) -> None:
+        self._timer = None
+        self._hs_failed("tls-handshake-timeout")
+
+    def _hs_failed(self, reason: str) -> None:
+        fail = self._hs_fail
+        self.close(reason)
+        fail(reason)
+
+    def _hs_step(self, first: bool = False) -> None:
+        tls, inc = self._tls, self._in
+        assert tls is not None and inc is not None
+        if not first:
+            for _ in range(READS_PER_WAKE):
+                try:
+                    data = self.sock.recv(READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except _RESET:
+                    self._hs_failed("reset")
+                    return
+                self.received += len(data)
+                if not data:
+                    inc.write_eof()
+                    break
+                inc.write(data)
+                if inc.pending > MAX_HANDSHAKE_BUFFER:
+                    self._hs_failed("tls-handshake-oversize")
+                    return
+                if len(data) < READ_SIZE:
+                    break
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
+            if inc.eof and not self.closed:
+                self._hs_failed("tls-handshake")
+            return
+        except (ssl.SSLError, ValueError, OSError):
+            if not self.closed:
+                self._flush_tls()  # the alert, so the peer learns why
+                self._hs_failed("tls-handshake")
+            return
+        self._flush_tls()
+        if self.closed:
+            self._hs_fail(self.close_reason or "reset")
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.reactor.remove_reader(self.fd)
+        self._reading = False
+        self._paused = True
+        self.peer_spiffe_id = peer_spiffe_id(tls)
+        self.session_reused = tls.session_reused
+        self._hs_done()
+
+
+def _ignore_reason(reason: str | None) -> None:
+    return None
+
+
+class Cancel:
+    """A pending dial; `cancel()` (or calling it) abandons it and closes its socket."""
+
+    __slots__ = ("_stream", "_timer", "done")
+
+    def __init__(self) -> None:
+        self._stream: Stream | None = None
+        self._timer: Timer | None = None
+        self.done = False
+
+    def cancel(self) -> None:
+        """Abandon the dial: no callback will run."""
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._stream is not None:
+            self._stream.close("cancelled")
+
+    __call__ = cancel
+
+
+def _nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ssl.SSLContext | None,
+            on_ready: Callable[[Stream], None], on_fail: Callable[[str], None], *,
+            expected_spiffe_ids: tuple[str, ...] = (), session: ssl.SSLSession | None = None,
+            on_session: Callable[[ssl.SSLSession], None] | None = None) -> Cancel:
+    """Dial `address:port` (TLS with `tls`, checking the server's URI SAN is one of `expected_spiffe_ids`
+    when given); exactly one of `on_ready(stream)` / `on_fail(reason)` runs, unless cancelled. The stream
+    reads once on_ready returns unless on_ready paused it; `on_session` gets the first resumable session."""
+    pending = Cancel()
+    try:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        reactor.call_soon(lambda: None if pending.done else (_finish(pending), on_fail("connect-error")))
+        return pending
+    sock.setblocking(False)
+    _nodelay(sock)
+    try:
+        err = sock.connect_ex((address, port))
+    except (OSError, OverflowError):  # a bad address from the snapshot fails the dial, not the loop
+        err = errno.EADDRNOTAVAIL
+    stream = Stream(reactor, sock)
+    pending._stream = stream
+    deadline = reactor.now() + timeout_s
+
+    def fail(reason: str) -> None:
+        if pending.done:
+            return
+        _finish(pending)
+        stream.close(reason)
+        on_fail(reason)
+
+    def timed_out() -> None:
+        pending._timer = None
+        fail("connect-timeout")
+
+    def connected() -> None:
+        reactor.remove_writer(stream.fd)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            fail("connect-refused" if code == errno.ECONNREFUSED else "connect-error")
+            return
+        if tls is None:
+            _finish(pending)
+            on_ready(stream)
+            stream._start()
+            return
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        try:
+            obj = tls.wrap_bio(inc, out, server_side=False, session=session)
+        except (ssl.SSLError, ValueError):  # e.g. a session of an older context
+            obj = tls.wrap_bio(inc, out, server_side=False)
+        stream._tls, stream._in, stream._out = obj, inc, out
+        remaining = max(0.001, deadline - reactor.now())
+        if pending._timer is not None:
+            pending._timer.cancel()
+            pending._timer = None
+        stream._handshake(remaining, handshaken, lambda reason: fail("tls-handshake")
+                          if reason.startswith("tls-handshake") else fail(reason))
+
+    def handshaken() -> None:
+        if expected_spiffe_ids and stream.peer_spiffe_id not in expected_spiffe_ids:
+            fail("spiffe-mismatch")
+            return
+        _finish(pending)
+        if on_session is not None:
+            stream.on_session = on_session
+            stream._offer_session()  # TLS 1.2: now; TLS 1.3: the ticket comes with the first data
+        on_ready(stream)
+        stream._start()
+
+    if err not in (0, errno.EINPROGRESS):
+        reactor.call_soon(lambda: fail("connect-refused" if err == errno.ECONNREFUSED else "connect-error"))
+        return pending
+    pending._timer = reactor.call_later(timeout_s, timed_out)
+    reactor.add_writer(stream.fd, connected)
+    return pending
+
+
+def _finish(pending: Cancel) -> None:
+    pending.done = True
+    if pending._timer is not None:
+        pending._timer.cancel()
+        pending._timer = None
+
+
+def accept_tls(reactor: Reactor, sock: socket.socket, ctx: ssl.SSLContext, on_ready: Callable[[Stream], None],
+               on_fail: Callable[[str], None], timeout_s: float = HANDSHAKE_TIMEOUT_S) -> Stream:
+    """Terminate TLS on an accepted socket; `on_ready(stream)` after a verified handshake (reading starts
+    when it returns unless it paused the stream), else `on_fail(reason)` with the socket closed."""
+    sock.setblocking(False)
+    _nodelay(sock)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    stream = Stream(reactor, sock, ctx.wrap_bio(inc, out, server_side=True), inc, out)
+    def ready() -> None:
+        on_ready(stream)
+        stream._start()
+
+    stream._handshake(timeout_s, ready, on_fail)
+    return stream
+
+
+def plain(reactor: Reactor, sock: socket.socket) -> Stream:
+    """A paused Stream over an accepted plain socket (the owner sets callbacks, then resumes it)."""
+    sock.setblocking(False)
+    _nodelay(sock)
+    return Stream(reactor, sock)

@@ -1,0 +1,113 @@
+"""mTLS contexts for one TLSMaterial: a server context that requires a client certificate from the mesh and a
+client context that presents the local leaf; peer SPIFFE IDs; the upstream TLS session cache.
+
+Keys never touch the disk: the PEM goes through an anonymous memfd that `load_cert_chain` reads by its
+/proc path and that vanishes when closed.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections import OrderedDict
+from typing import Any
+
+from .snapshot import TLSMaterial
+
+MAX_SESSIONS = 1024  # upstream endpoints whose TLS session we keep
+
+
+class TLSConfigError(ValueError):
+    """The TLSMaterial does not load (bad PEM, key not matching the certificate, no roots)."""
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    cert_fd = os.memfd_create("mesh-cert", os.MFD_CLOEXEC)
+    key_fd = os.memfd_create("mesh-key", os.MFD_CLOEXEC)
+    try:
+        os.write(cert_fd, cert_pem.encode())
+        os.write(key_fd, key_pem.encode())
+        pid = os.getpid()
+        ctx.load_cert_chain(f"/proc/{pid}/fd/{cert_fd}", f"/proc/{pid}/fd/{key_fd}")
+    finally:
+        os.close(cert_fd)
+        os.close(key_fd)
+
+
+def _base(ctx: ssl.SSLContext, material: TLSMaterial) -> ssl.SSLContext:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if not material.roots_pem:
+        raise TLSConfigError("tls.roots_pem: no trusted roots")
+    try:
+        # every root: during a rotation, peers with leaves of the old and of the new root are both valid
+        ctx.load_verify_locations(cadata="\n".join(material.roots_pem))
+    except (ssl.SSLError, ValueError) as exc:
+        raise TLSConfigError(f"tls.roots_pem: {exc}") from None
+    try:
+        _load_chain(ctx, material.cert_pem, material.key_pem)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise TLSConfigError(f"tls.cert_pem/key_pem: {exc}") from None
+    # no ALPN at all: never "h2" (consul#4466); L4 carries whatever the application speaks
+    return ctx
+
+
+class TLSContexts:
+    """The server and client contexts built from one TLSMaterial, and the client's session cache (sessions
+    only resume with the context that made them, so the cache lives and dies with the contexts)."""
+
+    def __init__(self, material: TLSMaterial, server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+        self.material = material
+        self.server = server
+        self.client = client
+        self.sessions = SessionCache()
+
+    @classmethod
+    def build(cls, material: TLSMaterial) -> TLSContexts:
+        """Both contexts for `material`; TLSConfigError naming the field when it does not load."""
+        server = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), material)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False  # identity is the URI SAN, checked after the handshake
+        client = _base(client, material)
+        return cls(material, server, client)
+
+
+class SessionCache:
+    """The latest TLS session per upstream endpoint (bounded, least recently stored dropped first)."""
+
+    def __init__(self, limit: int = MAX_SESSIONS) -> None:
+        self._limit = limit
+        self._sessions: OrderedDict[tuple[str, int], ssl.SSLSession] = OrderedDict()
+        self.resumed = 0  # handshakes that reused a cached session
+        self.full = 0  # handshakes that did not
+
+    def get(self, address: str, port: int) -> ssl.SSLSession | None:
+        """The session to offer on the next dial to this endpoint, if any."""
+        return self._sessions.get((address, port))
+
+    def put(self, address: str, port: int, session: ssl.SSLSession) -> None:
+        """Remember `session` for this endpoint (replacing an older one)."""
+        key = (address, port)
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        if len(self._sessions) > self._limit:
+            self._sessions.popitem(last=False)
+
+    def forget(self, address: str, port: int) -> None:
+        """Drop this endpoint's session (e.g. after a failed resumption)."""
+        self._sessions.pop((address, port), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def peer_spiffe_id(obj: ssl.SSLObject) -> str | None:
+    """The URI SAN of the peer's verified certificate, or None (no certificate, no or several URIs)."""
+    try:
+        cert: Any = obj.getpeercert()
+    except (ValueError, ssl.SSLError):
+        return None
+    if not cert:
+        return None
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    return uris[0] if len(uris) == 1 else None
