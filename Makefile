@@ -17,13 +17,14 @@ dev: $(BIN)/.installed
 	$(BIN)/meshagent agent -dev -config-dir examples/services
 
 # Tools the tests drive as outside clients: dig (dnsutils); openssl (s_client against :8300); ip (iproute2) for the network-namespace hosts;
-# serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq and wrk for the benchmarks;
+# serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq, wrk and haproxy (the proxy
+# benchmark's reference pair) for the benchmarks;
 # vagrant for `vagrant validate` of vagrant/ (without its recommends: libvirt, qemu and NFS are 300+ MB and
 # validation needs none of them).
 system-deps:
-	@if ! command -v dig >/dev/null || ! command -v openssl >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null || ! command -v serf >/dev/null || ! command -v vagrant >/dev/null; then \
-		echo "installing dnsutils iproute2 serf dnsperf dnsmasq-base wrk vagrant (needs root)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 openssl serf dnsperf dnsmasq-base wrk && \
+	@if ! command -v dig >/dev/null || ! command -v openssl >/dev/null || ! command -v dnsperf >/dev/null || ! command -v wrk >/dev/null || ! test -x /usr/sbin/haproxy || ! test -x /usr/sbin/dnsmasq || ! command -v ip >/dev/null || ! command -v serf >/dev/null || ! command -v vagrant >/dev/null; then \
+		echo "installing dnsutils iproute2 serf dnsperf dnsmasq-base wrk haproxy vagrant (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils iproute2 openssl serf dnsperf dnsmasq-base wrk haproxy && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends vagrant; \
 	fi
 
