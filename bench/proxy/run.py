@@ -323,8 +323,7 @@ def main() -> None:
                     sys.exit(f"{impl} L7 pair: GET /admin, / answered {statuses}, expected [403, 200]")
             print("TLS (server side, as a client sees it): "
                   + "; ".join(f"{impl} {topology.tls_of(pairs[impl, 'l4'].public, ids)}" for impl in impls))
-            print("pairs: " + ", ".join(f"{impl} {mode} pids {[p.pid for p in pair.procs]}"
-                                        for (impl, mode), pair in pairs.items()))
+            print("processes: " + ", ".join(f"{p.name} {p.pid}" for p in procs))
             if not args.quick:
                 warm_up(bench, pairs)
             results: dict[str, dict[str, list[Run]]] = {s: {} for s in (*SCENARIOS, "direct", "direct-c1")}
