@@ -8,12 +8,16 @@ from typing import Any
 import click
 
 from .config_cmd import MAX_FILE_BYTES
+from .connect_proxy_cmd import proxy
 from .http_client import AgentClient, api_call, fail, http_options, json_of
 
 
 @click.group()
 def connect() -> None:
-    """The service mesh: its certificate authority."""
+    """The service mesh: its certificate authority, and a sidecar's data plane as its own process."""
+
+
+connect.add_command(proxy)
 
 
 @connect.group()

@@ -14,90 +14,22 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
-from meshagent.agent.config.types import ServiceDefinition
-from meshagent.agent.http.server import HTTPServer
-from meshagent.proxy.snapshot import ProxySnapshot, TLSMaterial, Upstream
+from meshagent.proxy.snapshot import ProxySnapshot
 
-from tests.support.http_harness import FakeAgent, ServerThread
-from tests.support.mesh_certs import MeshCA
+from tests.support.proxy_api_harness import PROXY_ID, ProxyAPIServer, StandInRunner, web_snapshot
 from tests.support.wait import wait_for
 
 HOST = "127.0.19.1"
-PROXY_ID = "web-sidecar-proxy"
-
-
-class StandInRunner:
-    """ProxyRunner's snapshot/wait_snapshot over a dict; counts waiters so tests can see a request parked."""
-
-    def __init__(self) -> None:
-        self.snaps: dict[str, tuple[int, ProxySnapshot]] = {}
-        self.changed = trio.Event()
-        self.waiters = 0
-
-    def snapshot(self, proxy_id: str) -> tuple[int, ProxySnapshot] | None:
-        return self.snaps.get(proxy_id)
-
-    async def wait_snapshot(self, proxy_id: str, after_version: int,
-                            timeout: float) -> tuple[int, ProxySnapshot] | None:
-        self.waiters += 1
-        try:
-            with trio.move_on_after(timeout):
-                while True:
-                    current = self.snaps.get(proxy_id)
-                    if current is not None and current[0] > after_version:
-                        return current
-                    if current is None and after_version > 0:
-                        return None  # the id went away (ProxyRunner returns early then)
-                    await self.changed.wait()
-        finally:
-            self.waiters -= 1
-        return self.snaps.get(proxy_id)
-
-    async def publish(self, snap: ProxySnapshot) -> None:
-        self.snaps[snap.proxy_id] = (snap.version, snap)
-        self.poke()
-
-    def poke(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-
-class Server19(ServerThread):
-    """The harness's in-process API, on this suite's own loopback address."""
-
-    def __init__(self, agent: FakeAgent) -> None:
-        super().__init__(agent=agent)
-        self.server = HTTPServer(self.api, HOST, 0)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
 
 def _snapshot(version: int) -> ProxySnapshot:
-    leaf = CA.leaf("web")
-    return ProxySnapshot(proxy_id=PROXY_ID, service="web", datacenter="dc1",
-                         tls=TLSMaterial(leaf.cert_pem, leaf.key_pem, (CA.root_pem,), CA.trust_domain,
-                                         leaf.spiffe_id),
-                         public_address="127.0.19.2", public_port=21000, local_service_port=8080,
-                         upstreams=(Upstream("db", "127.0.19.3", 9191, spiffe_ids=(CA.spiffe_id("db"),)),),
-                         version=version)
-
-
-CA = MeshCA()
+    return web_snapshot(version)
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[Server19, StandInRunner, httpx.Client]]:
-    agent = FakeAgent()
-    agent.local._services["web"] = ServiceDefinition(name="web", id="web", port=8080)
-    agent.local._services[PROXY_ID] = ServiceDefinition(
-        name="web-sidecar-proxy", id=PROXY_ID, port=21000, kind="connect-proxy",
-        proxy={"DestinationServiceName": "web", "DestinationServiceID": "web"})
-    runner = StandInRunner()
-    agent.proxy_runner = runner  # type: ignore[attr-defined]
-    server = Server19(agent).start()
+def setup() -> Iterator[tuple[ProxyAPIServer, StandInRunner, httpx.Client]]:
+    server = ProxyAPIServer(HOST).start()
+    runner = server.runner
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             yield server, runner, client
