@@ -79,6 +79,17 @@ class Proc:
                 self.popen.wait()
 
 
+_ports: dict[str, list[int]] = {}
+
+
+def port(host: str) -> int:
+    """A free port on `host`, distinct from every other one this run handed out for it: taken from one batch
+    the kernel gave while all were held open, since our listeners bind later, in their own processes."""
+    if not _ports.get(host):
+        _ports[host] = free_ports(8, host)
+    return _ports[host].pop()
+
+
 def _stat_fields(pid: int) -> list[str]:
     raw = Path(f"/proc/{pid}/stat").read_text()
     return raw[raw.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
@@ -180,8 +191,8 @@ def snapshots(ids: Identities, mode: str, public: tuple[str, int], listen: tuple
 
 def start_ours(ids: Identities, mode: str, app: tuple[str, int], work: Path) -> Pair:
     """Our pair for `mode`: two `python -m meshagent.proxy.worker --snapshot FILE.json` processes."""
-    public = (OURS_SERVER, free_ports(1, OURS_SERVER)[0])
-    listen_port, client_public_port = free_ports(2, OURS_CLIENT)
+    public = (OURS_SERVER, port(OURS_SERVER))
+    listen_port, client_public_port = port(OURS_CLIENT), port(OURS_CLIENT)
     server, client = snapshots(ids, mode, public, (OURS_CLIENT, listen_port),
                                (OURS_CLIENT, client_public_port), app)
     pair = Pair("ours", mode, (OURS_CLIENT, listen_port), public)
@@ -195,8 +206,8 @@ def start_ours(ids: Identities, mode: str, app: tuple[str, int], work: Path) -> 
 def start_haproxy(binary: str, ids: Identities, mode: str, app: tuple[str, int], work: Path) -> Pair:
     """The haproxy pair for `mode` (http mode for l7, tcp otherwise)."""
     hmode = "http" if mode == "l7" else "tcp"
-    public = (HAP_SERVER, free_ports(1, HAP_SERVER)[0])
-    listen = (HAP_CLIENT, free_ports(1, HAP_CLIENT)[0])
+    public = (HAP_SERVER, port(HAP_SERVER))
+    listen = (HAP_CLIENT, port(HAP_CLIENT))
     pair = Pair("haproxy", mode, listen, public)
     configs = (("server", haproxy.server_config(hmode, public, ids.db_pem, ids.roots, app)),
                ("client", haproxy.client_config(hmode, listen, ids.web_pem, ids.roots, public)))
@@ -210,7 +221,7 @@ def start_haproxy(binary: str, ids: Identities, mode: str, app: tuple[str, int],
 
 def start_app(binary: str, work: Path) -> tuple[Proc, tuple[str, int]]:
     """haproxy as the small-request app."""
-    app = (APP_HOST, free_ports(1, APP_HOST)[0])
+    app = (APP_HOST, port(APP_HOST))
     path = work / "app.cfg"
     path.write_text(haproxy.app_config(*app))
     haproxy.check_config(binary, path)
@@ -219,7 +230,7 @@ def start_app(binary: str, work: Path) -> tuple[Proc, tuple[str, int]]:
 
 def start_bulk_app(size: int, work: Path) -> tuple[Proc, tuple[str, int]]:
     """bench/proxy/bulk_app.py serving `size` bytes at /bulk."""
-    app = (APP_HOST, free_ports(1, APP_HOST)[0])
+    app = (APP_HOST, port(APP_HOST))
     script = Path(__file__).resolve().parent / "bulk_app.py"
     return Proc("bulk-app", [sys.executable, str(script), app[0], str(app[1]), str(size)], work), app
 
