@@ -126,8 +126,8 @@ class Stream:
                 assert self._in is not None
                 if n:
                     self._in.write(data)
-                else:
-                    self._in.write_eof()
+                # A FIN is not fed to OpenSSL: it marks an EOF without close_notify as a fatal error and
+                # then refuses our writes, but a half-closed peer still reads what we send back.
                 self._drain_tls(not n)
             if self._paused or self.closed or self._eof_received or n < READ_SIZE:
                 return  # a short read: the socket is very likely empty, spare the EAGAIN syscall
@@ -140,7 +140,7 @@ class Stream:
                 chunk = tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a plain FIN: both end the side
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify: the peer ended its side
                 self._flush_tls()
                 self._got_eof()
                 return
@@ -171,10 +171,9 @@ class Stream:
         if self._reading:
             self._reading = False
             self.reactor.remove_reader(self.fd)
-        if self._shut_done:
-            self.close()
-            return
         self.on_eof()
+        if self._shut_done and not self.closed:
+            self.close()
 
     # ------------------------------------------------------------------ writing
 
@@ -408,8 +407,13 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
     try:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError:
-        reactor.call_soon(lambda: None if pending.done else (_finish(pending), on_fail("connect-error")))
+    except OSError:  # out of descriptors: fail the dial on the next turn, as any other failure
+        def no_socket() -> None:
+            if not pending.done:
+                _finish(pending)
+                on_fail("connect-error")
+
+        reactor.call_soon(no_socket)
         return pending
     sock.setblocking(False)
     _nodelay(sock)

@@ -1,0 +1,355 @@
+"""DataPlane: one sidecar's listeners and upstream state on a Reactor, swapped to each new ProxySnapshot by
+`apply` without cutting open connections; routes accepted connections to the L4 or L7 handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .authorize import Authorizer
+from .l4 import OutboundL4, inbound
+from .reactor import Reactor, Timer
+from .snapshot import Endpoint, ProxySnapshot, Upstream
+from .stream import Cancel, Stream, accept_tls, connect, plain
+from .tls import TLSConfigError, TLSContexts
+
+try:  # HC's policies; stand-ins only while they are being written (issue 14 development)
+    from .balancer import make_balancer
+except ImportError:  # pragma: no cover
+    make_balancer = None  # type: ignore[assignment]
+from .outlier import OutlierDetector
+from .resilience import CircuitBreakers, RetryBudget
+
+log = logging.getLogger(__name__)
+
+ACCEPTS_PER_WAKE = 64
+MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; more are refused at once
+LISTEN_BACKLOG = 1024
+
+
+class Metrics(Protocol):
+    """The ProxyMetrics calls the data path makes (proxy/metrics.py)."""
+
+    def connection_opened(self, direction: str, upstream: str) -> None: ...
+    def connection_closed(self, direction: str, upstream: str) -> None: ...
+    def bytes(self, direction: str, upstream: str, received: int, sent: int) -> None: ...
+    def tls_failure(self, direction: str, reason: str) -> None: ...
+    def denial(self, rule: str, layer: str) -> None: ...
+    def retry(self, upstream: str) -> None: ...
+    def retry_overflow(self, upstream: str) -> None: ...
+    def breaker_trip(self, upstream: str, limit: str) -> None: ...
+    def ejection(self, upstream: str) -> None: ...
+    def endpoints(self, upstream: str, healthy: int, ejected: int) -> None: ...
+
+
+class _RoundRobin:  # stand-in until proxy/balancer.py lands
+    def __init__(self) -> None:
+        self.eps: list[Endpoint] = []
+        self.i = 0
+
+    def update(self, endpoints: Any) -> None:
+        self.eps = list(endpoints)
+
+    def pick(self, hash_key: int | None = None, exclude: Any = ()) -> Endpoint | None:
+        cands = [e for e in self.eps if e not in exclude]
+        if not cands:
+            return None
+        self.i += 1
+        return cands[self.i % len(cands)]
+
+    def started(self, ep: Endpoint) -> None:
+        pass
+
+    def finished(self, ep: Endpoint, latency_s: float, ok: bool, now: float) -> None:
+        pass
+
+
+class UpstreamState:
+    """One upstream's live state: its config, balancer, breakers, retry budget and outlier detector; kept
+    across snapshots for the same destination (counters and ejections survive an endpoint change)."""
+
+    def __init__(self, dp: DataPlane, config: Upstream) -> None:
+        self.dp = dp
+        self.config = config
+        self.name = config.destination_name
+        self.balancer: Any = (make_balancer(config.load_balancer, config.protocol, dp.rng)
+                              if make_balancer is not None else _RoundRobin())
+        self.breakers = CircuitBreakers(config.limits)
+        self.budget = RetryBudget.from_retries(config.retries)
+        self.outlier = OutlierDetector(config.passive_health, dp.rng)
+        self.spiffe_ids: tuple[str, ...] = ()
+        self._timer: Timer | None = None
+        self.update(config)
+
+    def update(self, config: Upstream) -> None:
+        """Take a new config: policies rebuilt when theirs changed, endpoints refreshed."""
+        old = self.config
+        self.config = config
+        if config.load_balancer != old.load_balancer or config.protocol != old.protocol:
+            self.balancer = (make_balancer(config.load_balancer, config.protocol, self.dp.rng)
+                             if make_balancer is not None else _RoundRobin())
+        if config.limits != old.limits:
+            # Open connections release on the breakers they acquired (they hold the old object).
+            self.breakers = CircuitBreakers(config.limits)
+        if config.retries != old.retries:
+            self.budget = RetryBudget.from_retries(config.retries)
+        if config.passive_health != old.passive_health:
+            self.outlier = OutlierDetector(config.passive_health, self.dp.rng)
+        self.spiffe_ids = config.spiffe_ids or (self._default_spiffe_id(),)
+        self.refresh()
+
+    def _default_spiffe_id(self) -> str:
+        snap = self.dp.snapshot
+        assert snap is not None
+        dc = self.config.datacenter or snap.datacenter
+        return f"spiffe://{snap.tls.trust_domain}/ns/default/dc/{dc}/svc/{self.name}"
+
+    def refresh(self) -> None:
+        """Hand the balancer the endpoints not ejected now; wake again when an ejection ends."""
+        now = self.dp.reactor.now()
+        available = self.outlier.available(self.config.endpoints, now)
+        self.balancer.update(available)
+        self.dp.metrics.endpoints(self.name, len(available), len(self.config.endpoints) - len(available))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.outlier.next_deadline()
+        if deadline is not None:
+            self._timer = self.dp.reactor.call_later(max(0.0, deadline - now) + 0.001, self.refresh)
+
+    def record(self, ep: Endpoint, ok: bool) -> None:
+        """Feed the outlier detector one result on `ep`; an ejection is counted and the balancer updated."""
+        if self.outlier.record(ep, ok, self.dp.reactor.now()):
+            self.dp.metrics.ejection(self.name)
+            self.refresh()
+
+    def connect(self, ep: Endpoint, on_ready: Callable[[Stream], None], on_fail: Callable[[str], None],
+                ) -> Cancel:
+        """mTLS dial to `ep` with TLS session resumption, checking the destination's SPIFFE ID."""
+        dp = self.dp
+        ctxs = dp.contexts
+        assert ctxs is not None
+        sessions = ctxs.sessions
+        address, port = ep.address, ep.port
+        offered = sessions.get(address, port)
+
+        def ready(stream: Stream) -> None:
+            if stream.session_reused:
+                sessions.resumed += 1
+            else:
+                sessions.full += 1
+            on_ready(stream)
+
+        def fail(reason: str) -> None:
+            if reason in ("tls-handshake", "spiffe-mismatch"):
+                dp.metrics.tls_failure("outbound", reason)
+                if offered is not None:
+                    sessions.forget(address, port)
+            on_fail(reason)
+
+        def keep(session: Any) -> None:
+            sessions.put(address, port, session)
+
+        return connect(dp.reactor, address, port, self.config.connect_timeout_ms / 1000.0, ctxs.client,
+                       ready, fail, expected_spiffe_ids=self.spiffe_ids, session=offered, on_session=keep)
+
+    def close(self) -> None:
+        """Stop the ejection timer (the upstream left the snapshot)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _Listener:
+    """One bound, listening socket; `role` is "public" or an upstream's destination name (may change)."""
+
+    def __init__(self, dp: DataPlane, address: str, port: int, role: str) -> None:
+        self.dp = dp
+        self.role = role
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # workers share the listener
+            sock.bind((address, port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.fd = sock.fileno()
+        dp.reactor.add_reader(self.fd, self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep listening, the next wake may succeed
+                log.warning("accept failed: %s", exc)
+                return
+            self.dp._accepted(self.role, conn)
+
+    def close(self) -> None:
+        """Stop accepting (connections already accepted stay)."""
+        self.dp.reactor.remove_reader(self.fd)
+        self.sock.close()
+
+
+class DataPlane:
+    """The data plane of one sidecar in one worker: `apply(snapshot)` to (re)configure, `close()` to stop
+    listening. The L7 handlers use `reactor`, `metrics`, `snapshot`, `authorizer`, `upstream()` and
+    `connect_local()`."""
+
+    def __init__(self, reactor: Reactor, metrics: Any) -> None:
+        self.reactor = reactor
+        self.metrics: Any = metrics
+        self.snapshot: ProxySnapshot | None = None
+        self.authorizer: Authorizer = Authorizer.__new__(Authorizer)  # replaced by the first apply
+        self.contexts: TLSContexts | None = None
+        self.rng = random.Random()
+        self.handshakes = 0
+        self.refused_handshakes = 0
+        self._listeners: dict[tuple[str, int], _Listener] = {}
+        self._upstreams: dict[str, UpstreamState] = {}
+
+    # ------------------------------------------------------------------ configuration
+
+    def apply(self, snapshot: ProxySnapshot) -> list[str]:
+        """Swap to `snapshot`: new connections use it at once, open ones are never cut. Returns errors
+        (bind failures, TLS material that does not load) without raising."""
+        errors: list[str] = []
+        old = self.snapshot
+        if self.contexts is None or self.contexts.material != snapshot.tls:
+            try:
+                self.contexts = TLSContexts.build(snapshot.tls)
+            except TLSConfigError as exc:
+                errors.append(str(exc))  # keep serving with the previous material, if any
+        self.snapshot = snapshot
+        self.authorizer = Authorizer(snapshot.intentions, snapshot.service, snapshot.tls.trust_domain)
+        wanted_ups: dict[str, UpstreamState] = {}
+        for up in snapshot.upstreams:
+            state = self._upstreams.get(up.destination_name) or wanted_ups.get(up.destination_name)
+            if state is None:
+                state = UpstreamState(self, up)
+            elif old is None or state.config != up or old.tls.trust_domain != snapshot.tls.trust_domain:
+                state.update(up)
+            wanted_ups[up.destination_name] = state
+        for name, state in self._upstreams.items():
+            if name not in wanted_ups:
+                state.close()
+                forget = getattr(self.metrics, "forget_upstream", None)
+                if forget is not None:
+                    forget(name)
+        self._upstreams = wanted_ups
+        errors.extend(self._apply_listeners(snapshot))
+        return errors
+
+    def _apply_listeners(self, snapshot: ProxySnapshot) -> list[str]:
+        wanted: dict[tuple[str, int], str] = {}
+        if snapshot.local_service_port:
+            wanted[(snapshot.public_address, snapshot.public_port)] = "public"
+        for up in snapshot.upstreams:
+            wanted[(up.local_bind_address, up.local_bind_port)] = up.destination_name
+        for key in [k for k in self._listeners if k not in wanted]:
+            self._listeners.pop(key).close()
+        errors: list[str] = []
+        for key, role in wanted.items():
+            listener = self._listeners.get(key)
+            if listener is not None:
+                listener.role = role
+                continue
+            try:
+                self._listeners[key] = _Listener(self, key[0], key[1], role)
+            except (OSError, OverflowError, ValueError) as exc:
+                what = "public listener" if role == "public" else f"upstream {role}"
+                errors.append(f"{what}: cannot listen on {key[0]}:{key[1]}: {exc}")
+        return errors
+
+    def listening(self) -> list[tuple[str, int]]:
+        """The addresses this data plane listens on now."""
+        return list(self._listeners)
+
+    def upstream(self, name: str) -> UpstreamState | None:
+        """The live state of upstream `name` (its destination service), if the snapshot has it."""
+        return self._upstreams.get(name)
+
+    def close(self) -> None:
+        """Stop listening; open connections finish on their own."""
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
+        for state in self._upstreams.values():
+            state.close()
+
+    # ------------------------------------------------------------------ connections
+
+    def connect_local(self, on_ready: Callable[[Stream], None], on_fail: Callable[[str], None]) -> Cancel:
+        """Plain dial to the local application within local_connect_timeout_ms."""
+        snap = self.snapshot
+        assert snap is not None
+        return connect(self.reactor, snap.local_service_address, snap.local_service_port,
+                       snap.local_connect_timeout_ms / 1000.0, None, on_ready, on_fail)
+
+    def _accepted(self, role: str, sock: socket.socket) -> None:
+        snap = self.snapshot
+        if snap is None:
+            sock.close()
+            return
+        if role == "public":
+            self._accept_public(snap, sock)
+            return
+        state = self._upstreams.get(role)
+        if state is None or self.contexts is None:
+            sock.close()
+            return
+        stream = plain(self.reactor, sock)
+        if state.config.protocol == "http":
+            l7 = _l7()
+            if l7 is not None:
+                l7.OutboundL7(self, role).handle(stream)
+                return
+        OutboundL4(self, state, stream).start()
+
+    def _accept_public(self, snap: ProxySnapshot, sock: socket.socket) -> None:
+        if self.contexts is None or self.handshakes >= MAX_HANDSHAKES:
+            self.refused_handshakes += 1
+            self.metrics.tls_failure("inbound", "too-many-handshakes")
+            sock.close()
+            return
+        self.handshakes += 1
+        http = snap.protocol == "http"
+
+        def ready(stream: Stream) -> None:
+            self.handshakes -= 1
+            if http:
+                l7 = _l7()
+                if l7 is not None:
+                    l7.InboundL7(self).handle(stream)
+                    return
+            inbound(self, stream)
+
+        def failed(reason: str) -> None:
+            self.handshakes -= 1
+            self.metrics.tls_failure("inbound", reason)
+
+        try:
+            accept_tls(self.reactor, sock, self.contexts.server, ready, failed)
+        except (OSError, ValueError):
+            self.handshakes -= 1
+            sock.close()
+
+
+def _l7() -> Any:
+    """HB's proxy.l7 module, or None while it does not exist yet (then L4 serves http too)."""
+    try:
+        from . import l7  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - development only
+        return None
+    return l7

@@ -1,0 +1,274 @@
+"""L4 proxying: byte pipes between two streams with backpressure and half-close, inbound (mTLS from the mesh,
+authorized per connection, to the local application) and outbound (plain from the application, mTLS to an
+upstream endpoint picked by the balancer, retried on connect failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .stream import Cancel, Stream
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane, UpstreamState
+    from .snapshot import Endpoint
+
+PAUSE_AT = 256 * 1024  # destination buffer above which the source is paused
+BYTES_FLUSH = 1 << 20  # report byte counts to metrics at least every MiB per direction, not per chunk
+
+
+class Pipe:
+    """Copy bytes both ways between `down` (the side that connected to us) and `up`; EOF on one side shuts
+    the other's write side; `on_done(received, sent)` once both are closed (bytes from/to `down`)."""
+
+    __slots__ = (
+        "_closed",
+        "_reported_rx",
+        "_reported_tx",
+        "down",
+        "on_done",
+        "received",
+        "report",
+        "sent",
+        "up",
+    )
+
+    def __init__(self, down: Stream, up: Stream, on_done: Callable[[int, int], None],
+                 report: Callable[[int, int], None] | None = None) -> None:
+        self.down = down
+        self.up = up
+        self.on_done = on_done
+        self.report = report  # (received, sent) deltas, at most every BYTES_FLUSH
+        self.received = 0
+        self.sent = 0
+        self._reported_rx = 0
+        self._reported_tx = 0
+        self._closed = 0
+        down.on_data = self._from_down
+        up.on_data = self._from_up
+        down.on_eof = up.shutdown_write
+        up.on_eof = down.shutdown_write
+        down.on_drain = self._down_drained
+        up.on_drain = self._up_drained
+        down.on_close = self._down_closed
+        up.on_close = self._up_closed
+
+    def start(self) -> None:
+        """Read from both sides (each was paused while the other was being set up)."""
+        self.down.resume_reading()
+        self.up.resume_reading()
+
+    def _from_down(self, data: bytes) -> None:
+        up = self.up
+        up.write(data)
+        self.received += len(data)
+        if up.buffered() > PAUSE_AT:
+            self.down.pause_reading()
+        if self.report is not None and self.received - self._reported_rx >= BYTES_FLUSH:
+            self._flush()
+
+    def _from_up(self, data: bytes) -> None:
+        down = self.down
+        down.write(data)
+        self.sent += len(data)
+        if down.buffered() > PAUSE_AT:
+            self.up.pause_reading()
+        if self.report is not None and self.sent - self._reported_tx >= BYTES_FLUSH:
+            self._flush()
+
+    def _up_drained(self) -> None:
+        self.down.resume_reading()
+
+    def _down_drained(self) -> None:
+        self.up.resume_reading()
+
+    # An error on one side resets the other. A clean close means that side saw both EOFs, so the other has
+    # been told to shut its write side and closes by itself once its buffer drains: closing it here would
+    # drop those bytes.
+    def _down_closed(self, reason: str | None) -> None:
+        if reason is not None:
+            self.up.close(reason)
+        self._one_closed()
+
+    def _up_closed(self, reason: str | None) -> None:
+        if reason is not None:
+            self.down.close(reason)
+        self._one_closed()
+
+    def _flush(self) -> None:
+        rx, tx = self.received - self._reported_rx, self.sent - self._reported_tx
+        self._reported_rx, self._reported_tx = self.received, self.sent
+        if self.report is not None and (rx or tx):
+            self.report(rx, tx)
+
+    def _one_closed(self) -> None:
+        self._closed += 1
+        if self._closed == 2:
+            self._flush()
+            self.on_done(self.received, self.sent)
+
+
+def inbound(dp: DataPlane, stream: Stream) -> None:
+    """A verified mTLS connection on the public listener: authorize its source (L4), then pipe it to the
+    local application; a denied one is closed right after the handshake."""
+    metrics = dp.metrics
+    source = dp.authorizer.source_of(stream.peer_spiffe_id)
+    if source is None:  # a certificate of our CA without a service identity of this trust domain
+        metrics.denial("", "l4")
+        stream.close("denied")
+        return
+    verdict = dp.authorizer.l4(source)
+    if not verdict.allowed:
+        metrics.denial(verdict.rule, "l4")
+        stream.close("denied")
+        return
+    stream.pause_reading()  # nothing is read until the local application is connected
+    metrics.connection_opened("inbound", "")
+    dial: list[Cancel] = []
+
+    def report(rx: int, tx: int) -> None:
+        metrics.bytes("inbound", "", rx, tx)
+
+    def done(rx: int, tx: int) -> None:
+        metrics.connection_closed("inbound", "")
+
+    def ready(local: Stream) -> None:
+        local.pause_reading()
+        if stream.closed:
+            local.close()
+            return
+        Pipe(stream, local, done, report).start()
+
+    def failed(reason: str) -> None:
+        stream.close(reason)
+
+    def client_gone(reason: str | None) -> None:
+        if dial:
+            dial[0].cancel()
+        metrics.connection_closed("inbound", "")
+
+    stream.on_close = client_gone
+    dial.append(dp.connect_local(ready, failed))
+
+
+class OutboundL4:
+    """One application connection on an upstream listener: an endpoint from the balancer, an mTLS dial
+    (another endpoint on connect failure, up to the retry policy), then a pipe."""
+
+    def __init__(self, dp: DataPlane, upstream: UpstreamState, stream: Stream) -> None:
+        self.dp = dp
+        self.us = upstream
+        self.name = upstream.config.destination_name
+        self.stream = stream
+        self.tried: list[Endpoint] = []
+        self.ep: Endpoint | None = None
+        self.t0 = 0.0
+        self.dial: Cancel | None = None
+        self.retrying = False
+        self.budgeted = False
+
+    def start(self) -> None:
+        """Take a connection slot (or refuse at once), then dial."""
+        us, metrics = self.us, self.dp.metrics
+        if not us.breakers.acquire_connection():
+            metrics.breaker_trip(self.name, "max_connections")
+            self.stream.close("breaker-max-connections")
+            return
+        metrics.connection_opened("outbound", self.name)
+        self.stream.pause_reading()
+        self.stream.on_close = self._client_gone
+        us.budget.request_started()
+        self.budgeted = True
+        self._dial()
+
+    def _attempts(self) -> int:
+        retries = self.us.config.retries
+        extra = retries.num_retries
+        if retries.retry_on_connect_failure:
+            extra = max(extra, 1)
+        return 1 + extra
+
+    def _dial(self) -> None:
+        ep = self.us.balancer.pick(None, self.tried)
+        if ep is None:
+            self._give_up("no-healthy-endpoints")
+            return
+        self.ep = ep
+        self.tried.append(ep)
+        self.us.balancer.started(ep)
+        self.t0 = self.dp.reactor.now()
+        self.dial = self.us.connect(ep, self._ready, self._failed)
+
+    def _failed(self, reason: str) -> None:
+        self.dial = None
+        ep = self.ep
+        assert ep is not None
+        now = self.dp.reactor.now()
+        self.us.balancer.finished(ep, now - self.t0, False, now)
+        self.us.record(ep, False)
+        if self.retrying:
+            self.us.budget.retry_finished()
+            self.retrying = False
+        if len(self.tried) < self._attempts() and not self.stream.closed:
+            if self.us.budget.try_retry():
+                self.retrying = True
+                self.dp.metrics.retry(self.name)
+                self._dial()
+                return
+            self.dp.metrics.retry_overflow(self.name)
+        self._give_up(reason)
+
+    def _ready(self, up: Stream) -> None:
+        self.dial = None
+        up.pause_reading()
+        self._end_dial_phase()
+        ep = self.ep
+        assert ep is not None
+        self.us.record(ep, True)
+        if self.stream.closed:
+            up.close()
+            return
+        connected = self.dp.reactor.now()
+        latency = connected - self.t0
+        metrics = self.dp.metrics
+        name = self.name
+
+        def report(rx: int, tx: int) -> None:
+            metrics.bytes("outbound", name, tx, rx)  # received from the upstream, sent to it
+
+        def done(rx: int, tx: int) -> None:
+            now = self.dp.reactor.now()
+            self.us.balancer.finished(ep, latency, True, now)
+            self._release()
+
+        Pipe(self.stream, up, done, report).start()
+
+    def _end_dial_phase(self) -> None:
+        if self.retrying:
+            self.us.budget.retry_finished()
+            self.retrying = False
+        if self.budgeted:
+            self.budgeted = False
+            self.us.budget.request_finished()
+
+    def _give_up(self, reason: str) -> None:
+        self._end_dial_phase()
+        stream = self.stream
+        stream.on_close = lambda _reason: None
+        stream.close(reason)
+        self._release()
+
+    def _client_gone(self, reason: str | None) -> None:
+        if self.dial is not None:
+            self.dial.cancel()
+            self.dial = None
+            if self.ep is not None:
+                now = self.dp.reactor.now()
+                self.us.balancer.finished(self.ep, now - self.t0, True, now)
+        self._end_dial_phase()
+        self._release()
+
+    def _release(self) -> None:
+        self.us.breakers.release_connection()
+        self.dp.metrics.connection_closed("outbound", self.name)

@@ -1,0 +1,329 @@
+"""DataPlane end to end on loopback (127.0.14.0/24): a plain client → web's upstream listener → mTLS → db's
+public listener → an echo application, both sidecars on one reactor in a thread; then apply() swaps."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import pytest
+from meshagent.proxy.dataplane import DataPlane
+from meshagent.proxy.metrics import ProxyMetrics
+from meshagent.proxy.reactor import Reactor
+from meshagent.proxy.snapshot import Endpoint, IntentionRule, Intentions, ProxySnapshot, TLSMaterial, Upstream
+
+from tests.support.mesh_certs import MeshCA
+from tests.support.ports import free_ports
+from tests.support.wait import wait_for
+
+HOST = "127.0.14.1"
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------- harness
+
+
+class Loop:
+    """A Reactor running in a thread; `call(fn)` runs fn in the loop thread and returns its result."""
+
+    def __init__(self) -> None:
+        self.reactor = Reactor()
+        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["v"] = fn()
+            except BaseException as exc:
+                box["e"] = exc
+            done.set()
+
+        self.reactor.call_soon_threadsafe(run)
+        assert done.wait(timeout), "the reactor did not run the call"
+        if "e" in box:
+            raise box["e"]
+        return box["v"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.reactor.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.reactor.close()
+
+
+class EchoServer:
+    """A plain threaded echo application; half-closes when the client does."""
+
+    def __init__(self, host: str = HOST) -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        try:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def material(ca: MeshCA, service: str) -> TLSMaterial:
+    leaf = ca.leaf(service)
+    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
+
+
+def server_snapshot(ca: MeshCA, public_port: int, app_port: int, *, service: str = "db",
+                    intentions: Intentions = Intentions(), tls: TLSMaterial | None = None) -> ProxySnapshot:
+    return ProxySnapshot(proxy_id=f"{service}-sidecar-proxy", service=service, datacenter="dc1",
+                         tls=tls or material(ca, service), public_address=HOST, public_port=public_port,
+                         local_service_address=HOST, local_service_port=app_port, intentions=intentions)
+
+
+def client_snapshot(ca: MeshCA, bind_port: int, endpoints: tuple[Endpoint, ...], *, destination: str = "db",
+                    tls: TLSMaterial | None = None, **upstream: Any) -> ProxySnapshot:
+    up = Upstream(destination_name=destination, local_bind_address=HOST, local_bind_port=bind_port,
+                  endpoints=endpoints, connect_timeout_ms=2000, **upstream)
+    return ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
+                         tls=tls or material(ca, "web"), public_address=HOST, public_port=21000,
+                         local_service_port=0, upstreams=(up,))
+
+
+def roundtrip(port: int, payload: bytes, host: str = HOST, timeout: float = 20.0) -> bytes:
+    """Send `payload`, half-close, read to EOF (a thread sends while we read: no deadlock on big payloads)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        def send() -> None:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:  # refused connections are closed by the proxy before we finish
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:  # the proxy refused us with our bytes unread: the kernel resets
+            pass
+        sender.join(timeout)
+        return b"".join(chunks)
+
+
+def counter(metrics: ProxyMetrics, name: str) -> int:
+    return sum(int(v) for _labels, v in metrics.to_wire()["counter"][name])
+
+
+class Mesh:
+    """db's sidecar in front of an echo app, web's sidecar with an upstream listener for db."""
+
+    def __init__(self, loop: Loop, ca: MeshCA) -> None:
+        self.loop = loop
+        self.ca = ca
+        self.app = EchoServer()
+        self.public_port, self.bind_port = free_ports(2, HOST)
+        self.server_metrics = ProxyMetrics("db", "dc1")
+        self.client_metrics = ProxyMetrics("web", "dc1")
+        self.server = loop.call(lambda: DataPlane(loop.reactor, self.server_metrics))
+        self.client = loop.call(lambda: DataPlane(loop.reactor, self.client_metrics))
+        self.endpoint = Endpoint(HOST, self.public_port)
+        assert self.apply_server(server_snapshot(ca, self.public_port, self.app.port)) == []
+        assert self.apply_client(client_snapshot(ca, self.bind_port, (self.endpoint,))) == []
+
+    def apply_server(self, snap: ProxySnapshot) -> list[str]:
+        return self.loop.call(lambda: self.server.apply(snap))
+
+    def apply_client(self, snap: ProxySnapshot) -> list[str]:
+        return self.loop.call(lambda: self.client.apply(snap))
+
+    def close(self) -> None:
+        self.loop.call(self.server.close)
+        self.loop.call(self.client.close)
+        self.app.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    return MeshCA()
+
+
+@pytest.fixture
+def mesh(loop: Loop, ca: MeshCA) -> Iterator[Mesh]:
+    m = Mesh(loop, ca)
+    yield m
+    m.close()
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_plain_client_reaches_the_app_through_both_sidecars_with_1mb_both_ways(mesh: Mesh) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    assert roundtrip(mesh.bind_port, payload) == payload
+    assert mesh.app.accepted == 1
+    wait_for(lambda: counter(mesh.client_metrics, "bytes_sent_total") >= len(payload), what="outbound bytes")
+    wait_for(lambda: counter(mesh.server_metrics, "connections_total") == 1, what="inbound connection")
+
+
+def test_many_connections_at_once(mesh: Mesh) -> None:
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(roundtrip(mesh.bind_port, b"x%d" % i * 1000)))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted(b"x%d" % i * 1000 for i in range(20))
+
+
+def test_denied_source_is_closed_after_the_handshake_while_an_allowed_one_passes(mesh: Mesh, ca: MeshCA) -> None:
+    deny_web = Intentions(default_allow=True, rules=(IntentionRule(source="web", action="deny",
+                                                                   name="web => db"),))
+    assert mesh.apply_server(server_snapshot(ca, mesh.public_port, mesh.app.port, intentions=deny_web)) == []
+    assert roundtrip(mesh.bind_port, b"hello") == b""
+    wait_for(lambda: counter(mesh.server_metrics, "authorization_denials_total") == 1, what="denial counted")
+    assert mesh.app.accepted == 0
+    # another source, "api", is allowed by the default
+    port = free_ports(1, HOST)[0]
+    assert mesh.apply_client(client_snapshot(ca, port, (mesh.endpoint,), tls=material(ca, "api"))) == []
+    assert roundtrip(port, b"hello") == b"hello"
+    assert mesh.app.accepted == 1
+
+
+def test_an_open_connection_survives_a_deny_and_new_tls_material(mesh: Mesh, ca: MeshCA) -> None:
+    sock = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+    sock.sendall(b"one")
+    assert sock.recv(10) == b"one"
+    deny = Intentions(default_allow=False)
+    assert mesh.apply_server(server_snapshot(ca, mesh.public_port, mesh.app.port, intentions=deny)) == []
+    assert mesh.apply_client(client_snapshot(ca, mesh.bind_port, (mesh.endpoint,))) == []  # a fresh leaf
+    sock.sendall(b"two")
+    assert sock.recv(10) == b"two"
+    assert roundtrip(mesh.bind_port, b"new") == b""  # new connections see the deny
+    sock.sendall(b"three")
+    assert sock.recv(10) == b"three"
+    sock.close()
+
+
+def test_listener_removed_and_added_by_apply(mesh: Mesh, ca: MeshCA) -> None:
+    new_port = free_ports(1, HOST)[0]
+    assert mesh.apply_client(client_snapshot(ca, new_port, (mesh.endpoint,))) == []
+    assert mesh.loop.call(mesh.client.listening) == [(HOST, new_port)]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((HOST, mesh.bind_port), timeout=5)
+    assert roundtrip(new_port, b"moved") == b"moved"
+
+
+def test_bind_failure_is_reported_not_raised(mesh: Mesh, ca: MeshCA) -> None:
+    blocker = socket.create_server((HOST, 0))  # no SO_REUSEPORT: our bind must fail
+    port = blocker.getsockname()[1]
+    try:
+        errors = mesh.apply_client(client_snapshot(ca, port, (mesh.endpoint,)))
+        assert len(errors) == 1 and f"{HOST}:{port}" in errors[0] and "upstream db" in errors[0]
+    finally:
+        blocker.close()
+
+
+def test_endpoints_swap_without_cutting_an_open_connection(mesh: Mesh, ca: MeshCA, loop: Loop) -> None:
+    sock = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+    sock.sendall(b"a")
+    assert sock.recv(10) == b"a"
+    other_app = EchoServer()
+    other_public = free_ports(1, HOST)[0]
+    other = loop.call(lambda: DataPlane(loop.reactor, ProxyMetrics("db", "dc1")))
+    try:
+        assert loop.call(lambda: other.apply(server_snapshot(ca, other_public, other_app.port))) == []
+        assert mesh.apply_client(client_snapshot(ca, mesh.bind_port, (Endpoint(HOST, other_public),))) == []
+        assert roundtrip(mesh.bind_port, b"b") == b"b"
+        assert other_app.accepted == 1
+        sock.sendall(b"c")
+        assert sock.recv(10) == b"c"  # still on the first endpoint
+        assert mesh.app.accepted == 1
+    finally:
+        sock.close()
+        loop.call(other.close)
+        other_app.close()
+
+
+def test_connect_failure_is_retried_on_another_endpoint(mesh: Mesh, ca: MeshCA) -> None:
+    dead = Endpoint(HOST, free_ports(1, HOST)[0])  # nothing listens there
+    snap = client_snapshot(ca, mesh.bind_port, (dead, mesh.endpoint))
+    assert mesh.apply_client(snap) == []
+    for i in range(6):
+        assert roundtrip(mesh.bind_port, b"r%d" % i) == b"r%d" % i
+
+
+def test_unreachable_upstream_closes_the_client(mesh: Mesh, ca: MeshCA) -> None:
+    dead = Endpoint(HOST, free_ports(1, HOST)[0])
+    assert mesh.apply_client(client_snapshot(ca, mesh.bind_port, (dead,))) == []
+    assert roundtrip(mesh.bind_port, b"x") == b""
+
+
+def test_circuit_breaker_max_connections_refuses_at_once(mesh: Mesh, ca: MeshCA) -> None:
+    from meshagent.proxy.snapshot import Limits
+    snap = client_snapshot(ca, mesh.bind_port, (mesh.endpoint,), limits=Limits(max_connections=1))
+    assert mesh.apply_client(snap) == []
+    first = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+    first.sendall(b"1")
+    assert first.recv(10) == b"1"
+    assert roundtrip(mesh.bind_port, b"2") == b""
+    assert counter(mesh.client_metrics, "circuit_breaker_trips_total") == 1
+    first.close()
+    wait_for(lambda: roundtrip(mesh.bind_port, b"3") == b"3", what="slot released")
+
+
+def test_spiffe_id_defaults_to_the_destination(mesh: Mesh, ca: MeshCA) -> None:
+    """An upstream for "cache" whose endpoint is db's sidecar: db's valid leaf is refused (spiffe-mismatch)."""
+    snap = client_snapshot(ca, mesh.bind_port, (mesh.endpoint,), destination="cache")
+    assert mesh.apply_client(snap) == []
+    assert roundtrip(mesh.bind_port, b"x") == b""
+    assert mesh.app.accepted == 0
+    wire = mesh.client_metrics.to_wire()["counter"]["tls_handshake_failures_total"]
+    assert any(labels[-1] == "spiffe-mismatch" for labels, _n in wire)
+
+
+def test_session_resumed_on_the_second_dial(mesh: Mesh) -> None:
+    assert roundtrip(mesh.bind_port, b"first") == b"first"
+    assert roundtrip(mesh.bind_port, b"second") == b"second"
+    sessions = mesh.loop.call(lambda: mesh.client.contexts.sessions)  # type: ignore[union-attr]
+    assert sessions.full == 1 and sessions.resumed >= 1
+
+
+def test_static_snapshot_round_trips_through_the_wire(mesh: Mesh, ca: MeshCA) -> None:
+    """What the worker does with --snapshot FILE: from_wire(to_wire()) and apply."""
+    snap = ProxySnapshot.from_wire(client_snapshot(ca, mesh.bind_port, (mesh.endpoint,)).to_wire())
+    assert mesh.apply_client(replace(snap, version=7)) == []
+    assert roundtrip(mesh.bind_port, b"static") == b"static"
