@@ -21,7 +21,8 @@ ratios ours/haproxy beside its target:
 - errors: wrk's non-2xx and socket errors, short bulk transfers; zero in every run (exit 1 otherwise).
 
 `--quick` (one round of 1 s runs, 10 MB bulk) is the smoke run tests/proxy/test_bench_smoke.py uses;
-`--reference-only` runs the haproxy side and the harness alone; `--strict` exits 2 when a target is missed.
+`--figures l4,c1` runs a subset; `--reference-only` runs the haproxy side and the harness alone; `--strict`
+exits 2 when a target is missed.
 """
 
 from __future__ import annotations
@@ -162,14 +163,16 @@ class Bench:
 
 
 SCENARIOS = ("l4", "l7", "bulk", "newconn", "c1")
+MODE_OF = {"l4": "l4", "l7": "l7", "bulk": "bulk", "newconn": "l4", "c1": "l4"}  # the pair each figure runs on
 
 
-def one_round(bench: Bench, pairs: dict[tuple[str, str], Pair], impls: tuple[str, ...], app: tuple[str, int],
-              app_proc: Proc, bulk_size: int, results: dict[str, dict[str, list[Run]]]) -> None:
-    """Every scenario for every pair, the pairs back to back in the order given; the app alone first."""
+def one_round(bench: Bench, pairs: dict[tuple[str, str], Pair], impls: tuple[str, ...], figures: tuple[str, ...],
+              app: tuple[str, int], app_proc: Proc, bulk_size: int, results: dict[str, dict[str, list[Run]]]) -> None:
+    """Every figure for every pair, the pairs back to back in the order given; the app alone first."""
     app_url = f"http://{app[0]}:{app[1]}/"
     results["direct"].setdefault("direct", []).append(bench.wrk_run(app_url, app_proc))
-    results["direct-c1"].setdefault("direct", []).append(bench.wrk_run(app_url, app_proc, connections=1))
+    if "c1" in figures:
+        results["direct-c1"].setdefault("direct", []).append(bench.wrk_run(app_url, app_proc, connections=1))
     steps: dict[str, Callable[[Pair], Run]] = {
         "l4": lambda p: bench.wrk_run(p.url(), p),
         "l7": lambda p: bench.wrk_run(p.url(), p),
@@ -177,10 +180,9 @@ def one_round(bench: Bench, pairs: dict[tuple[str, str], Pair], impls: tuple[str
         "newconn": lambda p: bench.wrk_run(p.url(), p, close=True),
         "c1": lambda p: bench.wrk_run(p.url(), p, connections=1),
     }
-    for scenario in SCENARIOS:
-        mode = "l7" if scenario == "l7" else "bulk" if scenario == "bulk" else "l4"
+    for scenario in figures:
         for impl in impls:
-            results[scenario].setdefault(impl, []).append(steps[scenario](pairs[impl, mode]))
+            results[scenario].setdefault(impl, []).append(steps[scenario](pairs[impl, MODE_OF[scenario]]))
 
 
 def warm_up(bench: Bench, pairs: dict[tuple[str, str], Pair]) -> None:
@@ -230,7 +232,7 @@ def report(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], rou
 
     def target(scenario: str, attr: str, bound: float, at_least: bool) -> tuple[str, str]:
         nonlocal missed
-        if not ours:
+        if not ours or not results[scenario]:
             return "", ""
         r = ratio(results[scenario], attr)
         ok = r >= bound if at_least else r <= bound
@@ -251,16 +253,17 @@ def report(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], rou
         fig("newconn", "haproxy", "rate", "{:,.0f}"), *target("newconn", "rate", 0.5, True))
     row("  CPU per connection (pair), us", fig("newconn", "ours", "cpu_per_request_us", "{:.1f}"),
         fig("newconn", "haproxy", "cpu_per_request_us", "{:.1f}"))
-    direct_p50 = med(results["direct-c1"]["direct"], "p50_ms")
-    added = {impl: med(results["c1"][impl], "p50_ms") - direct_p50 for impl in impls}
-    if ours:
-        ok = added["ours"] <= added["haproxy"] + 0.3
-        missed += not ok
-        row("added p50 at -c1 over the app alone, ms", f"+{added['ours']:.3f}", f"+{added['haproxy']:.3f}",
-            f"{added['ours'] - added['haproxy']:+.3f}", f"<= +0.3 ms  {verdict(ok)}")
-    else:
-        row("added p50 at -c1 over the app alone, ms", "-", f"+{added['haproxy']:.3f}")
-    print(f"  (the app alone at -c1: p50 {direct_p50:.3f} ms)")
+    if results["c1"]:
+        direct_p50 = med(results["direct-c1"]["direct"], "p50_ms")
+        added = {impl: med(results["c1"][impl], "p50_ms") - direct_p50 for impl in impls}
+        if ours:
+            ok = added["ours"] <= added["haproxy"] + 0.3
+            missed += not ok
+            row("added p50 at -c1 over the app alone, ms", f"+{added['ours']:.3f}", f"+{added['haproxy']:.3f}",
+                f"{added['ours'] - added['haproxy']:+.3f}", f"<= +0.3 ms  {verdict(ok)}")
+        else:
+            row("added p50 at -c1 over the app alone, ms", "-", f"+{added['haproxy']:.3f}")
+        print(f"  (the app alone at -c1: p50 {direct_p50:.3f} ms)")
 
     failed = [(scenario, impl, i + 1, run.errors) for scenario, by_impl in results.items()
               for impl, runs in by_impl.items() for i, run in enumerate(runs) if run.errors]
@@ -272,6 +275,19 @@ def report(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], rou
     return len(failed), missed
 
 
+def app_alone(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], connections: int) -> None:
+    """The app's own rate and CPU per request against the pairs': it must not be what limits them."""
+    fastest = max(med(results["l4"][impl], "rate") for impl in impls)
+    direct = med(results["direct"]["direct"], "rate")
+    app_cpu = med(results["direct"]["direct"], "cpu_per_request_us")
+    pair_cpu = min(med(results["l4"][impl], "cpu_per_request_us") for impl in impls)
+    # On two cores wrk, both sides and the app share the CPU: what shows the app is not what limits a pair is
+    # its CPU per request against the pair's, beside its rate alone.
+    print(f"app alone (haproxy, -c{connections}): {direct:,.0f} req/s = {direct / fastest:.1f}x the fastest "
+          f"pair's L4 rate; app CPU per request {app_cpu:.1f} us = {app_cpu / pair_cpu:.2f}x the cheapest pair's"
+          + ("" if direct >= 2 * fastest else "  (WARNING: under 2x the pair's rate: the app may be the bottleneck)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -281,7 +297,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s runs, 10 MB bulk")
     parser.add_argument("--reference-only", action="store_true", help="the haproxy pair and the harness alone")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
+    parser.add_argument("--figures", default=",".join(SCENARIOS), help=f"a subset of {','.join(SCENARIOS)}")
     args = parser.parse_args()
+    figures = tuple(f for f in SCENARIOS if f in args.figures.split(","))
+    if not figures or set(args.figures.split(",")) - set(SCENARIOS):
+        sys.exit(f"--figures: a comma list of {', '.join(SCENARIOS)}")
+    modes = [m for m in ("l4", "l7", "bulk") if m in {MODE_OF[f] for f in figures}]
     if args.quick:
         args.rounds, args.duration, args.bulk_mb = 1, 1, 10
     if not 1 <= args.rounds <= 50 or not 1 <= args.duration <= 120 or not 1 <= args.bulk_mb <= 4096:
@@ -307,7 +328,7 @@ def main() -> None:
             procs += [app_proc, bulk_proc]
             pairs: dict[tuple[str, str], Pair] = {}
             for impl in impls:
-                for mode in ("l4", "l7", "bulk"):
+                for mode in modes:
                     target = bulk_app if mode == "bulk" else app
                     pair = (topology.start_ours(ids, mode, target, work) if impl == "ours"
                             else topology.start_haproxy(binary, ids, mode, target, work))
@@ -317,34 +338,27 @@ def main() -> None:
             topology.wait_serving(bulk_app, [bulk_proc], "the bulk app")
             for (impl, mode), pair in pairs.items():
                 topology.wait_serving(pair.listen, pair.procs, f"{impl} {mode} pair at {pair.url()}")
-            for impl in impls:  # the L7 figure must measure an enforced rule, not a pass-through
+            for impl in impls if "l7" in modes else ():  # the L7 figure must measure an enforced rule
                 statuses = [topology.http_get(pairs[impl, "l7"].listen, path) for path in ("/admin", "/")]
                 if statuses != [403, 200]:
                     sys.exit(f"{impl} L7 pair: GET /admin, / answered {statuses}, expected [403, 200]")
             print("TLS (server side, as a client sees it): "
-                  + "; ".join(f"{impl} {topology.tls_of(pairs[impl, 'l4'].public, ids)}" for impl in impls))
+                  + "; ".join(f"{impl} {topology.tls_of(pairs[impl, modes[0]].public, ids)}" for impl in impls))
             print("processes: " + ", ".join(f"{p.name} {p.pid}" for p in procs))
             if not args.quick:
                 warm_up(bench, pairs)
             results: dict[str, dict[str, list[Run]]] = {s: {} for s in (*SCENARIOS, "direct", "direct-c1")}
             for rnd in range(args.rounds):
                 order = impls if rnd % 2 == 0 else impls[::-1]
-                one_round(bench, pairs, order, app, app_proc, args.bulk_mb * 10**6, results)
-                last = {impl: results["l4"][impl][-1].rate for impl in impls}
-                print(f"round {rnd + 1}/{args.rounds}: L4 " + ", ".join(f"{k} {v:,.0f} req/s" for k, v in last.items()),
-                      flush=True)
+                one_round(bench, pairs, order, figures, app, app_proc, args.bulk_mb * 10**6, results)
+                last = {impl: results[figures[0]][impl][-1].rate for impl in impls}
+                print(f"round {rnd + 1}/{args.rounds}: {figures[0]} "
+                      + ", ".join(f"{k} {v:,.0f}" for k, v in last.items()), flush=True)
         finally:
             for proc in reversed(procs):
                 proc.stop()
-    fastest = max(med(results["l4"][impl], "rate") for impl in impls)
-    direct = med(results["direct"]["direct"], "rate")
-    app_cpu = med(results["direct"]["direct"], "cpu_per_request_us")
-    pair_cpu = min(med(results["l4"][impl], "cpu_per_request_us") for impl in impls)
-    # On two cores wrk, both sides and the app share the CPU: what shows the app is not what limits a pair is
-    # its CPU per request against the pair's, beside its rate alone.
-    print(f"app alone (haproxy, -c{args.connections}): {direct:,.0f} req/s = {direct / fastest:.1f}x the fastest "
-          f"pair's L4 rate; app CPU per request {app_cpu:.1f} us = {app_cpu / pair_cpu:.2f}x the cheapest pair's"
-          + ("" if direct >= 2 * fastest else "  (WARNING: under 2x the pair's rate: the app may be the bottleneck)"))
+    if results["l4"]:
+        app_alone(results, impls, args.connections)
     errors, missed = report(results, impls, args.rounds)
     if errors:
         sys.exit(1)
