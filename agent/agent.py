@@ -35,6 +35,7 @@ from .connect.authority import CAAuthority
 from .connect.ca_manager import CAManager
 from .connect.forwarded_ca import ForwardedCA
 from .connect.leaf_cache import LeafCache
+from .connect.proxy_runner import ProxyRunner
 from .dns.server import DNSServer
 from .gossip_link import GossipLink
 from .heap_trim import trim_heap
@@ -125,6 +126,12 @@ class Agent:
         # Leaf certificates of local services, signed through self.ca (the CA authority).
         self.leaves = LeafCache(self.store, self.datacenter, lambda: self.ca,
                                 lambda: [d.name for d in self.local.services().values()])
+        # The data plane of every local sidecar (issue 14): worker processes per sidecar, fed by this agent.
+        self.proxy_runner: ProxyRunner | None = None
+        if config.connect_enabled:
+            self.proxy_runner = ProxyRunner(self.store, self.local.services, self.leaves, datacenter=self.datacenter,
+                                       node_name=self.node_name, bind_address=bind,
+                                       default_allow=lambda: str(self.config.acl_default_policy).lower() != "deny")
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server)
@@ -197,6 +204,8 @@ class Agent:
                     await nursery.start(self.replica.run)
                 await nursery.start(self._run_until_leave)
                 await nursery.start(self.leaves.run)
+                if self.proxy_runner is not None:
+                    await nursery.start(self.proxy_runner.run)
                 if self.config.ports.http >= 0:
                     await nursery.start(self.http.run)
                 if self.config.ports.dns >= 0:

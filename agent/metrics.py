@@ -39,4 +39,11 @@ def collect(agent: Agent) -> Metrics:
         counters.append(("raft.bad_messages", server.bad_raft_messages))
         counters.append(("raft.dropped_messages", server.node.dropped if server.node else 0))
         counters.append(("raft.followers_lost_entries", server.followers_lost_entries))
+    proxy_runner = agent.proxy_runner
+    if proxy_runner is not None:
+        status = proxy_runner.status()
+        gauges.append(("proxy.sidecars", float(len(status))))
+        gauges.append(("proxy.config_errors", float(sum(1 for s in status.values() if s["error"]))))
+        counters.append(("proxy.supervisor_restarts", sum(int(s["restarts"]) for s in status.values())))
+        counters.append(("proxy.snapshot_builds", proxy_runner.builds))
     return Metrics(counters, gauges)

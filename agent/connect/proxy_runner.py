@@ -26,7 +26,7 @@ from ..config.types import ServiceDefinition
 from .intention_entries import intentions_of
 from .intentions import IntentionIndex
 from .leaf_plan import LeafRecord
-from .proxy_snapshot import build_snapshot, destination_of, same_config, watch_keys
+from .proxy_snapshot import build_snapshot, destination_of, embedded, same_config, watch_keys
 from .sidecar import PROXY_KIND
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class Supervisor(Protocol):
     async def run(self, task_status: Any = ...) -> None: ...
     def update(self, snapshot: ProxySnapshot) -> None: ...
     async def metrics(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 class LeafSource(Protocol):
@@ -133,9 +134,8 @@ class ProxyRunner:
         """Per sidecar: version, last build error, supervisor restarts and the supervisor's own status."""
         out: dict[str, dict[str, Any]] = {}
         for pid, p in sorted(self._proxies.items()):
-            sup_status = getattr(p.supervisor, "status", None)
             out[pid] = {"version": p.snapshot.version if p.snapshot else 0, "error": p.error,
-                        "restarts": p.restarts, "supervisor": sup_status if isinstance(sup_status, dict) else {}}
+                        "restarts": p.restarts, "supervisor": p.supervisor.status() if p.supervisor else {}}
         return out
 
     async def metrics(self) -> list[dict[str, Any]]:
@@ -174,7 +174,7 @@ class ProxyRunner:
 
     def _sync_local(self, nursery: trio.Nursery) -> None:
         """Start a supervisor for each new local sidecar, stop those gone, flag the changed ones."""
-        wanted = {sid: d for sid, d in self._local_services().items() if d.kind == PROXY_KIND}
+        wanted = {sid: d for sid, d in self._local_services().items() if d.kind == PROXY_KIND and embedded(d)}
         changed = False
         for pid in [pid for pid, p in self._proxies.items()
                     if pid not in wanted or destination_of(wanted[pid]) != destination_of(p.defn)]:

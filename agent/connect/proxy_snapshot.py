@@ -88,6 +88,13 @@ def watch_keys(proxy: ServiceDefinition) -> list[str]:
     return keys
 
 
+def embedded(proxy: ServiceDefinition) -> bool:
+    """Whether the agent runs this proxy's data plane itself: the default; `Config.embedded = false` leaves it
+    to `meshagent connect proxy` (cli/connect_proxy_cmd.py)."""
+    config = proxy.proxy.get("Config")
+    return not (isinstance(config, Mapping) and config.get("embedded") is False)
+
+
 def destination_of(proxy: ServiceDefinition) -> str:
     """The service a sidecar fronts (its identity), or "" when it names none."""
     dest = proxy.proxy.get("DestinationServiceName")

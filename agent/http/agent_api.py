@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import meshagent
 import trio
 
+from ...proxy.metrics import merge as merge_proxy_metrics
+from ...proxy.metrics import render_prometheus
 from ..catalog import MAINTENANCE, PASSING, WARNING
 from ..config.errors import ConfigErrors
 from .catalog_api import required
@@ -24,6 +26,7 @@ from .render import (
     local_health_json,
     member_json,
     metrics_json,
+    metrics_prometheus,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from .api import API
     from .view import GossipView
 
+PROMETHEUS_TEXT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HEALTH_CODES = {PASSING: 200, WARNING: 429}  # anything else (critical, maintenance) is 503
 
 
@@ -321,6 +325,17 @@ async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
 
 
 async def metrics(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`)."""
+    """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`);
+    `?format=prometheus`: Prometheus text, the agent's own figures and every local sidecar's proxy metrics."""
+    fmt = query.get("format")
+    if fmt == "prometheus":
+        text = metrics_prometheus(api.agent.metrics())
+        runner = api.agent.proxy_runner
+        wires = await runner.metrics() if runner is not None else []
+        if wires:  # merged across sidecars, rendered once: each family appears once, labels tell them apart
+            text += render_prometheus(merge_proxy_metrics(wires))
+        return 200, [PROMETHEUS_TEXT], text.encode()
+    if fmt:
+        raise bad_request(f"Invalid format {fmt[:40]!r}: only prometheus is supported")
     timestamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
     return api.json(metrics_json(api.agent.metrics(), timestamp), query)

@@ -267,6 +267,22 @@ def metrics_json(metrics: Metrics, timestamp: str) -> dict[str, Any]:
             "Samples": []}
 
 
+def metrics_prometheus(metrics: Metrics) -> str:
+    """The agent's own counters and gauges as Prometheus text 0.0.4: `meshagent_<name>`, counters `_total`."""
+    lines: list[str] = []
+    for name, value in metrics.counters:
+        metric = _prometheus_name(name) + "_total"
+        lines += [f"# TYPE {metric} counter", f"{metric} {int(value)}"]
+    for name, gauge in metrics.gauges:
+        metric = _prometheus_name(name)
+        lines += [f"# TYPE {metric} gauge", f"{metric} {float(gauge)!r}"]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _prometheus_name(name: str) -> str:
+    return "meshagent_" + "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name)
+
+
 def agent_self_json(agent: AgentView, member: dict[str, Any], stats: dict[str, dict[str, str]],
                     version: str) -> dict[str, Any]:
     """/v1/agent/self: Config, DebugConfig, Coord, Member, Stats, Meta."""

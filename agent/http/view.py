@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..config.types import AgentConfig, CheckDefinition, ServiceDefinition
     from ..connect.authority import CAAuthority
     from ..connect.leaf_cache import LeafCache
+    from ..connect.proxy_runner import ProxyRunner
     from ..local_sync import LocalCheck
     from ..server.peers import RaftPeer
     from ..store import CatalogStore
@@ -111,6 +112,9 @@ class AgentView(Protocol):
     @property
     def leaves(self) -> LeafCache:
         """Local services' leaf certificates (agent/connect/leaf_cache.py)."""
+    @property
+    def proxy_runner(self) -> ProxyRunner | None:
+        """The local sidecars' data plane (agent/connect/proxy_runner.py); None when connect is disabled."""
 
     def members(self) -> list[Member]: ...
     def leader_status(self) -> tuple[bool, int]:

@@ -58,6 +58,9 @@ class FakeSupervisor:
     async def metrics(self) -> dict[str, Any]:
         return {"from": self.name}
 
+    def status(self) -> dict[str, Any]:
+        return {"updates": len(self.updates)}
+
 
 class FakeLeaves:
     """A leaf per service, renewed by `renew`; `get` blocks on the index as LeafCache does."""
@@ -160,6 +163,21 @@ def test_a_sidecar_gets_a_supervisor_with_its_snapshot_and_losing_it_stops_the_s
         del w.services[sid]
         await until(lambda: sup.stopped)
         assert w.runner.snapshot(sid) is None and w.runner.proxies() == []
+
+    run(scenario)
+
+
+def test_a_sidecar_with_embedded_false_is_left_to_meshagent_connect_proxy() -> None:
+    async def scenario(w: World) -> None:
+        w.add_sidecar("api")
+        sid = w.add_sidecar(config={"embedded": False})
+        w.leaves.renew("web")
+        w.leaves.renew("api")
+        await until(lambda: w.runner.snapshot("api-sidecar-proxy"))
+        assert w.runner.proxies() == ["api-sidecar-proxy"] and w.runner.snapshot(sid) is None
+        w.add_sidecar(config={"embedded": True})
+        await until(lambda: w.runner.snapshot(sid))
+        assert w.runner.status()[sid]["supervisor"] == {"updates": 1}
 
     run(scenario)
 

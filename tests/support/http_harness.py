@@ -101,6 +101,7 @@ class FakeAgent:
         self.leaves = LeafCache(self.store, datacenter, lambda: getattr(self, "ca", None),
                                 lambda: [d.name for d in self.local.services().values()])
         self._ltime = 0
+        self.proxy_runner = None  # no sidecar data plane here (tests/connect/test_proxy_agent.py runs one)
 
     def members(self) -> list[Member]:
         return [Member(self.node_name, self.advertise_addr, 8301,
