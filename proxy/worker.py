@@ -38,11 +38,21 @@ class DataPlaneLike(Protocol):
     def apply(self, snapshot: ProxySnapshot) -> list[str]: ...
 
 
-def default_dataplane(reactor: Reactor, metrics: ProxyMetrics) -> DataPlaneLike:
-    """proxy/dataplane.py's DataPlane on this reactor."""
-    module = importlib.import_module("meshagent.proxy.dataplane")
-    dp: DataPlaneLike = module.DataPlane(reactor, metrics)
-    return dp
+DEFAULT_DATAPLANE = "meshagent.proxy.dataplane:DataPlane"
+
+
+def dataplane_factory(spec: str = DEFAULT_DATAPLANE) -> Callable[[Reactor, ProxyMetrics], DataPlaneLike]:
+    """The data-plane class named "module:attribute" (proxy/dataplane.py's DataPlane; tests name a
+    stand-in), imported when the first snapshot arrives."""
+    module_name, _, attr = spec.partition(":")
+
+    def make(reactor: Reactor, metrics: ProxyMetrics) -> DataPlaneLike:
+        dp: DataPlaneLike = getattr(importlib.import_module(module_name), attr)(reactor, metrics)
+        return dp
+    return make
+
+
+default_dataplane = dataplane_factory()
 
 
 class Worker:
@@ -61,10 +71,11 @@ class Worker:
     def apply(self, snapshot: ProxySnapshot) -> list[str]:
         """Swap to `snapshot`; the errors the data plane reports (a listener that cannot bind, ...)."""
         _LogContext.proxy_id = snapshot.proxy_id
-        if self.metrics is None or self.dataplane is None:
-            self.metrics = ProxyMetrics(snapshot.service, snapshot.datacenter)
-            self.dataplane = self._make_dataplane(self.reactor, self.metrics)
         try:
+            if self.metrics is None:
+                self.metrics = ProxyMetrics(snapshot.service, snapshot.datacenter)
+            if self.dataplane is None:
+                self.dataplane = self._make_dataplane(self.reactor, self.metrics)
             errors = list(self.dataplane.apply(snapshot))
         except Exception as exc:  # a data-plane bug must not take every other listener down
             log.exception("applying snapshot version %d failed", snapshot.version)
@@ -196,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--control-fd", type=int, help="the supervisor's end of the control socketpair")
     mode.add_argument("--snapshot", help="a ProxySnapshot wire map as JSON (static mode)")
     parser.add_argument("--metrics-bind", default="", help="host:port for Prometheus text (static mode)")
+    parser.add_argument("--dataplane", default=DEFAULT_DATAPLANE, help=argparse.SUPPRESS)  # tests: a stand-in
     parser.add_argument("--log-level", default=os.environ.get("MESHAGENT_PROXY_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     reactor = Reactor()
-    worker = Worker(reactor)
+    worker = Worker(reactor, dataplane_factory(args.dataplane))
     stop = lambda *_: reactor.stop()  # noqa: E731  (a signal handler: wakes the loop, which exits)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
