@@ -81,7 +81,10 @@ class HTTPFeed:
 
     async def fetch(self, client: httpx.AsyncClient, index: int = 0) -> tuple[int, ProxySnapshot]:
         """One poll: (version, snapshot), blocking while the version is still `index` (0: answer at once)."""
-        params = {"index": str(index), "wait": f"{int(self.wait_s)}s"} if index > 0 else {}
+        # ?wait without ?index bounds how long the agent waits for a first snapshot (a leaf being signed).
+        params = {"wait": f"{max(1, int(self.wait_s))}s"}
+        if index > 0:
+            params["index"] = str(index)
         where = f"the agent at {self.base_url}"
         try:
             async with client.stream("GET", self.path, params=params) as resp:
@@ -134,8 +137,8 @@ class HTTPFeed:
                     self.status.healthy = False
                     delay = _backoff(failures, self._rng, self.backoff_min_s, self.backoff_max_s)
                     if str(exc) != self.status.last_error:  # once per kind of problem, not per retry
-                        log.warning("proxy %s: %s; keeping configuration version %d, retrying (every %.1f s "
-                                    "at most %.0f s)", self.proxy_id, exc, self.status.version, delay,
+                        log.warning("proxy %s: %s; keeping configuration version %d, retrying with backoff "
+                                    "(up to %g s apart)", self.proxy_id, exc, self.status.version,
                                     self.backoff_max_s)
                     self.status.last_error = str(exc)
                     await trio.sleep(delay)

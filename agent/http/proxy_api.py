@@ -66,10 +66,18 @@ async def proxy_config(api: API, request: Request, query: Query, arg: str) -> Re
     runner = _source(api, proxy_id)
     current = runner.snapshot(proxy_id)
     after = max(0, query.index)
-    if current is None or current[0] <= after:
+    # Wait for the first snapshot, or block while the version is the caller's. An index above the current
+    # version comes from before this agent restarted (versions count from 1 again): answered at once, so a
+    # standalone proxy is not left on its old configuration for a whole wait.
+    wait_for: int | None = None  # the version to wait past, if any
+    if current is None:
+        wait_for = 0
+    elif current[0] == after:
+        wait_for = after
+    if wait_for is not None:
         timeout = query.wait if after > 0 else min(query.wait, FIRST_SNAPSHOT_WAIT)
         with _hangup_ends_wait(request):
-            current = await runner.wait_snapshot(proxy_id, after, timeout)
+            current = await runner.wait_snapshot(proxy_id, wait_for, timeout)
         _source(api, proxy_id)  # deregistered while we waited: 404, not a stale configuration
     if current is None:
         raise HTTPError(503, f"no proxy configuration for {proxy_id!r} yet (its leaf certificate or the CA "

@@ -102,6 +102,9 @@ def test_blocking_returns_when_the_version_passes_the_index(setup: Any) -> None:
     # an index below the current version answers at once
     r = client.get(f"/v1/agent/connect/proxy/{PROXY_ID}?index=2&wait=30s")
     assert r.headers["x-consul-index"] == "5" and runner.waiters == 0
+    # and so does one above it: the caller's version is from before the agent restarted
+    r = client.get(f"/v1/agent/connect/proxy/{PROXY_ID}?index=9&wait=30s")
+    assert r.headers["x-consul-index"] == "5" and runner.waiters == 0
 
 
 def test_blocking_times_out_with_the_current_snapshot(setup: Any) -> None:

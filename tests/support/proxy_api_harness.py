@@ -12,10 +12,20 @@ from meshagent.agent.http.server import HTTPServer
 from meshagent.proxy.snapshot import ProxySnapshot, TLSMaterial, Upstream
 
 from .http_harness import FakeAgent, ServerThread
-from .mesh_certs import MeshCA
+from .mesh_certs import LeafFiles, MeshCA
 
 PROXY_ID = "web-sidecar-proxy"
 CA = MeshCA()
+
+
+_LEAVES: dict[str, LeafFiles] = {}
+
+
+def _leaf() -> LeafFiles:
+    """web's leaf, signed once: snapshots built twice compare equal."""
+    if "web" not in _LEAVES:
+        _LEAVES["web"] = CA.leaf("web")
+    return _LEAVES["web"]
 
 
 class StandInRunner:
@@ -92,7 +102,7 @@ def register_web(agent: FakeAgent, embedded: bool = False) -> None:
 def web_snapshot(version: int, *, public: tuple[str, int] = ("127.0.19.2", 21000),
                  local_port: int = 8080, upstreams: tuple[Upstream, ...] | None = None) -> ProxySnapshot:
     """A snapshot of web's sidecar signed by the suite's CA."""
-    leaf = CA.leaf("web")
+    leaf = _leaf()
     if upstreams is None:
         upstreams = (Upstream("db", "127.0.19.3", 9191, spiffe_ids=(CA.spiffe_id("db"),)),)
     return ProxySnapshot(proxy_id=PROXY_ID, service="web", datacenter="dc1",
