@@ -1,5 +1,6 @@
-"""bench/proxy/run.py --quick end to end: every figure measured for both pairs, zero errors, and no process of
-the benchmark left behind. A smoke run (1 s per figure), not the figures themselves: no target is asserted."""
+"""bench/proxy/run.py --quick end to end: every figure measured for both pairs, zero errors, the same TLS on
+both server sides, and no process of the benchmark left behind. A smoke run (1 s per figure), not the figures
+themselves: no target is asserted (a loaded 2-core machine decides those, not the code)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 RUN = Path(__file__).resolve().parents[2] / "bench" / "proxy" / "run.py"
-NUMBER = r"[\d,.]+"
+N = r"[\d,.]+"
+ROWS = {"l4": ("L4 small requests, req/s", "  CPU per request (pair), us"),
+        "l7": ("L7 http + intention, req/s",),
+        "bulk": ("bulk transfer, MB/s",),
+        "newconn": ("new mTLS connection per request, req/s", "  CPU per connection (pair), us"),
+        "c1": ("added p50 at -c1 over the app alone, ms",)}
 
 
 def alive(pid: int) -> bool:
@@ -39,15 +45,31 @@ def started_pids(out: str) -> list[int]:
     return pids
 
 
+def check_rows(out: str, figures: tuple[str, ...], ours: bool) -> None:
+    value = rf"\+?{N}"
+    for figure in figures:
+        for label in ROWS[figure]:
+            both = rf"{value}\s+{value}" if ours else rf"-\s+{value}"
+            assert re.search(rf"^{re.escape(label)}\s+{both}", out, re.M), f"{label!r} without figures:\n{out}"
+    errors = r"0\s+0\s+0  met" if ours else r"-\s+0\s+0  met"
+    assert re.search(rf"^runs with errors \(must be 0\)\s+{errors}$", out, re.M), out
+
+
 def test_quick_reference_run_measures_every_figure_with_zero_errors_and_cleans_up() -> None:
     out = run_quick("--reference-only")
-    for label in ("L4 small requests, req/s", "L7 http + intention, req/s", "bulk transfer, MB/s",
-                  "new mTLS connection per request, req/s"):
-        assert re.search(rf"^{re.escape(label)}\s+-\s+{NUMBER}\s*$", out, re.M), f"{label} missing:\n{out}"
-    assert re.search(rf"^  CPU per request \(pair\), us\s+-\s+{NUMBER}", out, re.M), out
-    assert re.search(r"^added p50 at -c1 over the app alone, ms\s+-\s+\+[\d.]+", out, re.M), out
-    assert re.search(r"^runs with errors \(must be 0\)\s+-\s+0\s+0  met$", out, re.M), out
+    check_rows(out, tuple(ROWS), ours=False)
     assert "TLS (server side, as a client sees it): haproxy TLSv1.3 TLS_AES_256_GCM_SHA384" in out
     pids = started_pids(out)
     assert len(pids) == 8  # the app, the bulk app, three haproxy pairs
+    assert not [pid for pid in pids if alive(pid)], "benchmark processes left running"
+
+
+def test_quick_run_of_both_pairs_measures_every_figure_with_zero_errors_and_cleans_up() -> None:
+    figures = ("l4", "bulk", "newconn", "c1")
+    out = run_quick("--figures", ",".join(figures))
+    check_rows(out, figures, ours=True)
+    tls = re.search(r"^TLS \(server side, as a client sees it\): ours (.+); haproxy (.+)$", out, re.M)
+    assert tls and tls.group(1) == tls.group(2) == "TLSv1.3 TLS_AES_256_GCM_SHA384", out
+    pids = started_pids(out)
+    assert len(pids) == 10  # the app, the bulk app, two pairs of ours, two of haproxy
     assert not [pid for pid in pids if alive(pid)], "benchmark processes left running"
