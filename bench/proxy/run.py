@@ -72,6 +72,12 @@ class Run:
     def cpu_per_request_us(self) -> float:
         return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
 
+    @property
+    def cpu_per_mb_us(self) -> float:
+        """For a bulk run: the pair's CPU per MB moved."""
+        moved = self.rate * self.seconds
+        return self.cpu_s / moved * 1e6 if moved else float("nan")
+
 
 def _ms(text: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
@@ -249,6 +255,8 @@ def report(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], rou
             fig(scenario, "haproxy", "cpu_per_request_us", "{:.1f}"), *cpu_target)
     row("bulk transfer, MB/s", fig("bulk", "ours", "rate", "{:,.0f}"), fig("bulk", "haproxy", "rate", "{:,.0f}"),
         *target("bulk", "rate", 0.9, True))
+    row("  CPU per MB (pair), us", fig("bulk", "ours", "cpu_per_mb_us", "{:.0f}"),
+        fig("bulk", "haproxy", "cpu_per_mb_us", "{:.0f}"))
     row("new mTLS connection per request, req/s", fig("newconn", "ours", "rate", "{:,.0f}"),
         fig("newconn", "haproxy", "rate", "{:,.0f}"), *target("newconn", "rate", 0.5, True))
     row("  CPU per connection (pair), us", fig("newconn", "ours", "cpu_per_request_us", "{:.1f}"),
@@ -290,10 +298,10 @@ def app_alone(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, help="default 5 (--quick: 1)")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run, default 5 (--quick: 1)")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--bulk-mb", type=int, default=100)
+    parser.add_argument("--bulk-mb", type=int, help="default 100 (--quick: 10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s runs, 10 MB bulk")
     parser.add_argument("--reference-only", action="store_true", help="the haproxy pair and the harness alone")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
@@ -303,10 +311,12 @@ def main() -> None:
     if not figures or set(args.figures.split(",")) - set(SCENARIOS):
         sys.exit(f"--figures: a comma list of {', '.join(SCENARIOS)}")
     modes = [m for m in ("l4", "l7", "bulk") if m in {MODE_OF[f] for f in figures}]
-    if args.quick:
-        args.rounds, args.duration, args.bulk_mb = 1, 1, 10
-    if not 1 <= args.rounds <= 50 or not 1 <= args.duration <= 120 or not 1 <= args.bulk_mb <= 4096:
-        sys.exit("--rounds 1-50, --duration 1-120 s, --bulk-mb 1-4096")
+    for name, full, quick in (("rounds", 5, 1), ("duration", 5, 1), ("bulk_mb", 100, 10)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if not (1 <= args.rounds <= 50 and 1 <= args.duration <= 120 and 1 <= args.bulk_mb <= 4096
+            and 1 <= args.connections <= 1024):
+        sys.exit("--rounds 1-50, --duration 1-120 s, --bulk-mb 1-4096, --connections 1-1024")
     impls = ("haproxy",) if args.reference_only else IMPLS
     if "ours" in impls and importlib.util.find_spec(topology.WORKER) is None:
         sys.exit(f"{topology.WORKER} is not there yet: run with --reference-only")
