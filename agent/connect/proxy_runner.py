@@ -12,7 +12,6 @@ and the workers keep the last good snapshot.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ...proxy.snapshot import ProxySnapshot
+from ...proxy.supervisor import ProxySupervisor
 from ..config.types import ServiceDefinition
 from .intention_entries import intentions_of
 from .intentions import IntentionIndex
@@ -60,10 +60,8 @@ class LeafSource(Protocol):
 
 
 def default_supervisor(proxy_id: str) -> Supervisor:
-    """The real supervisor (imported late: the agent must start even where the data plane cannot)."""
-    module = importlib.import_module("meshagent.proxy.supervisor")
-    sup: Supervisor = module.ProxySupervisor(proxy_id)
-    return sup
+    """The real supervisor: worker processes of `python -m meshagent.proxy.worker`."""
+    return ProxySupervisor(proxy_id)
 
 
 @dataclass(eq=False)

@@ -1,0 +1,118 @@
+"""A real -dev agent runs the data plane of its file sidecar by itself: worker processes (children of the
+agent, seen by PID) listen on the sidecar's public port and its upstream's port; an intention write reaches
+the sidecar's snapshot within a second; its metrics are in the agent's Prometheus text; removing the
+`sidecar_service` block and reloading stops the workers and frees the ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.agents import AgentProcess
+from tests.support.ports import ports_free
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.slow
+
+PROXY_ID = "web-sidecar-proxy"
+
+
+def service_file(host: str, sidecar: bool) -> str:
+    connect = f"""
+  connect {{
+    sidecar_service {{
+      proxy {{
+        upstreams {{
+          destination_name   = "db"
+          local_bind_address = "{host}"
+          local_bind_port    = 9191
+        }}
+      }}
+    }}
+  }}""" if sidecar else ""
+    return f'service {{\n  name = "web"\n  port = 8080\n{connect}\n}}\n'
+
+
+def agent_host() -> str:
+    for n in range(10, 250):
+        host = f"127.0.17.{n}"
+        if ports_free(host, (8500, 8600, 8300, 8301, 21000, 9191)):
+            return host
+    raise RuntimeError("no free 127.0.17.N")
+
+
+def workers_of(pid: int) -> list[int]:
+    """PIDs of the agent's worker processes (its children running meshagent.proxy.worker)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"meshagent.proxy.worker" in cmdline:
+            out.append(int(entry))
+    return out
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_agent_runs_its_sidecars_data_plane(tmp_path: Path) -> None:
+    host = agent_host()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "web.hcl").write_text(service_file(host, sidecar=True))
+    agent = AgentProcess(host=host, args=["-dev", "-client", host, "-bind", host, "-node", "proxy-agent",
+                                          "-config-dir", str(conf)], workdir=tmp_path).start()
+    try:
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        with httpx.Client(base_url=agent.http_addr, timeout=10) as http:
+            workers = wait_for(lambda: workers_of(pid), 20, what="a worker process", report=agent.log)
+            wait_for(lambda: listening(host, 21000) and listening(host, 9191), 20,
+                     what="the public and upstream listeners", report=agent.log)
+
+            def version() -> int:
+                resp = http.get(f"/v1/agent/connect/proxy/{PROXY_ID}")
+                assert resp.status_code == 200, resp.text
+                return int(resp.headers["X-Consul-Index"])
+
+            before = version()
+            resp = http.put("/v1/config", json={"Kind": "service-intentions", "Name": "web",
+                                                "Sources": [{"Name": "api", "Action": "deny"}]})
+            assert resp.status_code == 200, resp.text
+            start = time.monotonic()
+            wait_for(lambda: version() > before, 5, what="a new snapshot version", report=agent.log)
+            assert time.monotonic() - start < 1.0
+            wire = http.get(f"/v1/agent/connect/proxy/{PROXY_ID}").json()
+            assert wire["intentions"]["rules"][0]["source"] == "api"
+
+            text = http.get("/v1/agent/metrics?format=prometheus").text
+            names = {f.name for f in text_string_to_metric_families(text)}
+            assert "meshagent_proxy_sidecars" in names
+            assert any(n.startswith("meshagent_proxy_") and n != "meshagent_proxy_sidecars" for n in names), text
+
+            (conf / "web.hcl").write_text(service_file(host, sidecar=False))
+            agent.signal(signal.SIGHUP)
+            # Gone and reaped (no zombie left behind), and the ports free again.
+            wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers) and not listening(host, 21000),
+                     20, what="the workers to stop", report=agent.log)
+            assert workers_of(pid) == []
+    finally:
+        agent.stop()
