@@ -63,7 +63,7 @@ class Pipe:
         up = self.up
         up.write(data)
         self.received += len(data)
-        if up.buffered() > PAUSE_AT:
+        if len(up._wbuf) > PAUSE_AT:  # buffered(), inlined: this runs per chunk
             self.down.pause_reading()
         if self.report is not None and self.received - self._reported_rx >= BYTES_FLUSH:
             self._flush()
@@ -72,7 +72,7 @@ class Pipe:
         down = self.down
         down.write(data)
         self.sent += len(data)
-        if down.buffered() > PAUSE_AT:
+        if len(down._wbuf) > PAUSE_AT:
             self.up.pause_reading()
         if self.report is not None and self.sent - self._reported_tx >= BYTES_FLUSH:
             self._flush()

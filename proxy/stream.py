@@ -133,8 +133,8 @@ class Stream:
                 return  # a short read: the socket is very likely empty, spare the EAGAIN syscall
 
     def _drain_tls(self, eof: bool) -> None:
-        tls = self._tls
-        assert tls is not None
+        tls, inc = self._tls, self._in
+        assert tls is not None and inc is not None
         while not self._paused and not self.closed:
             try:
                 chunk = tls.read(READ_SIZE)
@@ -150,6 +150,8 @@ class Stream:
             if not chunk:
                 break
             self.on_data(chunk)
+            if not inc.pending and not tls.pending():
+                break  # all consumed: spare the SSLWantReadError the next read would raise
         if self.on_session is not None and not self.closed:
             self._offer_session()
         if self._out is not None and self._out.pending:
