@@ -11,6 +11,7 @@ good snapshot. Keys in those maps are matched ignoring case and underscores (`co
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -155,6 +156,15 @@ class _Builder:
             raise self.fail(where, f"{value!r} is not one of {shown}")
         return value
 
+    def _ip(self, value: Any, where: str) -> str:
+        """An IP literal: the workers never resolve names (a lookup would block their event loop)."""
+        text = self._str(value, where)
+        if text.lower() == "localhost":
+            return "127.0.0.1"
+        if not _is_ip(text):
+            raise self.fail(where, f"{text!r} is not an IP address (host names are not resolved here)")
+        return text
+
     def _seconds(self, value: Any, where: str) -> float:
         try:
             seconds = parse_duration(value)
@@ -209,8 +219,8 @@ class _Builder:
         if not public_port:
             raise self.fail("port", "the sidecar has no port for its public listener")
         addr_value = _get(cfg, "bind_address")
-        public_address = (self._str(addr_value, f"{where}.bind_address") if addr_value
-                          else self.proxy.address or bind_address)
+        public_address = self._ip(addr_value, f"{where}.bind_address") if addr_value else self._ip(
+            self.proxy.address or bind_address, "address")
         local_address = self.block.get("LocalServiceAddress") or (self.parent.address if self.parent else "")
         local_port = self.block.get("LocalServicePort") or (self.parent.port if self.parent else 0)
         rules = self._rules(intentions)
@@ -226,7 +236,7 @@ class _Builder:
         snap = ProxySnapshot(
             proxy_id=self.proxy.id, service=self.service, datacenter=self.datacenter, tls=tls,
             public_address=public_address, public_port=public_port,
-            local_service_address=self._str(local_address or "127.0.0.1", "proxy.local_service_address"),
+            local_service_address=self._ip(local_address or "127.0.0.1", "proxy.local_service_address"),
             local_service_port=self._int(local_port or 0, "proxy.local_service_port", 0, 65535),
             local_connect_timeout_ms=local_timeout, local_request_timeout_ms=request_timeout,
             protocol=protocol, intentions=Intentions(default_allow=default_allow, rules=rules),
@@ -343,7 +353,7 @@ class _Builder:
                 health = self._health(health, self._map(raw_health, f"{at}.passive_health_check"),
                                       f"{at}.passive_health_check")
         retries, request_timeout = self._retries(cfg, cw)
-        bind_address = self._str(up.get("LocalBindAddress") or "127.0.0.1", f"{where}.local_bind_address")
+        bind_address = self._ip(up.get("LocalBindAddress") or "127.0.0.1", f"{where}.local_bind_address")
         try:
             sid = service_id(self.catalog.connect.trust_domain, dc, name).uri()
         except SpiffeIDError as exc:
@@ -365,9 +375,12 @@ class _Builder:
                 continue
             svc = inst.service
             weight = svc.weights.get("Passing", 1) if isinstance(svc.weights, dict) else 1
+            address = svc.address or inst.node.address
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1 or not 1 <= svc.port <= 65535:
                 continue  # weight 0 takes no traffic; a row without a port cannot be dialled
-            out.append(Endpoint(address=svc.address or inst.node.address, port=svc.port, weight=min(weight, 65535),
+            if not _is_ip(address):
+                continue  # a host name would be resolved by a blocking lookup in the worker's event loop
+            out.append(Endpoint(address=address, port=svc.port, weight=min(weight, 65535),
                                 node=inst.node.node, service_id=svc.id))
             if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
                 break
@@ -462,6 +475,14 @@ class _Builder:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _norm(key: str) -> str:

@@ -165,6 +165,7 @@ def test_upstream_endpoints_are_the_passing_sidecars_with_weights_and_the_destin
     w.instance("n3", "127.0.17.13", "db3-sidecar-proxy", "db", 21000, status="critical")
     w.instance("n4", "127.0.17.14", "db4-sidecar-proxy", "db", 21000, status="warning")
     w.instance("n5", "127.0.17.15", "api-sidecar-proxy", "api", 21000)
+    w.instance("n6", "db.example", "db6-sidecar-proxy", "db", 21000)  # never resolved by a worker: left out
     snap = w.build(sidecar([up("db"), up("db", 9192, Datacenter="dc2", LocalBindAddress="127.0.17.5")]))
     local, remote = snap.upstreams
     assert [(e.address, e.port, e.weight, e.node, e.service_id) for e in local.endpoints] == [
@@ -217,6 +218,7 @@ def test_upstream_config_layers_defaults_overrides_then_the_upstreams_own_config
     ({"bind_port": 70000}, "proxy.config.bind_port"),
     ({"envoy_prometheus_bind_addr": "nowhere"}, "proxy.config.envoy_prometheus_bind_addr"),
     ({"bind_address": ["x"]}, "proxy.config.bind_address"),
+    ({"bind_address": "proxy.example"}, "proxy.config.bind_address"),
 ])
 def test_hostile_proxy_config_names_the_sidecar_and_field(config: dict[str, Any], field: str) -> None:
     with pytest.raises(SnapshotError) as err:
@@ -253,6 +255,10 @@ def test_hostile_entries_and_listeners_are_errors_too() -> None:
         w.build(sidecar())
     with pytest.raises(SnapshotError, match="already a listener"):
         World().build(sidecar([up("db", 9191), up("api", 9191)]))
+    with pytest.raises(SnapshotError, match=r"upstreams\[0\].local_bind_address: 'db.local' is not an IP"):
+        World().build(sidecar([up("db", LocalBindAddress="db.local")]))
+    snap = World().build(sidecar(LocalServiceAddress="localhost"))
+    assert snap.local_service_address == "127.0.0.1"
     with pytest.raises(SnapshotError, match="only service upstreams"):
         World().build(sidecar([up("db", DestinationType="prepared_query")]))
 
