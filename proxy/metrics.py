@@ -28,8 +28,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "request_duration_seconds": ("histogram", "Request duration, first byte in to last byte out.", _DIR),
     "connections_active": ("gauge", "Open connections.", _DIR),
     "connections_total": ("counter", "Connections opened.", _DIR),
-    "bytes_received_total": ("counter", "Bytes received from the downstream peer.", _DIR),
-    "bytes_sent_total": ("counter", "Bytes sent to the downstream peer.", _DIR),
+    "bytes_received_total": ("counter", "Bytes received: from the caller (inbound), from the upstream (outbound).",
+                             _DIR),
+    "bytes_sent_total": ("counter", "Bytes sent: to the caller (inbound), to the upstream (outbound).", _DIR),
     "tls_handshake_failures_total": ("counter", "TLS handshakes that failed, by reason.", ("direction", "reason")),
     "authorization_denials_total": ("counter", "Connections or requests denied, by intention.",
                                     ("intention", "layer")),
@@ -95,7 +96,8 @@ class ProxyMetrics:
         self._active[key] = self._active.get(key, 0) - 1
 
     def bytes(self, direction: str, upstream: str, received: int, sent: int) -> None:
-        """Bytes moved for the downstream peer (call per connection end or per request, not per read)."""
+        """Bytes moved: inbound from/to the caller, outbound from/to the upstream (call per connection end or
+        per request, not per read)."""
         key = (direction, upstream)
         if received:
             self._rx[key] = self._rx.get(key, 0) + received

@@ -28,6 +28,7 @@ from .snapshot import ProxyConfigError, ProxySnapshot
 
 MAX_SNAPSHOT_FILE = 64 * 1024 * 1024
 PR_SET_PDEATHSIG = 1
+PDEATH_SIGNAL = signal.SIGUSR1  # not SIGTERM: a thread of the parent exiting sends it too (see below)
 
 log = logging.getLogger("meshagent.proxy.worker")
 
@@ -178,14 +179,26 @@ def _setup_logging(level: str) -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the parent dies (Linux): the second guard against orphans."""
+def _die_with_parent(reactor: Reactor) -> None:
+    """The second guard against orphans (Linux): a signal when the parent dies. The kernel sends it when the
+    parent *thread* exits (trio spawns from a worker thread that ends when idle), so the handler stops the
+    worker only when the parent process is really gone: we were reparented."""
+    parent = os.getppid()
+
+    def on_parent_death(signum: int, frame: Any) -> None:
+        if os.getppid() != parent:
+            log.warning("the supervisor process %d is gone: exiting", parent)
+            reactor.stop()
+
+    signal.signal(PDEATH_SIGNAL, on_parent_death)
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(PDEATH_SIGNAL), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the control socket's EOF is the only guard
-        pass
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        reactor.stop()
 
 
 def _load_file(path: str) -> ProxySnapshot:
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_server: ReactorMetricsServer | None = None
     try:
         if args.control_fd is not None:
-            _die_with_parent()
+            _die_with_parent(reactor)
             sock = socket.socket(fileno=args.control_fd)
             ControlledWorker(worker, sock).start()
         else:

@@ -238,3 +238,43 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_worker_outlives_the_thread_that_spawned_it() -> None:
+    """The kernel sends the parent-death signal when the spawning *thread* exits (trio spawns from its
+    thread cache, whose threads end when idle): the worker must stay while its parent process lives."""
+    ours, theirs = socket.socketpair()
+    box: list[subprocess.Popen[bytes]] = []
+    tids: list[int] = []
+    release = threading.Event()
+
+    def spawn() -> None:  # lives until the worker has armed its parent-death signal, as trio's threads do
+        tids.append(threading.get_native_id())
+        box.append(subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--control-fd",
+                                     str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                                    stdin=subprocess.DEVNULL))
+        release.wait(30)
+    thread = threading.Thread(target=spawn)
+    thread.start()
+    wait_for(lambda: box, what="the worker spawned")
+    theirs.close()
+    proc = box[0]
+    try:
+        ours.settimeout(20)
+        dec = FrameDecoder()
+        got = dec.feed(ours.recv(65536))
+        assert got[0]["t"] == "ready"  # sent after prctl(PR_SET_PDEATHSIG)
+        release.set()
+        thread.join()
+        wait_for(lambda: not os.path.exists(f"/proc/self/task/{tids[0]}"), what="the spawning thread reaped")
+        for _ in range(2):  # two round trips after the thread is gone: any signal has been handled
+            ours.sendall(encode({"t": "metrics"}))
+            while not [m for m in got if m["t"] == "metrics"]:
+                data = ours.recv(65536)
+                assert data, "the worker exited when its parent thread did"
+                got += dec.feed(data)
+            got = [m for m in got if m["t"] != "metrics"]
+        assert proc.poll() is None
+    finally:
+        ours.close()
+        assert proc.wait(20) == 0  # EOF: a clean exit

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
+from meshagent.proxy import access_log
 from meshagent.proxy.metrics import BUCKETS, ProxyMetrics, counters_only, merge, render_prometheus
+from meshagent.proxy.metrics_http import ReactorMetricsServer
+from meshagent.proxy.reactor import Reactor
+from meshagent.proxy.snapshot import AccessLog
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -176,3 +185,107 @@ def test_the_hot_path_is_cheap() -> None:
     for _ in range(100_000):
         m.request("outbound", "db", 200, 0.003)
     assert time.perf_counter() - t0 < 1.0
+
+
+# ---------------------------------------------------------------------- access logs
+
+
+@pytest.fixture
+def fresh_loggers() -> Iterator[None]:
+    access_log.close_all()
+    yield
+    access_log.close_all()
+
+
+def test_access_log_is_off_unless_enabled(fresh_loggers: None, tmp_path: Path) -> None:
+    assert access_log.logger_for(AccessLog()) is None
+    assert access_log.logger_for(AccessLog(enabled=False, path=str(tmp_path / "x"))) is None
+    assert not (tmp_path / "x").exists()
+
+
+def test_access_log_writes_json_lines_on_flush_only(fresh_loggers: None, tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    cfg = AccessLog(enabled=True, path=str(path))
+    logger = access_log.logger_for(cfg)
+    assert logger is not None and access_log.logger_for(cfg) is logger
+    hostile = '/a"b\nc\\d\u2603' + "x" * 10_000
+    logger.log(start=1_700_000_000.25, duration_s=0.0123, source="web", destination="db", method="GET",
+               path="/", code=200, bytes_received=10, bytes_sent=20, upstream_host="127.0.0.1:21000",
+               flags="", direction="outbound")
+    logger.log(start=1_700_000_001.0, duration_s=1.0, source="web", destination="db", method="GET" * 50,
+               path=hostile, code=503, flags="UF")
+    assert path.read_text() == ""  # nothing on the request path
+    access_log.flush_all()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and all(len(line) <= access_log.MAX_LINE for line in lines)
+    first, second = (json.loads(line) for line in lines)
+    assert first["start_time"] == "2023-11-14T22:13:20.250Z" and first["duration_ms"] == 12.3
+    assert (first["source"], first["destination"], first["code"], first["bytes_sent"]) == ("web", "db", 200, 20)
+    assert first["upstream_host"] == "127.0.0.1:21000" and first["direction"] == "outbound"
+    assert second["path"].startswith('/a"b\nc\\d\u2603') and len(second["path"]) <= access_log.MAX_FIELD
+    assert second["flags"] == "UF" and len(second["method"]) <= 32
+
+
+def test_access_log_buffer_is_bounded(fresh_loggers: None, tmp_path: Path) -> None:
+    logger = access_log.logger_for(AccessLog(enabled=True, path=str(tmp_path / "a.log")))
+    assert logger is not None
+    n = 0
+    while logger.dropped == 0:
+        logger.log(start=0.0, duration_s=0.0, source="web", destination="db", path="/" + "p" * 1000)
+        n += 1
+        assert n < 100_000
+    access_log.flush_all()
+    assert logger.written == n - 1 and (tmp_path / "a.log").stat().st_size <= access_log.MAX_BUFFER
+
+
+def test_an_unopenable_access_log_is_off_and_not_retried(fresh_loggers: None, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    cfg = AccessLog(enabled=True, path=str(tmp_path / "missing-dir" / "a.log"))
+    assert access_log.logger_for(cfg) is None
+    assert access_log.logger_for(cfg) is None
+    assert len([r for r in caplog.records if "cannot be opened" in r.message]) == 1
+
+
+# ---------------------------------------------------------------------- the reactor /metrics responder
+
+
+def test_reactor_metrics_server_answers_and_refuses_oversized_heads() -> None:
+    reactor = Reactor()
+    m = ProxyMetrics("web", "dc1")
+    m.request("inbound", "", 200, 0.01)
+    server = ReactorMetricsServer(reactor, "127.0.16.3:0", lambda: render_prometheus(m.to_wire()))
+    thread = threading.Thread(target=reactor.run, daemon=True)
+    thread.start()
+    try:
+        host, port = server.address
+
+        def ask(data: bytes) -> bytes:
+            with socket.create_connection((host, port), timeout=10) as sock:
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    pass
+                out = b""
+                try:
+                    while chunk := sock.recv(65536):
+                        out += chunk
+                except ConnectionResetError:
+                    pass
+                return out
+
+        ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = ok.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/plain; version=0.0.4" in head
+        assert samples(body.decode())[("meshagent_proxy_requests_total",
+                                        lab(source="web", destination="web", datacenter="dc1",
+                                            direction="inbound", code_class="2xx"))] == 1
+        assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+        assert ask(b"GET /x HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
+        assert ask(b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert ask(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000) == b""  # no head within 8 KiB: closed
+        assert ask(b"HEAD /metrics HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\n")
+    finally:
+        reactor.call_soon_threadsafe(server.close)
+        reactor.stop()
+        thread.join(5)
+        reactor.close()
