@@ -161,7 +161,7 @@ class ProxyRunner:
             self._nursery = nursery
             task_status.started()
             try:
-                keys = ["services", f"node:{self.node_name.lower()}"]
+                keys = [f"node:{self.node_name.lower()}"]  # every write of this node's services touches it
                 while True:
                     self._sync_local(nursery)
                     await self.store.hub.wait(keys, self.local_poll)

@@ -292,3 +292,14 @@ def test_a_failed_supervisor_is_replaced_and_given_the_latest_snapshot() -> None
         assert w.runner.status()[sid]["restarts"] == 1
 
     run(scenario)
+
+
+def test_a_local_registration_is_noticed_at_once_through_the_nodes_catalog_key() -> None:
+    async def scenario(w: World) -> None:
+        await trio.sleep(0.5)  # halfway between two local polls
+        sid = w.add_sidecar()
+        svc = Service(node="n1", id=sid, service=sid, port=21000, kind="connect-proxy")
+        await w.store.apply(commands.register(Node(node="N1", address="127.0.17.1"), svc))  # as local sync does
+        assert await until(lambda: w.runner.proxies()) < 0.1
+
+    run(scenario)
