@@ -1,0 +1,294 @@
+"""TLS streams (127.0.14.2): the server side requires a mesh client certificate, the client side checks the
+server's SPIFFE ID; hostile peers (garbage, stalls, no/foreign/expired certificates) cost bounded time and
+are refused; keys never touch the disk; both roots are trusted during a rotation; no ALPN h2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from meshagent.proxy.reactor import Reactor
+from meshagent.proxy.snapshot import TLSMaterial
+from meshagent.proxy.stream import Stream, accept_tls, connect
+from meshagent.proxy.tls import TLSConfigError, TLSContexts, peer_spiffe_id
+
+from tests.support.mesh_certs import LeafFiles, MeshCA
+from tests.support.wait import wait_for
+
+HOST = "127.0.14.2"
+T = TypeVar("T")
+
+
+class Loop:
+    """A Reactor in a thread; `call(fn)` runs fn there and returns its result."""
+
+    def __init__(self) -> None:
+        self.reactor = Reactor()
+        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["v"] = fn()
+            except BaseException as exc:
+                box["e"] = exc
+            done.set()
+
+        self.reactor.call_soon_threadsafe(run)
+        assert done.wait(timeout)
+        if "e" in box:
+            raise box["e"]
+        return box["v"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.reactor.stop()
+        self.thread.join(10)
+        self.reactor.close()
+
+
+def material(ca: MeshCA, leaf: LeafFiles, roots: tuple[str, ...] | None = None) -> TLSMaterial:
+    return TLSMaterial(leaf.cert_pem, leaf.key_pem, roots or (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
+
+
+class TLSServer:
+    """An echo server on the reactor terminating mesh mTLS; records each connection's outcome."""
+
+    def __init__(self, loop: Loop, ctxs: TLSContexts, handshake_timeout: float = 10.0) -> None:
+        self.loop = loop
+        self.ctxs = ctxs
+        self.timeout = handshake_timeout
+        self.outcomes: list[str] = []  # "ok <spiffe id>" or the failure reason
+        self.sock = socket.create_server((HOST, 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        loop.call(lambda: loop.reactor.add_reader(self.sock.fileno(), self._accept))
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        accept_tls(self.loop.reactor, conn, self.ctxs.server, self._ready, self.outcomes.append, self.timeout)
+
+    def _ready(self, stream: Stream) -> None:
+        self.outcomes.append(f"ok {stream.peer_spiffe_id}")
+        stream.on_data = stream.write
+        stream.on_eof = stream.shutdown_write
+
+    def close(self) -> None:
+        self.loop.call(lambda: self.loop.reactor.remove_reader(self.sock.fileno()))
+        self.sock.close()
+
+
+def client_context(ca: MeshCA, leaf: LeafFiles | None, tmp: Path, **kw: Any) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca.root_pem)
+    if leaf is not None:
+        cert, key = leaf.write(tmp)
+        ctx.load_cert_chain(cert, key)
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def echo_once(ctx: ssl.SSLContext, port: int, data: bytes = b"hi") -> bytes:
+    """Handshake, send, read one answer; b"" when the server refused us (alert or close)."""
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(data)
+                return tls.recv(100)
+        except (ssl.SSLError, ConnectionError):
+            return b""
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    return MeshCA()
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def server(loop: Loop, ca: MeshCA) -> Iterator[TLSServer]:
+    srv = TLSServer(loop, TLSContexts.build(material(ca, ca.leaf("db"))))
+    yield srv
+    srv.close()
+
+
+def test_a_mesh_client_is_served_and_its_spiffe_id_read(server: TLSServer, ca: MeshCA, tmp_path: Path) -> None:
+    assert echo_once(client_context(ca, ca.leaf("web"), tmp_path), server.port) == b"hi"
+    assert server.outcomes == [f"ok {ca.spiffe_id('web')}"]
+
+
+def test_tls12_is_accepted_and_13_preferred(server: TLSServer, ca: MeshCA, tmp_path: Path) -> None:
+    ctx12 = client_context(ca, ca.leaf("web"), tmp_path, maximum_version=ssl.TLSVersion.TLSv1_2)
+    with socket.create_connection((HOST, server.port), timeout=10) as raw, ctx12.wrap_socket(raw) as tls:
+        assert tls.version() == "TLSv1.2"
+    ctx = client_context(ca, ca.leaf("web"), tmp_path)
+    with socket.create_connection((HOST, server.port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        assert tls.version() == "TLSv1.3"
+
+
+def test_no_alpn_h2_is_ever_selected(server: TLSServer, ca: MeshCA, tmp_path: Path) -> None:
+    ctx = client_context(ca, ca.leaf("web"), tmp_path)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((HOST, server.port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        assert tls.selected_alpn_protocol() is None
+
+
+@pytest.mark.parametrize("who", ["none", "other-ca", "expired"])
+def test_clients_without_a_valid_mesh_certificate_are_refused(server: TLSServer, ca: MeshCA, tmp_path: Path,
+                                                             who: str) -> None:
+    leaf = {"none": None, "other-ca": MeshCA().leaf("web"), "expired": ca.expired_leaf("web")}[who]
+    assert echo_once(client_context(ca, leaf, tmp_path), server.port) == b""
+    wait_for(lambda: server.outcomes == ["tls-handshake"], 10, what="refusal recorded",
+             report=lambda: repr(server.outcomes))
+
+
+def test_garbage_instead_of_a_client_hello_is_refused_at_once(server: TLSServer) -> None:
+    with socket.create_connection((HOST, server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(100_000))
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionError:
+            pass
+    wait_for(lambda: server.outcomes == ["tls-handshake"], 10, what="garbage refused")
+
+
+def test_a_stalled_handshake_times_out(loop: Loop, ca: MeshCA) -> None:
+    srv = TLSServer(loop, TLSContexts.build(material(ca, ca.leaf("db"))), handshake_timeout=0.3)
+    try:
+        with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+            sock.sendall(b"\x16\x03\x01")  # the first bytes of a record, then nothing
+            wait_for(lambda: srv.outcomes == ["tls-handshake-timeout"], 10, what="timeout")
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # closed by the server
+    finally:
+        srv.close()
+
+
+def test_both_roots_are_trusted_during_a_rotation(loop: Loop, ca: MeshCA, tmp_path: Path) -> None:
+    new_ca = MeshCA(ca.trust_domain)
+    both = (ca.root_pem, new_ca.root_pem)
+    srv = TLSServer(loop, TLSContexts.build(material(new_ca, new_ca.leaf("db"), both)))
+    try:
+        old_client = client_context(ca, ca.leaf("web"), tmp_path / "old")
+        old_client.load_verify_locations(cadata=new_ca.root_pem)  # the old side got the new root too
+        new_client = client_context(new_ca, new_ca.leaf("web"), tmp_path / "new")
+        assert echo_once(old_client, srv.port) == b"hi"
+        assert echo_once(new_client, srv.port) == b"hi"
+    finally:
+        srv.close()
+
+
+def test_the_client_side_checks_the_servers_spiffe_id(server: TLSServer, loop: Loop, ca: MeshCA) -> None:
+    ctxs = TLSContexts.build(material(ca, ca.leaf("web")))
+    results: list[str] = []
+
+    def dial(expected: tuple[str, ...]) -> None:
+        def ready(stream: Stream) -> None:
+            results.append(f"ok {stream.peer_spiffe_id}")
+            stream.close()
+        loop.call(lambda: connect(loop.reactor, HOST, server.port, 5.0, ctxs.client, ready, results.append,
+                                  expected_spiffe_ids=expected))
+
+    dial((ca.spiffe_id("cache"),))
+    wait_for(lambda: results == ["spiffe-mismatch"], 10, what="mismatch")
+    dial((ca.spiffe_id("cache"), ca.spiffe_id("db")))
+    wait_for(lambda: results[1:] == [f"ok {ca.spiffe_id('db')}"], 10, what="match")
+
+
+def test_the_client_side_refuses_a_server_of_another_ca(loop: Loop, ca: MeshCA) -> None:
+    other = MeshCA(ca.trust_domain)
+    srv = TLSServer(loop, TLSContexts.build(material(other, other.leaf("db"), (other.root_pem, ca.root_pem))))
+    ctxs = TLSContexts.build(material(ca, ca.leaf("web")))
+    results: list[str] = []
+    try:
+        loop.call(lambda: connect(loop.reactor, HOST, srv.port, 5.0, ctxs.client, results.append,
+                                  results.append, expected_spiffe_ids=(ca.spiffe_id("db"),)))
+        wait_for(lambda: results == ["tls-handshake"], 10, what="refused")
+    finally:
+        srv.close()
+
+
+def test_connect_failures_are_named(loop: Loop) -> None:
+    results: list[str] = []
+    dead = socket.create_server((HOST, 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    loop.call(lambda: connect(loop.reactor, HOST, port, 5.0, None, lambda s: results.append("ok"),
+                              results.append))
+    wait_for(lambda: results == ["connect-refused"], 10, what="refused")
+    # a listener whose backlog is full never completes the TCP handshake: a timeout
+    full = socket.socket()
+    full.bind((HOST, 0))
+    full.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(full.getsockname())
+            fillers.append(s)
+        loop.call(lambda: connect(loop.reactor, HOST, full.getsockname()[1], 0.3, None,
+                                  lambda s: results.append("ok"), results.append))
+        wait_for(lambda: len(results) == 2, 10, what="second dial")
+        assert results[1] == "connect-timeout"  # the kernel drops SYNs to a full backlog
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
+
+
+def test_key_material_never_reaches_the_disk(ca: MeshCA) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    ctxs = TLSContexts.build(material(ca, ca.leaf("web")))
+    assert set(os.listdir("/proc/self/fd")) <= before  # the memfds are closed
+    assert ctxs.server.verify_mode == ssl.CERT_REQUIRED
+    assert ctxs.server.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert not ctxs.client.check_hostname
+
+
+@pytest.mark.parametrize("field", ["cert_pem", "key_pem", "roots_pem"])
+def test_bad_material_is_refused_naming_the_field(ca: MeshCA, field: str) -> None:
+    good = material(ca, ca.leaf("web"))
+    bad: dict[str, Any] = {"cert_pem": good.cert_pem, "key_pem": good.key_pem, "roots_pem": good.roots_pem}
+    bad[field] = ("not a pem",) if field == "roots_pem" else "not a pem"
+    with pytest.raises(TLSConfigError, match=field.split("_")[0]):
+        TLSContexts.build(TLSMaterial(bad["cert_pem"], bad["key_pem"], bad["roots_pem"], ca.trust_domain,
+                                      good.spiffe_id))
+    with pytest.raises(TLSConfigError, match="key"):  # a key that is not the certificate's
+        TLSContexts.build(TLSMaterial(good.cert_pem, ca.leaf("db").key_pem, good.roots_pem, ca.trust_domain,
+                                      good.spiffe_id))
+
+
+def test_peer_spiffe_id_needs_exactly_one_uri() -> None:
+    class Fake:
+        def __init__(self, cert: Any) -> None:
+            self.cert = cert
+
+        def getpeercert(self) -> Any:
+            return self.cert
+
+    assert peer_spiffe_id(Fake({"subjectAltName": (("URI", "spiffe://a/b"),)})) == "spiffe://a/b"  # type: ignore[arg-type]
+    assert peer_spiffe_id(Fake({"subjectAltName": (("DNS", "x"),)})) is None  # type: ignore[arg-type]
+    assert peer_spiffe_id(Fake({"subjectAltName": (("URI", "a"), ("URI", "b"))})) is None  # type: ignore[arg-type]
+    assert peer_spiffe_id(Fake({})) is None  # type: ignore[arg-type]
