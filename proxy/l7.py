@@ -1,0 +1,398 @@
+"""The L7 (HTTP/1.1) handlers the data plane hands connections to: InboundL7 on the public listener when the
+service's protocol is http (intentions per request, a keep-alive pool to the local application), OutboundL7
+on an http upstream listener (per request: circuit breakers, balancer pick, pooled mTLS connections,
+retries within the budget, outlier feedback, metrics). The per-connection relay is l7_session.Session.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from .access_log import logger_for
+from .http1 import Head, HTTPError, request_path
+from .l7_pool import Pool, UpConn
+from .l7_session import LOCAL_FAILURE, Session, reply
+from .snapshot import Endpoint, Retries
+from .stream import Cancel, Stream
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane, UpstreamState
+
+NO_RETRIES = Retries(num_retries=0)
+BREAKER_HEADER = b"x-meshagent-circuit-breaker"
+DENIED_HEADER = b"x-meshagent-denied-by"
+BYTES_FLUSH = 1 << 20
+
+# Pools outlive connections: one per data plane (local application) and per upstream state.
+_local_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
+_upstream_pools: weakref.WeakKeyDictionary[Any, _UpstreamPool] = weakref.WeakKeyDictionary()
+
+
+def _peer_ip(stream: Stream) -> str:
+    try:
+        return str(stream.sock.getpeername()[0])
+    except (OSError, IndexError):
+        return ""
+
+
+class _Base:
+    """What both directions share: metrics, access log, byte counts."""
+
+    direction = ""
+
+    def __init__(self, dp: DataPlane, label: str) -> None:
+        self.dp = dp
+        self.label = label
+        self.metrics = dp.metrics
+        self.source = ""
+        self.rx_reported = self.tx_reported = 0
+
+    def _log(self, s: Session, code: int, duration_s: float, flags: str = "") -> None:
+        snap = self.dp.snapshot
+        if snap is None or not snap.access_log.enabled:
+            return
+        logger = logger_for(snap.access_log)
+        if logger is None:
+            return
+        import time  # only with access logs on: wall-clock start time
+        req = s.req
+        logger.log(start=time.time() - duration_s, duration_s=duration_s,
+                   source=self.source if self.direction == "inbound" else snap.service,
+                   destination=snap.service if self.direction == "inbound" else self.label,
+                   method=req.method.decode("latin-1") if req else "",
+                   path=req.target.decode("latin-1") if req else "", code=code,
+                   upstream_host=str(s.key) if s.key is not None else "", flags=flags,
+                   direction=self.direction)
+
+    def closed(self, s: Session, received: int, sent: int) -> None:
+        """The downstream connection closed."""
+        self.metrics.bytes(self.direction, self.label, received - self.rx_reported, sent - self.tx_reported)
+        self.metrics.connection_closed(self.direction, self.label)
+
+    def _count(self, s: Session, code: int, duration_s: float) -> None:
+        self.metrics.request(self.direction, self.label, code, duration_s)
+        if s.rx - self.rx_reported + s.tx - self.tx_reported >= BYTES_FLUSH:
+            self.metrics.bytes(self.direction, self.label, s.rx - self.rx_reported, s.tx - self.tx_reported)
+            self.rx_reported, self.tx_reported = s.rx, s.tx
+        self._log(s, code, duration_s)
+
+
+class InboundL7(_Base):
+    """Requests from client sidecars over verified mTLS, authorized one by one, relayed to the local app."""
+
+    direction = "inbound"
+    retries = NO_RETRIES
+
+    def __init__(self, dp: DataPlane) -> None:
+        super().__init__(dp, "")
+        snap = dp.snapshot
+        self.timeout_s = snap.local_request_timeout_ms / 1000.0 if snap is not None else 0.0
+        self.key: Hashable = (snap.local_service_address, snap.local_service_port) if snap else None
+        pool = _local_pools.get(dp)
+        if pool is None:
+            pool = _local_pools[dp] = Pool(dp.reactor)
+        self.pool = pool
+        self.dial: Cancel | None = None
+
+    def handle(self, stream: Stream) -> None:
+        """Serve HTTP/1.1 requests on a verified TLS stream from the mesh."""
+        source = self.dp.authorizer.source_of(stream.peer_spiffe_id)
+        self.source = source or ""
+        self.metrics.connection_opened("inbound", "")
+        Session(self.dp.reactor, self, stream)
+        stream.resume_reading()
+
+    def begin(self, s: Session, head: Head) -> bytes | None:
+        """Authorize the request against the current intentions (L7)."""
+        try:
+            path = request_path(head.target).decode("latin-1")
+        except HTTPError as exc:
+            return reply(exc.status, exc.reason.encode() + b"\n")
+        if not self.source:
+            self.metrics.denial("", "l7")
+            return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
+        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, head.headers)
+        if verdict.allowed:
+            return None
+        self.metrics.denial(verdict.rule, "l7")
+        rule = (verdict.rule or "default").encode("utf-8", "replace")[:256].replace(b"\r", b"").replace(b"\n", b"")
+        return reply(403, b"RBAC: access denied\n", ((DENIED_HEADER, rule),))
+
+    def acquire(self, s: Session) -> None:
+        """A pooled connection to the local application, or a new one."""
+        conn = self.pool.get(self.key)
+        if conn is not None:
+            s.attached(conn, True)
+            return
+        key = self.key
+
+        def ready(stream: Stream) -> None:
+            self.dial = None
+            stream.pause_reading()
+            s.attached(UpConn(stream, key), False)
+
+        def failed(reason: str) -> None:
+            self.dial = None
+            s.attach_failed(reason, key)
+
+        s.t_attempt = self.dp.reactor.now()
+        self.dial = self.dp.connect_local(ready, failed)
+
+    def cancel_acquire(self, s: Session) -> None:
+        """Abandon a dial in progress."""
+        if self.dial is not None:
+            self.dial.cancel()
+            self.dial = None
+
+    def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
+        """Nothing to learn: there is one local application."""
+
+    def try_retry(self) -> bool:
+        """Inbound never retries (the client sidecar does)."""
+        return False
+
+    def retry_finished(self) -> None:
+        """No retries inbound."""
+
+    def give_back(self, conn: UpConn) -> None:
+        """Keep a local connection for the next request."""
+        self.pool.put(conn)
+
+    def end(self, s: Session, code: int, duration_s: float) -> None:
+        """Count the request."""
+        self._count(s, code, duration_s)
+
+    def failure_reply(self, reason: str) -> bytes:
+        """The local application is unreachable: the client sidecar treats this as a connect failure."""
+        return reply(503, b"local application unreachable: " + reason.encode() + b"\n", ((LOCAL_FAILURE, b"1"),))
+
+
+class _Waiter:
+    __slots__ = ("ep", "session")
+
+    def __init__(self, session: Session, ep: Endpoint) -> None:
+        self.session = session
+        self.ep = ep
+
+
+class _UpstreamPool:
+    """The idle connections of one upstream, and the requests waiting for a connection slot."""
+
+    def __init__(self, dp: DataPlane, us: UpstreamState) -> None:
+        self.dp = dp
+        self.us = us
+        self.pool = Pool(dp.reactor)
+        self.pool.on_idle = self._offer
+        self.waiters: deque[_Waiter] = deque()
+
+    def _offer(self, conn: UpConn) -> bool:
+        while self.waiters:
+            w = self.waiters.popleft()
+            s = w.session
+            if not s.busy or s.down.closed or s.conn is not None:
+                continue
+            self.us.breakers.release_pending()
+            if conn.key != w.ep:  # the balancer picked another endpoint: account the attempt to this one
+                self.us.balancer.finished(w.ep, 0.0, True, self.dp.reactor.now())
+                assert isinstance(conn.key, Endpoint)
+                self.us.balancer.started(conn.key)
+            s.t_attempt = self.dp.reactor.now()
+            s.attached(conn, True)
+            return True
+        return False
+
+    def released(self) -> None:
+        """A connection slot came free: dial for the first waiter."""
+        while self.waiters:
+            w = self.waiters.popleft()
+            s = w.session
+            if not s.busy or s.down.closed or s.conn is not None:
+                continue
+            route = s.route
+            assert isinstance(route, OutboundL7)
+            if self.us.breakers.acquire_connection():
+                self.us.breakers.release_pending()
+                route._dial(s, w.ep, self)
+            else:
+                self.waiters.appendleft(w)
+            return
+
+    def forget(self, s: Session) -> None:
+        """Drop `s` from the waiters (it gave up)."""
+        for w in self.waiters:
+            if w.session is s:
+                self.waiters.remove(w)
+                self.us.breakers.release_pending()
+                return
+
+
+class OutboundL7(_Base):
+    """Requests from the local application to one upstream, each balanced, guarded and retried."""
+
+    direction = "outbound"
+
+    def __init__(self, dp: DataPlane, upstream_name: str) -> None:
+        super().__init__(dp, upstream_name)
+        self.name = upstream_name
+        self.us: UpstreamState | None = dp.upstream(upstream_name)
+        cfg = self.us.config if self.us is not None else None
+        self.retries = cfg.retries if cfg is not None else NO_RETRIES
+        self.timeout_s = cfg.request_timeout_ms / 1000.0 if cfg is not None else 0.0
+        self.hash_key: int | None = None
+        self.dial: Cancel | None = None
+        self.peer_ip = ""
+        snap = dp.snapshot
+        self.source = snap.service if snap is not None else ""
+
+    def handle(self, stream: Stream) -> None:
+        """Serve HTTP/1.1 requests from the local application on this upstream's listener."""
+        self.metrics.connection_opened("outbound", self.name)
+        self.peer_ip = _peer_ip(stream)
+        Session(self.dp.reactor, self, stream)
+        stream.resume_reading()
+
+    def _pools(self, us: UpstreamState) -> _UpstreamPool:
+        found = _upstream_pools.get(us)
+        if found is None:
+            found = _upstream_pools[us] = _UpstreamPool(self.dp, us)
+        return found
+
+    def begin(self, s: Session, head: Head) -> bytes | None:
+        """The request breaker, and the hash key for ring_hash/maglev."""
+        us = self.dp.upstream(self.name)
+        if us is None:
+            return reply(503, b"no such upstream\n")
+        self.us = us
+        cfg = us.config
+        self.retries = cfg.retries
+        self.timeout_s = cfg.request_timeout_ms / 1000.0
+        if not us.breakers.acquire_request():
+            return self._trip("max_concurrent_requests")
+        us.budget.request_started()
+        lb = cfg.load_balancer
+        self.hash_key = None
+        if lb.hash_policies and lb.policy in ("ring_hash", "maglev"):
+            from .balancer import hash_key
+            q = head.target.find(b"?")
+            query = head.target[q + 1:].decode("latin-1") if q >= 0 else None
+            self.hash_key = hash_key(lb.hash_policies, head.headers, None, query, self.peer_ip)
+        return None
+
+    def _trip(self, limit: str) -> bytes:
+        self.metrics.breaker_trip(self.name, limit)
+        return reply(503, b"upstream overflow: " + limit.encode() + b"\n", ((BREAKER_HEADER, limit.encode()),))
+
+    def acquire(self, s: Session) -> None:
+        """Pick an endpoint (another one than tried when there is one); an idle connection to it, a new
+        one within max_connections, or a wait within max_pending_requests."""
+        us = self.us
+        assert us is not None
+        ep = us.balancer.pick(self.hash_key, s.tried)
+        if ep is None and s.tried:
+            ep = us.balancer.pick(self.hash_key)
+        if ep is None:
+            s.attach_failed("no healthy endpoints", None, reply(503, b"no healthy upstream\n"))
+            return
+        s.tried.append(ep)
+        us.balancer.started(ep)
+        s.t_attempt = self.dp.reactor.now()
+        pools = self._pools(us)
+        conn = pools.pool.get(ep)
+        if conn is not None:
+            s.attached(conn, True)
+            return
+        if not us.breakers.acquire_pending():
+            us.balancer.finished(ep, 0.0, True, s.t_attempt)
+            s.attach_failed("breaker", None, self._trip("max_pending_requests"))
+            return
+        if not us.breakers.acquire_connection():
+            idle = pools.pool.take_any()
+            if idle is None:
+                pools.waiters.append(_Waiter(s, ep))  # until a connection goes idle or closes
+                return
+            idle.close()  # an idle connection to another endpoint makes room (its release frees the slot)
+            if not us.breakers.acquire_connection():
+                pools.waiters.append(_Waiter(s, ep))
+                return
+        us.breakers.release_pending()
+        self._dial(s, ep, pools)
+
+    def _dial(self, s: Session, ep: Endpoint, pools: _UpstreamPool) -> None:
+        us = pools.us
+        breakers = us.breakers
+
+        def release() -> None:
+            breakers.release_connection()
+            pools.released()
+
+        def ready(stream: Stream) -> None:
+            self.dial = None
+            stream.pause_reading()
+            s.attached(UpConn(stream, ep, release), False)
+
+        def failed(reason: str) -> None:
+            self.dial = None
+            release()
+            s.attach_failed(reason, ep)
+
+        s.t_attempt = self.dp.reactor.now()
+        self.dial = us.connect(ep, ready, failed)
+
+    def cancel_acquire(self, s: Session) -> None:
+        """Stop dialling or waiting."""
+        if self.dial is not None:
+            self.dial.cancel()  # the dial's release does not run: free the slot here
+            self.dial = None
+            if self.us is not None:
+                self.us.breakers.release_connection()
+                self._pools(self.us).released()
+        elif self.us is not None:
+            self._pools(self.us).forget(s)
+        if s.tried and self.us is not None and s.key is None:
+            ep = s.tried[-1]
+            assert isinstance(ep, Endpoint)
+            self.us.balancer.finished(ep, self.dp.reactor.now() - s.t_attempt, True, self.dp.reactor.now())
+
+    def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
+        """Feed the balancer (latency, success) and the outlier detector (5xx and gateway failures)."""
+        us = self.us
+        if us is None or not isinstance(key, Endpoint):
+            return
+        us.balancer.finished(key, latency_s, ok is not False, self.dp.reactor.now())
+        if ok is not None:
+            us.record(key, ok)
+
+    def try_retry(self) -> bool:
+        """Take a retry from the budget, or count an overflow."""
+        us = self.us
+        if us is not None and us.budget.try_retry():
+            self.metrics.retry(self.name)
+            return True
+        self.metrics.retry_overflow(self.name)
+        return False
+
+    def retry_finished(self) -> None:
+        """Give the retry back to the budget."""
+        if self.us is not None:
+            self.us.budget.retry_finished()
+
+    def give_back(self, conn: UpConn) -> None:
+        """Pool the connection (a waiting request takes it first)."""
+        if self.us is None:
+            conn.close()
+            return
+        self._pools(self.us).pool.put(conn)
+
+    def end(self, s: Session, code: int, duration_s: float) -> None:
+        """Release the request's breaker and budget slots; count it."""
+        if s.admitted and self.us is not None:
+            self.us.breakers.release_request()
+            self.us.budget.request_finished()
+        self._count(s, code, duration_s)
+
+    def failure_reply(self, reason: str) -> bytes:
+        """No endpoint could be reached."""
+        return reply(503, b"upstream connect error: " + reason.encode() + b"\n")

@@ -1,0 +1,465 @@
+"""L7 (HTTP/1.1) through HA's real DataPlane on loopback (127.0.15.0/24): a plain HTTP client → web's http
+upstream listener → mTLS → db's public listener (protocol http) → a threaded HTTP/1.1 application. Intentions
+per request, keep-alive and pooling, chunked both ways, breakers, retries, outlier ejection, timeouts."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from meshagent.proxy.dataplane import DataPlane
+from meshagent.proxy.metrics import ProxyMetrics
+from meshagent.proxy.reactor import Reactor
+from meshagent.proxy.snapshot import (
+    Endpoint,
+    IntentionRule,
+    Intentions,
+    Limits,
+    LoadBalancer,
+    PassiveHealth,
+    Permission,
+    ProxySnapshot,
+    Retries,
+    TLSMaterial,
+    Upstream,
+)
+
+from tests.support.mesh_certs import MeshCA
+from tests.support.ports import free_ports
+from tests.support.wait import wait_for
+
+HOST = "127.0.15.1"
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------- harness
+
+
+class Loop:
+    """A Reactor in a thread; `call(fn)` runs fn on the loop and returns its result."""
+
+    def __init__(self) -> None:
+        self.reactor = Reactor()
+        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["v"] = fn()
+            except BaseException as exc:
+                box["e"] = exc
+            done.set()
+
+        self.reactor.call_soon_threadsafe(run)
+        assert done.wait(timeout), "the reactor did not run the call"
+        if "e" in box:
+            raise box["e"]
+        return box["v"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.reactor.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.reactor.close()
+
+
+class App:
+    """A threaded HTTP/1.1 keep-alive application: / , /admin, /slow?ms=N, /status/N, POST /echo (answers
+    the body chunked), and `fail` (every answer 500). Counts connections and requests."""
+
+    def __init__(self, name: str, host: str = HOST) -> None:
+        app = self
+        self.name = name
+        self.fail = False
+        self.connections = 0
+        self.served = 0
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with app.lock:
+                    app.connections += 1
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                with app.lock:
+                    app.served += 1
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if app.fail:
+                    self._send(500, b"failing\n")
+                elif url.path == "/slow":
+                    time.sleep(int(parse_qs(url.query).get("ms", ["100"])[0]) / 1000)  # the app is slow
+                    self._send(200, f"{app.name} slow\n".encode())
+                elif url.path.startswith("/status/"):
+                    self._send(int(url.path[8:]), f"{app.name} status\n".encode())
+                elif url.path.startswith("/admin"):
+                    self._send(200, f"admin {app.name}\n".encode())
+                else:
+                    self._send(200, f"{app.name}\n".encode(), {"x-path": self.path})
+
+            def do_POST(self) -> None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b""):
+                                pass
+                            break
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    body = b"".join(parts)
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(body), 7000):
+                    piece = body[i:i + 7000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\nx-trailer: yes\r\n\r\n")
+                with app.lock:
+                    app.served += 1
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def material(ca: MeshCA, service: str) -> TLSMaterial:
+    leaf = ca.leaf(service)
+    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
+
+
+ADMIN_DENIED = Intentions(default_allow=False, rules=(IntentionRule(
+    source="web", action=None, name="web => db",
+    permissions=(Permission(action="deny", path_prefix="/admin"), Permission(action="allow", path_prefix="/"))),))
+
+
+class Mesh:
+    """N db sidecars (protocol http) each in front of its own App, and web's sidecar with an http upstream."""
+
+    def __init__(self, loop: Loop, ca: MeshCA, n: int = 1, intentions: Intentions = ADMIN_DENIED,
+                 **upstream: Any) -> None:
+        self.loop = loop
+        self.ca = ca
+        self.apps = [App(f"db-{i}") for i in range(n)]
+        ports = free_ports(n + 1, HOST)
+        self.bind_port = ports[0]
+        self.servers: list[DataPlane] = []
+        self.server_metrics = [ProxyMetrics("db", "dc1") for _ in range(n)]
+        self.endpoints = tuple(Endpoint(HOST, p, service_id=f"db-{i}") for i, p in enumerate(ports[1:]))
+        for i, app in enumerate(self.apps):
+            dp = loop.call(lambda i=i: DataPlane(loop.reactor, self.server_metrics[i]))
+            snap = ProxySnapshot(proxy_id=f"db-{i}-sidecar-proxy", service="db", datacenter="dc1",
+                                 tls=material(ca, "db"), public_address=HOST, public_port=ports[i + 1],
+                                 local_service_address=HOST, local_service_port=app.port, protocol="http",
+                                 intentions=intentions, local_connect_timeout_ms=1000)
+            assert loop.call(lambda dp=dp, snap=snap: dp.apply(snap)) == []
+            self.servers.append(dp)
+        self.client_metrics = ProxyMetrics("web", "dc1")
+        self.client = loop.call(lambda: DataPlane(loop.reactor, self.client_metrics))
+        self.upstream = Upstream(destination_name="db", local_bind_address=HOST, local_bind_port=self.bind_port,
+                                 protocol="http", endpoints=self.endpoints, connect_timeout_ms=1000, **upstream)
+        self.apply_client(self.upstream)
+
+    def apply_client(self, up: Upstream) -> None:
+        self.upstream = up
+        snap = ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
+                             tls=material(self.ca, "web"), public_address=HOST, public_port=21000,
+                             local_service_port=0, upstreams=(up,))
+        assert self.loop.call(lambda: self.client.apply(snap)) == []
+
+    def conn(self, timeout: float = 20.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.bind_port, timeout=timeout)
+
+    def get(self, path: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes, dict[str, str]]:
+        c = conn or self.conn()
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
+        finally:
+            if conn is None:
+                c.close()
+
+    def kill_server(self, i: int) -> None:
+        self.loop.call(self.servers[i].close)
+        self.apps[i].close()
+
+    def close(self) -> None:
+        self.loop.call(self.client.close)
+        for dp in self.servers:
+            self.loop.call(dp.close)
+        for app in self.apps:
+            app.close()
+
+
+def counter(metrics: ProxyMetrics, name: str) -> int:
+    return sum(int(v) for _labels, v in metrics.to_wire()["counter"].get(name, []))
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    return MeshCA()
+
+
+@pytest.fixture
+def make_mesh(loop: Loop, ca: MeshCA) -> Iterator[Callable[..., Mesh]]:
+    made: list[Mesh] = []
+
+    def make(n: int = 1, **kw: Any) -> Mesh:
+        m = Mesh(loop, ca, n, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_l7_intention_denies_admin_with_403_and_allows_root_on_one_keep_alive_connection(
+        make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    c = mesh.conn()
+    status, body, headers = mesh.get("/", c)
+    assert (status, body) == (200, b"db-0\n")
+    status, body, headers = mesh.get("/admin/users", c)
+    assert status == 403
+    assert headers["x-meshagent-denied-by"] == "web => db"
+    for path in ("//admin", "/x/../admin", "/%61dmin"):  # spellings of /admin are /admin
+        assert mesh.get(path, c)[0] == 403, path
+    assert mesh.get("/a%2fadmin", c)[0] == 400
+    status, body, headers = mesh.get("/ok?x=1", c)  # the connection survived every refusal
+    assert (status, headers["x-path"]) == (200, "/ok?x=1")
+    c.close()
+    assert counter(mesh.server_metrics[0], "authorization_denials_total") == 4
+    assert mesh.apps[0].served == 2
+
+
+def test_default_deny_without_intention_names_default(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(intentions=Intentions(default_allow=False))
+    status, _, headers = mesh.get("/")
+    assert status == 403 and headers["x-meshagent-denied-by"] == "default"
+
+
+def test_keep_alive_requests_share_one_connection_per_hop(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    c = mesh.conn()
+    for i in range(20):
+        status, body, _ = mesh.get(f"/n{i}", c)
+        assert (status, body) == (200, b"db-0\n")
+    c.close()
+    for _ in range(5):  # new client connections reuse the pooled upstream and local connections
+        assert mesh.get("/")[0] == 200
+    assert mesh.apps[0].connections == 1
+    assert mesh.apps[0].served == 25
+
+
+def test_chunked_request_and_chunked_response_with_trailers(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    payload = bytes(range(256)) * 1200  # 300 KiB: beyond the retry buffer, streamed
+    c = mesh.conn()
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(payload), 10000):
+            yield payload[i:i + 10000]
+
+    c.request("POST", "/echo", body=pieces(), encode_chunked=True,
+              headers={"Transfer-Encoding": "chunked"})
+    r = c.getresponse()
+    assert r.status == 200 and r.getheader("Transfer-Encoding") == "chunked"
+    assert r.read() == payload
+    c.request("POST", "/echo", body=b"small body")  # Content-Length in, chunked out, same connection
+    r = c.getresponse()
+    assert r.read() == b"small body"
+    c.close()
+
+
+def test_pipelined_requests_are_answered_in_order(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+    with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+        s.sendall(reqs + b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 6
+    order = [line for line in data.split(b"\r\n") if line.lower().startswith(b"x-path")]
+    assert order == [b"x-path: /p%d" % i for i in range(5)] + [b"x-path: /last"]
+
+
+def test_hostile_heads_are_refused_and_closed(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    for raw, code in ((b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                       b"400"), (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 101 + b"\r\n", b"431"),
+                      (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000, b"431")):
+        with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+            s.sendall(raw)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 " + code), data[:100]
+    assert mesh.apps[0].served == 0
+
+
+def test_circuit_breaker_max_concurrent_requests(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(limits=Limits(max_concurrent_requests=10))
+
+    def one(_: int) -> tuple[int, str | None, float]:
+        t0 = time.monotonic()
+        status, _, headers = mesh.get("/slow?ms=1500")
+        return status, headers.get("x-meshagent-circuit-breaker"), time.monotonic() - t0
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(ok) == 10 and len(refused) == 40
+    assert all(r[1] == "max_concurrent_requests" for r in refused)
+    assert max(r[2] for r in refused) < 1.4  # refused at once, not after the slow ones
+    assert counter(mesh.client_metrics, "circuit_breaker_trips_total") == 40
+
+
+def start_worker(tmp_path: Path, snap: ProxySnapshot) -> subprocess.Popen[bytes]:
+    """db's sidecar as its own worker process (so that a kill -9 takes every socket of it down)."""
+    path = tmp_path / f"{snap.proxy_id}.json"
+    path.write_text(json.dumps(snap.to_wire()))
+    proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--snapshot", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        with socket.create_connection((HOST, snap.public_port), timeout=2):
+            return True
+    wait_for(listening, what="the worker's public listener", fatal=AssertionError)
+    return proc
+
+
+def test_retries_hide_a_killed_endpoint(make_mesh: Callable[..., Mesh], ca: MeshCA, tmp_path: Path) -> None:
+    mesh = make_mesh(1, retries=Retries(num_retries=2, retry_on_connect_failure=True),
+                     load_balancer=LoadBalancer(policy="round_robin"))
+    app = App("db-1")
+    port = free_ports(1, HOST)[0]
+    snap = ProxySnapshot(proxy_id="db-1-sidecar-proxy", service="db", datacenter="dc1", tls=material(ca, "db"),
+                         public_address=HOST, public_port=port, local_service_address=HOST,
+                         local_service_port=app.port, protocol="http", intentions=ADMIN_DENIED)
+    proc = start_worker(tmp_path, snap)
+    try:
+        mesh.apply_client(replace(mesh.upstream, endpoints=(*mesh.endpoints, Endpoint(HOST, port))))
+        conns = [mesh.conn() for _ in range(4)]  # keep-alive clients: pooled connections to both endpoints
+        assert {mesh.get("/", c)[1] for c in conns for _ in range(3)} == {b"db-0\n", b"db-1\n"}
+        proc.kill()  # kill -9: every connection of db-1's sidecar is reset by the kernel
+        proc.wait(10)
+        results = [mesh.get("/", conns[i % 4]) for i in range(40)]
+        assert [(s, b) for s, b, _ in results] == [(200, b"db-0\n")] * 40
+        for c in conns:
+            c.close()
+        assert counter(mesh.client_metrics, "retries_total") >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        app.close()
+
+
+def test_without_retries_a_dead_endpoint_is_a_503(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(1)
+    mesh.kill_server(0)
+    assert mesh.get("/")[0] == 503
+
+
+def test_local_app_down_is_503_marked_and_retried_elsewhere(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(2, retries=Retries(num_retries=1))
+    mesh.apps[1].close()  # db-1's sidecar is up, its application is not
+    results = [mesh.get("/") for _ in range(20)]
+    assert all(status == 200 and body == b"db-0\n" for status, body, _ in results)
+    direct = make_mesh(1)
+    direct.apps[0].close()
+    status, _, headers = direct.get("/")
+    assert status == 503 and headers["x-meshagent-local-connect-failure"] == "1"
+
+
+def test_retry_on_status_codes(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(2, retries=Retries(num_retries=1, retry_on_status_codes=(500,)))
+    mesh.apps[1].fail = True
+    results = [mesh.get("/") for _ in range(20)]
+    assert all(status == 200 for status, _, _ in results)
+
+
+def test_outlier_ejection_after_five_consecutive_500s(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(2, passive_health=PassiveHealth(max_failures=5, base_ejection_time_s=30.0,
+                                                     max_ejection_percent=50),
+                     load_balancer=LoadBalancer(policy="round_robin"))
+    mesh.apps[1].fail = True
+    codes = [mesh.get("/")[0] for _ in range(40)]
+    assert codes.count(500) == 5  # the fifth consecutive 500 ejects db-1
+    assert counter(mesh.client_metrics, "ejections_total") == 1
+    assert codes[-20:] == [200] * 20
+
+
+def test_request_timeout_is_504(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(request_timeout_ms=300)
+    t0 = time.monotonic()
+    status, _, _ = mesh.get("/slow?ms=3000")
+    assert status == 504 and time.monotonic() - t0 < 2.5
+    assert mesh.get("/")[0] == 200
+
+
+def test_snapshot_swap_applies_l7_rules_to_the_next_request_on_an_open_connection(
+        make_mesh: Callable[..., Mesh], loop: Loop, ca: MeshCA) -> None:
+    mesh = make_mesh(intentions=Intentions(default_allow=True))
+    c = mesh.conn()
+    assert mesh.get("/admin", c)[0] == 200
+    dp = mesh.servers[0]
+    snap = loop.call(lambda: dp.snapshot)
+    assert loop.call(lambda: dp.apply(replace(snap, intentions=ADMIN_DENIED, version=2))) == []
+    assert mesh.get("/admin", c)[0] == 403
+    assert mesh.get("/", c)[0] == 200
+    c.close()
+    wait_for(lambda: True)
