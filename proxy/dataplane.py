@@ -346,10 +346,15 @@ class DataPlane:
             sock.close()
 
 
+_L7: list[Any] = []  # HB's module, imported once on first use (lazily: proxy.l7 imports this module)
+
+
 def _l7() -> Any:
     """HB's proxy.l7 module, or None while it does not exist yet (then L4 serves http too)."""
-    try:
-        from . import l7  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # pragma: no cover - development only
-        return None
-    return l7
+    if not _L7:
+        try:
+            from . import l7  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:  # pragma: no cover - development only
+            l7 = None
+        _L7.append(l7)
+    return _L7[0]

@@ -90,6 +90,10 @@ class EchoServer:
             conn.close()
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread: close alone does not
+        except OSError:
+            pass
         self.sock.close()
 
 
@@ -327,3 +331,58 @@ def test_static_snapshot_round_trips_through_the_wire(mesh: Mesh, ca: MeshCA) ->
     snap = ProxySnapshot.from_wire(client_snapshot(ca, mesh.bind_port, (mesh.endpoint,)).to_wire())
     assert mesh.apply_client(replace(snap, version=7)) == []
     assert roundtrip(mesh.bind_port, b"static") == b"static"
+
+
+def test_hostile_clients_on_the_public_listener_are_refused_and_counted(mesh: Mesh, ca: MeshCA,
+                                                                      tmp_path: Any) -> None:
+    import ssl
+    with socket.create_connection((HOST, mesh.public_port), timeout=10) as sock:  # not TLS at all
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            while sock.recv(100):  # an alert at most, then the close
+                pass
+        except ConnectionError:
+            pass
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS without a client certificate
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca.root_pem)
+    with socket.create_connection((HOST, mesh.public_port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(b"hi")
+                assert tls.recv(10) == b""
+        except (ssl.SSLError, ConnectionError):
+            pass
+    wait_for(lambda: counter(mesh.server_metrics, "tls_handshake_failures_total") == 2, 10,
+             what="both counted", report=lambda: repr(mesh.server_metrics.to_wire()["counter"]))
+    assert mesh.app.accepted == 0
+
+
+def test_root_rotation_new_leaves_reach_old_ones(mesh: Mesh, ca: MeshCA) -> None:
+    """Mid-rotation: db still has the old root's leaf, web already the new one; both trust both roots."""
+    new_ca = MeshCA(ca.trust_domain)
+    both = (ca.root_pem, new_ca.root_pem)
+    server_tls = replace(material(ca, "db"), roots_pem=both)
+    assert mesh.apply_server(server_snapshot(ca, mesh.public_port, mesh.app.port, tls=server_tls)) == []
+    open_conn = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+    open_conn.sendall(b"before")
+    assert open_conn.recv(10) == b"before"
+    client_tls = replace(material(new_ca, "web"), roots_pem=both)
+    assert mesh.apply_client(client_snapshot(ca, mesh.bind_port, (mesh.endpoint,), tls=client_tls)) == []
+    assert roundtrip(mesh.bind_port, b"after") == b"after"
+    open_conn.sendall(b"still")
+    assert open_conn.recv(10) == b"still"
+    open_conn.close()
+
+
+def test_local_application_down_closes_the_mesh_client(mesh: Mesh) -> None:
+    mesh.app.close()
+    assert roundtrip(mesh.bind_port, b"x") == b""
+    assert mesh.loop.reactor.errors == 0
+
+
+def test_bad_tls_material_keeps_the_previous_and_reports(mesh: Mesh, ca: MeshCA) -> None:
+    bad = replace(material(ca, "web"), key_pem="-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    errors = mesh.apply_client(client_snapshot(ca, mesh.bind_port, (mesh.endpoint,), tls=bad))
+    assert len(errors) == 1 and "key_pem" in errors[0]
+    assert roundtrip(mesh.bind_port, b"still served") == b"still served"
