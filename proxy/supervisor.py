@@ -182,15 +182,14 @@ class ProxySupervisor:
             if slot.retired:
                 log.info("proxy %s: worker %d retired (%s)", self.name, slot.index, reason)
                 return
-            if trio.current_time() - started >= RESET_AFTER_S:
-                backoff = BACKOFF_MIN_S
+            backoff = next_backoff(backoff, trio.current_time() - started)
             slot.last_exit = reason
             slot.restarts += 1
             self.restarts += 1
             log.warning("proxy %s: worker %d died (%s); restarting in %.1fs", self.name, slot.index, reason,
                         backoff)
             await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)  # for the next death, unless this one lives long
 
     async def _run_worker(self, slot: _Slot) -> str:
         """Run one worker process in `slot` until it dies or the slot is retired; why it ended."""
@@ -349,6 +348,12 @@ class ProxySupervisor:
             except* (OSError, ValueError) as group:
                 self.metrics_error = f"{bind}: {group.exceptions[0]}"
                 log.error("proxy %s: metrics listener %s", self.name, self.metrics_error)
+
+
+def next_backoff(backoff: float, alive_s: float) -> float:
+    """The wait before restarting a worker that lived `alive_s` seconds, given the current backoff: back to
+    the minimum after a long life, else unchanged (the caller doubles it after waiting)."""
+    return BACKOFF_MIN_S if alive_s >= RESET_AFTER_S else backoff
 
 
 def _describe(code: int | None) -> str:

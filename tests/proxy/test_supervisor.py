@@ -22,7 +22,7 @@ import pytest
 import trio
 from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.snapshot import ProxySnapshot, TLSMaterial
-from meshagent.proxy.supervisor import ProxySupervisor
+from meshagent.proxy.supervisor import BACKOFF_MAX_S, BACKOFF_MIN_S, ProxySupervisor, next_backoff
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.ports import free_ports
@@ -132,6 +132,7 @@ def test_snapshots_reach_every_worker_and_metrics_merge_across_them() -> None:
     assert pids and not any(alive(p) for p in pids)
 
 
+@pytest.mark.slow  # several worker processes, restarts with real backoff
 def test_a_killed_worker_is_restarted_with_the_current_snapshot_and_counters_never_go_back() -> None:
     async def body(sup: ProxySupervisor, _: trio.Nursery) -> None:
         from meshagent.proxy.metrics import render_prometheus
@@ -156,6 +157,7 @@ def test_a_killed_worker_is_restarted_with_the_current_snapshot_and_counters_nev
     run(body)
 
 
+@pytest.mark.slow  # several worker processes, restarts with real backoff
 def test_cancelling_the_supervisor_leaves_no_worker_process() -> None:
     async def body(sup: ProxySupervisor, _: trio.Nursery) -> None:
         sup.update(snapshot(1, workers=3))
@@ -230,6 +232,7 @@ def real_snapshot(tmp: Path, version: int, workers: int, metrics_port: int = 0) 
                          version=version, metrics_bind=f"{HOST}:{metrics_port}" if metrics_port else "")
 
 
+@pytest.mark.slow  # several worker processes, restarts with real backoff
 def test_real_workers_share_the_public_listener_and_survive_a_kill(tmp_path: Path) -> None:
     snap = real_snapshot(tmp_path, 1, workers=2)
 
@@ -275,3 +278,62 @@ def test_a_static_worker_serves_its_metrics(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------- workers that fail
+
+
+def test_backoff_doubles_to_the_cap_and_resets_after_a_long_life() -> None:
+    waits, backoff = [], BACKOFF_MIN_S
+    for alive_s in (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 61.0, 0.0):
+        backoff = next_backoff(backoff, alive_s)
+        waits.append(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX_S)
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 0.1, 0.2]
+
+
+def fake_python(tmp: Path, script: str) -> str:
+    """An executable the supervisor runs as `python -m meshagent.proxy.worker --control-fd N` (a Python
+    script: sys.argv[4] is N)."""
+    path = tmp / "fake-python"
+    path.write_text(f"#!{sys.executable}\nimport os, sys, time\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.slow  # several worker processes, restarts with real backoff
+def test_a_worker_that_cannot_start_is_retried_with_backoff(tmp_path: Path) -> None:
+    python = fake_python(tmp_path, "sys.exit(3)\n")
+
+    async def main() -> None:
+        sup = ProxySupervisor("web-sidecar-proxy", python=python)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            sup.update(snapshot(1, workers=1))
+            # A death is counted when seen, then the slot waits 0.1, 0.2, 0.4, 0.8 s before the next start.
+            await until(lambda: sup.status()["restarts"] >= 4, "four deaths")
+            t0 = trio.current_time()
+            await until(lambda: sup.status()["restarts"] >= 5, "a fifth death")
+            assert trio.current_time() - t0 >= 0.6  # backing off (0.8 s), not spinning
+            assert sup.status()["workers"][0]["last_exit"].endswith("; exited with code 3")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+@pytest.mark.slow  # several worker processes, restarts with real backoff
+def test_a_worker_speaking_garbage_is_cut_off_terminated_and_replaced(tmp_path: Path) -> None:
+    python = fake_python(tmp_path, "os.write(int(sys.argv[4]), b'\\xff' * 4)\ntime.sleep(60)\n")
+
+    async def main() -> None:
+        sup = ProxySupervisor("web-sidecar-proxy", python=python)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            sup.update(snapshot(1, workers=1))
+            await until(lambda: sup.status()["restarts"] >= 1, "the garbage worker replaced")
+            last_exit = sup.status()["workers"][0]["last_exit"]
+            assert last_exit.startswith("bad control frame") and "SIGTERM" in last_exit, last_exit
+            nursery.cancel_scope.cancel()
+        assert sup.worker_pids() == []
+
+    trio.run(main)
