@@ -352,9 +352,10 @@ _L7: list[Any] = []  # HB's module, imported once on first use (lazily: proxy.l7
 def _l7() -> Any:
     """HB's proxy.l7 module, or None while it does not exist yet (then L4 serves http too)."""
     if not _L7:
+        mod: Any
         try:
-            from . import l7  # type: ignore[attr-defined,unused-ignore]
+            from . import l7 as mod  # type: ignore[attr-defined,unused-ignore]
         except ImportError:  # pragma: no cover - development only
-            l7 = None
-        _L7.append(l7)
+            mod = None
+        _L7.append(mod)
     return _L7[0]
