@@ -289,11 +289,12 @@ def app_alone(results: dict[str, dict[str, list[Run]]], impls: tuple[str, ...], 
     direct = med(results["direct"]["direct"], "rate")
     app_cpu = med(results["direct"]["direct"], "cpu_per_request_us")
     pair_cpu = min(med(results["l4"][impl], "cpu_per_request_us") for impl in impls)
-    # On two cores wrk, both sides and the app share the CPU: what shows the app is not what limits a pair is
-    # its CPU per request against the pair's, beside its rate alone.
+    # On two shared cores wrk, both sides and the app compete for the CPU, and the app's rate alone swings with
+    # the machine's load: what shows the app is not what limits a pair is its CPU per request against the pair's.
     print(f"app alone (haproxy, -c{connections}): {direct:,.0f} req/s = {direct / fastest:.1f}x the fastest "
           f"pair's L4 rate; app CPU per request {app_cpu:.1f} us = {app_cpu / pair_cpu:.2f}x the cheapest pair's"
-          + ("" if direct >= 2 * fastest else "  (WARNING: under 2x the pair's rate: the app may be the bottleneck)"))
+          + ("  (WARNING: the app costs half a pair or more: it may be what limits them)"
+             if app_cpu >= 0.5 * pair_cpu else ""))
 
 
 def main() -> None:
