@@ -76,39 +76,36 @@ async def serve_trio(bind: str, render: Callable[[], Awaitable[str]], task_statu
     limiter = trio.CapacityLimiter(MAX_CLIENTS)
 
     async def handle(stream: trio.SocketStream) -> None:
-        async with limiter, stream:
-            buf = b""
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                while not head_complete(buf) and len(buf) < MAX_HEAD:
-                    chunk = await stream.receive_some(MAX_HEAD)
-                    if not chunk:
-                        return
-                    buf += chunk
-            if not head_complete(buf):
-                return
-            status, reason = route(buf)
-            if status == 200:
-                text = await render()
-                data = response(200, "OK", text.encode(), head_only=buf.startswith(b"HEAD "))
-            else:
-                data = response(status, reason, f"{reason}\n".encode())
-            with trio.move_on_after(HEAD_TIMEOUT_S), _quiet():
-                await stream.send_all(data)
+        try:
+            async with limiter, stream:
+                await _answer(stream)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the scraper went away: its problem, not ours
+        except Exception:  # a bug answering one scrape must not take the supervisor down
+            log.exception("metrics listener %s: answering a request failed", bind)
+
+    async def _answer(stream: trio.SocketStream) -> None:
+        buf = b""
+        with trio.move_on_after(HEAD_TIMEOUT_S):
+            while not head_complete(buf) and len(buf) < MAX_HEAD:
+                chunk = await stream.receive_some(MAX_HEAD)
+                if not chunk:
+                    return
+                buf += chunk
+        if not head_complete(buf):
+            return
+        status, reason = route(buf)
+        if status == 200:
+            text = await render()
+            data = response(200, "OK", text.encode(), head_only=buf.startswith(b"HEAD "))
+        else:
+            data = response(status, reason, f"{reason}\n".encode())
+        with trio.move_on_after(HEAD_TIMEOUT_S):
+            await stream.send_all(data)
 
     if task_status is not None:
         task_status.started(bound)
     await trio.serve_listeners(handle, listeners)
-
-
-class _quiet:
-    """Swallow a peer's reset while answering: its problem, not ours."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        import trio
-        return isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 # ---------------------------------------------------------------------- reactor (a static worker)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -205,6 +206,12 @@ def test_the_per_proxy_metrics_listener_serves_prometheus_text() -> None:
         assert head.startswith(b"HTTP/1.1 200") and b"version=0.0.4" in head
         assert requests(body_bytes.decode()) == 2
         assert (await get("/other")).startswith(b"HTTP/1.1 404")
+        rude = trio.socket.socket()  # half a request, then a reset: the listener shrugs
+        await rude.connect((HOST, port))
+        await rude.send(b"GET /met")
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()
+        assert (await get("/metrics")).startswith(b"HTTP/1.1 200")
         taken = socket.socket()
         taken.bind((HOST, 0))
         try:  # a bind that fails is reported, not fatal
