@@ -183,10 +183,17 @@ class _UpstreamPool:
 
     def __init__(self, dp: DataPlane, us: UpstreamState) -> None:
         self.dp = dp
-        self.us = us
+        self._us = weakref.ref(us)  # the map's value must not keep its key alive
         self.pool = Pool(dp.reactor)
         self.pool.on_idle = self._offer
         self.waiters: deque[_Waiter] = deque()
+
+    @property
+    def us(self) -> UpstreamState:
+        """The upstream state this pool belongs to."""
+        us = self._us()
+        assert us is not None  # callers hold it
+        return us
 
     def _offer(self, conn: UpConn) -> bool:
         while self.waiters:
@@ -195,10 +202,12 @@ class _UpstreamPool:
             if not s.busy or s.down.closed or s.conn is not None:
                 continue
             self.us.breakers.release_pending()
+            route = s.route
+            assert isinstance(route, OutboundL7) and isinstance(conn.key, Endpoint)
             if conn.key != w.ep:  # the balancer picked another endpoint: account the attempt to this one
                 self.us.balancer.finished(w.ep, 0.0, True, self.dp.reactor.now())
-                assert isinstance(conn.key, Endpoint)
                 self.us.balancer.started(conn.key)
+                route.picked = conn.key
             s.t_attempt = self.dp.reactor.now()
             s.attached(conn, True)
             return True
@@ -243,6 +252,7 @@ class OutboundL7(_Base):
         self.timeout_s = cfg.request_timeout_ms / 1000.0 if cfg is not None else 0.0
         self.hash_key: int | None = None
         self.dial: Cancel | None = None
+        self.picked: Endpoint | None = None  # the endpoint of the attempt in progress (balancer started)
         self.peer_ip = ""
         snap = dp.snapshot
         self.source = snap.service if snap is not None else ""
@@ -298,6 +308,7 @@ class OutboundL7(_Base):
             return
         s.tried.append(ep)
         us.balancer.started(ep)
+        self.picked = ep
         s.t_attempt = self.dp.reactor.now()
         pools = self._pools(us)
         conn = pools.pool.get(ep)
@@ -305,6 +316,7 @@ class OutboundL7(_Base):
             s.attached(conn, True)
             return
         if not us.breakers.acquire_pending():
+            self.picked = None
             us.balancer.finished(ep, 0.0, True, s.t_attempt)
             s.attach_failed("breaker", None, self._trip("max_pending_requests"))
             return
@@ -342,28 +354,29 @@ class OutboundL7(_Base):
         self.dial = us.connect(ep, ready, failed)
 
     def cancel_acquire(self, s: Session) -> None:
-        """Stop dialling or waiting."""
+        """Stop dialling or waiting; an attempt in progress ends without a verdict."""
+        us = self.us
+        if us is None:
+            return
         if self.dial is not None:
             self.dial.cancel()  # the dial's release does not run: free the slot here
             self.dial = None
-            if self.us is not None:
-                self.us.breakers.release_connection()
-                self._pools(self.us).released()
-        elif self.us is not None:
-            self._pools(self.us).forget(s)
-        if s.tried and self.us is not None and s.key is None:
-            ep = s.tried[-1]
-            assert isinstance(ep, Endpoint)
-            self.us.balancer.finished(ep, self.dp.reactor.now() - s.t_attempt, True, self.dp.reactor.now())
+            us.breakers.release_connection()
+            self._pools(us).released()
+        else:
+            self._pools(us).forget(s)
+        self.attempt_done(s, self.picked, self.dp.reactor.now() - s.t_attempt, None)
 
     def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
         """Feed the balancer (latency, success) and the outlier detector (5xx and gateway failures)."""
         us = self.us
-        if us is None or not isinstance(key, Endpoint):
-            return
-        us.balancer.finished(key, latency_s, ok is not False, self.dp.reactor.now())
+        ep = self.picked
+        if us is None or ep is None or key != ep:
+            return  # this attempt was already accounted
+        self.picked = None
+        us.balancer.finished(ep, latency_s, ok is not False, self.dp.reactor.now())
         if ok is not None:
-            us.record(key, ok)
+            us.record(ep, ok)
 
     def try_retry(self) -> bool:
         """Take a retry from the budget, or count an overflow."""

@@ -60,10 +60,11 @@ class Route(Protocol):
         """Get an upstream connection: later (or at once) `s.attached(conn, reused)` or `s.attach_failed`."""
 
     def cancel_acquire(self, s: Session) -> None:
-        """The session no longer wants the connection it asked for."""
+        """The session no longer wants a connection (dial, wait or attempt): abandon it without a verdict."""
 
     def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
-        """One attempt on `key` ended (ok: not 5xx, no gateway failure; None: abandoned, no verdict)."""
+        """The attempt on `key` ended (ok: not 5xx, no gateway failure; None: abandoned, no verdict); a second
+        call for the same attempt is ignored."""
 
     def try_retry(self) -> bool:
         """Whether the retry budget allows one more retry now (counted by the route)."""
@@ -246,11 +247,9 @@ class Session:
             if self.conn is not None:
                 conn, self.conn = self.conn, None
                 conn.on_close = _nothing
-                if not self.got_up and self.key is not None:
-                    self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, None)
                 conn.close("client-gone")
-            else:
-                self.route.cancel_acquire(self)
+            self.route.cancel_acquire(self)
+            self._finish_retry()
             self._end(self.code or 499)
         self.route.closed(self, self.rx, self.tx)
 
@@ -428,7 +427,7 @@ class Session:
         self.timer = None
         if not self.busy:
             return
-        if self.conn is not None and not self.got_up:
+        if self.conn is not None and self.resp is None:
             self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, False)
         if self.sent_down:
             self._abort(504, "request timeout")
@@ -436,9 +435,8 @@ class Session:
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
-        if self.conn is None:
-            self.route.cancel_acquire(self)
         self._drop_conn()
+        self.route.cancel_acquire(self)
         self._finish_retry()
         self._refuse(reply(504, b"upstream request timeout\n"), 504)
 
@@ -494,9 +492,8 @@ class Session:
         self._refuse(reply(status, why + b"\n", close=close), status)
 
     def _bad_gateway(self, why: str) -> None:
-        key = self.key
-        if key is not None and self.conn is not None:
-            self.route.attempt_done(self, key, self.reactor.now() - self.t_attempt, False)
+        if self.key is not None:
+            self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, False)
         self._drop_conn()
         self._cancel_timers()
         self._finish_retry()

@@ -25,6 +25,7 @@ from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import (
     Endpoint,
+    HashPolicy,
     IntentionRule,
     Intentions,
     Limits,
@@ -126,6 +127,11 @@ class App:
                     self._send(200, f"admin {app.name}\n".encode())
                 else:
                     self._send(200, f"{app.name}\n".encode(), {"x-path": self.path})
+
+            def do_HEAD(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(app.name) + 1))
+                self.end_headers()
 
             def do_POST(self) -> None:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -463,3 +469,81 @@ def test_snapshot_swap_applies_l7_rules_to_the_next_request_on_an_open_connectio
     assert mesh.get("/", c)[0] == 200
     c.close()
     wait_for(lambda: True)
+
+
+def read_response(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """(head, body, rest) of one Content-Length response read from `sock`."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(buf) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        buf += chunk
+    return head, buf[:length], buf[length:]
+
+
+def test_expect_100_continue_and_head_requests_on_one_connection(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        assert buf.startswith(b"HTTP/1.1 100"), buf  # relayed from the application before any body
+        s.sendall(b"hello")
+        buf = buf.partition(b"\r\n\r\n")[2]
+        while not buf.endswith(b"0\r\nx-trailer: yes\r\n\r\n"):
+            buf += s.recv(65536)
+        assert b"5\r\nhello\r\n" in buf
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body, rest = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 5" in head
+        head, body, rest = read_response(s, body + rest)  # HEAD's answer had no body: the next is GET's
+        assert head.startswith(b"HTTP/1.1 200") and body == b"db-0\n" and rest == b""
+
+
+def test_ring_hash_on_a_header_is_sticky(make_mesh: Callable[..., Mesh]) -> None:
+    lb = LoadBalancer(policy="ring_hash", hash_policies=(HashPolicy(field="header", field_value="x-user"),))
+    mesh = make_mesh(3, load_balancer=lb)
+    seen: dict[str, set[bytes]] = {}
+    for user in ("ann", "bob", "cid", "dan", "eve", "fay"):
+        for _ in range(4):
+            c = mesh.conn()
+            c.request("GET", "/", headers={"x-user": user})
+            seen.setdefault(user, set()).add(c.getresponse().read())
+            c.close()
+    assert all(len(backends) == 1 for backends in seen.values()), seen
+    assert len(set().union(*seen.values())) > 1
+
+
+def test_max_pending_requests_trips_when_no_connection_is_free(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(limits=Limits(max_connections=2, max_pending_requests=3))
+
+    def one(_: int) -> tuple[int, str | None]:
+        status, _, headers = mesh.get("/slow?ms=1000")
+        return status, headers.get("x-meshagent-circuit-breaker")
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(ok) + len(refused) == 12
+    assert 2 <= len(ok) <= 5 and all(r[1] == "max_pending_requests" for r in refused), results
+    assert mesh.apps[0].connections <= 2
+
+
+def test_retry_budget_overflow_is_counted(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh(2, retries=Retries(num_retries=3, retry_on_status_codes=(500,), budget_percent=0.0,
+                                        budget_min_concurrent=0))
+    mesh.apps[0].fail = mesh.apps[1].fail = True
+    assert mesh.get("/")[0] == 500  # no retry allowed by the budget: the 500 is the answer
+    assert counter(mesh.client_metrics, "retry_budget_overflows_total") == 1
+    assert counter(mesh.client_metrics, "retries_total") == 0
