@@ -80,6 +80,7 @@ class ProxySupervisor:
         self._frame: bytes | None = None  # the snapshot message, encoded once for every worker
         self._frame_error: str | None = None
         self._slots: list[_Slot] = []
+        self._next_index = 0
         self._dead_totals: dict[str, Any] = {}
         self._changed = trio.Event()
         self.restarts = 0
@@ -160,7 +161,8 @@ class ProxySupervisor:
             slot.retired = True
             slot.wake.set()
         for _ in range(len(active), snap.workers):
-            slot = _Slot(index=len(self._slots))
+            slot = _Slot(index=self._next_index)
+            self._next_index += 1
             self._slots.append(slot)
             nursery.start_soon(self._slot_loop, slot)
         if snap.metrics_bind != self._metrics_bind:
@@ -181,7 +183,7 @@ class ProxySupervisor:
             reason = await self._run_worker(slot)
             if slot.retired:
                 log.info("proxy %s: worker %d retired (%s)", self.name, slot.index, reason)
-                return
+                break
             backoff = next_backoff(backoff, trio.current_time() - started)
             slot.last_exit = reason
             slot.restarts += 1
@@ -190,6 +192,7 @@ class ProxySupervisor:
                         backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)  # for the next death, unless this one lives long
+        self._slots.remove(slot)  # retired: its totals are in _dead_totals
 
     async def _run_worker(self, slot: _Slot) -> str:
         """Run one worker process in `slot` until it dies or the slot is retired; why it ended."""
