@@ -11,6 +11,7 @@ response is written downstream as it arrives once no retry can follow.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Hashable
 from typing import Protocol
 
@@ -26,9 +27,12 @@ KEEP_MAX = 64 * 1024  # request bytes kept for a retry; beyond this the request 
 PAUSE_AT = 256 * 1024  # a destination buffer above this pauses the source
 BYTES_FLUSH = 1 << 20
 LOCAL_FAILURE = b"x-meshagent-local-connect-failure"
+HEAD_TIMEOUT_S = 30.0  # a request head must be complete this long after its first byte (slowloris)
+IDLE_TIMEOUT_S = 300.0  # a downstream keep-alive connection with no request in flight
+SWEEP_EVERY_S = 5.0
 
 _rng = random.Random()
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 431:
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 408: b"Request Timeout", 431:
             b"Request Header Fields Too Large", 501: b"Not Implemented", 502: b"Bad Gateway",
             503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
 
@@ -121,6 +125,8 @@ class Session:
         self.retry_timer: Timer | None = None
         self.rx = self.tx = 0
         self.source_ip = ""
+        self.since = reactor.now()  # idle since, or the current head's first byte
+        _Sweeper.of(reactor).sessions.add(self)
         down.on_data = self._down_data
         down.on_eof = self._down_eof
         down.on_close = self._down_closed
@@ -131,6 +137,8 @@ class Session:
     def _down_data(self, data: bytes) -> None:
         self.rx += len(data)
         if not self.busy:
+            if not self.reader.pending:
+                self.since = self.reactor.now()
             self._parse(data)
         elif self.req_body.done:
             self.pending += data
@@ -242,6 +250,7 @@ class Session:
             self.conn.stream.resume_reading()
 
     def _down_closed(self, reason: str | None) -> None:
+        _Sweeper.of(self.reactor).sessions.discard(self)
         self._cancel_timers()
         if self.busy:
             if self.conn is not None:
@@ -538,6 +547,7 @@ class Session:
         self.req = None
         self.resp = None
         self.buf = []
+        self.since = self.reactor.now()
         if self.client_eof:
             self.down.shutdown_write()
             return
@@ -576,6 +586,41 @@ class Session:
             up.write(self.pending)
             self.pending = b""
         Pipe(self.down, up, lambda rx, tx: conn._closed(None)).start()  # the pipe ends: free the slot
+
+
+class _Sweeper:
+    """Closes downstream connections that sit on a partial head too long or idle too long, with one timer
+    per reactor rather than one per request."""
+
+    _by_reactor: weakref.WeakKeyDictionary[Reactor, _Sweeper] = weakref.WeakKeyDictionary()
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
+        self.sessions: set[Session] = set()
+        self.timer: Timer | None = None
+
+    @classmethod
+    def of(cls, reactor: Reactor) -> _Sweeper:
+        """The reactor's sweeper, its timer running."""
+        found = cls._by_reactor.get(reactor)
+        if found is None:
+            found = cls._by_reactor[reactor] = cls(reactor)
+        if found.timer is None:
+            found.timer = reactor.call_later(SWEEP_EVERY_S, found.sweep)
+        return found
+
+    def sweep(self) -> None:
+        """Close what overstayed; run again while there are sessions."""
+        self.timer = None
+        now = self.reactor.now()
+        for s in [s for s in self.sessions if not s.busy]:
+            if s.reader.pending and now - s.since > HEAD_TIMEOUT_S:
+                s._local(408, b"request head timeout", close=True)
+                s.down.close("head-timeout")
+            elif not s.reader.pending and now - s.since > IDLE_TIMEOUT_S:
+                s.down.close("idle-timeout")
+        if self.sessions:
+            self.timer = self.reactor.call_later(SWEEP_EVERY_S, self.sweep)
 
 
 def _nothing(reason: str | None) -> None:

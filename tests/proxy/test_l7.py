@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from meshagent.proxy import l7_session
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.reactor import Reactor
@@ -547,3 +548,25 @@ def test_retry_budget_overflow_is_counted(make_mesh: Callable[..., Mesh]) -> Non
     assert mesh.get("/")[0] == 500  # no retry allowed by the budget: the 500 is the answer
     assert counter(mesh.client_metrics, "retry_budget_overflows_total") == 1
     assert counter(mesh.client_metrics, "retries_total") == 0
+
+
+def test_slow_heads_and_idle_connections_are_closed(make_mesh: Callable[..., Mesh],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(l7_session, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(l7_session, "IDLE_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(l7_session, "SWEEP_EVERY_S", 0.1)
+    mesh = make_mesh()
+    with socket.create_connection((HOST, mesh.bind_port), timeout=10) as slow:
+        t0 = time.monotonic()
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
+        data = b""
+        while chunk := slow.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 5
+    with socket.create_connection((HOST, mesh.bind_port), timeout=10) as idle:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _body, rest = read_response(idle)
+        assert head.startswith(b"HTTP/1.1 200") and rest == b""
+        t0 = time.monotonic()
+        assert idle.recv(65536) == b""  # closed by the proxy once idle past the timeout
+        assert 0.4 < time.monotonic() - t0 < 5
