@@ -36,9 +36,11 @@ from tests.support.proxy_mesh import (
     burst,
     curl,
     families,
+    gossip_messages,
     gossip_suspicions,
     metric,
     peer_certificate,
+    pings,
     public_listener,
     s_client,
     sample_sum,
@@ -61,6 +63,9 @@ FRONTEND_METRICS = 9102  # frontend sidecar's envoy_prometheus_bind_addr
 EJECTION_S = 4.0  # BaseEjectionTime of db for frontend
 LOAD_S = 18  # the issue's 60 s load, scaled down with the leaf TTL
 SHORT_TTL = "6s"
+# Every sidecar's public listener on 0.0.0.0, Consul's default bind_address: the agent's own default (its bind
+# address) is not what the "Connect Sidecar Listening" check dials (127.0.0.1): /work/notes/h14-F-findings.md F1.
+BIND = {"bind_address": "0.0.0.0"}
 
 ENTRIES = [
     {"Kind": "service-defaults", "Name": "web", "Protocol": "http"},
@@ -108,17 +113,21 @@ class Mesh:
 def _services(cluster: Cluster) -> dict[str, App]:
     a, b, c = cluster.clients
     s1 = cluster.servers[0]
-    retry = {"num_retries": 3, "retry_on_connect_failure": True, "retry_on_status_codes": [502, 503]}
+    # Round robin on db: every instance keeps getting its share, so a failing one meets its five failures in a
+    # row (the default latency-aware balancer starves it after the first 500, and nothing is ever ejected).
+    retry = {"num_retries": 3, "retry_on_connect_failure": True, "retry_on_status_codes": [502, 503],
+             "load_balancer": {"policy": "round_robin"}}
     a.write_service("frontend", service_hcl(
-        "frontend", 8080, proxy_config={"envoy_prometheus_bind_addr": f"0.0.0.0:{FRONTEND_METRICS}"},
+        "frontend", 8080, proxy_config={**BIND, "envoy_prometheus_bind_addr": f"0.0.0.0:{FRONTEND_METRICS}"},
         upstreams=[UpstreamSpec("web", WEB), UpstreamSpec("db", DB, retry), UpstreamSpec("slow", SLOW),
                    UpstreamSpec("echo", ECHO), UpstreamSpec("pay", PAY)]))
-    b.write_service("web", service_hcl("web", 8085))
-    b.write_service("echo", service_hcl("echo", 8071))
-    c.write_service("slow", service_hcl("slow", 8060))
+    b.write_service("web", service_hcl("web", 8085, proxy_config=BIND))
+    b.write_service("echo", service_hcl("echo", 8071, proxy_config=BIND))
+    c.write_service("slow", service_hcl("slow", 8060, proxy_config=BIND))
     for i, host in enumerate((a, b, c), start=1):
-        host.write_service(f"db-{i}", service_hcl("db", 8090, service_id=f"db-{i}"))
-    s1.write_service("loadgen", service_hcl("loadgen", 8050, upstreams=[UpstreamSpec("web", LOADGEN_WEB)]))
+        host.write_service(f"db-{i}", service_hcl("db", 8090, service_id=f"db-{i}", proxy_config=BIND))
+    s1.write_service("loadgen", service_hcl("loadgen", 8050, proxy_config=BIND,
+                                            upstreams=[UpstreamSpec("web", LOADGEN_WEB)]))
     return {"frontend": App(a, "frontend-1", 8080, 9080), "web": App(b, "web-1", 8085, 9085),
             "echo": App(b, "echo-1", 8070, 9070, echo_port=8071), "slow": App(c, "slow-1", 8060, 9060),
             "db-1": App(a, "db-1", 8090, 9090), "db-2": App(b, "db-2", 8090, 9090),
@@ -164,8 +173,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 def test_curl_and_wrk_reach_web_through_both_sidecars_and_the_wire_is_tls(mesh: Mesh) -> None:
     web_addr, web_port = mesh.public("web")
     marker = f"marker-{time.monotonic_ns()}"
-    assert mesh.cluster.bridge, "the suite needs namespaces (root and iproute2)"
-    with Capture(mesh.cluster.bridge, ports={web_port}, proto="tcp") as cap:
+    assert mesh.a.veth and mesh.b.veth, "the suite needs namespaces (root and iproute2)"
+    with Capture([mesh.a.veth, mesh.b.veth], ports={web_port}, proto="tcp") as cap:
         got = curl(mesh.a, f"http://127.0.0.1:{WEB}/{marker}")
         for _ in range(3):
             assert curl(mesh.a, f"http://127.0.0.1:{WEB}/{marker}").code == 200
@@ -179,7 +188,8 @@ def test_curl_and_wrk_reach_web_through_both_sidecars_and_the_wire_is_tls(mesh: 
     for s in cap.segments:
         flows[(s.src, s.dst)] = flows.get((s.src, s.dst), b"") + s.payload
     assert all(tls_records_only(data) for data in flows.values()), "a flow that is not TLS records"
-    assert b"\x16\x03" in to_web[:8], "the first bytes to web's sidecar are not a TLS handshake"
+    # (An http upstream's pooled connection may predate the capture: its flow starts with application data.)
+    assert all(data[:1] in (b"\x16", b"\x17") for data in flows.values()), [d[:3] for d in flows.values()]
     # A plaintext probe of the public listener gets no HTTP answer.
     probe = curl(mesh.a, f"http://{web_addr}:{web_port}/", timeout=5)
     assert probe.code == 0, f"plaintext to the public listener answered {probe.code}"
@@ -190,19 +200,21 @@ def test_curl_and_wrk_reach_web_through_both_sidecars_and_the_wire_is_tls(mesh: 
     print(f"\nwrk through both sidecars: {result.requests} requests, {result.rps:.0f} rps")
     assert result.requests > 100 and result.failed == 0, result.output
 
-    # The Prometheus text parses with prometheus_client, and the counts match wrk's (requests cut when wrk
-    # stops count at the proxy, not in wrk: at most one per connection).
+    # The Prometheus text parses with prometheus_client, and the counts match wrk's: requests still in flight
+    # when wrk stops (at most one per connection) are answered and counted by the proxies but not by wrk.
     def delta(host: Host, before_fams: list[object], **labels: str) -> float:
         fams = families(agent_prometheus(host))
         return (sample_sum(fams, "meshagent_proxy_requests_total", **labels)
                 - sample_sum(before_fams, "meshagent_proxy_requests_total", **labels))
-    def outbound() -> float:
-        d = delta(mesh.a, before, source="frontend", destination="web", direction="outbound")
-        return d if d >= result.requests else 0.0
-    out = mesh.cluster.wait_until(outbound, 10, "frontend's outbound count to reach wrk's")
-    assert out - result.requests <= 8, f"frontend counted {out}, wrk {result.requests}"
-    inbound = delta(mesh.b, before_in, source="web", direction="inbound")
-    assert result.requests <= inbound <= result.requests + 8, f"web's sidecar counted {inbound}, wrk {result.requests}"
+
+    def counted(host: Host, before_fams: list[object], **labels: str) -> float:
+        return mesh.cluster.wait_until(lambda: (d := delta(host, before_fams, **labels)) >= result.requests and d,
+                                       10, f"{host.name}'s count to reach wrk's {labels}")
+    out = counted(mesh.a, before, source="frontend", destination="web", direction="outbound", code_class="2xx")
+    inbound = counted(mesh.b, before_in, source="web", direction="inbound", code_class="2xx")
+    slack = 2 * 8  # in flight at wrk's stop, and re-sent on a fresh pooled connection (h14-F-findings F2)
+    assert out - result.requests <= slack, f"frontend counted {out}, wrk {result.requests}"
+    assert inbound - result.requests <= slack, f"web's sidecar counted {inbound}, wrk {result.requests}"
     per_proxy = mesh.cluster.http_client.get(f"http://{mesh.a.address}:{FRONTEND_METRICS}/metrics", timeout=5)
     assert per_proxy.status_code == 200
     assert sample_sum(families(per_proxy.text), "meshagent_proxy_requests_total", destination="web",
@@ -398,9 +410,11 @@ def _dns_latencies(host: Host, until: float) -> list[float]:
 
 def test_a_saturating_proxy_load_on_a_server_leaves_gossip_raft_and_dns_alone(mesh: Mesh) -> None:
     s1 = mesh.cluster.servers[0]
+    quiet = sorted(_dns_latencies(s1, time.monotonic() + 3))  # the same queries without the load, for the report
+    quiet_p99 = quiet[int(len(quiet) * 0.99) - 1]
     lead = leader(mesh.cluster)
     term = lead.http("/v1/agent/self")["Stats"]["raft"].get("term")
-    with Capture(mesh.cluster.bridge or "", ports={8301}, proto="udp") as cap:
+    with Capture([h.veth or "" for h in mesh.cluster.hosts], ports={8301}, proto="udp") as cap:
         load = Background(lambda: wrk(s1, f"http://127.0.0.1:{LOADGEN_WEB}/", seconds=10, connections=32))
         mesh.cluster.wait_until(lambda: metric(s1, "meshagent_proxy_requests_total", source="loadgen") > 100, 10,
                                 "the load to pass loadgen's sidecar")
@@ -408,13 +422,15 @@ def test_a_saturating_proxy_load_on_a_server_leaves_gossip_raft_and_dns_alone(me
         result = load.result(60)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    suspicions = gossip_suspicions(cap.segments)
+    messages = gossip_messages(cap.segments)
+    suspicions = gossip_suspicions(messages)
     print(f"\nsaturating load through server-1's sidecar: {result.rps:.0f} rps; DNS on server-1: "
           f"{len(latencies)} queries, p50 {statistics.median(latencies) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
-          f"gossip datagrams seen {sum(1 for s in cap.segments)}, suspicions {suspicions}")
+          f"(quiet p99 {quiet_p99 * 1000:.2f} ms); gossip messages seen {len(messages)} ({pings(messages)} pings), suspicions {suspicions}")
     assert result.requests > 0 and result.failed == 0, result.output
-    assert len(cap.segments) > 20, "the capture saw no gossip: the suspicion check would prove nothing"
+    assert pings(messages) > 10, "the capture decoded no probes: the suspicion check would prove nothing"
     assert not [s for s in suspicions if s1.name in s], suspicions
     assert leader(mesh.cluster) is lead
     assert lead.http("/v1/agent/self")["Stats"]["raft"].get("term") == term
-    assert p99 < 0.010, f"DNS p99 on server-1 was {p99 * 1000:.1f} ms under the proxy load"
+    assert p99 < 0.010, (f"DNS p99 on server-1 was {p99 * 1000:.1f} ms under the proxy load "
+                         f"({quiet_p99 * 1000:.1f} ms without it)")

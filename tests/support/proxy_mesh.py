@@ -27,7 +27,7 @@ import httpx
 import msgpack
 
 from .cluster_hosts import Cluster, Host
-from .netns import proc_start_time, same_process, signal_agent
+from .netns import proc_start_time, same_process, signal_agent, wait_gone
 
 APPS = Path(__file__).resolve().with_name("mesh_apps.py")
 MAX_CAPTURE = 64 * 1024 * 1024  # bytes of payload a capture keeps; a test's traffic is far less
@@ -116,14 +116,19 @@ class App:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is not None and same_process(self.pid, self.start_time)
 
     def kill(self) -> None:
         """SIGKILL the app (a crash), by the PID this object started; waits until it is gone."""
-        if self.process is None or not self.running:
+        if self.pid is None or not self.running:
             return
-        signal_agent(self.process.pid, self.start_time, signal.SIGKILL, group=True)
-        self.process.wait(15)
+        signal_agent(self.pid, self.start_time, signal.SIGKILL, group=True)
+        if self.process is not None:
+            self.process.wait(15)
+        else:
+            wait_gone(self.pid, self.start_time, 15)
 
     def stats(self) -> dict[str, Any]:
         """The app's counters (served, active, max_active, codes, fail)."""
@@ -201,10 +206,11 @@ class Curl:
 def curl(host: Host, url: str, *args: str, timeout: float = 15.0) -> Curl:
     """curl inside the host's namespace; never raises for HTTP or connection failures."""
     proc = host.exec(["curl", "-sS", "-D", "-", "--max-time", str(timeout), *args, url], timeout=timeout + 10)
-    head, _, body = proc.stdout.partition("\r\n\r\n")
+    # Host.exec reads text with universal newlines: the header block ends with a blank line "\n\n".
+    head, _, body = proc.stdout.replace("\r\n", "\n").partition("\n\n")
     m = re.match(r"HTTP/\S+ (\d{3})", head)
     headers = {}
-    for line in head.split("\r\n")[1:]:
+    for line in head.split("\n")[1:]:
         k, sep, v = line.partition(":")
         if sep:
             headers[k.strip().lower()] = v.strip()
@@ -297,20 +303,45 @@ class SClient:
 
 
 def s_client(host: Host, address: str, port: int, *, send: bytes, expect: bytes, cert: Path | None = None,
-             key: Path | None = None, ca: Path | None = None, timeout: float = 15.0) -> SClient:
+             key: Path | None = None, timeout: float = 15.0) -> SClient:
     """Debian `openssl s_client` from inside the host's namespace: connect, present `cert` (if any), send
-    `send`, and report whether `expect` came back (refused: it did not)."""
-    argv = ["openssl", "s_client", "-connect", f"{address}:{port}", "-servername", "mesh", "-ign_eof"]
+    `send`, and report whether `expect` came back before the peer closed (refused: it did not)."""
+    argv = ["openssl", "s_client", "-connect", f"{address}:{port}", "-showcerts"]
     if cert is not None and key is not None:
         argv += ["-cert", str(cert), "-key", str(key)]
-    if ca is not None:
-        argv += ["-CAfile", str(ca)]
-    # -ign_eof keeps the session open after the input ends, until the peer closes or `timeout` passes.
-    proc = subprocess.Popen([*host.prefix, "timeout", str(timeout), *argv], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = proc.communicate(send, timeout=timeout + 10)
-    text = out.decode(errors="replace")
-    return SClient(expect in out, "Cipher is" in text or "New, TLS" in text, text)
+    proc = subprocess.Popen([*host.prefix, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    out = bytearray()
+    stdout = proc.stdout
+
+    def read() -> None:
+        while chunk := stdout.read1(65536):
+            out.extend(chunk)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.stdin.write(send)
+        proc.stdin.flush()
+    except OSError:
+        pass  # the peer refused before we wrote: s_client is gone
+    deadline = time.monotonic() + timeout
+    # Done when the answer came back or when the peer closed (s_client exits); never longer than `timeout`.
+    while expect not in out and proc.poll() is None and time.monotonic() < deadline:
+        reader.join(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    reader.join(5)
+    text = bytes(out).decode(errors="replace")
+    return SClient(expect in out, "Cipher is" in text, text)
+
+
+def peer_certificate(output: str) -> str:
+    """The first PEM certificate `s_client -showcerts` printed (the server's leaf)."""
+    m = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", output, re.S)
+    assert m, f"s_client printed no certificate:\n{output[-2000:]}"
+    return m.group(0)
 
 
 # ---------------------------------------------------------------------- Prometheus
@@ -358,20 +389,24 @@ class Segment:
 
 
 class Capture:
-    """Every IPv4 TCP/UDP payload crossing an interface (AF_PACKET, as root), kept while the block runs:
+    """Every IPv4 TCP/UDP payload arriving from the given interfaces (AF_PACKET, as root), kept while the block
+    runs. Use the root-side veths of hosts (`Host.veth`): a bridge does not show frames it forwards.
 
-        with Capture(cluster.bridge, ports={8301}) as cap: ...
+        with Capture([host.veth], ports={8301}) as cap: ...
         cap.segments
     """
 
-    def __init__(self, iface: str, ports: set[int] | None = None, proto: str | None = None) -> None:
-        self.iface, self.ports, self.proto = iface, ports, proto
+    def __init__(self, ifaces: Sequence[str], ports: set[int] | None = None, proto: str | None = None) -> None:
+        self.ports, self.proto = ports, proto
         self.segments: list[Segment] = []
         self._kept = 0
         self._stop = threading.Event()
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self._sock.bind((iface, 0))
-        self._sock.settimeout(0.2)
+        self._socks = []
+        for iface in ifaces:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            sock.bind((iface, 0))
+            sock.setblocking(False)
+            self._socks.append(sock)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Capture:
@@ -381,29 +416,32 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._sock.close()
+        for sock in self._socks:
+            sock.close()
 
     def _run(self) -> None:
+        import select
         while not self._stop.is_set():
-            try:
-                frame, meta = self._sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if meta[2] == socket.PACKET_OUTGOING:
-                continue  # a bridge frame is seen once per port; keep what arrives
-            seg = _segment(frame)
-            if seg is None or (self.proto and seg.proto != self.proto):
-                continue
-            if self.ports and seg.src[1] not in self.ports and seg.dst[1] not in self.ports:
-                continue
-            if seg.payload and self._kept + len(seg.payload) <= MAX_CAPTURE:
-                self._kept += len(seg.payload)
-                self.segments.append(seg)
+            ready, _, _ = select.select(self._socks, [], [], 0.1)
+            for sock in ready:
+                while True:
+                    try:
+                        frame, meta = sock.recvfrom(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    # Frames a namespace sends arrive on its veth's root end; each is kept once, there.
+                    if meta[2] != socket.PACKET_OUTGOING:
+                        self._keep(frame)
 
-    def payload(self) -> bytes:
-        return b"".join(s.payload for s in self.segments if s.proto == "tcp")
+    def _keep(self, frame: bytes) -> None:
+        seg = _segment(frame)
+        if seg is None or (self.proto and seg.proto != self.proto):
+            return
+        if self.ports and seg.src[1] not in self.ports and seg.dst[1] not in self.ports:
+            return
+        if seg.payload and self._kept + len(seg.payload) <= MAX_CAPTURE:
+            self._kept += len(seg.payload)
+            self.segments.append(seg)
 
 
 def _segment(frame: bytes) -> Segment | None:
@@ -439,25 +477,33 @@ def tls_records_only(data: bytes) -> bool:
     return True
 
 
-def gossip_suspicions(segments: Sequence[Segment]) -> list[tuple[str, str]]:
-    """(suspected node, by node) of every SWIM suspect message in captured gossip datagrams (unencrypted
-    gossip, as the test clusters run), decoded with the agent's own wire code."""
-    from meshagent.gossip.messages import MessageType
+def gossip_messages(segments: Sequence[Segment]) -> list[bytes]:
+    """Every SWIM/Serf message (type byte + body) in captured gossip datagrams (unencrypted gossip, as the
+    test clusters run), split with the agent's own wire code."""
     from meshagent.gossip.wire import WireError, unpack_packet
-    found = []
+    parts: list[bytes] = []
     for seg in segments:
-        if seg.proto != "udp":
-            continue
-        try:
-            parts = unpack_packet(seg.payload)
-        except WireError:
-            continue
-        for part in parts:
-            if part and part[0] == MessageType.SUSPECT:
-                with contextlib.suppress(Exception):
-                    body = msgpack.unpackb(part[1:], raw=False)
-                    found.append((str(body.get("Node")), str(body.get("From"))))
+        if seg.proto == "udp":
+            with contextlib.suppress(WireError):
+                parts.extend(unpack_packet(seg.payload))
+    return parts
+
+
+def gossip_suspicions(messages: Sequence[bytes]) -> list[tuple[str, str]]:
+    """(suspected node, by node) of every suspect message among `messages`."""
+    from meshagent.gossip.messages import MessageType
+    found = []
+    for part in messages:
+        if part and part[0] == MessageType.SUSPECT:
+            body = msgpack.unpackb(part[1:], raw=False, strict_map_key=False)
+            found.append((str(body.get("Node")), str(body.get("From"))))
     return found
+
+
+def pings(messages: Sequence[bytes]) -> int:
+    """How many probes (ping messages) are among `messages`: a capture that decodes sees them every second."""
+    from meshagent.gossip.messages import MessageType
+    return sum(1 for part in messages if part and part[0] == MessageType.PING)
 
 
 # ---------------------------------------------------------------------- misc
