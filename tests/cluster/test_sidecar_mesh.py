@@ -425,8 +425,9 @@ def test_a_saturating_proxy_load_on_a_server_leaves_gossip_raft_and_dns_alone(me
     messages = gossip_messages(cap.segments)
     suspicions = gossip_suspicions(messages)
     print(f"\nsaturating load through server-1's sidecar: {result.rps:.0f} rps; DNS on server-1: "
-          f"{len(latencies)} queries, p50 {statistics.median(latencies) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
-          f"(quiet p99 {quiet_p99 * 1000:.2f} ms); gossip messages seen {len(messages)} ({pings(messages)} pings), suspicions {suspicions}")
+          f"{len(latencies)} queries, p50 {statistics.median(latencies) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms "
+          f"(quiet p99 {quiet_p99 * 1000:.2f} ms); gossip messages seen {len(messages)} ({pings(messages)} pings), "
+          f"suspicions {suspicions}")
     assert result.requests > 0 and result.failed == 0, result.output
     assert pings(messages) > 10, "the capture decoded no probes: the suspicion check would prove nothing"
     assert not [s for s in suspicions if s1.name in s], suspicions
