@@ -140,6 +140,8 @@ class UpstreamState:
         def ready(stream: Stream) -> None:
             if stream.session_reused:
                 sessions.resumed += 1
+                if sessions.fresh(address, port, dp.reactor.now()):
+                    stream.on_session = None  # keep offering the cached one
             else:
                 sessions.full += 1
             on_ready(stream)
@@ -152,7 +154,7 @@ class UpstreamState:
             on_fail(reason)
 
         def keep(session: Any) -> None:
-            sessions.put(address, port, session)
+            sessions.put(address, port, session, dp.reactor.now())
 
         return connect(dp.reactor, address, port, self.config.connect_timeout_ms / 1000.0, ctxs.client,
                        ready, fail, expected_spiffe_ids=self.spiffe_ids, session=offered, on_session=keep)

@@ -15,6 +15,7 @@ from typing import Any
 from .snapshot import TLSMaterial
 
 MAX_SESSIONS = 1024  # upstream endpoints whose TLS session we keep
+SESSION_REFRESH_S = 300.0  # a resumed dial keeps the cached session this long (well inside ticket lifetimes)
 
 
 class TLSConfigError(ValueError):
@@ -77,18 +78,25 @@ class SessionCache:
 
     def __init__(self, limit: int = MAX_SESSIONS) -> None:
         self._limit = limit
-        self._sessions: OrderedDict[tuple[str, int], ssl.SSLSession] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, int], tuple[ssl.SSLSession, float]] = OrderedDict()
         self.resumed = 0  # handshakes that reused a cached session
         self.full = 0  # handshakes that did not
 
     def get(self, address: str, port: int) -> ssl.SSLSession | None:
         """The session to offer on the next dial to this endpoint, if any."""
-        return self._sessions.get((address, port))
+        entry = self._sessions.get((address, port))
+        return entry[0] if entry is not None else None
 
-    def put(self, address: str, port: int, session: ssl.SSLSession) -> None:
-        """Remember `session` for this endpoint (replacing an older one)."""
+    def fresh(self, address: str, port: int, now: float) -> bool:
+        """Whether this endpoint's session was stored within SESSION_REFRESH_S: a connection that resumed it
+        need not fetch its own (reading SSLObject.session copies the whole session, ~0.3 ms)."""
+        entry = self._sessions.get((address, port))
+        return entry is not None and now - entry[1] < SESSION_REFRESH_S
+
+    def put(self, address: str, port: int, session: ssl.SSLSession, now: float = 0.0) -> None:
+        """Remember `session` for this endpoint (replacing an older one), stored at `now`."""
         key = (address, port)
-        self._sessions[key] = session
+        self._sessions[key] = (session, now)
         self._sessions.move_to_end(key)
         if len(self._sessions) > self._limit:
             self._sessions.popitem(last=False)

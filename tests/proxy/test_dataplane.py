@@ -324,6 +324,8 @@ def test_session_resumed_on_the_second_dial(mesh: Mesh) -> None:
     assert roundtrip(mesh.bind_port, b"second") == b"second"
     sessions = mesh.loop.call(lambda: mesh.client.contexts.sessions)  # type: ignore[union-attr]
     assert sessions.full == 1 and sessions.resumed >= 1
+    assert roundtrip(mesh.bind_port, b"third") == b"third"  # the cached session is offered again
+    assert sessions.full == 1 and sessions.resumed == 2
 
 
 def test_static_snapshot_round_trips_through_the_wire(mesh: Mesh, ca: MeshCA) -> None:
