@@ -266,6 +266,7 @@ class ProxyRunner:
             snap = build_snapshot(p.defn, parent, catalog, p.leaf, self._compiled(catalog),
                                   self._default_allow(), datacenter=self.datacenter,
                                   bind_address=self.bind_address)
+            self._check_listeners(p, snap)
         except Exception as exc:  # SnapshotError names the field; anything else is a bug, but never fatal here
             text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             if text != p.error:
@@ -302,6 +303,19 @@ class ProxyRunner:
             await trio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
 
+    def _check_listeners(self, p: _Proxy, snap: ProxySnapshot) -> None:
+        """Refuse a listener another local sidecar holds: workers bind with SO_REUSEPORT, so the kernel would
+        not refuse it but silently spread connections between two different proxies."""
+        mine = _listeners(snap)
+        for other in self._proxies.values():
+            if other is p or other.snapshot is None:
+                continue
+            for addr, port in _listeners(other.snapshot):
+                for my_addr, my_port in mine:
+                    if port == my_port and (addr == my_addr or _wildcard(addr) or _wildcard(my_addr)):
+                        raise ValueError(f"sidecar {p.id!r}: listener {my_addr}:{my_port} is already a listener "
+                                         f"of sidecar {other.id!r} on this agent")
+
     def _compiled(self, catalog: Catalog) -> IntentionIndex:
         """The intentions compiled once per change of the service-intentions entries (all sidecars share it)."""
         index = catalog.index_for([INTENTIONS_KEY])
@@ -311,6 +325,16 @@ class ProxyRunner:
         compiled = IntentionIndex(intentions_of(catalog.config_entries.list("service-intentions")))
         self._intentions = (catalog, index, compiled)
         return compiled
+
+
+def _listeners(snap: ProxySnapshot) -> list[tuple[str, int]]:
+    out = [(snap.public_address, snap.public_port)]
+    out.extend((u.local_bind_address, u.local_bind_port) for u in snap.upstreams)
+    return out
+
+
+def _wildcard(address: str) -> bool:
+    return address in ("0.0.0.0", "::", "")
 
 
 def _with_version(snap: ProxySnapshot, version: int) -> ProxySnapshot:

@@ -108,12 +108,12 @@ class World:
                                                    root=root_fields(root), config=stored_config("consul", {}, False)))
 
     def add_sidecar(self, parent: str = "web", upstreams: list[dict[str, Any]] | None = None,
-                    config: dict[str, Any] | None = None) -> str:
+                    config: dict[str, Any] | None = None, port: int = 21000) -> str:
         sid = f"{parent}-sidecar-proxy"
         block: dict[str, Any] = {"DestinationServiceName": parent, "DestinationServiceID": parent,
                                  "LocalServicePort": 8080, "Upstreams": upstreams or [], "Config": config or {}}
         self.services[parent] = ServiceDefinition(name=parent, id=parent, port=8080)
-        self.services[sid] = ServiceDefinition(name=sid, id=sid, port=21000, kind="connect-proxy", proxy=block)
+        self.services[sid] = ServiceDefinition(name=sid, id=sid, port=port, kind="connect-proxy", proxy=block)
         return sid
 
     async def intention(self, source: str, action: str, dest: str = "web") -> None:
@@ -169,7 +169,7 @@ def test_a_sidecar_gets_a_supervisor_with_its_snapshot_and_losing_it_stops_the_s
 
 def test_a_sidecar_with_embedded_false_is_left_to_meshagent_connect_proxy() -> None:
     async def scenario(w: World) -> None:
-        w.add_sidecar("api")
+        w.add_sidecar("api", port=21001)
         sid = w.add_sidecar(config={"embedded": False})
         w.leaves.renew("web")
         w.leaves.renew("api")
@@ -301,5 +301,22 @@ def test_a_local_registration_is_noticed_at_once_through_the_nodes_catalog_key()
         svc = Service(node="n1", id=sid, service=sid, port=21000, kind="connect-proxy")
         await w.store.apply(commands.register(Node(node="N1", address="127.0.17.1"), svc))  # as local sync does
         assert await until(lambda: w.runner.proxies()) < 0.1
+
+    run(scenario)
+
+
+def test_a_listener_another_local_sidecar_holds_is_refused() -> None:
+    async def scenario(w: World) -> None:
+        web = w.add_sidecar(upstreams=[{"DestinationName": "db", "LocalBindPort": 9191}])
+        w.leaves.renew("web")
+        await until(lambda: w.runner.snapshot(web))
+        api = w.add_sidecar("api", upstreams=[{"DestinationName": "db", "LocalBindAddress": "0.0.0.0",
+                                               "LocalBindPort": 9191}], port=21001)
+        w.leaves.renew("api")
+        await until(lambda: w.runner.status().get(api, {}).get("error"))
+        assert "9191" in w.runner.status()[api]["error"] and web in w.runner.status()[api]["error"]
+        assert w.runner.snapshot(api) is None and len(w.supervisors) == 1
+        w.add_sidecar("api", upstreams=[{"DestinationName": "db", "LocalBindPort": 9192}], port=21001)
+        await until(lambda: w.runner.snapshot(api))
 
     run(scenario)
