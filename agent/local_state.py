@@ -16,11 +16,12 @@ from typing import Any
 import trio
 
 from .catalog import CRITICAL, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, STATUSES, Node, commands
+from .checks.alias import alias_status
 from .checks.manager import CheckManager, UnknownCheck
 from .config.encode import check_to_api, service_to_api
 from .config.loader import ConfigErrors, parse_check, parse_service
 from .config.types import CheckDefinition, ServiceDefinition, Source
-from .connect.sidecar import sidecar_for, sidecar_ids
+from .connect.sidecar import SIDECAR_PORT_RANGE, sidecar_for, sidecar_ids
 from .local_persist import Persisted, StateFile
 from .local_sync import ANTI_ENTROPY_INTERVAL, CatalogSync, LocalCheck, anti_entropy_interval
 from .store import CatalogStore
@@ -43,12 +44,15 @@ class LocalState:
 
     def __init__(self, *, node: Node, store: CatalogStore, data_dir: str | None,
                  enable_local_script_checks: bool, enable_script_checks: bool,
-                 check_update_interval: float = 300.0, cluster_size: Callable[[], int] = lambda: 1) -> None:
+                 check_update_interval: float = 300.0, cluster_size: Callable[[], int] = lambda: 1,
+                 sidecar_ports: tuple[int, int] = SIDECAR_PORT_RANGE) -> None:
         self.node = node
         self.store = store
         self._state_file = StateFile(data_dir)
         self.enable_local_script_checks = enable_local_script_checks
         self.enable_script_checks = enable_script_checks
+        # ports.sidecar_min_port/sidecar_max_port; the agent may set it again on reload.
+        self.sidecar_ports = sidecar_ports
         self._services: dict[str, ServiceDefinition] = {}
         self._file_service_ids: set[str] = set()
         self._sidecars: dict[str, str] = {}  # parent service id -> the sidecar registered from its definition
@@ -57,6 +61,9 @@ class LocalState:
         self._service_maintenance: dict[str, str] = {}
         self._ttl_restore: dict[str, dict[str, Any]] = {}
         self._dirty_checks: set[str] = set()
+        self._alias_ids: set[str] = set()  # alias checks: recomputed when the checks they mirror change
+        self._refreshing = False
+        self._refresh_again = False
         self._reap: set[str] = set()
         self._dirty = trio.Event()
         self.checks_runner = CheckManager(on_status=self._on_check_status,
@@ -161,7 +168,8 @@ class LocalState:
         for cdef in defn.checks:
             self._check_script_allowed(cdef, from_file)
         try:
-            sidecar = sidecar_for(defn, self._services)  # before any change: a refusal leaves state as it was
+            # before any change: a refusal leaves state as it was
+            sidecar = sidecar_for(defn, self._services, self.sidecar_ports)
         except ConfigErrors as exc:
             raise LocalStateError(str(exc)) from exc
         if sidecar is not None:
@@ -220,10 +228,50 @@ class LocalState:
                            definition=cdef, from_file=from_file)
         self._checks[cdef.id] = check
         self.checks_runner.add(cdef.id, cdef, status, service_id=cdef.service_id, ttl_expires_at=ttl_expires)
+        if cdef.type == "alias":
+            self._alias_ids.add(cdef.id)
+        else:
+            self._alias_ids.discard(cdef.id)
+        self._refresh_aliases()
 
     def _remove_check(self, check_id: str) -> None:
         self._checks.pop(check_id, None)
+        self._alias_ids.discard(check_id)
         self.checks_runner.remove(check_id)
+        self._refresh_aliases()
+
+    def _refresh_aliases(self) -> None:
+        """Give every alias check the status of the checks it mirrors (agent/checks/alias.py). A status it
+        changes may feed another alias check: rounds until nothing moves (bounded: worst-of settles)."""
+        if not self._alias_ids:
+            return
+        if self._refreshing:  # a status set below came back through _on_check_status
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        try:
+            for _ in range(8):
+                self._refresh_again = False
+                # one pass over the checks, then each alias check reads its part
+                node_checks: list[LocalCheck] = []
+                by_service: dict[str, list[LocalCheck]] = {}
+                for check in self._checks.values():
+                    if check.service_id:
+                        by_service.setdefault(check.service_id, []).append(check)
+                    elif check.check_id not in self._alias_ids:  # a node-level alias would read itself
+                        node_checks.append(check)
+                for cid in sorted(self._alias_ids):
+                    alias = self._checks.get(cid)
+                    if alias is None or alias.definition is None:
+                        continue
+                    target = alias.definition.alias_service
+                    inputs = node_checks + [c for c in by_service.get(target, []) if c is not alias]
+                    status, output = alias_status(target, inputs, target in self._services, self.node.node)
+                    self.checks_runner.report(cid, status, output)
+                if not self._refresh_again:
+                    break
+        finally:
+            self._refreshing = False
 
     async def register_check(self, cdef: CheckDefinition, *, from_file: bool = False,
                              persist: bool = True) -> None:
@@ -269,6 +317,7 @@ class LocalState:
         check.status, check.output = status, output
         self._dirty_checks.add(check_id)
         self._dirty.set()
+        self._refresh_aliases()
 
     def _on_reap_service(self, service_id: str) -> None:
         log.info("deregistering service %s: critical longer than deregister_critical_service_after", service_id)
@@ -307,6 +356,7 @@ class LocalState:
             self._node_maintenance = None
             if self._checks.pop(NODE_MAINT_CHECK_ID, None) is not None:
                 await self.sync.apply(commands.deregister(self.node.node, check_id=NODE_MAINT_CHECK_ID))
+        self._refresh_aliases()  # alias checks count the node's checks too
         await self._persist()
 
     async def set_service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
@@ -327,6 +377,7 @@ class LocalState:
             self._service_maintenance.pop(service_id, None)
             if self._checks.pop(cid, None) is not None:
                 await self.sync.apply(commands.deregister(self.node.node, check_id=cid))
+        self._refresh_aliases()
         await self._persist()
 
     # ------------------------------------------------------------------ persistence

@@ -98,6 +98,12 @@ class CheckManager:
         running = self._checks.get(check_id)
         return running.ttl_expires_at if running else None
 
+    def report(self, check_id: str, status: str, output: str) -> None:
+        """Set the status of a check driven from outside (an alias check: local_state.py computes it)."""
+        running = self._checks.get(check_id)
+        if running is not None:
+            self._report(check_id, running, status, output)
+
     def ttl_update(self, check_id: str, status: str, output: str) -> None:
         """Report a TTL check's status; restarts its TTL."""
         running = self._checks.get(check_id)
@@ -113,6 +119,8 @@ class CheckManager:
     def _spawn(self, check_id: str) -> None:
         assert self._nursery is not None
         running = self._checks[check_id]
+        if running.defn.type == "alias":
+            return  # no task: its status follows the aliased service's checks (report)
         if running.defn.type == "ttl":
             self._nursery.start_soon(self._ttl_loop, check_id, running)
         else:

@@ -1,6 +1,7 @@
 """Check definitions: one parser for config files and HTTP API bodies (snake_case or CamelCase).
 
-Consul behaviour kept here: check ids default to `service:<id>` (`:1`, `:2`, … when a service has several),
+Alias checks (`alias_service`) mirror a local service's health (agent/checks/alias.py); `alias_node` is not
+supported. Consul behaviour kept here: check ids default to `service:<id>` (`:1`, `:2`, … when a service has several),
 or to the name for a check registered on its own; an interval under 1s and a
 deregister_critical_service_after under 1m are raised to the minimum with a warning (Consul clamps and
 logs, it does not refuse).
@@ -23,11 +24,11 @@ _CHECK_KEYS = {
     "id", "check_id", "name", "notes", "service_id", "status", "interval", "timeout", "ttl", "http", "method",
     "header", "body", "tls_skip_verify", "tls_server_name", "disable_redirects", "tcp", "args", "script_args",
     "deregister_critical_service_after", "success_before_passing", "failures_before_warning",
-    "failures_before_critical", "output_max_size", "type", "namespace", "partition",
+    "failures_before_critical", "output_max_size", "type", "namespace", "partition", "alias_service",
 }
 # Consul check types that exist but that this agent does not run yet: an error beats a check that never runs.
-_UNSUPPORTED_CHECKS = {"udp", "grpc", "h2ping", "docker_container_id", "os_service", "alias_service",
-                       "alias_node", "shell", "grpc_use_tls", "h2ping_use_tls", "tcp_use_tls"}
+_UNSUPPORTED_CHECKS = {"udp", "grpc", "h2ping", "docker_container_id", "os_service", "alias_node", "shell",
+                       "grpc_use_tls", "h2ping_use_tls", "tcp_use_tls"}
 # Consul fields this agent does not act on: accepted only at a value that asks for what it already does
 # (docs/config-keys.md), else an error with the reason; a setting silently dropped is worse than a refusal.
 _CHECK_LATER: Later = {
@@ -97,7 +98,7 @@ def _check_ids(col: Collector, node: Node, field_: str, check: CheckDefinition, 
 
 def _check_strings(col: Collector, node: Node, field_: str, check: CheckDefinition) -> None:
     raw = node.raw
-    for name in ("http", "tcp", "method", "body", "tls_server_name"):
+    for name in ("http", "tcp", "method", "body", "tls_server_name", "alias_service"):
         if raw.get(name) is not None:
             value = typed(col, f"{field_}.{name}", raw[name], str, node.at(name))
             if value is not None:
@@ -167,16 +168,18 @@ def _check_kind(col: Collector, node: Node, field_: str, check: CheckDefinition)
         return  # already reported
     # Judged on what was written, so that a bad value is reported once, not also as a missing type.
     written = {"http": raw.get("http"), "tcp": raw.get("tcp"), "args": raw.get("args", raw.get("script_args")),
-               "ttl": raw.get("ttl")}
+               "ttl": raw.get("ttl"), "alias_service": raw.get("alias_service")}
     kinds = [k for k, v in written.items() if v not in (None, "", [])]
     if len(kinds) != 1:
         got = f" (got {', '.join(kinds)})" if kinds else ""
-        col.error(field_, f"a check needs exactly one of http, tcp, args or ttl{got}", node.line)
+        col.error(field_, f"a check needs exactly one of http, tcp, args, ttl or alias_service{got}", node.line)
         return
     if kinds == ["ttl"]:
         if check.ttl is not None and check.ttl <= 0:
             col.error(f"{field_}.ttl", "must be more than 0", node.at("ttl"))
         return
+    if kinds == ["alias_service"]:
+        return  # driven by the aliased service's checks: no interval, no timeout (Consul's rule)
     _interval(col, node, field_, check)
     if not check.timeout and raw.get("timeout") in (None, "", 0, "0", "0s"):
         check.timeout = 30.0 if kinds == ["args"] else 10.0

@@ -26,9 +26,10 @@ def camel_case(key: str) -> str:
 
 
 def camel_keys(value: Any, opaque: bool = False) -> Any:
-    """Schema keys of nested plain data in CamelCase; user-keyed maps (meta, config, header) untouched."""
+    """Schema keys of nested plain data in CamelCase; user-keyed maps (meta, config, header) untouched,
+    whether their own key is written `config` (HCL) or `Config` (API bodies)."""
     if isinstance(value, dict):
-        return {(key if opaque else camel_case(key)): camel_keys(item, not opaque and key in _OPAQUE)
+        return {(key if opaque else camel_case(key)): camel_keys(item, opaque or snake_case(key) in _OPAQUE)
                 for key, item in value.items()}
     if isinstance(value, list):
         return [camel_keys(v, opaque) for v in value]
@@ -56,6 +57,8 @@ def check_to_api(check: CheckDefinition) -> dict[str, Any]:
         out["TCP"] = check.tcp
     if check.args:
         out["Args"] = list(check.args)
+    if check.alias_service:
+        out["AliasService"] = check.alias_service
     for attr, key in (("success_before_passing", "SuccessBeforePassing"),
                       ("failures_before_warning", "FailuresBeforeWarning"),
                       ("failures_before_critical", "FailuresBeforeCritical")):

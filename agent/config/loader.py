@@ -167,10 +167,22 @@ def check_agent(config: AgentConfig, settings: dict[str, Any], errors: list[Conf
             if check.args:
                 warnings.append(str(ConfigError(check.source.path, check.source.line, f"check {check.id!r}",
                                                 "script checks need enable_local_script_checks = true")))
+    _sidecar_ports(config, where.get("ports", ("<defaults>", None)), errors)
     check_tls(config.tls, settings.get("tls", {}), where, config.server or config.dev, errors)
     check_ca(config.ca_config, config.connect_test_min_leaf_ttl, where, errors)
     check_bootstrap(config.config_entries_bootstrap, settings.get(BOOTSTRAP_SOURCES, []), errors)
     warnings += exposure_warnings(config, where)
+
+
+def _sidecar_ports(config: AgentConfig, at: tuple[str, int | None], errors: list[ConfigError]) -> None:
+    """Consul's rules: 0 in either turns automatic sidecar ports off; otherwise a real range, min <= max."""
+    low, high = config.ports.sidecar_min_port, config.ports.sidecar_max_port
+    for name, port in (("sidecar_min_port", low), ("sidecar_max_port", high)):
+        if port < 0:
+            errors.append(ConfigError(*at, f"ports.{name}",
+                                      f"{port} is not a port (1-65535, or 0 to turn automatic sidecar ports off)"))
+    if low > 0 and high > 0 and low > high:
+        errors.append(ConfigError(*at, "ports.sidecar_min_port", f"{low} is above ports.sidecar_max_port ({high})"))
 
 
 def _valid_key(text: str) -> bool:

@@ -40,6 +40,7 @@ class CheckDefinition:
     disable_redirects: bool = False
     tcp: str = ""
     args: list[str] = field(default_factory=list)
+    alias_service: str = ""  # the id of a local service whose health this check mirrors
     deregister_critical_service_after: float | None = None
     success_before_passing: int = 0
     failures_before_warning: int = 0
@@ -48,7 +49,9 @@ class CheckDefinition:
 
     @property
     def type(self) -> str:
-        """Consul's check type name: http, tcp, script, ttl (or '' when none is set)."""
+        """Consul's check type name: http, tcp, script, ttl, alias (or '' when none is set)."""
+        if self.alias_service:
+            return "alias"
         if self.ttl is not None:
             return "ttl"
         if self.http:
@@ -117,6 +120,8 @@ class Ports:
     serf_lan: int = 8301
     serf_wan: int = 8302
     server: int = 8300
+    sidecar_min_port: int = 21000  # the range sidecar_service ports are picked from; 0 in either: no picking
+    sidecar_max_port: int = 21255
 
 
 @dataclass(slots=True)

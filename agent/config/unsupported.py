@@ -71,8 +71,7 @@ HONOURED: dict[str, tuple[Any, ...]] = {
 }
 
 # ports { ... }: listeners the agent never opens; -1 (disabled) is what it already does.
-PORTS = frozenset({"https", "grpc", "grpc_tls", "serf_wan", "sidecar_min_port", "sidecar_max_port",
-                   "expose_min_port", "expose_max_port"})
+PORTS = frozenset({"https", "grpc", "grpc_tls", "serf_wan", "expose_min_port", "expose_max_port"})
 PORT_REASON = "this listener does not exist yet; remove it (only -1, disabled, is accepted)"
 
 # dns_config { ... }: refused fields, and DNSConfig fields accepted only at the value the agent implements.

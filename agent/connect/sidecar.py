@@ -3,7 +3,8 @@
 Pure. `proxy_from` validates a proxy block (snake_case or CamelCase) into CamelCase keys as Consul's API
 renders them; `expand_sidecar` turns a parent's `connect { sidecar_service { } }` into the proxy's own
 service definition with Consul's defaults (id/name suffix, inherited tags and meta, a port from
-SIDECAR_PORT_RANGE, the local service address and port, the "Connect Sidecar Listening" TCP check).
+SIDECAR_PORT_RANGE or ports.sidecar_min_port/max_port, the local service address and port, the "Connect
+Sidecar Listening" TCP check and the "Connect Sidecar Aliasing <parent id>" alias check).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..config.errors import Collector, ConfigError, ConfigErrors
 from ..config.types import CheckDefinition, ServiceDefinition, Source
 from ..config.values import Node, kind_of, node_of, one_block, plain, show, typed
 
-SIDECAR_PORT_RANGE = (21000, 21255)  # Consul's sidecar_min_port and sidecar_max_port
+SIDECAR_PORT_RANGE = (21000, 21255)  # Consul's default sidecar_min_port and sidecar_max_port
 SIDECAR_SUFFIX = "-sidecar-proxy"
 PROXY_KIND = "connect-proxy"
 MAX_UPSTREAMS = 256
@@ -183,10 +184,14 @@ def check_proxy_service(col: Collector, svc: ServiceDefinition, field_: str, nod
         col.error(f"{field_}.port", "is required for kind = \"connect-proxy\" (1-65535)", node.at("port"))
 
 
-def pick_port(used: Iterable[int], previous: int | None = None) -> int | None:
-    """A sidecar port from SIDECAR_PORT_RANGE not in `used`, keeping `previous` when it is still free."""
+def pick_port(used: Iterable[int], previous: int | None = None,
+              port_range: tuple[int, int] = SIDECAR_PORT_RANGE) -> int | None:
+    """A sidecar port from `port_range` (ports.sidecar_min_port/max_port) not in `used`, keeping `previous`
+    when it is still free; None when none is free or the range is off (a 0 in it, as in Consul)."""
     taken = set(used)
-    low, high = SIDECAR_PORT_RANGE
+    low, high = port_range
+    if low <= 0 or high <= 0:
+        return None
     if previous is not None and low <= previous <= high and previous not in taken:
         return previous
     return next((p for p in range(low, high + 1) if p not in taken), None)
@@ -196,10 +201,10 @@ def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int],
-                   previous_port: int | None = None) -> ServiceDefinition | None:
+def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_port: int | None = None,
+                   port_range: tuple[int, int] = SIDECAR_PORT_RANGE) -> ServiceDefinition | None:
     """The sidecar service `defn`'s connect.sidecar_service asks for (None when it has none);
-    raises ConfigErrors when the block is invalid or no port in SIDECAR_PORT_RANGE is free."""
+    raises ConfigErrors when the block is invalid or no port in `port_range` is free."""
     block = defn.connect.get("sidecar_service")
     if block is None:
         return None
@@ -217,11 +222,12 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int],
     if "meta" not in given:
         side.meta = dict(defn.meta)
     if not side.port:
-        port = pick_port(used_ports, previous_port)
+        port = pick_port(used_ports, previous_port, port_range)
         if port is None:
-            low, high = SIDECAR_PORT_RANGE
-            raise ConfigErrors([ConfigError(defn.source.path, defn.source.line, f"{field_}.port",
-                                            f"no free sidecar port left in {low}-{high}")])
+            low, high = port_range
+            reason = (f"no free sidecar port left in {low}-{high}" if low > 0 and high > 0 else
+                      "is required: automatic sidecar ports are off (ports.sidecar_min_port/sidecar_max_port 0)")
+            raise ConfigErrors([ConfigError(defn.source.path, defn.source.line, f"{field_}.port", reason)])
         side.port = port
     proxy = dict(side.proxy) or {"MeshGateway": {}, "Expose": {}}
     proxy.setdefault("DestinationServiceName", defn.name)
@@ -231,16 +237,21 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int],
         proxy.setdefault("LocalServicePort", defn.port)
     side.proxy = proxy
     if not side.checks:
-        # Consul's default: the proxy's own address (else the parent's) answering on its port.
+        # Consul's defaults: the proxy's own address (else the parent's) answering on its port, and the
+        # parent's health mirrored (an alias check), so a sidecar in front of a failing service is not used.
         address = side.address or defn.address or "127.0.0.1"
+        source = Source(defn.source.path, defn.source.line)
         side.checks = [CheckDefinition(id=f"service:{side.id}:1", name="Connect Sidecar Listening",
                                        service_id=side.id, tcp=_host_port(address, side.port), interval=10.0,
-                                       source=Source(defn.source.path, defn.source.line))]
+                                       source=source),
+                       CheckDefinition(id=f"service:{side.id}:2", name=f"Connect Sidecar Aliasing {defn.id}",
+                                       service_id=side.id, alias_service=defn.id, source=source)]
     side.source = defn.source
     return side
 
 
-def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinition]) -> ServiceDefinition | None:
+def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinition],
+                port_range: tuple[int, int] = SIDECAR_PORT_RANGE) -> ServiceDefinition | None:
     """Expand `defn`'s sidecar against the agent's local `services`: skip ports other local proxies hold and
     keep the port the sidecar already has when it is still free (so a reload does not move it)."""
     if defn.connect.get("sidecar_service") is None:
@@ -248,7 +259,7 @@ def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinitio
     sid = sidecar_id(defn.id)
     used = [s.port for key, s in services.items() if key != sid and s.kind == PROXY_KIND and s.port]
     current = services.get(sid)
-    return expand_sidecar(defn, used, current.port if current is not None else None)
+    return expand_sidecar(defn, used, current.port if current is not None else None, port_range)
 
 
 def sidecar_ids(services: Iterable[ServiceDefinition]) -> set[str]:

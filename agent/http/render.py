@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ...gossip.member import Member
 from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
 from ..catalog.state import Instance
+from ..config.encode import camel_keys
 
 if TYPE_CHECKING:
     from ...gossip.key_query import KeyQueryResult
@@ -190,11 +191,20 @@ def agent_service_json(defn: ServiceDefinition, datacenter: str) -> dict[str, An
     })
     if defn.proxy:
         out["Proxy"] = dict(defn.proxy)
-    if defn.connect:
-        out["Connect"] = dict(defn.connect)
+    if defn.connect:  # as Consul echoes it: {"Native": ..., "SidecarService": {"Port": ..., "Proxy": ...}}
+        out["Connect"] = _connect_echo(defn.connect)
     if out["TaggedAddresses"] is None:
         del out["TaggedAddresses"]
     return out
+
+
+def _connect_echo(connect: dict[str, Any]) -> dict[str, Any]:
+    """The connect block in CamelCase; one HCL `upstreams { }` block reads as a map: Consul shows a list."""
+    echo: dict[str, Any] = camel_keys(connect)
+    proxy = echo.get("SidecarService", {}).get("Proxy")
+    if isinstance(proxy, dict) and isinstance(proxy.get("Upstreams"), dict):
+        proxy["Upstreams"] = [proxy["Upstreams"]]
+    return echo
 
 
 def local_check_json(check: LocalCheck, node: str, service_tags: list[str]) -> dict[str, Any]:

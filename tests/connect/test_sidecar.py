@@ -43,9 +43,11 @@ def test_an_empty_sidecar_service_gets_consuls_defaults() -> None:
     assert side.proxy == {"DestinationServiceName": "web", "DestinationServiceID": "web-1",
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080,
                           "MeshGateway": {}, "Expose": {}}
-    [check] = side.checks
+    check, alias = side.checks
     assert (check.id, check.name, check.tcp, check.interval, check.service_id) == (
         "service:web-1-sidecar-proxy:1", "Connect Sidecar Listening", "10.0.0.5:21000", 10.0, "web-1-sidecar-proxy")
+    assert (alias.id, alias.name, alias.alias_service, alias.type, alias.service_id) == (
+        "service:web-1-sidecar-proxy:2", "Connect Sidecar Aliasing web-1", "web-1", "alias", "web-1-sidecar-proxy")
 
 
 def test_given_fields_win_over_the_defaults() -> None:
