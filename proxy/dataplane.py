@@ -11,18 +11,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .authorize import Authorizer
+from .balancer import make_balancer
 from .l4 import OutboundL4, inbound
+from .outlier import OutlierDetector
 from .reactor import Reactor, Timer
+from .resilience import CircuitBreakers, RetryBudget
 from .snapshot import Endpoint, ProxySnapshot, Upstream
 from .stream import Cancel, Stream, accept_tls, connect, plain
 from .tls import TLSConfigError, TLSContexts
-
-try:  # HC's policies; stand-ins only while they are being written (issue 14 development)
-    from .balancer import make_balancer
-except ImportError:  # pragma: no cover
-    make_balancer = None  # type: ignore[assignment]
-from .outlier import OutlierDetector
-from .resilience import CircuitBreakers, RetryBudget
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +42,6 @@ class Metrics(Protocol):
     def endpoints(self, upstream: str, healthy: int, ejected: int) -> None: ...
 
 
-class _RoundRobin:  # stand-in until proxy/balancer.py lands
-    def __init__(self) -> None:
-        self.eps: list[Endpoint] = []
-        self.i = 0
-
-    def update(self, endpoints: Any) -> None:
-        self.eps = list(endpoints)
-
-    def pick(self, hash_key: int | None = None, exclude: Any = ()) -> Endpoint | None:
-        cands = [e for e in self.eps if e not in exclude]
-        if not cands:
-            return None
-        self.i += 1
-        return cands[self.i % len(cands)]
-
-    def started(self, ep: Endpoint) -> None:
-        pass
-
-    def finished(self, ep: Endpoint, latency_s: float, ok: bool, now: float) -> None:
-        pass
-
-
 class UpstreamState:
     """One upstream's live state: its config, balancer, breakers, retry budget and outlier detector; kept
     across snapshots for the same destination (counters and ejections survive an endpoint change)."""
@@ -76,8 +50,8 @@ class UpstreamState:
         self.dp = dp
         self.config = config
         self.name = config.destination_name
-        self.balancer: Any = (make_balancer(config.load_balancer, config.protocol, dp.rng)
-                              if make_balancer is not None else _RoundRobin())
+        # Any, not Balancer: proxy/l7.py passes pick() a list[Hashable] for exclude (typed, that fails)
+        self.balancer: Any = make_balancer(config.load_balancer, config.protocol, dp.rng)
         self.breakers = CircuitBreakers(config.limits)
         self.budget = RetryBudget.from_retries(config.retries)
         self.outlier = OutlierDetector(config.passive_health, dp.rng)
@@ -90,8 +64,7 @@ class UpstreamState:
         old = self.config
         self.config = config
         if config.load_balancer != old.load_balancer or config.protocol != old.protocol:
-            self.balancer = (make_balancer(config.load_balancer, config.protocol, self.dp.rng)
-                             if make_balancer is not None else _RoundRobin())
+            self.balancer = make_balancer(config.load_balancer, config.protocol, self.dp.rng)
         if config.limits != old.limits:
             # Open connections release on the breakers they acquired (they hold the old object).
             self.breakers = CircuitBreakers(config.limits)
