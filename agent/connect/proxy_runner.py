@@ -195,6 +195,9 @@ class ProxyRunner:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        for p in self._proxies.values():
+            if p.error is not None:  # e.g. a listener conflict that this change may have ended
+                p.dirty.set()
 
     async def _keep(self, p: _Proxy) -> None:
         """One sidecar until it is removed: its leaf watch, its supervisor, and the rebuild loop."""

@@ -316,7 +316,7 @@ def test_a_listener_another_local_sidecar_holds_is_refused() -> None:
         await until(lambda: w.runner.status().get(api, {}).get("error"))
         assert "9191" in w.runner.status()[api]["error"] and web in w.runner.status()[api]["error"]
         assert w.runner.snapshot(api) is None and len(w.supervisors) == 1
-        w.add_sidecar("api", upstreams=[{"DestinationName": "db", "LocalBindPort": 9192}], port=21001)
-        await until(lambda: w.runner.snapshot(api))
+        del w.services[web]  # the holder goes: the refused sidecar gets its listener without a change of its own
+        assert await until(lambda: w.runner.snapshot(api)) < 1.5
 
     run(scenario)
