@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +117,99 @@ def test_the_agent_runs_its_sidecars_data_plane(tmp_path: Path) -> None:
             assert workers_of(pid) == []
     finally:
         agent.stop()
+
+
+MESH = """
+service {{
+  name    = "db"
+  address = "{host}"
+  port    = {app_port}
+  connect {{
+    sidecar_service {{
+      check {{
+        tcp      = "{host}:21000"
+        interval = "1s"
+      }}
+      proxy {{ local_service_address = "{host}" }}
+    }}
+  }}
+}}
+service {{
+  name = "web"
+  port = 7002
+  connect {{
+    sidecar_service {{
+      port = 21001
+      proxy {{
+        upstreams {{
+          destination_name   = "db"
+          local_bind_address = "{host}"
+          local_bind_port    = 9191
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+class EchoApp:
+    """db's application: a TCP echo server on a thread (real sockets)."""
+
+    def __init__(self, host: str) -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def echo_through(host: str, payload: bytes) -> bytes:
+    """Send `payload` to the web sidecar's db upstream; what comes back before the peer closes or 2 s pass."""
+    with socket.create_connection((host, 9191), timeout=2) as conn:
+        conn.sendall(payload)
+        got = b""
+        try:
+            while len(got) < len(payload) and (chunk := conn.recv(65536)):
+                got += chunk
+        except OSError:
+            pass
+        return got
+
+
+def test_bytes_cross_two_agent_run_sidecars_and_an_intention_deny_stops_new_connections(tmp_path: Path) -> None:
+    host = agent_host()
+    app = EchoApp(host)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "mesh.hcl").write_text(MESH.format(host=host, app_port=app.port))
+    agent = AgentProcess(host=host, args=["-dev", "-client", host, "-bind", host, "-node", "mesh-agent",
+                                          "-config-dir", str(conf)], workdir=tmp_path).start()
+    try:
+        payload = os.urandom(200_000)
+        # db's sidecar passes its check within a second or two; then web's sidecar has an endpoint.
+        wait_for(lambda: echo_through(host, payload) == payload, 30, what="an echo through both sidecars",
+                 report=agent.log)
+        resp = httpx.put(f"{agent.http_addr}/v1/config", timeout=10, json={
+            "Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Action": "deny"}]})
+        assert resp.status_code == 200, resp.text
+        wait_for(lambda: echo_through(host, b"ping") == b"", 5, what="new connections refused", report=agent.log)
+    finally:
+        agent.stop()
+        app.close()
