@@ -15,8 +15,14 @@ from __future__ import annotations
 import http.server
 import json
 import random
+import signal
+import socket
+import socketserver
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +34,10 @@ from meshagent.proxy import http_feed
 from meshagent.proxy.http_feed import FeedError, HTTPFeed, _backoff
 from meshagent.proxy.snapshot import ProxySnapshot
 
+from tests.support.agents import MESHAGENT
 from tests.support.ports import free_ports
-from tests.support.proxy_api_harness import PROXY_ID, ProxyAPIServer, web_snapshot
+from tests.support.proxy_api_harness import CA, PROXY_ID, ProxyAPIServer, web_snapshot
+from tests.support.wait import wait_for
 
 HOST = "127.0.19.10"  # the API under test
 JUNK_HOST = "127.0.19.11"  # scripted hostile answers
@@ -266,3 +274,85 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not condition():
             await trio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+APP_HOST = "127.0.19.20"  # the local app and the sidecar's public listener
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def _mtls_echo(port: int, leaf_dir: Path, payload: bytes) -> bytes:
+    """One mTLS connection as service `api` to the public listener: send, read the echo back."""
+    cert, key = CA.leaf("api").write(leaf_dir)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # mesh identities are SPIFFE URIs, not host names
+    ctx.load_verify_locations(cadata=CA.root_pem)
+    ctx.load_cert_chain(cert, key)
+    with socket.create_connection((APP_HOST, port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=APP_HOST) as tls:
+        tls.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid`, whichever of its threads started them (trio spawns from a worker thread)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_the_command_runs_the_data_plane_until_sigterm(tmp_path: Path) -> None:
+    echo = socketserver.ThreadingTCPServer((APP_HOST, 0), _Echo)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    public = free_ports(1, APP_HOST)[0]
+    server = ProxyAPIServer(HOST).start()
+    server.publish(web_snapshot(1, public=(APP_HOST, public), local_port=echo.server_address[1], upstreams=()))
+    log = (tmp_path / "proxy.log").open("wb")
+    proc = subprocess.Popen([MESHAGENT, "connect", "proxy", "-sidecar-for", "web", "-http-addr", server.url,
+                             "-log-level", "debug"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def report() -> str:
+            return (tmp_path / "proxy.log").read_text(errors="replace")[-3000:]
+
+        assert wait_for(lambda: _mtls_echo(public, tmp_path, b"hello") == b"hello", 30,
+                        what="an mTLS echo through the standalone proxy", report=report)
+        workers = _children(proc.pid)
+        assert workers, "the proxy runs worker processes"
+        server.stop()  # the agent goes away: what runs keeps running, new connections still served
+        wait_for(lambda: "cannot connect" in report() or "RemoteProtocolError" in report(), 30,
+                 what="the feed noticing the agent is gone", report=report)
+        assert _mtls_echo(public, tmp_path, b"still here") == b"still here"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, report()
+        assert "SIGTERM, stopping" in report()
+        for pid in workers:
+            wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10, what=f"worker {pid} gone")
+        with pytest.raises(OSError):
+            socket.create_connection((APP_HOST, public), timeout=2).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        server.stop()
+        echo.shutdown()
+        echo.server_close()
