@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import socket
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 ACCEPTS_PER_WAKE = 64
 MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; more are refused at once
 LISTEN_BACKLOG = 1024
+ACCEPT_BACKOFF_S = 0.5
 
 
 class Metrics(Protocol):
@@ -158,6 +160,9 @@ class _Listener:
             raise
         self.sock = sock
         self.fd = sock.fileno()
+        self.address = (address, port)
+        self.closed = False
+        self._backing_off = False
         dp.reactor.add_reader(self.fd, self._accept)
 
     def _accept(self) -> None:
@@ -166,13 +171,26 @@ class _Listener:
                 conn, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: keep listening, the next wake may succeed
-                log.warning("accept failed: %s", exc)
-                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the listener stays readable, so back off instead of spinning.
+                    if not self._backing_off:
+                        log.warning("accept on %s:%d failed: %s; retrying in %.1f s", *self.address, exc,
+                                    ACCEPT_BACKOFF_S)
+                        self._backing_off = True
+                        self.dp.reactor.remove_reader(self.fd)
+                        self.dp.reactor.call_later(ACCEPT_BACKOFF_S, self._resume)
+                return  # ECONNABORTED and the like: that one connection is gone
             self.dp._accepted(self.role, conn)
+
+    def _resume(self) -> None:
+        self._backing_off = False
+        if not self.closed:
+            self.dp.reactor.add_reader(self.fd, self._accept)
 
     def close(self) -> None:
         """Stop accepting (connections already accepted stay)."""
+        self.closed = True
         self.dp.reactor.remove_reader(self.fd)
         self.sock.close()
 

@@ -183,11 +183,10 @@ class OutboundL4:
         self._dial()
 
     def _attempts(self) -> int:
+        # A connection is only ever retried on connect failure (nothing was sent yet): NumRetries of them,
+        # at least one, when RetryOnConnectFailure; none otherwise.
         retries = self.us.config.retries
-        extra = retries.num_retries
-        if retries.retry_on_connect_failure:
-            extra = max(extra, 1)
-        return 1 + extra
+        return 1 + max(retries.num_retries, 1) if retries.retry_on_connect_failure else 1
 
     def _dial(self) -> None:
         ep = self.us.balancer.pick(None, self.tried)

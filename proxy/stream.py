@@ -444,6 +444,11 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
         if code:
             fail("connect-refused" if code == errno.ECONNREFUSED else "connect-error")
             return
+        try:
+            sock.getpeername()
+        except OSError:  # a stale event for an earlier socket with this fd number: still connecting
+            reactor.add_writer(stream.fd, connected)
+            return
         if tls is None:
             _finish(pending)
             on_ready(stream)
