@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .http_client import AgentClient, api_call, fail, http_options, json_of
+
+if TYPE_CHECKING:
+    from ..proxy.http_feed import HTTPFeed
+    from ..proxy.snapshot import ProxySnapshot
 
 PROXY_KIND = "connect-proxy"
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -103,26 +107,52 @@ def proxy(sidecar_for: str, proxy_id: str, log_level: str, http_addr: str | None
 async def _run(addr: str, proxy_id: str, token: str) -> int:
     import trio
 
-    from ..proxy.http_feed import FeedError, HTTPFeed
+    from ..proxy.http_feed import HTTPFeed
     from ..proxy.supervisor import ProxySupervisor
 
     feed = HTTPFeed(addr, proxy_id, token=token)
-    try:
-        first = await feed.first()
-    except FeedError as exc:
-        click.echo(f"Error starting proxy {proxy_id!r}: {exc}", err=True)
-        return 1
-    supervisor = ProxySupervisor(proxy_id)
+    code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("proxy %s: %s, stopping", proxy_id, signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            first = await _first(feed, proxy_id)
+            if first is None:
+                code = 1
+                nursery.cancel_scope.cancel()
+                return code
+            supervisor = ProxySupervisor(proxy_id)
             await nursery.start(supervisor.run)
             supervisor.update(first)
             log.info("proxy %s: running version %d (public listener %s:%d, %d upstreams, %d workers)",
                      proxy_id, first.version, first.public_address, first.public_port, len(first.upstreams),
                      first.workers)
             nursery.start_soon(feed.run, supervisor.update, first)
-            async for signum in signals:
-                log.info("proxy %s: %s, stopping", proxy_id, signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-    return 0
+    return code
+
+
+async def _first(feed: HTTPFeed, proxy_id: str) -> ProxySnapshot | None:
+    """The first snapshot; None after printing why there is none. An agent that answers but has not built
+    the configuration yet (503: the leaf is being signed) is waited for; anything else ends the command."""
+    import trio
+
+    from ..proxy.http_feed import FeedError
+
+    waited = 0
+    while True:
+        try:
+            return await feed.first()
+        except FeedError as exc:
+            if exc.fatal or exc.status < 500:
+                click.echo(f"Error starting proxy {proxy_id!r}: {exc}", err=True)
+                return None
+            if not waited:
+                log.warning("proxy %s: waiting for the agent's configuration: %s", proxy_id, exc)
+            waited += 1
+            await trio.sleep(min(5.0, 0.5 * waited))

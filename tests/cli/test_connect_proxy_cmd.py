@@ -325,7 +325,6 @@ def test_the_command_runs_the_data_plane_until_sigterm(tmp_path: Path) -> None:
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     public = free_ports(1, APP_HOST)[0]
     server = ProxyAPIServer(HOST).start()
-    server.publish(web_snapshot(1, public=(APP_HOST, public), local_port=echo.server_address[1], upstreams=()))
     log = (tmp_path / "proxy.log").open("wb")
     proc = subprocess.Popen([MESHAGENT, "connect", "proxy", "-sidecar-for", "web", "-http-addr", server.url,
                              "-log-level", "debug"], stdout=log, stderr=subprocess.STDOUT)
@@ -333,6 +332,12 @@ def test_the_command_runs_the_data_plane_until_sigterm(tmp_path: Path) -> None:
         def report() -> str:
             return (tmp_path / "proxy.log").read_text(errors="replace")[-3000:]
 
+        # Started before the agent has a configuration (a leaf being signed): it waits for the first one.
+        wait_for(lambda: server.runner.waiters == 1, 30, what="the command waiting for a first snapshot",
+                 report=report)
+        assert proc.poll() is None
+        server.publish(web_snapshot(1, public=(APP_HOST, public), local_port=echo.server_address[1],
+                                    upstreams=()))
         assert wait_for(lambda: _mtls_echo(public, tmp_path, b"hello") == b"hello", 30,
                         what="an mTLS echo through the standalone proxy", report=report)
         workers = _children(proc.pid)
