@@ -20,6 +20,7 @@ from typing import Any
 from ...proxy.snapshot import (
     MAX_ENDPOINTS,
     MAX_LIST,
+    MAX_PEM,
     MAX_PERMISSIONS,
     MAX_RULES,
     MAX_STR,
@@ -229,9 +230,13 @@ class _Builder:
         if workers_value is None:
             workers_value = self.block.get("Workers")
         workers = 1 if workers_value is None else self._int(workers_value, f"{where}.workers", 1, MAX_WORKERS)
-        tls = TLSMaterial(cert_pem=_chain(leaf), key_pem=leaf.private_key_pem,
-                          roots_pem=tuple(r.root_cert for r in sorted(connect.roots.values(),
-                                                                       key=lambda r: (r.create_index, r.id))),
+        roots = tuple(r.root_cert for r in sorted(connect.roots.values(), key=lambda r: (r.create_index, r.id)))
+        if len(roots) > MAX_LIST or any(len(r) > MAX_PEM for r in roots):
+            raise self.fail("connect roots", f"{len(roots)} roots or one over {MAX_PEM} characters")
+        chain = _chain(leaf)
+        if len(chain) > MAX_PEM or len(leaf.private_key_pem) > MAX_PEM:
+            raise self.fail("leaf", f"certificate chain or key over {MAX_PEM} characters")
+        tls = TLSMaterial(cert_pem=chain, key_pem=leaf.private_key_pem, roots_pem=roots,
                           trust_domain=connect.trust_domain, spiffe_id=leaf.service_uri)
         snap = ProxySnapshot(
             proxy_id=self.proxy.id, service=self.service, datacenter=self.datacenter, tls=tls,
@@ -243,6 +248,8 @@ class _Builder:
             upstreams=upstreams, metrics_bind=self._metrics_bind(), access_log=self._access_log(),
             workers=workers, version=version)
         try:
+            # Cross-field rules here; sizes were bounded above (what from_wire would refuse in the workers),
+            # without a from_wire round trip, which costs a second for a snapshot with thousands of rules.
             snap.check()
         except ProxyConfigError as exc:
             raise self.fail("snapshot", str(exc)) from None
@@ -285,6 +292,8 @@ class _Builder:
             raise self.fail("intentions", f"{len(candidates)} intentions apply, more than {MAX_RULES}")
         rules = []
         for i in candidates:
+            if len(i.source) > MAX_STR - 300 or len(i.source_ns) > MAX_STR:
+                continue  # a forged name no SPIFFE ID can carry never matches: leaving it out changes nothing
             perms: tuple[Permission, ...] = ()
             if i.action is None:
                 if len(i.permissions) > MAX_PERMISSIONS:
@@ -381,7 +390,7 @@ class _Builder:
             if not _is_ip(address):
                 continue  # a host name would be resolved by a blocking lookup in the worker's event loop
             out.append(Endpoint(address=address, port=svc.port, weight=min(weight, 65535),
-                                node=inst.node.node, service_id=svc.id))
+                                node=inst.node.node[:MAX_STR], service_id=svc.id[:MAX_STR]))  # labels only
             if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
                 break
         return tuple(out)
@@ -511,31 +520,55 @@ def _chain(leaf: LeafRecord) -> str:
     return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
+class _Malformed(Exception):
+    """A stored permission that cannot be read as written."""
+
+
 def _opt_str(value: Any) -> str | None:
-    return value[:MAX_STR] if isinstance(value, str) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_STR:
+        raise _Malformed
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_LIST or not all(isinstance(v, str) for v in value):
+        raise _Malformed
+    return value
+
+
+DENY_ALL = Permission(action="deny")
 
 
 def _permission(raw: Any) -> Permission:
     """One stored L7 permission. Stored entries were validated at write, but the FSM checks only structure: a
-    malformed one becomes an unconditional deny (fail closed) instead of an error that freezes every rule."""
+    malformed one becomes an unconditional deny (fail closed: never a shortened match, which could widen an
+    allow) instead of an error that freezes every rule."""
     if not isinstance(raw, Mapping) or raw.get("Action") not in ("allow", "deny"):
-        return Permission(action="deny")
+        return DENY_ALL
     http = raw.get("HTTP")
     if http is None:
         return Permission(action=str(raw["Action"]))
     if not isinstance(http, Mapping):
-        return Permission(action="deny")
-    methods = http.get("Methods")
-    methods = tuple(m.upper() for m in methods[:MAX_LIST] if isinstance(m, str)) if isinstance(methods, list) else ()
-    headers_raw = http.get("Header")
-    headers: list[HeaderMatch] = []
-    for h in headers_raw[:MAX_LIST] if isinstance(headers_raw, list) else ():
-        if not isinstance(h, Mapping) or not isinstance(h.get("Name"), str):
-            return Permission(action="deny")
-        exact, prefix, suffix, regex = (_opt_str(h.get(k)) for k in ("Exact", "Prefix", "Suffix", "Regex"))
-        present = h.get("Present") is True or (exact, prefix, suffix, regex) == (None, None, None, None)
-        headers.append(HeaderMatch(name=h["Name"][:MAX_STR], present=present, exact=exact, prefix=prefix,
-                                   suffix=suffix, regex=regex, invert=h.get("Invert") is True))
-    return Permission(action=str(raw["Action"]), path_exact=_opt_str(http.get("PathExact")),
-                      path_prefix=_opt_str(http.get("PathPrefix")), path_regex=_opt_str(http.get("PathRegex")),
-                      methods=methods, headers=tuple(headers))
+        return DENY_ALL
+    try:
+        methods = tuple(m.upper() for m in _strings(http.get("Methods")))
+        headers_raw = http.get("Header")
+        if headers_raw is not None and (not isinstance(headers_raw, list) or len(headers_raw) > MAX_LIST):
+            raise _Malformed
+        headers: list[HeaderMatch] = []
+        for h in headers_raw or ():
+            if not isinstance(h, Mapping) or not isinstance(h.get("Name"), str) or len(h["Name"]) > MAX_STR:
+                raise _Malformed
+            exact, prefix, suffix, regex = (_opt_str(h.get(k)) for k in ("Exact", "Prefix", "Suffix", "Regex"))
+            present = h.get("Present") is True or (exact, prefix, suffix, regex) == (None, None, None, None)
+            headers.append(HeaderMatch(name=h["Name"], present=present, exact=exact, prefix=prefix, suffix=suffix,
+                                       regex=regex, invert=h.get("Invert") is True))
+        return Permission(action=str(raw["Action"]), path_exact=_opt_str(http.get("PathExact")),
+                          path_prefix=_opt_str(http.get("PathPrefix")), path_regex=_opt_str(http.get("PathRegex")),
+                          methods=methods, headers=tuple(headers))
+    except _Malformed:
+        return DENY_ALL

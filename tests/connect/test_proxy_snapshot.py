@@ -152,10 +152,13 @@ def test_a_forged_l7_permission_fails_closed() -> None:
     w = World()
     # Written straight into the catalog (the FSM checks only structure), as a forged command could.
     w.entry({"Kind": "service-intentions", "Name": "web", "Sources": [
-        {"Name": "api", "Permissions": [{"Action": "allow", "HTTP": {"Header": [{"Exact": "no name"}]}},
-                                        "junk", {"Action": "maybe"}]}]})
+        {"Name": "api", "Permissions": [
+            {"Action": "allow", "HTTP": {"Header": [{"Exact": "no name"}]}}, "junk", {"Action": "maybe"},
+            {"Action": "allow", "HTTP": {"PathExact": "/" + "x" * 5000}},  # not shortened into a wider match
+            {"Action": "allow", "HTTP": {"Methods": ["GET", 7]}},
+            {"Action": "allow", "HTTP": {"Header": [{"Name": "h", "Exact": "1"}] * 2000}}]}]})
     rules = w.build(sidecar()).intentions.rules
-    assert [p.action for p in rules[0].permissions] == ["deny", "deny", "deny"]
+    assert rules[0].permissions == (Permission(action="deny"),) * 6
 
 
 def test_upstream_endpoints_are_the_passing_sidecars_with_weights_and_the_destination_identity() -> None:
@@ -261,6 +264,19 @@ def test_hostile_entries_and_listeners_are_errors_too() -> None:
     assert snap.local_service_address == "127.0.0.1"
     with pytest.raises(SnapshotError, match="only service upstreams"):
         World().build(sidecar([up("db", DestinationType="prepared_query")]))
+
+
+def test_forged_rows_never_make_a_snapshot_the_workers_would_refuse() -> None:
+    w = World()
+    # Forged rows (the FSM checks structure only): a source name longer than a snapshot string may be (no
+    # SPIFFE ID can carry it, so it can never match), a node name as long.
+    w.entry({"Kind": "service-intentions", "Name": "web", "Sources": [{"Name": "s" * 5000, "Action": "allow"},
+                                                                     {"Name": "api", "Action": "deny"}]})
+    w.instance("n" * 5000, "127.0.17.11", "db1-sidecar-proxy", "db", 21000)
+    snap = w.build(sidecar([up("db")]))
+    assert [r.source for r in snap.intentions.rules] == ["api"]
+    assert len(snap.upstreams[0].endpoints[0].node) == 4096
+    assert ProxySnapshot.from_wire(snap.to_wire()) == snap
 
 
 def test_no_trust_domain_is_an_error_and_same_config_ignores_the_version() -> None:
