@@ -375,6 +375,27 @@ def metric(host: Host, name: str, **labels: str) -> float:
     return sample_sum(families(agent_prometheus(host)), name, **labels)
 
 
+def code_classes(host: Host, **labels: str) -> dict[str, float]:
+    """requests_total by code_class (and retries, budget overflows, breaker trips, ejections) on the host's
+    agent, for failure messages: where did the failed requests go."""
+    out: dict[str, float] = {}
+    for fam in families(agent_prometheus(host)):
+        for s in fam.samples:
+            if not all(s.labels.get(k) == v for k, v in labels.items()):
+                continue
+            if s.name == "meshagent_proxy_requests_total":
+                key = f"{s.labels.get('direction')} {s.labels.get('code_class')}"
+            elif s.name.endswith("_total") and s.name.split("_proxy_")[-1] in (
+                    "retries_total", "retry_budget_overflows_total", "circuit_breaker_trips_total",
+                    "ejections_total", "tls_handshake_failures_total"):
+                key = s.name.split("_proxy_")[-1] + "".join(
+                    f" {v}" for k, v in s.labels.items() if k in ("limit", "reason"))
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
 # ---------------------------------------------------------------------- packet capture on the bridge
 
 
