@@ -136,22 +136,40 @@ class Stream:
         tls, inc = self._tls, self._in
         assert tls is not None and inc is not None
         while not self._paused and not self.closed:
-            try:
-                chunk = tls.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify: the peer ended its side
-                self._flush_tls()
-                self._got_eof()
+            # Records carry at most 16 KiB: gather up to READ_SIZE of plaintext for one on_data, so the far
+            # side sends one 64 KiB write instead of four (bulk transfers are syscall-bound).
+            chunks: list[bytes] = []
+            size = 0
+            ended: str | None = None
+            while size < READ_SIZE:
+                try:
+                    chunk = tls.read(READ_SIZE)
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify: the peer ended its side
+                    ended = "eof"
+                    break
+                except ssl.SSLError:
+                    ended = "tls-error"
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if not inc.pending and not tls.pending():
+                    break  # all consumed: spare the SSLWantReadError the next read would raise
+            if chunks:
+                self.on_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if ended is not None:
+                if not self.closed:
+                    if ended == "eof":
+                        self._flush_tls()
+                        self._got_eof()
+                    else:
+                        self.close(ended)
                 return
-            except ssl.SSLError:
-                self.close("tls-error")
-                return
-            if not chunk:
+            if size < READ_SIZE:
                 break
-            self.on_data(chunk)
-            if not inc.pending and not tls.pending():
-                break  # all consumed: spare the SSLWantReadError the next read would raise
         if self.on_session is not None and not self.closed:
             self._offer_session()
         if self._out is not None and self._out.pending:
