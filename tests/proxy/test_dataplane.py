@@ -436,3 +436,18 @@ def test_out_of_descriptors_the_listener_backs_off_instead_of_spinning(ca: MeshC
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_handshakes_in_progress_are_bounded(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshagent.proxy.dataplane as dataplane
+    monkeypatch.setattr(dataplane, "MAX_HANDSHAKES", 3)
+    stalled = [socket.create_connection((HOST, mesh.public_port), timeout=10) for _ in range(3)]
+    wait_for(lambda: mesh.loop.call(lambda: mesh.server.handshakes) == 3, 10, what="three handshakes pending")
+    with socket.create_connection((HOST, mesh.public_port), timeout=10) as extra:
+        assert extra.recv(10) == b""  # refused at once, not after the 10 s handshake timeout
+    wire = mesh.server_metrics.to_wire()["counter"]["tls_handshake_failures_total"]
+    assert [n for labels, n in wire if labels[-1] == "too-many-handshakes"] == [1]
+    for sock in stalled:
+        sock.close()
+    wait_for(lambda: mesh.loop.call(lambda: mesh.server.handshakes) == 0, 10, what="slots freed")
+    assert roundtrip(mesh.bind_port, b"ok") == b"ok"
