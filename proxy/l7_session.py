@@ -281,7 +281,8 @@ class Session:
         up.on_drain = self._up_drained
         self.rreader.reset()
         self.resp = None
-        up.write(b"".join(self.buf) if len(self.buf) > 1 else self.buf[0])
+        if self.buf:
+            up.write(b"".join(self.buf) if len(self.buf) > 1 else self.buf[0])
         if not self.retryable:
             self.buf = []
         up.resume_reading()
@@ -309,7 +310,7 @@ class Session:
 
     def _up_data(self, data: bytes) -> None:
         self.got_up = True
-        if self.resp is None:
+        while self.resp is None:  # a loop, not recursion: a server may send many interim heads at once
             req = self.req
             assert req is not None
             try:
@@ -320,10 +321,11 @@ class Session:
             if head is None:
                 return
             if head.status < 200 and head.status != 101:  # interim (100 Continue): relay, wait for more
-                self._write_down(head.raw)
-                if data:
-                    self._up_data(data)
-                return
+                if req.version == 11:  # an HTTP/1.0 client does not expect them
+                    self._write_down(head.raw)
+                if not data:
+                    return
+                continue
             if self._response_head(head, data):
                 return
         if not data:
@@ -484,8 +486,7 @@ class Session:
         if close:
             self._end(code)
             self.busy = False
-            self.down.on_data = _discard
-            self.down.shutdown_write()
+            self._close_after_answer()
             return
         self.discard = True
         if self.req_body.done:
@@ -534,10 +535,17 @@ class Session:
         if not (req.keep_alive and resp.keep_alive and resp.body != CLOSE and done) or self.client_eof:
             self._end(self.code)
             self.busy = False
-            self.down.on_data = _discard
-            self.down.shutdown_write()
+            self._close_after_answer()
             return
         self._next()
+
+    def _close_after_answer(self) -> None:
+        """End our side once the answer is out; the client's FIN (read and dropped until then) closes."""
+        down = self.down
+        down.on_data = _discard
+        self.pending = b""
+        down.shutdown_write()
+        down.resume_reading()
 
     def _next(self) -> None:
         """Ready for the next request on the downstream connection."""
@@ -585,7 +593,13 @@ class Session:
         if self.pending:
             up.write(self.pending)
             self.pending = b""
-        Pipe(self.down, up, lambda rx, tx: conn._closed(None)).start()  # the pipe ends: free the slot
+        _Sweeper.of(self.reactor).sessions.discard(self)  # the pipe has no idle timeout of ours
+
+        def done(rx: int, tx: int) -> None:
+            conn._closed(None)  # free the connection slot
+            self.route.closed(self, self.rx + rx, self.tx + tx)
+
+        Pipe(self.down, up, done).start()
 
 
 class _Sweeper:
