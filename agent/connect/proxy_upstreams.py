@@ -1,0 +1,229 @@
+"""The upstream half of a sidecar's snapshot, pure: listeners, passing endpoints, identity, and
+UpstreamConfig layered (service-defaults Defaults, its Overrides entry, the upstream's own `config`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ...proxy.snapshot import (
+    MAX_ENDPOINTS,
+    MAX_STR,
+    MAX_UPSTREAMS,
+    Endpoint,
+    HashPolicy,
+    Limits,
+    LoadBalancer,
+    PassiveHealth,
+    Retries,
+    Upstream,
+)
+from ..catalog.model import PASSING
+from ..catalog.state import Catalog
+from .proxy_config_read import ConfigReader, Map, config_get, is_ip
+from .spiffe import SpiffeIDError, service_id
+
+DEFAULT_CONNECT_TIMEOUT_MS = 5000  # UpstreamConfig.ConnectTimeoutMs
+MAX_TIMEOUT_MS = 3_600_000
+MAX_RETRIES = 25
+LB_POLICIES = ("", "random", "round_robin", "least_request", "ring_hash", "maglev")
+L4_PROTOCOLS = ("tcp", "http2", "grpc")  # http2/grpc are proxied at L4 until their own issue
+PROTOCOLS = ("tcp", "http", "http2", "grpc")
+
+
+class UpstreamReader(ConfigReader):
+    """Builds Upstreams for one sidecar; the snapshot builder sets the attributes below."""
+
+    catalog: Catalog
+    datacenter: str
+    block: Map  # the proxy block (CamelCase)
+    defaults: Map  # the sidecar's service's service-defaults entry
+    pd_config: Map  # proxy-defaults Config
+
+    def _service_defaults(self, name: str) -> Map:
+        row = self.catalog.config_entries.get("service-defaults", name) if name else None
+        return row.entry if row is not None else {}
+
+    def _protocol_of(self, value: Any, where: str) -> str:
+        proto = self._str(value, where).lower()
+        if proto not in PROTOCOLS:
+            raise self.fail(where, f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
+        return "tcp" if proto in L4_PROTOCOLS else proto
+
+    def _upstreams(self) -> tuple[Upstream, ...]:
+        raw = self.block.get("Upstreams")
+        if raw is None:
+            return ()
+        items = self._list(raw, "proxy.upstreams", MAX_UPSTREAMS)
+        out = []
+        for n, item in enumerate(items):
+            where = f"proxy.upstreams[{n}]"
+            up = self._map(item, where)
+            if up.get("DestinationType", "service") not in ("service", ""):
+                raise self.fail(f"{where}.destination_type", "only service upstreams are proxied")
+            out.append(self._upstream(up, where))
+        return tuple(out)
+
+    def _upstream(self, up: Map, where: str) -> Upstream:
+        name = self._str(up.get("DestinationName"), f"{where}.destination_name")
+        if not name:
+            raise self.fail(f"{where}.destination_name", "is empty")
+        dc = self._str(up.get("Datacenter") or self.datacenter, f"{where}.datacenter")
+        cfg = self._map(up.get("Config"), f"{where}.config")
+        dest_defaults = self._service_defaults(name)
+        upstream_config = self._map(self.defaults.get("UpstreamConfig"),
+                                    f"service-defaults {self.service} UpstreamConfig")
+        layers: list[tuple[Map, str]] = []
+        base = self._map(upstream_config.get("Defaults"), f"service-defaults {self.service} UpstreamConfig.Defaults")
+        if base:
+            layers.append((base, f"service-defaults {self.service} UpstreamConfig.Defaults"))
+        overrides = upstream_config.get("Overrides")
+        for k, o in enumerate(overrides if isinstance(overrides, list) else ()):
+            if isinstance(o, Mapping) and o.get("Name") == name:
+                layers.append((o, f"service-defaults {self.service} UpstreamConfig.Overrides[{k}]"))
+        cw = f"{where}.config"
+        protocol = "tcp"
+        for value, at in ((config_get(cfg, "protocol"), f"{cw}.protocol"),
+                          (dest_defaults.get("Protocol"), f"service-defaults {name} Protocol"),
+                          (config_get(self.pd_config, "protocol"), "proxy-defaults global Config.protocol")):
+            if value not in (None, ""):
+                protocol = self._protocol_of(value, at)
+                break
+        connect_timeout = DEFAULT_CONNECT_TIMEOUT_MS
+        for layer, at in [*layers, (cfg, cw)]:
+            value = config_get(layer, "connect_timeout_ms")
+            if value:
+                connect_timeout = self._int(value, f"{at}.connect_timeout_ms", 1, MAX_TIMEOUT_MS)
+        limits = Limits()
+        health = PassiveHealth()
+        for layer, at in [*layers, (cfg, cw)]:
+            raw_limits = config_get(layer, "limits")
+            if raw_limits is not None:
+                limits = self._limits(limits, self._map(raw_limits, f"{at}.limits"), f"{at}.limits")
+            raw_health = config_get(layer, "passive_health_check")
+            if raw_health is not None:
+                health = self._health(health, self._map(raw_health, f"{at}.passive_health_check"),
+                                      f"{at}.passive_health_check")
+        retries, request_timeout = self._retries(cfg, cw)
+        bind_address = self._ip(up.get("LocalBindAddress") or "127.0.0.1", f"{where}.local_bind_address")
+        try:
+            sid = service_id(self.catalog.connect.trust_domain, dc, name).uri()
+        except SpiffeIDError as exc:
+            raise self.fail(f"{where}.destination_name", str(exc)) from None
+        return Upstream(
+            destination_name=name, local_bind_address=bind_address,
+            local_bind_port=self._int(up.get("LocalBindPort"), f"{where}.local_bind_port", 1, 65535),
+            datacenter=dc, protocol=protocol, spiffe_ids=(sid,),
+            endpoints=self._endpoints(name) if dc == self.datacenter else (),
+            connect_timeout_ms=connect_timeout, request_timeout_ms=request_timeout,
+            load_balancer=self._load_balancer(config_get(cfg, "load_balancer"), f"{cw}.load_balancer"),
+            retries=retries, limits=limits, passive_health=health)
+
+    def _endpoints(self, name: str) -> tuple[Endpoint, ...]:
+        """The destination's passing mesh instances (sidecars and Connect-native), weighted by Weights.Passing."""
+        out: list[Endpoint] = []
+        for inst in self.catalog.connect_instances(name):
+            if inst.status != PASSING:
+                continue
+            svc = inst.service
+            weight = svc.weights.get("Passing", 1) if isinstance(svc.weights, dict) else 1
+            address = svc.address or inst.node.address
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1 or not 1 <= svc.port <= 65535:
+                continue  # weight 0 takes no traffic; a row without a port cannot be dialled
+            if not is_ip(address):
+                continue  # a host name would be resolved by a blocking lookup in the worker's event loop
+            out.append(Endpoint(address=address, port=svc.port, weight=min(weight, 65535),
+                                node=inst.node.node[:MAX_STR], service_id=svc.id[:MAX_STR]))  # labels only
+            if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
+                break
+        return tuple(out)
+
+    def _limits(self, old: Limits, raw: Map, where: str) -> Limits:
+        values: dict[str, int] = {}
+        for key, attr in (("max_connections", "max_connections"), ("max_pending_requests", "max_pending_requests"),
+                          ("max_concurrent_requests", "max_concurrent_requests")):
+            value = config_get(raw, key)
+            if value is not None:
+                n = self._int(value, f"{where}.{key}", 0, 1_000_000)
+                values[attr] = n or 1024  # 0 means the proxy's default, as in Consul
+        return replace(old, **values)
+
+    def _health(self, old: PassiveHealth, raw: Map, where: str) -> PassiveHealth:
+        values: dict[str, Any] = {}
+        for key, attr in (("interval", "interval_s"), ("base_ejection_time", "base_ejection_time_s"),
+                          ("max_ejection_time", "max_ejection_time_s")):
+            value = config_get(raw, key)
+            if value is not None:
+                seconds = self._seconds(value, f"{where}.{key}")
+                if seconds:  # 0s means the proxy's default, as in Consul
+                    values[attr] = seconds
+        value = config_get(raw, "max_failures")
+        if value:
+            values["max_failures"] = self._int(value, f"{where}.max_failures", 1, 1_000_000)
+        for key in ("enforcing_consecutive_5xx", "max_ejection_percent"):
+            value = config_get(raw, key)
+            if value is not None:
+                values[key] = self._int(value, f"{where}.{key}", 0, 100)
+        new = replace(old, **values)
+        if new.max_ejection_time_s < new.base_ejection_time_s:
+            new = replace(new, max_ejection_time_s=new.base_ejection_time_s)
+        return new
+
+    def _retries(self, cfg: Map, where: str) -> tuple[Retries, int]:
+        retries = Retries()
+        values: dict[str, Any] = {}
+        value = config_get(cfg, "num_retries")
+        if value is not None:
+            values["num_retries"] = self._int(value, f"{where}.num_retries", 0, MAX_RETRIES)
+        value = config_get(cfg, "retry_on_connect_failure")
+        if value is not None:
+            values["retry_on_connect_failure"] = self._bool(value, f"{where}.retry_on_connect_failure")
+        value = config_get(cfg, "retry_on_status_codes")
+        if value is not None:
+            codes = self._list(value, f"{where}.retry_on_status_codes", 64)
+            values["retry_on_status_codes"] = tuple(
+                self._int(c, f"{where}.retry_on_status_codes[{k}]", 100, 599) for k, c in enumerate(codes))
+        value = config_get(cfg, "request_timeout_ms")
+        timeout = 15000 if value is None else self._int(value, f"{where}.request_timeout_ms", 0, MAX_TIMEOUT_MS)
+        return replace(retries, **values), timeout
+
+    def _load_balancer(self, value: Any, where: str) -> LoadBalancer:
+        if value is None:
+            return LoadBalancer()
+        raw = self._map(value, where)
+        values: dict[str, Any] = {}
+        policy = config_get(raw, "policy")
+        if policy is not None:
+            values["policy"] = self._str(policy, f"{where}.policy", LB_POLICIES)
+        least = self._map(config_get(raw, "least_request_config"), f"{where}.least_request_config")
+        choice = config_get(least, "choice_count", config_get(raw, "choice_count"))
+        if choice is not None:
+            values["choice_count"] = self._int(choice, f"{where}.choice_count", 2, 100)
+        ring = self._map(config_get(raw, "ring_hash_config"), f"{where}.ring_hash_config")
+        for key in ("minimum_ring_size", "maximum_ring_size"):
+            size = config_get(ring, key, config_get(raw, key))
+            if size:
+                values[key] = self._int(size, f"{where}.{key}", 1, 8_388_608)
+        if values.get("minimum_ring_size", 1024) > values.get("maximum_ring_size", 8_388_608):
+            raise self.fail(f"{where}.minimum_ring_size", "is above maximum_ring_size")
+        policies = config_get(raw, "hash_policies")
+        if policies is not None:
+            values["hash_policies"] = tuple(self._hash_policy(p, f"{where}.hash_policies[{k}]")
+                                            for k, p in enumerate(self._list(policies, f"{where}.hash_policies",
+                                                                             100)))
+        return LoadBalancer(**values)
+
+    def _hash_policy(self, value: Any, where: str) -> HashPolicy:
+        raw = self._map(value, where)
+        field_ = self._str(config_get(raw, "field") or "", f"{where}.field",
+                           ("", "header", "cookie", "query_parameter"))
+        field_value = self._str(config_get(raw, "field_value") or "", f"{where}.field_value")
+        source_ip = self._bool(config_get(raw, "source_ip", False), f"{where}.source_ip")
+        if bool(field_) == source_ip:
+            raise self.fail(where, "needs exactly one of field or source_ip")
+        if field_ and not field_value:
+            raise self.fail(f"{where}.field_value", "is required with field")
+        return HashPolicy(field=field_, field_value=field_value, source_ip=source_ip,
+                          terminal=self._bool(config_get(raw, "terminal", False), f"{where}.terminal"))
+
