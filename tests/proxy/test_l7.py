@@ -106,14 +106,14 @@ class App:
                 return None
 
             def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                with app.lock:  # counted before the answer leaves: a client that has it sees the count
+                    app.served += 1
                 self.send_response(code)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                with app.lock:
-                    app.served += 1
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
@@ -148,6 +148,8 @@ class App:
                     body = b"".join(parts)
                 else:
                     body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with app.lock:
+                    app.served += 1
                 self.send_response(200)
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -155,8 +157,6 @@ class App:
                     piece = body[i:i + 7000]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.write(b"0\r\nx-trailer: yes\r\n\r\n")
-                with app.lock:
-                    app.served += 1
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
@@ -570,3 +570,110 @@ def test_slow_heads_and_idle_connections_are_closed(make_mesh: Callable[..., Mes
         t0 = time.monotonic()
         assert idle.recv(65536) == b""  # closed by the proxy once idle past the timeout
         assert 0.4 < time.monotonic() - t0 < 5
+
+
+class RawApp:
+    """An application that answers every request head with fixed bytes (hostile or unusual servers)."""
+
+    def __init__(self, answer: Callable[[bytes], bytes], host: str = HOST) -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while chunk := conn.recv(65536):
+                buf += chunk
+                while b"\r\n\r\n" in buf:
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    conn.sendall(self.answer(head))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def serve_raw(mesh: Mesh, loop: Loop, answer: Callable[[bytes], bytes]) -> RawApp:
+    app = RawApp(answer)
+    dp = mesh.servers[0]
+    snap = loop.call(lambda: dp.snapshot)
+    assert loop.call(lambda: dp.apply(replace(snap, local_service_port=app.port))) == []
+    return app
+
+
+def test_ambiguous_or_broken_responses_are_502(make_mesh: Callable[..., Mesh], loop: Loop) -> None:
+    mesh = make_mesh()
+    answers = {b"/cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+               b"/bad-line": b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+               b"/fold": b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+               b"/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+    app = serve_raw(mesh, loop, lambda head: answers[head.split(b" ")[1]])
+    try:
+        c = mesh.conn()
+        for path in ("/cl-te", "/bad-line", "/fold"):
+            status, _, _ = mesh.get(path, c)
+            assert status == 502, path
+        assert mesh.get("/ok", c)[:2] == (200, b"ok")
+        c.close()
+    finally:
+        app.close()
+
+
+def test_upgrade_101_becomes_a_byte_tunnel(make_mesh: Callable[..., Mesh], loop: Loop) -> None:
+    mesh = make_mesh()
+    sock = socket.create_server((HOST, 0))
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        while data := conn.recv(65536):
+            conn.sendall(data.upper())
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    dp = mesh.servers[0]
+    snap = loop.call(lambda: dp.snapshot)
+    assert loop.call(lambda: dp.apply(replace(snap, local_service_port=sock.getsockname()[1]))) == []
+    try:
+        with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            assert buf.startswith(b"HTTP/1.1 101")
+            s.sendall(b"not http at all\r\n\r\n")
+            got = buf.partition(b"\r\n\r\n")[2]
+            while len(got) < 19:
+                got += s.recv(65536)
+            assert got == b"NOT HTTP AT ALL\r\n\r\n"
+    finally:
+        sock.close()
+
+
+def test_a_denied_request_with_a_body_keeps_the_connection(make_mesh: Callable[..., Mesh]) -> None:
+    mesh = make_mesh()
+    with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+        body = b"x" * 100_000
+        s.sendall(b"POST /admin HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                  + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, rest = read_response(s)
+        assert head.startswith(b"HTTP/1.1 403") and b"x-meshagent-denied-by: web => db" in head
+        head, got, rest = read_response(s, rest)
+        assert head.startswith(b"HTTP/1.1 200") and got == b"db-0\n"
+    assert mesh.apps[0].served == 1
