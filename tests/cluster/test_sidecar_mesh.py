@@ -12,15 +12,14 @@ is on a condition with a deadline. The issue's 60 s load is 18 s here with the l
 
 from __future__ import annotations
 
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dns.exception
 import dns.message
-import dns.query
 import pytest
 from cryptography import x509
 
@@ -54,9 +53,6 @@ from tests.support.proxy_mesh import (
 )
 
 pytestmark = pytest.mark.slow
-# The data plane lands in parts (issue 14): until the agent can run it, this suite has nothing to test.
-pytest.importorskip("meshagent.proxy.supervisor")
-pytest.importorskip("meshagent.proxy.dataplane")
 
 WEB, DB, SLOW, ECHO, PAY = 9191, 9192, 9193, 9194, 9195  # frontend's upstream listeners on client-1
 LOADGEN_WEB = 9291  # loadgen's upstream listener on server-1
@@ -111,17 +107,21 @@ class Mesh:
         return public_listener(wait_passing(self.cluster, self.a, service, 1 if service != "db" else 3)[0])
 
 
+def _frontend_hcl(db_balancer: str = "") -> str:
+    """frontend's service file; `db_balancer` sets the db upstream's load_balancer policy ("" = the default)."""
+    db = {"num_retries": 3, "retry_on_connect_failure": True, "retry_on_status_codes": [502, 503]}
+    if db_balancer:
+        db["load_balancer"] = {"policy": db_balancer}
+    proxy = {**BIND, "envoy_prometheus_bind_addr": f"0.0.0.0:{FRONTEND_METRICS}"}
+    return service_hcl("frontend", 8080, proxy_config=proxy,
+                       upstreams=[UpstreamSpec("web", WEB), UpstreamSpec("db", DB, db), UpstreamSpec("slow", SLOW),
+                                  UpstreamSpec("echo", ECHO), UpstreamSpec("pay", PAY)])
+
+
 def _services(cluster: Cluster) -> dict[str, App]:
     a, b, c = cluster.clients
     s1 = cluster.servers[0]
-    # Round robin on db: every instance keeps getting its share, so a failing one meets its five failures in a
-    # row (the default latency-aware balancer starves it after the first 500, and nothing is ever ejected).
-    retry = {"num_retries": 3, "retry_on_connect_failure": True, "retry_on_status_codes": [502, 503],
-             "load_balancer": {"policy": "round_robin"}}
-    a.write_service("frontend", service_hcl(
-        "frontend", 8080, proxy_config={**BIND, "envoy_prometheus_bind_addr": f"0.0.0.0:{FRONTEND_METRICS}"},
-        upstreams=[UpstreamSpec("web", WEB), UpstreamSpec("db", DB, retry), UpstreamSpec("slow", SLOW),
-                   UpstreamSpec("echo", ECHO), UpstreamSpec("pay", PAY)]))
+    a.write_service("frontend", _frontend_hcl())
     b.write_service("web", service_hcl("web", 8085, proxy_config=BIND))
     b.write_service("echo", service_hcl("echo", 8071, proxy_config=BIND))
     c.write_service("slow", service_hcl("slow", 8060, proxy_config=BIND))
@@ -323,9 +323,31 @@ def test_kill_9_of_one_db_instance_under_wrk_fails_no_request(mesh: Mesh) -> Non
     wait_passing(mesh.cluster, mesh.a, "db", 3)
 
 
+def _db_balancer(mesh: Mesh, policy: str) -> None:
+    """Rewrite frontend's service file with this db balancer, reload, and wait until its sidecar has it."""
+    mesh.a.write_service("frontend", _frontend_hcl(policy))
+    mesh.a.hup()
+
+    def applied() -> bool:
+        snap = mesh.a.http("/v1/agent/connect/proxy/frontend-sidecar-proxy")
+        [db] = [u for u in snap["upstreams"] if u["destination_name"] == "db"]
+        return bool(db["load_balancer"]["policy"] == policy)
+    mesh.cluster.wait_until(applied, 15, f"frontend's db upstream to balance with {policy or 'the default'}")
+
+
 def test_an_instance_answering_500_is_ejected_and_comes_back(mesh: Mesh) -> None:
     bad = mesh.apps["db-3"]
     wait_passing(mesh.cluster, mesh.a, "db", 3)
+    # Round robin: every instance keeps its share, so the failing one meets its five failures in a row (the
+    # default balancer counts failures and starves it after the first 500s: nothing would ever be ejected).
+    _db_balancer(mesh, "round_robin")
+    try:
+        _ejected_and_back(mesh, bad)
+    finally:
+        _db_balancer(mesh, "")
+
+
+def _ejected_and_back(mesh: Mesh, bad: App) -> None:
     labels = {"source": "frontend", "destination": "db"}
     ejections = metric(mesh.a, "meshagent_proxy_ejections_total", **labels)
     bad.set_failing(True)
@@ -351,7 +373,8 @@ def test_an_instance_answering_500_is_ejected_and_comes_back(mesh: Mesh) -> None
     mesh.cluster.wait_until(back, EJECTION_S + 20, "db-3 to come back after its ejection")
     waited = time.monotonic() - ejected_at
     print(f"\ndb-3 came back {waited:.1f} s after its ejection (base ejection time {EJECTION_S:g} s)")
-    assert waited >= EJECTION_S - 0.5, f"db-3 came back after {waited:.1f} s, before the ejection time"
+    # ejected_at is when the test saw the ejection (after up to ten requests and a scrape), not when it happened.
+    assert waited >= EJECTION_S - 1.5, f"db-3 came back after {waited:.1f} s, before the ejection time"
 
 
 def test_circuit_breaker_max_concurrent_requests_10_of_50(mesh: Mesh) -> None:
@@ -411,15 +434,23 @@ def test_root_rotation_and_leaf_renewal_under_load_fail_no_request(mesh: Mesh) -
 
 
 def _dns_latencies(host: Host, until: float) -> list[float]:
-    out = []
-    query = dns.message.make_query("web.service.mesh", "A")
-    while time.monotonic() < until:
-        t0 = time.monotonic()
-        try:
-            dns.query.udp(query, host.address, port=8600, timeout=1.0)
-            out.append(time.monotonic() - t0)
-        except dns.exception.Timeout:
-            out.append(1.0)
+    """Sequential A queries to the host's DNS until `until`: each one's round trip in seconds (1 s = lost). A
+    prebuilt query on a plain UDP socket, so the figure is the agent's, not dnspython's parsing."""
+    body = dns.message.make_query("web.service.mesh", "A").to_wire()[2:]
+    out: list[float] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        sock.connect((host.address, 8600))
+        while time.monotonic() < until:
+            qid = len(out).to_bytes(4, "big")[2:]
+            t0 = time.perf_counter()
+            sock.send(qid + body)
+            try:
+                while sock.recv(4096)[:2] != qid:
+                    pass  # a late answer to an earlier, timed-out query
+                out.append(time.perf_counter() - t0)
+            except TimeoutError:
+                out.append(1.0)
     return out
 
 
