@@ -172,7 +172,7 @@ class ProxyRunner:
 
     def _sync_local(self, nursery: trio.Nursery) -> None:
         """Start a supervisor for each new local sidecar, stop those gone, flag the changed ones."""
-        wanted = {sid: d for sid, d in self._local_services().items() if d.kind == PROXY_KIND and embedded(d)}
+        wanted = {sid: d for sid, d in self._local_services().items() if d.kind == PROXY_KIND}
         changed = False
         for pid in [pid for pid, p in self._proxies.items()
                     if pid not in wanted or destination_of(wanted[pid]) != destination_of(p.defn)]:
@@ -229,14 +229,20 @@ class ProxyRunner:
 
     async def _feed(self, p: _Proxy, nursery: trio.Nursery) -> None:
         """Rebuild on every change of the leaf, the definition or a watched catalog key; push what differs."""
-        supervising = False
+        supervising: trio.CancelScope | None = None
         while True:
             keys = watch_keys(p.defn)
             seen = self.store.index_for(keys)
             p.dirty = trio.Event()  # replaced before the build: a change during it sets the new one
-            if self._rebuild(p) and not supervising:
-                nursery.start_soon(self._supervise, p)
-                supervising = True
+            built = self._rebuild(p)
+            # Config.embedded = false: the snapshot is built (for `meshagent connect proxy`), no workers run here.
+            if built and embedded(p.defn) and supervising is None:
+                supervising = trio.CancelScope()
+                nursery.start_soon(self._supervise, p, supervising)
+            elif not embedded(p.defn) and supervising is not None:
+                log.info("sidecar %s: embedded = false, stopping its workers here", p.id)
+                supervising.cancel()
+                supervising = None
             await self._wait(keys, seen, p.dirty)
             await trio.sleep(self.debounce)  # coalesce a burst into one snapshot
 
@@ -288,8 +294,16 @@ class ProxyRunner:
         self._notify()
         return True
 
-    async def _supervise(self, p: _Proxy) -> None:
-        """Run p's supervisor; one that fails is replaced (with the latest snapshot) after a back-off."""
+    async def _supervise(self, p: _Proxy, scope: trio.CancelScope) -> None:
+        """Run p's supervisor until `scope` is cancelled; one that fails is replaced (with the latest snapshot)
+        after a back-off."""
+        with scope:
+            try:
+                await self._supervise_loop(p)
+            finally:
+                p.supervisor = None
+
+    async def _supervise_loop(self, p: _Proxy) -> None:
         delay = RETRY_MIN
         while True:
             try:

@@ -167,17 +167,19 @@ def test_a_sidecar_gets_a_supervisor_with_its_snapshot_and_losing_it_stops_the_s
     run(scenario)
 
 
-def test_a_sidecar_with_embedded_false_is_left_to_meshagent_connect_proxy() -> None:
+def test_a_sidecar_with_embedded_false_gets_a_snapshot_but_no_workers_here() -> None:
     async def scenario(w: World) -> None:
-        w.add_sidecar("api", port=21001)
         sid = w.add_sidecar(config={"embedded": False})
         w.leaves.renew("web")
-        w.leaves.renew("api")
-        await until(lambda: w.runner.snapshot("api-sidecar-proxy"))
-        assert w.runner.proxies() == ["api-sidecar-proxy"] and w.runner.snapshot(sid) is None
+        await until(lambda: w.runner.snapshot(sid))  # for `meshagent connect proxy`, over HTTP
+        await trio.sleep(1)
+        assert w.supervisors == [] and await w.runner.metrics() == []
         w.add_sidecar(config={"embedded": True})
-        await until(lambda: w.runner.snapshot(sid))
+        await until(lambda: w.supervisors and w.supervisors[0].running)
         assert w.runner.status()[sid]["supervisor"] == {"updates": 1}
+        w.add_sidecar(config={"embedded": False})
+        await until(lambda: w.supervisors[0].stopped)
+        assert w.runner.status()[sid]["supervisor"] == {} and w.runner.snapshot(sid) is not None
 
     run(scenario)
 
