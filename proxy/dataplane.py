@@ -8,6 +8,7 @@ import errno
 import logging
 import random
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from .tls import TLSConfigError, TLSContexts
 log = logging.getLogger(__name__)
 
 ACCEPTS_PER_WAKE = 64
-MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; more are refused at once
+MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; beyond, the oldest is closed
 LISTEN_BACKLOG = 1024
 ACCEPT_BACKOFF_S = 0.5
 
@@ -207,7 +208,7 @@ class DataPlane:
         self.authorizer: Authorizer = Authorizer.__new__(Authorizer)  # replaced by the first apply
         self.contexts: TLSContexts | None = None
         self.rng = random.Random()
-        self.handshakes = 0
+        self._pending: OrderedDict[Stream, None] = OrderedDict()  # handshakes in progress, oldest first
         self.refused_handshakes = 0
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._upstreams: dict[str, UpstreamState] = {}
@@ -310,17 +311,30 @@ class DataPlane:
                 return
         OutboundL4(self, state, stream).start()
 
+    @property
+    def handshakes(self) -> int:
+        """TLS handshakes in progress on the public listener."""
+        return len(self._pending)
+
     def _accept_public(self, snap: ProxySnapshot, sock: socket.socket) -> None:
-        if self.contexts is None or self.handshakes >= MAX_HANDSHAKES:
-            self.refused_handshakes += 1
-            self.metrics.tls_failure("inbound", "too-many-handshakes")
+        if self.contexts is None:
             sock.close()
             return
-        self.handshakes += 1
+        if len(self._pending) >= MAX_HANDSHAKES:
+            # Evict the oldest, not the newcomer: a real peer finishes in milliseconds, so an attacker holding
+            # idle connections must outpace every handshake to lock anyone out (refusing newcomers would let
+            # MAX_HANDSHAKES idle sockets, renewed every timeout, keep the whole mesh out).
+            oldest, _ = self._pending.popitem(last=False)
+            self.refused_handshakes += 1
+            self.metrics.tls_failure("inbound", "too-many-handshakes")
+            oldest.close("too-many-handshakes")
         http = snap.protocol == "http"
+        holder: list[Stream] = []
+        finished: list[bool] = []  # set when the handshake ended (even inside accept_tls itself)
 
         def ready(stream: Stream) -> None:
-            self.handshakes -= 1
+            finished.append(True)
+            self._pending.pop(stream, None)
             if http:
                 l7 = _l7()
                 if l7 is not None:
@@ -329,14 +343,19 @@ class DataPlane:
             inbound(self, stream)
 
         def failed(reason: str) -> None:
-            self.handshakes -= 1
+            finished.append(True)
+            if holder:
+                self._pending.pop(holder[0], None)
             self.metrics.tls_failure("inbound", reason)
 
         try:
-            accept_tls(self.reactor, sock, self.contexts.server, ready, failed)
+            stream = accept_tls(self.reactor, sock, self.contexts.server, ready, failed)
         except (OSError, ValueError):
-            self.handshakes -= 1
             sock.close()
+            return
+        if not finished:
+            holder.append(stream)
+            self._pending[stream] = None
 
 
 _L7: list[Any] = []  # HB's module, imported once on first use (lazily: proxy.l7 imports this module)

@@ -12,6 +12,8 @@ import ssl
 from collections import OrderedDict
 from typing import Any
 
+from cryptography import x509
+
 from .snapshot import TLSMaterial
 
 MAX_SESSIONS = 1024  # upstream endpoints whose TLS session we keep
@@ -109,13 +111,43 @@ class SessionCache:
         return len(self._sessions)
 
 
+_IDENTITIES: dict[bytes, str | None] = {}  # peer certificate (DER) -> its identity; peers repeat
+MAX_IDENTITIES = 4096
+
+
 def peer_spiffe_id(obj: ssl.SSLObject) -> str | None:
-    """The URI SAN of the peer's verified certificate, or None (no certificate, no or several URIs)."""
+    """The URI SAN of the peer's verified certificate, or None: no certificate, no or several URIs, or a CA
+    certificate presented as a leaf (whoever holds an intermediate's key may mint identities, not be one)."""
     try:
-        cert: Any = obj.getpeercert()
+        der = obj.getpeercert(binary_form=True)
     except (ValueError, ssl.SSLError):
         return None
-    if not cert:
+    if not der:
         return None
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
-    return uris[0] if len(uris) == 1 else None
+    try:
+        return _IDENTITIES[der]
+    except KeyError:
+        pass
+    identity = _identity_of(der)
+    if len(_IDENTITIES) >= MAX_IDENTITIES:
+        _IDENTITIES.clear()
+    _IDENTITIES[der] = identity
+    return identity
+
+
+def _identity_of(der: bytes) -> str | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return None
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+        uris: list[Any] = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, TypeError):  # OpenSSL verified it, but a parser disagreeing must not crash the loop
+        return None
+    return str(uris[0]) if len(uris) == 1 else None

@@ -280,15 +280,44 @@ def test_bad_material_is_refused_naming_the_field(ca: MeshCA, field: str) -> Non
                                       good.spiffe_id))
 
 
-def test_peer_spiffe_id_needs_exactly_one_uri() -> None:
-    class Fake:
-        def __init__(self, cert: Any) -> None:
-            self.cert = cert
+def _der(uris: list[str], *, dns: bool = False, is_ca: bool = False) -> bytes:
+    import datetime
 
-        def getpeercert(self) -> Any:
-            return self.cert
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    now = datetime.datetime.now(datetime.UTC)
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+         .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+    if dns:
+        sans.append(x509.DNSName("x.example"))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
-    assert peer_spiffe_id(Fake({"subjectAltName": (("URI", "spiffe://a/b"),)})) == "spiffe://a/b"  # type: ignore[arg-type]
-    assert peer_spiffe_id(Fake({"subjectAltName": (("DNS", "x"),)})) is None  # type: ignore[arg-type]
-    assert peer_spiffe_id(Fake({"subjectAltName": (("URI", "a"), ("URI", "b"))})) is None  # type: ignore[arg-type]
-    assert peer_spiffe_id(Fake({})) is None  # type: ignore[arg-type]
+
+class _FakePeer:
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        assert binary_form
+        return self.der
+
+
+@pytest.mark.parametrize(("uris", "dns", "is_ca", "expected"), [
+    (["spiffe://td/ns/default/dc/dc1/svc/web"], False, False, "spiffe://td/ns/default/dc/dc1/svc/web"),
+    (["spiffe://td/ns/default/dc/dc1/svc/web"], True, False, "spiffe://td/ns/default/dc/dc1/svc/web"),
+    (["spiffe://a", "spiffe://b"], False, False, None),  # two identities: none
+    ([], True, False, None),  # no URI at all
+    (["spiffe://td/ns/default/dc/dc1/svc/web"], False, True, None),  # a CA is never a peer identity
+])
+def test_peer_spiffe_id_is_the_one_uri_of_an_end_entity(uris: list[str], dns: bool, is_ca: bool,
+                                                        expected: str | None) -> None:
+    assert peer_spiffe_id(_FakePeer(_der(uris, dns=dns, is_ca=is_ca))) == expected  # type: ignore[arg-type]
+    assert peer_spiffe_id(_FakePeer(b"")) is None  # type: ignore[arg-type]
