@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import random
 import signal
 import socket
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from click.testing import CliRunner
@@ -34,7 +36,7 @@ from meshagent.proxy import http_feed
 from meshagent.proxy.http_feed import FeedError, HTTPFeed, _backoff
 from meshagent.proxy.snapshot import ProxySnapshot
 
-from tests.support.agents import MESHAGENT
+from tests.support.agents import MESHAGENT, AgentProcess
 from tests.support.ports import free_ports
 from tests.support.proxy_api_harness import CA, PROXY_ID, ProxyAPIServer, web_snapshot
 from tests.support.wait import wait_for
@@ -359,5 +361,78 @@ def test_the_command_runs_the_data_plane_until_sigterm(tmp_path: Path) -> None:
             proc.wait(10)
         log.close()
         server.stop()
+        echo.shutdown()
+        echo.server_close()
+
+
+AGENT_HOST = "127.0.19.30"  # a real -dev agent, its sidecar's public listener and its app
+
+
+@pytest.mark.slow
+def test_a_real_agent_leaves_an_embedded_false_sidecar_to_the_command(tmp_path: Path) -> None:
+    echo = socketserver.ThreadingTCPServer((AGENT_HOST, 0), _Echo)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    public = free_ports(1, AGENT_HOST)[0]
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "web.hcl").write_text(f"""
+service {{
+  name = "web"
+  port = {echo.server_address[1]}
+  connect {{
+    sidecar_service {{
+      port = {public}
+      proxy {{
+        local_service_address = "{AGENT_HOST}"
+        config {{ embedded = false }}
+      }}
+    }}
+  }}
+}}
+""")
+    agent = AgentProcess(host=AGENT_HOST, args=["-dev", "-client", AGENT_HOST, "-bind", AGENT_HOST, "-node",
+                                                "proxy-cmd", "-config-dir", str(conf)], workdir=tmp_path).start()
+    log = (tmp_path / "proxy.log").open("wb")
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        assert agent.proc is not None
+        with httpx.Client(base_url=agent.http_addr, timeout=10) as http:
+            # The agent builds the configuration but runs no worker for it.
+            wait_for(lambda: http.get(f"/v1/agent/connect/proxy/{PROXY_ID}").status_code == 200, 30,
+                     what="the agent's snapshot of the sidecar", report=agent.log)
+            assert _children(agent.proc.pid) == []
+            leaf = http.get("/v1/agent/connect/ca/leaf/api").json()
+            roots = http.get("/v1/agent/connect/ca/roots").json()
+        proc = subprocess.Popen([MESHAGENT, "connect", "proxy", "-sidecar-for", "web"], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "CONSUL_HTTP_ADDR": agent.http_addr,
+                                                               "MESH_HTTP_ADDR": ""})
+
+        def report() -> str:
+            return (tmp_path / "proxy.log").read_text(errors="replace")[-3000:] + "\n--- agent ---\n" + agent.log()
+
+        (tmp_path / "api.crt").write_text(leaf["CertPEM"])
+        (tmp_path / "api.key").write_text(leaf["PrivateKeyPEM"])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cadata="\n".join(r["RootCert"] for r in roots["Roots"]))
+        ctx.load_cert_chain(tmp_path / "api.crt", tmp_path / "api.key")
+
+        def echo_through() -> bool:
+            with socket.create_connection((AGENT_HOST, public), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=AGENT_HOST) as tls:
+                tls.sendall(b"via the agent's CA")
+                return tls.recv(100) == b"via the agent's CA"
+
+        wait_for(echo_through, 30, what="an mTLS echo through the command's data plane", report=report)
+        assert _children(agent.proc.pid) == []  # the agent still runs none of it
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, report()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        agent.stop()
         echo.shutdown()
         echo.server_close()
