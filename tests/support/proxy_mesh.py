@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -525,24 +525,3 @@ def pings(messages: Sequence[bytes]) -> int:
     """How many probes (ping messages) are among `messages`: a capture that decodes sees them every second."""
     from meshagent.gossip.messages import MessageType
     return sum(1 for part in messages if part and part[0] == MessageType.PING)
-
-
-# ---------------------------------------------------------------------- misc
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-@contextlib.contextmanager
-def elapsed() -> Iterator[list[float]]:
-    """`with elapsed() as t: ...` then t[0] is the block's wall time in seconds."""
-    out = [0.0]
-    t0 = time.monotonic()
-    try:
-        yield out
-    finally:
-        out[0] = time.monotonic() - t0
-
