@@ -9,6 +9,7 @@ Every tool runs as a real process (`ip netns exec`); nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import signal
@@ -173,8 +174,12 @@ def public_listener(entry: dict[str, Any]) -> tuple[str, int]:
 
 def wait_passing(cluster: Cluster, via: Host, service: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Until `count` sidecars of `service` pass their checks; those entries."""
-    return cluster.wait_until(lambda: (got := connect_instances(via, service)) and len(got) == count and got,
-                              timeout, f"{count} passing sidecar(s) of {service}")
+    def enough() -> list[dict[str, Any]] | None:
+        got = connect_instances(via, service)
+        return got if len(got) == count else None
+    found = cluster.wait_until(enough, timeout, f"{count} passing sidecar(s) of {service}")
+    assert found is not None
+    return found
 
 
 def listening(host: Host, port: int) -> bool:
@@ -314,6 +319,7 @@ def s_client(host: Host, address: str, port: int, *, send: bytes, expect: bytes,
     assert proc.stdin is not None and proc.stdout is not None
     out = bytearray()
     stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)
 
     def read() -> None:
         while chunk := stdout.read1(65536):
