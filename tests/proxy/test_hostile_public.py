@@ -232,7 +232,7 @@ def forge(ca: MeshCA | None, uris: list[str], *, is_ca: bool = False, valid_from
           valid_for_h: float = 24) -> tuple[str, str]:
     """A certificate (PEM) and its key for `uris`, signed by `ca`'s root key, or self-signed when ca is None."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")])
     if ca is None:
         issuer, signer = subject, key
@@ -357,7 +357,7 @@ def test_no_certificate_self_signed_another_ca_expired_and_not_yet_valid_are_ref
     other = MeshCA(ca.trust_domain)  # another CA claiming our trust domain
     other_leaf = other.leaf("web")
     expired = ca.expired_leaf("web")
-    future = ca.leaf("web", now=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1))
+    future = ca.leaf("web", now=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
     cases: dict[str, tuple[str | None, str | None]] = {
         "none": (None, None),
         "self-signed": forge(None, [web]),
@@ -488,7 +488,7 @@ def _half_open(port: int, n: int) -> list[socket.socket]:
 @pytest.mark.slow
 def test_1000_half_open_connections_are_bounded_and_timed_out_while_a_mesh_client_is_served(
         worker: tuple[WorkerProc, EchoServer, ssl.SSLContext]) -> None:
-    w, app, web = worker
+    w, _app, web = worker
     port: int = w.public_port  # type: ignore[attr-defined]
     base_rss, base_fds = w.rss_kib(), w.fds()
     socks = _half_open(port, 1000)
@@ -519,21 +519,18 @@ def test_1000_half_open_connections_are_bounded_and_timed_out_while_a_mesh_clien
 @pytest.mark.slow
 def test_idle_connections_beyond_the_handshake_cap_do_not_lock_out_a_mesh_client(
         worker: tuple[WorkerProc, EchoServer, ssl.SSLContext]) -> None:
-    """MAX_HANDSHAKES (2048) pending handshakes refuse every newcomer: an attacker holding 2,200 idle TCP
-    connections (re-opened every 10 s: ~210 connections/s) keeps every legitimate peer out."""
-    w, app, web = worker
+    """MAX_HANDSHAKES (2048) bounds the descriptors idle peers pin; at the cap the oldest pending handshake
+    goes (counted), so 2,200 idle TCP connections cannot keep a legitimate peer out (finding 2, fixed)."""
+    w, _app, web = worker
     port: int = w.public_port  # type: ignore[attr-defined]
+    base_fds = w.fds()
     socks = _half_open(port, 2200)
     try:
         wait_for(lambda: w.sample("tls_handshake_failures_total", reason="too-many-handshakes") >= 2200 - 2048,
                  what="the cap reached")
-        refused = w.sample("tls_handshake_failures_total", reason="too-many-handshakes")
-        socks += _half_open(port, 5)  # every slot is taken now: these are refused at once
-        wait_for(lambda: w.sample("tls_handshake_failures_total", reason="too-many-handshakes") >= refused + 5,
-                 what="the cap holds")
-        got = mtls_echo(port, web, b"let a real peer in")
-        print("DBG", [l for l in w.metrics().splitlines() if "tls_hand" in l or "connections" in l], w.fds())
-        assert got == b"let a real peer in"
+        assert w.fds() <= base_fds + 2048 + 16
+        for i in range(3):
+            assert mtls_echo(port, web, b"let a real peer in %d" % i) == b"let a real peer in %d" % i
     finally:
         for s in socks:
             s.close()

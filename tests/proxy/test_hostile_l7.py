@@ -1,0 +1,604 @@
+"""Red team of the L7 (http) public listener (127.0.21.0/24): request smuggling shapes, oversized heads, path
+tricks against an L7 deny on /admin, pipelining and endless bodies against a slow app, and a local app that
+answers with broken framing. A legitimate client is served at the same time. Findings:
+/work/notes/h14-H-findings.md.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from meshagent.proxy.dataplane import DataPlane
+from meshagent.proxy.metrics import ProxyMetrics
+from meshagent.proxy.reactor import Reactor
+from meshagent.proxy.snapshot import IntentionRule, Intentions, Permission, ProxySnapshot, TLSMaterial
+
+from tests.support.mesh_certs import MeshCA
+from tests.support.ports import free_ports
+from tests.support.wait import wait_for
+
+HOST = "127.0.21.2"
+T = TypeVar("T")
+ADMIN_DENIED = Intentions(default_allow=False, rules=(IntentionRule(
+    source="web", action=None, name="web => db",
+    permissions=(Permission(action="deny", path_prefix="/admin"), Permission(action="allow", path_prefix="/"))),))
+
+
+# ---------------------------------------------------------------------- harness
+
+
+class Loop:
+    """A Reactor in a thread; `call(fn)` runs fn in the loop thread."""
+
+    def __init__(self) -> None:
+        self.reactor = Reactor()
+        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["v"] = fn()
+            except BaseException as exc:
+                box["e"] = exc
+            done.set()
+
+        self.reactor.call_soon_threadsafe(run)
+        assert done.wait(timeout), "the reactor did not run the call"
+        if "e" in box:
+            raise box["e"]
+        return box["v"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.reactor.stop()
+        self.thread.join(10)
+        self.reactor.close()
+
+
+_HEAD_END = re.compile(rb"\r\n\r\n")
+
+
+class RawApp:
+    """A raw HTTP/1.1 application that records every request head it parses (Content-Length framing only,
+    Transfer-Encoding ignored: the backend a desync would fool) and answers each with `answer(head)`."""
+
+    def __init__(self, host: str = HOST) -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[bytes] = []
+        self.raw = bytearray()
+        self.read = threading.Event()  # cleared: the app does not read (a slow app)
+        self.read.set()
+        self.answer: Callable[[bytes], bytes] = lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def targets(self) -> list[bytes]:
+        with self.lock:
+            return [parts[1] if len(parts) > 1 else h for h in self.heads if (parts := h.split(b" ", 2))]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                self.read.wait()
+                data = conn.recv(65536)
+                if not data:
+                    return
+                with self.lock:
+                    self.raw += data[:1 << 20] if len(self.raw) < 1 << 24 else b""
+                buf += data
+                while (m := _HEAD_END.search(buf)) is not None:
+                    head, buf = buf[:m.end()], buf[m.end():]
+                    cl = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+                    need = int(cl.group(1)) if cl else 0
+                    while len(buf) < need:
+                        more = conn.recv(65536)
+                        if not more:
+                            return
+                        buf += more
+                    buf = buf[need:]
+                    with self.lock:
+                        self.heads.append(head)
+                    conn.sendall(self.answer(head))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def material(ca: MeshCA, service: str) -> TLSMaterial:
+    leaf = ca.leaf(service)
+    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
+
+
+def snapshot(ca: MeshCA, public_port: int, app_port: int) -> ProxySnapshot:
+    return ProxySnapshot(proxy_id="db-sidecar-proxy", service="db", datacenter="dc1", tls=material(ca, "db"),
+                         public_address=HOST, public_port=public_port, local_service_address=HOST,
+                         local_service_port=app_port, protocol="http", intentions=ADMIN_DENIED,
+                         local_connect_timeout_ms=2000)
+
+
+def web_ctx(ca: MeshCA, tmp: Path) -> ssl.SSLContext:
+    leaf = ca.leaf("web")
+    cert, key = leaf.write(tmp / "web")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca.root_pem)
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+class _Unclosable:
+    """A reader HTTPResponse may "close" without closing it (the next response comes from it)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        return None
+
+
+class Conn:
+    """One mTLS connection from web to db's public listener, speaking raw bytes."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> None:
+        raw = socket.create_connection((HOST, port), timeout=timeout)
+        self.tls = ctx.wrap_socket(raw)
+        self.file = self.tls.makefile("rb")
+
+    def send(self, data: bytes) -> bool:
+        """Send; False when the proxy closed on us first."""
+        try:
+            self.tls.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        """The next response: status, lowercase headers, body."""
+        resp = http.client.HTTPResponse(self.tls, method=method)
+        resp.fp = _Unclosable(self.file)  # keep one buffered reader across pipelined responses
+        resp.begin()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+    def closed_by_peer(self) -> bool:
+        """Whether the proxy ended the connection (EOF or reset) within the socket timeout."""
+        try:
+            return self.file.read(1) == b""
+        except (OSError, ssl.SSLError):
+            return True
+
+    def close(self) -> None:
+        self.file.close()
+        self.tls.close()
+
+
+def get(port: int, ctx: ssl.SSLContext, target: str) -> tuple[int, dict[str, str], bytes]:
+    c = Conn(port, ctx)
+    try:
+        c.send(f"GET {target} HTTP/1.1\r\nHost: db\r\n\r\n".encode())
+        return c.response()
+    finally:
+        c.close()
+
+
+class Legit:
+    """A well-behaved client doing keep-alive GETs on one connection while an attack runs."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        self.port, self.ctx = port, ctx
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            c = Conn(self.port, self.ctx, timeout=20)
+            while not self._stop.is_set():
+                c.send(b"GET /legit HTTP/1.1\r\nHost: db\r\n\r\n")
+                status, _h, body = c.response()
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(f"{status} {body!r}")
+            c.close()
+        except Exception as exc:  # the test reads this list
+            self.failed.append(repr(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def counts(metrics: ProxyMetrics, name: str, index: int = -1) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for labels, v in metrics.to_wire()["counter"].get(name, []):
+        out[labels[index]] = out.get(labels[index], 0) + int(v)
+    return out
+
+
+class Sidecar:
+    """db's sidecar (protocol http, /admin denied to web) in front of a RawApp, in-process."""
+
+    def __init__(self, loop: Loop, ca: MeshCA, tmp: Path) -> None:
+        self.loop = loop
+        self.app = RawApp()
+        self.port = free_ports(1, HOST)[0]
+        self.metrics = ProxyMetrics("db", "dc1")
+        self.dp = loop.call(lambda: DataPlane(loop.reactor, self.metrics))
+        assert loop.call(lambda: self.dp.apply(snapshot(ca, self.port, self.app.port))) == []
+        self.ctx = web_ctx(ca, tmp)
+
+    def close(self) -> None:
+        self.loop.call(self.dp.close)
+        self.app.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    return MeshCA()
+
+
+@pytest.fixture
+def sidecar(ca: MeshCA, tmp_path: Path) -> Iterator[Sidecar]:
+    loop = Loop()
+    sc = Sidecar(loop, ca, tmp_path)
+    yield sc
+    sc.close()
+    errors = loop.reactor.errors
+    loop.close()
+    assert errors == 0, "a callback raised in the data plane"
+
+
+@pytest.fixture
+def legit(sidecar: Sidecar) -> Iterator[Legit]:
+    lg = Legit(sidecar.port, sidecar.ctx)
+    wait_for(lambda: lg.ok >= 1 or lg.failed, what="the legitimate client started")
+    yield lg
+    start = lg.ok
+    wait_for(lambda: lg.ok > start + 2 or lg.failed, what="the legitimate client still served after the attack")
+    lg.stop()
+    assert lg.failed == []
+
+
+# ---------------------------------------------------------------------- smuggling shapes
+
+SMUGGLE = b"GET /admin HTTP/1.1\r\nHost: db\r\n\r\n"
+SHAPES: dict[str, bytes] = {
+    "CL+TE": b"POST /x HTTP/1.1\r\nHost: db\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+             + SMUGGLE,
+    "TE+CL": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n"
+             + SMUGGLE,
+    "two CLs": b"POST /x HTTP/1.1\r\nHost: db\r\nContent-Length: 0\r\nContent-Length: 34\r\n\r\n" + SMUGGLE,
+    "CL list": b"POST /x HTTP/1.1\r\nHost: db\r\nContent-Length: 0, 34\r\n\r\n" + SMUGGLE,
+    "CL sign": b"POST /x HTTP/1.1\r\nHost: db\r\nContent-Length: +34\r\n\r\n" + SMUGGLE,
+    "CL hex": b"POST /x HTTP/1.1\r\nHost: db\r\nContent-Length: 0x22\r\n\r\n" + SMUGGLE,
+    "TE chunked,identity": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"
+                           + SMUGGLE,
+    "TE xchunked": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLE,
+    "TE twice": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
+                b"0\r\n\r\n" + SMUGGLE,
+    "space before colon": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLE,
+    "obs-fold": b"POST /x HTTP/1.1\r\nHost: db\r\nX-A: a\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLE,
+    "obs-fold TE": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + SMUGGLE,
+    "bare LF head": b"GET /x HTTP/1.1\nHost: db\n\n" + SMUGGLE,
+    "bare LF in field": b"GET /x HTTP/1.1\r\nHost: db\r\nX-A: a\nTransfer-Encoding: chunked\r\n\r\n" + SMUGGLE,
+    "bare CR": b"GET /x HTTP/1.1\r\nHost: db\r\nX-A: a\rTransfer-Encoding: chunked\r\n\r\n" + SMUGGLE,
+    "NUL in value": b"GET /x HTTP/1.1\r\nHost: db\r\nX-A: a\x00b\r\n\r\n" + SMUGGLE,
+    "two Hosts": b"GET /x HTTP/1.1\r\nHost: db\r\nHost: admin\r\n\r\n" + SMUGGLE,
+    "no Host": b"GET /x HTTP/1.1\r\n\r\n" + SMUGGLE,
+    "double space": b"GET  /x HTTP/1.1\r\nHost: db\r\n\r\n" + SMUGGLE,
+    "HTTP/1.2": b"GET /x HTTP/1.2\r\nHost: db\r\n\r\n" + SMUGGLE,
+}
+# body-level shapes: the head may already be with the app; the rest must never reach it
+BODY_SHAPES: dict[str, bytes] = {
+    "chunk size overflow": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"1" + b"0" * 16 + b"\r\n" + SMUGGLE,
+    "chunk size 2^64+4": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"10000000000000004\r\nabcd\r\n0\r\n\r\n" + SMUGGLE,
+    "negative chunk": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n-4\r\n" + SMUGGLE,
+    "bare LF chunk line": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n4\nabcd\r\n0\r\n\r\n"
+                          + SMUGGLE,
+    "chunk without CRLF": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcdXX0\r\n\r\n"
+                          + SMUGGLE,
+    "huge chunk extension": b"POST /x HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n4;" + b"e" * 70000
+                            + b"\r\nabcd\r\n0\r\n\r\n" + SMUGGLE,
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_smuggling_heads_are_refused_before_the_app_sees_anything(sidecar: Sidecar, legit: Legit,
+                                                                  shape: str) -> None:
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        c.send(SHAPES[shape])
+        status, _headers, _body = c.response("POST")
+        assert status in (400, 501, 505), (shape, status)
+        assert c.closed_by_peer(), f"{shape}: the connection must end after a refused head"
+    finally:
+        c.close()
+    assert all(t == b"/legit" for t in sidecar.app.targets()), sidecar.app.targets()
+
+
+@pytest.mark.xfail(strict=True, reason="finding 4: Transfer-Encoding in an HTTP/1.0 request is relayed")
+def test_transfer_encoding_in_an_http10_request_is_refused(sidecar: Sidecar) -> None:
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as faulty framing. Relayed,
+    an HTTP/1.0 backend that does not do chunked (and skips the junk size line) reads the chunk as the next
+    request: /admin, never authorized."""
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        inner = b"GET /admin HTTP/1.1\r\nHost: db\r\n\r\n"
+        c.send(b"POST /x HTTP/1.0\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(inner) + inner
+               + b"\r\n0\r\n\r\n")
+        status, _h, _b = c.response("POST")
+    finally:
+        c.close()
+    assert status == 400, (status, sidecar.app.targets())
+
+
+@pytest.mark.parametrize("shape", list(BODY_SHAPES))
+def test_broken_chunked_bodies_end_the_request_and_nothing_after_them_reaches_the_app(
+        sidecar: Sidecar, legit: Legit, shape: str) -> None:
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        c.send(BODY_SHAPES[shape])
+        try:
+            status, _h, _b = c.response("POST")
+            assert status in (400, 413, 502), (shape, status)
+        except (http.client.HTTPException, OSError):
+            pass  # closed without an answer: acceptable once the head was relayed
+        assert c.closed_by_peer(), shape
+    finally:
+        c.close()
+    with sidecar.app.lock:
+        assert b"/admin" not in sidecar.app.raw, shape
+    assert b"/admin" not in b" ".join(sidecar.app.targets())
+
+
+def test_a_10mb_header_and_10000_headers_get_431_in_bounded_time(sidecar: Sidecar, legit: Legit) -> None:
+    for name, head in {
+        "10 MB header": b"GET /x HTTP/1.1\r\nHost: db\r\nX-Big: " + b"a" * (10 << 20) + b"\r\n\r\n",
+        "10,000 headers": b"GET /x HTTP/1.1\r\nHost: db\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10000))
+                          + b"\r\n",
+        "10 MB request line": b"GET /" + b"a" * (10 << 20) + b" HTTP/1.1\r\nHost: db\r\n\r\n",
+    }.items():
+        t0 = time.monotonic()
+        c = Conn(sidecar.port, sidecar.ctx, timeout=10)
+        try:
+            sender = threading.Thread(target=c.send, args=(head,), daemon=True)
+            sender.start()
+            status, _h, _b = c.response()
+            assert status in (414, 431), (name, status)
+            assert c.closed_by_peer(), name
+            sender.join(10)
+        finally:
+            c.close()
+        assert time.monotonic() - t0 < 5, name
+    assert all(t == b"/legit" for t in sidecar.app.targets())
+    classes = counts(sidecar.metrics, "requests_total")
+    assert classes.get("4xx", 0) >= 3, sidecar.metrics.to_wire()["counter"].get("requests_total")
+
+
+# ---------------------------------------------------------------------- paths against the /admin deny
+
+DENIED_TARGETS = ["/admin", "/admin/", "/admin?x=1", "/admin#frag", "/adminx", "/%61dmin", "/%61%64%6D%69%6E",
+                  "//admin", "///admin", "/./admin", "/admin/../admin", "/x/../admin", "/x/%2e%2e/admin",
+                  "/x/%2E%2E/admin", "/x/.%2e/admin", "/%2e/admin", "/x/y/../../admin", "/../admin",
+                  "http://db/admin", "HTTP://db/admin", "http://db//admin", "http://db/x/../admin"]
+REFUSED_TARGETS = ["/admin%2fx", "/%2fadmin", "/x%2F..%2Fadmin", "/x\\..\\admin", "\\admin", "admin", "*",
+                   "db/admin", "//db/admin%5c"]
+
+
+@pytest.mark.parametrize("target", DENIED_TARGETS)
+def test_an_l7_deny_on_admin_is_not_bypassed_by_path_tricks(sidecar: Sidecar, target: str) -> None:
+    status, headers, _body = get(sidecar.port, sidecar.ctx, target)
+    assert status == 403, (target, status)
+    assert headers.get("x-meshagent-denied-by") == "web => db"
+    assert sidecar.app.targets() == []
+
+
+@pytest.mark.parametrize("target", REFUSED_TARGETS)
+def test_ambiguous_targets_are_refused_not_forwarded(sidecar: Sidecar, target: str) -> None:
+    status, _headers, _body = get(sidecar.port, sidecar.ctx, target)
+    assert status in (400, 403), (target, status)
+    assert sidecar.app.targets() == []
+
+
+def test_case_is_significant_and_other_paths_pass(sidecar: Sidecar) -> None:
+    """Envoy's prefix match is case-sensitive: /ADMIN is another path (the app's business)."""
+    for target in ["/ADMIN", "/Admin", "/", "/public", "/x/../public", "/ad%6Din-not"]:
+        status, _h, _b = get(sidecar.port, sidecar.ctx, target)
+        expected = 403 if target == "/ad%6Din-not" else 200  # decodes to /admin-not: under the prefix
+        assert status == expected, (target, status)
+    denials = counts(sidecar.metrics, "authorization_denials_total")
+    assert denials.get("l7") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="finding 3: a target with '#' is authorized without it, relayed with it")
+def test_a_fragment_in_the_request_target_is_refused_not_relayed(sidecar: Sidecar) -> None:
+    """A request target has no fragment (RFC 9112 3.2); Envoy refuses one (http_reject_path_with_fragment).
+    Authorized as /public but relayed raw, an app that resolves dot segments before cutting at '#' serves
+    /admin."""
+    status, _h, _b = get(sidecar.port, sidecar.ctx, "/public#/../admin")
+    assert status == 400, status
+    assert sidecar.app.targets() == []
+
+
+# ---------------------------------------------------------------------- the local app answers badly
+
+
+BAD_ANSWERS: dict[str, bytes] = {
+    "CL letters": b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok\n",
+    "two CLs": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nok\n",
+    "negative CL": b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nok\n",
+    "CL+TE": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n",
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 3\n\nok\n",
+    "garbage": b"\x00\xff garbage \r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", list(BAD_ANSWERS))
+def test_a_local_app_with_broken_framing_gets_a_502_and_its_connection_dropped(sidecar: Sidecar,
+                                                                                answer: str) -> None:
+    sidecar.app.answer = lambda head: BAD_ANSWERS[answer] if b"/bad" in head else \
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        c.send(b"GET /bad HTTP/1.1\r\nHost: db\r\n\r\n")
+        status, _h, _b = c.response()
+        assert status == 502, (answer, status)
+    finally:
+        c.close()
+    # the next request is served on a fresh local connection, never from the broken one's leftovers
+    for _ in range(3):
+        status, _h, body = get(sidecar.port, sidecar.ctx, "/good")
+        assert (status, body) == (200, b"ok\n")
+
+
+def test_a_short_body_ends_the_client_connection_and_extra_bytes_never_answer_the_next_request(
+        sidecar: Sidecar) -> None:
+    answers = {
+        b"/short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",  # then the app closes? no: waits
+        b"/long": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+    }
+
+    def answer(head: bytes) -> bytes:
+        for key, value in answers.items():
+            if key in head:
+                return value
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+    sidecar.app.answer = answer
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        c.send(b"GET /long HTTP/1.1\r\nHost: db\r\n\r\n")
+        assert c.response()[2] == b"hello"
+        for _ in range(3):  # the leftover "evil" response must never be handed to a later request
+            c.send(b"GET /next HTTP/1.1\r\nHost: db\r\n\r\n")
+            assert c.response()[2] == b"ok\n"
+        assert get(sidecar.port, sidecar.ctx, "/other")[2] == b"ok\n"
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------- floods against a worker process
+
+
+class WorkerProc:
+    """db's sidecar as a worker process (static snapshot) with its metrics listener."""
+
+    def __init__(self, tmp: Path, snap: ProxySnapshot) -> None:
+        self.metrics_port = free_ports(1, HOST)[0]
+        path = tmp / "snapshot.json"
+        path.write_text(json.dumps(snap.to_wire()))
+        self.proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--snapshot", str(path),
+                                      "--metrics-bind", f"{HOST}:{self.metrics_port}", "--log-level", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self.metrics, what="the worker's metrics listener", fatal=AssertionError)
+
+    def metrics(self) -> str:
+        assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else b""
+        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _flood_until_blocked(c: Conn, chunks: Iterator[bytes], limit: int) -> int:
+    """Send until TCP stops taking bytes (2 s without progress) or `limit` bytes; how many were sent."""
+    sent = 0
+    c.tls.settimeout(2.0)
+    try:
+        for chunk in chunks:
+            c.tls.sendall(chunk)
+            sent += len(chunk)
+            if sent >= limit:
+                break
+    except (TimeoutError, OSError):
+        pass
+    return sent
+
+
+@pytest.mark.slow
+def test_endless_chunked_body_and_unbounded_pipelining_to_a_slow_app_keep_the_worker_rss_bounded(
+        ca: MeshCA, tmp_path: Path) -> None:
+    app = RawApp()
+    app.read.clear()  # the app reads nothing: the proxy must push back, not buffer
+    port = free_ports(1, HOST)[0]
+    w = WorkerProc(tmp_path, snapshot(ca, port, app.port))
+    ctx = web_ctx(ca, tmp_path)
+    conns: list[Conn] = []
+    try:
+        base = w.rss_kib()
+        body = Conn(port, ctx)
+        conns.append(body)
+        body.send(b"POST /upload HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"10000\r\n" + os.urandom(0x10000) + b"\r\n"
+        sent_body = _flood_until_blocked(body, iter(lambda: chunk, b""), 512 << 20)
+        pipe = Conn(port, ctx)
+        conns.append(pipe)
+        request = b"GET /p HTTP/1.1\r\nHost: db\r\n\r\n" * 2000
+        sent_pipe = _flood_until_blocked(pipe, iter(lambda: request, b""), 512 << 20)
+        grown = w.rss_kib() - base
+        assert sent_body < 64 << 20, f"{sent_body} bytes of body taken while the app reads nothing"
+        assert sent_pipe < 64 << 20, f"{sent_pipe} bytes of pipelined requests taken"
+        assert grown < 48 * 1024, f"worker RSS grew {grown} KiB"
+        # the slow app catches up: a fresh client is served (the app answers every head it reads)
+        app.read.set()
+        status, _h, _b = get(port, ctx, "/after")
+        assert status == 200
+    finally:
+        for c in conns:
+            c.close()
+        w.close()
+        app.close()
