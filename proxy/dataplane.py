@@ -14,12 +14,13 @@ from typing import Any, Protocol
 
 from .authorize import Authorizer
 from .balancer import make_balancer
+from .dial import accept_tls, connect, plain
 from .l4 import OutboundL4, inbound
 from .outlier import OutlierDetector
 from .reactor import Reactor, Timer
 from .resilience import CircuitBreakers, RetryBudget
 from .snapshot import Endpoint, ProxySnapshot, Upstream
-from .stream import Cancel, Stream, accept_tls, connect, plain
+from .stream import Cancel, Stream
 from .tls import TLSConfigError, TLSContexts
 
 log = logging.getLogger(__name__)

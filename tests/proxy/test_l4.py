@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from meshagent.proxy.dial import plain
 from meshagent.proxy.l4 import PAUSE_AT, Pipe
 from meshagent.proxy.reactor import Reactor
-from meshagent.proxy.stream import READ_SIZE, READS_PER_WAKE, Stream, plain
+from meshagent.proxy.stream import READ_SIZE, READS_PER_WAKE, Stream
 
 from tests.support.wait import wait_for
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from meshagent.proxy.dial import accept_tls, connect
 from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import TLSMaterial
-from meshagent.proxy.stream import Stream, accept_tls, connect
+from meshagent.proxy.stream import Stream
 from meshagent.proxy.tls import TLSConfigError, TLSContexts, peer_spiffe_id
 
 from tests.support.mesh_certs import LeafFiles, MeshCA
