@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from ...gossip.member import Member
 from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
 from ..catalog.state import Instance
-from ..config.encode import camel_keys
 
 if TYPE_CHECKING:
     from ...gossip.key_query import KeyQueryResult
@@ -37,6 +36,13 @@ def dumps(data: Any, pretty: bool = False) -> bytes:
 def _proxy(proxy: dict[str, Any]) -> dict[str, Any]:
     # Consul always renders the (possibly empty) proxy block with these sub-objects.
     return proxy if proxy else {"MeshGateway": {}, "Expose": {}}
+
+
+def connect_json(connect: dict[str, Any]) -> dict[str, Any]:
+    """A service's `Connect` as Consul shows it: `{"Native": true}` or `{}`. `sidecar_service` is kept by local
+    state (it re-expands the sidecar on reload and restart) but never shown: Consul drops it once the sidecar
+    is registered ("SidecarService is meant to be a registration syntax sugar", agent_endpoint.go)."""
+    return {"Native": True} if connect.get("native", connect.get("Native")) is True else {}
 
 
 def node_json(node: Node) -> dict[str, Any]:
@@ -69,7 +75,7 @@ def service_json(svc: Service) -> dict[str, Any]:
         "Weights": dict(svc.weights),
         "EnableTagOverride": svc.enable_tag_override,
         "Proxy": _proxy(svc.proxy),
-        "Connect": dict(svc.connect),
+        "Connect": connect_json(svc.connect),
         "CreateIndex": svc.create_index,
         "ModifyIndex": svc.modify_index,
     })
@@ -96,7 +102,7 @@ def catalog_service_json(node: Node, svc: Service) -> dict[str, Any]:
         "ServicePort": svc.port,
         "ServiceEnableTagOverride": svc.enable_tag_override,
         "ServiceProxy": _proxy(svc.proxy),
-        "ServiceConnect": dict(svc.connect),
+        "ServiceConnect": connect_json(svc.connect),
         "CreateIndex": svc.create_index,
         "ModifyIndex": svc.modify_index,
     }
@@ -191,20 +197,12 @@ def agent_service_json(defn: ServiceDefinition, datacenter: str) -> dict[str, An
     })
     if defn.proxy:
         out["Proxy"] = dict(defn.proxy)
-    if defn.connect:  # as Consul echoes it: {"Native": ..., "SidecarService": {"Port": ..., "Proxy": ...}}
-        out["Connect"] = _connect_echo(defn.connect)
+    connect = connect_json(defn.connect)
+    if connect:
+        out["Connect"] = connect
     if out["TaggedAddresses"] is None:
         del out["TaggedAddresses"]
     return out
-
-
-def _connect_echo(connect: dict[str, Any]) -> dict[str, Any]:
-    """The connect block in CamelCase; one HCL `upstreams { }` block reads as a map: Consul shows a list."""
-    echo: dict[str, Any] = camel_keys(connect)
-    proxy = echo.get("SidecarService", {}).get("Proxy")
-    if isinstance(proxy, dict) and isinstance(proxy.get("Upstreams"), dict):
-        proxy["Upstreams"] = [proxy["Upstreams"]]
-    return echo
 
 
 def local_check_json(check: LocalCheck, node: str, service_tags: list[str]) -> dict[str, Any]:

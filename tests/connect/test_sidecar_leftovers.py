@@ -1,7 +1,8 @@
 """Sidecar details Consul has and item 1 left out: the "Connect Sidecar Aliasing <parent>" alias check (its
 status the worst of the parent's and the node's checks, Consul's outputs), alias_service checks in general
-(files and API), the parent's Connect.SidecarService echoed in CamelCase with its user maps verbatim, and
-`ports { sidecar_min_port, sidecar_max_port }` (accepted, checked, honoured; 0 turns picking off)."""
+(files and API), the parent's Connect as Consul shows it (SidecarService is registration sugar: never shown;
+user maps verbatim through the persisted body), and `ports { sidecar_min_port, sidecar_max_port }`
+(accepted, checked, honoured; 0 turns picking off)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from meshagent.agent.catalog import Node
+from meshagent.agent.catalog import Node, Service
 from meshagent.agent.checks.alias import alias_status
 from meshagent.agent.config.encode import service_to_api
 from meshagent.agent.config.errors import ConfigErrors
 from meshagent.agent.config.loader import load_config, parse_check, parse_service
 from meshagent.agent.config.types import Source
-from meshagent.agent.http.render import agent_service_json
+from meshagent.agent.http.render import agent_service_json, catalog_service_json, service_json
 from meshagent.agent.local_state import LocalState, LocalStateError
 from meshagent.agent.store import CatalogStore
 
@@ -173,7 +174,7 @@ def test_an_alias_check_survives_the_register_body_round_trip() -> None:
     assert again.checks[0].alias_service == "db" and again.checks[0].type == "alias"
 
 
-# ---------------------------------------------------------------------- Connect.SidecarService in CamelCase
+# ---------------------------------------------------------------------- Connect as Consul shows it
 
 
 HCL_WEB = """
@@ -202,25 +203,42 @@ service {
 API_WEB = {"Name": "web", "Port": 8080, "Connect": {"SidecarService": {
     "Port": 21500, "Meta": {"owner_team": "a"},
     "Proxy": {"Config": {"protocol": "http"},
-              "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191, "Config": {"connect_timeout_ms": 100,
-                                                                               "limits": {"max_connections": 10}}}]}}}}
-ECHO = {"SidecarService": {
-    "Port": 21500, "Meta": {"owner_team": "a"},
-    "Proxy": {"Config": {"protocol": "http"},
-              "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191, "Config": {"connect_timeout_ms": 100,
-                                                                               "limits": {"max_connections": 10}}}]}}}
+              "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191,
+                             "Config": {"connect_timeout_ms": 100, "limits": {"max_connections": 10}}}]}}}}
 
 
-def test_the_parent_echoes_its_sidecar_service_in_camel_case(tmp_path: Path) -> None:
+def test_sidecar_service_is_registration_sugar_never_shown(tmp_path: Path) -> None:
+    """Consul drops SidecarService once the sidecar is registered (agent_endpoint.go: "registration syntax
+    sugar"): /v1/agent/services shows no Connect for the parent; a native service shows {"Native": true}."""
     path = tmp_path / "web.hcl"
     path.write_text(HCL_WEB)
     [from_file] = load_config([str(path)], [], {}).services
     from_api = parse_service(API_WEB, Source("<api>"))
     for defn in (from_file, from_api):
-        assert agent_service_json(defn, "dc1")["Connect"] == ECHO  # user keys (meta, config) verbatim
-        # and what is persisted for an API service comes back the same (Config keys not camel-cased)
-        again = parse_service(service_to_api(defn), Source("<persisted>"))
-        assert agent_service_json(again, "dc1")["Connect"] == ECHO
+        assert "sidecar_service" in defn.connect  # kept: reloads and restarts expand it again
+        assert "Connect" not in agent_service_json(defn, "dc1")
+    native = parse_service({"Name": "n", "Connect": {"Native": True}}, Source("<api>"))
+    assert agent_service_json(native, "dc1")["Connect"] == {"Native": True}
+
+
+def test_catalog_rows_show_connect_as_consul_does() -> None:
+    node = Node(node="n1", address="198.18.0.41")
+    for connect, shown in (({"sidecar_service": {"port": 1}}, {}), ({"native": True}, {"Native": True}),
+                           ({"Native": True}, {"Native": True}), ({}, {})):
+        svc = Service(node="n1", id="web", service="web", connect=connect)
+        assert catalog_service_json(node, svc)["ServiceConnect"] == shown
+        assert service_json(svc)["Connect"] == shown
+
+
+def test_user_maps_survive_the_register_body_round_trip() -> None:
+    """What is persisted for an API service comes back the same: keys under config/meta stay as written
+    (camel_keys camel-cased maps nested in an upstream's config: limits.max_connections became
+    MaxConnections)."""
+    from_api = parse_service(API_WEB, Source("<api>"))
+    again = parse_service(service_to_api(from_api), Source("<persisted>"))
+    assert again.connect == from_api.connect
+    upstream = again.connect["sidecar_service"]["proxy"]["upstreams"][0]
+    assert upstream["config"] == {"connect_timeout_ms": 100, "limits": {"max_connections": 10}}
 
 
 # ---------------------------------------------------------------------- ports { sidecar_min_port, ... }
