@@ -347,7 +347,8 @@ class DataPlane:
             finished.append(True)
             if holder:
                 self._pending.pop(holder[0], None)
-            self.metrics.tls_failure("inbound", reason)
+            if reason != "closed-before-hello":  # the agent's TCP check of this listener, every 10 s
+                self.metrics.tls_failure("inbound", reason)
 
         try:
             stream = accept_tls(self.reactor, sock, self.contexts.server, ready, failed)

@@ -346,6 +346,9 @@ class Stream:
                     return
                 self.received += len(data)
                 if not data:
+                    if not self.received:  # a TCP probe (health check, port scan): no TLS was attempted
+                        self._hs_failed("closed-before-hello")
+                        return
                     inc.write_eof()
                     break
                 inc.write(data)

@@ -360,6 +360,16 @@ def test_hostile_clients_on_the_public_listener_are_refused_and_counted(mesh: Me
     assert mesh.app.accepted == 0
 
 
+def test_a_tcp_probe_of_the_public_listener_is_not_a_tls_failure(mesh: Mesh) -> None:
+    """The sidecar's own "listening" check connects and closes every 10 s: no metric noise from it."""
+    for _ in range(3):
+        socket.create_connection((HOST, mesh.public_port), timeout=10).close()
+    wait_for(lambda: mesh.loop.call(lambda: mesh.server.handshakes) == 0, 10, what="probes gone")
+    with socket.create_connection((HOST, mesh.public_port), timeout=10) as sock:
+        sock.sendall(b"\x00" * 10)  # but bytes that are not TLS are
+    wait_for(lambda: counter(mesh.server_metrics, "tls_handshake_failures_total") == 1, 10, what="one failure")
+
+
 def test_root_rotation_new_leaves_reach_old_ones(mesh: Mesh, ca: MeshCA) -> None:
     """Mid-rotation: db still has the old root's leaf, web already the new one; both trust both roots."""
     new_ca = MeshCA(ca.trust_domain)
