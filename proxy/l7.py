@@ -6,6 +6,7 @@ retries within the budget, outlier feedback, metrics). The per-connection relay 
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections import deque
 from collections.abc import Hashable
@@ -57,7 +58,6 @@ class _Base:
         logger = logger_for(snap.access_log)
         if logger is None:
             return
-        import time  # only with access logs on: wall-clock start time
         req = s.req
         logger.log(start=time.time() - duration_s, duration_s=duration_s,
                    source=self.source if self.direction == "inbound" else snap.service,
@@ -77,7 +77,8 @@ class _Base:
         if s.rx - self.rx_reported + s.tx - self.tx_reported >= BYTES_FLUSH:
             self.metrics.bytes(self.direction, self.label, s.rx - self.rx_reported, s.tx - self.tx_reported)
             self.rx_reported, self.tx_reported = s.rx, s.tx
-        self._log(s, code, duration_s)
+        if self.dp.snapshot is not None and self.dp.snapshot.access_log.enabled:
+            self._log(s, code, duration_s, s.flags)
 
 
 class InboundL7(_Base):
@@ -112,11 +113,13 @@ class InboundL7(_Base):
         except HTTPError as exc:
             return reply(exc.status, exc.reason.encode() + b"\n")
         if not self.source:
+            s.flags = "DENY"
             self.metrics.denial("", "l7")
             return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
         verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, head.headers)
         if verdict.allowed:
             return None
+        s.flags = "DENY"
         self.metrics.denial(verdict.rule, "l7")
         rule = (verdict.rule or "default").encode("utf-8", "replace")[:256].replace(b"\r", b"").replace(b"\n", b"")
         return reply(403, b"RBAC: access denied\n", ((DENIED_HEADER, rule),))
@@ -280,6 +283,7 @@ class OutboundL7(_Base):
         self.retries = cfg.retries
         self.timeout_s = cfg.request_timeout_ms / 1000.0
         if not us.breakers.acquire_request():
+            s.flags = "UO"
             return self._trip("max_concurrent_requests")
         us.budget.request_started()
         lb = cfg.load_balancer
@@ -304,6 +308,7 @@ class OutboundL7(_Base):
         if ep is None and s.tried:
             ep = us.balancer.pick(self.hash_key)
         if ep is None:
+            s.flags = "UH"
             s.attach_failed("no healthy endpoints", None, reply(503, b"no healthy upstream\n"))
             return
         s.tried.append(ep)
@@ -318,6 +323,7 @@ class OutboundL7(_Base):
         if not us.breakers.acquire_pending():
             self.picked = None
             us.balancer.finished(ep, 0.0, True, s.t_attempt)
+            s.flags = "UO"
             s.attach_failed("breaker", None, self._trip("max_pending_requests"))
             return
         if not us.breakers.acquire_connection():

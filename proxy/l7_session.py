@@ -124,7 +124,7 @@ class Session:
         self.timer: Timer | None = None
         self.retry_timer: Timer | None = None
         self.rx = self.tx = 0
-        self.source_ip = ""
+        self.flags = ""  # access-log markers of the current request ("UF", "UO", "DENY", "UT", ...)
         self.since = reactor.now()  # idle since, or the current head's first byte
         _Sweeper.of(reactor).sessions.add(self)
         down.on_data = self._down_data
@@ -166,6 +166,7 @@ class Session:
         self.tried = []
         self.code = 0
         self.key = None
+        self.flags = ""
         refusal = reply(405, b"CONNECT is not proxied\n", close=True) if head.method == b"CONNECT" else None
         if refusal is None:
             refusal = self.route.begin(self, head)
@@ -306,6 +307,7 @@ class Session:
         if self._may_retry(self.route.retries.retry_on_connect_failure):
             return
         self._cancel_timers()
+        self.flags = "URX" if self.attempt else "UF"
         self._refuse(self.route.failure_reply(reason), 503)
 
     def _up_data(self, data: bytes) -> None:
@@ -449,6 +451,7 @@ class Session:
         self._drop_conn()
         self.route.cancel_acquire(self)
         self._finish_retry()
+        self.flags = "UT"
         self._refuse(reply(504, b"upstream request timeout\n"), 504)
 
     def _cancel_timers(self) -> None:

@@ -478,17 +478,18 @@ def read_response(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, 
         chunk = sock.recv(65536)
         assert chunk, buf
         buf += chunk
-    head, _, buf = buf.partition(b"\r\n\r\n")
+    head, _, first = buf.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    while len(buf) < length:
-        chunk = sock.recv(65536)
+    body = bytearray(first)
+    while len(body) < length:
+        chunk = sock.recv(1 << 20)
         assert chunk
-        buf += chunk
-    return head, buf[:length], buf[length:]
+        body += chunk
+    return head, bytes(body[:length]), bytes(body[length:])
 
 
 def test_expect_100_continue_and_head_requests_on_one_connection(make_mesh: Callable[..., Mesh]) -> None:
@@ -677,3 +678,46 @@ def test_a_denied_request_with_a_body_keeps_the_connection(make_mesh: Callable[.
         head, got, rest = read_response(s, rest)
         assert head.startswith(b"HTTP/1.1 200") and got == b"db-0\n"
     assert mesh.apps[0].served == 1
+
+
+def test_access_log_lines_carry_code_path_and_flags(make_mesh: Callable[..., Mesh], loop: Loop,
+                                                    tmp_path: Path) -> None:
+    from meshagent.proxy import access_log
+    from meshagent.proxy.snapshot import AccessLog
+    mesh = make_mesh()
+    path = tmp_path / "access.log"
+    dp = mesh.servers[0]
+    snap = loop.call(lambda: dp.snapshot)
+    assert loop.call(lambda: dp.apply(replace(snap, access_log=AccessLog(enabled=True, path=str(path))))) == []
+    try:
+        c = mesh.conn()
+        assert mesh.get("/", c)[0] == 200
+        assert mesh.get("/admin", c)[0] == 403
+        c.close()
+        loop.call(access_log.flush_all)
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [(e["code"], e["path"], e["flags"], e["source"], e["direction"]) for e in lines] == [
+            (200, "/", "", "web", "inbound"), (403, "/admin", "DENY", "web", "inbound")]
+    finally:
+        loop.call(access_log.close_all)
+
+
+def test_32mb_responses_stream_through_one_keep_alive_connection(make_mesh: Callable[..., Mesh], loop: Loop) -> None:
+    mesh = make_mesh()
+    size = 32 * 1024 * 1024
+    block = bytes(range(256)) * 4096  # 1 MiB
+
+    def answer(head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + block * (size // len(block))
+
+    app = serve_raw(mesh, loop, answer)
+    try:
+        with socket.create_connection((HOST, mesh.bind_port), timeout=30) as s:
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body, rest = read_response(s)
+            assert head.startswith(b"HTTP/1.1 200") and len(body) == size and body[:1024] == block[:1024]
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head, body, rest = read_response(s, rest)
+            assert len(body) == size and rest == b"" and s.recv(10) == b""
+    finally:
+        app.close()
