@@ -19,6 +19,7 @@ READS_PER_WAKE = 4
 MAX_WRITE_BUFFER = 64 * 1024 * 1024  # a peer that never reads: pipes pause far below this, L7 may not
 MAX_HANDSHAKE_BUFFER = 256 * 1024  # ciphertext a peer may queue before its handshake completes
 HANDSHAKE_TIMEOUT_S = 10.0
+MAX_SESSION_LOOKS = 3  # reads after a handshake that look for a TLS 1.3 session ticket
 
 _RESET = (ConnectionError, OSError)
 
@@ -56,6 +57,7 @@ class Stream:
         self.peer_spiffe_id: str | None = None
         self.session_reused = False
         self.on_session: Callable[[ssl.SSLSession], None] | None = None  # first resumable session seen
+        self._session_looks = 0
         self.received = 0  # bytes from the socket (ciphertext for TLS)
         self.sent = 0
 
@@ -177,11 +179,16 @@ class Stream:
             self._got_eof()
 
     def _offer_session(self) -> None:
+        # Reading .session copies the whole session (~0.3 ms): a few looks, then give up on a server that
+        # sends no ticket rather than pay that on every read of the connection.
         assert self._tls is not None
+        self._session_looks += 1
         session = self._tls.session
         if session is not None and session.has_ticket and self.on_session is not None:
             cb, self.on_session = self.on_session, None
             cb(session)
+        elif self._session_looks >= MAX_SESSION_LOOKS:
+            self.on_session = None
 
     def _got_eof(self) -> None:
         if self._eof_received:

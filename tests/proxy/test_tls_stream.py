@@ -322,3 +322,33 @@ def test_peer_spiffe_id_is_the_one_uri_of_an_end_entity(uris: list[str], dns: bo
                                                         expected: str | None) -> None:
     assert peer_spiffe_id(_FakePeer(_der(uris, dns=dns, is_ca=is_ca))) == expected  # type: ignore[arg-type]
     assert peer_spiffe_id(_FakePeer(b"")) is None  # type: ignore[arg-type]
+
+
+def test_a_server_without_session_tickets_is_looked_at_a_bounded_number_of_times(loop: Loop, ca: MeshCA) -> None:
+    from meshagent.proxy.stream import MAX_SESSION_LOOKS
+    server_ctxs = TLSContexts.build(material(ca, ca.leaf("db")))
+    server_ctxs.server.num_tickets = 0
+    srv = TLSServer(loop, server_ctxs)
+    ctxs = TLSContexts.build(material(ca, ca.leaf("web")))
+    got: list[bytes] = []
+    sessions: list[Any] = []
+    streams: list[Stream] = []
+    looks: list[int] = []
+
+    def ready(stream: Stream) -> None:
+        streams.append(stream)
+        stream.on_data = got.append
+
+    try:
+        loop.call(lambda: connect(loop.reactor, HOST, srv.port, 5.0, ctxs.client, ready, got.append,
+                                  on_session=sessions.append))
+        wait_for(lambda: streams, 10, what="connected")
+        for i in range(MAX_SESSION_LOOKS + 3):
+            loop.call(lambda i=i: streams[0].write(b"%d" % i))
+            wait_for(lambda i=i: b"".join(got).endswith(b"%d" % i), 10, what=f"echo {i}")
+            looks.append(loop.call(lambda: streams[0]._session_looks))
+        assert sessions == []
+        assert looks[-1] == MAX_SESSION_LOOKS and loop.call(lambda: streams[0].on_session) is None
+        loop.call(streams[0].close)
+    finally:
+        srv.close()
