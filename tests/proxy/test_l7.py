@@ -721,3 +721,66 @@ def test_32mb_responses_stream_through_one_keep_alive_connection(make_mesh: Call
             assert len(body) == size and rest == b"" and s.recv(10) == b""
     finally:
         app.close()
+
+
+def test_mutated_requests_never_break_the_loop(make_mesh: Callable[..., Mesh], loop: Loop) -> None:
+    import random
+    rng = random.Random(1405)
+    mesh = make_mesh()
+    seeds = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+             b"GET /admin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]
+    for _ in range(150):
+        data = bytearray(rng.choice(seeds) * rng.randint(1, 3))
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            at = rng.randrange(len(data))
+            if op < 0.4:
+                data[at] = rng.randrange(256)
+            elif op < 0.7:
+                data[at:at] = rng.choice([b"\r\n", b"\n", b" ", b":", b"0", b"chunked", b"\x00", b"9" * 20])
+            else:
+                del data[at:at + rng.randint(1, 8)]
+        with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
+            s.sendall(bytes(data))
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    assert loop.call(lambda: loop.reactor.errors) == 0
+    assert mesh.get("/")[:2] == (200, b"db-0\n")
+
+
+def test_hostile_client_sidecar_over_mtls_gets_answers_not_crashes(make_mesh: Callable[..., Mesh], loop: Loop,
+                                                                   ca: MeshCA, tmp_path: Path) -> None:
+    import ssl
+    mesh = make_mesh()
+    leaf = ca.leaf("web")
+    (tmp_path / "web.pem").write_text(leaf.cert_pem)
+    (tmp_path / "web.key").write_text(leaf.key_pem)
+    ctx = ssl.create_default_context(cadata=ca.root_pem)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(tmp_path / "web.pem", tmp_path / "web.key")
+    cases = {b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n": b"HTTP/1.1 403",
+             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n": b"HTTP/1.1 400",
+             b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n": b"HTTP/1.1 431",
+             b"GET /%2fadmin HTTP/1.1\r\nHost: x\r\n\r\n": b"HTTP/1.1 400",
+             b"\x16\x03\x01garbage\r\n\r\n": b"HTTP/1.1 400"}
+    for raw, expected in cases.items():
+        with socket.create_connection((HOST, mesh.endpoints[0].port), timeout=20) as plain, \
+                ctx.wrap_socket(plain) as s:
+            s.sendall(raw)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+                    if b"\r\n\r\n" in data:  # the answer's head is enough (some keep the connection)
+                        break
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+            assert data.startswith(expected), (raw[:40], data[:80])
+    assert loop.call(lambda: loop.reactor.errors) == 0
+    assert mesh.apps[0].served == 0
