@@ -151,66 +151,53 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",")]
 
 
-class _Framing:
-    __slots__ = ("close", "expect", "host", "keep", "kind", "length", "upgrade")
-
-    def __init__(self, special: list[tuple[bytes, bytes]], status: int, response: bool) -> None:
-        """Body kind and length, Connection tokens, Host/Expect/Upgrade presence from the framing fields;
-        `status` is the code to refuse with."""
-        length = -1
-        te: list[bytes] | None = None
-        self.close = self.keep = self.upgrade = self.expect = self.host = False
-        upgrade_field = False
-        for name, value in special:
-            if name == b"content-length":
-                for part in value.split(b","):
-                    part = part.strip(b" \t")
-                    if not _DIGITS.fullmatch(part):
-                        raise HTTPError(status, "bad Content-Length")
-                    n = int(part)
-                    if length >= 0 and n != length:
-                        raise HTTPError(status, "conflicting Content-Length values")
-                    length = n
-            elif name == b"transfer-encoding":
-                te = (te or []) + _tokens(value)
-            elif name == b"connection":
-                for token in _tokens(value):
-                    if token == b"close":
-                        self.close = True
-                    elif token == b"keep-alive":
-                        self.keep = True
-                    elif token == b"upgrade":
-                        self.upgrade = True
-            elif name == b"expect":
-                self.expect = value.lower() == b"100-continue"
-            elif name == b"host":
-                if self.host:
-                    raise HTTPError(status, "more than one Host")
-                self.host = True
-            else:
-                upgrade_field = True
-        self.upgrade = self.upgrade and upgrade_field
-        self.length = 0
-        if te is not None:
-            if length >= 0:
-                raise HTTPError(status, "both Content-Length and Transfer-Encoding")
-            if te[-1] != b"chunked" or te.count(b"chunked") != 1 or not all(_TOKEN_RE.fullmatch(t) for t in te):
-                if not response:
-                    raise HTTPError(400, "Transfer-Encoding must end in exactly one chunked")
-                self.kind = CLOSE  # a response read until close (RFC 9112 6.3)
-                self.close = True
-            else:
-                self.kind = CHUNKED
-        elif length > 0:
-            self.kind, self.length = LENGTH, length
-        elif length == 0 or not response:
-            self.kind = NONE
+def _framing(special: list[tuple[bytes, bytes]], status: int, response: bool
+             ) -> tuple[int, int, bool, bool, bool, bool, bool]:
+    """(body kind, length, close, keep-alive token, upgrade, expect 100-continue, host present) from the
+    framing fields; `status` is the code to refuse with."""
+    length = -1
+    te: list[bytes] | None = None
+    close = keep = upgrade = expect = host = upgrade_field = False
+    for name, value in special:
+        if name == b"host":
+            if host:
+                raise HTTPError(status, "more than one Host")
+            host = True
+        elif name == b"content-length":
+            for part in value.split(b","):
+                part = part.strip(b" \t")
+                if not _DIGITS.fullmatch(part):
+                    raise HTTPError(status, "bad Content-Length")
+                n = int(part)
+                if length >= 0 and n != length:
+                    raise HTTPError(status, "conflicting Content-Length values")
+                length = n
+        elif name == b"transfer-encoding":
+            te = (te or []) + _tokens(value)
+        elif name == b"connection":
+            for token in _tokens(value):
+                if token == b"close":
+                    close = True
+                elif token == b"keep-alive":
+                    keep = True
+                elif token == b"upgrade":
+                    upgrade = True
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
         else:
-            self.kind = CLOSE
-
-    def keep_alive(self, version: int) -> bool:
-        """HTTP/1.1 keeps the connection unless `close`; HTTP/1.0 only with `keep-alive`."""
-        return not self.close and (version == 11 or self.keep)
+            upgrade_field = True
+    if te is not None:
+        if length >= 0:
+            raise HTTPError(status, "both Content-Length and Transfer-Encoding")
+        if te[-1] != b"chunked" or te.count(b"chunked") != 1 or not all(_TOKEN_RE.fullmatch(t) for t in te):
+            if not response:
+                raise HTTPError(400, "Transfer-Encoding must end in exactly one chunked")
+            return CLOSE, 0, True, keep, upgrade and upgrade_field, expect, host  # read until close (RFC 9112 6.3)
+        return CHUNKED, 0, close, keep, upgrade and upgrade_field, expect, host
+    if length > 0:
+        return LENGTH, length, close, keep, upgrade and upgrade_field, expect, host
+    kind = NONE if length == 0 or not response else CLOSE
+    return kind, 0, close, keep, upgrade and upgrade_field, expect, host
 
 
 def parse_request(raw: bytes) -> Head:
@@ -221,14 +208,13 @@ def parse_request(raw: bytes) -> Head:
         if _OTHER_VERSION.match(raw):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
         raise HTTPError(400, "malformed request line")
-    special = _fields(raw, line_end + 2, 400)
-    version = 10 + int(m.group(3))
-    f = _Framing(special, 400, False)
-    if version == 11 and not f.host:
-        raise HTTPError(400, "HTTP/1.1 request without Host")
-    return Head(raw=raw, fields_at=line_end + 2, version=version, body=f.kind, length=f.length,
-                keep_alive=f.keep_alive(version), method=m.group(1), target=m.group(2),
-                expect_continue=f.expect and version == 11, upgrade=f.upgrade)
+    method, target, minor = m.groups()
+    kind, length, close, keep, upgrade, expect, host = _framing(_fields(raw, line_end + 2, 400), 400, False)
+    if minor == b"1":
+        if not host:
+            raise HTTPError(400, "HTTP/1.1 request without Host")
+        return Head(raw, line_end + 2, 11, kind, length, not close, method, target, 0, expect, upgrade)
+    return Head(raw, line_end + 2, 10, kind, length, keep and not close, method, target, 0, False, upgrade)
 
 
 def parse_response(raw: bytes, request_method: bytes = b"") -> Head:
@@ -237,16 +223,13 @@ def parse_response(raw: bytes, request_method: bytes = b"") -> Head:
     m = _STATUS_LINE.fullmatch(raw, 0, line_end)
     if m is None:
         raise HTTPError(502, "malformed status line")
-    special = _fields(raw, line_end + 2, 502)
-    version = 10 + int(m.group(1))
     status = int(m.group(2))
-    f = _Framing(special, 502, True)
-    kind, length = f.kind, f.length
-    if status < 200 or status in (204, 304) or request_method == b"HEAD":
+    kind, length, close, keep, _, _, _ = _framing(_fields(raw, line_end + 2, 502), 502, True)
+    if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
         kind, length = NONE, 0
-    keep = f.keep_alive(version) and kind != CLOSE
-    return Head(raw=raw, fields_at=line_end + 2, version=version, body=kind, length=length, keep_alive=keep,
-                status=status, upgrade=status == 101)
+    alive = not close and kind != CLOSE and (keep or m.group(1) == b"1")
+    return Head(raw, line_end + 2, 11 if m.group(1) == b"1" else 10, kind, length, alive, b"", b"", status,
+                False, status == 101)
 
 
 def request_path(target: bytes) -> bytes:
