@@ -27,7 +27,7 @@ class UpConn:
     """One upstream connection: its stream, its pool key, and a release callback run once when it closes
     (a circuit-breaker slot). `on_close` is the current owner's close handler."""
 
-    __slots__ = ("idle_since", "key", "on_close", "release", "requests", "stream")
+    __slots__ = ("idle_in", "idle_since", "key", "on_close", "pool", "release", "requests", "stream")
 
     def __init__(self, stream: Stream, key: Hashable, release: Callable[[], None] | None = None) -> None:
         self.stream = stream
@@ -35,6 +35,8 @@ class UpConn:
         self.release = release
         self.requests = 0  # requests sent on it: >0 means reused
         self.idle_since = 0.0
+        self.idle_in: list[UpConn] | None = None  # the pool list holding it while idle
+        self.pool: Pool | None = None
         self.on_close: Callable[[str | None], None] = _nothing
         stream.on_close = self._closed
 
@@ -47,6 +49,18 @@ class UpConn:
     def close(self, reason: str | None = None) -> None:
         """Close the stream (the release runs)."""
         self.stream.close(reason)
+
+    def _idle_closed(self, reason: str | None) -> None:
+        idle, self.idle_in = self.idle_in, None
+        if idle is not None and self.pool is not None:
+            try:
+                idle.remove(self)
+                self.pool._count -= 1
+            except ValueError:
+                pass
+
+    def _idle_data(self, data: bytes) -> None:
+        self.close("unexpected-data")  # a server may not speak unasked: the connection is unusable
 
 
 class Pool:
@@ -72,6 +86,7 @@ class Pool:
         while conns:
             conn = conns.pop()
             self._count -= 1
+            conn.idle_in = None
             if conn.stream.closed:
                 continue
             if conn.idle_since < cutoff:
@@ -97,19 +112,10 @@ class Pool:
         conn.idle_since = self.reactor.now()
         conns.append(conn)
         self._count += 1
-
-        def gone(reason: str | None) -> None:
-            try:
-                conns.remove(conn)
-                self._count -= 1
-            except ValueError:
-                pass
-
-        def unexpected(data: bytes) -> None:  # a server may not speak unasked: the connection is unusable
-            conn.close("unexpected-data")
-
-        conn.on_close = gone
-        stream.on_data = unexpected
+        conn.idle_in = conns
+        conn.pool = self
+        conn.on_close = conn._idle_closed
+        stream.on_data = conn._idle_data
         stream.on_eof = stream.close
         stream.on_drain = None
         stream.resume_reading()  # notice the server's FIN while idle
@@ -122,6 +128,7 @@ class Pool:
             if conns:
                 conn = conns.pop(0)
                 self._count -= 1
+                conn.idle_in = None
                 conn.on_close = _nothing
                 return conn
         return None
@@ -135,6 +142,7 @@ class Pool:
             for conn in old:
                 conns.remove(conn)
                 self._count -= 1
+                conn.idle_in = None
                 conn.on_close = _nothing
                 conn.close()
             if not conns:
