@@ -784,3 +784,47 @@ def test_hostile_client_sidecar_over_mtls_gets_answers_not_crashes(make_mesh: Ca
             assert data.startswith(expected), (raw[:40], data[:80])
     assert loop.call(lambda: loop.reactor.errors) == 0
     assert mesh.apps[0].served == 0
+
+
+def test_a_pooled_connection_the_server_dropped_is_redialled_for_free(make_mesh: Callable[..., Mesh],
+                                                                       loop: Loop) -> None:
+    """The app answers one request per connection and closes on the next one without answering (a keep-alive
+    timeout racing a new request): every request still gets its 200 with no retries configured."""
+    mesh = make_mesh()
+    sock = socket.create_server((HOST, 0))
+    accepted = []
+
+    def one(conn: socket.socket) -> None:
+        buf = b""
+        answered = False
+        with conn:
+            while chunk := conn.recv(65536):
+                buf += chunk
+                if b"\r\n\r\n" in buf:
+                    if answered:
+                        return  # close without a byte of answer
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    answered = True
+                    buf = buf.partition(b"\r\n\r\n")[2]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    dp = mesh.servers[0]
+    snap = loop.call(lambda: dp.snapshot)
+    assert loop.call(lambda: dp.apply(replace(snap, local_service_port=sock.getsockname()[1]))) == []
+    try:
+        c = mesh.conn()
+        assert [mesh.get("/", c)[:2] for _ in range(6)] == [(200, b"ok")] * 6
+        c.close()
+        assert len(accepted) >= 6  # a new local connection per request: the stale ones were re-dialled
+        assert counter(mesh.client_metrics, "retries_total") == 0
+    finally:
+        sock.close()
