@@ -641,3 +641,30 @@ def test_a_denied_request_pipelined_between_allowed_ones_is_denied_alone(sidecar
     finally:
         c.close()
     assert sidecar.app.targets() == [b"/public"] * 3
+
+
+@pytest.mark.slow
+def test_a_request_head_trickled_one_byte_a_second_gets_408_after_the_head_timeout(sidecar: Sidecar,
+                                                                                  legit: Legit) -> None:
+    head = b"GET /public HTTP/1.1\r\nHost: db\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    c = Conn(sidecar.port, sidecar.ctx, timeout=60)
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def drip() -> None:
+        for b in head:
+            if stop.is_set() or not c.send(bytes([b])):
+                return
+            stop.wait(1.0)  # the attack's pace (one byte a second), not a synchronisation
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        status, _h, _b = c.response()
+        took = time.monotonic() - t0
+        assert status == 408, status
+        assert 29 <= took <= 40, took  # HEAD_TIMEOUT_S (30 s) from the first byte, whatever trickles in
+        assert c.closed_by_peer()
+    finally:
+        stop.set()
+        c.close()
+    assert all(t == b"/legit" for t in sidecar.app.targets())
