@@ -161,7 +161,7 @@ class App:
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -355,6 +355,7 @@ def test_hostile_heads_are_refused_and_closed(make_mesh: Callable[..., Mesh]) ->
     assert mesh.apps[0].served == 0
 
 
+@pytest.mark.slow  # 1.5 s requests by design
 def test_circuit_breaker_max_concurrent_requests(make_mesh: Callable[..., Mesh]) -> None:
     mesh = make_mesh(limits=Limits(max_concurrent_requests=10))
 
@@ -388,6 +389,7 @@ def start_worker(tmp_path: Path, snap: ProxySnapshot) -> subprocess.Popen[bytes]
     return proc
 
 
+@pytest.mark.slow  # a worker process
 def test_retries_hide_a_killed_endpoint(make_mesh: Callable[..., Mesh], ca: MeshCA, tmp_path: Path) -> None:
     mesh = make_mesh(1, retries=Retries(num_retries=2, retry_on_connect_failure=True),
                      load_balancer=LoadBalancer(policy="round_robin"))
@@ -526,6 +528,7 @@ def test_ring_hash_on_a_header_is_sticky(make_mesh: Callable[..., Mesh]) -> None
     assert len(set().union(*seen.values())) > 1
 
 
+@pytest.mark.slow  # rounds of 1 s requests
 def test_max_pending_requests_trips_when_no_connection_is_free(make_mesh: Callable[..., Mesh]) -> None:
     mesh = make_mesh(limits=Limits(max_connections=2, max_pending_requests=3))
 
