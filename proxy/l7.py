@@ -32,6 +32,14 @@ _local_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
 _upstream_pools: weakref.WeakKeyDictionary[Any, _UpstreamPool] = weakref.WeakKeyDictionary()
 
 
+def _host(key: Hashable) -> str:
+    if isinstance(key, Endpoint):
+        return f"{key.address}:{key.port}"
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"{key[0]}:{key[1]}"
+    return ""
+
+
 def _peer_ip(stream: Stream) -> str:
     try:
         return str(stream.sock.getpeername()[0])
@@ -64,19 +72,28 @@ class _Base:
                    destination=snap.service if self.direction == "inbound" else self.label,
                    method=req.method.decode("latin-1") if req else "",
                    path=req.target.decode("latin-1") if req else "", code=code,
-                   upstream_host=str(s.key) if s.key is not None else "", flags=flags,
+                   upstream_host=_host(s.key), flags=flags,
                    direction=self.direction)
 
     def closed(self, s: Session, received: int, sent: int) -> None:
         """The downstream connection closed."""
-        self.metrics.bytes(self.direction, self.label, received - self.rx_reported, sent - self.tx_reported)
+        self._bytes(received, sent)
         self.metrics.connection_closed(self.direction, self.label)
+
+    def _bytes(self, rx: int, tx: int) -> None:
+        """Report what moved since the last report; `rx`/`tx` are totals from/to the downstream peer, which
+        outbound means sent to/received from the upstream (the metric's point of view, as L4 reports it)."""
+        drx, dtx = rx - self.rx_reported, tx - self.tx_reported
+        self.rx_reported, self.tx_reported = rx, tx
+        if drx or dtx:
+            if self.direction == "outbound":
+                drx, dtx = dtx, drx
+            self.metrics.bytes(self.direction, self.label, drx, dtx)
 
     def _count(self, s: Session, code: int, duration_s: float) -> None:
         self.metrics.request(self.direction, self.label, code, duration_s)
         if s.rx - self.rx_reported + s.tx - self.tx_reported >= BYTES_FLUSH:
-            self.metrics.bytes(self.direction, self.label, s.rx - self.rx_reported, s.tx - self.tx_reported)
-            self.rx_reported, self.tx_reported = s.rx, s.tx
+            self._bytes(s.rx, s.tx)
         if self.dp.snapshot is not None and self.dp.snapshot.access_log.enabled:
             self._log(s, code, duration_s, s.flags)
 

@@ -326,6 +326,9 @@ def test_chunked_request_and_chunked_response_with_trailers(make_mesh: Callable[
     r = c.getresponse()
     assert r.read() == b"small body"
     c.close()
+    # bytes as L4 counts them: outbound sent = to the upstream, received = from it
+    wait_for(lambda: counter(mesh.client_metrics, "bytes_sent_total") > len(payload), what="bytes counted")
+    assert counter(mesh.client_metrics, "bytes_received_total") > len(payload)
 
 
 def test_pipelined_requests_are_answered_in_order(make_mesh: Callable[..., Mesh]) -> None:
@@ -701,6 +704,7 @@ def test_access_log_lines_carry_code_path_and_flags(make_mesh: Callable[..., Mes
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert [(e["code"], e["path"], e["flags"], e["source"], e["direction"]) for e in lines] == [
             (200, "/", "", "web", "inbound"), (403, "/admin", "DENY", "web", "inbound")]
+        assert lines[0]["upstream_host"] == f"{HOST}:{mesh.apps[0].port}"
     finally:
         loop.call(access_log.close_all)
 
