@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import socket
 import ssl
 import struct
@@ -434,6 +435,37 @@ def test_a_ca_certificate_presented_as_a_leaf_is_refused(sidecar: Sidecar) -> No
     cert, key = forge(sidecar.ca, [sidecar.ca.spiffe_id("web")], is_ca=True)
     assert _refused(sidecar, cert, key) == b""
     assert sidecar.app.accepted == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs Debian's openssl")
+def test_tls12_client_initiated_renegotiation_is_refused(sidecar: Sidecar) -> None:
+    """A mesh peer renegotiating over and over costs a full handshake each (CPU) and could swap its
+    certificate after authorization: OpenSSL's s_client 'R' must get a no_renegotiation alert."""
+    cert, key = sidecar.ca.leaf("web").write(sidecar.tmp / "reneg")
+    root = sidecar.tmp / "reneg" / "root.pem"
+    root.write_text(sidecar.ca.root_pem)
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"{HOST}:{sidecar.port}", "-tls1_2", "-cert",
+                             str(cert), "-key", str(key), "-CAfile", str(root)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = bytearray()
+    reader = threading.Thread(target=lambda: [out.extend(line) for line in iter(proc.stdout.readline, b"")],  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"ping-before\n")
+        proc.stdin.flush()
+        wait_for(lambda: out.count(b"ping-before") >= 1 and b"---" in out, what="the echo before renegotiating",
+                 report=lambda: out.decode(errors="replace")[-500:])
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        wait_for(lambda: b"no renegotiation" in out or proc.poll() is not None, what="the renegotiation refused",
+                 report=lambda: out.decode(errors="replace")[-500:])
+        assert b"no renegotiation" in out
+    finally:
+        proc.kill()
+        proc.wait(10)
+        reader.join(10)
 
 
 # ---------------------------------------------------------------------- a worker process under load
