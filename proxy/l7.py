@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from .access_log import logger_for
 from .http1 import Head, HTTPError, request_path
+from .l7_common import LOCAL_FAILURE, reply
 from .l7_pool import Pool, UpConn
-from .l7_session import LOCAL_FAILURE, Session, reply
+from .l7_session import Session
+from .l7_state import SessionState
 from .snapshot import Endpoint, Retries
 from .stream import Cancel, Stream
 
@@ -59,7 +61,7 @@ class _Base:
         self.source = ""
         self.rx_reported = self.tx_reported = 0
 
-    def _log(self, s: Session, code: int, duration_s: float, flags: str = "") -> None:
+    def _log(self, s: SessionState, code: int, duration_s: float, flags: str = "") -> None:
         snap = self.dp.snapshot
         if snap is None or not snap.access_log.enabled:
             return
@@ -75,7 +77,7 @@ class _Base:
                    upstream_host=_host(s.key), flags=flags,
                    direction=self.direction)
 
-    def closed(self, s: Session, received: int, sent: int) -> None:
+    def closed(self, s: SessionState, received: int, sent: int) -> None:
         """The downstream connection closed."""
         self._bytes(received, sent)
         self.metrics.connection_closed(self.direction, self.label)
@@ -90,7 +92,7 @@ class _Base:
                 drx, dtx = dtx, drx
             self.metrics.bytes(self.direction, self.label, drx, dtx)
 
-    def _count(self, s: Session, code: int, duration_s: float) -> None:
+    def _count(self, s: SessionState, code: int, duration_s: float) -> None:
         self.metrics.request(self.direction, self.label, code, duration_s)
         if s.rx - self.rx_reported + s.tx - self.tx_reported >= BYTES_FLUSH:
             self._bytes(s.rx, s.tx)
@@ -123,7 +125,7 @@ class InboundL7(_Base):
         Session(self.dp.reactor, self, stream)
         stream.resume_reading()
 
-    def begin(self, s: Session, head: Head) -> bytes | None:
+    def begin(self, s: SessionState, head: Head) -> bytes | None:
         """Authorize the request against the current intentions (L7)."""
         try:
             path = request_path(head.target).decode("latin-1")
@@ -141,7 +143,7 @@ class InboundL7(_Base):
         rule = (verdict.rule or "default").encode("utf-8", "replace")[:256].replace(b"\r", b"").replace(b"\n", b"")
         return reply(403, b"RBAC: access denied\n", ((DENIED_HEADER, rule),))
 
-    def acquire(self, s: Session) -> None:
+    def acquire(self, s: SessionState) -> None:
         """A pooled connection to the local application, or a new one."""
         conn = self.pool.get(self.key)
         if conn is not None:
@@ -161,13 +163,13 @@ class InboundL7(_Base):
         s.t_attempt = self.dp.reactor.now()
         self.dial = self.dp.connect_local(ready, failed)
 
-    def cancel_acquire(self, s: Session) -> None:
+    def cancel_acquire(self, s: SessionState) -> None:
         """Abandon a dial in progress."""
         if self.dial is not None:
             self.dial.cancel()
             self.dial = None
 
-    def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
+    def attempt_done(self, s: SessionState, key: Hashable, latency_s: float, ok: bool | None) -> None:
         """Nothing to learn: there is one local application."""
 
     def try_retry(self) -> bool:
@@ -181,7 +183,7 @@ class InboundL7(_Base):
         """Keep a local connection for the next request."""
         self.pool.put(conn)
 
-    def end(self, s: Session, code: int, duration_s: float) -> None:
+    def end(self, s: SessionState, code: int, duration_s: float) -> None:
         """Count the request."""
         self._count(s, code, duration_s)
 
@@ -193,7 +195,7 @@ class InboundL7(_Base):
 class _Waiter:
     __slots__ = ("ep", "session")
 
-    def __init__(self, session: Session, ep: Endpoint) -> None:
+    def __init__(self, session: SessionState, ep: Endpoint) -> None:
         self.session = session
         self.ep = ep
 
@@ -249,7 +251,7 @@ class _UpstreamPool:
                 self.waiters.appendleft(w)
             return
 
-    def forget(self, s: Session) -> None:
+    def forget(self, s: SessionState) -> None:
         """Drop `s` from the waiters (it gave up)."""
         for w in self.waiters:
             if w.session is s:
@@ -290,7 +292,7 @@ class OutboundL7(_Base):
             found = _upstream_pools[us] = _UpstreamPool(self.dp, us)
         return found
 
-    def begin(self, s: Session, head: Head) -> bytes | None:
+    def begin(self, s: SessionState, head: Head) -> bytes | None:
         """The request breaker, and the hash key for ring_hash/maglev."""
         us = self.dp.upstream(self.name)
         if us is None:
@@ -316,7 +318,7 @@ class OutboundL7(_Base):
         self.metrics.breaker_trip(self.name, limit)
         return reply(503, b"upstream overflow: " + limit.encode() + b"\n", ((BREAKER_HEADER, limit.encode()),))
 
-    def acquire(self, s: Session) -> None:
+    def acquire(self, s: SessionState) -> None:
         """Pick an endpoint (another one than tried when there is one); an idle connection to it, a new
         one within max_connections, or a wait within max_pending_requests."""
         us = self.us
@@ -355,7 +357,7 @@ class OutboundL7(_Base):
         us.breakers.release_pending()
         self._dial(s, ep, pools)
 
-    def _dial(self, s: Session, ep: Endpoint, pools: _UpstreamPool) -> None:
+    def _dial(self, s: SessionState, ep: Endpoint, pools: _UpstreamPool) -> None:
         us = pools.us
         breakers = us.breakers
 
@@ -376,7 +378,7 @@ class OutboundL7(_Base):
         s.t_attempt = self.dp.reactor.now()
         self.dial = us.connect(ep, ready, failed)
 
-    def cancel_acquire(self, s: Session) -> None:
+    def cancel_acquire(self, s: SessionState) -> None:
         """Stop dialling or waiting; an attempt in progress ends without a verdict."""
         us = self.us
         if us is None:
@@ -390,7 +392,7 @@ class OutboundL7(_Base):
             self._pools(us).forget(s)
         self.attempt_done(s, self.picked, self.dp.reactor.now() - s.t_attempt, None)
 
-    def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
+    def attempt_done(self, s: SessionState, key: Hashable, latency_s: float, ok: bool | None) -> None:
         """Feed the balancer (latency, success) and the outlier detector (5xx and gateway failures)."""
         us = self.us
         ep = self.picked
@@ -422,7 +424,7 @@ class OutboundL7(_Base):
             return
         self._pools(self.us).pool.put(conn)
 
-    def end(self, s: Session, code: int, duration_s: float) -> None:
+    def end(self, s: SessionState, code: int, duration_s: float) -> None:
         """Release the request's breaker and budget slots; count it."""
         if s.admitted and self.us is not None:
             self.us.breakers.release_request()

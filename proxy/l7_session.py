@@ -1,8 +1,9 @@
 """One downstream HTTP/1.1 connection of an L7 handler: request heads parsed, each request handed to its
 `Route` (inbound: authorize, the local application; outbound: breakers, balancer, endpoints), the head and
-body relayed to the upstream connection the route attaches, the response relayed back, then the next
-request. Retries, the free re-dial of a stale pooled connection and request timeouts live here; the route
-decides what a failure means.
+body relayed to the upstream connection the route attaches, the response relayed back. Retries, the free
+re-dial of a stale pooled connection and failures are decided here; how a request ends (answers, retry
+timers, timeouts, pooling, the next request) is l7_state.SessionState; the route decides what a failure
+means.
 
 Bodies stream through: a request body is also kept (for a retry) while it stays under KEEP_MAX, and a
 response is written downstream as it arrives once no retry can follow.
@@ -10,123 +11,23 @@ response is written downstream as it arrives once no retry can follow.
 
 from __future__ import annotations
 
-import random
-import weakref
 from collections.abc import Hashable
-from typing import Protocol
 
-from .http1 import CLOSE, Body, Head, HeadReader, HTTPError
-from .l4 import Pipe
+from .http1 import Body, Head, HTTPError
+from .l7_common import KEEP_MAX, LOCAL_FAILURE, PAUSE_AT, Route, Sweeper, reply
 from .l7_pool import UpConn
-from .reactor import Reactor, Timer
-from .resilience import retry_backoff
-from .snapshot import Retries
+from .l7_state import SessionState, _nothing
+from .reactor import Reactor
 from .stream import Stream
 
-KEEP_MAX = 64 * 1024  # request bytes kept for a retry; beyond this the request is not retried
-PAUSE_AT = 256 * 1024  # a destination buffer above this pauses the source
-BYTES_FLUSH = 1 << 20
-LOCAL_FAILURE = b"x-meshagent-local-connect-failure"
-HEAD_TIMEOUT_S = 30.0  # a request head must be complete this long after its first byte (slowloris)
-IDLE_TIMEOUT_S = 300.0  # a downstream keep-alive connection with no request in flight
-SWEEP_EVERY_S = 5.0
-
-_rng = random.Random()
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 408: b"Request Timeout", 431:
-            b"Request Header Fields Too Large", 501: b"Not Implemented", 502: b"Bad Gateway",
-            503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
+__all__ = ["LOCAL_FAILURE", "Route", "Session", "reply"]
 
 
-def reply(status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = (), close: bool = False) -> bytes:
-    """A complete small response of our own."""
-    head = [b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-            % (status, _REASONS.get(status, b"Error"), len(body))]
-    head.extend(b"%s: %s\r\n" % (n, v) for n, v in headers)
-    if close:
-        head.append(b"connection: close\r\n")
-    head.append(b"\r\n")
-    head.append(body)
-    return b"".join(head)
-
-
-class Route(Protocol):
-    """What a Session asks of its side of the proxy."""
-
-    direction: str  # "inbound" | "outbound"
-    label: str  # the metrics label of the destination ("" inbound)
-    retries: Retries
-    timeout_s: float  # per request, 0 = none
-
-    def begin(self, s: Session, head: Head) -> bytes | None:
-        """Admit a request: None to go on, or a complete local reply (denied, breaker open)."""
-
-    def acquire(self, s: Session) -> None:
-        """Get an upstream connection: later (or at once) `s.attached(conn, reused)` or `s.attach_failed`."""
-
-    def cancel_acquire(self, s: Session) -> None:
-        """The session no longer wants a connection (dial, wait or attempt): abandon it without a verdict."""
-
-    def attempt_done(self, s: Session, key: Hashable, latency_s: float, ok: bool | None) -> None:
-        """The attempt on `key` ended (ok: not 5xx, no gateway failure; None: abandoned, no verdict); a second
-        call for the same attempt is ignored."""
-
-    def try_retry(self) -> bool:
-        """Whether the retry budget allows one more retry now (counted by the route)."""
-
-    def retry_finished(self) -> None:
-        """A retry allowed by try_retry ended."""
-
-    def give_back(self, conn: UpConn) -> None:
-        """A connection that can carry another request."""
-
-    def end(self, s: Session, code: int, duration_s: float) -> None:
-        """The request is over (answered, failed or abandoned); `s.admitted` says whether begin() let it in."""
-
-    def failure_reply(self, reason: str) -> bytes:
-        """The local answer when no upstream could be reached."""
-
-    def closed(self, s: Session, received: int, sent: int) -> None:
-        """The downstream connection closed; byte counts not yet reported."""
-
-
-class Session:
-    """The state of one downstream connection and of its one request in flight."""
+class Session(SessionState):
+    """One downstream connection: requests read and relayed, responses relayed back."""
 
     def __init__(self, reactor: Reactor, route: Route, down: Stream) -> None:
-        self.reactor = reactor
-        self.route = route
-        self.down = down
-        self.reader = HeadReader()
-        self.rreader = HeadReader(response=True)
-        self.req: Head | None = None
-        self.req_body = Body(0)
-        self.resp: Head | None = None
-        self.resp_body = Body(0)
-        self.conn: UpConn | None = None
-        self.key: Hashable = None
-        self.tried: list[Hashable] = []
-        self.buf: list[bytes] = []
-        self.buf_size = 0
-        self.retryable = True
-        self.pending = b""  # pipelined bytes after the current request
-        self.busy = False
-        self.admitted = False  # route.begin() accepted the current request (it holds the route's slots)
-        self.discard = False  # skipping a refused request's body
-        self.sent_down = False  # a response byte went downstream: no retry, no local reply
-        self.got_up = False  # a response byte came from the current upstream connection
-        self.up_dirty = False  # the upstream sent more than its response: not reusable
-        self.free_redial = True
-        self.in_retry = False
-        self.client_eof = False
-        self.attempt = 0
-        self.t0 = self.t_attempt = 0.0
-        self.code = 0
-        self.timer: Timer | None = None
-        self.retry_timer: Timer | None = None
-        self.rx = self.tx = 0
-        self.flags = ""  # access-log markers of the current request ("UF", "UO", "DENY", "UT", ...)
-        self.since = reactor.now()  # idle since, or the current head's first byte
-        _Sweeper.of(reactor).sessions.add(self)
+        super().__init__(reactor, route, down)
         down.on_data = self._down_data
         down.on_eof = self._down_eof
         down.on_close = self._down_closed
@@ -251,7 +152,7 @@ class Session:
             self.conn.stream.resume_reading()
 
     def _down_closed(self, reason: str | None) -> None:
-        _Sweeper.of(self.reactor).sessions.discard(self)
+        Sweeper.of(self.reactor).sessions.discard(self)
         self._cancel_timers()
         if self.busy:
             if self.conn is not None:
@@ -409,240 +310,3 @@ class Session:
     def _up_drained(self) -> None:
         if not self.pending and self.busy and not self.req_body.done:
             self.down.resume_reading()
-
-    # ------------------------------------------------------------------ retries, timeouts
-
-    def _may_retry(self, allowed: bool) -> bool:
-        if not (allowed and self.retryable and self.attempt < self.route.retries.num_retries
-                and not self.sent_down and not self.down.closed):
-            return False
-        if not self.route.try_retry():
-            return False
-        self._drop_conn()
-        self.attempt += 1
-        self.in_retry = True
-        r = self.route.retries
-        delay = retry_backoff(self.attempt, r.base_interval_ms, r.max_interval_ms, _rng)
-        self.retry_timer = self.reactor.call_later(delay, self._retry)
-        return True
-
-    def _retry(self) -> None:
-        self.retry_timer = None
-        if self.busy and not self.down.closed:
-            self.route.acquire(self)
-
-    def _finish_retry(self) -> None:
-        if self.in_retry:
-            self.in_retry = False
-            self.route.retry_finished()
-
-    def _timed_out(self) -> None:
-        self.timer = None
-        if not self.busy:
-            return
-        if self.conn is not None and self.resp is None:
-            self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, False)
-        if self.sent_down:
-            self._abort(504, "request timeout")
-            return
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
-            self.retry_timer = None
-        self._drop_conn()
-        self.route.cancel_acquire(self)
-        self._finish_retry()
-        self.flags = "UT"
-        self._refuse(reply(504, b"upstream request timeout\n"), 504)
-
-    def _cancel_timers(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
-            self.retry_timer = None
-
-    # ------------------------------------------------------------------ endings
-
-    def _drop_conn(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.on_close = _nothing
-            conn.close()
-
-    def _write_down(self, data: bytes) -> None:
-        self.sent_down = True
-        self.tx += len(data)
-        self.down.write(data)
-
-    def _refuse(self, answer: bytes, code: int) -> None:
-        """Answer the current request ourselves; its body (if any) is read and dropped, then the next one."""
-        self.code = code
-        req = self.req
-        close = answer.find(b"connection: close", 0, answer.find(b"\r\n\r\n")) >= 0
-        if req is None or not req.keep_alive or (req.expect_continue and not self.req_body.done):
-            if not close:
-                answer = answer.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
-            close = True
-        self._write_down(answer)
-        self._drop_conn()
-        if close:
-            self._end(code)
-            self.busy = False
-            self._close_after_answer()
-            return
-        self.discard = True
-        if self.req_body.done:
-            self._next()
-        else:
-            self.down.resume_reading()
-
-    def _local(self, status: int, why: bytes, close: bool) -> None:
-        """A reply to bytes that never made a request (a malformed head)."""
-        self.busy = True
-        self.req = None
-        self.t0 = self.reactor.now()
-        self._refuse(reply(status, why + b"\n", close=close), status)
-
-    def _bad_gateway(self, why: str) -> None:
-        if self.key is not None:
-            self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, False)
-        self._drop_conn()
-        self._cancel_timers()
-        self._finish_retry()
-        self._refuse(reply(502, why.encode() + b"\n"), 502)
-
-    def _abort(self, code: int, why: str) -> None:
-        """Something broke mid-message: a reply if nothing was sent yet, else cut both connections."""
-        self._drop_conn()
-        self._cancel_timers()
-        if not self.sent_down and not self.down.closed:
-            self._refuse(reply(code, why.encode() + b"\n", close=True), code)
-            return
-        self.code = self.code or code
-        self.down.close(why)
-
-    def _complete(self) -> None:
-        """The response is relayed in full: pool the upstream connection if it may carry another request."""
-        self._cancel_timers()
-        req, resp = self.req, self.resp
-        assert req is not None and resp is not None
-        conn, self.conn = self.conn, None
-        done = self.req_body.done
-        if conn is not None:
-            conn.on_close = _nothing
-            if resp.keep_alive and req.keep_alive and done and not self.up_dirty:
-                self.route.give_back(conn)
-            else:
-                conn.close()
-        if not (req.keep_alive and resp.keep_alive and resp.body != CLOSE and done) or self.client_eof:
-            self._end(self.code)
-            self.busy = False
-            self._close_after_answer()
-            return
-        self._next()
-
-    def _close_after_answer(self) -> None:
-        """End our side once the answer is out; the client's FIN (read and dropped until then) closes."""
-        down = self.down
-        down.on_data = _discard
-        self.pending = b""
-        down.shutdown_write()
-        down.resume_reading()
-
-    def _next(self) -> None:
-        """Ready for the next request on the downstream connection."""
-        self._end(self.code)
-        self.busy = False
-        self.discard = False
-        self.req = None
-        self.resp = None
-        self.buf = []
-        self.since = self.reactor.now()
-        if self.client_eof:
-            self.down.shutdown_write()
-            return
-        if self.pending:
-            self.reactor.call_soon(self._resume_pending)  # not recursively: a pipelined burst stays flat
-        else:
-            self.down.resume_reading()
-
-    def _resume_pending(self) -> None:
-        if self.busy or self.down.closed:
-            return
-        data, self.pending = self.pending, b""
-        self._parse(data)
-        if not self.busy and not self.down.closed:
-            self.down.resume_reading()
-
-    def _end(self, code: int) -> None:
-        if self.busy:
-            self.route.end(self, code, self.reactor.now() - self.t0)
-            self.admitted = False
-
-    def _tunnel(self, rest: bytes) -> None:
-        """101 Switching Protocols: the two connections become a byte pipe."""
-        conn, self.conn = self.conn, None
-        self._cancel_timers()
-        self._end(101)
-        self.busy = False
-        if conn is None:
-            self.down.close()
-            return
-        conn.on_close = _nothing
-        up = conn.stream
-        if rest:
-            self._write_down(rest)
-        if self.pending:
-            up.write(self.pending)
-            self.pending = b""
-        _Sweeper.of(self.reactor).sessions.discard(self)  # the pipe has no idle timeout of ours
-
-        def done(rx: int, tx: int) -> None:
-            conn._closed(None)  # free the connection slot
-            self.route.closed(self, self.rx + rx, self.tx + tx)
-
-        Pipe(self.down, up, done).start()
-
-
-class _Sweeper:
-    """Closes downstream connections that sit on a partial head too long or idle too long, with one timer
-    per reactor rather than one per request."""
-
-    _by_reactor: weakref.WeakKeyDictionary[Reactor, _Sweeper] = weakref.WeakKeyDictionary()
-
-    def __init__(self, reactor: Reactor) -> None:
-        self.reactor = reactor
-        self.sessions: set[Session] = set()
-        self.timer: Timer | None = None
-
-    @classmethod
-    def of(cls, reactor: Reactor) -> _Sweeper:
-        """The reactor's sweeper, its timer running."""
-        found = cls._by_reactor.get(reactor)
-        if found is None:
-            found = cls._by_reactor[reactor] = cls(reactor)
-        if found.timer is None:
-            found.timer = reactor.call_later(SWEEP_EVERY_S, found.sweep)
-        return found
-
-    def sweep(self) -> None:
-        """Close what overstayed; run again while there are sessions."""
-        self.timer = None
-        now = self.reactor.now()
-        for s in [s for s in self.sessions if not s.busy]:
-            if s.reader.pending and now - s.since > HEAD_TIMEOUT_S:
-                s._local(408, b"request head timeout", close=True)
-                s.down.close("head-timeout")
-            elif not s.reader.pending and now - s.since > IDLE_TIMEOUT_S:
-                s.down.close("idle-timeout")
-        if self.sessions:
-            self.timer = self.reactor.call_later(SWEEP_EVERY_S, self.sweep)
-
-
-def _nothing(reason: str | None) -> None:
-    return None
-
-
-def _discard(data: bytes) -> None:
-    return None

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from meshagent.proxy import l7_session
+from meshagent.proxy import l7_common
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.reactor import Reactor
@@ -559,9 +559,9 @@ def test_retry_budget_overflow_is_counted(make_mesh: Callable[..., Mesh]) -> Non
 
 def test_slow_heads_and_idle_connections_are_closed(make_mesh: Callable[..., Mesh],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(l7_session, "HEAD_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(l7_session, "IDLE_TIMEOUT_S", 0.6)
-    monkeypatch.setattr(l7_session, "SWEEP_EVERY_S", 0.1)
+    monkeypatch.setattr(l7_common, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(l7_common, "IDLE_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(l7_common, "SWEEP_EVERY_S", 0.1)
     mesh = make_mesh()
     with socket.create_connection((HOST, mesh.bind_port), timeout=10) as slow:
         t0 = time.monotonic()
