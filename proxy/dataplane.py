@@ -19,7 +19,7 @@ from .l4 import OutboundL4, inbound
 from .outlier import OutlierDetector
 from .reactor import Reactor, Timer
 from .resilience import CircuitBreakers, RetryBudget
-from .snapshot import Endpoint, ProxySnapshot, Upstream
+from .snapshot import Endpoint, Limits, ProxySnapshot, Upstream
 from .stream import Cancel, Stream
 from .tls import TLSConfigError, TLSContexts
 
@@ -29,6 +29,7 @@ ACCEPTS_PER_WAKE = 64
 MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; beyond, the oldest is closed
 LISTEN_BACKLOG = 1024
 ACCEPT_BACKOFF_S = 0.5
+MAX_LOCAL_CONNECTIONS = 1024  # Envoy's default circuit breaker for the local_app cluster
 
 
 class Metrics(Protocol):
@@ -209,6 +210,8 @@ class DataPlane:
         self.authorizer: Authorizer = Authorizer.__new__(Authorizer)  # replaced by the first apply
         self.contexts: TLSContexts | None = None
         self.rng = random.Random()
+        # Connections to the local application (L4 inbound), bounded as Envoy bounds its local_app cluster
+        self.local_breakers = CircuitBreakers(Limits(max_connections=MAX_LOCAL_CONNECTIONS))
         self._pending: OrderedDict[Stream, None] = OrderedDict()  # handshakes in progress, oldest first
         self.refused_handshakes = 0
         self._listeners: dict[tuple[str, int], _Listener] = {}
@@ -327,8 +330,7 @@ class DataPlane:
             # MAX_HANDSHAKES idle sockets, renewed every timeout, keep the whole mesh out).
             oldest, _ = self._pending.popitem(last=False)
             self.refused_handshakes += 1
-            self.metrics.tls_failure("inbound", "too-many-handshakes")
-            oldest.close("too-many-handshakes")
+            oldest.close("too-many-handshakes")  # its handshake's failed() counts it
         http = snap.protocol == "http"
         holder: list[Stream] = []
         finished: list[bool] = []  # set when the handshake ended (even inside accept_tls itself)

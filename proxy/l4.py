@@ -123,6 +123,11 @@ def inbound(dp: DataPlane, stream: Stream) -> None:
         metrics.denial(verdict.rule, "l4")
         stream.close("denied")
         return
+    breakers = dp.local_breakers
+    if not breakers.acquire_connection():  # Envoy's local_app cluster: 1024 connections by default
+        metrics.breaker_trip("", "max_connections")
+        stream.close("breaker-max-connections")
+        return
     stream.pause_reading()  # nothing is read until the local application is connected
     metrics.connection_opened("inbound", "")
     dial: list[Cancel] = []
@@ -131,11 +136,12 @@ def inbound(dp: DataPlane, stream: Stream) -> None:
         metrics.bytes("inbound", "", rx, tx)
 
     def done(rx: int, tx: int) -> None:
+        breakers.release_connection()
         metrics.connection_closed("inbound", "")
 
     def ready(local: Stream) -> None:
         local.pause_reading()
-        if stream.closed:
+        if stream.closed:  # (client_gone has released)
             local.close()
             return
         Pipe(stream, local, done, report).start()
@@ -143,9 +149,10 @@ def inbound(dp: DataPlane, stream: Stream) -> None:
     def failed(reason: str) -> None:
         stream.close(reason)
 
-    def client_gone(reason: str | None) -> None:
+    def client_gone(reason: str | None) -> None:  # before the pipe: the client left or the dial failed
         if dial:
             dial[0].cancel()
+        breakers.release_connection()
         metrics.connection_closed("inbound", "")
 
     stream.on_close = client_gone

@@ -57,6 +57,7 @@ class Stream:
         self.peer_spiffe_id: str | None = None
         self.session_reused = False
         self.on_session: Callable[[ssl.SSLSession], None] | None = None  # first resumable session seen
+        self._hs_fail: Callable[[str], None] | None = None  # set while a handshake is in progress
         self._session_looks = 0
         self.received = 0  # bytes from the socket (ciphertext for TLS)
         self.sent = 0
@@ -316,6 +317,9 @@ class Stream:
         cb, self.on_close = self.on_close, _ignore_reason
         self.on_data = self._discard
         self.on_drain = None
+        fail, self._hs_fail = self._hs_fail, None
+        if fail is not None:  # closed mid-handshake, from anywhere (a failed send, a cancel, an eviction)
+            fail(reason or "closed")
         cb(reason)
 
     # ------------------------------------------------------------------ handshake (TLS)
@@ -335,9 +339,7 @@ class Stream:
         self._hs_failed("tls-handshake-timeout")
 
     def _hs_failed(self, reason: str) -> None:
-        fail = self._hs_fail
-        self.close(reason)
-        fail(reason)
+        self.close(reason)  # close() reports it to the handshake's on_fail
 
     def _hs_step(self, first: bool = False) -> None:
         tls, inc = self._tls, self._in
@@ -373,13 +375,17 @@ class Stream:
             return
         except (ssl.SSLError, ValueError, OSError):
             if not self.closed:
-                self._flush_tls()  # the alert, so the peer learns why
+                assert self._out is not None
+                try:  # the alert, so the peer learns why; best effort, the reason stays the handshake's
+                    self.sock.send(self._out.read())
+                except OSError:
+                    pass
                 self._hs_failed("tls-handshake")
             return
         self._flush_tls()
-        if self.closed:
-            self._hs_fail(self.close_reason or "reset")
+        if self.closed:  # the flight could not be sent: close() has reported it
             return
+        self._hs_fail = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

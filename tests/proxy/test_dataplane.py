@@ -457,10 +457,32 @@ def test_handshakes_in_progress_are_bounded_oldest_evicted(mesh: Mesh, monkeypat
     wait_for(lambda: mesh.loop.call(lambda: mesh.server.handshakes) == 3, 10, what="three handshakes pending")
     newcomer = socket.create_connection((HOST, mesh.public_port), timeout=10)
     assert stalled[0].recv(10) == b""  # the oldest is closed at once, not after the 10 s handshake timeout
-    wire = mesh.server_metrics.to_wire()["counter"]["tls_handshake_failures_total"]
-    assert [n for labels, n in wire if labels[-1] == "too-many-handshakes"] == [1]
+    def evictions() -> list[int]:
+        wire = mesh.loop.call(mesh.server_metrics.to_wire)["counter"]["tls_handshake_failures_total"]
+        return [n for labels, n in wire if labels[-1] == "too-many-handshakes"]
+    wait_for(lambda: evictions() == [1], 10, what="the eviction counted", report=lambda: repr(evictions()))
     assert mesh.loop.call(lambda: mesh.server.handshakes) == 3
     assert roundtrip(mesh.bind_port, b"ok") == b"ok"  # a mesh client evicts another idle one and is served
     for sock in [*stalled, newcomer]:
         sock.close()
     wait_for(lambda: mesh.loop.call(lambda: mesh.server.handshakes) == 0, 10, what="slots freed")
+
+
+def test_inbound_connections_to_the_local_app_are_bounded(mesh: Mesh) -> None:
+    from meshagent.proxy.resilience import CircuitBreakers
+    from meshagent.proxy.snapshot import Limits
+
+    def limit() -> None:
+        mesh.server.local_breakers = CircuitBreakers(Limits(max_connections=2))
+
+    mesh.loop.call(limit)
+    held = [socket.create_connection((HOST, mesh.bind_port), timeout=10) for _ in range(2)]
+    for i, sock in enumerate(held):
+        sock.sendall(b"%d" % i)
+        assert sock.recv(10) == b"%d" % i
+    assert roundtrip(mesh.bind_port, b"third") == b""
+    assert counter(mesh.server_metrics, "circuit_breaker_trips_total") == 1
+    assert mesh.app.accepted == 2
+    held[0].close()
+    wait_for(lambda: roundtrip(mesh.bind_port, b"again") == b"again", 10, what="a slot freed")
+    held[1].close()
