@@ -40,6 +40,8 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
 def _base(ctx: ssl.SSLContext, material: TLSMaterial) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # TLS 1.2 renegotiation: a full handshake's CPU on demand, and a certificate swapped after authorization
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     if not material.roots_pem:
         raise TLSConfigError("tls.roots_pem: no trusted roots")
     try:
