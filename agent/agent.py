@@ -112,6 +112,8 @@ class Agent:
                                 enable_script_checks=config.enable_script_checks,
                                 check_update_interval=config.check_update_interval,
                                 cluster_size=lambda: len(self.members()))
+        if bind not in ("0.0.0.0", "::"):
+            self.local.sidecar_listen_address = bind  # ProxyRunner binds sidecars there (bind_address below)
         keyring, keyring_path = load_keyring(data_dir, config.encrypt)
         self.rpc_tls = rpc_tls(config, keyring)
         if self.server is not None:

@@ -53,6 +53,9 @@ class LocalState:
         self.enable_script_checks = enable_script_checks
         # ports.sidecar_min_port/sidecar_max_port; the agent may set it again on reload.
         self.sidecar_ports = sidecar_ports
+        # Where the agent's data plane binds sidecars that have no address (the agent's bind address; loopback
+        # when that is 0.0.0.0): their "Connect Sidecar Listening" checks dial it. The agent sets it.
+        self.sidecar_listen_address = "127.0.0.1"
         self._services: dict[str, ServiceDefinition] = {}
         self._file_service_ids: set[str] = set()
         self._sidecars: dict[str, str] = {}  # parent service id -> the sidecar registered from its definition
@@ -169,7 +172,8 @@ class LocalState:
             self._check_script_allowed(cdef, from_file)
         try:
             # before any change: a refusal leaves state as it was
-            sidecar = sidecar_for(defn, self._services, self.sidecar_ports)
+            sidecar = sidecar_for(defn, self._services, self.sidecar_ports,
+                                  self.sidecar_listen_address)
         except ConfigErrors as exc:
             raise LocalStateError(str(exc)) from exc
         if sidecar is not None:

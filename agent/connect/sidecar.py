@@ -202,9 +202,11 @@ def _host_port(address: str, port: int) -> str:
 
 
 def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_port: int | None = None,
-                   port_range: tuple[int, int] = SIDECAR_PORT_RANGE) -> ServiceDefinition | None:
+                   port_range: tuple[int, int] = SIDECAR_PORT_RANGE,
+                   listen_address: str = "127.0.0.1") -> ServiceDefinition | None:
     """The sidecar service `defn`'s connect.sidecar_service asks for (None when it has none);
-    raises ConfigErrors when the block is invalid or no port in `port_range` is free."""
+    raises ConfigErrors when the block is invalid or no port in `port_range` is free. `listen_address` is
+    where the agent's data plane binds a sidecar without an address of its own: its listening check dials it."""
     block = defn.connect.get("sidecar_service")
     if block is None:
         return None
@@ -239,7 +241,7 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_
     if not side.checks:
         # Consul's defaults: the proxy's own address (else the parent's) answering on its port, and the
         # parent's health mirrored (an alias check), so a sidecar in front of a failing service is not used.
-        address = side.address or defn.address or "127.0.0.1"
+        address = side.address or defn.address or listen_address
         source = Source(defn.source.path, defn.source.line)
         side.checks = [CheckDefinition(id=f"service:{side.id}:1", name="Connect Sidecar Listening",
                                        service_id=side.id, tcp=_host_port(address, side.port), interval=10.0,
@@ -251,7 +253,8 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_
 
 
 def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinition],
-                port_range: tuple[int, int] = SIDECAR_PORT_RANGE) -> ServiceDefinition | None:
+                port_range: tuple[int, int] = SIDECAR_PORT_RANGE,
+                listen_address: str = "127.0.0.1") -> ServiceDefinition | None:
     """Expand `defn`'s sidecar against the agent's local `services`: skip ports other local proxies hold and
     keep the port the sidecar already has when it is still free (so a reload does not move it)."""
     if defn.connect.get("sidecar_service") is None:
@@ -259,7 +262,7 @@ def sidecar_for(defn: ServiceDefinition, services: Mapping[str, ServiceDefinitio
     sid = sidecar_id(defn.id)
     used = [s.port for key, s in services.items() if key != sid and s.kind == PROXY_KIND and s.port]
     current = services.get(sid)
-    return expand_sidecar(defn, used, current.port if current is not None else None, port_range)
+    return expand_sidecar(defn, used, current.port if current is not None else None, port_range, listen_address)
 
 
 def sidecar_ids(services: Iterable[ServiceDefinition]) -> set[str]:

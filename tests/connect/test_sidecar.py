@@ -50,6 +50,17 @@ def test_an_empty_sidecar_service_gets_consuls_defaults() -> None:
         "service:web-1-sidecar-proxy:2", "Connect Sidecar Aliasing web-1", "web-1", "alias", "web-1-sidecar-proxy")
 
 
+def test_the_listening_check_dials_where_the_data_plane_binds_an_address_less_sidecar() -> None:
+    # The agent binds such a sidecar's public listener on its own bind address: a check on 127.0.0.1 would
+    # never pass on a host whose agent binds 198.18.0.22, and no upstream would ever see the sidecar.
+    bare = {k: v for k, v in WEB.items() if k != "address"}
+    side = expand_sidecar(_svc({**bare, "connect": {"sidecar_service": {}}}), used_ports=[],
+                          listen_address="198.18.0.22")
+    assert side is not None and side.checks[0].tcp == "198.18.0.22:21000"
+    side = expand_sidecar(_svc({**bare, "connect": {"sidecar_service": {}}}), used_ports=[])
+    assert side is not None and side.checks[0].tcp == "127.0.0.1:21000"
+
+
 def test_given_fields_win_over_the_defaults() -> None:
     parent = _svc({**WEB, "connect": {"sidecar_service": {
         "name": "edge", "port": 9999, "tags": [], "meta": {"x": "y"}, "address": "::1",
