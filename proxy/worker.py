@@ -222,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-bind", default="", help="host:port for Prometheus text (static mode)")
     parser.add_argument("--dataplane", default=DEFAULT_DATAPLANE, help=argparse.SUPPRESS)  # tests: a stand-in
     parser.add_argument("--log-level", default=os.environ.get("MESHAGENT_PROXY_LOG_LEVEL", "info"))
+    parser.add_argument("--nice", type=int, default=0, help="lower this worker's priority by N (0-19)")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    if args.nice > 0:
+        os.nice(min(args.nice, 19))
     reactor = Reactor()
     worker = Worker(reactor, dataplane_factory(args.dataplane))
     stop = lambda *_: reactor.stop()  # noqa: E731  (a signal handler: wakes the loop, which exits)
