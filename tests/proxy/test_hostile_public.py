@@ -344,11 +344,9 @@ def _readable(sock: socket.socket) -> bool:
     return bool(r)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5: a handshake whose peer resets while we write is never ended")
 def test_a_client_hello_then_reset_ends_the_pending_handshake_and_is_counted(sidecar: Sidecar) -> None:
-    """ClientHello, then RST: our ServerHello flight's send fails, Stream.close("reset") runs inside _hs_step's
-    flush and on_fail never does, so the handshake stays in DataPlane._pending (uncounted, timer cancelled)
-    until the cap evicts it."""
+    """ClientHello, then RST: our ServerHello flight's send fails inside the handshake step; the pending
+    handshake must end and be counted, not wait in DataPlane._pending for the cap (finding 5, fixed)."""
     hello = client_hello()
     for _ in range(100):
         s = socket.create_connection((HOST, sidecar.port), timeout=5)
@@ -581,6 +579,25 @@ def test_idle_connections_beyond_the_handshake_cap_do_not_lock_out_a_mesh_client
         assert w.fds() <= base_fds + 2048 + 16
         for i in range(3):
             assert mtls_echo(port, web, b"let a real peer in %d" % i) == b"let a real peer in %d" % i
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_an_authorized_peer_cannot_open_more_than_1024_connections_to_the_local_app(sidecar: Sidecar) -> None:
+    """Envoy's local_app cluster keeps its default circuit breakers (max_connections 1024; Consul's
+    max_inbound_connections inherits it): one authorized peer must not pin unbounded descriptors in the
+    worker and the application (finding 8, fixed)."""
+    socks = []
+    try:
+        for _ in range(1100):
+            raw = socket.create_connection((HOST, sidecar.port), timeout=10)
+            socks.append(sidecar.web_ctx.wrap_socket(raw))
+        for s in socks[-20:]:
+            s.sendall(b"x")
+        wait_for(lambda: sidecar.app.accepted >= 1000, 30, what="the connections reach the app")
+        assert sidecar.app.accepted <= 1024
     finally:
         for s in socks:
             s.close()

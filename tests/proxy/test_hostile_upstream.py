@@ -306,7 +306,7 @@ def test_a_server_of_another_ca_or_with_an_expired_leaf_is_refused(client: Clien
 def test_reset_garbage_and_stalled_servers_fail_fast_and_are_ejected_while_a_good_one_serves(
         client: Client, ca: MeshCA, tmp_path: Path, servers: list[Upstream_]) -> None:
     good = Upstream_(ca, tmp_path, "echo")
-    bad = [Upstream_(ca, tmp_path, mode) for mode in ("garbage", "stall")]  # "reset": finding 5
+    bad = [Upstream_(ca, tmp_path, mode) for mode in ("reset", "garbage", "stall")]
     servers += [good, *bad]
     for b in bad:  # each alone: bounded by the connect timeout (which covers the TLS handshake)
         client.apply((b.endpoint,), connect_timeout_ms=500)
@@ -321,6 +321,23 @@ def test_reset_garbage_and_stalled_servers_fail_fast_and_are_ejected_while_a_goo
         got = client.roundtrip(b"r%d" % i)
         assert got == b"r%d" % i, (i, time.monotonic() - t0, client.metrics.to_wire()["counter"])
     assert client.counts("ejections_total") or client.counts("retries_total")
+
+
+def test_a_server_that_resets_right_after_accept_fails_every_dial_within_the_connect_timeout(
+        client: Client, ca: MeshCA, tmp_path: Path, servers: list[Upstream_]) -> None:
+    """When the RST lands between the connect and the ClientHello's send, the dial used to end silently (no
+    on_fail, timer cancelled) and the application's connection hung with its breaker slot (finding 5, fixed;
+    the window is narrow, so this repeats the dial)."""
+    s = Upstream_(ca, tmp_path, "reset")
+    servers.append(s)
+    client.apply((s.endpoint,), connect_timeout_ms=500)
+    slow = []
+    for i in range(20):
+        t0 = time.monotonic()
+        assert client.roundtrip(b"x", timeout=4) == b""
+        if time.monotonic() - t0 > 2.5:
+            slow.append(i)
+    assert slow == [], f"dials {slow} outlived the 0.5 s connect timeout (and its retry)"
 
 
 def test_an_l7_upstream_answering_garbage_or_resetting_gets_502_or_503_not_a_hang(
