@@ -83,6 +83,7 @@ class RawApp:
         self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
         self.heads: list[bytes] = []
+        self.accepted = 0
         self.raw = bytearray()
         self.read = threading.Event()  # cleared: the app does not read (a slow app)
         self.read.set()
@@ -100,6 +101,7 @@ class RawApp:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
 
     def _conn(self, conn: socket.socket) -> None:
@@ -668,3 +670,23 @@ def test_a_request_head_trickled_one_byte_a_second_gets_408_after_the_head_timeo
         stop.set()
         c.close()
     assert all(t == b"/legit" for t in sidecar.app.targets())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 9: L7 inbound connections to the local app are unbounded")
+def test_an_authorized_peer_cannot_open_more_than_1024_l7_connections_to_the_local_app(sidecar: Sidecar) -> None:
+    """The L4 inbound path is bounded at 1024 local connections (Envoy's local_app breaker, finding 8); the L7
+    one must be too: 1,100 concurrent requests to an app that does not answer."""
+    sidecar.app.read.clear()
+    conns = []
+    try:
+        for _ in range(1100):
+            c = Conn(sidecar.port, sidecar.ctx)
+            c.send(b"GET /hang HTTP/1.1\r\nHost: db\r\n\r\n")
+            conns.append(c)
+        wait_for(lambda: sidecar.app.accepted >= 1000, 30, what="the requests reach the app")
+        assert sidecar.app.accepted <= 1024
+    finally:
+        sidecar.app.read.set()
+        for c in conns:
+            c.close()
