@@ -8,6 +8,7 @@ destination; every failure is bounded in time, counted, and legitimate traffic k
 from __future__ import annotations
 
 import datetime
+import json
 import socket
 import ssl
 import struct
@@ -33,6 +34,7 @@ from meshagent.proxy.snapshot import Endpoint, LoadBalancer, ProxySnapshot, Retr
 
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
+from tests.support.wait import wait_for
 
 HOST = "127.0.21.3"
 T = TypeVar("T")
@@ -109,7 +111,7 @@ class Upstream_:
         self.got = bytearray()
         self.accepted = 0
         self.ctx: ssl.SSLContext | None = None
-        if mode in ("echo", "http"):
+        if mode in ("echo", "http", "continue-flood"):
             cert_pem, key_pem = cert or (lambda lf: (lf.cert_pem, lf.key_pem))(ca.leaf("db"))
             tmp.mkdir(parents=True, exist_ok=True)
             n = len(list(tmp.iterdir()))
@@ -156,6 +158,11 @@ class Upstream_:
             assert self.ctx is not None
             conn.settimeout(30)
             tls = self.ctx.wrap_socket(conn, server_side=True)
+            if self.mode == "continue-flood":  # endless interim answers to one request
+                self.got += tls.recv(65536)
+                flood = b"HTTP/1.1 100 Continue\r\n\r\n" * 4096
+                while True:
+                    tls.sendall(flood)
             while data := tls.recv(65536):
                 self.got += data
                 tls.sendall(data if self.mode == "echo" else self.answer)
@@ -369,6 +376,49 @@ def test_an_l7_upstream_answering_garbage_or_resetting_gets_502_or_503_not_a_han
     got = client.http(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 504"), got[:80]
     assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 10: interim (1xx) answers are relayed without backpressure")
+def test_an_upstream_flooding_100_continue_to_a_client_that_does_not_read_keeps_the_worker_rss_bounded(
+        ca: MeshCA, tmp_path: Path, servers: list[Upstream_]) -> None:
+    """A hostile or broken upstream answers one request with 100 Continue forever; the application does not
+    read. The body path pauses the upstream at 256 KiB; interim heads must too, or each such request grows
+    the worker by up to MAX_WRITE_BUFFER (64 MiB) before the write-buffer guard or the request timeout."""
+    evil = Upstream_(ca, tmp_path / "evil", "continue-flood")
+    servers.append(evil)
+    port = free_ports(1, HOST)[0]
+    up = Upstream(destination_name="db", local_bind_address=HOST, local_bind_port=port, endpoints=(evil.endpoint,),
+                  protocol="http", request_timeout_ms=30000)
+    snap = ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1", tls=material(ca, "web"),
+                         public_address=HOST, public_port=21000, local_service_port=0, upstreams=(up,))
+    path = tmp_path / "web.json"
+    path.write_text(json.dumps(snap.to_wire()))
+    proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--snapshot", str(path),
+                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def rss() -> int:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+    try:
+        app = wait_for(lambda: socket.create_connection((HOST, port), timeout=5), what="the upstream listener")
+        base = rss()
+        app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        app.sendall(b"POST /x HTTP/1.1\r\nHost: db\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        peak = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            peak = max(peak, rss() - base)
+            if peak > 16 * 1024:
+                break
+            time.sleep(0.1)  # sampling RSS, not synchronising
+        app.close()
+        assert peak < 16 * 1024, f"worker RSS grew {peak} KiB for one request"
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 # ---------------------------------------------------------------------- the control channel
