@@ -663,3 +663,96 @@ def test_100mb_from_an_authorized_peer_to_a_slow_app_keeps_the_worker_rss_bounde
     finally:
         w.close()
         sink.close()
+
+
+# ---------------------------------------------------------------------- the per-proxy metrics listeners
+
+
+@pytest.mark.xfail(strict=True, reason="finding 11: 64 idle connections lock scrapers out of a worker's metrics")
+def test_idle_connections_do_not_lock_scrapers_out_of_a_workers_metrics_listener(
+        worker: tuple[WorkerProc, EchoServer, ssl.SSLContext]) -> None:
+    """ReactorMetricsServer refuses newcomers at MAX_CLIENTS (64) while idle clients hold their 5 s head
+    timeout: 64 connections renewed every 5 s keep Prometheus out (the public listener's finding 2 again)."""
+    w, _app, _web = worker
+    idle = [socket.create_connection((HOST, w.metrics_port), timeout=5) for _ in range(70)]
+    try:
+        assert "meshagent_proxy_" in w.metrics()
+    finally:
+        for s in idle:
+            s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 11: the supervisor's metrics listener accepts without bound")
+def test_the_supervisor_metrics_listener_does_not_pin_a_descriptor_per_idle_client() -> None:
+    """serve_trio (in the agent's process) accepts every connection and parks it on a CapacityLimiter(64)
+    with no timeout while it waits: 1,000 idle connections are 1,000 descriptors of the agent, and a scrape
+    behind them waits its turn (~80 s)."""
+    import trio
+    from meshagent.proxy.metrics_http import serve_trio
+
+    async def main() -> int:
+        async def render() -> str:
+            return "x 1\n"
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve_trio, f"{HOST}:0", render)
+            before = len(os.listdir("/proc/self/fd"))
+            socks = []
+            for _ in range(1000):
+                s = trio.socket.socket()
+                await s.connect((host, port))
+                socks.append(s)
+            # a scrape queued behind them: once it is answered, the server has seen every idle one
+            scrape = trio.socket.socket()
+            await scrape.connect((host, port))
+            await scrape.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            with trio.fail_after(8):  # today: starved ~80 s (64 slots, 5 s each, 1,000 idle ahead of it)
+                assert (await scrape.recv(100)).startswith(b"HTTP/1.1 200")
+            grown = len(os.listdir("/proc/self/fd")) - before - len(socks) - 1
+            scrape.close()
+            for s in socks:
+                s.close()
+            nursery.cancel_scope.cancel()
+        return grown
+
+    grown = trio.run(main)
+    assert grown <= 64 + 16, f"{grown} server-side descriptors for 1,000 idle clients"
+
+
+METRICS_CHILD = r"""
+import os, resource, sys, time
+from meshagent.proxy.metrics_http import ReactorMetricsServer
+from meshagent.proxy.reactor import Reactor
+reactor = Reactor()
+server = ReactorMetricsServer(reactor, sys.argv[1], lambda: "x 1\n")
+print(server.address[1], flush=True)
+used = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (used - 1, used - 1))
+sys.stdin.readline()
+start = time.process_time()
+reactor.call_later(1.5, reactor.stop)
+reactor.run()
+print("cpu", time.process_time() - start, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="finding 12: the worker's metrics listener spins when out of descriptors")
+def test_out_of_descriptors_the_metrics_listener_backs_off_instead_of_spinning() -> None:
+    """The data plane's listener backs off on EMFILE (596a77b); ReactorMetricsServer._accept returns and is
+    called again at once by the level-triggered reactor: a busy loop stealing the data path's CPU."""
+    proc = subprocess.Popen([sys.executable, "-c", METRICS_CHILD, f"{HOST}:0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        port = int(proc.stdout.readline())
+        clients = [socket.create_connection((HOST, port), timeout=5) for _ in range(3)]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out = proc.stdout.readline().split()
+        assert out[0] == "cpu", out
+        assert float(out[1]) < 0.15, out  # a spinning accept loop burns most of the 1.5 s
+        for c in clients:
+            c.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
