@@ -10,12 +10,13 @@ import random
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from .authorize import Authorizer
 from .balancer import make_balancer
 from .dial import accept_tls, connect, plain
 from .l4 import OutboundL4, inbound
+from .metrics import ProxyMetrics
 from .outlier import OutlierDetector
 from .reactor import Reactor, Timer
 from .resilience import CircuitBreakers, RetryBudget
@@ -30,21 +31,6 @@ MAX_HANDSHAKES = 2048  # TLS handshakes in progress on the public listener; beyo
 LISTEN_BACKLOG = 1024
 ACCEPT_BACKOFF_S = 0.5
 MAX_LOCAL_CONNECTIONS = 1024  # Envoy's default circuit breaker for the local_app cluster
-
-
-class Metrics(Protocol):
-    """The ProxyMetrics calls the data path makes (proxy/metrics.py)."""
-
-    def connection_opened(self, direction: str, upstream: str) -> None: ...
-    def connection_closed(self, direction: str, upstream: str) -> None: ...
-    def bytes(self, direction: str, upstream: str, received: int, sent: int) -> None: ...
-    def tls_failure(self, direction: str, reason: str) -> None: ...
-    def denial(self, rule: str, layer: str) -> None: ...
-    def retry(self, upstream: str) -> None: ...
-    def retry_overflow(self, upstream: str) -> None: ...
-    def breaker_trip(self, upstream: str, limit: str) -> None: ...
-    def ejection(self, upstream: str) -> None: ...
-    def endpoints(self, upstream: str, healthy: int, ejected: int) -> None: ...
 
 
 class UpstreamState:
@@ -203,9 +189,9 @@ class DataPlane:
     listening. The L7 handlers use `reactor`, `metrics`, `snapshot`, `authorizer`, `upstream()` and
     `connect_local()`."""
 
-    def __init__(self, reactor: Reactor, metrics: Any) -> None:
+    def __init__(self, reactor: Reactor, metrics: ProxyMetrics) -> None:
         self.reactor = reactor
-        self.metrics: Any = metrics
+        self.metrics = metrics
         self.snapshot: ProxySnapshot | None = None
         self.authorizer: Authorizer = Authorizer.__new__(Authorizer)  # replaced by the first apply
         self.contexts: TLSContexts | None = None
@@ -242,9 +228,7 @@ class DataPlane:
         for name, state in self._upstreams.items():
             if name not in wanted_ups:
                 state.close()
-                forget = getattr(self.metrics, "forget_upstream", None)
-                if forget is not None:
-                    forget(name)
+                self.metrics.forget_upstream(name)
         self._upstreams = wanted_ups
         errors.extend(self._apply_listeners(snapshot))
         return errors
