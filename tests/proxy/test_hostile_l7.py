@@ -690,3 +690,32 @@ def test_an_authorized_peer_cannot_open_more_than_1024_l7_connections_to_the_loc
         sidecar.app.read.set()
         for c in conns:
             c.close()
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304), ("GET", 100)])
+def test_a_body_on_a_bodiless_answer_never_answers_the_next_request(sidecar: Sidecar, method: str,
+                                                                    status: int) -> None:
+    """HEAD, 204 and 304 answers have no body whatever they say; bytes after them are a desync, not the next
+    answer (100 then a body with no final head: the same)."""
+    evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+    sidecar.app.answer = lambda head: (b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\nhello" % status + evil) \
+        if b"/bodiless" in head else b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+    c = Conn(sidecar.port, sidecar.ctx)
+    try:
+        c.send(f"{method} /bodiless HTTP/1.1\r\nHost: db\r\n\r\n".encode())
+        if status != 100:
+            got = c.response(method)
+            assert got[0] == status and got[2] == b"", got
+        for _ in range(3):
+            c.send(b"GET /next HTTP/1.1\r\nHost: db\r\n\r\n")
+            nxt = c.response()
+            assert nxt[2] != b"evil", nxt
+            if status != 100:
+                assert nxt[2] == b"ok\n", nxt
+            else:
+                break
+    except (http.client.HTTPException, OSError):
+        assert status == 100  # a 1xx followed by garbage: 502 or closed is fine
+    finally:
+        c.close()
+    assert get(sidecar.port, sidecar.ctx, "/other")[2] == b"ok\n"
