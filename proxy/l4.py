@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .reactor import Timer
 from .stream import Cancel, Stream
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 PAUSE_AT = 256 * 1024  # destination buffer above which the source is paused
 BYTES_FLUSH = 1 << 20  # report byte counts to metrics at least every MiB per direction, not per chunk
+IDLE_TIMEOUT_S = 3600.0  # Envoy's tcp_proxy idle_timeout: a pipe with no byte either way this long is closed
+IDLE_CHECK_S = 300.0  # how often a pipe looks (so it closes between 60 and 65 minutes of silence)
 
 
 class Pipe:
@@ -24,8 +27,11 @@ class Pipe:
 
     __slots__ = (
         "_closed",
+        "_idle_s",
+        "_last_total",
         "_reported_rx",
         "_reported_tx",
+        "_timer",
         "down",
         "on_done",
         "received",
@@ -45,6 +51,9 @@ class Pipe:
         self._reported_rx = 0
         self._reported_tx = 0
         self._closed = 0
+        self._idle_s = 0.0
+        self._last_total = 0
+        self._timer: Timer | None = None
         down.on_data = self._from_down
         up.on_data = self._from_up
         down.on_eof = up.shutdown_write
@@ -58,6 +67,22 @@ class Pipe:
         """Read from both sides (each was paused while the other was being set up)."""
         self.down.resume_reading()
         self.up.resume_reading()
+        self._timer = self.down.reactor.call_later(IDLE_CHECK_S, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # A coarse periodic look at the byte counts, not a timestamp per chunk: the hot path pays nothing.
+        total = self.received + self.sent
+        if total != self._last_total:
+            self._last_total = total
+            self._idle_s = 0.0
+        else:
+            self._idle_s += IDLE_CHECK_S
+            if self._idle_s >= IDLE_TIMEOUT_S:
+                self._timer = None
+                self.down.close("idle-timeout")
+                self.up.close("idle-timeout")
+                return
+        self._timer = self.down.reactor.call_later(IDLE_CHECK_S, self._check_idle)
 
     def _from_down(self, data: bytes) -> None:
         up = self.up
@@ -105,6 +130,9 @@ class Pipe:
     def _one_closed(self) -> None:
         self._closed += 1
         if self._closed == 2:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._flush()
             self.on_done(self.received, self.sent)
 

@@ -168,3 +168,23 @@ def test_a_reset_on_one_side_closes_the_other(loop: Loop) -> None:
     wait_for(lambda: len(p.done) == 1, 10, what="pipe done")
     assert loop.call(lambda: p.down.closed and p.up.closed)
     p.client.close()
+
+
+def test_an_idle_pipe_is_closed_and_a_busy_one_is_not(loop: Loop, monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshagent.proxy.l4 as l4
+    monkeypatch.setattr(l4, "IDLE_TIMEOUT_S", 0.4)
+    monkeypatch.setattr(l4, "IDLE_CHECK_S", 0.1)
+    idle, busy = Piped(loop), Piped(loop)
+    deadline = threading.Event()
+    for i in range(10):  # ~1 s of traffic on `busy`, one message every 0.1 s, nothing on `idle`
+        busy.client.sendall(b"%d" % i)
+        assert read_exactly(busy.server, len(b"%d" % i)) == b"%d" % i
+        deadline.wait(0.1)  # pacing the traffic, not synchronising: the assertions below wait on conditions
+    idle.client.settimeout(10)
+    assert idle.client.recv(10) == b""  # closed by the proxy
+    wait_for(lambda: idle.done and loop.call(lambda: idle.down.close_reason) == "idle-timeout", 10,
+             what="idle pipe closed")
+    assert not loop.call(lambda: busy.down.closed)
+    for p in (idle, busy):
+        p.client.close()
+        p.server.close()
