@@ -162,6 +162,9 @@ class Session(SessionState):
             self.route.cancel_acquire(self)
             self._finish_retry()
             self._end(self.code or 499)
+            # This close may run inside the relay of the response (a write to a client that reset): the
+            # request is over here, so the relay's own ending must not count it again (finding F2).
+            self.busy = False
         self.route.closed(self, self.rx, self.tx)
 
     # ------------------------------------------------------------------ upstream
