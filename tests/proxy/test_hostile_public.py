@@ -466,6 +466,33 @@ def test_tls12_client_initiated_renegotiation_is_refused(sidecar: Sidecar) -> No
         reader.join(10)
 
 
+@pytest.mark.xfail(strict=True, reason="finding 13: an expired client leaf is accepted by TLS session resumption")
+def test_a_client_leaf_that_expired_cannot_come_back_by_resuming_its_session(sidecar: Sidecar) -> None:
+    """Resumption skips certificate verification: a session made while web's leaf was valid is resumed after
+    it expired (for the ticket's lifetime), while a full handshake with the same leaf is refused."""
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    leaf = sidecar.ca.leaf("web", ttl=datetime.timedelta(seconds=3), now=start)
+    ctx = client_ctx(sidecar.ca, sidecar.tmp / "short", leaf.cert_pem, leaf.key_pem)
+    with socket.create_connection((HOST, sidecar.port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        tls.sendall(b"one")
+        assert tls.recv(10) == b"one"  # the ticket arrived with the first answer
+        session = tls.session
+    assert session is not None and session.has_ticket
+    end = start + datetime.timedelta(seconds=3)
+    wait_for(lambda: datetime.datetime.now(datetime.UTC) > end + datetime.timedelta(seconds=1), 10,
+             what="the leaf to expire")
+    assert mtls_echo(sidecar.port, ctx, b"full") == b""  # a full handshake: certificate expired
+    got = b""
+    try:
+        with socket.create_connection((HOST, sidecar.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, session=session) as tls:
+            tls.sendall(b"resumed")
+            got = tls.recv(10)
+    except (ssl.SSLError, ConnectionError):
+        pass
+    assert got == b"", "an expired leaf's session was resumed and served"
+
+
 # ---------------------------------------------------------------------- a worker process under load
 
 
