@@ -719,3 +719,44 @@ def test_a_body_on_a_bodiless_answer_never_answers_the_next_request(sidecar: Sid
     finally:
         c.close()
     assert get(sidecar.port, sidecar.ctx, "/other")[2] == b"ok\n"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 14: tiny chunks cost the worker ~80x the CPU of the same bytes")
+def test_a_body_of_one_byte_chunks_does_not_cost_the_worker_seconds_of_cpu(ca: MeshCA, tmp_path: Path) -> None:
+    """10 MB as 1,747,626 one-byte chunks: each chunk is a Python-level parse step (a 'per-byte loop' in
+    effect). Measured: 4 s of worker CPU against 0.05 s for one 10 MB chunk, so ~2.5 MB/s from any mesh peer
+    (denied requests' bodies are parsed too) saturates a worker. Bound: < 1 s, or the request refused."""
+    sink = socket.create_server((HOST, 0))
+
+    def serve() -> None:
+        conn, _ = sink.accept()
+        tail = b""
+        with conn:
+            while data := conn.recv(1 << 20):
+                tail = (tail + data)[-16:]
+                if tail.endswith(b"0\r\n\r\n"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_ports(1, HOST)[0]
+    w = WorkerProc(tmp_path, snapshot(ca, port, sink.getsockname()[1]))
+    ctx = web_ctx(ca, tmp_path)
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{w.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        c = Conn(port, ctx, timeout=120)
+        before = cpu_s()
+        sender = threading.Thread(target=c.send, args=(
+            b"POST /up HTTP/1.1\r\nHost: db\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n" * ((10 << 20) // 6) + b"0\r\n\r\n",), daemon=True)
+        sender.start()
+        status, _h, _b = c.response("POST")
+        used = cpu_s() - before
+        c.close()
+        assert status == 400 or used < 1.0, f"{used:.2f} s of worker CPU for 10 MB of one-byte chunks"
+    finally:
+        w.close()
+        sink.close()
