@@ -137,14 +137,15 @@ class HeadReader:
         self._scan = 0
 
 
-def _fields(raw: bytes, start: int, status: int) -> list[tuple[bytes, bytes]]:
-    """Check the head's field block and return the fields that decide framing (lowercase names)."""
+def _checked_block(raw: bytes, start: int, status: int) -> list[tuple[bytes, bytes]]:
+    """The framing fields of a checked field block, as found (names in any case, values unstripped)."""
     block = raw[start:len(raw) - 2]
     if not _FIELD_BLOCK.fullmatch(block):
         raise HTTPError(status, "malformed header field (folded line, bare CR/LF, control byte or bad name)")
     if block.count(b"\n") > MAX_FIELDS:
         raise HTTPError(431 if status == 400 else status, f"more than {MAX_FIELDS} header fields")
-    return [(n.lower(), v.strip(b" \t")) for n, v in _FRAMING_FIELDS.findall(block)]
+    found: list[tuple[bytes, bytes]] = _FRAMING_FIELDS.findall(block)
+    return found
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -154,11 +155,13 @@ def _tokens(value: bytes) -> list[bytes]:
 def _framing(special: list[tuple[bytes, bytes]], status: int, response: bool
              ) -> tuple[int, int, bool, bool, bool, bool, bool]:
     """(body kind, length, close, keep-alive token, upgrade, expect 100-continue, host present) from the
-    framing fields; `status` is the code to refuse with."""
+    framing fields as _checked_block found them; `status` is the code to refuse with."""
     length = -1
     te: list[bytes] | None = None
     close = keep = upgrade = expect = host = upgrade_field = False
     for name, value in special:
+        name = name.lower()
+        value = value.strip(b" \t")
         if name == b"host":
             if host:
                 raise HTTPError(status, "more than one Host")
@@ -209,7 +212,7 @@ def parse_request(raw: bytes) -> Head:
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
         raise HTTPError(400, "malformed request line")
     method, target, minor = m.groups()
-    kind, length, close, keep, upgrade, expect, host = _framing(_fields(raw, line_end + 2, 400), 400, False)
+    kind, length, close, keep, upgrade, expect, host = _framing(_checked_block(raw, line_end + 2, 400), 400, False)
     if minor == b"1":
         if not host:
             raise HTTPError(400, "HTTP/1.1 request without Host")
@@ -224,7 +227,7 @@ def parse_response(raw: bytes, request_method: bytes = b"") -> Head:
     if m is None:
         raise HTTPError(502, "malformed status line")
     status = int(m.group(2))
-    kind, length, close, keep, _, _, _ = _framing(_fields(raw, line_end + 2, 502), 502, True)
+    kind, length, close, keep, _, _, _ = _framing(_checked_block(raw, line_end + 2, 502), 502, True)
     if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
         kind, length = NONE, 0
     alive = not close and kind != CLOSE and (keep or m.group(1) == b"1")
@@ -378,3 +381,14 @@ class Body:
         limit = MAX_CHUNK_LINE if self._state == self._SIZE else MAX_TRAILERS
         if size > limit:
             raise HTTPError(self._status, "chunk size or trailer line too long")
+
+
+_DONE = Body(NONE)  # never changes: feed() and eof() leave a finished non-CLOSE body as it is
+
+
+def body_of(kind: int, length: int = 0, error_status: int = 400) -> Body:
+    """A framer for one message body: the shared finished one when there is no body (no allocation per
+    bodiless request or response)."""
+    if kind == NONE or (kind == LENGTH and length == 0):
+        return _DONE
+    return Body(kind, length, error_status)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 from .access_log import logger_for
 from .http1 import Head, HTTPError, request_path
@@ -47,6 +47,30 @@ def _peer_ip(stream: Stream) -> str:
         return str(stream.sock.getpeername()[0])
     except (OSError, IndexError):
         return ""
+
+
+class _LazyHeaders(Sequence[tuple[bytes, bytes]]):
+    """A head's fields for the authorizer, split only when a rule looks at headers (most look at paths)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def __len__(self) -> int:
+        return len(self.head.headers)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[bytes, bytes]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[bytes, bytes] | Sequence[tuple[bytes, bytes]]:
+        return self.head.headers[i]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.head.headers)
 
 
 class _Base:
@@ -135,7 +159,7 @@ class InboundL7(_Base):
             s.flags = "DENY"
             self.metrics.denial("", "l7")
             return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
-        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, head.headers)
+        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, _LazyHeaders(head))
         if verdict.allowed:
             return None
         s.flags = "DENY"
@@ -276,6 +300,7 @@ class OutboundL7(_Base):
         self.dial: Cancel | None = None
         self.picked: Endpoint | None = None  # the endpoint of the attempt in progress (balancer started)
         self.peer_ip = ""
+        self._pool: _UpstreamPool | None = None
         snap = dp.snapshot
         self.source = snap.service if snap is not None else ""
 
@@ -287,9 +312,13 @@ class OutboundL7(_Base):
         stream.resume_reading()
 
     def _pools(self, us: UpstreamState) -> _UpstreamPool:
+        found = self._pool
+        if found is not None and found._us() is us:  # the common case, without a weak-map lookup
+            return found
         found = _upstream_pools.get(us)
         if found is None:
             found = _upstream_pools[us] = _UpstreamPool(self.dp, us)
+        self._pool = found
         return found
 
     def begin(self, s: SessionState, head: Head) -> bytes | None:

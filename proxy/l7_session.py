@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from .http1 import Body, Head, HTTPError
+from .http1 import Head, HTTPError, body_of
 from .l7_common import KEEP_MAX, LOCAL_FAILURE, PAUSE_AT, Route, Sweeper, reply
 from .l7_pool import UpConn
 from .l7_state import SessionState, _nothing
@@ -60,7 +60,7 @@ class Session(SessionState):
         self.busy = True
         self.req = head
         self.t0 = self.reactor.now()
-        self.req_body = Body(head.body, head.length)
+        self.req_body = body_of(head.body, head.length)
         self.sent_down = self.got_up = self.up_dirty = self.discard = self.in_retry = self.admitted = False
         self.free_redial = True
         self.attempt = 0
@@ -268,7 +268,7 @@ class Session(SessionState):
                 return True
         self.resp = head
         self.code = status
-        self.resp_body = body = Body(head.body, head.length, 502)
+        self.resp_body = body = body_of(head.body, head.length, 502)
         if status == 101:
             self._write_down(head.raw)
             self._tunnel(rest)
