@@ -446,8 +446,13 @@ def test_tls12_client_initiated_renegotiation_is_refused(sidecar: Sidecar) -> No
                              str(cert), "-key", str(key), "-CAfile", str(root)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = bytearray()
-    reader = threading.Thread(target=lambda: [out.extend(line) for line in iter(proc.stdout.readline, b"")],  # type: ignore[union-attr]
-                              daemon=True)
+
+    def read_all() -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            out.extend(line)
+
+    reader = threading.Thread(target=read_all, daemon=True)
     reader.start()
     try:
         assert proc.stdin is not None
