@@ -19,6 +19,7 @@ READS_PER_WAKE = 4
 MAX_WRITE_BUFFER = 64 * 1024 * 1024  # a peer that never reads: pipes pause far below this, L7 may not
 MAX_HANDSHAKE_BUFFER = 256 * 1024  # ciphertext a peer may queue before its handshake completes
 HANDSHAKE_TIMEOUT_S = 10.0
+LINGER_S = 2.0  # linger_close: how long the peer's remaining bytes are read and dropped
 MAX_SESSION_LOOKS = 3  # reads after a handshake that look for a TLS 1.3 session ticket
 
 _RESET = (ConnectionError, OSError)
@@ -272,6 +273,23 @@ class Stream:
             return
         if self.on_drain is not None and not self.closed:
             self.on_drain()
+
+    def linger_close(self, timeout_s: float = LINGER_S) -> None:
+        """Close after an answer without resetting it away: send what is buffered, end our side, then read
+        and discard until the peer ends its side or `timeout_s` passes. (Closing with the peer's bytes unread
+        makes the kernel send RST, and a client still sending - a 10 MB header answered 431 - loses the
+        answer it has not read yet.)"""
+        if self.closed:
+            return
+        self.on_data = self._discard
+        self.on_eof = self._close_clean
+        self.on_drain = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.reactor.call_later(timeout_s, self._close_clean)
+        self.shutdown_write()
+        self._held = False
+        self.resume_reading()
 
     def shutdown_write(self) -> None:
         """End our side once the buffer drains (TCP FIN; the peer's next read ends cleanly)."""

@@ -188,3 +188,39 @@ def test_an_idle_pipe_is_closed_and_a_busy_one_is_not(loop: Loop, monkeypatch: p
     for p in (idle, busy):
         p.client.close()
         p.server.close()
+
+
+def test_linger_close_lets_a_still_sending_peer_read_the_answer(loop: Loop) -> None:
+    client, server_sock = tcp_pair()
+    stream = loop.call(lambda: plain(loop.reactor, server_sock))
+    stop = threading.Event()
+
+    def flood() -> None:  # a client still sending its (huge) request when the answer comes
+        try:
+            while not stop.is_set():
+                client.sendall(b"a" * 65536)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+
+    def answer() -> None:
+        stream.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")
+        stream.linger_close(timeout_s=5.0)
+
+    loop.call(answer)
+    client.settimeout(10)
+    got = b""
+    while not got.endswith(b"\r\n\r\n"):
+        chunk = client.recv(1024)
+        assert chunk, got
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 431")
+    assert client.recv(10) == b""  # then our side ends cleanly (FIN, not a reset)
+    stop.set()
+    client.shutdown(socket.SHUT_WR)
+    wait_for(lambda: loop.call(lambda: stream.closed), 10, what="closed once the peer ended")
+    assert loop.call(lambda: stream.close_reason) is None
+    sender.join(10)
+    client.close()
