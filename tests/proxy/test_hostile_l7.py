@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -760,3 +761,35 @@ def test_a_body_of_one_byte_chunks_does_not_cost_the_worker_seconds_of_cpu(ca: M
     finally:
         w.close()
         sink.close()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 15: intention regexes run on Python re (backtracking), not RE2")
+def test_a_path_crafted_against_an_intention_regex_does_not_freeze_the_worker(ca: MeshCA, tmp_path: Path) -> None:
+    """Consul's and Envoy's regexes are RE2 (linear time). Python's re backtracks: a plausible rule such as
+    PathRegex "/([a-z]+/?)*" against "/aaaa...a!" takes 1.2 s at 24 letters, doubling per letter; with 40 the
+    worker's loop is frozen for hours and every connection on it with it."""
+    app = RawApp()
+    port = free_ports(1, HOST)[0]
+    rules = Intentions(default_allow=False, rules=(IntentionRule(
+        source="web", action=None, name="web => db",
+        permissions=(Permission(action="allow", path_regex=r"/([a-z]+/?)*"),)),))
+    w = WorkerProc(tmp_path, replace(snapshot(ca, port, app.port), intentions=rules))
+    ctx = web_ctx(ca, tmp_path)
+    try:
+        assert get(port, ctx, "/users/list")[0] == 200
+        attacker = Conn(port, ctx)
+        attacker.send(b"GET /" + b"a" * 40 + b"! HTTP/1.1\r\nHost: db\r\n\r\n")
+        t0 = time.monotonic()
+        try:
+            c = Conn(port, ctx, timeout=5)
+            c.send(b"GET /users/list HTTP/1.1\r\nHost: db\r\n\r\n")
+            status = c.response()[0]
+            c.close()
+        except (OSError, http.client.HTTPException):  # the handshake itself times out: the loop is frozen
+            status = 0
+        assert status == 200 and time.monotonic() - t0 < 3, "the worker stopped serving"
+        attacker.close()
+    finally:
+        w.close()
+        app.close()
