@@ -86,8 +86,17 @@ class Session(SessionState):
             if chunk is None:
                 return
             self._forward(chunk)
-        if self.route.timeout_s > 0:
-            self.timer = self.reactor.call_later(self.route.timeout_s, self._timed_out)
+        timeout_s = self.route.timeout_s
+        self.deadline = 0.0
+        if timeout_s > 0:
+            # One request timer per connection, not per request: a timer left armed by an earlier request
+            # fires no later than this deadline and re-arms for what is left (see _timed_out).
+            self.deadline = deadline = self.t0 + timeout_s
+            timer = self.timer
+            if timer is None or timer.cancelled or timer.when > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self.reactor.call_later(timeout_s, self._timed_out)
         self.route.acquire(self)
 
     def _take_body(self, data: bytes) -> bytes | None:
@@ -154,6 +163,7 @@ class Session(SessionState):
     def _down_closed(self, reason: str | None) -> None:
         Sweeper.of(self.reactor).sessions.discard(self)
         self._cancel_timers()
+        self._drop_timer()
         if self.busy:
             if self.conn is not None:
                 conn, self.conn = self.conn, None

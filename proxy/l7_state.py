@@ -50,7 +50,8 @@ class SessionState:
         self.attempt = 0
         self.t0 = self.t_attempt = 0.0
         self.code = 0
-        self.timer: Timer | None = None
+        self.timer: Timer | None = None  # the request timer: armed at most once per connection at a time
+        self.deadline = 0.0  # the current request's timeout deadline; 0 = none
         self.retry_timer: Timer | None = None
         self.rx = self.tx = 0
         self.flags = ""  # access-log markers of the current request ("UF", "UO", "DENY", "UT", ...)
@@ -97,8 +98,13 @@ class SessionState:
 
     def _timed_out(self) -> None:
         self.timer = None
-        if not self.busy:
+        if not self.busy or not self.deadline:
             return
+        now = self.reactor.now()
+        if now < self.deadline:  # armed for an earlier request: wait for what is left of this one's
+            self.timer = self.reactor.call_later(self.deadline - now, self._timed_out)
+            return
+        self.deadline = 0.0
         if self.conn is not None and self.resp is None:
             self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, False)
         if self.sent_down:
@@ -114,14 +120,21 @@ class SessionState:
         self._refuse(reply(504, b"upstream request timeout\n"), 504)
 
     def _cancel_timers(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        # The request timer stays armed (cancelling and re-creating it per request costs more than a
+        # wake-up per timeout period); with no deadline it does nothing. _drop_timer really stops it.
+        self.deadline = 0.0
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
 
     # ------------------------------------------------------------------ endings
+
+    def _drop_timer(self) -> None:
+        """Stop the request timer (the connection is closing or no longer HTTP)."""
+        self.deadline = 0.0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _drop_conn(self) -> None:
         conn, self.conn = self.conn, None
@@ -243,6 +256,7 @@ class SessionState:
         """101 Switching Protocols: the two connections become a byte pipe."""
         conn, self.conn = self.conn, None
         self._cancel_timers()
+        self._drop_timer()
         self._end(101)
         self.busy = False
         if conn is None:

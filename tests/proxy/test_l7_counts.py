@@ -8,7 +8,9 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -59,7 +61,8 @@ class Loop:
 
 
 class GatedApp:
-    """A keep-alive HTTP/1.1 app: every request is answered 200 (4-byte body); /gate waits for `gate`.
+    """A keep-alive HTTP/1.1 app: every request is answered 200 (4-byte body); /gate waits for `gate`, /delay
+    takes 150 ms.
     `served` counts answers handed to the kernel."""
 
     def __init__(self) -> None:
@@ -86,6 +89,8 @@ class GatedApp:
                 buf += chunk
                 while b"\r\n\r\n" in buf:
                     head, _, buf = buf.partition(b"\r\n\r\n")
+                    if head.startswith(b"GET /delay "):
+                        time.sleep(0.15)  # the app is slow (not synchronisation)
                     if head.startswith(b"GET /gate "):
                         with self.lock:
                             self.waiting += 1
@@ -213,3 +218,24 @@ def test_clients_closing_with_requests_in_flight_never_count_more_than_served(me
     wait_for(lambda: mesh.active(mesh.server_metrics, "inbound") == 0, what="every inbound connection closed")
     assert mesh.requests(mesh.server_metrics, "inbound") == 48
     assert mesh.requests(mesh.server_metrics, "inbound", "2xx") <= mesh.app.served
+
+
+def test_the_request_timer_follows_each_request_on_a_keep_alive_connection(mesh: Mesh) -> None:
+    # One timer per connection re-arms for the current request: requests that each finish in time are
+    # served even when together they last longer than the timeout; one that overstays gets its 504.
+    snap = mesh.loop.call(lambda: mesh.client.snapshot)
+    up = snap.upstreams[0]
+    short = replace(snap, upstreams=(replace(up, request_timeout_ms=400),))
+    assert mesh.loop.call(lambda: mesh.client.apply(short)) == []
+    c = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+    t0 = time.monotonic()
+    for _ in range(6):
+        c.sendall(REQUEST % b"delay")
+        assert read_response(c).startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - t0 > 0.6  # longer than the timeout in all
+    c.sendall(REQUEST % b"gate")
+    t1 = time.monotonic()
+    answer = c.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 504"), answer
+    assert 0.3 < time.monotonic() - t1 < 5
+    c.close()
