@@ -167,6 +167,12 @@ def _framing(special: list[tuple[bytes, bytes]], status: int, response: bool
                 raise HTTPError(status, "more than one Host")
             host = True
         elif name == b"content-length":
+            if value.isdigit() and len(value) <= 18:  # the usual single value
+                n = int(value)
+                if length >= 0 and n != length:
+                    raise HTTPError(status, "conflicting Content-Length values")
+                length = n
+                continue
             for part in value.split(b","):
                 part = part.strip(b" \t")
                 if not _DIGITS.fullmatch(part):

@@ -362,12 +362,12 @@ class OutboundL7(_Base):
         s.tried.append(ep)
         us.balancer.started(ep)
         self.picked = ep
-        s.t_attempt = self.dp.reactor.now()
         pools = self._pools(us)
         conn = pools.pool.get(ep)
         if conn is not None:
-            s.attached(conn, True)
+            s.attached(conn, True)  # which starts the attempt's clock
             return
+        s.t_attempt = self.dp.reactor.now()
         if not us.breakers.acquire_pending():
             self.picked = None
             us.balancer.finished(ep, 0.0, True, s.t_attempt)

@@ -27,7 +27,7 @@ class UpConn:
     """One upstream connection: its stream, its pool key, and a release callback run once when it closes
     (a circuit-breaker slot). `on_close` is the current owner's close handler."""
 
-    __slots__ = ("idle_in", "idle_since", "key", "on_close", "pool", "release", "requests", "stream")
+    __slots__ = ("_idle_cbs", "idle_in", "idle_since", "key", "on_close", "pool", "release", "requests", "stream")
 
     def __init__(self, stream: Stream, key: Hashable, release: Callable[[], None] | None = None) -> None:
         self.stream = stream
@@ -39,6 +39,8 @@ class UpConn:
         self.pool: Pool | None = None
         self.on_close: Callable[[str | None], None] = _nothing
         stream.on_close = self._closed
+        # Bound once: pooling the connection after every request would otherwise allocate three methods.
+        self._idle_cbs = (self._idle_closed, self._idle_data, stream.close)
 
     def _closed(self, reason: str | None) -> None:
         release, self.release = self.release, None
@@ -114,9 +116,7 @@ class Pool:
         self._count += 1
         conn.idle_in = conns
         conn.pool = self
-        conn.on_close = conn._idle_closed
-        stream.on_data = conn._idle_data
-        stream.on_eof = stream.close
+        conn.on_close, stream.on_data, stream.on_eof = conn._idle_cbs
         stream.on_drain = None
         stream.resume_reading()  # notice the server's FIN while idle
         if self._sweeper is None:

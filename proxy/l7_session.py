@@ -32,15 +32,20 @@ class Session(SessionState):
         down.on_eof = self._down_eof
         down.on_close = self._down_closed
         down.on_drain = self._down_drained
+        # Bound once: attaching an upstream connection per request would otherwise allocate four methods.
+        self._up_cbs = (self._up_closed, self._up_data, self._up_eof, self._up_drained)
 
     # ------------------------------------------------------------------ downstream
 
     def _down_data(self, data: bytes) -> None:
         self.rx += len(data)
         if not self.busy:
-            if not self.reader.pending:
-                self.since = self.reactor.now()
+            if self.reader.pending:
+                self._parse(data)
+                return
             self._parse(data)
+            if not self.busy and self.reader.pending:  # a head begins: the slow-head clock starts now
+                self.since = self.reactor.now()
         elif self.req_body.done:
             self.pending += data
             self.down.pause_reading()
@@ -189,11 +194,8 @@ class Session(SessionState):
         self.got_up = self.up_dirty = False
         self.t_attempt = self.reactor.now()
         conn.requests += 1
-        conn.on_close = self._up_closed
         up = conn.stream
-        up.on_data = self._up_data
-        up.on_eof = self._up_eof
-        up.on_drain = self._up_drained
+        conn.on_close, up.on_data, up.on_eof, up.on_drain = self._up_cbs
         self.rreader.reset()
         self.resp = None
         if self.buf:
