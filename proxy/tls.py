@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -113,43 +114,50 @@ class SessionCache:
         return len(self._sessions)
 
 
-_IDENTITIES: dict[bytes, str | None] = {}  # peer certificate (DER) -> its identity; peers repeat
+# peer certificate (DER) -> (identity, not before, not after as epoch seconds); peers repeat
+_IDENTITIES: dict[bytes, tuple[str | None, float, float]] = {}
 MAX_IDENTITIES = 4096
+_NONE = (None, 0.0, 0.0)
 
 
-def peer_spiffe_id(obj: ssl.SSLObject) -> str | None:
-    """The URI SAN of the peer's verified certificate, or None: no certificate, no or several URIs, or a CA
-    certificate presented as a leaf (whoever holds an intermediate's key may mint identities, not be one)."""
+def peer_spiffe_id(obj: ssl.SSLObject, now: float | None = None) -> str | None:
+    """The URI SAN of the peer's verified certificate, or None: no certificate, no or several URIs, a CA
+    certificate presented as a leaf (whoever holds an intermediate's key may mint identities, not be one), or
+    a certificate outside its validity at `now` (default: the clock): a resumed TLS session skips
+    verification, so a leaf that expired since would otherwise come back for the ticket's lifetime."""
     try:
         der = obj.getpeercert(binary_form=True)
     except (ValueError, ssl.SSLError):
         return None
     if not der:
         return None
-    try:
-        return _IDENTITIES[der]
-    except KeyError:
-        pass
-    identity = _identity_of(der)
-    if len(_IDENTITIES) >= MAX_IDENTITIES:
-        _IDENTITIES.clear()
-    _IDENTITIES[der] = identity
-    return identity
+    entry = _IDENTITIES.get(der)
+    if entry is None:
+        entry = _identity_of(der)
+        if len(_IDENTITIES) >= MAX_IDENTITIES:
+            _IDENTITIES.clear()
+        _IDENTITIES[der] = entry
+    identity, not_before, not_after = entry
+    if identity is None:
+        return None
+    t = time.time() if now is None else now
+    return identity if not_before <= t <= not_after else None
 
 
-def _identity_of(der: bytes) -> str | None:
+def _identity_of(der: bytes) -> tuple[str | None, float, float]:
     try:
         cert = x509.load_der_x509_certificate(der)
         try:
             if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                return None
+                return _NONE
         except x509.ExtensionNotFound:
             pass
         try:
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
-            return None
+            return _NONE
         uris: list[Any] = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        window = (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
     except (ValueError, TypeError):  # OpenSSL verified it, but a parser disagreeing must not crash the loop
-        return None
-    return str(uris[0]) if len(uris) == 1 else None
+        return _NONE
+    return (str(uris[0]), *window) if len(uris) == 1 else _NONE

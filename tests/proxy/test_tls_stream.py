@@ -352,3 +352,13 @@ def test_a_server_without_session_tickets_is_looked_at_a_bounded_number_of_times
         loop.call(streams[0].close)
     finally:
         srv.close()
+
+
+def test_peer_spiffe_id_is_none_outside_the_certificates_validity() -> None:
+    """A resumed session skips verification: the identity must still expire with the certificate."""
+    import time
+    fake = _FakePeer(_der(["spiffe://td/ns/default/dc/dc1/svc/web"]))  # valid from now for an hour
+    now = time.time()
+    assert peer_spiffe_id(fake, now=now + 60) == "spiffe://td/ns/default/dc/dc1/svc/web"  # type: ignore[arg-type]
+    assert peer_spiffe_id(fake, now=now + 7200) is None  # type: ignore[arg-type]
+    assert peer_spiffe_id(fake, now=now - 3600) is None  # type: ignore[arg-type]
