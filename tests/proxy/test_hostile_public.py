@@ -471,7 +471,6 @@ def test_tls12_client_initiated_renegotiation_is_refused(sidecar: Sidecar) -> No
         reader.join(10)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 13: an expired client leaf is accepted by TLS session resumption")
 def test_a_client_leaf_that_expired_cannot_come_back_by_resuming_its_session(sidecar: Sidecar) -> None:
     """Resumption skips certificate verification: a session made while web's leaf was valid is resumed after
     it expired (for the ticket's lifetime), while a full handshake with the same leaf is refused."""
