@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ...proxy.authorize import compile_fullmatch
 from ..config.duration import format_duration, parse_duration
 from ..http.filter import HEALTH_ENTRY_SCHEMA, FilterError, parse_filter
 
@@ -178,16 +179,15 @@ class Duration(Spec):
 
 
 class Regex(Str):
-    """A regular expression that must compile. Envoy uses RE2; Python's `re` accepts a superset (lookaround,
-    backreferences), so a pattern passing here may still be refused by RE2 — RE2-only syntax such as
-    `\\pN` or `(?P<n>)` compiles in both."""
+    """A regular expression RE2 accepts: Consul's and Envoy's regex language, the one the data plane runs
+    (proxy/authorize.py `compile_fullmatch`, linear time). Backreferences and lookaround are refused here."""
 
     def check(self, value: Any, path: str) -> Any:
         text: str = super().check(value, path)
         try:
-            re.compile(text)
-        except (re.error, RecursionError, OverflowError, ValueError) as exc:
-            raise FieldProblem(path, f"is not a valid regular expression: {exc}") from None
+            compile_fullmatch(text)
+        except ValueError as exc:
+            raise FieldProblem(path, f"is not a valid RE2 regular expression: {exc}") from None
         return text
 
 

@@ -764,7 +764,6 @@ def test_a_body_of_one_byte_chunks_does_not_cost_the_worker_seconds_of_cpu(ca: M
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 15: intention regexes run on Python re (backtracking), not RE2")
 def test_a_path_crafted_against_an_intention_regex_does_not_freeze_the_worker(ca: MeshCA, tmp_path: Path) -> None:
     """Consul's and Envoy's regexes are RE2 (linear time). Python's re backtracks: a plausible rule such as
     PathRegex "/([a-z]+/?)*" against "/aaaa...a!" takes 1.2 s at 24 letters, doubling per letter; with 40 the
