@@ -9,6 +9,8 @@ bare CR/LF, escaped slashes in paths) is refused, because request smuggling is t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 MAX_HEAD = 64 * 1024
 MAX_FIELDS = 100
@@ -86,6 +88,31 @@ class Head:
             if n == name:
                 return v
         return None
+
+
+class LazyHeaders(Sequence[tuple[bytes, bytes]]):
+    """A head's fields as a sequence split only when first read (an authorizer whose rules look at paths
+    never pays for it)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def __len__(self) -> int:
+        return len(self.head.headers)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[bytes, bytes]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[bytes, bytes] | Sequence[tuple[bytes, bytes]]:
+        return self.head.headers[i]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.head.headers)
 
 
 _CRLF_START = (b"\r", b"\n")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 from .access_log import logger_for
-from .http1 import Head, HTTPError, request_path
+from .http1 import Head, HTTPError, LazyHeaders, request_path
 from .l7_common import LOCAL_FAILURE, reply
 from .l7_pool import Pool, UpConn
 from .l7_session import Session
@@ -47,30 +47,6 @@ def _peer_ip(stream: Stream) -> str:
         return str(stream.sock.getpeername()[0])
     except (OSError, IndexError):
         return ""
-
-
-class _LazyHeaders(Sequence[tuple[bytes, bytes]]):
-    """A head's fields for the authorizer, split only when a rule looks at headers (most look at paths)."""
-
-    __slots__ = ("head",)
-
-    def __init__(self, head: Head) -> None:
-        self.head = head
-
-    def __len__(self) -> int:
-        return len(self.head.headers)
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[bytes, bytes]: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[bytes, bytes]]: ...
-
-    def __getitem__(self, i: int | slice) -> tuple[bytes, bytes] | Sequence[tuple[bytes, bytes]]:
-        return self.head.headers[i]
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(self.head.headers)
 
 
 class _Base:
@@ -159,7 +135,7 @@ class InboundL7(_Base):
             s.flags = "DENY"
             self.metrics.denial("", "l7")
             return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
-        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, _LazyHeaders(head))
+        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, LazyHeaders(head))
         if verdict.allowed:
             return None
         s.flags = "DENY"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshagent.proxy import http1
-from meshagent.proxy.http1 import CHUNKED, CLOSE, LENGTH, NONE, Body, HeadReader, HTTPError
+from meshagent.proxy.http1 import CHUNKED, CLOSE, LENGTH, NONE, Body, HeadReader, HTTPError, LazyHeaders
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~", min_size=1,
                 max_size=20)
@@ -276,3 +276,11 @@ def test_parser_speed_is_reported() -> None:
     per = min(timeit.repeat(one, number=n, repeat=3)) / n
     print(f"http1: {per * 1e6:.1f} us per request + response head")
     assert per < 0.01  # only a gross regression (10 ms) fails
+
+
+def test_lazy_headers_split_on_first_read_and_read_as_the_list() -> None:
+    head = http1.parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-One:  1 \r\n\r\n")
+    lazy = LazyHeaders(head)
+    assert head._headers is None  # nothing split yet
+    assert list(lazy) == [(b"host", b"a"), (b"x-one", b"1")] == head.headers
+    assert len(lazy) == 2 and lazy[1] == (b"x-one", b"1") and lazy[:1] == [(b"host", b"a")]

@@ -17,7 +17,16 @@ import pytest
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.reactor import Reactor
-from meshagent.proxy.snapshot import Endpoint, Intentions, ProxySnapshot, TLSMaterial, Upstream
+from meshagent.proxy.snapshot import (
+    Endpoint,
+    HeaderMatch,
+    IntentionRule,
+    Intentions,
+    Permission,
+    ProxySnapshot,
+    TLSMaterial,
+    Upstream,
+)
 
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
@@ -116,7 +125,7 @@ def material(ca: MeshCA, service: str) -> TLSMaterial:
 class Mesh:
     """db's sidecar (protocol http, default allow) in front of a GatedApp; web's sidecar with an http upstream."""
 
-    def __init__(self, loop: Loop, ca: MeshCA) -> None:
+    def __init__(self, loop: Loop, ca: MeshCA, intentions: Intentions = Intentions(default_allow=True)) -> None:
         self.loop = loop
         self.app = GatedApp()
         self.bind_port, public_port = free_ports(2, HOST)
@@ -127,7 +136,7 @@ class Mesh:
         server = ProxySnapshot(proxy_id="db-sidecar-proxy", service="db", datacenter="dc1", tls=material(ca, "db"),
                                public_address=HOST, public_port=public_port, local_service_address=HOST,
                                local_service_port=self.app.port, protocol="http",
-                               intentions=Intentions(default_allow=True))
+                               intentions=intentions)
         up = Upstream(destination_name="db", local_bind_address=HOST, local_bind_port=self.bind_port,
                       protocol="http", endpoints=(Endpoint(HOST, public_port, service_id="db-0"),))
         client = ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
@@ -239,3 +248,24 @@ def test_the_request_timer_follows_each_request_on_a_keep_alive_connection(mesh:
     assert answer.startswith(b"HTTP/1.1 504"), answer
     assert 0.3 < time.monotonic() - t1 < 5
     c.close()
+
+
+def test_an_intention_on_a_header_sees_the_request_headers() -> None:
+    # The authorizer gets the headers split lazily (http1.LazyHeaders): a header rule must still see them.
+    rule = IntentionRule(source="web", action=None, name="web => db", permissions=(
+        Permission(action="deny", headers=(HeaderMatch(name="X-Admin", exact="yes"),)),
+        Permission(action="allow", path_prefix="/")))
+    loop = Loop()
+    mesh = Mesh(loop, MeshCA(), Intentions(default_allow=False, rules=(rule,)))
+    try:
+        c = socket.create_connection((HOST, mesh.bind_port), timeout=10)
+        c.sendall(b"GET /x HTTP/1.1\r\nHost: db\r\nx-other: 1\r\nX-Admin: yes\r\n\r\n")
+        answer = c.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 403") and b"web => db" in answer, answer
+        c.sendall(b"GET /x HTTP/1.1\r\nHost: db\r\nX-Admin: no\r\n\r\n")
+        assert read_response(c).startswith(b"HTTP/1.1 200")
+        c.close()
+        assert mesh.app.served == 1
+    finally:
+        mesh.close()
+        loop.close()
