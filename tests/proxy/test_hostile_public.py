@@ -699,7 +699,6 @@ def test_100mb_from_an_authorized_peer_to_a_slow_app_keeps_the_worker_rss_bounde
 # ---------------------------------------------------------------------- the per-proxy metrics listeners
 
 
-@pytest.mark.xfail(strict=True, reason="finding 11: 64 idle connections lock scrapers out of a worker's metrics")
 def test_idle_connections_do_not_lock_scrapers_out_of_a_workers_metrics_listener(
         worker: tuple[WorkerProc, EchoServer, ssl.SSLContext]) -> None:
     """ReactorMetricsServer refuses newcomers at MAX_CLIENTS (64) while idle clients hold their 5 s head
@@ -714,7 +713,6 @@ def test_idle_connections_do_not_lock_scrapers_out_of_a_workers_metrics_listener
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 11: the supervisor's metrics listener accepts without bound")
 def test_the_supervisor_metrics_listener_does_not_pin_a_descriptor_per_idle_client() -> None:
     """serve_trio (in the agent's process) accepts every connection and parks it on a CapacityLimiter(64)
     with no timeout while it waits: 1,000 idle connections are 1,000 descriptors of the agent, and a scrape
@@ -767,7 +765,6 @@ print("cpu", time.process_time() - start, flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="finding 12: the worker's metrics listener spins when out of descriptors")
 def test_out_of_descriptors_the_metrics_listener_backs_off_instead_of_spinning() -> None:
     """The data plane's listener backs off on EMFILE (596a77b); ReactorMetricsServer._accept returns and is
     called again at once by the level-triggered reactor: a busy loop stealing the data path's CPU."""
