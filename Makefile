@@ -31,14 +31,14 @@ system-deps:
 # Set up and run the whole test suite (slow suites included).
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
-	.ci/typecheck raft gossip agent
+	.ci/typecheck raft gossip agent proxy
 	$(BIN)/pytest
 
 # Lint, type-check the cores, and every test not marked slow, sim or cluster (pytest's exit 5, nothing
 # collected, fails like any other error).
 test-fast: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
-	.ci/typecheck raft gossip agent
+	.ci/typecheck raft gossip agent proxy
 	$(BIN)/pytest -q -m "not slow and not sim and not cluster"
 
 # What each folder may import (docs/ARCHITECTURE): cores no trio/socket/time/agent, proxy/ no agent, cli/ only config.
