@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.agents import AgentProcess
+from tests.support.agents import AgentProcess, accepts, proxy_workers_of
 from tests.support.ports import ports_free
 from tests.support.wait import wait_for
 
@@ -49,31 +49,6 @@ def agent_host() -> str:
     raise RuntimeError("no free 127.0.17.N")
 
 
-def workers_of(pid: int) -> list[int]:
-    """PIDs of the agent's worker processes (its children running meshagent.proxy.worker)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"meshagent.proxy.worker" in cmdline:
-            out.append(int(entry))
-    return out
-
-
-def listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def test_the_agent_runs_its_sidecars_data_plane(tmp_path: Path) -> None:
     host = agent_host()
     conf = tmp_path / "conf"
@@ -85,8 +60,8 @@ def test_the_agent_runs_its_sidecars_data_plane(tmp_path: Path) -> None:
         assert agent.proc is not None
         pid = agent.proc.pid
         with httpx.Client(base_url=agent.http_addr, timeout=10) as http:
-            workers = wait_for(lambda: workers_of(pid), 20, what="a worker process", report=agent.log)
-            wait_for(lambda: listening(host, 21000) and listening(host, 9191), 20,
+            workers = wait_for(lambda: proxy_workers_of(pid), 20, what="a worker process", report=agent.log)
+            wait_for(lambda: accepts(host, 21000) and accepts(host, 9191), 20,
                      what="the public and upstream listeners", report=agent.log)
 
             def version() -> int:
@@ -112,9 +87,9 @@ def test_the_agent_runs_its_sidecars_data_plane(tmp_path: Path) -> None:
             (conf / "web.hcl").write_text(service_file(host, sidecar=False))
             agent.signal(signal.SIGHUP)
             # Gone and reaped (no zombie left behind), and the ports free again.
-            wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers) and not listening(host, 21000),
+            wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers) and not accepts(host, 21000),
                      20, what="the workers to stop", report=agent.log)
-            assert workers_of(pid) == []
+            assert proxy_workers_of(pid) == []
     finally:
         agent.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -100,3 +101,28 @@ def start_agent(workdir: Path, *extra: str, dev: bool = True, node: str | None =
 def scratch_dir() -> Path:
     """A temporary directory for one test's files."""
     return Path(tempfile.mkdtemp(prefix="meshagent-test-"))
+
+
+def proxy_workers_of(pid: int) -> list[int]:
+    """PIDs of agent `pid`'s children running the sidecar data plane (meshagent.proxy.worker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"meshagent.proxy.worker" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def accepts(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port is accepted now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
