@@ -250,8 +250,15 @@ class _Stats(_Base):
 
     def _two(self, exclude: Collection[Endpoint], count: int) -> list[Endpoint]:
         """Up to `count` distinct weighted random candidates not in `exclude` (fewer for a small set)."""
-        out: list[Endpoint] = []
         eps = self._eps
+        if not exclude and len(eps) <= 2:
+            # The common small sets, without the draw-until-distinct loop (it drew 10 times for one endpoint):
+            # all of them, the first drawn by weight as the loop would (ties go to the first candidate).
+            if len(eps) < 2:
+                return list(eps)
+            i = self._w.index(self._rng)
+            return [eps[i], eps[1 - i]] if count >= 2 else [eps[i]]
+        out: list[Endpoint] = []
         for _ in range(count + _EXCLUDE_TRIES):
             ep = self._w.choose(self._rng, exclude)
             if ep is None:
@@ -279,6 +286,10 @@ class LeastRequest(_Stats):
         self._choices = min(max(choice_count, 1), 64)
 
     def pick(self, hash_key: int | None = None, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        eps = self._eps
+        if len(eps) == 1:  # one candidate: nothing to compare
+            ep = eps[0]
+            return ep if not exclude or ep not in exclude else None
         best: Endpoint | None = None
         best_pending = -1
         for ep in self._two(exclude, self._choices):
@@ -298,6 +309,10 @@ class PeakEwma(_Stats):
         return st.ewma * math.exp(-(self._now - st.stamp) / EWMA_TAU_S) * (st.pending + 1)
 
     def pick(self, hash_key: int | None = None, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        eps = self._eps
+        if len(eps) == 1:  # one candidate: nothing to compare (the usual case of a small mesh)
+            ep = eps[0]
+            return ep if not exclude or ep not in exclude else None
         cands = self._two(exclude, 2)
         if len(cands) < 2:
             return cands[0] if cands else None

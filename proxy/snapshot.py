@@ -11,7 +11,7 @@ field.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 MAX_ENDPOINTS = 4096  # per upstream
 MAX_UPSTREAMS = 256
@@ -91,7 +91,7 @@ class PassiveHealth:
 # ---------------------------------------------------------------------- upstreams
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the hash is cached in the instance dict, outside the fields and the wire
 class Endpoint:
     """One healthy instance of an upstream: its sidecar's public listener."""
 
@@ -100,6 +100,20 @@ class Endpoint:
     weight: int = 1  # the catalog's Weights.Passing
     node: str = ""
     service_id: str = ""  # the sidecar's service ID, for metrics and logs
+    _hash: ClassVar[int]  # per instance in fact (set in __post_init__); ClassVar keeps it out of the fields
+
+    def __post_init__(self) -> None:
+        # Endpoints key the pool, balancer and outlier maps several times per request: the generated
+        # __hash__ built a 5-tuple each time (~0.55 us a lookup; cached ~0.2 us).
+        object.__setattr__(self, "_hash", hash((self.address, self.port, self.weight, self.node,
+                                                self.service_id)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str, int, int, str, str]]:
+        # Rebuilt from the fields, so a cached str hash never crosses into a process with another seed.
+        return (Endpoint, (self.address, self.port, self.weight, self.node, self.service_id))
 
 
 @dataclass(frozen=True, slots=True)
