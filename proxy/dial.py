@@ -81,7 +81,7 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
             obj = tls.wrap_bio(inc, out, server_side=False, session=session)
         except (ssl.SSLError, ValueError):  # e.g. a session of an older context
             obj = tls.wrap_bio(inc, out, server_side=False)
-        stream._tls, stream._in, stream._out = obj, inc, out
+        stream.attach_tls(obj, inc, out)
         remaining = max(0.001, deadline - reactor.now())
         if pending._timer is not None:
             pending._timer.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from .reactor import Reactor, Timer
 from .tls import peer_spiffe_id
@@ -37,15 +38,19 @@ class Stream:
         self.reactor = reactor
         self.sock = sock
         self.fd = sock.fileno()
-        self._tls = tls
-        self._in = incoming
-        self._out = outgoing
+        self._tls: ssl.SSLObject | None = None
+        self._raw: Any = None  # the SSLObject's C object (its methods without the ssl.py wrapper's frame)
+        self._in: ssl.MemoryBIO | None = None
+        self._out: ssl.MemoryBIO | None = None
+        if tls is not None:
+            self.attach_tls(tls, incoming, outgoing)
         self._wbuf = bytearray()
         self._writing = False
         self._reading = False
         self._paused = True  # not reading until the owner is ready (resume_reading / handshake done)
         self._held = False  # pause_reading() was called: _start() leaves the stream paused
         self._shut_wanted = False
+        self._nowrite = False  # closed or _shut_wanted: write() drops data (one flag for the hot path)
         self._shut_done = False
         self._eof_received = False
         self._timer: Timer | None = None
@@ -70,6 +75,14 @@ class Stream:
 
     def _close_clean(self) -> None:
         self.close()
+
+    def attach_tls(self, tls: ssl.SSLObject, incoming: ssl.MemoryBIO | None,
+                   outgoing: ssl.MemoryBIO | None) -> None:
+        """Make this a TLS stream over `tls` and its two BIOs (before the handshake)."""
+        self._tls, self._in, self._out = tls, incoming, outgoing
+        # Reads and writes go straight to the C object: ssl.SSLObject.read/write/pending are one-line
+        # Python wrappers, a frame each, several times per request.
+        self._raw = getattr(tls, "_sslobj", tls)
 
     @property
     def tls(self) -> ssl.SSLObject | None:
@@ -109,7 +122,7 @@ class Stream:
 
     def _on_readable(self) -> None:
         sock = self.sock
-        tls = self._tls
+        inc = self._in  # None for a plain stream
         for _ in range(READS_PER_WAKE):
             try:
                 data = sock.recv(READ_SIZE)
@@ -120,49 +133,42 @@ class Stream:
                 return
             n = len(data)
             self.received += n
-            if tls is None:
+            if inc is None:
                 if not n:
                     self._got_eof()
                     return
                 self.on_data(data)
             else:
-                assert self._in is not None
                 if n:
-                    self._in.write(data)
+                    inc.write(data)
                 # A FIN is not fed to OpenSSL: it marks an EOF without close_notify as a fatal error and
                 # then refuses our writes, but a half-closed peer still reads what we send back.
                 self._drain_tls(not n)
-            if self._paused or self.closed or self._eof_received or n < READ_SIZE:
+            if n < READ_SIZE or self._paused or self.closed or self._eof_received:
                 return  # a short read: the socket is very likely empty, spare the EAGAIN syscall
 
     def _drain_tls(self, eof: bool) -> None:
-        tls, inc = self._tls, self._in
-        assert tls is not None and inc is not None
+        raw, inc = self._raw, self._in
+        assert inc is not None
         while not self._paused and not self.closed:
-            # Records carry at most 16 KiB: gather up to READ_SIZE of plaintext for one on_data, so the far
-            # side sends one 64 KiB write instead of four (bulk transfers are syscall-bound).
-            chunks: list[bytes] = []
-            size = 0
             ended: str | None = None
-            while size < READ_SIZE:
-                try:
-                    chunk = tls.read(READ_SIZE)
-                except ssl.SSLWantReadError:
-                    break
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify: the peer ended its side
-                    ended = "eof"
-                    break
-                except ssl.SSLError:
-                    ended = "tls-error"
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if not inc.pending and not tls.pending():
-                    break  # all consumed: spare the SSLWantReadError the next read would raise
-            if chunks:
-                self.on_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            try:
+                data: bytes = raw.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                data = b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify: the peer ended its side
+                data, ended = b"", "eof"
+            except ssl.SSLError:
+                data, ended = b"", "tls-error"
+            size = len(data)
+            if size and size < READ_SIZE and (inc.pending or raw.pending()):
+                # Records carry at most 16 KiB: gather up to READ_SIZE of plaintext for one on_data, so the
+                # far side sends one 64 KiB write instead of four (bulk transfers are syscall-bound). A
+                # request's single record skips this (no list, no extra read).
+                data, ended = self._gather(raw, inc, data)
+                size = len(data)
+            if size:
+                self.on_data(data)
             if ended is not None:
                 if not self.closed:
                     if ended == "eof":
@@ -179,6 +185,30 @@ class Stream:
             self._flush_tls()  # post-handshake messages (key updates)
         if eof and not self.closed and not self._paused:
             self._got_eof()
+
+    def _gather(self, raw: Any, inc: ssl.MemoryBIO, first: bytes) -> tuple[bytes, str | None]:
+        """`first` and the records after it, up to READ_SIZE; and "eof"/"tls-error" if one ended the stream."""
+        chunks = [first]
+        size = len(first)
+        ended: str | None = None
+        while size < READ_SIZE:
+            try:
+                chunk: bytes = raw.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                ended = "eof"
+                break
+            except ssl.SSLError:
+                ended = "tls-error"
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if not inc.pending and not raw.pending():
+                break  # all consumed: spare the SSLWantReadError the next read would raise
+        return b"".join(chunks), ended
 
     def _offer_session(self) -> None:
         # Reading .session copies the whole session (~0.3 ms): a few looks, then give up on a server that
@@ -211,17 +241,16 @@ class Stream:
 
     def write(self, data: bytes) -> None:
         """Queue `data` (encrypted for TLS) and send what the kernel takes now; dropped after close."""
-        if self.closed or self._shut_wanted:
+        if self._nowrite:  # closed, or shutdown_write() called
             return
-        tls = self._tls
-        if tls is not None:
-            assert self._out is not None
+        out = self._out
+        if out is not None:
             try:
-                tls.write(data)
+                self._raw.write(data)
             except ssl.SSLError:
                 self.close("tls-error")
                 return
-            data = self._out.read()
+            data = out.read()
         if self._wbuf:
             self._wbuf += data
             if len(self._wbuf) > MAX_WRITE_BUFFER:
@@ -296,6 +325,7 @@ class Stream:
         if self.closed or self._shut_wanted:
             return
         self._shut_wanted = True
+        self._nowrite = True
         if not self._wbuf:
             self._do_shutdown()
 
@@ -318,6 +348,7 @@ class Stream:
         if self.closed:
             return
         self.closed = True
+        self._nowrite = True
         self.close_reason = reason
         if self._timer is not None:
             self._timer.cancel()
