@@ -28,10 +28,19 @@ _FRAMING_FIELDS = re.compile(rb"^(content-length|transfer-encoding|connection|ex
 _TOKEN_RE = re.compile(_TOKEN)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00\r\n]*)?")
+# A run of complete chunks of 1-15 bytes, matched in one C-level pass (finding 14: one Python step per tiny
+# chunk made them a CPU amplifier). Each is a case of _CHUNK_SIZE (at most 15 digits, a bounded extension):
+# anything else falls to the general path, whose chunks then cost more bytes on the wire than these.
+_EXT = rb"[ \t]{0,16}(?:;[^\x00\r\n]{0,64})?\r\n"
+_SMALL_CHUNKS = re.compile(rb"(?:0{0,14}(?:" + rb"|".join(
+    b"%s%s.{%d}" % (re.escape(b"%x" % n) if n < 10 else b"[%s%s]" % (b"%x" % n, b"%X" % n), _EXT, n)
+    for n in range(1, 16)) + rb")\r\n)+", re.DOTALL)
 _OTHER_VERSION = re.compile(rb"(?:" + _TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r\n|PRI \* HTTP/2)")
 _ESCAPED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])|\\")
 _UNRESERVED_ESCAPE = re.compile(rb"%(?:[46][1-9a-fA-F]|[57][0-9aA]|3[0-9]|2[dDeE]|5[fF]|7[eE])")
 _MULTI_SLASH = re.compile(rb"//+")
+_STRIP_ON_UPGRADE = re.compile(rb"^(?:upgrade|http2-settings):[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE)
+_CONNECTION_FIELD = re.compile(rb"^connection:([^\r\n]*)\r\n", re.IGNORECASE | re.MULTILINE)
 
 
 class HTTPError(Exception):
@@ -180,12 +189,13 @@ def _tokens(value: bytes) -> list[bytes]:
 
 
 def _framing(special: list[tuple[bytes, bytes]], status: int, response: bool
-             ) -> tuple[int, int, bool, bool, bool, bool, bool]:
-    """(body kind, length, close, keep-alive token, upgrade, expect 100-continue, host present) from the
+             ) -> tuple[int, int, bool, bool, int, bool, bool]:
+    """(body kind, length, close, keep-alive token, upgrade kind, expect 100-continue, host present) from the
     framing fields as _checked_block found them; `status` is the code to refuse with."""
     length = -1
     te: list[bytes] | None = None
-    close = keep = upgrade = expect = host = upgrade_field = False
+    close = keep = upgrade = expect = host = False
+    upgrade_field: bytes | None = None
     for name, value in special:
         name = name.lower()
         value = value.strip(b" \t")
@@ -221,19 +231,22 @@ def _framing(special: list[tuple[bytes, bytes]], status: int, response: bool
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
         else:
-            upgrade_field = True
+            upgrade_field = value if upgrade_field is None else b"," + value  # two fields: never websocket
+    # 0: none; 1: a websocket upgrade (the one kind relayed, as Consul configures Envoy); 2: any other
+    # Upgrade field, which requests get stripped of (finding 6: an h2c tunnel would skip authorization)
+    switch = 0 if upgrade_field is None else 1 if upgrade and upgrade_field.lower() == b"websocket" else 2
     if te is not None:
         if length >= 0:
             raise HTTPError(status, "both Content-Length and Transfer-Encoding")
         if te[-1] != b"chunked" or te.count(b"chunked") != 1 or not all(_TOKEN_RE.fullmatch(t) for t in te):
             if not response:
                 raise HTTPError(400, "Transfer-Encoding must end in exactly one chunked")
-            return CLOSE, 0, True, keep, upgrade and upgrade_field, expect, host  # read until close (RFC 9112 6.3)
-        return CHUNKED, 0, close, keep, upgrade and upgrade_field, expect, host
+            return CLOSE, 0, True, keep, switch, expect, host  # read until close (RFC 9112 6.3)
+        return CHUNKED, 0, close, keep, switch, expect, host
     if length > 0:
-        return LENGTH, length, close, keep, upgrade and upgrade_field, expect, host
+        return LENGTH, length, close, keep, switch, expect, host
     kind = NONE if length == 0 or not response else CLOSE
-    return kind, 0, close, keep, upgrade and upgrade_field, expect, host
+    return kind, 0, close, keep, switch, expect, host
 
 
 def parse_request(raw: bytes) -> Head:
@@ -245,12 +258,30 @@ def parse_request(raw: bytes) -> Head:
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
         raise HTTPError(400, "malformed request line")
     method, target, minor = m.groups()
-    kind, length, close, keep, upgrade, expect, host = _framing(_checked_block(raw, line_end + 2, 400), 400, False)
+    if b"#" in target:  # RFC 9112 3.2: no fragment; authorized without it, relayed with it (finding 3)
+        raise HTTPError(400, "fragment in request target")
+    kind, length, close, keep, switch, expect, host = _framing(_checked_block(raw, line_end + 2, 400), 400, False)
+    if switch == 2 or (switch and minor == b"0"):
+        return parse_request(_without_upgrade(raw, line_end + 2))
     if minor == b"1":
         if not host:
             raise HTTPError(400, "HTTP/1.1 request without Host")
-        return Head(raw, line_end + 2, 11, kind, length, not close, method, target, 0, expect, upgrade)
-    return Head(raw, line_end + 2, 10, kind, length, keep and not close, method, target, 0, False, upgrade)
+        return Head(raw, line_end + 2, 11, kind, length, not close, method, target, 0, expect, switch == 1)
+    if kind == CHUNKED:  # RFC 9112 6.1: faulty framing; an HTTP/1.0 app reads the chunks as requests (finding 4)
+        raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    return Head(raw, line_end + 2, 10, kind, length, keep and not close, method, target, 0, False, False)
+
+
+def _without_upgrade(raw: bytes, fields_at: int) -> bytes:
+    """The head without Upgrade and HTTP2-Settings fields and those Connection tokens: relayed as a plain
+    request, which no 101 can answer."""
+    block = _STRIP_ON_UPGRADE.sub(b"", raw[fields_at:])
+
+    def tokens(m: re.Match[bytes]) -> bytes:
+        kept = [t for t in m.group(1).split(b",") if t.strip(b" \t").lower() not in (b"upgrade", b"http2-settings")]
+        return b"connection:" + b",".join(kept) + b"\r\n" if any(t.strip(b" \t") for t in kept) else b""
+
+    return raw[:fields_at] + _CONNECTION_FIELD.sub(tokens, block)
 
 
 def parse_response(raw: bytes, request_method: bytes = b"") -> Head:
@@ -261,6 +292,8 @@ def parse_response(raw: bytes, request_method: bytes = b"") -> Head:
         raise HTTPError(502, "malformed status line")
     status = int(m.group(2))
     kind, length, close, keep, _, _, _ = _framing(_checked_block(raw, line_end + 2, 502), 502, True)
+    if kind == CHUNKED and m.group(1) == b"0":
+        raise HTTPError(502, "Transfer-Encoding in an HTTP/1.0 response")
     if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
         kind, length = NONE, 0
     alive = not close and kind != CLOSE and (keep or m.group(1) == b"1")
@@ -285,7 +318,7 @@ def request_path(target: bytes) -> bytes:
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
     if b"#" in path:
-        path = path[:path.index(b"#")]
+        raise HTTPError(400, "fragment in request target")
     if (b"%" in path or b"\\" in path) and _ESCAPED_SEPARATOR.search(path):
         raise HTTPError(400, "escaped slash or backslash in path")
     if b"%" in path:
@@ -378,6 +411,12 @@ class Body:
                 if self._need == 0:
                     self._state = self._SIZE
             else:
+                if state == self._SIZE and not self._line:
+                    m = _SMALL_CHUNKS.match(data, pos)
+                    if m is not None:
+                        pos = m.end()
+                        if pos == end:
+                            return end
                 nl = data.find(b"\n", pos)
                 if nl < 0:
                     self._line += data[pos:]

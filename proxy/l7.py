@@ -150,24 +150,33 @@ class InboundL7(_Base):
             s.attached(conn, True)
             return
         key = self.key
+        breakers = self.dp.local_breakers
+        if not breakers.acquire_connection():  # Envoy's local_app cluster: 1024 connections (finding 9)
+            self.metrics.breaker_trip("", "max_connections")
+            s.flags = "UO"
+            s.attach_failed("breaker", None, reply(503, b"local application overflow: max_connections\n",
+                                                   ((BREAKER_HEADER, b"max_connections"),)))
+            return
 
         def ready(stream: Stream) -> None:
             self.dial = None
             stream.pause_reading()
-            s.attached(UpConn(stream, key), False)
+            s.attached(UpConn(stream, key, breakers.release_connection), False)
 
         def failed(reason: str) -> None:
             self.dial = None
+            breakers.release_connection()
             s.attach_failed(reason, key)
 
         s.t_attempt = self.dp.reactor.now()
         self.dial = self.dp.connect_local(ready, failed)
 
     def cancel_acquire(self, s: SessionState) -> None:
-        """Abandon a dial in progress."""
+        """Abandon a dial in progress (its connection slot with it)."""
         if self.dial is not None:
             self.dial.cancel()
             self.dial = None
+            self.dp.local_breakers.release_connection()
 
     def attempt_done(self, s: SessionState, key: Hashable, latency_s: float, ok: bool | None) -> None:
         """Nothing to learn: there is one local application."""

@@ -22,6 +22,10 @@ LOCAL_FAILURE = b"x-meshagent-local-connect-failure"
 HEAD_TIMEOUT_S = 30.0  # a request head must be complete this long after its first byte (slowloris)
 IDLE_TIMEOUT_S = 300.0  # a downstream keep-alive connection with no request in flight
 SWEEP_EVERY_S = 5.0
+BODY_IDLE_TIMEOUT_S = 30.0  # a request body with no byte for this long: 408 and close (finding 7)
+STREAM_IDLE_TIMEOUT_S = 300.0  # a request in flight with no byte either way (Envoy's stream_idle_timeout)
+DRAIN_MAX = 1 << 20  # a refused request's Content-Length body is read and dropped up to this; beyond, close
+MAX_INTERIM = 8  # interim (1xx) heads read per request before the upstream is a bad gateway
 
 _REASONS = {400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 408: b"Request Timeout", 431:
             b"Request Header Fields Too Large", 501: b"Not Implemented", 502: b"Bad Gateway",
@@ -105,8 +109,18 @@ class Sweeper:
         """Close what overstayed; run again while there are sessions."""
         self.timer = None
         now = self.reactor.now()
-        for s in [s for s in self.sessions if not s.busy]:
-            if s.reader.pending and now - s.since > HEAD_TIMEOUT_S:
+        for s in list(self.sessions):
+            if s.busy:
+                # Byte counts compared between sweeps: the relay pays nothing per read for these timeouts.
+                moved = s.rx + s.tx
+                if moved != s.swept:
+                    s.swept = moved
+                    s.quiet_since = now
+                elif not s.req_body.done and now - s.quiet_since > BODY_IDLE_TIMEOUT_S:
+                    s._stalled(408, b"request body timeout")
+                elif now - s.quiet_since > STREAM_IDLE_TIMEOUT_S:
+                    s._stalled(504, b"stream idle timeout")
+            elif s.reader.pending and now - s.since > HEAD_TIMEOUT_S:
                 s._local(408, b"request head timeout", close=True)
                 s.down.close("head-timeout")
             elif not s.reader.pending and now - s.since > IDLE_TIMEOUT_S:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from .http1 import Head, HTTPError, body_of
-from .l7_common import KEEP_MAX, LOCAL_FAILURE, PAUSE_AT, Route, Sweeper, reply
+from .l7_common import KEEP_MAX, LOCAL_FAILURE, MAX_INTERIM, PAUSE_AT, Route, Sweeper, reply
 from .l7_pool import UpConn
 from .l7_state import SessionState, _nothing
 from .reactor import Reactor
@@ -67,6 +67,8 @@ class Session(SessionState):
         self.t0 = self.reactor.now()
         self.req_body = body_of(head.body, head.length)
         self.sent_down = self.got_up = self.up_dirty = self.discard = self.in_retry = self.admitted = False
+        self.continued = False
+        self.interim = 0
         self.free_redial = True
         self.attempt = 0
         self.tried = []
@@ -238,12 +240,22 @@ class Session(SessionState):
                 return
             if head is None:
                 return
-            if head.status < 200 and head.status != 101:  # interim (100 Continue): relay, wait for more
-                if req.version == 11:  # an HTTP/1.0 client does not expect them
+            if head.status < 200 and head.status != 101:  # interim: relay one 100 Continue, wait for more
+                # At most one relayed and MAX_INTERIM read per request (finding 10: a flood of them to a client
+                # that does not read grew the worker without bound); other 1xx are dropped, as Envoy does.
+                self.interim += 1
+                if self.interim > MAX_INTERIM:
+                    self._bad_gateway("too many interim responses")
+                    return
+                if head.status == 100 and req.version == 11 and not self.continued:
+                    self.continued = True
                     self._write_down(head.raw)
                 if not data:
                     return
                 continue
+            if head.status == 101 and not req.upgrade:  # only a websocket upgrade may switch (finding 6)
+                self._bad_gateway("protocol switch the request did not ask for")
+                return
             if self._response_head(head, data):
                 return
         if not data:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 from collections.abc import Hashable
 
-from .http1 import CLOSE, Body, Head, HeadReader
+from .http1 import CLOSE, LENGTH, Body, Head, HeadReader
 from .l4 import Pipe
-from .l7_common import Route, Sweeper, reply
+from .l7_common import DRAIN_MAX, Route, Sweeper, reply
 from .l7_pool import UpConn
 from .reactor import Reactor, Timer
 from .resilience import retry_backoff
@@ -54,6 +54,10 @@ class SessionState:
         self.deadline = 0.0  # the current request's timeout deadline; 0 = none
         self.retry_timer: Timer | None = None
         self.rx = self.tx = 0
+        self.continued = False  # a 100 Continue went downstream for the current request
+        self.interim = 0  # interim (1xx) heads read for the current request
+        self.swept = -1  # bytes moved (rx + tx) at the last sweep, and since when they have not changed
+        self.quiet_since = 0.0
         self.flags = ""  # access-log markers of the current request ("UF", "UO", "DENY", "UT", ...)
         self.since = reactor.now()  # idle since, or the current head's first byte
         Sweeper.of(reactor).sessions.add(self)
@@ -152,7 +156,12 @@ class SessionState:
         self.code = code
         req = self.req
         close = answer.find(b"connection: close", 0, answer.find(b"\r\n\r\n")) >= 0
-        if req is None or not req.keep_alive or (req.expect_continue and not self.req_body.done):
+        body = self.req_body
+        # The rest of the body is read and dropped only when it is short and counted, not parsed: a chunked or
+        # long one closes the connection after a bounded linger (finding 14: a denied body cost CPU unbounded).
+        drain = body.done or (body.kind == LENGTH and body.remaining <= DRAIN_MAX
+                                 and not (req is not None and req.expect_continue))
+        if req is None or not req.keep_alive or not drain:
             if not close:
                 answer = answer.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
             close = True
@@ -161,13 +170,34 @@ class SessionState:
         if close:
             self._end(code)
             self.busy = False
-            self._close_after_answer()
+            if body.done:
+                self._close_after_answer()
+            else:
+                self.pending = b""
+                self.down.linger_close()
             return
         self.discard = True
         if self.req_body.done:
             self._next()
         else:
             self.down.resume_reading()
+
+    def _stalled(self, code: int, why: bytes) -> None:
+        """No byte moved for too long (the sweep): answer `code` and close, or just close once answering."""
+        if self.conn is not None and self.resp is None:
+            self.route.attempt_done(self, self.key, self.reactor.now() - self.t_attempt, None)
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        self._drop_conn()
+        self.route.cancel_acquire(self)
+        self._finish_retry()
+        self.deadline = 0.0
+        if self.sent_down:
+            self.code = self.code or code
+            self.down.close(why.decode())
+            return
+        self._refuse(reply(code, why + b"\n", close=True), code)
 
     def _local(self, status: int, why: bytes, close: bool) -> None:
         """A reply to bytes that never made a request (a malformed head)."""

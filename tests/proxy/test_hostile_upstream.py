@@ -379,7 +379,6 @@ def test_an_l7_upstream_answering_garbage_or_resetting_gets_502_or_503_not_a_han
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 10: interim (1xx) answers are relayed without backpressure")
 def test_an_upstream_flooding_100_continue_to_a_client_that_does_not_read_keeps_the_worker_rss_bounded(
         ca: MeshCA, tmp_path: Path, servers: list[Upstream_]) -> None:
     """A hostile or broken upstream answers one request with 100 Continue forever; the application does not

@@ -648,7 +648,7 @@ def test_upgrade_101_becomes_a_byte_tunnel(make_mesh: Callable[..., Mesh], loop:
         buf = b""
         while b"\r\n\r\n" not in buf:
             buf += conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
         while data := conn.recv(65536):
             conn.sendall(data.upper())
         conn.close()
@@ -659,7 +659,7 @@ def test_upgrade_101_becomes_a_byte_tunnel(make_mesh: Callable[..., Mesh], loop:
     assert loop.call(lambda: dp.apply(replace(snap, local_service_port=sock.getsockname()[1]))) == []
     try:
         with socket.create_connection((HOST, mesh.bind_port), timeout=20) as s:
-            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
             buf = b""
             while b"\r\n\r\n" not in buf:
                 buf += s.recv(65536)
