@@ -106,7 +106,9 @@ class Pool:
             return
         if self.on_idle is not None and self.on_idle(conn):
             return
-        conns = self._idle.setdefault(conn.key, [])
+        conns = self._idle.get(conn.key)
+        if conns is None:  # not setdefault: its default list was allocated on every put
+            conns = self._idle[conn.key] = []
         if len(conns) >= MAX_IDLE_PER_KEY:
             conn.on_close = _nothing
             conn.close()

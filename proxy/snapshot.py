@@ -111,6 +111,16 @@ class Endpoint:
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ built two 5-tuples even for the same object (`key != ep` per request).
+        if self is other:
+            return True
+        if type(other) is not Endpoint:
+            return NotImplemented
+        return (self._hash == other._hash and self.address == other.address and self.port == other.port
+                and self.weight == other.weight and self.node == other.node
+                and self.service_id == other.service_id)
+
     def __reduce__(self) -> tuple[type[Endpoint], tuple[str, int, int, str, str]]:
         # Rebuilt from the fields, so a cached str hash never crosses into a process with another seed.
         return (Endpoint, (self.address, self.port, self.weight, self.node, self.service_id))

@@ -93,3 +93,16 @@ def test_reactor_now_is_the_monotonic_clock() -> None:
         assert before <= r.now() <= time.monotonic()
     finally:
         r.close()
+
+
+def test_endpoint_equality_compares_every_field() -> None:
+    a = Endpoint("127.0.25.1", 21000, 2, "n1", "db-sidecar")
+    assert a == a and not a != a
+    assert a == Endpoint("127.0.25.1", 21000, 2, "n1", "db-sidecar")
+    others = [("127.0.25.9", 21000, 2, "n1", "db-sidecar"), ("127.0.25.1", 21009, 2, "n1", "db-sidecar"),
+              ("127.0.25.1", 21000, 3, "n1", "db-sidecar"), ("127.0.25.1", 21000, 2, "n9", "db-sidecar"),
+              ("127.0.25.1", 21000, 2, "n1", "db-sidecar-2")]
+    for fields in others:
+        other = Endpoint(*fields)  # type: ignore[arg-type]
+        assert a != other and not a == other
+    assert a != ("127.0.25.1", 21000, 2, "n1", "db-sidecar") and a != 1
