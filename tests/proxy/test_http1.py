@@ -284,3 +284,105 @@ def test_lazy_headers_split_on_first_read_and_read_as_the_list() -> None:
     assert head._headers is None  # nothing split yet
     assert list(lazy) == [(b"host", b"a"), (b"x-one", b"1")] == head.headers
     assert len(lazy) == 2 and lazy[1] == (b"x-one", b"1") and lazy[:1] == [(b"host", b"a")]
+
+
+# ---------------------------------------------------------------------- red-team findings 3, 4, 6, 14
+
+SIZE_LINES = st.sampled_from([b"%x", b"%X", b"0%x", b"00000000000000%x", b"000000000000000%x", b"%x;e=1", b"%x \t",
+                              b"%x\t;" + b"e" * 64, b"%x;" + b"e" * 65, b"%x" + b" " * 17, b"%x;a\x00"])
+
+
+@given(pieces=st.lists(st.tuples(st.binary(min_size=1, max_size=40), SIZE_LINES), max_size=30),
+       cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
+       mutation=st.one_of(st.none(), st.tuples(st.integers(min_value=0, max_value=3000), st.binary(max_size=3))))
+def test_the_small_chunk_fast_path_frames_exactly_as_the_general_path(
+        pieces: list[tuple[bytes, bytes]], cuts: list[int], mutation: tuple[int, bytes] | None) -> None:
+    """Finding 14: runs of 1-15 byte chunks are matched by one regex; any body, valid or not, in any split,
+    must end (or be refused) exactly where the chunk-by-chunk parser ends it."""
+    data = b"".join(fmt % len(p) + b"\r\n" + p + b"\r\n" for p, fmt in pieces) + b"0\r\n\r\nGET /next"
+    if mutation is not None:
+        at = mutation[0] % (len(data) + 1)
+        data = data[:at] + mutation[1] + data[at + len(mutation[1]):]
+    points = [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+
+    def run() -> tuple[str, int]:
+        framer = Body(CHUNKED)
+        start = 0
+        try:
+            for p in points:
+                end = framer.feed(data[start:p])
+                if framer.done:
+                    return "done", start + end
+                start = p
+        except HTTPError:
+            return "refused", start
+        return "more", start
+
+    fast = run()
+    saved = http1._SMALL_CHUNKS
+    http1._SMALL_CHUNKS = http1.re.compile(rb"(?!)")  # never matches: every chunk takes the general path
+    try:
+        general = run()
+    finally:
+        http1._SMALL_CHUNKS = saved
+    assert fast == general
+
+
+def test_one_byte_chunks_are_framed_in_one_pass_per_read() -> None:
+    """10 MB of one-byte chunks in 64 KiB reads: the general path runs only at a read's edges."""
+    data = b"1\r\nx\r\n" * ((10 << 20) // 6) + b"0\r\n\r\n"
+    framer = Body(CHUNKED)
+    calls = 0
+    real = http1._CHUNK_SIZE
+
+    class Counting:
+        def fullmatch(self, line: bytes) -> object:
+            nonlocal calls
+            calls += 1
+            return real.fullmatch(line)
+
+    http1._CHUNK_SIZE = Counting()  # type: ignore[assignment]
+    try:
+        for at in range(0, len(data), 65536):
+            framer.feed(data[at:at + 65536])
+    finally:
+        http1._CHUNK_SIZE = real
+    assert framer.done
+    assert calls <= 2 * (len(data) // 65536 + 2), calls
+
+
+def test_upgrades_other_than_websocket_are_stripped_from_requests() -> None:
+    """Finding 6: h2c (or any other upgrade) never reaches the app, so no 101 can open an unauthorized tunnel;
+    a websocket upgrade is relayed as it is (Consul configures Envoy so)."""
+    def head(raw: bytes) -> http1.Head:
+        h, _ = HeadReader().feed(raw)
+        assert h is not None
+        return h
+    h = head(b"GET /p HTTP/1.1\r\nHost: db\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+             b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nX-A: 1\r\n\r\n")
+    assert (h.raw, h.upgrade) == (b"GET /p HTTP/1.1\r\nHost: db\r\nX-A: 1\r\n\r\n", False)
+    h = head(b"GET /p HTTP/1.1\r\nHost: db\r\nconnection: keep-alive, upgrade\r\nupgrade: H2C\r\n\r\n")
+    assert h.raw == b"GET /p HTTP/1.1\r\nHost: db\r\nconnection: keep-alive\r\n\r\n" and h.keep_alive
+    h = head(b"GET /p HTTP/1.1\r\nHost: db\r\nUpgrade: websocket\r\n\r\n")  # not a valid upgrade request
+    assert h.raw == b"GET /p HTTP/1.1\r\nHost: db\r\n\r\n"
+    h = head(b"GET /p HTTP/1.1\r\nHost: db\r\nConnection: upgrade\r\nUpgrade: websocket, h2c\r\n\r\n")
+    assert h.raw == b"GET /p HTTP/1.1\r\nHost: db\r\n\r\n" and not h.upgrade
+    h = head(b"GET /p HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")  # none in HTTP/1.0
+    assert h.raw == b"GET /p HTTP/1.0\r\n\r\n" and not h.upgrade
+    ws = b"GET /p HTTP/1.1\r\nHost: db\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n"
+    h = head(ws)
+    assert (h.raw, h.upgrade) == (ws, True)
+
+
+def test_fragments_and_transfer_encoding_in_http10_are_refused() -> None:
+    """Findings 3 and 4 (RFC 9112 3.2 and 6.1)."""
+    for raw, status in ((b"GET /public#/../admin HTTP/1.1\r\nHost: db\r\n\r\n", 400),
+                        (b"GET /p?q=1#x HTTP/1.1\r\nHost: db\r\n\r\n", 400),
+                        (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+                        (b"POST /x HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400)):
+        with pytest.raises(HTTPError) as exc:
+            HeadReader().feed(raw)
+        assert exc.value.status == status, raw
+    with pytest.raises(HTTPError) as exc:
+        HeadReader(response=True).feed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"GET")
+    assert exc.value.status == 502
