@@ -111,7 +111,8 @@ class Agent:
                                 enable_local_script_checks=config.enable_local_script_checks,
                                 enable_script_checks=config.enable_script_checks,
                                 check_update_interval=config.check_update_interval,
-                                cluster_size=lambda: len(self.members()))
+                                cluster_size=lambda: len(self.members()),
+                                sidecar_ports=(config.ports.sidecar_min_port, config.ports.sidecar_max_port))
         if bind not in ("0.0.0.0", "::"):
             self.local.sidecar_listen_address = bind  # ProxyRunner binds sidecars there (bind_address below)
         keyring, keyring_path = load_keyring(data_dir, config.encrypt)
@@ -309,6 +310,7 @@ class Agent:
         self.config.log_level = new.log_level
         logging.getLogger("meshagent").setLevel(parse_level(new.log_level))
         self.config.services, self.config.checks = new.services, new.checks
+        self.local.sidecar_ports = (new.ports.sidecar_min_port, new.ports.sidecar_max_port)
         await self.local.load_files(new.services, new.checks)
         log.info("reload complete: %d services from files", len(new.services))
 
