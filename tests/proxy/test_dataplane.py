@@ -5,144 +5,37 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
-from meshagent.proxy.reactor import Reactor
-from meshagent.proxy.snapshot import Endpoint, IntentionRule, Intentions, ProxySnapshot, TLSMaterial, Upstream
+from meshagent.proxy.snapshot import Endpoint, IntentionRule, Intentions, ProxySnapshot
 
+from tests.support import dataplane_harness as harness
+from tests.support.dataplane_harness import EchoServer, Loop, counter, material
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
 HOST = "127.0.14.1"
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- harness
 
 
-class Loop:
-    """A Reactor running in a thread; `call(fn)` runs fn in the loop thread and returns its result."""
-
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout), "the reactor did not run the call"
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-        self.reactor.close()
+def server_snapshot(ca: MeshCA, public_port: int, app_port: int, **kw: Any) -> ProxySnapshot:
+    return harness.server_snapshot(ca, HOST, public_port, app_port, **kw)
 
 
-class EchoServer:
-    """A plain threaded echo application; half-closes when the client does."""
-
-    def __init__(self, host: str = HOST) -> None:
-        self.sock = socket.create_server((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.received = 0  # bytes from every connection
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        try:
-            while data := conn.recv(65536):
-                self.received += len(data)
-                conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread: close alone does not
-        except OSError:
-            pass
-        self.sock.close()
-
-
-def material(ca: MeshCA, service: str) -> TLSMaterial:
-    leaf = ca.leaf(service)
-    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
-
-
-def server_snapshot(ca: MeshCA, public_port: int, app_port: int, *, service: str = "db",
-                    intentions: Intentions = Intentions(), tls: TLSMaterial | None = None) -> ProxySnapshot:
-    return ProxySnapshot(proxy_id=f"{service}-sidecar-proxy", service=service, datacenter="dc1",
-                         tls=tls or material(ca, service), public_address=HOST, public_port=public_port,
-                         local_service_address=HOST, local_service_port=app_port, intentions=intentions)
-
-
-def client_snapshot(ca: MeshCA, bind_port: int, endpoints: tuple[Endpoint, ...], *, destination: str = "db",
-                    tls: TLSMaterial | None = None, **upstream: Any) -> ProxySnapshot:
-    up = Upstream(destination_name=destination, local_bind_address=HOST, local_bind_port=bind_port,
-                  endpoints=endpoints, connect_timeout_ms=2000, **upstream)
-    return ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
-                         tls=tls or material(ca, "web"), public_address=HOST, public_port=21000,
-                         local_service_port=0, upstreams=(up,))
+def client_snapshot(ca: MeshCA, bind_port: int, endpoints: tuple[Endpoint, ...], **kw: Any) -> ProxySnapshot:
+    return harness.client_snapshot(ca, HOST, bind_port, endpoints, **kw)
 
 
 def roundtrip(port: int, payload: bytes, host: str = HOST, timeout: float = 20.0) -> bytes:
-    """Send `payload`, half-close, read to EOF (a thread sends while we read: no deadlock on big payloads)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        def send() -> None:
-            try:
-                sock.sendall(payload)
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:  # refused connections are closed by the proxy before we finish
-                pass
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:  # the proxy refused us with our bytes unread: the kernel resets
-            pass
-        sender.join(timeout)
-        return b"".join(chunks)
-
-
-def counter(metrics: ProxyMetrics, name: str) -> int:
-    return sum(int(v) for _labels, v in metrics.to_wire()["counter"][name])
+    return harness.roundtrip(host, port, payload, timeout)
 
 
 class Mesh:
@@ -151,7 +44,7 @@ class Mesh:
     def __init__(self, loop: Loop, ca: MeshCA) -> None:
         self.loop = loop
         self.ca = ca
-        self.app = EchoServer()
+        self.app = EchoServer(HOST)
         self.public_port, self.bind_port = free_ports(2, HOST)
         self.server_metrics = ProxyMetrics("db", "dc1")
         self.client_metrics = ProxyMetrics("web", "dc1")
@@ -266,7 +159,7 @@ def test_endpoints_swap_without_cutting_an_open_connection(mesh: Mesh, ca: MeshC
     sock = socket.create_connection((HOST, mesh.bind_port), timeout=10)
     sock.sendall(b"a")
     assert sock.recv(10) == b"a"
-    other_app = EchoServer()
+    other_app = EchoServer(HOST)
     other_public = free_ports(1, HOST)[0]
     other = loop.call(lambda: DataPlane(loop.reactor, ProxyMetrics("db", "dc1")))
     try:
