@@ -9,8 +9,6 @@ from the agent's LeafCache (agent/connect/leaf_cache.py). A CA configuration cha
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..catalog.config_entries import entry_watch_key
@@ -44,23 +42,13 @@ def _connect_disabled() -> HTTPError:
     return HTTPError(500, "Connect must be enabled in order to use this endpoint")
 
 
-@contextmanager
-def _hangup_ends_wait(request: Request) -> Iterator[None]:
-    """A client that hangs up ends a blocking wait at once (as API.block does)."""
-    if request.parking is not None and request.sock is not None:
-        with request.parking.watch(request.sock):
-            yield
-    else:
-        yield
-
-
 async def _block_local(api: API, query: Query, request: Request) -> int:
     """A blocking read of the CA state from the local catalog: no server is asked unless ?consistent."""
     store = api.agent.store
     if query.consistency == b"consistent":
         await store.read_barrier(query.consistency)
     if query.index > 0:
-        with _hangup_ends_wait(request):
+        with request.hangup_ends_wait():
             await store.block([WATCH_KEY], query.index, query.wait)
     # Never 0: a watch loop that sends ?index=0 would not block (Consul's indexes start at 1).
     return max(1, store.index_for([WATCH_KEY]))
@@ -129,7 +117,7 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
     if not service:
         raise bad_request("Missing service name")
     try:
-        with _hangup_ends_wait(request):
+        with request.hangup_ends_wait():
             record = await api.agent.leaves.get(service, query.index, query.wait)
     except LeafError as exc:
         raise HTTPError(exc.status, str(exc)) from None

@@ -4,7 +4,8 @@ Handler type, a one-line text response, and a response head's encoding."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -41,6 +42,15 @@ class Request:
             if key == name:
                 return value
         return None
+
+    @contextmanager
+    def hangup_ends_wait(self) -> Iterator[None]:
+        """Within it, a client that hangs up ends a blocking wait at once (as API.block does)."""
+        if self.parking is not None and self.sock is not None:
+            with self.parking.watch(self.sock):
+                yield
+        else:
+            yield
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -8,8 +8,6 @@ anyone who can reach the HTTP API can read it, which is why the API listens on l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from ...proxy.snapshot import ProxySnapshot
@@ -32,16 +30,6 @@ class SnapshotSource(Protocol):
     def snapshot(self, proxy_id: str) -> tuple[int, ProxySnapshot] | None: ...
     async def wait_snapshot(self, proxy_id: str, after_version: int,
                             timeout: float) -> tuple[int, ProxySnapshot] | None: ...
-
-
-@contextmanager
-def _hangup_ends_wait(request: Request) -> Iterator[None]:
-    """A client that hangs up ends a blocking wait at once (as API.block does)."""
-    if request.parking is not None and request.sock is not None:
-        with request.parking.watch(request.sock):
-            yield
-    else:
-        yield
 
 
 def _source(api: API, proxy_id: str) -> SnapshotSource:
@@ -76,7 +64,7 @@ async def proxy_config(api: API, request: Request, query: Query, arg: str) -> Re
         wait_for = after
     if wait_for is not None:
         timeout = query.wait if after > 0 else min(query.wait, FIRST_SNAPSHOT_WAIT)
-        with _hangup_ends_wait(request):
+        with request.hangup_ends_wait():
             current = await runner.wait_snapshot(proxy_id, wait_for, timeout)
         _source(api, proxy_id)  # deregistered while we waited: 404, not a stale configuration
     if current is None:
