@@ -7,7 +7,6 @@ Findings: /work/notes/h14-H-findings.md.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import socket
@@ -17,149 +16,34 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
-from meshagent.proxy.reactor import Reactor
-from meshagent.proxy.snapshot import Intentions, ProxySnapshot, TLSMaterial
+from meshagent.proxy.snapshot import Intentions, ProxySnapshot
 
+from tests.support import dataplane_harness as harness
+from tests.support.dataplane_harness import EchoServer, Loop, StaticWorker, client_ctx, counts, echo_exchange, forge
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
 HOST = "127.0.21.1"
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- harness
 
 
-class Loop:
-    """A Reactor in a thread; `call(fn)` runs fn in the loop thread."""
-
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout), "the reactor did not run the call"
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        self.reactor.close()
-
-
-class EchoServer:
-    """A threaded echo application; `hold` makes new connections wait before reading (a slow app)."""
-
-    def __init__(self, host: str = HOST) -> None:
-        self.sock = socket.create_server((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.hold = threading.Event()
-        self.hold.set()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        try:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
-def material(ca: MeshCA, service: str) -> TLSMaterial:
-    leaf = ca.leaf(service)
-    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
-
-
 def server_snapshot(ca: MeshCA, public_port: int, app_port: int, **kw: Any) -> ProxySnapshot:
-    return ProxySnapshot(proxy_id="db-sidecar-proxy", service="db", datacenter="dc1", tls=material(ca, "db"),
-                         public_address=HOST, public_port=public_port, local_service_address=HOST,
-                         local_service_port=app_port, intentions=Intentions(default_allow=True), **kw)
-
-
-def client_ctx(ca: MeshCA, tmp: Path, cert_pem: str | None = None, key_pem: str | None = None) -> ssl.SSLContext:
-    """A TLS client context trusting the mesh root, presenting (cert_pem, key_pem) when given."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=ca.root_pem)
-    if cert_pem is not None and key_pem is not None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        n = len(list(tmp.iterdir()))
-        cert, key = tmp / f"c{n}.crt", tmp / f"c{n}.key"
-        cert.write_text(cert_pem)
-        key.write_text(key_pem)
-        ctx.load_cert_chain(str(cert), str(key))
-    return ctx
+    return harness.server_snapshot(ca, HOST, public_port, app_port, intentions=Intentions(default_allow=True), **kw)
 
 
 def mtls_echo(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping", timeout: float = 10.0) -> bytes:
     """Send `payload` over TLS and read the echo (b"" when the server refused us after the handshake)."""
-    got = b""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as raw, ctx.wrap_socket(raw) as tls:
-            tls.sendall(payload)
-            while len(got) < len(payload):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-    except (ssl.SSLError, ConnectionError, TimeoutError):
-        pass
-    return got
-
-
-def counts(metrics: ProxyMetrics, name: str) -> dict[str, int]:
-    """One counter's values keyed by its last label (reason / layer), summed."""
-    out: dict[str, int] = {}
-    for labels, v in metrics.to_wire()["counter"].get(name, []):
-        out[labels[-1]] = out.get(labels[-1], 0) + int(v)
-    return out
+    return echo_exchange(HOST, port, payload, ctx, timeout)
 
 
 class Legit:
@@ -194,7 +78,7 @@ class Sidecar:
 
     def __init__(self, loop: Loop, ca: MeshCA, tmp: Path) -> None:
         self.loop, self.ca = loop, ca
-        self.app = EchoServer()
+        self.app = EchoServer(HOST)
         self.port = free_ports(1, HOST)[0]
         self.metrics = ProxyMetrics("db", "dc1")
         self.dp = loop.call(lambda: DataPlane(loop.reactor, self.metrics))
@@ -223,40 +107,6 @@ def sidecar(ca: MeshCA, tmp_path: Path) -> Iterator[Sidecar]:
 
 
 # ---------------------------------------------------------------------- certificates we forge
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def forge(ca: MeshCA | None, uris: list[str], *, is_ca: bool = False, valid_from_h: float = -1,
-          valid_for_h: float = 24) -> tuple[str, str]:
-    """A certificate (PEM) and its key for `uris`, signed by `ca`'s root key, or self-signed when ca is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")])
-    if ca is None:
-        issuer, signer = subject, key
-    else:
-        root = x509.load_pem_x509_certificate(ca.root.root_cert.encode())
-        issuer = root.subject
-        signer = serialization.load_pem_private_key(ca.root.private_key.encode(), None)  # type: ignore[assignment]
-    start = now + datetime.timedelta(hours=valid_from_h)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(start)
-         .not_valid_after(start + datetime.timedelta(hours=valid_for_h))
-         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                      data_encipherment=False, key_agreement=True, key_cert_sign=is_ca,
-                                      crl_sign=is_ca, encipher_only=False, decipher_only=False), critical=True)
-         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                        critical=False))
-    if uris:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-                            critical=False)
-    cert = b.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
 
 def client_hello() -> bytes:
@@ -500,51 +350,16 @@ def test_a_client_leaf_that_expired_cannot_come_back_by_resuming_its_session(sid
 # ---------------------------------------------------------------------- a worker process under load
 
 
-class WorkerProc:
+class WorkerProc(StaticWorker):
     """db's sidecar as `python -m meshagent.proxy.worker --snapshot FILE` with its metrics listener."""
 
     def __init__(self, tmp: Path, snap: ProxySnapshot) -> None:
-        self.metrics_port = free_ports(1, HOST)[0]
-        path = tmp / "snapshot.json"
-        path.write_text(json.dumps(snap.to_wire()))
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--snapshot", str(path),
-                                      "--metrics-bind", f"{HOST}:{self.metrics_port}", "--log-level", "warning"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(self.metrics, what="the worker's metrics listener", fatal=AssertionError)
-
-    def metrics(self) -> str:
-        assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else b""
-        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def sample(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(f"meshagent_proxy_{name}") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(tmp, snap, HOST)
 
 
 @pytest.fixture
 def worker(ca: MeshCA, tmp_path: Path) -> Iterator[tuple[WorkerProc, EchoServer, ssl.SSLContext]]:
-    app = EchoServer()
+    app = EchoServer(HOST)
     port = free_ports(1, HOST)[0]
     w = WorkerProc(tmp_path, server_snapshot(ca, port, app.port))
     w.public_port = port  # type: ignore[attr-defined]
