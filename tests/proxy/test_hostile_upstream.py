@@ -7,7 +7,6 @@ destination; every failure is bounded in time, counted, and legitimate traffic k
 
 from __future__ import annotations
 
-import datetime
 import json
 import socket
 import ssl
@@ -16,87 +15,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from meshagent.proxy.control import MAX_FRAME, FrameDecoder, encode
+from meshagent.proxy.control import MAX_FRAME, encode
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
-from meshagent.proxy.reactor import Reactor
-from meshagent.proxy.snapshot import Endpoint, LoadBalancer, ProxySnapshot, Retries, TLSMaterial, Upstream
+from meshagent.proxy.snapshot import Endpoint, LoadBalancer, ProxySnapshot, Retries, Upstream
 
+from tests.support import dataplane_harness as harness
+from tests.support.dataplane_harness import Loop, client_snapshot, counts, echo_exchange, forge, material
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
 HOST = "127.0.21.3"
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- harness
-
-
-class Loop:
-    """A Reactor in a thread; `call(fn)` runs fn in the loop thread."""
-
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout), "the reactor did not run the call"
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        self.reactor.close()
-
-
-def material(ca: MeshCA, service: str) -> TLSMaterial:
-    leaf = ca.leaf(service)
-    return TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain, leaf.spiffe_id)
-
-
-def forge(ca: MeshCA, uris: list[str]) -> tuple[str, str]:
-    """A leaf signed by `ca`'s root for the given URI SANs, and its key (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    root = x509.load_pem_x509_certificate(ca.root.root_cert.encode())
-    signer = serialization.load_pem_private_key(ca.root.private_key.encode(), None)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")]))
-            .issuer_name(root.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-                           critical=False)
-            .sign(signer, hashes.SHA256()))  # type: ignore[arg-type]
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
 class Upstream_:
@@ -189,28 +128,12 @@ class Client:
         self.port = free_ports(1, HOST)[0]
 
     def apply(self, endpoints: tuple[Endpoint, ...], **kw: Any) -> None:
-        kw.setdefault("connect_timeout_ms", 2000)
-        up = Upstream(destination_name="db", local_bind_address=HOST, local_bind_port=self.port,
-                      endpoints=endpoints, **kw)
-        snap = ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
-                             tls=material(self.ca, "web"), public_address=HOST, public_port=21000,
-                             local_service_port=0, upstreams=(up,))
+        snap = client_snapshot(self.ca, HOST, self.port, endpoints, **kw)
         assert self.loop.call(lambda: self.dp.apply(snap)) == []
 
     def roundtrip(self, payload: bytes, timeout: float = 10.0) -> bytes:
         """Plain TCP to the upstream listener: send, read the echo (b"" when the proxy closed us)."""
-        got = b""
-        try:
-            with socket.create_connection((HOST, self.port), timeout=timeout) as s:
-                s.sendall(payload)
-                while len(got) < len(payload):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
-        except (ConnectionError, TimeoutError):
-            pass
-        return got
+        return echo_exchange(HOST, self.port, payload, timeout=timeout)
 
     def http(self, request: bytes, timeout: float = 10.0) -> bytes:
         """One HTTP exchange on the upstream listener: what came back until the proxy closed or timeout."""
@@ -227,10 +150,7 @@ class Client:
         return got
 
     def counts(self, name: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for labels, v in self.metrics.to_wire()["counter"].get(name, []):
-            out[labels[-1]] = out.get(labels[-1], 0) + int(v)
-        return out
+        return counts(self.metrics, name)
 
     def close(self) -> None:
         self.loop.call(self.dp.close)
@@ -423,40 +343,12 @@ def test_an_upstream_flooding_100_continue_to_a_client_that_does_not_read_keeps_
 # ---------------------------------------------------------------------- the control channel
 
 
-class ControlledWorker:
+class ControlledWorker(harness.ControlledWorker):
     """A worker process on a control socketpair; the test plays the supervisor."""
 
     def __init__(self) -> None:
-        self.sock, child = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--control-fd",
-                                      str(child.fileno())], pass_fds=(child.fileno(),),
-                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        child.close()
-        self.sock.settimeout(20)
-        self.dec = FrameDecoder()
-        self.queue: list[dict[str, Any]] = []
+        super().__init__()
         assert self.recv()["t"] == "ready"
-
-    def recv(self) -> dict[str, Any]:
-        while not self.queue:
-            data = self.sock.recv(1 << 16)
-            assert data, "worker closed the control channel"
-            self.queue += self.dec.feed(data)
-        return self.queue.pop(0)
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        self.sock.close()
 
 
 @pytest.fixture
