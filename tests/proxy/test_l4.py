@@ -6,49 +6,18 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 from meshagent.proxy.dial import plain
 from meshagent.proxy.l4 import PAUSE_AT, Pipe
-from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.stream import READ_SIZE, READS_PER_WAKE, Stream
 
+from tests.support.dataplane_harness import Loop
 from tests.support.wait import wait_for
 
-T = TypeVar("T")
 HOST = "127.0.14.3"
 SLACK = READ_SIZE * READS_PER_WAKE  # what one wake-up may add above the pause threshold
-
-
-class Loop:
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout)
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        self.reactor.close()
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
