@@ -7,54 +7,21 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from meshagent.proxy.dial import accept_tls, connect
-from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import TLSMaterial
 from meshagent.proxy.stream import Stream
 from meshagent.proxy.tls import TLSConfigError, TLSContexts, peer_spiffe_id
 
+from tests.support.dataplane_harness import Loop, client_ctx
 from tests.support.mesh_certs import LeafFiles, MeshCA
 from tests.support.wait import wait_for
 
 HOST = "127.0.14.2"
-T = TypeVar("T")
-
-
-class Loop:
-    """A Reactor in a thread; `call(fn)` runs fn there and returns its result."""
-
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout)
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        self.reactor.close()
 
 
 def material(ca: MeshCA, leaf: LeafFiles, roots: tuple[str, ...] | None = None) -> TLSMaterial:
@@ -92,15 +59,9 @@ class TLSServer:
 
 
 def client_context(ca: MeshCA, leaf: LeafFiles | None, tmp: Path, **kw: Any) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=ca.root_pem)
-    if leaf is not None:
-        cert, key = leaf.write(tmp)
-        ctx.load_cert_chain(cert, key)
-    for k, v in kw.items():
-        setattr(ctx, k, v)
-    return ctx
+    if leaf is None:
+        return client_ctx(ca, tmp, **kw)
+    return client_ctx(ca, tmp, leaf.cert_pem, leaf.key_pem, **kw)
 
 
 def echo_once(ctx: ssl.SSLContext, port: int, data: bytes = b"hi") -> bytes:
