@@ -8,20 +8,8 @@ import threading
 
 from meshagent.proxy.reactor import Reactor
 
+from tests.support.dataplane_harness import Loop
 from tests.support.wait import wait_for
-
-
-def run_in_thread(reactor: Reactor) -> threading.Thread:
-    thread = threading.Thread(target=reactor.run, daemon=True)
-    thread.start()
-    return thread
-
-
-def stop(reactor: Reactor, thread: threading.Thread) -> None:
-    reactor.stop()
-    thread.join(10)
-    assert not thread.is_alive()
-    reactor.close()
 
 
 def test_reader_and_writer_callbacks_fire_and_stop_when_removed() -> None:
@@ -111,11 +99,11 @@ def test_a_failing_callback_is_counted_and_the_rest_of_the_batch_still_runs() ->
 
 def test_stop_and_call_soon_threadsafe_from_another_thread() -> None:
     reactor = Reactor()
-    thread = run_in_thread(reactor)
+    loop = Loop(reactor)
     ran = threading.Event()
     reactor.call_soon_threadsafe(ran.set)
     assert ran.wait(5)
-    stop(reactor, thread)
+    loop.close()  # stop() from this thread: the loop thread ends
 
 
 def test_a_closed_fd_does_not_break_the_loop() -> None:
@@ -125,8 +113,8 @@ def test_a_closed_fd_does_not_break_the_loop() -> None:
     os.close(r)
     os.close(w)
     reactor.remove_reader(r)  # epoll already forgot it: no error
-    thread = run_in_thread(reactor)
+    loop = Loop(reactor)
     done = threading.Event()
     reactor.call_soon_threadsafe(done.set)
     wait_for(done.is_set, 5, what="loop alive")
-    stop(reactor, thread)
+    loop.close()

@@ -38,10 +38,11 @@ T = TypeVar("T")
 
 
 class Loop:
-    """A Reactor running in a thread; `call(fn)` runs fn in the loop thread and returns its result."""
+    """A Reactor running in a thread (a new one, or `reactor` as the test prepared it); `call(fn)` runs fn in
+    the loop thread and returns its result."""
 
-    def __init__(self) -> None:
-        self.reactor = Reactor()
+    def __init__(self, reactor: Reactor | None = None) -> None:
+        self.reactor = reactor if reactor is not None else Reactor()
         self.thread = threading.Thread(target=self.reactor.run, daemon=True)
         self.thread.start()
 
