@@ -26,6 +26,7 @@ from meshagent.proxy.snapshot import ProxySnapshot, TLSMaterial
 from meshagent.proxy.supervisor import BACKOFF_MAX_S, BACKOFF_MIN_S, ProxySupervisor, next_backoff
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.dataplane_harness import pid_alive, server_snapshot
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
@@ -81,14 +82,6 @@ def requests(wire_text: str) -> float:
     return 0.0
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def run(body: Callable[[ProxySupervisor, trio.Nursery], Awaitable[None]], **kw: Any) -> list[int]:
     """Run `body` with a started supervisor; cancel it afterwards; every worker PID it ever saw."""
     seen: set[int] = set()
@@ -132,7 +125,7 @@ def test_snapshots_reach_every_worker_and_metrics_merge_across_them() -> None:
         assert sup.status()["restarts"] == 0
 
     pids = run(body)
-    assert pids and not any(alive(p) for p in pids)
+    assert pids and not any(pid_alive(p) for p in pids)
 
 
 @pytest.mark.slow  # several worker processes, restarts with real backoff
@@ -168,7 +161,7 @@ def test_cancelling_the_supervisor_leaves_no_worker_process() -> None:
 
     pids = run(body)
     assert len(pids) == 3
-    assert [p for p in pids if alive(p)] == []
+    assert [p for p in pids if pid_alive(p)] == []
 
 
 def test_fewer_workers_retires_the_extra_ones_and_apply_errors_show_in_status() -> None:
@@ -180,7 +173,7 @@ def test_fewer_workers_retires_the_extra_ones_and_apply_errors_show_in_status() 
         await until(lambda: all_applied(sup, 2, 1), "one worker left")
         gone = [p for p in pids if p not in sup.worker_pids()]
         assert len(gone) == 1
-        await until(lambda: not alive(gone[0]), "the retired worker exited")
+        await until(lambda: not pid_alive(gone[0]), "the retired worker exited")
         status = sup.status()
         assert status["restarts"] == 0
         assert [w["errors"] for w in status["workers"]] == [[f"{HOST}:1: bind failed (stand-in)"]]
@@ -230,15 +223,10 @@ def test_the_per_proxy_metrics_listener_serves_prometheus_text() -> None:
 
 
 def real_snapshot(tmp: Path, version: int, workers: int, metrics_port: int = 0) -> ProxySnapshot:
-    from tests.support.mesh_certs import MeshCA
-    ca = MeshCA()
-    leaf = ca.leaf("web")
+    from tests.support.mesh_certs import MeshCA  # here: workers import this module for the stand-in
     public, app = free_ports(2, HOST)
-    tls = TLSMaterial(cert_pem=leaf.cert_pem, key_pem=leaf.key_pem, roots_pem=(ca.root_pem,),
-                      trust_domain=ca.trust_domain, spiffe_id=leaf.spiffe_id)
-    return ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1", tls=tls,
-                         public_address=HOST, public_port=public, local_service_port=app, workers=workers,
-                         version=version, metrics_bind=f"{HOST}:{metrics_port}" if metrics_port else "")
+    return server_snapshot(MeshCA(), HOST, public, app, service="web", workers=workers, version=version,
+                           metrics_bind=f"{HOST}:{metrics_port}" if metrics_port else "")
 
 
 @pytest.mark.slow  # several worker processes, restarts with real backoff
@@ -261,7 +249,7 @@ def test_real_workers_share_the_public_listener_and_survive_a_kill(tmp_path: Pat
         assert await trio.to_thread.run_sync(connects)
 
     pids = run(body, worker_args=())
-    assert [p for p in pids if alive(p)] == []
+    assert [p for p in pids if pid_alive(p)] == []
 
 
 def test_a_static_worker_serves_its_metrics(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,9 +27,11 @@ from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import Endpoint, Intentions, ProxySnapshot, TLSMaterial, Upstream
 
-from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
+
+if TYPE_CHECKING:  # annotations only: a worker importing a test module (a stand-in) loads no agent code
+    from tests.support.mesh_certs import MeshCA
 
 T = TypeVar("T")
 
@@ -263,6 +265,15 @@ def counts(metrics: ProxyMetrics, name: str, index: int = -1) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- worker processes
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def rss_kib(pid: int) -> int:
