@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 from meshagent.proxy.control import MAX_FRAME, ControlError, FrameDecoder, ReactorChannel, decode_body, encode
-from meshagent.proxy.reactor import Reactor
 
+from tests.support.dataplane_harness import ControlledWorker, Loop, pid_alive
 from tests.support.wait import wait_for
 
 
@@ -64,34 +64,20 @@ def test_encode_refuses_an_oversized_message() -> None:
 
 
 @pytest.fixture
-def loop() -> Iterator[Reactor]:
-    reactor = Reactor()
-    thread = threading.Thread(target=reactor.run, daemon=True)
-    thread.start()
-    yield reactor
-    reactor.stop()
-    thread.join(5)
-    reactor.close()
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    yield lp
+    lp.close()
 
 
-def on_loop(reactor: Reactor, fn) -> None:  # type: ignore[no-untyped-def]
-    done = threading.Event()
-
-    def run() -> None:
-        fn()
-        done.set()
-    reactor.call_soon_threadsafe(run)
-    assert done.wait(5)
-
-
-def test_channel_round_trips_large_messages_and_reports_eof(loop: Reactor) -> None:
+def test_channel_round_trips_large_messages_and_reports_eof(loop: Loop) -> None:
     ours, theirs = socket.socketpair()
     got: list[dict] = []
     closed: list[str] = []
     box: list[ReactorChannel] = []
-    on_loop(loop, lambda: box.append(ReactorChannel(loop, theirs, got.append, closed.append)))
+    loop.call(lambda: box.append(ReactorChannel(loop.reactor, theirs, got.append, closed.append)))
     big = {"t": "metrics", "m": "y" * (3 * 1024 * 1024)}  # more than a socket buffer: partial writes
-    on_loop(loop, lambda: box[0].send(big))
+    loop.call(lambda: box[0].send(big))
     ours.settimeout(10)
     dec = FrameDecoder()
     received: list[dict] = []
@@ -106,11 +92,11 @@ def test_channel_round_trips_large_messages_and_reports_eof(loop: Reactor) -> No
     assert closed == ["control channel closed by the supervisor"] and box[0].closed
 
 
-def test_channel_closes_on_a_bad_frame(loop: Reactor) -> None:
+def test_channel_closes_on_a_bad_frame(loop: Loop) -> None:
     ours, theirs = socket.socketpair()
     got: list[dict] = []
     closed: list[str] = []
-    on_loop(loop, lambda: ReactorChannel(loop, theirs, got.append, closed.append))
+    loop.call(lambda: ReactorChannel(loop.reactor, theirs, got.append, closed.append))
     ours.sendall(encode({"t": "metrics"}) + struct.pack(">I", 3) + b"\xc1\xc1\xc1" + encode({"t": "stop"}))
     wait_for(lambda: closed, what="close on a bad frame")
     assert got == [{"t": "metrics"}] and closed[0].startswith("bad control frame")
@@ -121,28 +107,8 @@ def test_channel_closes_on_a_bad_frame(loop: Reactor) -> None:
 # ---------------------------------------------------------------------- a real worker process
 
 
-class WorkerProc:
+class WorkerProc(ControlledWorker):
     """A worker process under our control socket (the test plays the supervisor)."""
-
-    def __init__(self) -> None:
-        self.sock, child = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshagent.proxy.worker", "--control-fd",
-                                      str(child.fileno())], pass_fds=(child.fileno(),),
-                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        child.close()
-        self.sock.settimeout(20)
-        self.dec = FrameDecoder()
-        self.queue: list[dict] = []
-
-    def send(self, msg: dict) -> None:
-        self.sock.sendall(encode(msg))
-
-    def recv(self) -> dict:
-        while not self.queue:
-            data = self.sock.recv(1 << 16)
-            assert data, "worker closed the control channel"
-            self.queue += self.dec.feed(data)
-        return self.queue.pop(0)
 
     def wait(self) -> int:
         return self.proc.wait(20)
@@ -151,19 +117,12 @@ class WorkerProc:
         """The worker's log (after it exited)."""
         return self.proc.stderr.read().decode()  # type: ignore[union-attr]
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stderr.close()  # type: ignore[union-attr]
-
 
 @pytest.fixture
 def worker() -> Iterator[WorkerProc]:
     w = WorkerProc()
     yield w
-    w.kill()
-    w.sock.close()
+    w.close()
 
 
 def test_worker_says_ready_refuses_hostile_snapshots_answers_metrics_and_stops(worker: WorkerProc) -> None:
@@ -220,24 +179,15 @@ def test_worker_dies_with_its_parent() -> None:
         assert FrameDecoder().feed(ours.recv(1024))[0]["t"] == "ready"
         holder.kill()
         holder.wait()
-        wait_for(lambda: not _alive(pid), timeout=10, what=f"worker {pid} gone after its parent died")
+        wait_for(lambda: not pid_alive(pid), timeout=10, what=f"worker {pid} gone after its parent died")
     finally:
         os.close(r)
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             os.kill(pid, 9)
         ours.close()
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a live (not zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_worker_outlives_the_thread_that_spawned_it() -> None:
