@@ -18,7 +18,7 @@ MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
 MAX_TRAILERS = 64 * 1024
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f#]+) HTTP/1\.([01])")  # '#': finding 3
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # field-value: VCHAR, obs-text, SP, HTAB; no other controls
 _FIELD_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
@@ -39,6 +39,7 @@ _OTHER_VERSION = re.compile(rb"(?:" + _TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/[0-9]\
 _ESCAPED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])|\\")
 _UNRESERVED_ESCAPE = re.compile(rb"%(?:[46][1-9a-fA-F]|[57][0-9aA]|3[0-9]|2[dDeE]|5[fF]|7[eE])")
 _MULTI_SLASH = re.compile(rb"//+")
+_PATH_SPECIAL = re.compile(rb"[%\\#]|//|/\.")  # what request_path has to look at
 _STRIP_ON_UPGRADE = re.compile(rb"^(?:upgrade|http2-settings):[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE)
 _CONNECTION_FIELD = re.compile(rb"^connection:([^\r\n]*)\r\n", re.IGNORECASE | re.MULTILINE)
 
@@ -254,12 +255,12 @@ def parse_request(raw: bytes) -> Head:
     line_end = raw.find(b"\r\n")
     m = _REQUEST_LINE.fullmatch(raw, 0, line_end)
     if m is None:
+        if raw.find(b"#", 0, line_end) >= 0:  # RFC 9112 3.2: authorized without it, relayed with it (finding 3)
+            raise HTTPError(400, "fragment in request target")
         if _OTHER_VERSION.match(raw):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
         raise HTTPError(400, "malformed request line")
     method, target, minor = m.groups()
-    if b"#" in target:  # RFC 9112 3.2: no fragment; authorized without it, relayed with it (finding 3)
-        raise HTTPError(400, "fragment in request target")
     kind, length, close, keep, switch, expect, host = _framing(_checked_block(raw, line_end + 2, 400), 400, False)
     if switch == 2 or (switch and minor == b"0"):
         return parse_request(_without_upgrade(raw, line_end + 2))
@@ -317,15 +318,17 @@ def request_path(target: bytes) -> bytes:
             target = b"/"
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
-    if b"#" in path:
+    if _PATH_SPECIAL.search(path) is None:  # the common case in one C call (`in` on bytes costs ~0.2 us each)
+        return path
+    if path.find(b"#") >= 0:
         raise HTTPError(400, "fragment in request target")
-    if (b"%" in path or b"\\" in path) and _ESCAPED_SEPARATOR.search(path):
+    if _ESCAPED_SEPARATOR.search(path):
         raise HTTPError(400, "escaped slash or backslash in path")
-    if b"%" in path:
+    if path.find(b"%") >= 0:
         path = _UNRESERVED_ESCAPE.sub(lambda m: bytes([int(m.group(0)[1:], 16)]), path)
-    if b"//" in path:
+    if path.find(b"//") >= 0:
         path = _MULTI_SLASH.sub(b"/", path)
-    if b"/." in path:
+    if path.find(b"/.") >= 0:
         out: list[bytes] = []
         segments = path.split(b"/")[1:]
         for i, seg in enumerate(segments):
