@@ -4,13 +4,14 @@ themselves: no target is asserted (a loaded 2-core machine decides those, not th
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.dataplane_harness import pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +22,6 @@ ROWS = {"l4": ("L4 small requests, req/s", "  CPU per request (pair), us"),
         "bulk": ("bulk transfer, MB/s",),
         "newconn": ("new mTLS connection per request, req/s", "  CPU per connection (pair), us"),
         "c1": ("added p50 at -c1 over the app alone, ms",)}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
 
 
 def run_quick() -> str:
@@ -60,4 +53,4 @@ def test_quick_run_of_both_pairs_measures_every_figure_with_zero_errors_and_clea
     assert tls and tls.group(1) == tls.group(2) == "TLSv1.3 TLS_AES_256_GCM_SHA384", out
     pids = started_pids(out)
     assert len(pids) == 14  # the app, the bulk app, three pairs of ours (l4, l7, bulk), three of haproxy
-    assert not [pid for pid in pids if alive(pid)], "benchmark processes left running"
+    assert not [pid for pid in pids if pid_alive(pid)], "benchmark processes left running"
