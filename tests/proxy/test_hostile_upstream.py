@@ -13,7 +13,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,15 @@ from meshagent.proxy.metrics import ProxyMetrics
 from meshagent.proxy.snapshot import Endpoint, LoadBalancer, ProxySnapshot, Retries, Upstream
 
 from tests.support import dataplane_harness as harness
-from tests.support.dataplane_harness import Loop, client_snapshot, counts, echo_exchange, forge, material
+from tests.support.dataplane_harness import (
+    Loop,
+    ThreadedServer,
+    client_snapshot,
+    counts,
+    echo_exchange,
+    forge,
+    material,
+)
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
@@ -38,7 +45,7 @@ HOST = "127.0.21.3"
 # ---------------------------------------------------------------------- harness
 
 
-class Upstream_:
+class Upstream_(ThreadedServer):
     """A server behind an upstream endpoint. mode: "echo" (mTLS echo, a real sidecar's stand-in), "reset"
     (accept, then RST), "garbage" (bytes that are not TLS), "stall" (accept, say nothing), "http" (mTLS,
     answers each read with `answer`). Records every plaintext byte it got."""
@@ -48,7 +55,6 @@ class Upstream_:
         self.mode = mode
         self.answer = answer
         self.got = bytearray()
-        self.accepted = 0
         self.ctx: ssl.SSLContext | None = None
         if mode in ("echo", "http", "continue-flood"):
             cert_pem, key_pem = cert or (lambda lf: (lf.cert_pem, lf.key_pem))(ca.leaf("db"))
@@ -61,23 +67,10 @@ class Upstream_:
             ctx.load_verify_locations(cadata=ca.root_pem)
             ctx.verify_mode = ssl.CERT_REQUIRED
             self.ctx = ctx
-        self.sock = socket.create_server((HOST, 0))
-        self.port = self.sock.getsockname()[1]
+        super().__init__(HOST)
         self.endpoint = Endpoint(HOST, self.port, service_id=f"{mode}-{self.port}")
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.conns.append(conn)
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
-
-    def _conn(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         try:
             if self.mode == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -109,13 +102,6 @@ class Upstream_:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
 
 class Client:

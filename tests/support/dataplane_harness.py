@@ -77,15 +77,14 @@ class Loop:
 # ---------------------------------------------------------------------- applications
 
 
-class EchoServer:
-    """A plain threaded echo application on `host`; half-closes when the client does; counts connections
-    and bytes received."""
+class ThreadedServer:
+    """A plain TCP server on `host`: a thread accepts, `handle(conn)` runs in a thread per connection; counts
+    and keeps the accepted connections."""
 
     def __init__(self, host: str) -> None:
         self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        self.received = 0  # bytes from every connection
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -97,9 +96,30 @@ class EchoServer:
                 return
             self.accepted += 1
             self.conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
-    def _echo(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        """Serve one accepted connection (in its own thread); closes it by default."""
+        conn.close()
+
+    def close(self) -> None:
+        """Stop accepting (open connections end with their clients)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread: close alone does not
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class EchoServer(ThreadedServer):
+    """A plain threaded echo application on `host`; half-closes when the client does; counts connections
+    and bytes received."""
+
+    def __init__(self, host: str) -> None:
+        self.received = 0  # bytes from every connection
+        super().__init__(host)
+
+    def handle(self, conn: socket.socket) -> None:
         try:
             while data := conn.recv(65536):
                 self.received += len(data)
@@ -109,14 +129,6 @@ class EchoServer:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        """Stop accepting (open connections end with their clients)."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread: close alone does not
-        except OSError:
-            pass
-        self.sock.close()
 
 
 # ---------------------------------------------------------------------- identities and snapshots
