@@ -11,50 +11,38 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from meshagent.proxy import l7_common
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
-from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.resilience import CircuitBreakers
-from meshagent.proxy.snapshot import IntentionRule, Intentions, Limits, Permission, ProxySnapshot, TLSMaterial
+from meshagent.proxy.snapshot import IntentionRule, Intentions, Limits, Permission
 
+from tests.support.dataplane_harness import Loop, ThreadedServer, client_ctx, server_snapshot
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
 HOST = "127.0.24.2"
-T = TypeVar("T")
 ADMIN_DENIED = Intentions(default_allow=False, rules=(IntentionRule(
     source="web", action=None, name="web => db",
     permissions=(Permission(action="deny", path_prefix="/admin"), Permission(action="allow", path_prefix="/"))),))
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
 
-class App:
+class App(ThreadedServer):
     """A raw local app: records the bytes of each connection, answers each head with `answer(head)` (None: no
     answer), Content-Length request bodies only."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server((HOST, 0))
-        self.port = self.sock.getsockname()[1]
         self.heads: list[bytes] = []
         self.open = 0
         self.answer: Callable[[bytes], bytes | None] = lambda head: OK
         self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(HOST)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
-
-    def _conn(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with self.lock:
             self.open += 1
         buf = b""
@@ -75,52 +63,23 @@ class App:
                 self.open -= 1
             conn.close()
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 class Sidecar:
     """db's L7 sidecar (/admin denied to web) in a reactor thread, in front of an App."""
 
     def __init__(self, ca: MeshCA, tmp: Path) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
+        self.loop = Loop()
+        self.reactor = self.loop.reactor
+        self.call = self.loop.call
         self.app = App()
         self.port = free_ports(1, HOST)[0]
         self.metrics = ProxyMetrics("db", "dc1")
-        leaf = ca.leaf("db")
-        snap = ProxySnapshot(proxy_id="db-sidecar-proxy", service="db", datacenter="dc1",
-                             tls=TLSMaterial(leaf.cert_pem, leaf.key_pem, (ca.root_pem,), ca.trust_domain,
-                                             leaf.spiffe_id),
-                             public_address=HOST, public_port=self.port, local_service_address=HOST,
-                             local_service_port=self.app.port, protocol="http", intentions=ADMIN_DENIED,
-                             local_connect_timeout_ms=2000)
+        snap = server_snapshot(ca, HOST, self.port, self.app.port, protocol="http", intentions=ADMIN_DENIED,
+                               local_connect_timeout_ms=2000)
         self.dp = self.call(lambda: DataPlane(self.reactor, self.metrics))
         assert self.call(lambda: self.dp.apply(snap)) == []
         web = ca.leaf("web")
-        cert, key = web.write(tmp / "web")
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.ctx.check_hostname = False
-        self.ctx.load_verify_locations(cadata=ca.root_pem)
-        self.ctx.load_cert_chain(str(cert), str(key))
-
-    def call(self, fn: Callable[[], T]) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(10), "the reactor did not run the call"
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
+        self.ctx = client_ctx(ca, tmp / "web", web.cert_pem, web.key_pem)
 
     def conn(self, timeout: float = 10.0) -> ssl.SSLSocket:
         return self.ctx.wrap_socket(socket.create_connection((HOST, self.port), timeout=timeout))
@@ -128,11 +87,8 @@ class Sidecar:
     def close(self) -> None:
         self.call(self.dp.close)
         self.app.close()
-        self.reactor.stop()
-        self.thread.join(10)
-        errors = self.reactor.errors
-        self.reactor.close()
-        assert errors == 0, "a callback raised in the data plane"
+        self.loop.close()
+        assert self.reactor.errors == 0, "a callback raised in the data plane"
 
 
 def read_until_closed(s: ssl.SSLSocket) -> bytes:
