@@ -211,7 +211,7 @@ def forge(ca: MeshCA | None, uris: list[str], *, is_ca: bool = False, valid_from
     if uris:
         b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
                             critical=False)
-    cert = b.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+    cert = b.sign(signer, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
 
