@@ -179,7 +179,7 @@ def test_worker_dies_with_its_parent() -> None:
         assert FrameDecoder().feed(ours.recv(1024))[0]["t"] == "ready"
         holder.kill()
         holder.wait()
-        wait_for(lambda: not pid_alive(pid), timeout=10, what=f"worker {pid} gone after its parent died")
+        wait_for(lambda: not pid_alive(pid), timeout=30, what=f"worker {pid} gone after its parent died")
     finally:
         os.close(r)
         if holder.poll() is None:

