@@ -192,6 +192,7 @@ class LocalState:
         if replace_existing_checks or from_file:
             for cid in old_check_ids - new_ids:
                 self._remove_check(cid)
+        self._refresh_aliases()  # an alias of this service read "could not be found" until now
         await self.sync.sync_service(defn.id)
         if persist and not from_file:
             await self._persist()
@@ -211,6 +212,7 @@ class LocalState:
         self._service_maintenance.pop(service_id, None)
         for check in [c for c in self._checks.values() if c.service_id == service_id]:
             self._remove_check(check.check_id)
+        self._refresh_aliases()  # an alias of a service without checks would otherwise stay passing
         await self.sync.apply(commands.deregister(self.node.node, service_id=service_id))
         await self._persist()
         if sidecar is not None:  # a sidecar goes with the service that defined it
