@@ -93,6 +93,37 @@ def is_ip(text: str) -> bool:
     return True
 
 
+def public_bind(config: Any, proxy_address: str, bind_address: str) -> tuple[Any, str]:
+    """Where a sidecar's public listener binds, unchecked, and the field it came from: `Config.bind_address`,
+    else the proxy's own address, else the agent's bind address. The snapshot and the listening check share it."""
+    value = config_get(config, "bind_address") if isinstance(config, Mapping) else None
+    if value:
+        return value, "proxy.config.bind_address"
+    return proxy_address or bind_address, "address"
+
+
+def public_port(config: Any, proxy_port: int) -> tuple[Any, str]:
+    """The public listener's port, unchecked, and its field: `Config.bind_port`, else the proxy's port."""
+    value = config_get(config, "bind_port") if isinstance(config, Mapping) else None
+    return (proxy_port, "port") if value is None else (value, "proxy.config.bind_port")
+
+
+def listening_target(config: Any, proxy_address: str, proxy_port: int, bind_address: str) -> str:
+    """host:port the "Connect Sidecar Listening" check dials: where the data plane binds (public_bind,
+    public_port); a wildcard bind is dialled on 127.0.0.1. Bad values fall back (the snapshot refuses them)."""
+    address, _ = public_bind(config, proxy_address, bind_address)
+    if not isinstance(address, str) or not (is_ip(address) or address.lower() == "localhost"):
+        address = proxy_address or bind_address
+    if address.lower() == "localhost" or (is_ip(address) and ipaddress.ip_address(address).is_unspecified):
+        address = "127.0.0.1"
+    port, _ = public_port(config, proxy_port)
+    if isinstance(port, float) and port.is_integer():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        port = proxy_port
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _norm(key: str) -> str:
     return key.replace("_", "").lower()
 

@@ -32,7 +32,7 @@ from ..catalog.state import Catalog
 from ..config.types import ServiceDefinition
 from .intentions import IntentionIndex
 from .leaf_plan import LeafRecord
-from .proxy_config_read import Map, SnapshotError, config_get
+from .proxy_config_read import Map, SnapshotError, config_get, public_bind, public_port
 from .proxy_permissions import permission
 from .proxy_upstreams import UpstreamReader
 
@@ -121,14 +121,13 @@ class _Builder(UpstreamReader):
         local_timeout = self._layered_ms("local_connect_timeout_ms", "LocalConnectTimeoutMs",
                                          DEFAULT_LOCAL_CONNECT_TIMEOUT_MS)
         request_timeout = self._layered_ms("local_request_timeout_ms", "LocalRequestTimeoutMs", 0)
-        port_value = config_get(cfg, "bind_port")
-        public_port = self.proxy.port if port_value is None else self._int(port_value, f"{where}.bind_port", 1,
-                                                                           65535)
-        if not public_port:
+        # public_bind/public_port: the same rule the sidecar's listening check dials (sidecar.py)
+        port_value, port_at = public_port(cfg, self.proxy.port)
+        public_port_ = self.proxy.port if port_at == "port" else self._int(port_value, port_at, 1, 65535)
+        if not public_port_:
             raise self.fail("port", "the sidecar has no port for its public listener")
-        addr_value = config_get(cfg, "bind_address")
-        public_address = self._ip(addr_value, f"{where}.bind_address") if addr_value else self._ip(
-            self.proxy.address or bind_address, "address")
+        addr_value, addr_at = public_bind(cfg, self.proxy.address, bind_address)
+        public_address = self._ip(addr_value, addr_at)
         local_address = self.block.get("LocalServiceAddress") or (self.parent.address if self.parent else "")
         local_port = self.block.get("LocalServicePort") or (self.parent.port if self.parent else 0)
         rules = self._rules(intentions)
@@ -147,7 +146,7 @@ class _Builder(UpstreamReader):
                           trust_domain=connect.trust_domain, spiffe_id=leaf.service_uri)
         snap = ProxySnapshot(
             proxy_id=self.proxy.id, service=self.service, datacenter=self.datacenter, tls=tls,
-            public_address=public_address, public_port=public_port,
+            public_address=public_address, public_port=public_port_,
             local_service_address=self._ip(local_address or "127.0.0.1", "proxy.local_service_address"),
             local_service_port=self._int(local_port or 0, "proxy.local_service_port", 0, 65535),
             local_connect_timeout_ms=local_timeout, local_request_timeout_ms=request_timeout,

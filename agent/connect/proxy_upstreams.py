@@ -1,5 +1,6 @@
 """The upstream half of a sidecar's snapshot, pure: listeners, passing endpoints, identity, and
-UpstreamConfig layered (service-defaults Defaults, its Overrides entry, the upstream's own `config`)."""
+UpstreamConfig layered (service-defaults Defaults, its Overrides entry, the upstream's own `config`) for
+protocol, connect timeout, limits and passive health checks (docs/sidecar-proxy.md)."""
 
 from __future__ import annotations
 
@@ -83,8 +84,11 @@ class UpstreamReader(ConfigReader):
             if isinstance(o, Mapping) and o.get("Name") == name:
                 layers.append((o, f"service-defaults {self.service} UpstreamConfig.Overrides[{k}]"))
         cw = f"{where}.config"
+        # As Consul resolves an upstream's protocol: its own config, then the downstream's UpstreamConfig
+        # (Overrides over Defaults), then how the destination wants to be addressed, then proxy-defaults.
         protocol = "tcp"
         for value, at in ((config_get(cfg, "protocol"), f"{cw}.protocol"),
+                          *((config_get(layer, "protocol"), f"{lat}.Protocol") for layer, lat in reversed(layers)),
                           (dest_defaults.get("Protocol"), f"service-defaults {name} Protocol"),
                           (config_get(self.pd_config, "protocol"), "proxy-defaults global Config.protocol")):
             if value not in (None, ""):

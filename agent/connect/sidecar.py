@@ -16,6 +16,7 @@ from ..config.encode import camel_keys
 from ..config.errors import Collector, ConfigError, ConfigErrors
 from ..config.types import CheckDefinition, ServiceDefinition, Source
 from ..config.values import Node, kind_of, node_of, one_block, plain, show, typed
+from .proxy_config_read import listening_target
 
 SIDECAR_PORT_RANGE = (21000, 21255)  # Consul's default sidecar_min_port and sidecar_max_port
 SIDECAR_SUFFIX = "-sidecar-proxy"
@@ -197,10 +198,6 @@ def pick_port(used: Iterable[int], previous: int | None = None,
     return next((p for p in range(low, high + 1) if p not in taken), None)
 
 
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_port: int | None = None,
                    port_range: tuple[int, int] = SIDECAR_PORT_RANGE,
                    listen_address: str = "127.0.0.1") -> ServiceDefinition | None:
@@ -239,13 +236,13 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: Iterable[int], previous_
         proxy.setdefault("LocalServicePort", defn.port)
     side.proxy = proxy
     if not side.checks:
-        # Consul's defaults: the proxy's own address (else the parent's) answering on its port, and the
-        # parent's health mirrored (an alias check), so a sidecar in front of a failing service is not used.
-        address = side.address or defn.address or listen_address
+        # Consul's defaults: the public listener answering, and the parent's health mirrored (an alias
+        # check), so a sidecar in front of a failing service is not used. The listening check dials where
+        # our data plane binds (proxy_config_read.public_bind), not the parent's address as Consul does.
+        target = listening_target(proxy.get("Config"), side.address, side.port, listen_address)
         source = Source(defn.source.path, defn.source.line)
         side.checks = [CheckDefinition(id=f"service:{side.id}:1", name="Connect Sidecar Listening",
-                                       service_id=side.id, tcp=_host_port(address, side.port), interval=10.0,
-                                       source=source),
+                                       service_id=side.id, tcp=target, interval=10.0, source=source),
                        CheckDefinition(id=f"service:{side.id}:2", name=f"Connect Sidecar Aliasing {defn.id}",
                                        service_id=side.id, alias_service=defn.id, source=source)]
     side.source = defn.source

@@ -18,6 +18,7 @@ from meshagent.agent.connect.ca_plan import root_fields, stored_config
 from meshagent.agent.connect.intention_entries import intentions_of
 from meshagent.agent.connect.intentions import IntentionIndex
 from meshagent.agent.connect.leaf_plan import LeafRecord
+from meshagent.agent.connect.proxy_config_read import listening_target
 from meshagent.agent.connect.proxy_snapshot import SnapshotError, build_snapshot, same_config, watch_keys
 from meshagent.proxy.snapshot import HeaderMatch, Limits, Permission, ProxySnapshot
 
@@ -209,6 +210,51 @@ def test_upstream_config_layers_defaults_overrides_then_the_upstreams_own_config
     # CamelCase in the upstream's config works too
     u = w.build(sidecar([up("db", Config={"ConnectTimeoutMs": 99, "Protocol": "tcp"})])).upstreams[0]
     assert (u.connect_timeout_ms, u.protocol) == (99, "tcp")
+
+
+def test_upstream_protocol_is_layered_like_consuls() -> None:
+    # upstream config > UpstreamConfig.Overrides > UpstreamConfig.Defaults > destination's service-defaults
+    # > proxy-defaults (review finding 8: Defaults/Overrides Protocol was ignored)
+    w = World()
+    w.entry({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}})
+    assert w.build(sidecar([up("db")])).upstreams[0].protocol == "http"
+    w.entry({"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"})
+    assert w.build(sidecar([up("db")])).upstreams[0].protocol == "tcp"
+    w.entry({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Defaults": {"Protocol": "http"}}})
+    assert w.build(sidecar([up("db")])).upstreams[0].protocol == "http"
+    w.entry({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {
+        "Defaults": {"Protocol": "http"}, "Overrides": [{"Name": "db", "Protocol": "tcp"}]}})
+    ups = w.build(sidecar([up("db"), up("cache", port=9192)])).upstreams
+    assert [u.protocol for u in ups] == ["tcp", "http"]  # the override names db only
+    assert w.build(sidecar([up("db", Config={"protocol": "http"})])).upstreams[0].protocol == "http"
+    w.entry({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Defaults": {"Protocol": "smtp"}}})
+    with pytest.raises(SnapshotError, match=r"service-defaults web UpstreamConfig.Defaults.Protocol"):
+        w.build(sidecar([up("db")]))
+
+
+def test_the_listening_check_target_is_where_the_snapshot_binds() -> None:
+    # review finding 5: one rule for both (proxy_config_read.public_bind/public_port)
+    w = World()
+    cases: list[tuple[dict[str, Any] | None, str, str]] = [
+        (None, "", "127.0.17.1:21000"),
+        (None, "127.0.17.6", "127.0.17.6:21000"),
+        ({"bind_address": "127.0.17.7", "bind_port": 21007}, "127.0.17.6", "127.0.17.7:21007"),
+        ({"BindAddress": "0.0.0.0"}, "", "127.0.0.1:21000"),
+        ({"bind_address": "::"}, "", "127.0.0.1:21000"),
+        ({"bind_address": "::1"}, "", "[::1]:21000"),
+    ]
+    for config, address, want in cases:
+        proxy = sidecar(config=config)
+        proxy.address = address
+        snap = w.build(proxy)
+        got = listening_target(proxy.proxy.get("Config"), proxy.address, proxy.port, "127.0.17.1")
+        assert got == want, (config, address)
+        host, _, port = want.rpartition(":")
+        if snap.public_address not in ("0.0.0.0", "::"):
+            assert (snap.public_address, snap.public_port) == (host.strip("[]"), int(port))
+    # hostile values fall back to what the snapshot would bind without them (the snapshot refuses them)
+    assert listening_target({"bind_address": ["x"], "bind_port": "x"}, "", 21000, "127.0.17.1") == "127.0.17.1:21000"
+    assert listening_target("not a map", "", 21000, "0.0.0.0") == "127.0.0.1:21000"
 
 
 @pytest.mark.parametrize(("config", "field"), [

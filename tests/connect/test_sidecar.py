@@ -45,7 +45,7 @@ def test_an_empty_sidecar_service_gets_consuls_defaults() -> None:
                           "MeshGateway": {}, "Expose": {}}
     check, alias = side.checks
     assert (check.id, check.name, check.tcp, check.interval, check.service_id) == (
-        "service:web-1-sidecar-proxy:1", "Connect Sidecar Listening", "10.0.0.5:21000", 10.0, "web-1-sidecar-proxy")
+        "service:web-1-sidecar-proxy:1", "Connect Sidecar Listening", "127.0.0.1:21000", 10.0, "web-1-sidecar-proxy")
     assert (alias.id, alias.name, alias.alias_service, alias.type, alias.service_id) == (
         "service:web-1-sidecar-proxy:2", "Connect Sidecar Aliasing web-1", "web-1", "alias", "web-1-sidecar-proxy")
 
@@ -59,6 +59,22 @@ def test_the_listening_check_dials_where_the_data_plane_binds_an_address_less_si
     assert side is not None and side.checks[0].tcp == "198.18.0.22:21000"
     side = expand_sidecar(_svc({**bare, "connect": {"sidecar_service": {}}}), used_ports=[])
     assert side is not None and side.checks[0].tcp == "127.0.0.1:21000"
+
+
+def test_the_listening_check_ignores_the_parents_address_and_follows_bind_settings() -> None:
+    # review finding 5: the data plane binds Config.bind_address, else the sidecar's address, else the agent's
+    # bind address, never the parent's: a parent on 127.0.0.1 under an agent bound to 198.18.0.9 was dialled
+    # on 127.0.0.1 where nothing listened, and the check never passed.
+    parent = {**WEB, "address": "127.0.0.1", "connect": {"sidecar_service": {}}}
+    side = expand_sidecar(_svc(parent), used_ports=[], listen_address="198.18.0.9")
+    assert side is not None and side.checks[0].tcp == "198.18.0.9:21000"
+    bound = {**WEB, "connect": {"sidecar_service": {"proxy": {"config": {"bind_address": "0.0.0.0",
+                                                                          "bind_port": 21500}}}}}
+    side = expand_sidecar(_svc(bound), used_ports=[], listen_address="198.18.0.9")
+    assert side is not None and side.checks[0].tcp == "127.0.0.1:21500"
+    own = {**WEB, "connect": {"sidecar_service": {"address": "198.18.0.10", "proxy": {"config": {"BindPort": 21501}}}}}
+    side = expand_sidecar(_svc(own), used_ports=[], listen_address="198.18.0.9")
+    assert side is not None and side.checks[0].tcp == "198.18.0.10:21501"
 
 
 def test_given_fields_win_over_the_defaults() -> None:
