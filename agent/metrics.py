@@ -44,6 +44,9 @@ def collect(agent: Agent) -> Metrics:
         status = proxy_runner.status()
         gauges.append(("proxy.sidecars", float(len(status))))
         gauges.append(("proxy.config_errors", float(sum(1 for s in status.values() if s["error"]))))
-        counters.append(("proxy.supervisor_restarts", sum(int(s["restarts"]) for s in status.values())))
+        # Monotonic, over every sidecar ever run here: worker processes restarted by their supervisors, and
+        # supervisors replaced after failing (a removed sidecar's counts stay in both).
+        counters.append(("proxy.supervisor_restarts", proxy_runner.worker_restarts()))
+        counters.append(("proxy.supervisor_failures", proxy_runner.supervisor_restarts))
         counters.append(("proxy.snapshot_builds", proxy_runner.builds))
     return Metrics(counters, gauges)

@@ -9,15 +9,16 @@ counters never go backwards. When the supervisor is cancelled its workers are te
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import signal
 import socket
 import subprocess
 import sys
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -31,18 +32,20 @@ BACKOFF_MAX_S = 5.0
 RESET_AFTER_S = 60.0  # alive this long: the next death starts the backoff over
 TERMINATE_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
 EXIT_GRACE_S = 1.0  # a worker that closed its channel gets this long to exit by itself
-METRICS_TIMEOUT_S = 2.0
+METRICS_TIMEOUT_S = 1.5  # below the agent runner's limit, so a busy worker's last answer still reaches it
+RENDER_INTERVAL_S = 0.25  # renders of the metrics listener start at most this often, however often it is scraped
 SCRAPE_INTERVAL_S = 10.0  # keeps each worker's last totals fresh, so a death loses at most this much
 MAX_ERRORS = 32  # apply errors kept per worker
 MAX_ERROR_LEN = 512
 READ_SIZE = 256 * 1024
 
 log = logging.getLogger("meshagent.proxy.supervisor")
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
 class _Waiter:
-    """One outstanding metrics request to one worker (answers come in order)."""
+    """One outstanding metrics request to one worker, matched to its answer by the id the worker echoes."""
 
     done: trio.Event = field(default_factory=trio.Event)
     value: dict[str, Any] | None = None
@@ -66,7 +69,7 @@ class _Slot:
     stream: trio.SocketStream | None = None
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     wake: trio.Event = field(default_factory=trio.Event)
-    waiters: deque[_Waiter] = field(default_factory=deque)
+    waiters: dict[int, _Waiter] = field(default_factory=dict)  # by request id
 
 
 # Workers run below the agent's priority: under a saturating proxy load on a small VM, the agent's gossip, Raft
@@ -95,6 +98,8 @@ class ProxySupervisor:
         self.metrics_error: str | None = None
         self._metrics_bind = ""
         self._metrics_scope: trio.CancelScope | None = None
+        self._request_ids = itertools.count(1)
+        self._renders = SharedRefresh(self._render_now, RENDER_INTERVAL_S)
 
     # ------------------------------------------------------------------ the API
 
@@ -124,7 +129,12 @@ class ProxySupervisor:
         return merge([self._dead_totals, *live])
 
     async def render(self) -> str:
-        """Prometheus text of this proxy (what its metrics listener serves)."""
+        """Prometheus text of this proxy (what its metrics listener serves). Concurrent scrapes share one
+        render, and renders start at most every RENDER_INTERVAL_S, so scrapes cannot load the agent's loop;
+        each answer still counts everything up to the moment its scrape arrived."""
+        return await self._renders.get()
+
+    async def _render_now(self) -> str:
         return render_prometheus(await self.metrics())
 
     def status(self) -> dict[str, Any]:
@@ -238,8 +248,9 @@ class ProxySupervisor:
         if slot.last_metrics is not None:
             self._dead_totals = merge([self._dead_totals, counters_only(slot.last_metrics)])
             slot.last_metrics = None
-        while slot.waiters:
-            slot.waiters.popleft().done.set()
+        for waiter in slot.waiters.values():
+            waiter.done.set()
+        slot.waiters.clear()
 
     async def _reap(self, proc: trio.Process, grace: float) -> int | None:
         """Wait `grace` for `proc` to exit, then SIGTERM, then SIGKILL after TERMINATE_GRACE_S."""
@@ -262,6 +273,8 @@ class ProxySupervisor:
             while True:
                 slot.wake = trio.Event()  # before reading the state: an update from now on wakes us
                 if slot.retired:
+                    # Its final counts first (the scrape loop's answer may be up to 10 s old), then stop.
+                    await self._request_metrics(slot, stream)
                     await self._send(slot, stream, encode({"t": "stop"}))
                     return
                 frame = self._frame
@@ -320,8 +333,10 @@ class ProxySupervisor:
                 return "malformed metrics message"
             wire = merge([wire])  # checked and bounded once, here
             slot.last_metrics = wire
-            if slot.waiters:
-                waiter = slot.waiters.popleft()
+            # Only the request this answers: an abandoned request's answer never goes to a later caller.
+            request_id = message.get("id")
+            waiter = slot.waiters.pop(request_id, None) if isinstance(request_id, int) else None
+            if waiter is not None:
                 waiter.value = wire
                 waiter.done.set()
             return None
@@ -331,17 +346,27 @@ class ProxySupervisor:
         stream, gen = slot.stream, slot.generation
         if stream is None:
             return
-        waiter = _Waiter()
-        slot.waiters.append(waiter)
-        try:
-            await self._send(slot, stream, encode({"t": "metrics"}))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
-        with trio.move_on_after(METRICS_TIMEOUT_S):
-            await waiter.done.wait()
-        wire = waiter.value if waiter.value is not None else slot.last_metrics  # slow: its last answer
+        wire = await self._request_metrics(slot, stream)
+        if wire is None:
+            wire = slot.last_metrics  # slow or unreachable: its last answer
         if wire is not None:
             answers.append((slot, gen, wire))
+
+    async def _request_metrics(self, slot: _Slot, stream: trio.SocketStream) -> dict[str, Any] | None:
+        """Ask one worker for its metrics and wait up to METRICS_TIMEOUT_S; its answer, or None. The request
+        carries an id the worker echoes, and the waiter is removed however this ends (cancelled included)."""
+        request_id = next(self._request_ids)
+        waiter = slot.waiters[request_id] = _Waiter()
+        try:
+            with trio.move_on_after(METRICS_TIMEOUT_S):
+                try:
+                    await self._send(slot, stream, encode({"t": "metrics", "id": request_id}))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return None
+                await waiter.done.wait()
+            return waiter.value
+        finally:
+            slot.waiters.pop(request_id, None)
 
     async def _scrape_loop(self) -> None:
         while True:
@@ -358,6 +383,49 @@ class ProxySupervisor:
             except* (OSError, ValueError) as group:
                 self.metrics_error = f"{bind}: {group.exceptions[0]}"
                 log.error("proxy %s: metrics listener %s", self.name, self.metrics_error)
+
+
+class SharedRefresh(Generic[T]):
+    """Fresh values of `fetch` for many concurrent callers at a bounded rate: a caller gets the result of a
+    fetch that started after it arrived (never an older one), fetches start at most every `interval`
+    seconds, and every caller waiting when one starts shares it."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]], interval: float) -> None:
+        self._fetch = fetch
+        self._interval = interval
+        self._last_start = -math.inf
+        self._next: _Round[T] | None = None  # the fetch that has not started yet: newcomers join it
+
+    async def get(self) -> T:
+        """A value fetched after this call began."""
+        while True:
+            round_ = self._next
+            if round_ is None:
+                round_ = self._next = _Round()
+                return await self._lead(round_)  # (a cancelled leader fails the round: the others retry)
+            await round_.done.wait()
+            if round_.ok:
+                return round_.value  # type: ignore[return-value]
+
+    async def _lead(self, round_: _Round[T]) -> T:
+        try:
+            await trio.sleep_until(self._last_start + self._interval)
+            self._next = None  # started: later callers need a later fetch
+            self._last_start = trio.current_time()
+            round_.value = await self._fetch()
+            round_.ok = True
+            return round_.value
+        finally:
+            if self._next is round_:
+                self._next = None
+            round_.done.set()
+
+
+@dataclass(eq=False)
+class _Round(Generic[T]):
+    done: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
+    value: T | None = None
 
 
 def next_backoff(backoff: float, alive_s: float) -> float:

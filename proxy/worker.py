@@ -129,7 +129,11 @@ class ControlledWorker:
         if kind == "snapshot":
             self._snapshot(message.get("s"))
         elif kind == "metrics":
-            self.channel.send({"t": "metrics", "m": self.worker.metrics_wire()})
+            answer: dict[str, Any] = {"t": "metrics", "m": self.worker.metrics_wire()}
+            request_id = message.get("id")
+            if isinstance(request_id, int) and not isinstance(request_id, bool):
+                answer["id"] = request_id  # the supervisor matches answers to requests by it
+            self.channel.send(answer)
         elif kind == "stop":
             log.info("stop requested by the supervisor")
             self.channel.close("stop")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ...proxy.snapshot import ProxySnapshot
-from ...proxy.supervisor import ProxySupervisor
+from ...proxy.supervisor import ProxySupervisor, SharedRefresh
 from ..config.types import ServiceDefinition
 from .intention_entries import intentions_of
 from .intentions import IntentionIndex
@@ -40,7 +40,10 @@ LOCAL_POLL = 1.0  # local state is also compared this often (a client agent with
 CATALOG_WAIT = 300.0
 LEAF_WAIT = 600.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # leaf errors and supervisor crashes back off between these
-METRICS_TIMEOUT = 2.0  # one proxy's metrics; a stuck supervisor does not hold the whole scrape
+# One proxy's metrics; a stuck supervisor does not hold the whole scrape. Above the supervisor's own per-worker
+# limit (1.5 s), so a busy worker's last answer still arrives instead of its whole sidecar missing.
+METRICS_TIMEOUT = 3.0
+METRICS_INTERVAL = 0.25  # gathers (each asks every worker) start at most this often; concurrent scrapes share one
 INTENTIONS_KEY = "config-entry:service-intentions"
 
 
@@ -102,6 +105,9 @@ class ProxyRunner:
         self._nursery: trio.Nursery | None = None
         self._intentions: tuple[Catalog, int, IntentionIndex] | None = None  # (catalog, index, compiled)
         self.builds = 0  # snapshots built (changed or not), for tests
+        self._gone_worker_restarts = 0  # worker restarts of supervisors that ended: the total never drops
+        self.supervisor_restarts = 0  # supervisors replaced after failing, over every sidecar ever run
+        self._gathers = SharedRefresh(self._gather_metrics, METRICS_INTERVAL)
 
     # ------------------------------------------------------------------ reads (HTTP, metrics)
 
@@ -136,8 +142,21 @@ class ProxyRunner:
                         "restarts": p.restarts, "supervisor": p.supervisor.status() if p.supervisor else {}}
         return out
 
+    def worker_restarts(self) -> int:
+        """Worker processes restarted by every supervisor this runner ever ran (never goes down)."""
+        total = self._gone_worker_restarts
+        for p in self._proxies.values():
+            if p.supervisor is not None:
+                total += _restarts_of(p.supervisor)
+        return total
+
     async def metrics(self) -> list[dict[str, Any]]:
-        """Every running sidecar's merged metrics wire (proxy/metrics.py), each asked with a time limit."""
+        """Every running sidecar's merged metrics wire (proxy/metrics.py), each asked with a time limit.
+        Concurrent callers share one gather, gathers start at most every METRICS_INTERVAL seconds, and each
+        caller's answer counts everything up to its call."""
+        return await self._gathers.get()
+
+    async def _gather_metrics(self) -> list[dict[str, Any]]:
         wires: list[dict[str, Any]] = []
 
         async def one(sup: Supervisor) -> None:
@@ -311,12 +330,17 @@ class ProxyRunner:
                 if p.snapshot is not None:
                     sup.update(p.snapshot)
                 p.supervisor = sup
-                await sup.run()
+                try:
+                    await sup.run()
+                finally:  # ended, failed or the sidecar removed: keep its worker restarts in the total
+                    p.supervisor = None
+                    self._gone_worker_restarts += _restarts_of(sup)
                 log.error("sidecar %s: the proxy supervisor stopped by itself; restarting it", p.id)
             except Exception:
                 log.exception("sidecar %s: the proxy supervisor failed; restarting it in %.1f s", p.id, delay)
             p.supervisor = None
             p.restarts += 1
+            self.supervisor_restarts += 1
             await trio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
 
@@ -342,6 +366,15 @@ class ProxyRunner:
         compiled = IntentionIndex(intentions_of(catalog.config_entries.list("service-intentions")))
         self._intentions = (catalog, index, compiled)
         return compiled
+
+
+def _restarts_of(sup: Supervisor) -> int:
+    """A supervisor's worker restarts (its status' "restarts"); 0 when it does not say."""
+    try:
+        value = sup.status().get("restarts", 0)
+    except Exception:  # a stand-in or a broken supervisor: its count is unknown, not fatal
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _listeners(snap: ProxySnapshot) -> list[tuple[str, int]]:

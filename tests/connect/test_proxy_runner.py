@@ -22,6 +22,7 @@ from meshagent.agent.config.types import ServiceDefinition
 from meshagent.agent.connect import ca
 from meshagent.agent.connect.ca_plan import root_fields, stored_config
 from meshagent.agent.connect.leaf_plan import LeafRecord
+from meshagent.agent.connect import proxy_runner
 from meshagent.agent.connect.proxy_runner import ProxyRunner
 from meshagent.agent.store import CatalogStore
 from meshagent.proxy.snapshot import ProxySnapshot
@@ -40,6 +41,8 @@ class FakeSupervisor:
         self.stopped = False
         world.supervisors.append(self)
         self.fail = world.fail_next_run
+        self.asked = 0
+        self.restarts = 0  # worker restarts, as ProxySupervisor.status() says
         world.fail_next_run = False
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -56,10 +59,12 @@ class FakeSupervisor:
         self.updates.append(snapshot)
 
     async def metrics(self) -> dict[str, Any]:
+        self.asked += 1
+        await trio.sleep(0.01)  # asking workers takes a moment: concurrent scrapes overlap
         return {"from": self.name}
 
     def status(self) -> dict[str, Any]:
-        return {"updates": len(self.updates)}
+        return {"updates": len(self.updates), "restarts": self.restarts}
 
 
 class FakeLeaves:
@@ -176,7 +181,7 @@ def test_a_sidecar_with_embedded_false_gets_a_snapshot_but_no_workers_here() -> 
         assert w.supervisors == [] and await w.runner.metrics() == []
         w.add_sidecar(config={"embedded": True})
         await until(lambda: w.supervisors and w.supervisors[0].running)
-        assert w.runner.status()[sid]["supervisor"] == {"updates": 1}
+        assert w.runner.status()[sid]["supervisor"] == {"updates": 1, "restarts": 0}
         w.add_sidecar(config={"embedded": False})
         await until(lambda: w.supervisors[0].stopped)
         assert w.runner.status()[sid]["supervisor"] == {} and w.runner.snapshot(sid) is not None
@@ -320,5 +325,47 @@ def test_a_listener_another_local_sidecar_holds_is_refused() -> None:
         assert w.runner.snapshot(api) is None and len(w.supervisors) == 1
         del w.services[web]  # the holder goes: the refused sidecar gets its listener without a change of its own
         assert await until(lambda: w.runner.snapshot(api)) < 1.5
+
+    run(scenario)
+
+
+def test_worker_restarts_count_over_every_supervisor_and_never_go_down() -> None:
+    async def scenario(w: World) -> None:
+        w.add_sidecar()
+        w.add_sidecar("api", port=21001)
+        w.leaves.renew("web")
+        w.leaves.renew("api")
+        await until(lambda: len(w.supervisors) == 2 and all(s.running for s in w.supervisors))
+        web, api = sorted(w.supervisors, key=lambda s: s.name, reverse=True)
+        web.restarts, api.restarts = 3, 4
+        assert w.runner.worker_restarts() == 7
+        del w.services["web-sidecar-proxy"]  # the sidecar goes: its workers' restarts stay in the total
+        await until(lambda: w.runner.proxies() == ["api-sidecar-proxy"])
+        assert w.runner.worker_restarts() == 7
+        api.restarts = 5
+        assert w.runner.worker_restarts() == 8 and w.runner.supervisor_restarts == 0
+
+    run(scenario)
+
+
+def test_concurrent_metrics_scrapes_share_one_gather_at_a_bounded_rate() -> None:
+    async def scenario(w: World) -> None:
+        sid = w.add_sidecar()
+        w.leaves.renew("web")
+        await until(lambda: w.supervisors and w.supervisors[0].running)
+        sup = w.supervisors[0]
+        got: list[Any] = []
+
+        async def scrape() -> None:
+            got.append(await w.runner.metrics())
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(scrape)
+        assert sup.asked == 1 and got == [[{"from": sid}]] * 10
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:  # right after: one later gather (fresh), not the last one
+            for _ in range(10):
+                nursery.start_soon(scrape)
+        assert sup.asked == 2 and trio.current_time() - start >= proxy_runner.METRICS_INTERVAL - 0.02
 
     run(scenario)
