@@ -3,14 +3,17 @@
 It finds the sidecar among the agent's services (as Consul's command does), checks that the agent does not
 run that sidecar itself (`proxy { config { embedded = false } }`, docs/sidecar-proxy.md), then feeds the
 same ProxySupervisor the agent would run from /v1/agent/connect/proxy/:id (blocking queries; the last good
-configuration stays while the agent is away) until SIGINT or SIGTERM.
+configuration stays while the agent is away) until SIGINT or SIGTERM (exit 0), or until the sidecar is
+deregistered, stops being a connect-proxy or is taken back by the agent (`embedded`): exit 1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -27,6 +30,8 @@ LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.IN
 EMBEDDED_HINT = ("the agent runs its data plane itself; to run it here instead, register it with "
                  "proxy { config { embedded = false } } (JSON: \"Proxy\": {\"Config\": {\"embedded\": false}}) "
                  "and start this command again")
+
+WORKER_LOG_ENV = "MESHAGENT_PROXY_LOG_LEVEL"  # proxy/worker.py's default for --log-level
 
 log = logging.getLogger("meshagent.proxy.cmd")
 
@@ -98,6 +103,8 @@ def proxy(sidecar_for: str, proxy_id: str, log_level: str, http_addr: str | None
         fail(f"Proxy {pid!r}: {EMBEDDED_HINT}")
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    # The workers are started by ProxySupervisor, which passes no --log-level: proxy/worker.py reads this.
+    os.environ[WORKER_LOG_ENV] = logging.getLevelName(level)
     import trio  # the data plane's libraries are loaded only by the command that runs it
 
     code = trio.run(_run, client.addr, pid, token or "")
@@ -107,13 +114,22 @@ def proxy(sidecar_for: str, proxy_id: str, log_level: str, http_addr: str | None
 async def _run(addr: str, proxy_id: str, token: str) -> int:
     import trio
 
-    from ..proxy.http_feed import HTTPFeed
+    from ..proxy.http_feed import FeedStopped, HTTPFeed
     from ..proxy.supervisor import ProxySupervisor
 
     feed = HTTPFeed(addr, proxy_id, token=token)
     code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+
+            async def stop_when_gone(watch: Callable[..., Awaitable[None]], *args: Any) -> None:
+                nonlocal code
+                try:
+                    await watch(*args)
+                except FeedStopped as exc:  # the supervisor's workers stop as the nursery unwinds
+                    click.echo(f"Stopping proxy {proxy_id!r}: {exc}", err=True)
+                    code = 1
+                    nursery.cancel_scope.cancel()
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
@@ -133,13 +149,15 @@ async def _run(addr: str, proxy_id: str, token: str) -> int:
             log.info("proxy %s: running version %d (public listener %s:%d, %d upstreams, %d workers)",
                      proxy_id, first.version, first.public_address, first.public_port, len(first.upstreams),
                      first.workers)
-            nursery.start_soon(feed.run, supervisor.update, first)
+            nursery.start_soon(stop_when_gone, feed.run, supervisor.update, first)
+            nursery.start_soon(stop_when_gone, feed.watch_registration)
     return code
 
 
 async def _first(feed: HTTPFeed, proxy_id: str) -> ProxySnapshot | None:
     """The first snapshot; None after printing why there is none. An agent that answers but has not built
-    the configuration yet (503: the leaf is being signed) is waited for; anything else ends the command."""
+    the configuration yet (503: the leaf is being signed, or no CA yet) is waited for, without bound (the
+    agent retries the leaf itself), saying so once; anything else ends the command."""
     import trio
 
     from ..proxy.http_feed import FeedError
@@ -149,10 +167,11 @@ async def _first(feed: HTTPFeed, proxy_id: str) -> ProxySnapshot | None:
         try:
             return await feed.first()
         except FeedError as exc:
-            if exc.fatal or exc.status < 500:
+            if exc.fatal or exc.status != 503:
                 click.echo(f"Error starting proxy {proxy_id!r}: {exc}", err=True)
                 return None
             if not waited:
-                log.warning("proxy %s: waiting for the agent's configuration: %s", proxy_id, exc)
+                click.echo(f"Proxy {proxy_id!r}: waiting for the agent to sign its leaf certificate "
+                           f"(the agent answered: {exc})", err=True)
             waited += 1
             await trio.sleep(min(5.0, 0.5 * waited))

@@ -5,6 +5,8 @@ The agent is a peer on the network here, so every answer is hostile input: the b
 MAX_BODY, must be JSON, and must pass `ProxySnapshot.from_wire`; the version header must be a positive
 integer. While the agent cannot be reached or answers errors, the feed backs off (exponential, jittered)
 and the proxy keeps its last good snapshot: open connections and listeners are never touched by an outage.
+The sidecar itself gone (404), no longer a connect-proxy (400) or taken back by the agent (`embedded` no
+longer false, seen by `watch_registration`) is different: FeedStopped, and the command stops its workers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ DEFAULT_WAIT_S = 300.0  # blocking wait asked of the agent (Consul's default que
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 30.0
 _SLACK_S = 30.0  # the agent adds up to wait/16 of jitter and may be slow: the read timeout allows for it
+STOP_AFTER = 3  # consecutive "this proxy is gone" answers before the feed gives up (one could be a race)
+REGISTRATION_POLL_S = 1.0  # how often watch_registration reads /v1/agent/service/:id
+_CONFIRM_S = 0.25  # a "gone" answer is re-checked this soon
+MAX_SERVICE_BODY = 4 * 1024 * 1024
 
 
 class FeedError(Exception):
@@ -38,6 +44,25 @@ class FeedError(Exception):
         super().__init__(message)
         self.fatal = fatal
         self.status = status
+
+
+class FeedStopped(Exception):
+    """The proxy must stop: its sidecar was deregistered, is no longer a connect-proxy, or the agent runs
+    it itself now (`embedded`). The message says which."""
+
+
+def registration_problem(svc: object, proxy_id: str) -> str:
+    """Why `svc` (a /v1/agent/service/:id body) means this command must not run proxy `proxy_id`; "" if none."""
+    if not isinstance(svc, dict):
+        return ""  # not the agent's answer: judged as an outage, not as a stop
+    if svc.get("Kind") != "connect-proxy":
+        return f"service {proxy_id!r} is no longer a connect-proxy (its kind is {svc.get('Kind') or 'typical'})"
+    proxy = svc.get("Proxy")
+    config = proxy.get("Config") if isinstance(proxy, dict) else None
+    if not (isinstance(config, dict) and config.get("embedded") is False):
+        return (f"proxy {proxy_id!r} is no longer registered with embedded = false: the agent runs its data "
+                f"plane itself now (two data planes on one SO_REUSEPORT port would split its connections)")
+    return ""
 
 
 @dataclass(slots=True)
@@ -70,6 +95,7 @@ class HTTPFeed:
         self.wait_s = wait_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
+        self.service_path = "/v1/agent/service/" + urllib.parse.quote(proxy_id, safe="")
         self.status = FeedStatus()
         self._rng = rng or random.Random()
         self._headers = {"X-Consul-Token": token} if token else {}
@@ -88,7 +114,7 @@ class HTTPFeed:
         where = f"the agent at {self.base_url}"
         try:
             async with client.stream("GET", self.path, params=params) as resp:
-                body = await _read_bounded(resp)
+                body = await _read_bounded(resp, MAX_BODY)
         except httpx.ConnectError as exc:
             raise FeedError(f"cannot connect to {where} ({_reason(exc)}); is the agent running?") from None
         except httpx.TimeoutException:
@@ -123,15 +149,20 @@ class HTTPFeed:
         return snapshot
 
     async def run(self, on_snapshot: Callable[[ProxySnapshot], None], last: ProxySnapshot | None = None) -> None:
-        """Hand every new snapshot to `on_snapshot`, forever (until cancelled); errors back off and keep
-        the last good snapshot where it is. `last`: the snapshot already in use (from `first`)."""
+        """Hand every new snapshot to `on_snapshot` until cancelled; errors back off and keep the last good
+        snapshot where it is. `last`: the snapshot already in use (from `first`). Raises FeedStopped after
+        STOP_AFTER answers in a row saying the proxy is gone (404) or not a connect-proxy (400)."""
         index = self.status.version if last is not None else 0
-        failures = 0
+        failures = gone = 0
         async with self.client() as client:
             while True:
                 try:
                     version, snapshot = await self.fetch(client, index)
                 except FeedError as exc:
+                    gone = gone + 1 if exc.fatal else 0
+                    if gone >= STOP_AFTER:
+                        what = "was deregistered from" if exc.status == 404 else "is no longer a connect-proxy on"
+                        raise FeedStopped(f"proxy {self.proxy_id!r} {what} the agent ({exc})") from None
                     failures += 1
                     self.status.errors += 1
                     self.status.healthy = False
@@ -145,7 +176,7 @@ class HTTPFeed:
                     continue
                 if failures:
                     log.info("proxy %s: the agent answers again (version %d)", self.proxy_id, version)
-                failures = 0
+                failures = gone = 0
                 self.status.healthy, self.status.last_error = True, ""
                 # Judged by content, not only by version: a restarted agent counts from 1 again (Consul
                 # resets the index when it goes backwards) and may reach our number with other content.
@@ -155,19 +186,49 @@ class HTTPFeed:
                     self._served(version)
                     last = snapshot
 
+    async def watch_registration(self, interval_s: float = REGISTRATION_POLL_S) -> None:
+        """Read the sidecar's registration every `interval_s` until cancelled; FeedStopped once STOP_AFTER
+        reads in a row find it deregistered, not a connect-proxy, or `embedded` no longer false. Polled: the
+        agent's /v1/agent/service/:id does not block, and a flip of `embedded` changes no snapshot version.
+        An unreachable agent or an odd answer is an outage (the feed reports it), never a stop."""
+        gone = 0
+        async with self.client() as client:
+            while True:
+                problem = await self._registration(client)
+                gone = gone + 1 if problem else 0
+                if gone >= STOP_AFTER:
+                    raise FeedStopped(problem)
+                await trio.sleep(min(_CONFIRM_S, interval_s) if gone else interval_s)
+
+    async def _registration(self, client: httpx.AsyncClient) -> str:
+        try:
+            async with client.stream("GET", self.service_path) as resp:
+                body = await _read_bounded(resp, MAX_SERVICE_BODY)
+        except (httpx.HTTPError, FeedError):
+            return ""
+        if resp.status_code == 404:
+            return f"proxy {self.proxy_id!r} was deregistered from the agent"
+        if resp.status_code != 200:
+            return ""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return ""
+        return registration_problem(data, self.proxy_id)
+
     def _served(self, version: int) -> None:
         self.status.version = version
         self.status.updates += 1
         self.status.healthy = True
 
 
-async def _read_bounded(resp: httpx.Response) -> bytes:
+async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.aiter_bytes():  # decoded: the bound holds after gzip too
         size += len(chunk)
-        if size > MAX_BODY:
-            raise FeedError(f"the agent's answer is larger than {MAX_BODY // (1024 * 1024)} MiB")
+        if size > limit:
+            raise FeedError(f"the agent's answer is larger than {limit // (1024 * 1024)} MiB")
         chunks.append(chunk)
     return b"".join(chunks)
 
