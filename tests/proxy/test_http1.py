@@ -386,3 +386,72 @@ def test_fragments_and_transfer_encoding_in_http10_are_refused() -> None:
     with pytest.raises(HTTPError) as exc:
         HeadReader(response=True).feed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"GET")
     assert exc.value.status == 502
+
+
+# The fast path (one regex per common head) must agree with the general path on every head, whether it takes
+# it or not: same fields out, or the same refusal.
+_NAMES = st.sampled_from([b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"Transfer-Encoding",
+                          b"Connection", b"Expect", b"Upgrade", b"Content-Type", b"X-A", b"Hostx", b"Host ",
+                          b"content-lengthx", b"accept", b"Cookie", b"h\x00st", b"Ho:st"])
+_VALUES = st.sampled_from([b"", b" 12", b"12 ", b"\t0\t", b"a.example:80", b"007", b"1,1", b"1, 2", b"chunked",
+                           b"close", b"keep-alive", b"upgrade", b"websocket", b"100-continue", b"x\ry", b"\xff",
+                           b"-1", b"9" * 19, b"text/plain"])
+_FIELDS = st.lists(st.tuples(_NAMES, _VALUES), max_size=6)
+
+
+def _shape(head: http1.Head) -> tuple[object, ...]:
+    return (head.raw, head.headers, head.version, head.body, head.length, head.keep_alive, head.method,
+            head.target, head.status, head.expect_continue, head.upgrade)
+
+
+def _either(parse: object, *args: bytes) -> object:
+    try:
+        return _shape(parse(*args))  # type: ignore[operator]
+    except HTTPError as exc:
+        return (exc.status, exc.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([b"GET / HTTP/1.1", b"POST /a?b HTTP/1.1", b"GET / HTTP/1.0", b"GET /# HTTP/1.1",
+                        b"get  / HTTP/1.1", b"PUT http://x/y HTTP/1.1"]), _FIELDS)
+def test_fast_request_path_agrees_with_the_general_one(line: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+    raw = line + b"\r\n" + b"".join(n + b":" + v + b"\r\n" for n, v in fields) + b"\r\n"
+    assert _either(http1.parse_request, raw) == _either(http1._parse_request, raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 101 Switching", b"HTTP/1.0 200",
+                        b"HTTP/1.1 304", b"HTTP/1.1 100 Continue", b"HTTP/1.1 099 X", b"HTTP/1.1 500 \x01"]),
+       _FIELDS, st.sampled_from([b"GET", b"HEAD"]))
+def test_fast_response_path_agrees_with_the_general_one(line: bytes, fields: list[tuple[bytes, bytes]],
+                                                        method: bytes) -> None:
+    raw = line + b"\r\n" + b"".join(n + b":" + v + b"\r\n" for n, v in fields) + b"\r\n"
+    assert _either(http1.parse_response, raw, method) == _either(http1._parse_response, raw, method)
+
+
+def test_the_fast_path_takes_common_heads_and_counts_fields() -> None:
+    assert http1._FAST_REQUEST.fullmatch(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
+    assert http1._FAST_RESPONSE.fullmatch(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\n")
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"x: y\r\n" * 100 + b"\r\n"  # 101 fields
+    with pytest.raises(HTTPError) as exc:
+        http1.parse_request(many)
+    assert exc.value.status == 431
+    resp = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n" + b"x: y\r\n" * 100 + b"\r\n"
+    with pytest.raises(HTTPError) as exc:
+        http1.parse_response(resp)
+    assert exc.value.status == 502
+
+
+def test_fast_paths_agree_on_every_single_field_head() -> None:
+    names, values = _NAMES.elements, _VALUES.elements  # type: ignore[attr-defined]
+    singles = [[(n, v)] for n in names for v in values]
+    cases = singles + [[*f, (b"X-A", b"b")] for f in singles] + [[(b"Host", b"a"), *f] for f in singles]
+    for fields in cases:
+        block = b"".join(n + b":" + v + b"\r\n" for n, v in fields) + b"\r\n"
+        for line in (b"GET / HTTP/1.1", b"GET / HTTP/1.0"):
+            raw = line + b"\r\n" + block
+            assert _either(http1.parse_request, raw) == _either(http1._parse_request, raw), raw
+        for line in (b"HTTP/1.1 200 OK", b"HTTP/1.1 204", b"HTTP/1.1 101 S", b"HTTP/1.1 100", b"HTTP/1.0 200"):
+            for method in (b"GET", b"HEAD"):
+                raw = line + b"\r\n" + block
+                assert _either(http1.parse_response, raw, method) == _either(http1._parse_response, raw, method), raw
