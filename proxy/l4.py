@@ -5,15 +5,49 @@ upstream endpoint picked by the balancer, retried on connect failure).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .access_log import AccessLogger, logger_for
 from .reactor import Timer
 from .stream import Cancel, Stream
 
 if TYPE_CHECKING:
     from .dataplane import DataPlane, UpstreamState
     from .snapshot import Endpoint
+
+# Access log flags (Envoy's short response flags): no healthy upstream, upstream connect failure, breaker
+# overflow, denied by an intention.
+NO_HEALTHY, CONNECT_FAILURE, OVERFLOW, DENIED = "UH", "UF", "UO", "DENY"
+
+
+def _access_logger(dp: DataPlane) -> AccessLogger | None:
+    """This connection's access logger, None when access logs are off (one attribute test per connection)."""
+    snap = dp.snapshot
+    if snap is None or not snap.access_log.enabled:
+        return None
+    return logger_for(snap.access_log)
+
+
+class _ConnLog:
+    """One L4 connection's access-log entry, written when it ends (only made when access logs are on)."""
+
+    __slots__ = ("destination", "direction", "logger", "now", "source", "start", "t0", "upstream_host")
+
+    def __init__(self, logger: AccessLogger, dp: DataPlane, direction: str, source: str,
+                 destination: str) -> None:
+        self.logger = logger
+        self.now = dp.reactor.now
+        self.start, self.t0 = time.time(), self.now()
+        self.direction, self.source, self.destination = direction, source, destination
+        self.upstream_host = ""
+
+    def write(self, received: int = 0, sent: int = 0, flags: str = "") -> None:
+        """The entry: bytes from and to the connecting side, and the flags of how it ended."""
+        self.logger.log(start=self.start, duration_s=self.now() - self.t0, source=self.source,
+                        destination=self.destination, bytes_received=received, bytes_sent=sent,
+                        upstream_host=self.upstream_host, flags=flags, direction=self.direction)
 
 PAUSE_AT = 256 * 1024  # destination buffer above which the source is paused
 BYTES_FLUSH = 1 << 20  # report byte counts to metrics at least every MiB per direction, not per chunk
@@ -142,30 +176,46 @@ def inbound(dp: DataPlane, stream: Stream) -> None:
     local application; a denied one is closed right after the handshake."""
     metrics = dp.metrics
     source = dp.authorizer.source_of(stream.peer_spiffe_id)
+    logger = _access_logger(dp)
+    entry = None
+    if logger is not None:
+        snap = dp.snapshot
+        assert snap is not None
+        entry = _ConnLog(logger, dp, "inbound", source or "", snap.service)
+        entry.upstream_host = f"{snap.local_service_address}:{snap.local_service_port}"
     if source is None:  # a certificate of our CA without a service identity of this trust domain
         metrics.denial("", "l4")
         stream.close("denied")
+        if entry is not None:
+            entry.write(flags=DENIED)
         return
     verdict = dp.authorizer.l4(source)
     if not verdict.allowed:
         metrics.denial(verdict.rule, "l4")
         stream.close("denied")
+        if entry is not None:
+            entry.write(flags=DENIED)
         return
     breakers = dp.local_breakers
     if not breakers.acquire_connection():  # Envoy's local_app cluster: 1024 connections by default
         metrics.breaker_trip("", "max_connections")
         stream.close("breaker-max-connections")
+        if entry is not None:
+            entry.write(flags=OVERFLOW)
         return
     stream.pause_reading()  # nothing is read until the local application is connected
-    metrics.connection_opened("inbound", "")
+    caller = metrics.source_label(source)  # inbound series name the caller (bounded)
+    metrics.connection_opened("inbound", caller)
     dial: list[Cancel] = []
 
     def report(rx: int, tx: int) -> None:
-        metrics.bytes("inbound", "", rx, tx)
+        metrics.bytes("inbound", caller, rx, tx)
 
     def done(rx: int, tx: int) -> None:
         breakers.release_connection()
-        metrics.connection_closed("inbound", "")
+        metrics.connection_closed("inbound", caller)
+        if entry is not None:
+            entry.write(rx, tx)
 
     def ready(local: Stream) -> None:
         local.pause_reading()
@@ -174,14 +224,21 @@ def inbound(dp: DataPlane, stream: Stream) -> None:
             return
         Pipe(stream, local, done, report).start()
 
+    entry_gone: list[bool] = []  # the entry is written once: by `failed`, else by `client_gone`
+
     def failed(reason: str) -> None:
+        if entry is not None:
+            entry.write(flags=CONNECT_FAILURE)
+            entry_gone.append(True)
         stream.close(reason)
 
     def client_gone(reason: str | None) -> None:  # before the pipe: the client left or the dial failed
         if dial:
             dial[0].cancel()
         breakers.release_connection()
-        metrics.connection_closed("inbound", "")
+        metrics.connection_closed("inbound", caller)
+        if entry is not None and not entry_gone:
+            entry.write()
 
     stream.on_close = client_gone
     dial.append(dp.connect_local(ready, failed))
@@ -202,6 +259,12 @@ class OutboundL4:
         self.dial: Cancel | None = None
         self.retrying = False
         self.budgeted = False
+        self.log: _ConnLog | None = None
+        logger = _access_logger(dp)
+        if logger is not None:
+            snap = dp.snapshot
+            assert snap is not None
+            self.log = _ConnLog(logger, dp, "outbound", snap.service, self.name)
 
     def start(self) -> None:
         """Take a connection slot (or refuse at once), then dial."""
@@ -209,6 +272,8 @@ class OutboundL4:
         if not us.breakers.acquire_connection():
             metrics.breaker_trip(self.name, "max_connections")
             self.stream.close("breaker-max-connections")
+            if self.log is not None:
+                self.log.write(flags=OVERFLOW)
             return
         metrics.connection_opened("outbound", self.name)
         self.stream.pause_reading()
@@ -226,9 +291,12 @@ class OutboundL4:
     def _dial(self) -> None:
         ep = self.us.balancer.pick(None, self.tried)
         if ep is None:
-            self._give_up("no-healthy-endpoints")
+            # (after failed attempts, no other endpoint to try: that is still a connect failure)
+            self._give_up("no-healthy-endpoints", CONNECT_FAILURE if self.tried else NO_HEALTHY)
             return
         self.ep = ep
+        if self.log is not None:
+            self.log.upstream_host = f"{ep.address}:{ep.port}"
         self.tried.append(ep)
         self.us.balancer.started(ep)
         self.t0 = self.dp.reactor.now()
@@ -251,7 +319,7 @@ class OutboundL4:
                 self._dial()
                 return
             self.dp.metrics.retry_overflow(self.name)
-        self._give_up(reason)
+        self._give_up(reason, CONNECT_FAILURE)
 
     def _ready(self, up: Stream) -> None:
         self.dial = None
@@ -275,6 +343,8 @@ class OutboundL4:
             now = self.dp.reactor.now()
             self.us.balancer.finished(ep, latency, True, now)
             self._release()
+            if self.log is not None:
+                self.log.write(rx, tx)
 
         Pipe(self.stream, up, done, report).start()
 
@@ -286,12 +356,14 @@ class OutboundL4:
             self.budgeted = False
             self.us.budget.request_finished()
 
-    def _give_up(self, reason: str) -> None:
+    def _give_up(self, reason: str, flags: str) -> None:
         self._end_dial_phase()
         stream = self.stream
         stream.on_close = lambda _reason: None
         stream.close(reason)
         self._release()
+        if self.log is not None:
+            self.log.write(flags=flags)
 
     def _client_gone(self, reason: str | None) -> None:
         if self.dial is not None:
@@ -302,6 +374,8 @@ class OutboundL4:
                 self.us.balancer.finished(self.ep, now - self.t0, True, now)
         self._end_dial_phase()
         self._release()
+        if self.log is not None:
+            self.log.write()
 
     def _release(self) -> None:
         self.us.breakers.release_connection()

@@ -19,6 +19,8 @@ _NB = len(BUCKETS)
 PREFIX = "meshagent_proxy_"
 MAX_SERIES = 100_000  # series per metric in one merge: hostile or runaway input stays bounded
 MAX_LABEL = 1024  # characters of one label value on the wire
+MAX_SOURCES = 256  # distinct inbound callers named per proxy; beyond that they count as OTHER_SOURCE
+OTHER_SOURCE = "other"
 
 _DIR = ("direction",)
 BASE_LABELS = ("source", "destination", "datacenter")
@@ -51,7 +53,8 @@ Wire = dict[str, Any]
 
 
 class ProxyMetrics:
-    """One worker's metrics for one proxy. `upstream` is the destination service ("" inbound = this one)."""
+    """One worker's metrics for one proxy. `upstream` is the other service of the series: outbound the
+    destination, inbound the caller (from `source_label`; "" = not known, counted as this service)."""
 
     def __init__(self, service: str, datacenter: str) -> None:
         self.service = service
@@ -69,6 +72,21 @@ class ProxyMetrics:
         self._trips: dict[tuple[str, str], int] = {}
         self._ejections: dict[str, int] = {}
         self._endpoints: dict[str, tuple[int, int]] = {}
+        self._sources: set[str] = set()
+
+    def source_label(self, source: str | None) -> str:
+        """The `upstream` argument for inbound series of a caller (its service from its SPIFFE ID): the name
+        itself for the first MAX_SOURCES callers, OTHER_SOURCE after that, so callers cannot grow the series
+        without bound. Call once per connection, not per request."""
+        if not source:
+            return ""
+        sources = self._sources
+        if source in sources:
+            return source
+        if len(sources) >= MAX_SOURCES:
+            return OTHER_SOURCE
+        sources.add(source)
+        return source
 
     # ------------------------------------------------------------------ the hot path
 
@@ -146,17 +164,20 @@ class ProxyMetrics:
         of BASE_LABELS + METRICS[name][2]; a histogram's value is [bucket counts (not cumulative), +Inf, sum]."""
         src, dc = self.service, self.datacenter
 
-        def dest(upstream: str) -> str:
-            return upstream or src
+        def ends(direction: str, other: str) -> tuple[str, str]:
+            # (source, destination): inbound the caller calls us, outbound we call the upstream
+            if direction == "inbound":
+                return other or src, src
+            return src, other or src
 
         def cls(c: int) -> str:
             return _CLASSES[c] if 1 <= c <= 5 else "other"
 
         counters: dict[str, list[list[Any]]] = {
-            "requests_total": [[[src, dest(u), dc, d, cls(c)], n] for (d, u, c), n in self._requests.items()],
-            "connections_total": [[[src, dest(u), dc, d], n] for (d, u), n in self._conns.items()],
-            "bytes_received_total": [[[src, dest(u), dc, d], n] for (d, u), n in self._rx.items()],
-            "bytes_sent_total": [[[src, dest(u), dc, d], n] for (d, u), n in self._tx.items()],
+            "requests_total": [[[*ends(d, u), dc, d, cls(c)], n] for (d, u, c), n in self._requests.items()],
+            "connections_total": [[[*ends(d, u), dc, d], n] for (d, u), n in self._conns.items()],
+            "bytes_received_total": [[[*ends(d, u), dc, d], n] for (d, u), n in self._rx.items()],
+            "bytes_sent_total": [[[*ends(d, u), dc, d], n] for (d, u), n in self._tx.items()],
             "tls_handshake_failures_total": [[[src, src, dc, d, r], n] for (d, r), n in self._tls.items()],
             "authorization_denials_total": [[[src, src, dc, r, la], n] for (r, la), n in self._denials.items()],
             "retries_total": [[[src, u, dc], n] for u, n in self._retries.items()],
@@ -165,11 +186,11 @@ class ProxyMetrics:
             "ejections_total": [[[src, u, dc], n] for u, n in self._ejections.items()],
         }
         gauges: dict[str, list[list[Any]]] = {
-            "connections_active": [[[src, dest(u), dc, d], n] for (d, u), n in self._active.items()],
+            "connections_active": [[[*ends(d, u), dc, d], n] for (d, u), n in self._active.items()],
             "endpoints": [s for u, (h, e) in self._endpoints.items()
                           for s in ([[src, u, dc, "healthy"], h], [[src, u, dc, "ejected"], e])],
         }
-        hist = {"request_duration_seconds": [[[src, dest(u), dc, d], [int(x) for x in h[:-1]] + [h[-1]]]
+        hist = {"request_duration_seconds": [[[*ends(d, u), dc, d], [int(x) for x in h[:-1]] + [h[-1]]]
                                              for (d, u), h in self._hist.items()]}
         return {"counter": counters, "gauge": gauges, "histogram": hist}
 

@@ -78,6 +78,7 @@ class Worker:
             if self.dataplane is None:
                 self.dataplane = self._make_dataplane(self.reactor, self.metrics)
             errors = list(self.dataplane.apply(snapshot))
+            errors.extend(access_log.configure(snapshot.access_log))  # opened here, never on a request
         except Exception as exc:  # a data-plane bug must not take every other listener down
             log.exception("applying snapshot version %d failed", snapshot.version)
             errors = [f"apply failed: {type(exc).__name__}: {exc}"]

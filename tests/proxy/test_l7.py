@@ -694,7 +694,9 @@ def test_access_log_lines_carry_code_path_and_flags(make_mesh: Callable[..., Mes
     path = tmp_path / "access.log"
     dp = mesh.servers[0]
     snap = loop.call(lambda: dp.snapshot)
-    assert loop.call(lambda: dp.apply(replace(snap, access_log=AccessLog(enabled=True, path=str(path))))) == []
+    cfg = AccessLog(enabled=True, path=str(path))
+    assert loop.call(lambda: dp.apply(replace(snap, access_log=cfg))) == []
+    assert loop.call(lambda: access_log.configure(cfg)) == []  # the worker opens it when it applies a snapshot
     try:
         c = mesh.conn()
         assert mesh.get("/", c)[0] == 200

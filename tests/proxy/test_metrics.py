@@ -197,17 +197,26 @@ def fresh_loggers() -> Iterator[None]:
     access_log.close_all()
 
 
+def opened(cfg: AccessLog) -> access_log.AccessLogger:
+    """What the worker does when it applies a snapshot, then the handlers' lookup."""
+    assert access_log.configure(cfg) == []
+    logger = access_log.logger_for(cfg)
+    assert logger is not None
+    return logger
+
+
 def test_access_log_is_off_unless_enabled(fresh_loggers: None, tmp_path: Path) -> None:
-    assert access_log.logger_for(AccessLog()) is None
-    assert access_log.logger_for(AccessLog(enabled=False, path=str(tmp_path / "x"))) is None
+    assert access_log.configure(AccessLog()) == [] and access_log.logger_for(AccessLog()) is None
+    off = AccessLog(enabled=False, path=str(tmp_path / "x"))
+    assert access_log.configure(off) == [] and access_log.logger_for(off) is None
     assert not (tmp_path / "x").exists()
 
 
 def test_access_log_writes_json_lines_on_flush_only(fresh_loggers: None, tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     cfg = AccessLog(enabled=True, path=str(path))
-    logger = access_log.logger_for(cfg)
-    assert logger is not None and access_log.logger_for(cfg) is logger
+    logger = opened(cfg)
+    assert access_log.logger_for(cfg) is logger
     hostile = '/a"b\nc\\d\u2603' + "x" * 10_000
     logger.log(start=1_700_000_000.25, duration_s=0.0123, source="web", destination="db", method="GET",
                path="/", code=200, bytes_received=10, bytes_sent=20, upstream_host="127.0.0.1:21000",
@@ -227,20 +236,24 @@ def test_access_log_writes_json_lines_on_flush_only(fresh_loggers: None, tmp_pat
 
 
 def test_access_log_buffer_is_bounded(fresh_loggers: None, tmp_path: Path) -> None:
-    logger = access_log.logger_for(AccessLog(enabled=True, path=str(tmp_path / "a.log")))
-    assert logger is not None
+    logger = opened(AccessLog(enabled=True, path=str(tmp_path / "a.log")))
     n = 0
     while logger.dropped == 0:
         logger.log(start=0.0, duration_s=0.0, source="web", destination="db", path="/" + "p" * 1000)
         n += 1
         assert n < 100_000
-    access_log.flush_all()
+    access_log.flush_all()  # one flush writes a bounded amount: a slow disk costs the worker little
+    assert (tmp_path / "a.log").stat().st_size <= access_log.FLUSH_MAX
+    for _ in range(access_log.MAX_BUFFER // access_log.FLUSH_MAX + 1):
+        access_log.flush_all()
     assert logger.written == n - 1 and (tmp_path / "a.log").stat().st_size <= access_log.MAX_BUFFER
 
 
-def test_an_unopenable_access_log_is_off_and_not_retried(fresh_loggers: None, tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unopenable_access_log_is_off_and_not_retried_per_request(fresh_loggers: None, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     cfg = AccessLog(enabled=True, path=str(tmp_path / "missing-dir" / "a.log"))
+    errors = access_log.configure(cfg)
+    assert len(errors) == 1 and "cannot be opened" in errors[0] and "missing-dir" in errors[0]
     assert access_log.logger_for(cfg) is None
     assert access_log.logger_for(cfg) is None
     assert len([r for r in caplog.records if "cannot be opened" in r.message]) == 1
