@@ -19,10 +19,9 @@ import trio.testing
 from meshagent.agent.catalog import commands
 from meshagent.agent.catalog.model import Check, Node, Service
 from meshagent.agent.config.types import ServiceDefinition
-from meshagent.agent.connect import ca
+from meshagent.agent.connect import ca, proxy_runner
 from meshagent.agent.connect.ca_plan import root_fields, stored_config
 from meshagent.agent.connect.leaf_plan import LeafRecord
-from meshagent.agent.connect import proxy_runner
 from meshagent.agent.connect.proxy_runner import ProxyRunner
 from meshagent.agent.store import CatalogStore
 from meshagent.proxy.snapshot import ProxySnapshot
