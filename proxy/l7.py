@@ -13,8 +13,8 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .access_log import logger_for
-from .http1 import Head, HTTPError, LazyHeaders, request_path
-from .l7_common import LOCAL_FAILURE, reply
+from .http1 import Head, HTTPError, request_path
+from .l7_common import LOCAL_FAILURE, WatchedHeaders, reply
 from .l7_pool import Pool, UpConn
 from .l7_session import Session
 from .l7_state import SessionState
@@ -22,12 +22,14 @@ from .snapshot import Endpoint, Retries
 from .stream import Cancel, Stream
 
 if TYPE_CHECKING:
+    from .authorize import Authorizer, Verdict
     from .dataplane import DataPlane, UpstreamState
 
 NO_RETRIES = Retries(num_retries=0)
 BREAKER_HEADER = b"x-meshagent-circuit-breaker"
 DENIED_HEADER = b"x-meshagent-denied-by"
 BYTES_FLUSH = 1 << 20
+VERDICTS_MAX = 64  # remembered L7 verdicts per downstream connection
 
 # Pools outlive connections: one per data plane (local application) and per upstream state.
 _local_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
@@ -116,6 +118,10 @@ class InboundL7(_Base):
             pool = _local_pools[dp] = Pool(dp.reactor)
         self.pool = pool
         self.dial: Cancel | None = None
+        # Verdicts by (method, target) for this connection's source, while the authorizer stays the same
+        # object (a snapshot swap builds a new one): the common request skips path normalisation and rules.
+        self.verdicts: dict[tuple[bytes, bytes], Verdict] = {}
+        self.verdicts_of: Authorizer | None = None
 
     def handle(self, stream: Stream) -> None:
         """Serve HTTP/1.1 requests on a verified TLS stream from the mesh."""
@@ -127,15 +133,25 @@ class InboundL7(_Base):
 
     def begin(self, s: SessionState, head: Head) -> bytes | None:
         """Authorize the request against the current intentions (L7)."""
-        try:
-            path = request_path(head.target).decode("latin-1")
-        except HTTPError as exc:
-            return reply(exc.status, exc.reason.encode() + b"\n")
-        if not self.source:
-            s.flags = "DENY"
-            self.metrics.denial("", "l7")
-            return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
-        verdict = self.dp.authorizer.l7(self.source, head.method.decode("latin-1"), path, LazyHeaders(head))
+        authorizer = self.dp.authorizer
+        if authorizer is not self.verdicts_of:
+            self.verdicts_of = authorizer
+            self.verdicts = {}
+        key = (head.method, head.target)
+        verdict = self.verdicts.get(key)
+        if verdict is None:  # (a remembered one implies a valid path and a source)
+            try:
+                path = request_path(head.target).decode("latin-1")
+            except HTTPError as exc:
+                return reply(exc.status, exc.reason.encode() + b"\n")
+            if not self.source:
+                s.flags = "DENY"
+                self.metrics.denial("", "l7")
+                return reply(403, b"RBAC: access denied: no service identity\n", ((DENIED_HEADER, b"default"),))
+            headers = WatchedHeaders(head)
+            verdict = authorizer.l7(self.source, head.method.decode("latin-1"), path, headers)
+            if not headers.used and len(self.verdicts) < VERDICTS_MAX:
+                self.verdicts[key] = verdict
         if verdict.allowed:
             return None
         s.flags = "DENY"

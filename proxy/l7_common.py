@@ -4,9 +4,10 @@ drives, and the sweep that closes slow-head and idle downstream connections."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .http1 import LazyHeaders
 from .reactor import Reactor, Timer
 from .snapshot import Retries
 
@@ -42,6 +43,29 @@ def reply(status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = (
     head.append(b"\r\n")
     head.append(body)
     return b"".join(head)
+
+
+class WatchedHeaders(LazyHeaders):
+    """A request's fields that note whether the authorizer read them (if not, its verdict depends only on
+    the source, the method and the target, and may be remembered for them)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self, head: Head) -> None:
+        super().__init__(head)
+        self.used = False
+
+    def __len__(self) -> int:
+        self.used = True
+        return len(self.head.headers)
+
+    def __getitem__(self, i: Any) -> Any:
+        self.used = True
+        return self.head.headers[i]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        self.used = True
+        return iter(self.head.headers)
 
 
 class Route(Protocol):

@@ -27,6 +27,7 @@ from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import (
     Endpoint,
     HashPolicy,
+    HeaderMatch,
     IntentionRule,
     Intentions,
     Limits,
@@ -837,3 +838,24 @@ def test_a_pooled_connection_the_server_dropped_is_redialled_for_free(make_mesh:
         assert counter(mesh.client_metrics, "retries_total") == 0
     finally:
         sock.close()
+
+
+def test_header_rules_are_checked_on_every_request_of_a_connection(make_mesh: Callable[..., Mesh]) -> None:
+    # The inbound side remembers verdicts by (method, target) per connection only when no rule read a header:
+    # the same target with and without the header must keep getting different answers.
+    by_header = Intentions(default_allow=False, rules=(IntentionRule(
+        source="web", action=None, name="web => db", permissions=(
+            Permission(action="allow", path_prefix="/admin", headers=(HeaderMatch(name="x-role", exact="ops"),)),
+            Permission(action="allow", path_prefix="/ok"))),))
+    mesh = make_mesh(intentions=by_header)
+    c = mesh.conn()
+    for _ in range(2):
+        for role, want in (("ops", 200), (None, 403), ("dev", 403), ("ops", 200)):
+            c.request("GET", "/admin", headers={"x-role": role} if role else {})
+            r = c.getresponse()
+            r.read()
+            assert r.status == want, role
+        assert mesh.get("/ok", c)[0] == 200
+        assert mesh.get("/other", c)[0] == 403
+    c.close()
+    assert counter(mesh.server_metrics[0], "authorization_denials_total") == 6
