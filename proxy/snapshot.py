@@ -10,6 +10,7 @@ field.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
@@ -261,8 +262,10 @@ class ProxySnapshot:
         return snap
 
     def check(self) -> None:
-        """Cross-field rules: ports in range, protocols known, listeners distinct."""
+        """Cross-field rules: ports in range, protocols known, listeners distinct, addresses IP literals."""
         _port(self.public_port, "public_port")
+        _ip(self.public_address, "public_address")
+        _ip(self.local_service_address, "local_service_address")
         if self.local_service_port:
             _port(self.local_service_port, "local_service_port")
         _protocol(self.protocol, "protocol")
@@ -273,12 +276,14 @@ class ProxySnapshot:
             where = f"upstreams[{i}]"
             _port(up.local_bind_port, f"{where}.local_bind_port")
             _protocol(up.protocol, f"{where}.protocol")
+            _ip(up.local_bind_address, f"{where}.local_bind_address")
             bind = (up.local_bind_address, up.local_bind_port)
             if bind in seen:
                 raise ProxyConfigError(f"{where}: {bind[0]}:{bind[1]} is already a listener of this proxy")
             seen.add(bind)
             for j, ep in enumerate(up.endpoints):
                 _port(ep.port, f"{where}.endpoints[{j}].port")
+                _ip(ep.address, f"{where}.endpoints[{j}].address")
                 if ep.weight < 1:
                     raise ProxyConfigError(f"{where}.endpoints[{j}].weight: {ep.weight} is below 1")
         for i, rule in enumerate(self.intentions.rules):
@@ -293,6 +298,15 @@ class ProxySnapshot:
 def _port(value: int, where: str) -> None:
     if not 1 <= value <= 65535:
         raise ProxyConfigError(f"{where}: {value} is not a port (1-65535)")
+
+
+def _ip(value: str, where: str) -> None:
+    # Workers never resolve names: a getaddrinfo would block their event loop (and every connection on it).
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ProxyConfigError(f"{where}: {value!r:.80} is not an IP address (host names are not resolved)"
+                               ) from None
 
 
 def _protocol(value: str, where: str) -> None:

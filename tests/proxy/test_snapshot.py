@@ -71,6 +71,13 @@ def test_the_key_never_reaches_a_repr() -> None:
     (("intentions", "rules", 0, "permissions", 1, "action"), "", "permissions[1].action"),
     (("intentions", "default_allow"), 1, "default_allow: expected true or false"),
     (("upstreams", 0), {"local_bind_port": 1}, "snapshot.upstreams[0]:"),
+    # Host names would make a worker block on getaddrinfo: only IP literals are taken (review finding 7).
+    (("public_address",), "web.example", "public_address: 'web.example' is not an IP address"),
+    (("local_service_address",), "localhost", "local_service_address: 'localhost' is not an IP address"),
+    (("upstreams", 0, "local_bind_address"), "localhost", "upstreams[0].local_bind_address: 'localhost' is not"),
+    (("upstreams", 0, "endpoints", 0, "address"), "db.service.consul",
+     "upstreams[0].endpoints[0].address: 'db.service.consul' is not an IP address"),
+    (("upstreams", 0, "endpoints", 0, "address"), "", "upstreams[0].endpoints[0].address: '' is not"),
 ])
 def test_hostile_fields_are_named(path: tuple[Any, ...], value: Any, message: str) -> None:
     wire = _snapshot().to_wire()
@@ -81,6 +88,12 @@ def test_hostile_fields_are_named(path: tuple[Any, ...], value: Any, message: st
     with pytest.raises(ProxyConfigError) as err:
         ProxySnapshot.from_wire(wire)
     assert message in str(err.value)
+
+
+def test_ip_literals_of_both_families_are_taken() -> None:
+    up = Upstream("db", "::1", 9191, endpoints=(Endpoint("fd00::12", 21000), Endpoint("198.18.0.12", 21000)))
+    snap = _snapshot(public_address="0.0.0.0", local_service_address="::1", upstreams=(up,))
+    assert ProxySnapshot.from_wire(snap.to_wire()) == snap
 
 
 def test_unknown_keys_are_ignored_and_missing_ones_default() -> None:
