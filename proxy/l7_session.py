@@ -40,11 +40,16 @@ class Session(SessionState):
     def _down_data(self, data: bytes) -> None:
         self.rx += len(data)
         if not self.busy:
-            if self.reader.pending:
-                self._parse(data)
+            reader = self.reader
+            fresh = not reader.pending
+            try:  # _parse inlined: one call less per request
+                head, rest = reader.feed(data)
+            except HTTPError as exc:
+                self._local(exc.status, exc.reason.encode(), close=True)
                 return
-            self._parse(data)
-            if not self.busy and self.reader.pending:  # a head begins: the slow-head clock starts now
+            if head is not None:
+                self._start(head, rest)
+            elif fresh and reader.pending:  # a head begins: the slow-head clock starts now
                 self.since = self.reactor.now()
         elif self.req_body.done:
             self.pending += data
@@ -283,7 +288,8 @@ class Session(SessionState):
         key = self.key
         status = head.status
         self.route.attempt_done(self, key, self.reactor.now() - self.t_attempt, status < 500)
-        self._finish_retry()
+        if self.in_retry:
+            self._finish_retry()
         retries = self.route.retries
         if not self.sent_down and retries.num_retries and (
                 status in retries.retry_on_status_codes

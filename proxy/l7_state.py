@@ -226,7 +226,9 @@ class SessionState:
 
     def _complete(self) -> None:
         """The response is relayed in full: pool the upstream connection if it may carry another request."""
-        self._cancel_timers()
+        self.deadline = 0.0  # _cancel_timers inlined
+        if self.retry_timer is not None:
+            self._cancel_timers()
         req, resp = self.req, self.resp
         assert req is not None and resp is not None
         conn, self.conn = self.conn, None
@@ -254,13 +256,16 @@ class SessionState:
 
     def _next(self) -> None:
         """Ready for the next request on the downstream connection."""
-        self._end(self.code)
+        now = self.reactor.now()  # one clock read for _end and the idle clock
+        if self.busy:
+            self.route.end(self, self.code, now - self.t0)
+            self.admitted = False
         self.busy = False
         self.discard = False
         self.req = None
         self.resp = None
         self.buf = []
-        self.since = self.reactor.now()
+        self.since = now
         if self.client_eof:
             self.down.shutdown_write()
             return
