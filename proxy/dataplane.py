@@ -47,6 +47,10 @@ class UpstreamState:
         self.budget = RetryBudget.from_retries(config.retries)
         self.outlier = OutlierDetector(config.passive_health, dp.rng)
         self.spiffe_ids: tuple[str, ...] = ()
+        # Bumped whenever what a pooled connection was verified against changes (the DataPlane's TLS
+        # contexts: roots, leaf; or this upstream's SPIFFE IDs): the L7 pool drops idle connections of an
+        # older generation instead of reusing them under the old rules.
+        self.tls_generation = dp.tls_generation
         self._timer: Timer | None = None
         self.update(config)
 
@@ -63,7 +67,10 @@ class UpstreamState:
             self.budget = RetryBudget.from_retries(config.retries)
         if config.passive_health != old.passive_health:
             self.outlier = OutlierDetector(config.passive_health, self.dp.rng)
-        self.spiffe_ids = config.spiffe_ids or (self._default_spiffe_id(),)
+        spiffe_ids = config.spiffe_ids or (self._default_spiffe_id(),)
+        if spiffe_ids != self.spiffe_ids:
+            self.spiffe_ids = spiffe_ids
+            self.tls_generation += 1
         self.refresh()
 
     def _default_spiffe_id(self) -> str:
@@ -195,6 +202,7 @@ class DataPlane:
         self.snapshot: ProxySnapshot | None = None
         self.authorizer: Authorizer = Authorizer.__new__(Authorizer)  # replaced by the first apply
         self.contexts: TLSContexts | None = None
+        self.tls_generation = 0  # bumped with each new TLSContexts (UpstreamState.tls_generation follows)
         self.rng = random.Random()
         # Connections to the local application (L4 inbound), bounded as Envoy bounds its local_app cluster
         self.local_breakers = CircuitBreakers(Limits(max_connections=MAX_LOCAL_CONNECTIONS))
@@ -210,11 +218,18 @@ class DataPlane:
         (bind failures, TLS material that does not load) without raising."""
         errors: list[str] = []
         old = self.snapshot
-        if self.contexts is None or self.contexts.material != snapshot.tls:
+        contexts = self.contexts
+        if contexts is None or contexts.material != snapshot.tls:
+            # Built before anything swaps: a snapshot whose TLS material does not load is refused whole (the
+            # previous snapshot keeps serving, entirely), never half applied with the old roots trusted.
             try:
-                self.contexts = TLSContexts.build(snapshot.tls)
+                contexts = TLSContexts.build(snapshot.tls)
             except TLSConfigError as exc:
-                errors.append(str(exc))  # keep serving with the previous material, if any
+                return [f"snapshot refused, the previous one is kept: {exc}"]
+            self.contexts = contexts
+            self.tls_generation += 1
+            for kept in self._upstreams.values():
+                kept.tls_generation += 1
         self.snapshot = snapshot
         self.authorizer = Authorizer(snapshot.intentions, snapshot.service, snapshot.tls.trust_domain)
         wanted_ups: dict[str, UpstreamState] = {}

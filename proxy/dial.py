@@ -5,12 +5,15 @@ session resumption), `accept_tls` (terminate mTLS on an accepted socket), `plain
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 from collections.abc import Callable
 
 from .reactor import Reactor
 from .stream import HANDSHAKE_TIMEOUT_S, Cancel, Stream
+
+log = logging.getLogger(__name__)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -61,6 +64,7 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
         fail("connect-timeout")
 
     def connected() -> None:
+        stream._writing = False
         reactor.remove_writer(stream.fd)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
@@ -69,12 +73,11 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
         try:
             sock.getpeername()
         except OSError:  # a stale event for an earlier socket with this fd number: still connecting
-            reactor.add_writer(stream.fd, connected)
+            _wait_writable()
             return
         if tls is None:
             _finish(pending)
-            on_ready(stream)
-            stream._start()
+            _ready(reactor, stream, on_ready)
             return
         inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
@@ -97,15 +100,32 @@ def connect(reactor: Reactor, address: str, port: int, timeout_s: float, tls: ss
         if on_session is not None:
             stream.on_session = on_session
             stream._offer_session()  # TLS 1.2: now; TLS 1.3: the ticket comes with the first data
-        on_ready(stream)
-        stream._start()
+        _ready(reactor, stream, on_ready)
+
+    def _wait_writable() -> None:
+        # Marked as the stream's writer, so Stream.close() (a cancel, a timeout) removes the registration.
+        stream._writing = True
+        reactor.add_writer(stream.fd, connected)
 
     if err not in (0, errno.EINPROGRESS):
         reactor.call_soon(lambda: fail("connect-refused" if err == errno.ECONNREFUSED else "connect-error"))
         return pending
     pending._timer = reactor.call_later(timeout_s, timed_out)
-    reactor.add_writer(stream.fd, connected)
+    _wait_writable()
     return pending
+
+
+def _ready(reactor: Reactor, stream: Stream, on_ready: Callable[[Stream], None]) -> None:
+    """Hand a connected stream to its owner, then start reading; an owner that raises leaves no half-set-up
+    connection: the stream is closed ("internal-error", its on_close runs) and the error counted once."""
+    try:
+        on_ready(stream)
+    except Exception:
+        reactor.errors += 1
+        log.exception("on_ready for fd %d failed", stream.fd)
+        stream.close("internal-error")
+        return
+    stream._start()
 
 
 def _finish(pending: Cancel) -> None:
@@ -124,8 +144,7 @@ def accept_tls(reactor: Reactor, sock: socket.socket, ctx: ssl.SSLContext, on_re
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     stream = Stream(reactor, sock, ctx.wrap_bio(inc, out, server_side=True), inc, out)
     def ready() -> None:
-        on_ready(stream)
-        stream._start()
+        _ready(reactor, stream, on_ready)
 
     stream._handshake(timeout_s, ready, on_fail)
     return stream

@@ -22,21 +22,35 @@ _OUT = select.EPOLLOUT
 _IN_READY = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
 _OUT_READY = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 MAX_EVENTS = 1024
+# asyncio's rule: rebuild the timer heap once cancelled timers are more than half of it (and at least this
+# many), so closed connections' idle timers do not pin memory until their deadlines pass.
+MIN_CANCELLED_TO_PURGE = 100
+
+
+def _noop() -> None:
+    return None
 
 
 class Timer:
     """A pending `call_later`; `cancel()` stops it (idempotent)."""
 
-    __slots__ = ("cancelled", "cb", "when")
+    __slots__ = ("_reactor", "cancelled", "cb", "when")
 
-    def __init__(self, when: float, cb: Callable[[], None]) -> None:
+    def __init__(self, when: float, cb: Callable[[], None], reactor: Reactor | None = None) -> None:
         self.when = when
         self.cb = cb
         self.cancelled = False
+        self._reactor = reactor
 
     def cancel(self) -> None:
-        """Never run the callback."""
+        """Never run the callback; its references are dropped now (the heap entry may stay a while)."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.cb = _noop  # a cancelled timer must not keep its owner (a closed connection) alive
+        reactor, self._reactor = self._reactor, None
+        if reactor is not None:
+            reactor._timer_cancelled()
 
     def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
@@ -51,6 +65,7 @@ class Reactor:
         self._writers: dict[int, Callable[[], None]] = {}
         self._masks: dict[int, int] = {}
         self._timers: list[Timer] = []
+        self._cancelled = 0  # cancelled timers still in self._timers
         self._soon: deque[Callable[[], None]] = deque()
         self._threadsafe: deque[Callable[[], None]] = deque()
         self._lock = threading.Lock()
@@ -70,7 +85,7 @@ class Reactor:
     def add_reader(self, fd: int, cb: Callable[[], None]) -> None:
         """Call `cb` whenever `fd` is readable (or hung up / in error)."""
         self._readers[fd] = cb
-        self._update(fd)
+        self._update(fd, True)
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching `fd` for reading (no-op if not watched)."""
@@ -80,27 +95,37 @@ class Reactor:
     def add_writer(self, fd: int, cb: Callable[[], None]) -> None:
         """Call `cb` whenever `fd` is writable (or hung up / in error)."""
         self._writers[fd] = cb
-        self._update(fd)
+        self._update(fd, True)
 
     def remove_writer(self, fd: int) -> None:
         """Stop watching `fd` for writing (no-op if not watched)."""
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
 
-    def _update(self, fd: int) -> None:
+    def _update(self, fd: int, adding: bool = False) -> None:
         mask = (_IN if fd in self._readers else 0) | (_OUT if fd in self._writers else 0)
         old = self._masks.get(fd)
-        if mask == old:
+        if mask == old and not adding:
             return
+        # An add with an unchanged mask still reaches epoll (a rare, redundant add): the fd may be a new socket
+        # given the number of one closed while registered, which epoll dropped and our mask did not.
         try:
             if not mask:
                 del self._masks[fd]
                 self._ep.unregister(fd)
             elif old is None:
-                self._ep.register(fd, mask)
+                try:
+                    self._ep.register(fd, mask)
+                except FileExistsError:  # registered behind our back: take it over
+                    self._ep.modify(fd, mask)
                 self._masks[fd] = mask
             else:
-                self._ep.modify(fd, mask)
+                try:
+                    self._ep.modify(fd, mask)
+                except FileNotFoundError:
+                    # The fd was closed and its number reused by a new socket (epoll dropped the old one):
+                    # the new socket is not in the set yet.
+                    self._ep.register(fd, mask)
                 self._masks[fd] = mask
         except OSError:  # the fd was closed under us: forget it, the owner's close() cleans up
             self._masks.pop(fd, None)
@@ -111,9 +136,18 @@ class Reactor:
 
     def call_later(self, delay: float, cb: Callable[[], None]) -> Timer:
         """Run `cb` once after `delay` seconds (from the loop thread)."""
-        timer = Timer(time.monotonic() + max(0.0, delay), cb)
+        timer = Timer(time.monotonic() + max(0.0, delay), cb, self)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled += 1
+        timers = self._timers
+        if self._cancelled > MIN_CANCELLED_TO_PURGE and self._cancelled * 2 > len(timers):
+            # In place: run() holds a reference to this list.
+            timers[:] = [t for t in timers if not t.cancelled]
+            heapq.heapify(timers)
+            self._cancelled = 0
 
     def call_soon(self, cb: Callable[[], None]) -> None:
         """Run `cb` on the next turn of the loop (from the loop thread)."""
@@ -194,6 +228,7 @@ class Reactor:
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
+            self._cancelled -= 1
         if not timers:
             return -1.0
         return max(0.0, timers[0].when - time.monotonic())
@@ -205,9 +240,13 @@ class Reactor:
         now = time.monotonic()
         while timers and timers[0].when <= now:
             timer = heapq.heappop(timers)
-            if not timer.cancelled:
-                timer.cancelled = True
-                self._call(timer.cb)
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
+                timer.cancelled = True  # a later cancel() is a no-op, not counted
+                timer._reactor = None
+                cb, timer.cb = timer.cb, _noop
+                self._call(cb)
 
     def _run_soon(self) -> None:
         if self._threadsafe:

@@ -160,6 +160,9 @@ class Stream:
                 data, ended = b"", "eof"
             except ssl.SSLError:
                 data, ended = b"", "tls-error"
+            else:
+                if not data:  # the C read returns b"" on SSL_ERROR_ZERO_RETURN: a close_notify, no FIN yet
+                    ended = "eof"
             size = len(data)
             if size and size < READ_SIZE and (inc.pending or raw.pending()):
                 # Records carry at most 16 KiB: gather up to READ_SIZE of plaintext for one on_data, so the
@@ -202,7 +205,8 @@ class Stream:
             except ssl.SSLError:
                 ended = "tls-error"
                 break
-            if not chunk:
+            if not chunk:  # close_notify (SSL_ERROR_ZERO_RETURN comes back as b"")
+                ended = "eof"
                 break
             chunks.append(chunk)
             size += len(chunk)
@@ -353,16 +357,19 @@ class Stream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._reading:
-            self.reactor.remove_reader(self.fd)
-        if self._writing:
-            self.reactor.remove_writer(self.fd)
+        # Both, whatever the flags say: a registration left behind (a dial's connect wait) would outlive the
+        # fd number and reach the next socket given it. Each is a dict pop when not registered.
+        reactor = self.reactor
+        reactor.remove_reader(self.fd)
+        reactor.remove_writer(self.fd)
         self._reading = self._writing = False
         self._wbuf = bytearray()
         try:
             self.sock.close()
         except OSError:
             pass
+        # A closed stream may stay referenced a while (a handler, a pool); its TLS state and buffers need not.
+        self._tls = self._raw = self._in = self._out = None
         cb, self.on_close = self.on_close, _ignore_reason
         self.on_data = self._discard
         self.on_drain = None
