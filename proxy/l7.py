@@ -127,7 +127,8 @@ class InboundL7(_Base):
         """Serve HTTP/1.1 requests on a verified TLS stream from the mesh."""
         source = self.dp.authorizer.source_of(stream.peer_spiffe_id)
         self.source = source or ""
-        self.metrics.connection_opened("inbound", "")
+        self.label = self.metrics.source_label(source)  # inbound series name the caller (bounded)
+        self.metrics.connection_opened("inbound", self.label)
         Session(self.dp.reactor, self, stream)
         stream.resume_reading()
 
@@ -362,7 +363,7 @@ class OutboundL7(_Base):
         us.balancer.started(ep)
         self.picked = ep
         pools = self._pools(us)
-        conn = pools.pool.get(ep)
+        conn = pools.pool.get(ep, us.tls_generation)
         if conn is not None:
             s.attached(conn, True)  # which starts the attempt's clock
             return
@@ -388,6 +389,7 @@ class OutboundL7(_Base):
     def _dial(self, s: SessionState, ep: Endpoint, pools: _UpstreamPool) -> None:
         us = pools.us
         breakers = us.breakers
+        generation = us.tls_generation  # the rules this dial is verified under (a swap may come meanwhile)
 
         def release() -> None:
             breakers.release_connection()
@@ -396,7 +398,9 @@ class OutboundL7(_Base):
         def ready(stream: Stream) -> None:
             self.dial = None
             stream.pause_reading()
-            s.attached(UpConn(stream, ep, release), False)
+            conn = UpConn(stream, ep, release)
+            conn.generation = generation
+            s.attached(conn, False)
 
         def failed(reason: str) -> None:
             self.dial = None
@@ -450,7 +454,7 @@ class OutboundL7(_Base):
         if self.us is None:
             conn.close()
             return
-        self._pools(self.us).pool.put(conn)
+        self._pools(self.us).pool.put(conn, self.us.tls_generation)
 
     def end(self, s: SessionState, code: int, duration_s: float) -> None:
         """Release the request's breaker and budget slots; count it."""

@@ -27,13 +27,15 @@ class UpConn:
     """One upstream connection: its stream, its pool key, and a release callback run once when it closes
     (a circuit-breaker slot). `on_close` is the current owner's close handler."""
 
-    __slots__ = ("_idle_cbs", "idle_in", "idle_since", "key", "on_close", "pool", "release", "requests", "stream")
+    __slots__ = ("_idle_cbs", "generation", "idle_in", "idle_since", "key", "on_close", "pool", "release",
+                 "requests", "stream")
 
     def __init__(self, stream: Stream, key: Hashable, release: Callable[[], None] | None = None) -> None:
         self.stream = stream
         self.key = key
         self.release = release
         self.requests = 0  # requests sent on it: >0 means reused
+        self.generation = 0  # the UpstreamState.tls_generation it was dialled (and verified) under
         self.idle_since = 0.0
         self.idle_in: list[UpConn] | None = None  # the pool list holding it while idle
         self.pool: Pool | None = None
@@ -79,8 +81,9 @@ class Pool:
     def __len__(self) -> int:
         return self._count
 
-    def get(self, key: Hashable) -> UpConn | None:
-        """An idle live connection for `key`, or None."""
+    def get(self, key: Hashable, generation: int = 0) -> UpConn | None:
+        """An idle live connection for `key` verified under TLS generation `generation` or later, or None.
+        Older ones (roots, leaf or the destination's SPIFFE IDs changed since) are closed, not reused."""
         conns = self._idle.get(key)
         if not conns:
             return None
@@ -91,7 +94,7 @@ class Pool:
             conn.idle_in = None
             if conn.stream.closed:
                 continue
-            if conn.idle_since < cutoff:
+            if conn.idle_since < cutoff or conn.generation < generation:
                 conn.on_close = _nothing
                 conn.close()
                 continue
@@ -99,10 +102,15 @@ class Pool:
             return conn
         return None
 
-    def put(self, conn: UpConn) -> None:
-        """Keep `conn` for the next request on its key (or hand it to a waiter first); a full key closes it."""
+    def put(self, conn: UpConn, generation: int = 0) -> None:
+        """Keep `conn` for the next request on its key (or hand it to a waiter first); a full key, or a TLS
+        generation older than `generation`, closes it."""
         stream = conn.stream
         if stream.closed:
+            return
+        if conn.generation < generation:
+            conn.on_close = _nothing
+            conn.close()  # its release frees the breaker slot; a waiter dials afresh
             return
         if self.on_idle is not None and self.on_idle(conn):
             return

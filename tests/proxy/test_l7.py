@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from meshagent.proxy import l7_common
 from meshagent.proxy.dataplane import DataPlane
-from meshagent.proxy.metrics import ProxyMetrics
+from meshagent.proxy.metrics import ProxyMetrics, render_prometheus
 from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import (
     Endpoint,
@@ -39,6 +39,7 @@ from meshagent.proxy.snapshot import (
     TLSMaterial,
     Upstream,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
@@ -859,3 +860,28 @@ def test_header_rules_are_checked_on_every_request_of_a_connection(make_mesh: Ca
         assert mesh.get("/other", c)[0] == 403
     c.close()
     assert counter(mesh.server_metrics[0], "authorization_denials_total") == 6
+
+
+def test_a_tls_swap_retires_pooled_upstream_connections(make_mesh: Callable[..., Mesh], loop: Loop,
+                                                        ca: MeshCA) -> None:
+    # A pooled connection was verified under the rules of its day (roots, the destination's identity): after a
+    # new leaf or root bundle, the next request must go over a connection verified under the new ones.
+    mesh = make_mesh()
+    c = mesh.conn()
+    assert mesh.get("/", c)[0] == 200
+    assert mesh.get("/", c)[0] == 200
+    accepted = lambda: loop.call(lambda: counter(mesh.server_metrics[0], "connections_total"))  # noqa: E731
+    before = accepted()
+    snap = loop.call(lambda: mesh.client.snapshot)
+    assert loop.call(lambda: mesh.client.apply(replace(snap, tls=material(ca, "web"), version=2))) == []
+    assert mesh.get("/", c)[0] == 200
+    assert accepted() == before + 1
+
+
+def test_inbound_request_series_name_the_calling_service(make_mesh: Callable[..., Mesh], loop: Loop) -> None:
+    mesh = make_mesh()
+    assert mesh.get("/")[0] == 200
+    text = loop.call(lambda: render_prometheus(mesh.server_metrics[0].to_wire()))
+    inbound = [s for f in text_string_to_metric_families(text) if f.name == "meshagent_proxy_requests"
+               for s in f.samples if s.labels.get("direction") == "inbound"]
+    assert [(s.labels["source"], s.labels["destination"], s.value) for s in inbound] == [("web", "db", 1.0)]
