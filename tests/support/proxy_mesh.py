@@ -251,10 +251,13 @@ def parse_wrk(text: str) -> Wrk:
     return Wrk(int(m.group(1)), int(n.group(1)) if n else 0, errors, float(r.group(1)) if r else 0.0, text)
 
 
-def wrk(host: Host, url: str, seconds: float, connections: int = 8, threads: int = 1, timeout_s: int = 10) -> Wrk:
-    """`wrk -t -c -d --timeout` inside the host's namespace (keep-alive); its summary."""
-    proc = host.exec(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s}s", url],
-                     timeout=seconds + timeout_s + 30)
+def wrk(host: Host, url: str, seconds: float, connections: int = 8, threads: int = 1, timeout_s: int = 10,
+        nice: int = 0) -> Wrk:
+    """`wrk -t -c -d --timeout` inside the host's namespace (keep-alive), at `nice` below normal priority;
+    its summary."""
+    niced = ["nice", "-n", str(nice)] if nice else []
+    proc = host.exec([*niced, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s}s",
+                      url], timeout=seconds + timeout_s + 30)
     return parse_wrk(proc.stdout + proc.stderr)
 
 
