@@ -33,8 +33,9 @@ def test_a_real_agent_picks_sidecar_ports_from_its_range_and_mirrors_the_parent(
             assert http.put("/v1/agent/check/pass/web-ttl").status_code == 200
             wait_for(lambda: http.get("/v1/agent/checks").json()[ALIAS]["Status"] == "passing", 10,
                      what="the alias check passing", report=agent.log)
-            # and the sidecar is a passing instance of web's mesh in the catalog
+            # and the sidecar is a passing instance of web's mesh in the catalog: within its listening check's
+            # 10 s interval (its first run may come before the worker listens)
             wait_for(lambda: [e["Service"]["ID"] for e in http.get("/v1/health/connect/web?passing").json()]
-                     == ["web-sidecar-proxy"], 10, what="the sidecar passing in /v1/health/connect", report=agent.log)
+                     == ["web-sidecar-proxy"], 30, what="the sidecar passing in /v1/health/connect", report=agent.log)
     finally:
         agent.stop()
