@@ -59,7 +59,7 @@ LOADGEN_WEB = 9291  # loadgen's upstream listener on server-1
 FRONTEND_METRICS = 9102  # frontend sidecar's envoy_prometheus_bind_addr
 EJECTION_S = 4.0  # BaseEjectionTime of db for frontend
 LOAD_S = 20  # the 60 s load, scaled down with the leaf TTL
-SHORT_TTL = "6s"
+SHORT_TTL = "10s"  # renewed at 6-9 s, within the load; shorter let a leaf expire while signing lagged under load
 # Sidecars bind the agent's default (its bind address), where their "Connect Sidecar Listening" checks dial.
 BIND: dict[str, str] = {}
 
