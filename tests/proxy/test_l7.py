@@ -23,7 +23,6 @@ import pytest
 from meshagent.proxy import l7_common
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics, render_prometheus
-from meshagent.proxy.reactor import Reactor
 from meshagent.proxy.snapshot import (
     Endpoint,
     HashPolicy,
@@ -41,6 +40,7 @@ from meshagent.proxy.snapshot import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.dataplane_harness import Loop
 from tests.support.mesh_certs import MeshCA
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
@@ -52,36 +52,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------- harness
 
 
-class Loop:
-    """A Reactor in a thread; `call(fn)` runs fn on the loop and returns its result."""
-
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
-        self.thread.start()
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["v"] = fn()
-            except BaseException as exc:
-                box["e"] = exc
-            done.set()
-
-        self.reactor.call_soon_threadsafe(run)
-        assert done.wait(timeout), "the reactor did not run the call"
-        if "e" in box:
-            raise box["e"]
-        return box["v"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.reactor.stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-        self.reactor.close()
 
 
 class App:
