@@ -21,6 +21,9 @@ MAX_PERMISSIONS = 256  # per L7 intention
 MAX_PEM = 256 * 1024  # one PEM field: a chain, a key or the roots bundle
 MAX_STR = 4096
 MAX_LIST = 1024  # any other list
+MAX_ROUTES = 256  # per upstream: a router's routes plus the default one
+MAX_TARGETS = 256  # per upstream: every (service, subset, datacenter) its chain can reach
+MAX_SPLITS = 256  # per route
 
 T = TypeVar("T")
 
@@ -127,6 +130,65 @@ class Endpoint:
         return (Endpoint, (self.address, self.port, self.weight, self.node, self.service_id))
 
 
+# ---------------------------------------------------------------------- the discovery chain (issue 17)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMatch:
+    """Consul's router `QueryParam[]`: exactly one of present/exact/regex is set."""
+
+    name: str
+    present: bool = False
+    exact: str | None = None
+    regex: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Consul's router `Match.HTTP`; every set part must match; all unset matches every request."""
+
+    path_exact: str | None = None
+    path_prefix: str | None = None
+    path_regex: str | None = None  # RE2, whole path (without the query)
+    methods: tuple[str, ...] = ()
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedTarget:
+    """One split of a route: a ChainTarget's id and its share in hundredths of a percent (1-10000)."""
+
+    target: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRoute:
+    """One route of an http upstream's compiled chain, in order (first match wins): where matching requests
+    go (weights summing to 10000) and the router's per-route overrides."""
+
+    match: RouteMatch = field(default_factory=RouteMatch)
+    splits: tuple[WeightedTarget, ...] = ()
+    prefix_rewrite: str | None = None  # replaces the matched PathPrefix/PathExact
+    request_timeout_ms: int = 0  # 0 = the target's, else the upstream's
+    retries: Retries | None = None  # None = the upstream's
+    name: str = ""  # "web route 0", "web default": logs and metrics
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTarget:
+    """Where a split's requests go: one (service, subset, datacenter), with its endpoints already resolved
+    by the agent (subset filter, OnlyPassing, failover applied: docs/traffic-management.md)."""
+
+    id: str  # Consul's target ID, "v2.web.default.default.dc1"
+    endpoints: tuple[Endpoint, ...] = ()
+    spiffe_ids: tuple[str, ...] = ()  # identities the endpoints' certificates may carry
+    connect_timeout_ms: int = 5000
+    request_timeout_ms: int = 0  # 0 = the upstream's
+    load_balancer: LoadBalancer = field(default_factory=LoadBalancer)
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """One `upstreams` entry: a local listener and where its connections go."""
@@ -144,6 +206,10 @@ class Upstream:
     retries: Retries = field(default_factory=Retries)
     limits: Limits = field(default_factory=Limits)
     passive_health: PassiveHealth = field(default_factory=PassiveHealth)
+    # The compiled discovery chain (http only). No routes: every request goes to `endpoints` as before.
+    # With routes: each request takes the first matching route, one of its splits, that ChainTarget.
+    routes: tuple[ChainRoute, ...] = ()
+    targets: tuple[ChainTarget, ...] = ()
 
     @property
     def key(self) -> str:
@@ -323,7 +389,7 @@ def _plain(value: Any) -> Any:
 
 
 _LIMITS = {"endpoints": MAX_ENDPOINTS, "upstreams": MAX_UPSTREAMS, "rules": MAX_RULES,
-           "permissions": MAX_PERMISSIONS}
+           "permissions": MAX_PERMISSIONS, "routes": MAX_ROUTES, "targets": MAX_TARGETS, "splits": MAX_SPLITS}
 _PEM_FIELDS = {"cert_pem", "key_pem", "roots_pem"}
 
 
