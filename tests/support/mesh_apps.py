@@ -11,6 +11,8 @@ Application paths (the mesh's traffic):
     /status/<code>      that status code (100-599)
     /admin              200, body "admin <name>\\n" (what an L7 intention denies)
     anything, while failing is switched on: 500
+Every answer carries `X-Instance: <name>` and `X-Path: <the request target as the app received it>` (what a
+router's PrefixRewrite left of the path).
 A burst of concurrent requests (printed as JSON), for circuit-breaker tests:
     python tests/support/mesh_apps.py burst --url http://127.0.0.1:9193/slow?ms=2000 -n 50
 Control paths (on --control only, never through the mesh):
@@ -140,7 +142,7 @@ async def _serve_http(app: App, control: bool, reader: asyncio.StreamReader, wri
             else:
                 body_out = body
             writer.write(f"HTTP/1.1 {code} {REASONS.get(code, 'Status')}\r\nContent-Type: text/plain\r\n"
-                         f"Content-Length: {len(body)}\r\nX-Instance: {app.name}\r\n"
+                         f"Content-Length: {len(body)}\r\nX-Instance: {app.name}\r\nX-Path: {target}\r\n"
                          f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n".encode() + body_out)
             await writer.drain()
             if not keep:
