@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("services_cmd", "services"),
     "snapshot": ("snapshot_cmd", "snapshot"),
     "tls": ("tls_cmd", "tls"),
+    "troubleshoot": ("troubleshoot_cmd", "troubleshoot"),
     "validate": ("agent_ops_cmd", "validate"),
     "version": ("agent_ops_cmd", "version"),
 }
