@@ -32,6 +32,9 @@ class ChainTargetSpec:
     sni: str = ""  # "v1.web.default.dc1.internal.<trust domain>"
     namespace: str = "default"
     partition: str = "default"
+    external: bool = False  # service-defaults ExternalSNI: `sni` is that name
+    mesh_gateway: str = ""  # MeshGateway.Mode ("" = default); no mesh gateways here yet, shown as Consul does
+    name: str = ""  # Consul's target Name: the SNI as compiled, before any ExternalSNI
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,11 @@ class CompiledChain:
     nodes: Mapping[str, ChainNode]
     targets: Mapping[str, ChainTargetSpec]
     default: bool = False  # no router, splitter or resolver entry shaped it
+    service_meta: Mapping[str, str] = field(default_factory=dict)  # the service's service-defaults Meta
+    customization_hash: str = ""  # set when an override (protocol, connect timeout, mesh gateway) applied
 
     def to_api(self) -> dict[str, Any]:
         """Consul's JSON shape (`{"Chain": {...}}` is the endpoint's wrapping, not this)."""
-        raise NotImplementedError  # chain_compile.py's owner fills this in (Consul's field names)
+        from .chain_api_shape import chain_json  # the shape lives beside: this module stays the types
+
+        return chain_json(self)
