@@ -250,7 +250,7 @@ class ProxyRunner:
         """Rebuild on every change of the leaf, the definition or a watched catalog key; push what differs."""
         supervising: trio.CancelScope | None = None
         while True:
-            keys = watch_keys(p.defn)
+            keys = watch_keys(p.defn, self.store.catalog, self.datacenter)
             seen = self.store.index_for(keys)
             p.dirty = trio.Event()  # replaced before the build: a change during it sets the new one
             built = self._rebuild(p)

@@ -32,6 +32,7 @@ from ..catalog.state import Catalog
 from ..config.types import ServiceDefinition
 from .intentions import IntentionIndex
 from .leaf_plan import LeafRecord
+from .proxy_chain import CHAIN_KEYS, compiled_chain, reached_services
 from .proxy_config_read import Map, SnapshotError, config_get, public_bind, public_port
 from .proxy_permissions import permission
 from .proxy_upstreams import UpstreamReader
@@ -56,15 +57,30 @@ def same_config(a: ProxySnapshot | None, b: ProxySnapshot) -> bool:
     return a is not None and replace(a, version=0) == replace(b, version=0)
 
 
-def watch_keys(proxy: ServiceDefinition) -> list[str]:
-    """The catalog watch keys whose change can change this sidecar's snapshot."""
-    keys = ["connect-ca", "config-entry:service-defaults", "config-entry:proxy-defaults",
-            "config-entry:service-intentions"]
+def watch_keys(proxy: ServiceDefinition, catalog: Catalog | None = None, datacenter: str = "") -> list[str]:
+    """The catalog watch keys whose change can change this sidecar's snapshot. With the catalog, also the
+    instances of every service an upstream's discovery chain can reach (splits, redirects, failover)."""
+    keys = ["connect-ca", "config-entry:service-intentions", *CHAIN_KEYS]
+    seen: set[str] = set()
     ups = proxy.proxy.get("Upstreams")
     for up in ups if isinstance(ups, list) else ():
         name = up.get("DestinationName") if isinstance(up, Mapping) else None
-        if isinstance(name, str) and name:
-            keys.append(f"connect:{name.lower()}")
+        if not isinstance(name, str) or not name:
+            continue
+        reached = [name]
+        dc = up.get("Datacenter") or datacenter
+        if catalog is not None and isinstance(dc, str):
+            try:
+                chain = compiled_chain(catalog, name, dc)
+            except ValueError:
+                chain = None  # the build reports it; the entries' keys are watched for its fix
+            if chain is not None:
+                reached += reached_services(chain)
+        for svc in reached:
+            key = f"connect:{svc.lower()}"
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
     return keys
 
 

@@ -13,27 +13,25 @@ from ...proxy.snapshot import (
     MAX_STR,
     MAX_UPSTREAMS,
     Endpoint,
-    HashPolicy,
     Limits,
-    LoadBalancer,
     PassiveHealth,
     Retries,
     Upstream,
 )
 from ..catalog.model import PASSING
 from ..catalog.state import Catalog
-from .proxy_config_read import ConfigReader, Map, config_get, is_ip
+from .proxy_chain import ChainReader, compiled_chain
+from .proxy_config_read import Map, config_get, is_ip
 from .spiffe import SpiffeIDError, service_id
 
 DEFAULT_CONNECT_TIMEOUT_MS = 5000  # UpstreamConfig.ConnectTimeoutMs
 MAX_TIMEOUT_MS = 3_600_000
 MAX_RETRIES = 25
-LB_POLICIES = ("", "random", "round_robin", "least_request", "ring_hash", "maglev")
 L4_PROTOCOLS = ("tcp", "http2", "grpc")  # http2/grpc are proxied at L4 until their own issue
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 
 
-class UpstreamReader(ConfigReader):
+class UpstreamReader(ChainReader):
     """Builds Upstreams for one sidecar; the snapshot builder sets the attributes below."""
 
     catalog: Catalog
@@ -115,14 +113,21 @@ class UpstreamReader(ConfigReader):
             sid = service_id(self.catalog.connect.trust_domain, dc, name).uri()
         except SpiffeIDError as exc:
             raise self.fail(f"{where}.destination_name", str(exc)) from None
-        return Upstream(
+        base = Upstream(
             destination_name=name, local_bind_address=bind_address,
             local_bind_port=self._int(up.get("LocalBindPort"), f"{where}.local_bind_port", 1, 65535),
-            datacenter=dc, protocol=protocol, spiffe_ids=(sid,),
-            endpoints=self._endpoints(name) if dc == self.datacenter else (),
-            connect_timeout_ms=connect_timeout, request_timeout_ms=request_timeout,
+            datacenter=dc, protocol=protocol, spiffe_ids=(sid,), connect_timeout_ms=connect_timeout,
+            request_timeout_ms=request_timeout,
             load_balancer=self._load_balancer(config_get(cfg, "load_balancer"), f"{cw}.load_balancer"),
             retries=retries, limits=limits, passive_health=health)
+        # The destination's discovery chain (proxy_chain.py) decides endpoints, routes and targets.
+        try:
+            chain = compiled_chain(self.catalog, name, dc)
+        except ValueError as exc:
+            raise self.fail(f"{where}.destination_name", f"discovery chain of {name!r}: {exc}") from None
+        if chain is None:  # no compiler installed: issue 14's passing instances
+            return replace(base, endpoints=self._endpoints(name) if dc == self.datacenter else ())
+        return self.chain_upstream(base, chain)
 
     def _endpoints(self, name: str) -> tuple[Endpoint, ...]:
         """The destination's passing mesh instances (sidecars and Connect-native), weighted by Weights.Passing."""
@@ -191,43 +196,3 @@ class UpstreamReader(ConfigReader):
         value = config_get(cfg, "request_timeout_ms")
         timeout = 15000 if value is None else self._int(value, f"{where}.request_timeout_ms", 0, MAX_TIMEOUT_MS)
         return replace(retries, **values), timeout
-
-    def _load_balancer(self, value: Any, where: str) -> LoadBalancer:
-        if value is None:
-            return LoadBalancer()
-        raw = self._map(value, where)
-        values: dict[str, Any] = {}
-        policy = config_get(raw, "policy")
-        if policy is not None:
-            values["policy"] = self._str(policy, f"{where}.policy", LB_POLICIES)
-        least = self._map(config_get(raw, "least_request_config"), f"{where}.least_request_config")
-        choice = config_get(least, "choice_count", config_get(raw, "choice_count"))
-        if choice is not None:
-            values["choice_count"] = self._int(choice, f"{where}.choice_count", 2, 100)
-        ring = self._map(config_get(raw, "ring_hash_config"), f"{where}.ring_hash_config")
-        for key in ("minimum_ring_size", "maximum_ring_size"):
-            size = config_get(ring, key, config_get(raw, key))
-            if size:
-                values[key] = self._int(size, f"{where}.{key}", 1, 8_388_608)
-        if values.get("minimum_ring_size", 1024) > values.get("maximum_ring_size", 8_388_608):
-            raise self.fail(f"{where}.minimum_ring_size", "is above maximum_ring_size")
-        policies = config_get(raw, "hash_policies")
-        if policies is not None:
-            values["hash_policies"] = tuple(self._hash_policy(p, f"{where}.hash_policies[{k}]")
-                                            for k, p in enumerate(self._list(policies, f"{where}.hash_policies",
-                                                                             100)))
-        return LoadBalancer(**values)
-
-    def _hash_policy(self, value: Any, where: str) -> HashPolicy:
-        raw = self._map(value, where)
-        field_ = self._str(config_get(raw, "field") or "", f"{where}.field",
-                           ("", "header", "cookie", "query_parameter"))
-        field_value = self._str(config_get(raw, "field_value") or "", f"{where}.field_value")
-        source_ip = self._bool(config_get(raw, "source_ip", False), f"{where}.source_ip")
-        if bool(field_) == source_ip:
-            raise self.fail(where, "needs exactly one of field or source_ip")
-        if field_ and not field_value:
-            raise self.fail(f"{where}.field_value", "is required with field")
-        return HashPolicy(field=field_, field_value=field_value, source_ip=source_ip,
-                          terminal=self._bool(config_get(raw, "terminal", False), f"{where}.terminal"))
-

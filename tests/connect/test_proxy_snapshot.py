@@ -173,7 +173,8 @@ def test_upstream_endpoints_are_the_passing_sidecars_with_weights_and_the_destin
     snap = w.build(sidecar([up("db"), up("db", 9192, Datacenter="dc2", LocalBindAddress="127.0.17.5")]))
     local, remote = snap.upstreams
     assert [(e.address, e.port, e.weight, e.node, e.service_id) for e in local.endpoints] == [
-        ("127.0.17.11", 21000, 3, "n1", "db1-sidecar-proxy"), ("127.0.17.22", 21000, 1, "n2", "db2-sidecar-proxy")]
+        ("127.0.17.11", 21000, 3, "n1", "db1-sidecar-proxy"), ("127.0.17.22", 21000, 1, "n2", "db2-sidecar-proxy"),
+        ("127.0.17.14", 21000, 1, "n4", "db4-sidecar-proxy")]  # warning too: the default resolver (issue 17)
     assert local.spiffe_ids == (f"spiffe://{TD}/ns/default/dc/dc1/svc/db",)
     assert (local.local_bind_address, local.local_bind_port, local.datacenter) == ("127.0.0.1", 9191, DC)
     assert (local.protocol, local.connect_timeout_ms, local.limits) == ("tcp", 5000, Limits())
