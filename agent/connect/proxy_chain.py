@@ -39,6 +39,7 @@ from ..catalog.model import PASSING, WARNING
 from ..catalog.state import Catalog, Instance
 from ..http.filter import HEALTH_ENTRY_SCHEMA, FilterError, compile_filter
 from ..http.render import health_entry_json
+from .chain_compile import compile_chain
 from .chain_model import RESOLVER, ROUTER, SPLITTER, ChainNode, ChainRouteSpec, CompiledChain, ResolverSpec
 from .proxy_config_read import ConfigReader, Map, config_get, is_ip
 from .spiffe import SpiffeIDError, service_id
@@ -57,16 +58,6 @@ _filters: dict[str, Predicate | FilterError] = {}
 _chains: dict[tuple[str, str, str, int], tuple[Catalog, CompiledChain | ValueError]] = {}
 
 
-def _compiler() -> Callable[..., CompiledChain] | None:
-    """chain_compile.compile_chain, or None while that module has not landed (issue 14's flat upstreams)."""
-    try:
-        from .chain_compile import compile_chain  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    found: Callable[..., CompiledChain] = compile_chain
-    return found
-
-
 def lookup_of(catalog: Catalog) -> Callable[[str, str], dict[str, Any] | None]:
     """The compiler's `(kind, name) -> canonical entry or None` over the catalog's config entries."""
     def lookup(kind: str, name: str) -> dict[str, Any] | None:
@@ -75,12 +66,9 @@ def lookup_of(catalog: Catalog) -> Callable[[str, str], dict[str, Any] | None]:
     return lookup
 
 
-def compiled_chain(catalog: Catalog, service: str, datacenter: str) -> CompiledChain | None:
-    """`service`'s chain, compiled once per (service, datacenter, trust domain, config-entry index); None when
-    no compiler is installed. Raises ValueError (the compiler's ChainError names the entry and field)."""
-    compile_chain = _compiler()
-    if compile_chain is None:
-        return None
+def compiled_chain(catalog: Catalog, service: str, datacenter: str) -> CompiledChain:
+    """`service`'s chain, compiled once per (service, datacenter, trust domain, config-entry index).
+    Raises ValueError (the compiler's ChainError names the entry and field)."""
     trust_domain = catalog.connect.trust_domain
     key = (service, datacenter, trust_domain, catalog.index_for(CHAIN_KEYS))
     cached = _chains.get(key)

@@ -71,11 +71,9 @@ def watch_keys(proxy: ServiceDefinition, catalog: Catalog | None = None, datacen
         dc = up.get("Datacenter") or datacenter
         if catalog is not None and isinstance(dc, str):
             try:
-                chain = compiled_chain(catalog, name, dc)
-            except ValueError:
-                chain = None  # the build reports it; the entries' keys are watched for its fix
-            if chain is not None:
-                reached += reached_services(chain)
+                reached += reached_services(compiled_chain(catalog, name, dc))
+            except Exception:  # the build reports it; the entries' keys are watched for its fix
+                pass
         for svc in reached:
             key = f"connect:{svc.lower()}"
             if key not in seen:

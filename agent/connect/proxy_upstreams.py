@@ -1,6 +1,7 @@
-"""The upstream half of a sidecar's snapshot, pure: listeners, passing endpoints, identity, and
-UpstreamConfig layered (service-defaults Defaults, its Overrides entry, the upstream's own `config`) for
-protocol, connect timeout, limits and passive health checks (docs/sidecar-proxy.md)."""
+"""The upstream half of a sidecar's snapshot, pure: listeners, identity, and UpstreamConfig layered
+(service-defaults Defaults, its Overrides entry, the upstream's own `config`) for protocol, connect timeout,
+limits and passive health checks (docs/sidecar-proxy.md); endpoints, routes and targets come from the
+destination's discovery chain (proxy_chain.py)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,15 @@ from dataclasses import replace
 from typing import Any
 
 from ...proxy.snapshot import (
-    MAX_ENDPOINTS,
-    MAX_STR,
     MAX_UPSTREAMS,
-    Endpoint,
     Limits,
     PassiveHealth,
     Retries,
     Upstream,
 )
-from ..catalog.model import PASSING
 from ..catalog.state import Catalog
 from .proxy_chain import ChainReader, compiled_chain
-from .proxy_config_read import Map, config_get, is_ip
+from .proxy_config_read import Map, config_get
 from .spiffe import SpiffeIDError, service_id
 
 DEFAULT_CONNECT_TIMEOUT_MS = 5000  # UpstreamConfig.ConnectTimeoutMs
@@ -125,28 +122,7 @@ class UpstreamReader(ChainReader):
             chain = compiled_chain(self.catalog, name, dc)
         except ValueError as exc:
             raise self.fail(f"{where}.destination_name", f"discovery chain of {name!r}: {exc}") from None
-        if chain is None:  # no compiler installed: issue 14's passing instances
-            return replace(base, endpoints=self._endpoints(name) if dc == self.datacenter else ())
         return self.chain_upstream(base, chain)
-
-    def _endpoints(self, name: str) -> tuple[Endpoint, ...]:
-        """The destination's passing mesh instances (sidecars and Connect-native), weighted by Weights.Passing."""
-        out: list[Endpoint] = []
-        for inst in self.catalog.connect_instances(name):
-            if inst.status != PASSING:
-                continue
-            svc = inst.service
-            weight = svc.weights.get("Passing", 1) if isinstance(svc.weights, dict) else 1
-            address = svc.address or inst.node.address
-            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1 or not 1 <= svc.port <= 65535:
-                continue  # weight 0 takes no traffic; a row without a port cannot be dialled
-            if not is_ip(address):
-                continue  # a host name would be resolved by a blocking lookup in the worker's event loop
-            out.append(Endpoint(address=address, port=svc.port, weight=min(weight, 65535),
-                                node=inst.node.node[:MAX_STR], service_id=svc.id[:MAX_STR]))  # labels only
-            if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
-                break
-        return tuple(out)
 
     def _limits(self, old: Limits, raw: Map, where: str) -> Limits:
         values: dict[str, int] = {}
