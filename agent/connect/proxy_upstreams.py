@@ -110,7 +110,7 @@ class UpstreamReader(ChainReader):
             sid = service_id(self.catalog.connect.trust_domain, dc, name).uri()
         except SpiffeIDError as exc:
             raise self.fail(f"{where}.destination_name", str(exc)) from None
-        base = Upstream(
+        plain = Upstream(
             destination_name=name, local_bind_address=bind_address,
             local_bind_port=self._int(up.get("LocalBindPort"), f"{where}.local_bind_port", 1, 65535),
             datacenter=dc, protocol=protocol, spiffe_ids=(sid,), connect_timeout_ms=connect_timeout,
@@ -122,7 +122,7 @@ class UpstreamReader(ChainReader):
             chain = compiled_chain(self.catalog, name, dc)
         except ValueError as exc:
             raise self.fail(f"{where}.destination_name", f"discovery chain of {name!r}: {exc}") from None
-        return self.chain_upstream(base, chain)
+        return self.chain_upstream(plain, chain)
 
     def _limits(self, old: Limits, raw: Map, where: str) -> Limits:
         values: dict[str, int] = {}
