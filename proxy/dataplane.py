@@ -10,10 +10,12 @@ import random
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .authorize import Authorizer
 from .balancer import make_balancer
+from .chain_router import ChainRouter, target_upstream
 from .dial import accept_tls, connect, plain
 from .l4 import OutboundL4, inbound
 from .metrics import ProxyMetrics
@@ -33,14 +35,27 @@ ACCEPT_BACKOFF_S = 0.5
 MAX_LOCAL_CONNECTIONS = 1024  # Envoy's default circuit breaker for the local_app cluster
 
 
+class Chain:
+    """An http upstream's discovery chain in a worker: its router and the state of each target by id."""
+
+    __slots__ = ("router", "targets")
+
+    def __init__(self, router: ChainRouter, targets: dict[str, UpstreamState]) -> None:
+        self.router = router
+        self.targets = targets
+
+
 class UpstreamState:
     """One upstream's live state: its config, balancer, breakers, retry budget and outlier detector; kept
-    across snapshots for the same destination (counters and ejections survive an endpoint change)."""
+    across snapshots for the same destination (counters and ejections survive an endpoint change). A chain
+    target's cluster is one too (`name` its target id, `config` from chain_router.target_upstream); an
+    upstream with a chain has `chain` set and its requests use the targets' states."""
 
-    def __init__(self, dp: DataPlane, config: Upstream) -> None:
+    def __init__(self, dp: DataPlane, config: Upstream, name: str | None = None) -> None:
         self.dp = dp
         self.config = config
-        self.name = config.destination_name
+        self.name = name or config.destination_name
+        self.chain: Chain | None = None
         # Any, not Balancer: proxy/l7.py passes pick() a list[Hashable] for exclude (typed, that fails)
         self.balancer: Any = make_balancer(config.load_balancer, config.protocol, dp.rng)
         self.breakers = CircuitBreakers(config.limits)
@@ -77,14 +92,17 @@ class UpstreamState:
         snap = self.dp.snapshot
         assert snap is not None
         dc = self.config.datacenter or snap.datacenter
-        return f"spiffe://{snap.tls.trust_domain}/ns/default/dc/{dc}/svc/{self.name}"
+        return f"spiffe://{snap.tls.trust_domain}/ns/default/dc/{dc}/svc/{self.config.destination_name}"
 
     def refresh(self) -> None:
         """Hand the balancer the endpoints not ejected now; wake again when an ejection ends."""
         now = self.dp.reactor.now()
         available = self.outlier.available(self.config.endpoints, now)
         self.balancer.update(available)
-        self.dp.metrics.endpoints(self.name, len(available), len(self.config.endpoints) - len(available))
+        if self.config.routes:  # its targets' states report the endpoints; an empty gauge here would alarm
+            self.dp.metrics.forget_upstream(self.name)
+        else:
+            self.dp.metrics.endpoints(self.name, len(available), len(self.config.endpoints) - len(available))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -210,6 +228,7 @@ class DataPlane:
         self.refused_handshakes = 0
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._upstreams: dict[str, UpstreamState] = {}
+        self._targets: dict[tuple[str, str], UpstreamState] = {}  # chain targets by (upstream, target id)
 
     # ------------------------------------------------------------------ configuration
 
@@ -233,20 +252,55 @@ class DataPlane:
         self.snapshot = snapshot
         self.authorizer = Authorizer(snapshot.intentions, snapshot.service, snapshot.tls.trust_domain)
         wanted_ups: dict[str, UpstreamState] = {}
+        wanted_targets: dict[tuple[str, str], UpstreamState] = {}
+        moved = old is None or old.tls.trust_domain != snapshot.tls.trust_domain  # default SPIFFE IDs change
         for up in snapshot.upstreams:
             state = self._upstreams.get(up.destination_name) or wanted_ups.get(up.destination_name)
             if state is None:
                 state = UpstreamState(self, up)
-            elif old is None or state.config != up or old.tls.trust_domain != snapshot.tls.trust_domain:
+            elif moved or state.config != up:
                 state.update(up)
             wanted_ups[up.destination_name] = state
+            state.chain = None
+            if up.routes:
+                state.chain, problem = self._chain(state, up, wanted_targets, moved)
+                if problem:
+                    errors.append(problem)
         for name, state in self._upstreams.items():
             if name not in wanted_ups:
                 state.close()
                 self.metrics.forget_upstream(name)
+        for key, state in self._targets.items():
+            if key not in wanted_targets:
+                state.close()  # requests in flight on it finish there
+                self.metrics.forget_upstream(state.name)
         self._upstreams = wanted_ups
+        self._targets = wanted_targets
         errors.extend(self._apply_listeners(snapshot))
         return errors
+
+    def _chain(self, state: UpstreamState, up: Upstream, wanted: dict[tuple[str, str], UpstreamState],
+               moved: bool) -> tuple[Chain, str]:
+        """The chain of upstream `up` and a problem ("" when none): target states kept by (upstream, target
+        id), updated when their config changed; the router rebuilt only when what it is built from changed.
+        A chain that does not compile (only an unchecked snapshot has one) routes nothing: 404s."""
+        targets: dict[str, UpstreamState] = {}
+        for t in up.targets:
+            key = (up.destination_name, t.id)
+            config = target_upstream(up, t)
+            ts = self._targets.get(key) or wanted.get(key)
+            if ts is None:
+                ts = UpstreamState(self, config, name=t.id)
+            elif moved or ts.config != config:
+                ts.update(config)
+            wanted[key] = targets[t.id] = ts
+        old = state.chain
+        if old is not None and old.router.source == ChainRouter.source_of(up):
+            return Chain(old.router, targets), ""
+        try:
+            return Chain(ChainRouter(up, self.rng), targets), ""
+        except ValueError as exc:
+            return Chain(ChainRouter(replace(up, routes=()), self.rng), targets), f"upstream {exc}"
 
     def _apply_listeners(self, snapshot: ProxySnapshot) -> list[str]:
         wanted: dict[tuple[str, int], str] = {}
@@ -283,6 +337,8 @@ class DataPlane:
             listener.close()
         self._listeners.clear()
         for state in self._upstreams.values():
+            state.close()
+        for state in self._targets.values():
             state.close()
 
     # ------------------------------------------------------------------ connections

@@ -339,6 +339,25 @@ def _parse_response(raw: bytes, request_method: bytes = b"") -> Head:
                 False, status == 101)
 
 
+_TARGET = re.compile(rb"[^\x00-\x20\x7f#]+")  # what _REQUEST_LINE takes as a request target
+
+
+def rewrite_target(head: Head, target: bytes) -> None:
+    """Replace a request head's target in place (a route's PrefixRewrite): `raw`, `target` and the field
+    offset stay consistent, so the head is relayed and its fields read as if received so. ValueError when
+    `target` is not a request target this parser would accept."""
+    if _TARGET.fullmatch(target) is None:
+        raise ValueError(f"not a request target: {target[:80]!r}")
+    start = len(head.method) + 1
+    old = head.target
+    raw = head.raw
+    if raw[start - 1:start] != b" " or raw[start:start + len(old)] != old:  # not a parsed request head
+        raise ValueError("not a request head")
+    head.raw = raw[:start] + target + raw[start + len(old):]
+    head._fields_at += len(target) - len(old)
+    head.target = target
+
+
 def request_path(target: bytes) -> bytes:
     """The path of a request target, normalised for authorization: origin form or the path of an absolute
     form, query dropped, unreserved escapes decoded, dot segments resolved, repeated slashes merged.

@@ -13,7 +13,8 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from .access_log import logger_for
-from .http1 import Head, HTTPError, request_path
+from .balancer import hash_key
+from .http1 import Head, HTTPError, request_path, rewrite_target
 from .l7_common import LOCAL_FAILURE, WatchedHeaders, reply
 from .l7_pool import Pool, UpConn
 from .l7_session import Session
@@ -23,13 +24,15 @@ from .stream import Cancel, Stream
 
 if TYPE_CHECKING:
     from .authorize import Authorizer, Verdict
-    from .dataplane import DataPlane, UpstreamState
+    from .dataplane import Chain, DataPlane, UpstreamState
 
 NO_RETRIES = Retries(num_retries=0)
 BREAKER_HEADER = b"x-meshagent-circuit-breaker"
 DENIED_HEADER = b"x-meshagent-denied-by"
 BYTES_FLUSH = 1 << 20
 VERDICTS_MAX = 64  # remembered L7 verdicts per downstream connection
+NO_ROUTE = reply(404, b"no route\n").replace(b" 404 Error\r\n", b" 404 Not Found\r\n", 1)
+_HASHED = ("ring_hash", "maglev")
 
 # Pools outlive connections: one per data plane (local application) and per upstream state.
 _local_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
@@ -297,6 +300,7 @@ class OutboundL7(_Base):
         self.retries = cfg.retries if cfg is not None else NO_RETRIES
         self.timeout_s = cfg.request_timeout_ms / 1000.0 if cfg is not None else 0.0
         self.hash_key: int | None = None
+        self.target = ""  # the chain target of the request in flight ("" on a flat upstream)
         self.dial: Cancel | None = None
         self.picked: Endpoint | None = None  # the endpoint of the attempt in progress (balancer started)
         self.peer_ip = ""
@@ -322,10 +326,14 @@ class OutboundL7(_Base):
         return found
 
     def begin(self, s: SessionState, head: Head) -> bytes | None:
-        """The request breaker, and the hash key for ring_hash/maglev."""
+        """The request's target state (the upstream's, or on a chain the route's split's), its breaker, and
+        the hash key for ring_hash/maglev."""
         us = self.dp.upstream(self.name)
         if us is None:
             return reply(503, b"no such upstream\n")
+        if us.chain is not None:
+            return self._begin_chain(s, head, us, us.chain)
+        self.target = ""
         self.us = us
         cfg = us.config
         self.retries = cfg.retries
@@ -336,11 +344,52 @@ class OutboundL7(_Base):
         us.budget.request_started()
         lb = cfg.load_balancer
         self.hash_key = None
-        if lb.hash_policies and lb.policy in ("ring_hash", "maglev"):
-            from .balancer import hash_key
-            q = head.target.find(b"?")
-            query = head.target[q + 1:].decode("latin-1") if q >= 0 else None
-            self.hash_key = hash_key(lb.hash_policies, head.headers, None, query, self.peer_ip)
+        if lb.hash_policies and lb.policy in _HASHED:
+            self.hash_key = self._hash(lb.hash_policies, head)
+        return None
+
+    def _hash(self, policies: Any, head: Head) -> int | None:
+        q = head.target.find(b"?")
+        query = head.target[q + 1:].decode("latin-1") if q >= 0 else None
+        return hash_key(policies, head.headers, None, query, self.peer_ip)
+
+    def _begin_chain(self, s: SessionState, head: Head, parent: UpstreamState, chain: Chain) -> bytes | None:
+        """First matching route, one of its splits, that target's state for the whole request (retries
+        included, whatever snapshot comes meanwhile); the route's timeout, retries and PrefixRewrite."""
+        router = chain.router
+        self.target = ""
+        try:
+            route = router.match(head)
+        except HTTPError as exc:
+            return reply(exc.status, exc.reason.encode() + b"\n")
+        if route is None:
+            return NO_ROUTE
+        split_hash = None
+        if router.hash_policies:  # the split is the request's hash's (Consul's hash policies), not a draw
+            split_hash = self._hash(router.hash_policies, head)
+        target = route.single or router.pick(route, split_hash)
+        us = chain.targets.get(target)
+        if us is None:  # a checked snapshot names only its targets
+            return reply(503, b"no such target\n")
+        if route.rewrite is not None:
+            try:
+                rewrite_target(head, router.rewritten(route, head))
+            except ValueError:  # a checked rewrite of a parsed target cannot make one: refuse, never crash
+                return reply(400, b"prefix rewrite made no valid target\n")
+        self.us = us
+        self.target = target
+        cfg = us.config
+        self.retries = route.retries or cfg.retries
+        self.timeout_s = route.timeout_s or cfg.request_timeout_ms / 1000.0
+        if not us.breakers.acquire_request():
+            s.flags = "UO"
+            return self._trip("max_concurrent_requests")
+        us.budget.request_started()
+        lb = cfg.load_balancer
+        self.hash_key = None
+        if lb.hash_policies and lb.policy in _HASHED:
+            self.hash_key = (split_hash if lb.hash_policies == router.hash_policies
+                             else self._hash(lb.hash_policies, head))
         return None
 
     def _trip(self, limit: str) -> bytes:
@@ -461,6 +510,8 @@ class OutboundL7(_Base):
         if s.admitted and self.us is not None:
             self.us.breakers.release_request()
             self.us.budget.request_finished()
+        if self.target:
+            self.metrics.target_request(self.name, self.target, code)
         self._count(s, code, duration_s)
 
     def failure_reply(self, reason: str) -> bytes:

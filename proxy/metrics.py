@@ -36,6 +36,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tls_handshake_failures_total": ("counter", "TLS handshakes that failed, by reason.", ("direction", "reason")),
     "authorization_denials_total": ("counter", "Connections or requests denied, by intention.",
                                     ("intention", "layer")),
+    "target_requests_total": ("counter", "Requests through a discovery chain by target and response class.",
+                              ("target", "code_class")),
     "retries_total": ("counter", "Upstream requests tried again.", ()),
     "retry_budget_overflows_total": ("counter", "Retries refused by the retry budget.", ()),
     "circuit_breaker_trips_total": ("counter", "Requests or connections refused by a circuit breaker.",
@@ -67,6 +69,7 @@ class ProxyMetrics:
         self._tx: dict[tuple[str, str], int] = {}
         self._tls: dict[tuple[str, str], int] = {}
         self._denials: dict[tuple[str, str], int] = {}
+        self._targets: dict[tuple[str, str, int], int] = {}
         self._retries: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
         self._trips: dict[tuple[str, str], int] = {}
@@ -101,6 +104,11 @@ class ProxyMetrics:
             h = self._hist[hkey] = [0.0] * (_NB + 2)
         h[bisect_left(BUCKETS, duration_s)] += 1
         h[-1] += duration_s
+
+    def target_request(self, upstream: str, target: str, code: int) -> None:
+        """One request of `upstream`'s discovery chain sent to target `target` (its id), answered `code`."""
+        key = (upstream, target, code // 100)
+        self._targets[key] = self._targets.get(key, 0) + 1
 
     def connection_opened(self, direction: str, upstream: str) -> None:
         """A connection was accepted (inbound, outbound listener) and counts as active."""
@@ -180,6 +188,7 @@ class ProxyMetrics:
             "bytes_sent_total": [[[*ends(d, u), dc, d], n] for (d, u), n in self._tx.items()],
             "tls_handshake_failures_total": [[[src, src, dc, d, r], n] for (d, r), n in self._tls.items()],
             "authorization_denials_total": [[[src, src, dc, r, la], n] for (r, la), n in self._denials.items()],
+            "target_requests_total": [[[src, u, dc, t, cls(c)], n] for (u, t, c), n in self._targets.items()],
             "retries_total": [[[src, u, dc], n] for u, n in self._retries.items()],
             "retry_budget_overflows_total": [[[src, u, dc], n] for u, n in self._overflows.items()],
             "circuit_breaker_trips_total": [[[src, u, dc, lim], n] for (u, lim), n in self._trips.items()],

@@ -328,7 +328,8 @@ class ProxySnapshot:
         return snap
 
     def check(self) -> None:
-        """Cross-field rules: ports in range, protocols known, listeners distinct, addresses IP literals."""
+        """Cross-field rules: ports in range, protocols known, listeners distinct, addresses IP literals; an
+        upstream's chain (routes, targets) by chain_check.check_chain."""
         _port(self.public_port, "public_port")
         _ip(self.public_address, "public_address")
         _ip(self.local_service_address, "local_service_address")
@@ -352,6 +353,9 @@ class ProxySnapshot:
                 _ip(ep.address, f"{where}.endpoints[{j}].address")
                 if ep.weight < 1:
                     raise ProxyConfigError(f"{where}.endpoints[{j}].weight: {ep.weight} is below 1")
+            if up.routes or up.targets:
+                from .chain_check import check_chain  # lazily: it imports this module (and RE2)
+                check_chain(up, where)
         for i, rule in enumerate(self.intentions.rules):
             if rule.action not in ("allow", "deny", None):
                 raise ProxyConfigError(f"intentions.rules[{i}].action: {rule.action!r} is not allow or deny")

@@ -104,7 +104,7 @@ def test_an_empty_proxy_lists_every_metric_and_parses() -> None:
     text = render_prometheus(ProxyMetrics("web", "dc1").to_wire())
     names = {f.name for f in text_string_to_metric_families(text)}
     assert "meshagent_proxy_requests" in names and "meshagent_proxy_endpoints" in names
-    assert text.count("# TYPE ") == 13
+    assert text.count("# TYPE ") == 14  # issue 17 added target_requests_total
 
 
 @pytest.mark.parametrize("hostile", ['a"b', "a\nb", "a\\b", 'x\\"\n}{', "é ☃"])
