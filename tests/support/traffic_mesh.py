@@ -204,3 +204,11 @@ def splitter(service: str, weights: Mapping[str, float]) -> dict[str, Any]:
     """A service-splitter for `service` with subset → percent."""
     return {"Kind": "service-splitter", "Name": service,
             "Splits": [{"Weight": w, "ServiceSubset": s} for s, w in weights.items()]}
+
+
+def write_and_read_back(host: Host, entry: Mapping[str, Any]) -> None:
+    """Write `entry` through `host` and read it back there: a client checks the next entry's references
+    against its catalog replica, which a default-consistency read brings up to the leader's index."""
+    code, body = write_entry(host, entry)
+    assert code == 200 and body.strip() == "true", f"PUT /v1/config {entry['Kind']} {entry['Name']}: {code} {body}"
+    host.http(f"/v1/config/{entry['Kind']}/{entry['Name']}")
