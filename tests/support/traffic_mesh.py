@@ -91,10 +91,10 @@ class Sample:
 
 
 def sample(apps: Mapping[str, App]) -> Sample:
-    """Every app's served count, read now; `at` is the time after the last read (the counters are no
-    older than that)."""
-    served = {name: app.served() for name, app in apps.items()}
-    return Sample(time.monotonic(), served)
+    """Every app's served count, read now; `at` is the time before the first read (every counter was read
+    at or after it)."""
+    at = time.monotonic()
+    return Sample(at, {name: app.served() for name, app in apps.items()})
 
 
 @dataclass
