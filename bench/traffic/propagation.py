@@ -1,0 +1,259 @@
+"""Traffic-management benchmark, part 2: a splitter weight change → the last client sidecar applying it.
+
+    .venv/bin/python bench/traffic/propagation.py [--writes 5] [--clients 3]
+
+A namespace cluster (tests/support/cluster_hosts.py, as bench/cluster/run.py): 3 servers + N clients, each
+client running `web` with a sidecar whose upstream is db, and one `db` instance (Service.Meta.version v1 on
+all but the last client, v2 there) with its sidecar in front of a tests/support/mesh_apps.py app. Entries:
+db `http`, a resolver with subsets v1/v2, a router and a splitter. Each write (PUT /v1/config through
+client-1, as an operator's CLI talks to its local agent) flips the splitter between 90/10 and 50/50, the
+issue's canary change. Per client, from the moment before the PUT:
+
+- entry: its agent's catalog serves the new splitter (a blocking GET /v1/config/service-splitter/db?stale):
+  the replication floor, the reference;
+- snapshot: its agent built web's sidecar snapshot with the new weights (blocking
+  GET /v1/agent/connect/proxy/web-sidecar-proxy);
+- applied: web's worker logged `applied snapshot version V` (proxy/worker.py, millisecond timestamps, into
+  the agent's log) for that snapshot's version or a later one: the moment the data plane uses it.
+
+Printed per write, then the median and max over writes of the last client's time, and the ratio of applied
+to entry (what the proxy path adds over replication). The issue's bound: within 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
+from dev_mesh import AgentLog, chain_entries  # noqa: E402  (bench/traffic/dev_mesh.py)
+from machine import machine_info  # noqa: E402  (bench/machine.py)
+
+from tests.support.cluster_hosts import Cluster, Host  # noqa: E402
+from tests.support.mesh import connect_hcl, wait_ca, write_extra_config  # noqa: E402
+from tests.support.proxy_mesh import App, stop_apps  # noqa: E402
+
+PROXY = "web-sidecar-proxy"
+UPSTREAM_PORT, DB_PORT, DB_CONTROL = 9191, 8090, 9090
+WEIGHTS = (90.0, 50.0)  # v1's share, alternating: the canary at 10 %, then 50/50
+BOUND_S = 1.0
+WAIT_S = 30
+
+
+def db_hcl(host: Host, version: str) -> str:
+    """One db instance (the app on 127.0.0.1:DB_PORT, TCP-checked every second) with its sidecar."""
+    return f"""service {{
+  id   = "db-{host.name}"
+  name = "db"
+  port = {DB_PORT}
+  meta = {{ version = "{version}" }}
+  check {{
+    tcp      = "127.0.0.1:{DB_PORT}"
+    interval = "1s"
+  }}
+  connect {{ sidecar_service {{}} }}
+}}
+"""
+
+
+WEB_HCL = f"""service {{
+  name = "web"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      proxy {{
+        upstreams {{
+          destination_name = "db"
+          local_bind_port  = {UPSTREAM_PORT}
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def put_entry(host: Host, entry: dict[str, Any]) -> None:
+    """PUT /v1/config through `host`; exit with the agent's answer when it is not 200."""
+    resp = host.cluster.http_client.put(f"{host.http_addr}/v1/config", json=entry, timeout=10)
+    if resp.status_code != 200:
+        raise SystemExit(f"PUT /v1/config {entry['Kind']} {entry['Name']} via {host.name}: {resp.status_code} "
+                         f"{resp.text[:300]}")
+
+
+def split_weights(wire: dict[str, Any]) -> list[int] | None:
+    """The sorted split weights of db's default route in web's snapshot wire (None when flat)."""
+    for up in wire.get("upstreams") or ():
+        if up.get("destination_name") == "db" and up.get("routes"):
+            return sorted(int(s.get("weight", 0)) for s in up["routes"][-1].get("splits") or ())
+    return None
+
+
+def expected(weight_v1: float) -> list[int]:
+    return sorted((round(weight_v1 * 100), 10000 - round(weight_v1 * 100)))
+
+
+def entry_weights(entry: dict[str, Any]) -> list[int]:
+    return sorted(round(float(s.get("Weight", 0)) * 100) for s in entry.get("Splits") or ())
+
+
+class Watch:
+    """Blocking reads on one agent until `done(body)` holds; records when (time.time()) and the last index."""
+
+    def __init__(self, host: Host, path: str, done: Callable[[Any], bool]) -> None:
+        self.host, self.path, self.done = host, path, done
+        self.at: float | None = None
+        self.index = 0
+        self.error = ""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def prime(self) -> Watch:
+        """Read once now, so the blocking reads start from the current index."""
+        with httpx.Client(trust_env=False, timeout=10) as http:
+            resp = http.get(f"{self.host.http_addr}{self.path}")
+            self.index = int(resp.headers.get("X-Consul-Index", "0"))
+        return self
+
+    def _run(self) -> None:
+        sep = "&" if "?" in self.path else "?"
+        deadline = time.monotonic() + WAIT_S
+        with httpx.Client(trust_env=False, timeout=WAIT_S + 10) as http:
+            while time.monotonic() < deadline:
+                try:
+                    resp = http.get(f"{self.host.http_addr}{self.path}{sep}index={self.index}&wait=10s")
+                except httpx.HTTPError as exc:
+                    self.error = f"{self.host.name} {self.path}: {exc}"
+                    continue
+                now = time.time()
+                self.index = int(resp.headers.get("X-Consul-Index", self.index))
+                if resp.status_code == 200 and self.done(resp.json()):
+                    self.at = now
+                    return
+        self.error = self.error or f"{self.host.name} {self.path}: not within {WAIT_S} s"
+
+
+def one_write(writer: Host, clients: list[Host], logs: dict[str, AgentLog], weight_v1: float,
+              entry: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Write the splitter with `weight_v1`; per client, seconds from the write to entry, snapshot, applied."""
+    want = expected(weight_v1)
+    entries = {c.name: Watch(c, "/v1/config/service-splitter/db?stale", lambda b: entry_weights(b) == want).prime()
+               for c in clients}
+    snaps = {c.name: Watch(c, f"/v1/agent/connect/proxy/{PROXY}", lambda b: split_weights(b) == want).prime()
+             for c in clients}
+    for w in (*entries.values(), *snaps.values()):
+        w.thread.start()
+    t0 = time.time()
+    put_entry(writer, entry)
+    for w in (*entries.values(), *snaps.values()):
+        w.thread.join(WAIT_S + 15)
+        if w.at is None:
+            raise SystemExit(f"write {weight_v1}/{100 - weight_v1}: {w.error or 'no answer'}")
+    out: dict[str, dict[str, float]] = {}
+    for c in clients:
+        version = snaps[c.name].index
+        deadline = time.monotonic() + WAIT_S
+        applied = logs[c.name].applied(PROXY, version)
+        while applied is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the log is a file: polled, and the figure is the line's own timestamp
+            applied = logs[c.name].applied(PROXY, version)
+        if applied is None:
+            raise SystemExit(f"{c.name}: web's worker never logged applying version {version}")
+        out[c.name] = {"entry": entries[c.name].at - t0, "snapshot": snaps[c.name].at - t0,  # type: ignore[operator]
+                       "applied": applied.at - t0}
+    return out
+
+
+def setup(cluster: Cluster) -> list[App]:
+    """Services and apps on the clients, the agents, the CA, and the entries; until every web snapshot routes."""
+    write_extra_config(cluster, "connect.hcl", connect_hcl())
+    apps = []
+    for i, c in enumerate(cluster.clients):
+        c.write_service("web", WEB_HCL)
+        c.write_service("db", db_hcl(c, "v2" if i == len(cluster.clients) - 1 else "v1"))
+        apps.append(App(c, f"db-{c.name}", DB_PORT, DB_CONTROL))
+    for app in apps:
+        app.start()
+    cluster.start(timeout=120)
+    wait_ca(cluster, timeout=60)
+    writer = cluster.clients[0]
+    for entry in ({"Kind": "service-defaults", "Name": "db", "Protocol": "http"}, *chain_entries(WEIGHTS[0])):
+        put_entry(writer, entry)
+        # The next entry refers to this one and the writer validates it against its own replica: wait until the
+        # write is there (a client agent's PUT returns once the leader committed, before its replica has it).
+        url = f"{writer.http_addr}/v1/config/{entry['Kind']}/{entry['Name']}"
+        cluster.wait_until(lambda url=url: cluster.http_client.get(url, timeout=5).status_code == 200, 30,
+                           f"{entry['Kind']} on {writer.name}", interval=0.02)
+    want = expected(WEIGHTS[0])
+
+    def routed() -> bool:
+        for c in cluster.clients:
+            resp = cluster.http_client.get(f"{c.http_addr}/v1/agent/connect/proxy/{PROXY}", timeout=5)
+            if resp.status_code != 200 or split_weights(resp.json()) != want:
+                return False
+        return True
+
+    cluster.wait_until(routed, 90, "every client's web snapshot to route db 90/10", interval=0.2)
+    return apps
+
+
+def summary(label: str, values: list[float]) -> str:
+    return f"{label}: median {statistics.median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writes", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=3)
+    args = parser.parse_args()
+    if not (1 <= args.writes <= 100 and 1 <= args.clients <= 20):
+        sys.exit("--writes 1-100, --clients 1-20")
+    print(f"machine: {machine_info()}")
+    with tempfile.TemporaryDirectory(prefix="bench-traffic-prop-") as tmp:
+        cluster = Cluster(Path(tmp), servers=3, clients=args.clients, log_level="info")
+        apps: list[App] = []
+        try:
+            t_setup = time.monotonic()
+            apps = setup(cluster)
+            where = "namespaces" if cluster.isolated else "loopback (no namespaces)"
+            print(f"cluster: 3 servers + {args.clients} clients in {where}, ready in "
+                  f"{time.monotonic() - t_setup:.0f} s; writes through {cluster.clients[0].name}", flush=True)
+            logs = {c.name: AgentLog(c.log_path) for c in cluster.clients}
+            for log in logs.values():
+                log.scan()
+            last: dict[str, list[float]] = {"entry": [], "snapshot": [], "applied": []}
+            for i in range(args.writes):
+                weight = WEIGHTS[(i + 1) % 2]
+                entry = next(e for e in chain_entries(weight) if e["Kind"] == "service-splitter")
+                per = one_write(cluster.clients[0], cluster.clients, logs, weight, entry)
+                for key in last:
+                    last[key].append(max(p[key] for p in per.values()))
+                print(f"  write {i + 1} (v1 {weight:g} %): applied per client "
+                      + ", ".join(f"{name} {p['applied'] * 1000:.0f}" for name, p in per.items())
+                      + f" ms; last client: entry {last['entry'][-1] * 1000:.0f}, snapshot "
+                      f"{last['snapshot'][-1] * 1000:.0f}, applied {last['applied'][-1] * 1000:.0f} ms", flush=True)
+        finally:
+            stop_apps(apps)
+            cluster.stop()
+    print(f"\nover {args.writes} writes, the last of {args.clients} client sidecars:")
+    print("  " + summary("config write -> last worker applied", last["applied"])
+          + f"  (bound {BOUND_S:g} s: {'met' if max(last['applied']) <= BOUND_S else 'MISSED'})")
+    print("  " + summary("config write -> last agent built the snapshot", last["snapshot"]))
+    print("  " + summary("reference, config write -> entry readable on the last client", last["entry"]))
+    print(f"  ratio applied / entry (medians): "
+          f"{statistics.median(last['applied']) / statistics.median(last['entry']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
