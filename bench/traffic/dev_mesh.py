@@ -38,6 +38,8 @@ MAX_LOG = 8 << 20  # the agent log is read from the last offset, at most this mu
 APPLIED = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \[INFO\] proxy (\S+) worker (\d+): "
                      rb"\S+: applied snapshot version (\d+) ", re.M)
 
+TARGET_SERIES = re.compile(r'^meshagent_proxy_target_requests_total\{[^}\n]*\btarget="([^"]*)"[^}\n]*\} (\S+)$', re.M)
+
 BASE_ENTRIES: tuple[dict[str, Any], ...] = (
     {"Kind": "service-defaults", "Name": "db", "Protocol": "http"},
     {"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Permissions": [
@@ -238,6 +240,14 @@ class DevMesh:
         wait_for(lambda: self.log.applied(CLIENT_PROXY, found["version"]) is not None, timeout, 0.02,
                  f"web's worker to apply version {found['version']}")
         return bool(found["routed"])
+
+    def target_requests(self) -> dict[str, float]:
+        """Requests web's sidecar sent through the chain, by target (proxy metric target_requests_total)."""
+        text = self.http.get("/v1/agent/metrics?format=prometheus").text
+        out: dict[str, float] = {}
+        for m in TARGET_SERIES.finditer(text):
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+        return out
 
     def close(self) -> None:
         self.http.close()

@@ -67,6 +67,15 @@ def ratio(results: dict[str, list], attr: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def split_seen(before: dict[str, float], after: dict[str, float]) -> str:
+    """Each chain target's share of the requests web's sidecar sent through the chain during the rounds."""
+    sent = {t: after[t] - before.get(t, 0.0) for t in sorted(after)}
+    total = sum(sent.values())
+    if not total:
+        return "no request went through a chain target"
+    return ", ".join(f"{t} {n / total:.1%}" for t, n in sent.items()) + f" of {total:,.0f}"
+
+
 def report(results: dict[str, list], rounds: int, routed: list[bool]) -> tuple[int, bool]:
     """Print the figures; (runs with errors, whether the target was met)."""
     print(f"\nmedians of {rounds} round(s); ratio = median of the per-round ratios chain/plain\n")
@@ -148,6 +157,7 @@ def main() -> None:
                 for mode in MODES:
                     mesh.set_chain(mode == "chain")
                     bench.wrk_run(mesh.url(), None, duration=1)
+            before = mesh.target_requests()
             for rnd in range(args.rounds):
                 order = MODES if rnd % 2 == 0 else MODES[::-1]
                 for mode in order:
@@ -158,6 +168,7 @@ def main() -> None:
                     results[mode].append(bench.wrk_run(mesh.url(), mesh))
                 print(f"round {rnd + 1}/{args.rounds}: "
                       + ", ".join(f"{m} {results[m][-1].rate:,.0f} req/s" for m in MODES), flush=True)
+            print(f"split seen by web's sidecar (50/50 written): {split_seen(before, mesh.target_requests())}")
         finally:
             if mesh is not None:
                 mesh.close()

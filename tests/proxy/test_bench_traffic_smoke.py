@@ -29,6 +29,9 @@ def test_quick_run_measures_the_chain_and_the_plain_path_with_zero_errors_and_cl
     assert re.search(rf"^  CPU per request \(sidecars\), us\s+{N}\s+{N}\s+{N}x", out, re.M), out
     assert re.search(r"^runs with errors \(must be 0\)\s+0\s+0\s+0  met$", out, re.M), out
     assert "WARNING" not in out, out  # the chain round did go through a compiled chain
+    split = re.search(r"^split seen by web's sidecar \(50/50 written\): v1\.db\S+ ([\d.]+)%, v2\.db\S+ ([\d.]+)%",
+                      out, re.M)
+    assert split and all(float(share) > 10 for share in split.groups()), out  # both subsets served
     assert re.search(r"^machine: nproc=\d+", out, re.M), out
     line = next(line for line in out.splitlines() if line.startswith("processes: "))
     pids = [int(p) for p in re.findall(r"\b(\d{2,})\b", line.split(", on ")[0])]
