@@ -349,6 +349,25 @@ def check_bootstrap(entries: list[dict[str, Any]], sources: list[tuple[str, int 
         if first != (path, line, field_):
             where = f"{first[0]}:{first[1]}" if first[1] else first[0]
             errors.append(ConfigError(path, line, field_, f"{ident[0]} {ident[1]!r} is also defined at {where}"))
+    _check_bootstrap_chains(entries, sources, errors)
+
+
+def _check_bootstrap_chains(entries: list[dict[str, Any]], sources: list[tuple[str, int | None, str]],
+                            errors: list[ConfigError]) -> None:
+    """Routers, splitters and resolvers among the bootstrap entries compiled together: a redirect or splitter
+    cycle (or a chain past the compiler's bounds) is an error here, not a chain no proxy can follow."""
+    table = {(str(e.get("Kind")), str(e.get("Name"))): e for e in entries}
+    if not any(k in ("service-router", "service-splitter", "service-resolver") for k, _ in table):
+        return
+    from ..connect.entry_validate import EntryError, check_chains  # only when there are chain entries
+
+    for entry, (path, line, field_) in zip(entries, sources, strict=False):
+        try:
+            check_chains(entry, lambda k, n: table.get((k, n)), partial=True)
+        except EntryError as exc:
+            if (exc.kind, exc.name) == (entry.get("Kind"), entry.get("Name")):  # each entry on a cycle says so
+                errors.append(ConfigError(path, line, f"{field_}.{exc.field}" if exc.field else field_,
+                                          f"{exc.kind} {exc.name}: {exc.problem}"))
 
 
 # ---------------------------------------------------------------------- shared

@@ -52,15 +52,17 @@ class ChainError(EntryError):
     """A chain that cannot be compiled: a cycle, a missing subset, or a chain beyond the bounds. `involved`
     names every (kind, name, field) on a cycle, so a write can be blamed on the entry being written."""
 
-    def __init__(self, kind: str, name: str, field: str, problem: str, involved: tuple[Ref, ...] = ()) -> None:
+    def __init__(self, kind: str, name: str, field: str, problem: str, involved: tuple[Ref, ...] = (),
+                 reason: str = "") -> None:
         super().__init__(kind, name, field, problem)
         self.involved = involved or ((kind, name, field),)
+        self.reason = reason  # "cycle", "bound", "subset" or "external"
 
     def blame(self, kind: str, name: str) -> ChainError:
         """The same error naming (kind, name) when that entry is on the cycle; else itself."""
         for ref in self.involved:
             if ref[0] == kind and ref[1] == name:
-                return ChainError(ref[0], ref[1], ref[2], self.problem, self.involved)
+                return ChainError(ref[0], ref[1], ref[2], self.problem, self.involved, self.reason)
         return self
 
 
@@ -213,9 +215,11 @@ class _Compiler:
         """Refuse a chain that grew past the bounds, naming the entry that led there."""
         nodes = len(self.routes) + len(self.splits) + len(self.resolvers)
         if nodes >= MAX_NODES:
-            raise ChainError(*ref, f'the chain of "{self.service}" reaches more than {MAX_NODES} nodes')
+            raise ChainError(*ref, f'the chain of "{self.service}" reaches more than {MAX_NODES} nodes',
+                             reason="bound")
         if len(self.targets) > MAX_TARGETS:
-            raise ChainError(*ref, f'the chain of "{self.service}" reaches more than {MAX_TARGETS} targets')
+            raise ChainError(*ref, f'the chain of "{self.service}" reaches more than {MAX_TARGETS} targets',
+                             reason="bound")
 
     # ------------------------------------------------------------------ router
 
@@ -255,12 +259,12 @@ class _Compiler:
             loop = self.splitting[onstack.index(service):]
             path = " -> ".join([*(s for s, _ in loop), service])
             involved = tuple(("service-splitter", s, f) for s, f in loop)
-            raise ChainError(*involved[-1], f"splitter cycle {path}", involved)
+            raise ChainError(*involved[-1], f"splitter cycle {path}", involved, "cycle")
         splitter = self.l7("service-splitter", service)
         if splitter is None:
             return None
         if len(self.splitting) >= MAX_SPLIT_DEPTH:
-            raise ChainError(*ref, f"nests splitters deeper than {MAX_SPLIT_DEPTH}")
+            raise ChainError(*ref, f"nests splitters deeper than {MAX_SPLIT_DEPTH}", reason="bound")
         self.count(ref)
         splits: list[_Split] = []
         raw_splits = splitter.get("Splits")
@@ -318,13 +322,14 @@ class _Compiler:
         history: list[tuple[str, Ref]] = []
         while True:
             tid = target_id(service, subset, dc)
-            if any(t == tid for t, _ in history):
-                labels = [self.label(t) for t, _ in history] + [self.label(tid)]
-                involved = tuple(r for _, r in history if r[0] == "service-resolver" and r[2].startswith("Redirect"))
-                involved = involved + ((ref,) if ref[2].startswith("Redirect") and ref not in involved else ())
-                raise ChainError(*ref, f"redirect cycle {' -> '.join(labels)}", involved or (ref,))
+            seen = [t for t, _ in history]
+            if tid in seen:
+                labels = [self.label(t) for t in seen] + [self.label(tid)]
+                # the entries on the loop: the refs that led from its first target round to it again
+                involved = (*(r for _, r in history[seen.index(tid) + 1:]), ref)
+                raise ChainError(*ref, f"redirect cycle {' -> '.join(labels)}", involved, "cycle")
             if len(history) >= MAX_REDIRECTS:
-                raise ChainError(*ref, f"redirects more than {MAX_REDIRECTS} times")
+                raise ChainError(*ref, f"redirects more than {MAX_REDIRECTS} times", reason="bound")
             history.append((tid, ref))
             resolver = self.entry("service-resolver", service) or {}
             redirect = _map(resolver.get("Redirect"))
@@ -345,7 +350,7 @@ class _Compiler:
                 continue
             if subset and subset not in _map(resolver.get("Subsets")):
                 raise ChainError(*ref, f'service "{service}" has no subset "{subset}" (define it in its '
-                                 "service-resolver)")
+                                 "service-resolver)", reason="subset")
             return service, subset, dc, ref
 
     def label(self, tid: str) -> str:
@@ -427,8 +432,8 @@ class _Compiler:
             sni, external = _str(defaults["ExternalSNI"]), True
             for bad in ("Redirect", "Subsets", "Failover"):
                 if resolver.get(bad):
-                    raise ChainError("service-resolver", service, bad, f'service "{service}" has an ExternalSNI '
-                                     f"in its service-defaults: an external service cannot have {bad}")
+                    raise ChainError("service-resolver", service, bad, f'service "{service}" has an ExternalSNI in '
+                                     f"its service-defaults: an external service cannot have {bad}", reason="external")
         else:
             mesh = _str(_map(defaults.get("MeshGateway")).get("Mode"))
             if not mesh:

@@ -78,6 +78,55 @@ def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
         if any("Permissions" in s for s in intentions.get("Sources", [])):
             raise EntryError(kind, name, "Protocol", f'intentions with L7 Permissions exist for "{name}", which '
                              "need protocol http, http2 or grpc")
+    check_chains(entry, lookup)
+
+
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults")
+_PLACEHOLDER_DC = "dc1"  # cycles and bounds do not depend on which datacenter compiles
+
+
+def check_chains(entry: Mapping[str, Any], lookup: Lookup, *, partial: bool = False) -> None:
+    """Compile every chain the entry's write touches (its own service's and those it names) with the entry in
+    place; a redirect or splitter cycle, a chain past the bounds or a missing subset is a ChainError (an
+    EntryError) naming the written entry when it is on the cycle. `partial`: `lookup` holds only some entries
+    (the agent config's bootstrap list): a service without service-defaults counts as http and only cycles
+    and bounds are errors."""
+    from .chain_compile import ChainError, compile_chain  # chain_compile imports this module
+
+    kind, name = str(entry.get("Kind", "")), str(entry.get("Name", ""))
+    if kind not in CHAIN_KINDS:
+        return
+
+    def placed(k: str, n: str) -> dict[str, Any] | None:
+        if (k, n) == (kind, name):
+            return dict(entry)
+        found = lookup(k, n)
+        if found is None and partial and k == "service-defaults":
+            return {"Kind": k, "Name": n, "Protocol": "http"}
+        return found
+
+    for service in (name, *sorted(named_services(entry) - {name})):
+        try:
+            compile_chain(service, placed, datacenter=_PLACEHOLDER_DC, trust_domain="validate")
+        except ChainError as exc:
+            if partial and exc.reason not in ("cycle", "bound"):
+                continue
+            raise exc.blame(kind, name) from None
+
+
+def named_services(entry: Mapping[str, Any]) -> set[str]:
+    """The services a router, splitter or resolver sends to (bounded by the entry's own list limits)."""
+    out: set[str] = set()
+    for route in entry.get("Routes", []) or []:
+        out.add(str(route.get("Destination", {}).get("Service") or ""))
+    for split in entry.get("Splits", []) or []:
+        out.add(str(split.get("Service") or ""))
+    out.add(str((entry.get("Redirect") or {}).get("Service") or ""))
+    for fo in (entry.get("Failover") or {}).values():
+        out.add(str(fo.get("Service") or ""))
+        out.update(str(t.get("Service") or "") for t in fo.get("Targets", []) or [])
+    out.discard("")
+    return out
 
 
 def _need_subset(entry: Mapping[str, Any], lookup: Lookup, service: str, subset: str, field: str) -> None:

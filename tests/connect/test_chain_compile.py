@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshagent.agent.connect.chain_api_shape import go_duration
 from meshagent.agent.connect.chain_compile import MAX_NODES, MAX_SPLIT_DEPTH, ChainError, compile_chain
-from meshagent.agent.connect.entry_validate import EntryError, normalize_entry
+from meshagent.agent.connect.entry_validate import EntryError, check_references, normalize_entry
 
 TD = "11111111-2222-3333-4444-555555555555.consul"
 
@@ -280,3 +280,41 @@ def test_random_graphs_compile_or_raise_chain_error(entries: list[dict[str, Any]
         if node.resolver is not None:
             assert {node.resolver.target, *node.resolver.failover} <= set(chain.targets)
     assert set(api["Targets"]) == set(chain.targets)
+
+
+# ---------------------------------------------------------------------- validation through the compiler
+
+
+def test_check_references_compiles_the_chains_a_write_touches() -> None:
+    stored = lookup({"Kind": "service-resolver", "Name": "a", "Redirect": {"Service": "b"}})
+    with pytest.raises(ChainError) as err:  # b's own chain loops back through a
+        check_references(normalize_entry({"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}),
+                         stored)
+    assert str(err.value) == "service-resolver b: field Redirect.Service: redirect cycle b -> a -> b"
+    check_references(normalize_entry({"Kind": "service-resolver", "Name": "b", "ConnectTimeout": "2s"}), stored)
+    # a service-defaults write changes chains too: ExternalSNI on a service whose resolver has subsets
+    with_subsets = lookup({"Kind": "service-resolver", "Name": "ext", "Subsets": {"v1": {}}})
+    with pytest.raises(ChainError, match="ExternalSNI"):
+        check_references(normalize_entry({"Kind": "service-defaults", "Name": "ext", "ExternalSNI": "x.example"}),
+                         with_subsets)
+
+
+def test_bootstrap_entries_with_a_cycle_are_config_errors(tmp_path: Any) -> None:
+    from meshagent.agent.config.errors import ConfigErrors
+    from meshagent.agent.config.loader import load_config
+
+    path = tmp_path / "entries.hcl"
+    path.write_text('''config_entries {
+  bootstrap = [
+    { kind = "service-resolver", name = "a", redirect = { service = "b" } },
+    { kind = "service-resolver", name = "b", redirect = { service = "a" } },
+    { kind = "service-resolver", name = "c", redirect = { service = "a" } },
+    { kind = "service-splitter", name = "web", splits = [{ weight = 100, service_subset = "v9" }] },
+  ]
+}
+''')
+    with pytest.raises(ConfigErrors) as err:
+        load_config([str(path)], [], {})
+    assert [str(e) for e in err.value.errors] == [
+        f"{path}:3: config_entries.bootstrap[0].Redirect.Service: service-resolver a: redirect cycle a -> b -> a",
+        f"{path}:4: config_entries.bootstrap[1].Redirect.Service: service-resolver b: redirect cycle b -> a -> b"]
