@@ -255,5 +255,7 @@ def test_a_canary_chain_and_its_failover(agent: AgentProcess) -> None:
         assert by_id[v2]["EndpointsOf"] == v1
         text = run("-sidecar-for", "frontend", "-http-addr", agent.http_addr).stdout
         assert f"failover: endpoints of {v1}" in text
-    finally:
+    finally:  # the module's other tests see web as they found it, whatever the order
         httpx.put(f"{agent.http_addr}/v1/agent/check/pass/web-b-ttl", timeout=10)
+        for kind in ("service-router", "service-splitter", "service-resolver"):
+            httpx.delete(f"{agent.http_addr}/v1/config/{kind}/web", timeout=10)
