@@ -125,6 +125,9 @@ class ChainReader(ConfigReader):
 
     def chain_upstream(self, base: Upstream, chain: CompiledChain) -> Upstream:
         """See `chain_upstream`."""
+        # Per call: targets of one service share its instances and their filter views (subsets of web).
+        self._instances: dict[str, list[tuple[Instance, list[Any]]]] = {}
+        self._ips: dict[str, bool] = {}
         if base.protocol != "http":  # tcp: routers and splitters do not apply; follow the chain to one target
             return self._flat(base, chain, self._tcp_resolver(chain))
         start = self._node(chain, chain.start_node, f"discovery chain {chain.service_name} StartNode")
@@ -329,14 +332,25 @@ class ChainReader(ConfigReader):
             except FilterError as exc:
                 raise self.fail(where, str(exc)) from None
         out: list[Endpoint] = []
-        for inst in self.catalog.connect_instances(spec.service):
+        instances = self._instances.get(spec.service)
+        if instances is None:
+            instances = self._instances[spec.service] = [(i, []) for i in self.catalog.connect_instances(spec.service)]
+        for inst, view in instances:
             weight = _weight(inst, spec.only_passing)
             svc = inst.service
             address = svc.address or inst.node.address
-            if not weight or not 1 <= svc.port <= 65535 or not is_ip(address):
-                continue  # no traffic, no port to dial, or a name a worker would block on resolving
-            if keep is not None and not keep(health_entry_json(inst)):
-                continue
+            if not weight or not 1 <= svc.port <= 65535:
+                continue  # no traffic, or no port to dial
+            ip = self._ips.get(address)
+            if ip is None:
+                ip = self._ips[address] = is_ip(address)
+            if not ip:
+                continue  # a host name: a worker would block its event loop resolving it
+            if keep is not None:
+                if not view:
+                    view.append(health_entry_json(inst))  # the health API's entry, built once per build
+                if not keep(view[0]):
+                    continue
             out.append(Endpoint(address=address, port=svc.port, weight=weight, node=inst.node.node[:MAX_STR],
                                 service_id=svc.id[:MAX_STR]))
             if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
