@@ -306,3 +306,24 @@ def test_chains_compile_once_per_entry_index_and_watch_keys_follow_them() -> Non
     assert {"connect:web", "connect:backup", "config-entry:service-router",
             "config-entry:service-splitter", "config-entry:service-resolver"} <= set(keys)
     assert "connect:backup" not in watch_keys(proxy)
+
+
+def test_entries_through_the_compiler_canary_failover_and_tcp() -> None:
+    w = canary_world()
+    w.instance(5, "backup")
+    w.entry({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v1", "ConnectTimeout": "300ms",
+             "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                         "v2": {"Filter": "Service.Meta.version == v2", "OnlyPassing": True}},
+             "Failover": {"v2": {"Service": "backup"}}})
+    tcp = w.upstream(compiled_chain(w.catalog, "web", DC), protocol="tcp")
+    assert tcp.routes == () and ports(tcp.endpoints) == [21001, 21002] and tcp.connect_timeout_ms == 300
+    w.entry({"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
+    w.entry({"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 75, "ServiceSubset": "v1"},
+                                                                  {"Weight": 25, "ServiceSubset": "v2"}]})
+    u = w.upstream(compiled_chain(w.catalog, "web", DC))
+    assert [(s.target, s.weight) for s in u.routes[0].splits] == [(V1.id, 7500), (V2.id, 2500)]
+    assert {t.id: ports(t.endpoints) for t in u.targets} == {V1.id: [21001, 21002], V2.id: [21003]}
+    w.instance(3, "web", version="v2", status="warning")  # OnlyPassing: v2 is empty, backup takes it
+    u = w.upstream(compiled_chain(w.catalog, "web", DC))
+    v2 = next(t for t in u.targets if t.id == V2.id)
+    assert ports(v2.endpoints) == [21005] and v2.spiffe_ids == (sid("backup"),)
