@@ -119,3 +119,50 @@ def test_a_bad_service_file_is_refused_naming_file_and_field(agent: AgentProcess
     assert str(bad) in result.stderr and "port" in result.stderr, result.stderr
     services = httpx.get(f"{agent.http_addr}/v1/agent/services", timeout=10).json()
     assert "web-v2" not in services
+
+
+SPELLINGS = {  # Consul's documented spellings beyond the examples': snake_case HCL, fractional weights, JSON
+    "res.hcl": '''kind = "service-resolver"
+name = "web"
+default_subset = "v1"
+connect_timeout = "15s"
+subsets = {
+  v1 = { filter = "Service.Meta.version == v1", only_passing = true }
+  v2 = { filter = "Service.Tags contains canary" }
+}
+failover = { "*" = { service_subset = "v1" } }
+load_balancer = {
+  policy = "ring_hash"
+  hash_policies = [{ field = "header", field_value = "x-user" }, { source_ip = true }]
+}
+''',
+    "spl.json": '{"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 99.5, "ServiceSubset": "v1"},'
+                ' {"Weight": 0.5, "ServiceSubset": "v2"}]}',
+    "rt.hcl": '''kind = "service-router"
+name = "web"
+routes = [
+  {
+    match = { http = { path_prefix = "/admin", methods = ["GET"] } }
+    destination = { service = "admin", prefix_rewrite = "/", num_retries = 3, retry_on_status_codes = [503] }
+  },
+  {
+    match = { http = { header = [{ name = "x-debug", regex = "1|yes", invert = true }],
+                       query_param = [{ name = "canary", present = true }] } }
+    destination = { service_subset = "v2", request_timeout = "2s" }
+  },
+]
+''',
+}
+
+
+def test_consuls_other_spellings_are_accepted(agent: AgentProcess, tmp_path: Path) -> None:
+    for name in ("web-defaults.hcl", "admin-defaults.hcl"):
+        assert run(agent, "config", "write", str(EXAMPLES / name)).exit_code == 0
+    for name, text in SPELLINGS.items():
+        (tmp_path / name).write_text(text)
+        result = run(agent, "config", "write", str(tmp_path / name))
+        assert result.exit_code == 0, f"{name}: {result.output}"
+    router = _stored(agent, "service-router", "web")  # stored canonical CamelCase, whatever the spelling
+    assert router["Routes"][1]["Match"]["HTTP"]["QueryParam"] == [{"Name": "canary", "Present": True}]
+    assert router["Routes"][0]["Destination"]["RetryOnStatusCodes"] == [503]
+    assert _stored(agent, "service-resolver", "web")["Subsets"]["v1"]["OnlyPassing"] is True
