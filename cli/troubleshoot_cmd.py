@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MAX_SNAPSHOT_BODY = 64 * 1024 * 1024  # as proxy/http_feed.py: a snapshot with every list at its bound fits
 MAX_SIDE_BODY = 8 * 1024 * 1024  # a discovery chain or one service's health entries
 NO_ENDPOINTS = "(no healthy endpoints)"
+MAX_FAILOVER_LOOKUPS = 16  # failover targets asked about per target: a chain may list up to hundreds
 
 
 # ---------------------------------------------------------------------- reading the agent
@@ -152,7 +153,7 @@ def endpoints_of(client: AgentClient, chain: Mapping[str, Any] | None, target_id
         return ""
     if healthy_instances(client, targets[target_id]) != 0:
         return ""
-    for other in failover:  # the first failover target with instances is the one the agent took
+    for other in failover[:MAX_FAILOVER_LOOKUPS]:  # the first one with instances is the one the agent took
         spec = targets.get(other)
         if isinstance(spec, dict) and healthy_instances(client, spec):
             return other
@@ -253,8 +254,14 @@ def build_report(client: AgentClient, snap: ProxySnapshot) -> dict[str, Any]:
 # ---------------------------------------------------------------------- text
 
 
+def printable(text: str) -> str:
+    """`text` without control characters (a header value in a router entry must not drive the terminal)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
     """Aligned columns; the header bold (click strips the style when stdout is not a terminal)."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -280,15 +287,16 @@ def _note(endpoints_of_: str) -> str:
 
 def render_text(report: dict[str, Any]) -> list[str]:
     """The report as lines for a person: per upstream, routes then targets with their endpoints."""
-    lines = [f"Proxy {report['ProxyID']} (service {report['Service']}, configuration version {report['Version']})"]
+    lines = [printable(f"Proxy {report['ProxyID']} (service {report['Service']}, "
+                       f"configuration version {report['Version']})")]
     if not report["Upstreams"]:
         lines.append("  no upstreams")
     for up in report["Upstreams"]:
         where = f"{up['LocalBindAddress']}:{up['LocalBindPort']}"
         lines.append("")
         if "Routes" in up:
-            lines.append(f"Upstream {up['DestinationName']} ({up['Protocol']}) on {where}: "
-                         f"{_count(len(up['Routes']), 'route')}, {_count(len(up['Targets']), 'target')}")
+            lines.append(printable(f"Upstream {up['DestinationName']} ({up['Protocol']}) on {where}: "
+                                   f"{_count(len(up['Routes']), 'route')}, {_count(len(up['Targets']), 'target')}"))
             rows = []
             for route in up["Routes"]:
                 extra = []
@@ -307,8 +315,8 @@ def render_text(report: dict[str, Any]) -> list[str]:
             lines += table(["TARGET", "ENDPOINT", "NODE", "SERVICE ID", "NOTE"], rows)
         else:
             target = f", target {up['Target']}" if up.get("Target") else ""
-            lines.append(f"Upstream {up['DestinationName']} ({up['Protocol']}) on {where}: "
-                         f"{_count(len(up['Endpoints']), 'endpoint')}{target}")
+            lines.append(printable(f"Upstream {up['DestinationName']} ({up['Protocol']}) on {where}: "
+                                   f"{_count(len(up['Endpoints']), 'endpoint')}{target}"))
             rows = [r[1:] for r in _endpoint_rows("", up["Endpoints"], _note(up["EndpointsOf"]))]
             lines += table(["ENDPOINT", "NODE", "SERVICE ID", "NOTE"], rows)
     return lines

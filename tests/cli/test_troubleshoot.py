@@ -17,12 +17,13 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 from meshagent.cli.http_client import AgentClient
 from meshagent.cli.main import cli
-from meshagent.cli.troubleshoot_cmd import build_report, describe_match, percent, render_text, target_service
+from meshagent.cli.troubleshoot_cmd import build_report, describe_match, percent, render_text, table, target_service
 from meshagent.proxy import snapshot as ps
 
 from tests.support.agents import AgentProcess, scratch_dir
@@ -202,6 +203,9 @@ def test_small_helpers() -> None:
     assert target_service("web.default.default.dc1") == "web"
     assert [percent(w) for w in (10000, 9000, 1, 3333)] == ["100%", "90%", "0.01%", "33.33%"]
     assert describe_match(ps.RouteMatch()) == "*"
+    lines = table(["A", "B"], [["x\x1b[2Jy", "z"]])  # a control character in a cell never reaches the tty
+    assert [click.unstyle(line) for line in lines] == ["  A" + " " * 10 + "B", "  x\\x1b[2Jy  z"]
+    assert lines[1] == "  x\\x1b[2Jy  z"
     headers = (ps.HeaderMatch("a", present=True, invert=True), ps.HeaderMatch("b", suffix="x"),
                ps.HeaderMatch("c", regex="y+"))
     match = ps.RouteMatch(path_regex="/v[0-9]+", headers=headers, query=(ps.QueryMatch("q", regex="z"),))
@@ -233,8 +237,9 @@ def test_a_canary_chain_and_its_failover(agent: AgentProcess) -> None:
     def web_targets(failed_over: bool) -> dict[str, Any] | None:
         web = upstream(report_of(agent), "web")
         targets = {t["ID"]: t for t in web.get("Targets", ())}
-        if set(targets) != {v1, v2} or not all(t["Endpoints"] for t in targets.values()):
-            return None
+        if len(web.get("Routes", ())) != 2 or set(targets) != {v1, v2} or not all(
+                t["Endpoints"] for t in targets.values()):
+            return None  # the router (written last) has not reached the snapshot yet
         moved = targets[v2]["Endpoints"] == targets[v1]["Endpoints"]
         return web if moved == failed_over else None
 
