@@ -35,7 +35,7 @@ from ...proxy.snapshot import (
     Upstream,
     WeightedTarget,
 )
-from ..catalog.model import PASSING, WARNING
+from ..catalog.model import PASSING, WARNING, Check, Node, Service
 from ..catalog.state import Catalog, Instance
 from ..http.filter import HEALTH_ENTRY_SCHEMA, FilterError, compile_filter
 from ..http.render import health_entry_json
@@ -52,10 +52,12 @@ MAX_TIMEOUT_MS = 3_600_000
 WHOLE = 10000  # a route's split weights, in hundredths of a percent
 _MAX_FILTERS = 512  # cached compiled subset filters (one per distinct filter text)
 _MAX_CHAINS = 1024  # cached compiled chains
+_MAX_VIEWS = 16384  # cached health-entry views of mesh instances (subset filters evaluate over them)
 
 Predicate = Callable[[Any], bool]
 _filters: dict[str, Predicate | FilterError] = {}
 _chains: dict[tuple[str, str, str, int], tuple[Catalog, CompiledChain | ValueError]] = {}
+_views: dict[tuple[str, str], tuple[Node, Service, tuple[Check, ...], dict[str, Any]]] = {}
 
 
 def lookup_of(catalog: Catalog) -> Callable[[str, str], dict[str, Any] | None]:
@@ -125,8 +127,8 @@ class ChainReader(ConfigReader):
 
     def chain_upstream(self, base: Upstream, chain: CompiledChain) -> Upstream:
         """See `chain_upstream`."""
-        # Per call: targets of one service share its instances and their filter views (subsets of web).
-        self._instances: dict[str, list[tuple[Instance, list[Any]]]] = {}
+        # Per call: targets of one service (its subsets) share its instances and the address checks.
+        self._instances: dict[str, list[Instance]] = {}
         self._ips: dict[str, bool] = {}
         if base.protocol != "http":  # tcp: routers and splitters do not apply; follow the chain to one target
             return self._flat(base, chain, self._tcp_resolver(chain))
@@ -334,8 +336,8 @@ class ChainReader(ConfigReader):
         out: list[Endpoint] = []
         instances = self._instances.get(spec.service)
         if instances is None:
-            instances = self._instances[spec.service] = [(i, []) for i in self.catalog.connect_instances(spec.service)]
-        for inst, view in instances:
+            instances = self._instances[spec.service] = self.catalog.connect_instances(spec.service)
+        for inst in instances:
             weight = _weight(inst, spec.only_passing)
             svc = inst.service
             address = svc.address or inst.node.address
@@ -346,11 +348,8 @@ class ChainReader(ConfigReader):
                 ip = self._ips[address] = is_ip(address)
             if not ip:
                 continue  # a host name: a worker would block its event loop resolving it
-            if keep is not None:
-                if not view:
-                    view.append(health_entry_json(inst))  # the health API's entry, built once per build
-                if not keep(view[0]):
-                    continue
+            if keep is not None and not keep(_view(inst)):
+                continue
             out.append(Endpoint(address=address, port=svc.port, weight=weight, node=inst.node.node[:MAX_STR],
                                 service_id=svc.id[:MAX_STR]))
             if len(out) == MAX_ENDPOINTS:  # more would be refused by the workers; these are enough to balance
@@ -405,6 +404,22 @@ def _plain(route: ChainRoute) -> bool:
     m = route.match
     return (m == RouteMatch(path_prefix="/") and route.prefix_rewrite is None and not route.request_timeout_ms
             and route.retries is None)
+
+
+def _view(inst: Instance) -> dict[str, Any]:
+    """The instance as the health API's entry (what subset filters select on), rebuilt only when its node,
+    service or checks rows changed: the catalog replaces a row on every change, never edits one in place."""
+    key = (inst.node.node, inst.service.id)
+    cached = _views.get(key)
+    if (cached is not None and cached[0] is inst.node and cached[1] is inst.service
+            and len(cached[2]) == len(inst.checks)
+            and all(a is b for a, b in zip(cached[2], inst.checks, strict=True))):
+        return cached[3]
+    if len(_views) >= _MAX_VIEWS:
+        _views.clear()
+    view = health_entry_json(inst)
+    _views[key] = (inst.node, inst.service, inst.checks, view)
+    return view
 
 
 def _weight(inst: Instance, only_passing: bool) -> int:

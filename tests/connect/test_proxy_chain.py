@@ -137,6 +137,10 @@ def test_a_canary_splitter_by_meta_gives_weighted_targets_of_the_matching_instan
     assert [s.weight for s in w.upstream(chain("web", start, nodes, [V1, V2])).routes[0].splits] == [6667, 3333]
     start, nodes = splitter(100, 0)
     assert w.upstream(chain("web", start, nodes, [V1, V2])).routes == ()  # one target left: flat
+    w.instance(2, "web", version="v2")  # re-registered with new Meta: the cached filter view follows
+    start, nodes = splitter()
+    by_id = {t.id: t for t in w.upstream(chain("web", start, nodes, [V1, V2])).targets}
+    assert ports(by_id[V1.id].endpoints) == [21001] and ports(by_id[V2.id].endpoints) == [21002, 21003]
 
 
 def test_a_tags_contains_subset_and_the_health_rules() -> None:
