@@ -117,6 +117,9 @@ def _split(arg: str) -> tuple[str, str | None]:
 async def put(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/config: create or replace one entry; with `?cas=N` only at ModifyIndex N (0: only if absent)."""
     cas = cas_of(query)
+    # References are checked against this agent's replica: on a client it may not hold this client's own
+    # previous write yet (a resolver, then its splitter), so catch up with the leader first.
+    await api.agent.store.read_barrier(b"default")
     entry = validate(api, body_json(request))
     return _bool(await apply(api, commands.config_entry_set(entry, cas)))
 

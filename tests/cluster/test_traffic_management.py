@@ -32,7 +32,7 @@ from tests.support.traffic_mesh import (
     share,
     splitter,
     traffic_service_hcl,
-    write_and_read_back,
+    write_ok,
     write_entry,
 )
 
@@ -109,7 +109,7 @@ def tm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
         t = Traffic(c, apps)
         wait_ca(c, timeout=60)
         for entry in ENTRIES:
-            write_and_read_back(t.a, entry)
+            write_ok(t.a, entry)
         wait_passing(c, t.a, "web", 3)
         wait_passing(c, t.a, "admin", 1)
         for host, proxy_id in t.frontends:
@@ -151,7 +151,7 @@ def test_py_consul_discovery_chain_get_reads_the_compiled_chain_from_a_client(tm
 
 def test_a_redirect_cycle_and_a_splitter_summing_to_90_are_400s_naming_entry_and_field(tm: Traffic) -> None:
     via = tm.cluster.clients[2]  # a client agent: the write is forwarded to the leader
-    write_and_read_back(via, {"Kind": "service-resolver", "Name": "loop-a", "Redirect": {"Service": "loop-b"}})
+    write_ok(via, {"Kind": "service-resolver", "Name": "loop-a", "Redirect": {"Service": "loop-b"}})
     code, cycle = write_entry(via, {"Kind": "service-resolver", "Name": "loop-b", "Redirect": {"Service": "loop-a"}})
     assert code == 400 and "service-resolver" in cycle and "Redirect" in cycle, (code, cycle)
     assert "loop-a" in cycle or "loop-b" in cycle, cycle
