@@ -143,6 +143,7 @@ class ChainRouter:
             for j, t in enumerate(r.targets):
                 if t not in ids:
                     raise ValueError(f"{where}.routes[{i}].splits[{j}].target: {t[:80]!r} is not a target")
+        self._queries = any(r.query for r in self.routes)  # else no request's query is looked at
         self.hash_policies: tuple[HashPolicy, ...] = upstream.load_balancer.hash_policies
         self.source = self.source_of(upstream)
         self.rng = rng
@@ -159,8 +160,10 @@ class ChainRouter:
         target = head.target
         if path is None:
             path = request_path(target)
-        q = target.find(b"?")
-        query = target[q + 1:] if q >= 0 else None
+        query = None
+        if self._queries:
+            q = target.find(b"?")
+            query = target[q + 1:] if q >= 0 else None
         params: list[dict[bytes, bytes]] = []
         for route in self.routes:
             if route.matches(head, path, params, query):

@@ -247,7 +247,7 @@ class DataPlane:
                 return [f"snapshot refused, the previous one is kept: {exc}"]
             self.contexts = contexts
             self.tls_generation += 1
-            for kept in self._upstreams.values():
+            for kept in (*self._upstreams.values(), *self._targets.values()):  # chain targets pool too
                 kept.tls_generation += 1
         self.snapshot = snapshot
         self.authorizer = Authorizer(snapshot.intentions, snapshot.service, snapshot.tls.trust_domain)
@@ -261,11 +261,12 @@ class DataPlane:
             elif moved or state.config != up:
                 state.update(up)
             wanted_ups[up.destination_name] = state
-            state.chain = None
             if up.routes:
                 state.chain, problem = self._chain(state, up, wanted_targets, moved)
                 if problem:
                     errors.append(problem)
+            else:
+                state.chain = None
         for name, state in self._upstreams.items():
             if name not in wanted_ups:
                 state.close()

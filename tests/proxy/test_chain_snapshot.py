@@ -5,6 +5,7 @@ reports it and routes nothing instead of raising."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -178,6 +179,42 @@ def test_an_unchecked_bad_chain_is_reported_by_apply_and_routes_nothing() -> Non
         state = dp.upstream("db")
         assert state is not None and state.chain is not None and state.chain.router.routes == ()
         assert set(state.chain.targets) == {V1, V2}
+        dp.close()
+    finally:
+        reactor.close()
+
+
+def test_target_states_are_kept_by_upstream_and_id_and_follow_the_tls_generation() -> None:
+    ca = MeshCA()
+    reactor = Reactor()
+    try:
+        dp = DataPlane(reactor, ProxyMetrics("web", "dc1"))
+
+        def snap(up: Upstream, leaf: TLSMaterial | None = None) -> ProxySnapshot:
+            return ProxySnapshot(proxy_id="web-sidecar-proxy", service="web", datacenter="dc1",
+                                 tls=leaf or tls, public_address="127.0.31.1", public_port=21000, upstreams=(up,))
+
+        tls = material(ca, "web")
+        up = chain_upstream()
+        assert dp.apply(snap(up)) == []
+        state = dp.upstream("db")
+        assert state is not None and state.chain is not None
+        v1, v2, router = state.chain.targets[V1], state.chain.targets[V2], state.chain.router
+        assert (v1.name, v1.spiffe_ids, v2.config.connect_timeout_ms) == (V1, (SID,), 1000)
+        g1, g2 = v1.tls_generation, v2.tls_generation
+        moved = replace(up, targets=(replace(up.targets[0], endpoints=(Endpoint("127.0.31.7", 21000),)),
+                                     up.targets[1]))
+        assert dp.apply(snap(moved)) == []  # an endpoint change: same states, same router, same generation
+        assert state.chain.targets[V1] is v1 and state.chain.targets[V2] is v2 and state.chain.router is router
+        assert v1.config.endpoints == (Endpoint("127.0.31.7", 21000),) and v1.tls_generation == g1
+        assert dp.apply(snap(moved, material(ca, "web"))) == []  # a new leaf: pooled connections are stale
+        assert (v1.tls_generation, v2.tls_generation) == (g1 + 1, g2 + 1)
+        only_v1 = replace(moved, routes=(ChainRoute(RouteMatch(), (WeightedTarget(V1, 10000),)),),
+                          targets=moved.targets[:1])
+        assert dp.apply(snap(only_v1)) == []
+        assert set(state.chain.targets) == {V1} and state.chain.router is not router
+        assert dp.apply(snap(replace(only_v1, routes=(), targets=()))) == []  # flat again
+        assert state.chain is None
         dp.close()
     finally:
         reactor.close()
