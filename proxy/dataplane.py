@@ -149,10 +149,15 @@ class UpstreamState:
                        ready, fail, expected_spiffe_ids=self.spiffe_ids, session=offered, on_session=keep)
 
     def close(self) -> None:
-        """Stop the ejection timer (the upstream left the snapshot)."""
+        """Stop the ejection timer and close idle pooled connections (the upstream or target left the
+        snapshot; requests in flight on it finish)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.tls_generation += 1  # a connection given back later (its request was in flight) is closed too
+        l7 = _l7()
+        if l7 is not None:
+            l7.close_idle(self)
 
 
 class _Listener:

@@ -47,6 +47,13 @@ def _host(key: Hashable) -> str:
     return ""
 
 
+def close_idle(us: UpstreamState) -> None:
+    """Close the idle pooled connections of `us` (it left the snapshot: nothing will reuse them)."""
+    pools = _upstream_pools.get(us)
+    if pools is not None:
+        pools.pool.close()
+
+
 def _peer_ip(stream: Stream) -> str:
     try:
         return str(stream.sock.getpeername()[0])

@@ -333,6 +333,11 @@ def test_an_in_flight_request_finishes_on_its_target_across_a_swap(client: Clien
     assert GROUP[client.get("/", c)[1]] == V1  # the next request on the same connection takes the new chain
     c.close()
 
+    def to_v2() -> int:  # open mTLS connections at v2's sidecars (v2a, v2b)
+        return sum(n for dp in client.servers.planes[1:3] for (d, _), n in dp.metrics._active.items()
+                   if d == "inbound")
+    wait_for(lambda: to_v2() == 0, what="v2's pooled connection closed once its request ended")
+
 
 def test_breakers_and_outlier_detection_are_per_target(client: Client) -> None:
     up = client.upstream(
