@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from dataclasses import replace
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from .authorize import FullMatch, _Header, compile_fullmatch
 from .http1 import Head, request_path
@@ -104,7 +104,10 @@ class CompiledRoute:
         self.cumulative = cumulative
         self.total = total
         self.single = self.targets[0] if len(set(self.targets)) == 1 else None  # no draw needed
-        self.rewrite = None if route.prefix_rewrite is None else route.prefix_rewrite.encode()
+        # What a request target cannot carry is %-encoded (a space, '?', '#', non-ASCII): the rewrite replaces
+        # path characters only. RFC 3986 pchar, '/' and '%' (an escape the operator wrote) stay as written.
+        self.rewrite = None if route.prefix_rewrite is None else quote(route.prefix_rewrite,
+                                                                       safe="/%:@!$&'()*+,;=-._~").encode()
         self.timeout_s = route.request_timeout_ms / 1000.0  # 0: the target's
         self.retries: Retries | None = route.retries  # None: the target's
 
