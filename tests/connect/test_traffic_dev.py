@@ -184,7 +184,9 @@ def test_a_90_10_split_then_a_router_by_path_and_header(mesh: tuple[AgentProcess
     wait_for(lambda: who(through).startswith("web-"), 10, what="a request through the upstream", report=agent.log)
 
     seen = many(through, REQUESTS)
-    assert set(seen) == {"web-1", "web-2", "web-3"}, seen
+    # Which v1 instance takes a request is the balancer's call (peak-EWMA sends a keep-alive caller's
+    # requests to whichever is faster now), so only the subsets' shares are asserted.
+    assert set(seen) <= {"web-1", "web-2", "web-3"} and "web-3" in seen, seen
     assert abs(seen["web-3"] / REQUESTS - 0.10) <= 0.03, seen
 
     write(api, {"Kind": "service-router", "Name": "web", "Routes": [
