@@ -14,10 +14,12 @@ both paths on the same sidecars, in an order alternating from round to round:
   matches a route, draws a split and sends to that target's endpoints, per request.
 
 Between the two the entries are written or deleted and the run waits until web's worker logged that it applied
-the snapshot they made. Printed: medians of req/s, p50/p99 and CPU per request of the sidecars' workers, the
-median of the per-round ratios chain/plain (target ≥ 0.9x), errors (zero, or exit 1). `--quick` (one round of
-1 s runs, no warm-up) is the smoke run of tests/proxy/test_bench_traffic_smoke.py; `--strict` exits 2 when the
-target is missed.
+the snapshot they made, then runs wrk for 1 s unmeasured (a chain target's pool starts empty: its first mTLS
+connections are the switch's cost, not the steady state's). Printed: medians of req/s, p50/p99 and CPU per
+request of the sidecars' workers, the median of the per-round ratios chain/plain (target ≥ 0.9x), errors
+(zero, or exit 1), and the chain's own step timed in process. `--quick` (one round of 1 s runs, no warm-up or
+settling run) is the smoke run of tests/proxy/test_bench_traffic_smoke.py; `--strict` exits 2 when the target
+is missed.
 """
 
 from __future__ import annotations
@@ -106,6 +108,33 @@ def report(results: dict[str, list], rounds: int, routed: list[bool]) -> tuple[i
     return len(failed), met
 
 
+def router_cost(n: int = 100_000) -> float:
+    """Microseconds per request of the chain's own step in a worker, in process: ChainRouter.match + pick for
+    wrk's request on this benchmark's chain (route 1 of 2 matches, a 50/50 draw)."""
+    import random
+    import timeit
+
+    from meshagent.proxy import http1
+    from meshagent.proxy.chain_router import ChainRouter
+    from meshagent.proxy.snapshot import ChainRoute, ChainTarget, Endpoint, RouteMatch, Upstream, WeightedTarget
+
+    ids = ("v1.db.default.default.dc1", "v2.db.default.default.dc1")
+    splits = (WeightedTarget(ids[0], 5000), WeightedTarget(ids[1], 5000))
+    upstream = Upstream(destination_name="db", local_bind_address="127.0.0.1", local_bind_port=9191, protocol="http",
+                        routes=(ChainRoute(RouteMatch(path_prefix=dev_mesh.PATH), splits),
+                                ChainRoute(RouteMatch(path_prefix="/"), splits)),
+                        targets=tuple(ChainTarget(i, endpoints=(Endpoint("127.0.0.1", 21000),)) for i in ids))
+    router = ChainRouter(upstream, random.Random(17))
+    head = http1.parse_request(f"GET {dev_mesh.PATH} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    path = http1.request_path(head.target)
+    route = router.match(head, path)
+    if route is None or route.route.match.path_prefix != dev_mesh.PATH:
+        raise SystemExit("the in-process router did not take the /bench route")
+    spent = timeit.timeit(lambda: router.pick(router.match(head, path)), number=n)  # type: ignore[arg-type]
+    empty = timeit.timeit(lambda: None, number=n)
+    return (spent - empty) / n * 1e6
+
+
 def check_paths(mesh: dev_mesh.DevMesh) -> None:
     """The L7 rule is enforced (GET /admin 403) and wrk's path answers 200, whichever mode is on."""
     statuses = [topology.http_get(mesh.listen, path) for path in ("/admin", dev_mesh.PATH)]
@@ -165,6 +194,8 @@ def main() -> None:
                     if mode == "chain":
                         routed.append(got)
                     check_paths(mesh)
+                    if not args.quick:  # steady state: the switch's new pooled mTLS connections are not measured
+                        bench.wrk_run(mesh.url(), None, duration=1)
                     results[mode].append(bench.wrk_run(mesh.url(), mesh))
                 print(f"round {rnd + 1}/{args.rounds}: "
                       + ", ".join(f"{m} {results[m][-1].rate:,.0f} req/s" for m in MODES), flush=True)
@@ -174,6 +205,7 @@ def main() -> None:
                 mesh.close()
             app_proc.stop()
     errors, met = report(results, args.rounds, routed)
+    print(f"the chain's own step, in process: ChainRouter.match + pick {router_cost():.2f} us per request")
     if errors:
         sys.exit(1)
     if args.strict and not met:
