@@ -40,6 +40,9 @@ MAX_NODES = 128
 MAX_TARGETS = 256
 MAX_SPLIT_DEPTH = 16
 MAX_REDIRECTS = 32
+MAX_ROUTES = 256  # a router's routes plus the default one (proxy/snapshot.py refuses more per upstream)
+MAX_SPLITS = 256  # a splitter's splits once nested splitters are multiplied out (as the snapshot's per route)
+_MAX_PARTS = 4096  # flattened parts looked at before rounding (nested splitters multiply: 1000 x 1000 took 5 s)
 DEFAULT_CONNECT_TIMEOUT_MS = 5000
 _SCOPE = "default.default"  # namespace.partition: Consul Enterprise features, always "default" here
 _RESOLVER_FIELDS = ("ConnectTimeout", "RequestTimeout", "DefaultSubset", "Subsets", "Redirect", "Failover",
@@ -227,6 +230,9 @@ class _Compiler:
         key = f"{ROUTER}:{self.service}.{_SCOPE}"
         self.routes[key] = routes = []
         raw_routes = router.get("Routes")
+        if isinstance(raw_routes, list) and len(raw_routes) >= MAX_ROUTES:
+            raise ChainError("service-router", self.service, "Routes",
+                             f"{len(raw_routes)} routes and the default one, more than {MAX_ROUTES}", reason="bound")
         for i, route in enumerate(raw_routes if isinstance(raw_routes, list) else []):
             route = _map(route)
             dest = _map(route.get("Destination"))
@@ -295,6 +301,10 @@ class _Compiler:
         def expand(key: str) -> list[_Split]:
             if key in done:
                 return done[key]
+            # Count before multiplying out: nested splitters of 1000 splits each are 10^6 parts, 10^9 deeper.
+            size = sum(len(expand(s.next_node)) if s.next_node in self.splits else 1 for s in self.splits[key])
+            if size > _MAX_PARTS:
+                raise self.too_many_splits(key, size)
             parts: list[tuple[int, _Split]] = []  # weight in 1/10000 of a hundredth (exact), split
             for split in self.splits[key]:
                 if split.next_node in self.splits:
@@ -310,10 +320,20 @@ class _Compiler:
             for i in sorted(range(len(parts)), key=lambda i: -(parts[i][0] % 10000))[:max(0, short)]:
                 out[i].weight += 1
             done[key] = [s for s in out if s.weight > 0]
+            if len(done[key]) > MAX_SPLITS:
+                raise self.too_many_splits(key, len(done[key]))
             return done[key]
 
         for key in list(self.splits):
             self.splits[key] = expand(key)
+
+    @staticmethod
+    def too_many_splits(key: str, size: int) -> ChainError:
+        """A splitter whose splits, nested splitters multiplied out, are more than a route may carry."""
+        service = key.partition(":")[2].removesuffix(f".{_SCOPE}")
+        return ChainError("service-splitter", service, "Splits",
+                          f"{size} splits (nested splitters multiplied out), more than {MAX_SPLITS}",
+                          reason="bound")
 
     # ------------------------------------------------------------------ resolver
 

@@ -1,0 +1,87 @@
+"""Hostile entries against the discovery chain compiler: nested splitters that multiply their splits and
+routers past the snapshot's bounds are refused quickly, naming the entry and field, at write time (check_chains)
+rather than freezing the agent or being accepted and then refused by every sidecar's snapshot build."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from meshagent.agent.connect.chain_compile import MAX_ROUTES, MAX_SPLITS, ChainError, compile_chain
+from meshagent.agent.connect.entry_validate import check_chains
+
+
+def _table(entries: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(e["Kind"], e["Name"]): e for e in entries}
+
+
+def _http(*names: str) -> list[dict[str, Any]]:
+    return [{"Kind": "service-defaults", "Name": n, "Protocol": "http"} for n in names]
+
+
+def _compile(table: dict[tuple[str, str], dict[str, Any]], service: str) -> Any:
+    return compile_chain(service, lambda k, n: table.get((k, n)), datacenter="dc1", trust_domain="td")
+
+
+def test_nested_splitters_multiplying_splits_are_refused_fast() -> None:
+    # s0 -> 1000 x s1 -> 1000 x s2: 10^6 flattened parts took 5 s (one more level: 58 s per 1000, a hang)
+    entries = _http("s0", "s1", "s2")
+    for i in range(2):
+        entries.append({"Kind": "service-splitter", "Name": f"s{i}",
+                        "Splits": [{"Weight": 0.1, "Service": f"s{i + 1}"} for _ in range(1000)]})
+    table = _table(entries)
+    t0 = time.perf_counter()
+    with pytest.raises(ChainError) as err:
+        _compile(table, "s0")
+    assert time.perf_counter() - t0 < 1.0
+    assert err.value.reason == "bound" and err.value.field == "Splits"
+    assert f"more than {MAX_SPLITS}" in str(err.value)
+    # the write that would create it is refused the same way
+    t0 = time.perf_counter()
+    with pytest.raises(ChainError):
+        check_chains(table[("service-splitter", "s0")], lambda k, n: table.get((k, n)))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_deep_binary_nest_is_bounded() -> None:
+    # 16 nested splitters of 2 distinct splits each: 2^16 leaves
+    entries = _http(*(f"n{i}" for i in range(17)), *(f"leaf{i}" for i in range(17)))
+    for i in range(16):
+        entries.append({"Kind": "service-splitter", "Name": f"n{i}", "Splits": [
+            {"Weight": 50, "Service": f"n{i + 1}"}, {"Weight": 50, "Service": f"leaf{i}"}]})
+    # a leaf per level keeps this linear; make it exponential: both halves nest
+    for i in range(15):
+        entries.append({"Kind": "service-splitter", "Name": f"leaf{i}", "Splits": [
+            {"Weight": 50, "Service": f"n{i + 1}"}, {"Weight": 50, "Service": f"leaf{i + 1}"}]})
+    table = _table(entries)
+    t0 = time.perf_counter()
+    try:
+        chain = _compile(table, "n0")
+    except ChainError as exc:
+        assert exc.reason == "bound", exc
+    else:  # compiled within the bounds: every route's splits fit a snapshot
+        for node in chain.nodes.values():
+            assert len(getattr(node, "splits", ()) or ()) <= MAX_SPLITS
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_splitter_of_many_splits_is_refused_at_write_not_at_snapshot() -> None:
+    splitter = {"Kind": "service-splitter", "Name": "web",
+                "Splits": [{"Weight": 100 / 400, "Service": f"v{i}"} for i in range(400)]}
+    table = _table([*_http("web", *(f"v{i}" for i in range(400))), splitter])
+    with pytest.raises(ChainError) as err:
+        check_chains(splitter, lambda k, n: table.get((k, n)))
+    assert (err.value.kind, err.value.name, err.value.reason) == ("service-splitter", "web", "bound")
+    assert err.value.field.startswith("Splits")
+
+
+def test_a_router_past_the_snapshot_route_bound_is_refused_at_write() -> None:
+    router = {"Kind": "service-router", "Name": "web", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": f"/p{i}"}}, "Destination": {"Service": "web"}} for i in range(MAX_ROUTES)]}
+    table = _table([*_http("web"), router])
+    with pytest.raises(ChainError) as err:
+        check_chains(router, lambda k, n: table.get((k, n)))
+    assert (err.value.kind, err.value.field, err.value.reason) == ("service-router", "Routes", "bound")
+    router["Routes"] = router["Routes"][:MAX_ROUTES - 1]  # with the default route: exactly the bound
+    check_chains(router, lambda k, n: table.get((k, n)))
