@@ -26,18 +26,19 @@ if TYPE_CHECKING:
 MAX_NAME = 256
 MAX_BODY = 16 * 1024  # three small override fields
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+_DC = re.compile(r"[A-Za-z0-9_-]+")  # a datacenter is one label of target IDs and SNIs: no dots
 _MESH_MODES = ("", "none", "local", "remote")
 WATCH_KEYS = [*(entry_watch_key(k) for k in ("service-defaults", "proxy-defaults", "service-router",
                                               "service-splitter", "service-resolver")), CA_KEY]
 _NO_TRUST_DOMAIN = "consul"  # before the CA exists (a -dev agent's first moments): SNIs still well formed
 
 
-def _name(what: str, text: str) -> str:
+def _name(what: str, text: str, pattern: re.Pattern[str] = _NAME, allowed: str = "'.', '_' or '-'") -> str:
     if not text:
         raise bad_request(f"Missing {what}")
-    if len(text) > MAX_NAME or not _NAME.fullmatch(text):
+    if len(text) > MAX_NAME or not pattern.fullmatch(text):
         shown = json.dumps(text[:64])
-        raise bad_request(f"invalid {what} {shown}: at most {MAX_NAME} letters, digits, '.', '_' or '-'")
+        raise bad_request(f"invalid {what} {shown}: at most {MAX_NAME} letters, digits, {allowed}")
     return text
 
 
@@ -54,11 +55,15 @@ def overrides(request: Request) -> tuple[str, int, str]:
     if not isinstance(body, dict):
         raise bad_request("Request decoding failed: the body must be a JSON object")
     fields = {k.lower(): v for k, v in body.items() if isinstance(k, str)}
-    protocol = fields.get("overrideprotocol") or ""
+    protocol = fields.get("overrideprotocol")
+    if protocol is None:  # absent or null; any other non-string (false, {}, []) is refused, not read as unset
+        protocol = ""
     if not isinstance(protocol, str) or protocol.lower() not in ("", *PROTOCOLS):
         raise bad_request(f"OverrideProtocol: must be one of {', '.join(PROTOCOLS)}")
     timeout_ms = _timeout(fields.get("overrideconnecttimeout"))
-    mesh = fields.get("overridemeshgateway") or {}
+    mesh = fields.get("overridemeshgateway")
+    if mesh is None:
+        mesh = {}
     mode = mesh.get("Mode", mesh.get("mode", "")) if isinstance(mesh, dict) else None
     if not isinstance(mode, str) or mode not in _MESH_MODES:
         raise bad_request("OverrideMeshGateway.Mode: must be one of none, local, remote")
@@ -67,9 +72,11 @@ def overrides(request: Request) -> tuple[str, int, str]:
 
 def _timeout(value: Any) -> int:
     """A duration string ("7s") or integer nanoseconds (how Go clients send a time.Duration) in ms."""
-    if value is None or value == "" or value == 0:
+    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
         return 0
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 86400 * 10**9:  # before dividing: an int past a float's range raised OverflowError
+            raise bad_request("OverrideConnectTimeout: must be between 0s and 24h")
         seconds = value / 1e9
     else:
         try:
@@ -84,7 +91,7 @@ def _timeout(value: Any) -> int:
 async def read(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET or POST /v1/discovery-chain/:service → `{"Chain": {...}}`, blocking with `?index=`."""
     service = _name("chain name", arg)
-    dc = _name("compile-dc", query.get("compile-dc") or api.agent.datacenter)
+    dc = _name("compile-dc", query.get("compile-dc") or api.agent.datacenter, _DC, "'_' or '-'")
     protocol, timeout_ms, mesh = overrides(request)  # a bad body is a 400 now, not after a blocking wait
     index = await api.block(WATCH_KEYS, query, request)
     catalog = api.agent.store.catalog  # read after the wait: a restore may have replaced it
