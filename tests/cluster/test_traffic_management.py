@@ -32,8 +32,8 @@ from tests.support.traffic_mesh import (
     share,
     splitter,
     traffic_service_hcl,
-    write_ok,
     write_entry,
+    write_ok,
 )
 
 pytestmark = pytest.mark.slow
