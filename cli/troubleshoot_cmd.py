@@ -177,6 +177,8 @@ def describe_match(match: RouteMatch) -> str:
         parts.append(f"PathPrefix {match.path_prefix}")
     if match.path_regex is not None:
         parts.append(f"PathRegex {match.path_regex}")
+    if match.case_insensitive:
+        parts.append("CaseInsensitive")
     if match.methods:
         parts.append("Methods " + ",".join(match.methods))
     for h in match.headers:

@@ -77,7 +77,7 @@ def parse_query(query: bytes | None) -> dict[bytes, bytes]:
 class CompiledRoute:
     """One ChainRoute ready to match, with its split table and its overrides in the form a request uses."""
 
-    __slots__ = ("cumulative", "headers", "methods", "path_exact", "path_prefix", "path_regex", "query",
+    __slots__ = ("cumulative", "fold", "headers", "methods", "path_exact", "path_prefix", "path_regex", "query",
                  "retries", "rewrite", "route", "single", "targets", "timeout_s", "total")
 
     def __init__(self, route: ChainRoute, where: str) -> None:
@@ -85,6 +85,12 @@ class CompiledRoute:
         self.route = route
         self.path_exact = None if m.path_exact is None else m.path_exact.encode()
         self.path_prefix = None if m.path_prefix is None else m.path_prefix.encode()
+        # CaseInsensitive (Envoy's case_sensitive: false): exact and prefix compared ASCII-lower-cased; a regex
+        # is not affected (as in Envoy). Without it `/ADMIN` missed an operator's case-insensitive /admin route.
+        self.fold = m.case_insensitive and (self.path_exact is not None or self.path_prefix is not None)
+        if self.fold:
+            self.path_exact = None if self.path_exact is None else self.path_exact.lower()
+            self.path_prefix = None if self.path_prefix is None else self.path_prefix.lower()
         self.path_regex = _regex(m.path_regex, f"{where}.match.path_regex")
         self.methods = frozenset(x.upper().encode() for x in m.methods)
         self.headers = tuple(_Header(h) for h in m.headers)
@@ -113,6 +119,8 @@ class CompiledRoute:
 
     def matches(self, head: Head, path: bytes, params: list[dict[bytes, bytes]], query: bytes | None) -> bool:
         """Whether the request matches every set condition (`params` caches the parsed query in its one slot)."""
+        if self.fold:
+            path = path.lower()  # bytes.lower folds ASCII only and keeps the length (PrefixRewrite cuts by it)
         if self.path_exact is not None and path != self.path_exact:
             return False
         if self.path_prefix is not None and not path.startswith(self.path_prefix):

@@ -153,6 +153,7 @@ class RouteMatch:
     methods: tuple[str, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[QueryMatch, ...] = ()
+    case_insensitive: bool = False  # Consul's CaseInsensitive: path_exact / path_prefix ignore ASCII case
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,7 +251,8 @@ class ChainReader(ConfigReader):
                           path_regex=self._opt(http.get("PathRegex"), f"{where}.PathRegex"),
                           methods=tuple(self._str(m, f"{where}.Methods[{k}]").upper()
                                         for k, m in enumerate(methods)),
-                          headers=tuple(headers), query=tuple(query))
+                          headers=tuple(headers), query=tuple(query),
+                          case_insensitive=self._bool(http.get("CaseInsensitive", False), f"{where}.CaseInsensitive"))
 
     def _route_retries(self, dest: Map, base: Upstream, where: str) -> Retries | None:
         """The route's retry overrides over the upstream's policy; None when it sets none."""

@@ -85,3 +85,23 @@ def test_a_router_past_the_snapshot_route_bound_is_refused_at_write() -> None:
     assert (err.value.kind, err.value.field, err.value.reason) == ("service-router", "Routes", "bound")
     router["Routes"] = router["Routes"][:MAX_ROUTES - 1]  # with the default route: exactly the bound
     check_chains(router, lambda k, n: table.get((k, n)))
+
+
+def test_a_case_insensitive_router_reaches_the_snapshot() -> None:
+    # CaseInsensitive was stored and returned but dropped from the snapshot: /ADMIN missed the /admin route
+    from meshagent.agent.connect.proxy_chain import compiled_chain
+
+    from tests.connect.test_proxy_chain import DC, canary_world
+
+    w = canary_world()
+    w.instance(5, "admin")
+    for entry in ({"Kind": "service-defaults", "Name": "web", "Protocol": "http"},
+                  {"Kind": "service-defaults", "Name": "admin", "Protocol": "http"},
+                  {"Kind": "service-router", "Name": "web", "Routes": [
+                      {"Match": {"HTTP": {"PathPrefix": "/Admin", "CaseInsensitive": True}},
+                       "Destination": {"Service": "admin"}},
+                      {"Match": {"HTTP": {"PathExact": "/x"}}, "Destination": {"Service": "admin"}}]}):
+        w.entry(entry)
+    first, second, _default = w.upstream(compiled_chain(w.catalog, "web", DC)).routes
+    assert first.match.case_insensitive and first.match.path_prefix == "/Admin"
+    assert not second.match.case_insensitive
