@@ -53,3 +53,8 @@ bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/gossip/run.py
 	$(BIN)/python bench/gossip/sim_rounds.py
 	$(BIN)/python bench/cluster/run.py
+	$(BIN)/python bench/connect/leaf_issuance.py
+	$(BIN)/python bench/connect/authorize.py
+	$(BIN)/python bench/proxy/run.py
+	$(BIN)/python bench/traffic/run.py
+	$(BIN)/python bench/traffic/propagation.py
