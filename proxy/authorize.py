@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import re2  # type: ignore[import-untyped]  # google-re2: no type information
-from meshagent.proxy.snapshot import HeaderMatch, IntentionRule, Intentions, Permission
+from meshagent.proxy.snapshot import HeaderMatch, IntentionRule, Intentions, Permission, ProxyConfigError
 
 SCHEME = "spiffe://"
 MAX_SPIFFE_ID = 2048  # the SPIFFE specification's bound on a whole ID
@@ -48,8 +48,8 @@ class Verdict:
     rule: str
 
 
-class _Header:
-    """One compiled header condition."""
+class HeaderMatcher:
+    """One compiled header condition (of an intention permission or a chain route)."""
 
     __slots__ = ("broken", "exact", "invert", "name", "prefix", "present", "regex", "suffix")
 
@@ -94,7 +94,7 @@ class _Permission:
         self.path_prefix = p.path_prefix
         self.path_regex, broken = _compile(p.path_regex)
         self.methods = frozenset(m.upper() for m in p.methods)
-        self.headers = tuple(_Header(h) for h in p.headers)
+        self.headers = tuple(HeaderMatcher(h) for h in p.headers)
         # A regex that does not compile (the agent validates, but this is a process boundary): a deny then
         # matches every request and an allow none, so a bad rule can only refuse more.
         self.fail_closed = broken or any(h.broken for h in self.headers)
@@ -319,6 +319,16 @@ def compile_fullmatch(pattern: str) -> FullMatch:
     def full(data: bytes) -> bool:
         return bool(match(anchor, data, 0, len(data))[0][0] >= 0)
     return full
+
+
+def compile_pattern(pattern: str | None, where: str) -> FullMatch | None:
+    """`pattern` compiled for full matches (None stays None); ProxyConfigError naming `where` if RE2 refuses it."""
+    if pattern is None:
+        return None
+    try:
+        return compile_fullmatch(pattern)
+    except ValueError as exc:
+        raise ProxyConfigError(f"{where}: RE2 refuses {pattern[:80]!r}: {str(exc)[:200]}") from None
 
 
 def _compile(pattern: str | None) -> tuple[FullMatch | None, bool]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .authorize import compile_fullmatch
+from .authorize import compile_pattern
 from .snapshot import (
     MAX_ENDPOINTS,
     ChainRoute,
@@ -14,8 +14,8 @@ from .snapshot import (
     ProxyConfigError,
     Retries,
     Upstream,
-    _ip,
-    _port,
+    check_ip,
+    check_port,
 )
 
 SPLIT_TOTAL = 10000  # a route's weights sum to 100 % in hundredths of a percent
@@ -57,8 +57,8 @@ def _target(t: ChainTarget, where: str) -> None:
     if not _TARGET_ID.fullmatch(t.id):
         raise ProxyConfigError(f"{where}.id: {t.id[:80]!r} is not 1-512 printable ASCII characters")
     for j, ep in enumerate(t.endpoints):
-        _port(ep.port, f"{where}.endpoints[{j}].port")
-        _ip(ep.address, f"{where}.endpoints[{j}].address")
+        check_port(ep.port, f"{where}.endpoints[{j}].port")
+        check_ip(ep.address, f"{where}.endpoints[{j}].address")
         if ep.weight < 1:
             raise ProxyConfigError(f"{where}.endpoints[{j}].weight: {ep.weight} is below 1")
     for j, sid in enumerate(t.spiffe_ids):
@@ -89,7 +89,7 @@ def _route(r: ChainRoute, ids: set[str], where: str) -> None:
     for name, value in (("path_exact", m.path_exact), ("path_prefix", m.path_prefix)):
         if value is not None and not _PATH.fullmatch(value):
             raise ProxyConfigError(f"{where}.match.{name}: {value[:80]!r} is not a path beginning with /")
-    _regex(m.path_regex, f"{where}.match.path_regex")
+    compile_pattern(m.path_regex, f"{where}.match.path_regex")
     for j, method in enumerate(m.methods):
         if not _TOKEN.fullmatch(method):
             raise ProxyConfigError(f"{where}.match.methods[{j}]: {method[:40]!r} is not a method")
@@ -100,14 +100,14 @@ def _route(r: ChainRoute, ids: set[str], where: str) -> None:
         if sum((h.present, h.exact is not None, h.prefix is not None, h.suffix is not None,
                 h.regex is not None)) > 1:
             raise ProxyConfigError(f"{at}: at most one of present, exact, prefix, suffix, regex")
-        _regex(h.regex, f"{at}.regex")
+        compile_pattern(h.regex, f"{at}.regex")
     for j, q in enumerate(m.query):
         at = f"{where}.match.query[{j}]"
         if not q.name:
             raise ProxyConfigError(f"{at}.name: empty")
         if sum((q.present, q.exact is not None, q.regex is not None)) > 1:
             raise ProxyConfigError(f"{at}: at most one of present, exact, regex")
-        _regex(q.regex, f"{at}.regex")
+        compile_pattern(q.regex, f"{at}.regex")
     if r.prefix_rewrite is not None:
         if m.path_exact is None and m.path_prefix is None:
             raise ProxyConfigError(f"{where}.prefix_rewrite: needs match.path_exact or match.path_prefix")
@@ -127,15 +127,6 @@ def _retries(r: Retries, where: str) -> None:
     if not 0.0 <= r.budget_percent <= 100.0:
         raise ProxyConfigError(f"{where}.budget_percent: {r.budget_percent} is not between 0 and 100")
     _range(r.budget_min_concurrent, 0, 1 << 20, f"{where}.budget_min_concurrent")
-
-
-def _regex(pattern: str | None, where: str) -> None:
-    if pattern is None:
-        return
-    try:
-        compile_fullmatch(pattern)
-    except ValueError as exc:
-        raise ProxyConfigError(f"{where}: RE2 refuses {pattern[:80]!r}: {str(exc)[:200]}") from None
 
 
 def _range(value: int, low: int, high: int, where: str) -> None:

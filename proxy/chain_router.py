@@ -6,8 +6,9 @@ headers with the intention matchers of authorize.py (Envoy's rules: lower-cased 
 by ",", an absent header matching only an inverted Present), query parameters parsed only when a route looks
 at them. Paths are matched as intentions match them: normalised, without the query (http1.request_path), so
 `/x/../admin` takes the `/admin` route. Regexes are RE2 full matches. A split is a bisect over cumulative
-weights (hundredths of a percent) with a uniform draw, or the request's hash when the upstream has hash
-policies (the same request always lands on the same target).
+weights (hundredths of a percent) with a uniform draw, or the request's hash when the upstream has header,
+cookie or query_parameter hash policies and the request carries one of them (sticky per value; Consul always
+draws). SourceIP never makes a split sticky: on an outbound listener it is always the local app.
 """
 
 from __future__ import annotations
@@ -17,26 +18,18 @@ from bisect import bisect_right
 from dataclasses import replace
 from urllib.parse import quote, unquote_to_bytes
 
-from .authorize import FullMatch, _Header, compile_fullmatch
+from .authorize import HeaderMatcher, compile_pattern
 from .http1 import Head, request_path
 from .snapshot import ChainRoute, ChainTarget, HashPolicy, QueryMatch, Retries, Upstream
 
 SPLIT_SCALE = 10000  # route weights are hundredths of a percent
 MAX_QUERY_PARAMS = 256  # parameters a request's query is searched for (the rest are ignored)
+_REQUEST_FIELDS = frozenset({"header", "cookie", "query_parameter"})  # hash policies a split may use
 
 
 def _utf8(data: bytes) -> bytes:
     # RE2 matches no character at an invalid UTF-8 byte: make each one U+FFFD, as authorize.py does
     return data if data.isascii() else data.decode("utf-8", "replace").encode()
-
-
-def _regex(pattern: str | None, where: str) -> FullMatch | None:
-    if pattern is None:
-        return None
-    try:
-        return compile_fullmatch(pattern)
-    except ValueError as exc:
-        raise ValueError(f"{where}: RE2 refuses {pattern[:80]!r}: {exc}") from None
 
 
 class _Query:
@@ -47,7 +40,7 @@ class _Query:
     def __init__(self, q: QueryMatch, where: str) -> None:
         self.name = q.name.encode()
         self.exact = None if q.exact is None else q.exact.encode()
-        self.regex = _regex(q.regex, f"{where}.regex")  # neither: Present
+        self.regex = compile_pattern(q.regex, f"{where}.regex")  # neither: Present
 
     def matches(self, params: dict[bytes, bytes]) -> bool:
         value = params.get(self.name)
@@ -91,9 +84,9 @@ class CompiledRoute:
         if self.fold:
             self.path_exact = None if self.path_exact is None else self.path_exact.lower()
             self.path_prefix = None if self.path_prefix is None else self.path_prefix.lower()
-        self.path_regex = _regex(m.path_regex, f"{where}.match.path_regex")
+        self.path_regex = compile_pattern(m.path_regex, f"{where}.match.path_regex")
         self.methods = frozenset(x.upper().encode() for x in m.methods)
-        self.headers = tuple(_Header(h) for h in m.headers)
+        self.headers = tuple(HeaderMatcher(h) for h in m.headers)
         for i, h in enumerate(self.headers):
             if h.broken:
                 raise ValueError(f"{where}.match.headers[{i}].regex: RE2 refuses it")
@@ -155,7 +148,10 @@ class ChainRouter:
                 if t not in ids:
                     raise ValueError(f"{where}.routes[{i}].splits[{j}].target: {t[:80]!r} is not a target")
         self._queries = any(r.query for r in self.routes)  # else no request's query is looked at
-        self.hash_policies: tuple[HashPolicy, ...] = upstream.load_balancer.hash_policies
+        # The split hashes only what the request carries: SourceIP is the local app's address on an outbound
+        # listener (one constant), which would send a whole 90/10 split to one target.
+        self.hash_policies: tuple[HashPolicy, ...] = tuple(
+            p for p in upstream.load_balancer.hash_policies if not p.source_ip and p.field in _REQUEST_FIELDS)
         self.source = self.source_of(upstream)
         self.rng = rng
         self._random = rng.random

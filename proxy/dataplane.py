@@ -48,13 +48,17 @@ class Chain:
 class UpstreamState:
     """One upstream's live state: its config, balancer, breakers, retry budget and outlier detector; kept
     across snapshots for the same destination (counters and ejections survive an endpoint change). A chain
-    target's cluster is one too (`name` its target id, `config` from chain_router.target_upstream); an
-    upstream with a chain has `chain` set and its requests use the targets' states."""
+    target's cluster is one too (`name` its target id, `upstream` the upstream whose chain it serves, `config`
+    from chain_router.target_upstream); an upstream with a chain has `chain` set and its requests use the
+    targets' states."""
 
-    def __init__(self, dp: DataPlane, config: Upstream, name: str | None = None) -> None:
+    def __init__(self, dp: DataPlane, config: Upstream, name: str | None = None, upstream: str = "") -> None:
         self.dp = dp
         self.config = config
         self.name = name or config.destination_name
+        # Metrics series: a target's are its upstream's with the target id as a label (never the id alone: two
+        # upstreams may reach one target)
+        self.metric_key = (upstream, self.name) if upstream else (self.name, "")
         self.chain: Chain | None = None
         # Any, not Balancer: proxy/l7.py passes pick() a list[Hashable] for exclude (typed, that fails)
         self.balancer: Any = make_balancer(config.load_balancer, config.protocol, dp.rng)
@@ -100,9 +104,10 @@ class UpstreamState:
         available = self.outlier.available(self.config.endpoints, now)
         self.balancer.update(available)
         if self.config.routes:  # its targets' states report the endpoints; an empty gauge here would alarm
-            self.dp.metrics.forget_upstream(self.name)
+            self.dp.metrics.forget_upstream(*self.metric_key)
         else:
-            self.dp.metrics.endpoints(self.name, len(available), len(self.config.endpoints) - len(available))
+            upstream, target = self.metric_key
+            self.dp.metrics.endpoints(upstream, len(available), len(self.config.endpoints) - len(available), target)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -113,7 +118,7 @@ class UpstreamState:
     def record(self, ep: Endpoint, ok: bool) -> None:
         """Feed the outlier detector one result on `ep`; an ejection is counted and the balancer updated."""
         if self.outlier.record(ep, ok, self.dp.reactor.now()):
-            self.dp.metrics.ejection(self.name)
+            self.dp.metrics.ejection(*self.metric_key)
             self.refresh()
 
     def connect(self, ep: Endpoint, on_ready: Callable[[Stream], None], on_fail: Callable[[str], None],
@@ -267,6 +272,8 @@ class DataPlane:
                 state.update(up)
             wanted_ups[up.destination_name] = state
             if up.routes:
+                if state.chain is None:  # flat until now: its endpoints' idle connections have no more use
+                    state.close()
                 state.chain, problem = self._chain(state, up, wanted_targets, moved)
                 if problem:
                     errors.append(problem)
@@ -279,7 +286,7 @@ class DataPlane:
         for key, state in self._targets.items():
             if key not in wanted_targets:
                 state.close()  # requests in flight on it finish there
-                self.metrics.forget_upstream(state.name)
+                self.metrics.forget_upstream(*state.metric_key)
         self._upstreams = wanted_ups
         self._targets = wanted_targets
         errors.extend(self._apply_listeners(snapshot))
@@ -296,7 +303,7 @@ class DataPlane:
             config = target_upstream(up, t)
             ts = self._targets.get(key) or wanted.get(key)
             if ts is None:
-                ts = UpstreamState(self, config, name=t.id)
+                ts = UpstreamState(self, config, name=t.id, upstream=up.destination_name)
             elif moved or ts.config != config:
                 ts.update(config)
             wanted[key] = targets[t.id] = ts

@@ -19,7 +19,7 @@ from .l7_common import LOCAL_FAILURE, WatchedHeaders, reply
 from .l7_pool import Pool, UpConn
 from .l7_session import Session
 from .l7_state import SessionState
-from .snapshot import Endpoint, Retries
+from .snapshot import Endpoint, HashPolicy, Retries
 from .stream import Cancel, Stream
 
 if TYPE_CHECKING:
@@ -341,18 +341,24 @@ class OutboundL7(_Base):
         if us.chain is not None:
             return self._begin_chain(s, head, us, us.chain)
         self.target = ""
+        return self._admit(s, head, us, us.config.retries, us.config.request_timeout_ms / 1000.0)
+
+    def _admit(self, s: SessionState, head: Head, us: UpstreamState, retries: Retries, timeout_s: float,
+               split_hash: int | None = None, split_policies: tuple[HashPolicy, ...] = ()) -> bytes | None:
+        """The request takes `us`: its breaker and budget, the hash key for ring_hash/maglev (the split's
+        when it was computed from the same policies)."""
         self.us = us
-        cfg = us.config
-        self.retries = cfg.retries
-        self.timeout_s = cfg.request_timeout_ms / 1000.0
+        self.retries = retries
+        self.timeout_s = timeout_s
         if not us.breakers.acquire_request():
             s.flags = "UO"
             return self._trip("max_concurrent_requests")
         us.budget.request_started()
-        lb = cfg.load_balancer
+        lb = us.config.load_balancer
         self.hash_key = None
         if lb.hash_policies and lb.policy in _HASHED:
-            self.hash_key = self._hash(lb.hash_policies, head)
+            self.hash_key = (split_hash if lb.hash_policies == split_policies
+                             else self._hash(lb.hash_policies, head))
         return None
 
     def _hash(self, policies: Any, head: Head) -> int | None:
@@ -383,21 +389,10 @@ class OutboundL7(_Base):
                 rewrite_target(head, router.rewritten(route, head))
             except ValueError:  # a checked rewrite of a parsed target cannot make one: refuse, never crash
                 return reply(400, b"prefix rewrite made no valid target\n")
-        self.us = us
         self.target = target
         cfg = us.config
-        self.retries = route.retries or cfg.retries
-        self.timeout_s = route.timeout_s or cfg.request_timeout_ms / 1000.0
-        if not us.breakers.acquire_request():
-            s.flags = "UO"
-            return self._trip("max_concurrent_requests")
-        us.budget.request_started()
-        lb = cfg.load_balancer
-        self.hash_key = None
-        if lb.hash_policies and lb.policy in _HASHED:
-            self.hash_key = (split_hash if lb.hash_policies == router.hash_policies
-                             else self._hash(lb.hash_policies, head))
-        return None
+        return self._admit(s, head, us, route.retries or cfg.retries,
+                           route.timeout_s or cfg.request_timeout_ms / 1000.0, split_hash, router.hash_policies)
 
     def _trip(self, limit: str) -> bytes:
         self.metrics.breaker_trip(self.name, limit)

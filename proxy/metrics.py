@@ -42,9 +42,10 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "retry_budget_overflows_total": ("counter", "Retries refused by the retry budget.", ()),
     "circuit_breaker_trips_total": ("counter", "Requests or connections refused by a circuit breaker.",
                                     ("limit",)),
-    "ejections_total": ("counter", "Upstream endpoints ejected by outlier detection.", ()),
-    "endpoints": ("gauge", "Upstream endpoints by state, as each worker sees them (max over workers).",
-                  ("state",)),
+    "ejections_total": ("counter", "Upstream endpoints ejected by outlier detection (target: a chain target's id).",
+                        ("target",)),
+    "endpoints": ("gauge", "Upstream endpoints by state, as each worker sees them (max over workers; target: a "
+                  "chain target's id).", ("target", "state")),
 }
 # Gauges every worker reports about the same thing (its view of an upstream's endpoints): merged by max.
 _MAX_GAUGES = frozenset({"endpoints"})
@@ -73,8 +74,10 @@ class ProxyMetrics:
         self._retries: dict[str, int] = {}
         self._overflows: dict[str, int] = {}
         self._trips: dict[tuple[str, str], int] = {}
-        self._ejections: dict[str, int] = {}
-        self._endpoints: dict[str, tuple[int, int]] = {}
+        # (upstream, target): a chained upstream's targets each have series ("" for a flat upstream), so two
+        # upstreams reaching one target never share or erase each other's
+        self._ejections: dict[tuple[str, str], int] = {}
+        self._endpoints: dict[tuple[str, str], tuple[int, int]] = {}
         self._sources: set[str] = set()
 
     def source_label(self, source: str | None) -> str:
@@ -153,17 +156,19 @@ class ProxyMetrics:
         key = (upstream, limit)
         self._trips[key] = self._trips.get(key, 0) + 1
 
-    def ejection(self, upstream: str) -> None:
-        """Outlier detection ejected one endpoint of `upstream`."""
-        self._ejections[upstream] = self._ejections.get(upstream, 0) + 1
+    def ejection(self, upstream: str, target: str = "") -> None:
+        """Outlier detection ejected one endpoint of `upstream` (of its chain target `target`)."""
+        key = (upstream, target)
+        self._ejections[key] = self._ejections.get(key, 0) + 1
 
-    def endpoints(self, upstream: str, healthy: int, ejected: int) -> None:
-        """The current number of available and ejected endpoints of `upstream` (a gauge)."""
-        self._endpoints[upstream] = (healthy, ejected)
+    def endpoints(self, upstream: str, healthy: int, ejected: int, target: str = "") -> None:
+        """The current number of available and ejected endpoints of `upstream` (of its target `target`)."""
+        self._endpoints[(upstream, target)] = (healthy, ejected)
 
-    def forget_upstream(self, upstream: str) -> None:
-        """Drop the endpoint gauges of an upstream the snapshot no longer has (counters stay)."""
-        self._endpoints.pop(upstream, None)
+    def forget_upstream(self, upstream: str, target: str = "") -> None:
+        """Drop the endpoint gauges of an upstream (or one chain target of it) the snapshot no longer has
+        (counters stay; target_requests_total series too: one per target and code class ever seen)."""
+        self._endpoints.pop((upstream, target), None)
 
     # ------------------------------------------------------------------ the wire
 
@@ -192,12 +197,12 @@ class ProxyMetrics:
             "retries_total": [[[src, u, dc], n] for u, n in self._retries.items()],
             "retry_budget_overflows_total": [[[src, u, dc], n] for u, n in self._overflows.items()],
             "circuit_breaker_trips_total": [[[src, u, dc, lim], n] for (u, lim), n in self._trips.items()],
-            "ejections_total": [[[src, u, dc], n] for u, n in self._ejections.items()],
+            "ejections_total": [[[src, u, dc, t], n] for (u, t), n in self._ejections.items()],
         }
         gauges: dict[str, list[list[Any]]] = {
             "connections_active": [[[*ends(d, u), dc, d], n] for (d, u), n in self._active.items()],
-            "endpoints": [s for u, (h, e) in self._endpoints.items()
-                          for s in ([[src, u, dc, "healthy"], h], [[src, u, dc, "ejected"], e])],
+            "endpoints": [s for (u, t), (h, e) in self._endpoints.items()
+                          for s in ([[src, u, dc, t, "healthy"], h], [[src, u, dc, t, "ejected"], e])],
         }
         hist = {"request_duration_seconds": [[[*ends(d, u), dc, d], [int(x) for x in h[:-1]] + [h[-1]]]
                                              for (d, u), h in self._hist.items()]}
@@ -288,7 +293,9 @@ def render_prometheus(wire: Wire) -> str:
         out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {kind}\n")
         rows = wire[kind].get(short, [])
         for labels, value in sorted(rows, key=lambda r: r[0]):
-            text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in zip(names, labels, strict=False))
+            # An empty `target` (a flat upstream's series) is left out: the same series for Prometheus
+            text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in zip(names, labels, strict=False)
+                            if v or k != "target")
             if kind != "histogram":
                 out.append(f"{name}{{{text}}} {_num(value)}\n")
                 continue

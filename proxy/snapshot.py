@@ -174,7 +174,7 @@ class ChainRoute:
     prefix_rewrite: str | None = None  # replaces the matched PathPrefix/PathExact
     request_timeout_ms: int = 0  # 0 = the target's, else the upstream's
     retries: Retries | None = None  # None = the upstream's
-    name: str = ""  # "web route 0", "web default": logs and metrics
+    name: str = ""  # "web route 0", "web default": for people reading a snapshot (troubleshoot); no metric uses it
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,27 +331,27 @@ class ProxySnapshot:
     def check(self) -> None:
         """Cross-field rules: ports in range, protocols known, listeners distinct, addresses IP literals; an
         upstream's chain (routes, targets) by chain_check.check_chain."""
-        _port(self.public_port, "public_port")
-        _ip(self.public_address, "public_address")
-        _ip(self.local_service_address, "local_service_address")
+        check_port(self.public_port, "public_port")
+        check_ip(self.public_address, "public_address")
+        check_ip(self.local_service_address, "local_service_address")
         if self.local_service_port:
-            _port(self.local_service_port, "local_service_port")
+            check_port(self.local_service_port, "local_service_port")
         _protocol(self.protocol, "protocol")
         if not 1 <= self.workers <= 64:
             raise ProxyConfigError(f"workers: {self.workers} is not between 1 and 64")
         seen = {(self.public_address, self.public_port)}
         for i, up in enumerate(self.upstreams):
             where = f"upstreams[{i}]"
-            _port(up.local_bind_port, f"{where}.local_bind_port")
+            check_port(up.local_bind_port, f"{where}.local_bind_port")
             _protocol(up.protocol, f"{where}.protocol")
-            _ip(up.local_bind_address, f"{where}.local_bind_address")
+            check_ip(up.local_bind_address, f"{where}.local_bind_address")
             bind = (up.local_bind_address, up.local_bind_port)
             if bind in seen:
                 raise ProxyConfigError(f"{where}: {bind[0]}:{bind[1]} is already a listener of this proxy")
             seen.add(bind)
             for j, ep in enumerate(up.endpoints):
-                _port(ep.port, f"{where}.endpoints[{j}].port")
-                _ip(ep.address, f"{where}.endpoints[{j}].address")
+                check_port(ep.port, f"{where}.endpoints[{j}].port")
+                check_ip(ep.address, f"{where}.endpoints[{j}].address")
                 if ep.weight < 1:
                     raise ProxyConfigError(f"{where}.endpoints[{j}].weight: {ep.weight} is below 1")
             if up.routes or up.targets:
@@ -366,12 +366,14 @@ class ProxySnapshot:
                                            f"{perm.action!r} is not allow or deny")
 
 
-def _port(value: int, where: str) -> None:
+def check_port(value: int, where: str) -> None:
+    """A port 1-65535, or ProxyConfigError naming `where`."""
     if not 1 <= value <= 65535:
         raise ProxyConfigError(f"{where}: {value} is not a port (1-65535)")
 
 
-def _ip(value: str, where: str) -> None:
+def check_ip(value: str, where: str) -> None:
+    """An IP address literal, or ProxyConfigError naming `where`."""
     # Workers never resolve names: a getaddrinfo would block their event loop (and every connection on it).
     try:
         ipaddress.ip_address(value)
