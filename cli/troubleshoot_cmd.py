@@ -10,7 +10,8 @@ The snapshot holds the sidecar's private key: nothing of its TLS material is eve
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,10 @@ MAX_SNAPSHOT_BODY = 64 * 1024 * 1024  # as proxy/http_feed.py: a snapshot with e
 MAX_SIDE_BODY = 8 * 1024 * 1024  # a discovery chain or one service's health entries
 NO_ENDPOINTS = "(no healthy endpoints)"
 MAX_FAILOVER_LOOKUPS = 16  # failover targets asked about per target: a chain may list up to hundreds
+MAX_SIDE_LOOKUPS = 128  # distinct chains and health queries asked per run (each answer may be 8 MiB)
+# Per client: answers already read (key -> answer). 256 upstreams x 256 targets sharing a few services asked
+# the agent the same health query for each target, up to 17 times each (each answer up to 8 MiB).
+_asked: weakref.WeakKeyDictionary[AgentClient, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------- reading the agent
@@ -84,8 +89,23 @@ def fetch_snapshot(client: AgentClient, proxy_id: str) -> ProxySnapshot:
         fail(f"{what}: the agent's answer does not hold together: {exc}")
 
 
+def _once(client: AgentClient, key: tuple[str, ...], ask: Callable[[], Any]) -> Any:
+    """`ask()`'s answer, read once per client and key; None (unknown) past MAX_SIDE_LOOKUPS distinct keys."""
+    asked = _asked.setdefault(client, {})
+    if key not in asked:
+        if len(asked) >= MAX_SIDE_LOOKUPS:
+            return None
+        asked[key] = ask()
+    return asked[key]
+
+
 def fetch_chain(client: AgentClient, service: str) -> Mapping[str, Any] | None:
     """The compiled chain (`Chain` of /v1/discovery-chain/:svc), or None when the agent has none to give."""
+    found: Mapping[str, Any] | None = _once(client, ("chain", service), lambda: _fetch_chain(client, service))
+    return found
+
+
+def _fetch_chain(client: AgentClient, service: str) -> Mapping[str, Any] | None:
     status, body, _ = _get_bounded(client, f"/v1/discovery-chain/{segment(service)}", MAX_SIDE_BODY)
     data = _json(body) if status == 200 else None
     chain = data.get("Chain") if isinstance(data, dict) else None
@@ -107,6 +127,12 @@ def healthy_instances(client: AgentClient, target: Mapping[str, Any]) -> int | N
     only_passing = subset.get("OnlyPassing") is True
     if only_passing:
         params["passing"] = "1"
+    found: int | None = _once(client, ("health", service, params.get("filter", ""), params.get("passing", "")),
+                              lambda: _healthy(client, service, params))
+    return found
+
+
+def _healthy(client: AgentClient, service: str, params: dict[str, str]) -> int | None:
     status, body, _ = _get_bounded(client, f"/v1/health/connect/{segment(service)}", MAX_SIDE_BODY, params)
     entries = _json(body) if status == 200 else None
     if not isinstance(entries, list):
@@ -249,6 +275,7 @@ def upstream_report(client: AgentClient, up: Upstream) -> dict[str, Any]:
 
 def build_report(client: AgentClient, snap: ProxySnapshot) -> dict[str, Any]:
     """Everything the command prints, as JSON-ready data (no TLS material)."""
+    _asked.pop(client, None)  # answers are read afresh for each report
     return {"ProxyID": snap.proxy_id, "Service": snap.service, "Datacenter": snap.datacenter,
             "Version": snap.version, "Upstreams": [upstream_report(client, up) for up in snap.upstreams]}
 

@@ -6,6 +6,7 @@ and a 60 KB header against query and header-regex routes, and rewrites a target 
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import click
 import pytest
 from meshagent.proxy.dataplane import DataPlane
 from meshagent.proxy.metrics import ProxyMetrics
@@ -209,3 +211,78 @@ def test_a_request_line_with_raw_control_bytes_never_reaches_a_route(mesh: Mesh)
     with socket.create_connection((HOST, mesh.port), timeout=10) as s:
         s.sendall(b"GET /admin/\x00x HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+# ---------------------------------------------------------------------- troubleshoot fed a hostile snapshot
+
+
+class StandInAgent:
+    """The two side APIs `troubleshoot upstreams` asks (a chain, health entries), counting requests: every
+    target of the chain has 16 failover targets and no instance of its own."""
+
+    def __init__(self, targets: list[str]) -> None:
+        nodes = {f"resolver:{t}": {"Type": "resolver", "Resolver": {"Target": t, "Failover": {
+            "Targets": [o for o in targets if o != t][:16]}}} for t in targets}
+        specs = {t: {"ID": t, "Service": "web", "Subset": {"Filter": f"Service.Meta.v == {t[:4]}"}}
+                 for t in targets}
+        chain = {"Chain": {"ServiceName": "web", "StartNode": "router:web", "Protocol": "http",
+                           "Nodes": nodes, "Targets": specs}}
+        self.asked = 0
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body are two writes: no delayed-ACK stall between
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                agent.asked += 1
+                body = (json.dumps(chain) if self.path.startswith("/v1/discovery-chain/") else "[]").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.35.2", 0), Handler)
+        self.addr = f"http://127.0.35.2:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_troubleshoot_asks_a_bounded_number_of_questions_and_prints_no_escapes(ca: MeshCA) -> None:
+    from meshagent.cli.http_client import AgentClient
+    from meshagent.cli.troubleshoot_cmd import MAX_SIDE_LOOKUPS, build_report, render_text
+
+    ids = [f"s{i % 8}x{i}.web.default.default.dc1" for i in range(200)]  # 8 distinct subset filters
+    agent = StandInAgent(ids)
+    try:
+        eps = (Endpoint("127.0.35.3", 21000, node="n\x1b]0;pwned\x07", service_id="web-1\x1b[2J"),)
+        sid = (ca.spiffe_id("web"),)
+        targets = tuple(ChainTarget(t, eps, sid) for t in ids)
+        routes = tuple(ChainRoute(RouteMatch(path_prefix=f"/{i}", headers=(HeaderMatch("x", exact="\x1b[31m"),)),
+                                  (WeightedTarget(ids[i], 10000),), name=f"r{i}\x1b[2J") for i in range(200))
+        ups = tuple(Upstream("web", HOST, 9000 + k, protocol="http", routes=(*routes, ChainRoute(
+            RouteMatch(path_prefix="/"), (WeightedTarget(ids[0], 10000),), name="default")), targets=targets)
+            for k in range(4))
+        snap = ProxySnapshot("front-sidecar-proxy", "front", "dc1", material(ca, "front"), HOST, 21000,
+                             upstreams=ups)
+        snap.check()
+        client = AgentClient(agent.addr)
+        report = build_report(client, snap)
+        # before: a chain per upstream and 1 + 16 health reads per target (13,604 requests for this snapshot)
+        assert agent.asked <= MAX_SIDE_LOOKUPS + 1, agent.asked
+        text = click.unstyle("\n".join(render_text(report)))  # the header's own bold style removed
+        assert "\x1b" not in text and "\x07" not in text
+        assert len(report["Upstreams"]) == 4 and all(len(u["Targets"]) == 200 for u in report["Upstreams"])
+    finally:
+        agent.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    return MeshCA()
