@@ -4,8 +4,10 @@ Kind = "service-router"
 Name = "web"
 Routes = [
   {
-    # /admin/users reaches the admin service as /users.
-    Match       = { HTTP = { PathPrefix = "/admin" } }
+    # /admin/users reaches the admin service as /users, /admin/ as /. Consul's pattern: the prefix ends
+    # with "/", so /admin and /administrator are not matched (they go to web); with PathPrefix "/admin"
+    # and PrefixRewrite "/", /admin/users would arrive as //users.
+    Match       = { HTTP = { PathPrefix = "/admin/" } }
     Destination = { Service = "admin", PrefixRewrite = "/" }
   },
   {
