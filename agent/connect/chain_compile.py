@@ -59,7 +59,7 @@ class ChainError(EntryError):
                  reason: str = "") -> None:
         super().__init__(kind, name, field, problem)
         self.involved = involved or ((kind, name, field),)
-        self.reason = reason  # "cycle", "bound", "subset" or "external"
+        self.reason = reason  # "cycle", "bound", "subset", "external" or "protocol"
 
     def blame(self, kind: str, name: str) -> ChainError:
         """The same error naming (kind, name) when that entry is on the cycle; else itself."""
@@ -373,6 +373,14 @@ class _Compiler:
                                  "service-resolver)", reason="subset")
             return service, subset, dc, ref
 
+    def same_protocol(self, service: str, ref: Ref) -> None:
+        """Every service a chain sends to speaks the chain's own protocol (Consul's recordServiceProtocol): an
+        http chain must not send L7 traffic to a tcp service, nor tcp to one whose L7 intentions then lapse."""
+        want, have = self.protocol(self.service), self.protocol(service)
+        if have != want:
+            raise ChainError(*ref, f'discovery chain "{self.service}" uses inconsistent protocols; service '
+                             f'"{service}" has "{have}" which is not "{want}"', reason="protocol")
+
     def label(self, tid: str) -> str:
         """A target ID as people say it in an error: the local scope and datacenter left out."""
         local = f".{_SCOPE}.{self.dc}"
@@ -384,6 +392,7 @@ class _Compiler:
         if key in self.resolvers:
             return self.resolvers[key].target if failover else key
         service, subset, dc, ref = self.resolve(service, subset, dc, ref)
+        self.same_protocol(service, ref)
         tid = target_id(service, subset, dc)
         key = f"{RESOLVER}:{tid}"
         if key in self.resolvers:

@@ -318,3 +318,26 @@ def test_bootstrap_entries_with_a_cycle_are_config_errors(tmp_path: Any) -> None
     assert [str(e) for e in err.value.errors] == [
         f"{path}:3: config_entries.bootstrap[0].Redirect.Service: service-resolver a: redirect cycle a -> b -> a",
         f"{path}:4: config_entries.bootstrap[1].Redirect.Service: service-resolver b: redirect cycle b -> a -> b"]
+
+
+def test_inconsistent_protocols_over_a_chain_are_refused() -> None:
+    """Consul's recordServiceProtocol: every service a chain reaches speaks the chain's protocol."""
+    router = {"Kind": "service-router", "Name": "web", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/admin/"}}, "Destination": {"Service": "admin"}}]}
+    compile_("web", router, *http("web", "admin"))
+    for proto in ("tcp", "grpc", "http2"):
+        with pytest.raises(ChainError) as err:
+            compile_("web", router, *http("web"), {"Kind": "service-defaults", "Name": "admin", "Protocol": proto})
+        assert err.value.reason == "protocol" and err.value.field == "Routes[0].Destination.Service"
+        assert str(err.value).endswith(f'discovery chain "web" uses inconsistent protocols; service "admin" '
+                                       f'has "{proto}" which is not "http"')
+    redirect = {"Kind": "service-resolver", "Name": "web", "Redirect": {"Service": "legacy"}}
+    with pytest.raises(ChainError) as err:
+        compile_("web", redirect, *http("web"))  # legacy: no service-defaults, tcp
+    assert (err.value.kind, err.value.name, err.value.field) == ("service-resolver", "web", "Redirect.Service")
+    failover = {"Kind": "service-resolver", "Name": "web", "Failover": {"*": {"Targets": [{"Service": "backup"}]}}}
+    with pytest.raises(ChainError) as err:
+        compile_("web", failover, *http("web"))
+    assert err.value.field == "Failover.*.Targets[0]" and '"backup" has "tcp"' in str(err.value)
+    assert compile_("web", failover, *http("web", "backup")).protocol == "http"
+    assert compile_("web", failover).protocol == "tcp"  # tcp to tcp: consistent

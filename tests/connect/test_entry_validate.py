@@ -333,7 +333,10 @@ def test_routers_and_splitters_need_an_http_protocol() -> None:
     with pytest.raises(EntryError) as err:
         check_references(router, _lookup(_sd(Protocol="http")))
     assert err.value.field == "Routes[0].Destination.Service"
-    check_references(router, _lookup(_sd(Protocol="http"), _sd(Name="admin", Protocol="http2")))
+    check_references(router, _lookup(_sd(Protocol="http"), _sd(Name="admin", Protocol="http")))
+    with pytest.raises(EntryError) as err:  # HTTP-like is not enough: one protocol over the chain (Consul)
+        check_references(router, _lookup(_sd(Protocol="http"), _sd(Name="admin", Protocol="http2")))
+    assert err.value.field == "Routes[0].Destination.Service" and "inconsistent protocols" in str(err.value)
     check_references(router, _lookup({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "HTTP"}}))
     # service-defaults overrides proxy-defaults
     with pytest.raises(EntryError):
@@ -365,7 +368,7 @@ def test_routes_and_splits_to_a_subset_need_it_in_the_resolver() -> None:
 
 
 def test_a_service_with_a_router_cannot_go_back_to_tcp() -> None:
-    lookup = _lookup(EXAMPLES[7])
+    lookup = _lookup(EXAMPLES[7], _sd(Name="admin", Protocol="http"))
     with pytest.raises(EntryError) as err:
         check_references(normalize_entry(_sd(Protocol="tcp")), lookup)
     assert err.value.field == "Protocol"

@@ -294,12 +294,12 @@ def test_subset_filters_are_compiled_once_per_text() -> None:
 
 
 def test_chains_compile_once_per_entry_index_and_watch_keys_follow_them() -> None:
-    pytest.importorskip("meshagent.agent.connect.chain_compile")
     from meshagent.agent.connect.proxy_snapshot import watch_keys
 
     w = canary_world()
     first = compiled_chain(w.catalog, "web", DC)
     assert first is not None and compiled_chain(w.catalog, "web", DC) is first
+    w.entry({"Kind": "service-defaults", "Name": "backup", "Protocol": "http"})  # one protocol over a chain
     w.entry({"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
     w.entry({"Kind": "service-resolver", "Name": "web", "Failover": {"*": {"Service": "backup"}}})
     assert compiled_chain(w.catalog, "web", DC) is not first
@@ -321,6 +321,7 @@ def test_entries_through_the_compiler_canary_failover_and_tcp() -> None:
              "Failover": {"v2": {"Service": "backup"}}})
     tcp = w.upstream(compiled_chain(w.catalog, "web", DC), protocol="tcp")
     assert tcp.routes == () and ports(tcp.endpoints) == [21001, 21002] and tcp.connect_timeout_ms == 300
+    w.entry({"Kind": "service-defaults", "Name": "backup", "Protocol": "http"})  # one protocol over a chain
     w.entry({"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
     w.entry({"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 75, "ServiceSubset": "v1"},
                                                                   {"Weight": 25, "ServiceSubset": "v2"}]})
