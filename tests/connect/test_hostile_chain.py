@@ -182,3 +182,42 @@ def test_a_chain_past_the_workers_endpoint_bound_fails_fast_naming_it() -> None:
     w = _many(4096, 5, match_all=True)  # 6 targets (5 subsets of 3,277 + the default 4,096): 20,480 in all
     with pytest.raises(SnapshotError, match="more than 16384 endpoints over its targets"):
         w.upstream(compiled_chain(w.catalog, "web", DC))
+
+
+def test_a_write_that_breaks_another_services_chain_leaves_its_sidecars_on_their_last_snapshot() -> None:
+    # web splits over s0..s99 (101 nodes); s0's own splitter to t0..t29 compiles alone (31 nodes), but takes
+    # web's chain past 128 nodes. The write is checked against s0's chain and the t's, not web's (A noted it):
+    # web's sidecars keep their last snapshot, the runner says why, and recover when the entry goes.
+    import trio
+    from meshagent.agent.catalog import commands
+    from meshagent.agent.connect.entry_validate import check_references
+
+    from tests.connect.test_proxy_runner import World, run, until
+
+    async def put(w: World, entry: dict[str, Any]) -> None:
+        check_references(entry, lambda k, n: (row.entry if (row := w.store.catalog.config_entries.get(k, n))
+                                              else None))
+        await w.store.apply(commands.config_entry_set(entry))
+
+    async def scenario(w: World) -> None:
+        for name in ("web", "api", *(f"s{i}" for i in range(100)), *(f"t{i}" for i in range(30))):
+            await put(w, {"Kind": "service-defaults", "Name": name, "Protocol": "http"})
+        await put(w, {"Kind": "service-splitter", "Name": "web",
+                      "Splits": [{"Weight": 1, "Service": f"s{i}"} for i in range(100)]})
+        sid = w.add_sidecar("api", upstreams=[{"DestinationName": "web", "LocalBindPort": 9191}])
+        w.leaves.renew("api")
+        await until(lambda: w.runner.snapshot(sid))
+        sup = w.supervisors[0]
+        good = sup.updates[-1]
+        assert len(good.upstreams[0].targets) == 100
+        await put(w, {"Kind": "service-splitter", "Name": "s0",
+                      "Splits": [{"Weight": 100 / 32, "Service": f"t{i}"} for i in range(30)] +
+                                [{"Weight": 100 - 30 * (100 / 32), "Service": "t0"}]})
+        await until(lambda: w.runner.status()[sid]["error"])
+        assert "more than 128 nodes" in w.runner.status()[sid]["error"]
+        await trio.sleep(1)
+        assert sup.updates[-1] is good and w.runner.snapshot(sid) == (good.version, good)
+        await w.store.apply(commands.config_entry_delete("service-splitter", "s0"))
+        await until(lambda: w.runner.status()[sid]["error"] is None)
+
+    run(scenario)
