@@ -146,9 +146,12 @@ def _healthy(client: AgentClient, service: str, params: dict[str, str]) -> int |
 
 
 def target_service(target_id: str) -> str:
-    """The service of a Consul target ID `[subset.]service.namespace.partition.datacenter`."""
-    parts = target_id.split(".")
-    return parts[-4] if len(parts) >= 4 else target_id
+    """The service of a Consul target ID `[subset.]service.namespace.partition.datacenter` (the data plane's
+    parser), or the ID itself when it is not one."""
+    from ..proxy.chain_router import target_service as parse  # lazy, like every proxy import of the CLI
+
+    named = parse(target_id)
+    return named[0] if named is not None else target_id
 
 
 def _spiffe_services(spiffe_ids: tuple[str, ...]) -> set[str]:

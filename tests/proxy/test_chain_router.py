@@ -135,6 +135,16 @@ def test_hash_split_is_deterministic_and_spread() -> None:
     assert 0.45 < share < 0.55
 
 
+def test_the_split_hashes_only_request_borne_policies() -> None:
+    # SourceIP is always the local app on an outbound listener: it must not make the split one constant
+    header, cookie = HashPolicy("header", "x-user"), HashPolicy("cookie", "s")
+    query = HashPolicy("query_parameter", "u")
+    lb = LoadBalancer("ring_hash", hash_policies=(HashPolicy(source_ip=True, terminal=True), header, cookie, query))
+    assert router(route(), load_balancer=lb).hash_policies == (header, cookie, query)
+    only_ip = LoadBalancer("ring_hash", hash_policies=(HashPolicy(source_ip=True),))
+    assert router(route(), load_balancer=only_ip).hash_policies == ()  # random draws
+
+
 def test_one_target_needs_no_draw() -> None:
     class NoDraw(random.Random):
         def random(self) -> float:
