@@ -41,14 +41,12 @@ from ..http.filter import HEALTH_ENTRY_SCHEMA, FilterError, compile_filter
 from ..http.render import health_entry_json
 from .chain_compile import compile_chain
 from .chain_model import RESOLVER, ROUTER, SPLITTER, ChainNode, ChainRouteSpec, CompiledChain, ResolverSpec
-from .proxy_config_read import ConfigReader, Map, config_get, is_ip
+from .proxy_config_read import MAX_RETRIES, MAX_TIMEOUT_MS, ConfigReader, Map, config_get, is_ip
 from .spiffe import SpiffeIDError, service_id
 
 LB_POLICIES = ("", "random", "round_robin", "least_request", "ring_hash", "maglev")
 CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults")
 CHAIN_KEYS = tuple(f"config-entry:{k}" for k in CHAIN_KINDS)  # every entry a compiled chain depends on
-MAX_RETRIES = 25
-MAX_TIMEOUT_MS = 3_600_000
 WHOLE = 10000  # a route's split weights, in hundredths of a percent
 _MAX_FILTERS = 512  # cached compiled subset filters (one per distinct filter text)
 _MAX_CHAINS = 1024  # cached compiled chains

@@ -12,6 +12,8 @@ from ...proxy.snapshot import MAX_LIST, MAX_STR
 from ..config.duration import parse_duration
 
 Map = Mapping[str, Any]
+MAX_TIMEOUT_MS = 3_600_000  # any timeout a proxy config, an upstream or a chain entry sets (one hour)
+MAX_RETRIES = 25  # num_retries of an upstream or a route
 
 
 class SnapshotError(ValueError):

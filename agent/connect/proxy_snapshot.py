@@ -33,14 +33,13 @@ from ..config.types import ServiceDefinition
 from .intentions import IntentionIndex
 from .leaf_plan import LeafRecord
 from .proxy_chain import CHAIN_KEYS, compiled_chain, reached_services
-from .proxy_config_read import Map, SnapshotError, config_get, public_bind, public_port
+from .proxy_config_read import MAX_TIMEOUT_MS, Map, SnapshotError, config_get, public_bind, public_port
 from .proxy_permissions import permission
 from .proxy_upstreams import UpstreamReader
 
 __all__ = ["SnapshotError", "build_snapshot", "destination_of", "embedded", "same_config", "watch_keys"]
 
 DEFAULT_LOCAL_CONNECT_TIMEOUT_MS = 1000  # Consul's built-in proxy default
-MAX_TIMEOUT_MS = 3_600_000
 MAX_WORKERS = 64
 
 

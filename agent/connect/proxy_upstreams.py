@@ -18,12 +18,10 @@ from ...proxy.snapshot import (
 )
 from ..catalog.state import Catalog
 from .proxy_chain import ChainReader, compiled_chain
-from .proxy_config_read import Map, config_get
+from .proxy_config_read import MAX_RETRIES, MAX_TIMEOUT_MS, Map, config_get
 from .spiffe import SpiffeIDError, service_id
 
 DEFAULT_CONNECT_TIMEOUT_MS = 5000  # UpstreamConfig.ConnectTimeoutMs
-MAX_TIMEOUT_MS = 3_600_000
-MAX_RETRIES = 25
 L4_PROTOCOLS = ("tcp", "http2", "grpc")  # http2/grpc are proxied at L4 until their own issue
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 
