@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .entry_schema import HTTP_PROTOCOLS, KIND_SPECS, FieldProblem, fold, join, kind_of
@@ -40,8 +40,10 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
         raise EntryError(kind, name, "", "nested too deeply") from None
 
 
-def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
-    """Rules across entries, given a canonical entry and `lookup(kind, name)` of stored ones; raises EntryError."""
+def check_references(entry: Mapping[str, Any], lookup: Lookup, stored: Stored | None = None) -> None:
+    """Rules across entries, given a canonical entry and `lookup(kind, name)` of stored ones; raises EntryError.
+    With `stored(kind)` (the stored entries of a kind) the chains of services that reach the entry's are
+    re-compiled too (see check_chains)."""
     kind, name = str(entry.get("Kind", "")), str(entry.get("Name", ""))
 
     def need_http(service: str, field: str, what: str) -> None:
@@ -78,23 +80,27 @@ def check_references(entry: Mapping[str, Any], lookup: Lookup) -> None:
         if any("Permissions" in s for s in intentions.get("Sources", [])):
             raise EntryError(kind, name, "Protocol", f'intentions with L7 Permissions exist for "{name}", which '
                              "need protocol http, http2 or grpc")
-    check_chains(entry, lookup)
+    check_chains(entry, lookup, stored=stored)
 
 
 CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults")
+LINK_KINDS = ("service-router", "service-splitter", "service-resolver")  # entries that name other services
+Stored = Callable[[str], "Iterable[Mapping[str, Any]]"]
+MAX_CHECKED_CHAINS = 1024  # chains re-compiled per write (~0.1 ms each); past it the snapshot's check remains
 _PLACEHOLDER_DC = "dc1"  # cycles and bounds do not depend on which datacenter compiles
 
 
-def check_chains(entry: Mapping[str, Any], lookup: Lookup, *, partial: bool = False) -> None:
+def check_chains(entry: Mapping[str, Any], lookup: Lookup, *, partial: bool = False,
+                 stored: Stored | None = None) -> None:
     """Compile every chain the entry's write touches (its own service's and those it names) with the entry in
-    place; a redirect or splitter cycle, a chain past the bounds or a missing subset is a ChainError (an
-    EntryError) naming the written entry when it is on the cycle. `partial`: `lookup` holds only some entries
-    (the agent config's bootstrap list): a service without service-defaults counts as http and only cycles
-    and bounds are errors."""
-    from .chain_compile import ChainError, compile_chain  # chain_compile imports this module
-
+    place; a redirect or splitter cycle, a chain past the bounds, a missing subset or mixed protocols is a
+    ChainError (an EntryError) naming the written entry when it is on the cycle. With `stored`, also every
+    chain that reaches the entry's service through stored routers, splitters and resolvers (Consul's
+    validateProposedConfigEntryInGraph); its break names the written entry and the broken chain's field.
+    `partial`: `lookup` holds only some entries (the agent config's bootstrap list): a service without
+    service-defaults counts as http and only cycles and bounds are errors."""
     kind, name = str(entry.get("Kind", "")), str(entry.get("Name", ""))
-    if kind not in CHAIN_KINDS:
+    if kind not in (*CHAIN_KINDS, "proxy-defaults"):
         return
 
     def placed(k: str, n: str) -> dict[str, Any] | None:
@@ -105,13 +111,77 @@ def check_chains(entry: Mapping[str, Any], lookup: Lookup, *, partial: bool = Fa
             return {"Kind": k, "Name": n, "Protocol": "http"}
         return found
 
-    for service in (name, *sorted(named_services(entry) - {name})):
+    _check_graph(kind, name, placed, entry, partial, stored)
+
+
+def check_delete(kind: str, name: str, lookup: Lookup, stored: Stored) -> None:
+    """A delete's check: the chains that reach `name` must still compile without the entry; raises ChainError
+    naming the deleted entry and the broken chain's field."""
+    if kind not in (*CHAIN_KINDS, "proxy-defaults") or lookup(kind, name) is None:
+        return
+
+    def without(k: str, n: str) -> dict[str, Any] | None:
+        return None if (k, n) == (kind, name) else lookup(k, n)
+
+    _check_graph(kind, name, without, None, False, stored)
+
+
+def _check_graph(kind: str, name: str, placed: Lookup, entry: Mapping[str, Any] | None, partial: bool,
+                 stored: Stored | None) -> None:
+    from .chain_compile import ChainError, compile_chain  # chain_compile imports this module
+
+    own = [] if kind == "proxy-defaults" else [name, *sorted(named_services(entry or {}) - {name})]
+    for service in own:
         try:
             compile_chain(service, placed, datacenter=_PLACEHOLDER_DC, trust_domain="validate")
         except ChainError as exc:
             if partial and exc.reason not in ("cycle", "bound"):
                 continue
             raise exc.blame(kind, name) from None
+    if stored is None:
+        return
+    for service in _reaching(kind, name, placed, stored, set(own)):
+        try:
+            compile_chain(service, placed, datacenter=_PLACEHOLDER_DC, trust_domain="validate")
+        except ChainError as exc:
+            blamed = exc.blame(kind, name)
+            if blamed is not exc:
+                raise blamed from None
+            field = "Protocol" if exc.reason == "protocol" and kind == "service-defaults" else ""
+            raise ChainError(kind, name, field, f'breaks the discovery chain of "{service}": {exc}', exc.involved,
+                             exc.reason) from None
+
+
+def _reaching(kind: str, name: str, placed: Lookup, stored: Stored, done: set[str]) -> list[str]:
+    """Services (not in `done`) whose chains can reach `name` through routers, splitters and resolvers as
+    they are with the change in place; every chain entry's service for a proxy-defaults change. Bounded."""
+    referrers: dict[str, set[str]] = {}
+    owners: set[str] = set()
+    for k in LINK_KINDS:
+        for stored_entry in stored(k):
+            owner = str(stored_entry.get("Name", ""))
+            current = placed(k, owner)  # the written entry in place of its stored self; None if deleted
+            if current is None:
+                continue
+            owners.add(owner)
+            for target in named_services(current):
+                referrers.setdefault(target, set()).add(owner)
+    written = placed(kind, name) if kind in LINK_KINDS else None
+    if written is not None:  # a new entry is not among the stored ones yet
+        for target in named_services(written):
+            referrers.setdefault(target, set()).add(name)
+    if kind == "proxy-defaults":
+        return sorted(owners - done)[:MAX_CHECKED_CHAINS]
+    out: list[str] = []
+    seen, todo = {name}, [name]
+    while todo and len(out) < MAX_CHECKED_CHAINS:
+        for referrer in sorted(referrers.get(todo.pop(), ())):
+            if referrer not in seen:
+                seen.add(referrer)
+                todo.append(referrer)
+                if referrer not in done:
+                    out.append(referrer)
+    return out[:MAX_CHECKED_CHAINS]
 
 
 def named_services(entry: Mapping[str, Any]) -> set[str]:

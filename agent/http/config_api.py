@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import CommandError, commands
 from ..catalog.config_entries import KINDS, ConfigEntryRow, entry_watch_key
-from ..connect.entry_validate import EntryError, check_references, normalize_entry
+from ..connect.entry_validate import EntryError, check_delete, check_references, normalize_entry
 from .filter import ANYMAP, INT, STR, STRMAP, Schema
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request, parse_uint
@@ -57,6 +57,17 @@ def lookup(api: API) -> Any:
     return read
 
 
+def stored(api: API) -> Any:
+    """A `kind -> stored entries` reader over the agent's catalog: check_references re-compiles the chains
+    that reach a written or deleted entry's service."""
+    entries = api.agent.store.catalog.config_entries
+
+    def read(kind: str) -> list[dict[str, Any]]:
+        return [row.entry for row in entries.list(kind)]
+
+    return read
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -77,7 +88,7 @@ def validate(api: API, raw: Any) -> dict[str, Any]:
         raise bad_request("Request decoding failed: the body must be a JSON object (one config entry)")
     try:
         entry = normalize_entry(raw)
-        check_references(entry, lookup(api))
+        check_references(entry, lookup(api), stored(api))
     except EntryError as exc:
         raise bad_request(str(exc)[:MAX_ERROR]) from None  # errors may quote hostile input: bounded
     return entry
@@ -150,6 +161,13 @@ async def delete(api: API, request: Request, query: Query, arg: str) -> Response
     cas = cas_of(query)
     if len(name) > MAX_NAME:  # nothing so named can exist: the delete has nothing to do
         return _bool(True) if cas is not None else api.json({}, query)
+    # A delete can break the chains that reach the entry's service (Consul checks deletes too): checked
+    # against the leader's state, as a write's references are.
+    await api.agent.store.read_barrier(b"default")
+    try:
+        check_delete(kind, name, lookup(api), stored(api))
+    except EntryError as exc:
+        raise bad_request(str(exc)[:MAX_ERROR]) from None
     ok = await apply(api, commands.config_entry_delete(kind, name, cas))
     if cas is not None:
         return _bool(ok)

@@ -341,3 +341,58 @@ def test_inconsistent_protocols_over_a_chain_are_refused() -> None:
     assert err.value.field == "Failover.*.Targets[0]" and '"backup" has "tcp"' in str(err.value)
     assert compile_("web", failover, *http("web", "backup")).protocol == "http"
     assert compile_("web", failover).protocol == "tcp"  # tcp to tcp: consistent
+
+
+def _store(*entries: dict[str, Any]) -> tuple[Any, Any]:
+    """A lookup and a `kind -> stored entries` reader over entries written in order, each checked first."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(kind: str, name: str) -> Any:
+        return table.get((kind, name))
+
+    def stored(kind: str) -> list[dict[str, Any]]:
+        return [e for (k, _), e in table.items() if k == kind]
+
+    for raw in entries:
+        e = normalize_entry(raw)
+        check_references(e, get, stored)
+        table[(e["Kind"], e["Name"])] = e
+    return get, stored
+
+
+def test_a_write_or_delete_that_breaks_a_chain_reaching_it_is_refused() -> None:
+    """Consul's validateProposedConfigEntryInGraph: chains of services whose entries reach the written one."""
+    from meshagent.agent.connect.entry_validate import check_delete
+
+    get, stored = _store(*http("web", "api", "front"),
+                         {"Kind": "service-resolver", "Name": "web", "Subsets": {"v1": {}, "v2": {}}},
+                         {"Kind": "service-router", "Name": "api", "Routes": [
+                             {"Match": {"HTTP": {"PathPrefix": "/web/"}},
+                              "Destination": {"Service": "web", "ServiceSubset": "v2"}}]},
+                         {"Kind": "service-splitter", "Name": "front", "Splits": [{"Weight": 100, "Service": "api"}]})
+    shrink = normalize_entry({"Kind": "service-resolver", "Name": "web", "Subsets": {"v1": {}}})
+    with pytest.raises(ChainError) as err:
+        check_references(shrink, get, stored)
+    assert (err.value.kind, err.value.name) == ("service-resolver", "web")
+    assert str(err.value).startswith('service-resolver web: field (entry): breaks the discovery chain of "api": '
+                                     'service-router api: field Routes[0].Destination.ServiceSubset: service "web" '
+                                     'has no subset "v2"')
+    check_references(shrink, get)  # without the stored entries: only its own chain, as before
+    with pytest.raises(ChainError, match='breaks the discovery chain of "api"'):
+        check_delete("service-resolver", "web", get, stored)
+    # transitively: front's splitter reaches api, whose router reaches admin; admin turning tcp breaks both
+    get, stored = _store(*http("web", "api", "front", "admin"),
+                         {"Kind": "service-router", "Name": "api", "Routes": [
+                             {"Match": {"HTTP": {"PathPrefix": "/admin/"}}, "Destination": {"Service": "admin"}}]},
+                         {"Kind": "service-splitter", "Name": "front", "Splits": [{"Weight": 100, "Service": "api"}]})
+    to_tcp = normalize_entry({"Kind": "service-defaults", "Name": "admin", "Protocol": "tcp"})
+    with pytest.raises(ChainError) as err:
+        check_references(to_tcp, get, stored)
+    assert err.value.field == "Protocol" and err.value.reason == "protocol"
+    assert 'breaks the discovery chain of "api"' in str(err.value) and '"admin" has "tcp"' in str(err.value)
+    with pytest.raises(ChainError, match='breaks the discovery chain of "api"'):
+        check_delete("service-defaults", "admin", get, stored)  # no service-defaults: tcp
+    pd_tcp = normalize_entry({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "tcp"}})
+    check_references(pd_tcp, get, stored)  # every service here has service-defaults: nothing changes
+    check_delete("service-router", "api", get, stored)  # nothing reaches admin then: fine
+    check_delete("service-defaults", "nobody", get, stored)  # absent: nothing to check

@@ -144,6 +144,24 @@ def test_a_router_on_a_tcp_service_is_refused(api_server: ServerThread) -> None:
     assert httpx.put(f"{api_server.url}/v1/config", json=router).json() is True
 
 
+def test_a_write_or_delete_breaking_a_chain_that_reaches_it_is_400(api_server: ServerThread) -> None:
+    url = f"{api_server.url}/v1/config"
+    for entry in (*ENTRIES[1:3], {"Kind": "service-resolver", "Name": "web", "Subsets": {"v1": {}, "v2": {}}},
+                  {"Kind": "service-router", "Name": "api", "Routes": [
+                      {"Match": {"HTTP": {"PathPrefix": "/web/"}},
+                       "Destination": {"Service": "web", "ServiceSubset": "v2"}}]}):
+        assert httpx.put(url, json=entry).json() is True, entry
+    r = httpx.put(url, json={"Kind": "service-resolver", "Name": "web", "Subsets": {"v1": {}}})
+    assert r.status_code == 400 and 'service-resolver web: field (entry): breaks the discovery chain of "api": ' \
+        "service-router api: field Routes[0].Destination.ServiceSubset" in r.text, r.text
+    r = httpx.delete(f"{url}/service-resolver/web")
+    assert r.status_code == 400 and 'breaks the discovery chain of "api"' in r.text, r.text
+    assert httpx.delete(f"{url}/service-resolver/web?cas=1").status_code == 400  # checked before the cas too
+    assert httpx.get(f"{url}/service-resolver/web").json()["Subsets"] == {"v1": {}, "v2": {}}
+    assert httpx.delete(f"{url}/service-router/api").json() == {}
+    assert httpx.delete(f"{url}/service-resolver/web").json() == {}  # nothing reaches web's v2 any more
+
+
 @pytest.mark.parametrize("method, path", [
     ("GET", "/v1/config/no-such-kind"), ("GET", "/v1/config/no-such-kind/web"),
     ("DELETE", "/v1/config/no-such-kind/web"), ("GET", "/v1/config/mesh/web"),
