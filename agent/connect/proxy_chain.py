@@ -6,9 +6,11 @@ subset filter (the `?filter=` evaluator over the health-entry view) and OnlyPass
 here, at snapshot time; per route the router's match and per-route overrides. A trivial chain (one default
 route, one target) and every tcp upstream keep issue 14's flat form (`routes == ()`).
 
-Precedence: a service-resolver entry's ConnectTimeout and LoadBalancer, where it sets them, win over the
-upstream's `config` (`connect_timeout_ms`, `load_balancer`) and UpstreamConfig; its RequestTimeout is the
-target's (0 = the upstream's), and a route's RequestTimeout / retries win over both for what it matched.
+Precedence: an upstream's explicitly set `connect_timeout_ms` (its `config` or UpstreamConfig) wins over a
+service-resolver's ConnectTimeout, as Consul's OverrideConnectTimeout; else the resolver's, where it sets it,
+else the default. A resolver's LoadBalancer, where set, wins over the upstream's `load_balancer`; its
+RequestTimeout is the target's (0 = the upstream's), and a route's RequestTimeout / retries win over both for
+what it matched (a route's NumRetries only when above 0, as Consul).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from ...proxy.chain_check import MAX_CHAIN_ENDPOINTS
 from ...proxy.snapshot import (
     MAX_ENDPOINTS,
     MAX_ROUTES,
@@ -54,9 +57,9 @@ _MAX_VIEWS = 16384  # cached health-entry views of mesh instances (subset filter
 
 Predicate = Callable[[Any], bool]
 _filters: dict[str, Predicate | FilterError] = {}
-_chains: dict[tuple[str, str, str, int], tuple[Catalog, CompiledChain | ValueError]] = {}
+_chains: dict[tuple[str, str, str, int, str, int], tuple[Catalog, CompiledChain | ValueError]] = {}
 _MAX_RESULTS = 128  # subset-filter verdicts kept per instance view (one per distinct filter text)
-_MAX_CHAIN_ENDPOINTS = 4 * MAX_ENDPOINTS  # over all targets of one upstream: proxy/chain_check.py refuses more
+_MAX_CHAIN_ENDPOINTS = MAX_CHAIN_ENDPOINTS  # over all targets of one upstream: the workers refuse more
 # (node row, service row, check rows, the health-entry view, filter text -> verdict)
 _ViewEntry = tuple[Node, Service, tuple[Check, ...], dict[str, Any], dict[str, bool]]
 _views: dict[tuple[str, str], _ViewEntry] = {}
@@ -73,18 +76,23 @@ def lookup_of(catalog: Catalog) -> Callable[[str, str], dict[str, Any] | None]:
     return lookup
 
 
-def compiled_chain(catalog: Catalog, service: str, datacenter: str) -> CompiledChain:
-    """`service`'s chain, compiled once per (service, datacenter, trust domain, config-entry index).
-    Raises ValueError (the compiler's ChainError names the entry and field)."""
+def compiled_chain(catalog: Catalog, service: str, datacenter: str, *, override_protocol: str = "",
+                   override_connect_timeout_ms: int = 0) -> CompiledChain:
+    """`service`'s chain, compiled once per (service, datacenter, trust domain, config-entry index, overrides).
+    The overrides are an upstream's own protocol and explicit connect timeout (Consul's OverrideProtocol /
+    OverrideConnectTimeout). Raises ValueError (the compiler's ChainError names the entry and field)."""
     trust_domain = catalog.connect.trust_domain
-    key = (service, datacenter, trust_domain, catalog.index_for(CHAIN_KEYS))
+    key = (service, datacenter, trust_domain, catalog.index_for(CHAIN_KEYS), override_protocol,
+           override_connect_timeout_ms)
     cached = _chains.get(key)
     if cached is None or cached[0] is not catalog:
         if len(_chains) >= _MAX_CHAINS:
             _chains.clear()  # entries of older indexes are dead weight; the live ones recompile once
         result: CompiledChain | ValueError
         try:
-            result = compile_chain(service, lookup_of(catalog), datacenter=datacenter, trust_domain=trust_domain)
+            result = compile_chain(service, lookup_of(catalog), datacenter=datacenter, trust_domain=trust_domain,
+                                   override_protocol=override_protocol,
+                                   override_connect_timeout_ms=override_connect_timeout_ms)
         except ValueError as exc:
             result = exc
         cached = _chains[key] = (catalog, result)
@@ -129,14 +137,19 @@ class ChainReader(ConfigReader):
 
     catalog: Catalog
     datacenter: str
+    explicit_connect_timeout = False  # the upstream sets connect_timeout_ms: it wins over a resolver's
+    chain_notes: list[str]  # per call: what the build trimmed, for the runner to log once
 
     def chain_upstream(self, base: Upstream, chain: CompiledChain) -> Upstream:
         """See `chain_upstream`."""
+        self.chain_notes = []
         # Per call: targets of one service (its subsets) share its instances and the address checks.
         self._candidates: dict[str, list[_Candidate]] = {}
         self._ips: dict[str, bool] = {}
         self._total = 0  # endpoints over the targets built so far
-        if base.protocol != "http":  # tcp: routers and splitters do not apply; follow the chain to one target
+        if base.protocol != "http":  # tcp: routers and splitters do not apply, the chain is the resolver's
+            if not chain.start_node.startswith(f"{RESOLVER}:"):  # compiled for http: compile it as Consul would
+                chain = compiled_chain(self.catalog, chain.service_name, chain.datacenter, override_protocol="tcp")
             return self._flat(base, chain, self._tcp_resolver(chain))
         start = self._node(chain, chain.start_node, f"discovery chain {chain.service_name} StartNode")
         if start.type == ROUTER:
@@ -172,19 +185,12 @@ class ChainReader(ConfigReader):
         return node
 
     def _tcp_resolver(self, chain: CompiledChain) -> ResolverSpec:
-        """A tcp upstream's one resolver: through a router's default (last) route, a splitter's largest split."""
-        key, where = chain.start_node, f"discovery chain {chain.service_name} StartNode"
-        for _ in range(8):  # router -> splitter -> resolver at most; the bound guards a hand-fed loop
-            node = self._node(chain, key, where)
-            if node.type == RESOLVER and node.resolver is not None:
-                return node.resolver
-            if node.type == ROUTER and node.routes:
-                key, where = node.routes[-1].next_node, f"{node.key} default route"
-            elif node.type == SPLITTER and node.splits:
-                key, where = max(node.splits, key=lambda s: s.weight).next_node, f"{node.key} Splits"
-            else:
-                break
-        raise self.fail(where, "does not lead to a resolver")
+        """A tcp upstream's one resolver: the chain compiled for tcp starts at it (no router, no splitter)."""
+        where = f"discovery chain {chain.service_name} StartNode"
+        node = self._node(chain, chain.start_node, where)
+        if node.type != RESOLVER or node.resolver is None:
+            raise self.fail(where, "a tcp upstream's chain must start at a resolver")
+        return node.resolver
 
     def _splits(self, chain: CompiledChain, node: ChainNode, used: dict[str, ResolverSpec]
                 ) -> tuple[WeightedTarget, ...]:
@@ -261,11 +267,14 @@ class ChainReader(ConfigReader):
                           case_insensitive=self._bool(http.get("CaseInsensitive", False), f"{where}.CaseInsensitive"))
 
     def _route_retries(self, dest: Map, base: Upstream, where: str) -> Retries | None:
-        """The route's retry overrides over the upstream's policy; None when it sets none."""
+        """The route's retry overrides over the upstream's policy; None when it sets none. As Consul: NumRetries
+        counts only above 0, and a retry condition without it retries once (Envoy's default) unless the
+        upstream's policy already retries more."""
         values: dict[str, Any] = {}
         if dest.get("NumRetries") is not None:
-            values["num_retries"] = self._int(dest["NumRetries"], f"{where}.Destination.NumRetries", 0,
-                                              MAX_RETRIES)
+            n = self._int(dest["NumRetries"], f"{where}.Destination.NumRetries", 0, MAX_RETRIES)
+            if n > 0:
+                values["num_retries"] = n
         if dest.get("RetryOnConnectFailure") is not None:
             values["retry_on_connect_failure"] = self._bool(dest["RetryOnConnectFailure"],
                                                             f"{where}.Destination.RetryOnConnectFailure")
@@ -274,7 +283,12 @@ class ChainReader(ConfigReader):
             values["retry_on_status_codes"] = tuple(self._int(c, f"{at}[{k}]", 100, 599)
                                                     for k, c in enumerate(self._list(dest["RetryOnStatusCodes"],
                                                                                      at, 64)))
-        return replace(base.retries, **values) if values else None
+        if not values:
+            return None
+        policy = replace(base.retries, **values)
+        if policy.num_retries == 0 and (values.get("retry_on_connect_failure") or values.get("retry_on_status_codes")):
+            policy = replace(policy, num_retries=1)
+        return policy
 
     def _opt(self, value: Any, where: str) -> str | None:
         return None if value in (None, "") else self._str(value, where)
@@ -305,13 +319,15 @@ class ChainReader(ConfigReader):
             if found:
                 endpoints, sid_target = found, chain.targets[fid]
                 break
+        room = _MAX_CHAIN_ENDPOINTS - self._total
+        if len(endpoints) > room:  # the workers would refuse the snapshot: later targets get fewer (in order)
+            self.chain_notes.append(f"discovery chain {chain.service_name}: target {spec.id} keeps {max(0, room)} "
+                                    f"of {len(endpoints)} endpoints (at most {_MAX_CHAIN_ENDPOINTS} over its targets)")
+            endpoints = endpoints[:max(0, room)]
         self._total += len(endpoints)
-        if self._total > _MAX_CHAIN_ENDPOINTS:  # the workers would refuse the snapshot: stop building it now
-            raise self.fail(f"discovery chain {chain.service_name}",
-                            f"more than {_MAX_CHAIN_ENDPOINTS} endpoints over its targets")
         entry = self._entry("service-resolver", spec.service)
         connect_timeout = base.connect_timeout_ms
-        if entry.get("ConnectTimeout") not in (None, "") and not res.default:
+        if entry.get("ConnectTimeout") not in (None, "") and not res.default and not self.explicit_connect_timeout:
             connect_timeout = max(1, min(MAX_TIMEOUT_MS, res.connect_timeout_ms))
         lb = base.load_balancer
         if res.load_balancer is not None and not res.default:

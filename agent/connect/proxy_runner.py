@@ -26,7 +26,7 @@ from ..config.types import ServiceDefinition
 from .intention_entries import intentions_of
 from .intentions import IntentionIndex
 from .leaf_plan import LeafRecord
-from .proxy_snapshot import build_snapshot, destination_of, embedded, same_config, watch_keys
+from .proxy_snapshot import build_report, destination_of, embedded, same_config, watch_keys
 from .sidecar import PROXY_KIND
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class _Proxy:
     supervisor: Supervisor | None = None
     error: str | None = None
     restarts: int = 0
+    notes: tuple[str, ...] = ()  # the last build's notes (logged once each)
 
 
 class ProxyRunner:
@@ -291,9 +292,9 @@ class ProxyRunner:
         parent = services.get(parent_id) if isinstance(parent_id, str) else None
         catalog = self.store.catalog
         try:
-            snap = build_snapshot(p.defn, parent, catalog, p.leaf, self._compiled(catalog),
-                                  self._default_allow(), datacenter=self.datacenter,
-                                  bind_address=self.bind_address)
+            snap, report = build_report(p.defn, parent, catalog, p.leaf, self._compiled(catalog),
+                                        self._default_allow(), datacenter=self.datacenter,
+                                        bind_address=self.bind_address)
             self._check_listeners(p, snap)
         except Exception as exc:  # SnapshotError names the field; anything else is a bug, but never fatal here
             text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -302,7 +303,14 @@ class ProxyRunner:
                           exc_info=not isinstance(exc, ValueError))
             p.error = text
             return p.snapshot is not None
-        p.error = None
+        # An upstream whose chain failed has no endpoints; the rest applies (its leaf, intentions, upstreams).
+        error = "; ".join(report.errors)[:4096] or None  # bounded: messages quote entries
+        if error is not None and error != p.error:
+            log.error("%s; the rest of the sidecar is applied", error)
+        for note in report.notes:
+            if note not in p.notes:
+                log.warning("%s", note)
+        p.error, p.notes = error, report.notes
         if same_config(p.snapshot, snap):
             return True
         snap = _with_version(snap, next(self._versions))

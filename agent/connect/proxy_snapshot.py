@@ -12,7 +12,7 @@ good snapshot. Keys in those maps are matched ignoring case and underscores (`co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ...proxy.snapshot import (
     MAX_LIST,
@@ -37,7 +37,8 @@ from .proxy_config_read import MAX_TIMEOUT_MS, Map, SnapshotError, config_get, p
 from .proxy_permissions import permission
 from .proxy_upstreams import UpstreamReader
 
-__all__ = ["SnapshotError", "build_snapshot", "destination_of", "embedded", "same_config", "watch_keys"]
+__all__ = ["BuildReport", "SnapshotError", "build_report", "build_snapshot", "destination_of", "embedded",
+           "same_config", "watch_keys"]
 
 DEFAULT_LOCAL_CONNECT_TIMEOUT_MS = 1000  # Consul's built-in proxy default
 MAX_WORKERS = 64
@@ -49,6 +50,24 @@ def build_snapshot(proxy: ServiceDefinition, parent: ServiceDefinition | None, c
     """The snapshot of local sidecar `proxy` (kind connect-proxy) now; raises SnapshotError."""
     return _Builder(proxy, parent, catalog, datacenter).build(leaf, intentions, default_allow, bind_address,
                                                               version)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildReport:
+    """What a build applied only in part, for the runner to show and log once: `errors` are upstreams whose
+    discovery chain failed (sent with no endpoints), `notes` what was trimmed or not applied."""
+
+    errors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def build_report(proxy: ServiceDefinition, parent: ServiceDefinition | None, catalog: Catalog,
+                 leaf: LeafRecord, intentions: IntentionIndex, default_allow: bool, *, datacenter: str,
+                 bind_address: str, version: int = 0) -> tuple[ProxySnapshot, BuildReport]:
+    """build_snapshot, with what it applied only in part; raises SnapshotError."""
+    builder = _Builder(proxy, parent, catalog, datacenter)
+    snap = builder.build(leaf, intentions, default_allow, bind_address, version)
+    return snap, BuildReport(tuple(builder.upstream_errors), tuple(builder.upstream_notes))
 
 
 def same_config(a: ProxySnapshot | None, b: ProxySnapshot) -> bool:

@@ -18,7 +18,7 @@ from ...proxy.snapshot import (
 )
 from ..catalog.state import Catalog
 from .proxy_chain import ChainReader, compiled_chain
-from .proxy_config_read import MAX_RETRIES, MAX_TIMEOUT_MS, Map, config_get
+from .proxy_config_read import MAX_RETRIES, MAX_TIMEOUT_MS, Map, SnapshotError, config_get
 from .spiffe import SpiffeIDError, service_id
 
 DEFAULT_CONNECT_TIMEOUT_MS = 5000  # UpstreamConfig.ConnectTimeoutMs
@@ -34,6 +34,10 @@ class UpstreamReader(ChainReader):
     block: Map  # the proxy block (CamelCase)
     defaults: Map  # the sidecar's service's service-defaults entry
     pd_config: Map  # proxy-defaults Config
+    # Per build: upstreams whose discovery chain failed (sent with no endpoints, the rest of the sidecar applied)
+    # and routers/splitters an L4 upstream does not apply; the runner logs each once.
+    upstream_errors: list[str]
+    upstream_notes: list[str]
 
     def _service_defaults(self, name: str) -> Map:
         row = self.catalog.config_entries.get("service-defaults", name) if name else None
@@ -46,6 +50,7 @@ class UpstreamReader(ChainReader):
         return "tcp" if proto in L4_PROTOCOLS else proto
 
     def _upstreams(self) -> tuple[Upstream, ...]:
+        self.upstream_errors, self.upstream_notes = [], []
         raw = self.block.get("Upstreams")
         if raw is None:
             return ()
@@ -79,19 +84,20 @@ class UpstreamReader(ChainReader):
         cw = f"{where}.config"
         # As Consul resolves an upstream's protocol: its own config, then the downstream's UpstreamConfig
         # (Overrides over Defaults), then how the destination wants to be addressed, then proxy-defaults.
-        protocol = "tcp"
+        protocol, spoken = "tcp", "tcp"
         for value, at in ((config_get(cfg, "protocol"), f"{cw}.protocol"),
                           *((config_get(layer, "protocol"), f"{lat}.Protocol") for layer, lat in reversed(layers)),
                           (dest_defaults.get("Protocol"), f"service-defaults {name} Protocol"),
                           (config_get(self.pd_config, "protocol"), "proxy-defaults global Config.protocol")):
             if value not in (None, ""):
                 protocol = self._protocol_of(value, at)
+                spoken = str(value).lower()
                 break
-        connect_timeout = DEFAULT_CONNECT_TIMEOUT_MS
+        connect_timeout, explicit_timeout = DEFAULT_CONNECT_TIMEOUT_MS, 0
         for layer, at in [*layers, (cfg, cw)]:
             value = config_get(layer, "connect_timeout_ms")
             if value:
-                connect_timeout = self._int(value, f"{at}.connect_timeout_ms", 1, MAX_TIMEOUT_MS)
+                connect_timeout = explicit_timeout = self._int(value, f"{at}.connect_timeout_ms", 1, MAX_TIMEOUT_MS)
         limits = Limits()
         health = PassiveHealth()
         for layer, at in [*layers, (cfg, cw)]:
@@ -115,12 +121,30 @@ class UpstreamReader(ChainReader):
             request_timeout_ms=request_timeout,
             load_balancer=self._load_balancer(config_get(cfg, "load_balancer"), f"{cw}.load_balancer"),
             retries=retries, limits=limits, passive_health=health)
-        # The destination's discovery chain (proxy_chain.py) decides endpoints, routes and targets.
+        # The destination's discovery chain (proxy_chain.py) decides endpoints, routes and targets. It is
+        # compiled with the upstream's protocol and explicit connect timeout as overrides (Consul's
+        # OverrideProtocol / OverrideConnectTimeout): tcp, and http2/grpc proxied at L4, skip routers and
+        # splitters, and an explicit connect_timeout_ms wins over the resolver's ConnectTimeout.
+        if spoken in L4_PROTOCOLS and spoken != "tcp" and any(
+                self.catalog.config_entries.get(k, name) is not None for k in ("service-router", "service-splitter")):
+            self.upstream_notes.append(f"sidecar {self.proxy_id!r} of {self.service!r}: {where}: service-router/"
+                                       f"splitter of {name!r} not applied: protocol {spoken} is proxied at L4")
         try:
-            chain = compiled_chain(self.catalog, name, dc)
+            chain = compiled_chain(self.catalog, name, dc, override_protocol=protocol,
+                                   override_connect_timeout_ms=explicit_timeout)
+            self.explicit_connect_timeout = bool(explicit_timeout)
+            upstream = self.chain_upstream(plain, chain)
+            self.upstream_notes.extend(f"sidecar {self.proxy_id!r} of {self.service!r}: {where}: {note}"
+                                       for note in self.chain_notes)
+            return upstream
         except ValueError as exc:
-            raise self.fail(f"{where}.destination_name", f"discovery chain of {name!r}: {exc}") from None
-        return self.chain_upstream(plain, chain)
+            # Entries written by others (or a service grown past the bounds) fail this upstream only: no
+            # endpoints (503 "no healthy upstream") while the rest of the sidecar, its intentions and its
+            # leaf rotation keep updating.
+            text = str(exc) if isinstance(exc, SnapshotError) else str(
+                self.fail(f"{where}.destination_name", f"discovery chain of {name!r}: {exc}"))
+            self.upstream_errors.append(f"{text} (the upstream has no endpoints until it is fixed)")
+            return plain
 
     def _limits(self, old: Limits, raw: Map, where: str) -> Limits:
         values: dict[str, int] = {}

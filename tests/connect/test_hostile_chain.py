@@ -173,22 +173,30 @@ def _flap(w: Any) -> Any:
         node="n7", check_id="c7", status="warning", service_id=svc.id, service_name=svc.service)])
 
 
-def test_a_chain_past_the_workers_endpoint_bound_fails_fast_naming_it() -> None:
-    from meshagent.agent.connect.proxy_chain import compiled_chain
-    from meshagent.agent.connect.proxy_config_read import SnapshotError
+def test_a_chain_past_the_workers_endpoint_bound_is_trimmed_in_order_and_says_so() -> None:
+    # Review finding 13b: a service that grew past the bound fails no snapshot; later targets get fewer.
+    from meshagent.agent.connect.proxy_chain import ChainReader, compiled_chain
+    from meshagent.proxy.chain_check import MAX_CHAIN_ENDPOINTS
 
     from tests.connect.test_proxy_chain import DC
 
     w = _many(4096, 5, match_all=True)  # 6 targets (5 subsets of 3,277 + the default 4,096): 20,480 in all
-    with pytest.raises(SnapshotError, match="more than 16384 endpoints over its targets"):
-        w.upstream(compiled_chain(w.catalog, "web", DC))
+    up = w.upstream(compiled_chain(w.catalog, "web", DC))
+    sizes = [len(t.endpoints) for t in up.targets]
+    assert sum(sizes) == MAX_CHAIN_ENDPOINTS == 16384
+    assert 0 not in sizes[:5] and sizes[5] == 0  # in route order: the default route's target is last
+    reader = ChainReader("front-sidecar-proxy", "front")
+    reader.catalog, reader.datacenter = w.catalog, DC
+    assert reader.chain_upstream(up, compiled_chain(w.catalog, "web", DC)) == up
+    assert reader.chain_notes[-1] == ("discovery chain web: target web.default.default.dc1 keeps 0 of 4096 "
+                                      "endpoints (at most 16384 over its targets)")
 
 
-def test_a_write_that_breaks_another_services_chain_leaves_its_sidecars_on_their_last_snapshot() -> None:
+def test_a_chain_broken_behind_the_checks_fails_that_upstream_only_and_recovers() -> None:
     # web splits over s0..s99 (101 nodes); s0's own splitter to t0..t29 compiles alone (31 nodes), but takes
-    # web's chain past 128 nodes. The write is checked against s0's chain and the t's, not web's (A noted it):
-    # web's sidecars keep their last snapshot, the runner says why, and recover when the entry goes.
-    import trio
+    # web's chain past 128 nodes. Written here without the reverse check (as a restore or an older agent could):
+    # the sidecar's web upstream has no endpoints, the runner says why, the rest of it is applied, and it
+    # recovers when the entry goes (review finding 1b).
     from meshagent.agent.catalog import commands
     from meshagent.agent.connect.entry_validate import check_references
 
@@ -215,9 +223,11 @@ def test_a_write_that_breaks_another_services_chain_leaves_its_sidecars_on_their
                                 [{"Weight": 100 - 30 * (100 / 32), "Service": "t0"}]})
         await until(lambda: w.runner.status()[sid]["error"])
         assert "more than 128 nodes" in w.runner.status()[sid]["error"]
-        await trio.sleep(1)
-        assert sup.updates[-1] is good and w.runner.snapshot(sid) == (good.version, good)
+        await until(lambda: sup.updates[-1] is not good)
+        broken = sup.updates[-1].upstreams[0]
+        assert broken.targets == () and broken.endpoints == () and sup.updates[-1].tls == good.tls
         await w.store.apply(commands.config_entry_delete("service-splitter", "s0"))
         await until(lambda: w.runner.status()[sid]["error"] is None)
+        await until(lambda: len(sup.updates[-1].upstreams[0].targets) == 100)
 
     run(scenario)

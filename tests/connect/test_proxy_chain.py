@@ -249,9 +249,11 @@ def test_a_tcp_upstream_follows_the_chain_to_one_resolver_and_the_resolver_entry
     nodes = [ChainNode(RESOLVER, V1.id, resolver=ResolverSpec(target=V1.id, connect_timeout_ms=250)),
              ChainNode(RESOLVER, V2.id, resolver=ResolverSpec(target=V2.id, connect_timeout_ms=250,
                                                               request_timeout_ms=3000, load_balancer=raw_lb))]
+    # a chain compiled for http, given to a tcp upstream: compiled again as Consul would for it (routers and
+    # splitters off), so the service's own resolver, not the largest split (review finding 2)
     u = w.upstream(chain("web", start, nodes, [V1, V2], protocol="tcp"), protocol="tcp", connect_timeout_ms=700)
-    assert u.routes == () and ports(u.endpoints) == [21003]  # the largest split's resolver
-    assert u.connect_timeout_ms == 250 and u.request_timeout_ms == 3000
+    assert u.routes == () and ports(u.endpoints) == [21001, 21002, 21003]
+    assert u.connect_timeout_ms == 250 and u.request_timeout_ms == 15000  # the resolver sets none
     assert u.load_balancer == LoadBalancer(policy="ring_hash", minimum_ring_size=64, hash_policies=(
         HashPolicy(field="header", field_value="x-user"), HashPolicy(source_ip=True)))
     # as http, the split choice hashes with the resolver's hash policies; a target whose resolver sets no
