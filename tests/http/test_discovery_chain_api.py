@@ -5,6 +5,8 @@ weights not adding up to 100 are 400s naming the entry and field; bad names and 
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 
 from tests.support.agents import AgentProcess, scratch_dir
 from tests.support.ports import ports_free
+from tests.support.wait import wait_for
 
 HOSTS = [f"127.0.30.{n}" for n in range(10, 60)]
 
@@ -103,18 +106,29 @@ def test_a_blocking_read_wakes_on_a_config_write(agent: AgentProcess) -> None:
     first = httpx.get(url, timeout=10)
     index = int(first.headers["X-Consul-Index"])
     assert first.json()["Chain"]["Default"] is True
-    answer: dict[str, httpx.Response] = {}
+    # The request is sent before the reader waits for its answer, so an unrelated write made readable after
+    # it proves the read is parked (a non-blocking answer would be back by then), not merely not sent yet.
+    conn = http.client.HTTPConnection(agent.host, 8500, timeout=30)
+    conn.request("GET", f"/v1/discovery-chain/blocking?index={index}&wait=20s")
+    answer: dict[str, Any] = {}
 
     def wait() -> None:
-        answer["r"] = httpx.get(url, params={"index": index, "wait": "20s"}, timeout=30)
+        response = conn.getresponse()
+        answer["index"], answer["body"] = response.getheader("X-Consul-Index"), response.read()
 
     reader = threading.Thread(target=wait)
     reader.start()
-    assert put(agent, {"Kind": "service-resolver", "Name": "blocking", "ConnectTimeout": "3s"}).status_code == 200
-    reader.join(30)
-    got = answer["r"]
-    assert int(got.headers["X-Consul-Index"]) > index
-    chain = got.json()["Chain"]
+    try:
+        kv = f"{agent.http_addr}/v1/kv/x1-unrelated"
+        assert httpx.put(kv, content=b"1", timeout=10).json() is True
+        wait_for(lambda: httpx.get(kv, timeout=10).status_code == 200, timeout=10)
+        assert reader.is_alive(), "the blocking read answered before any config entry changed"
+        assert put(agent, {"Kind": "service-resolver", "Name": "blocking", "ConnectTimeout": "3s"}).status_code == 200
+        reader.join(30)
+    finally:
+        conn.close()
+    assert int(answer["index"]) > index
+    chain = json.loads(answer["body"])["Chain"]
     assert "Default" not in chain
     assert chain["Nodes"][chain["StartNode"]]["Resolver"]["ConnectTimeout"] == "3s"
 
