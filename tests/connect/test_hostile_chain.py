@@ -218,9 +218,14 @@ def test_a_chain_broken_behind_the_checks_fails_that_upstream_only_and_recovers(
         sup = w.supervisors[0]
         good = sup.updates[-1]
         assert len(good.upstreams[0].targets) == 100
-        await put(w, {"Kind": "service-splitter", "Name": "s0",
-                      "Splits": [{"Weight": 100 / 32, "Service": f"t{i}"} for i in range(30)] +
-                                [{"Weight": 100 - 30 * (100 / 32), "Service": "t0"}]})
+        s0 = {"Kind": "service-splitter", "Name": "s0",
+              "Splits": [{"Weight": 100 / 32, "Service": f"t{i}"} for i in range(30)] +
+                        [{"Weight": 100 - 30 * (100 / 32), "Service": "t0"}]}
+        entries = w.store.catalog.config_entries
+        with pytest.raises(ChainError, match="more than 128 nodes"):  # what PUT /v1/config checks now (78b78bd)
+            check_references(s0, lambda k, n: (row.entry if (row := entries.get(k, n)) else None),
+                             lambda kind: [row.entry for row in entries.list(kind)])
+        await put(w, s0)  # as an entry stored before that check (or written past it) would be
         await until(lambda: w.runner.status()[sid]["error"])
         assert "more than 128 nodes" in w.runner.status()[sid]["error"]
         await until(lambda: sup.updates[-1] is not good)
