@@ -4,7 +4,8 @@ resolvers, read through `lookup(kind, name)`, become one `CompiledChain` (chain_
 Consul's semantics: the router is consulted only for the chain's own service; a route or split without a
 subset goes to the destination's splitter if it has one, else to its resolver; nested splitters are flattened
 (weights multiplied); a resolver follows Redirect and DefaultSubset before it becomes a node; Failover lists
-target IDs. Routers and splitters of a service whose protocol is not HTTP-like are ignored. Unlike Consul,
+target IDs. Routers and splitters of a service whose protocol is not HTTP-like are ignored; every service the
+chain reaches must have its protocol (Consul's "uses inconsistent protocols"). Unlike Consul,
 zero-weight splits are dropped here (Consul drops them when it writes Envoy routes) and flattened weights are
 evened out to sum to exactly 100.00.
 
