@@ -18,6 +18,9 @@ A burst of concurrent requests (printed as JSON), for circuit-breaker tests:
 Control paths (on --control only, never through the mesh):
     /fail?on=1|0        switch answering 500 on or off
     /stats              JSON {"name", "served", "active", "max_active", "codes", "fail"}
+    /served?since=&until=  JSON {"served": n}: mesh requests that arrived in [since, until) (CLOCK_MONOTONIC
+                        seconds, the same clock in every namespace of the machine), so a test counts a window
+                        exactly however late it asks
     /reset              zero the counters
 """
 
@@ -25,14 +28,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import sys
+import time
+from array import array
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HEAD = 16 * 1024  # request line and headers
 MAX_BODY = 1024 * 1024
 MAX_SLOW_MS = 60_000
+MAX_ARRIVALS = 2_000_000  # arrival stamps kept (16 MB)
 REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -46,6 +53,18 @@ class App:
         self.active = 0
         self.max_active = 0
         self.codes: dict[str, int] = {}
+        self.arrivals = array("d")  # monotonic arrival time of every mesh request (sorted: appended in order)
+
+    def arrived(self) -> None:
+        """Stamp one mesh request's arrival; the oldest half goes when the record is full (a test's traffic
+        is far less than MAX_ARRIVALS)."""
+        if len(self.arrivals) >= MAX_ARRIVALS:
+            del self.arrivals[:MAX_ARRIVALS // 2]
+        self.arrivals.append(time.monotonic())
+
+    def served_between(self, since: float, until: float) -> int:
+        """Mesh requests that arrived in [since, until)."""
+        return bisect.bisect_left(self.arrivals, until) - bisect.bisect_left(self.arrivals, since)
 
     def stats(self) -> dict[str, object]:
         return {"name": self.name, "served": self.served, "active": self.active, "max_active": self.max_active,
@@ -79,6 +98,13 @@ class App:
             self.fail = parse_qs(url.query).get("on", ["1"])[0] == "1"
         elif url.path == "/reset":
             self.reset()
+        elif url.path == "/served":
+            query = parse_qs(url.query)
+            try:
+                since, until = float(query["since"][0]), float(query["until"][0])
+            except (KeyError, ValueError):
+                return 400, b"served needs since and until (monotonic seconds)\n"
+            return 200, json.dumps({"served": self.served_between(since, until)}).encode()
         elif url.path != "/stats":
             return 404, b"unknown control path\n"
         return 200, json.dumps(self.stats()).encode()
@@ -128,6 +154,7 @@ async def _serve_http(app: App, control: bool, reader: asyncio.StreamReader, wri
             if control:
                 code, body = app.control_answer(target)
             else:
+                app.arrived()
                 app.active += 1
                 app.max_active = max(app.max_active, app.active)
                 try:

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .cluster_hosts import Host
@@ -97,40 +97,16 @@ def sample(apps: Mapping[str, App]) -> Sample:
     return Sample(at, {name: app.served() for name, app in apps.items()})
 
 
-@dataclass
-class Sampler:
-    """Samples the apps' counters about every `every` seconds in a thread until stop()."""
-
-    apps: Mapping[str, App]
-    every: float = 0.1
-    samples: list[Sample] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(sample(self.apps))
-            except Exception:  # one missed sample; the next read tries again
-                pass
-            self._stop.wait(self.every)  # the sampling pace, not a synchronisation
-
-    def first_after(self, t: float) -> Sample | None:
-        """The first sample taken at or after `t`."""
-        return next((s for s in list(self.samples) if s.at >= t), None)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def served_between(apps: Mapping[str, App], since: float, until: float = float("inf")) -> dict[str, int]:
+    """Each app's mesh requests that arrived in [since, until) (time.monotonic())."""
+    return {name: app.served_between(since, until) for name, app in apps.items()}
 
 
-def share(before: Sample, after: Sample, part: Sequence[str], whole: Sequence[str]) -> tuple[float, int]:
-    """(fraction of `whole`'s requests between the samples that `part` served, that many requests in all)."""
-    n = after.total(whole) - before.total(whole)
-    return ((after.total(part) - before.total(part)) / n if n else 0.0), n
+def share_between(apps: Mapping[str, App], part: Sequence[str], since: float, until: float) -> tuple[float, int]:
+    """(fraction of the apps' requests in [since, until) that `part` served, that many requests in all)."""
+    counts = served_between(apps, since, until)
+    n = sum(counts.values())
+    return (sum(counts[p] for p in part) / n if n else 0.0), n
 
 
 # ---------------------------------------------------------------------- a sidecar's compiled chain
