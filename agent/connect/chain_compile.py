@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ..config.duration import parse_duration
 from .chain_model import (
     RESOLVER,
     ROUTER,
@@ -34,8 +32,22 @@ from .chain_model import (
     CompiledChain,
     ResolverSpec,
 )
+from .chain_parts import (
+    SCOPE,
+    ChainError,
+    Customized,
+    Ref,
+    SplitPart,
+    as_map,
+    as_str,
+    duration_ms,
+    hundredths,
+    merge_parent,
+    target_id,
+    target_sni,
+)
 from .entry_schema import HTTP_PROTOCOLS
-from .entry_validate import EntryError, Lookup, protocol_of
+from .entry_validate import Lookup, protocol_of
 
 MAX_NODES = 128
 MAX_TARGETS = 256
@@ -45,40 +57,8 @@ MAX_ROUTES = 256  # a router's routes plus the default one (proxy/snapshot.py re
 MAX_SPLITS = 256  # a splitter's splits once nested splitters are multiplied out (as the snapshot's per route)
 _MAX_PARTS = 4096  # flattened parts looked at before rounding (nested splitters multiply: 1000 x 1000 took 5 s)
 DEFAULT_CONNECT_TIMEOUT_MS = 5000
-_SCOPE = "default.default"  # namespace.partition: Consul Enterprise features, always "default" here
 _RESOLVER_FIELDS = ("ConnectTimeout", "RequestTimeout", "DefaultSubset", "Subsets", "Redirect", "Failover",
                     "LoadBalancer")
-
-Ref = tuple[str, str, str]  # (kind, name, field) of the entry that led the compiler somewhere
-
-
-class ChainError(EntryError):
-    """A chain that cannot be compiled: a cycle, a missing subset, or a chain beyond the bounds. `involved`
-    names every (kind, name, field) on a cycle, so a write can be blamed on the entry being written."""
-
-    def __init__(self, kind: str, name: str, field: str, problem: str, involved: tuple[Ref, ...] = (),
-                 reason: str = "") -> None:
-        super().__init__(kind, name, field, problem)
-        self.involved = involved or ((kind, name, field),)
-        self.reason = reason  # "cycle", "bound", "subset", "external" or "protocol"
-
-    def blame(self, kind: str, name: str) -> ChainError:
-        """The same error naming (kind, name) when that entry is on the cycle; else itself."""
-        for ref in self.involved:
-            if ref[0] == kind and ref[1] == name:
-                return ChainError(ref[0], ref[1], ref[2], self.problem, self.involved, self.reason)
-        return self
-
-
-def target_id(service: str, subset: str, datacenter: str) -> str:
-    """Consul's target ID: `[subset.]service.default.default.dc`."""
-    return f"{subset + '.' if subset else ''}{service}.{_SCOPE}.{datacenter}"
-
-
-def target_sni(service: str, subset: str, datacenter: str, trust_domain: str) -> str:
-    """Consul's SNI (and target Name): `[subset.]service.default.dc.internal.<trust domain>`."""
-    return f"{subset + '.' if subset else ''}{service}.default.{datacenter}.internal.{trust_domain}"
-
 
 def compile_chain(service: str, lookup: Lookup, *, datacenter: str, trust_domain: str,
                   override_protocol: str = "", override_connect_timeout_ms: int = 0,
@@ -87,45 +67,6 @@ def compile_chain(service: str, lookup: Lookup, *, datacenter: str, trust_domain
     entries that normalize_entry accepted)."""
     return _Compiler(service, lookup, datacenter, trust_domain, override_protocol.lower(),
                      max(0, override_connect_timeout_ms), override_mesh_gateway).compile()
-
-
-@dataclass(slots=True)
-class _Split:
-    weight: int  # hundredths of a percent
-    next_node: str
-    definition: Mapping[str, Any]
-
-
-@dataclass(slots=True)
-class _Customized:
-    protocol: bool = False
-    connect_timeout: bool = False
-    mesh_gateway: bool = False
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _ms(value: Any) -> int:
-    """A stored duration (string as written) in whole milliseconds; 0 when absent or unreadable."""
-    if not value:
-        return 0
-    try:
-        seconds = parse_duration(value)
-    except (ValueError, TypeError, OverflowError):
-        return 0
-    return max(0, min(int(seconds * 1000), 2**31 - 1))
-
-
-def _hundredths(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        return 0
-    return round(value * 100)
 
 
 class _Compiler:
@@ -142,9 +83,9 @@ class _Compiler:
         self.override_mesh = override_mesh
         # An override to a non-HTTP protocol turns routers and splitters off everywhere (Consul).
         self.advanced = not override_protocol or override_protocol in HTTP_PROTOCOLS
-        self.customized = _Customized()
+        self.customized = Customized()
         self.routes: dict[str, list[ChainRouteSpec]] = {}
-        self.splits: dict[str, list[_Split]] = {}
+        self.splits: dict[str, list[SplitPart]] = {}
         self.resolvers: dict[str, ResolverSpec] = {}  # node key -> resolver
         self.targets: dict[str, ChainTargetSpec] = {}
         self.splitting: list[tuple[str, str]] = []  # (service, field) of splitters being expanded
@@ -201,7 +142,7 @@ class _Compiler:
         default = (first.type == RESOLVER and first.resolver is not None and first.resolver.default
                    and targets[first.resolver.target].service == self.service)
         defaults = self.entry("service-defaults", self.service) or {}
-        meta = {k: v for k, v in _map(defaults.get("Meta")).items() if isinstance(k, str) and isinstance(v, str)}
+        meta = {k: v for k, v in as_map(defaults.get("Meta")).items() if isinstance(k, str) and isinstance(v, str)}
         return CompiledChain(service_name=self.service, datacenter=self.dc, protocol=protocol, start_node=start,
                              nodes=nodes, targets=targets, default=default, service_meta=meta,
                              customization_hash=self.customization_hash())
@@ -228,17 +169,17 @@ class _Compiler:
     # ------------------------------------------------------------------ router
 
     def router_node(self, router: Mapping[str, Any]) -> str:
-        key = f"{ROUTER}:{self.service}.{_SCOPE}"
+        key = f"{ROUTER}:{self.service}.{SCOPE}"
         self.routes[key] = routes = []
         raw_routes = router.get("Routes")
         if isinstance(raw_routes, list) and len(raw_routes) >= MAX_ROUTES:
             raise ChainError("service-router", self.service, "Routes",
                              f"{len(raw_routes)} routes and the default one, more than {MAX_ROUTES}", reason="bound")
         for i, route in enumerate(raw_routes if isinstance(raw_routes, list) else []):
-            route = _map(route)
-            dest = _map(route.get("Destination"))
-            svc = _str(dest.get("Service")) or self.service
-            subset = _str(dest.get("ServiceSubset"))
+            route = as_map(route)
+            dest = as_map(route.get("Destination"))
+            svc = as_str(dest.get("Service")) or self.service
+            subset = as_str(dest.get("ServiceSubset"))
             where = f"Routes[{i}].Destination.{'ServiceSubset' if subset else 'Service'}"
             nxt = self.next_node(svc, subset, ("service-router", self.service, where))
             routes.append(ChainRouteSpec(definition=route, next_node=nxt))
@@ -258,7 +199,7 @@ class _Compiler:
     # ------------------------------------------------------------------ splitter
 
     def splitter_node(self, service: str, ref: Ref) -> str | None:
-        key = f"{SPLITTER}:{service}.{_SCOPE}"
+        key = f"{SPLITTER}:{service}.{SCOPE}"
         if key in self.splits:
             return key
         onstack = [s for s, _ in self.splitting]
@@ -273,22 +214,22 @@ class _Compiler:
         if len(self.splitting) >= MAX_SPLIT_DEPTH:
             raise ChainError(*ref, f"nests splitters deeper than {MAX_SPLIT_DEPTH}", reason="bound")
         self.count(ref)
-        splits: list[_Split] = []
+        splits: list[SplitPart] = []
         raw_splits = splitter.get("Splits")
         for i, split in enumerate(raw_splits if isinstance(raw_splits, list) else []):
-            split = _map(split)
-            svc = _str(split.get("Service")) or service
-            subset = _str(split.get("ServiceSubset"))
+            split = as_map(split)
+            svc = as_str(split.get("Service")) or service
+            subset = as_str(split.get("ServiceSubset"))
             where = f"Splits[{i}].{'ServiceSubset' if subset else 'Service'}"
             self.splitting.append((service, where))
             try:
                 if svc != service and not subset:
                     nested = self.splitter_node(svc, ("service-splitter", service, where))
                     if nested is not None:
-                        splits.append(_Split(_hundredths(split.get("Weight")), nested, split))
+                        splits.append(SplitPart(hundredths(split.get("Weight")), nested, split))
                         continue
                 nxt = self.resolver_node(svc, subset, self.dc, ("service-splitter", service, where))
-                splits.append(_Split(_hundredths(split.get("Weight")), nxt, split))
+                splits.append(SplitPart(hundredths(split.get("Weight")), nxt, split))
             finally:
                 self.splitting.pop()
         self.splits[key] = splits
@@ -297,26 +238,26 @@ class _Compiler:
     def flatten(self) -> None:
         """Nested splitters multiplied out (no cycles remain: splitter_node refused them), weights evened
         out to 10000 hundredths, zero weights dropped."""
-        done: dict[str, list[_Split]] = {}
+        done: dict[str, list[SplitPart]] = {}
 
-        def expand(key: str) -> list[_Split]:
+        def expand(key: str) -> list[SplitPart]:
             if key in done:
                 return done[key]
             # Count before multiplying out: nested splitters of 1000 splits each are 10^6 parts, 10^9 deeper.
             size = sum(len(expand(s.next_node)) if s.next_node in self.splits else 1 for s in self.splits[key])
             if size > _MAX_PARTS:
                 raise self.too_many_splits(key, size)
-            parts: list[tuple[int, _Split]] = []  # weight in 1/10000 of a hundredth (exact), split
+            parts: list[tuple[int, SplitPart]] = []  # weight in 1/10000 of a hundredth (exact), split
             for split in self.splits[key]:
                 if split.next_node in self.splits:
                     for inner in expand(split.next_node):
                         parts.append((split.weight * inner.weight,
-                                      _Split(0, inner.next_node, _merge_parent(inner.definition, split.definition))))
+                                      SplitPart(0, inner.next_node, merge_parent(inner.definition, split.definition))))
                 else:
                     parts.append((split.weight * 10000, split))
             # Largest remainder: hundredths that add up to exactly what the splits add up to (10000).
             total = round(sum(w for w, _ in parts) / 10000)
-            out = [_Split(w // 10000, s.next_node, s.definition) for w, s in parts]
+            out = [SplitPart(w // 10000, s.next_node, s.definition) for w, s in parts]
             short = total - sum(s.weight for s in out)
             for i in sorted(range(len(parts)), key=lambda i: -(parts[i][0] % 10000))[:max(0, short)]:
                 out[i].weight += 1
@@ -331,7 +272,7 @@ class _Compiler:
     @staticmethod
     def too_many_splits(key: str, size: int) -> ChainError:
         """A splitter whose splits, nested splitters multiplied out, are more than a route may carry."""
-        service = key.partition(":")[2].removesuffix(f".{_SCOPE}")
+        service = key.partition(":")[2].removesuffix(f".{SCOPE}")
         return ChainError("service-splitter", service, "Splits",
                           f"{size} splits (nested splitters multiplied out), more than {MAX_SPLITS}",
                           reason="bound")
@@ -353,23 +294,23 @@ class _Compiler:
                 raise ChainError(*ref, f"redirects more than {MAX_REDIRECTS} times", reason="bound")
             history.append((tid, ref))
             resolver = self.entry("service-resolver", service) or {}
-            redirect = _map(resolver.get("Redirect"))
+            redirect = as_map(resolver.get("Redirect"))
             if redirect:
-                new_service = _str(redirect.get("Service")) or service
-                new_subset = _str(redirect.get("ServiceSubset")) if new_service != service else (
-                    _str(redirect.get("ServiceSubset")) or subset)
-                new_dc = _str(redirect.get("Datacenter")) or dc
+                new_service = as_str(redirect.get("Service")) or service
+                new_subset = as_str(redirect.get("ServiceSubset")) if new_service != service else (
+                    as_str(redirect.get("ServiceSubset")) or subset)
+                new_dc = as_str(redirect.get("Datacenter")) or dc
                 if target_id(new_service, new_subset, new_dc) != tid:
                     moved = "Service" if new_service != service else "ServiceSubset" if new_subset != subset \
                         else "Datacenter"
                     ref = ("service-resolver", service, f"Redirect.{moved}")
                     service, subset, dc = new_service, new_subset, new_dc
                     continue
-            default_subset = _str(resolver.get("DefaultSubset"))
+            default_subset = as_str(resolver.get("DefaultSubset"))
             if not subset and default_subset:
                 subset, ref = default_subset, ("service-resolver", service, "DefaultSubset")
                 continue
-            if subset and subset not in _map(resolver.get("Subsets")):
+            if subset and subset not in as_map(resolver.get("Subsets")):
                 raise ChainError(*ref, f'service "{service}" has no subset "{subset}" (define it in its '
                                  "service-resolver)", reason="subset")
             return service, subset, dc, ref
@@ -384,7 +325,7 @@ class _Compiler:
 
     def label(self, tid: str) -> str:
         """A target ID as people say it in an error: the local scope and datacenter left out."""
-        local = f".{_SCOPE}.{self.dc}"
+        local = f".{SCOPE}.{self.dc}"
         return tid[: -len(local)] if tid.endswith(local) else tid
 
     def resolver_node(self, service: str, subset: str, dc: str, ref: Ref, failover: bool = False) -> str:
@@ -399,10 +340,10 @@ class _Compiler:
         if key in self.resolvers:
             return tid if failover else key
         resolver = self.entry("service-resolver", service) or {}
-        connect_ms = _ms(resolver.get("ConnectTimeout")) or DEFAULT_CONNECT_TIMEOUT_MS
+        connect_ms = duration_ms(resolver.get("ConnectTimeout")) or DEFAULT_CONNECT_TIMEOUT_MS
         if self.override_timeout_ms and self.override_timeout_ms != connect_ms:
             connect_ms, self.customized.connect_timeout = self.override_timeout_ms, True
-        request_ms = _ms(resolver.get("RequestTimeout"))
+        request_ms = duration_ms(resolver.get("RequestTimeout"))
         self.add_target(service, subset, dc, resolver, connect_ms, request_ms, ref)
         if failover:
             return tid
@@ -420,9 +361,9 @@ class _Compiler:
         return key
 
     def failover_targets(self, service: str, subset: str, dc: str, resolver: Mapping[str, Any]) -> tuple[str, ...]:
-        failovers = _map(resolver.get("Failover"))
+        failovers = as_map(resolver.get("Failover"))
         name = subset if subset in failovers else "*"
-        fo = _map(failovers.get(name))
+        fo = as_map(failovers.get(name))
         if not fo:
             return ()
         own = target_id(service, subset, dc)
@@ -430,17 +371,17 @@ class _Compiler:
         wanted: list[tuple[str, str, str, str]] = []  # (service, subset, dc, field)
 
         def rewrite(opts: Mapping[str, Any], at: str) -> None:
-            svc = _str(opts.get("Service")) or service
-            sub = _str(opts.get("ServiceSubset")) or ("" if svc != service else subset)
-            wanted.append((svc, sub, _str(opts.get("Datacenter")) or dc, at))
+            svc = as_str(opts.get("Service")) or service
+            sub = as_str(opts.get("ServiceSubset")) or ("" if svc != service else subset)
+            wanted.append((svc, sub, as_str(opts.get("Datacenter")) or dc, at))
 
         dcs, targets = fo.get("Datacenters"), fo.get("Targets")
         if isinstance(dcs, list) and dcs:
             for i, other in enumerate(dcs[:MAX_TARGETS]):
-                rewrite({**fo, "Datacenter": _str(other)}, f"{where}.Datacenters[{i}]")
+                rewrite({**fo, "Datacenter": as_str(other)}, f"{where}.Datacenters[{i}]")
         elif isinstance(targets, list) and targets:
             for i, t in enumerate(targets[:MAX_TARGETS]):
-                rewrite(_map(t), f"{where}.Targets[{i}]")
+                rewrite(as_map(t), f"{where}.Targets[{i}]")
         else:
             rewrite(fo, f"{where}.{'ServiceSubset' if fo.get('ServiceSubset') else 'Service'}")
         out: list[str] = []
@@ -455,23 +396,23 @@ class _Compiler:
         tid = target_id(service, subset, dc)
         if tid in self.targets:
             return
-        chosen = _map(_map(resolver.get("Subsets")).get(subset)) if subset else {}
+        chosen = as_map(as_map(resolver.get("Subsets")).get(subset)) if subset else {}
         defaults = self.entry("service-defaults", service) or {}
         sni, external, mesh = target_sni(service, subset, dc, self.trust_domain), False, ""
-        if _str(defaults.get("ExternalSNI")):
-            sni, external = _str(defaults["ExternalSNI"]), True
+        if as_str(defaults.get("ExternalSNI")):
+            sni, external = as_str(defaults["ExternalSNI"]), True
             for bad in ("Redirect", "Subsets", "Failover"):
                 if resolver.get(bad):
                     raise ChainError("service-resolver", service, bad, f'service "{service}" has an ExternalSNI in '
                                      f"its service-defaults: an external service cannot have {bad}", reason="external")
         else:
-            mesh = _str(_map(defaults.get("MeshGateway")).get("Mode"))
+            mesh = as_str(as_map(defaults.get("MeshGateway")).get("Mode"))
             if not mesh:
-                mesh = _str(_map(_map(self.entry("proxy-defaults", "global")).get("MeshGateway")).get("Mode"))
+                mesh = as_str(as_map(as_map(self.entry("proxy-defaults", "global")).get("MeshGateway")).get("Mode"))
             if self.override_mesh and self.override_mesh != mesh:
                 mesh, self.customized.mesh_gateway = self.override_mesh, True
         self.targets[tid] = ChainTargetSpec(
-            id=tid, service=service, service_subset=subset, datacenter=dc, filter=_str(chosen.get("Filter")),
+            id=tid, service=service, service_subset=subset, datacenter=dc, filter=as_str(chosen.get("Filter")),
             only_passing=chosen.get("OnlyPassing") is True, connect_timeout_ms=connect_ms,
             request_timeout_ms=request_ms, sni=sni, external=external, mesh_gateway=mesh,
             name=target_sni(service, subset, dc, self.trust_domain))
@@ -500,25 +441,6 @@ class _Compiler:
             else:
                 out[key] = ChainNode(type=RESOLVER, name=name, resolver=self.resolvers[key])
         return out
-
-
-def _merge_parent(child: Mapping[str, Any], parent: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A flattened split's definition: the inner split's, with the outer split's header changes under it."""
-    merged = dict(child)
-    for key in ("RequestHeaders", "ResponseHeaders"):
-        outer, inner = _map(parent.get(key)), _map(child.get(key))
-        if not outer:
-            continue
-        out: dict[str, Any] = {}
-        for op in ("Add", "Set"):
-            both = {**_map(outer.get(op)), **_map(inner.get(op))}
-            if both:
-                out[op] = both
-        removed = [*(outer.get("Remove") or []), *(inner.get("Remove") or [])]
-        if removed:
-            out["Remove"] = removed
-        merged[key] = out
-    return merged
 
 
 __all__ = ["MAX_NODES", "MAX_REDIRECTS", "MAX_SPLIT_DEPTH", "MAX_TARGETS", "ChainError", "compile_chain", "target_id",
