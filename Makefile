@@ -28,11 +28,11 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends vagrant; \
 	fi
 
-# Set up and run the whole test suite (slow suites included).
+# Set up and run the whole test suite (slow suites included; the simulations beside the rest: .ci/pytest-all).
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check agent gossip raft proxy cli tests bench
 	.ci/typecheck raft gossip agent proxy
-	$(BIN)/pytest
+	BIN=$(BIN) .ci/pytest-all
 
 # Lint, type-check the cores, and every test not marked slow, sim or cluster (pytest's exit 5, nothing
 # collected, fails like any other error).
