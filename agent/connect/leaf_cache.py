@@ -22,9 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..catalog.connect_state import WATCH_KEY
-from . import leaf_plan
+from . import ca_plan, leaf_plan
 from .ca import leaf_key_and_csr
 from .leaf_plan import LeafRecord, LeafState
+from .renewal import root_change_window
 from .spiffe import SpiffeIDError, service_id
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ class LeafCache:
             self._pending.pop(service, None)  # the next leaf gets a new key, as Consul's agent does
             active = self.store.catalog.connect.active_root
             kept = leaf_plan.signed(state, leaf, active.id if active is not None else None, self._clock(),
-                                    self._rng)
+                                    self._rng, self._root_change_window())
             self._errors.pop(service, None)
             self.signings += 1
             log.debug("leaf for %s: serial %x, index %d, renew in %.0f s", service, kept.serial_number,
@@ -268,10 +269,16 @@ class LeafCache:
             # Registered before it yields: a change after the check above still wakes it.
             await self.store.hub.wait([WATCH_KEY], ROOTS_WAIT)
 
+    def _root_change_window(self) -> float:
+        """The reissue window after a root change, from the CA's current leaf TTL (renewal.root_change_window):
+        every leaf of the old root is replaced before the CA prunes it, also with a short test TTL."""
+        return root_change_window(ca_plan.settings_of(self.store.catalog.connect.config).leaf_ttl)
+
     def _root_changed(self, active: str | None) -> None:
         now = self._clock()
+        window = self._root_change_window()
         for service, state in list(self._states.items()):
-            if leaf_plan.root_changed(state, active, now, self._rng):
+            if leaf_plan.root_changed(state, active, now, self._rng, window):
                 log.info("leaf for %s: root changed, reissue in %.1f s", service, state.renew_at - now)
                 event = self._wake.get(service)
                 if event is not None:

@@ -2,9 +2,10 @@
 
 The runtime (leaf_cache.py) keeps one LeafState per service and asks this module what to do: issue now,
 sleep until a moment, or forget the service. A leaf is renewed at a random point in 60-90 % of its life
-(renewal.py), reissued within 30 s of a root change when it was signed by another root, retried with a
-jittered exponential backoff while no server signs (the current leaf keeps being served), and forgotten once
-nobody asked for it for IDLE_TTL while the service is not registered on this agent.
+(renewal.py), reissued within 30 s of a root change when it was signed by another root (sooner with a short
+TTL: before the CA prunes that root), retried with a jittered exponential backoff while no server signs (the
+current leaf keeps being served), and forgotten once nobody asked for it for IDLE_TTL while the service is
+not registered on this agent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .renewal import reissue_after_root_change, renew_at
+from .renewal import ROOT_CHANGE_JITTER, reissue_after_root_change, renew_at
 
 IDLE_TTL = 72 * 3600.0  # Consul keeps a leaf fresh for 72 h after its last request
 RETRY_MIN = 1.0  # seconds: the first retry after a failed signing
@@ -77,7 +78,7 @@ def next_wake(state: LeafState, now: float, registered: bool, idle_ttl: float = 
 
 
 def signed(state: LeafState, leaf: LeafRecord, active_root_id: str | None, now: float,
-           rng: random.Random) -> LeafRecord:
+           rng: random.Random, window: float = ROOT_CHANGE_JITTER) -> LeafRecord:
     """A new leaf arrived: keep it (its index made strictly greater than the last one), schedule renewal.
 
     The lifetime counts from receipt, not ValidAfter: the CA backdates leaves (clock skew), which for a
@@ -95,7 +96,7 @@ def signed(state: LeafState, leaf: LeafRecord, active_root_id: str | None, now: 
     state.issued += 1
     state.renew_at = max(renew_at(start, leaf.valid_before, now, rng), now + MIN_REISSUE)
     if active_root_id is not None and leaf.root_id and leaf.root_id != active_root_id:
-        state.renew_at = min(state.renew_at, reissue_after_root_change(now, rng))
+        state.renew_at = min(state.renew_at, reissue_after_root_change(now, rng, window))
     return kept
 
 
@@ -108,13 +109,14 @@ def failed(state: LeafState, now: float, rng: random.Random) -> float:
     return state.retry_at
 
 
-def root_changed(state: LeafState, active_root_id: str | None, now: float, rng: random.Random) -> bool:
-    """The active root changed: a leaf signed by another root is reissued within the jitter window.
-    True when the schedule moved."""
+def root_changed(state: LeafState, active_root_id: str | None, now: float, rng: random.Random,
+                 window: float = ROOT_CHANGE_JITTER) -> bool:
+    """The active root changed: a leaf signed by another root is reissued within `window` seconds
+    (renewal.root_change_window: before the CA prunes the old root). True when the schedule moved."""
     leaf = state.leaf
     if leaf is None or active_root_id is None or leaf.root_id == active_root_id:
         return False
-    at = reissue_after_root_change(now, rng)
+    at = reissue_after_root_change(now, rng, window)
     if at >= state.renew_at:
         return False
     state.renew_at = at
