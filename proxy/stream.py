@@ -7,6 +7,7 @@ reactor is level-triggered, so what is left is read on the next turn.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -22,6 +23,10 @@ MAX_HANDSHAKE_BUFFER = 256 * 1024  # ciphertext a peer may queue before its hand
 HANDSHAKE_TIMEOUT_S = 10.0
 LINGER_S = 2.0  # linger_close: how long the peer's remaining bytes are read and dropped
 MAX_SESSION_LOOKS = 3  # reads after a handshake that look for a TLS 1.3 session ticket
+HS_LOG_INTERVAL_S = 10.0  # at most one handshake-error line per worker this often: a flood is no log flood
+
+log = logging.getLogger(__name__)
+_hs_log = [float("-inf"), 0.0]  # when the last handshake-error line was written, failures not written since
 
 _RESET = (ConnectionError, OSError)
 
@@ -429,8 +434,9 @@ class Stream:
             if inc.eof and not self.closed:
                 self._hs_failed("tls-handshake")
             return
-        except (ssl.SSLError, ValueError, OSError):
+        except (ssl.SSLError, ValueError, OSError) as exc:
             if not self.closed:
+                _log_handshake_error(self, tls, exc)
                 assert self._out is not None
                 try:  # the alert, so the peer learns why; best effort, the reason stays the handshake's
                     self.sock.send(self._out.read())
@@ -455,6 +461,26 @@ class Stream:
 
 def _ignore_reason(reason: str | None) -> None:
     return None
+
+
+def _log_handshake_error(stream: Stream, tls: ssl.SSLObject, exc: Exception) -> None:
+    """OpenSSL's own reason for a failed handshake (the metric's reason is only "tls-handshake"), at most one
+    line per HS_LOG_INTERVAL_S, with how many were not written since the last one."""
+    now = stream.reactor.now()
+    if now - _hs_log[0] < HS_LOG_INTERVAL_S:
+        _hs_log[1] += 1
+        return
+    skipped = int(_hs_log[1])
+    _hs_log[0], _hs_log[1] = now, 0.0
+    try:
+        addr = stream.sock.getpeername()
+        peer = f"{addr[0]}:{addr[1]}"
+    except (OSError, TypeError, IndexError):
+        peer = "?"
+    verify = getattr(exc, "verify_message", None)
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    log.warning("TLS handshake with %s failed (%s side): %s%s%s", peer, "server" if tls.server_side else "client",
+                reason, f": {verify}" if verify else "", f" ({skipped} more not logged)" if skipped else "")
 
 
 class Cancel:
