@@ -1,0 +1,192 @@
+"""Consul's ACL rule language (HCL or JSON) parsed into typed, bounded rules, and identity policies."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config.syntax import LINES, START, SyntaxProblem, load_hcl, load_json
+
+# Bounds: a policy is operator input stored in Raft and parsed on every cache miss, so it is kept small.
+MAX_RULES_TEXT = 128 * 1024
+MAX_RULES = 2000
+MAX_NAME = 1024
+
+
+class Access(enum.IntEnum):
+    """A disposition; the order is Consul's merge precedence (deny > write > list > read)."""
+
+    READ = 1
+    LIST = 2
+    WRITE = 3
+    DENY = 4
+
+
+ACCESS_NAMES = {"read": Access.READ, "list": Access.LIST, "write": Access.WRITE, "deny": Access.DENY}
+
+# Resources with per-name rules (`node "x"` and `node_prefix "x"`), and the single-valued ones (`acl = "read"`).
+NAMED = ("agent", "event", "key", "node", "query", "service", "session")
+SINGLE = ("acl", "keyring", "mesh", "operator", "peering")
+
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$")
+_MAX_IDENTITY_NAME = 256
+
+
+class RulesError(ValueError):
+    """A policy's Rules text that cannot be used; the message names the line (when known) and field."""
+
+
+@dataclass(frozen=True)
+class NamedRule:
+    """One `resource "name" { policy = … }` (prefix=False) or `resource_prefix "name" {…}` rule."""
+
+    resource: str
+    name: str
+    prefix: bool
+    access: Access
+    intentions: Access | None = None  # services only; None = unset (derived from `access`)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The typed rules of one policy: named rules in written order, and single-valued resources."""
+
+    named: tuple[NamedRule, ...] = ()
+    single: Mapping[str, Access] = field(default_factory=dict)
+
+
+def parse_rules(text: str) -> Policy:
+    """Parse Rules text (HCL, or JSON when it starts with `{`); raises RulesError naming line and field."""
+    if len(text.encode()) > MAX_RULES_TEXT:
+        raise RulesError(f"rules: longer than {MAX_RULES_TEXT} bytes")
+    if not text.strip():
+        return Policy()
+    try:
+        tree = load_json(text) if text.lstrip().startswith("{") else load_hcl(text)
+    except SyntaxProblem as exc:
+        raise RulesError(f"rules: {_at(exc.line)}{exc.reason}") from None
+    if not isinstance(tree, dict):
+        raise RulesError("rules: the top level must be an object")
+    return _policy(tree)
+
+
+def _at(line: int | None) -> str:
+    return f"line {line}: " if line else ""
+
+
+def _user_keys(obj: Mapping[str, Any]) -> Iterable[str]:
+    return (k for k in obj if not k.startswith("__"))
+
+
+def _policy(tree: Mapping[str, Any]) -> Policy:
+    lines: Mapping[str, int] = tree.get(LINES, {})
+    named: list[NamedRule] = []
+    single: dict[str, Access] = {}
+    for key in _user_keys(tree):
+        line = lines.get(key)
+        value = tree[key]
+        base, prefix = (key[: -len("_prefix")], True) if key.endswith("_prefix") else (key, False)
+        if base in NAMED:
+            named.extend(_named(base, prefix, key, value, line))
+            if len(named) > MAX_RULES:
+                raise RulesError(f"rules: more than {MAX_RULES} rules")
+        elif key in SINGLE:
+            single[key] = _single(key, value, line)
+        else:
+            raise RulesError(f"rules: {_at(line)}unknown resource {key!r}")
+    return Policy(tuple(named), single)
+
+
+def _single(key: str, value: Any, line: int | None) -> Access:
+    """`operator = "read"`: one disposition; `list` belongs to keys only."""
+    if not isinstance(value, str) or value not in ACCESS_NAMES or value == "list":
+        raise RulesError(f"rules: {_at(line)}{key}: policy {_show(value)} is not read, write or deny")
+    return ACCESS_NAMES[value]
+
+
+def _show(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else type(value).__name__
+
+
+def _blocks(value: Any) -> Iterable[Mapping[str, Any]]:
+    """HCL gives a list of {name: body}; JSON gives {name: body} or a list of them."""
+    if isinstance(value, dict):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield item
+            else:
+                yield {"": item}  # reported below as a body that is not an object
+
+
+def _named(base: str, prefix: bool, key: str, value: Any, line: int | None) -> Iterable[NamedRule]:
+    if not isinstance(value, (dict, list)):
+        raise RulesError(f'rules: {_at(line)}{key}: expected blocks like {key} "name" {{ policy = "read" }}')
+    for block in _blocks(value):
+        lines: Mapping[str, int] = block.get(LINES, {})
+        for name in _user_keys(block):
+            body = block[name]
+            body_line = body.get(START) if isinstance(body, dict) else None
+            where = _at(body_line or lines.get(name) or line)
+            label = f'{key} "{name}"'
+            if len(name) > MAX_NAME:
+                raise RulesError(f"rules: {where}{key}: name longer than {MAX_NAME} characters")
+            if not isinstance(body, dict):
+                raise RulesError(f"rules: {where}{label}: expected a block with policy")
+            yield _named_body(base, prefix, name, label, body, where)
+
+
+def _named_body(base: str, prefix: bool, name: str, label: str, body: Mapping[str, Any], where: str) -> NamedRule:
+    lines: Mapping[str, int] = body.get(LINES, {})
+    allowed = {"policy", "intentions"} if base == "service" else {"policy"}
+    for attr in _user_keys(body):
+        if attr not in allowed:
+            raise RulesError(f"rules: {_at(lines.get(attr)) or where}{label}: unknown field {attr!r}")
+    if "policy" not in body:
+        raise RulesError(f"rules: {where}{label}: policy is missing")
+    access = _access(body["policy"], base == "key", f"rules: {_at(lines.get('policy')) or where}{label}: policy")
+    intentions = None
+    if "intentions" in body:
+        intentions = _access(body["intentions"], False,
+                             f"rules: {_at(lines.get('intentions')) or where}{label}: intentions")
+    return NamedRule(base, name, prefix, access, intentions)
+
+
+def _access(value: Any, allow_list: bool, prefix: str) -> Access:
+    if isinstance(value, str) and value in ACCESS_NAMES and (allow_list or value != "list"):
+        return ACCESS_NAMES[value]
+    choices = "read, write, list or deny" if allow_list else "read, write or deny"
+    raise RulesError(f"{prefix} {_show(value)} is not {choices}")
+
+
+# ------------------------------------------------------------------- identities
+
+
+def _check_identity(kind: str, name: str) -> None:
+    # Consul's own check for identity names: lowercase DNS-ish labels (underscores allowed), at most 256.
+    if len(name) > _MAX_IDENTITY_NAME or not _SERVICE_NAME.match(name):
+        raise RulesError(f"{kind} identity: name {name!r} is not valid (lowercase letters, digits, '-' and '_')")
+
+
+def service_identity_policy(service: str) -> Policy:
+    """Consul's synthetic policy for a ServiceIdentity: write on the service and its sidecar, read the rest."""
+    _check_identity("service", service)
+    return Policy((
+        NamedRule("service", service, False, Access.WRITE),
+        NamedRule("service", f"{service}-sidecar-proxy", False, Access.WRITE),
+        NamedRule("service", "", True, Access.READ),
+        NamedRule("node", "", True, Access.READ),
+    ))
+
+
+def node_identity_policy(node: str) -> Policy:
+    """Consul's synthetic policy for a NodeIdentity: write on the node, read every service."""
+    _check_identity("node", node)
+    return Policy((
+        NamedRule("node", node, False, Access.WRITE),
+        NamedRule("service", "", True, Access.READ),
+    ))
