@@ -88,8 +88,11 @@ class CacheConfig:
     role_ttl: float = DEFAULT_TTL
     down_policy: DownPolicy = DownPolicy.EXTEND_CACHE
     max_entries: int = DEFAULT_MAX_ENTRIES
+    default_policy: str = "allow"
 
     def __post_init__(self) -> None:
+        if self.default_policy not in ("allow", "deny"):
+            raise ValueError("default_policy must be allow or deny")
         for name in ("token_ttl", "policy_ttl", "role_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -118,10 +121,12 @@ class TTLCache(Generic[V]):
         down_policy: DownPolicy = DownPolicy.EXTEND_CACHE,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         salt: bytes | None = None,
+        default_policy: str = "allow",
     ) -> None:
         """`salt` keys the hash (random by default), so equal secrets in two dumps do not even correlate."""
-        if ttl < 0 or max_entries < 1:
-            raise ValueError("ttl must be >= 0 and max_entries >= 1")
+        if ttl < 0 or max_entries < 1 or default_policy not in ("allow", "deny"):
+            raise ValueError("ttl must be >= 0, max_entries >= 1, default_policy allow or deny")
+        self.default_policy = default_policy
         self.kind = kind
         self.ttl = ttl
         self.down_policy = down_policy
@@ -185,8 +190,10 @@ class TTLCache(Generic[V]):
         if policy is DownPolicy.DENY:
             return Outcome(Action.DENY_ALL, None, "down_policy deny")
         if entry is None:
-            # Consul: with nothing cached, extend-cache (and async-cache) act like deny.
-            return Outcome(Action.DENY_ALL, None, f"down_policy {policy.value}: nothing cached")
+            # Nothing to extend: current Consul (ACLResolver's `down` for these two) falls back to
+            # default_policy; its older docs and legacy resolver said deny.
+            action = Action.ALLOW_ALL if self.default_policy == "allow" else Action.DENY_ALL
+            return Outcome(action, None, f"down_policy {policy.value}: nothing cached, default_policy")
         # The entry keeps its old stored_at, so the next lookup tries the servers again.
         return Outcome(Action.USE, entry.value, f"down_policy {policy.value}: cached value extended")
 
@@ -207,9 +214,9 @@ class ResolverCache(Generic[T, P, R]):
         c = config if config is not None else CacheConfig()
         s = salt if salt is not None else _secrets.token_bytes(32)
         self.config = c
-        self.tokens: TTLCache[T] = TTLCache("token", c.token_ttl, c.down_policy, c.max_entries, s)
-        self.policies: TTLCache[P] = TTLCache("policy", c.policy_ttl, c.down_policy, c.max_entries, s)
-        self.roles: TTLCache[R] = TTLCache("role", c.role_ttl, c.down_policy, c.max_entries, s)
+        self.tokens: TTLCache[T] = TTLCache("token", c.token_ttl, c.down_policy, c.max_entries, s, c.default_policy)
+        self.policies: TTLCache[P] = TTLCache("policy", c.policy_ttl, c.down_policy, c.max_entries, s, c.default_policy)
+        self.roles: TTLCache[R] = TTLCache("role", c.role_ttl, c.down_policy, c.max_entries, s, c.default_policy)
 
     def __repr__(self) -> str:
         return f"ResolverCache(tokens={len(self.tokens)}, policies={len(self.policies)}, roles={len(self.roles)})"

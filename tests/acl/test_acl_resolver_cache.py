@@ -40,7 +40,7 @@ CASES = [
     (DNY, True, False, False, Status.STALE, None, True, Action.DENY_ALL, None),
     # miss, server answers
     *[(p, False, None, True, Status.MISS, None, True, Action.USE, NEW) for p in (EXT, ASY, ALW, DNY)],
-    # miss, no server: nothing to extend, so extend/async act like deny
+    # miss, no server: nothing to extend, so extend/async fall back to default_policy (deny in this table)
     (EXT, False, None, False, Status.MISS, None, True, Action.DENY_ALL, None),
     (ASY, False, None, False, Status.MISS, None, True, Action.DENY_ALL, None),
     (ALW, False, None, False, Status.MISS, None, True, Action.ALLOW_ALL, None),
@@ -62,7 +62,7 @@ def test_down_policy_table(
     action: Action,
     final: str | None,
 ) -> None:
-    c: TTLCache[str] = TTLCache("token", 30.0, policy)
+    c: TTLCache[str] = TTLCache("token", 30.0, policy, default_policy="deny")
     if cached:
         c.refreshed(SECRET, OLD, now=100.0)
     now = 110.0 if fresh else 140.0
@@ -187,3 +187,24 @@ def test_no_secret_in_keys_reprs_or_outcomes() -> None:
     a: TTLCache[str] = TTLCache("token", 1.0, salt=b"k" * 32)
     b: TTLCache[str] = TTLCache("token", 1.0, salt=b"k" * 32)
     assert a.key(SECRET) == b.key(SECRET) != a.key(SECRET[:-1] + "e")
+
+
+@pytest.mark.parametrize(
+    ("policy", "default", "action"),
+    [
+        (EXT, "allow", Action.ALLOW_ALL),
+        (ASY, "allow", Action.ALLOW_ALL),
+        (EXT, "deny", Action.DENY_ALL),
+        (ASY, "deny", Action.DENY_ALL),
+        (ALW, "deny", Action.ALLOW_ALL),
+        (DNY, "allow", Action.DENY_ALL),
+    ],
+)
+def test_nothing_cached_and_no_server(policy: DownPolicy, default: str, action: Action) -> None:
+    # extend/async have nothing to extend and fall back to default_policy (Consul's resolver); allow/deny are absolute
+    c: TTLCache[str] = TTLCache("token", 30.0, policy, default_policy=default)
+    assert c.lookup(SECRET, 0.0).status is Status.MISS
+    assert c.refresh_failed(SECRET, 0.0, Failure.UNREACHABLE).action is action
+    with pytest.raises(ValueError):
+        TTLCache("token", 30.0, policy, default_policy="maybe")
+    assert ResolverCache(CacheConfig(default_policy="deny")).roles.default_policy == "deny"
