@@ -138,6 +138,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _exec_done(pid: int) -> bool:
+    """Whether child `pid` runs the worker (its command line names meshagent.proxy.worker) yet."""
+    try:
+        return b"meshagent.proxy.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
@@ -162,7 +170,10 @@ def test_the_command_stops_with_its_workers(tmp_path: Path, change: dict[str, ob
         wait_for(lambda: "waiting for the agent to sign its leaf certificate" in report(), 30,
                  what="the command saying it waits for a first snapshot", report=report)
         server.publish(web_snapshot(1, public=(PUBLIC_HOST, public), upstreams=()))
-        wait_for(lambda: _children(proc.pid), 30, what="the command's workers", report=report)
+        # A child is listed from its fork, before its exec gives it the worker's environment: wait for the
+        # exec (python's argv) rather than read the parent's copy of the environment.
+        wait_for(lambda: _children(proc.pid) and all(_exec_done(pid) for pid in _children(proc.pid)), 30,
+                 what="the command's workers", report=report)
         workers = _children(proc.pid)
         assert all(_environ(pid).get("MESHAGENT_PROXY_LOG_LEVEL") == "WARNING" for pid in workers)
         wait_for(lambda: _listening(public), 30, what="the public listener", report=report)
