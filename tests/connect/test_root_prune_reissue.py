@@ -61,7 +61,7 @@ def test_a_root_change_schedules_the_reissue_within_the_window_given() -> None:
 def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     host = next((f"127.0.36.{n}" for n in range(1, 40) if ports_free(f"127.0.36.{n}")), None)
     if host is None:
-        pytest.skip("no free 127.0.36.N")
+        pytest.fail("no free 127.0.36.N: 39 addresses all busy (a leftover agent of an earlier run?)")
     (tmp_path / "ttl.hcl").write_text('connect {\n  enabled = true\n  test_min_leaf_ttl = "1s"\n}\n')
     proc = AgentProcess(host=host, args=["-dev", "-client", host, "-bind", host, "-node", "prune-reissue",
                                          "-config-file", str(tmp_path / "ttl.hcl")], workdir=tmp_path)
