@@ -24,6 +24,7 @@ from ..gossip.serf import MemberEvent, SerfEvent, UserEvent
 from ..raft.config import RaftConfig
 from ..raft.storage import StorageError
 from . import metrics as agent_metrics
+from .acl.resolver import ACLResolver
 from .addresses import advertise_address
 from .catalog import Node
 from .client.forward import ServerForwarder
@@ -135,6 +136,7 @@ class Agent:
             self.proxy_runner = ProxyRunner(self.store, self.local.services, self.leaves, datacenter=self.datacenter,
                                        node_name=self.node_name, bind_address=bind,
                                        default_allow=lambda: str(self.config.acl_default_policy).lower() != "deny")
+        self.acl = ACLResolver(config, self.store)
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server)

@@ -22,7 +22,7 @@ log = logging.getLogger("meshagent.store")
 class Replicator(Protocol):
     """Where writes go and what reads wait for: Raft on a server, the server RPC on a client."""
 
-    async def apply(self, command: dict[str, Any]) -> Any: ...
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any: ...
 
     async def read_barrier(self, consistent: bool) -> None: ...
 
@@ -38,10 +38,12 @@ class CatalogStore:
         self.catalog = Catalog()
         self.catalog.add_listener(self.hub.notify)
 
-    async def apply(self, command: dict[str, Any]) -> Any:
-        """Apply a command: through the replicator (Raft or a server), else here at the next index."""
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+        """Apply a command: through the replicator (Raft or a server), else here at the next index.
+        `token`: the ACL secret the write acts as; servers re-check it when the write reaches them over RPC
+        (None: the caller is the agent itself, already authorized locally)."""
         if self.replicator is not None:
-            return await self.replicator.apply(command)
+            return await self.replicator.apply(command, token)
         return self.catalog.apply(self.catalog.last_index + 1, command)
 
     def apply_committed(self, index: int, command: dict[str, Any]) -> Any:

@@ -75,7 +75,7 @@ class ServerForwarder:
         """Call a server's RPC method (the next server while one cannot be reached, up to RPC_HOLD_TIMEOUT)."""
         return await self._call(method, args)
 
-    async def apply(self, command: dict[str, Any]) -> Any:
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
         """Write through a server; the answer is the catalog command's result."""
         return await self._call("apply", msgpack.packb(command, use_bin_type=True))
 

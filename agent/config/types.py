@@ -146,6 +146,33 @@ class TLSConfig:
 
 
 @dataclass(slots=True)
+class ACLTokens:
+    """`acl { tokens { ... } }`: secrets the agent itself uses (never logged, never rendered)."""
+
+    initial_management: str = ""  # servers: created in the catalog by the leader, global-management
+    default: str = ""  # requests without a token (HTTP, DNS) act as this one; "" = anonymous
+    agent: str = ""  # anti-entropy and the agent's own writes; "" = default
+    agent_recovery: str = ""  # local only: agent:write on this agent even when no server answers
+
+    def __repr__(self) -> str:
+        return "ACLTokens(<secrets hidden>)"
+
+
+@dataclass(slots=True)
+class ACLConfig:
+    """`acl { ... }` (docs/acl.md): off unless `enabled`; TTLs and durations in seconds."""
+
+    enabled: bool = False
+    default_policy: str = "allow"  # allow | deny
+    down_policy: str = "extend-cache"  # extend-cache | async-cache | allow | deny
+    token_ttl: float = 30.0
+    policy_ttl: float = 30.0
+    role_ttl: float = 30.0
+    enable_token_persistence: bool = False
+    tokens: ACLTokens = field(default_factory=ACLTokens)
+
+
+@dataclass(slots=True)
 class AgentConfig:
     """The merged agent configuration: defaults < files (lexical order) < command-line flags."""
 
@@ -200,6 +227,7 @@ class AgentConfig:
     # config_entries.bootstrap: each entry normalized (canonical CamelCase JSON) at load.
     config_entries_bootstrap: list[dict[str, Any]] = field(default_factory=list)
     acl_default_policy: str = "allow"  # the intention decision when nothing matches
+    acl: ACLConfig = field(default_factory=ACLConfig)  # issue 15; acl.default_policy mirrors acl_default_policy
     # For tests only (connect.test_min_leaf_ttl): the lowest leaf_cert_ttl accepted, Consul's 1 h by default.
     connect_test_min_leaf_ttl: float = LEAF_TTL_MIN
     config_files: list[str] = field(default_factory=list)  # every file that was loaded, in order

@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from ..acl.identity import ACLIdentity
 from . import (
     agent_api,
     catalog_api,
@@ -25,6 +26,7 @@ from . import (
     operator_api,
     proxy_api,
 )
+from .acl_gate import FILTERED_HEADER, request_token
 from .errors import error_response
 from .filter import Schema, compile_filter
 from .messages import Headers, Request, Response, simple_response
@@ -44,6 +46,7 @@ _CACHE_BYTES = 64 * 1024 * 1024
 _CACHE_MAX_BODY = 8 * 1024 * 1024
 _BLOCKING_PARAMS = re.compile(r"(?:^|(?<=&))(?:index|wait)=[^&]*&?")
 _NOT_FOUND = simple_response(404, "404 page not found")
+_FILTERED = -1  # a cached body's mark: ACLs left something out (the response carries FILTERED_HEADER)
 
 # path (exact, or prefix ending in "/") -> {method: endpoint}. A prefix route gets the rest as `arg`.
 ROUTES: dict[str, dict[str, Endpoint]] = {
@@ -158,6 +161,13 @@ class API:
 
     # ------------------------------------------------------------------ helpers for endpoints
 
+    def identity(self, request: Request) -> ACLIdentity:
+        """The request's ACL identity (its token resolved once; ALLOW_ALL with ACLs off). Raises ACLNotFound."""
+        identity: ACLIdentity | None = request.acl
+        if identity is None:
+            identity = request.acl = self.agent.acl.resolve(request_token(request))
+        return identity
+
     def predicate(self, text: str, schema: Schema) -> Callable[[Any], bool]:
         """A compiled `?filter=` (memoised: dashboards repeat the same few filters)."""
         key = (text, id(schema))
@@ -211,19 +221,28 @@ class API:
         if "index=" in raw_query or "wait=" in raw_query:
             # Blocking loops send a new index every time; the body does not depend on it.
             raw_query = _BLOCKING_PARAMS.sub("", raw_query)
-        cache_key = (request.path, raw_query)
+        # With ACLs on, a body depends on who asks (lists are filtered): the identity's key joins the cache
+        # key, and it is resolved here so that `build` (skipped on a hit) is never where it first happens.
+        identity = self.identity(request) if self.agent.acl.enabled else None
+        cache_key = (request.path, raw_query if identity is None else f"{raw_query}#{identity.cache_key}")
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] == index:
             self.cache_hits += 1
-            return hit[1], self.meta_headers(index, query), hit[2]
+            headers = self.meta_headers(index, query)
+            if hit[1] == _FILTERED:
+                headers.append(FILTERED_HEADER)
+            return 200, headers, hit[2]
         data = build()
         if predicate is not None:
             data = apply_filter(data, predicate)
         body = dumps(data, query.pretty)
-        self._remember(cache_key, index, body)
-        return 200, self.meta_headers(index, query), body
+        headers = self.meta_headers(index, query)
+        if request.acl_filtered:
+            headers.append(FILTERED_HEADER)
+        self._remember(cache_key, index, body, _FILTERED if request.acl_filtered else 200)
+        return 200, headers, body
 
-    def _remember(self, key: tuple[str, str], index: int, body: bytes) -> None:
+    def _remember(self, key: tuple[str, str], index: int, body: bytes, mark: int = 200) -> None:
         """Cache a rendered body, bounded by entry count and bytes (oldest half dropped when full)."""
         if len(body) > _CACHE_MAX_BODY:
             return
@@ -233,7 +252,7 @@ class API:
         if len(self._cache) >= _CACHE_SIZE or self._cache_bytes + len(body) > _CACHE_BYTES:
             for stale in list(self._cache)[: len(self._cache) // 2 + 1]:
                 self._cache_bytes -= len(self._cache.pop(stale)[2])
-        self._cache[key] = (index, 200, body)
+        self._cache[key] = (index, mark, body)
         self._cache_bytes += len(body)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trio.socket import SocketType
@@ -35,6 +35,10 @@ class Request:
     parking: Parking | None = None
     # For STREAMED_BODIES: the body, still on the socket (`body` is then empty).
     body_stream: BodyStream | None = None
+    # Set by API.identity: the request's resolved ACL identity (an agent/acl/identity.ACLIdentity), once.
+    acl: Any = None
+    # Set by an endpoint that left out what the token may not read: X-Consul-Results-Filtered-By-ACLs.
+    acl_filtered: bool = False
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (name in lower case), or None."""

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ...gossip.key_query import KeyQueryResult
     from ...gossip.member import Member
+    from ..acl.resolver import ACLResolver
     from ..config.types import AgentConfig, CheckDefinition, ServiceDefinition
     from ..connect.authority import CAAuthority
     from ..connect.leaf_cache import LeafCache
@@ -112,6 +113,9 @@ class AgentView(Protocol):
     @property
     def leaves(self) -> LeafCache:
         """Local services' leaf certificates (agent/connect/leaf_cache.py)."""
+    @property
+    def acl(self) -> ACLResolver:
+        """Token resolution for every enforcement point (agent/acl/resolver.py); ALLOW_ALL with ACLs off."""
     @property
     def proxy_runner(self) -> ProxyRunner | None:
         """The local sidecars' data plane (agent/connect/proxy_runner.py); None when connect is disabled."""

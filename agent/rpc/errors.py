@@ -61,6 +61,23 @@ class PermissionDenied(ServerError):
     code = "PermissionDenied"
 
 
+class ACLDenied(ServerError):
+    """An ACL token lacks a permission (Consul's 403 `Permission denied: token with AccessorID ...`)."""
+
+    code = "ACLDenied"
+    default_status = 403
+
+
+class ACLNotFound(ServerError):
+    """The presented ACL token does not exist (or expired): Consul's 403 `ACL not found`."""
+
+    code = "ACLNotFound"
+    default_status = 403
+
+    def __init__(self, message: str = "ACL not found", status: int | None = None) -> None:
+        super().__init__(message, status)
+
+
 class RateLimited(ServerError):
     """The server refuses the call for now; the caller may retry after `retry_after` seconds (a hint)."""
 
@@ -75,7 +92,7 @@ class RateLimited(ServerError):
 
 _BY_CODE: dict[str, type[ServerError]] = {
     c.code: c for c in (ServerError, NotLeader, NoLeader, Rejected, Unreachable, Unanswered, PermissionDenied,
-              RateLimited)}
+              ACLDenied, ACLNotFound, RateLimited)}
 MAX_MESSAGE = 4096  # a peer's error text is bounded before it is kept or logged
 
 

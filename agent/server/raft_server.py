@@ -204,7 +204,7 @@ class RaftServer:
         except ServerError as exc:
             p.reply(p.rid, exc, None)
 
-    async def apply(self, command: dict[str, Any]) -> Any:
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
         """Replicate a catalog command and return its result once applied here; forwards to the leader."""
         return await self.apply_bytes(msgpack.packb(command, use_bin_type=True))
 

@@ -227,7 +227,7 @@ class RoundTripReplicator:
         self.interloper: dict[str, Any] | None = interloper
         self.refused = 0
 
-    async def apply(self, command: dict[str, Any]) -> Any:
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
         for _ in range(3):
             await trio.lowlevel.checkpoint()
         if self.interloper is not None and command.get("cas") is not None:

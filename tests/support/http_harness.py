@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig, CheckDefinition, Ports, ServiceDefinition
 from meshagent.agent.connect.ca_manager import CAManager
@@ -102,6 +103,7 @@ class FakeAgent:
                                 lambda: [d.name for d in self.local.services().values()])
         self._ltime = 0
         self.proxy_runner = None  # no sidecar data plane here (tests/connect/test_proxy_agent.py runs one)
+        self.acl = ACLResolver(self.config, self.store)  # tests set acl.enabled on self.config to turn ACLs on
 
     def members(self) -> list[Member]:
         return [Member(self.node_name, self.advertise_addr, 8301,
