@@ -45,3 +45,9 @@ def keep_allowed(items: Iterable[T], allowed: Callable[[T], bool]) -> tuple[list
         else:
             dropped = True
     return kept, dropped
+
+
+def write_token(request: Request, default_secret: str) -> str:
+    """The secret a write acts as on its way to the servers (which re-check it): the request's token, else
+    the agent's `default` token (`api.agent.acl.tokens.default`), else "" (anonymous)."""
+    return request_token(request) or default_secret
