@@ -30,6 +30,9 @@ class Persisted:
     ttl: dict[str, dict[str, Any]] = field(default_factory=dict)  # check id -> status, output, expires (wall)
     node_maintenance: str | None = None
     service_maintenance: dict[str, str] = field(default_factory=dict)
+    # ACL secrets the API services/node checks were registered with (the file is written 0600; never logged)
+    service_tokens: dict[str, str] = field(default_factory=dict)
+    check_tokens: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """The file's contents: sorted, indented JSON."""
@@ -51,7 +54,9 @@ class StateFile:
             raw = json.loads(self.path.read_text())
             return Persisted(services=dict(raw.get("services", {})), checks=dict(raw.get("checks", {})),
                              ttl=dict(raw.get("ttl", {})), node_maintenance=raw.get("node_maintenance"),
-                             service_maintenance=dict(raw.get("service_maintenance", {})))
+                             service_maintenance=dict(raw.get("service_maintenance", {})),
+                             service_tokens=_secrets(raw.get("service_tokens")),
+                             check_tokens=_secrets(raw.get("check_tokens")))
         except (OSError, ValueError, AttributeError) as exc:
             # Refusing to start would lose the catalog too; start empty and say loudly what was dropped.
             log.error("ignoring unreadable local state %s: %s", self.path, exc)
@@ -66,3 +71,10 @@ class StateFile:
         async with self._lock:
             data = current().to_bytes()
             await trio.to_thread.run_sync(write_atomic, self.path, data)
+
+
+def _secrets(raw: Any) -> dict[str, str]:
+    """id -> secret from the file: anything not a short string pair is dropped (a hand-edited file)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and 0 < len(v) <= 256}

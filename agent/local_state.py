@@ -60,6 +60,9 @@ class LocalState:
         self._file_service_ids: set[str] = set()
         self._sidecars: dict[str, str] = {}  # parent service id -> the sidecar registered from its definition
         self._checks: dict[str, LocalCheck] = {}
+        # The ACL secret each service/check was registered with (HTTP); anti-entropy writes as it. Never logged.
+        self._service_tokens: dict[str, str] = {}
+        self._check_tokens: dict[str, str] = {}
         self._node_maintenance: str | None = None
         self._service_maintenance: dict[str, str] = {}
         self._ttl_restore: dict[str, dict[str, Any]] = {}
@@ -73,7 +76,8 @@ class LocalState:
                                           on_deregister_service=self._on_reap_service)
         # Reads the two dicts above live; they are only ever changed in place.
         self.sync = CatalogSync(node=node, store=store, services=self._services, checks=self._checks,
-                                check_update_interval=check_update_interval, cluster_size=cluster_size)
+                                check_update_interval=check_update_interval, cluster_size=cluster_size,
+                                service_tokens=self._service_tokens, check_tokens=self._check_tokens)
 
     # ------------------------------------------------------------------ reads
 
@@ -111,14 +115,16 @@ class LocalState:
         persisted = self._state_file.load()
         self._ttl_restore = persisted.ttl
         await self.sync.sync_node()
-        for body in persisted.services.values():
+        for sid, body in persisted.services.items():
             try:
-                await self.register_service(parse_service(body, Source("<persisted>")), persist=False)
+                await self.register_service(parse_service(body, Source("<persisted>")),
+                                            token=persisted.service_tokens.get(sid) or None, persist=False)
             except (ConfigErrors, LocalStateError) as exc:
                 log.error("dropping persisted service %s: %s", body.get("ID"), exc)
-        for body in persisted.checks.values():
+        for cid, body in persisted.checks.items():
             try:
-                await self.register_check(parse_check(body, Source("<persisted>")), persist=False)
+                await self.register_check(parse_check(body, Source("<persisted>")),
+                                          token=persisted.check_tokens.get(cid) or None, persist=False)
             except (ConfigErrors, LocalStateError) as exc:
                 log.error("dropping persisted check %s: %s", body.get("CheckID"), exc)
         await self.load_files(file_services, file_checks)
@@ -165,9 +171,10 @@ class LocalState:
         raise LocalStateError(f"Scripts are disabled on this agent; to enable, configure '{where}' to true "
                               f"(check {cdef.id!r} from {cdef.source})")
 
-    async def register_service(self, defn: ServiceDefinition, replace_existing_checks: bool = False, *,
-                               from_file: bool = False, persist: bool = True) -> None:
-        """Add or replace a service and its checks, then write them to the catalog."""
+    async def register_service(self, defn: ServiceDefinition, replace_existing_checks: bool = False,
+                               token: str | None = None, *, from_file: bool = False, persist: bool = True) -> None:
+        """Add or replace a service and its checks, then write them to the catalog. `token`: the ACL secret
+        it was registered with; anti-entropy writes it (and its checks) as that token."""
         for cdef in defn.checks:
             self._check_script_allowed(cdef, from_file)
         try:
@@ -182,6 +189,10 @@ class LocalState:
         old_check_ids = {c.check_id for c in self._checks.values()
                          if c.service_id == defn.id and not c.check_id.startswith(SERVICE_MAINT_PREFIX)}
         self._services[defn.id] = defn
+        if token:
+            self._service_tokens[defn.id] = token
+        else:  # a re-registration without a token drops the old one (Consul replaces it too)
+            self._service_tokens.pop(defn.id, None)
         if from_file:
             self._file_service_ids.add(defn.id)
         new_ids = set()
@@ -198,7 +209,9 @@ class LocalState:
             await self._persist()
         if sidecar is not None:
             self._sidecars[defn.id] = sidecar.id
-            await self.register_service(sidecar, True, from_file=from_file, persist=persist)
+            # the sidecar is written as its parent is (Consul registers it with the parent's token)
+            await self.register_service(sidecar, True, token or defn.token or None, from_file=from_file,
+                                        persist=persist)
         elif defn.id in self._sidecars:  # the sidecar_service block was removed
             await self.deregister_service(self._sidecars.pop(defn.id))
 
@@ -213,7 +226,9 @@ class LocalState:
         for check in [c for c in self._checks.values() if c.service_id == service_id]:
             self._remove_check(check.check_id)
         self._refresh_aliases()  # an alias of a service without checks would otherwise stay passing
-        await self.sync.apply(commands.deregister(self.node.node, service_id=service_id))
+        token = self.sync.service_token(service_id)  # before the registering token goes
+        self._service_tokens.pop(service_id, None)
+        await self.sync.apply(commands.deregister(self.node.node, service_id=service_id), token, service_id)
         await self._persist()
         if sidecar is not None:  # a sidecar goes with the service that defined it
             await self.deregister_service(sidecar)
@@ -242,6 +257,7 @@ class LocalState:
 
     def _remove_check(self, check_id: str) -> None:
         self._checks.pop(check_id, None)
+        self._check_tokens.pop(check_id, None)
         self._alias_ids.discard(check_id)
         self.checks_runner.remove(check_id)
         self._refresh_aliases()
@@ -279,9 +295,10 @@ class LocalState:
         finally:
             self._refreshing = False
 
-    async def register_check(self, cdef: CheckDefinition, *, from_file: bool = False,
+    async def register_check(self, cdef: CheckDefinition, token: str | None = None, *, from_file: bool = False,
                              persist: bool = True) -> None:
-        """Add or replace a check (node-level, or on an existing local service)."""
+        """Add or replace a check (node-level, or on an existing local service); `token`: the ACL secret it
+        was registered with (anti-entropy writes it as that token)."""
         self._check_script_allowed(cdef, from_file)
         service_name = ""
         if cdef.service_id:
@@ -290,6 +307,8 @@ class LocalState:
                 raise LocalStateError(f"ServiceID {cdef.service_id!r} does not exist")
             service_name = svc.name
         self._add_check(cdef, from_file, service_name)
+        if token:
+            self._check_tokens[cdef.id] = token
         await self.sync.sync_check(cdef.id)
         if persist and not from_file:
             await self._persist()
@@ -298,8 +317,9 @@ class LocalState:
         """Remove a check (no-op when unknown)."""
         if check_id not in self._checks:
             return
+        token = self.sync.check_token(check_id)  # before the registering token goes
         self._remove_check(check_id)
-        await self.sync.apply(commands.deregister(self.node.node, check_id=check_id))
+        await self.sync.apply(commands.deregister(self.node.node, check_id=check_id), token)
         await self._persist()
 
     async def update_ttl(self, check_id: str, status: str, output: str) -> None:
@@ -361,7 +381,8 @@ class LocalState:
         else:
             self._node_maintenance = None
             if self._checks.pop(NODE_MAINT_CHECK_ID, None) is not None:
-                await self.sync.apply(commands.deregister(self.node.node, check_id=NODE_MAINT_CHECK_ID))
+                await self.sync.apply(commands.deregister(self.node.node, check_id=NODE_MAINT_CHECK_ID),
+                                      self.sync.agent_token())
         self._refresh_aliases()  # alias checks count the node's checks too
         await self._persist()
 
@@ -382,7 +403,8 @@ class LocalState:
         else:
             self._service_maintenance.pop(service_id, None)
             if self._checks.pop(cid, None) is not None:
-                await self.sync.apply(commands.deregister(self.node.node, check_id=cid))
+                await self.sync.apply(commands.deregister(self.node.node, check_id=cid),
+                                      self.sync.service_token(service_id), service_id)
         self._refresh_aliases()
         await self._persist()
 
@@ -411,4 +433,10 @@ class LocalState:
                       if sid not in self._file_service_ids and sid not in self._sidecars.values()},
             checks={cid: check_to_api(c.definition) for cid, c in self._checks.items()
                     if c.definition is not None and not c.service_id and not c.from_file},
-            ttl=ttl, node_maintenance=self._node_maintenance, service_maintenance=self._service_maintenance)
+            ttl=ttl, node_maintenance=self._node_maintenance, service_maintenance=self._service_maintenance,
+            # Consul keeps a service's token with its persisted definition (the file is 0600, never logged).
+            service_tokens={sid: t for sid, t in self._service_tokens.items()
+                            if sid not in self._file_service_ids and sid not in self._sidecars.values()},
+            check_tokens={cid: t for cid, t in self._check_tokens.items()
+                          if cid in self._checks and not self._checks[cid].service_id
+                          and not self._checks[cid].from_file})

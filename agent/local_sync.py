@@ -12,14 +12,17 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .catalog import SERF_CHECK_ID, Check, CommandError, Node, Service, commands, same_row
 from .config.types import CheckDefinition, ServiceDefinition
-from .rpc.errors import ServerError
+from .rpc.errors import ACLDenied, ACLNotFound, ServerError
 from .store import CatalogStore
+
+if TYPE_CHECKING:
+    from .acl.resolver import ACLResolver
 
 log = logging.getLogger("meshagent.agent")
 
@@ -61,11 +64,17 @@ class CatalogSync:
 
     def __init__(self, *, node: Node, store: CatalogStore, services: Mapping[str, ServiceDefinition],
                  checks: Mapping[str, LocalCheck], check_update_interval: float,
-                 cluster_size: Callable[[], int]) -> None:
+                 cluster_size: Callable[[], int], service_tokens: Mapping[str, str] | None = None,
+                 check_tokens: Mapping[str, str] | None = None) -> None:
         self.node = node
         self.store = store
         self._services = services
         self._checks = checks
+        self._service_tokens: Mapping[str, str] = service_tokens if service_tokens is not None else {}
+        self._check_tokens: Mapping[str, str] = check_tokens if check_tokens is not None else {}
+        # The agent's resolver (set by the agent): with ACLs on every write carries a token; None = ACLs off.
+        self.acl: ACLResolver | None = None
+        self._denied: set[str] = set()  # subjects whose ACL refusal was logged (once each, until a write works)
         self.check_update_interval = check_update_interval
         self._cluster_size = cluster_size
         self._output_synced: dict[str, float] = {}  # check id -> when its output last reached the catalog
@@ -73,11 +82,66 @@ class CatalogSync:
         self.out_of_sync = False
         self.last_sync: float = 0.0
 
-    async def apply(self, command: dict[str, Any]) -> Any:
-        """Write one catalog command; a refusal marks us out of sync instead of raising."""
+    # ------------------------------------------------------------------ tokens
+
+    def _acl_on(self) -> bool:
+        return self.acl is not None and self.acl.enabled
+
+    def agent_token(self) -> str | None:
+        """The secret node-level writes carry (the agent token, else the default); None with ACLs off."""
+        if self.acl is None or not self.acl.enabled:
+            return None
+        return self.acl.agent_secret()
+
+    def service_token(self, service_id: str) -> str | None:
+        """The secret a service's writes carry: its registering token, else its definition's `token`, else
+        the agent's; None with ACLs off (the agent's own write, as before ACLs)."""
+        if not self._acl_on():
+            return None
+        defn = self._services.get(service_id)
+        return self._service_tokens.get(service_id) or (defn.token if defn else "") or self.agent_token()
+
+    def check_token(self, check_id: str) -> str | None:
+        """The secret a check's writes carry: its registering token, else its service's, else the agent's."""
+        if not self._acl_on():
+            return None
+        check = self._checks.get(check_id)
+        own = self._check_tokens.get(check_id)
+        if own:
+            return own
+        if check is not None and check.service_id:
+            return self.service_token(check.service_id)
+        return self.agent_token()
+
+    def _log_denied(self, subject: str, token: str | None, exc: ServerError) -> None:
+        """One line per refused subject (a service id, or the node): the AccessorID, never the secret."""
+        if subject in self._denied:
+            return
+        self._denied.add(subject)
+        accessor = "unknown"
+        if self.acl is not None and token is not None:
+            try:
+                accessor = self.acl.resolve(token).accessor_id or "anonymous"
+            except Exception:  # an unknown or expired token: nothing to name
+                accessor = "not found"
+        what = f"service {subject!r}" if subject else "node"
+        log.warning("catalog sync of %s refused by ACLs (token AccessorID %s): %s; retrying every second",
+                    what, accessor, exc)
+
+    # ------------------------------------------------------------------ writes
+
+    async def apply(self, command: dict[str, Any], token: str | None = None, subject: str = "") -> Any:
+        """Write one catalog command as `token` (None: ACLs off); a refusal marks us out of sync instead of
+        raising. `subject`: the service id the write is for ("" for the node), to log an ACL refusal once."""
         try:
             self.syncs += 1
-            return await self.store.apply(command)
+            result = await self.store.apply(command, token=token)
+            self._denied.discard(subject)
+            return result
+        except (ACLDenied, ACLNotFound) as exc:
+            self._log_denied(subject, token, exc)
+            self.out_of_sync = True
+            return None
         except (ServerError, CommandError) as exc:
             # No leader (yet), or the catalog changed under us (a check whose service was deregistered
             # elsewhere): keep local state and let a full sync put everything back.
@@ -119,13 +183,19 @@ class CatalogSync:
         now = trio.current_time()
         for row in rows:
             self._output_synced[row.check_id] = now
-        await self.apply(commands.register(self.node, service, rows))
+        if service is not None:
+            token, subject = self.service_token(service.id), service.id
+        elif rows:
+            token, subject = self.check_token(rows[0].check_id), rows[0].service_id
+        else:
+            token, subject = self.agent_token(), ""
+        await self.apply(commands.register(self.node, service, rows), token, subject)
 
     async def sync_node(self) -> None:
         """Register the node when the catalog lacks it or holds another version."""
         have = self.store.catalog.node(self.node.node)
         if have is None or not same_row(have, self.node):
-            await self.apply(commands.register(self.node))
+            await self.apply(commands.register(self.node), self.agent_token())
 
     async def sync_service(self, service_id: str) -> None:
         """Write the service and its checks if the catalog differs; drop checks it no longer has."""
@@ -141,7 +211,8 @@ class CatalogSync:
         live = {r.check_id for r in rows}
         for check in have_checks.values():
             if check.service_id == service_id and check.check_id not in live:
-                await self.apply(commands.deregister(self.node.node, check_id=check.check_id))
+                await self.apply(commands.deregister(self.node.node, check_id=check.check_id),
+                                 self.service_token(service_id), service_id)
 
     async def sync_check(self, check_id: str) -> None:
         """Write one check if the catalog differs (with its service, when the catalog lost that)."""
@@ -184,10 +255,12 @@ class CatalogSync:
         known_checks = set(self._checks) | {SERF_CHECK_ID}
         for svc in self.store.catalog.node_services(self.node.node):
             if svc.id not in self._services:
-                await self.apply(commands.deregister(self.node.node, service_id=svc.id))
+                await self.apply(commands.deregister(self.node.node, service_id=svc.id), self.agent_token(),
+                                 svc.id)
         for remote in self.store.catalog.node_checks(self.node.node):
             if remote.check_id not in known_checks:
-                await self.apply(commands.deregister(self.node.node, check_id=remote.check_id))
+                await self.apply(commands.deregister(self.node.node, check_id=remote.check_id),
+                                 self.agent_token(), remote.service_id)
         self.last_sync = time.time()
 
     async def run_anti_entropy(self) -> None:

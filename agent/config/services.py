@@ -36,7 +36,6 @@ _SERVICE_KEYS = {
 }
 # As _CHECK_LATER in check_defs.py.
 _SERVICE_LATER: Later = {
-    "token": (("",), "ACL tokens are not supported yet (ACLs arrive in a later release); remove it"),
     "socket_path": (("",), "not supported yet: services are reached at address and port; remove it"),
     "locality": ((None, {}), "not supported yet: there is no locality-aware routing; remove it"),
     "namespace": (("", "default"), ENTERPRISE),
@@ -103,6 +102,13 @@ def _service_scalars(col: Collector, node: Node, field_: str, svc: ServiceDefini
             col.error(f"{field_}.port", f"{port} is not a port (0-65535)", node.at("port"))
         elif port is not None:
             svc.port = port
+    if raw.get("token") is not None:
+        token = raw["token"]
+        # never echoed: it is a secret
+        if not isinstance(token, str) or len(token) > 256:
+            col.error(f"{field_}.token", "must be a string of at most 256 characters", node.at("token"))
+        else:
+            svc.token = token
     if raw.get("enable_tag_override") is not None:
         value = typed(col, f"{field_}.enable_tag_override", raw["enable_tag_override"], bool,
                       node.at("enable_tag_override"))

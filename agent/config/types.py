@@ -90,6 +90,9 @@ class ServiceDefinition:
     # connect { native, sidecar_service {...} } as written; sidecar_service is expanded by agent/connect/sidecar.py.
     connect: dict[str, Any] = field(default_factory=dict)
     source: Source = field(default_factory=Source)
+    # The ACL secret anti-entropy writes this service as when it was not registered with one (config files);
+    # never rendered nor logged.
+    token: str = field(default="", repr=False)
 
 
 @dataclass(slots=True)

@@ -43,13 +43,14 @@ class FakeLocal:
     def checks(self) -> dict[str, LocalCheck]:
         return dict(self._checks)
 
-    async def register_service(self, defn: ServiceDefinition, replace_existing_checks: bool = False) -> None:
+    async def register_service(self, defn: ServiceDefinition, replace_existing_checks: bool = False,
+                               token: str | None = None) -> None:
         self._services[defn.id or defn.name] = defn
 
     async def deregister_service(self, service_id: str) -> None:
         self._services.pop(service_id, None)
 
-    async def register_check(self, cdef: CheckDefinition) -> None:
+    async def register_check(self, cdef: CheckDefinition, token: str | None = None) -> None:
         return None
 
     async def deregister_check(self, check_id: str) -> None:
