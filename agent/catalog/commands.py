@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..acl.objects import Policy, Role, Token
+from ..acl.secrets import new_id
+from .acl_state import policy_to_dict, role_to_dict, token_to_dict
 from .model import Check, Node, Service, row_to_dict
 
 
@@ -60,3 +63,46 @@ def config_entry_delete(kind: str, name: str, cas: int | None = None) -> dict[st
 def connect_ca(action: str, **fields: Any) -> dict[str, Any]:
     """A mesh CA command (init, rotate, prune, set-config: agent/catalog/connect_state.py); leader only."""
     return {"op": "connect-ca", "action": action, **fields}
+
+
+def acl_token_set(token: Token) -> dict[str, Any]:
+    """Create or replace a token (links by ID or Name; the FSM stores both). An empty SecretID on an existing
+    token keeps its secret."""
+    return {"op": "acl", "verb": "token-set", "token": token_to_dict(token)}
+
+
+def acl_token_delete(accessor_id: str) -> dict[str, Any]:
+    """Delete a token (the anonymous token cannot be)."""
+    return {"op": "acl", "verb": "token-delete", "accessor_id": accessor_id}
+
+
+def acl_policy_set(policy: Policy) -> dict[str, Any]:
+    """Create or replace a policy (names are unique; global-management keeps its name and rules)."""
+    return {"op": "acl", "verb": "policy-set", "policy": policy_to_dict(policy)}
+
+
+def acl_policy_delete(policy_id: str) -> dict[str, Any]:
+    """Delete a policy; links to it are dropped when read."""
+    return {"op": "acl", "verb": "policy-delete", "policy_id": policy_id}
+
+
+def acl_role_set(role: Role) -> dict[str, Any]:
+    """Create or replace a role."""
+    return {"op": "acl", "verb": "role-set", "role": role_to_dict(role)}
+
+
+def acl_role_delete(role_id: str) -> dict[str, Any]:
+    """Delete a role; links to it are dropped when read."""
+    return {"op": "acl", "verb": "role-delete", "role_id": role_id}
+
+
+def acl_bootstrap(token: Token) -> dict[str, Any]:
+    """Store the bootstrap token, once: refused with the reset index once the cluster is bootstrapped."""
+    return {"op": "acl", "verb": "bootstrap", "token": token_to_dict(token)}
+
+
+def acl_init(initial_management_secret: str = "", accessor_id: str | None = None) -> dict[str, Any]:
+    """Add the builtins if missing: global-management, the anonymous token and, if given and no token has it,
+    a global-management token with this secret (its AccessorID chosen here: the FSM draws no randomness)."""
+    return {"op": "acl", "verb": "init", "initial_management_secret": initial_management_secret,
+            "accessor_id": accessor_id or new_id()}

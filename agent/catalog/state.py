@@ -8,9 +8,10 @@ Over ~450 lines on purpose: the tables, their secondary indexes and the per-key 
 together on every write, and one class holding them all is where that invariant can be read and checked.
 The mesh CA's state is its own class (connect_state.py); this one only routes its commands and snapshots it.
 
-Watch keys: `nodes`, `node:<name>`, `services`, `service:<name>`, `checks`, `kv:<key>`, and
-`connect:<name>` (lower-case): any change to a mesh-capable instance for `name` (a `connect-proxy` whose
-destination is `name`, or a Connect-native `name`), to a check on it, or to its node's health.
+Watch keys: `nodes`, `node:<name>`, `services`, `service:<name>`, `checks`, `kv:<key>`, `acl` (any ACL
+token, policy or role change), and `connect:<name>` (lower-case): any change to a mesh-capable instance for
+`name` (a `connect-proxy` whose destination is `name`, or a Connect-native `name`), to a check on it, or to
+its node's health.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import msgpack
 
+from .acl_state import WATCH_KEY as ACL_WATCH_KEY
+from .acl_state import AclState, AclStateError
 from .config_entries import ConfigEntryError, ConfigEntryState, entry_watch_key
 from .connect_state import WATCH_KEY as CONNECT_CA_WATCH_KEY
 from .connect_state import ConnectState, ConnectStateError
@@ -100,6 +103,7 @@ class Catalog:
         self._key_index: dict[str, int] = {}
         self.connect = ConnectState()  # the mesh CA (cluster ID, config, roots)
         self.config_entries = ConfigEntryState()  # service-defaults, intentions, routers, ...
+        self.acl = AclState()  # ACL tokens, policies, roles
         self._listeners: list[ChangeListener] = []
         self._changed: set[str] = set()
 
@@ -367,6 +371,15 @@ class Catalog:
             self._touch(entry_watch_key(changed[0]), entry_watch_key(*changed))
         return result
 
+    def _apply_acl(self, index: int, cmd: dict[str, Any]) -> bool:
+        try:
+            changed = self.acl.apply(index, cmd)
+        except AclStateError as exc:
+            raise CommandError(str(exc)) from exc
+        if changed:
+            self._touch(ACL_WATCH_KEY)
+        return True
+
     def _kv_delete(self, index: int, key: str) -> None:
         if self._kv.pop(key, None) is None:
             return
@@ -492,7 +505,8 @@ class Catalog:
     # ------------------------------------------------------------------ snapshot
 
     def snapshot(self, redact_secrets: bool = False) -> bytes:
-        """The whole state as msgpack bytes; `redact_secrets` leaves out the CA's private keys (for clients)."""
+        """The whole state as msgpack bytes; `redact_secrets` leaves out the CA's private keys and token secrets
+        (for clients)."""
         packed: bytes = msgpack.packb(
             {
                 "version": SNAPSHOT_VERSION,
@@ -505,6 +519,7 @@ class Catalog:
                 "key_index": self._key_index,
                 "connect": self.connect.snapshot(redact_secrets),
                 "config_entries": self.config_entries.snapshot(),
+                "acl": self.acl.snapshot(redact_secrets),
             },
             use_bin_type=True,
         )
@@ -543,17 +558,19 @@ class Catalog:
             cat._key_index = {str(k): int(v) for k, v in raw["key_index"].items()}
             cat.connect = ConnectState.restore(raw.get("connect"))  # absent in snapshots from before the mesh
             cat.config_entries = ConfigEntryState.restore(raw.get("config_entries"))
+            cat.acl = AclState.restore(raw.get("acl"))  # absent in snapshots from before ACLs
             return cat
         except CommandError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+            # AclStateError is a ValueError: a corrupt ACL section is a corrupt snapshot.
             raise CommandError(f"corrupt catalog snapshot: {exc}") from exc
 
     def state_equal(self, other: Catalog) -> bool:
         """True when both catalogs hold the same rows (for round-trip tests and replicas)."""
         return (self._nodes == other._nodes and self._services == other._services
                 and self._checks == other._checks and self._kv == other._kv and self.connect == other.connect
-                and self.config_entries == other.config_entries)
+                and self.config_entries == other.config_entries and self.acl == other.acl)
 
 
 _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
@@ -562,6 +579,7 @@ _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "kv": Catalog._apply_kv,
     "connect-ca": Catalog._apply_connect_ca,
     "config-entry": Catalog._apply_config_entry,
+    "acl": Catalog._apply_acl,
 }
 
 __all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance", "connect_target"]
