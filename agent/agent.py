@@ -43,6 +43,7 @@ from .heap_trim import trim_heap
 from .http.api import API
 from .http.server import HTTPServer
 from .lifecycle import banner, leaves_on, notify_systemd
+from .local_persist import AgentTokenFile
 from .local_state import LocalState
 from .logs import parse_level
 from .rpc.framing import split_address
@@ -137,6 +138,14 @@ class Agent:
                                        node_name=self.node_name, bind_address=bind,
                                        default_allow=lambda: str(self.config.acl_default_policy).lower() != "deny")
         self.acl = ACLResolver(config, self.store)
+        # PUT /v1/agent/token/<type> values, kept with acl.enable_token_persistence; they win over the config's
+        self.acl_token_file = AgentTokenFile(str(data_dir) if data_dir and config.acl.enable_token_persistence
+                                             else None)
+        for kind, secret in self.acl_token_file.load().items():
+            setattr(self.acl.tokens, kind, secret)
+        self.local.sync.acl = self.acl  # anti-entropy writes as registering/agent tokens
+        if self.server is not None:
+            self.server.endpoints.acl = self.acl  # servers re-check every write arriving over RPC apply
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server)

@@ -78,3 +78,49 @@ def _secrets(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and 0 < len(v) <= 256}
+
+
+TOKENS_FILE = "acl-tokens.json"
+# Names in acl-tokens.json, as Consul's persisted tokens file (and ACLTokens' fields).
+PERSISTED_TOKEN_TYPES = ("default", "agent", "agent_recovery", "replication", "config_file_service_registration")
+
+
+class AgentTokenFile:
+    """The data dir's acl-tokens.json: agent tokens set over HTTP (PUT /v1/agent/token/<type>), kept across
+    restarts when acl.enable_token_persistence; they win over the config's at start, as in Consul."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.path = Path(data_dir) / TOKENS_FILE if data_dir else None
+        self.values: dict[str, str] = {}  # only what the API set: config tokens are never written here
+        self._lock = trio.Lock()
+
+    def load(self) -> dict[str, str]:
+        """The persisted tokens (type -> secret); empty when none or unreadable (logged without values)."""
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_bytes()[:65536])
+        except (OSError, ValueError) as exc:
+            log.error("ignoring unreadable ACL tokens file %s: %s", self.path, type(exc).__name__)
+            return {}
+        if not isinstance(raw, dict):
+            log.error("ignoring ACL tokens file %s: not a JSON object", self.path)
+            return {}
+        # Consul's older name for agent_recovery
+        if "agent_recovery" not in raw and "agent_master" in raw:
+            raw["agent_recovery"] = raw["agent_master"]
+        self.values = {k: v for k, v in raw.items()
+                       if k in PERSISTED_TOKEN_TYPES and isinstance(v, str) and 0 < len(v) <= 256}
+        return dict(self.values)
+
+    async def save(self, token_type: str, secret: str) -> None:
+        """Record one API-set token ("" removes it) and rewrite the file atomically (0600); raises OSError."""
+        if secret:
+            self.values[token_type] = secret
+        else:
+            self.values.pop(token_type, None)
+        if self.path is None:
+            return
+        async with self._lock:
+            data = json.dumps(self.values, indent=1, sort_keys=True).encode()
+            await trio.to_thread.run_sync(write_atomic, self.path, data)

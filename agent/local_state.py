@@ -78,6 +78,7 @@ class LocalState:
         self.sync = CatalogSync(node=node, store=store, services=self._services, checks=self._checks,
                                 check_update_interval=check_update_interval, cluster_size=cluster_size,
                                 service_tokens=self._service_tokens, check_tokens=self._check_tokens)
+        self.sync.is_file_service = lambda service_id: service_id in self._file_service_ids
 
     # ------------------------------------------------------------------ reads
 

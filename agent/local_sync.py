@@ -74,6 +74,7 @@ class CatalogSync:
         self._check_tokens: Mapping[str, str] = check_tokens if check_tokens is not None else {}
         # The agent's resolver (set by the agent): with ACLs on every write carries a token; None = ACLs off.
         self.acl: ACLResolver | None = None
+        self.is_file_service: Callable[[str], bool] = lambda service_id: False  # LocalState sets it
         self._denied: set[str] = set()  # subjects whose ACL refusal was logged (once each, until a write works)
         self.check_update_interval = check_update_interval
         self._cluster_size = cluster_size
@@ -95,11 +96,15 @@ class CatalogSync:
 
     def service_token(self, service_id: str) -> str | None:
         """The secret a service's writes carry: its registering token, else its definition's `token`, else
-        the agent's; None with ACLs off (the agent's own write, as before ACLs)."""
-        if not self._acl_on():
+        (a config file's service) the config_file_service_registration token, else the agent's; None with
+        ACLs off (the agent's own write, as before ACLs)."""
+        if self.acl is None or not self.acl.enabled:
             return None
         defn = self._services.get(service_id)
-        return self._service_tokens.get(service_id) or (defn.token if defn else "") or self.agent_token()
+        own = self._service_tokens.get(service_id) or (defn.token if defn else "")
+        if not own and self.is_file_service(service_id):
+            own = self.acl.tokens.config_file_service_registration
+        return own or self.agent_token()
 
     def check_token(self, check_id: str) -> str | None:
         """The secret a check's writes carry: its registering token, else its service's, else the agent's."""

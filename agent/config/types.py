@@ -156,6 +156,8 @@ class ACLTokens:
     default: str = ""  # requests without a token (HTTP, DNS) act as this one; "" = anonymous
     agent: str = ""  # anti-entropy and the agent's own writes; "" = default
     agent_recovery: str = ""  # local only: agent:write on this agent even when no server answers
+    replication: str = ""  # accepted (PUT /v1/agent/token/replication); no ACL replication yet
+    config_file_service_registration: str = ""  # file services without their own `token` sync as this
 
     def __repr__(self) -> str:
         return "ACLTokens(<secrets hidden>)"

@@ -14,6 +14,7 @@ from typing import Any
 from ..acl.identity import ACLIdentity
 from . import (
     agent_api,
+    agent_token_api,
     catalog_api,
     catalog_write_api,
     config_api,
@@ -72,6 +73,7 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/leave": {"PUT": agent_api.leave},
     "/v1/agent/join/": {"PUT": agent_api.join},
     "/v1/agent/force-leave/": {"PUT": agent_api.force_leave},
+    "/v1/agent/token/": {"PUT": agent_token_api.set_token},
     "/v1/event/fire/": {"PUT": event_api.fire},
     "/v1/event/list": {"GET": event_api.list_events},
     "/v1/catalog/services": {"GET": catalog_api.services},
