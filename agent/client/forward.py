@@ -76,8 +76,11 @@ class ServerForwarder:
         return await self._call(method, args)
 
     async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
-        """Write through a server; the answer is the catalog command's result."""
-        return await self._call("apply", msgpack.packb(command, use_bin_type=True))
+        """Write through a server; the answer is the catalog command's result. `token`: the secret the write
+        acts as, sent with it ({command, token}) for the servers to re-check; None sends the bytes alone
+        (anonymous)."""
+        data = msgpack.packb(command, use_bin_type=True)
+        return await self._call("apply", data if token is None else {"command": data, "token": token})
 
     async def read_barrier(self, consistent: bool) -> None:
         """Before a `default` or `consistent` read: the leader confirms an index, the replica reaches it."""

@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..rpc.errors import Rejected
+from ..acl import command_rights
+from ..acl.identity import ACLIdentity, require
+from ..rpc.errors import ACLNotFound, Rejected
 from .rpc_args import parse_add_server
 
 if TYPE_CHECKING:
+    from ..acl.resolver import ACLResolver
     from ..connect.ca_manager import CAManager
     from .raft_server import RaftServer
 
@@ -22,6 +25,24 @@ Handler = Callable[[Any], Awaitable[Any]]
 # directly) and a whole-catalog restore (servers forward it with `raft_restore`, which client certificates
 # may not call: agent/tls/policy.py CLIENT_METHODS).
 PRIVILEGED_OPS = {b"connect-ca": "connect-ca", b"restore": "restore"}
+MAX_TOKEN_LEN = 256  # as agent/acl/resolver.MAX_SECRET_LEN: longer than any secret Consul makes
+ANONYMOUS_SECRET = "anonymous"  # the builtin anonymous token's SecretID (agent/catalog/acl_state.py acl_init)
+
+
+def parse_apply_args(args: Any) -> tuple[bytes, str | None]:
+    """RPC `apply` arguments: the command's bytes (anonymous), or exactly {"command": bytes, "token": str}."""
+    if isinstance(args, bytes):
+        return args, None
+    if not isinstance(args, dict):
+        raise Rejected("apply needs the command bytes or {command, token}")
+    if set(args) != {"command", "token"}:
+        raise Rejected("apply: the arguments map takes exactly the keys command and token")
+    command, token = args["command"], args["token"]
+    if not isinstance(command, bytes):
+        raise Rejected("apply: command must be bytes")
+    if not isinstance(token, str):
+        raise Rejected("apply: token must be a string")
+    return command, token
 
 
 def privileged_op(data: bytes, in_batch: bool = False) -> str | None:
@@ -63,6 +84,9 @@ class Endpoints:
             "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
         }
         self.ca: CAManager | None = None  # the mesh CA, set by the agent (None: connect disabled)
+        # The agent's ACL resolver, set by the agent: with ACLs enabled every write arriving over RPC `apply` is
+        # re-checked against the token it carries (None: not checked, as for an agent without ACLs).
+        self.acl: ACLResolver | None = None
 
     async def dispatch(self, method: str, args: Any) -> Any:
         """Answer one call (the listener's RPC handler)."""
@@ -72,15 +96,46 @@ class Endpoints:
         return await handler(args)
 
     async def apply(self, args: Any) -> Any:
-        """A catalog command's bytes; the answer is its result once applied."""
-        if not isinstance(args, bytes):
-            raise Rejected("apply needs the command bytes")
-        op = privileged_op(args)
+        """A catalog command's bytes, or {command, token}; the answer is its result once applied. With ACLs
+        on, the token (none: anonymous) must allow the write here, and again at the leader when forwarded."""
+        data, token = parse_apply_args(args)
+        if token is not None and len(token) > MAX_TOKEN_LEN:
+            # No secret is that long: with ACLs on the write is refused as Consul refuses an unknown token;
+            # with ACLs off tokens mean nothing (as in Consul) and this one is dropped unread.
+            if self.acl is not None and self.acl.enabled:
+                raise ACLNotFound()
+            token = None
+        op = privileged_op(data)
         if op == "connect-ca":
             raise Rejected("connect-ca commands are written by the leader's CA only, not over RPC apply")
         if op is not None:
             raise Rejected(f"{op} commands are not accepted over RPC apply")
-        return await self.server.apply_bytes(args)
+        self.check_write(data, token)
+        return await self.server.apply_bytes(data, token=token)
+
+    def check_write(self, data: bytes, token: str | None) -> None:
+        """Raise ACLNotFound/ACLDenied (403 on the caller's HTTP) unless `token` may make the write `data`
+        holds (every command of a batch), or Rejected for a command it cannot read. Nothing with ACLs off."""
+        acl = self.acl
+        if acl is None or not acl.enabled:
+            return
+        identity = self._rpc_identity(acl, token)
+        try:
+            decision = command_rights.authorize_all(identity, command_rights.decode(data), self.server.store.catalog)
+        except command_rights.MalformedCommand as exc:
+            raise Rejected(str(exc)) from None
+        if decision is not None:
+            require(identity, decision)
+
+    @staticmethod
+    def _rpc_identity(acl: ACLResolver, token: str | None) -> ACLIdentity:
+        # A write without a token acts as the anonymous token, as in Consul: the server's own `default` token
+        # is for requests to this server's HTTP API, not for whoever can reach :8300.
+        if token:
+            return acl.resolve(token)
+        if not acl.tokens.default:
+            return acl.resolve(None)  # the anonymous token (its rules, or default_policy before acl_init)
+        return acl.resolve(ANONYMOUS_SECRET)
 
     async def raft_restore(self, args: Any) -> Any:
         """A restore command's bytes (only that), from a server's /v1/snapshot PUT; forwarded to the leader."""

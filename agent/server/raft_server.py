@@ -186,6 +186,11 @@ class RaftServer:
         """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
         if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or privileged_op(data) is not None:
             return False  # (Endpoints.apply refuses it)
+        try:
+            self.endpoints.check_write(data, None)  # bytes alone: an anonymous write (ACLs on)
+        except ServerError as exc:
+            reply(rid, exc, None)
+            return True
         p = Proposal(data, self._answer_remote)
         p.reply, p.rid = reply, rid
         return self.driver.enqueue(p)
@@ -205,11 +210,14 @@ class RaftServer:
             p.reply(p.rid, exc, None)
 
     async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
-        """Replicate a catalog command and return its result once applied here; forwards to the leader."""
-        return await self.apply_bytes(msgpack.packb(command, use_bin_type=True))
+        """Replicate a catalog command and return its result once applied here; forwards to the leader.
+        `token`: the secret the write acts as (None: this server's own write); a forwarded write carries it
+        and the leader re-checks it. Applied here, it is not checked again (the caller has)."""
+        return await self.apply_bytes(msgpack.packb(command, use_bin_type=True), token=token)
 
-    async def apply_bytes(self, data: bytes, forward_method: str = "apply") -> Any:
-        """`apply` for an encoded command (the RPC entry point); a follower forwards it with `forward_method`."""
+    async def apply_bytes(self, data: bytes, forward_method: str = "apply", token: str | None = None) -> Any:
+        """`apply` for an encoded command (the RPC entry point); a follower forwards it with `forward_method`,
+        with `token` when there is one (RPC `apply` as {command, token}; the leader re-checks it)."""
         if len(data) > MAX_COMMAND_BYTES:
             raise Rejected(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
@@ -227,8 +235,11 @@ class RaftServer:
                     raise p.error
                 await trio.sleep(0.01)
                 continue
+            args: Any = data
+            if token is not None and forward_method == "apply":
+                args = {"command": data, "token": token}
             try:
-                result = await self.call_server(leader, forward_method, data, timeout=RPC_HOLD_TIMEOUT)
+                result = await self.call_server(leader, forward_method, args, timeout=RPC_HOLD_TIMEOUT)
             except (NotLeader, Unreachable) as exc:
                 # Retried only when it cannot have been applied: refused, or never sent.
                 if trio.current_time() > deadline or isinstance(exc, Unanswered):
