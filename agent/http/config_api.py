@@ -3,6 +3,11 @@
 Entries are validated in full (agent/connect/entry_validate.py) before the write; the FSM checks only their
 structure. Answers follow Consul's handlers: PUT → true/false, DELETE → `{}` (or true/false with `?cas=`),
 a missing entry → 404 "Config entry not found for ...".
+
+ACLs, as Consul's CanRead/CanWrite per kind: service-defaults, -router, -splitter, -resolver read with
+service:read on the name and write with service:write on it plus service:read on every service the entry
+sends to; service-intentions read/write with intentions on the destination; proxy-defaults (and any other
+kind) read by anyone, written with mesh:write (else operator:write). Deletes are writes; lists are filtered.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..acl.authorizer import Authorizer, Decision
+from ..acl.identity import ACLIdentity, require
 from ..catalog import CommandError, commands
 from ..catalog.config_entries import KINDS, ConfigEntryRow, entry_watch_key
-from ..connect.entry_validate import EntryError, check_delete, check_references, normalize_entry
+from ..connect.entry_validate import EntryError, check_delete, check_references, named_services, normalize_entry
+from .acl_gate import keep_allowed, write_token
 from .filter import ANYMAP, INT, STR, STRMAP, Schema
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request, parse_uint
@@ -26,6 +34,8 @@ _CT_JSON = (b"content-type", b"application/json")
 _CT_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 MAX_ERROR = 1024  # characters of an error message in an answer
 MAX_NAME = 256  # the FSM's bound on an entry name; a longer path part can name nothing
+SERVICE_KINDS = ("service-defaults", "service-router", "service-splitter", "service-resolver")
+INTENTIONS_KIND = "service-intentions"
 
 # `?filter=` over a listed entry: the fields every kind shares, plus the common kind-specific ones.
 ENTRY_SCHEMA: Schema = {
@@ -44,6 +54,40 @@ def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise bad_request(f"invalid config entry kind: {kind[:64]}")
     return kind
+
+
+# ---------------------------------------------------------------------- ACLs
+
+
+def read_decision(authz: Authorizer, kind: str, name: str) -> Decision | None:
+    """What reading an entry needs; None when anyone may (proxy-defaults, as Consul)."""
+    if kind in SERVICE_KINDS:
+        return authz.service_read(name)
+    if kind == INTENTIONS_KIND:
+        return authz.intention_read(name)
+    return None
+
+
+def require_write(identity: ACLIdentity, kind: str, name: str, entry: dict[str, Any] | None = None) -> None:
+    """Raise ACLDenied unless the identity may write (or delete: entry None) this entry."""
+    authz = identity.authorizer
+    if kind in SERVICE_KINDS:
+        require(identity, authz.service_write(name))
+        # Consul: read on a related service is enough to send one's own traffic there.
+        for related in sorted(named_services(entry or {}) - {name}):
+            require(identity, authz.service_read(related))
+    elif kind == INTENTIONS_KIND:
+        require(identity, authz.intention_write(name))
+    else:
+        require(identity, authz.mesh_write())
+
+
+def _readable(identity: ACLIdentity, row: ConfigEntryRow) -> bool:
+    decision = read_decision(identity.authorizer, row.kind, row.name)
+    return decision is None or decision.allowed
+
+
+# ---------------------------------------------------------------------- entries
 
 
 def lookup(api: API) -> Any:
@@ -82,16 +126,28 @@ def body_json(request: Request) -> Any:
         raise bad_request(f"Request decoding failed: {str(exc)[:120]}") from None
 
 
-def validate(api: API, raw: Any) -> dict[str, Any]:
-    """A request's entry, normalized and checked against the stored ones; 400 naming the field otherwise."""
+def normalized(raw: Any) -> dict[str, Any]:
+    """A request's entry in canonical form (structure checked, not references); 400 naming the field."""
     if not isinstance(raw, dict):
         raise bad_request("Request decoding failed: the body must be a JSON object (one config entry)")
     try:
-        entry = normalize_entry(raw)
-        check_references(entry, lookup(api), stored(api))
+        return normalize_entry(raw)
     except EntryError as exc:
         raise bad_request(str(exc)[:MAX_ERROR]) from None  # errors may quote hostile input: bounded
+
+
+def check_stored(api: API, entry: dict[str, Any]) -> dict[str, Any]:
+    """A canonical entry checked against the stored ones (references, chains); 400 naming the field."""
+    try:
+        check_references(entry, lookup(api), stored(api))
+    except EntryError as exc:
+        raise bad_request(str(exc)[:MAX_ERROR]) from None
     return entry
+
+
+def validate(api: API, raw: Any) -> dict[str, Any]:
+    """A request's entry, normalized and checked against the stored ones; 400 naming the field otherwise."""
+    return check_stored(api, normalized(raw))
 
 
 def cas_of(query: Query) -> int | None:
@@ -100,10 +156,12 @@ def cas_of(query: Query) -> int | None:
     return parse_uint("cas", text) if text else None
 
 
-async def apply(api: API, command: dict[str, Any]) -> bool:
-    """Write through the store (Raft, a server, or -dev); a command the FSM refuses is a 400."""
+async def apply(api: API, command: dict[str, Any], request: Request | None = None) -> bool:
+    """Write through the store (Raft, a server, or -dev) as the request's token (servers re-check it); a
+    command the FSM refuses is a 400."""
+    token = None if request is None else write_token(request, api.agent.acl.tokens.default)
     try:
-        result = await api.agent.store.apply(command)
+        result = await api.agent.store.apply(command, token=token)
     except CommandError as exc:
         raise bad_request(str(exc)) from None
     return bool(result)
@@ -128,21 +186,31 @@ def _split(arg: str) -> tuple[str, str | None]:
 async def put(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/config: create or replace one entry; with `?cas=N` only at ModifyIndex N (0: only if absent)."""
     cas = cas_of(query)
+    entry = normalized(body_json(request))
+    require_write(api.identity(request), str(entry["Kind"]), str(entry["Name"]), entry)
     # References are checked against this agent's replica: on a client it may not hold this client's own
     # previous write yet (a resolver, then its splitter), so catch up with the leader first.
     await api.agent.store.read_barrier(b"default")
-    entry = validate(api, body_json(request))
-    return _bool(await apply(api, commands.config_entry_set(entry, cas)))
+    check_stored(api, entry)
+    return _bool(await apply(api, commands.config_entry_set(entry, cas), request))
 
 
 async def get(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/config/:kind/:name (404 when absent) or /v1/config/:kind (a list by name); both blocking."""
     kind, name = _split(arg)
+    identity = api.identity(request)
     if name is None:
         def build() -> list[dict[str, Any]]:
-            return [entry_json(row) for row in api.agent.store.catalog.config_entries.list(kind)]
+            rows = api.agent.store.catalog.config_entries.list(kind)
+            if identity.enabled:
+                rows, dropped = keep_allowed(rows, lambda row: _readable(identity, row))
+                request.acl_filtered = request.acl_filtered or dropped
+            return [entry_json(row) for row in rows]
 
         return await api.read(request, query, [entry_watch_key(kind)], build, ENTRY_SCHEMA)
+    decision = read_decision(identity.authorizer, kind, name[:MAX_NAME])
+    if decision is not None:
+        require(identity, decision)
     index = await api.block([entry_watch_key(kind, name)], query, request)
     entries = api.agent.store.catalog.config_entries  # a restore may have replaced the catalog meanwhile
     row = entries.get(kind, name) if len(name) <= MAX_NAME else None
@@ -159,6 +227,7 @@ async def delete(api: API, request: Request, query: Query, arg: str) -> Response
     if name is None:
         raise HTTPError(404, "Must provide both a kind and name to delete")
     cas = cas_of(query)
+    require_write(api.identity(request), kind, name[:MAX_NAME])
     if len(name) > MAX_NAME:  # nothing so named can exist: the delete has nothing to do
         return _bool(True) if cas is not None else api.json({}, query)
     # A delete can break the chains that reach the entry's service (Consul checks deletes too): checked
@@ -168,11 +237,11 @@ async def delete(api: API, request: Request, query: Query, arg: str) -> Response
         check_delete(kind, name, lookup(api), stored(api))
     except EntryError as exc:
         raise bad_request(str(exc)[:MAX_ERROR]) from None
-    ok = await apply(api, commands.config_entry_delete(kind, name, cas))
+    ok = await apply(api, commands.config_entry_delete(kind, name, cas), request)
     if cas is not None:
         return _bool(ok)
     return api.json({}, query)
 
 
-__all__ = ["ENTRY_SCHEMA", "apply", "body_json", "cas_of", "check_kind", "delete", "entry_json", "get", "lookup", "put",
-           "validate"]
+__all__ = ["ENTRY_SCHEMA", "apply", "body_json", "cas_of", "check_kind", "check_stored", "delete", "entry_json", "get",
+           "lookup", "normalized", "put", "read_decision", "require_write", "validate"]

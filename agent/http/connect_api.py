@@ -4,6 +4,10 @@ Roots and authorize answer from this agent's own catalog (every agent holds a re
 keys), so they keep working with every server stopped; only `?consistent` asks a server first. Leaves come
 from the agent's LeafCache (agent/connect/leaf_cache.py). A CA configuration change goes to the authority
 (agent.ca), which refuses a bad one with Rejected (400 naming the field).
+
+ACLs (Consul's "ACL Required"): roots none; leaf service:write on the service; authorize service:write on
+the Target; CA configuration operator:write to read (as Consul ≥ 1.11: the configuration may carry
+provider secrets) and to write.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..acl.identity import require
 from ..catalog.config_entries import entry_watch_key
 from ..catalog.connect_state import WATCH_KEY
 from ..connect.intention_entries import intentions_of
@@ -78,6 +83,8 @@ async def roots(api: API, request: Request, query: Query, arg: str) -> Response:
 
 async def ca_configuration_get(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/connect/ca/configuration: Provider, Config (without PrivateKey), State, indexes."""
+    identity = api.identity(request)
+    require(identity, identity.authorizer.operator_write())
     index = await _block_local(api, query, request)
     connect = api.agent.store.catalog.connect
     if not connect.cluster_id:
@@ -88,6 +95,8 @@ async def ca_configuration_get(api: API, request: Request, query: Query, arg: st
 
 async def ca_configuration_put(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/connect/ca/configuration with {Provider, Config, ForceWithoutCrossSigning}: to the authority."""
+    identity = api.identity(request)
+    require(identity, identity.authorizer.operator_write())
     body = _json_object(request.body, MAX_CONFIG_BODY)
     provider = body.get("Provider", body.get("provider", ""))
     if not isinstance(provider, str) or len(provider) > MAX_NAME:
@@ -116,6 +125,9 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
     """GET /v1/agent/connect/ca/leaf/:service: the service's leaf (blocking on ?index= until a new one)."""
     if not service:
         raise bad_request("Missing service name")
+    # Whoever holds a service's leaf (and its key) is that service in the mesh: service:write, as Consul.
+    identity = api.identity(request)
+    require(identity, identity.authorizer.service_write(service))
     try:
         with request.hangup_ends_wait():
             record = await api.agent.leaves.get(service, query.index, query.wait)
@@ -135,7 +147,8 @@ class _IntentionCache:
         self.index = -1
         self.trust_domain = ""
         self.intentions = IntentionIndex(())
-        self.answers: dict[tuple[bytes, bool, bool], bytes] = {}
+        # (body, default allow, pretty) -> (Target, rendered answer): the Target for the ACL check on a hit.
+        self.answers: dict[tuple[bytes, bool, bool], tuple[str, bytes]] = {}
 
     def get(self, catalog: Catalog) -> IntentionIndex:
         index = catalog.index_for([INTENTIONS_KEY])
@@ -147,11 +160,11 @@ class _IntentionCache:
             self.answers = {}
         return self.intentions
 
-    def remember(self, key: tuple[bytes, bool, bool], body: bytes) -> None:
-        """Keep an answer; bounded, since callers choose the keys."""
+    def remember(self, key: tuple[bytes, bool, bool], target: str, body: bytes) -> None:
+        """Keep an answer and the Target it is about; bounded, since callers choose the keys."""
         if len(self.answers) >= MAX_ANSWERS:
             self.answers.clear()
-        self.answers[key] = body
+        self.answers[key] = (target, body)
 
 
 _CACHES: dict[int, _IntentionCache] = {}  # by id(store): one per agent (tests run several in one process)
@@ -180,7 +193,9 @@ def compiled_intentions(api: API) -> IntentionIndex:
 
 async def authorize(api: API, request: Request, query: Query, arg: str) -> Response:
     """POST /v1/agent/connect/authorize {Target, ClientCertURI, ClientCertSerial}: {Authorized, Reason},
-    decided at L4 from this agent's intentions (an L7 intention denies), the ACL default otherwise."""
+    decided at L4 from this agent's intentions (an L7 intention denies), the ACL default otherwise.
+    Needs service:write on the Target (the proxy of that service asks)."""
+    identity = api.identity(request)  # an unknown token is refused before anything is read
     allow_by_default = default_allow(api)
     cache = _cache(api)
     # A proxy asks the same few questions over and over, in the same bytes: the answer is kept, by the
@@ -188,7 +203,8 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
     raw_key = (request.body, allow_by_default, query.pretty) if len(request.body) <= MAX_REMEMBERED_BODY else None
     hit = cache.answers.get(raw_key) if raw_key is not None else None
     if hit is not None:
-        return 200, [CT_JSON], hit
+        require(identity, identity.authorizer.service_write(hit[0]))
+        return 200, [CT_JSON], hit[1]
     body = _json_object(request.body, MAX_AUTHORIZE_BODY)
     target = _text(body, "Target", required=True)
     uri = _text(body, "ClientCertURI", required=True)
@@ -197,6 +213,7 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
         service_id("x", "x", target)
     except SpiffeIDError as exc:
         raise bad_request(f"Target is not a valid service name: {exc}") from None
+    require(identity, identity.authorizer.service_write(target))
     try:
         client = parse_service_id(uri)
     except SpiffeIDError as exc:
@@ -212,7 +229,7 @@ async def authorize(api: API, request: Request, query: Query, arg: str) -> Respo
         answer = authorize_json(decision.allowed, _reason(decision.matched))
     rendered = _dumps(answer, query)
     if raw_key is not None:
-        cache.remember(raw_key, rendered)
+        cache.remember(raw_key, target, rendered)
     return 200, [CT_JSON], rendered
 
 

@@ -2,7 +2,8 @@
 Consul prints it, `{"Chain": {...}}`. GET, or POST with override fields in the body (Consul's
 `OverrideConnectTimeout`, `OverrideProtocol`, `OverrideMeshGateway`); `?compile-dc=` names the datacenter it
 is compiled for. Blocking on the config-entry kinds a chain reads and the CA (its trust domain is in the SNIs).
-Any valid name compiles, as in Consul: a service with no entries gets the default chain.
+Any valid name compiles, as in Consul: a service with no entries gets the default chain. ACL: service:read
+on the service.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from ..acl.identity import require
 from ..catalog.config_entries import entry_watch_key
 from ..catalog.connect_state import WATCH_KEY as CA_KEY
 from ..config.duration import parse_duration
@@ -91,6 +93,8 @@ def _timeout(value: Any) -> int:
 async def read(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET or POST /v1/discovery-chain/:service → `{"Chain": {...}}`, blocking with `?index=`."""
     service = _name("chain name", arg)
+    identity = api.identity(request)
+    require(identity, identity.authorizer.service_read(service))
     dc = _name("compile-dc", query.get("compile-dc") or api.agent.datacenter, _DC, "'_' or '-'")
     protocol, timeout_ms, mesh = overrides(request)  # a bad body is a 400 now, not after a blocking wait
     index = await api.block(WATCH_KEYS, query, request)

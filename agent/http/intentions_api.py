@@ -4,6 +4,11 @@ Every intention is one Source of its destination's entry. A write reads that ent
 (agent/connect/intention_entries.py) and writes the whole entry back with `cas` = its ModifyIndex, retrying
 when another write got there first; so two clients editing intentions of one destination never lose one.
 Reads answer Consul's legacy JSON, ordered by precedence; `check` decides with intentions.decide_l4.
+
+ACLs, as Consul: intentions are governed by the destination's service rule (`intentions = ...`). Reads need
+intentions read on the destination (lists are filtered; match needs it on every name asked, as Consul,
+and its answer is filtered by destination too); writes need intentions write on the destination; check
+needs only service:read on the destination (it reveals no intention).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..acl.identity import ACLIdentity, require
 from ..catalog import commands
 from ..catalog.config_entries import MAX_NAME_LEN, ConfigEntryRow, entry_watch_key
 from ..connect.entry_validate import EntryError
@@ -30,6 +36,7 @@ from ..connect.intention_entries import (
     remove_source,
     upsert_source,
 )
+from .acl_gate import keep_allowed
 from .config_api import MAX_ERROR, apply, body_json, validate
 from .connect_api import compiled_intentions, default_allow
 from .filter import INT, STR, STRMAP, Schema
@@ -75,6 +82,26 @@ def _find_id(api: API, ixn_id: str) -> tuple[ConfigEntryRow, dict[str, Any], dic
     if row is None or source is None:
         return None
     return row, source, legacy
+
+
+def _readable(identity: ACLIdentity, request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The legacy intentions whose destination the identity may read intentions of (marks the request)."""
+    if not identity.enabled:
+        return items
+    kept, dropped = keep_allowed(items, lambda ixn: identity.authorizer.intention_read(
+        str(ixn.get("DestinationName", ""))).allowed)
+    request.acl_filtered = request.acl_filtered or dropped
+    return kept
+
+
+def _may_read(api: API, request: Request, destination: str) -> None:
+    identity = api.identity(request)
+    require(identity, identity.authorizer.intention_read(destination))
+
+
+def _may_write(api: API, request: Request, destination: str) -> None:
+    identity = api.identity(request)
+    require(identity, identity.authorizer.intention_write(destination))
 
 
 # ---------------------------------------------------------------------- parameters
@@ -199,14 +226,15 @@ async def _turn(store: CatalogStore, destination: str) -> AsyncIterator[None]:
             locks.pop(destination, None)  # only destinations being written keep a lock
 
 
-async def modify(api: API, destination: str, change: Change) -> None:
+async def modify(api: API, destination: str, change: Change, request: Request | None = None) -> None:
     """Read the destination's entry, change it (None: delete it) and write it back at its ModifyIndex,
-    retrying when a concurrent write moved it; 409 after WRITE_ATTEMPTS conflicts."""
+    retrying when a concurrent write moved it; 409 after WRITE_ATTEMPTS conflicts. The write carries
+    `request`'s token (servers re-check it); the caller has checked intentions write on `destination`."""
     async with _turn(api.agent.store, destination):
-        await _modify(api, destination, change)
+        await _modify(api, destination, change, request)
 
 
-async def _modify(api: API, destination: str, change: Change) -> None:
+async def _modify(api: API, destination: str, change: Change, request: Request | None) -> None:
     store = api.agent.store
     key = entry_watch_key(KIND, destination)
     for _ in range(WRITE_ATTEMPTS):
@@ -224,7 +252,7 @@ async def _modify(api: API, destination: str, change: Change) -> None:
             if row is not None and new == row.entry:
                 return
             command = commands.config_entry_set(validate(api, new), row.modify_index if row else 0)
-        if await apply(api, command):
+        if await apply(api, command, request):
             return
         # Another write won: wait (bounded) until this agent's catalog shows it, then try again on top of it.
         await store.block([key], seen, CATCH_UP_WAIT)
@@ -259,9 +287,13 @@ def _bool(ok: bool = True) -> Response:
 
 
 async def list_intentions(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/connect/intentions: every intention, highest precedence first (blocking)."""
-    return await api.read(request, query, [entry_watch_key(KIND)], lambda: legacy_list(_rows(api)),
-                          INTENTION_SCHEMA)
+    """GET /v1/connect/intentions: every intention the token may read, highest precedence first (blocking)."""
+    identity = api.identity(request)
+
+    def build() -> list[dict[str, Any]]:
+        return _readable(identity, request, list(legacy_list(_rows(api))))
+
+    return await api.read(request, query, [entry_watch_key(KIND)], build, INTENTION_SCHEMA)
 
 
 async def create(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -272,6 +304,7 @@ async def create(api: API, request: Request, query: Query, arg: str) -> Response
         raise bad_request("ID must be empty when creating a new intention")
     source_name = service_name(_str(body, "SourceName"), "SourceName")
     destination = service_name(_str(body, "DestinationName"), "DestinationName")
+    _may_write(api, request, destination)
     source = _source(body, source_name, legacy=True)
     now = _now()
     ixn_id = str(uuid.uuid4())
@@ -285,13 +318,14 @@ async def create(api: API, request: Request, query: Query, arg: str) -> Response
             raise bad_request(f"duplicate intention found: {source_name} => {destination}")
         return upsert_source(entry, destination, source)
 
-    await modify(api, destination, change)
+    await modify(api, destination, change, request)
     return api.json({"ID": ixn_id}, query)
 
 
 async def exact_get(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/connect/intentions/exact?source=&destination=: one intention, 404 when absent (blocking)."""
     source_name, destination = _pair(query)
+    _may_read(api, request, destination)
     index = await api.block([entry_watch_key(KIND, destination)], query, request)
     row = api.agent.store.catalog.config_entries.get(KIND, destination)
     source = find_source(None if row is None else row.entry, source_name)
@@ -303,17 +337,20 @@ async def exact_get(api: API, request: Request, query: Query, arg: str) -> Respo
 async def exact_put(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/connect/intentions/exact?source=&destination=: create or replace that intention (true)."""
     source_name, destination = _pair(query)
+    _may_write(api, request, destination)
     body = _fold(body_json(request))
     if _str(body, "ID"):
         raise bad_request("ID must not be specified")
-    await modify(api, destination, _upsert(destination, _source(body, source_name, legacy=False), _meta(body)))
+    await modify(api, destination, _upsert(destination, _source(body, source_name, legacy=False), _meta(body)),
+                 request)
     return _bool()
 
 
 async def exact_delete(api: API, request: Request, query: Query, arg: str) -> Response:
     """DELETE /v1/connect/intentions/exact?source=&destination=: true, also when there was none."""
     source_name, destination = _pair(query)
-    await modify(api, destination, _remove(source_name))
+    _may_write(api, request, destination)
+    await modify(api, destination, _remove(source_name), request)
     return _bool()
 
 
@@ -330,10 +367,13 @@ async def match_intentions(api: API, request: Request, query: Query, arg: str) -
     if len(names) > 64:
         raise bad_request("at most 64 'name' parameters")
     parsed = [(raw, service_name(raw, "name")) for raw in names]
+    identity = api.identity(request)
+    for _, name in parsed:  # Consul: intentions read on every name asked, else 403
+        require(identity, identity.authorizer.intention_read(name))
 
     def build() -> dict[str, list[dict[str, Any]]]:
         rows = _rows(api)
-        return {raw: list(match(rows, by[0], name)) for raw, name in parsed}
+        return {raw: _readable(identity, request, list(match(rows, by[0], name))) for raw, name in parsed}
 
     return await api.read(request, query, [entry_watch_key(KIND)], build)
 
@@ -344,6 +384,8 @@ async def check(api: API, request: Request, query: Query, arg: str) -> Response:
     if source_type != "consul":
         raise bad_request(f"Invalid source-type {source_type[:40]!r}: only \"consul\" is supported")
     source_name, destination = _pair(query)
+    identity = api.identity(request)
+    require(identity, identity.authorizer.service_read(destination))
     await api.agent.store.read_barrier(query.consistency)
     decision = compiled_intentions(api).decide(source_name, destination, default_allow(api))
     return api.json({"Allowed": decision.allowed}, query)
@@ -352,22 +394,27 @@ async def check(api: API, request: Request, query: Query, arg: str) -> Response:
 async def by_id_get(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/connect/intentions/:id: one intention by its (legacy) ID, 404 when none has it."""
     ixn_id = _check_id(arg)
+    api.identity(request)  # an unknown token is refused before anything is looked up
     index = await api.block([entry_watch_key(KIND)], query, request)
     found = _find_id(api, ixn_id)
     if found is None:
         raise HTTPError(404, _NOT_FOUND)
+    _may_read(api, request, found[0].name)
     return api.json(found[2], query, extra=api.meta_headers(index, query)[1:])
 
 
 async def by_id_put(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/connect/intentions/:id: replace a legacy intention (its destination cannot change)."""
     ixn_id = _check_id(arg)
+    api.identity(request)
     body = _fold(body_json(request))
     found = _find_id(api, ixn_id)
     if found is None:
         raise HTTPError(404, f"Cannot modify non-existent intention: '{ixn_id}'")
     row, old, legacy = found
+    _may_write(api, request, row.name)
     destination = service_name(_str(body, "DestinationName") or row.name, "DestinationName")
+    _may_write(api, request, destination)  # a move needs write on both ends (then refused below, as Consul)
     if destination != row.name:
         raise bad_request("Cannot modify DestinationNS or DestinationName for an intention once it exists.")
     source_name = service_name(_str(body, "SourceName") or str(old.get("Name", "")), "SourceName")
@@ -390,18 +437,20 @@ async def by_id_put(api: API, request: Request, query: Query, arg: str) -> Respo
             return upsert_source(remaining, destination, source)
         return upsert_source(entry, destination, source)
 
-    await modify(api, destination, change)
+    await modify(api, destination, change, request)
     return api.json({"ID": ixn_id}, query)
 
 
 async def by_id_delete(api: API, request: Request, query: Query, arg: str) -> Response:
     """DELETE /v1/connect/intentions/:id: true; 404 when no intention has that ID."""
     ixn_id = _check_id(arg)
+    api.identity(request)
     found = _find_id(api, ixn_id)
     if found is None:
         raise HTTPError(404, f"Cannot delete non-existent intention: '{ixn_id}'")
     row, source, _ = found
-    await modify(api, row.name, _remove(str(source.get("Name", ""))))
+    _may_write(api, request, row.name)
+    await modify(api, row.name, _remove(str(source.get("Name", ""))), request)
     return _bool()
 
 

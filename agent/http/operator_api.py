@@ -2,6 +2,10 @@
 
 Every handler talks to `api.agent.server` (a ServerView, None on client agents); a ServerError it raises
 becomes its status with the message as the body (mapped in API.__call__).
+
+ACLs, as Consul: status needs none; raft configuration operator:read, peer removal operator:write; keyring
+listing keyring:read, its changes keyring:write; snapshots a management token (acl:write), and a restore
+is refused before one byte of its body is read.
 """
 
 from __future__ import annotations
@@ -9,11 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from ...snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
+from ..acl.authorizer import Authorizer, Decision
+from ..acl.identity import require
 from ..rpc.framing import MAX_FRAME
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
@@ -38,6 +45,12 @@ def _server(api: API) -> ServerView:
     if server is None:
         raise HTTPError(500, NOT_A_SERVER)
     return server
+
+
+def _require(api: API, request: Request, decision: Callable[[Authorizer], Decision]) -> None:
+    """Raise ACLNotFound/ACLDenied unless the request's token is allowed `decision`."""
+    identity = api.identity(request)
+    require(identity, decision(identity.authorizer))
 
 
 def _self_address(api: API) -> str:
@@ -69,12 +82,14 @@ async def status_peers(api: API, request: Request, query: Query, arg: str) -> Re
 
 async def raft_configuration(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter, ...}], "Index"}."""
+    _require(api, request, Authorizer.operator_read)
     index, servers = _server(api).configuration()
     return api.json(raft_configuration_json(index, servers), query)
 
 
 async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -> Response:
     """DELETE /v1/operator/raft/peer?id=<server id> or ?address=<ip:port>."""
+    _require(api, request, Authorizer.operator_write)
     server = _server(api)
     server_id, address = query.get("id"), query.get("address")
     if not server_id and not address:
@@ -90,6 +105,7 @@ async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -
 
 async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/snapshot[?stale]: a gzipped tar archive; X-Consul-Index is the snapshot's index."""
+    _require(api, request, Authorizer.acl_write)  # the whole state, secrets included: management only
     server = _server(api)
     meta, state = await server.snapshot(query.has("stale"))
     try:
@@ -110,6 +126,8 @@ def _too_large(size: int) -> HTTPError:
 async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/snapshot with an archive as the body: stream it to a temp file in the data dir, verify it
     there (off the event loop), then replace the cluster's state."""
+    # Before the body: a refused restore must not get to fill the disk (the answer closes the connection).
+    _require(api, request, Authorizer.acl_write)
     server = _server(api)
     if request.body_stream is None:  # an in-memory body (a test server without streaming)
         try:
@@ -139,8 +157,10 @@ _KEY_QUERIES = {"POST": "_serf_install-key", "PUT": "_serf_use-key", "DELETE": "
 async def keyring(api: API, request: Request, query: Query, arg: str) -> Response:
     """/v1/operator/keyring: GET lists keys on every member; POST installs, PUT makes primary, DELETE
     removes the body's {"Key": base64} everywhere (Serf's key queries)."""
+    reading = request.method == "GET"
+    _require(api, request, Authorizer.keyring_read if reading else Authorizer.keyring_write)
     gossip = gossip_of(api)
-    if request.method == "GET":
+    if reading:
         return api.json([keyring_json(await gossip.key_operation("_serf_list-keys"))], query)
     try:
         body = json.loads(request.body or b"{}")

@@ -2,8 +2,10 @@
 ProxySnapshot, `to_wire()` JSON), for `meshagent connect proxy` running the data plane as its own process.
 
 Blocking on the snapshot version (`?index=N&wait=`, X-Consul-Index = version), as Consul's blocking queries.
-The body holds the service's leaf private key, as /v1/agent/connect/ca/leaf does: until ACLs land (issue 15)
-anyone who can reach the HTTP API can read it, which is why the API listens on loopback by default.
+The body holds the service's leaf private key, as /v1/agent/connect/ca/leaf does: so with ACLs on it needs
+service:write on the proxy's destination service (Consul's managed-proxy endpoint asked the same), the
+permission that leaf needs. Without ACLs anyone who can reach the HTTP API can read it, which is why the
+API listens on loopback by default.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ...proxy.snapshot import ProxySnapshot
+from ..acl.identity import require
 from .catalog_api import required
 from .messages import Request, Response
 from .query import HTTPError, Query
@@ -32,7 +35,7 @@ class SnapshotSource(Protocol):
                             timeout: float) -> tuple[int, ProxySnapshot] | None: ...
 
 
-def _source(api: API, proxy_id: str) -> SnapshotSource:
+def _source(api: API, request: Request, proxy_id: str) -> SnapshotSource:
     """The agent's runner, after the id was checked to be a local connect-proxy (404/400 otherwise)."""
     defn = api.agent.local.services().get(proxy_id)
     if defn is None:
@@ -40,6 +43,10 @@ def _source(api: API, proxy_id: str) -> SnapshotSource:
     if defn.kind != PROXY_KIND:
         kind = defn.kind or "typical"
         raise HTTPError(400, f"service {proxy_id!r} is not a connect-proxy (its kind is {kind})")
+    identity = api.identity(request)
+    if identity.enabled:
+        target = str(defn.proxy.get("DestinationServiceName") or defn.name)
+        require(identity, identity.authorizer.service_write(target))
     # The agent's attribute (set by Agent when connect runs); read by name so that an agent without it
     # answers a clear error instead of an AttributeError.
     runner: SnapshotSource | None = getattr(api.agent, "proxy_runner", None)
@@ -51,7 +58,8 @@ def _source(api: API, proxy_id: str) -> SnapshotSource:
 async def proxy_config(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/connect/proxy/:proxy_id (?index= blocks until the snapshot version passes it)."""
     proxy_id = required(arg, "proxy service ID")
-    runner = _source(api, proxy_id)
+    api.identity(request)  # an unknown token is refused before the ID is looked up
+    runner = _source(api, request, proxy_id)
     current = runner.snapshot(proxy_id)
     after = max(0, query.index)
     # Wait for the first snapshot, or block while the version is the caller's. An index above the current
@@ -66,7 +74,7 @@ async def proxy_config(api: API, request: Request, query: Query, arg: str) -> Re
         timeout = query.wait if after > 0 else min(query.wait, FIRST_SNAPSHOT_WAIT)
         with request.hangup_ends_wait():
             current = await runner.wait_snapshot(proxy_id, wait_for, timeout)
-        _source(api, proxy_id)  # deregistered while we waited: 404, not a stale configuration
+        _source(api, request, proxy_id)  # deregistered while we waited: 404, not a stale configuration
     if current is None:
         raise HTTPError(503, f"no proxy configuration for {proxy_id!r} yet (its leaf certificate or the CA "
                              f"roots are not ready); retry")
