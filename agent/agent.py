@@ -148,7 +148,7 @@ class Agent:
             self.server.endpoints.acl = self.acl  # servers re-check every write arriving over RPC apply
         self.api = API(self)
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
-        self.dns = DNSServer(config, self.store, server=self.server)
+        self.dns = DNSServer(config, self.store, server=self.server, acl=self.acl)  # answers as `default`
         self._cancel: trio.CancelScope | None = None
         self._until_leave = trio.CancelScope()
 

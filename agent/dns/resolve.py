@@ -15,6 +15,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ..acl.authorizer import Authorizer
 from ..catalog import CRITICAL, WARNING, Catalog, Instance, Node, Service
 from ..config.types import AgentConfig
 
@@ -96,7 +97,7 @@ class Resolver:
         self._domain_text = self.domain.to_text()
         # healthy endpoints per (service, tag, SRV?, only_passing) at one catalog index: distinct packets
         # for one name (DNS 0x20 case, EDNS sizes) resolve once per catalog change
-        self._memo: dict[tuple[str, str | None, bool, bool, bool], tuple[Endpoint, ...]] = {}
+        self._memo: dict[tuple[str, str | None, bool, bool, bool, str], tuple[Endpoint, ...]] = {}
         self._memo_at: tuple[int, int] = (-1, -1)
         # endpoint per catalog row (node, service objects, health): a catalog change re-resolves a
         # 1,000-instance service without rebuilding 1,000 endpoints
@@ -112,8 +113,10 @@ class Resolver:
     def _negative(self, rcode: int) -> Answer:
         return Answer(rcode=rcode, authority=[self.soa()])
 
-    def resolve(self, qname: dns.name.Name, qtype: int) -> Answer:
-        """Records for a question under our domain; raises OutsideDomain otherwise."""
+    def resolve(self, qname: dns.name.Name, qtype: int, authz: Authorizer | None = None,
+                acl_key: str = "") -> Answer:
+        """Records for a question under our domain; raises OutsideDomain otherwise. With `authz` (ACLs on:
+        the agent's default token, whose decisions `acl_key` names) what it may not read does not exist."""
         lowered = qname.canonicalize()
         if not lowered.is_subdomain(self.domain):
             raise OutsideDomain(str(qname))
@@ -135,27 +138,31 @@ class Resolver:
             return self._negative(dns.rcode.NXDOMAIN)  # no WAN federation yet: other DCs are unknown
         kind, parts = labels[-1], labels[:-1]
         if kind == "service" and parts:
-            return self._service(qname, qtype, parts)
+            return self._service(qname, qtype, parts, False, authz, acl_key)
         if kind == "connect" and len(parts) == 1:
-            return self._service(qname, qtype, parts, connect=True)  # no tags, as in Consul
+            return self._service(qname, qtype, parts, True, authz, acl_key)  # no tags, as in Consul
         if kind.startswith("_") and len(labels) == 2 and labels[0].startswith("_"):
-            return self._service(qname, qtype, labels)  # _svc._tag.<domain>
+            return self._service(qname, qtype, labels, False, authz, acl_key)  # _svc._tag.<domain>
         if kind == "node" and len(parts) == 1:
+            if authz is not None and not authz.node_read(parts[0]).allowed:
+                return self._negative(dns.rcode.NXDOMAIN)  # as Consul: a node we may not read does not exist
             return self._node(qname, qtype, parts[0])
         if kind == "addr" and len(parts) == 1:
             return self._addr(qname, qtype, parts[0])
         return self._negative(dns.rcode.NXDOMAIN)
 
-    def _endpoints(self, name: str, tag: str | None, srv: bool, connect: bool = False) -> tuple[Endpoint, ...]:
+    def _endpoints(self, name: str, tag: str | None, srv: bool, connect: bool = False,
+                   authz: Authorizer | None = None, acl_key: str = "") -> tuple[Endpoint, ...]:
         """Healthy instances (with `connect`, the service's healthy sidecars and Connect-native instances) as
-        endpoints (empty: none healthy), memoized until the catalog moves."""
+        endpoints (empty: none healthy), memoized until the catalog moves. With `authz`, only instances whose
+        node and service it may read (Consul's filter of health results), memoized per `acl_key`."""
         catalog = self.catalog_ref.catalog
         at = (id(catalog), catalog.last_index)
         if at != self._memo_at or len(self._memo) >= 1024:
             self._memo.clear()
             self._memo_at = at
         only_passing = self.config.dns_config.only_passing
-        key = (name.lower(), tag.lower() if tag is not None else None, srv, only_passing, connect)
+        key = (name.lower(), tag.lower() if tag is not None else None, srv, only_passing, connect, acl_key)
         found = self._memo.get(key)
         if found is None:
             drop = (CRITICAL, WARNING) if only_passing else (CRITICAL,)
@@ -167,6 +174,9 @@ class Resolver:
             for inst in instances:
                 status = inst.status
                 if status in drop:
+                    continue
+                if authz is not None and not (authz.node_read(inst.node.node).allowed and
+                                              authz.service_read(inst.service.service).allowed):
                     continue
                 # the catalog replaces rows on change, never edits them: same objects, same endpoint
                 row = rows.get((id(inst.node), id(inst.service), status, srv))
@@ -182,7 +192,8 @@ class Resolver:
         ttls = self.config.dns_config.service_ttl
         return int(ttls.get(name, ttls.get("*", 0.0)))
 
-    def _service(self, qname: dns.name.Name, qtype: int, parts: list[str], connect: bool = False) -> Answer:
+    def _service(self, qname: dns.name.Name, qtype: int, parts: list[str], connect: bool = False,
+                 authz: Authorizer | None = None, acl_key: str = "") -> Answer:
         tag: str | None = None
         if len(parts) == 2 and parts[0].startswith("_") and parts[1].startswith("_"):
             name, proto = parts[0][1:], parts[1][1:]
@@ -193,7 +204,9 @@ class Resolver:
             tag, name = parts
         else:
             return self._negative(dns.rcode.NXDOMAIN)
-        healthy = self._endpoints(name, tag, qtype == SRV, connect)
+        if authz is not None and not authz.service_read(name).allowed:
+            return self._negative(dns.rcode.NXDOMAIN)  # as Consul: a service we may not read does not exist
+        healthy = self._endpoints(name, tag, qtype == SRV, connect, authz, acl_key)
         if not healthy:
             return self._negative(dns.rcode.NXDOMAIN)
         ttl = self._service_ttl(name)

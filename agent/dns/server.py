@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dns.exception
 import dns.flags
@@ -36,7 +36,12 @@ from .recurse import Forwarder
 from .render import badvers, render, size_limit, udp_count_limit
 from .resolve import Answer, CatalogRef, OutsideDomain, Resolver
 
+if TYPE_CHECKING:
+    from ..acl.authorizer import Authorizer
+    from ..acl.resolver import ACLResolver
+
 log = logging.getLogger("meshagent.dns")
+_OPEN: tuple[Authorizer | None, str] = (None, "")  # ACLs off: nothing filtered, nothing added to cache keys
 
 _Later = Callable[[], Awaitable[bytes | None]]
 
@@ -81,16 +86,20 @@ class DNSServer:
     """Serves the catalog over DNS on (client_addr, ports.dns); `bound_port` is set once listening."""
 
     def __init__(self, config: AgentConfig, store: CatalogStore, limits: DNSLimits | None = None,
-                 server: RaftProgress | None = None) -> None:
+                 server: RaftProgress | None = None, acl: ACLResolver | None = None) -> None:
         self.config = config
         self.store = store
+        # With ACLs on, DNS answers as the agent's `default` token (Consul): resolved per query (the resolver
+        # memoises), its cache_key joins the response cache's generation.
+        self.acl = acl
+        self._acl_failing = False  # the default token did not resolve: logged once until it does
         self._server = server  # a server's Raft progress; None on clients and -dev (always authoritative)
         self.limits = limits or DNSLimits()
         self.resolver = Resolver(config, CatalogRef(store))
         self.stats = DNSStats()
         self.bound_port: int | None = None
         self._cache: dict[bytes, _Cached] = {}
-        self._cache_index = -1
+        self._cache_gen: tuple[int, str] = (-1, "")  # (catalog index, ACL cache key) the cache was built at
         self._cache_bytes = 0  # wire bytes held by the cache (recounted from 0 whenever it is found empty)
         self._slots = trio.Semaphore(self.limits.pending)
         self._forwarder = Forwarder(self.limits.recursive)
@@ -239,10 +248,14 @@ class DNSServer:
             # no NXDOMAIN or empty answer from it as if authoritative (issue 11).
             self.stats.servfail += 1
             return self._error_reply(packet, dns.rcode.SERVFAIL)
-        index = self.store.catalog.last_index
-        if index != self._cache_index:
+        view = self._acl_view()
+        if view is None:
+            self.stats.servfail += 1
+            return self._error_reply(packet, dns.rcode.SERVFAIL)
+        gen = (self.store.catalog.last_index, view[1])
+        if gen != self._cache_gen:
             self._cache.clear()
-            self._cache_index = index
+            self._cache_gen = gen
         entry = self._cache.get((b"T" if tcp else b"U") + packet[2:])
         if entry is None:
             return None
@@ -268,6 +281,27 @@ class DNSServer:
         if len(entry.variants) >= VARIANTS:
             entry.more = None
         return entry.variants[-1]
+
+    def _acl_view(self) -> tuple[Authorizer | None, str] | None:
+        """(authorizer, cache key) DNS answers as: the `default` token's, or _OPEN with ACLs off; None when
+        it cannot be resolved (the default token is unknown: SERVFAIL, as Consul's failed lookup)."""
+        acl = self.acl
+        if acl is None or not acl.enabled:
+            return _OPEN
+        try:
+            identity = acl.resolve(None)
+        except Exception as exc:  # ACLNotFound (a default token that does not exist), or a resolver fault
+            if not self._acl_failing:
+                self._acl_failing = True
+                log.error("DNS: the agent's default ACL token does not resolve (%s); answering SERVFAIL",
+                          type(exc).__name__)
+            return None
+        if self._acl_failing:
+            self._acl_failing = False
+            log.info("DNS: the agent's default ACL token resolves again")
+        if not identity.enabled:
+            return _OPEN
+        return identity.authorizer, identity.cache_key or f"{identity.accessor_id}@{self.store.catalog.last_index}"
 
     def _too_stale(self) -> bool:
         """A client whose replica lost its server answers from it for up to dns_config.max_stale (counted);
@@ -329,27 +363,33 @@ class DNSServer:
             return badvers(query)
         question = query.question[0]
         max_size = size_limit(query, tcp)
-        index = self.store.catalog.last_index
+        view = self._acl_view()
+        if view is None:
+            self.stats.servfail += 1
+            return self._error_reply(packet, dns.rcode.SERVFAIL)
+        gen = (self.store.catalog.last_index, view[1])
         try:
-            ans = self.resolver.resolve(question.name, question.rdtype)
+            ans = self.resolver.resolve(question.name, question.rdtype, view[0], view[1])
         except OutsideDomain:
             return functools.partial(self._recurse, packet, query, max_size)
         count_limit = 0 if tcp else udp_count_limit(max_size, self.config.dns_config.udp_answer_limit)
         variants = VARIANTS if ans.shufflable and len(ans.endpoints) > 1 else 1
         args = (query, ans, max_size, count_limit, variants)
         if min(len(ans.endpoints), max_size // 16) > self.limits.inline_records:
-            return functools.partial(self._render_in_thread, packet, tcp, index, args)
+            return functools.partial(self._render_in_thread, packet, tcp, gen, args)
         more = functools.partial(self._render_one, query, ans, max_size, count_limit) if variants > 1 else None
-        return self._keep(packet, tcp, index, [self._render_one(query, ans, max_size, count_limit)], more)
+        return self._keep(packet, tcp, gen, [self._render_one(query, ans, max_size, count_limit)], more)
 
-    async def _render_in_thread(self, packet: bytes, tcp: bool, index: int, args: tuple[Any, ...]) -> bytes:
+    async def _render_in_thread(self, packet: bytes, tcp: bool, gen: tuple[int, str],
+                                args: tuple[Any, ...]) -> bytes:
         wires = await trio.to_thread.run_sync(self._render_variants, *args, limiter=self._render_threads)
-        return self._keep(packet, tcp, index, wires)
+        return self._keep(packet, tcp, gen, wires)
 
-    def _keep(self, packet: bytes, tcp: bool, index: int, wires: list[bytes],
+    def _keep(self, packet: bytes, tcp: bool, gen: tuple[int, str], wires: list[bytes],
               more: Callable[[], bytes] | None = None) -> bytes:
-        """Cache the answer's variants (unless the catalog moved while rendering) and return the first."""
-        if self.store.catalog.last_index == index:
+        """Cache the answer's variants (unless the catalog or the ACL view moved while rendering) and return
+        the first."""
+        if self._cache_gen == gen and self.store.catalog.last_index == gen[0]:
             if not self._cache:
                 self._cache_bytes = 0
             if len(self._cache) >= CACHE_MAX or self._cache_bytes > CACHE_BYTES:
