@@ -161,20 +161,24 @@ def role_from_dict(raw: Any) -> Role:
 
 
 def redacted_acl_command(cmd: dict[str, Any]) -> dict[str, Any]:
-    """An "acl" command as client replicas get it: token secrets blanked, their digests carried instead."""
+    """An "acl" command as client replicas get it: token secrets blanked, their digests carried instead.
+    A replica must refuse exactly what the servers refuse, so a secret the FSM would refuse (not a string,
+    too long) becomes a digest it refuses too."""
     out = dict(cmd)
     token = out.get("token")
-    if isinstance(token, dict):
-        secret = token.get("secret_id")
-        if isinstance(secret, str) and secret:
-            out["token"] = {**token, "secret_id": "", "secret_digest": secret_digest(secret)}
-        elif secret is not None and not isinstance(secret, str):
-            out["token"] = {**token, "secret_id": ""}  # malformed: refused on both sides, never forwarded
+    if isinstance(token, dict) and token.get("secret_id") not in (None, ""):
+        out["token"] = {**token, "secret_id": "", "secret_digest": _redacted_digest(token["secret_id"])}
     secret = out.get("initial_management_secret")
-    if secret is not None:
+    if secret not in (None, ""):
         out["initial_management_secret"] = ""
-        out["initial_management_digest"] = secret_digest(secret) if isinstance(secret, str) and secret else ""
+        out["initial_management_digest"] = _redacted_digest(secret)
     return out
+
+
+def _redacted_digest(secret: Any) -> str:
+    if isinstance(secret, str) and len(secret) <= MAX_SECRET:
+        return secret_digest(secret)
+    return "refused: not a valid secret"
 
 
 # ------------------------------------------------------------------------------------------------ state

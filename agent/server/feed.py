@@ -1,7 +1,8 @@
 """CatalogFeed: a server streams its catalog to client agents, which keep a read replica of it.
 
-The frames are agent/rpc/feed.py's. Client agents never get the CA's private keys: snapshots are sent redacted,
-"connect-ca" commands re-encoded without them, and a restore's own bytes not at all (its snapshot frame,
+The frames are agent/rpc/feed.py's. Client agents never get the CA's private keys nor ACL token secrets:
+snapshots are sent redacted, "connect-ca" and "acl" commands re-encoded without them (tokens carry the secret's
+SHA-256 digest instead), and a restore's own bytes not at all (its snapshot frame,
 sent first, already covers its index). Catalog indexes are the same on every server (each maps Raft entries
 to catalog indexes the same way), so a client may move to another server and compare indexes across them.
 """
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from ..catalog.acl_state import redacted_acl_command
 from ..catalog.connect_state import redacted_command
 from ..rpc.feed import HEARTBEAT_INTERVAL, command_frame, heartbeat_frame, snapshot_frame
 from ..store import CatalogStore
@@ -69,6 +71,9 @@ class CatalogFeed:
                 return
             if op == "connect-ca":
                 command = msgpack.packb(redacted_command(decoded), use_bin_type=True)
+            elif op == "acl":
+                # Token secrets stay on servers: replicas get their SHA-256 digests (enough to resolve).
+                command = msgpack.packb(redacted_acl_command(decoded), use_bin_type=True)
         self._send_all(command_frame(index, command))
 
     def restored(self) -> None:
