@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import meshagent
@@ -12,9 +13,12 @@ import trio
 
 from ...proxy.metrics import merge as merge_proxy_metrics
 from ...proxy.metrics import render_prometheus
+from ..acl.identity import require
 from ..catalog import MAINTENANCE, PASSING, WARNING
 from ..config.errors import ConfigErrors
-from .catalog_api import required
+from ..connect.sidecar import PROXY_KIND, expand_sidecar
+from .acl_gate import FILTERED_HEADER, request_token
+from .catalog_api import Visibility, acl_identity, acl_keep, required
 from .errors import config_errors_text
 from .filter import AGENT_SERVICE_SCHEMA, CHECK_SCHEMA
 from .messages import Request, Response
@@ -30,7 +34,9 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from ..config.types import ServiceDefinition
+    from ..acl.authorizer import Authorizer, Decision
+    from ..acl.identity import ACLIdentity
+    from ..config.types import CheckDefinition, ServiceDefinition
     from .api import API
     from .view import GossipView
 
@@ -67,12 +73,86 @@ def gossip_of(api: API) -> GossipView:
     return gossip
 
 
+# ---------------------------------------------------------------------- ACLs
+
+
+def _require(api: API, request: Request, decide: Callable[[Authorizer], Decision]) -> None:
+    """Enforce one permission when ACLs are on (`decide` picks it from the request's authorizer)."""
+    identity = acl_identity(api, request)
+    if identity is not None:
+        require(identity, decide(identity.authorizer))
+
+
+def _filtered_json(api: API, request: Request, data: Any, query: Query) -> Response:
+    """A JSON answer carrying X-Consul-Results-Filtered-By-ACLs when ACLs left something out."""
+    return api.json(data, query, extra=[FILTERED_HEADER] if request.acl_filtered else None)
+
+
+def _vet_check_update(api: API, request: Request, check_id: str) -> None:
+    """service:write on a service check's service, node:write on this node for a node check (Consul's
+    vetCheckUpdate); an unknown ID is left to local state (its own 404 or no-op)."""
+    identity = acl_identity(api, request)
+    if identity is None:
+        return
+    check = api.agent.local.checks().get(check_id)
+    if check is not None:
+        _vet_check_target(api, identity, check.service_id, check.service_name)
+
+
+def _vet_check_target(api: API, identity: ACLIdentity, service_id: str, service_name: str) -> None:
+    authz = identity.authorizer
+    if service_id:
+        if not service_name:
+            svc = api.agent.local.services().get(service_id)
+            service_name = svc.name if svc is not None else ""
+        if service_name:  # an unknown service: local state refuses the check ("does not exist")
+            require(identity, authz.service_write(service_name))
+    else:
+        require(identity, authz.node_write(api.agent.node_name))
+
+
+def _vet_scripts(api: API, identity: ACLIdentity, checks: list[CheckDefinition]) -> None:
+    """Script checks registered over HTTP run commands on this host: agent:write on this node too (on top of
+    enable_script_checks), a rule Consul does not have."""
+    if any(c.type == "script" for c in checks):
+        require(identity, identity.authorizer.agent_write(api.agent.node_name))
+
+
+def _vet_service_register(api: API, request: Request, defn: ServiceDefinition) -> None:
+    """Consul's vetServiceRegister: service:write on the name, on a service it replaces by ID, on a
+    connect-proxy's destination; the same for the sidecar it asks for; agent:write for script checks."""
+    identity = acl_identity(api, request)
+    if identity is None:
+        return
+    authz = identity.authorizer
+    local = api.agent.local.services()
+    services = [defn]
+    try:
+        # Expanded for its name and destination only: with no port taken it always gets one, so only an
+        # invalid block fails, and local state refuses that registration with the reason.
+        sidecar = expand_sidecar(defn, ())
+    except ConfigErrors:
+        sidecar = None
+    if sidecar is not None:
+        services.append(sidecar)
+    for svc in services:
+        require(identity, authz.service_write(svc.name))
+        replaced = local.get(svc.id)
+        if replaced is not None and replaced.name != svc.name:
+            require(identity, authz.service_write(replaced.name))
+        destination = svc.proxy.get("DestinationServiceName") if svc.kind == PROXY_KIND else None
+        if isinstance(destination, str) and destination:
+            require(identity, authz.service_write(destination))
+        _vet_scripts(api, identity, svc.checks)
+
+
 # ---------------------------------------------------------------------- self, members
 
 
 async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/agent/self: Config, DebugConfig, Coord, Member, Meta."""
+    """GET /v1/agent/self: Config, DebugConfig, Coord, Member, Meta (agent:read on this node; never a token)."""
     agent = api.agent
+    _require(api, request, lambda a: a.agent_read(agent.node_name))
     members = agent.members()
     mine = next((m for m in members if m.name == agent.node_name), members[0] if members else None)
     member = member_json(mine) if mine is not None else {}
@@ -85,25 +165,35 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
 
 
 async def members(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/agent/members (?wan gives the same single node until WAN gossip lands)."""
-    return api.json([member_json(m) for m in api.agent.members()], query)
+    """GET /v1/agent/members (?wan gives the same single node until WAN gossip lands); members without
+    node:read left out."""
+    found = api.agent.members()
+    identity = acl_identity(api, request)
+    if identity is not None:
+        see = Visibility(identity)
+        found = acl_keep(request, identity, found, lambda m: see.node(m.name))
+    return _filtered_json(api, request, [member_json(m) for m in found], query)
 
 
 # ---------------------------------------------------------------------- services
 
 
-def _services_json(api: API) -> dict[str, dict[str, Any]]:
-    return {sid: agent_service_json(defn, api.agent.datacenter)
-            for sid, defn in sorted(api.agent.local.services().items())}
+def _services_json(api: API, request: Request) -> dict[str, dict[str, Any]]:
+    items = sorted(api.agent.local.services().items())
+    identity = acl_identity(api, request)
+    if identity is not None:
+        see = Visibility(identity)
+        items = acl_keep(request, identity, items, lambda item: see.service(item[1].name))
+    return {sid: agent_service_json(defn, api.agent.datacenter) for sid, defn in items}
 
 
 async def services(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/agent/services (?filter)."""
+    """GET /v1/agent/services (?filter); services without service:read left out."""
     predicate = api.predicate(query.filter, AGENT_SERVICE_SCHEMA) if query.filter else None
-    data = _services_json(api)
+    data = _services_json(api, request)
     if predicate is not None:
         data = {k: v for k, v in data.items() if predicate(v)}
-    return api.json(data, query)
+    return _filtered_json(api, request, data, query)
 
 
 async def service(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -112,6 +202,7 @@ async def service(api: API, request: Request, query: Query, arg: str) -> Respons
     defn = api.agent.local.services().get(sid)
     if defn is None:
         raise HTTPError(404, f"unknown service ID: {sid}")
+    _require(api, request, lambda a: a.service_read(defn.name))
     data = agent_service_json(defn, api.agent.datacenter)
     digest = hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
     data["ContentHash"] = digest
@@ -128,14 +219,26 @@ async def service_register(api: API, request: Request, query: Query, arg: str) -
         raise bad_request("Request decode failed: body must be a JSON object")
     replace = query.flag("replace-existing-checks")
     defn = parse_service(body, Source("<api>"))
-    await api.agent.local.register_service(defn, replace_existing_checks=replace)
+    _vet_service_register(api, request, defn)
+    # The registering secret goes with the service: anti-entropy writes it (and its checks) as that token.
+    await api.agent.local.register_service(defn, replace_existing_checks=replace,
+                                           token=request_token(request) or None)
     return _empty()
 
 
 async def service_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
-    """PUT /v1/agent/service/deregister/:id (no-op when unknown)."""
-    await api.agent.local.deregister_service(required(arg, "service ID"))
+    """PUT /v1/agent/service/deregister/:id (no-op when unknown; service:write on it)."""
+    sid = required(arg, "service ID")
+    _vet_service_update(api, request, sid)
+    await api.agent.local.deregister_service(sid)
     return _empty()
+
+
+def _vet_service_update(api: API, request: Request, service_id: str) -> None:
+    """service:write on a local service's name; an unknown ID is local state's (no-op or 404)."""
+    defn = api.agent.local.services().get(service_id)
+    if defn is not None:
+        _require(api, request, lambda a: a.service_write(defn.name))
 
 
 def _enable_reason(query: Query) -> tuple[bool, str]:
@@ -152,6 +255,7 @@ async def service_maintenance(api: API, request: Request, query: Query, arg: str
     """PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=..."""
     sid = required(arg, "service ID")
     enable, reason = _enable_reason(query)
+    _vet_service_update(api, request, sid)
     await api.agent.local.set_service_maintenance(sid, enable, reason)
     return _empty()
 
@@ -159,6 +263,7 @@ async def service_maintenance(api: API, request: Request, query: Query, arg: str
 async def maintenance(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/maintenance?enable=true|false&reason=... (node maintenance)."""
     enable, reason = _enable_reason(query)
+    _require(api, request, lambda a: a.node_write(api.agent.node_name))
     await api.agent.local.set_node_maintenance(enable, reason)
     return _empty()
 
@@ -166,12 +271,19 @@ async def maintenance(api: API, request: Request, query: Query, arg: str) -> Res
 # ---------------------------------------------------------------------- checks
 
 
-def _checks_json(api: API) -> dict[str, dict[str, Any]]:
+def _checks_json(api: API, request: Request) -> dict[str, dict[str, Any]]:
     local = api.agent.local
     svcs = local.services()
     node = api.agent.node_name
     out = {}
-    for cid, check in sorted(local.checks().items()):
+    items = sorted(local.checks().items())
+    identity = acl_identity(api, request)
+    if identity is not None:
+        # Service checks need service:read on their service, node checks node:read on this node.
+        see = Visibility(identity)
+        items = acl_keep(request, identity, items,
+                         lambda item: see.service(item[1].service_name) if item[1].service_id else see.node(node))
+    for cid, check in items:
         svc = svcs.get(check.service_id)
         out[cid] = local_check_json(check, node, list(svc.tags) if svc is not None else [])
     return out
@@ -180,10 +292,10 @@ def _checks_json(api: API) -> dict[str, dict[str, Any]]:
 async def checks(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/checks (?filter)."""
     predicate = api.predicate(query.filter, CHECK_SCHEMA) if query.filter else None
-    data = _checks_json(api)
+    data = _checks_json(api, request)
     if predicate is not None:
         data = {k: v for k, v in data.items() if predicate(v)}
-    return api.json(data, query)
+    return _filtered_json(api, request, data, query)
 
 
 async def check_register(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -194,34 +306,45 @@ async def check_register(api: API, request: Request, query: Query, arg: str) -> 
     body = body_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: body must be a JSON object")
-    await api.agent.local.register_check(parse_check(body, Source("<api>")))
+    cdef = parse_check(body, Source("<api>"))
+    identity = acl_identity(api, request)
+    if identity is not None:
+        # The check's own target, and the one of a check it replaces by ID (Consul's vetCheckRegister).
+        _vet_check_target(api, identity, cdef.service_id, "")
+        _vet_check_update(api, request, cdef.id)
+        _vet_scripts(api, identity, [cdef])
+    await api.agent.local.register_check(cdef, token=request_token(request) or None)
     return _empty()
 
 
 async def check_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/deregister/:id."""
-    await api.agent.local.deregister_check(required(arg, "check ID"))
+    cid = required(arg, "check ID")
+    _vet_check_update(api, request, cid)
+    await api.agent.local.deregister_check(cid)
     return _empty()
 
 
-async def _ttl(api: API, arg: str, status: str, output: str) -> Response:
-    await api.agent.local.update_ttl(required(arg, "check ID"), status, output)
+async def _ttl(api: API, request: Request, arg: str, status: str, output: str) -> Response:
+    cid = required(arg, "check ID")
+    _vet_check_update(api, request, cid)
+    await api.agent.local.update_ttl(cid, status, output)
     return _empty()
 
 
 async def check_pass(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/pass/:id?note=..."""
-    return await _ttl(api, arg, "passing", query.get("note"))
+    return await _ttl(api, request, arg, "passing", query.get("note"))
 
 
 async def check_warn(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/warn/:id?note=..."""
-    return await _ttl(api, arg, "warning", query.get("note"))
+    return await _ttl(api, request, arg, "warning", query.get("note"))
 
 
 async def check_fail(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/fail/:id?note=..."""
-    return await _ttl(api, arg, "critical", query.get("note"))
+    return await _ttl(api, request, arg, "critical", query.get("note"))
 
 
 async def check_update(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -235,7 +358,7 @@ async def check_update(api: API, request: Request, query: Query, arg: str) -> Re
         raise bad_request(f"Invalid check status: {str(status)[:40]!r}")
     if not isinstance(output, str):
         raise bad_request("Invalid check output: must be a string")
-    return await _ttl(api, arg, status, output)
+    return await _ttl(api, request, arg, status, output)
 
 
 # ---------------------------------------------------------------------- local health
@@ -257,6 +380,7 @@ def _health_response(api: API, query: Query, status: str, data: Any) -> Response
 async def health_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/health/service/name/:name: 200 passing, 429 warning, 503 critical, 404 unknown."""
     name = required(arg, "service name")
+    _require(api, request, lambda a: a.service_read(name))
     entries = [_local_health(api, sid, d) for sid, d in sorted(api.agent.local.services().items())
                if d.name == name]
     if not entries:
@@ -276,6 +400,7 @@ async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Re
         if query.get("format") == "text":
             return 404, [(b"content-type", b"text/plain")], f"ServiceId {sid} not found".encode()
         raise HTTPError(404, f"ServiceId {sid} not found")
+    _require(api, request, lambda a: a.service_read(defn.name))
     entry = _local_health(api, sid, defn)
     return _health_response(api, query, entry["AggregatedStatus"], entry)
 
@@ -285,6 +410,7 @@ async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Re
 
 async def reload(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/reload: re-read config files; broken files give a 500 listing every reason."""
+    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
     try:
         await api.agent.reload()
     except ConfigErrors as exc:
@@ -296,6 +422,7 @@ async def join(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/join/:address: join the gossip pool through that address."""
     if not arg:
         raise bad_request("Missing address to join")
+    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
     joined = await gossip_of(api).join([arg])
     if not joined:
         raise HTTPError(500, f"Failed to join {arg}: no answer to a push-pull exchange")
@@ -306,6 +433,7 @@ async def force_leave(api: API, request: Request, query: Query, arg: str) -> Res
     """PUT /v1/agent/force-leave/:node[?prune]: mark a failed node left (prune: forget it)."""
     if not arg:
         raise bad_request("Missing node name")
+    _require(api, request, lambda a: a.operator_write())
     if not gossip_of(api).force_leave(arg, prune=query.has("prune")):
         raise HTTPError(500, f"agent: No node found with name '{arg}'")
     return _empty()
@@ -313,6 +441,7 @@ async def force_leave(api: API, request: Request, query: Query, arg: str) -> Res
 
 async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/leave: leave the gossip pool gracefully, answer, then shut the agent down."""
+    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
     await api.agent.leave()
 
     async def later() -> None:
@@ -326,7 +455,9 @@ async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
 
 async def metrics(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`);
-    `?format=prometheus`: Prometheus text, the agent's own figures and every local sidecar's proxy metrics."""
+    `?format=prometheus`: Prometheus text, the agent's own figures and every local sidecar's proxy metrics.
+    Both need agent:read on this node."""
+    _require(api, request, lambda a: a.agent_read(api.agent.node_name))
     fmt = query.get("format")
     if fmt == "prometheus":
         text = metrics_prometheus(api.agent.metrics())

@@ -3,16 +3,69 @@ datacenters (all blocking reads)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .acl_gate import keep_allowed
 from .filter import CATALOG_SERVICE_SCHEMA, NODE_SCHEMA
 from .messages import Request, Response
 from .query import Query, bad_request
 from .render import catalog_node_json, catalog_service_json, node_json
 
 if TYPE_CHECKING:
+    from ..acl.identity import ACLIdentity
     from ..catalog import Node
     from .api import API
+
+
+def acl_identity(api: API, request: Request) -> ACLIdentity | None:
+    """The request's identity when ACLs are on, resolved now (an unknown token is refused before any
+    blocking wait); None with ACLs off: nothing to check or filter, the hot path stays as it was."""
+    if not api.agent.acl.enabled:
+        return None
+    return api.identity(request)
+
+
+class Visibility:
+    """node:read and service:read answers for one list build, memoised per name (lists repeat them)."""
+
+    __slots__ = ("_authz", "_nodes", "_services")
+
+    def __init__(self, identity: ACLIdentity) -> None:
+        self._authz = identity.authorizer
+        self._nodes: dict[str, bool] = {}
+        self._services: dict[str, bool] = {}
+
+    def node(self, name: str) -> bool:
+        """node:read on `name`."""
+        ok = self._nodes.get(name)
+        if ok is None:
+            ok = self._nodes[name] = self._authz.node_read(name).allowed
+        return ok
+
+    def service(self, name: str) -> bool:
+        """service:read on `name`; "" (a node-level check) needs none, as in Consul."""
+        if not name:
+            return True
+        ok = self._services.get(name)
+        if ok is None:
+            ok = self._services[name] = self._authz.service_read(name).allowed
+        return ok
+
+    def row(self, node: str, service: str) -> bool:
+        """Both: a service instance or a check is seen only with read on its node and its service."""
+        return self.node(node) and self.service(service)
+
+
+def acl_keep(request: Request, identity: ACLIdentity | None, items: list[Any],
+             allowed: Callable[[Any], bool]) -> list[Any]:
+    """`items` the identity may see (all with ACLs off); marks the request filtered when any was dropped."""
+    if identity is None:
+        return items
+    kept, dropped = keep_allowed(items, allowed)
+    if dropped:
+        request.acl_filtered = True
+    return kept
 
 
 def node_meta_pairs(query: Query) -> list[tuple[str, str]]:
@@ -39,18 +92,34 @@ def required(arg: str, what: str) -> str:
 
 
 async def services(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/catalog/services: service name -> union of tags."""
+    """GET /v1/catalog/services: service name -> union of tags (names without service:read left out)."""
     catalog = api.agent.store.catalog
     meta = node_meta_pairs(query)
+    identity = acl_identity(api, request)
     if not query.filter and not meta:
-        return await api.read(request, query, ["services"], catalog.services)
+        if identity is None:
+            return await api.read(request, query, ["services"], catalog.services)
+        see = Visibility(identity)
+
+        def visible() -> dict[str, list[str]]:
+            names = catalog.services()
+            kept = {name: tags for name, tags in names.items() if see.service(name)}
+            if len(kept) != len(names):
+                request.acl_filtered = True
+            return kept
+
+        return await api.read(request, query, ["services"], visible)
 
     predicate = api.predicate(query.filter, CATALOG_SERVICE_SCHEMA) if query.filter else None
 
     def build() -> dict[str, list[str]]:
         # Consul filters the flattened service rows, then folds the survivors into name -> tags.
         out: dict[str, set[str]] = {}
+        see = Visibility(identity) if identity is not None else None
         for name in catalog.services():
+            if see is not None and not see.service(name):
+                request.acl_filtered = True
+                continue
             for inst in catalog.service_instances(name):
                 if meta and not node_meta_ok(inst.node, meta):
                     continue
@@ -79,10 +148,17 @@ async def _instances(api: API, request: Request, query: Query, name: str, connec
     tags = [t.lower() for t in query.all("tag")]
     meta = node_meta_pairs(query)
     instances = catalog.connect_instances if connect else catalog.service_instances
+    identity = acl_identity(api, request)
 
     def build() -> list[dict[str, Any]]:
         rows = []
-        for inst in instances(name):
+        found = instances(name)
+        if identity is not None:
+            # Each instance needs service:read on its service (a sidecar's own name for connect) and
+            # node:read on its node, as Consul's filterServiceNodes.
+            see = Visibility(identity)
+            found = acl_keep(request, identity, found, lambda i: see.row(i.node.node, i.service.service))
+        for inst in found:
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
                 continue
             if meta and not node_meta_ok(inst.node, meta):
@@ -95,26 +171,40 @@ async def _instances(api: API, request: Request, query: Query, name: str, connec
 
 
 async def nodes(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/catalog/nodes (?node-meta, ?filter)."""
+    """GET /v1/catalog/nodes (?node-meta, ?filter); nodes without node:read left out."""
     catalog = api.agent.store.catalog
     meta = node_meta_pairs(query)
+    identity = acl_identity(api, request)
 
     def build() -> list[dict[str, Any]]:
-        return [node_json(n) for n in catalog.nodes() if not meta or node_meta_ok(n, meta)]
+        rows = catalog.nodes()
+        if identity is not None:
+            see = Visibility(identity)
+            rows = acl_keep(request, identity, rows, lambda n: see.node(n.node))
+        return [node_json(n) for n in rows if not meta or node_meta_ok(n, meta)]
 
     return await api.read(request, query, ["nodes"], build, NODE_SCHEMA)
 
 
 async def node(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/catalog/node/:node: the node and its services (null when unknown, as in Consul)."""
+    """GET /v1/catalog/node/:node: the node and its services (null when unknown, as in Consul; null too
+    without node:read, and services without service:read left out)."""
     name = required(arg, "node name")
     catalog = api.agent.store.catalog
+    identity = acl_identity(api, request)
 
     def build() -> dict[str, Any] | None:
         row = catalog.node(name)
         if row is None:
             return None
-        return catalog_node_json(row, catalog.node_services(name))
+        services = catalog.node_services(name)
+        if identity is not None:
+            see = Visibility(identity)
+            if not see.node(row.node):
+                request.acl_filtered = True
+                return None  # what Consul's filterNodeServices answers for a node you may not see
+            services = acl_keep(request, identity, services, lambda s: see.service(s.service))
+        return catalog_node_json(row, services)
 
     return await api.read(request, query, [f"node:{name.lower()}"], build)
 

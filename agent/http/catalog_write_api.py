@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..acl.identity import ACLIdentity, require
 from ..catalog import PASSING, STATUSES, Check, CommandError, Node, Service, commands
+from .acl_gate import write_token
 from .agent_api import body_json
+from .catalog_api import acl_identity
 from .messages import Request, Response
 from .query import Query, bad_request
 
@@ -74,11 +77,81 @@ def _json_object(request: Request) -> dict[str, Any]:
     return _fold(body)
 
 
-async def _apply(api: API, command: dict[str, Any]) -> None:
+async def _apply(api: API, request: Request, identity: ACLIdentity | None, command: dict[str, Any]) -> None:
+    # With ACLs on the write carries the request's secret: the servers re-check it (agent/acl/command_rights).
+    token = None if identity is None else write_token(request, api.agent.acl.tokens.default)
     try:
-        await api.agent.store.apply(command)
+        await api.agent.store.apply(command, token=token)
     except CommandError as exc:
         raise bad_request(str(exc)) from None
+
+
+def _changes_node(old: Node, new: Node) -> bool:
+    """Whether a registration rewrites the node's own fields (then node:write is needed, as Consul's
+    ChangesNode: a service update may re-post unchanged node fields without it)."""
+    return (old.node.lower() != new.node.lower() or old.address != new.address or old.id != new.id
+            or old.tagged_addresses != new.tagged_addresses or old.meta != new.meta)
+
+
+def _proxy_destination(data: dict[str, Any]) -> str:
+    proxy = data.get("proxy")
+    if not isinstance(proxy, dict):
+        return ""
+    value = _fold(proxy).get("destinationservicename")
+    return value if isinstance(value, str) else ""
+
+
+def _vet_register(api: API, identity: ACLIdentity, existing: Node | None, node: Node, service: Service | None,
+                  service_body: dict[str, Any], checks: list[Check]) -> None:
+    """Consul's vetRegisterWithACL: node:write when the node is new or changes, service:write on the service
+    (on the one it replaces by ID, and on a connect-proxy's destination), node:write for node checks and
+    service:write on the service of every other service check."""
+    authz = identity.authorizer
+    catalog = api.agent.store.catalog
+    if existing is None or _changes_node(existing, node):
+        require(identity, authz.node_write(node.node))
+    on_node = {s.id: s for s in catalog.node_services(node.node)} if existing is not None else {}
+    if service is not None:
+        require(identity, authz.service_write(service.service))
+        replaced = on_node.get(service.id)
+        if replaced is not None:
+            require(identity, authz.service_write(replaced.service))
+        if service.kind == "connect-proxy":
+            destination = _proxy_destination(service_body)
+            if destination:
+                require(identity, authz.service_write(destination))
+    for check in checks:
+        if not check.service_id:
+            require(identity, authz.node_write(node.node))
+            continue
+        if service is not None and check.service_id == service.id:
+            continue  # vetted with the service above
+        other = on_node.get(check.service_id)
+        if other is None:
+            raise bad_request(f"Unknown service ID {check.service_id[:200]!r} for check ID {check.check_id[:200]!r}")
+        require(identity, authz.service_write(other.service))
+
+
+def _vet_deregister(api: API, identity: ACLIdentity, name: str, service_id: str, check_id: str) -> None:
+    """Consul's vetDeregisterWithACL: node:write on the node allows any of it; else service:write on the
+    service (or the service of a service check). Unknown IDs without node:write are the node:write refusal
+    (nothing is said about what exists)."""
+    authz = identity.authorizer
+    node_write = authz.node_write(name)
+    if node_write.allowed:
+        return
+    catalog = api.agent.store.catalog
+    if service_id:
+        svc = next((s for s in catalog.node_services(name) if s.id == service_id), None)
+        if svc is not None:
+            require(identity, authz.service_write(svc.service))
+            return
+    elif check_id:
+        check = next((c for c in catalog.node_checks(name) if c.check_id == check_id), None)
+        if check is not None and check.service_id:
+            require(identity, authz.service_write(check.service_name))
+            return
+    require(identity, node_write)
 
 
 async def register(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -90,6 +163,7 @@ async def register(api: API, request: Request, query: Query, arg: str) -> Respon
         raise bad_request("Missing node name")
     if not isinstance(address, str) or not address:
         raise bad_request("Missing node address")
+    identity = acl_identity(api, request)
     existing = api.agent.store.catalog.node(name)
     if body.get("skipnodeupdate") and existing is not None:
         node = existing
@@ -97,14 +171,20 @@ async def register(api: API, request: Request, query: Query, arg: str) -> Respon
         node = Node(node=name, address=address, id=str(body.get("id") or ""), datacenter=api.agent.datacenter,
                     tagged_addresses=_str_map(body.get("taggedaddresses"), "TaggedAddresses"),
                     meta=_str_map(body.get("nodemeta"), "NodeMeta"))
-    service = _service(name, _object(body, "Service")) if body.get("service") else None
-    raw_checks = list(body.get("checks") or [])
+    service_body = _object(body, "Service") if body.get("service") else {}
+    service = _service(name, service_body) if service_body else None
+    raw_checks = body.get("checks") or []
+    if not isinstance(raw_checks, list):
+        raise bad_request("Checks must be a list of objects")
+    raw_checks = list(raw_checks)
     if body.get("check"):
         raw_checks.append(_object(body, "Check"))
     if not all(isinstance(c, dict) for c in raw_checks):
         raise bad_request("Checks must be a list of objects")
     checks = [_check(name, _fold(c)) for c in raw_checks]
-    await _apply(api, commands.register(node, service, checks))
+    if identity is not None:
+        _vet_register(api, identity, existing, node, service, service_body, checks)
+    await _apply(api, request, identity, commands.register(node, service, checks))
     return api.json(True, query)
 
 
@@ -114,6 +194,10 @@ async def deregister(api: API, request: Request, query: Query, arg: str) -> Resp
     name = body.get("node")
     if not isinstance(name, str) or not name:
         raise bad_request("Missing node name")
-    await _apply(api, commands.deregister(name, service_id=str(body.get("serviceid") or ""),
-                                          check_id=str(body.get("checkid") or "")))
+    service_id = str(body.get("serviceid") or "")
+    check_id = str(body.get("checkid") or "")
+    identity = acl_identity(api, request)
+    if identity is not None:
+        _vet_deregister(api, identity, name, service_id, check_id)
+    await _apply(api, request, identity, commands.deregister(name, service_id=service_id, check_id=check_id))
     return api.json(True, query)

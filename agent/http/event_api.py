@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..acl.identity import require
+from .acl_gate import FILTERED_HEADER
+from .catalog_api import acl_identity, acl_keep
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
 from .render import event_json
@@ -22,6 +25,9 @@ async def fire(api: API, request: Request, query: Query, arg: str) -> Response:
     for unsupported in ("node", "service", "tag"):
         if query.get(unsupported):
             raise HTTPError(400, f"?{unsupported} filters are not supported yet")
+    identity = acl_identity(api, request)
+    if identity is not None:
+        require(identity, identity.authorizer.event_write(arg))
     try:
         record = api.agent.fire_event(arg, request.body)
     except ValueError as exc:
@@ -41,10 +47,16 @@ async def list_events(api: API, request: Request, query: Query, arg: str) -> Res
     A blocking query as in Consul: with ?index= equal to the current index, the answer waits for a new
     event (or ?wait, plus Consul's up to 1/16 jitter)."""
     name = query.get("name")
+    identity = acl_identity(api, request)
     deadline = trio.current_time() + query.wait + random.uniform(0, query.wait / 16)
     while True:
         arrived = api.agent.events.arrived
         events = [e for e in api.agent.events.recent if not name or e.name == name]
+        if identity is not None:
+            # Filtered before the index is taken, as Consul does: a watch does not wake for events it
+            # may not see.
+            request.acl_filtered = False
+            events = acl_keep(request, identity, events, lambda e: identity.authorizer.event_read(e.name).allowed)
         # No events: index 1, not 0, so that a watch loop blocks instead of spinning (Consul does the same).
         index = uuid_to_uint64(events[-1].id) if events else 1
         if query.index == 0 or index != query.index or trio.current_time() >= deadline:
@@ -52,4 +64,6 @@ async def list_events(api: API, request: Request, query: Query, arg: str) -> Res
         with trio.move_on_at(deadline):
             await arrived.wait()
     headers: list[tuple[bytes, bytes]] = [(b"x-consul-index", b"%d" % index)]
+    if request.acl_filtered:
+        headers.append(FILTERED_HEADER)
     return api.json([event_json(e) for e in events], query, extra=headers)

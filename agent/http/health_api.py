@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import PASSING
-from .catalog_api import node_meta_ok, node_meta_pairs, required
+from ..catalog import PASSING, Check
+from .catalog_api import Visibility, acl_identity, acl_keep, node_meta_ok, node_meta_pairs, required
 from .filter import CHECK_SCHEMA, HEALTH_ENTRY_SCHEMA
 from .messages import Request, Response
 from .query import Query, bad_request
@@ -34,10 +35,17 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
     tags = [t.lower() for t in query.all("tag")]
     meta = node_meta_pairs(query)
     instances = catalog.connect_instances if connect else catalog.service_instances
+    identity = acl_identity(api, request)
 
     def build() -> list[dict[str, Any]]:
         out = []
-        for inst in instances(name):
+        found = instances(name)
+        if identity is not None:
+            # An entry needs service:read on its service and node:read on its node (Consul's
+            # filterCheckServiceNodes); its checks come with it.
+            see = Visibility(identity)
+            found = acl_keep(request, identity, found, lambda i: see.row(i.node.node, i.service.service))
+        for inst in found:
             if passing and inst.status != PASSING:
                 continue
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
@@ -51,12 +59,27 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
     return await api.read(request, query, [key], build, HEALTH_ENTRY_SCHEMA)
 
 
+def _checks_json(api: API, request: Request, rows: Callable[[], list[Check]]) -> Callable[[], list[dict[str, Any]]]:
+    """A build of check rows: each needs node:read on its node and service:read on its service (node-level
+    checks: node:read only), as Consul's filterHealthChecks."""
+    identity = acl_identity(api, request)
+
+    def build() -> list[dict[str, Any]]:
+        found = rows()
+        if identity is not None:
+            see = Visibility(identity)
+            found = acl_keep(request, identity, found, lambda c: see.row(c.node, c.service_name))
+        return [check_json(c) for c in found]
+
+    return build
+
+
 async def checks(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/health/checks/:service."""
     name = required(arg, "service name")
     catalog = api.agent.store.catalog
     return await api.read(request, query, [f"service:{name.lower()}"],
-                          lambda: [check_json(c) for c in catalog.service_checks(name)], CHECK_SCHEMA)
+                          _checks_json(api, request, lambda: catalog.service_checks(name)), CHECK_SCHEMA)
 
 
 async def node(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -64,7 +87,7 @@ async def node(api: API, request: Request, query: Query, arg: str) -> Response:
     name = required(arg, "node name")
     catalog = api.agent.store.catalog
     return await api.read(request, query, [f"node:{name.lower()}"],
-                          lambda: [check_json(c) for c in catalog.node_checks(name)], CHECK_SCHEMA)
+                          _checks_json(api, request, lambda: catalog.node_checks(name)), CHECK_SCHEMA)
 
 
 async def state(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -73,4 +96,4 @@ async def state(api: API, request: Request, query: Query, arg: str) -> Response:
         raise bad_request(f"Invalid state {arg[:40]!r}: must be one of any, passing, warning, critical")
     catalog = api.agent.store.catalog
     return await api.read(request, query, ["checks"],
-                          lambda: [check_json(c) for c in catalog.checks_in_state(arg)], CHECK_SCHEMA)
+                          _checks_json(api, request, lambda: catalog.checks_in_state(arg)), CHECK_SCHEMA)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..acl.identity import ALLOW_ALL, require
 from ..catalog import commands
+from .acl_gate import FILTERED_HEADER, write_token
+from .catalog_api import acl_identity, acl_keep
 from .messages import Request, Response
 from .query import Query, bad_request, parse_uint
 from .render import dumps, kv_json
@@ -21,21 +24,30 @@ def _bool_response(api: API, ok: bool) -> Response:
 
 
 async def get(api: API, request: Request, query: Query, key: str) -> Response:
-    """Read one key, a subtree (?recurse) or key names (?keys, ?separator); 404 with an index when empty."""
+    """Read one key, a subtree (?recurse) or key names (?keys, ?separator); 404 with an index when empty.
+    ACLs: key:read on the key; a subtree or key names need key:list on the prefix, and entries without
+    key:read are left out (X-Consul-Results-Filtered-By-ACLs), as Consul's KVS.List/ListKeys."""
     catalog = api.agent.store.catalog
+    identity = acl_identity(api, request)
+    listing = query.has("keys") or query.has("recurse")
+    authz = (identity or ALLOW_ALL).authorizer
+    if identity is not None:
+        require(identity, authz.key_list(key) if listing else authz.key_read(key))
     if query.has("keys"):
         separator = query.get("separator")
         index = await api.block([f"kvprefix:{key}"], query, request)
-        keys = catalog.kv_keys(key, separator)
-        headers = api.meta_headers(index, query)
+        keys: list[Any] = catalog.kv_keys(key, separator)
+        keys = acl_keep(request, identity, keys, lambda k: authz.key_read(k).allowed)
+        headers = _filtered(request, api.meta_headers(index, query))
         # Consul answers the root with an empty list but any other empty prefix with 404.
         if not keys and key:
             return 404, headers[1:], b""
         return 200, headers, dumps(keys, query.pretty)
     if query.has("recurse"):
         index = await api.block([f"kvprefix:{key}"], query, request)
-        entries = catalog.kv_list(key)
-        headers = api.meta_headers(index, query)
+        entries: list[Any] = catalog.kv_list(key)
+        entries = acl_keep(request, identity, entries, lambda e: authz.key_read(e.key).allowed)
+        headers = _filtered(request, api.meta_headers(index, query))
         if not entries:
             return 404, headers[1:], b""
         return 200, headers, dumps([kv_json(e) for e in entries], query.pretty)
@@ -52,6 +64,23 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
     return 200, headers, dumps([kv_json(entry)], query.pretty)
 
 
+def _filtered(request: Request, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if request.acl_filtered:
+        headers.append(FILTERED_HEADER)
+    return headers
+
+
+def _write_rights(api: API, request: Request, key: str, prefix: bool = False) -> str | None:
+    """Check key:write (on every key under `key` for a tree delete) and return the secret the write carries
+    to the servers, which re-check it; None with ACLs off (the write is the agent's own, as before)."""
+    identity = acl_identity(api, request)
+    if identity is None:
+        return None
+    authz = identity.authorizer
+    require(identity, authz.key_write_prefix(key) if prefix else authz.key_write(key))
+    return write_token(request, api.agent.acl.tokens.default)
+
+
 def _no_sessions(query: Query) -> None:
     if query.has("acquire") or query.has("release"):
         raise bad_request("Sessions are not supported by this agent yet (?acquire / ?release)")
@@ -62,12 +91,13 @@ async def put(api: API, request: Request, query: Query, key: str) -> Response:
     if not key:
         raise bad_request("Missing key name")
     _no_sessions(query)
+    token = _write_rights(api, request, key)
     flags = parse_uint("flags", query.get("flags")) if query.has("flags") else 0
     if query.has("cas"):
         cas = parse_uint("cas", query.get("cas"))
-        ok = await api.agent.store.apply(commands.kv_cas(key, request.body, cas, flags))
+        ok = await api.agent.store.apply(commands.kv_cas(key, request.body, cas, flags), token=token)
     else:
-        ok = await api.agent.store.apply(commands.kv_set(key, request.body, flags))
+        ok = await api.agent.store.apply(commands.kv_set(key, request.body, flags), token=token)
     return _bool_response(api, bool(ok))
 
 
@@ -75,17 +105,19 @@ async def delete(api: API, request: Request, query: Query, key: str) -> Response
     """Delete a key, a subtree (?recurse), or a key at a ModifyIndex (?cas)."""
     store = api.agent.store
     if query.has("recurse"):
-        await store.apply(commands.kv_delete_tree(key))
+        token = _write_rights(api, request, key, prefix=True)
+        await store.apply(commands.kv_delete_tree(key), token=token)
         return _bool_response(api, True)
     if not key:
         raise bad_request("Missing key name")
+    token = _write_rights(api, request, key)
     if query.has("cas"):
         cas = parse_uint("cas", query.get("cas"))
         if store.catalog.kv_get(key) is None:
             # Consul: a CAS delete of a key that is already gone succeeds (nothing to protect).
             return _bool_response(api, True)
-        return _bool_response(api, bool(await store.apply(commands.kv_delete_cas(key, cas))))
-    await store.apply(commands.kv_delete(key))
+        return _bool_response(api, bool(await store.apply(commands.kv_delete_cas(key, cas), token=token)))
+    await store.apply(commands.kv_delete(key), token=token)
     return _bool_response(api, True)
 
 
