@@ -1,4 +1,4 @@
-"""The mesh's agent settings (issue 13): `connect { ... }`, `acl { default_policy }`, `config_entries { bootstrap }`.
+"""The mesh's agent settings (issue 13): `connect { ... }`, `config_entries { bootstrap }` (`acl { }`: acl_settings.py).
 
 Each block of one file becomes partial settings keyed by AgentConfig field name, with the file and line of
 every value in `where` (so that a rule checked on the merged result, such as leaf_cert_ttl against the
@@ -13,7 +13,6 @@ from typing import Any
 from .connect_defaults import HOUR, LEAF_TTL_MIN
 from .errors import Collector, ConfigError
 from .syntax import LINES, START
-from .unsupported import ACL_REASON
 from .values import Node, blocks, duration, kind_of, node_of, one_block, show, typed
 
 Where = dict[str, tuple[str, int | None]]
@@ -22,7 +21,6 @@ PROVIDERS = ("consul",)
 _CA_DURATIONS = ("leaf_cert_ttl", "root_cert_ttl", "intermediate_cert_ttl", "rotation_period")
 _PEM_MAX = 64 * 1024
 BOOTSTRAP_MAX = 1024  # entries in config_entries.bootstrap: a bound, far above any real seed list
-_POLICIES = ("allow", "deny")
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")  # `Routes[0].Match` -> Routes, 0, Match
 BOOTSTRAP_SOURCES = "config_entries_sources"  # settings key, not an AgentConfig field
 
@@ -207,38 +205,7 @@ def _hours(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-# ---------------------------------------------------------------------- acl { }
-
-
-def acl_block(col: Collector, value: Any, line: int | None, out: dict[str, Any], where: Where) -> None:
-    """`acl { default_policy }` (the intentions' default decision); `enabled = false` accepted; ACLs refused."""
-    for block in blocks(value) or [value]:  # `[]` is no block: an error below
-        node = _node(col, "acl", block, line)
-        if node is None:
-            continue
-        for key, item in node.raw.items():
-            at = node.at(key)
-            if key == "default_policy":
-                _policy(col, "acl.default_policy", item, at, out, where)
-            elif key == "enabled":
-                if typed(col, "acl.enabled", item, bool, at) is True:
-                    col.error("acl", ACL_REASON, node.line)  # the message and place the agent gave before
-            else:
-                col.error(f"acl.{key}", ACL_REASON, at)
-
-
-def legacy_acl_default_policy(col: Collector, value: Any, line: int | None, out: dict[str, Any],
-                              where: Where) -> None:
-    """Consul's older top-level spelling `acl_default_policy`."""
-    _policy(col, "acl_default_policy", value, line, out, where)
-
-
-def _policy(col: Collector, field_: str, value: Any, line: int | None, out: dict[str, Any], where: Where) -> None:
-    policy = typed(col, field_, value, str, line)
-    if policy is not None and policy not in _POLICIES:
-        col.error(field_, f"must be \"allow\" or \"deny\", got {show(policy)}", line)
-    else:
-        _put(out, where, "acl_default_policy", policy, col.path, line)
+# ---------------------------------------------------------------------- acl { }: agent/config/acl_settings.py
 
 
 # ---------------------------------------------------------------------- config_entries { bootstrap = [...] }

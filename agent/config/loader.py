@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .acl_settings import build_acl
 from .check_defs import parse_check
 from .connect_defaults import default_ca_config
 from .connect_settings import BOOTSTRAP_SOURCES, check_bootstrap, check_ca
@@ -131,10 +132,13 @@ def build(settings: dict[str, Any]) -> AgentConfig:
             config.tls = build_tls(value, settings.get(WHERE, {}))
         elif key == "ca_config":
             config.ca_config = default_ca_config() | value
+        elif key == "acl":
+            continue  # built below, with default_policy mirrored from acl_default_policy
         elif hasattr(config, key):
             setattr(config, key, value)
     if config.domain and not config.domain.endswith("."):
         config.domain += "."
+    config.acl = build_acl(settings.get("acl"), config.acl_default_policy)
     return config
 
 

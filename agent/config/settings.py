@@ -10,8 +10,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .acl_settings import LEGACY_TOP_LEVEL as _LEGACY_ACL
+from .acl_settings import acl_block, legacy_acl_key
 from .check_defs import CheckContext, check_from
-from .connect_settings import acl_block, config_entries_block, connect_block, legacy_acl_default_policy
+from .connect_settings import config_entries_block, connect_block
 from .errors import Collector
 from .services import service_from
 from .syntax import SyntaxProblem, load_hcl, load_json
@@ -96,8 +98,8 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             connect_block(col, value, line, out, mesh_where)
         elif key == "acl":
             acl_block(col, value, line, out, mesh_where)
-        elif key == "acl_default_policy":
-            legacy_acl_default_policy(col, value, line, out, mesh_where)
+        elif key in _LEGACY_ACL:
+            legacy_acl_key(col, key, value, line, out, mesh_where)
         elif key == "config_entries":
             config_entries_block(col, value, line, out)
         elif key in TOP_LEVEL:

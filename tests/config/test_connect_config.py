@@ -161,9 +161,9 @@ BAD = [
      "connect.ca_config.csr_max_concurrent", "100000"),
     ('connect {\n  test_min_leaf_ttl = "2h"\n}\n', 2, "connect.test_min_leaf_ttl", "at most 1h"),
     ('acl {\n  default_policy = "maybe"\n}\n', 2, "acl.default_policy", '"allow" or "deny"'),
-    ('acl {\n  down_policy = "extend-cache"\n}\n', 2, "acl.down_policy", "ACLs arrive in a later release"),
-    ('acl {\n  tokens {\n    agent = "x"\n  }\n}\n', 2, "acl.tokens", "ACLs arrive in a later release"),
-    ('acl_token = "x"\n', 1, "acl_token", "ACLs arrive in a later release"),
+    ('acl {\n  down_policy = "never"\n}\n', 2, "acl.down_policy", '"extend-cache" or "async-cache"'),
+    ('acl {\n  tokens {\n    agent = 5\n  }\n}\n', 3, "acl.tokens.agent", "must be a string"),
+    ('acl_datacenter = "dc1"\n', 1, "acl_datacenter", "acl { enabled = true }"),
     ('acl_default_policy = "block"\n', 1, "acl_default_policy", '"allow" or "deny"'),
     ('config_entries {\n  seed = []\n}\n', 2, "config_entries.seed", "unknown field (bootstrap)"),
     ('config_entries {\n  bootstrap = ["web"]\n}\n', 2, "config_entries.bootstrap[0]", "must be a config entry"),
@@ -268,13 +268,12 @@ def test_hostile_values_are_errors_not_crashes(tmp_path: Path) -> None:
         assert errors_of(path), text
 
 
-def test_validate_accepts_the_mesh_keys_and_still_refuses_acl_enabled(tmp_path: Path) -> None:
+def test_validate_accepts_the_mesh_keys_and_acl_enabled(tmp_path: Path) -> None:
     good = tmp_path / "mesh.hcl"
     good.write_text(HCL)
     result = subprocess.run([MESHAGENT, "validate", str(good)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Configuration is valid" in result.stdout, result.stdout + result.stderr
-    bad = tmp_path / "acl.hcl"
-    bad.write_text('acl {\n  default_policy = "deny"\n  enabled = true\n}\n')
-    result = subprocess.run([MESHAGENT, "validate", str(bad)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert f"Error: {bad}:1: acl: not supported yet (ACLs arrive in a later release)" in result.stdout + result.stderr
+    acl = tmp_path / "acl.hcl"
+    acl.write_text('acl {\n  default_policy = "deny"\n  enabled = true\n}\n')  # issue 15: ACLs exist
+    result = subprocess.run([MESHAGENT, "validate", str(acl)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Configuration is valid" in result.stdout, result.stdout + result.stderr

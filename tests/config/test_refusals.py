@@ -13,7 +13,8 @@ from meshagent.agent.config.loader import load_config, validate_paths
 from tests.support.agents import MESHAGENT
 from tests.support.ports import free_hosts
 
-ACL = 'acl {\n  enabled        = true\n  default_policy = "deny"\n}\n'
+# A misspelled key would leave ACLs off: refused (issue 15 made `enabled = true` itself work).
+ACL = 'acl {\n  enable         = true\n  default_policy = "deny"\n}\n'
 
 
 def validate(*paths: Path) -> tuple[int, str]:
@@ -27,8 +28,8 @@ def test_validate_refuses_acl_naming_file_line_and_key(tmp_path: Path) -> None:
     path.write_text('datacenter = "dc1"\n' + ACL)
     code, out = validate(path)
     assert code == 1
-    assert f"Error: {path}:2: acl: not supported yet (ACLs arrive in a later release)" in out
-    assert "without the access control you asked for" in out and "Configuration is valid" not in out
+    assert f"Error: {path}:3: acl.enable: unknown field (enabled, default_policy" in out
+    assert "Configuration is valid" not in out
 
 
 def test_validate_refuses_unknown_keys_in_hcl_and_json(tmp_path: Path) -> None:
@@ -80,11 +81,11 @@ def _free_host() -> str:
     return free_hosts(1, 110, 129)[0]  # this suite's 127.0.0.N range
 
 
-def test_agent_with_acl_refuses_to_start(tmp_path: Path) -> None:
-    (tmp_path / "acl.hcl").write_text('acl {\n  enabled = true\n}\n')
+def test_agent_with_a_misspelled_acl_key_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "acl.hcl").write_text('acl {\n  enabeld = true\n}\n')
     host = _free_host()
     result = subprocess.run([MESHAGENT, "agent", "-dev", "-bind", host, "-client", host, "-config-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert f"{tmp_path / 'acl.hcl'}:1: acl: not supported yet" in result.stderr
+    assert f"{tmp_path / 'acl.hcl'}:2: acl.enabeld: unknown field" in result.stderr
     assert "Starting meshagent agent" not in result.stdout  # refused before anything started
