@@ -1,7 +1,9 @@
-"""The CLI's connection to an agent's HTTP API: address from -http-addr / MESH_HTTP_ADDR, one-line errors."""
+"""The CLI's connection to an agent's HTTP API: address from -http-addr / MESH_HTTP_ADDR, the ACL token from
+-token / -token-file / CONSUL_HTTP_TOKEN(_FILE), one-line errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -20,12 +22,75 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+TOKEN_ENV = ("MESH_HTTP_TOKEN", "CONSUL_HTTP_TOKEN")
+TOKEN_FILE_ENV = ("MESH_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN_FILE")
+MAX_TOKEN_FILE = 4096  # bytes: a secret is a 36-character UUID; anything near this is the wrong file
+
+
 def http_options(func: Any) -> Any:
-    """Add -http-addr and -token to a command."""
-    func = click.option("-http-addr", "--http-addr", "http_addr", default=None,
-                        help="Agent HTTP address (env MESH_HTTP_ADDR, default http://127.0.0.1:8500).")(func)
-    func = click.option("-token", "--token", "token", default=None, help="ACL token (env MESH_HTTP_TOKEN).")(func)
-    return func
+    """Add -http-addr, -token and -token-file to a command; the command gets `token` already resolved
+    (flag > -token-file > MESH_/CONSUL_HTTP_TOKEN > MESH_/CONSUL_HTTP_TOKEN_FILE), never `token_file`."""
+
+    @functools.wraps(func)
+    def with_token(*args: Any, token_file: str | None = None, **kwargs: Any) -> Any:
+        kwargs["token"] = resolve_token(kwargs.get("token"), token_file)
+        return func(*args, **kwargs)
+
+    cmd: Any = with_token
+    cmd = click.option("-http-addr", "--http-addr", "http_addr", default=None,
+                       help="Agent HTTP address (env MESH_HTTP_ADDR, CONSUL_HTTP_ADDR; "
+                            "default http://127.0.0.1:8500).")(cmd)
+    cmd = click.option("-token", "--token", "token", default=None,
+                       help="ACL token for the request (env CONSUL_HTTP_TOKEN or MESH_HTTP_TOKEN).")(cmd)
+    cmd = click.option("-token-file", "--token-file", "token_file", default=None,
+                       help="File holding the ACL token (env CONSUL_HTTP_TOKEN_FILE or MESH_HTTP_TOKEN_FILE); "
+                            "-token wins over it.")(cmd)
+    return cmd
+
+
+def resolve_token(token: str | None, token_file: str | None) -> str | None:
+    """The token a request carries, by Consul's precedence: -token, -token-file, CONSUL_HTTP_TOKEN (or our
+    MESH_HTTP_TOKEN), CONSUL_HTTP_TOKEN_FILE (or MESH_HTTP_TOKEN_FILE). None: no token (anonymous)."""
+    if token:
+        return _checked(token, "-token")
+    if token_file:
+        return read_token_file(token_file, "-token-file")
+    for name in TOKEN_ENV:
+        if os.environ.get(name):
+            return _checked(os.environ[name], name)
+    for name in TOKEN_FILE_ENV:
+        if os.environ.get(name):
+            return read_token_file(os.environ[name], name)
+    return None
+
+
+def read_token_file(path: str, source: str) -> str:
+    """The token in `path` (surrounding whitespace trimmed, as Consul does); a clear error naming the file
+    when it is missing, unreadable, empty or not a token. The file's content is never shown."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        fail(f"Error loading token file {path!r} (from {source}): {exc.strerror or type(exc).__name__}")
+    if len(raw) > MAX_TOKEN_FILE:
+        fail(f"Error loading token file {path!r} (from {source}): larger than {MAX_TOKEN_FILE} bytes, "
+             "not a token")
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        fail(f"Error loading token file {path!r} (from {source}): not an ASCII token")
+    if not text:
+        fail(f"Error loading token file {path!r} (from {source}): the file is empty")
+    return _checked(text, f"token file {path!r} (from {source})")
+
+
+def _checked(token: str, source: str) -> str:
+    # An HTTP header value: printable ASCII only. A token with a newline could otherwise smuggle a header,
+    # and httpx's own error would quote it. The value itself is never shown.
+    if len(token) > MAX_TOKEN_FILE or not all(" " < ch <= "~" for ch in token):
+        fail(f"Error: the ACL token from {source} is not usable: it must be printable ASCII without spaces, "
+             f"at most {MAX_TOKEN_FILE} characters")
+    return token
 
 
 class AgentClient:
@@ -37,7 +102,7 @@ class AgentClient:
             addr = "http://" + addr
         self.addr = addr.rstrip("/")
         headers = {}
-        token = token or os.environ.get("MESH_HTTP_TOKEN")
+        token = resolve_token(token, None)
         if token:
             headers["X-Consul-Token"] = token
         self._client = httpx.Client(base_url=self.addr, headers=headers, timeout=30.0)

@@ -13,6 +13,7 @@ import meshagent
 
 # command name -> (module in this package, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "acl": ("acl_cmd", "acl"),
     "agent": ("agent_cmd", "agent"),
     "catalog": ("catalog_cmd", "catalog"),
     "config": ("config_cmd", "config"),
