@@ -1,0 +1,285 @@
+"""The agent's own ACL tokens (issue 15): anti-entropy writes each service as its registering token (else the
+definition's, else config_file_service_registration for file services, else the agent token), refusals are
+logged once without the secret; PUT /v1/agent/token/<type> with acl-tokens.json persistence.
+
+Anti-entropy runs against a real CatalogStore whose `apply` re-checks each write as a server does
+(agent/acl/command_rights.authorize); the resolver is a stand-in with ACLResolver's face built from the real
+rule parser and Authorizer. The HTTP part is a real HTTPServer on 127.0.44.N.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from meshagent.agent.acl.authorizer import Authorizer
+from meshagent.agent.acl.command_rights import authorize
+from meshagent.agent.acl.identity import ALLOW_ALL, ACLIdentity
+from meshagent.agent.acl.rules import parse_rules
+from meshagent.agent.catalog import Node
+from meshagent.agent.config.loader import parse_service
+from meshagent.agent.config.types import ACLTokens, Source
+from meshagent.agent.http.server import HTTPServer
+from meshagent.agent.local_persist import TOKENS_FILE, AgentTokenFile
+from meshagent.agent.local_state import LocalState
+from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
+from meshagent.agent.store import CatalogStore
+
+from tests.support.http_harness import FakeAgent, ServerThread
+from tests.support.ports import port_free
+
+RULES = {
+    "agent-secret": 'node "web-1" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
+    "web-secret": 'service "web" { policy = "write" }\n',
+    "weak-secret": 'service "api" { policy = "read" }\n',
+    "file-secret": 'service "filesvc" { policy = "write" }\n',
+    "cfsr-secret": 'service "other" { policy = "write" }\n',
+    "mgmt-secret": 'acl = "write"\n',
+    "reader-secret": 'acl = "read"\n',
+}
+
+
+class StandInACL:
+    """ACLResolver's face: `enabled`, `tokens`, `resolve(secret)`, `agent_secret()` (default deny)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tokens = ACLTokens(agent="agent-secret")
+        self._ids = {secret: ACLIdentity(accessor_id=f"accessor-{secret.split('-')[0]}",
+                                         authorizer=Authorizer([parse_rules(rules)], default_allow=False),
+                                         cache_key=secret.split("-")[0])
+                     for secret, rules in RULES.items()}
+        self._anonymous = ACLIdentity(accessor_id="00000000-0000-0000-0000-000000000002",
+                                      authorizer=Authorizer([], default_allow=False), cache_key="anonymous")
+
+    def resolve(self, secret: str | None) -> ACLIdentity:
+        if not self.enabled:
+            return ALLOW_ALL
+        if not secret:
+            secret = self.tokens.default
+        if not secret:
+            return self._anonymous
+        if secret not in self._ids:
+            raise ACLNotFound()
+        return self._ids[secret]
+
+    def agent_secret(self) -> str:
+        return self.tokens.agent or self.tokens.default
+
+
+class CheckingStore(CatalogStore):
+    """A store that records each write's token and re-checks it as a server re-checks forwarded writes."""
+
+    def __init__(self, acl: StandInACL) -> None:
+        super().__init__()
+        self.acl = acl
+        self.writes: list[tuple[str, str, str | None]] = []  # (op, service id or check id, token)
+
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+        svc = command.get("service") or {}
+        what = svc.get("id") or command.get("service_id") or command.get("check_id") or \
+            ",".join(c["check_id"] for c in command.get("checks") or [])
+        self.writes.append((command["op"], what, token))
+        if token is not None:
+            identity = self.acl.resolve(token)
+            decision = authorize(identity, command, self.catalog)
+            if decision is not None:
+                raise ACLDenied(decision.denied_message(identity.accessor_id))
+        return await super().apply(command, token)
+
+
+def _local(store: CatalogStore, acl: StandInACL, data_dir: Path) -> LocalState:
+    local = LocalState(node=Node(node="web-1", address="127.0.44.1"), store=store, data_dir=str(data_dir),
+                       enable_local_script_checks=False, enable_script_checks=False)
+    local.sync.acl = acl  # type: ignore[assignment]  # the stand-in has ACLResolver's face
+    return local
+
+
+def _svc(body: dict[str, Any]) -> Any:
+    return parse_service(body, Source("<test>"))
+
+
+def _tokens_for(store: CheckingStore, what: str) -> set[str | None]:
+    return {token for _, w, token in store.writes if w == what}
+
+
+def test_anti_entropy_writes_each_service_as_its_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    acl = StandInACL()
+    acl.tokens.config_file_service_registration = "cfsr-secret"
+    store = CheckingStore(acl)
+
+    async def scenario() -> None:
+        local = _local(store, acl, tmp_path)
+        files = [_svc({"Name": "filesvc", "Port": 1, "Token": "file-secret"}), _svc({"Name": "other", "Port": 2})]
+        await local.start(files, [])
+        await local.register_service(_svc({"Name": "web", "Port": 80, "Check": {"CheckID": "web-ttl", "TTL": "1h"}}),
+                                     token="web-secret")
+        await local.update_ttl("web-ttl", "passing", "ok")
+        names = {s.service for s in store.catalog.node_services("web-1")}
+        assert names == {"filesvc", "other", "web"}
+        assert _tokens_for(store, "filesvc") == {"file-secret"}  # the definition's own token
+        assert _tokens_for(store, "other") == {"cfsr-secret"}  # a file service without one
+        assert _tokens_for(store, "web") == {"web-secret"}  # the registering token
+        assert _tokens_for(store, "web-ttl") == {"web-secret"}  # its check's status, as the service's token
+        assert {t for op, w, t in store.writes if op == "register" and w == ""} == {"agent-secret"}  # the node
+        assert not local.sync.out_of_sync
+
+        # A token without service:write on "api": refused by the re-check, the agent stays out of sync and
+        # says so once (the AccessorID, never the secret), however often it retries.
+        await local.register_service(_svc({"Name": "api", "Port": 81}), token="weak-secret")
+        assert "api" not in {s.service for s in store.catalog.node_services("web-1")}
+        assert local.sync.out_of_sync
+        for _ in range(3):
+            await local.sync_full()
+        refusals = [r for r in caplog.records if "refused by ACLs" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in refusals]
+        assert "accessor-weak" in refusals[0].getMessage() and "'api'" in refusals[0].getMessage()
+        assert _tokens_for(store, "api") == {"weak-secret"}
+
+        # Deregistration is written as the service's token too.
+        await local.deregister_service("web")
+        assert ("deregister", "web", "web-secret") in store.writes
+
+    trio.run(scenario)
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert not any(secret in everything for secret in RULES)
+
+
+def test_registering_tokens_survive_a_restart_in_a_0600_file(tmp_path: Path) -> None:
+    acl = StandInACL()
+
+    async def first() -> None:
+        local = _local(CheckingStore(acl), acl, tmp_path)
+        await local.start([], [])
+        await local.register_service(_svc({"Name": "web", "Port": 80}), token="web-secret")
+
+    trio.run(first)
+    state = tmp_path / "local-state.json"
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    assert json.loads(state.read_text())["service_tokens"] == {"web": "web-secret"}
+
+    store = CheckingStore(acl)  # a fresh catalog: the restarted agent must write web again, as web-secret
+
+    async def second() -> None:
+        local = _local(store, acl, tmp_path)
+        await local.start([], [])
+        assert {s.service for s in store.catalog.node_services("web-1")} == {"web"}
+
+    trio.run(second)
+    assert _tokens_for(store, "web") == {"web-secret"}
+
+
+def test_acls_off_writes_carry_no_token(tmp_path: Path) -> None:
+    acl = StandInACL(enabled=False)
+    store = CheckingStore(acl)
+
+    async def scenario() -> None:
+        local = _local(store, acl, tmp_path)
+        await local.start([_svc({"Name": "filesvc", "Port": 1, "Token": "file-secret"})], [])
+        await local.register_service(_svc({"Name": "web", "Port": 80}), token="web-secret")
+
+    trio.run(scenario)
+    assert {token for _, _, token in store.writes} == {None}
+
+
+# ---------------------------------------------------------------------- PUT /v1/agent/token/<type>
+
+
+def _host() -> str:
+    for n in range(1, 250):
+        host = f"127.0.44.{n}"
+        if port_free(host, 8500):
+            return host
+    raise AssertionError("no free 127.0.44.N address")
+
+
+@pytest.fixture
+def token_api(tmp_path: Path) -> Iterator[tuple[str, FakeAgent]]:
+    agent = FakeAgent()
+    agent.acl = StandInACL()  # type: ignore[assignment]
+    agent.config.acl.enabled = True
+    agent.config.acl.enable_token_persistence = True
+    agent.acl_token_file = AgentTokenFile(str(tmp_path))  # type: ignore[attr-defined]
+    thread = ServerThread(agent=agent)
+    host = _host()
+    thread.server = HTTPServer(thread.api, host, 0)
+    thread.start()
+    try:
+        yield f"{host}:{thread.port}", agent
+    finally:
+        thread.stop()
+
+
+def _put(where: str, path: str, body: bytes, token: str = "") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(where, timeout=5)
+    try:
+        conn.request("PUT", path, body=body, headers={"X-Consul-Token": token} if token else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_set_agent_token_needs_acl_write_and_persists(token_api: tuple[str, FakeAgent], tmp_path: Path) -> None:
+    where, agent = token_api
+    body = json.dumps({"Token": "dns-default"}).encode()
+    status, text = _put(where, "/v1/agent/token/default", body)
+    assert status == 403 and b"acl:write" in text
+    status, text = _put(where, "/v1/agent/token/default", body, "reader-secret")
+    assert status == 403 and b"accessor-reader" in text
+    assert agent.acl.tokens.default == ""
+
+    assert _put(where, "/v1/agent/token/default", body, "mgmt-secret") == (200, b"")
+    assert agent.acl.tokens.default == "dns-default"
+    for path, field in (("agent_master", "agent_recovery"), ("acl_agent_token", "agent"),
+                        ("replication", "replication"), ("config_file_service_registration",
+                                                         "config_file_service_registration")):
+        assert _put(where, f"/v1/agent/token/{path}", json.dumps({"Token": f"t-{path}"}).encode(),
+                    "mgmt-secret") == (200, b"")
+        assert getattr(agent.acl.tokens, field) == f"t-{path}"
+
+    saved = tmp_path / TOKENS_FILE
+    assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+    assert json.loads(saved.read_text())["default"] == "dns-default"
+    # a restart reads them back (Agent applies these over its config's tokens)
+    assert AgentTokenFile(str(tmp_path)).load() == {
+        "default": "dns-default", "agent_recovery": "t-agent_master", "agent": "t-acl_agent_token",
+        "replication": "t-replication", "config_file_service_registration": "t-config_file_service_registration"}
+    # an empty Token clears it, in memory and on disk
+    assert _put(where, "/v1/agent/token/default", b'{"Token": ""}', "mgmt-secret") == (200, b"")
+    assert agent.acl.tokens.default == "" and "default" not in json.loads(saved.read_text())
+
+
+def test_set_agent_token_refusals(token_api: tuple[str, FakeAgent]) -> None:
+    where, agent = token_api
+    status, text = _put(where, "/v1/agent/token/bogus", b'{"Token": "x"}', "mgmt-secret")
+    assert (status, text) == (404, b'Token "bogus" is unknown\n')
+    for bad in (b"[1]", b'{"Token": 5}', b"{not json", b'{"Token": "' + b"a" * 300 + b'"}',
+                b'{"Token": "a\\nb"}'):
+        status, text = _put(where, "/v1/agent/token/agent", bad, "mgmt-secret")
+        assert status == 400 and text.startswith(b"Request decode failed"), (bad, text)
+        assert b"aaaa" not in text  # a secret is never echoed
+    assert agent.acl.tokens.agent == "agent-secret"
+    agent.acl.enabled = False  # type: ignore[misc]
+    assert _put(where, "/v1/agent/token/agent", b'{"Token": "x"}', "mgmt-secret") == (401, b"ACL support disabled\n")
+
+
+def test_a_hostile_tokens_file_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / TOKENS_FILE
+    path.write_text('{"default": "ok-secret", "agent": 5, "bogus": "x", "agent_master": "' + "r" * 300 + '"}')
+    assert AgentTokenFile(str(tmp_path)).load() == {"default": "ok-secret"}
+    path.write_text("{not json")
+    assert AgentTokenFile(str(tmp_path)).load() == {}
+    path.write_text('["agent-secret"]')
+    assert AgentTokenFile(str(tmp_path)).load() == {}
+    assert "agent-secret" not in caplog.text and "ok-secret" not in caplog.text
+    assert AgentTokenFile(None).load() == {}
