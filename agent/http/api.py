@@ -13,6 +13,8 @@ from typing import Any
 
 from ..acl.identity import ACLIdentity
 from . import (
+    acl_api,
+    acl_policy_api,
     agent_api,
     agent_token_api,
     catalog_api,
@@ -114,6 +116,21 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/connect/intentions/check": {"GET": intentions_api.check},
     "/v1/connect/intentions/": {"GET": intentions_api.by_id_get, "PUT": intentions_api.by_id_put,
                                 "DELETE": intentions_api.by_id_delete},
+    "/v1/acl/bootstrap": {"PUT": acl_api.bootstrap, "POST": acl_api.bootstrap},
+    "/v1/acl/token": {"PUT": acl_api.token_create},
+    "/v1/acl/token/self": {"GET": acl_api.token_self},
+    "/v1/acl/token/": {"GET": acl_api.token_item, "PUT": acl_api.token_item, "DELETE": acl_api.token_item},
+    "/v1/acl/tokens": {"GET": acl_api.token_list},
+    "/v1/acl/policy": {"PUT": acl_policy_api.policy_create},
+    "/v1/acl/policy/name/": {"GET": acl_policy_api.policy_by_name},
+    "/v1/acl/policy/": {m: acl_policy_api.policy_item for m in ("GET", "PUT", "DELETE")},
+    "/v1/acl/policies": {"GET": acl_policy_api.policy_list},
+    "/v1/acl/role": {"PUT": acl_policy_api.role_create},
+    "/v1/acl/role/name/": {"GET": acl_policy_api.role_by_name},
+    "/v1/acl/role/": {m: acl_policy_api.role_item for m in ("GET", "PUT", "DELETE")},
+    "/v1/acl/roles": {"GET": acl_policy_api.role_list},
+    "/v1/acl/templated-policies": {"GET": acl_policy_api.templated_policies},
+    "/v1/acl/templated-policy/name/": {"GET": acl_policy_api.templated_policy},
 }
 # Longest prefix first so /v1/agent/service/register beats /v1/agent/service/.
 _PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)

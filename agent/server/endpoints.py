@@ -13,6 +13,7 @@ import msgpack
 from ..acl import command_rights
 from ..acl.identity import ACLIdentity, require
 from ..rpc.errors import ACLNotFound, Rejected
+from .acl_endpoints import AclHttpEndpoint
 from .rpc_args import parse_add_server
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Endpoints:
 
     def __init__(self, server: RaftServer) -> None:
         self.server = server
+        self.acl_http = AclHttpEndpoint()  # client agents' /v1/acl/ requests; the agent sets its api
         self.table: dict[str, Handler] = {
             "hello": server.bootstrap.on_hello,       # a server looking for its peers (bootstrap/join)
             "apply": self.apply,                      # a write, forwarded to the leader if need be
@@ -82,6 +84,7 @@ class Endpoints:
             "raft_restore": self.raft_restore,        # a snapshot restore, forwarded by a server to the leader
             "connect_ca_sign": self.connect_ca_sign,  # a CSR to sign (followers forward to the leader)
             "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
+            "acl_http": self.acl_http.call,           # a client agent's /v1/acl/ request, run by this server
         }
         self.ca: CAManager | None = None  # the mesh CA, set by the agent (None: connect disabled)
         # The agent's ACL resolver, set by the agent: with ACLs enabled every write arriving over RPC `apply` is
