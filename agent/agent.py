@@ -47,6 +47,7 @@ from .local_persist import AgentTokenFile
 from .local_state import LocalState
 from .logs import parse_level
 from .rpc.framing import split_address
+from .server.acl_init import ACLInitializer
 from .server.leader import MembershipReconciler
 from .server.raft_server import RaftServer
 from .startup import AgentError, load_keyring, lock_data_dir, node_id, rpc_tls
@@ -137,7 +138,13 @@ class Agent:
             self.proxy_runner = ProxyRunner(self.store, self.local.services, self.leaves, datacenter=self.datacenter,
                                        node_name=self.node_name, bind_address=bind,
                                        default_allow=lambda: str(self.config.acl_default_policy).lower() != "deny")
-        self.acl = ACLResolver(config, self.store)
+        # ACLs (issue 15): resolved from this agent's catalog; the clock is store.stale_since's (down_policy).
+        self.acl = ACLResolver(config, self.store, clock=trio.current_time)
+        self.acl.node_name = self.node_name
+        self.acl_init: ACLInitializer | None = None  # the builtins, written while this server leads
+        if config.acl.enabled and (self.server is not None or config.dev):
+            self.acl_init = ACLInitializer(self.store, self.acl.tokens,
+                                           self.server.is_leader if self.server is not None else lambda: True)
         # PUT /v1/agent/token/<type> values, kept with acl.enable_token_persistence; they win over the config's
         self.acl_token_file = AgentTokenFile(str(data_dir) if data_dir and config.acl.enable_token_persistence
                                              else None)
@@ -147,6 +154,8 @@ class Agent:
         if self.server is not None:
             self.server.endpoints.acl = self.acl  # servers re-check every write arriving over RPC apply
         self.api = API(self)
+        if self.server is not None:
+            self.server.endpoints.acl_http.api = self.api  # client agents' /v1/acl/ requests run through it
         self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server, acl=self.acl)  # answers as `default`
         self._cancel: trio.CancelScope | None = None
@@ -209,6 +218,8 @@ class Agent:
                     nursery.start_soon(self.reconciler.run)
                 if self.ca_manager is not None:
                     await nursery.start(self.ca_manager.run)
+                if self.acl_init is not None:
+                    await nursery.start(self.acl_init.run)
                 if self.replica is not None and self.forwarder is not None:
                     if self.rpc_tls is not None and self.rpc_tls.config.auto_encrypt_tls:
                         from .tls.auto_encrypt import keep_certificate

@@ -147,7 +147,7 @@ class ACLResolver:
         try:
             rules = parse_rules(policy.rules)
         except RulesError as exc:  # the FSM checks rules on the way in: only a damaged entry gets here
-            log.warning("acl: policy %s (%s) has rules that cannot be used, ignored: %s", policy.id, policy.name,
+            log.warning("policy %s (%s) has rules that cannot be used, ignored: %s", policy.id, policy.name,
                         exc)
             rules = Rules()
         self._parsed[key] = rules

@@ -55,13 +55,13 @@ class ACLInitializer:
                     await self.store.apply(commands.acl_init(self.tokens.initial_management))
                 except (ServerError, CommandError) as exc:  # lost leadership, no quorum, a refused init
                     self.failures += 1
-                    log.warning("acl: writing the builtin policy and tokens failed: %s; retrying in %.1fs",
+                    log.warning("writing the builtin policy and tokens failed: %s; retrying in %.1fs",
                                 exc, backoff)
                     delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
                 else:
                     self.writes += 1
                     backoff = BACKOFF_MIN
-                    log.info("acl: builtin policy and tokens written (global-management, anonymous%s)",
+                    log.info("builtin policy and tokens written (global-management, anonymous%s)",
                              ", initial management" if self.tokens.initial_management else "")
             if not started:
                 task_status.started()
