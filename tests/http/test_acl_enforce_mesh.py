@@ -1,10 +1,10 @@
 """ACL enforcement on the mesh and operator endpoints (issue 15), over real HTTP against the in-process API under
 `default_policy = "deny"`: tokens and policies are written to the real catalog (acl_* commands through
-`store.apply`). Each family shows both sides (allowed, and 403 naming the permission), an unknown token is
-403 "ACL not found" everywhere, and the same requests with ACLs off are answered as before.
+`store.apply`) and resolved by the agent's ACLResolver. Each family shows both sides (allowed, and 403 naming
+the permission), an unknown token is 403 "ACL not found" everywhere, and with ACLs off nothing changes.
 
 The issue's acceptance: a `service "web" { policy = "write" }` token gets web's leaf and not db's; a
-`key_prefix "app/" { policy = "write" }` token is refused by the keyring and snapshot endpoints."""
+`key_prefix "app/" { policy = "write" }` token is refused by the keyring, snapshot and /v1/acl endpoints."""
 
 from __future__ import annotations
 
@@ -15,14 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from meshagent.agent.acl.authorizer import Authorizer
-from meshagent.agent.acl.identity import ALLOW_ALL, ACLIdentity
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.acl.rules import parse_rules
 from meshagent.agent.catalog import commands
 from meshagent.agent.config.types import ServiceDefinition
 from meshagent.agent.http.server import HTTPServer
-from meshagent.agent.rpc.errors import ACLNotFound
 
 from tests.support.http_harness import FakeAgent, ServerThread
 from tests.support.wait import wait_for
@@ -53,46 +49,6 @@ def accessor(name: str) -> str:
     return "a" + secret(name)[1:]
 
 
-class StandInResolver:
-    """Resolves secrets from the catalog's ACL state as agent.acl will once helper B's resolver lands (used only
-    while the real one is a skeleton): token by secret digest, its policies' rules, default_policy."""
-
-    def __init__(self, agent: FakeAgent) -> None:
-        self.agent = agent
-        self.tokens = agent.acl.tokens
-
-    @property
-    def enabled(self) -> bool:
-        return self.agent.config.acl.enabled
-
-    def resolve(self, presented: str | None) -> ACLIdentity:
-        if not self.enabled:
-            return ALLOW_ALL
-        acl = self.agent.store.catalog.acl
-        token = acl.token_by_secret(presented) if presented else acl.token(ANON_ACCESSOR)
-        if token is None:
-            raise ACLNotFound()
-        pairs = []
-        for link in token.policies:
-            policy = acl.policy(link.id)
-            if policy is not None:
-                pairs.append((policy.id, parse_rules(policy.rules)))
-        allow = self.agent.config.acl.default_policy == "allow"
-        return ACLIdentity(token.accessor_id, Authorizer.for_policies(pairs, allow), token,
-                           cache_key=f"{token.accessor_id}:{acl.index}")
-
-    def agent_secret(self) -> str:
-        return self.tokens.agent or self.tokens.default
-
-
-def _resolver_ready(agent: FakeAgent) -> bool:
-    try:
-        agent.acl.resolve(secret("web"))
-    except NotImplementedError:
-        return False
-    return True
-
-
 def _start(agent: FakeAgent, host: str) -> ServerThread:
     thread = ServerThread(agent=agent)
     thread.server = HTTPServer(thread.api, host, 0)  # this suite's own address (127.0.40.N)
@@ -118,8 +74,6 @@ def mesh() -> Iterator[ServerThread]:
     server = _start(agent, HOST_ON)
     try:
         _seed(server)
-        if not _resolver_ready(agent):
-            agent.acl = StandInResolver(agent)  # type: ignore[assignment]
         server.run(agent.leaves.get, "web")  # the CA's first root and a leaf: later reads are fast
         wait_for(lambda: agent.store.catalog.connect.trust_domain, 10, what="the CA's trust domain")
         yield server
@@ -377,3 +331,13 @@ def test_with_acls_off_nothing_changes() -> None:
             assert call(http, "GET", "/v1/operator/keyring").status_code == 500  # no gossip here: not a 403
     finally:
         server.stop()
+
+
+def test_acl_endpoints_refuse_a_kv_token(http: httpx.Client) -> None:
+    kv = secret("app-kv")
+    for path in ("/v1/acl/tokens", "/v1/acl/policies", "/v1/acl/roles"):
+        denied(call(http, "GET", path, kv), accessor("app-kv"), "acl:read")
+        ok(call(http, "GET", path, MGMT))
+    denied(call(http, "PUT", "/v1/acl/policy", kv, {"Name": "mine", "Rules": 'key_prefix "" { policy = "write" }'}),
+           accessor("app-kv"), "acl:write")
+    denied(call(http, "PUT", "/v1/acl/token", kv, {"Policies": [{"Name": "web"}]}), accessor("app-kv"), "acl:write")
