@@ -197,6 +197,24 @@ def delete(token_id: str, accessor_id: str, http_addr: str | None, token: str | 
     click.echo(f'Token "{tid}" deleted successfully')
 
 
+@token.command("clone")
+@click.option("-id", "--id", "token_id", default="", help="AccessorID (or unique prefix) of the token to clone.")
+@click.option("-accessor-id", "--accessor-id", "accessor_id", default="", help="The same as -id.")
+@click.option("-description", "--description", default="", help="A description of the new token.")
+@output_options
+@http_options
+def clone(token_id: str, accessor_id: str, description: str, fmt: str, meta: bool, http_addr: str | None,
+          token: str | None) -> None:
+    """Create a new token with the same links and identities as an existing one."""
+    check_format(fmt)
+    wanted = _token_id(token_id, accessor_id)
+    client = AgentClient(http_addr, token)
+    tid = resolve_id(client, "token", wanted)
+    body = {"Description": description} if description else {}
+    cloned = call(client, "PUT", f"/v1/acl/token/{seg(tid)}/clone", "Failed to clone token", body=body)
+    emit(cloned, fmt, acl_format.token_text, meta)
+
+
 @token.command("list")
 @click.option("-policy-id", "--policy-id", "policy_id", default="", help="Only tokens linking this policy.")
 @click.option("-role-id", "--role-id", "role_id", default="", help="Only tokens linking this role.")

@@ -320,6 +320,10 @@ def test_token_read_self_delete_and_list(api: StandIn) -> None:
     api.routes[("DELETE", f"/v1/acl/token/{tid}")] = (200, True)
     assert run(api, "acl", "token", "read", "-id", "8d1b").output == acl_format.token_text(TOKEN) + "\n"
     assert run(api, "acl", "token", "read", "-self").exit_code == 0
+    api.routes[("PUT", f"/v1/acl/token/{tid}/clone")] = (200, TOKEN)
+    cloned = run(api, "acl", "token", "clone", "-id", tid, "-description", "copy")
+    assert cloned.output == acl_format.token_text(TOKEN) + "\n"
+    assert api.last("PUT", f"/v1/acl/token/{tid}/clone").body == {"Description": "copy"}
     deleted = run(api, "acl", "token", "delete", "-accessor-id", tid)
     assert deleted.output == f'Token "{tid}" deleted successfully\n'
     listed = run(api, "acl", "token", "list", "-service-name", "web", "-format", "json")
@@ -496,6 +500,9 @@ def test_end_to_end_against_an_agent_with_acls(acl_agent: AgentProcess, tmp_path
     short = app["AccessorID"][:8]
     updated = real(acl_agent, "acl", "token", "update", "-id", short, "-description", "renamed", env=as_root)
     assert updated.exit_code == 0 and "Description:      renamed" in updated.output and " - app" in updated.output
+    copy = json.loads(real(acl_agent, "acl", "token", "clone", "-id", short, "-description", "copy", "-format", "json",
+                           env=as_root).output)
+    assert copy["AccessorID"] != app["AccessorID"] and [p["Name"] for p in copy["Policies"]] == ["app"]
     listed = real(acl_agent, "acl", "token", "list", "-format", "json", env=as_root)
     assert app["AccessorID"] in {t["AccessorID"] for t in json.loads(listed.output)}
     role = real(acl_agent, "acl", "role", "create", "-name", "ops", "-policy-name", "app",
