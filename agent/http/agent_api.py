@@ -15,6 +15,7 @@ from ...proxy.metrics import merge as merge_proxy_metrics
 from ...proxy.metrics import render_prometheus
 from ..acl.identity import require
 from ..catalog import MAINTENANCE, PASSING, WARNING
+from ..config.acl_settings import redacted
 from ..config.errors import ConfigErrors
 from ..connect.sidecar import PROXY_KIND, expand_sidecar
 from .acl_gate import FILTERED_HEADER, request_token
@@ -161,7 +162,9 @@ async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
         stats["raft"] = agent.server.stats()
     if agent.gossip is not None:
         stats["serf_lan"] = agent.gossip.stats_view()
-    return api.json(agent_self_json(agent, member, stats, meshagent.__version__), query)
+    data = agent_self_json(agent, member, stats, meshagent.__version__)
+    data["DebugConfig"].update(redacted(agent.config.acl))  # ACL settings; every token set shows as "hidden"
+    return api.json(data, query)
 
 
 async def members(api: API, request: Request, query: Query, arg: str) -> Response:

@@ -103,11 +103,15 @@ def env() -> Iterator[Env]:
     agent.local = RecordingLocal()
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
+    # Config secrets only /v1/agent/self could show (the resolver copied the tokens before: they act nowhere).
+    agent.config.acl.tokens.initial_management = MGMT
+    agent.config.acl.tokens.agent = str(uuid.uuid4())
     srv = Server39(agent).start()
     try:
         srv.apply(commands.acl_init(MGMT))
         secrets = {name: _token(srv, name, rules) for name, rules in RULES.items()}
         secrets["mgmt"] = MGMT
+        secrets["config_agent"] = agent.config.acl.tokens.agent
         _populate(srv)
         with httpx.Client(base_url=srv.url, timeout=10) as http:
             yield Env(srv, http, secrets)
@@ -241,6 +245,10 @@ def test_agent_self_metrics_members(env: Env) -> None:
     _denied(env.call("GET", "/v1/agent/self"), "agent:read", "node1")
     r = env.call("GET", "/v1/agent/self", "agent_read")
     assert r.status_code == 200 and r.json()["Config"]["NodeName"] == "node1"
+    debug = r.json()["DebugConfig"]
+    assert debug["ACLsEnabled"] is True and debug["ACLResolverSettings"]["ACLDefaultPolicy"] == "deny"
+    assert debug["ACLTokens"]["ACLInitialManagementToken"] == "hidden"  # set in the config: never shown
+    assert debug["ACLTokens"]["ACLAgentToken"] == "hidden"
     for secret in env.secrets.values():
         assert secret not in r.text
     _denied(env.call("GET", "/v1/agent/metrics"), "agent:read", "node1")
