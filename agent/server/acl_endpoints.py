@@ -8,6 +8,7 @@ as its own field (never taken from the query). The answer is `[status, [[name, v
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ..http.messages import Handler, Request
 from ..rpc.errors import Rejected
@@ -53,7 +54,8 @@ def parse_args(args: Any) -> Request:
         raise Rejected("acl_http: path has characters no ACL route uses")
     if not isinstance(query, str) or len(query) > MAX_QUERY or any(c < " " or c == "\x7f" for c in query):
         raise Rejected(f"acl_http: query must be a string of at most {MAX_QUERY} printable characters")
-    if "token=" in query:
+    if "token=" in query and any(k == "token" for k, _ in parse_qsl(query, keep_blank_values=True,
+                                                                     max_num_fields=100)):
         raise Rejected("acl_http: the token travels in its own field, not in the query")
     if not isinstance(body, bytes) or len(body) > MAX_BODY:
         raise Rejected(f"acl_http: body must be bytes (at most {MAX_BODY})")

@@ -301,7 +301,8 @@ def _args(**kw: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("args", [
     None, [], {"method": "GET"}, _args(extra=1), _args(method="PATCH"), _args(method=1),
     _args(path="/v1/kv/x"), _args(path="/v1/acl/../kv/x"), _args(path="/v1/acl/token\r\n"),
-    _args(path="/v1/acl/" + "a" * 2000), _args(query="token=abc"), _args(query=5), _args(body="text"),
+    _args(path="/v1/acl/" + "a" * 2000), _args(query="token=abc"), _args(query="policy=p&token="),
+    _args(query=5), _args(body="text"),
     _args(body=b"x" * (1024 * 1024 + 1)), _args(token="x" * 300), _args(token="a\nb"),
 ])
 def test_acl_http_arguments_are_checked_strictly(args: Any) -> None:
@@ -311,6 +312,7 @@ def test_acl_http_arguments_are_checked_strictly(args: Any) -> None:
 
 def test_acl_http_runs_the_request_through_the_servers_api(acl_server: ACLServer) -> None:
     endpoint = AclHttpEndpoint(acl_server.api)
+    assert parse_args(_args(query="mytoken=1&policy=p")).query == "mytoken=1&policy=p"
     request = Request(method="GET", path="/v1/acl/token/self", query="", headers=[], body=b"")
     status, headers, body = acl_server.run(endpoint.call, forward_args(request, MGMT))
     assert status == 200 and MGMT.encode() in body
