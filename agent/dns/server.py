@@ -99,7 +99,8 @@ class DNSServer:
         self.stats = DNSStats()
         self.bound_port: int | None = None
         self._cache: dict[bytes, _Cached] = {}
-        self._cache_gen: tuple[int, str] = (-1, "")  # (catalog index, ACL cache key) the cache was built at
+        self._cache_index = -1  # the catalog index and ACL cache key the cache was built at
+        self._cache_acl = ""
         self._cache_bytes = 0  # wire bytes held by the cache (recounted from 0 whenever it is found empty)
         self._slots = trio.Semaphore(self.limits.pending)
         self._forwarder = Forwarder(self.limits.recursive)
@@ -248,14 +249,17 @@ class DNSServer:
             # no NXDOMAIN or empty answer from it as if authoritative (issue 11).
             self.stats.servfail += 1
             return self._error_reply(packet, dns.rcode.SERVFAIL)
-        view = self._acl_view()
-        if view is None:
-            self.stats.servfail += 1
-            return self._error_reply(packet, dns.rcode.SERVFAIL)
-        gen = (self.store.catalog.last_index, view[1])
-        if gen != self._cache_gen:
+        acl_key = ""
+        if self.acl is not None and self.acl.enabled:  # inline: ACLs off costs one attribute test per query
+            view = self._acl_view()
+            if view is None:
+                self.stats.servfail += 1
+                return self._error_reply(packet, dns.rcode.SERVFAIL)
+            acl_key = view[1]
+        index = self.store.catalog.last_index
+        if index != self._cache_index or acl_key != self._cache_acl:
             self._cache.clear()
-            self._cache_gen = gen
+            self._cache_index, self._cache_acl = index, acl_key
         entry = self._cache.get((b"T" if tcp else b"U") + packet[2:])
         if entry is None:
             return None
@@ -389,7 +393,7 @@ class DNSServer:
               more: Callable[[], bytes] | None = None) -> bytes:
         """Cache the answer's variants (unless the catalog or the ACL view moved while rendering) and return
         the first."""
-        if self._cache_gen == gen and self.store.catalog.last_index == gen[0]:
+        if (self._cache_index, self._cache_acl) == gen and self.store.catalog.last_index == gen[0]:
             if not self._cache:
                 self._cache_bytes = 0
             if len(self._cache) >= CACHE_MAX or self._cache_bytes > CACHE_BYTES:
