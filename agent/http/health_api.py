@@ -39,18 +39,19 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
 
     def build() -> list[dict[str, Any]]:
         out = []
-        found = instances(name)
-        if identity is not None:
-            # An entry needs service:read on its service and node:read on its node (Consul's
-            # filterCheckServiceNodes); its checks come with it.
-            see = Visibility(identity)
-            found = acl_keep(request, identity, found, lambda i: see.row(i.node.node, i.service.service))
-        for inst in found:
+        # An entry needs service:read on its service and node:read on its node (Consul's
+        # filterCheckServiceNodes, after the query's own conditions: the header then means "the token hid
+        # something you asked for"); its checks come with it.
+        see = Visibility(identity) if identity is not None else None
+        for inst in instances(name):
             if passing and inst.status != PASSING:
                 continue
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
                 continue
             if meta and not node_meta_ok(inst.node, meta):
+                continue
+            if see is not None and not see.row(inst.node.node, inst.service.service):
+                request.acl_filtered = True
                 continue
             out.append(health_entry_json(inst))
         return out
