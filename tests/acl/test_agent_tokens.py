@@ -18,6 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
 import pytest
 import trio
 from meshagent.agent.acl.authorizer import Authorizer
@@ -33,8 +37,10 @@ from meshagent.agent.local_state import LocalState
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
 from meshagent.agent.store import CatalogStore
 
+from tests.support.agents import AgentProcess
 from tests.support.http_harness import FakeAgent, ServerThread
-from tests.support.ports import port_free
+from tests.support.ports import port_free, ports_free
+from tests.support.wait import wait_for
 
 RULES = {
     "agent-secret": 'node "web-1" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
@@ -283,3 +289,87 @@ def test_a_hostile_tokens_file_is_ignored(tmp_path: Path, caplog: pytest.LogCapt
     assert AgentTokenFile(str(tmp_path)).load() == {}
     assert "agent-secret" not in caplog.text and "ok-secret" not in caplog.text
     assert AgentTokenFile(None).load() == {}
+
+
+# ---------------------------------------------------------------------- a real server agent
+
+
+ROOT = "5e0b5a4f-3c1f-4c59-9f3e-0d6f1c2b7a11"
+ANONYMOUS = "00000000-0000-0000-0000-000000000002"
+DNS_RULES = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+
+
+def _agent_host() -> str:
+    for n in range(1, 250):
+        host = f"127.0.44.{n}"
+        if ports_free(host):
+            return host
+    raise AssertionError("no free 127.0.44.N address")
+
+
+def _dns_rcode(host: str, name: str) -> int:
+    reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=8600, timeout=2)
+    return -1 if reply.answer else int(reply.rcode())  # -1: answered
+
+
+@pytest.mark.slow
+def test_a_server_agent_with_acls_end_to_end(tmp_path: Path) -> None:
+    """Registering token, DNS as the default token (or anonymous with a policy), and a default token set
+    over HTTP that survives a restart (acl-tokens.json), on a one-server agent with default deny."""
+    host = _agent_host()
+    config = tmp_path / "acl.hcl"
+    config.write_text('acl {\n  enabled = true\n  default_policy = "deny"\n  enable_token_persistence = true\n'
+                      f'  tokens {{\n    initial_management = "{ROOT}"\n  }}\n}}\n')
+    data = tmp_path / "data"
+    agent = AgentProcess(host=host, workdir=tmp_path, args=[
+        "-server", "-bootstrap-expect", "1", "-data-dir", str(data), "-client", host, "-bind", host,
+        "-node", "acl-f", "-config-file", str(config)])
+    api = f"http://{host}:8500"
+    root = {"X-Consul-Token": ROOT}
+
+    def up() -> None:
+        agent.start(timeout=20)
+        wait_for(lambda: httpx.get(f"{api}/v1/acl/token/self", headers=root, timeout=2).status_code == 200, 20,
+                 what="the initial management token to resolve", report=agent.log)
+
+    try:
+        up()
+        policy = httpx.put(f"{api}/v1/acl/policy", headers=root, json={"Name": "dns", "Rules": DNS_RULES})
+        assert policy.status_code == 200, policy.text
+        httpx.put(f"{api}/v1/acl/policy", headers=root,
+                  json={"Name": "web-write", "Rules": 'service "web" { policy = "write" }'}).raise_for_status()
+        dns_secret = httpx.put(f"{api}/v1/acl/token", headers=root,
+                               json={"Policies": [{"Name": "dns"}]}).json()["SecretID"]
+        web_secret = httpx.put(f"{api}/v1/acl/token", headers=root,
+                               json={"Policies": [{"Name": "web-write"}]}).json()["SecretID"]
+
+        # the registering token: refused without it, the service lands in the catalog with it
+        body = {"Name": "web", "Port": 80, "Address": "127.0.44.250"}
+        assert httpx.put(f"{api}/v1/agent/service/register", json=body).status_code == 403
+        reg = httpx.put(f"{api}/v1/agent/service/register", json=body, headers={"X-Consul-Token": web_secret})
+        assert reg.status_code == 200, reg.text
+        wait_for(lambda: httpx.get(f"{api}/v1/catalog/service/web", headers=root).json(), 10,
+                 what="web in the catalog")
+
+        # DNS as anonymous under default deny: as if web did not exist
+        assert _dns_rcode(host, "web.service.mesh.") == dns.rcode.NXDOMAIN
+        # the agent's default token, set over HTTP (acl:write), is what DNS answers as
+        assert httpx.put(f"{api}/v1/agent/token/default", json={"Token": dns_secret}).status_code == 403
+        assert httpx.put(f"{api}/v1/agent/token/default", json={"Token": dns_secret}, headers=root).status_code == 200
+        assert _dns_rcode(host, "web.service.mesh.") == -1
+        saved = data / TOKENS_FILE
+        assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+
+        agent.stop()
+        up()  # the persisted default token is loaded over the config (which has none)
+        wait_for(lambda: _dns_rcode(host, "web.service.mesh.") == -1, 10, what="DNS answering as the default token")
+
+        # back to anonymous, then an anonymous policy granting reads: DNS answers again
+        assert httpx.put(f"{api}/v1/agent/token/default", json={"Token": ""}, headers=root).status_code == 200
+        assert _dns_rcode(host, "web.service.mesh.") == dns.rcode.NXDOMAIN
+        anon = httpx.put(f"{api}/v1/acl/token/{ANONYMOUS}", headers=root, json={"Policies": [{"Name": "dns"}]})
+        assert anon.status_code == 200, anon.text
+        assert _dns_rcode(host, "web.service.mesh.") == -1
+        assert ROOT not in agent.log() and dns_secret not in agent.log() and web_secret not in agent.log()
+    finally:
+        agent.stop()
