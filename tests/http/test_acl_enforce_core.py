@@ -206,6 +206,11 @@ def test_health_lists_filter_each_entry(env: Env) -> None:
     assert _filtered(r) and {c["ServiceName"] for c in r.json()} == {"", "web"}
     r = env.call("GET", "/v1/health/state/any", "svc")
     assert _filtered(r) and {(c["Node"], c["ServiceName"]) for c in r.json()} == {("n1", ""), ("n1", "web")}
+    # Entries the query's own conditions leave out do not count as hidden (Consul filters ACLs after them).
+    r = env.call("GET", "/v1/health/service/web?tag=none", "svc")
+    assert not _filtered(r) and r.json() == []
+    r = env.call("GET", "/v1/catalog/service/web?tag=none", "svc")
+    assert not _filtered(r) and r.json() == []
     r = env.call("GET", "/v1/health/connect/web", "svc")  # nothing to drop: no header
     assert not _filtered(r) and r.json() == []
 
