@@ -14,6 +14,7 @@ from meshagent.agent.acl import command_rights
 from meshagent.agent.acl.authorizer import Authorizer
 from meshagent.agent.acl.command_rights import MalformedCommand, authorize, authorize_all, decode
 from meshagent.agent.acl.identity import ALLOW_ALL, ACLIdentity
+from meshagent.agent.acl.objects import Policy, Role, Token
 from meshagent.agent.acl.rules import parse_rules
 from meshagent.agent.catalog import commands
 from meshagent.agent.catalog.model import Check, Node, Service
@@ -205,8 +206,22 @@ def test_acl_writes_need_acl_write(op: str, catalog: Catalog) -> None:
         msg("acl:write", None)
 
 
-@pytest.mark.parametrize("cmd", [{"op": "acl-bootstrap", "token": {}}, {"op": "acl_bootstrap"},
-                                 {"op": "acl", "verb": "bootstrap"}])
+POLICY = Policy(id="33333333-2222-3333-4444-555555555555", name="p", rules='key "a" { policy = "read" }')
+TOKEN = Token(accessor_id=ACCESSOR, secret_id="44444444-2222-3333-4444-555555555555")
+
+
+@pytest.mark.parametrize("cmd", [
+    commands.acl_token_set(TOKEN), commands.acl_token_delete(ACCESSOR), commands.acl_policy_set(POLICY),
+    commands.acl_policy_delete(POLICY.id), commands.acl_role_set(Role(id=POLICY.id, name="r")),
+    commands.acl_role_delete(POLICY.id), commands.acl_init("55555555-2222-3333-4444-555555555555")])
+def test_the_fsm_acl_commands_need_acl_write(cmd: dict[str, Any], catalog: Catalog) -> None:
+    # acl_init too: it would create a management token with the caller's secret.
+    assert denied(ident('acl = "write"'), cmd, catalog) is None
+    assert denied(ident('acl = "read"', 'key_prefix "" { policy = "write" }'), cmd, catalog) == msg("acl:write", None)
+
+
+@pytest.mark.parametrize("cmd", [commands.acl_bootstrap(TOKEN), {"op": "acl-bootstrap", "token": {}},
+                                 {"op": "acl_bootstrap"}])
 def test_acl_bootstrap_is_open_to_anyone(cmd: dict[str, Any], catalog: Catalog) -> None:
     assert denied(NOTHING, cmd, catalog) is None
 
