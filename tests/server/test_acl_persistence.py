@@ -1,7 +1,8 @@
 """ACL tokens, policies and roles survive a server's restart (issue 15): one real `meshagent agent -server`
-process on 127.0.37.N, written to over its real :8300 RPC `apply` (the path client agents and /v1/acl take),
-read back exactly from `GET /v1/snapshot` (the FSM's own state). First restored from the Raft log alone,
-then from a Raft snapshot plus the log after it. No secret appears in the agent's log.
+process on 127.0.37.N with default deny, written to over its real :8300 RPC `apply` as the initial management
+token (the path client agents and /v1/acl take), read back exactly from `GET /v1/snapshot` (the FSM's own
+state). First restored from the Raft log alone, then from a Raft snapshot plus the log after it; the leader's
+builtins are not written twice. No secret appears in the agent's log.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ R1 = "33333333-3333-4333-8333-333333333333"
 BOOT, BOOT_SECRET = "44444444-4444-4444-8444-444444444444", "55555555-5555-4555-8555-555555555555"
 T1, S1 = "66666666-6666-4666-8666-666666666666", "77777777-7777-4777-8777-777777777777"
 SNAPSHOT_THRESHOLD = 8  # phase 2: the server writes a Raft snapshot within a few writes
+ACL_HCL = (f'acl {{\n  enabled = true\n  default_policy = "deny"\n'
+           f'  tokens {{\n    initial_management = "{INITIAL}"\n  }}\n}}\n')
 
 
 class Server:
@@ -42,7 +45,7 @@ class Server:
     def __init__(self, tmp: Path) -> None:
         host = _host()
         self.config = tmp / "raft.hcl"
-        self.config.write_text("")
+        self.config.write_text(ACL_HCL)
         self.data = tmp / "data"
         self.agent = AgentProcess(host=host, workdir=tmp, args=[
             "-server", "-bootstrap-expect", "1", "-data-dir", str(self.data), "-client", host, "-bind", host,
@@ -50,8 +53,12 @@ class Server:
 
     def start(self) -> None:
         self.agent.start(timeout=20)
-        wait_for(lambda: httpx.get(f"{self.agent.http_addr}/v1/status/leader", timeout=2).json(), 20,
-                 what="the server to lead")
+        wait_for(lambda: self.whoami(INITIAL) == 200, 20, what="the leader's builtins and management token")
+
+    def whoami(self, secret: str) -> int:
+        """The status of GET /v1/acl/token/self as `secret`."""
+        return httpx.get(f"{self.agent.http_addr}/v1/acl/token/self", headers={"X-Consul-Token": secret},
+                         timeout=2).status_code
 
     def apply(self, *cmds: dict[str, Any]) -> list[Any]:
         """Each command through RPC `apply` on :8300, in order; a refusal comes back as its ServerError."""
@@ -61,7 +68,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 for cmd in cmds:
                     try:
-                        out.append(await client.call(nursery, "apply", msgpack.packb(cmd, use_bin_type=True)))
+                        data = msgpack.packb(cmd, use_bin_type=True)
+                        out.append(await client.call(nursery, "apply", {"command": data, "token": INITIAL}))
                     except ServerError as exc:
                         out.append(exc)
                 nursery.cancel_scope.cancel()
@@ -70,7 +78,7 @@ class Server:
 
     def acl(self) -> AclState:
         """The FSM's ACL state, as `GET /v1/snapshot` archives it."""
-        r = httpx.get(f"{self.agent.http_addr}/v1/snapshot", timeout=10)
+        r = httpx.get(f"{self.agent.http_addr}/v1/snapshot", headers={"X-Consul-Token": INITIAL}, timeout=10)
         assert r.status_code == 200, r.text
         return Catalog.restore(unpack(r.content)[1]).acl
 
@@ -98,7 +106,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def test_acl_state_survives_restarts_from_the_log_and_from_a_snapshot(server: Server) -> None:
     results = server.apply(
-        commands.acl_init(INITIAL),
         commands.acl_policy_set(Policy(id=P1, name="p1", rules='key_prefix "app/" { policy = "write" }')),
         commands.acl_policy_set(Policy(id=P2, name="p2", rules='service_prefix "" { policy = "read" }')),
         commands.acl_role_set(Role(id=R1, name="r1", policies=(Link("", "p2"),),
@@ -121,6 +128,7 @@ def test_acl_state_survives_restarts_from_the_log_and_from_a_snapshot(server: Se
     server.start()
     after = server.acl()
     assert after == before and after.token_by_secret(BOOT_SECRET) == before.token_by_secret(BOOT_SECRET)
+    assert server.whoami(S1) == 200 and server.whoami(BOOT_SECRET) == 200
     [again] = server.apply(commands.acl_bootstrap(Token(accessor_id=T1, secret_id=S1)))
     assert isinstance(again, ServerError)
     assert f"ACL bootstrap no longer allowed (reset index: {before.bootstrap_index})" in str(again)
@@ -128,7 +136,7 @@ def test_acl_state_survives_restarts_from_the_log_and_from_a_snapshot(server: Se
     # 2. From a Raft snapshot, and the log written after it.
     assert server.agent.stop() == 0
     # Few trailing entries: what came before the snapshot can only come back from it.
-    server.config.write_text(f"raft_snapshot_threshold = {SNAPSHOT_THRESHOLD}\nraft_trailing_logs = 2\n")
+    server.config.write_text(f"{ACL_HCL}raft_snapshot_threshold = {SNAPSHOT_THRESHOLD}\nraft_trailing_logs = 2\n")
     server.start()
     tokens = [Token(accessor_id=f"88888888-8888-4888-8888-{i:012d}", secret_id=f"99999999-9999-4999-8999-{i:012d}")
               for i in range(2 * SNAPSHOT_THRESHOLD)]
@@ -142,6 +150,7 @@ def test_acl_state_survives_restarts_from_the_log_and_from_a_snapshot(server: Se
     assert server.snapshots()
     server.start()
     assert server.acl() == before
+    assert server.whoami(tokens[-1].secret_id) == 200 and server.whoami(tokens[0].secret_id) == 403
     log = server.agent.log()
     for secret in (INITIAL, S1, BOOT_SECRET, tokens[-1].secret_id):
         assert secret not in log
