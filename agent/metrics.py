@@ -23,6 +23,7 @@ def collect(agent: Agent) -> Metrics:
     counters = [(f"dns.{name}", int(getattr(dns, name))) for name in DNS_COUNTERS]
     # Dropped gossip input (issue 11): bad_packets, bad_streams, handler_errors...
     counters.extend((f"gossip.{name}", value) for name, value in agent.lan.agent.counters().items())
+    counters.extend((f"acl.{name}", value) for name, value in agent.acl.counters().items())  # issue 15
     gauges: list[tuple[str, float]] = []
     if agent.replica is not None and agent.forwarder is not None:
         counters.append(("client.feed_resubscribes", agent.replica.resubscribes))
