@@ -77,10 +77,10 @@ class ServerForwarder:
 
     async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
         """Write through a server; the answer is the catalog command's result. `token`: the secret the write
-        acts as, sent with it ({command, token}) for the servers to re-check; None sends the bytes alone
-        (anonymous)."""
+        acts as, sent with it ({command, token}) for the servers to re-check; None or "" sends the bytes
+        alone (anonymous either way: bytes keep the leader's task-free path, listener.py on_apply)."""
         data = msgpack.packb(command, use_bin_type=True)
-        return await self._call("apply", data if token is None else {"command": data, "token": token})
+        return await self._call("apply", {"command": data, "token": token} if token else data)
 
     async def read_barrier(self, consistent: bool) -> None:
         """Before a `default` or `consistent` read: the leader confirms an index, the replica reaches it."""

@@ -236,7 +236,7 @@ class RaftServer:
                 await trio.sleep(0.01)
                 continue
             args: Any = data
-            if token is not None and forward_method == "apply":
+            if token and forward_method == "apply":  # "" is anonymous, as bytes alone are
                 args = {"command": data, "token": token}
             try:
                 result = await self.call_server(leader, forward_method, args, timeout=RPC_HOLD_TIMEOUT)
