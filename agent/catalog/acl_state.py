@@ -1,39 +1,44 @@
 """AclState: ACL tokens, policies and roles in the catalog FSM (Raft, snapshots, the client feed), pure.
 
-Commands (op "acl") carry plain dicts made by the codecs below; the FSM checks every field's type and
-size, so a hostile entry in the log is refused (AclStateError) and never crashes a replica. Secrets are
-indexed by `secret_digest` (hex SHA-256): client replicas get tokens with `secret_id` blanked and the
-digest in its place (agent/server/feed.py), and still resolve a presented secret locally.
+Commands (op "acl", verbs below) carry plain dicts made by acl_codec.py's codecs, which check every field, so
+a hostile entry in the log is refused (AclStateError) and never crashes a replica. Tokens are indexed by
+`secret_digest`: client replicas hold digests, not secrets (agent/server/feed.py), and resolve locally.
 Links are stored by ID; reads give them the linked object's current name and drop dangling ones.
+The codecs and `secret_digest` are re-exported here (the names issue 15's interface gives).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 from ..acl.authorizer import GLOBAL_MANAGEMENT_POLICY_ID
-from ..acl.objects import (
-    MAX_DATACENTER,
-    MAX_DATACENTERS,
-    MAX_DESCRIPTION,
-    MAX_IDENTITY_NAME,
-    MAX_LINKS,
-    POLICY_NAME,
-    ROLE_NAME,
-    Link,
-    NodeIdentity,
-    Policy,
-    Role,
-    ServiceIdentity,
-    Token,
+from ..acl.objects import Link, Policy, Role, Token
+from ..acl.rules import RulesError, parse_rules
+from ..acl.secrets import ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET_ID
+from .acl_codec import (
+    DIGEST,
+    MAX_SECRET,
+    AclStateError,
+    as_map,
+    field_index,
+    field_list,
+    field_text,
+    field_uuid,
+    policy_from_dict,
+    policy_to_dict,
+    redacted_acl_command,
+    role_from_dict,
+    role_to_dict,
+    secret_digest,
+    token_from_dict,
+    token_to_dict,
 )
-from ..acl.rules import MAX_RULES_TEXT, RulesError, parse_rules
-from ..acl.secrets import ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET_ID, is_uuid
+
+__all__ = ["GLOBAL_MANAGEMENT_NAME", "MAX_OBJECTS", "WATCH_KEY", "AclState", "AclStateError", "policy_from_dict",
+           "policy_to_dict", "redacted_acl_command", "role_from_dict", "role_to_dict", "secret_digest",
+           "token_from_dict", "token_to_dict"]
 
 WATCH_KEY = "acl"  # touched by every ACL change
 GLOBAL_MANAGEMENT_NAME = "global-management"
@@ -52,136 +57,6 @@ service_prefix "" { policy = "write" intentions = "write" }
 session_prefix "" { policy = "write" }
 """
 MAX_OBJECTS = 100_000  # per kind: tokens, policies, roles
-MAX_SECRET = 256
-MAX_HASH = 128
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-
-class AclStateError(ValueError):
-    """An ACL command the FSM refuses; the message names the field (never a secret's value)."""
-
-
-def secret_digest(secret: str) -> str:
-    """Hex SHA-256 of a token secret: the one place secrets are hashed (lookup key, client replicas)."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------ codecs
-
-
-def token_to_dict(token: Token, *, digest: str | None = None) -> dict[str, Any]:
-    """A Token as plain data (Raft, snapshots); `secret_digest` is the secret's unless `digest` is given."""
-    return {
-        "accessor_id": token.accessor_id,
-        "secret_id": token.secret_id,
-        "secret_digest": digest if digest is not None else (secret_digest(token.secret_id) if token.secret_id
-                                                             else ""),
-        "description": token.description,
-        "policies": _links_to(token.policies),
-        "roles": _links_to(token.roles),
-        "service_identities": _services_to(token.service_identities),
-        "node_identities": [{"node_name": n.node_name, "datacenter": n.datacenter} for n in token.node_identities],
-        "local": token.local,
-        "create_time": token.create_time.isoformat() if token.create_time else None,
-        "expiration_time": token.expiration_time.isoformat() if token.expiration_time else None,
-        "hash": token.hash,
-        "create_index": token.create_index,
-        "modify_index": token.modify_index,
-    }
-
-
-def token_from_dict(raw: Any) -> tuple[Token, str]:
-    """(Token, its secret digest) from `token_to_dict` data; the digest is "" when neither is given.
-    A present secret's own digest wins over a carried one. Raises AclStateError naming the field."""
-    d = _map(raw, "token")
-    secret = _text(d, "secret_id", MAX_SECRET, "token.")
-    digest = secret_digest(secret) if secret else _text(d, "secret_digest", 64, "token.")
-    if digest and not _DIGEST.match(digest):
-        raise AclStateError("token.secret_digest: must be 64 lowercase hex digits")
-    token = Token(
-        accessor_id=_uuid(d, "accessor_id", "token."),
-        secret_id=secret,
-        description=_text(d, "description", MAX_DESCRIPTION, "token."),
-        policies=_links_from(d, "policies", "token."),
-        roles=_links_from(d, "roles", "token."),
-        service_identities=_services_from(d, "token."),
-        node_identities=_nodes_from(d, "token."),
-        local=_bool(d, "local", "token."),
-        create_time=_time(d, "create_time", "token."),
-        expiration_time=_time(d, "expiration_time", "token."),
-        hash=_text(d, "hash", MAX_HASH, "token."),
-        create_index=_index(d, "create_index", "token."),
-        modify_index=_index(d, "modify_index", "token."),
-    )
-    return token, digest
-
-
-def policy_to_dict(policy: Policy) -> dict[str, Any]:
-    """A Policy as plain data."""
-    return {"id": policy.id, "name": policy.name, "description": policy.description, "rules": policy.rules,
-            "datacenters": list(policy.datacenters), "hash": policy.hash, "create_index": policy.create_index,
-            "modify_index": policy.modify_index}
-
-
-def policy_from_dict(raw: Any) -> Policy:
-    """A Policy from `policy_to_dict` data (rules are checked for size here, for syntax by `apply`)."""
-    d = _map(raw, "policy")
-    name = _text(d, "name", MAX_IDENTITY_NAME, "policy.")
-    if not POLICY_NAME.match(name):
-        raise AclStateError("policy.name: not a valid policy name")
-    return Policy(id=_uuid(d, "id", "policy."), name=name,
-                  description=_text(d, "description", MAX_DESCRIPTION, "policy."),
-                  rules=_text(d, "rules", MAX_RULES_TEXT, "policy."),
-                  datacenters=_datacenters(d, "datacenters", "policy."),
-                  hash=_text(d, "hash", MAX_HASH, "policy."),
-                  create_index=_index(d, "create_index", "policy."),
-                  modify_index=_index(d, "modify_index", "policy."))
-
-
-def role_to_dict(role: Role) -> dict[str, Any]:
-    """A Role as plain data."""
-    return {"id": role.id, "name": role.name, "description": role.description,
-            "policies": _links_to(role.policies), "service_identities": _services_to(role.service_identities),
-            "node_identities": [{"node_name": n.node_name, "datacenter": n.datacenter} for n in role.node_identities],
-            "hash": role.hash, "create_index": role.create_index, "modify_index": role.modify_index}
-
-
-def role_from_dict(raw: Any) -> Role:
-    """A Role from `role_to_dict` data."""
-    d = _map(raw, "role")
-    name = _text(d, "name", MAX_IDENTITY_NAME + 1, "role.")
-    if not ROLE_NAME.match(name):
-        raise AclStateError("role.name: not a valid role name")
-    return Role(id=_uuid(d, "id", "role."), name=name,
-                description=_text(d, "description", MAX_DESCRIPTION, "role."),
-                policies=_links_from(d, "policies", "role."),
-                service_identities=_services_from(d, "role."), node_identities=_nodes_from(d, "role."),
-                hash=_text(d, "hash", MAX_HASH, "role."),
-                create_index=_index(d, "create_index", "role."), modify_index=_index(d, "modify_index", "role."))
-
-
-def redacted_acl_command(cmd: dict[str, Any]) -> dict[str, Any]:
-    """An "acl" command as client replicas get it: token secrets blanked, their digests carried instead.
-    A replica must refuse exactly what the servers refuse, so a secret the FSM would refuse (not a string,
-    too long) becomes a digest it refuses too."""
-    out = dict(cmd)
-    token = out.get("token")
-    if isinstance(token, dict) and token.get("secret_id") not in (None, ""):
-        out["token"] = {**token, "secret_id": "", "secret_digest": _redacted_digest(token["secret_id"])}
-    secret = out.get("initial_management_secret")
-    if secret not in (None, ""):
-        out["initial_management_secret"] = ""
-        out["initial_management_digest"] = _redacted_digest(secret)
-    return out
-
-
-def _redacted_digest(secret: Any) -> str:
-    if isinstance(secret, str) and len(secret) <= MAX_SECRET:
-        return secret_digest(secret)
-    return "refused: not a valid secret"
-
-
-# ------------------------------------------------------------------------------------------------ state
 
 
 class AclState:
@@ -314,7 +189,7 @@ class AclState:
         return True
 
     def _token_delete(self, index: int, cmd: dict[str, Any]) -> bool:
-        aid = _uuid(cmd, "accessor_id", "")
+        aid = field_uuid(cmd, "accessor_id", "")
         if aid == ANONYMOUS_ACCESSOR_ID:
             raise AclStateError("accessor_id: the anonymous token cannot be deleted")
         if self._tokens.pop(aid, None) is None:
@@ -353,7 +228,7 @@ class AclState:
         return True
 
     def _policy_delete(self, index: int, cmd: dict[str, Any]) -> bool:
-        pid = _uuid(cmd, "policy_id", "")
+        pid = field_uuid(cmd, "policy_id", "")
         if pid == GLOBAL_MANAGEMENT_POLICY_ID:
             raise AclStateError("policy_id: the builtin global-management policy cannot be deleted")
         old = self._policies.pop(pid, None)
@@ -383,7 +258,7 @@ class AclState:
         return True
 
     def _role_delete(self, index: int, cmd: dict[str, Any]) -> bool:
-        rid = _uuid(cmd, "role_id", "")
+        rid = field_uuid(cmd, "role_id", "")
         old = self._roles.pop(rid, None)
         if old is None:
             return False
@@ -403,12 +278,12 @@ class AclState:
 
     def _init(self, index: int, cmd: dict[str, Any]) -> bool:
         # Everything is checked before the first write: a refused init changes nothing.
-        secret = _text(cmd, "initial_management_secret", MAX_SECRET, "")
-        digest = secret_digest(secret) if secret else _text(cmd, "initial_management_digest", 64, "")
-        if digest and not _DIGEST.match(digest):
+        secret = field_text(cmd, "initial_management_secret", MAX_SECRET, "")
+        digest = secret_digest(secret) if secret else field_text(cmd, "initial_management_digest", 64, "")
+        if digest and not DIGEST.match(digest):
             raise AclStateError("initial_management_digest: must be 64 lowercase hex digits")
         want_initial = bool(digest) and digest not in self._by_digest
-        aid = _uuid(cmd, "accessor_id", "") if want_initial else ""
+        aid = field_uuid(cmd, "accessor_id", "") if want_initial else ""
         if aid in self._tokens:
             raise AclStateError("accessor_id: already used by another token")
         want_policy = GLOBAL_MANAGEMENT_POLICY_ID not in self._policies
@@ -474,23 +349,23 @@ class AclState:
         state = cls()
         if raw is None:
             return state
-        d = _map(raw, "acl")
-        state.bootstrap_index = _index(d, "bootstrap_index", "acl.")
-        state.index = _index(d, "index", "acl.")
+        d = as_map(raw, "acl")
+        state.bootstrap_index = field_index(d, "bootstrap_index", "acl.")
+        state.index = field_index(d, "index", "acl.")
         # Stored links may dangle (deletes leave them): restore takes rows as they are, checking shapes only.
-        for item in _list(d, "policies", MAX_OBJECTS, "acl."):
+        for item in field_list(d, "policies", MAX_OBJECTS, "acl."):
             p = policy_from_dict(item)
             if p.id in state._policies or p.name in state._policy_names:
                 raise AclStateError(f"acl.policies: duplicate policy {p.id}")
             state._policies[p.id] = p
             state._policy_names[p.name] = p.id
-        for item in _list(d, "roles", MAX_OBJECTS, "acl."):
+        for item in field_list(d, "roles", MAX_OBJECTS, "acl."):
             r = role_from_dict(item)
             if r.id in state._roles or r.name in state._role_names:
                 raise AclStateError(f"acl.roles: duplicate role {r.id}")
             state._roles[r.id] = r
             state._role_names[r.name] = r.id
-        for item in _list(d, "tokens", MAX_OBJECTS, "acl."):
+        for item in field_list(d, "tokens", MAX_OBJECTS, "acl."):
             t, digest = token_from_dict(item)
             if not digest or t.accessor_id in state._tokens or digest in state._by_digest:
                 raise AclStateError(f"acl.tokens: token {t.accessor_id} has no secret or a duplicate one")
@@ -512,126 +387,6 @@ _VERBS: dict[str, Callable[[AclState, int, dict[str, Any]], bool]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-
-
 def _same(a: Token | Policy | Role, b: Token | Policy | Role) -> bool:
     same: bool = replace(a, create_index=0, modify_index=0) == replace(b, create_index=0, modify_index=0)
     return same
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _map(raw: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise AclStateError(f"{what}: must be a map, not {_kind(raw)}")
-    return raw
-
-
-def _text(d: Mapping[str, Any], key: str, limit: int, where: str) -> str:
-    value = d.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise AclStateError(f"{where}{key}: must be a string, not {_kind(value)}")
-    if len(value) > limit:
-        raise AclStateError(f"{where}{key}: longer than {limit} characters")
-    return value
-
-
-def _uuid(d: Mapping[str, Any], key: str, where: str) -> str:
-    value = _text(d, key, 64, where)
-    if not is_uuid(value):
-        raise AclStateError(f"{where}{key}: must be a UUID")
-    return value
-
-
-def _bool(d: Mapping[str, Any], key: str, where: str) -> bool:
-    value = d.get(key, False)
-    if not isinstance(value, bool):
-        raise AclStateError(f"{where}{key}: must be true or false, not {_kind(value)}")
-    return value
-
-
-def _index(d: Mapping[str, Any], key: str, where: str) -> int:
-    value = d.get(key, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise AclStateError(f"{where}{key}: must be a non-negative integer")
-    return value
-
-
-def _time(d: Mapping[str, Any], key: str, where: str) -> datetime | None:
-    value = _text(d, key, 64, where)
-    if not value:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise AclStateError(f"{where}{key}: not an ISO 8601 time") from None
-    if at.tzinfo is None:
-        raise AclStateError(f"{where}{key}: needs a time zone")
-    return at
-
-
-def _list(d: Mapping[str, Any], key: str, limit: int, where: str) -> list[Any]:
-    value = d.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list | tuple):
-        raise AclStateError(f"{where}{key}: must be a list, not {_kind(value)}")
-    if len(value) > limit:
-        raise AclStateError(f"{where}{key}: more than {limit} entries")
-    return list(value)
-
-
-def _datacenters(d: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    out = _list(d, key, MAX_DATACENTERS, where)
-    if not all(isinstance(dc, str) and 0 < len(dc) <= MAX_DATACENTER for dc in out):
-        raise AclStateError(f"{where}{key}: must be datacenter names (1-{MAX_DATACENTER} characters)")
-    return tuple(out)
-
-
-def _links_to(links: tuple[Link, ...]) -> list[dict[str, str]]:
-    return [{"id": link.id, "name": link.name} for link in links]
-
-
-def _links_from(d: Mapping[str, Any], key: str, where: str) -> tuple[Link, ...]:
-    out: list[Link] = []
-    for i, item in enumerate(_list(d, key, MAX_LINKS, where)):
-        m = _map(item, f"{where}{key}[{i}]")
-        lid = _text(m, "id", 64, f"{where}{key}[{i}].")
-        name = _text(m, "name", MAX_IDENTITY_NAME + 1, f"{where}{key}[{i}].")
-        if (lid and not is_uuid(lid)) or not (lid or name):
-            raise AclStateError(f"{where}{key}[{i}]: needs a UUID id or a name")
-        out.append(Link(lid, name))
-    return tuple(out)
-
-
-def _services_to(idents: tuple[ServiceIdentity, ...]) -> list[dict[str, Any]]:
-    return [{"service_name": s.service_name, "datacenters": list(s.datacenters)} for s in idents]
-
-
-def _services_from(d: Mapping[str, Any], where: str) -> tuple[ServiceIdentity, ...]:
-    out: list[ServiceIdentity] = []
-    for i, item in enumerate(_list(d, "service_identities", MAX_LINKS, where)):
-        at = f"{where}service_identities[{i}]."
-        m = _map(item, at[:-1])
-        name = _text(m, "service_name", MAX_IDENTITY_NAME, at)
-        if not name:
-            raise AclStateError(f"{at}service_name: missing")
-        out.append(ServiceIdentity(name, _datacenters(m, "datacenters", at)))
-    return tuple(out)
-
-
-def _nodes_from(d: Mapping[str, Any], where: str) -> tuple[NodeIdentity, ...]:
-    out: list[NodeIdentity] = []
-    for i, item in enumerate(_list(d, "node_identities", MAX_LINKS, where)):
-        at = f"{where}node_identities[{i}]."
-        m = _map(item, at[:-1])
-        name, dc = _text(m, "node_name", MAX_IDENTITY_NAME, at), _text(m, "datacenter", MAX_DATACENTER, at)
-        if not name or not dc:
-            raise AclStateError(f"{at}: needs node_name and datacenter")
-        out.append(NodeIdentity(name, dc))
-    return tuple(out)
