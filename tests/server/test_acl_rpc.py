@@ -1,11 +1,12 @@
 """RPC `apply` under ACLs (default deny) against 3 in-process servers on real :8300 sockets (127.0.41.1-3).
 
 Tokens and policies are written through Raft as the leader's own writes (token None: not checked), so every
-server resolves them from its own FSM. Then: a client agent's forwarded write (ServerForwarder -> a follower
--> the leader) with a token lacking rights is refused 403 with Consul's text and lands with the right one; a
-raw RPCClient sending `apply` bytes (no token: anonymous) is refused, on the leader's task-free path and on a
-follower's; the {command, token} form is strictly checked; a follower's own write carries its token to the
-leader, which re-checks it; a batch is checked command by command; the leader's internal writes are not.
+server resolves them from its own FSM with the agent's ACLResolver. Then: a client agent's forwarded write
+(ServerForwarder -> a follower -> the leader) with a token lacking rights is refused 403 with Consul's text
+and lands with the right one; a raw RPCClient sending `apply` bytes (no token) is refused as the anonymous
+token, on the leader's task-free path and on a follower's, even where the server has a `default` token; the
+{command, token} form is strictly checked; a follower's own write carries its token to the leader, which
+re-checks it; a batch is checked command by command; the leader's internal writes are not.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from typing import Any
 import msgpack
 import pytest
 import trio
-from meshagent.agent.acl.authorizer import Authorizer
-from meshagent.agent.acl.identity import ACLIdentity
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.acl.rules import parse_rules
+from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
 from meshagent.agent.client.forward import ServerForwarder
 from meshagent.agent.client.replica import CatalogReplica
 from meshagent.agent.client.servers import ServerPool
-from meshagent.agent.config.types import ACLTokens
+from meshagent.agent.config.types import ACLConfig, AgentConfig
 from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
@@ -39,25 +38,6 @@ pytestmark = [pytest.mark.slow]  # a 3-server Raft cluster (in-process: ~3 s)
 HOSTS = ["127.0.41.1", "127.0.41.2", "127.0.41.3"]
 ANONYMOUS = "00000000-0000-0000-0000-000000000002"
 
-
-
-class CatalogResolver:
-    """Stand-in for the agent's ACLResolver (helper B): a secret -> its stored token's policies, default deny;
-    no secret -> the anonymous token. Reads this server's own FSM, as the real one does."""
-
-    enabled = True
-
-    def __init__(self, store: CatalogStore) -> None:
-        self.store = store
-        self.tokens = ACLTokens()
-
-    def resolve(self, secret: str | None) -> ACLIdentity:
-        acl = self.store.catalog.acl
-        token = acl.token_by_secret(secret or "anonymous")
-        if token is None:
-            raise ACLNotFound()
-        policies = [(p.id, parse_rules(p.rules)) for link in token.policies if (p := acl.policy(link.id))]
-        return ACLIdentity(token.accessor_id, Authorizer.for_policies(policies, default_allow=False), token)
 
 
 def pack(command: Any) -> bytes:
@@ -95,7 +75,8 @@ async def cluster() -> AsyncIterator[list[RaftServer]]:
                             port=port, data_dir=None, store=store, bootstrap_expect=3,
                             join=[h for h in HOSTS if h != host])
         store.replicator = server
-        server.endpoints.acl = CatalogResolver(store)  # type: ignore[assignment]
+        config = AgentConfig(node_name=f"acl-rpc-{i}", acl=ACLConfig(enabled=True, default_policy="deny"))
+        server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
         servers.append(server)
     async with trio.open_nursery() as nursery:
         for server in servers:
@@ -114,6 +95,10 @@ def test_writes_over_rpc_are_rechecked_against_their_token() -> None:
         async with cluster() as servers:
             leader = next(s for s in servers if s.is_leader())
             followers = [s for s in servers if s is not leader]
+            # The leader's `default` token (for its own HTTP API) may write app/: a :8300 caller without a
+            # token still acts as the anonymous token there, not as this one.
+            assert leader.endpoints.acl is not None
+            leader.endpoints.acl.tokens.default = app.secret_id
             # The leader's own writes (token None) are not checked: the ACL objects go in that way.
             await leader.apply(commands.acl_init(""))
             await leader.apply(commands.acl_policy_set(app_policy))
