@@ -4,7 +4,8 @@ The catalog is the cache (docs/acl.md): servers resolve from their FSM, clients 
 the servers' feed keeps current (tokens carry a secret digest, never the secret). No RPC per request.
 Policies are parsed once per (ID, ModifyIndex); identities are memoised per AccessorID until the ACL
 state's index moves. On a client whose replica has been stale for longer than `token_ttl`, `down_policy`
-decides (extend-cache/async-cache: keep resolving; allow: allow all; deny: deny all but agent_recovery).
+decides (extend-cache/async-cache: known tokens keep resolving, unknown ones get default_policy, as Consul's
+resolver without a cached entry; allow: allow all; deny: deny all but agent_recovery).
 """
 
 from __future__ import annotations
@@ -78,10 +79,17 @@ class ACLResolver:
             if recovery and secrets_equal(secret, recovery):
                 return self._recovery_identity()
         down = self._down_policy()
-        if down is not None:
+        if down in ("allow", "deny"):
             return self._down_identity(down, secret)
         acl = self.store.catalog.acl
         token = self._lookup(acl, secret)
+        if token is None and down is not None:
+            # extend-cache/async-cache with nothing known for this secret: Consul's resolver falls back to
+            # default_policy when no server answers and nothing is cached (a token made since we lost them).
+            return self._down_identity(self.config.acl.default_policy, secret)
+        if token is None or (token.expiration_time is not None and token.expired(self.wall())):
+            self.not_found += 1
+            raise ACLNotFound("ACL not found")
         self.hits += 1
         generation = (acl.index, self.config.acl.default_policy, self.config.datacenter)
         if generation != self._generation or len(self._identities) >= MAX_IDENTITIES:
@@ -111,16 +119,13 @@ class ACLResolver:
 
     # ------------------------------------------------------------------ parts
 
-    def _lookup(self, acl: AclState, secret: str | None) -> Token:
-        """The stored token for `secret` (None: the anonymous token); ACLNotFound if unknown or expired."""
+    @staticmethod
+    def _lookup(acl: AclState, secret: str | None) -> Token | None:
+        """The stored token for `secret` (None: the anonymous token), or None when no token has it."""
         if secret is None:
             # Before the leader's acl_init has reached this catalog there is no anonymous token: no policies.
             return acl.token(ANONYMOUS_ACCESSOR_ID) or _NO_TOKEN
-        token = acl.token_by_secret(secret)
-        if token is None or (token.expiration_time is not None and token.expired(self.wall())):
-            self.not_found += 1
-            raise ACLNotFound("ACL not found")
-        return token
+        return acl.token_by_secret(secret)
 
     def _policies(self, acl: AclState, token: Token) -> Iterator[tuple[str, Rules]]:
         """(policy ID, rules) of the token's policies, its roles' policies and every identity in this DC."""
@@ -171,8 +176,8 @@ class ACLResolver:
         if since is None or self.config.server or self.config.dev:
             return None
         acl = self.config.acl
-        if self.clock() - since <= acl.token_ttl or acl.down_policy in ("extend-cache", "async-cache"):
-            return None  # the replica is the cache: known tokens keep resolving, deleted ones stay refused
+        if self.clock() - since <= acl.token_ttl:
+            return None  # the replica is the cache: decisions as current as token_ttl allows
         return acl.down_policy
 
     def _down_identity(self, down: str, secret: str | None) -> ACLIdentity:

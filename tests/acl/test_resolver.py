@@ -196,8 +196,8 @@ def test_agent_recovery_needs_no_catalog() -> None:
 
 
 @pytest.mark.parametrize("down,known,unknown", [
-    ("extend-cache", "resolves", "not-found"),
-    ("async-cache", "resolves", "not-found"),
+    ("extend-cache", "resolves", "denied"),  # unknown: default_policy (deny), as Consul without a cache entry
+    ("async-cache", "resolves", "denied"),
     ("allow", "allowed", "allowed"),
     ("deny", "denied", "denied"),
 ])
@@ -224,9 +224,18 @@ def test_down_policy_on_a_stale_client(down: str, known: str, unknown: str) -> N
 
     assert outcome(WEB) == known and outcome("44444444-4444-4444-8444-444444444444") == unknown
     assert resolver.resolve(RECOVERY).authorizer.agent_write("node-1").allowed  # whatever the policy
-    assert resolver.counters()["down_policy"] == (2 if down in ("allow", "deny") else 0)
+    assert resolver.counters()["down_policy"] == (2 if down in ("allow", "deny") else 1)
     store.stale_since = None  # fed again: decisions as usual
     assert outcome(WEB) == "resolves"
+
+
+def test_extend_cache_gives_unknown_tokens_default_allow_when_that_is_the_default() -> None:
+    clock = Clock()
+    resolver, store = seeded(config(server=False, default_policy="allow"), clock)
+    store.stale_since, clock.now = clock.now, clock.now + 31.0
+    assert resolver.resolve("44444444-4444-4444-8444-444444444444").authorizer.key_write("k").allowed
+    auth = resolver.resolve(WEB).authorizer  # a known token keeps its own rules (default allow for the rest)
+    assert auth.service_write("web").allowed
 
 
 def test_servers_never_apply_down_policy() -> None:
