@@ -39,10 +39,13 @@ def exposure_warnings(config: AgentConfig, where: Where) -> list[str]:
                  f"DNS (:{config.ports.dns})" if config.ports.dns >= 0 else ""]
     exposed = " and ".join(x for x in listeners if x)
     if exposed and not is_loopback(config.client_addr):
+        acl = config.acl
+        why = ("" if acl.enabled and acl.default_policy == "deny" else
+               ", and ACLs are off (any client can register services and write KV)" if not acl.enabled else
+               ", and ACLs default to allow (any client without a token can register services and write KV)")
         warn("client_addr", f"{config.client_addr} is not a loopback address: {exposed} can be reached by anyone "
-                            "on the network, and ACLs do not exist yet (any client can register services and "
-                            "write KV)")
-    if config.enable_script_checks:
+                            f"on the network{why}")
+    if config.enable_script_checks and not config.acl.enabled:  # Consul warns only without ACLs
         warn("enable_script_checks", "using enable-script-checks without ACLs is dangerous: any client of the "
                                      "HTTP API can run commands on this host; use enable_local_script_checks "
                                      f"instead, see {SCRIPT_CHECKS_URL}")

@@ -132,6 +132,19 @@ def test_secrets_are_never_shown_in_errors_or_warnings(tmp_path: Path) -> None:
                                                  "ACLAgentRecoveryToken": "", "ACLInitialManagementToken": "hidden"}
 
 
+def test_exposure_warnings_follow_the_acl_settings(tmp_path: Path) -> None:
+    def warnings(acl: str) -> list[str]:
+        path = write(tmp_path / "w.hcl", f'client_addr = "0.0.0.0"\nenable_script_checks = true\n{acl}')
+        return load_config([path], [], {}).warnings
+
+    off = warnings("")
+    assert len(off) == 2 and "ACLs are off" in off[0] and "without ACLs is dangerous" in off[1]
+    allow = warnings("acl {\n  enabled = true\n}\n")
+    assert len(allow) == 1 and "ACLs default to allow" in allow[0]  # script checks: ACLs on, as Consul
+    deny = warnings('acl {\n  enabled = true\n  default_policy = "deny"\n}\n')
+    assert len(deny) == 1 and deny[0].endswith("can be reached by anyone on the network")
+
+
 def test_hostile_shapes_are_errors_not_crashes(tmp_path: Path) -> None:
     for text in ('{"acl": []}', '{"acl": [[1]]}', '{"acl": {"tokens": []}}', '{"acl": {"tokens": {"agent": null}}}',
                  '{"acl": {"tokens": {"agent": ["a"]}}}', '{"acl": {"token_ttl": {"a": 1}}}',
