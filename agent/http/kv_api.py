@@ -25,14 +25,18 @@ def _bool_response(api: API, ok: bool) -> Response:
 
 async def get(api: API, request: Request, query: Query, key: str) -> Response:
     """Read one key, a subtree (?recurse) or key names (?keys, ?separator); 404 with an index when empty.
-    ACLs: key:read on the key; a subtree or key names need key:list on the prefix, and entries without
-    key:read are left out (X-Consul-Results-Filtered-By-ACLs), as Consul's KVS.List/ListKeys."""
+    ACLs: key:read on the key; in a subtree or key names, entries without key:read are left out
+    (X-Consul-Results-Filtered-By-ACLs), and key:list on the prefix is required only with
+    acl.enable_key_list_policy, as Consul's KVS.List/ListKeys."""
     catalog = api.agent.store.catalog
     identity = acl_identity(api, request)
     listing = query.has("keys") or query.has("recurse")
     authz = (identity or ALLOW_ALL).authorizer
     if identity is not None:
-        require(identity, authz.key_list(key) if listing else authz.key_read(key))
+        if not listing:
+            require(identity, authz.key_read(key))
+        elif getattr(api.agent.config.acl, "enable_key_list_policy", False):  # Consul's default: off
+            require(identity, authz.key_list(key))
     if query.has("keys"):
         separator = query.get("separator")
         index = await api.block([f"kvprefix:{key}"], query, request)

@@ -223,8 +223,6 @@ def test_key_prefix_token_writes_app_and_nothing_else(dev: Dev) -> None:
         assert dev.get(path, token).status_code == 403, path
 
 
-@pytest.mark.xfail(strict=True, reason="agent/http/kv_api.py (C1) requires key:list for ?recurse/?keys, which "
-                   "Consul does only with acl.enable_key_list_policy = true (default false: filter by key:read)")
 def test_recursive_kv_read_filters_by_key_read(dev: Dev) -> None:
     """Consul (acl.enable_key_list_policy = false, its default) filters a recursive read by key:read
     rather than refusing it, and sets the header; nothing readable is a 404."""
