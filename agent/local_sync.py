@@ -118,6 +118,12 @@ class CatalogSync:
             return self.service_token(check.service_id)
         return self.agent_token()
 
+    def tokens_changed(self) -> None:
+        """The agent's own tokens changed (PUT /v1/agent/token): sync within a second, and log a refusal
+        under the new token again."""
+        self._denied.clear()
+        self.out_of_sync = True
+
     def _log_denied(self, subject: str, token: str | None, exc: ServerError) -> None:
         """One line per refused subject (a service id, or the node): the AccessorID, never the secret."""
         if subject in self._denied:

@@ -72,6 +72,6 @@ async def set_token(api: API, request: Request, query: Query, arg: str) -> Respo
         local = getattr(api.agent, "local", None)
         sync = getattr(local, "sync", None)
         if sync is not None:
-            sync.out_of_sync = True  # the anti-entropy loop syncs within a second, as the new token
+            sync.tokens_changed()  # the anti-entropy loop syncs within a second, as the new token
     log.info("Updated agent's ACL token %r", field)
     return 200, [], b""
