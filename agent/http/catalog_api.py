@@ -166,6 +166,10 @@ async def _instances(api: API, request: Request, query: Query, name: str, connec
         # Each instance needs service:read on its service (a sidecar's own name for connect) and node:read
         # on its node, as Consul's filterServiceNodes (after the query's own conditions).
         see = Visibility(identity) if identity is not None else None
+        if connect and see is not None and not see.service(name):
+            # Consul's connect queries first need service:read on the service whose proxies are asked for.
+            request.acl_filtered = True
+            return rows
         for inst in instances(name):
             if tags and not set(tags) <= {t.lower() for t in inst.service.tags}:
                 continue

@@ -43,6 +43,10 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
         # filterCheckServiceNodes, after the query's own conditions: the header then means "the token hid
         # something you asked for"); its checks come with it.
         see = Visibility(identity) if identity is not None else None
+        if connect and see is not None and not see.service(name):
+            # Consul's connect queries first need service:read on the service whose proxies are asked for.
+            request.acl_filtered = True
+            return out
         for inst in instances(name):
             if passing and inst.status != PASSING:
                 continue

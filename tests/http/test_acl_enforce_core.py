@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.catalog import PASSING, commands
+from meshagent.agent.catalog import PASSING, Service, commands
 from meshagent.agent.config.types import CheckDefinition, ServiceDefinition
 from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.local_sync import LocalCheck
@@ -40,6 +40,8 @@ RULES = {
     "api_sidecar": 'service_prefix "api" { policy = "write" }\n',
     "event": 'event "deploy" { policy = "write" }\n',
     "node_write": 'node "n1" { policy = "write" }\n',
+    "proxy_only": 'service "web-sidecar-proxy" { policy = "read" }\nnode_prefix "" { policy = "read" }\n',
+    "web_and_proxy": 'service_prefix "web" { policy = "read" }\nnode_prefix "" { policy = "read" }\n',
 }
 
 
@@ -93,6 +95,11 @@ def _populate(srv: ServerThread) -> None:
     register_instance(srv, "n1", "web", sid="web1", address="10.0.0.1")
     register_instance(srv, "n2", "web", sid="web2", address="10.0.0.2")
     register_instance(srv, "n1", "db", sid="db1", address="10.0.0.1")
+    n1 = srv.agent.store.catalog.node("n1")
+    assert n1 is not None
+    proxy = Service(node="n1", id="web1-sidecar-proxy", service="web-sidecar-proxy", kind="connect-proxy",
+                    port=21000, proxy={"DestinationServiceName": "web", "DestinationServiceID": "web1"})
+    srv.apply(commands.register(n1, proxy, []))
     for key in ("app/x", "app/y", "secret/z"):
         srv.apply(commands.kv_set(key, b"v", 0))
 
@@ -140,7 +147,7 @@ def test_catalog_reads_filter_by_service_and_node_read(env: Env) -> None:
     r = env.call("GET", "/v1/catalog/services", "svc")
     assert _filtered(r) and set(r.json()) == {"web"}
     r = env.call("GET", "/v1/catalog/services", "mgmt")
-    assert not _filtered(r) and set(r.json()) == {"web", "db"}
+    assert not _filtered(r) and set(r.json()) == {"web", "db", "web-sidecar-proxy"}
 
     r = env.call("GET", "/v1/catalog/service/web", "svc")
     assert _filtered(r) and [e["Node"] for e in r.json()] == ["n1"]
@@ -180,7 +187,7 @@ def test_catalog_register_and_deregister_need_node_and_service_write(env: Env) -
     _denied(env.call("PUT", "/v1/catalog/deregister", "svc", json={"Node": "n1"}), "node:write", "n1")
     assert env.call("PUT", "/v1/catalog/deregister", "svc",
                     json={"Node": "n1", "ServiceID": "web-extra"}).status_code == 200
-    assert env.srv.agent.store.catalog.node_services("n1")[-1].id == "web1"
+    assert "web-extra" not in {s.id for s in env.srv.agent.store.catalog.node_services("n1")}
     # node:write on the node allows deregistering anything on it (Consul since 1.4.1).
     assert env.call("PUT", "/v1/catalog/register", "mgmt",
                     json={**body, "Service": {"ID": "gone", "Service": "gone"}}).status_code == 200
@@ -211,8 +218,16 @@ def test_health_lists_filter_each_entry(env: Env) -> None:
     assert not _filtered(r) and r.json() == []
     r = env.call("GET", "/v1/catalog/service/web?tag=none", "svc")
     assert not _filtered(r) and r.json() == []
-    r = env.call("GET", "/v1/health/connect/web", "svc")  # nothing to drop: no header
-    assert not _filtered(r) and r.json() == []
+    r = env.call("GET", "/v1/health/connect/web", "web_and_proxy")
+    assert not _filtered(r) and [e["Service"]["ID"] for e in r.json()] == ["web1-sidecar-proxy"]
+    for path in ("/v1/health/connect/web", "/v1/catalog/connect/web"):
+        # The proxy's own name is readable but not the service it fronts: Consul answers nothing.
+        r = env.call("GET", path, "proxy_only")
+        assert _filtered(r) and r.json() == [], path
+        r = env.call("GET", path, "svc")  # web readable, its proxy's name not
+        assert _filtered(r) and r.json() == [], path
+    r = env.call("GET", "/v1/catalog/connect/web", "web_and_proxy")
+    assert not _filtered(r) and [e["ServiceID"] for e in r.json()] == ["web1-sidecar-proxy"]
 
 
 # ---------------------------------------------------------------------- kv
@@ -385,7 +400,7 @@ def test_acls_off_nothing_changes() -> None:
             bogus = {"X-Consul-Token": str(uuid.uuid4())}  # ignored: nothing resolves with ACLs off
             r = http.get("/v1/health/service/web?passing", headers=bogus)
             assert r.status_code == 200 and len(r.json()) == 2 and FILTERED not in r.headers
-            assert set(http.get("/v1/catalog/services", headers=bogus).json()) == {"web", "db"}
+            assert set(http.get("/v1/catalog/services", headers=bogus).json()) == {"web", "db", "web-sidecar-proxy"}
             assert http.put("/v1/kv/secret/new", content=b"1", headers=bogus).json() is True
             assert [e["Key"] for e in http.get("/v1/kv/?recurse").json()][-1] == "secret/z"
             assert http.get("/v1/agent/self", headers=bogus).status_code == 200
