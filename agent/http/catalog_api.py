@@ -162,7 +162,7 @@ async def _instances(api: API, request: Request, query: Query, name: str, connec
     identity = acl_identity(api, request)
 
     def build() -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         # Each instance needs service:read on its service (a sidecar's own name for connect) and node:read
         # on its node, as Consul's filterServiceNodes (after the query's own conditions).
         see = Visibility(identity) if identity is not None else None

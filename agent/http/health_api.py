@@ -38,7 +38,7 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
     identity = acl_identity(api, request)
 
     def build() -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         # An entry needs service:read on its service and node:read on its node (Consul's
         # filterCheckServiceNodes, after the query's own conditions: the header then means "the token hid
         # something you asked for"); its checks come with it.
