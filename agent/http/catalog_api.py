@@ -33,6 +33,7 @@ def acl_identity(api: API, request: Request) -> ACLIdentity | None:
 # 15 ms per build on them; remembered, a rebuild at a new index costs a dict lookup per row.
 _MEMO: WeakKeyDictionary[Authorizer, tuple[dict[str, bool], dict[str, bool]]] = WeakKeyDictionary()
 _MEMO_NAMES = 16384  # per authorizer; past it the memo starts again (names are catalog rows: bounded anyway)
+_MEMO_AUTHORIZERS = 256  # tokens remembered at once; past it every memo starts again
 
 
 class Visibility:
@@ -44,6 +45,8 @@ class Visibility:
         self._authz = authz = identity.authorizer
         memo = _MEMO.get(authz)
         if memo is None or len(memo[0]) + len(memo[1]) > _MEMO_NAMES:
+            if memo is None and len(_MEMO) >= _MEMO_AUTHORIZERS:
+                _MEMO.clear()
             memo = _MEMO[authz] = ({}, {})
         self._nodes, self._services = memo
 
