@@ -21,6 +21,7 @@ from meshagent.agent.catalog import PASSING, Service, commands
 from meshagent.agent.config.types import CheckDefinition, ServiceDefinition
 from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.local_sync import LocalCheck
+from meshagent.agent.store import CatalogStore
 
 from tests.support.http_harness import FakeAgent, FakeLocal, ServerThread, register_instance
 
@@ -60,6 +61,22 @@ class RecordingLocal(FakeLocal):
         self.tokens[cdef.id] = token
 
 
+class Forwarder:
+    """Stands in for a client agent's ServerForwarder: applies here, and keeps the token each write carries
+    (the servers re-check writes as that token)."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.tokens: list[str | None] = []
+
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+        self.tokens.append(token)
+        return self.store.catalog.apply(self.store.catalog.last_index + 1, command)
+
+    async def read_barrier(self, consistent: bool) -> None:
+        return None
+
+
 class Server39(ServerThread):
     """The harness server bound to this suite's 127.0.39.N."""
 
@@ -77,6 +94,7 @@ class Env:
     srv: Server39
     http: httpx.Client
     secrets: dict[str, str]
+    forwarder: Forwarder
 
     def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
@@ -120,8 +138,10 @@ def env() -> Iterator[Env]:
         secrets["mgmt"] = MGMT
         secrets["config_agent"] = agent.config.acl.tokens.agent
         _populate(srv)
+        forwarder = Forwarder(agent.store)
+        agent.store.replicator = forwarder
         with httpx.Client(base_url=srv.url, timeout=10) as http:
-            yield Env(srv, http, secrets)
+            yield Env(srv, http, secrets, forwarder)
     finally:
         srv.stop()
 
@@ -169,6 +189,7 @@ def test_catalog_register_and_deregister_need_node_and_service_write(env: Env) -
     body = {"Node": "n1", "Address": "10.0.0.1", "SkipNodeUpdate": True,
             "Service": {"ID": "web-extra", "Service": "web", "Port": 81}}
     assert env.call("PUT", "/v1/catalog/register", "svc", json=body).status_code == 200
+    assert env.forwarder.tokens[-1] == env.secrets["svc"]
     _denied(env.call("PUT", "/v1/catalog/register", "svc", json={**body, "Service": {"Service": "db"}}),
             "service:write", "db")
     _denied(env.call("PUT", "/v1/catalog/register", json=body), "service:write", "web")  # anonymous
@@ -235,6 +256,7 @@ def test_health_lists_filter_each_entry(env: Env) -> None:
 
 def test_kv_read_write_and_list(env: Env) -> None:
     assert env.call("PUT", "/v1/kv/app/new", "kv", content=b"1").json() is True
+    assert env.forwarder.tokens[-1] == env.secrets["kv"]  # the write carries the request's token
     _denied(env.call("PUT", "/v1/kv/secret/new", "kv", content=b"1"), "key:write", "secret/new")
     _denied(env.call("PUT", "/v1/kv/app/new?cas=0"), "key:write", "app/new")
     assert env.call("GET", "/v1/kv/app/new?raw", "kv").content == b"1"
@@ -257,6 +279,16 @@ def test_kv_read_write_and_list(env: Env) -> None:
     _denied(env.call("DELETE", "/v1/kv/secret/z", "kv"), "key:write", "secret/z")
     assert env.call("DELETE", "/v1/kv/app/new", "kv").json() is True
     assert env.call("DELETE", "/v1/kv/app/?recurse", "kv").json() is True
+    assert env.forwarder.tokens[-1] == env.secrets["kv"]
+    # No token: the agent's default token decides, and the write carries it.
+    env.srv.agent.acl.tokens.default = env.secrets["kv"]
+    try:
+        assert env.call("PUT", "/v1/kv/app/by-default", content=b"1").json() is True
+        assert env.forwarder.tokens[-1] == env.secrets["kv"]
+    finally:
+        env.srv.agent.acl.tokens.default = ""
+    _denied(env.call("PUT", "/v1/kv/app/by-default", content=b"1"), "key:write", "app/by-default")
+    env.srv.apply(commands.kv_delete("app/by-default"))
     assert env.srv.agent.store.catalog.kv_list("app/") == []
     for key in ("app/x", "app/y"):  # for the other tests
         env.srv.apply(commands.kv_set(key, b"v", 0))
@@ -396,12 +428,14 @@ def test_acls_off_nothing_changes() -> None:
     srv = Server39(FakeAgent()).start()
     try:
         _populate(srv)
+        forwarder = srv.agent.store.replicator = Forwarder(srv.agent.store)
         with httpx.Client(base_url=srv.url, timeout=10) as http:
             bogus = {"X-Consul-Token": str(uuid.uuid4())}  # ignored: nothing resolves with ACLs off
             r = http.get("/v1/health/service/web?passing", headers=bogus)
             assert r.status_code == 200 and len(r.json()) == 2 and FILTERED not in r.headers
             assert set(http.get("/v1/catalog/services", headers=bogus).json()) == {"web", "db", "web-sidecar-proxy"}
             assert http.put("/v1/kv/secret/new", content=b"1", headers=bogus).json() is True
+            assert forwarder.tokens == [None]  # the agent's own write, as before ACLs
             assert [e["Key"] for e in http.get("/v1/kv/?recurse").json()][-1] == "secret/z"
             assert http.get("/v1/agent/self", headers=bogus).status_code == 200
             assert http.put("/v1/agent/service/register", headers=bogus,
