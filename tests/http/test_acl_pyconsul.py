@@ -69,6 +69,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         mgmt = d.client(d.mgmt)
         for name, port in (("web", 8080), ("db", 5432)):
             mgmt.agent.service.register(name, service_id=name, port=port)
+        httpx.put(f"{agent.http_addr}/v1/agent/check/register", headers={"X-Consul-Token": d.mgmt}, trust_env=False,
+                  json={"CheckID": "web-ttl", "Name": "web-ttl", "ServiceID": "web", "TTL": "1h"}).raise_for_status()
         mgmt.kv.put("secret/y", "hidden")
         wait_for(lambda: {"web", "db"} <= set(mgmt.catalog.services()[1]), 10, what="web and db in the catalog")
         yield d
@@ -157,8 +159,12 @@ def test_anonymous_lists_are_filtered_with_the_header(dev: Dev) -> None:
     assert anon.health.service("web")[1] == []
     assert anon.agent.services() == {}
     assert anon.agent.members() == []
+    assert anon.agent.checks() == {}
+    assert anon.health.checks("web")[1] == []
+    assert anon.health.state("any")[1] == []
     for path in ("/v1/catalog/services", "/v1/catalog/nodes", "/v1/catalog/service/web", "/v1/health/service/web",
-                 "/v1/agent/services", "/v1/agent/members"):
+                 "/v1/agent/services", "/v1/agent/members", "/v1/agent/checks", "/v1/health/checks/web",
+                 "/v1/health/state/any"):
         resp = dev.get(path)
         assert resp.status_code == 200 and resp.headers.get(FILTERED) == "true", (path, resp.status_code, resp.headers)
         again = dev.get(path, dev.mgmt)  # the same read by management: everything, no header
@@ -235,3 +241,11 @@ def test_recursive_kv_read_filters_by_key_read(dev: Dev) -> None:
     _, keys = dev.client(token).kv.get("", keys=True)
     assert keys and all(k.startswith("app/") for k in keys)
     assert dev.get("/v1/kv/?recurse").status_code == 404
+
+
+@pytest.mark.xfail(strict=True, reason="py-consul sends lowercase JSON keys (`serviceid`), which Consul's Go decoder "
+                   "takes case-insensitively; agent/config/check_defs.py refuses 'check.serviceid: unknown field' "
+                   "(not an ACL matter: found here)")
+def test_pyconsul_check_register_with_service_id(dev: Dev) -> None:
+    c = dev.client(dev.mgmt)
+    assert c.agent.check.register("db-ttl", consul.Check.ttl("1h"), service_id="db") is True
