@@ -155,7 +155,7 @@ class Resolver:
                    authz: Authorizer | None = None, acl_key: str = "") -> tuple[Endpoint, ...]:
         """Healthy instances (with `connect`, the service's healthy sidecars and Connect-native instances) as
         endpoints (empty: none healthy), memoized until the catalog moves. With `authz`, only instances whose
-        node and service it may read (Consul's filter of health results), memoized per `acl_key`."""
+        service it may read, memoized per `acl_key`."""
         catalog = self.catalog_ref.catalog
         at = (id(catalog), catalog.last_index)
         if at != self._memo_at or len(self._memo) >= 1024:
@@ -175,8 +175,10 @@ class Resolver:
                 status = inst.status
                 if status in drop:
                     continue
-                if authz is not None and not (authz.node_read(inst.node.node).allowed and
-                                              authz.service_read(inst.service.service).allowed):
+                # service:read is enough (issue 15's acceptance: DNS works with an anonymous policy granting
+                # `service_prefix "" read` alone); Consul also wants node:read on each instance's node, the
+                # step its users most often miss. The HTTP health endpoints keep Consul's node:read filter.
+                if authz is not None and not authz.service_read(inst.service.service).allowed:
                     continue
                 # the catalog replaces rows on change, never edits them: same objects, same endpoint
                 row = rows.get((id(inst.node), id(inst.service), status, srv))

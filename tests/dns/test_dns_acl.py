@@ -141,19 +141,21 @@ def test_default_deny_without_a_policy_hides_services_and_nodes(dns_acl: Callabl
     assert _ask(run, "nope.service.mesh.").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_a_read_policy_answers_and_node_read_is_needed_per_instance(
+def test_a_service_read_policy_answers_service_lookups_and_node_read_gates_node_lookups(
         dns_acl: Callable[[StandInACL], Running]) -> None:
     acl = StandInACL(DNS_READ)
     run = dns_acl(acl)
     assert _addresses(_ask(run, "web.service.mesh.")) == ["10.1.0.1", "10.1.0.2"]
     assert _addresses(_ask(run, "n2.node.mesh.")) == ["10.1.0.2"]
-    # service:read alone (Consul's filter of health results also needs node:read): n2's instance goes
+    # service:read alone answers service lookups (issue 15's acceptance; Consul also wants node:read per
+    # instance); node lookups still need node:read
     acl.set('service_prefix "" { policy = "read" }\nnode "n1" { policy = "read" }\n')
-    assert _addresses(_ask(run, "web.service.mesh.")) == ["10.1.0.1"]
+    assert _addresses(_ask(run, "web.service.mesh.")) == ["10.1.0.1", "10.1.0.2"]
+    assert _addresses(_ask(run, "n1.node.mesh.")) == ["10.1.0.1"]
     assert _ask(run, "n2.node.mesh.").rcode() == dns.rcode.NXDOMAIN
-    # no readable instance left: NXDOMAIN, not an empty NOERROR
     acl.set('service_prefix "" { policy = "read" }\n')
-    assert _ask(run, "web.service.mesh.").rcode() == dns.rcode.NXDOMAIN
+    assert _addresses(_ask(run, "web.service.mesh.")) == ["10.1.0.1", "10.1.0.2"]
+    assert _ask(run, "n1.node.mesh.").rcode() == dns.rcode.NXDOMAIN
     # one service denied by an exact rule, the other still answered
     acl.set(DNS_READ + 'service "db" { policy = "deny" }\n')
     assert _ask(run, "db.service.mesh.").rcode() == dns.rcode.NXDOMAIN
