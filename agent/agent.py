@@ -334,7 +334,19 @@ class Agent:
         self.config.services, self.config.checks = new.services, new.checks
         self.local.sidecar_ports = (new.ports.sidecar_min_port, new.ports.sidecar_max_port)
         await self.local.load_files(new.services, new.checks)
+        self._reload_acl_tokens(new)
         log.info("reload complete: %d services from files", len(new.services))
+
+    def _reload_acl_tokens(self, new: AgentConfig) -> None:
+        """Consul reloads the agent's own tokens (not initial_management); persisted API-set ones keep winning."""
+        persisted = self.acl_token_file.load()
+        changed = False
+        for kind in ("default", "agent", "agent_recovery", "replication", "config_file_service_registration"):
+            if kind not in persisted and getattr(self.acl.tokens, kind) != getattr(new.acl.tokens, kind):
+                setattr(self.acl.tokens, kind, getattr(new.acl.tokens, kind))
+                changed = True
+        if changed:
+            self.local.sync.tokens_changed()  # anti-entropy writes as the new tokens (a full sync, as Consul)
 
     # ------------------------------------------------------------------ views (AgentView)
 

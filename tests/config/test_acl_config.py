@@ -4,6 +4,7 @@ and field, secrets never shown; and a -dev agent with ACLs on (127.0.38.N) that 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import httpx
@@ -186,6 +187,13 @@ def test_dev_agent_with_default_deny_writes_the_builtins_and_the_management_toke
         self_ = httpx.get(f"{base}/v1/agent/self", headers=mgmt, timeout=2)
         assert self_.status_code == 200 and MGMT not in self_.text
         assert httpx.get(f"{base}/v1/agent/self", headers={"X-Consul-Token": "nope"}, timeout=2).status_code == 403
+        # A reload picks up the agent's own tokens (Consul's): an agent_recovery token works without a restart.
+        recovery = {"X-Consul-Token": RECOVERY}
+        assert httpx.get(f"{base}/v1/agent/self", headers=recovery, timeout=2).status_code == 403
+        (tmp_path / "recovery.hcl").write_text(f'acl {{\n  tokens {{\n    agent_recovery = "{RECOVERY}"\n  }}\n}}\n')
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: httpx.get(f"{base}/v1/agent/self", headers=recovery, timeout=2).status_code == 200, 5,
+                 what="the reloaded agent_recovery token to work", report=agent.log)
     finally:
         agent.stop()
     assert MGMT not in agent.log()
