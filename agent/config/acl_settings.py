@@ -34,7 +34,7 @@ LEGACY_TOP_LEVEL = {"acl_default_policy": "default_policy", "acl_down_policy": "
                     "acl_agent_master_token": "tokens.agent_recovery", "acl_replication_token": "tokens.replication",
                     "acl_datacenter": ""}
 _KNOWN = ("enabled, default_policy, down_policy, token_ttl, policy_ttl, role_ttl, enable_token_persistence, "
-          "enable_token_replication or tokens")
+          "enable_key_list_policy, enable_token_replication or tokens")
 _SECRET = "the value is a secret and is not shown"
 
 
@@ -49,7 +49,7 @@ def acl_block(col: Collector, value: Any, line: int | None, out: dict[str, Any],
             field_, at = f"acl.{key}", node.at(key)
             if key == "tokens":
                 _tokens(col, item, at, acl.setdefault("tokens", {}), where)
-            elif key in ("enabled", "enable_token_persistence", "enable_token_replication"):
+            elif key in ("enabled", "enable_token_persistence", "enable_token_replication", "enable_key_list_policy"):
                 _put(acl, where, key, field_, typed(col, field_, item, bool, at), col.path, at)
             else:
                 _setting(col, key, field_, item, at, out, where)
@@ -90,6 +90,7 @@ def redacted(acl: ACLConfig) -> dict[str, Any]:
                                 "ACLPolicyTTL": format_duration(acl.policy_ttl),
                                 "ACLRoleTTL": format_duration(acl.role_ttl)},
         "ACLEnableTokenPersistence": acl.enable_token_persistence,
+        "ACLEnableKeyListPolicy": acl.enable_key_list_policy,
         "ACLTokens": {"ACLDefaultToken": hide(t.default), "ACLAgentToken": hide(t.agent),
                       "ACLAgentRecoveryToken": hide(t.agent_recovery),
                       "ACLInitialManagementToken": hide(t.initial_management)},

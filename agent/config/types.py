@@ -174,6 +174,7 @@ class ACLConfig:
     policy_ttl: float = 30.0
     role_ttl: float = 30.0
     enable_token_persistence: bool = False
+    enable_key_list_policy: bool = False  # KV recursive reads/key lists need key:list (Consul's, off by default)
     tokens: ACLTokens = field(default_factory=ACLTokens)
 
 

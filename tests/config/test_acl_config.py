@@ -30,6 +30,7 @@ acl {{
   policy_ttl               = "1m"
   role_ttl                 = "90s"
   enable_token_persistence = true
+  enable_key_list_policy   = true
   tokens {{
     initial_management = "{MGMT}"
     default            = "anonymous"
@@ -40,6 +41,7 @@ acl {{
 '''
 JSON = {"acl": {"enabled": True, "default_policy": "deny", "down_policy": "async-cache", "token_ttl": "10s",
                 "policy_ttl": "1m", "role_ttl": "90s", "enable_token_persistence": True,
+                "enable_key_list_policy": True,
                 "tokens": {"master": MGMT, "default": "anonymous", "agent": AGENT, "agent_master": RECOVERY}}}
 
 
@@ -66,7 +68,7 @@ def test_hcl_and_json_with_consuls_older_token_names_give_the_same_settings(tmp_
         acl = config.acl
         assert acl.enabled and acl.default_policy == "deny" == config.acl_default_policy
         assert (acl.down_policy, acl.token_ttl, acl.policy_ttl, acl.role_ttl) == ("async-cache", 10.0, 60.0, 90.0)
-        assert acl.enable_token_persistence
+        assert acl.enable_token_persistence and acl.enable_key_list_policy
         t = acl.tokens
         assert (t.initial_management, t.default, t.agent, t.agent_recovery) == (MGMT, "anonymous", AGENT, RECOVERY)
         assert config.warnings == []
