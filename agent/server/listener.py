@@ -32,7 +32,7 @@ TRUST_RECHECK = 5.0  # seconds: a quiet connection's key is checked again this o
 RaftHandler = Callable[[str, str, Message], None]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 Reply = Callable[[Any, "ServerError | None", Any], None]  # (request id, error, result)
-ApplyHandler = Callable[[bytes, Reply, Any], bool]
+ApplyHandler = Callable[[Any, Reply, Any], bool]
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,9 @@ def _is_loopback(host: str) -> bool:
 class ServerListener:
     """Accepts peers' connections on :8300, authenticates them (with `tls`) and routes their frames.
 
-    `on_apply`, when set, takes "apply" calls without a task each: it gets the command bytes, the
-    connection's answer callback and the request id, and returns False when it cannot take the call
-    (the general path then does).
+    `on_apply`, when set, takes "apply" calls without a task each: it gets the call's arguments (command
+    bytes, or {command, token}), the connection's answer callback and the request id, and returns False
+    when it cannot take the call (the general path then does).
     """
 
     PLAINTEXT_WARN_EVERY = 60.0  # seconds between warnings about accepted plaintext connections
@@ -302,7 +302,7 @@ class ServerListener:
                 self.denied += 1
                 conn.reply(rid, PermissionDenied(f"permission denied: a {role} connection may not call {method}"), None)
                 return
-            if method == "apply" and isinstance(args, bytes) and self._on_apply is not None:
+            if method == "apply" and isinstance(args, bytes | dict) and self._on_apply is not None:
                 if self._on_apply(args, conn.reply, rid):
                     return
             conn.inflight += 1

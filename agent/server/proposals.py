@@ -21,7 +21,7 @@ BATCH_MAX_BYTES = 1024 * 1024
 class Proposal:
     """A command waiting to be committed and applied; `on_done` hears the outcome."""
 
-    __slots__ = ("data", "error", "index", "on_done", "reply", "result", "rid", "term")
+    __slots__ = ("data", "error", "index", "on_done", "reply", "result", "rid", "term", "token")
 
     def __init__(self, data: bytes, on_done: Callable[[Proposal], None]) -> None:
         self.data = data
@@ -31,6 +31,7 @@ class Proposal:
         self.error: ServerError | None = None
         self.reply: Reply | None = None  # the RPC connection's answer callback, for remote proposals
         self.rid: Any = None
+        self.token: str | None = None  # the ACL secret a remote write carries (forwarded with it if need be)
 
     def finish(self, result: Any, error: ServerError | None) -> None:
         """Record the outcome and tell whoever waits."""

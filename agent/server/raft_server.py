@@ -25,7 +25,7 @@ from ..store import CatalogStore
 from .autopilot_runner import Autopilot
 from .bootstrap import Bootstrap
 from .driver import RaftDriver
-from .endpoints import Endpoints, privileged_op
+from .endpoints import Endpoints, parse_apply_args, privileged_op
 from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
@@ -182,17 +182,22 @@ class RaftServer:
 
     # ------------------------------------------------------------------------------------------ writes
 
-    def _submit_apply(self, data: bytes, reply: Reply, rid: Any) -> bool:
-        """The leader's task-free path for an "apply" RPC; False sends the call down the general path."""
+    def _submit_apply(self, args: Any, reply: Reply, rid: Any) -> bool:
+        """The leader's task-free path for an "apply" RPC (bytes: anonymous, or {command, token}); False sends
+        the call down the general path."""
+        try:
+            data, token = parse_apply_args(args)
+        except Rejected:
+            return False  # (Endpoints.apply refuses it, naming why)
         if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or privileged_op(data) is not None:
             return False  # (Endpoints.apply refuses it)
         try:
-            self.endpoints.check_write(data, None)  # bytes alone: an anonymous write (ACLs on)
+            self.endpoints.check_write(data, token)
         except ServerError as exc:
             reply(rid, exc, None)
             return True
         p = Proposal(data, self._answer_remote)
-        p.reply, p.rid = reply, rid
+        p.reply, p.rid, p.token = reply, rid, token
         return self.driver.enqueue(p)
 
     def _answer_remote(self, p: Proposal) -> None:
@@ -205,7 +210,7 @@ class RaftServer:
     async def _apply_and_reply(self, p: Proposal) -> None:
         assert p.reply is not None
         try:
-            p.reply(p.rid, None, await self.apply_bytes(p.data))
+            p.reply(p.rid, None, await self.apply_bytes(p.data, token=p.token))
         except ServerError as exc:
             p.reply(p.rid, exc, None)
 
