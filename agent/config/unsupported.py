@@ -1,7 +1,7 @@
 """Consul settings this agent does not act on: each is an error naming why, unless the value given is one
 whose meaning the agent already has (docs/config-keys.md lists every decision).
 
-A setting that is silently dropped makes an agent run other than it was told to (ACLs: wide open), so the
+A setting that is silently dropped makes an agent run other than it was told to (metrics sent nowhere), so the
 rule is to refuse it at load; only values that ask for what the agent already does are accepted.
 """
 
@@ -12,16 +12,8 @@ from typing import Any
 from .values import plain
 
 _LATER = "not supported yet; remove it"
-ACL_REASON = ("not supported yet (ACLs arrive in a later release); remove it — the agent would otherwise run "
-        "without the access control you asked for")
-
-_ACL = ACL_REASON
-
 # Top-level keys: the reason given when they are refused.
 TOP_LEVEL: dict[str, str] = {
-    "acl_datacenter": _ACL,
-    "acl_token": _ACL,
-    "acl_master_token": _ACL,
     "ui": "there is no web UI; remove it (only `ui = false` is accepted)",
     "ui_config": "there is no web UI; remove it (only `ui_config { enabled = false }` is accepted)",
     "telemetry": f"{_LATER} — the agent sends no metrics to sinks yet",
