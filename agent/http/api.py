@@ -171,12 +171,23 @@ class API:
             dc = query.get("dc")
             if dc and dc != self.agent.datacenter:
                 raise HTTPError(500, "No path to datacenter")
-            return await endpoint(self, request, query, arg)
-        except Exception as exc:
-            response = error_response(exc)
-            if response is None:
-                raise  # the server logs it and answers a bare 500
+            response = await endpoint(self, request, query, arg)
+            if request.acl is not None and request.acl.enabled and FILTERED_HEADER in response[1]:
+                response = self._mask_filtered(request, response)
             return response
+        except Exception as exc:
+            answer = error_response(exc)
+            if answer is None:
+                raise  # the server logs it and answers a bare 500
+            return answer
+
+    def _mask_filtered(self, request: Request, response: Response) -> Response:
+        """Consul's maskResultsFilteredByACLs: a request with no token at all (none presented, no default token)
+        is not told that something was hidden from it, so that it cannot probe for what exists."""
+        if request_token(request) or self.agent.acl.tokens.default:
+            return response
+        status, headers, body = response
+        return status, [h for h in headers if h != FILTERED_HEADER], body
 
     # ------------------------------------------------------------------ helpers for endpoints
 

@@ -162,8 +162,9 @@ def _filtered(r: httpx.Response) -> bool:
 
 
 def test_catalog_reads_filter_by_service_and_node_read(env: Env) -> None:
-    r = env.call("GET", "/v1/catalog/services")  # anonymous under default deny: nothing, and it says so
-    assert _filtered(r) and r.json() == {}
+    # no token at all under default deny: nothing, and (Consul's maskResultsFilteredByACLs) not told so
+    r = env.call("GET", "/v1/catalog/services")
+    assert not _filtered(r) and r.json() == {}
     r = env.call("GET", "/v1/catalog/services", "svc")
     assert _filtered(r) and set(r.json()) == {"web"}
     r = env.call("GET", "/v1/catalog/services", "mgmt")
@@ -222,8 +223,8 @@ def test_catalog_register_and_deregister_need_node_and_service_write(env: Env) -
 def test_health_lists_filter_each_entry(env: Env) -> None:
     r = env.call("GET", "/v1/health/service/web?passing", "svc")
     assert _filtered(r) and [e["Node"]["Node"] for e in r.json()] == ["n1"]
-    r = env.call("GET", "/v1/health/service/web?passing")
-    assert _filtered(r) and r.json() == []
+    r = env.call("GET", "/v1/health/service/web?passing")  # no token: filtered, the header masked
+    assert not _filtered(r) and r.json() == []
     r = env.call("GET", "/v1/health/service/web?passing", "mgmt")
     assert not _filtered(r) and len(r.json()) == 2
     r = env.call("GET", "/v1/health/checks/web", "svc")
@@ -265,7 +266,9 @@ def test_kv_read_write_and_list(env: Env) -> None:
     # Without acl.enable_key_list_policy (Consul's default) a subtree needs no key:list: it is filtered.
     r = env.call("GET", "/v1/kv/?recurse", "kv")
     assert _filtered(r) and [e["Key"] for e in r.json()] == ["app/new", "app/x", "app/y"]
-    r = env.call("GET", "/v1/kv/?recurse")  # nothing readable: the 404 of an empty prefix, marked
+    r = env.call("GET", "/v1/kv/?recurse")  # nothing readable: the 404 of an empty prefix, unmarked for no token
+    assert r.status_code == 404 and FILTERED not in r.headers
+    r = env.call("GET", "/v1/kv/?recurse", "event")  # a token that reads no key: marked
     assert r.status_code == 404 and r.headers.get(FILTERED) == "true"
     r = env.call("GET", "/v1/kv/app/?recurse", "kv")  # write grants list: nothing to drop
     assert not _filtered(r) and [e["Key"] for e in r.json()] == ["app/new", "app/x", "app/y"]
