@@ -307,6 +307,10 @@ class AclState:
             self._put_token(index, Token(accessor_id=aid, secret_id=secret, description="Initial Management Token",
                                          policies=(Link(GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_NAME),)),
                             digest)
+            if not self.bootstrap_index:
+                # As Consul's leader: the configured initial management token is the bootstrap, so
+                # /v1/acl/bootstrap cannot hand an outsider a second management token.
+                self.bootstrap_index = index
         return want_policy or want_anonymous or want_initial
 
     def _links_changed(self) -> None:

@@ -85,7 +85,7 @@ def test_init_adds_the_builtins_once_and_the_initial_management_token(a: Applier
     a(commands.acl_init(INITIAL))
     a(commands.acl_init(""))
     assert acl.index == 1 and a.cat.index_for(["acl"]) == 1 and len(acl.tokens()) == 2
-    assert acl.bootstrap_index == 0
+    assert acl.bootstrap_index == 1  # the initial management token is the bootstrap (as Consul's leader)
 
 
 def test_tokens_resolve_by_secret_links_by_name_and_order_by_create_index(a: Applier) -> None:
@@ -187,6 +187,10 @@ def test_refusals_name_the_field_and_change_nothing(a: Applier) -> None:
 
 
 def test_bootstrap_once_then_refused_with_the_reset_index(a: Applier) -> None:
+    # An initial management token was the bootstrap; without one, /v1/acl/bootstrap works once.
+    a.refused(commands.acl_bootstrap(token(T2, S2)), r"^ACL bootstrap no longer allowed \(reset index: 1\)$")
+    a = Applier()
+    a(commands.acl_init(""))
     boot = token(policies=(Link(GLOBAL_MANAGEMENT_POLICY_ID, ""),), description="Bootstrap Token")
     a(commands.acl_bootstrap(boot))
     assert a.cat.acl.bootstrap_index == 2 and a.cat.acl.token_by_secret(S1) is not None
@@ -327,7 +331,9 @@ def test_the_feed_gives_clients_no_secret_and_their_replica_resolves_by_digest()
     feed.subscribe(sink, "client")  # a redacted snapshot holding the initial management token
     later = [commands.acl_policy_set(policy()),
              commands.acl_token_set(token(policies=(Link("", "p1"),))),
-             commands.acl_bootstrap(token(T2, S2, policies=(Link(GLOBAL_MANAGEMENT_POLICY_ID, ""),))),
+             commands.acl_token_set(token(T2, S2, policies=(Link(GLOBAL_MANAGEMENT_POLICY_ID, ""),))),
+             # refused: the initial management token was the bootstrap
+             commands.acl_bootstrap(token("88888888-8888-4888-8888-888888888888", S2)),
              commands.acl_token_set(token(T1, "", description="kept secret")),
              commands.acl_init(INITIAL),
              {"op": "acl", "verb": "token-set", "token": {"accessor_id": T1, "secret_id": 7}}]  # refused
@@ -355,7 +361,7 @@ def test_the_feed_gives_clients_no_secret_and_their_replica_resolves_by_digest()
         assert mine is not None and theirs is not None
         assert theirs.secret_id == "" and theirs == Token(**{**mine.__dict__, "secret_id": ""})
     assert [t.accessor_id for t in replica.acl.tokens()] == [t.accessor_id for t in server.tokens()]
-    assert replica.acl.bootstrap_index == server.bootstrap_index == 4
+    assert replica.acl.bootstrap_index == server.bootstrap_index == 1
     assert replica.acl.token(T1).description == "kept secret"  # type: ignore[union-attr]
     # The server's own snapshot keeps secrets; the redacted one has none and restores the same digests.
     assert S1.encode() in store.catalog.snapshot()

@@ -14,6 +14,7 @@ from typing import Any
 import consul
 import httpx
 import pytest
+from meshagent.agent.acl.objects import Link, Token
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.acl_forward import forward_args, parse_answer
@@ -58,7 +59,11 @@ def _host(n: int) -> str:
 def acl_server() -> Iterator[ACLServer]:
     server = ACLServer(_host(1)).start()
     try:
-        server.apply(commands.acl_init(MGMT))  # the builtins and an initial_management token, as acl_init writes
+        # The builtins, and a management token that is not an initial_management one (that one would be the
+        # bootstrap, as in Consul: the bootstrap tests need the system not yet bootstrapped).
+        server.apply(commands.acl_init(""))
+        server.apply(commands.acl_token_set(Token(accessor_id=str(uuid.uuid4()), secret_id=MGMT,
+                                                  policies=(Link(GM, "global-management"),))))
         yield server
     finally:
         server.stop()

@@ -1,0 +1,97 @@
+"""Red team of the ACL system over HTTP (issue 15): an outsider with no token and holders of weak tokens
+attack a harness agent under `default_policy = "deny"` (127.0.46.1, real sockets, the agent's ACLResolver).
+Each test names the attack; those that found a hole fail without its fix (see the commit messages)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from meshagent.agent.acl.objects import Link, Policy, Token
+from meshagent.agent.catalog import commands
+from meshagent.agent.http.server import HTTPServer
+
+from tests.support.http_harness import FakeAgent, ServerThread, register_instance
+from tests.support.ports import port_free
+
+HOST = "127.0.46.1"  # this suite's address (127.0.46.N is the red team's); the port is ephemeral
+FILTERED = "x-consul-results-filtered-by-acls"
+MGMT = str(uuid.uuid4())
+
+RULES = {
+    "web": 'service "web" { policy = "write" }\nnode_prefix "" { policy = "read" }\n',
+    "kv": 'key_prefix "app/" { policy = "write" }\n',
+    # everything readable but web and the key app/x
+    "noweb": ('service "web" { policy = "deny" }\nservice_prefix "" { policy = "read" }\n'
+              'node_prefix "" { policy = "read" }\nkey "app/x" { policy = "deny" }\nkey_prefix "" { policy = "read" }\n'),
+}
+
+
+class Server46(ServerThread):
+    """The harness server bound to 127.0.46.1."""
+
+    def __init__(self, agent: FakeAgent) -> None:
+        super().__init__(agent=agent)
+        self.server = HTTPServer(self.api, HOST, 0)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass
+class Env:
+    srv: Server46
+    http: httpx.Client
+    secrets: dict[str, str]
+
+    def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
+        return self.http.request(method, path, headers=headers, **kw)
+
+
+def _token(srv: ServerThread, name: str, rules: str) -> str:
+    policy_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
+    srv.apply(commands.acl_policy_set(Policy(id=policy_id, name=f"p-{name}", rules=rules)))
+    srv.apply(commands.acl_token_set(Token(accessor_id=str(uuid.uuid4()), secret_id=secret, description=name,
+                                           policies=(Link(policy_id, f"p-{name}"),))))
+    return secret
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    if not port_free(HOST, 0):
+        pytest.skip(f"{HOST} is not usable here")
+    agent = FakeAgent()
+    agent.config.acl.enabled = True
+    agent.config.acl.default_policy = "deny"
+    agent.config.acl.tokens.initial_management = MGMT
+    srv = Server46(agent).start()
+    try:
+        srv.apply(commands.acl_init(MGMT))  # as the leader writes it with tokens { initial_management } set
+        secrets = {name: _token(srv, name, rules) for name, rules in RULES.items()}
+        secrets["mgmt"] = MGMT
+        register_instance(srv, "n1", "web", sid="web1", address="10.0.0.1")
+        register_instance(srv, "n2", "db", sid="db1", address="10.0.0.2")
+        for key in ("app/x", "app/y", "secret/z"):
+            srv.apply(commands.kv_set(key, b"v", 0))
+        with httpx.Client(base_url=srv.url, timeout=10) as http:
+            yield Env(srv, http, secrets)
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+
+
+def test_no_bootstrap_once_an_initial_management_token_is_configured(env: Env) -> None:
+    """Finding: with tokens { initial_management } set, /v1/acl/bootstrap still handed anyone without a
+    token a global-management token. Consul bootstraps with the initial management token (reset index)."""
+    r = env.call("PUT", "/v1/acl/bootstrap")
+    assert r.status_code == 403, r.text[:200]
+    assert r.text.strip().startswith("Permission denied: ACL bootstrap no longer allowed (reset index: ")
+    assert "SecretID" not in r.text
