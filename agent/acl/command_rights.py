@@ -164,9 +164,14 @@ def _register(authz: Authorizer, cmd: Mapping[str, Any], catalog: Catalog) -> It
     checks = cmd.get("checks") or []
     if not isinstance(checks, list):
         raise MalformedCommand("register: checks must be a list")
+    held = {c.check_id: c for c in catalog.node_checks(name)} if stored is not None else {}
     for i, check in enumerate(checks):
         check = _map(check, f"register: checks[{i}]")
         sid = _str_field(check, "service_id", f"register: checks[{i}]")
+        prior = held.get(_str_field(check, "check_id", f"register: checks[{i}]"))
+        if prior is not None and prior.service_id != sid:
+            # Taking over another owner's check ID (its health signal): that owner must be writable too.
+            yield authz.service_write(prior.service_name) if prior.service_id else authz.node_write(name)
         if not sid:
             yield authz.node_write(name)
         elif svc_data is not None and sid == svc_id:

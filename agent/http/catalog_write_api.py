@@ -120,7 +120,14 @@ def _vet_register(api: API, identity: ACLIdentity, existing: Node | None, node: 
             destination = _proxy_destination(service_body)
             if destination:
                 require(identity, authz.service_write(destination))
+    held = {c.check_id: c for c in catalog.node_checks(node.node)} if existing is not None else {}
     for check in checks:
+        prior = held.get(check.check_id)
+        if prior is not None and prior.service_id != check.service_id:
+            # Re-pointing another owner's check ID would take its health signal (stricter than Consul, which
+            # vets only the new owner): the current owner must be writable too.
+            require(identity, authz.service_write(prior.service_name) if prior.service_id
+                    else authz.node_write(node.node))
         if not check.service_id:
             require(identity, authz.node_write(node.node))
             continue

@@ -95,3 +95,33 @@ def test_no_bootstrap_once_an_initial_management_token_is_configured(env: Env) -
     assert r.status_code == 403, r.text[:200]
     assert r.text.strip().startswith("Permission denied: ACL bootstrap no longer allowed (reset index: ")
     assert "SecretID" not in r.text
+
+
+# ------------------------------------------------------------------------------------------ catalog writes
+
+
+def _checks(env: Env, node: str) -> dict[str, tuple[str, str]]:
+    rows = env.call("GET", f"/v1/health/node/{node}", "mgmt").json()
+    return {c["CheckID"]: (c["ServiceID"], c["Status"]) for c in rows}
+
+
+def test_a_service_token_cannot_take_over_another_services_check_by_id(env: Env) -> None:
+    """Finding: web's token re-registered db1's check ID under its own instance (and could the node's
+    serfHealth), so a critical db instance lost its check and read as healthy. The existing check's owner
+    must be writable too (stricter than Consul, which vets only the new owner)."""
+    before = _checks(env, "n2")
+    for check_id in ("service:db1", "serfHealth"):
+        body = {"Node": "n2", "Address": "10.0.0.2", "SkipNodeUpdate": True,
+                "Service": {"ID": "web-n2", "Service": "web", "Port": 81},
+                "Check": {"CheckID": check_id, "ServiceID": "web-n2", "Status": "critical"}}
+        r = env.call("PUT", "/v1/catalog/register", "web", json=body)
+        assert r.status_code == 403, (check_id, r.status_code, r.text)
+    assert _checks(env, "n2") == before
+    # Its own new check on its own instance is fine.
+    body = {"Node": "n2", "Address": "10.0.0.2", "SkipNodeUpdate": True,
+            "Service": {"ID": "web-n2", "Service": "web", "Port": 81},
+            "Check": {"CheckID": "web-n2-alive", "ServiceID": "web-n2", "Status": "passing"}}
+    assert env.call("PUT", "/v1/catalog/register", "web", json=body).status_code == 200
+    assert env.call("PUT", "/v1/catalog/register", "web", json=body).status_code == 200  # and again
+    assert env.call("PUT", "/v1/catalog/deregister", "web", json={"Node": "n2", "ServiceID": "web-n2"}).status_code \
+        == 200
