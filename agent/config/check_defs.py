@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import Collector, ConfigError, ConfigErrors
 from .types import CheckDefinition, Source
-from .values import ENTERPRISE, Later, Node, duration, kind_of, later, node_of, show, string_map, typed
+from .values import ENTERPRISE, Later, Node, duration, fold_map, kind_of, later, node_of, show, string_map, typed
 
 MIN_INTERVAL = 1.0
 MIN_DEREGISTER_AFTER = 60.0
@@ -26,6 +26,7 @@ _CHECK_KEYS = {
     "deregister_critical_service_after", "success_before_passing", "failures_before_warning",
     "failures_before_critical", "output_max_size", "type", "namespace", "partition", "alias_service",
 }
+_CHECK_FOLD = fold_map(_CHECK_KEYS)
 # Consul check types that exist but that this agent does not run yet: an error beats a check that never runs.
 _UNSUPPORTED_CHECKS = {"udp", "grpc", "h2ping", "docker_container_id", "os_service", "alias_node", "shell",
                        "grpc_use_tls", "h2ping_use_tls", "tcp_use_tls"}
@@ -55,7 +56,7 @@ def check_from(col: Collector, data: Any, field_: str, ctx: CheckContext, line: 
     if not isinstance(data, dict):
         col.error(field_, f"must be a block/object, got {kind_of(data)}", line)
         return None
-    node = node_of(col, data, field_, line)
+    node = node_of(col, data, field_, line, _CHECK_FOLD)
     raw = node.raw
     check = CheckDefinition(source=Source(col.path, node.line))
     for key in raw:

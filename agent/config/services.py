@@ -18,6 +18,7 @@ from .values import (
     Later,
     Node,
     blocks,
+    fold_map,
     kind_of,
     later,
     node_of,
@@ -34,6 +35,7 @@ _SERVICE_KEYS = {
     "enable_tag_override", "kind", "tagged_addresses", "proxy", "connect", "token", "socket_path",
     "locality", "namespace", "partition",
 }
+_SERVICE_FOLD = fold_map(_SERVICE_KEYS)
 # As _CHECK_LATER in check_defs.py.
 _SERVICE_LATER: Later = {
     "socket_path": (("",), "not supported yet: services are reached at address and port; remove it"),
@@ -51,7 +53,7 @@ def service_from(col: Collector, data: Any, field_: str, line: int | None = None
     if not isinstance(data, dict):
         col.error(field_, f"must be a block/object, got {kind_of(data)}", line)
         return None
-    node = node_of(col, data, field_, line)
+    node = node_of(col, data, field_, line, _SERVICE_FOLD)
     for key in node.raw:
         if key not in _SERVICE_KEYS:
             col.error(f"{field_}.{key}", "unknown field", node.at(key))

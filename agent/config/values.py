@@ -7,6 +7,7 @@ records problems in a Collector with the file, line and dotted field, and return
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,16 @@ class Node:
         return self.lines.get(key, self.line)
 
 
-def node_of(col: Collector, data: dict[str, Any], field_: str, line: int | None) -> Node:
-    """Snake-case the keys of one object, remembering lines; the same key written twice is an error."""
+def fold_map(keys: Iterable[str]) -> dict[str, str]:
+    """For `node_of(fold=...)`: each known snake_case key by its folded form (lower case, no underscores)."""
+    return {k.replace("_", ""): k for k in keys}
+
+
+def node_of(col: Collector, data: dict[str, Any], field_: str, line: int | None,
+            fold: Mapping[str, str] | None = None) -> Node:
+    """Snake-case the keys of one object, remembering lines; the same key written twice is an error.
+    With `fold` (fold_map of the object's known keys), a key matching none is matched as Go's decoders
+    match Consul's fields, ignoring case (py-consul sends `serviceid`, `enabletagoverride`)."""
     own = data.get(START)
     line = own if isinstance(own, int) else line
     key_lines = data.get(LINES)
@@ -57,6 +66,8 @@ def node_of(col: Collector, data: dict[str, Any], field_: str, line: int | None)
         if key.startswith("__"):
             continue
         name = snake_case(str(key))
+        if fold is not None:
+            name = fold.get(name.replace("_", ""), name)
         if name in spelled:
             col.error(f"{field_}.{name}", f"given twice (as {spelled[name]!r} and {key!r})",
                       key_lines.get(key, line))

@@ -248,9 +248,6 @@ def test_recursive_kv_read_filters_by_key_read(dev: Dev) -> None:
     assert dev.get("/v1/kv/?recurse").status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason="py-consul sends lowercase JSON keys (`serviceid`), which Consul's Go decoder "
-                   "takes case-insensitively; agent/config/check_defs.py refuses 'check.serviceid: unknown field' "
-                   "(not an ACL matter: found here)")
 def test_pyconsul_check_register_with_service_id(dev: Dev) -> None:
     c = dev.client(dev.mgmt)
     assert c.agent.check.register("db-ttl", consul.Check.ttl("1h"), service_id="db") is True
