@@ -238,6 +238,11 @@ class API:
                     await store.block(keys, query.index, query.wait)
             else:
                 await store.block(keys, query.index, query.wait)
+            if request is not None and self.agent.acl.enabled:
+                # A token deleted or expired during the wait gets no answer built with its old rights: resolve
+                # it again (memoised per ACL index, so cheap), as the next request would. ACLNotFound -> 403.
+                request.acl = None
+                self.identity(request)
         index: int = store.index_for(keys)
         return index
 

@@ -4,6 +4,7 @@ Each test names the attack; those that found a hole fail without its fix (see th
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.server import HTTPServer
 
-from tests.support.http_harness import FakeAgent, ServerThread, register_instance
+from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
 from tests.support.ports import port_free
 
 HOST = "127.0.46.1"  # this suite's address (127.0.46.N is the red team's); the port is ephemeral
@@ -27,7 +28,8 @@ RULES = {
     "kv": 'key_prefix "app/" { policy = "write" }\n',
     # everything readable but web and the key app/x
     "noweb": ('service "web" { policy = "deny" }\nservice_prefix "" { policy = "read" }\n'
-              'node_prefix "" { policy = "read" }\nkey "app/x" { policy = "deny" }\nkey_prefix "" { policy = "read" }\n'),
+              'node_prefix "" { policy = "read" }\nkey "app/x" { policy = "deny" }\n'
+              'key_prefix "" { policy = "read" }\n'),
 }
 
 
@@ -125,3 +127,33 @@ def test_a_service_token_cannot_take_over_another_services_check_by_id(env: Env)
     assert env.call("PUT", "/v1/catalog/register", "web", json=body).status_code == 200  # and again
     assert env.call("PUT", "/v1/catalog/deregister", "web", json={"Node": "n2", "ServiceID": "web-n2"}).status_code \
         == 200
+
+
+# ------------------------------------------------------------------------------------------ blocking queries
+
+
+@pytest.mark.parametrize("path", ["/v1/health/service/web", "/v1/kv/app/x", "/v1/config/service-defaults"])
+def test_a_blocking_query_stops_answering_once_its_token_is_deleted(env: Env, path: str) -> None:
+    """Finding: a blocking query started with a token that was then deleted (revoked) still got the next
+    answer, built with the deleted token's rights; it is now 403 "ACL not found" when it wakes."""
+    secret = _token(env.srv, f"doomed-{abs(hash(path)) % 10**6}",
+                    'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+                    'key_prefix "" { policy = "read" }\n')
+    first = env.call("GET", path, secret)
+    assert first.status_code == 200, first.text
+    index = first.headers["X-Consul-Index"]
+    answers: list[httpx.Response] = []
+    waiting = env.srv.agent.store.hub.waiting
+    waiter = threading.Thread(target=lambda: answers.append(env.call("GET", f"{path}?index={index}&wait=20s", secret)))
+    waiter.start()
+    wait_waiting(env.srv, waiting + 1)
+    token = env.srv.agent.store.catalog.acl.token_by_secret(secret)
+    assert token is not None
+    env.srv.apply(commands.acl_token_delete(token.accessor_id))
+    n = uuid.uuid4().hex[:8]  # wake it: a change under every watched key
+    register_instance(env.srv, f"n-{n}", "web", sid=f"web-{n}")
+    env.srv.apply(commands.kv_set("app/x", n.encode(), 0))
+    env.srv.apply(commands.config_entry_set({"Kind": "service-defaults", "Name": "web", "Meta": {"n": n}}))
+    waiter.join(30)
+    assert answers and (answers[0].status_code, answers[0].text.strip()) == (403, "ACL not found"), \
+        (answers[0].status_code, answers[0].text[:200]) if answers else "no answer"
