@@ -35,7 +35,7 @@ from .config.types import AgentConfig
 from .connect.authority import CAAuthority
 from .connect.ca_manager import CAManager
 from .connect.forwarded_ca import ForwardedCA
-from .connect.leaf_cache import LeafCache
+from .connect.leaf_cache import LeafCache, leaf_token
 from .connect.proxy_runner import ProxyRunner
 from .dns.server import DNSServer
 from .gossip_link import GossipLink
@@ -131,7 +131,9 @@ class Agent:
         self.events = UserEventLog(config.watches)
         # Leaf certificates of local services, signed through self.ca (the CA authority).
         self.leaves = LeafCache(self.store, self.datacenter, lambda: self.ca,
-                                lambda: [d.name for d in self.local.services().values()])
+                                lambda: [d.name for d in self.local.services().values()],
+                                token_for=lambda name: leaf_token(name, self.local.services(),
+                                                                  self.local.sync.service_token, self.acl))
         # The data plane of every local sidecar (issue 14): worker processes per sidecar, fed by this agent.
         self.proxy_runner: ProxyRunner | None = None
         if config.connect_enabled:
@@ -153,6 +155,8 @@ class Agent:
         self.local.sync.acl = self.acl  # anti-entropy writes as registering/agent tokens
         if self.server is not None:
             self.server.endpoints.acl = self.acl  # servers re-check every write arriving over RPC apply
+        if self.ca_manager is not None:
+            self.ca_manager.acl = self.acl  # ... and every connect_ca_* call (agent/connect/ca_acl.py)
         self.api = API(self)
         if self.server is not None:
             self.server.endpoints.acl_http.api = self.api  # client agents' /v1/acl/ requests run through it

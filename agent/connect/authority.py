@@ -79,13 +79,14 @@ class SignedLeaf:
 class CAAuthority(Protocol):
     """The mesh CA as an agent sees it: sign CSRs, change the CA configuration."""
 
-    async def sign(self, csr_pem: str) -> SignedLeaf:
-        """Have the leader sign `csr_pem`; retries RateLimited itself. Raises ServerError subclasses:
-        Rejected (the CSR's problem), NoLeader, Unreachable."""
+    async def sign(self, csr_pem: str, token: str | None = None) -> SignedLeaf:
+        """Have the leader sign `csr_pem`; retries RateLimited itself. `token`: the ACL secret the request acts
+        as, which servers check (service:write on the CSR's service). Raises ServerError subclasses:
+        Rejected (the CSR's problem), ACLDenied/ACLNotFound, NoLeader, Unreachable."""
         ...
 
     async def set_config(self, provider: str, config: dict[str, Any],
-                         force_without_cross_signing: bool = False) -> None:
+                         force_without_cross_signing: bool = False, *, token: str | None = None) -> None:
         """Store a new CA configuration (Consul's `Config` map); rotates the root when the key changes.
-        Rejected names the bad field."""
+        Rejected names the bad field; servers check `token` for operator:write."""
         ...

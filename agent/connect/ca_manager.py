@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ..rpc.errors import NoLeader, NotLeader, RateLimited, Rejected, ServerError, Unreachable
-from . import ca, ca_plan
+from . import ca, ca_acl, ca_plan
 from .authority import SignedLeaf
 from .csr_limit import CSRRateLimit
 from .entry_bootstrap import bootstrap_commands
 
 if TYPE_CHECKING:
+    from ..acl.resolver import ACLResolver
     from ..catalog.connect_state import ConnectState
     from ..config.types import AgentConfig
     from ..store import CatalogStore
@@ -78,6 +79,9 @@ class CAManager:
         self.signed = 0  # figures (metrics, tests)
         self.rate_limited = 0
         self.forwarded = 0
+        # The agent's ACL resolver (set by the agent): with ACLs on, every connect_ca_* call arriving over RPC is
+        # checked against its token (ca_acl.py); calls from this agent's own HTTP API were checked there.
+        self.acl: ACLResolver | None = None
 
     @classmethod
     def for_agent(cls, config: AgentConfig, store: CatalogStore, server: ServerLink | None) -> CAManager:
@@ -178,13 +182,14 @@ class CAManager:
 
     # ------------------------------------------------------------------------------------------ signing
 
-    async def sign(self, csr_pem: str) -> SignedLeaf:
-        """CAAuthority.sign: the leader's signature, RateLimited retried with jittered backoff."""
+    async def sign(self, csr_pem: str, token: str | None = None) -> SignedLeaf:
+        """CAAuthority.sign: the leader's signature, RateLimited retried with jittered backoff. `token` is not
+        checked here (this agent's HTTP API did); a follower passes it on to the leader, which checks it."""
         deadline = trio.current_time() + SIGN_RETRY_BUDGET
         attempt = 0
         while True:
             try:
-                return await self.sign_once(csr_pem)
+                return await self.sign_once(csr_pem, token=token)
             except RateLimited as exc:
                 wait = backoff(exc.retry_after, attempt)
                 if trio.current_time() + wait > deadline:
@@ -192,9 +197,10 @@ class CAManager:
                 attempt += 1
                 await trio.sleep(wait)
 
-    async def sign_once(self, csr_pem: str, forwarded: bool = False) -> SignedLeaf:
+    async def sign_once(self, csr_pem: str, forwarded: bool = False, token: str | None = None) -> SignedLeaf:
         """One attempt: signed here when leading, else by the leader (RateLimited reaches the caller).
-        `forwarded` (a call another server forwarded): never forward again, NotLeader instead."""
+        `forwarded` (a call another server forwarded): never forward again, NotLeader instead. `token` goes
+        with a forwarded call: the leader re-checks it."""
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
         while True:
             if self.is_leader():
@@ -206,8 +212,10 @@ class CAManager:
             if leader:
                 try:
                     self.forwarded += 1
-                    answer = await self.server.call_server(leader, "connect_ca_sign",
-                                                           {"csr": csr_pem, "forwarded": True}, RPC_HOLD_TIMEOUT)
+                    args: dict[str, Any] = {"csr": csr_pem, "forwarded": True}
+                    if token:
+                        args["token"] = token
+                    answer = await self.server.call_server(leader, "connect_ca_sign", args, RPC_HOLD_TIMEOUT)
                     return SignedLeaf.from_wire(answer)
                 except (NotLeader, Unreachable) as exc:  # a signature is safe to ask again
                     if trio.current_time() > deadline:
@@ -257,9 +265,10 @@ class CAManager:
 
     # ------------------------------------------------------------------------------------------ config
 
-    async def set_config(self, provider: str, config: dict[str, Any],
-                         force_without_cross_signing: bool = False, forwarded: bool = False) -> None:
-        """CAAuthority.set_config: on the leader, or forwarded to it. Rejected names the bad field."""
+    async def set_config(self, provider: str, config: dict[str, Any], force_without_cross_signing: bool = False,
+                         forwarded: bool = False, token: str | None = None) -> None:
+        """CAAuthority.set_config: on the leader, or forwarded to it (with `token`, which the leader checks;
+        not checked here: this agent's HTTP API did). Rejected names the bad field."""
         deadline = trio.current_time() + RPC_HOLD_TIMEOUT
         while True:
             if self.is_leader():
@@ -272,6 +281,8 @@ class CAManager:
             if leader:
                 args = {"provider": provider, "config": config, "force_without_cross_signing":
                         force_without_cross_signing, "forwarded": True}
+                if token:
+                    args["token"] = token
                 try:
                     await self.server.call_server(leader, "connect_ca_set_config", args, RPC_HOLD_TIMEOUT)
                     return
@@ -299,7 +310,9 @@ class CAManager:
     # ------------------------------------------------------------------------------------------ RPC
 
     async def rpc_sign(self, args: Any) -> dict[str, Any]:
-        """The `connect_ca_sign` RPC: args {"csr": PEM, "forwarded": bool (from another server)}."""
+        """The `connect_ca_sign` RPC: args {"csr": PEM, "forwarded": bool (from another server), "token": str}.
+        With ACLs on the token (none: anonymous) needs service:write on the CSR's service, checked here before
+        any signing work and again at the leader when forwarded (a `forwarded` flag skips no check)."""
         if not isinstance(args, dict) or not isinstance(args.get("csr"), str):
             raise Rejected("connect_ca_sign needs {csr: PEM text}")
         if len(args["csr"]) > ca.MAX_CSR_BYTES:  # before a follower forwards it, not only at the leader
@@ -307,10 +320,16 @@ class CAManager:
         forwarded = args.get("forwarded", False)
         if not isinstance(forwarded, bool):
             raise Rejected("connect_ca_sign: forwarded must be a boolean")
-        return (await self.sign_once(args["csr"], forwarded=forwarded)).to_wire()
+        token = ca_acl.token_arg(args, "connect_ca_sign", self.acl)
+        service = ca_acl.authorize_sign(self.acl, token, args["csr"])
+        signed = await self.sign_once(args["csr"], forwarded=forwarded, token=token)
+        if service is not None and signed.service != service:  # one parser reads both: a bug if ever seen
+            raise ServerError("connect_ca_sign: the signed service is not the authorized one")
+        return signed.to_wire()
 
     async def rpc_set_config(self, args: Any) -> bool:
-        """The `connect_ca_set_config` RPC: args {provider, config, force_without_cross_signing, forwarded}."""
+        """The `connect_ca_set_config` RPC: args {provider, config, force_without_cross_signing, forwarded,
+        token}. With ACLs on the token (none: anonymous) needs operator:write, here and at the leader."""
         if not isinstance(args, dict):
             raise Rejected("connect_ca_set_config needs a map")
         provider, config = args.get("provider", "consul"), args.get("config")
@@ -321,5 +340,7 @@ class CAManager:
             raise Rejected(f"connect_ca_set_config: more than {ca_plan.MAX_CONFIG_KEYS} Config keys")
         if not isinstance(force, bool) or not isinstance(forwarded, bool):
             raise Rejected("connect_ca_set_config: force_without_cross_signing and forwarded must be booleans")
-        await self.set_config(provider, config, force, forwarded=forwarded)
+        token = ca_acl.token_arg(args, "connect_ca_set_config", self.acl)
+        ca_acl.authorize_operator_write(self.acl, token)
+        await self.set_config(provider, config, force, forwarded=forwarded, token=token)
         return True

@@ -7,6 +7,10 @@ root changes, retried with backoff while no server answers, the current leaf ser
 made lazily on the first request (as Consul's agent does) and kept while requested within the last 72 h or
 while the service is registered here. `get` is a blocking read over the leaf's index. The schedule itself is
 pure (leaf_plan.py); this module runs it: one task per service, one watching the roots.
+
+With ACLs on, each signing carries a token the servers check (service:write on the service): the token of
+the last HTTP request for the leaf (checked by this agent's API), else `token_for(service)`: the token the
+local service was registered with, else the agent token (`leaf_token`). Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -22,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..catalog.connect_state import WATCH_KEY
+from ..rpc.errors import ACLDenied, ACLNotFound
 from . import ca_plan, leaf_plan
 from .ca import leaf_key_and_csr
 from .leaf_plan import LeafRecord, LeafState
@@ -29,6 +34,7 @@ from .renewal import root_change_window
 from .spiffe import SpiffeIDError, service_id
 
 if TYPE_CHECKING:
+    from ..config.types import ServiceDefinition
     from ..store import CatalogStore
 
 log = logging.getLogger("meshagent.connect.leaf")
@@ -64,9 +70,31 @@ class SignedLeafLike(Protocol):
 
 
 class Signer(Protocol):
-    """The part of CAAuthority the cache uses."""
+    """The part of CAAuthority the cache uses (called with `token=` only when there is one)."""
 
-    async def sign(self, csr_pem: str) -> SignedLeafLike: ...
+    async def sign(self, csr_pem: str, token: str | None = None) -> SignedLeafLike: ...
+
+
+class AgentTokens(Protocol):
+    """The part of ACLResolver `leaf_token` reads."""
+
+    @property
+    def enabled(self) -> bool: ...
+    def agent_secret(self) -> str: ...
+
+
+def leaf_token(service: str, services: Mapping[str, ServiceDefinition], service_token: Callable[[str], str | None],
+               acl: AgentTokens) -> str | None:
+    """The token a local service's leaf is signed with: the token of a local instance of `service` (or of a
+    sidecar fronting it: CatalogSync.service_token), else the agent token; None with ACLs off."""
+    if not acl.enabled:
+        return None
+    for local_id, defn in services.items():
+        if defn.name == service or defn.proxy.get("DestinationServiceName") == service:
+            token = service_token(local_id)
+            if token:
+                return token
+    return acl.agent_secret() or None
 
 
 class LeafError(Exception):
@@ -83,7 +111,8 @@ class LeafCache:
     def __init__(self, store: CatalogStore, datacenter: str, authority: Callable[[], Signer | None],
                  local_services: Callable[[], Iterable[str]] = tuple, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 idle_ttl: float = leaf_plan.IDLE_TTL) -> None:
+                 idle_ttl: float = leaf_plan.IDLE_TTL,
+                 token_for: Callable[[str], str | None] | None = None) -> None:
         self.store = store
         self.datacenter = datacenter
         self._authority = authority
@@ -99,6 +128,10 @@ class LeafCache:
         self._pending: dict[str, tuple[str, str, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._first_service = trio.Event()  # set when a service is added: the roots watch resumes
+        self._token_for = token_for  # a service's own token for signing (None: no tokens, ACLs off)
+        # Per service, the token of the last request that asked for its leaf (already checked by the agent's
+        # API for service:write): signings use it first. Secrets: never logged nor rendered.
+        self._requested: dict[str, str] = {}
         self.signings = 0  # leaves received, all services
 
     # ------------------------------------------------------------------ running
@@ -123,17 +156,21 @@ class LeafCache:
         state = self._states.get(service)
         return state.leaf if state is not None else None
 
-    async def get(self, service: str, min_index: int = 0, wait: float = 300.0) -> LeafRecord:
+    async def get(self, service: str, min_index: int = 0, wait: float = 300.0,
+                  token: str | None = None) -> LeafRecord:
         """The service's leaf, once its index is above `min_index` (or `wait` passed: the current one).
 
         The first request for a service starts keeping its leaf. Without any leaf yet, the last signing
         error is raised (a ServerError from the authority), or LeafError when the CA is not initialized.
+        `token`: the requester's ACL secret (checked by the caller), used for this service's next signings.
         """
         try:
             service_id("x", self.datacenter, service)  # the name must fit in a SPIFFE ID
         except SpiffeIDError as exc:
             raise LeafError(400, f"Invalid service name: {exc}") from None
         state = self._ensure(service)
+        if token:
+            self._requested[service] = token
         deadline = trio.current_time() + max(0.0, wait)
         while True:
             leaf_plan.requested(state, self._clock())
@@ -198,6 +235,7 @@ class LeafCache:
             self._errors.pop(service, None)
             self._wake.pop(service, None)
             self._pending.pop(service, None)
+            self._requested.pop(service, None)
             self._notify(service)
 
     async def _issue(self, state: LeafState) -> None:
@@ -215,12 +253,18 @@ class LeafCache:
             authority = self._authority()
             if authority is None:
                 raise LeafError(500, "this agent has no Connect CA authority (connect disabled?)")
+            token = self._signing_token(service)
             with trio.move_on_after(SIGN_TIMEOUT):
-                signed = await authority.sign(csr_pem)
+                # No token, no keyword: the call is as before ACLs.
+                signed = await (authority.sign(csr_pem) if token is None else authority.sign(csr_pem, token=token))
             if signed is None:
                 raise LeafError(504, f"no signed certificate within {SIGN_TIMEOUT:.0f} s")
             leaf = _record(signed, key_pem, sid.uri(), service)
         except Exception as exc:  # a ServerError, a bad answer: keep the current leaf and retry later
+            if isinstance(exc, ACLDenied | ACLNotFound):
+                # A requester's token refused (deleted, or lacking rights at the servers): the retry signs as
+                # the service's own token, until a request brings one again.
+                self._requested.pop(service, None)
             retry = leaf_plan.failed(state, self._clock(), self._rng)
             self._errors[service] = exc
             # Loud on the first failures, then only at powers of two: a long outage is not a log flood.
@@ -237,6 +281,13 @@ class LeafCache:
             log.debug("leaf for %s: serial %x, index %d, renew in %.0f s", service, kept.serial_number,
                       kept.index, state.renew_at - self._clock())
         self._notify(service)
+
+    def _signing_token(self, service: str) -> str | None:
+        """The token this signing acts as: the last requester's, else the service's own (token_for)."""
+        requested = self._requested.get(service)
+        if requested:
+            return requested
+        return self._token_for(service) if self._token_for is not None else None
 
     async def _trust_domain(self) -> str:
         """The mesh's trust domain, once the CA is initialized (waits for it)."""

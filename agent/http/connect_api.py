@@ -22,6 +22,7 @@ from ..connect.intention_entries import intentions_of
 from ..connect.intentions import Action, Intention, IntentionIndex
 from ..connect.leaf_cache import LeafError
 from ..connect.spiffe import SpiffeIDError, parse_service_id, service_id
+from . import acl_gate
 from .connect_render import authorize_json, ca_config_json, leaf_json, roots_json, roots_pem
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request, parse_bool
@@ -113,7 +114,8 @@ async def ca_configuration_put(api: API, request: Request, query: Query, arg: st
     if authority is None:
         raise _connect_disabled()
     try:
-        await authority.set_config(provider or "consul", config, force)
+        # The servers check operator:write again, against the token the change carries (ca_acl.py).
+        await authority.set_config(provider or "consul", config, force, token=_write_token(api, request))
     except ValueError as exc:  # a CA that validates with ValueError (its Rejected is a ServerError: 400)
         raise bad_request(str(exc)) from None
     return 200, [], b""
@@ -130,10 +132,18 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
     require(identity, identity.authorizer.service_write(service))
     try:
         with request.hangup_ends_wait():
-            record = await api.agent.leaves.get(service, query.index, query.wait)
+            # Signings carry the token: servers check service:write again (agent/connect/ca_acl.py).
+            record = await api.agent.leaves.get(service, query.index, query.wait, token=_write_token(api, request))
     except LeafError as exc:
         raise HTTPError(exc.status, str(exc)) from None
     return 200, api.meta_headers(record.index, query), _dumps(leaf_json(record), query)
+
+
+def _write_token(api: API, request: Request) -> str | None:
+    """The secret a CA call acts as at the servers (the request's, else the agent's default); None with ACLs off."""
+    if not api.identity(request).enabled:
+        return None
+    return acl_gate.write_token(request, api.agent.acl.tokens.default) or None
 
 
 # ---------------------------------------------------------------------------------------------- authorize
