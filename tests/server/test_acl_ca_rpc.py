@@ -1,0 +1,226 @@
+"""The mesh CA's RPCs under ACLs (issue 15): `connect_ca_sign` needs service:write on the CSR's service and
+`connect_ca_set_config` operator:write, checked by the server that receives the call and again by the leader
+when a follower forwards it (agent/connect/ca_acl.py).
+
+Three in-process servers on real :8300 sockets (127.0.48.1-3), each with its CAManager and the agent's
+ACLResolver under default deny; tokens and policies go in as the leader's own writes. Raw RPCClient calls
+stand for whatever can reach :8300 (plaintext: roles unknown, so a `forwarded` flag skips nothing).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from meshagent.agent.acl.objects import Link, Policy, Token
+from meshagent.agent.acl.resolver import ACLResolver
+from meshagent.agent.catalog import commands
+from meshagent.agent.config.types import ACLConfig, AgentConfig, ServiceDefinition
+from meshagent.agent.connect import ca
+from meshagent.agent.connect.authority import SignedLeaf
+from meshagent.agent.connect.ca_manager import CAManager
+from meshagent.agent.connect.leaf_cache import leaf_token
+from meshagent.agent.connect.spiffe import service_id
+from meshagent.agent.rpc.client import RPCClient
+from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
+from meshagent.agent.server.raft_server import RaftServer
+from meshagent.agent.store import CatalogStore
+
+from tests.support.ports import free_ports, port_free
+
+HOSTS = ["127.0.48.1", "127.0.48.2", "127.0.48.3"]
+ANONYMOUS = "00000000-0000-0000-0000-000000000002"
+
+
+def denied(accessor: str, permission: str, name: str | None = None) -> str:
+    text = f"Permission denied: token with AccessorID '{accessor}' lacks permission '{permission}'"
+    return text + (f' on "{name}"' if name is not None else "")
+
+
+def token_for(name: str, rules: str) -> tuple[Policy, Token]:
+    policy = Policy(id=str(uuid.uuid4()), name=name, rules=rules)
+    return policy, Token(accessor_id=str(uuid.uuid4()), secret_id=str(uuid.uuid4()),
+                         policies=(Link(policy.id, policy.name),))
+
+
+async def until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until true; fail naming `what` after `timeout` s."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _port() -> int:
+    for _ in range(20):
+        port = free_ports(1, HOSTS[0])[0]
+        if all(port_free(h, port) for h in HOSTS[1:]):
+            return port
+    pytest.skip("no port free on all of 127.0.48.1-3")
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[list[tuple[RaftServer, CAManager]]]:
+    port = _port()
+    nodes = []
+    for i, host in enumerate(HOSTS):
+        store = CatalogStore()
+        server = RaftServer(node_id=str(uuid.uuid4()), node_name=f"acl-ca-{i}", bind=host, advertise=host,
+                            port=port, data_dir=None, store=store, bootstrap_expect=3,
+                            join=[h for h in HOSTS if h != host])
+        store.replicator = server
+        config = AgentConfig(node_name=f"acl-ca-{i}", acl=ACLConfig(enabled=True, default_policy="deny"))
+        acl = ACLResolver(config, store, clock=trio.current_time)
+        manager = CAManager(store, "dc1", server)
+        server.endpoints.acl = manager.acl = acl
+        server.endpoints.ca = manager
+        nodes.append((server, manager))
+    async with trio.open_nursery() as nursery:
+        for server, manager in nodes:
+            await nursery.start(server.run)
+            await nursery.start(manager.run)
+        await until(lambda: sum(s.is_leader() for s, _ in nodes) == 1, 15, "one leader")
+        await until(lambda: all(m.state.active_root is not None for _, m in nodes), 10, "the CA on every server")
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def leaf_ttl(manager: CAManager) -> Any:
+    return manager.state.config.get("Config", {}).get("LeafCertTTL")
+
+
+def csr_for(trust_domain: str, service: str) -> str:
+    return ca.leaf_key_and_csr(service_id(trust_domain, "dc1", service))[1]
+
+
+@pytest.mark.slow  # a 3-server Raft cluster in process (~2 s)
+def test_ca_rpcs_are_checked_against_their_token_here_and_at_the_leader() -> None:
+    web_policy, web = token_for("web-writer", 'service "web" { policy = "write" }')
+    op_policy, operator = token_for("operator", 'operator = "write"')
+
+    async def main() -> None:
+        async with cluster() as nodes:
+            (leader, leader_ca), = [(s, m) for s, m in nodes if s.is_leader()]
+            followers = [(s, m) for s, m in nodes if s is not leader]
+            # A server's `default` token is for its own HTTP API: a :8300 caller without a token is anonymous.
+            assert leader_ca.acl is not None
+            leader_ca.acl.tokens.default = web.secret_id
+            await leader.apply(commands.acl_init(""))
+            for cmd in (commands.acl_policy_set(web_policy), commands.acl_policy_set(op_policy),
+                        commands.acl_token_set(web), commands.acl_token_set(operator)):
+                await leader.apply(cmd)
+            await until(lambda: all(s.store.catalog.acl.token(operator.accessor_id) for s, _ in nodes), 10,
+                        "the tokens on every server")
+            trust_domain = leader_ca.state.trust_domain
+            web_csr, db_csr = csr_for(trust_domain, "web"), csr_for(trust_domain, "db")
+
+            async with trio.open_nursery() as nursery:
+                follower, leader_client = RPCClient(followers[0][0].address), RPCClient(leader.address)
+
+                async def sign(client: RPCClient, args: dict[str, Any]) -> SignedLeaf:
+                    return SignedLeaf.from_wire(await client.call(nursery, "connect_ca_sign", args, 10))
+
+                for client in (follower, leader_client):
+                    with pytest.raises(ACLDenied) as anonymous:
+                        await sign(client, {"csr": web_csr})
+                    assert (anonymous.value.status, str(anonymous.value)) == (403, denied(
+                        ANONYMOUS, "service:write", "web"))
+                    with pytest.raises(ACLDenied, match=denied(web.accessor_id, "service:write", "db")):
+                        await sign(client, {"csr": db_csr, "token": web.secret_id})
+                    with pytest.raises(ACLNotFound):
+                        await sign(client, {"csr": web_csr, "token": str(uuid.uuid4())})
+                    with pytest.raises(ACLNotFound):
+                        await sign(client, {"csr": web_csr, "token": "x" * 300})
+                    with pytest.raises(Rejected, match="token must be a string"):
+                        await sign(client, {"csr": web_csr, "token": 5})
+                    with pytest.raises(Rejected, match="CSR refused"):
+                        await sign(client, {"csr": "not a CSR", "token": web.secret_id})
+                # A caller claiming to be a forwarding server is checked all the same.
+                with pytest.raises(ACLDenied, match=f"AccessorID '{ANONYMOUS}'"):
+                    await sign(leader_client, {"csr": web_csr, "forwarded": True})
+                assert leader_ca.signed == 0  # every refusal came before any signing work
+
+                # Through a follower (which checks, then forwards with the token: the leader checks again).
+                leaf = await sign(follower, {"csr": web_csr, "token": web.secret_id})
+                assert (leaf.service, leader_ca.signed) == ("web", 1)
+                assert leaf.service_uri == service_id(trust_domain, "dc1", "web").uri()
+
+                # CA configuration: operator:write, wherever it arrives.
+                change = {"provider": "consul", "config": {"LeafCertTTL": "48h"}}
+                for client in (follower, leader_client):
+                    with pytest.raises(ACLDenied, match=denied(ANONYMOUS, "operator:write") + "$"):
+                        await client.call(nursery, "connect_ca_set_config", change, 10)
+                    with pytest.raises(ACLDenied, match=f"AccessorID '{web.accessor_id}'"):
+                        await client.call(nursery, "connect_ca_set_config", {**change, "token": web.secret_id}, 10)
+                assert leaf_ttl(leader_ca) != "48h"
+                assert await follower.call(nursery, "connect_ca_set_config",
+                                           {**change, "token": operator.secret_id}, 10) is True
+                await until(lambda: leaf_ttl(leader_ca) == "48h", 5, "the new config")
+                for client in (follower, leader_client):
+                    client.close()
+                nursery.cancel_scope.cancel()
+
+            # A follower's own calls (its HTTP API checked them) carry the token to the leader, which checks it.
+            follower_ca = followers[1][1]
+            assert (await follower_ca.sign(web_csr, token=web.secret_id)).service == "web"
+            with pytest.raises(ACLDenied, match=f"AccessorID '{ANONYMOUS}'"):
+                await follower_ca.sign(web_csr)
+            with pytest.raises(ACLDenied, match=f"AccessorID '{web.accessor_id}'"):
+                await follower_ca.set_config("consul", {"LeafCertTTL": "24h"}, token=web.secret_id)
+            await follower_ca.set_config("consul", {"LeafCertTTL": "24h"}, token=operator.secret_id)
+            # The leader's own calls are not checked (as its internal Raft writes).
+            assert (await leader_ca.sign(db_csr)).service == "db"
+
+    async def bounded() -> None:
+        with trio.fail_after(25):
+            await main()
+
+    trio.run(bounded)
+
+
+def test_with_acls_off_tokens_mean_nothing() -> None:
+    """No ACLs: a call signs with no token, an unknown one, or one too long (dropped unread), as before."""
+    store = CatalogStore()
+    manager = CAManager(store, "dc1", min_leaf_ttl=1.0)
+    manager.acl = ACLResolver(AgentConfig(node_name="n"), store)
+
+    async def main() -> None:
+        await manager.initialized()
+        csr = csr_for(manager.state.trust_domain, "web")
+        for extra in ({}, {"token": str(uuid.uuid4())}, {"token": "x" * 300}):
+            assert (await manager.rpc_sign({"csr": csr, **extra}))["service"] == "web"
+        assert await manager.rpc_set_config({"config": {"LeafCertTTL": "48h"}, "token": "y"}) is True
+        with pytest.raises(Rejected, match="token must be a string"):
+            await manager.rpc_sign({"csr": csr, "token": ["x"]})
+
+    trio.run(main)
+
+
+class Tokens:
+    """ACLResolver's face for leaf_token: enabled and the agent token."""
+
+    def __init__(self, enabled: bool, agent: str) -> None:
+        self.enabled, self.agent = enabled, agent
+
+    def agent_secret(self) -> str:
+        return self.agent
+
+
+def test_a_local_service_leaf_is_signed_as_its_registering_token_else_the_agent_token() -> None:
+    services = {"web-1": ServiceDefinition(name="web", id="web-1"),
+                "web-sidecar-proxy": ServiceDefinition(name="web-sidecar-proxy", id="web-sidecar-proxy", kind=
+                                                       "connect-proxy", proxy={"DestinationServiceName": "api"}),
+                "db": ServiceDefinition(name="db", id="db")}
+    registered = {"web-1": "web-secret", "web-sidecar-proxy": "api-secret"}.get
+    on = Tokens(True, "agent-secret")
+    assert leaf_token("web", services, registered, on) == "web-secret"
+    assert leaf_token("api", services, registered, on) == "api-secret"  # the sidecar fronting it
+    assert leaf_token("db", services, registered, on) == "agent-secret"  # registered without a token
+    assert leaf_token("other", services, registered, on) == "agent-secret"
+    assert leaf_token("other", services, registered, Tokens(True, "")) is None
+    assert leaf_token("web", services, registered, Tokens(False, "agent-secret")) is None  # ACLs off
