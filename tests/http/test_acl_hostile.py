@@ -4,18 +4,22 @@ Each test names the attack; those that found a hole fail without its fix (see th
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import consul
 import httpx
 import pytest
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.server import HTTPServer
 
+from tests.support.http_fuzz import ALLOWED_STATUS, PATHS, run_fuzz
 from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
 from tests.support.ports import port_free
 
@@ -157,3 +161,60 @@ def test_a_blocking_query_stops_answering_once_its_token_is_deleted(env: Env, pa
     waiter.join(30)
     assert answers and (answers[0].status_code, answers[0].text.strip()) == (403, "ACL not found"), \
         (answers[0].status_code, answers[0].text[:200]) if answers else "no answer"
+
+
+# ------------------------------------------------------------------------------------------ fuzz, ACLs on
+
+ACL_PATHS = [*PATHS, "/v1/acl/bootstrap", "/v1/acl/token", "/v1/acl/token/self", "/v1/acl/tokens", "/v1/acl/policy",
+             "/v1/acl/policies", "/v1/acl/role", "/v1/acl/roles", "/v1/acl/../kv/secret/x", "/v1/agent/token/default",
+             "/v1/agent/token/agent", "/v1/snapshot", "/v1/operator/keyring", "/v1/operator/raft/configuration",
+             "/v1/catalog/register", "/v1/catalog/deregister", "/v1/agent/connect/ca/leaf/web",
+             "/v1/agent/connect/ca/leaf/db", "/v1/agent/connect/authorize", "/v1/connect/intentions",
+             "/v1/connect/ca/configuration", "/v1/config", "/v1/config/service-defaults/web", "/v1/event/fire/x",
+             "/v1/event/list", "/v1/kv/secret/z", "/v1/kv/fuzz/ok/a", "/v1/kv/Fuzz/ok", "/v1/kv/fuzz%2f..%2fsecret",
+             "/v1/discovery-chain/web", "/v1/agent/reload", "/v1/agent/leave", "/v1/agent/join/127.0.46.9"]
+
+
+def test_fuzz_with_acls_on_no_crash_no_500_no_write_without_rights() -> None:
+    """The hostile-input fuzz (tests/support/http_fuzz.py) against default deny, presenting weak tokens, an
+    unknown one and none: every answer well formed (403 now among them), and afterwards every write in the
+    store is one the tokens allowed (KV under fuzz/, services named web, no ACL object, event or entry)."""
+    if not port_free(HOST, 0):
+        pytest.skip(f"{HOST} is not usable here")
+    agent = FakeAgent()
+    agent.config.default_query_time = 0.05  # fuzzed ?index= must not park connections for minutes
+    agent.config.max_query_time = 0.1
+    agent.config.acl.enabled = True
+    agent.config.acl.default_policy = "deny"
+    srv = Server46(agent).start()
+    try:
+        srv.apply(commands.acl_init(MGMT))
+        weak = [_token(srv, "fz-kv", 'key_prefix "fuzz/" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'
+                                     'node_prefix "" { policy = "read" }\n'),
+                _token(srv, "fz-web", 'service "web" { policy = "write" }\nnode_prefix "" { policy = "read" }\n')]
+        register_instance(srv, "n1", "web", tags=["primary"])
+        srv.apply(commands.kv_set("secret/z", b"keep", 0))
+        catalog = agent.store.catalog
+        acl_index, bootstrap_index = catalog.acl.index, catalog.acl.bootstrap_index
+        seed = int(os.environ.get("MESH_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
+        print(f"ACL HTTP fuzz seed: {seed} (re-run with MESH_FUZZ_SEED={seed})")
+        tokens = (*(s.encode() for s in weak), str(uuid.uuid4()).encode(), b"anonymous")
+        report = run_fuzz(HOST, srv.port, seed, 3_000, tokens=tokens, paths=ACL_PATHS, allowed={*ALLOWED_STATUS, 403})
+        print(f"{report.cases} connections, {report.responses} responses, statuses {sorted(report.statuses.items())}")
+        assert not report.problems, f"seed {seed}: " + "\n".join(report.problems[:20])
+        assert report.statuses.get(403, 0) > 100 and report.statuses.get(200, 0) > 40, report.statuses
+        # No write without rights.
+        assert (catalog.acl.index, catalog.acl.bootstrap_index) == (acl_index, bootstrap_index)
+        keys = [e.key for e in catalog.kv_list("")]
+        assert all(k.startswith("fuzz/") for k in keys if k != "secret/z"), keys
+        secret = catalog.kv_get("secret/z")
+        assert secret is not None and secret.value == b"keep"
+        assert {d.name for d in agent.local.services().values()} <= {"web"}
+        assert set(catalog.services()) <= {"web"} and [n.node for n in catalog.nodes()] == ["n1"]
+        assert agent.events.recent == [] and all(row.name == "web" for row in catalog.config_entries.all())
+        # Still answering correctly, as the management token.
+        c = consul.Consul(host=HOST, port=srv.port, token=MGMT)
+        assert c.kv.put("after/fuzz", "ok") is True and c.kv.get("after/fuzz")[1]["Value"] == b"ok"
+        assert [e["Node"]["Node"] for e in c.health.service("web", passing=True)[1]] == ["n1"]
+    finally:
+        srv.stop()

@@ -34,9 +34,9 @@ BODIES = [b"", b"value", b"{}", b'{"Name": "web"}', b'{"Name": 1}', b"[]", b"nul
 ALLOWED_STATUS = {100, 200, 400, 404, 405, 413, 429, 431, 503, 505}
 
 
-def valid_request(rng: random.Random) -> bytes:
+def valid_request(rng: random.Random, tokens: tuple[bytes, ...] = (), paths: list[str] = PATHS) -> bytes:
     method = rng.choice(METHODS)
-    path = rng.choice(PATHS)
+    path = rng.choice(paths)
     query = "&".join(rng.sample(PARAMS, rng.randint(0, 3)))
     target = path + ("?" + query if query else "")
     body = rng.choice(BODIES)
@@ -50,6 +50,12 @@ def valid_request(rng: random.Random) -> bytes:
             headers.append(b"Content-Length: %d" % len(body))
     if rng.random() < 0.1:
         headers.append(b"X-Consul-Token: " + bytes(rng.randrange(33, 127) for _ in range(8)))
+    if tokens and rng.random() < 0.7:  # ACL runs: a token from the caller's set, as a header or ?token=
+        token = rng.choice(tokens)
+        if rng.random() < 0.7:
+            headers.append(b"X-Consul-Token: " + token)
+        else:
+            target += ("&" if "?" in target else "?") + "token=" + token.decode()
     return f"{method} {target} HTTP/1.1\r\n".encode() + b"\r\n".join(headers) + b"\r\n\r\n" + body_bytes
 
 
@@ -84,15 +90,15 @@ def random_junk(rng: random.Random) -> bytes:
     return bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
 
 
-def case(rng: random.Random) -> bytes:
+def case(rng: random.Random, tokens: tuple[bytes, ...] = (), paths: list[str] = PATHS) -> bytes:
     """One connection's worth of bytes: 1-3 requests, valid, mutated or junk."""
     parts = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         r = rng.random()
         if r < 0.45:
-            parts.append(valid_request(rng))
+            parts.append(valid_request(rng, tokens, paths))
         elif r < 0.92:
-            parts.append(mutate(rng, valid_request(rng)))
+            parts.append(mutate(rng, valid_request(rng, tokens, paths)))
         else:
             parts.append(random_junk(rng))
     return b"".join(parts)
@@ -136,13 +142,15 @@ def _responses(data: bytes) -> list[tuple[int, bytes, bytes]]:
     return out
 
 
-def run_fuzz(host: str, port: int, seed: int, count: int, timeout: float = 10.0) -> FuzzReport:
-    """Send `count` fuzz requests (in fewer connections) and check every answer's invariants."""
+def run_fuzz(host: str, port: int, seed: int, count: int, timeout: float = 10.0, *, tokens: tuple[bytes, ...] = (),
+             paths: list[str] = PATHS, allowed: frozenset[int] | set[int] = ALLOWED_STATUS) -> FuzzReport:
+    """Send `count` fuzz requests (in fewer connections) and check every answer's invariants. ACL runs pass
+    `tokens` (presented on most requests), more `paths` and 403 among the `allowed` statuses."""
     rng = random.Random(seed)
     report = FuzzReport()
     sent = 0
     while sent < count:
-        data = case(rng)
+        data = case(rng, tokens, paths)
         n_requests = max(1, data.count(b" HTTP/1.1\r\n"))
         sent += n_requests
         report.cases += 1
@@ -177,7 +185,7 @@ def run_fuzz(host: str, port: int, seed: int, count: int, timeout: float = 10.0)
             # Consul answers an unknown ?dc= with 500 "No path to datacenter" (bodiless for HEAD).
             no_dc = status == 500 and (body == b"No path to datacenter\n" or (
                 body == b"" and b"HEAD " in data and b"dc=" in data))
-            if status not in ALLOWED_STATUS and not no_dc:
+            if status not in allowed and not no_dc:
                 report.problems.append(f"case {report.cases}: status {status} {body[:100]!r} for {data[:160]!r}")
             # agent/health answers 429/503 with a JSON body (pretty-printed with ?pretty): not an error text.
             if status >= 400 and body.count(b"\n") > 1 and not body.lstrip().startswith((b"[", b"{")):
