@@ -108,7 +108,9 @@ def _is_bootstrap(op: str, cmd: Mapping[str, Any]) -> bool:
     # The constructor's name is acl_bootstrap; accept either spelling of the op, or an "acl" op's verb.
     if op.replace("_", "-") == "acl-bootstrap":
         return True
-    return op == "acl" and (cmd.get("verb") == "bootstrap" or cmd.get("action") == "bootstrap")
+    # The FSM applies an "acl" command by its verb alone: nothing else may make it a bootstrap (an "action"
+    # key riding along a token-set would otherwise skip acl:write).
+    return op == "acl" and cmd.get("verb") == "bootstrap"
 
 
 # ------------------------------------------------------------------------------------------ catalog
