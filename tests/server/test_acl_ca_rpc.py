@@ -12,10 +12,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
+from cryptography import x509
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
@@ -30,7 +33,9 @@ from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.ports import free_ports, port_free
+from tests.support.agents import AgentProcess
+from tests.support.ports import free_ports, port_free, ports_free
+from tests.support.wait import wait_for
 
 HOSTS = ["127.0.48.1", "127.0.48.2", "127.0.48.3"]
 ANONYMOUS = "00000000-0000-0000-0000-000000000002"
@@ -224,3 +229,76 @@ def test_a_local_service_leaf_is_signed_as_its_registering_token_else_the_agent_
     assert leaf_token("other", services, registered, on) == "agent-secret"
     assert leaf_token("other", services, registered, Tokens(True, "")) is None
     assert leaf_token("web", services, registered, Tokens(False, "agent-secret")) is None  # ACLs off
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+SERVER_HOST, CLIENT_HOST = "127.0.48.10", "127.0.48.11"
+
+
+def acl_file(path: Path, **tokens: str) -> str:
+    lines = "\n".join(f'    {k} = "{v}"' for k, v in tokens.items())
+    path.write_text(f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n{lines}\n  }}\n}}\n')
+    return str(path)
+
+
+@pytest.mark.slow  # a server and a client agent process, and the client's sidecar worker (~5 s)
+def test_a_client_agents_sidecar_leaf_is_signed_as_its_services_registering_token(tmp_path: Path) -> None:
+    """The client's agent token may not write web, so its sidecar's leaf (asked for by the agent itself, no
+    HTTP request in between) is signed only if the signing carries web's registering token to the server."""
+    if not (ports_free(SERVER_HOST) and ports_free(CLIENT_HOST)):
+        pytest.skip("agent ports busy on 127.0.48.10-11")
+    mgmt, agent_secret, web_secret = (str(uuid.uuid4()) for _ in range(3))
+    server = AgentProcess(host=SERVER_HOST, workdir=tmp_path, args=[
+        "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "s"), "-client", SERVER_HOST,
+        "-bind", SERVER_HOST, "-node", "ca-s1",
+        "-config-file", acl_file(tmp_path / "s.hcl", initial_management=mgmt, agent=mgmt)])
+    client: AgentProcess | None = None
+    try:
+        server.start()
+        http = httpx.Client(timeout=10, trust_env=False)
+
+        def call(agent: AgentProcess, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
+            return http.request(method, agent.http_addr + path, json=body, headers={"X-Consul-Token": token})
+
+        wait_for(lambda: call(server, "GET", "/v1/acl/token/self", mgmt).status_code == 200, 20,
+                 what="the management token", report=server.log)
+        for secret, rules in ((agent_secret, 'node "ca-c1" { policy = "write" }'),
+                              (web_secret, 'service_prefix "web" { policy = "write" }')):
+            policy = call(server, "PUT", "/v1/acl/policy", mgmt, {"Name": f"p-{secret[:8]}", "Rules": rules})
+            assert policy.status_code == 200, policy.text
+            token = call(server, "PUT", "/v1/acl/token", mgmt,
+                         {"SecretID": secret, "Policies": [{"ID": policy.json()["ID"]}]})
+            assert token.status_code == 200, token.text
+        client = AgentProcess(host=CLIENT_HOST, workdir=tmp_path, args=[
+            "-data-dir", str(tmp_path / "c"), "-client", CLIENT_HOST, "-bind", CLIENT_HOST, "-node", "ca-c1",
+            "-retry-join", SERVER_HOST, "-config-file", acl_file(tmp_path / "c.hcl", agent=agent_secret)]).start()
+        registered = call(client, "PUT", "/v1/agent/service/register", web_secret,
+                          {"Name": "web", "Port": 7002, "Connect": {"SidecarService": {}}})
+        assert registered.status_code == 200, registered.text
+
+        def snapshot() -> Any:
+            resp = call(client, "GET", "/v1/agent/connect/proxy/web-sidecar-proxy?wait=1s", web_secret)
+            return resp.json() if resp.status_code == 200 else None
+
+        def report() -> str:
+            assert client is not None
+            return client.log()[-3000:]
+
+        snap = wait_for(snapshot, 20, what="the sidecar's snapshot with its leaf", report=report)
+        cert = x509.load_pem_x509_certificate(snap["tls"]["cert_pem"].encode())
+        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+        assert uris == [snap["tls"]["spiffe_id"]] and uris[0].endswith("/dc/dc1/svc/web")
+        assert web_secret not in client.log() and web_secret not in server.log()
+
+        # A CA configuration change through the client carries its token to a server, which checks it.
+        change = {"Provider": "consul", "Config": {"LeafCertTTL": "48h"}}
+        assert call(client, "PUT", "/v1/connect/ca/configuration", web_secret, change).status_code == 403
+        resp = call(client, "PUT", "/v1/connect/ca/configuration", mgmt, change)
+        assert resp.status_code == 200, resp.text
+        http.close()
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
