@@ -5,10 +5,14 @@ when a follower forwards it (agent/connect/ca_acl.py).
 Three in-process servers on real :8300 sockets (127.0.48.1-3), each with its CAManager and the agent's
 ACLResolver under default deny; tokens and policies go in as the leader's own writes. Raw RPCClient calls
 stand for whatever can reach :8300 (plaintext: roles unknown, so a `forwarded` flag skips nothing).
+End to end, a server and a client agent process (127.0.48.10-59): the client's sidecar gets web's leaf only
+because the signing carries web's registering token (its agent token may not write web). LeafCache's choice
+of token runs against an in-process signer on trio's mock clock.
 """
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.acl.resolver import ACLResolver
@@ -26,7 +31,8 @@ from meshagent.agent.config.types import ACLConfig, AgentConfig, ServiceDefiniti
 from meshagent.agent.connect import ca
 from meshagent.agent.connect.authority import SignedLeaf
 from meshagent.agent.connect.ca_manager import CAManager
-from meshagent.agent.connect.leaf_cache import leaf_token
+from meshagent.agent.connect.ca_plan import ca_root, root_fields
+from meshagent.agent.connect.leaf_cache import LeafCache, leaf_token
 from meshagent.agent.connect.spiffe import service_id
 from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
@@ -233,7 +239,7 @@ def test_a_local_service_leaf_is_signed_as_its_registering_token_else_the_agent_
 
 # ------------------------------------------------------------------------------------------- end to end
 
-SERVER_HOST, CLIENT_HOST = "127.0.48.10", "127.0.48.11"
+AGENT_HOSTS = [f"127.0.48.{n}" for n in range(10, 60)]  # a closed agent's ports stay in TIME_WAIT a while
 
 
 def acl_file(path: Path, **tokens: str) -> str:
@@ -246,12 +252,14 @@ def acl_file(path: Path, **tokens: str) -> str:
 def test_a_client_agents_sidecar_leaf_is_signed_as_its_services_registering_token(tmp_path: Path) -> None:
     """The client's agent token may not write web, so its sidecar's leaf (asked for by the agent itself, no
     HTTP request in between) is signed only if the signing carries web's registering token to the server."""
-    if not (ports_free(SERVER_HOST) and ports_free(CLIENT_HOST)):
-        pytest.skip("agent ports busy on 127.0.48.10-11")
+    free = [h for h in AGENT_HOSTS if ports_free(h)][:2]
+    if len(free) < 2:
+        pytest.skip("agent ports busy on 127.0.48.10-59")
+    server_host, client_host = free
     mgmt, agent_secret, web_secret = (str(uuid.uuid4()) for _ in range(3))
-    server = AgentProcess(host=SERVER_HOST, workdir=tmp_path, args=[
-        "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "s"), "-client", SERVER_HOST,
-        "-bind", SERVER_HOST, "-node", "ca-s1",
+    server = AgentProcess(host=server_host, workdir=tmp_path, args=[
+        "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "s"), "-client", server_host,
+        "-bind", server_host, "-node", "ca-s1",
         "-config-file", acl_file(tmp_path / "s.hcl", initial_management=mgmt, agent=mgmt)])
     client: AgentProcess | None = None
     try:
@@ -270,9 +278,9 @@ def test_a_client_agents_sidecar_leaf_is_signed_as_its_services_registering_toke
             token = call(server, "PUT", "/v1/acl/token", mgmt,
                          {"SecretID": secret, "Policies": [{"ID": policy.json()["ID"]}]})
             assert token.status_code == 200, token.text
-        client = AgentProcess(host=CLIENT_HOST, workdir=tmp_path, args=[
-            "-data-dir", str(tmp_path / "c"), "-client", CLIENT_HOST, "-bind", CLIENT_HOST, "-node", "ca-c1",
-            "-retry-join", SERVER_HOST, "-config-file", acl_file(tmp_path / "c.hcl", agent=agent_secret)]).start()
+        client = AgentProcess(host=client_host, workdir=tmp_path, args=[
+            "-data-dir", str(tmp_path / "c"), "-client", client_host, "-bind", client_host, "-node", "ca-c1",
+            "-retry-join", server_host, "-config-file", acl_file(tmp_path / "c.hcl", agent=agent_secret)]).start()
         registered = call(client, "PUT", "/v1/agent/service/register", web_secret,
                           {"Name": "web", "Port": 7002, "Connect": {"SidecarService": {}}})
         assert registered.status_code == 200, registered.text
@@ -302,3 +310,53 @@ def test_a_client_agents_sidecar_leaf_is_signed_as_its_services_registering_toke
         if client is not None:
             client.stop()
         server.stop()
+
+
+class TokenSigner:
+    """A real in-process signer (ca.sign_leaf with the catalog's root) that records each signing's token and
+    refuses one token as a server refuses a deleted one."""
+
+    def __init__(self, store: CatalogStore, refused: str) -> None:
+        self.store, self.refused = store, refused
+        self.tokens: list[str | None] = []
+
+    async def sign(self, csr_pem: str, token: str | None = None) -> SignedLeaf:
+        self.tokens.append(token)
+        if token == self.refused:
+            raise ACLNotFound()
+        connect = self.store.catalog.connect
+        row = connect.active_root
+        assert row is not None
+        at = datetime.datetime.fromtimestamp(1_800_000_000 + trio.current_time(), datetime.UTC)
+        leaf = ca.sign_leaf(ca_root(row, connect.trust_domain), csr_pem, "dc1", at, datetime.timedelta(hours=72))
+        return SignedLeaf(leaf.cert_pem, leaf.serial_number, leaf.service.service, leaf.service.uri(),
+                          leaf.valid_after.timestamp(), leaf.valid_before.timestamp(), row.id, (),
+                          self.store.catalog.last_index)
+
+
+def test_leaf_cache_signs_as_the_requester_then_falls_back_to_the_services_own_token() -> None:
+    """A request's token (checked by the HTTP API) signs first; refused by the servers, it is dropped and
+    the retry signs as token_for(service); with no request token, token_for; None sends no token at all."""
+    async def main() -> None:
+        store = CatalogStore()
+        await store.apply(commands.connect_ca("init", cluster_id="c1", trust_domain="c1.mesh", config={},
+                                              root=root_fields(ca.new_root("c1.mesh", datetime.datetime.now(
+                                                  datetime.UTC)))))
+        signer = TokenSigner(store, refused="deleted-token")
+        own = {"web": "web-own", "db": "db-own"}
+        cache = LeafCache(store, "dc1", lambda: signer, token_for=own.get, clock=lambda: 1_800_000_000
+                          + trio.current_time())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            assert (await cache.get("web")).service == "web"
+            assert signer.tokens == ["web-own"]
+            with pytest.raises(ACLNotFound):
+                await cache.get("db", token="deleted-token")
+            await until(lambda: cache.peek("db") is not None, 5, "db's leaf after the retry")  # (virtual time)
+            assert signer.tokens == ["web-own", "deleted-token", "db-own"]
+            assert (await cache.get("api", token="api-requester")).service == "api"
+            assert (await cache.get("other")).service == "other"  # token_for: None, no token sent
+            assert signer.tokens[-2:] == ["api-requester", None]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
