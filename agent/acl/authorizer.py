@@ -121,7 +121,10 @@ class Authorizer:
         if access is None and fallback is not None:
             # mesh and peering fall back to the operator rule when they have none (Consul does the same).
             access = self._single.get(fallback)
-        allowed = self._default if access is None else _enforce(access, required)
+        # acl never takes the default: Consul's allow-all authorizer denies ACLRead/ACLWrite (allowManage
+        # false), so under default_policy "allow" only a policy (or global-management) reads tokens or mints them.
+        default = self._default and resource != "acl"
+        allowed = default if access is None else _enforce(access, required)
         return Decision(allowed, permission)
 
     def _intention(self, destination: str, required: Access) -> Decision:

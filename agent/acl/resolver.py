@@ -183,7 +183,8 @@ class ACLResolver:
     def _down_identity(self, down: str, secret: str | None) -> ACLIdentity:
         self.down_policy_applied += 1
         if down == "allow":
-            return ACLIdentity(accessor_id="", authorizer=Authorizer.management_token(), token=None,
+            # Consul's allow-all, not management: acl (and so snapshot, agent tokens) stays denied.
+            return ACLIdentity(accessor_id="", authorizer=Authorizer((), default_allow=True), token=None,
                                cache_key="down-policy:allow")
         token = None if secret is None else self.store.catalog.acl.token_by_secret(secret)
         accessor = token.accessor_id if token is not None else ANONYMOUS_ACCESSOR_ID if secret is None else ""

@@ -76,8 +76,22 @@ def test_single_resources(resource: str) -> None:
     assert not getattr(auth(f'{resource} = "read"'), write)().allowed
     assert getattr(auth(f'{resource} = "write"'), read)().allowed
     assert not getattr(auth(f'{resource} = "write"', f'{resource} = "deny"', default_allow=True), read)().allowed
-    assert getattr(auth(default_allow=True), write)().allowed
+    # acl never takes default allow (Consul's AllowAll has allowManage false): F1, below.
+    assert getattr(auth(default_allow=True), write)().allowed is (resource != "acl")
     assert not getattr(auth(), read)().allowed
+
+
+def test_default_allow_never_grants_acl() -> None:
+    # Review F1: under default_policy "allow" an anonymous caller could list every SecretID and mint a
+    # global-management token. Only a policy's acl rule (or global-management) grants acl read/write.
+    anyone = auth(default_allow=True)
+    assert not anyone.acl_read().allowed and not anyone.acl_write().allowed
+    assert anyone.operator_write().allowed and anyone.key_write("k").allowed  # the rest stays allowed
+    assert auth('acl = "read"', default_allow=True).acl_read().allowed
+    assert not auth('acl = "read"', default_allow=True).acl_write().allowed
+    assert auth('acl = "write"', default_allow=True).acl_write().allowed
+    assert Authorizer.for_policies([("p1", parse_rules(""))], default_allow=True).acl_read().allowed is False
+    assert Authorizer.management_token().acl_write().allowed
 
 
 def test_mesh_and_peering_fall_back_to_operator() -> None:

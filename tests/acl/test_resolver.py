@@ -218,7 +218,9 @@ def test_down_policy_on_a_stale_client(down: str, known: str, unknown: str) -> N
             auth = resolver.resolve(secret).authorizer
         except ACLNotFound:
             return "not-found"
-        if auth.acl_write().allowed:
+        if auth.key_write("any").allowed and auth.service_write("db").allowed:
+            # Review F1: down_policy "allow" is Consul's allow-all, never management: acl stays denied.
+            assert not auth.acl_read().allowed and not auth.acl_write().allowed
             return "allowed"
         return "resolves" if auth.service_write("web").allowed else "denied"
 

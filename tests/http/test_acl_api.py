@@ -351,3 +351,24 @@ def test_routes_exist_for_every_acl_path() -> None:
                  "/v1/acl/role/", "/v1/acl/role/name/", "/v1/acl/roles", "/v1/acl/templated-policies"):
         assert path in ROUTES
     assert API  # the harness's API is the agent's
+
+
+# ------------------------------------------------------------------------------------------- default allow
+
+
+def test_default_allow_still_needs_a_token_for_acl_snapshot_and_agent_tokens(acl_server: ACLServer) -> None:
+    # Review F1: under default_policy "allow" (security.md's step 1 of turning ACLs on) an anonymous caller
+    # listed every SecretID and minted a global-management token. Consul's allow-all denies acl read/write.
+    acl_server.agent.config.acl.default_policy = "allow"
+    assert _req(acl_server, "GET", "/v1/catalog/services", token=None).status_code == 200  # the rest: allowed
+    for method, path, body in [("GET", "/v1/acl/tokens", None), ("GET", "/v1/acl/policies", None),
+                               ("PUT", "/v1/acl/token", {"Policies": [{"ID": GM}]}), ("GET", "/v1/snapshot", None),
+                               ("PUT", "/v1/agent/token/default", {"Token": MGMT})]:
+        answer = _req(acl_server, method, path, token=None, json=body)
+        assert answer.status_code == 403, (method, path, answer.text)
+        assert MGMT not in answer.text
+    reader = _token_with(acl_server, 'acl = "read"', "acl-reader")
+    listed = _req(acl_server, "GET", "/v1/acl/tokens", token=reader["SecretID"])
+    assert listed.status_code == 200 and MGMT not in listed.text  # acl:read: no SecretIDs
+    denied = _req(acl_server, "PUT", "/v1/acl/token", token=reader["SecretID"], json={"Policies": [{"ID": GM}]})
+    assert denied.status_code == 403
