@@ -9,7 +9,18 @@ from typing import Any
 import click
 
 from . import acl_format
-from .acl_common import call, check_format, emit, id_by_name, load_rules, output_options, resolve_id, seg
+from .acl_common import (
+    call,
+    check_format,
+    delete_object,
+    emit,
+    list_objects,
+    load_rules,
+    object_id,
+    output_options,
+    resolve_id,
+    seg,
+)
 from .acl_role_cmd import role
 from .acl_token_cmd import token as token_group
 from .http_client import AgentClient, api_call, fail, http_options
@@ -78,11 +89,6 @@ def policy() -> None:
     """Create, read, update, delete and list ACL policies."""
 
 
-def _policy_id(client: AgentClient, policy_id: str, name: str) -> str:
-    # -id (an ID or unique prefix) wins; else the policy called -name.
-    return resolve_id(client, "policy", policy_id) if policy_id else id_by_name(client, "policy", name)
-
-
 @policy.command("create")
 @click.option("-name", "--name", default="", help="The policy's name.")
 @click.option("-description", "--description", default="", help="A description of the policy.")
@@ -144,7 +150,7 @@ def policy_update(policy_id: str, name: str, description: str, rules: str, datac
         fail("Cannot update a policy without specifying the -id or -name parameter")
     text = load_rules(rules) if rules else ""
     client = AgentClient(http_addr, token)
-    pid = _policy_id(client, policy_id, name)
+    pid = object_id(client, "policy", policy_id, name)
     if no_merge:
         body: dict[str, Any] = {"ID": pid, "Name": name, "Description": description, "Rules": text,
                                 "Datacenters": list(datacenters)}
@@ -167,12 +173,7 @@ def policy_update(policy_id: str, name: str, description: str, rules: str, datac
 @http_options
 def policy_delete(policy_id: str, name: str, http_addr: str | None, token: str | None) -> None:
     """Delete a policy by -id or -name."""
-    if not policy_id and not name:
-        fail("Must specify either the -id or -name parameters")
-    client = AgentClient(http_addr, token)
-    pid = _policy_id(client, policy_id, name)
-    call(client, "DELETE", f"/v1/acl/policy/{seg(pid)}", f'Error deleting policy "{pid}"')
-    click.echo(f'Policy "{pid}" deleted successfully')
+    delete_object("policy", policy_id, name, http_addr, token)
 
 
 @policy.command("list")
@@ -180,6 +181,4 @@ def policy_delete(policy_id: str, name: str, http_addr: str | None, token: str |
 @http_options
 def policy_list(fmt: str, meta: bool, http_addr: str | None, token: str | None) -> None:
     """List policies."""
-    check_format(fmt)
-    policies = call(AgentClient(http_addr, token), "GET", "/v1/acl/policies", "Failed to retrieve the policy list")
-    emit(policies, fmt, acl_format.policy_list_text, meta)
+    list_objects("/v1/acl/policies", "policy", acl_format.policy_list_text, fmt, meta, http_addr, token)

@@ -91,6 +91,29 @@ def id_by_name(client: AgentClient, kind: str, name: str) -> str:
     return str(obj["ID"])
 
 
+def object_id(client: AgentClient, kind: str, obj_id: str, name: str) -> str:
+    """The policy's or role's ID: -id (an ID or unique prefix) wins, else the one called -name."""
+    return resolve_id(client, kind, obj_id) if obj_id else id_by_name(client, kind, name)
+
+
+def delete_object(kind: str, obj_id: str, name: str, http_addr: str | None, token: str | None) -> None:
+    """`acl policy|role delete`: by -id or -name, Consul's texts."""
+    if not obj_id and not name:
+        fail("Must specify either the -id or -name parameters")
+    client = AgentClient(http_addr, token)
+    oid = object_id(client, kind, obj_id, name)
+    call(client, "DELETE", f"/v1/acl/{kind}/{seg(oid)}", f'Error deleting {kind} "{oid}"')
+    click.echo(f'{kind.capitalize()} "{oid}" deleted successfully')
+
+
+def list_objects(path: str, what: str, pretty: Callable[[Any, bool], str], fmt: str, meta: bool,
+                 http_addr: str | None, token: str | None) -> None:
+    """`acl policy|role list`: GET `path` and print it as -format asks (`what` names it in errors)."""
+    check_format(fmt)
+    listed = call(AgentClient(http_addr, token), "GET", path, f"Failed to retrieve the {what} list")
+    emit(listed, fmt, pretty, meta)
+
+
 def load_rules(value: str) -> str:
     """-rules: the text, `@file` to read a file, or `-` for stdin (Consul's LoadDataSource)."""
     if value == "-":

@@ -10,8 +10,9 @@ from . import acl_format
 from .acl_common import (
     call,
     check_format,
+    delete_object,
     emit,
-    id_by_name,
+    list_objects,
     merge_links,
     merge_nodes,
     merge_services,
@@ -33,11 +34,6 @@ def _grants(func: Any) -> Any:
                        ("policy-id", "ID (or unique prefix) of a policy to link (repeatable).")):
         func = click.option(f"-{name}", f"--{name}", name.replace("-", "_"), multiple=True, help=text)(func)
     return func
-
-
-def _role_id(client: AgentClient, role_id: str, name: str) -> str:
-    # -id (an ID or unique prefix) wins; else the role called -name.
-    return resolve_id(client, "role", role_id) if role_id else id_by_name(client, "role", name)
 
 
 @click.group()
@@ -141,12 +137,7 @@ def update(role_id: str, name: str, description: str, policy_id: tuple[str, ...]
 @http_options
 def delete(role_id: str, name: str, http_addr: str | None, token: str | None) -> None:
     """Delete a role by -id or -name."""
-    if not role_id and not name:
-        fail("Must specify either the -id or -name parameters")
-    client = AgentClient(http_addr, token)
-    rid = _role_id(client, role_id, name)
-    call(client, "DELETE", f"/v1/acl/role/{seg(rid)}", f'Error deleting role "{rid}"')
-    click.echo(f'Role "{rid}" deleted successfully')
+    delete_object("role", role_id, name, http_addr, token)
 
 
 @role.command("list")
@@ -154,6 +145,4 @@ def delete(role_id: str, name: str, http_addr: str | None, token: str | None) ->
 @http_options
 def list_(fmt: str, meta: bool, http_addr: str | None, token: str | None) -> None:
     """List roles."""
-    check_format(fmt)
-    roles = call(AgentClient(http_addr, token), "GET", "/v1/acl/roles", "Failed to retrieve the role list")
-    emit(roles, fmt, acl_format.role_list_text, meta)
+    list_objects("/v1/acl/roles", "role", acl_format.role_list_text, fmt, meta, http_addr, token)
