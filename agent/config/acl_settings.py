@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .connect_settings import _node  # the one `block or one-element list of blocks` reader
 from .duration import format_duration
 from .errors import Collector
 from .types import ACLConfig, ACLTokens
-from .values import Node, blocks, duration, kind_of, node_of, one_block, show, typed
+from .values import blocks, duration, kind_of, show, typed
 
 Where = dict[str, tuple[str, int | None]]
 
@@ -174,14 +175,6 @@ def _choice(col: Collector, field_: str, value: Any, line: int | None, choices: 
         col.error(field_, "must be " + " or ".join(f'"{c}"' for c in choices) + f", got {show(text)}", line)
         return None
     return text
-
-
-def _node(col: Collector, name: str, value: Any, line: int | None) -> Node | None:
-    data = one_block(value)
-    if not isinstance(data, dict):
-        col.error(name, f"must be a block/object, got {kind_of(data)}", line)
-        return None
-    return node_of(col, data, name, line)
 
 
 def _put(out: dict[str, Any], where: Where, key: str, field_: str, value: Any, path: str, line: int | None) -> None:
