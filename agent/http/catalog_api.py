@@ -113,9 +113,8 @@ async def services(api: API, request: Request, query: Query, arg: str) -> Respon
     if not query.filter and not meta:
         if identity is None:
             return await api.read(request, query, ["services"], catalog.services)
-        see = Visibility(identity)
-
         def visible() -> dict[str, list[str]]:
+            see = Visibility(api.identity(request))  # current: a blocking wait may have re-resolved it
             names = catalog.services()
             kept = {name: tags for name, tags in names.items() if see.service(name)}
             if len(kept) != len(names):
@@ -129,7 +128,7 @@ async def services(api: API, request: Request, query: Query, arg: str) -> Respon
     def build() -> dict[str, list[str]]:
         # Consul filters the flattened service rows, then folds the survivors into name -> tags.
         out: dict[str, set[str]] = {}
-        see = Visibility(identity) if identity is not None else None
+        see = Visibility(api.identity(request)) if identity is not None else None
         for name in catalog.services():
             if see is not None and not see.service(name):
                 request.acl_filtered = True
@@ -167,8 +166,9 @@ async def _instances(api: API, request: Request, query: Query, name: str, connec
     def build() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         # Each instance needs service:read on its service (a sidecar's own name for connect) and node:read
-        # on its node, as Consul's filterServiceNodes (after the query's own conditions).
-        see = Visibility(identity) if identity is not None else None
+        # on its node, as Consul's filterServiceNodes (after the query's own conditions). The identity is the
+        # one current at build time (API.block resolves it again after a wait), never one captured before.
+        see = Visibility(api.identity(request)) if identity is not None else None
         if connect and see is not None and not see.service(name):
             # Consul's connect queries first need service:read on the service whose proxies are asked for.
             request.acl_filtered = True
@@ -197,8 +197,9 @@ async def nodes(api: API, request: Request, query: Query, arg: str) -> Response:
     def build() -> list[dict[str, Any]]:
         rows = catalog.nodes()
         if identity is not None:
-            see = Visibility(identity)
-            rows = acl_keep(request, identity, rows, lambda n: see.node(n.node))
+            now = api.identity(request)  # current after a blocking wait
+            see = Visibility(now)
+            rows = acl_keep(request, now, rows, lambda n: see.node(n.node))
         return [node_json(n) for n in rows if not meta or node_meta_ok(n, meta)]
 
     return await api.read(request, query, ["nodes"], build, NODE_SCHEMA)
@@ -217,11 +218,12 @@ async def node(api: API, request: Request, query: Query, arg: str) -> Response:
             return None
         services = catalog.node_services(name)
         if identity is not None:
-            see = Visibility(identity)
+            now = api.identity(request)  # current after a blocking wait
+            see = Visibility(now)
             if not see.node(row.node):
                 request.acl_filtered = True
                 return None  # what Consul's filterNodeServices answers for a node you may not see
-            services = acl_keep(request, identity, services, lambda s: see.service(s.service))
+            services = acl_keep(request, now, services, lambda s: see.service(s.service))
         return catalog_node_json(row, services)
 
     return await api.read(request, query, [f"node:{name.lower()}"], build)

@@ -202,8 +202,9 @@ async def get(api: API, request: Request, query: Query, arg: str) -> Response:
     if name is None:
         def build() -> list[dict[str, Any]]:
             rows = api.agent.store.catalog.config_entries.list(kind)
-            if identity.enabled:
-                rows, dropped = keep_allowed(rows, lambda row: _readable(identity, row))
+            now = api.identity(request)  # current after a blocking wait (API.block resolves it again)
+            if now.enabled:
+                rows, dropped = keep_allowed(rows, lambda row: _readable(now, row))
                 request.acl_filtered = request.acl_filtered or dropped
             return [entry_json(row) for row in rows]
 
@@ -212,6 +213,8 @@ async def get(api: API, request: Request, query: Query, arg: str) -> Response:
     if decision is not None:
         require(identity, decision)
     index = await api.block([entry_watch_key(kind, name)], query, request)
+    if decision is not None:
+        _read_again(api, request, kind, name[:MAX_NAME])
     entries = api.agent.store.catalog.config_entries  # a restore may have replaced the catalog meanwhile
     row = entries.get(kind, name) if len(name) <= MAX_NAME else None
     headers = api.meta_headers(index, query)
@@ -219,6 +222,14 @@ async def get(api: API, request: Request, query: Query, arg: str) -> Response:
         reason = f"Config entry not found for {json.dumps(kind)} / {json.dumps(name[:MAX_NAME])}"
         return 404, [_CT_TEXT, *headers[1:]], reason.encode()
     return api.json(entry_json(row), query, extra=headers[1:])
+
+
+def _read_again(api: API, request: Request, kind: str, name: str) -> None:
+    """The read check once more after a blocking wait: the token (resolved again) may have lost the right."""
+    identity = api.identity(request)
+    decision = read_decision(identity.authorizer, kind, name)
+    if decision is not None:
+        require(identity, decision)
 
 
 async def delete(api: API, request: Request, query: Query, arg: str) -> Response:

@@ -41,8 +41,9 @@ async def _entries(api: API, request: Request, query: Query, name: str, connect:
         out: list[dict[str, Any]] = []
         # An entry needs service:read on its service and node:read on its node (Consul's
         # filterCheckServiceNodes, after the query's own conditions: the header then means "the token hid
-        # something you asked for"); its checks come with it.
-        see = Visibility(identity) if identity is not None else None
+        # something you asked for"); its checks come with it. The identity current at build time: API.block
+        # resolves it again after a wait.
+        see = Visibility(api.identity(request)) if identity is not None else None
         if connect and see is not None and not see.service(name):
             # Consul's connect queries first need service:read on the service whose proxies are asked for.
             request.acl_filtered = True
@@ -72,8 +73,9 @@ def _checks_json(api: API, request: Request, rows: Callable[[], list[Check]]) ->
     def build() -> list[dict[str, Any]]:
         found = rows()
         if identity is not None:
-            see = Visibility(identity)
-            found = acl_keep(request, identity, found, lambda c: see.row(c.node, c.service_name))
+            now = api.identity(request)  # current after a blocking wait
+            see = Visibility(now)
+            found = acl_keep(request, now, found, lambda c: see.row(c.node, c.service_name))
         return [check_json(c) for c in found]
 
     return build

@@ -288,10 +288,11 @@ def _bool(ok: bool = True) -> Response:
 
 async def list_intentions(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/connect/intentions: every intention the token may read, highest precedence first (blocking)."""
-    identity = api.identity(request)
+    api.identity(request)  # an unknown token is refused before any wait
 
     def build() -> list[dict[str, Any]]:
-        return _readable(identity, request, list(legacy_list(_rows(api))))
+        # the identity current at build time (API.block resolves it again after a wait)
+        return _readable(api.identity(request), request, list(legacy_list(_rows(api))))
 
     return await api.read(request, query, [entry_watch_key(KIND)], build, INTENTION_SCHEMA)
 
@@ -327,6 +328,7 @@ async def exact_get(api: API, request: Request, query: Query, arg: str) -> Respo
     source_name, destination = _pair(query)
     _may_read(api, request, destination)
     index = await api.block([entry_watch_key(KIND, destination)], query, request)
+    _may_read(api, request, destination)  # again: the token's rights after the wait
     row = api.agent.store.catalog.config_entries.get(KIND, destination)
     source = find_source(None if row is None else row.entry, source_name)
     if row is None or source is None:
@@ -373,7 +375,10 @@ async def match_intentions(api: API, request: Request, query: Query, arg: str) -
 
     def build() -> dict[str, list[dict[str, Any]]]:
         rows = _rows(api)
-        return {raw: _readable(identity, request, list(match(rows, by[0], name))) for raw, name in parsed}
+        now = api.identity(request)  # current after a blocking wait
+        for _, name in parsed:
+            require(now, now.authorizer.intention_read(name))
+        return {raw: _readable(now, request, list(match(rows, by[0], name))) for raw, name in parsed}
 
     return await api.read(request, query, [entry_watch_key(KIND)], build)
 

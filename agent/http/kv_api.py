@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..acl.identity import ALLOW_ALL, require
+from ..acl.identity import ALLOW_ALL, ACLIdentity, require
 from ..catalog import commands
 from .acl_gate import FILTERED_HEADER, write_token
 from .catalog_api import acl_identity, acl_keep
@@ -13,6 +13,7 @@ from .query import Query, bad_request, parse_uint
 from .render import dumps, kv_json
 
 if TYPE_CHECKING:
+    from ..acl.authorizer import Authorizer
     from .api import API
 
 _TRUE = b"true"
@@ -29,17 +30,12 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
     (X-Consul-Results-Filtered-By-ACLs), and key:list on the prefix is required only with
     acl.enable_key_list_policy, as Consul's KVS.List/ListKeys."""
     catalog = api.agent.store.catalog
-    identity = acl_identity(api, request)
     listing = query.has("keys") or query.has("recurse")
-    authz = (identity or ALLOW_ALL).authorizer
-    if identity is not None:
-        if not listing:
-            require(identity, authz.key_read(key))
-        elif getattr(api.agent.config.acl, "enable_key_list_policy", False):  # Consul's default: off
-            require(identity, authz.key_list(key))
+    _read_rights(api, request, key, listing)  # before any wait: an unknown token waits for nothing
     if query.has("keys"):
         separator = query.get("separator")
         index = await api.block([f"kvprefix:{key}"], query, request)
+        identity, authz = _read_rights(api, request, key, listing)  # the token's rights after the wait
         keys: list[Any] = catalog.kv_keys(key, separator)
         keys = acl_keep(request, identity, keys, lambda k: authz.key_read(k).allowed)
         headers = _filtered(request, api.meta_headers(index, query))
@@ -49,6 +45,7 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
         return 200, headers, dumps(keys, query.pretty)
     if query.has("recurse"):
         index = await api.block([f"kvprefix:{key}"], query, request)
+        identity, authz = _read_rights(api, request, key, listing)
         entries: list[Any] = catalog.kv_list(key)
         entries = acl_keep(request, identity, entries, lambda e: authz.key_read(e.key).allowed)
         headers = _filtered(request, api.meta_headers(index, query))
@@ -56,6 +53,7 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
             return 404, headers[1:], b""
         return 200, headers, dumps([kv_json(e) for e in entries], query.pretty)
     index = await api.block([f"kv:{key}"], query, request)
+    _read_rights(api, request, key, listing)
     entry = catalog.kv_get(key)
     headers = api.meta_headers(index, query)
     if entry is None:
@@ -66,6 +64,19 @@ async def get(api: API, request: Request, query: Query, key: str) -> Response:
         headers.append((b"x-content-type-options", b"nosniff"))
         return 200, headers, entry.value
     return 200, headers, dumps([kv_json(entry)], query.pretty)
+
+
+def _read_rights(api: API, request: Request, key: str, listing: bool) -> tuple[ACLIdentity | None, Authorizer]:
+    """key:read on the key (key:list on the prefix for a listing, only with acl.enable_key_list_policy, as
+    Consul); the request's identity (None with ACLs off) and its authorizer, as current now."""
+    identity = acl_identity(api, request)
+    authz = (identity or ALLOW_ALL).authorizer
+    if identity is not None:
+        if not listing:
+            require(identity, authz.key_read(key))
+        elif api.agent.config.acl.enable_key_list_policy:  # Consul's default: off
+            require(identity, authz.key_list(key))
+    return identity, authz
 
 
 def _filtered(request: Request, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

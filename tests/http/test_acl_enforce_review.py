@@ -1,0 +1,163 @@
+"""ACL fixes from the issue-15 review (v15 findings F19, F20, F7, F18, F6, F10): rights that change during a
+blocking wait, writes applied without an RPC re-check (-dev), tokens on unknown agent IDs, and what a write
+carries with ACLs off.
+
+One harness server per module on 127.0.49.N (real HTTP over sockets; the HTTP port is ephemeral); tokens and
+policies are FSM acl_* commands resolved by the agent's real ACLResolver; the store has no replicator, as under
+-dev, so writes apply here.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import pytest
+from meshagent.agent.acl.objects import Link, Policy, Token
+from meshagent.agent.catalog import commands
+from meshagent.agent.http.server import HTTPServer
+
+from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
+
+HOST = "127.0.49.1"  # this suite's addresses: 127.0.49.N
+FILTERED = "x-consul-results-filtered-by-acls"
+MGMT = str(uuid.uuid4())
+ALL_NODES = 'node_prefix "" { policy = "read" }\n'
+
+
+class Server49(ServerThread):
+    """The harness server bound to this suite's 127.0.49.N."""
+
+    def __init__(self, agent: FakeAgent) -> None:
+        super().__init__(agent=agent)
+        self.server = HTTPServer(self.api, HOST, 0)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass
+class Env:
+    srv: Server49
+    http: httpx.Client
+
+    def token(self, rules: str) -> tuple[str, str, str]:
+        """A new token with one policy of `rules`: (secret, accessor, policy id)."""
+        policy_id, secret, accessor = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        name = f"p-{policy_id[:8]}"
+        self.srv.apply(commands.acl_policy_set(Policy(id=policy_id, name=name, rules=rules)))
+        self.srv.apply(commands.acl_token_set(Token(accessor_id=accessor, secret_id=secret, description=name,
+                                                    policies=(Link(policy_id, name),))))
+        return secret, accessor, policy_id
+
+    def set_rules(self, policy_id: str, rules: str) -> None:
+        policy = self.srv.agent.store.catalog.acl.policy(policy_id)
+        assert policy is not None
+        self.srv.apply(commands.acl_policy_set(replace(policy, rules=rules)))
+
+    def call(self, method: str, path: str, secret: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"X-Consul-Token": secret} if secret else {}
+        return self.http.request(method, path, headers=headers, **kw)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    agent = FakeAgent()
+    agent.config.acl.enabled = True
+    agent.config.acl.default_policy = "deny"
+    agent.store.acl = agent.acl  # as agent.py wires it: local writes (no replicator: -dev) are re-checked
+    srv = Server49(agent).start()
+    try:
+        srv.apply(commands.acl_init(MGMT))
+        register_instance(srv, "n1", "db", sid="db1", address="10.0.0.1")
+        register_instance(srv, "n1", "web", sid="web1", address="10.0.0.1")
+        with httpx.Client(base_url=srv.url, timeout=20) as http:
+            yield Env(srv, http)
+    finally:
+        srv.stop()
+
+
+def _blocked(env: Env, path: str, secret: str, during: Callable[[], None]) -> httpx.Response:
+    """GET `path` at its current index (parked), run `during` (which must wake it), and return the answer."""
+    first = env.call("GET", path, secret)
+    assert first.status_code == 200, first.text
+    index = first.headers["x-consul-index"]
+    out: dict[str, httpx.Response] = {}
+    sep = "&" if "?" in path else "?"
+    waiting = env.srv.agent.store.hub.waiting
+
+    def go() -> None:
+        out["r"] = env.call("GET", f"{path}{sep}index={index}&wait=15s", secret)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    wait_waiting(env.srv, waiting + 1)
+    during()
+    thread.join(20)
+    assert "r" in out, "the blocking request did not return"
+    return out["r"]
+
+
+# ---------------------------------------------------------------------- F19: rights narrowed during a wait
+
+
+@pytest.mark.parametrize("path", ["/v1/health/service/db", "/v1/catalog/service/db", "/v1/health/checks/db",
+                                  "/v1/catalog/services"])
+def test_list_narrowed_during_wait_is_built_and_cached_with_new_rights(env: Env, path: str) -> None:
+    secret, _, policy_id = env.token('service "db" { policy = "read" }\n' + ALL_NODES)
+    assert "db" in env.call("GET", path, secret).text
+    node = f"n-{uuid.uuid4().hex[:8]}"
+
+    def narrow_then_wake() -> None:
+        env.set_rules(policy_id, 'service "db" { policy = "deny" }\n' + ALL_NODES)
+        register_instance(env.srv, node, "db", sid=f"db-{node}", address="10.0.0.9")
+
+    r = _blocked(env, path, secret, narrow_then_wake)
+    assert r.status_code == 200, r.text
+    assert "db" not in r.text, f"built with the rights before the wait: {r.text}"
+    assert r.headers.get(FILTERED) == "true"
+    again = env.call("GET", path, secret)  # a cache hit must not serve a body built with the old rights
+    assert "db" not in again.text and again.headers.get(FILTERED) == "true"
+
+
+def test_kv_keys_and_single_key_narrowed_during_wait(env: Env) -> None:
+    env.srv.apply(commands.kv_set("f19/a", b"1", 0))
+    secret, _, policy_id = env.token('key_prefix "f19/" { policy = "read" }\n')
+
+    def narrow(key: str) -> Callable[[], None]:
+        def run() -> None:
+            env.set_rules(policy_id, 'key_prefix "f19/" { policy = "deny" }\n')
+            env.srv.apply(commands.kv_set(key, b"2", 0))
+        return run
+
+    r = _blocked(env, "/v1/kv/f19/?keys", secret, narrow("f19/b"))
+    assert r.status_code == 404 or "f19/" not in r.text, r.text  # nothing readable is left: Consul's 404
+    env.set_rules(policy_id, 'key_prefix "f19/" { policy = "read" }\n')
+    r = _blocked(env, "/v1/kv/f19/a", secret, narrow("f19/a"))
+    assert r.status_code == 403, (r.status_code, r.text)
+    assert "lacks permission 'key:read'" in r.text
+
+
+def test_match_and_config_reads_narrowed_during_wait(env: Env) -> None:
+    secret, _, policy_id = env.token('service "db" { policy = "read" intentions = "read" }\n')
+    mgmt = {"X-Consul-Token": MGMT}
+    entry = {"Kind": "service-defaults", "Name": "db", "Protocol": "http"}
+    assert env.http.put("/v1/config", json=entry, headers=mgmt).status_code == 200
+
+    def narrow_then_touch() -> None:
+        env.set_rules(policy_id, 'service "db" { policy = "deny" intentions = "deny" }\n')
+        assert env.http.put("/v1/config", json={**entry, "Protocol": "grpc"}, headers=mgmt).status_code == 200
+        source = f"s-{uuid.uuid4().hex[:8]}"  # a new intention each time: a write that changes nothing wakes none
+        ixn = {"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": source, "Action": "allow"}]}
+        assert env.http.put("/v1/config", json=ixn, headers=mgmt).status_code == 200
+
+    r = _blocked(env, "/v1/config/service-defaults/db", secret, narrow_then_touch)
+    assert r.status_code == 403, (r.status_code, r.text)
+    env.set_rules(policy_id, 'service "db" { policy = "read" intentions = "read" }\n')
+    r = _blocked(env, "/v1/connect/intentions/match?by=destination&name=db", secret, narrow_then_touch)
+    assert r.status_code == 403, (r.status_code, r.text)
