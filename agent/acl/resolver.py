@@ -24,7 +24,7 @@ from .identity import ALLOW_ALL, ACLIdentity
 from .objects import Policy, Token
 from .rules import Access, NamedRule, RulesError, node_identity_policy, parse_rules, service_identity_policy
 from .rules import Policy as Rules
-from .secrets import ANONYMOUS_ACCESSOR_ID, secrets_equal
+from .secrets import ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET_ID, MAX_SECRET_LEN, secrets_equal
 
 if TYPE_CHECKING:
     from ..catalog.acl_state import AclState
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshagent.acl")
 
-MAX_SECRET_LEN = 256  # longer than any token Consul makes: refused as "ACL not found" without a lookup
 MAX_PARSED = 4096  # parsed policies kept (LRU by (ID, ModifyIndex))
 MAX_IDENTITIES = 4096  # resolved identities kept until the ACL index moves
 AGENT_RECOVERY_ACCESSOR = "agent-recovery"  # not a stored token: the 403 text names it so
@@ -103,6 +102,15 @@ class ACLResolver:
                 accessor_id=token.accessor_id, authorizer=authorizer, token=token,
                 cache_key=f"{token.accessor_id}:{acl.index}")
         return identity
+
+    def resolve_rpc(self, secret: str | None) -> ACLIdentity:
+        """Who an RPC caller (:8300) acts as: its token, else the anonymous token. Never this agent's `default`
+        token, which is for requests to this agent's own HTTP API and DNS, not for whoever reaches :8300."""
+        if secret:
+            return self.resolve(secret)
+        if not self.tokens.default:
+            return self.resolve(None)  # the anonymous token (its rules, or default_policy before acl_init)
+        return self.resolve(ANONYMOUS_SECRET_ID)
 
     def agent_secret(self) -> str:
         """The secret the agent's own writes (anti-entropy) carry: `tokens.agent`, else `tokens.default`."""

@@ -8,7 +8,10 @@ import re
 import uuid
 
 ANONYMOUS_ACCESSOR_ID = "00000000-0000-0000-0000-000000000002"
-ANONYMOUS_SECRET_ID = "anonymous"
+ANONYMOUS_SECRET_ID = "anonymous"  # the builtin anonymous token's SecretID (catalog/acl_state.py acl_init)
+# Longer than any secret Consul makes (a UUID is 36): every entry point (HTTP, RPC, config, the FSM) refuses a
+# longer one as "ACL not found" (or a named field error) without a lookup.
+MAX_SECRET_LEN = 256
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

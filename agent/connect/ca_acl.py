@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from ..acl.identity import ACLIdentity, require
+from ..acl.secrets import ANONYMOUS_SECRET_ID, MAX_SECRET_LEN
 from ..rpc.errors import ACLNotFound, Rejected
 from .ca import MAX_CSR_BYTES
 from .spiffe import SpiffeIDError, parse_service_id
@@ -19,8 +20,8 @@ from .spiffe import SpiffeIDError, parse_service_id
 if TYPE_CHECKING:
     from ..acl.resolver import ACLResolver
 
-MAX_TOKEN_LEN = 256  # as agent/acl/resolver.MAX_SECRET_LEN and RPC apply's tokens
-ANONYMOUS_SECRET = "anonymous"  # the builtin anonymous token's SecretID (agent/catalog/acl_state.py acl_init)
+MAX_TOKEN_LEN = MAX_SECRET_LEN  # old names, kept for importers
+ANONYMOUS_SECRET = ANONYMOUS_SECRET_ID
 
 
 def token_arg(args: dict[str, Any], method: str, acl: ACLResolver | None) -> str | None:
@@ -31,7 +32,7 @@ def token_arg(args: dict[str, Any], method: str, acl: ACLResolver | None) -> str
         return None
     if not isinstance(token, str):
         raise Rejected(f"{method}: token must be a string")
-    if len(token) > MAX_TOKEN_LEN:
+    if len(token) > MAX_SECRET_LEN:
         if acl is not None and acl.enabled:
             raise ACLNotFound()
         return None
@@ -40,12 +41,8 @@ def token_arg(args: dict[str, Any], method: str, acl: ACLResolver | None) -> str
 
 def rpc_identity(acl: ACLResolver, token: str | None) -> ACLIdentity:
     """Who an RPC caller acts as: its token, else the anonymous token. Never the server's own `default` token,
-    which is for this server's HTTP API (the same rule as agent/server/endpoints.py for RPC apply)."""
-    if token:
-        return acl.resolve(token)
-    if not acl.tokens.default:
-        return acl.resolve(None)
-    return acl.resolve(ANONYMOUS_SECRET)
+    which is for this server's HTTP API (ACLResolver.resolve_rpc, as RPC apply and acl_http)."""
+    return acl.resolve_rpc(token)
 
 
 def csr_service(csr_pem: str) -> str:

@@ -12,6 +12,7 @@ import msgpack
 
 from ..acl import command_rights
 from ..acl.identity import ACLIdentity, require
+from ..acl.secrets import ANONYMOUS_SECRET_ID, MAX_SECRET_LEN
 from ..rpc.errors import ACLNotFound, Rejected
 from .acl_endpoints import AclHttpEndpoint
 from .rpc_args import parse_add_server
@@ -26,8 +27,8 @@ Handler = Callable[[Any], Awaitable[Any]]
 # directly) and a whole-catalog restore (servers forward it with `raft_restore`, which client certificates
 # may not call: agent/tls/policy.py CLIENT_METHODS).
 PRIVILEGED_OPS = {b"connect-ca": "connect-ca", b"restore": "restore"}
-MAX_TOKEN_LEN = 256  # as agent/acl/resolver.MAX_SECRET_LEN: longer than any secret Consul makes
-ANONYMOUS_SECRET = "anonymous"  # the builtin anonymous token's SecretID (agent/catalog/acl_state.py acl_init)
+MAX_TOKEN_LEN = MAX_SECRET_LEN  # old names, kept for importers
+ANONYMOUS_SECRET = ANONYMOUS_SECRET_ID
 
 
 def parse_apply_args(args: Any) -> tuple[bytes, str | None]:
@@ -102,7 +103,7 @@ class Endpoints:
         """A catalog command's bytes, or {command, token}; the answer is its result once applied. With ACLs
         on, the token (none: anonymous) must allow the write here, and again at the leader when forwarded."""
         data, token = parse_apply_args(args)
-        if token is not None and len(token) > MAX_TOKEN_LEN:
+        if token is not None and len(token) > MAX_SECRET_LEN:
             # No secret is that long: with ACLs on the write is refused as Consul refuses an unknown token;
             # with ACLs off tokens mean nothing (as in Consul) and this one is dropped unread.
             if self.acl is not None and self.acl.enabled:
@@ -132,13 +133,8 @@ class Endpoints:
 
     @staticmethod
     def _rpc_identity(acl: ACLResolver, token: str | None) -> ACLIdentity:
-        # A write without a token acts as the anonymous token, as in Consul: the server's own `default` token
-        # is for requests to this server's HTTP API, not for whoever can reach :8300.
-        if token:
-            return acl.resolve(token)
-        if not acl.tokens.default:
-            return acl.resolve(None)  # the anonymous token (its rules, or default_policy before acl_init)
-        return acl.resolve(ANONYMOUS_SECRET)
+        # A write without a token acts as the anonymous token, as in Consul (never this server's default).
+        return acl.resolve_rpc(token)
 
     async def raft_restore(self, args: Any) -> Any:
         """A restore command's bytes (only that), from a server's /v1/snapshot PUT; forwarded to the leader."""

@@ -14,7 +14,7 @@ from meshagent.agent.acl.authorizer import GLOBAL_MANAGEMENT_POLICY_ID
 from meshagent.agent.acl.identity import ALLOW_ALL
 from meshagent.agent.acl.objects import Link, NodeIdentity, Policy, Role, ServiceIdentity, Token
 from meshagent.agent.acl.resolver import AGENT_RECOVERY_ACCESSOR, ACLResolver
-from meshagent.agent.acl.secrets import ANONYMOUS_ACCESSOR_ID
+from meshagent.agent.acl.secrets import ANONYMOUS_ACCESSOR_ID, MAX_SECRET_LEN
 from meshagent.agent.catalog import commands
 from meshagent.agent.config.types import AgentConfig
 from meshagent.agent.rpc.errors import ACLNotFound, NoLeader
@@ -182,6 +182,18 @@ def test_default_token_stands_in_for_no_token() -> None:
     assert resolver.agent_secret() == WEB and resolver.agent_identity().accessor_id == WEB_ACCESSOR
     resolver.tokens.agent = MGMT  # PUT /v1/agent/token/agent changes the resolver's copy
     assert resolver.agent_identity().authorizer.acl_write().allowed
+
+
+def test_rpc_callers_never_get_the_agents_default_token() -> None:
+    # Review F2/F3: one rule for RPC apply, the CA RPCs and acl_http: no token is the anonymous token.
+    resolver, _ = seeded(config(default=WEB))
+    assert resolver.resolve_rpc(None).accessor_id == ANONYMOUS_ACCESSOR_ID
+    assert resolver.resolve_rpc("").accessor_id == ANONYMOUS_ACCESSOR_ID
+    assert resolver.resolve_rpc(WEB).accessor_id == WEB_ACCESSOR
+    plain, _ = seeded(config())
+    assert plain.resolve_rpc("").accessor_id == ANONYMOUS_ACCESSOR_ID
+    with pytest.raises(ACLNotFound):
+        resolver.resolve_rpc("x" * (MAX_SECRET_LEN + 1))
 
 
 def test_agent_recovery_needs_no_catalog() -> None:

@@ -309,6 +309,9 @@ def _args(**kw: Any) -> dict[str, Any]:
     _args(path="/v1/acl/" + "a" * 2000), _args(query="token=abc"), _args(query="policy=p&token="),
     _args(query=5), _args(body="text"),
     _args(body=b"x" * (1024 * 1024 + 1)), _args(token="x" * 300), _args(token="a\nb"),
+    # Review F5: a raw :8300 caller must not park a server handler with blocking parameters.
+    _args(query="index=5"), _args(query="policy=p&wait=10m"), _args(query="index"),
+    _args(query="&".join(f"p{i}=1" for i in range(101))),
 ])
 def test_acl_http_arguments_are_checked_strictly(args: Any) -> None:
     with pytest.raises(Rejected):
@@ -329,6 +332,17 @@ def test_acl_http_runs_the_request_through_the_servers_api(acl_server: ACLServer
     request = Request(method="GET", path="/v1/acl/tokens", query="token=s&index=5&wait=1s&policy=p", headers=[],
                       body=b"")
     assert forward_args(request, "s")["query"] == "policy=p"
+
+
+def test_acl_http_without_a_token_is_anonymous_not_the_servers_default(acl_server: ACLServer) -> None:
+    # Review F2: a client's caller without a token (token "") was lent the server's own default token.
+    reader = _token_with(acl_server, 'acl = "read"', "server-default")
+    acl_server.agent.acl.tokens.default = reader["SecretID"]
+    assert _req(acl_server, "GET", "/v1/acl/tokens", token=None).status_code == 200  # its own API: default
+    status, _, body = acl_server.run(AclHttpEndpoint(acl_server.api).call, _args(token=""))
+    assert status == 403 and b"Permission denied" in body
+    status, _, _ = acl_server.run(AclHttpEndpoint(acl_server.api).call, _args(token=reader["SecretID"]))
+    assert status == 200
 
 
 @pytest.mark.parametrize("answer", [None, [200, [], "body"], [99, [], b""], [True, [], b""],
