@@ -12,7 +12,7 @@ re-checks it; a batch is checked command by command; the leader's internal write
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,6 +32,7 @@ from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
 from tests.support.ports import free_ports, port_free
+from tests.support.wait import wait_for_async
 
 pytestmark = [pytest.mark.slow]  # a 3-server Raft cluster (in-process: ~3 s)
 
@@ -46,15 +47,6 @@ def pack(command: Any) -> bytes:
 
 def denied(accessor: str, permission: str, name: str) -> str:
     return f"Permission denied: token with AccessorID '{accessor}' lacks permission '{permission}' on \"{name}\""
-
-
-async def until(condition: Callable[[], object], timeout: float = 10, what: str = "condition") -> None:
-    """Poll `condition` until true; fail naming `what` after `timeout` s."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _port() -> int:
@@ -81,7 +73,7 @@ async def cluster() -> AsyncIterator[list[RaftServer]]:
     async with trio.open_nursery() as nursery:
         for server in servers:
             await nursery.start(server.run)
-        await until(lambda: sum(s.is_leader() for s in servers) == 1, 15, "one leader")
+        await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 15, what="one leader")
         yield servers
         nursery.cancel_scope.cancel()
 
@@ -103,8 +95,8 @@ def test_writes_over_rpc_are_rechecked_against_their_token() -> None:
             await leader.apply(commands.acl_init(""))
             await leader.apply(commands.acl_policy_set(app_policy))
             await leader.apply(commands.acl_token_set(app))
-            await until(lambda: all(s.store.catalog.acl.token(app.accessor_id) for s in servers), 10,
-                        "the token on every server")
+            await wait_for_async(lambda: all(s.store.catalog.acl.token(app.accessor_id) for s in servers), 10,
+                                 what="the token on every server")
 
             def kv(key: str) -> list[bool]:
                 return [s.store.catalog.kv_get(key) is not None for s in servers]
@@ -120,7 +112,7 @@ def test_writes_over_rpc_are_rechecked_against_their_token() -> None:
                 assert refused.value.status == 403
                 assert str(refused.value) == denied(app.accessor_id, "key:write", "secret/x")
                 assert await forwarder.apply(commands.kv_set("app/x", b"1"), token=app.secret_id) is True
-                await until(lambda: all(kv("app/x")), 5, "app/x on every server")
+                await wait_for_async(lambda: all(kv("app/x")), 5, what="app/x on every server")
                 with pytest.raises(ACLNotFound) as unknown:
                     await forwarder.apply(commands.kv_set("app/x", b"2"), token=str(uuid.uuid4()))
                 assert (unknown.value.status, str(unknown.value)) == (403, "ACL not found")
@@ -167,7 +159,8 @@ def test_writes_over_rpc_are_rechecked_against_their_token() -> None:
             assert await follower.apply(commands.kv_set("app/f", b"1"), token=app.secret_id) is True
             # The leader's internal writes stay unchecked.
             assert await leader.apply(commands.kv_set("secret/internal", b"1")) is True
-            await until(lambda: all(kv("app/f") + kv("secret/internal")), 5, "the allowed writes everywhere")
+            await wait_for_async(lambda: all(kv("app/f") + kv("secret/internal")), 5,
+                                 what="the allowed writes everywhere")
             assert not any(kv("secret/f"))
 
     async def bounded() -> None:
