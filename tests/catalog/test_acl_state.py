@@ -26,6 +26,8 @@ from meshagent.agent.rpc.framing import FrameReader
 from meshagent.agent.server.feed import CatalogFeed
 from meshagent.agent.store import CatalogStore
 
+from tests.support.feed_sink import Sink
+
 INITIAL = "11111111-1111-4111-8111-111111111111"
 INITIAL_ACCESSOR = "aaaaaaaa-1111-4111-8111-111111111111"
 P1 = "22222222-2222-4222-8222-222222222222"
@@ -305,22 +307,6 @@ def test_restore_refuses_a_corrupt_acl_section(a: Applier) -> None:
     raw["acl"] = {"tokens": "nope"}
     with pytest.raises(CommandError, match="corrupt catalog snapshot"):
         Catalog.restore(msgpack.packb(raw, use_bin_type=True))
-
-
-class Sink:
-    """A subscribed connection that keeps the frames it was sent."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def backlog(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        raise AssertionError("not dropped")
 
 
 def test_the_feed_gives_clients_no_secret_and_their_replica_resolves_by_digest() -> None:

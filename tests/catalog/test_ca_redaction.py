@@ -3,8 +3,6 @@ replica applies them to the same state minus the keys."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 from meshagent.agent.catalog import Catalog, commands
 from meshagent.agent.catalog.connect_state import redacted_command
@@ -14,22 +12,7 @@ from meshagent.agent.server.feed import CatalogFeed
 from meshagent.agent.store import CatalogStore
 
 from tests.catalog.test_connect_state import NOW, TD, root_fields
-
-
-class Sink:
-    """A subscribed connection that keeps the frames it was sent."""
-
-    def __init__(self) -> None:
-        self.frames: list[Any] = []
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def backlog(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        raise AssertionError("not dropped")
+from tests.support.feed_sink import Sink
 
 
 def test_feed_sends_no_private_key_and_the_replica_matches_but_for_keys() -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from meshagent.agent.config.acl_settings import redacted
-from meshagent.agent.config.loader import ConfigErrors, load_config, validate_paths
+from meshagent.agent.config.loader import ConfigErrors, load_config
 from meshagent.agent.config.types import ACLConfig
 
 from tests.support.agents import AgentProcess
+from tests.support.config_files import errors_of, write
 from tests.support.ports import ports_free
 from tests.support.wait import wait_for
 
@@ -43,16 +44,6 @@ JSON = {"acl": {"enabled": True, "default_policy": "deny", "down_policy": "async
                 "policy_ttl": "1m", "role_ttl": "90s", "enable_token_persistence": True,
                 "enable_key_list_policy": True,
                 "tokens": {"master": MGMT, "default": "anonymous", "agent": AGENT, "agent_master": RECOVERY}}}
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
-def errors_of(*paths: str) -> list[tuple[str, int | None, str, str]]:
-    errors, _ = validate_paths(list(paths))
-    return [(e.path, e.line, e.field, e.reason) for e in errors]
 
 
 def test_defaults_are_consuls() -> None:

@@ -13,22 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from meshagent.agent.config.loader import ConfigErrors, load_config, validate_paths
+from meshagent.agent.config.loader import ConfigErrors, load_config
 from meshagent.agent.config.types import AgentConfig
 
 from tests.support.agents import MESHAGENT
+from tests.support.config_files import errors_of, write
 
 HOUR = 3600.0
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
-def errors_of(*paths: str) -> list[tuple[str, int | None, str, str]]:
-    errors, _ = validate_paths(list(paths))
-    return [(e.path, e.line, e.field, e.reason) for e in errors]
 
 
 def test_defaults_without_any_mesh_key() -> None:

@@ -8,10 +8,7 @@ from pathlib import Path
 import pytest
 from meshagent.agent.config.loader import ConfigErrors, load_config, validate_paths
 
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
+from tests.support.config_files import write
 
 
 def test_two_files_scalars_replace_lists_append_maps_merge(tmp_path: Path) -> None:
