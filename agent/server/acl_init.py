@@ -1,8 +1,10 @@
 """ACLInitializer: while this server leads (or under -dev), the ACL builtins and the initial management token.
 
-With ACLs enabled, the leader writes `acl_init` whenever the catalog lacks the global-management policy, the
-anonymous token, or a token for `acl.tokens.initial_management` (Consul's leader does the same on each
-election). The write is idempotent in the FSM; failures retry with a bounded backoff.
+With ACLs enabled, the leader writes `acl_init` whenever the catalog lacks the global-management policy or the
+anonymous token, and, once per leadership term (as Consul's establishLeadership), the token for
+`acl.tokens.initial_management` if none has that secret: an operator who deletes a leaked initial management
+token sees it stay deleted until the next election (then rolls the config). The write is idempotent in the
+FSM; failures retry with a bounded backoff.
 """
 
 from __future__ import annotations
@@ -48,11 +50,20 @@ class ACLInitializer:
         """Follow leadership until cancelled; `started` once a first attempt (if one was due) is over."""
         started = False
         backoff = BACKOFF_MIN
+        was_leader = False
+        initial_due = False  # the initial management token is looked at once per leadership term
         while True:
             delay = LEADERSHIP_POLL
-            if self.is_leader() and init_needed(self.store, self.tokens.initial_management):
+            leading = self.is_leader()
+            if leading and not was_leader:
+                initial_due = True
+            was_leader = leading
+            initial = self.tokens.initial_management if initial_due else ""
+            if leading and not init_needed(self.store, initial):
+                initial_due = False
+            elif leading:
                 try:
-                    await self.store.apply(commands.acl_init(self.tokens.initial_management))
+                    await self.store.apply(commands.acl_init(initial))
                 except (ServerError, CommandError) as exc:  # lost leadership, no quorum, a refused init
                     self.failures += 1
                     log.warning("writing the builtin policy and tokens failed: %s; retrying in %.1fs",
@@ -61,8 +72,9 @@ class ACLInitializer:
                 else:
                     self.writes += 1
                     backoff = BACKOFF_MIN
+                    initial_due = False
                     log.info("builtin policy and tokens written (global-management, anonymous%s)",
-                             ", initial management" if self.tokens.initial_management else "")
+                             ", initial management" if initial else "")
             if not started:
                 task_status.started()
                 started = True
