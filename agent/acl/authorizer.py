@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .rules import NAMED, Access, NamedRule, Policy
 
 GLOBAL_MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
+# Resources whose names the catalog matches case-insensitively: their rules match the same way (not Consul's).
+FOLDED = frozenset({"service", "node"})
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,30 @@ def _enforce(rule: Access, required: Access) -> bool:
 
 
 class _Table:
-    """One resource's exact and prefix rules (merged); exact beats prefix, longest prefix wins."""
+    """One resource's exact and prefix rules (merged); exact beats prefix, longest prefix wins. `fold`: names
+    compared lowercased, as the catalog compares service and node names (else `service "web" deny` would not
+    stop a registration of "WEB", which the catalog then serves as web)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fold: bool = False) -> None:
         self.exact: dict[str, _Rule] = {}
         self.prefix: dict[str, _Rule] = {}
+        self.fold = fold
 
     def add(self, rule: NamedRule) -> None:
         table = self.prefix if rule.prefix else self.exact
-        old = table.get(rule.name)
+        name = rule.name.lower() if self.fold else rule.name
+        old = table.get(name)
         if old is None:
-            table[rule.name] = _Rule(rule.access, rule.intentions)
+            table[name] = _Rule(rule.access, rule.intentions)
         else:
             merged = _stronger(old.access, rule.access)
             assert merged is not None
-            table[rule.name] = _Rule(merged, _stronger(old.intentions, rule.intentions))
+            table[name] = _Rule(merged, _stronger(old.intentions, rule.intentions))
 
     def lookup(self, name: str) -> _Rule | None:
         """The governing rule for `name`, or None when nothing matches."""
+        if self.fold:
+            name = name.lower()
         hit = self.exact.get(name)
         if hit is not None:
             return hit
@@ -81,7 +89,7 @@ class Authorizer:
     def __init__(self, policies: Iterable[Policy], default_allow: bool, management: bool = False) -> None:
         self._default = default_allow
         self._management = management
-        self._tables: dict[str, _Table] = {r: _Table() for r in NAMED}
+        self._tables: dict[str, _Table] = {r: _Table(fold=r in FOLDED) for r in NAMED}
         self._single: dict[str, Access] = {}
         for policy in policies:
             for rule in policy.named:

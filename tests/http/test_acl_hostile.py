@@ -31,6 +31,9 @@ RULES = {
     "web": 'service "web" { policy = "write" }\nnode_prefix "" { policy = "read" }\n',
     "kv": 'key_prefix "app/" { policy = "write" }\n',
     # everything readable but web and the key app/x
+    # writes every service but web, and every node
+    "allbutweb": ('service_prefix "" { policy = "write" }\nservice "web" { policy = "deny" }\n'
+                  'node_prefix "" { policy = "write" }\n'),
     "noweb": ('service "web" { policy = "deny" }\nservice_prefix "" { policy = "read" }\n'
               'node_prefix "" { policy = "read" }\nkey "app/x" { policy = "deny" }\n'
               'key_prefix "" { policy = "read" }\n'),
@@ -131,6 +134,32 @@ def test_a_service_token_cannot_take_over_another_services_check_by_id(env: Env)
     assert env.call("PUT", "/v1/catalog/register", "web", json=body).status_code == 200  # and again
     assert env.call("PUT", "/v1/catalog/deregister", "web", json={"Node": "n2", "ServiceID": "web-n2"}).status_code \
         == 200
+
+
+# ------------------------------------------------------------------------------------------ name games
+
+
+@pytest.mark.parametrize("name", ["WEB", "Web"])
+def test_a_deny_on_a_service_cannot_be_dodged_by_case(env: Env, name: str) -> None:
+    """Finding: the catalog matches service names case-insensitively and the rules compared exactly, so a
+    token denied "web" registered an instance named "WEB" that /v1/health/service/web (and DNS) then served
+    as web's, and got a leaf certificate for it. Service and node rules now match names as the catalog does."""
+    body = {"Node": "n1", "Address": "10.0.0.1", "SkipNodeUpdate": True,
+            "Service": {"ID": f"evil-{name}", "Service": name, "Port": 666}}
+    r = env.call("PUT", "/v1/catalog/register", "allbutweb", json=body)
+    assert r.status_code == 403, r.text
+    assert r.text.strip().endswith(f"lacks permission 'service:write' on \"{name}\""), r.text
+    r = env.call("PUT", "/v1/agent/service/register", "allbutweb", json={"ID": f"evil-{name}", "Name": name})
+    assert r.status_code == 403, r.text
+    assert env.call("GET", f"/v1/agent/connect/ca/leaf/{name}", "allbutweb").status_code == 403
+    served = env.call("GET", "/v1/health/service/web", "mgmt").json()
+    assert [e["Service"]["Port"] for e in served] == [8080]
+    # Reads too: a token denied web does not see it under another case.
+    for path in (f"/v1/catalog/service/{name}", f"/v1/health/service/{name}"):
+        assert env.call("GET", path, "noweb").json() == [], path
+    # Everything else it may write still works, in any case.
+    body["Service"] = {"ID": "api-1", "Service": "API", "Port": 80}
+    assert env.call("PUT", "/v1/catalog/register", "allbutweb", json=body).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------ blocking queries
