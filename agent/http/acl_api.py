@@ -25,7 +25,7 @@ from ..acl.objects import (
     object_hash,
     token_from_request,
 )
-from ..acl.secrets import new_id, secrets_equal
+from ..acl.secrets import ANONYMOUS_SECRET_ID, new_id, secrets_equal
 from ..catalog import CommandError, commands
 from ..rpc.errors import Rejected
 from . import acl_gate
@@ -237,7 +237,7 @@ async def token_self(api: API, request: Request, query: Query, arg: str) -> Resp
         token = acl.token(identity.token.accessor_id)
     if token is None:
         token = acl.token_by_secret(acl_gate.request_token(request) or api.agent.acl.tokens.default
-                                    or "anonymous")
+                                    or ANONYMOUS_SECRET_ID)
     if _live(token) is None:
         raise HTTPError(404, "Supplied token does not exist")
     return 200, headers, api.json(token.to_api(True), query)[2]
@@ -277,6 +277,9 @@ async def token_item(api: API, request: Request, query: Query, arg: str) -> Resp
         require_acl(api, request, write=True)
         if acl_state(api).token(aid) is None:
             raise HTTPError(404, "Cannot find token to delete")
+        own = api.identity(request).token
+        if own is not None and own.accessor_id == aid:  # Consul's TokenDelete: no locking oneself out
+            raise bad_request("Deletion of the request's authorization token is not permitted")
         await apply_write(api, request, commands.acl_token_delete(aid))
         return TRUE
     visible = require_acl(api, request)

@@ -195,6 +195,19 @@ def test_token_update_rules_clone_and_the_anonymous_token(acl_server: ACLServer)
     assert _req(acl_server, "DELETE", f"/v1/acl/token/{uuid.uuid4()}").status_code == 404
 
 
+def test_a_token_cannot_delete_itself(acl_server: ACLServer) -> None:
+    # Review F8: Consul's TokenDelete refuses the request's own token (an operator cannot lock himself out).
+    admin = _req(acl_server, "PUT", "/v1/acl/token", json={"Policies": [{"ID": GM}]}).json()
+    answer = _req(acl_server, "DELETE", f"/v1/acl/token/{admin['AccessorID']}", token=admin["SecretID"])
+    assert (answer.status_code, answer.text.strip()) == (
+        400, "Deletion of the request's authorization token is not permitted")
+    assert _req(acl_server, "GET", "/v1/acl/token/self", token=admin["SecretID"]).status_code == 200
+    # As the server's default token (no token presented) too; another token may delete it.
+    acl_server.agent.acl.tokens.default = admin["SecretID"]
+    assert _req(acl_server, "DELETE", f"/v1/acl/token/{admin['AccessorID']}", token=None).status_code == 400
+    assert _req(acl_server, "DELETE", f"/v1/acl/token/{admin['AccessorID']}").json() is True
+
+
 def test_token_list_filters_by_role_and_service_name(acl_server: ACLServer) -> None:
     role = _req(acl_server, "PUT", "/v1/acl/role", json={"Name": "ops", "Description": "d"}).json()
     with_role = _req(acl_server, "PUT", "/v1/acl/token", json={"Roles": [{"Name": "ops"}]}).json()
