@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
 from resolve import report as resolve_report  # noqa: E402  (bench/acl/resolve.py)
-from wrk_tool import ensure_wrk  # noqa: E402  (bench/wrk_tool.py)
+from wrk_tool import ensure_wrk, wrk_summary  # noqa: E402  (bench/wrk_tool.py)
 
 from tests.support.agents import AgentProcess  # noqa: E402
 from tests.support.ports import ports_free  # noqa: E402
@@ -110,14 +110,8 @@ def run_wrk(wrk: str, agent: AgentProcess, duration: int, connections: int, toke
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *header, url],
                          check=True, capture_output=True, text=True).stdout
     cpu = cpu_seconds(agent.proc.pid) - cpu0
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    result = {"rps": re.search(r"Requests/sec:\s+([\d.]+)", out).group(1),  # type: ignore[union-attr]
-              "cpu_us": f"{cpu / max(1, requests) * 1e6:.0f}"}
-    for pct in ("50%", "99%"):
-        m = re.search(rf"^\s+{pct}\s+(\S+)", out, re.M)
-        result[pct] = m.group(1) if m else "?"
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    result["errors"] = errors.group(0) if errors else "none"
+    result = wrk_summary(out)
+    result["cpu_us"] = f"{cpu / max(1, int(result['requests'])) * 1e6:.0f}"
     return result
 
 

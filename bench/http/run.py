@@ -27,7 +27,7 @@ import trio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from machine import machine_info  # noqa: E402  (bench/machine.py, shared by the bench scripts)
-from wrk_tool import ensure_wrk  # noqa: E402  (bench/wrk_tool.py)
+from wrk_tool import ensure_wrk, wrk_summary  # noqa: E402  (bench/wrk_tool.py)
 
 PY = sys.executable
 URL_PATH = "/v1/health/service/db?passing"
@@ -62,13 +62,7 @@ def run_wrk(wrk: str, port: int, duration: int, connections: int) -> dict[str, s
     subprocess.run([wrk, "-t1", f"-c{connections}", "-d1s", url], check=True, capture_output=True)
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
                          check=True, capture_output=True, text=True).stdout
-    result = {"rps": re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)}  # type: ignore[union-attr]
-    for pct in ("50%", "99%"):
-        m = re.search(rf"^\s+{pct}\s+(\S+)", out, re.M)
-        result[pct] = m.group(1) if m else "?"
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    result["errors"] = errors.group(0) if errors else "none"
-    return result
+    return wrk_summary(out)
 
 
 # ---------------------------------------------------------------------- blocking wake-up

@@ -16,6 +16,7 @@ from typing import Any
 
 import h11
 import trio
+from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig
 from meshagent.agent.http.api import API
@@ -38,6 +39,7 @@ class BenchAgent:
         self.datacenter = "dc1"
         self.advertise_addr = "127.0.0.1"
         self.store = CatalogStore()
+        self.acl = ACLResolver(self.config, self.store)  # ACLs off (the default): everything allowed
         self.local: Any = None
         self.server = None
         self.gossip = None
