@@ -310,6 +310,8 @@ class LocalState:
         self._add_check(cdef, from_file, service_name)
         if token:
             self._check_tokens[cdef.id] = token
+        else:  # as register_service: a re-registration without a token drops the old one (Consul replaces it)
+            self._check_tokens.pop(cdef.id, None)
         await self.sync.sync_check(cdef.id)
         if persist and not from_file:
             await self._persist()
