@@ -4,6 +4,7 @@ Each test names the attack; those that found a hole fail without its fix (see th
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -104,6 +105,60 @@ def test_no_bootstrap_once_an_initial_management_token_is_configured(env: Env) -
     assert r.status_code == 403, r.text[:200]
     assert r.text.strip().startswith("Permission denied: ACL bootstrap no longer allowed (reset index: ")
     assert "SecretID" not in r.text
+
+
+def test_concurrent_bootstraps_exactly_one_wins() -> None:
+    """Held: 8 bootstraps at once on a system not yet bootstrapped (no initial management token): one
+    management token, seven refusals with its reset index."""
+    if not port_free(HOST, 0):
+        pytest.skip(f"{HOST} is not usable here")
+    agent = FakeAgent()
+    agent.config.acl.enabled = True
+    agent.config.acl.default_policy = "deny"
+    srv = Server46(agent).start()
+    try:
+        srv.apply(commands.acl_init(""))
+        answers: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def bootstrap() -> None:
+            answer = httpx.put(f"{srv.url}/v1/acl/bootstrap", timeout=10)
+            with lock:
+                answers.append(answer)
+
+        threads = [threading.Thread(target=bootstrap) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(a.status_code for a in answers) == [200] + [403] * 7, [a.text for a in answers]
+        winner = next(a.json() for a in answers if a.status_code == 200)
+        assert {a.text.strip() for a in answers if a.status_code == 403} == {
+            f"Permission denied: ACL bootstrap no longer allowed (reset index: {winner['CreateIndex']})"}
+        assert len([t for t in agent.store.catalog.acl.tokens() if t.description.startswith("Bootstrap")]) == 1
+    finally:
+        srv.stop()
+
+
+def test_a_token_in_the_url_is_never_logged_or_echoed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Held: ?token= on refused, failed and answered requests shows up in no log record and no body."""
+    caplog.set_level(logging.DEBUG)
+    secret = env.secrets["kv"]
+    for method, path in [("GET", "/v1/kv/secret/z"), ("GET", "/v1/catalog/services?filter=%28%28"),
+                         ("PUT", "/v1/snapshot"), ("GET", "/v1/acl/token/self"), ("GET", "/v1/nope"),
+                         ("GET", "/v1/health/service/web?index=abc"), ("PUT", "/v1/kv/app/x?cas=x")]:
+        sep = "&" if "?" in path else "?"
+        r = env.http.request(method, f"{path}{sep}token={secret}")
+        assert r.status_code in (200, 400, 403, 404, 405), (path, r.status_code)
+        assert secret not in r.text or path == "/v1/acl/token/self", path  # its own token/self: as Consul
+    unknown = str(uuid.uuid4())
+    r = env.http.get(f"/v1/kv/app/x?token={unknown}")
+    assert (r.status_code, r.text.strip()) == (403, "ACL not found")
+    for record in caplog.records:
+        if record.name.startswith(("httpx", "httpcore")):
+            continue  # this test's own client logs the URLs it requests
+        text = record.getMessage() + str(record.exc_info or "")
+        assert secret not in text and unknown not in text, text[:200]
 
 
 # ------------------------------------------------------------------------------------------ catalog writes
