@@ -153,6 +153,7 @@ class Agent:
         for kind, secret in self.acl_token_file.load().items():
             setattr(self.acl.tokens, kind, secret)
         self.local.sync.acl = self.acl  # anti-entropy writes as registering/agent tokens
+        self.store.write_acl = self.acl  # -dev (no replicator): a write with a token is checked as an RPC write is
         if self.server is not None:
             self.server.endpoints.acl = self.acl  # servers re-check every write arriving over RPC apply
         if self.ca_manager is not None:

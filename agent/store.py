@@ -9,12 +9,18 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from .acl import command_rights
+from .acl.identity import require
 from .catalog import Catalog
+from .rpc.errors import Rejected
 from .watch import WatchHub
+
+if TYPE_CHECKING:
+    from .acl.resolver import ACLResolver
 
 log = logging.getLogger("meshagent.store")
 
@@ -37,6 +43,9 @@ class CatalogStore:
         self.stale_since: float | None = None
         self.catalog = Catalog()
         self.catalog.add_listener(self.hub.notify)
+        # The agent's resolver (set by the agent): a write applied here without a replicator (-dev) that carries
+        # a token is checked as the servers check RPC writes (None: not checked).
+        self.write_acl: ACLResolver | None = None
 
     async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
         """Apply a command: through the replicator (Raft or a server), else here at the next index.
@@ -44,7 +53,24 @@ class CatalogStore:
         (None: the caller is the agent itself, already authorized locally)."""
         if self.replicator is not None:
             return await self.replicator.apply(command, token)
+        if token is not None:
+            self.check_write(command, token)
         return self.catalog.apply(self.catalog.last_index + 1, command)
+
+    def check_write(self, command: dict[str, Any], token: str) -> None:
+        """Raise ACLNotFound/ACLDenied unless `token` may make this write, by the same rules (and identity) as a
+        server's re-check of an RPC write (agent/acl/command_rights.py): whatever the HTTP layer lets through,
+        this is the one definition of a write's rights. Rejected for a command it cannot read."""
+        acl = self.write_acl
+        if acl is None or not acl.enabled:
+            return
+        identity = acl.resolve_rpc(token)
+        try:
+            decision = command_rights.authorize(identity, command, self.catalog)
+        except command_rights.MalformedCommand as exc:
+            raise Rejected(str(exc)) from None
+        if decision is not None:
+            require(identity, decision)
 
     def apply_committed(self, index: int, command: dict[str, Any]) -> Any:
         """Apply a command Raft committed at `index` (raises CommandError for a rejected one)."""

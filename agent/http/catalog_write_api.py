@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..acl import command_rights
 from ..acl.identity import ACLIdentity, require
 from ..catalog import PASSING, STATUSES, Check, CommandError, Node, Service, commands
 from .acl_gate import write_token
@@ -139,26 +140,13 @@ def _vet_register(api: API, identity: ACLIdentity, existing: Node | None, node: 
         require(identity, authz.service_write(other.service))
 
 
-def _vet_deregister(api: API, identity: ACLIdentity, name: str, service_id: str, check_id: str) -> None:
-    """Consul's vetDeregisterWithACL: node:write on the node allows any of it; else service:write on the
-    service (or the service of a service check). Unknown IDs without node:write are the node:write refusal
-    (nothing is said about what exists)."""
-    authz = identity.authorizer
-    node_write = authz.node_write(name)
-    if node_write.allowed:
-        return
-    catalog = api.agent.store.catalog
-    if service_id:
-        svc = next((s for s in catalog.node_services(name) if s.id == service_id), None)
-        if svc is not None:
-            require(identity, authz.service_write(svc.service))
-            return
-    elif check_id:
-        check = next((c for c in catalog.node_checks(name) if c.check_id == check_id), None)
-        if check is not None and check.service_id:
-            require(identity, authz.service_write(check.service_name))
-            return
-    require(identity, node_write)
+def _vet_deregister(api: API, identity: ACLIdentity, command: dict[str, Any]) -> None:
+    """Consul's vetDeregisterWithACL, as the servers decide it (agent/acl/command_rights.py: one definition, in
+    the FSM's order, CheckID before ServiceID): node:write on the node allows any of it; else service:write on
+    the service of the check or service. Unknown IDs without node:write are the node:write refusal."""
+    decision = command_rights.authorize(identity, command, api.agent.store.catalog)
+    if decision is not None:
+        require(identity, decision)
 
 
 async def register(api: API, request: Request, query: Query, arg: str) -> Response:
@@ -204,7 +192,8 @@ async def deregister(api: API, request: Request, query: Query, arg: str) -> Resp
     service_id = str(body.get("serviceid") or "")
     check_id = str(body.get("checkid") or "")
     identity = acl_identity(api, request)
+    command = commands.deregister(name, service_id=service_id, check_id=check_id)
     if identity is not None:
-        _vet_deregister(api, identity, name, service_id, check_id)
-    await _apply(api, request, identity, commands.deregister(name, service_id=service_id, check_id=check_id))
+        _vet_deregister(api, identity, command)
+    await _apply(api, request, identity, command)
     return api.json(True, query)

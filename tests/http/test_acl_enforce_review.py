@@ -17,11 +17,18 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.catalog import commands
+from meshagent.agent.acl.resolver import ACLResolver
+from meshagent.agent.catalog import Check, Service, commands
+from meshagent.agent.config.types import ACLConfig, AgentConfig
 from meshagent.agent.http.server import HTTPServer
+from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
+from meshagent.agent.server.raft_server import RaftServer
+from meshagent.agent.store import CatalogStore
 
-from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
+from tests.support.http_harness import FakeAgent, ServerThread, node, register_instance, wait_waiting
+from tests.support.ports import free_ports
 
 HOST = "127.0.49.1"  # this suite's addresses: 127.0.49.N
 FILTERED = "x-consul-results-filtered-by-acls"
@@ -60,6 +67,10 @@ class Env:
         assert policy is not None
         self.srv.apply(commands.acl_policy_set(replace(policy, rules=rules)))
 
+    def apply_as(self, command: dict[str, Any], token: str) -> Any:
+        """A write as `token` through the store (no replicator: applied here, as under -dev)."""
+        return self.srv.run(self.srv.agent.store.apply, command, token)
+
     def call(self, method: str, path: str, secret: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"X-Consul-Token": secret} if secret else {}
         return self.http.request(method, path, headers=headers, **kw)
@@ -70,7 +81,7 @@ def env() -> Iterator[Env]:
     agent = FakeAgent()
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
-    agent.store.acl = agent.acl  # as agent.py wires it: local writes (no replicator: -dev) are re-checked
+    agent.store.write_acl = agent.acl  # as agent.py wires it: local writes (no replicator: -dev) are re-checked
     srv = Server49(agent).start()
     try:
         srv.apply(commands.acl_init(MGMT))
@@ -161,3 +172,61 @@ def test_match_and_config_reads_narrowed_during_wait(env: Env) -> None:
     env.set_rules(policy_id, 'service "db" { policy = "read" intentions = "read" }\n')
     r = _blocked(env, "/v1/connect/intentions/match?by=destination&name=db", secret, narrow_then_touch)
     assert r.status_code == 403, (r.status_code, r.text)
+
+
+# ---------------------------------------------------------------------- F7: local writes re-checked
+
+
+def test_dev_store_rechecks_writes_the_http_layer_let_through(env: Env) -> None:
+    # The FSM deregisters by CheckID first: a service:write token for "web" naming its own ServiceID and db's
+    # check used to delete db's check on -dev (and on a leader), where no RPC re-check ran.
+    secret, accessor, _ = env.token('service "web" { policy = "write" }\nnode "n1" { policy = "read" }\n')
+    r = env.call("PUT", "/v1/catalog/deregister", secret,
+                 json={"Node": "n1", "ServiceID": "web1", "CheckID": "service:db1"})
+    assert r.status_code == 403, (r.status_code, r.text)
+    assert "lacks permission 'service:write' on \"db\"" in r.text
+    assert any(c.check_id == "service:db1" for c in env.srv.agent.store.catalog.service_checks("db"))
+    # the store's own check, whatever the HTTP layer decides (command_rights: the servers' definition)
+    with pytest.raises(ACLDenied) as refused:
+        env.apply_as(commands.deregister("n1", check_id="service:db1"), secret)
+    assert accessor in str(refused.value)
+    with pytest.raises(ACLNotFound):
+        env.apply_as(commands.kv_set("x", b"1"), str(uuid.uuid4()))
+    with pytest.raises(ACLDenied):
+        env.apply_as(commands.kv_set("x", b"1"), "")  # "" is the anonymous token (default deny)
+    assert env.apply_as(commands.kv_set("x", b"1"), MGMT) is True
+    assert env.srv.apply(commands.kv_set("y", b"1")) is True  # None: the agent's own write, not checked
+
+
+def test_leader_rechecks_its_own_http_writes() -> None:
+    # RaftServer.apply on the leader (a server's own HTTP write) runs Endpoints.check_write: one leader, in-process.
+    host = "127.0.49.2"
+    policy = Policy(id=str(uuid.uuid4()), name="web", rules='service "web" { policy = "write" }\n')
+    web = Token(accessor_id=str(uuid.uuid4()), secret_id=str(uuid.uuid4()), policies=(Link(policy.id, "web"),))
+
+    async def main() -> None:
+        store = CatalogStore()
+        server = RaftServer(node_id=str(uuid.uuid4()), node_name="x3-leader", bind=host, advertise=host,
+                            port=free_ports(1, host)[0], data_dir=None, store=store, bootstrap_expect=1, join=[])
+        store.replicator = server
+        config = AgentConfig(node_name="x3-leader", acl=ACLConfig(enabled=True, default_policy="deny"))
+        server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            with trio.fail_after(15):
+                while not server.is_leader():
+                    await trio.sleep(0.02)
+            for command in (commands.acl_init(""), commands.acl_policy_set(policy), commands.acl_token_set(web)):
+                await server.apply(command)  # token None: the server's own write
+            n1 = node("n1")
+            db_check = Check(node="n1", check_id="service:db1", name="db", status="critical", service_id="db1")
+            await server.apply(commands.register(n1, Service(node="n1", id="db1", service="db"), [db_check]))
+            with pytest.raises(ACLDenied, match="service:write' on \"db\""):
+                await server.apply(commands.deregister("n1", check_id="service:db1"), token=web.secret_id)
+            assert store.catalog.service_checks("db")
+            web1 = Service(node="n1", id="web1", service="web")
+            await server.apply(commands.register(n1, web1, []), token=web.secret_id)
+            assert store.catalog.service_instances("web")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
