@@ -14,6 +14,7 @@ import msgpack
 
 from ..catalog.model import Node, Service, row_from_dict
 from ..catalog.state import Catalog, same_row
+from ..connect.entry_validate import named_services  # one ListRelatedServices for HTTP and this re-check
 from .authorizer import Authorizer, Decision
 from .identity import ACLIdentity
 
@@ -238,37 +239,7 @@ def _config_entry(authz: Authorizer, cmd: Mapping[str, Any]) -> Iterator[Decisio
     elif kind in SERVICE_KINDS:
         yield authz.service_write(name)
         # Consul's canWriteDiscoveryChain: read on every other service the entry sends traffic to.
-        for other in sorted(_related_services(kind, entry) - {name}):
+        for other in sorted(named_services(entry) - {name}):
             yield authz.service_read(other)
     else:
         yield _refused(f"config-entry {kind[:MAX_OP_SHOWN]!r}")
-
-
-def _related_services(kind: str, entry: Mapping[str, Any]) -> set[str]:
-    """The services a router, splitter or resolver names (Consul's ListRelatedServices)."""
-    names: set[str] = set()
-
-    def add(target: object) -> None:
-        if isinstance(target, dict) and isinstance(target.get("Service"), str) and target["Service"]:
-            names.add(target["Service"])
-
-    if kind == "service-router":
-        for route in _list(entry.get("Routes")):
-            if isinstance(route, dict):
-                add(route.get("Destination"))
-    elif kind == "service-splitter":
-        for split in _list(entry.get("Splits")):
-            add(split)
-    elif kind == "service-resolver":
-        add(entry.get("Redirect"))
-        failover = entry.get("Failover")
-        for item in failover.values() if isinstance(failover, dict) else ():
-            add(item)
-            if isinstance(item, dict):
-                for target in _list(item.get("Targets")):
-                    add(target)
-    return names
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []

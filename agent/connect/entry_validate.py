@@ -185,18 +185,32 @@ def _reaching(kind: str, name: str, placed: Lookup, stored: Stored, done: set[st
 
 
 def named_services(entry: Mapping[str, Any]) -> set[str]:
-    """The services a router, splitter or resolver sends to (bounded by the entry's own list limits)."""
+    """The services a router, splitter or resolver sends to (Consul's ListRelatedServices). The one definition
+    for the HTTP check and the servers' re-check (agent/acl/command_rights.py), which reads raw commands: any
+    shape is taken, what is not a service name is skipped, and every kind's fields are read (never fewer)."""
     out: set[str] = set()
-    for route in entry.get("Routes", []) or []:
-        out.add(str(route.get("Destination", {}).get("Service") or ""))
-    for split in entry.get("Splits", []) or []:
-        out.add(str(split.get("Service") or ""))
-    out.add(str((entry.get("Redirect") or {}).get("Service") or ""))
-    for fo in (entry.get("Failover") or {}).values():
-        out.add(str(fo.get("Service") or ""))
-        out.update(str(t.get("Service") or "") for t in fo.get("Targets", []) or [])
-    out.discard("")
+
+    def add(target: object) -> None:
+        if isinstance(target, Mapping) and isinstance(target.get("Service"), str) and target["Service"]:
+            out.add(target["Service"])
+
+    for route in _items(entry.get("Routes")):
+        if isinstance(route, Mapping):
+            add(route.get("Destination"))
+    for split in _items(entry.get("Splits")):
+        add(split)
+    add(entry.get("Redirect"))
+    failover = entry.get("Failover")
+    for fo in failover.values() if isinstance(failover, Mapping) else ():
+        add(fo)
+        if isinstance(fo, Mapping):
+            for target in _items(fo.get("Targets")):
+                add(target)
     return out
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _need_subset(entry: Mapping[str, Any], lookup: Lookup, service: str, subset: str, field: str) -> None:

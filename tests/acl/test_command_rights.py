@@ -19,6 +19,7 @@ from meshagent.agent.acl.rules import parse_rules
 from meshagent.agent.catalog import commands
 from meshagent.agent.catalog.model import Check, Node, Service
 from meshagent.agent.catalog.state import Catalog
+from meshagent.agent.connect.entry_validate import named_services
 
 ACCESSOR = "11111111-2222-3333-4444-555555555555"
 NODE = Node(node="n1", address="127.0.41.1")
@@ -173,6 +174,28 @@ def test_discovery_chain_entries_need_read_on_the_services_they_send_to(catalog:
         assert denied(ident('service "web" { policy = "write" }'), cmd, catalog) == msg("service:read", "admin")
         assert denied(ident('service "web" { policy = "write" }', 'service "admin" { policy = "read" }'), cmd,
                       catalog) is None
+
+
+@pytest.mark.parametrize("fields, related", [
+    ({"Routes": ["x", {"Destination": "admin"}, {"Destination": {"Service": 5}}]}, set()),
+    ({"Routes": {"Destination": {"Service": "admin"}}, "Splits": [None, 3, {"Service": ["a"]}]}, set()),
+    ({"Redirect": "admin", "Failover": ["admin"]}, set()),
+    ({"Failover": {"*": "admin", "dc2": {"Targets": ["x", {"Service": "api"}]}}}, {"api"}),
+    # A field of another kind's is read too: the HTTP check and the re-check never read fewer than each other.
+    ({"Routes": [{"Destination": {"Service": "admin"}}], "Redirect": {"Service": "api"}}, {"admin", "api"}),
+])
+@pytest.mark.parametrize("kind", ["service-router", "service-splitter", "service-resolver"])
+def test_http_and_server_read_the_same_related_services(kind: str, fields: dict[str, Any], related: set[str],
+                                                        catalog: Catalog) -> None:
+    # Review F9: config_api's check (entry_validate.named_services, which crashed on shapes it did not expect)
+    # and this re-check (its own copy, per kind) could disagree: a divergence is a bypass on a leader.
+    assert named_services({"Kind": kind, "Name": "web", **fields}) == related
+    cmd = entry(kind, "web", **fields)
+    web = 'service "web" { policy = "write" }'
+    reads = [f'service "{r}" {{ policy = "read" }}' for r in related]
+    assert denied(ident(web, *reads), cmd, catalog) is None
+    if related:
+        assert denied(ident(web), cmd, catalog) == msg("service:read", min(related))
 
 
 def test_service_intentions_need_intention_write_on_the_destination(catalog: Catalog) -> None:
