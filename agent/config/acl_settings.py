@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..acl.secrets import ANONYMOUS_SECRET_ID, MAX_SECRET_LEN, is_uuid
 from .connect_settings import _node  # the one `block or one-element list of blocks` reader
 from .duration import format_duration
 from .errors import Collector
@@ -20,7 +21,6 @@ Where = dict[str, tuple[str, int | None]]
 
 POLICIES = ("allow", "deny")
 DOWN_POLICIES = ("extend-cache", "async-cache", "allow", "deny")
-MAX_SECRET_LEN = 256  # the resolver refuses longer secrets unseen (agent/acl/resolver.py)
 MAX_TTL = 24 * 3600.0  # a cache longer than a day is a mistake, not a setting
 TTLS = ("token_ttl", "policy_ttl", "role_ttl")
 # acl.tokens keys → ACLTokens fields (Consul's pre-1.11 names too); replication is accepted and unused.
@@ -153,20 +153,20 @@ def _token(col: Collector, field_: str, target: str, value: Any, line: int | Non
         return
     if target == "replication" and value:
         col.warn(field_, "accepted and not used: there is no ACL replication between datacenters", line)
-    if target == "initial_management" and value == "anonymous":
+    if target == "initial_management" and value == ANONYMOUS_SECRET_ID:
         col.error(field_, "must not be the anonymous token's SecretID", line)
         return
     if target == "initial_management" and value and not _is_uuid(value):
-        # Consul's own warning: a non-UUID management secret is deprecated there (and guessable here).
-        col.warn(field_, "is not a UUID; use one (uuidgen) for a secret nobody can guess", line)
+        # Accepted, as Consul (deprecated there); but its unsalted SHA-256 reaches every client agent's replica,
+        # where a human-chosen secret can be guessed offline, unlike a UUID's 122 random bits.
+        col.warn(field_, "is not a UUID; its unsalted SHA-256 is sent to every client agent, where a chosen "
+                 "secret can be guessed offline: use a UUID (uuidgen)", line)
     out[target] = value
     where[f"acl.tokens.{target}"] = (col.path, line)
 
 
 def _is_uuid(value: str) -> bool:
-    from ..acl.secrets import is_uuid  # the one definition of Consul's UUID form
-
-    return is_uuid(value.lower())
+    return is_uuid(value.lower())  # the one definition of Consul's UUID form
 
 
 def _choice(col: Collector, field_: str, value: Any, line: int | None, choices: tuple[str, ...]) -> str | None:

@@ -120,6 +120,9 @@ def test_secrets_are_never_shown_in_errors_or_warnings(tmp_path: Path) -> None:
     config = load_config([warned], [], {})
     assert len(config.warnings) == 2 and not any("s3cr3t" in w for w in config.warnings)
     assert "not a UUID" in config.warnings[0] and "not used" in config.warnings[1]
+    # Review F21: the warning says why: the digest reaches every client agent (and never shows the secret).
+    assert "SHA-256 is sent to every client agent" in config.warnings[0]
+    assert "guessable-s3cr3t" not in " ".join(config.warnings)
     assert config.acl.tokens.initial_management == "guessable-s3cr3t"
     assert "s3cr3t" not in repr(config) and "s3cr3t" not in json.dumps(redacted(config.acl))
     assert redacted(config.acl)["ACLTokens"] == {"ACLDefaultToken": "", "ACLAgentToken": "",
