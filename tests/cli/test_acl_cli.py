@@ -21,13 +21,12 @@ from click.testing import CliRunner, Result
 from meshagent.cli import acl_format
 from meshagent.cli.main import cli
 
+from tests.support.cli_env import ENV_CLEAR
 from tests.support.ports import free_ports
 
 STAND_IN_HOST = "127.0.43.1"
 SECRET = "6a1f0c3e-8a37-4c5b-9f1e-2b7d4c1a9e55"
 OTHER = "0d9b2e4c-1111-4a2a-8c3c-7e6f5a4b3c2d"
-ENV_CLEAR = {name: None for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "MESH_HTTP_TOKEN",
-                                     "MESH_HTTP_TOKEN_FILE", "CONSUL_HTTP_ADDR", "MESH_HTTP_ADDR")}
 
 TOKEN = {"AccessorID": "8d1b3e58-5d2b-4a4e-9b8e-1f2a3b4c5d6e", "SecretID": SECRET, "Description": "web writer",
          "Policies": [{"ID": "b1c2d3e4-0000-4000-8000-000000000001", "Name": "web-write"}],

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 from meshagent.cli.main import cli
 
-from tests.cli.test_acl_cli import ENV_CLEAR
 from tests.support.agents import MESHAGENT, AgentProcess
+from tests.support.cli_env import ENV_CLEAR
 from tests.support.ports import ports_free
 
 pytestmark = [pytest.mark.slow]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import dns.message
 import dns.query
 import trio
+from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import PASSING, Check, Node, Service, commands
 from meshagent.agent.config.types import AgentConfig
 from meshagent.agent.dns.limits import DNSLimits
@@ -27,6 +28,7 @@ class Running:
     server: DNSServer
     call: Callable[..., object]
     store: CatalogStore
+    acl: ACLResolver | None = None
 
 
 class DNSServers:
@@ -35,12 +37,16 @@ class DNSServers:
     def __init__(self) -> None:
         self._stops: list[Callable[[], None]] = []
 
-    def __call__(self, config: AgentConfig | None = None, limits: DNSLimits | None = None) -> Running:
+    def __call__(self, config: AgentConfig | None = None, limits: DNSLimits | None = None, *,
+                 host: str | None = None,
+                 acl: Callable[[AgentConfig, CatalogStore], ACLResolver] | None = None) -> Running:
+        """A started server on `host` (else a free 127.0.0.N); `acl` builds its resolver over its store."""
         config = config or AgentConfig()
-        host = free_loopback_host((8600,))
+        host = host or free_loopback_host((8600,))
         config.client_addr, config.ports.dns = host, 0
         store = CatalogStore()
-        server = DNSServer(config, store, limits)
+        resolver = acl(config, store) if acl is not None else None
+        server = DNSServer(config, store, limits, acl=resolver)
         ready = threading.Event()
         token_box: list[trio.lowlevel.TrioToken] = []
         cancel_box: list[trio.CancelScope] = []
@@ -66,7 +72,7 @@ class DNSServers:
 
         self._stops.append(stop)
         assert server.bound_port is not None
-        return Running(host, server.bound_port, server, call, store)
+        return Running(host, server.bound_port, server, call, store, resolver)
 
     def stop_all(self) -> None:
         """Stop every server started through this object."""
