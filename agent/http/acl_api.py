@@ -240,7 +240,9 @@ async def token_self(api: API, request: Request, query: Query, arg: str) -> Resp
                                     or ANONYMOUS_SECRET_ID)
     if _live(token) is None:
         raise HTTPError(404, "Supplied token does not exist")
-    return 200, headers, api.json(token.to_api(True), query)[2]
+    # Only a presented token sees its own secret: the agent's `default` token (no token given) is not handed to
+    # whoever reaches the HTTP port, who could then present it to other agents and to :8300.
+    return 200, headers, api.json(token.to_api(bool(acl_gate.request_token(request))), query)[2]
 
 
 @acl_route

@@ -7,6 +7,7 @@ index first and then ask once: an RPC call lasts seconds, a blocking wait minute
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .api import API
 
 METHOD = "acl_http"
+SELF_PATH = "/v1/acl/token/self"
 MAX_BODY = 1024 * 1024  # the RPC's bound on a forwarded request body
 MAX_ANSWER = 16 * 1024 * 1024 - 64 * 1024  # an answer must fit one RPC frame
 MAX_HEADERS = 16
@@ -68,4 +70,14 @@ async def forward(api: API, caller: RPCCaller, request: Request, query: Query) -
     if query.index > 0:
         await api.block(["acl"], query, request)  # on the replica: its acl index moves with the servers'
     token = acl_gate.write_token(request, api.agent.acl.tokens.default)
-    return parse_answer(await caller.call(METHOD, forward_args(request, token)))
+    status, headers, body = parse_answer(await caller.call(METHOD, forward_args(request, token)))
+    if status == 200 and request.path == SELF_PATH and token and not acl_gate.request_token(request):
+        # The server saw this agent's default token as presented: its secret is not shown here either.
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return status, headers, body
+        if isinstance(data, dict) and "SecretID" in data:
+            data["SecretID"] = "<hidden>"
+            body = api.json(data, query)[2]
+    return status, headers, body

@@ -4,6 +4,7 @@ Each test names the attack; those that found a hole fail without its fix (see th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -15,10 +16,14 @@ from typing import Any
 
 import consul
 import httpx
+import msgpack
 import pytest
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import commands
+from meshagent.agent.http.api import API
+from meshagent.agent.http.messages import Request
 from meshagent.agent.http.server import HTTPServer
+from meshagent.agent.server.acl_endpoints import AclHttpEndpoint
 
 from tests.support.http_fuzz import ALLOWED_STATUS, PATHS, run_fuzz
 from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
@@ -105,6 +110,53 @@ def test_no_bootstrap_once_an_initial_management_token_is_configured(env: Env) -
     assert r.status_code == 403, r.text[:200]
     assert r.text.strip().startswith("Permission denied: ACL bootstrap no longer allowed (reset index: ")
     assert "SecretID" not in r.text
+
+
+def test_token_self_without_a_token_does_not_show_the_agents_default_secret(env: Env) -> None:
+    """Finding: GET /v1/acl/token/self with no token answered the agent's `default` token with its SecretID,
+    so anyone reaching the HTTP port could carry that secret to other agents and to :8300 (where no token
+    means anonymous, not this agent's default). A presented token still sees its own secret."""
+    resolver = env.srv.agent.acl
+    resolver.tokens.default = env.secrets["web"]
+    try:
+        r = env.call("GET", "/v1/acl/token/self")
+        assert r.status_code == 200 and r.json()["SecretID"] == "<hidden>", r.text[:200]
+        assert env.secrets["web"] not in r.text
+        assert env.call("GET", "/v1/acl/token/self", "web").json()["SecretID"] == env.secrets["web"]
+    finally:
+        resolver.tokens.default = ""
+
+
+class _ToServer:
+    """A client agent's way to a server (RPCCaller): acl_http run by the env's server endpoint."""
+
+    def __init__(self, endpoint: AclHttpEndpoint) -> None:
+        self.endpoint = endpoint
+
+    async def call(self, method: str, args: Any) -> Any:
+        assert method == "acl_http"
+        return await self.endpoint.call(msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False))
+
+
+def test_token_self_through_a_client_does_not_show_its_default_secret(env: Env) -> None:
+    """The same finding on a client agent: it forwards its default token to a server, which saw it as
+    presented; the relayed answer hides the secret unless the request presented a token."""
+    client = FakeAgent(node_name="client1")
+    client.is_server = False
+    client.config.acl.enabled = True
+    client.config.acl.default_policy = "deny"
+    client.acl.tokens.default = env.secrets["web"]
+    client.store.replicator = _ToServer(AclHttpEndpoint(env.srv.api))
+    api = API(client)
+
+    def self_read(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        request = Request(method="GET", path="/v1/acl/token/self", query="", headers=headers, body=b"")
+        status, _, body = env.srv.run(api, request)
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    assert self_read([])["SecretID"] == "<hidden>"
+    assert self_read([(b"x-consul-token", env.secrets["web"].encode())])["SecretID"] == env.secrets["web"]
 
 
 def test_concurrent_bootstraps_exactly_one_wins() -> None:
