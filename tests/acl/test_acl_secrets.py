@@ -56,3 +56,21 @@ def test_anonymous_token() -> None:
     assert ANONYMOUS_ACCESSOR_ID == "00000000-0000-0000-0000-000000000002"
     assert ANONYMOUS_SECRET_ID == "anonymous"
     assert is_uuid(ANONYMOUS_ACCESSOR_ID) and is_reserved(ANONYMOUS_ACCESSOR_ID)
+
+
+def test_one_secret_bound_and_one_anonymous_secret_everywhere() -> None:
+    # Review F11: the 256-character bound and the anonymous secret were defined six times; the ones not yet
+    # importing agent/acl/secrets.py at least may not drift from it.
+    from meshagent.agent.acl import resolver, secrets
+    from meshagent.agent.catalog import acl_codec
+    from meshagent.agent.config import acl_settings
+    from meshagent.agent.connect import ca_acl
+    from meshagent.agent.http import acl_gate, agent_token_api
+    from meshagent.agent.server import acl_endpoints, endpoints
+
+    bounds = {"acl_codec": acl_codec.MAX_SECRET, "acl_settings": acl_settings.MAX_SECRET_LEN,
+              "ca_acl": ca_acl.MAX_TOKEN_LEN, "acl_gate": acl_gate.MAX_TOKEN_LEN,
+              "agent_token_api": agent_token_api.MAX_SECRET_LEN, "acl_endpoints": acl_endpoints.MAX_TOKEN,
+              "endpoints": endpoints.MAX_TOKEN_LEN, "resolver": resolver.MAX_SECRET_LEN}
+    assert bounds == dict.fromkeys(bounds, secrets.MAX_SECRET_LEN)
+    assert endpoints.ANONYMOUS_SECRET == ca_acl.ANONYMOUS_SECRET == secrets.ANONYMOUS_SECRET_ID
