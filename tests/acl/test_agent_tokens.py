@@ -3,8 +3,8 @@ definition's, else config_file_service_registration for file services, else the 
 logged once without the secret; PUT /v1/agent/token/<type> with acl-tokens.json persistence.
 
 Anti-entropy runs against a real CatalogStore whose `apply` re-checks each write as a server does
-(agent/acl/command_rights.authorize); the resolver is a stand-in with ACLResolver's face built from the real
-rule parser and Authorizer. The HTTP part is a real HTTPServer on 127.0.44.N.
+(agent/acl/command_rights.authorize), as the agent's real ACLResolver over that catalog resolves the token
+(policies and tokens written with the FSM's acl_* commands). The HTTP part is a real HTTPServer on 127.0.44.N.
 """
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ import dns.rcode
 import httpx
 import pytest
 import trio
-from meshagent.agent.acl.authorizer import Authorizer
 from meshagent.agent.acl.command_rights import authorize
-from meshagent.agent.acl.identity import ALLOW_ALL, ACLIdentity
-from meshagent.agent.acl.rules import parse_rules
-from meshagent.agent.catalog import Node
+from meshagent.agent.acl.resolver import ACLResolver
+from meshagent.agent.catalog import Node, commands
 from meshagent.agent.config.loader import parse_service
-from meshagent.agent.config.types import ACLTokens, Source
+from meshagent.agent.config.types import ACLConfig, AgentConfig, Source
 from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.local_persist import TOKENS_FILE, AgentTokenFile
 from meshagent.agent.local_state import LocalState
-from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
+from meshagent.agent.rpc.errors import ACLDenied
 from meshagent.agent.store import CatalogStore
 
+from tests.support.acl_objects import accessor_of, apply_now, grant
 from tests.support.agents import AgentProcess
 from tests.support.http_harness import FakeAgent, ServerThread
 from tests.support.ports import port_free, ports_free
@@ -53,40 +52,28 @@ RULES = {
 }
 
 
-class StandInACL:
-    """ACLResolver's face: `enabled`, `tokens`, `resolve(secret)`, `agent_secret()` (default deny)."""
+def _seed(store: CatalogStore) -> None:
+    """The builtins and RULES' policies and tokens (the secret is the RULES key; the AccessorID is
+    acl_objects.accessor_of(its first word))."""
+    apply_now(store, [commands.acl_init("")])
+    for secret, rules in RULES.items():
+        apply_now(store, grant(secret.split("-")[0], rules, secret))
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.tokens = ACLTokens(agent="agent-secret")
-        self._ids = {secret: ACLIdentity(accessor_id=f"accessor-{secret.split('-')[0]}",
-                                         authorizer=Authorizer([parse_rules(rules)], default_allow=False),
-                                         cache_key=secret.split("-")[0])
-                     for secret, rules in RULES.items()}
-        self._anonymous = ACLIdentity(accessor_id="00000000-0000-0000-0000-000000000002",
-                                      authorizer=Authorizer([], default_allow=False), cache_key="anonymous")
 
-    def resolve(self, secret: str | None) -> ACLIdentity:
-        if not self.enabled:
-            return ALLOW_ALL
-        if not secret:
-            secret = self.tokens.default
-        if not secret:
-            return self._anonymous
-        if secret not in self._ids:
-            raise ACLNotFound()
-        return self._ids[secret]
-
-    def agent_secret(self) -> str:
-        return self.tokens.agent or self.tokens.default
+def _acl(store: CatalogStore, enabled: bool = True) -> ACLResolver:
+    """The agent's real resolver (default deny) over `store`, seeded; the agent token is agent-secret."""
+    _seed(store)
+    acl = ACLResolver(AgentConfig(node_name="web-1", acl=ACLConfig(enabled=enabled, default_policy="deny")), store)
+    acl.tokens.agent = "agent-secret"
+    return acl
 
 
 class CheckingStore(CatalogStore):
     """A store that records each write's token and re-checks it as a server re-checks forwarded writes."""
 
-    def __init__(self, acl: StandInACL) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         super().__init__()
-        self.acl = acl
+        self.acl = _acl(self, enabled)
         self.writes: list[tuple[str, str, str | None]] = []  # (op, service id or check id, token)
 
     async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
@@ -102,10 +89,10 @@ class CheckingStore(CatalogStore):
         return await super().apply(command, token)
 
 
-def _local(store: CatalogStore, acl: StandInACL, data_dir: Path) -> LocalState:
+def _local(store: CheckingStore, data_dir: Path) -> LocalState:
     local = LocalState(node=Node(node="web-1", address="127.0.44.1"), store=store, data_dir=str(data_dir),
                        enable_local_script_checks=False, enable_script_checks=False)
-    local.sync.acl = acl  # type: ignore[assignment]  # the stand-in has ACLResolver's face
+    local.sync.acl = store.acl
     return local
 
 
@@ -119,12 +106,11 @@ def _tokens_for(store: CheckingStore, what: str) -> set[str | None]:
 
 def test_anti_entropy_writes_each_service_as_its_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    acl = StandInACL()
-    acl.tokens.config_file_service_registration = "cfsr-secret"
-    store = CheckingStore(acl)
+    store = CheckingStore()
+    store.acl.tokens.config_file_service_registration = "cfsr-secret"
 
     async def scenario() -> None:
-        local = _local(store, acl, tmp_path)
+        local = _local(store, tmp_path)
         files = [_svc({"Name": "filesvc", "Port": 1, "Token": "file-secret"}), _svc({"Name": "other", "Port": 2})]
         await local.start(files, [])
         await local.register_service(_svc({"Name": "web", "Port": 80, "Check": {"CheckID": "web-ttl", "TTL": "1h"}}),
@@ -148,7 +134,7 @@ def test_anti_entropy_writes_each_service_as_its_token(tmp_path: Path, caplog: p
             await local.sync_full()
         refusals = [r for r in caplog.records if "refused by ACLs" in r.getMessage()]
         assert len(refusals) == 1, [r.getMessage() for r in refusals]
-        assert "accessor-weak" in refusals[0].getMessage() and "'api'" in refusals[0].getMessage()
+        assert accessor_of("weak") in refusals[0].getMessage() and "'api'" in refusals[0].getMessage()
         assert _tokens_for(store, "api") == {"weak-secret"}
 
         # Deregistration is written as the service's token too.
@@ -161,10 +147,8 @@ def test_anti_entropy_writes_each_service_as_its_token(tmp_path: Path, caplog: p
 
 
 def test_registering_tokens_survive_a_restart_in_a_0600_file(tmp_path: Path) -> None:
-    acl = StandInACL()
-
     async def first() -> None:
-        local = _local(CheckingStore(acl), acl, tmp_path)
+        local = _local(CheckingStore(), tmp_path)
         await local.start([], [])
         await local.register_service(_svc({"Name": "web", "Port": 80}), token="web-secret")
 
@@ -173,10 +157,10 @@ def test_registering_tokens_survive_a_restart_in_a_0600_file(tmp_path: Path) -> 
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
     assert json.loads(state.read_text())["service_tokens"] == {"web": "web-secret"}
 
-    store = CheckingStore(acl)  # a fresh catalog: the restarted agent must write web again, as web-secret
+    store = CheckingStore()  # a fresh catalog: the restarted agent must write web again, as web-secret
 
     async def second() -> None:
-        local = _local(store, acl, tmp_path)
+        local = _local(store, tmp_path)
         await local.start([], [])
         assert {s.service for s in store.catalog.node_services("web-1")} == {"web"}
 
@@ -185,11 +169,10 @@ def test_registering_tokens_survive_a_restart_in_a_0600_file(tmp_path: Path) -> 
 
 
 def test_acls_off_writes_carry_no_token(tmp_path: Path) -> None:
-    acl = StandInACL(enabled=False)
-    store = CheckingStore(acl)
+    store = CheckingStore(enabled=False)
 
     async def scenario() -> None:
-        local = _local(store, acl, tmp_path)
+        local = _local(store, tmp_path)
         await local.start([_svc({"Name": "filesvc", "Port": 1, "Token": "file-secret"})], [])
         await local.register_service(_svc({"Name": "web", "Port": 80}), token="web-secret")
 
@@ -211,8 +194,9 @@ def _host() -> str:
 @pytest.fixture
 def token_api(tmp_path: Path) -> Iterator[tuple[str, FakeAgent]]:
     agent = FakeAgent()
-    agent.acl = StandInACL()  # type: ignore[assignment]
-    agent.config.acl.enabled = True
+    _seed(agent.store)  # the harness agent's own resolver resolves RULES' tokens from its catalog
+    agent.acl.tokens.agent = "agent-secret"
+    agent.config.acl.enabled, agent.config.acl.default_policy = True, "deny"
     agent.config.acl.enable_token_persistence = True
     agent.acl_token_file = AgentTokenFile(str(tmp_path))  # type: ignore[attr-defined]
     thread = ServerThread(agent=agent)
@@ -241,7 +225,7 @@ def test_set_agent_token_needs_acl_write_and_persists(token_api: tuple[str, Fake
     status, text = _put(where, "/v1/agent/token/default", body)
     assert status == 403 and b"acl:write" in text
     status, text = _put(where, "/v1/agent/token/default", body, "reader-secret")
-    assert status == 403 and b"accessor-reader" in text
+    assert status == 403 and accessor_of("reader").encode() in text
     assert agent.acl.tokens.default == ""
 
     assert _put(where, "/v1/agent/token/default", body, "mgmt-secret") == (200, b"")
@@ -275,7 +259,7 @@ def test_set_agent_token_refusals(token_api: tuple[str, FakeAgent]) -> None:
         assert status == 400 and text.startswith(b"Request decode failed"), (bad, text)
         assert b"aaaa" not in text  # a secret is never echoed
     assert agent.acl.tokens.agent == "agent-secret"
-    agent.acl.enabled = False  # type: ignore[misc]
+    agent.config.acl.enabled = False
     assert _put(where, "/v1/agent/token/agent", b'{"Token": "x"}', "mgmt-secret") == (401, b"ACL support disabled\n")
 
 
