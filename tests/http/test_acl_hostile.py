@@ -347,6 +347,7 @@ def test_fuzz_with_acls_on_no_crash_no_500_no_write_without_rights() -> None:
         assert secret is not None and secret.value == b"keep"
         assert {d.name for d in agent.local.services().values()} <= {"web"}
         assert set(catalog.services()) <= {"web"} and [n.node for n in catalog.nodes()] == ["n1"]
+        assert agent.leave_calls == 0 and agent.shutdowns == 0  # /v1/agent/leave needs agent:write
         assert agent.events.recent == [] and all(row.name == "web" for row in catalog.config_entries.all())
         # Still answering correctly, as the management token.
         c = consul.Consul(host=HOST, port=srv.port, token=MGMT)
