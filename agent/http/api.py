@@ -198,6 +198,13 @@ class API:
             identity = request.acl = self.agent.acl.resolve(request_token(request))
         return identity
 
+    def recheck(self, request: Request) -> ACLIdentity:
+        """The request's identity resolved again, after a wait: a token deleted, expired or narrowed meanwhile gets
+        no answer built with its old rights (memoised per ACL index, so cheap). Raises ACLNotFound (403)."""
+        if self.agent.acl.enabled:
+            request.acl = None
+        return self.identity(request)
+
     def predicate(self, text: str, schema: Schema) -> Callable[[Any], bool]:
         """A compiled `?filter=` (memoised: dashboards repeat the same few filters)."""
         key = (text, id(schema))
@@ -238,11 +245,8 @@ class API:
                     await store.block(keys, query.index, query.wait)
             else:
                 await store.block(keys, query.index, query.wait)
-            if request is not None and self.agent.acl.enabled:
-                # A token deleted or expired during the wait gets no answer built with its old rights: resolve
-                # it again (memoised per ACL index, so cheap), as the next request would. ACLNotFound -> 403.
-                request.acl = None
-                self.identity(request)
+            if request is not None:
+                self.recheck(request)
         index: int = store.index_for(keys)
         return index
 

@@ -136,6 +136,8 @@ async def leaf(api: API, request: Request, query: Query, service: str) -> Respon
             record = await api.agent.leaves.get(service, query.index, query.wait, token=_write_token(api, request))
     except LeafError as exc:
         raise HTTPError(exc.status, str(exc)) from None
+    identity = api.recheck(request)  # the leaf holds the key: not for a token revoked or narrowed during the wait
+    require(identity, identity.authorizer.service_write(service))
     return 200, api.meta_headers(record.index, query), _dumps(leaf_json(record), query)
 
 

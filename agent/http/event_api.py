@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -15,6 +16,8 @@ from .query import HTTPError, Query, bad_request
 from .render import event_json
 
 if TYPE_CHECKING:
+    from ..acl.authorizer import Authorizer
+    from ..user_events import UserEventRecord
     from .api import API
 
 
@@ -41,6 +44,11 @@ def uuid_to_uint64(event_id: str) -> int:
     return int(digits[:16], 16) ^ int(digits[16:32], 16)
 
 
+def _readable(authz: Authorizer) -> Callable[[UserEventRecord], bool]:
+    """Whether an event is visible: event:read on its name."""
+    return lambda event: authz.event_read(event.name).allowed
+
+
 async def list_events(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/event/list[?name=]: the most recent user events this agent received, oldest first.
 
@@ -56,13 +64,15 @@ async def list_events(api: API, request: Request, query: Query, arg: str) -> Res
             # Filtered before the index is taken, as Consul does: a watch does not wake for events it
             # may not see.
             request.acl_filtered = False
-            events = acl_keep(request, identity, events, lambda e: identity.authorizer.event_read(e.name).allowed)
+            events = acl_keep(request, identity, events, _readable(identity.authorizer))
         # No events: index 1, not 0, so that a watch loop blocks instead of spinning (Consul does the same).
         index = uuid_to_uint64(events[-1].id) if events else 1
         if query.index == 0 or index != query.index or trio.current_time() >= deadline:
             break
         with trio.move_on_at(deadline):
             await arrived.wait()
+        if identity is not None:
+            identity = api.recheck(request)  # filter with the token's rights after the wait (403 if revoked)
     headers: list[tuple[bytes, bytes]] = [(b"x-consul-index", b"%d" % index)]
     if request.acl_filtered:
         headers.append(FILTERED_HEADER)

@@ -74,6 +74,7 @@ async def proxy_config(api: API, request: Request, query: Query, arg: str) -> Re
         timeout = query.wait if after > 0 else min(query.wait, FIRST_SNAPSHOT_WAIT)
         with request.hangup_ends_wait():
             current = await runner.wait_snapshot(proxy_id, wait_for, timeout)
+        api.recheck(request)  # the snapshot holds the leaf key: not for a token revoked during the wait
         _source(api, request, proxy_id)  # deregistered while we waited: 404, not a stale configuration
     if current is None:
         raise HTTPError(503, f"no proxy configuration for {proxy_id!r} yet (its leaf certificate or the CA "

@@ -21,7 +21,7 @@ import trio
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import Check, Service, commands
-from meshagent.agent.config.types import ACLConfig, AgentConfig
+from meshagent.agent.config.types import ACLConfig, AgentConfig, ServiceDefinition
 from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
 from meshagent.agent.server.raft_server import RaftServer
@@ -29,6 +29,7 @@ from meshagent.agent.store import CatalogStore
 
 from tests.support.http_harness import FakeAgent, ServerThread, node, register_instance, wait_waiting
 from tests.support.ports import free_ports
+from tests.support.wait import wait_for
 
 HOST = "127.0.49.1"  # this suite's addresses: 127.0.49.N
 FILTERED = "x-consul-results-filtered-by-acls"
@@ -230,3 +231,98 @@ def test_leader_rechecks_its_own_http_writes() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+# ---------------------------------------------------------------------- F20: waits outside API.block
+
+
+def _revoked_during(env: Env, path: str, secret: str, accessor: str, parked: Callable[[], bool],
+                    wake: Callable[[], None]) -> httpx.Response:
+    """GET `path` (blocking), delete the token once `parked()`, then `wake()` the wait; the answer."""
+    out: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: out.update(r=env.call("GET", path, secret)), daemon=True)
+    thread.start()
+    wait_for(parked, 10, 0.005, "the request to park")
+    env.srv.apply(commands.acl_token_delete(accessor))
+    wake()
+    thread.join(20)
+    assert "r" in out, "the blocking request did not return"
+    return out["r"]
+
+
+def test_leaf_wait_does_not_outlive_a_revoked_token(env: Env) -> None:
+    secret, accessor, _ = env.token('service "web" { policy = "write" }\n')
+    first = env.call("GET", "/v1/agent/connect/ca/leaf/web", secret)
+    assert first.status_code == 200, first.text
+    leaves = env.srv.agent.leaves
+
+    def parked() -> bool:
+        changed = leaves._changed.get("web")
+        return changed is not None and changed.statistics().tasks_waiting > 0
+
+    # No new leaf comes: the wait ends at ?wait (2 s) with the current one, which must not go to a revoked token.
+    r = _revoked_during(env, f"/v1/agent/connect/ca/leaf/web?index={first.headers['x-consul-index']}&wait=2s",
+                        secret, accessor, parked, lambda: None)
+    assert r.status_code == 403, (r.status_code, r.text[:200])
+    assert "ACL not found" in r.text and "PRIVATE KEY" not in r.text
+
+
+def test_event_list_wait_does_not_outlive_a_revoked_token(env: Env) -> None:
+    secret, accessor, _ = env.token('event "deploy" { policy = "read" }\n')
+    env.srv.agent.fire_event("deploy", b"1")
+    first = env.call("GET", "/v1/event/list?name=deploy", secret)
+    assert first.status_code == 200 and first.json(), first.text
+    arrived = env.srv.agent.events.arrived
+
+    def wake() -> None:
+        env.srv.run(_fire, env.srv.agent, "deploy")
+
+    r = _revoked_during(env, f"/v1/event/list?name=deploy&index={first.headers['x-consul-index']}&wait=15s",
+                        secret, accessor, lambda: arrived.statistics().tasks_waiting > 0, wake)
+    assert r.status_code == 403, (r.status_code, r.text[:200])
+    assert "ACL not found" in r.text
+
+
+class StandInRunner:
+    """The ProxyRunner's face for /v1/agent/connect/proxy (snapshot, wait_snapshot): version 1, then parks."""
+
+    def __init__(self) -> None:
+        self.parked = 0
+        self.release = trio.Event()
+
+    def snapshot(self, proxy_id: str) -> tuple[int, Any]:
+        return 1, self
+
+    async def wait_snapshot(self, proxy_id: str, after_version: int, timeout: float) -> tuple[int, Any]:
+        self.parked += 1
+        await self.release.wait()
+        return 2, self
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"LeafKey": "PRIVATE KEY"}
+
+
+def test_proxy_config_wait_does_not_outlive_a_revoked_token(env: Env) -> None:
+    secret, accessor, _ = env.token('service "web" { policy = "write" }\n')
+    defn = ServiceDefinition(id="web1-sidecar-proxy", name="web-sidecar-proxy", kind="connect-proxy",
+                             proxy={"DestinationServiceName": "web"})
+    env.srv.run(env.srv.agent.local.register_service, defn)
+    runner = env.srv.agent.proxy_runner = StandInRunner()  # type: ignore[assignment]
+    try:
+        path = "/v1/agent/connect/proxy/web1-sidecar-proxy"
+        assert env.call("GET", path, secret).status_code == 200
+        r = _revoked_during(env, f"{path}?index=1&wait=15s", secret, accessor, lambda: runner.parked > 0,
+                            lambda: env.srv.run(_set, runner.release))
+        assert r.status_code == 403, (r.status_code, r.text[:200])
+        assert "ACL not found" in r.text and "PRIVATE KEY" not in r.text
+    finally:
+        env.srv.agent.proxy_runner = None
+        env.srv.run(env.srv.agent.local.deregister_service, defn.id)
+
+
+async def _set(event: trio.Event) -> None:
+    event.set()
+
+
+async def _fire(agent: FakeAgent, name: str) -> None:
+    agent.fire_event(name, b"2")
