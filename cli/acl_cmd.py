@@ -10,11 +10,10 @@ import click
 
 from . import acl_format
 from .acl_common import (
+    add_delete_and_list,
     call,
     check_format,
-    delete_object,
     emit,
-    list_objects,
     load_rules,
     object_id,
     output_options,
@@ -167,18 +166,4 @@ def policy_update(policy_id: str, name: str, description: str, rules: str, datac
     emit(updated, fmt, acl_format.policy_text, meta)
 
 
-@policy.command("delete")
-@click.option("-id", "--id", "policy_id", default="", help="ID (or unique prefix) of the policy.")
-@click.option("-name", "--name", default="", help="Name of the policy.")
-@http_options
-def policy_delete(policy_id: str, name: str, http_addr: str | None, token: str | None) -> None:
-    """Delete a policy by -id or -name."""
-    delete_object("policy", policy_id, name, http_addr, token)
-
-
-@policy.command("list")
-@output_options
-@http_options
-def policy_list(fmt: str, meta: bool, http_addr: str | None, token: str | None) -> None:
-    """List policies."""
-    list_objects("/v1/acl/policies", "policy", acl_format.policy_list_text, fmt, meta, http_addr, token)
+add_delete_and_list(policy, "policy", "/v1/acl/policies", acl_format.policy_list_text)

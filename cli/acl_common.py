@@ -11,7 +11,7 @@ from urllib.parse import quote
 import click
 
 from . import acl_format
-from .http_client import AgentClient, api_call, fail, json_of
+from .http_client import AgentClient, api_call, fail, http_options, json_of
 
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
 GLOBAL_MANAGEMENT_ID = "00000000-0000-0000-0000-000000000001"
@@ -96,22 +96,28 @@ def object_id(client: AgentClient, kind: str, obj_id: str, name: str) -> str:
     return resolve_id(client, kind, obj_id) if obj_id else id_by_name(client, kind, name)
 
 
-def delete_object(kind: str, obj_id: str, name: str, http_addr: str | None, token: str | None) -> None:
-    """`acl policy|role delete`: by -id or -name, Consul's texts."""
-    if not obj_id and not name:
-        fail("Must specify either the -id or -name parameters")
-    client = AgentClient(http_addr, token)
-    oid = object_id(client, kind, obj_id, name)
-    call(client, "DELETE", f"/v1/acl/{kind}/{seg(oid)}", f'Error deleting {kind} "{oid}"')
-    click.echo(f'{kind.capitalize()} "{oid}" deleted successfully')
+def add_delete_and_list(group: click.Group, kind: str, list_path: str, pretty: Callable[[Any, bool], str]) -> None:
+    """Add Consul's `delete` (by -id or -name) and `list` to the `acl policy` or `acl role` group."""
 
+    @group.command("delete", help=f"Delete a {kind} by -id or -name.")
+    @click.option("-id", "--id", "obj_id", default="", help=f"ID (or unique prefix) of the {kind}.")
+    @click.option("-name", "--name", default="", help=f"Name of the {kind}.")
+    @http_options
+    def delete(obj_id: str, name: str, http_addr: str | None, token: str | None) -> None:
+        if not obj_id and not name:
+            fail("Must specify either the -id or -name parameters")
+        client = AgentClient(http_addr, token)
+        oid = object_id(client, kind, obj_id, name)
+        call(client, "DELETE", f"/v1/acl/{kind}/{seg(oid)}", f'Error deleting {kind} "{oid}"')
+        click.echo(f'{kind.capitalize()} "{oid}" deleted successfully')
 
-def list_objects(path: str, what: str, pretty: Callable[[Any, bool], str], fmt: str, meta: bool,
-                 http_addr: str | None, token: str | None) -> None:
-    """`acl policy|role list`: GET `path` and print it as -format asks (`what` names it in errors)."""
-    check_format(fmt)
-    listed = call(AgentClient(http_addr, token), "GET", path, f"Failed to retrieve the {what} list")
-    emit(listed, fmt, pretty, meta)
+    @group.command("list", help=f"List {list_path.rsplit('/', 1)[1]}.")
+    @output_options
+    @http_options
+    def list_(fmt: str, meta: bool, http_addr: str | None, token: str | None) -> None:
+        check_format(fmt)
+        listed = call(AgentClient(http_addr, token), "GET", list_path, f"Failed to retrieve the {kind} list")
+        emit(listed, fmt, pretty, meta)
 
 
 def load_rules(value: str) -> str:

@@ -8,11 +8,10 @@ import click
 
 from . import acl_format
 from .acl_common import (
+    add_delete_and_list,
     call,
     check_format,
-    delete_object,
     emit,
-    list_objects,
     merge_links,
     merge_nodes,
     merge_services,
@@ -131,18 +130,4 @@ def update(role_id: str, name: str, description: str, policy_id: tuple[str, ...]
     emit(updated, fmt, acl_format.role_text, meta)
 
 
-@role.command("delete")
-@click.option("-id", "--id", "role_id", default="", help="ID (or unique prefix) of the role.")
-@click.option("-name", "--name", default="", help="Name of the role.")
-@http_options
-def delete(role_id: str, name: str, http_addr: str | None, token: str | None) -> None:
-    """Delete a role by -id or -name."""
-    delete_object("role", role_id, name, http_addr, token)
-
-
-@role.command("list")
-@output_options
-@http_options
-def list_(fmt: str, meta: bool, http_addr: str | None, token: str | None) -> None:
-    """List roles."""
-    list_objects("/v1/acl/roles", "role", acl_format.role_list_text, fmt, meta, http_addr, token)
+add_delete_and_list(role, "role", "/v1/acl/roles", acl_format.role_list_text)
