@@ -38,7 +38,7 @@ from meshagent.agent.store import CatalogStore
 from tests.support.acl_objects import accessor_of, apply_now, grant
 from tests.support.agents import AgentProcess
 from tests.support.http_harness import FakeAgent, ServerThread
-from tests.support.ports import port_free, ports_free
+from tests.support.ports import free_host_in
 from tests.support.wait import wait_for
 
 RULES = {
@@ -183,14 +183,6 @@ def test_acls_off_writes_carry_no_token(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- PUT /v1/agent/token/<type>
 
 
-def _host() -> str:
-    for n in range(1, 250):
-        host = f"127.0.44.{n}"
-        if port_free(host, 8500):
-            return host
-    raise AssertionError("no free 127.0.44.N address")
-
-
 @pytest.fixture
 def token_api(tmp_path: Path) -> Iterator[tuple[str, FakeAgent]]:
     agent = FakeAgent()
@@ -200,7 +192,7 @@ def token_api(tmp_path: Path) -> Iterator[tuple[str, FakeAgent]]:
     agent.config.acl.enable_token_persistence = True
     agent.acl_token_file = AgentTokenFile(str(tmp_path))  # type: ignore[attr-defined]
     thread = ServerThread(agent=agent)
-    host = _host()
+    host = free_host_in("127.0.44", ports=(8500,))
     thread.server = HTTPServer(thread.api, host, 0)
     thread.start()
     try:
@@ -283,14 +275,6 @@ ANONYMOUS = "00000000-0000-0000-0000-000000000002"
 DNS_RULES = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
 
 
-def _agent_host() -> str:
-    for n in range(1, 250):
-        host = f"127.0.44.{n}"
-        if ports_free(host):
-            return host
-    raise AssertionError("no free 127.0.44.N address")
-
-
 def _dns_rcode(host: str, name: str) -> int:
     reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=8600, timeout=2)
     return -1 if reply.answer else int(reply.rcode())  # -1: answered
@@ -300,7 +284,7 @@ def _dns_rcode(host: str, name: str) -> int:
 def test_a_server_agent_with_acls_end_to_end(tmp_path: Path) -> None:
     """Registering token, DNS as the default token (or anonymous with a policy), and a default token set
     over HTTP that survives a restart (acl-tokens.json), on a one-server agent with default deny."""
-    host = _agent_host()
+    host = free_host_in("127.0.44")
     config = tmp_path / "acl.hcl"
     config.write_text('acl {\n  enabled = true\n  default_policy = "deny"\n  enable_token_persistence = true\n'
                       f'  tokens {{\n    initial_management = "{ROOT}"\n  }}\n}}\n')

@@ -15,7 +15,7 @@ from meshagent.cli.main import cli
 
 from tests.support.agents import MESHAGENT, AgentProcess
 from tests.support.cli_env import ENV_CLEAR
-from tests.support.ports import ports_free
+from tests.support.ports import free_host_in
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,9 +25,7 @@ MANAGEMENT = "3f0b7a52-9a2c-4c1e-8f6d-2a4b6c8d0e1f"
 @pytest.fixture(scope="module")
 def acl_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """`meshagent agent -dev` on a free 127.0.43.N (N >= 2) with ACLs on, default deny, a known management token."""
-    host = next((f"127.0.43.{n}" for n in range(2, 40) if ports_free(f"127.0.43.{n}")), None)
-    if host is None:
-        pytest.fail("no 127.0.43.N (2-39) has the agent's ports free")
+    host = free_host_in("127.0.43", 2, 39)
     workdir = tmp_path_factory.mktemp("acl-agent")
     (workdir / "acl.hcl").write_text('acl {\n  enabled = true\n  default_policy = "deny"\n'
                                      f'  tokens {{ initial_management = "{MANAGEMENT}" }}\n}}\n')

@@ -19,7 +19,7 @@ from meshagent.agent.store import CatalogStore
 
 from tests.support.acl_objects import grant, policy_of
 from tests.support.dns_harness import DNSServers, Running
-from tests.support.ports import port_free
+from tests.support.ports import free_host_in
 
 DNS_READ = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
 DNS_SECRET = "5b0f1d2e-3c4a-4b5c-8d6e-7f8091a2b3c4"
@@ -37,19 +37,11 @@ class CountingResolver(ACLResolver):
         return super().resolve(secret)
 
 
-def _host() -> str:
-    for n in range(1, 250):
-        host = f"127.0.44.{n}"
-        if port_free(host, 8600):
-            return host
-    raise AssertionError("no free 127.0.44.N address")
-
-
 def start(servers: DNSServers, rules: str | None = DNS_READ, enabled: bool = True) -> Running:
     """A DNS server with ACLs on under default deny, web on n1 and n2, db on n1, and (unless `rules` is
     None) a default token holding `rules`; without one it answers as the anonymous token (no policy)."""
     config = AgentConfig(acl=ACLConfig(enabled=enabled, default_policy="deny"))
-    run = servers(config, host=_host(), acl=CountingResolver)
+    run = servers(config, host=free_host_in("127.0.44", ports=(8600,)), acl=CountingResolver)
     apply(run, commands.acl_init(""))
     if rules is not None:
         apply(run, *grant("dns", rules, DNS_SECRET))

@@ -1,4 +1,5 @@
-"""The one free-port helper: which 127.0.0.N addresses have the agent's ports free, and ephemeral ports."""
+"""The one free-port helper: which 127.0.0.N (or a suite's 127.X.Y.N) addresses have the agent's ports free, and
+ephemeral ports."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def free_hosts(n: int, first: int, last: int, ports: tuple[int, ...] = AGENT_POR
     if len(found) < n:
         raise RuntimeError(f"only {len(found)} of {n} addresses in 127.0.0.{first}-{last} have ports {ports} free")
     return found
+
+
+def free_host_in(subnet: str, first: int = 1, last: int = 249, ports: tuple[int, ...] = AGENT_PORTS) -> str:
+    """The first `subnet`.N (a suite's own range, e.g. "127.0.44"), N from `first` to `last`, on which `ports`
+    are free."""
+    for n in range(first, last + 1):
+        if ports_free(f"{subnet}.{n}", ports):
+            return f"{subnet}.{n}"
+    raise RuntimeError(f"no {subnet}.N (N {first}-{last}) has ports {ports} free")
 
 
 def free_ports(n: int = 1, host: str = "127.0.0.1") -> list[int]:
