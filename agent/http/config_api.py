@@ -159,7 +159,9 @@ def cas_of(query: Query) -> int | None:
 async def apply(api: API, command: dict[str, Any], request: Request | None = None) -> bool:
     """Write through the store (Raft, a server, or -dev) as the request's token (servers re-check it); a
     command the FSM refuses is a 400."""
-    token = None if request is None else write_token(request, api.agent.acl.tokens.default)
+    # None with ACLs off (the contract): no secret travels where none is needed
+    enabled = api.agent.acl.enabled
+    token = write_token(request, api.agent.acl.tokens.default) if request is not None and enabled else None
     try:
         result = await api.agent.store.apply(command, token=token)
     except CommandError as exc:

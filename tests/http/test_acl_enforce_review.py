@@ -326,3 +326,42 @@ async def _set(event: trio.Event) -> None:
 
 async def _fire(agent: FakeAgent, name: str) -> None:
     agent.fire_event(name, b"2")
+
+
+# ---------------------------------------------------------------------- F6: ACLs off, no secret travels
+
+
+class Recorder:
+    """Stands in for a client agent's forwarder: applies here and keeps each write's token."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.tokens: list[str | None] = []
+
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+        self.tokens.append(token)
+        return self.store.catalog.apply(self.store.catalog.last_index + 1, command)
+
+    async def read_barrier(self, consistent: bool) -> None:
+        return None
+
+
+def test_acls_off_writes_carry_no_token() -> None:
+    agent = FakeAgent()
+    agent.acl.tokens.default = "default-secret"
+    recorder = agent.store.replicator = Recorder(agent.store)
+    srv = ServerThread(agent=agent)
+    srv.server = HTTPServer(srv.api, "127.0.49.3", 0)
+    srv.start()
+    try:
+        headers = {"X-Consul-Token": "presented-secret"}
+        base = f"http://127.0.49.3:{srv.port}"
+        entry = {"Kind": "service-defaults", "Name": "web", "Protocol": "http"}
+        assert httpx.put(f"{base}/v1/config", json=entry, headers=headers).status_code == 200
+        ixn = {"SourceName": "a", "DestinationName": "web", "Action": "allow"}
+        assert httpx.post(f"{base}/v1/connect/intentions", json=ixn, headers=headers).status_code == 200
+        assert httpx.put(f"{base}/v1/kv/k", content=b"v", headers=headers).status_code == 200
+        assert httpx.delete(f"{base}/v1/config/service-defaults/web", headers=headers).status_code == 200
+        assert len(recorder.tokens) >= 4 and all(t is None for t in recorder.tokens), recorder.tokens
+    finally:
+        srv.stop()
