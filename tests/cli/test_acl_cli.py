@@ -352,14 +352,17 @@ def test_token_update_keeps_what_is_not_given_and_replaces_or_appends(api: Stand
     assert both.exit_code == 1 and "Cannot combine the use of policy-id/policy-name flags" in both.stderr
 
 
+def crud_routes(api: StandIn, kind: str, plural: str, obj: dict[str, Any]) -> str:
+    """Answer create, read (by ID and name), update, delete and list of `obj` (a policy or role); its ID."""
+    oid, path = obj["ID"], f"/v1/acl/{kind}"
+    api.routes.update({("PUT", path): (200, obj), ("GET", f"{path}/{oid}"): (200, obj),
+                       ("GET", f"{path}/name/{obj['Name']}"): (200, obj), ("PUT", f"{path}/{oid}"): (200, obj),
+                       ("DELETE", f"{path}/{oid}"): (200, True), ("GET", f"/v1/acl/{plural}"): (200, [obj])})
+    return str(oid)
+
+
 def test_policy_commands(api: StandIn, tmp_path: Path) -> None:
-    pid = POLICY["ID"]
-    api.routes[("PUT", "/v1/acl/policy")] = (200, POLICY)
-    api.routes[("GET", f"/v1/acl/policy/{pid}")] = (200, POLICY)
-    api.routes[("GET", "/v1/acl/policy/name/web-write")] = (200, POLICY)
-    api.routes[("PUT", f"/v1/acl/policy/{pid}")] = (200, POLICY)
-    api.routes[("DELETE", f"/v1/acl/policy/{pid}")] = (200, True)
-    api.routes[("GET", "/v1/acl/policies")] = (200, [POLICY])
+    pid = crud_routes(api, "policy", "policies", POLICY)
     rules = tmp_path / "rules.hcl"
     rules.write_text('key_prefix "app/" { policy = "write" }\n')
     created = run(api, "acl", "policy", "create", "-name", "web-write", "-rules", f"@{rules}",
@@ -386,13 +389,7 @@ def test_policy_commands(api: StandIn, tmp_path: Path) -> None:
 
 
 def test_role_commands(api: StandIn) -> None:
-    rid = ROLE["ID"]
-    api.routes[("PUT", "/v1/acl/role")] = (200, ROLE)
-    api.routes[("GET", f"/v1/acl/role/{rid}")] = (200, ROLE)
-    api.routes[("GET", "/v1/acl/role/name/ops")] = (200, ROLE)
-    api.routes[("PUT", f"/v1/acl/role/{rid}")] = (200, ROLE)
-    api.routes[("DELETE", f"/v1/acl/role/{rid}")] = (200, True)
-    api.routes[("GET", "/v1/acl/roles")] = (200, [ROLE])
+    rid = crud_routes(api, "role", "roles", ROLE)
     none = run(api, "acl", "role", "create", "-name", "ops")
     assert none.exit_code == 1 and "Cannot create a role without specifying -policy-name" in none.stderr
     assert run(api, "acl", "role", "create", "-name", "ops", "-policy-name", "web-write").exit_code == 0
