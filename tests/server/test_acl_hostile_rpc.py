@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,19 +21,17 @@ import msgpack
 import pytest
 import trio
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
 from meshagent.agent.catalog.acl_state import GLOBAL_MANAGEMENT_POLICY_ID
 from meshagent.agent.catalog.model import Check, Node, Service
-from meshagent.agent.config.types import ACLConfig, AgentConfig
 from meshagent.agent.http.api import API
 from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ACLDenied, ServerError, Unreachable
 from meshagent.agent.server.raft_server import RaftServer
-from meshagent.agent.store import CatalogStore
 
+from tests.support.acl_raft import acl_servers
 from tests.support.http_harness import FakeAgent
-from tests.support.ports import free_ports, port_free
+from tests.support.wait import wait_for_async
 
 pytestmark = [pytest.mark.slow]  # a 3-server Raft cluster, in process (~4 s with the fuzz)
 
@@ -48,44 +46,20 @@ def pack(command: Any) -> bytes:
     return bytes(msgpack.packb(command, use_bin_type=True))
 
 
-async def until(condition: Callable[[], object], timeout: float = 10, what: str = "condition") -> None:
-    """Poll `condition` until true; fail naming `what` after `timeout` s."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _port() -> int:
-    for _ in range(20):
-        port = free_ports(1, HOSTS[0])[0]
-        if all(port_free(h, port) for h in HOSTS[1:]):
-            return port
-    pytest.skip("no port free on all of 127.0.46.2-4")
-
-
 @asynccontextmanager
 async def cluster() -> AsyncIterator[list[RaftServer]]:
-    port = _port()
-    servers = []
-    for i, host in enumerate(HOSTS):
-        store = CatalogStore()
-        server = RaftServer(node_id=str(uuid.uuid4()), node_name=f"acl-red-{i}", bind=host, advertise=host,
-                            port=port, data_dir=None, store=store, bootstrap_expect=3,
-                            join=[h for h in HOSTS if h != host])
-        store.replicator = server
-        config = AgentConfig(node_name=f"acl-red-{i}", acl=ACLConfig(enabled=True, default_policy="deny"))
-        server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
+    servers = acl_servers(HOSTS, "acl-red")
+    for i, server in enumerate(servers):
         # acl_http runs the server's own /v1/acl API: an API over this server's store and resolver.
+        acl = server.endpoints.acl
+        assert acl is not None
         view = FakeAgent(node_name=f"acl-red-{i}")
-        view.store, view.config, view.acl = store, config, server.endpoints.acl
+        view.store, view.config, view.acl = acl.store, acl.config, acl
         server.endpoints.acl_http.api = API(view)
-        servers.append(server)
     async with trio.open_nursery() as nursery:
         for server in servers:
             await nursery.start(server.run)
-        await until(lambda: sum(s.is_leader() for s in servers) == 1, 15, "one leader")
+        await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 15, what="one leader")
         yield servers
         nursery.cancel_scope.cancel()
 
@@ -197,8 +171,8 @@ def test_disguised_acl_writes_and_a_fuzz_of_acl_rpcs_let_nothing_through() -> No
                                                      status="critical")]),
                             commands.kv_set("secret/x", b"keep")):
                 await leader.apply(command)  # the leader's own writes: not checked
-            await until(lambda: all(s.store.catalog.acl.token(web_token.accessor_id) for s in servers), 10,
-                        "the tokens on every server")
+            await wait_for_async(lambda: all(s.store.catalog.acl.token(web_token.accessor_id) for s in servers),
+                                 10, what="the tokens on every server")
             acl_before = leader.store.catalog.acl.index, leader.store.catalog.acl.bootstrap_index
             tokens: list[Any] = [None, "", "anonymous", *[kv_token.secret_id, web_token.secret_id] * 3,
                                  str(uuid.uuid4()), "x" * 300, 7, "\x00"]
@@ -235,10 +209,12 @@ def test_disguised_acl_writes_and_a_fuzz_of_acl_rpcs_let_nothing_through() -> No
                 nursery.cancel_scope.cancel()
 
             # Every server up, one leader, the same state; nothing written that its token could not write.
-            await until(lambda: sum(s.is_leader() for s in servers) == 1, 10, "one leader after the fuzz")
+            await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 10,
+                                 what="one leader after the fuzz")
             leader = next(s for s in servers if s.is_leader())
             assert await leader.apply(commands.kv_set("after/fuzz", b"ok")) is True
-            await until(lambda: len({s.store.catalog.last_index for s in servers}) == 1, 10, "servers converged")
+            await wait_for_async(lambda: len({s.store.catalog.last_index for s in servers}) == 1, 10,
+                                 what="servers converged")
             for server in servers:
                 catalog = server.store.catalog
                 assert (catalog.acl.index, catalog.acl.bootstrap_index) == acl_before, seed

@@ -20,18 +20,16 @@ import msgpack
 import pytest
 import trio
 from meshagent.agent.acl.objects import Link, Policy, Token
-from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
 from meshagent.agent.client.forward import ServerForwarder
 from meshagent.agent.client.replica import CatalogReplica
 from meshagent.agent.client.servers import ServerPool
-from meshagent.agent.config.types import ACLConfig, AgentConfig
 from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.ports import free_ports, port_free
+from tests.support.acl_raft import acl_servers
 from tests.support.wait import wait_for_async
 
 pytestmark = [pytest.mark.slow]  # a 3-server Raft cluster (in-process: ~3 s)
@@ -49,27 +47,9 @@ def denied(accessor: str, permission: str, name: str) -> str:
     return f"Permission denied: token with AccessorID '{accessor}' lacks permission '{permission}' on \"{name}\""
 
 
-def _port() -> int:
-    for _ in range(20):
-        port = free_ports(1, HOSTS[0])[0]
-        if all(port_free(h, port) for h in HOSTS[1:]):
-            return port
-    pytest.skip("no port free on all of 127.0.41.1-3")
-
-
 @asynccontextmanager
 async def cluster() -> AsyncIterator[list[RaftServer]]:
-    port = _port()
-    servers = []
-    for i, host in enumerate(HOSTS):
-        store = CatalogStore()
-        server = RaftServer(node_id=str(uuid.uuid4()), node_name=f"acl-rpc-{i}", bind=host, advertise=host,
-                            port=port, data_dir=None, store=store, bootstrap_expect=3,
-                            join=[h for h in HOSTS if h != host])
-        store.replicator = server
-        config = AgentConfig(node_name=f"acl-rpc-{i}", acl=ACLConfig(enabled=True, default_policy="deny"))
-        server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
-        servers.append(server)
+    servers = acl_servers(HOSTS, "acl-rpc")
     async with trio.open_nursery() as nursery:
         for server in servers:
             await nursery.start(server.run)
