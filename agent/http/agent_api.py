@@ -202,6 +202,7 @@ async def services(api: API, request: Request, query: Query, arg: str) -> Respon
 async def service(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/service/:id, with Consul's ContentHash (and X-Consul-ContentHash)."""
     sid = required(arg, "service ID")
+    acl_identity(api, request)  # the token first: an invalid one is refused whether or not the ID exists
     defn = api.agent.local.services().get(sid)
     if defn is None:
         raise HTTPError(404, f"unknown service ID: {sid}")
@@ -238,7 +239,9 @@ async def service_deregister(api: API, request: Request, query: Query, arg: str)
 
 
 def _vet_service_update(api: API, request: Request, service_id: str) -> None:
-    """service:write on a local service's name; an unknown ID is local state's (no-op or 404)."""
+    """service:write on a local service's name; an unknown ID is local state's (no-op or 404), once the token
+    resolved (an invalid one is refused whether or not the ID exists)."""
+    acl_identity(api, request)
     defn = api.agent.local.services().get(service_id)
     if defn is not None:
         _require(api, request, lambda a: a.service_write(defn.name))
@@ -398,6 +401,7 @@ async def health_by_name(api: API, request: Request, query: Query, arg: str) -> 
 async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/health/service/id/:id."""
     sid = required(arg, "service ID")
+    acl_identity(api, request)  # the token first: an invalid one is refused whether or not the ID exists
     defn = api.agent.local.services().get(sid)
     if defn is None:
         if query.get("format") == "text":

@@ -365,3 +365,18 @@ def test_acls_off_writes_carry_no_token() -> None:
         assert len(recorder.tokens) >= 4 and all(t is None for t in recorder.tokens), recorder.tokens
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------------- F18: tokens on unknown agent IDs
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/agent/service/nope"), ("GET", "/v1/agent/health/service/id/nope"),
+    ("PUT", "/v1/agent/service/deregister/nope"), ("PUT", "/v1/agent/service/maintenance/nope?enable=true"),
+    ("PUT", "/v1/agent/check/deregister/nope"), ("PUT", "/v1/agent/check/pass/nope"),
+])
+def test_unknown_agent_id_still_resolves_the_token(env: Env, method: str, path: str) -> None:
+    r = env.call(method, path, str(uuid.uuid4()))  # a token nobody has: refused before the ID is looked up
+    assert r.status_code == 403 and "ACL not found" in r.text, (r.status_code, r.text)
+    secret, _, _ = env.token('service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "write" }\n')
+    assert env.call(method, path, secret).status_code in (200, 404)  # a valid one: the ID's own answer
