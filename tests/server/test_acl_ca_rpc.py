@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from cryptography import x509
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import commands
-from meshagent.agent.config.types import ACLConfig, AgentConfig, ServiceDefinition
+from meshagent.agent.config.types import AgentConfig, ServiceDefinition
 from meshagent.agent.connect import ca
 from meshagent.agent.connect.authority import SignedLeaf
 from meshagent.agent.connect.ca_manager import CAManager
@@ -39,9 +39,10 @@ from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
+from tests.support.acl_raft import acl_servers
 from tests.support.agents import AgentProcess
-from tests.support.ports import free_ports, port_free, ports_free
-from tests.support.wait import wait_for
+from tests.support.ports import ports_free
+from tests.support.wait import wait_for, wait_for_async
 
 HOSTS = ["127.0.48.1", "127.0.48.2", "127.0.48.3"]
 ANONYMOUS = "00000000-0000-0000-0000-000000000002"
@@ -58,45 +59,21 @@ def token_for(name: str, rules: str) -> tuple[Policy, Token]:
                          policies=(Link(policy.id, policy.name),))
 
 
-async def until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll `condition` until true; fail naming `what` after `timeout` s."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _port() -> int:
-    for _ in range(20):
-        port = free_ports(1, HOSTS[0])[0]
-        if all(port_free(h, port) for h in HOSTS[1:]):
-            return port
-    pytest.skip("no port free on all of 127.0.48.1-3")
-
-
 @asynccontextmanager
 async def cluster() -> AsyncIterator[list[tuple[RaftServer, CAManager]]]:
-    port = _port()
     nodes = []
-    for i, host in enumerate(HOSTS):
-        store = CatalogStore()
-        server = RaftServer(node_id=str(uuid.uuid4()), node_name=f"acl-ca-{i}", bind=host, advertise=host,
-                            port=port, data_dir=None, store=store, bootstrap_expect=3,
-                            join=[h for h in HOSTS if h != host])
-        store.replicator = server
-        config = AgentConfig(node_name=f"acl-ca-{i}", acl=ACLConfig(enabled=True, default_policy="deny"))
-        acl = ACLResolver(config, store, clock=trio.current_time)
-        manager = CAManager(store, "dc1", server)
-        server.endpoints.acl = manager.acl = acl
+    for server in acl_servers(HOSTS, "acl-ca"):
+        manager = CAManager(server.store, "dc1", server)
+        manager.acl = server.endpoints.acl
         server.endpoints.ca = manager
         nodes.append((server, manager))
     async with trio.open_nursery() as nursery:
         for server, manager in nodes:
             await nursery.start(server.run)
             await nursery.start(manager.run)
-        await until(lambda: sum(s.is_leader() for s, _ in nodes) == 1, 15, "one leader")
-        await until(lambda: all(m.state.active_root is not None for _, m in nodes), 10, "the CA on every server")
+        await wait_for_async(lambda: sum(s.is_leader() for s, _ in nodes) == 1, 15, what="one leader")
+        await wait_for_async(lambda: all(m.state.active_root is not None for _, m in nodes), 10,
+                             what="the CA on every server")
         yield nodes
         nursery.cancel_scope.cancel()
 
@@ -125,8 +102,8 @@ def test_ca_rpcs_are_checked_against_their_token_here_and_at_the_leader() -> Non
             for cmd in (commands.acl_policy_set(web_policy), commands.acl_policy_set(op_policy),
                         commands.acl_token_set(web), commands.acl_token_set(operator)):
                 await leader.apply(cmd)
-            await until(lambda: all(s.store.catalog.acl.token(operator.accessor_id) for s, _ in nodes), 10,
-                        "the tokens on every server")
+            await wait_for_async(lambda: all(s.store.catalog.acl.token(operator.accessor_id) for s, _ in nodes),
+                                 10, what="the tokens on every server")
             trust_domain = leader_ca.state.trust_domain
             web_csr, db_csr = csr_for(trust_domain, "web"), csr_for(trust_domain, "db")
 
@@ -171,7 +148,7 @@ def test_ca_rpcs_are_checked_against_their_token_here_and_at_the_leader() -> Non
                 assert leaf_ttl(leader_ca) != "48h"
                 assert await follower.call(nursery, "connect_ca_set_config",
                                            {**change, "token": operator.secret_id}, 10) is True
-                await until(lambda: leaf_ttl(leader_ca) == "48h", 5, "the new config")
+                await wait_for_async(lambda: leaf_ttl(leader_ca) == "48h", 5, what="the new config")
                 for client in (follower, leader_client):
                     client.close()
                 nursery.cancel_scope.cancel()
@@ -352,7 +329,8 @@ def test_leaf_cache_signs_as_the_requester_then_falls_back_to_the_services_own_t
             assert signer.tokens == ["web-own"]
             with pytest.raises(ACLNotFound):
                 await cache.get("db", token="deleted-token")
-            await until(lambda: cache.peek("db") is not None, 5, "db's leaf after the retry")  # (virtual time)
+            await wait_for_async(lambda: cache.peek("db") is not None, 5,
+                                 what="db's leaf after the retry")  # (virtual time)
             assert signer.tokens == ["web-own", "deleted-token", "db-own"]
             assert (await cache.get("api", token="api-requester")).service == "api"
             assert (await cache.get("other")).service == "other"  # token_for: None, no token sent
