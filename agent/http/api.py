@@ -48,6 +48,7 @@ _CACHE_SIZE = 512
 _CACHE_BYTES = 64 * 1024 * 1024
 _CACHE_MAX_BODY = 8 * 1024 * 1024
 _BLOCKING_PARAMS = re.compile(r"(?:^|(?<=&))(?:index|wait)=[^&]*&?")
+_TOKEN_PARAM = re.compile(r"(?:^|(?<=&))token=[^&]*&?")
 _NOT_FOUND = simple_response(404, "404 page not found")
 _FILTERED = -1  # a cached body's mark: ACLs left something out (the response carries FILTERED_HEADER)
 
@@ -260,6 +261,10 @@ class API:
         if "index=" in raw_query or "wait=" in raw_query:
             # Blocking loops send a new index every time; the body does not depend on it.
             raw_query = _BLOCKING_PARAMS.sub("", raw_query)
+        if "token=" in raw_query:
+            # No secret in a cache key (the dict would hold it): with ACLs on the identity's key stands for
+            # it; with ACLs off the body does not depend on it.
+            raw_query = _TOKEN_PARAM.sub("", raw_query)
         # With ACLs on, a body depends on who asks (lists are filtered): the identity's key joins the cache
         # key, and it is resolved here so that `build` (skipped on a hit) is never where it first happens.
         identity = self.identity(request) if self.agent.acl.enabled else None

@@ -380,3 +380,16 @@ def test_unknown_agent_id_still_resolves_the_token(env: Env, method: str, path: 
     assert r.status_code == 403 and "ACL not found" in r.text, (r.status_code, r.text)
     secret, _, _ = env.token('service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "write" }\n')
     assert env.call(method, path, secret).status_code in (200, 404)  # a valid one: the ID's own answer
+
+
+# ---------------------------------------------------------------------- F10: no secret in cache keys
+
+
+def test_response_cache_keys_hold_no_secret(env: Env) -> None:
+    secret, _, _ = env.token('service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n')
+    first = env.http.get(f"/v1/catalog/services?token={secret}&stale")
+    assert first.status_code == 200 and "db" in first.json()
+    assert not any(secret in key[1] for key in env.srv.api._cache), "a secret in the response cache's keys"
+    hits = env.srv.api.cache_hits
+    again = env.call("GET", "/v1/catalog/services?stale", secret)  # the same identity as a header: a cache hit
+    assert again.content == first.content and env.srv.api.cache_hits == hits + 1
