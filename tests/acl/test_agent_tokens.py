@@ -29,7 +29,6 @@ from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import Node, commands
 from meshagent.agent.config.loader import parse_service
 from meshagent.agent.config.types import ACLConfig, AgentConfig, Source
-from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.local_persist import TOKENS_FILE, AgentTokenFile
 from meshagent.agent.local_state import LocalState
 from meshagent.agent.rpc.errors import ACLDenied
@@ -191,12 +190,9 @@ def token_api(tmp_path: Path) -> Iterator[tuple[str, FakeAgent]]:
     agent.config.acl.enabled, agent.config.acl.default_policy = True, "deny"
     agent.config.acl.enable_token_persistence = True
     agent.acl_token_file = AgentTokenFile(str(tmp_path))  # type: ignore[attr-defined]
-    thread = ServerThread(agent=agent)
-    host = free_host_in("127.0.44", ports=(8500,))
-    thread.server = HTTPServer(thread.api, host, 0)
-    thread.start()
+    thread = ServerThread(agent=agent, host=free_host_in("127.0.44", ports=(8500,))).start()
     try:
-        yield f"{host}:{thread.port}", agent
+        yield f"{thread.host}:{thread.port}", agent
     finally:
         thread.stop()
 

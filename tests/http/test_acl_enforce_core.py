@@ -19,7 +19,6 @@ import pytest
 from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import PASSING, Service, commands
 from meshagent.agent.config.types import CheckDefinition, ServiceDefinition
-from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.local_sync import LocalCheck
 from meshagent.agent.store import CatalogStore
 
@@ -77,21 +76,9 @@ class Forwarder:
         return None
 
 
-class Server39(ServerThread):
-    """The harness server bound to this suite's 127.0.39.N."""
-
-    def __init__(self, agent: FakeAgent) -> None:
-        super().__init__(agent=agent)
-        self.server = HTTPServer(self.api, HOST, 0)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-
 @dataclass
 class Env:
-    srv: Server39
+    srv: ServerThread
     http: httpx.Client
     secrets: dict[str, str]
     forwarder: Forwarder
@@ -131,7 +118,7 @@ def env() -> Iterator[Env]:
     # Config secrets only /v1/agent/self could show (the resolver copied the tokens before: they act nowhere).
     agent.config.acl.tokens.initial_management = MGMT
     agent.config.acl.tokens.agent = str(uuid.uuid4())
-    srv = Server39(agent).start()
+    srv = ServerThread(agent=agent, host=HOST).start()
     try:
         srv.apply(commands.acl_init(MGMT))
         secrets = {name: _token(srv, name, rules) for name, rules in RULES.items()}
@@ -428,7 +415,7 @@ def test_unknown_token_is_acl_not_found(env: Env) -> None:
 
 
 def test_acls_off_nothing_changes() -> None:
-    srv = Server39(FakeAgent()).start()
+    srv = ServerThread(agent=FakeAgent(), host=HOST).start()
     try:
         _populate(srv)
         forwarder = srv.agent.store.replicator = Forwarder(srv.agent.store)

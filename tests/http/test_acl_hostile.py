@@ -22,7 +22,6 @@ from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.api import API
 from meshagent.agent.http.messages import Request
-from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.server.acl_endpoints import AclHttpEndpoint
 
 from tests.support.http_fuzz import ALLOWED_STATUS, PATHS, run_fuzz
@@ -46,21 +45,9 @@ RULES = {
 }
 
 
-class Server46(ServerThread):
-    """The harness server bound to 127.0.46.1."""
-
-    def __init__(self, agent: FakeAgent) -> None:
-        super().__init__(agent=agent)
-        self.server = HTTPServer(self.api, HOST, 0)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-
 @dataclass
 class Env:
-    srv: Server46
+    srv: ServerThread
     http: httpx.Client
     secrets: dict[str, str]
 
@@ -85,7 +72,7 @@ def env() -> Iterator[Env]:
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
     agent.config.acl.tokens.initial_management = MGMT
-    srv = Server46(agent).start()
+    srv = ServerThread(agent=agent, host=HOST).start()
     try:
         srv.apply(commands.acl_init(MGMT))  # as the leader writes it with tokens { initial_management } set
         secrets = {name: _token(srv, name, rules) for name, rules in RULES.items()}
@@ -167,7 +154,7 @@ def test_concurrent_bootstraps_exactly_one_wins() -> None:
     agent = FakeAgent()
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
-    srv = Server46(agent).start()
+    srv = ServerThread(agent=agent, host=HOST).start()
     try:
         srv.apply(commands.acl_init(""))
         answers: list[httpx.Response] = []
@@ -322,7 +309,7 @@ def test_fuzz_with_acls_on_no_crash_no_500_no_write_without_rights() -> None:
     agent.config.max_query_time = 0.1
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
-    srv = Server46(agent).start()
+    srv = ServerThread(agent=agent, host=HOST).start()
     try:
         srv.apply(commands.acl_init(MGMT))
         weak = [_token(srv, "fz-kv", 'key_prefix "fuzz/" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'

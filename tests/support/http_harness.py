@@ -140,10 +140,12 @@ def _is_agent_view(agent: FakeAgent) -> AgentView:
 class ServerThread:
     """Runs an HTTPServer (and anything else async) on its own trio loop in a daemon thread."""
 
-    def __init__(self, handler: Handler | None = None, agent: FakeAgent | None = None, **server_kw: Any) -> None:
+    def __init__(self, handler: Handler | None = None, agent: FakeAgent | None = None, *, host: str = "127.0.0.1",
+                 **server_kw: Any) -> None:
         self.agent = agent or FakeAgent()
         self.api = API(self.agent)
-        self.server = HTTPServer(handler or self.api, "127.0.0.1", 0, **server_kw)
+        self.host = host  # a suite's own 127.X.Y.N, else 127.0.0.1; the port is ephemeral
+        self.server = HTTPServer(handler or self.api, host, 0, **server_kw)
         self.port = 0
         self._token: trio.lowlevel.TrioToken | None = None
         self._cancel: trio.CancelScope | None = None
@@ -153,7 +155,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def _main(self) -> None:
         try:
