@@ -22,7 +22,6 @@ from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import Check, Service, commands
 from meshagent.agent.config.types import ACLConfig, AgentConfig, ServiceDefinition
-from meshagent.agent.http.server import HTTPServer
 from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
@@ -37,21 +36,9 @@ MGMT = str(uuid.uuid4())
 ALL_NODES = 'node_prefix "" { policy = "read" }\n'
 
 
-class Server49(ServerThread):
-    """The harness server bound to this suite's 127.0.49.N."""
-
-    def __init__(self, agent: FakeAgent) -> None:
-        super().__init__(agent=agent)
-        self.server = HTTPServer(self.api, HOST, 0)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-
 @dataclass
 class Env:
-    srv: Server49
+    srv: ServerThread
     http: httpx.Client
 
     def token(self, rules: str) -> tuple[str, str, str]:
@@ -83,7 +70,7 @@ def env() -> Iterator[Env]:
     agent.config.acl.enabled = True
     agent.config.acl.default_policy = "deny"
     agent.store.write_acl = agent.acl  # as agent.py wires it: local writes (no replicator: -dev) are re-checked
-    srv = Server49(agent).start()
+    srv = ServerThread(agent=agent, host=HOST).start()
     try:
         srv.apply(commands.acl_init(MGMT))
         register_instance(srv, "n1", "db", sid="db1", address="10.0.0.1")
@@ -350,9 +337,7 @@ def test_acls_off_writes_carry_no_token() -> None:
     agent = FakeAgent()
     agent.acl.tokens.default = "default-secret"
     recorder = agent.store.replicator = Recorder(agent.store)
-    srv = ServerThread(agent=agent)
-    srv.server = HTTPServer(srv.api, "127.0.49.3", 0)
-    srv.start()
+    srv = ServerThread(agent=agent, host="127.0.49.3").start()
     try:
         headers = {"X-Consul-Token": "presented-secret"}
         base = f"http://127.0.49.3:{srv.port}"
