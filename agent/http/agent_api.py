@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import meshagent
@@ -13,13 +12,12 @@ import trio
 
 from ...proxy.metrics import merge as merge_proxy_metrics
 from ...proxy.metrics import render_prometheus
-from ..acl.identity import require
 from ..catalog import MAINTENANCE, PASSING, WARNING
 from ..config.acl_settings import redacted
 from ..config.errors import ConfigErrors
-from ..connect.sidecar import PROXY_KIND, expand_sidecar
-from .acl_gate import FILTERED_HEADER, request_token
-from .catalog_api import Visibility, acl_identity, acl_keep, required
+from .acl_gate import FILTERED_HEADER, Visibility, acl_identity, acl_keep, request_token, require_acl
+from .agent_acl import vet_check_target, vet_check_update, vet_scripts, vet_service_register, vet_service_update
+from .catalog_api import required
 from .errors import config_errors_text
 from .filter import AGENT_SERVICE_SCHEMA, CHECK_SCHEMA
 from .messages import Request, Response
@@ -35,9 +33,7 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from ..acl.authorizer import Authorizer, Decision
-    from ..acl.identity import ACLIdentity
-    from ..config.types import CheckDefinition, ServiceDefinition
+    from ..config.types import ServiceDefinition
     from .api import API
     from .view import GossipView
 
@@ -74,77 +70,9 @@ def gossip_of(api: API) -> GossipView:
     return gossip
 
 
-# ---------------------------------------------------------------------- ACLs
-
-
-def _require(api: API, request: Request, decide: Callable[[Authorizer], Decision]) -> None:
-    """Enforce one permission when ACLs are on (`decide` picks it from the request's authorizer)."""
-    identity = acl_identity(api, request)
-    if identity is not None:
-        require(identity, decide(identity.authorizer))
-
-
 def _filtered_json(api: API, request: Request, data: Any, query: Query) -> Response:
     """A JSON answer carrying X-Consul-Results-Filtered-By-ACLs when ACLs left something out."""
     return api.json(data, query, extra=[FILTERED_HEADER] if request.acl_filtered else None)
-
-
-def _vet_check_update(api: API, request: Request, check_id: str) -> None:
-    """service:write on a service check's service, node:write on this node for a node check (Consul's
-    vetCheckUpdate); an unknown ID is left to local state (its own 404 or no-op)."""
-    identity = acl_identity(api, request)
-    if identity is None:
-        return
-    check = api.agent.local.checks().get(check_id)
-    if check is not None:
-        _vet_check_target(api, identity, check.service_id, check.service_name)
-
-
-def _vet_check_target(api: API, identity: ACLIdentity, service_id: str, service_name: str) -> None:
-    authz = identity.authorizer
-    if service_id:
-        if not service_name:
-            svc = api.agent.local.services().get(service_id)
-            service_name = svc.name if svc is not None else ""
-        if service_name:  # an unknown service: local state refuses the check ("does not exist")
-            require(identity, authz.service_write(service_name))
-    else:
-        require(identity, authz.node_write(api.agent.node_name))
-
-
-def _vet_scripts(api: API, identity: ACLIdentity, checks: list[CheckDefinition]) -> None:
-    """Script checks registered over HTTP run commands on this host: agent:write on this node too (on top of
-    enable_script_checks), a rule Consul does not have."""
-    if any(c.type == "script" for c in checks):
-        require(identity, identity.authorizer.agent_write(api.agent.node_name))
-
-
-def _vet_service_register(api: API, request: Request, defn: ServiceDefinition) -> None:
-    """Consul's vetServiceRegister: service:write on the name, on a service it replaces by ID, on a
-    connect-proxy's destination; the same for the sidecar it asks for; agent:write for script checks."""
-    identity = acl_identity(api, request)
-    if identity is None:
-        return
-    authz = identity.authorizer
-    local = api.agent.local.services()
-    services = [defn]
-    try:
-        # Expanded for its name and destination only: with no port taken it always gets one, so only an
-        # invalid block fails, and local state refuses that registration with the reason.
-        sidecar = expand_sidecar(defn, ())
-    except ConfigErrors:
-        sidecar = None
-    if sidecar is not None:
-        services.append(sidecar)
-    for svc in services:
-        require(identity, authz.service_write(svc.name))
-        replaced = local.get(svc.id)
-        if replaced is not None and replaced.name != svc.name:
-            require(identity, authz.service_write(replaced.name))
-        destination = svc.proxy.get("DestinationServiceName") if svc.kind == PROXY_KIND else None
-        if isinstance(destination, str) and destination:
-            require(identity, authz.service_write(destination))
-        _vet_scripts(api, identity, svc.checks)
 
 
 # ---------------------------------------------------------------------- self, members
@@ -153,7 +81,7 @@ def _vet_service_register(api: API, request: Request, defn: ServiceDefinition) -
 async def self_(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/self: Config, DebugConfig, Coord, Member, Meta (agent:read on this node; never a token)."""
     agent = api.agent
-    _require(api, request, lambda a: a.agent_read(agent.node_name))
+    require_acl(api, request, lambda a: a.agent_read(agent.node_name))
     members = agent.members()
     mine = next((m for m in members if m.name == agent.node_name), members[0] if members else None)
     member = member_json(mine) if mine is not None else {}
@@ -206,7 +134,7 @@ async def service(api: API, request: Request, query: Query, arg: str) -> Respons
     defn = api.agent.local.services().get(sid)
     if defn is None:
         raise HTTPError(404, f"unknown service ID: {sid}")
-    _require(api, request, lambda a: a.service_read(defn.name))
+    require_acl(api, request, lambda a: a.service_read(defn.name))
     data = agent_service_json(defn, api.agent.datacenter)
     digest = hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
     data["ContentHash"] = digest
@@ -223,7 +151,7 @@ async def service_register(api: API, request: Request, query: Query, arg: str) -
         raise bad_request("Request decode failed: body must be a JSON object")
     replace = query.flag("replace-existing-checks")
     defn = parse_service(body, Source("<api>"))
-    _vet_service_register(api, request, defn)
+    vet_service_register(api, request, defn)
     # The registering secret goes with the service: anti-entropy writes it (and its checks) as that token.
     await api.agent.local.register_service(defn, replace_existing_checks=replace,
                                            token=request_token(request) or None)
@@ -233,18 +161,9 @@ async def service_register(api: API, request: Request, query: Query, arg: str) -
 async def service_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/service/deregister/:id (no-op when unknown; service:write on it)."""
     sid = required(arg, "service ID")
-    _vet_service_update(api, request, sid)
+    vet_service_update(api, request, sid)
     await api.agent.local.deregister_service(sid)
     return _empty()
-
-
-def _vet_service_update(api: API, request: Request, service_id: str) -> None:
-    """service:write on a local service's name; an unknown ID is local state's (no-op or 404), once the token
-    resolved (an invalid one is refused whether or not the ID exists)."""
-    acl_identity(api, request)
-    defn = api.agent.local.services().get(service_id)
-    if defn is not None:
-        _require(api, request, lambda a: a.service_write(defn.name))
 
 
 def _enable_reason(query: Query) -> tuple[bool, str]:
@@ -261,7 +180,7 @@ async def service_maintenance(api: API, request: Request, query: Query, arg: str
     """PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=..."""
     sid = required(arg, "service ID")
     enable, reason = _enable_reason(query)
-    _vet_service_update(api, request, sid)
+    vet_service_update(api, request, sid)
     await api.agent.local.set_service_maintenance(sid, enable, reason)
     return _empty()
 
@@ -269,7 +188,7 @@ async def service_maintenance(api: API, request: Request, query: Query, arg: str
 async def maintenance(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/maintenance?enable=true|false&reason=... (node maintenance)."""
     enable, reason = _enable_reason(query)
-    _require(api, request, lambda a: a.node_write(api.agent.node_name))
+    require_acl(api, request, lambda a: a.node_write(api.agent.node_name))
     await api.agent.local.set_node_maintenance(enable, reason)
     return _empty()
 
@@ -316,9 +235,9 @@ async def check_register(api: API, request: Request, query: Query, arg: str) -> 
     identity = acl_identity(api, request)
     if identity is not None:
         # The check's own target, and the one of a check it replaces by ID (Consul's vetCheckRegister).
-        _vet_check_target(api, identity, cdef.service_id, "")
-        _vet_check_update(api, request, cdef.id)
-        _vet_scripts(api, identity, [cdef])
+        vet_check_target(api, identity, cdef.service_id, "")
+        vet_check_update(api, request, cdef.id)
+        vet_scripts(api, identity, [cdef])
     await api.agent.local.register_check(cdef, token=request_token(request) or None)
     return _empty()
 
@@ -326,14 +245,14 @@ async def check_register(api: API, request: Request, query: Query, arg: str) -> 
 async def check_deregister(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/check/deregister/:id."""
     cid = required(arg, "check ID")
-    _vet_check_update(api, request, cid)
+    vet_check_update(api, request, cid)
     await api.agent.local.deregister_check(cid)
     return _empty()
 
 
 async def _ttl(api: API, request: Request, arg: str, status: str, output: str) -> Response:
     cid = required(arg, "check ID")
-    _vet_check_update(api, request, cid)
+    vet_check_update(api, request, cid)
     await api.agent.local.update_ttl(cid, status, output)
     return _empty()
 
@@ -386,7 +305,7 @@ def _health_response(api: API, query: Query, status: str, data: Any) -> Response
 async def health_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/agent/health/service/name/:name: 200 passing, 429 warning, 503 critical, 404 unknown."""
     name = required(arg, "service name")
-    _require(api, request, lambda a: a.service_read(name))
+    require_acl(api, request, lambda a: a.service_read(name))
     entries = [_local_health(api, sid, d) for sid, d in sorted(api.agent.local.services().items())
                if d.name == name]
     if not entries:
@@ -407,7 +326,7 @@ async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Re
         if query.get("format") == "text":
             return 404, [(b"content-type", b"text/plain")], f"ServiceId {sid} not found".encode()
         raise HTTPError(404, f"ServiceId {sid} not found")
-    _require(api, request, lambda a: a.service_read(defn.name))
+    require_acl(api, request, lambda a: a.service_read(defn.name))
     entry = _local_health(api, sid, defn)
     return _health_response(api, query, entry["AggregatedStatus"], entry)
 
@@ -417,7 +336,7 @@ async def health_by_id(api: API, request: Request, query: Query, arg: str) -> Re
 
 async def reload(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/reload: re-read config files; broken files give a 500 listing every reason."""
-    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
+    require_acl(api, request, lambda a: a.agent_write(api.agent.node_name))
     try:
         await api.agent.reload()
     except ConfigErrors as exc:
@@ -429,7 +348,7 @@ async def join(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/join/:address: join the gossip pool through that address."""
     if not arg:
         raise bad_request("Missing address to join")
-    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
+    require_acl(api, request, lambda a: a.agent_write(api.agent.node_name))
     joined = await gossip_of(api).join([arg])
     if not joined:
         raise HTTPError(500, f"Failed to join {arg}: no answer to a push-pull exchange")
@@ -440,7 +359,7 @@ async def force_leave(api: API, request: Request, query: Query, arg: str) -> Res
     """PUT /v1/agent/force-leave/:node[?prune]: mark a failed node left (prune: forget it)."""
     if not arg:
         raise bad_request("Missing node name")
-    _require(api, request, lambda a: a.operator_write())
+    require_acl(api, request, lambda a: a.operator_write())
     if not gossip_of(api).force_leave(arg, prune=query.has("prune")):
         raise HTTPError(500, f"agent: No node found with name '{arg}'")
     return _empty()
@@ -448,7 +367,7 @@ async def force_leave(api: API, request: Request, query: Query, arg: str) -> Res
 
 async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/agent/leave: leave the gossip pool gracefully, answer, then shut the agent down."""
-    _require(api, request, lambda a: a.agent_write(api.agent.node_name))
+    require_acl(api, request, lambda a: a.agent_write(api.agent.node_name))
     await api.agent.leave()
 
     async def later() -> None:
@@ -464,7 +383,7 @@ async def metrics(api: API, request: Request, query: Query, arg: str) -> Respons
     """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`);
     `?format=prometheus`: Prometheus text, the agent's own figures and every local sidecar's proxy metrics.
     Both need agent:read on this node."""
-    _require(api, request, lambda a: a.agent_read(api.agent.node_name))
+    require_acl(api, request, lambda a: a.agent_read(api.agent.node_name))
     fmt = query.get("format")
     if fmt == "prometheus":
         text = metrics_prometheus(api.agent.metrics())

@@ -3,83 +3,18 @@ datacenters (all blocking reads)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
-from .acl_gate import keep_allowed
+# acl_identity, Visibility and acl_keep lived here first: still importable from this module.
+from .acl_gate import Visibility, acl_identity, acl_keep
 from .filter import CATALOG_SERVICE_SCHEMA, NODE_SCHEMA
 from .messages import Request, Response
 from .query import Query, bad_request
 from .render import catalog_node_json, catalog_service_json, node_json
 
 if TYPE_CHECKING:
-    from ..acl.authorizer import Authorizer
-    from ..acl.identity import ACLIdentity
     from ..catalog import Node
     from .api import API
-
-
-def acl_identity(api: API, request: Request) -> ACLIdentity | None:
-    """The request's identity when ACLs are on, resolved now (an unknown token is refused before any
-    blocking wait); None with ACLs off: nothing to check or filter, the hot path stays as it was."""
-    if not api.agent.acl.enabled:
-        return None
-    return api.identity(request)
-
-
-# Per Authorizer (the resolver keeps one per token until the ACL state moves; weak: a dropped one goes):
-# node:read and service:read answers by name. A decision costs ~3 us, so a 5,000-node list would spend
-# 15 ms per build on them; remembered, a rebuild at a new index costs a dict lookup per row.
-_MEMO: WeakKeyDictionary[Authorizer, tuple[dict[str, bool], dict[str, bool]]] = WeakKeyDictionary()
-_MEMO_NAMES = 16384  # per authorizer; past it the memo starts again (names are catalog rows: bounded anyway)
-_MEMO_AUTHORIZERS = 256  # tokens remembered at once; past it every memo starts again
-
-
-class Visibility:
-    """node:read and service:read answers for list builds, memoised per name and Authorizer."""
-
-    __slots__ = ("_authz", "_nodes", "_services")
-
-    def __init__(self, identity: ACLIdentity) -> None:
-        self._authz = authz = identity.authorizer
-        memo = _MEMO.get(authz)
-        if memo is None or len(memo[0]) + len(memo[1]) > _MEMO_NAMES:
-            if memo is None and len(_MEMO) >= _MEMO_AUTHORIZERS:
-                _MEMO.clear()
-            memo = _MEMO[authz] = ({}, {})
-        self._nodes, self._services = memo
-
-    def node(self, name: str) -> bool:
-        """node:read on `name`."""
-        ok = self._nodes.get(name)
-        if ok is None:
-            ok = self._nodes[name] = self._authz.node_read(name).allowed
-        return ok
-
-    def service(self, name: str) -> bool:
-        """service:read on `name`; "" (a node-level check) needs none, as in Consul."""
-        if not name:
-            return True
-        ok = self._services.get(name)
-        if ok is None:
-            ok = self._services[name] = self._authz.service_read(name).allowed
-        return ok
-
-    def row(self, node: str, service: str) -> bool:
-        """Both: a service instance or a check is seen only with read on its node and its service."""
-        return self.service(service) and self.node(node)  # service first: a list repeats one service
-
-
-def acl_keep(request: Request, identity: ACLIdentity | None, items: list[Any],
-             allowed: Callable[[Any], bool]) -> list[Any]:
-    """`items` the identity may see (all with ACLs off); marks the request filtered when any was dropped."""
-    if identity is None:
-        return items
-    kept, dropped = keep_allowed(items, allowed)
-    if dropped:
-        request.acl_filtered = True
-    return kept
 
 
 def node_meta_pairs(query: Query) -> list[tuple[str, str]]:

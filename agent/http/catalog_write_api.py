@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 from ..acl import command_rights
 from ..acl.identity import ACLIdentity, require
 from ..catalog import PASSING, STATUSES, Check, CommandError, Node, Service, commands
-from .acl_gate import write_token
+from .acl_gate import acl_identity, write_token
 from .agent_api import body_json
-from .catalog_api import acl_identity
 from .messages import Request, Response
 from .query import Query, bad_request
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..acl.identity import require
-from .acl_gate import FILTERED_HEADER
-from .catalog_api import acl_identity, acl_keep
+from .acl_gate import FILTERED_HEADER, acl_identity, acl_keep
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
 from .render import event_json

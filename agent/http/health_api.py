@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import PASSING, Check
-from .catalog_api import Visibility, acl_identity, acl_keep, node_meta_ok, node_meta_pairs, required
+from .acl_gate import Visibility, acl_identity, acl_keep
+from .catalog_api import node_meta_ok, node_meta_pairs, required
 from .filter import CHECK_SCHEMA, HEALTH_ENTRY_SCHEMA
 from .messages import Request, Response
 from .query import Query, bad_request

@@ -13,19 +13,17 @@ needs only service:read on the destination (it reveals no intention).
 
 from __future__ import annotations
 
-import re
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..acl.identity import ACLIdentity, require
 from ..catalog import commands
-from ..catalog.config_entries import MAX_NAME_LEN, ConfigEntryRow, entry_watch_key
+from ..catalog.config_entries import ConfigEntryRow, entry_watch_key
 from ..connect.entry_validate import EntryError
 from ..connect.intention_entries import (
     find_by_id,
@@ -36,10 +34,18 @@ from ..connect.intention_entries import (
     remove_source,
     upsert_source,
 )
-from .acl_gate import keep_allowed
+from .acl_gate import keep_allowed, require_acl
 from .config_api import MAX_ERROR, apply, body_json, validate
 from .connect_api import compiled_intentions, default_allow
 from .filter import INT, STR, STRMAP, Schema
+from .intentions_parse import check_id as _check_id
+from .intentions_parse import fold_body as _fold
+from .intentions_parse import meta_of as _meta
+from .intentions_parse import now as _now
+from .intentions_parse import pair as _pair
+from .intentions_parse import service_name
+from .intentions_parse import source_of as _source
+from .intentions_parse import str_field as _str
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
 
@@ -51,9 +57,7 @@ KIND = "service-intentions"
 WRITE_ATTEMPTS = 5
 # How long a retry waits for this agent's catalog to show the write that beat it (a client's replica lags).
 CATCH_UP_WAIT = 2.0
-MAX_META_KEYS = 64
 _CT_JSON = (b"content-type", b"application/json")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NOT_FOUND = "Intention not found"
 
 INTENTION_SCHEMA: Schema = {
@@ -95,115 +99,11 @@ def _readable(identity: ACLIdentity, request: Request, items: list[dict[str, Any
 
 
 def _may_read(api: API, request: Request, destination: str) -> None:
-    identity = api.identity(request)
-    require(identity, identity.authorizer.intention_read(destination))
+    require_acl(api, request, lambda authz: authz.intention_read(destination))
 
 
 def _may_write(api: API, request: Request, destination: str) -> None:
-    identity = api.identity(request)
-    require(identity, identity.authorizer.intention_write(destination))
-
-
-# ---------------------------------------------------------------------- parameters
-
-
-def _one(query: Query, name: str) -> str:
-    values = query.all(name)
-    if len(values) != 1 or not values[0]:
-        raise bad_request(f"required query parameter '{name}' not set")
-    return values[0]
-
-
-def service_name(text: str, param: str) -> str:
-    """A `?source=`/`?destination=`/`?name=` value: `name` or `default/name` (one namespace here)."""
-    if text.startswith("peer:"):
-        raise bad_request(f"{param} {text[:64]!r} is invalid: cluster peers are not supported")
-    parts = text.split("/")
-    if len(parts) > 2:
-        raise bad_request(f"{param} {text[:64]!r} is invalid: partitions are not supported")
-    if len(parts) == 2:
-        if parts[0] not in ("default", "*"):
-            raise bad_request(f"{param} {text[:64]!r} is invalid: only the default namespace exists")
-        text = parts[1]
-    if not text or len(text) > MAX_NAME_LEN or not text.isprintable():
-        raise bad_request(f"{param} must be a service name of 1-{MAX_NAME_LEN} printable characters")
-    return text
-
-
-def _pair(query: Query) -> tuple[str, str]:
-    return (service_name(_one(query, "source"), "source"),
-            service_name(_one(query, "destination"), "destination"))
-
-
-def _check_id(ixn_id: str) -> str:
-    if not _UUID.fullmatch(ixn_id):
-        raise bad_request(f"Invalid intention ID {ixn_id[:64]!r}: UUID must be 36 characters in 8-4-4-4-12 form")
-    return ixn_id.lower()
-
-
-# ---------------------------------------------------------------------- request bodies
-
-
-def _fold(body: Any) -> dict[str, Any]:
-    """The intention body with keys matched case-insensitively, as Go's encoding/json does."""
-    if not isinstance(body, dict):
-        raise bad_request("Request decode failed: the body must be a JSON object (one intention)")
-    return {str(k).lower(): v for k, v in body.items()}
-
-
-def _str(body: dict[str, Any], field: str, limit: int = 4096) -> str:
-    value = body.get(field.lower())
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > limit:
-        raise bad_request(f"Request decode failed: {field} must be a string of at most {limit} characters")
-    return value
-
-
-def _meta(body: dict[str, Any]) -> dict[str, str]:
-    value = body.get("meta")
-    if value is None:
-        return {}
-    if (not isinstance(value, dict) or len(value) > MAX_META_KEYS
-            or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
-                       for k, v in value.items())):
-        raise bad_request(f"Request decode failed: Meta must be an object of at most {MAX_META_KEYS} strings "
-                          "(keys ≤ 128, values ≤ 512 characters)")
-    return dict(value)
-
-
-def _source(body: dict[str, Any], name: str, *, legacy: bool) -> dict[str, Any]:
-    """The Source an intention body makes (Consul's ToSourceIntention): L4 Action or L7 Permissions."""
-    source_type = _str(body, "SourceType") or "consul"
-    if source_type != "consul":
-        raise bad_request(f"Invalid SourceType {source_type[:40]!r}: only \"consul\" is supported")
-    for field in ("SourcePartition", "DestinationPartition"):
-        if _str(body, field) not in ("", "default"):
-            raise bad_request(f"Cannot specify a {field} with this endpoint: partitions are not supported")
-    for field in ("SourceNS", "DestinationNS"):
-        if _str(body, field) not in ("", "default"):
-            raise bad_request(f"Invalid {field}: only the default namespace exists")
-    if _str(body, "SourcePeer"):
-        raise bad_request("SourcePeer is not supported: cluster peering does not exist here")
-    source: dict[str, Any] = {"Name": name, "Type": source_type}
-    action = _str(body, "Action")
-    permissions = body.get("permissions")
-    if legacy and permissions:
-        raise bad_request("Permissions cannot be set with the legacy intention API; "
-                          "use PUT /v1/connect/intentions/exact or a service-intentions config entry")
-    if action:
-        source["Action"] = action
-    if permissions:
-        source["Permissions"] = permissions  # validated with the whole entry (normalize_entry)
-    description = _str(body, "Description", 512)
-    if description:
-        source["Description"] = description
-    return source
-
-
-def _now() -> str:
-    """Go's time.Time JSON form (RFC 3339, nanoseconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    require_acl(api, request, lambda authz: authz.intention_write(destination))
 
 
 # ---------------------------------------------------------------------- writing

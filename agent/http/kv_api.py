@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..acl.identity import ALLOW_ALL, ACLIdentity, require
 from ..catalog import commands
-from .acl_gate import FILTERED_HEADER, write_token
-from .catalog_api import acl_identity, acl_keep
+from .acl_gate import FILTERED_HEADER, acl_identity, acl_keep, write_token
 from .messages import Request, Response
 from .query import Query, bad_request, parse_uint
 from .render import dumps, kv_json

@@ -13,15 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from ...snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
-from ..acl.authorizer import Authorizer, Decision
-from ..acl.identity import require
+from ..acl.authorizer import Authorizer
 from ..rpc.framing import MAX_FRAME
+from .acl_gate import require_acl
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
@@ -45,12 +44,6 @@ def _server(api: API) -> ServerView:
     if server is None:
         raise HTTPError(500, NOT_A_SERVER)
     return server
-
-
-def _require(api: API, request: Request, decision: Callable[[Authorizer], Decision]) -> None:
-    """Raise ACLNotFound/ACLDenied unless the request's token is allowed `decision`."""
-    identity = api.identity(request)
-    require(identity, decision(identity.authorizer))
 
 
 def _self_address(api: API) -> str:
@@ -82,14 +75,14 @@ async def status_peers(api: API, request: Request, query: Query, arg: str) -> Re
 
 async def raft_configuration(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter, ...}], "Index"}."""
-    _require(api, request, Authorizer.operator_read)
+    require_acl(api, request, Authorizer.operator_read)
     index, servers = _server(api).configuration()
     return api.json(raft_configuration_json(index, servers), query)
 
 
 async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -> Response:
     """DELETE /v1/operator/raft/peer?id=<server id> or ?address=<ip:port>."""
-    _require(api, request, Authorizer.operator_write)
+    require_acl(api, request, Authorizer.operator_write)
     server = _server(api)
     server_id, address = query.get("id"), query.get("address")
     if not server_id and not address:
@@ -105,7 +98,7 @@ async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -
 
 async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/snapshot[?stale]: a gzipped tar archive; X-Consul-Index is the snapshot's index."""
-    _require(api, request, Authorizer.acl_write)  # the whole state, secrets included: management only
+    require_acl(api, request, Authorizer.acl_write)  # the whole state, secrets included: management only
     server = _server(api)
     meta, state = await server.snapshot(query.has("stale"))
     try:
@@ -127,7 +120,7 @@ async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -
     """PUT /v1/snapshot with an archive as the body: stream it to a temp file in the data dir, verify it
     there (off the event loop), then replace the cluster's state."""
     # Before the body: a refused restore must not get to fill the disk (the answer closes the connection).
-    _require(api, request, Authorizer.acl_write)
+    require_acl(api, request, Authorizer.acl_write)
     server = _server(api)
     if request.body_stream is None:  # an in-memory body (a test server without streaming)
         try:
@@ -158,7 +151,7 @@ async def keyring(api: API, request: Request, query: Query, arg: str) -> Respons
     """/v1/operator/keyring: GET lists keys on every member; POST installs, PUT makes primary, DELETE
     removes the body's {"Key": base64} everywhere (Serf's key queries)."""
     reading = request.method == "GET"
-    _require(api, request, Authorizer.keyring_read if reading else Authorizer.keyring_write)
+    require_acl(api, request, Authorizer.keyring_read if reading else Authorizer.keyring_write)
     gossip = gossip_of(api)
     if reading:
         return api.json([keyring_json(await gossip.key_operation("_serf_list-keys"))], query)
