@@ -39,7 +39,7 @@ from meshagent.proxy.snapshot import ProxySnapshot
 from tests.support.agents import MESHAGENT, AgentProcess
 from tests.support.ports import free_ports
 from tests.support.proxy_api_harness import CA, PROXY_ID, ProxyAPIServer, web_snapshot
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_for_async
 
 HOST = "127.0.19.10"  # the API under test
 JUNK_HOST = "127.0.19.11"  # scripted hostile answers
@@ -133,12 +133,12 @@ def test_the_feed_follows_versions(agent: ProxyAPIServer) -> None:
         assert first == web_snapshot(1) and feed.status.version == 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feed.run, seen.append, first)
-            await _until(lambda: agent.runner.waiters == 1)  # parked on ?index=1
+            await wait_for_async(lambda: agent.runner.waiters == 1)  # parked on ?index=1
             assert seen == []  # the same version is not handed on again
             await trio.to_thread.run_sync(agent.publish, web_snapshot(2, local_port=8081))
-            await _until(lambda: len(seen) == 1)
+            await wait_for_async(lambda: len(seen) == 1)
             await trio.to_thread.run_sync(agent.publish, web_snapshot(3, local_port=8082))
-            await _until(lambda: len(seen) == 2)
+            await wait_for_async(lambda: len(seen) == 2)
             nursery.cancel_scope.cancel()
         assert [s.version for s in seen] == [2, 3] and seen[1].local_service_port == 8082
         assert feed.status.version == 3 and feed.status.errors == 0
@@ -158,9 +158,9 @@ def test_the_feed_keeps_the_last_snapshot_while_the_agent_is_away() -> None:
         first = await feed.first()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feed.run, seen.append, first)
-            await _until(lambda: server.runner.waiters == 1)
+            await wait_for_async(lambda: server.runner.waiters == 1)
             await trio.to_thread.run_sync(server.stop)  # the agent goes away mid-poll
-            await _until(lambda: feed.status.errors >= 3)
+            await wait_for_async(lambda: feed.status.errors >= 3)
             assert not feed.status.healthy and "cannot connect" in feed.status.last_error
             assert seen == [] and feed.status.version == 5  # nothing replaced what runs
             # The agent is back (restarted: it counts versions from 1 again) with a new configuration.
@@ -168,7 +168,7 @@ def test_the_feed_keeps_the_last_snapshot_while_the_agent_is_away() -> None:
             holder["back"] = back
             await trio.to_thread.run_sync(back.start)
             await trio.to_thread.run_sync(back.publish, web_snapshot(1, local_port=9999))
-            await _until(lambda: len(seen) == 1, 15)
+            await wait_for_async(lambda: len(seen) == 1, 15)
             assert feed.status.healthy and feed.status.last_error == ""
             nursery.cancel_scope.cancel()
         assert seen[0].local_service_port == 9999 and feed.status.version == 1
@@ -262,20 +262,14 @@ def test_the_feed_retries_a_503_until_a_snapshot_exists(agent: ProxyAPIServer) -
         feed = HTTPFeed(agent.url, PROXY_ID, wait_s=1, backoff_min_s=0.05, backoff_max_s=0.1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feed.run, seen.append)
-            await _until(lambda: feed.status.errors >= 1, 15)  # ?wait=1s then 503: no snapshot yet
+            await wait_for_async(lambda: feed.status.errors >= 1, 15)  # ?wait=1s then 503: no snapshot yet
             assert "503" in feed.status.last_error
             await trio.to_thread.run_sync(agent.publish, web_snapshot(4))
-            await _until(lambda: len(seen) == 1, 15)
+            await wait_for_async(lambda: len(seen) == 1, 15)
             nursery.cancel_scope.cancel()
         assert seen[0].version == 4
 
     trio.run(main)
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- end to end

@@ -14,7 +14,7 @@ import dataclasses
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from meshagent.proxy.snapshot import ProxySnapshot
 from tests.support.agents import MESHAGENT
 from tests.support.ports import free_ports
 from tests.support.proxy_api_harness import PROXY_ID, ProxyAPIServer, web_snapshot
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_for_async
 
 HOST = "127.0.28.10"  # the API under test
 PUBLIC_HOST = "127.0.28.20"  # the command's public listener
@@ -55,12 +55,6 @@ def _set_proxy(server: ProxyAPIServer, **changes: object) -> None:
     server.run(change)
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
-
-
 def test_registration_problems_are_named() -> None:
     ok = {"Kind": "connect-proxy", "Proxy": {"Config": {"embedded": False}}}
     assert registration_problem(ok, PROXY_ID) == ""
@@ -82,7 +76,7 @@ def test_the_feed_stops_when_the_sidecar_is_deregistered(agent: ProxyAPIServer) 
                 pytest.RaisesExc(FeedStopped, match="'web-sidecar-proxy' was deregistered from the agent .*unknown")):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(feed.run, seen.append, first)
-                await _until(lambda: agent.runner.waiters == 1)
+                await wait_for_async(lambda: agent.runner.waiters == 1, 15)
                 await trio.to_thread.run_sync(lambda: _set_proxy(agent, gone=True))
         assert seen == [] and feed.status.errors >= 2  # two 404s were retried before the third stopped it
 
@@ -110,7 +104,7 @@ def test_the_registration_watch_stops_on(agent: ProxyAPIServer, change: dict[str
         with trio.fail_after(20), pytest.RaisesGroup(pytest.RaisesExc(FeedStopped, match=message)):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(feed.watch_registration, 0.02)
-                await _until(lambda: reads >= 3)  # a sidecar that is fine is read, not stopped
+                await wait_for_async(lambda: reads >= 3, 15)  # a sidecar that is fine is read, not stopped
                 await trio.to_thread.run_sync(lambda: _set_proxy(agent, **change))
 
     trio.run(main)

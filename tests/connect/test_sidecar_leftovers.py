@@ -23,6 +23,8 @@ from meshagent.agent.http.render import agent_service_json, catalog_service_json
 from meshagent.agent.local_state import LocalState, LocalStateError
 from meshagent.agent.store import CatalogStore
 
+from tests.support.wait import wait_for_async
+
 ALIAS = "service:web-sidecar-proxy:2"
 WEB_TTL = "web-ttl"
 
@@ -74,12 +76,6 @@ def _web(**connect: object) -> dict[str, object]:
             "Connect": connect or {"SidecarService": {}}}
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(30):
-        while not condition():
-            await trio.sleep(0.05)
-
-
 def _scenario(body: Callable[[LocalState, CatalogStore], Awaitable[None]]) -> None:
     async def main() -> None:
         store = CatalogStore()
@@ -112,7 +108,7 @@ def test_the_sidecar_alias_check_follows_its_parent() -> None:
         assert _catalog_status(store, ALIAS) == "critical"
         await local.update_ttl(WEB_TTL, "passing", "ok")
         assert _alias(local) == ("passing", "All checks passing.")
-        await _until(lambda: _catalog_status(store, ALIAS) == "passing")
+        await wait_for_async(lambda: _catalog_status(store, ALIAS) == "passing", 30)
         await local.update_ttl(WEB_TTL, "warning", "slow")
         assert _alias(local) == ("warning", 'Aliased check "web ttl" failing: slow')
         await local.set_node_maintenance(True, "patching")
@@ -124,11 +120,11 @@ def test_the_sidecar_alias_check_follows_its_parent() -> None:
         await local.set_service_maintenance("web", False, "")
         await local.update_ttl(WEB_TTL, "passing", "")
         assert _alias(local)[0] == "passing"
-        await _until(lambda: _catalog_status(store, ALIAS) == "passing")
+        await wait_for_async(lambda: _catalog_status(store, ALIAS) == "passing", 30)
         # The listening check is unaffected; the TTL expiring turns the alias critical by itself.
         await trio.sleep(31)
         assert _alias(local) == ("critical", 'Aliased check "web ttl" failing: TTL expired')
-        await _until(lambda: _catalog_status(store, ALIAS) == "critical")
+        await wait_for_async(lambda: _catalog_status(store, ALIAS) == "critical", 30)
 
     _scenario(body)
 
@@ -151,7 +147,7 @@ def test_alias_checks_registered_on_their_own_and_chained() -> None:
         assert local.checks()["mirror"].status == "passing" and local.checks()["chain"].status == "passing"
         await local.deregister_service("db")
         assert local.checks()["mirror"].output == "Service db could not be found on node n1"
-        await _until(lambda: _catalog_status(store, "mirror") == "critical")
+        await wait_for_async(lambda: _catalog_status(store, "mirror") == "critical", 30)
 
     _scenario(body)
 

@@ -15,6 +15,7 @@ from meshagent.gossip.runtime import GossipAgent
 from meshagent.gossip.serf import SerfEvent, UserEvent
 
 from tests.support.ports import port_free
+from tests.support.wait import wait_for_async
 
 PORT = 8301
 
@@ -24,13 +25,6 @@ def _host() -> str:
         if port_free(f"127.0.0.{i}", PORT):
             return f"127.0.0.{i}"
     pytest.fail("no free address in 127.0.0.70-77 (something else holds the gossip port)")
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait (in trio) until `condition` holds; fail after `timeout` seconds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 def _run(test: Callable[[GossipAgent, str], Awaitable[None]], on_event: Callable[[SerfEvent], None] | None = None,
@@ -63,9 +57,9 @@ def test_an_exception_while_handling_one_packet_drops_only_that_packet() -> None
     async def test(agent: GossipAgent, host: str) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(_event(1, "boom"), (host, PORT))
-            await _until(lambda: agent.stats.handler_errors == 1)
+            await wait_for_async(lambda: agent.stats.handler_errors == 1)
             sock.sendto(_event(2, "fine"), (host, PORT))
-            await _until(lambda: "fine" in seen)
+            await wait_for_async(lambda: "fine" in seen)
         assert seen == ["boom", "fine"] and agent.stats.handler_errors == 1
 
     _run(test, on_event)
@@ -75,7 +69,7 @@ def test_streams_beyond_the_cap_are_closed_at_once() -> None:
     async def test(agent: GossipAgent, host: str) -> None:
         held = [await trio.open_tcp_stream(host, PORT) for _ in range(limits.STREAMS_MAX)]
         try:
-            await _until(lambda: agent._streams == limits.STREAMS_MAX)
+            await wait_for_async(lambda: agent._streams == limits.STREAMS_MAX)
             extra = await trio.open_tcp_stream(host, PORT)
             with trio.fail_after(5):
                 assert await extra.receive_some(10) == b""  # closed by the agent, not after tcp_timeout
@@ -84,6 +78,6 @@ def test_streams_beyond_the_cap_are_closed_at_once() -> None:
         finally:
             for stream in held:
                 await stream.aclose()
-        await _until(lambda: agent._streams == 0)
+        await wait_for_async(lambda: agent._streams == 0)
 
     _run(test)
