@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..acl.authorizer import GLOBAL_MANAGEMENT_POLICY_ID
-from ..acl.objects import ACLObjectError, Policy, Role, policy_from_request, role_from_request
+from ..acl.objects import ACLObjectError, Policy, policy_from_request, role_from_request
 from ..catalog import commands
 from .acl_api import (
     TRUE,
@@ -27,72 +28,113 @@ if TYPE_CHECKING:
     from .api import API
 
 
+# ------------------------------------------------------------------------------------------- one CRUD, two kinds
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between policies and roles; the handlers below are the same for both."""
+
+    name: str  # "policy" / "role": in Consul's error texts
+    title: str  # "Policy" / "Role"
+    parse: Callable[[Any, str | None], Any]  # (body, the URL's ID or None) -> the object; ACLObjectError
+    find: Callable[[Any, str], Any]  # (AclState, id) -> the object or None
+    set_command: Callable[[Any], dict[str, Any]]
+    delete_command: Callable[[str], dict[str, Any]]
+    create_with_id: str  # Consul's text when a create names an ID
+    vet_update: Callable[[str, Any, Any], None]  # (id, existing, new): raises for a change it may not make
+
+
+def _no_vet(oid: str, existing: Any, new: Any) -> None:
+    return None
+
+
+def _vet_policy_update(pid: str, existing: Policy, policy: Policy) -> None:
+    if pid == GLOBAL_MANAGEMENT_POLICY_ID and policy.rules != existing.rules:
+        raise bad_request("Changing the Rules for the builtin global-management policy is not permitted")
+
+
+_POLICY = _Kind("policy", "Policy", lambda body, pid: policy_from_request(body, policy_id=pid),
+                lambda acl, pid: acl.policy(pid), commands.acl_policy_set, commands.acl_policy_delete,
+                "Cannot specify the ID when creating a new policy", _vet_policy_update)
+_ROLE = _Kind("role", "Role", lambda body, rid: role_from_request(body, role_id=rid),
+              lambda acl, rid: acl.role(rid), commands.acl_role_set, commands.acl_role_delete,
+              "Role ID in URL and payload do not match", _no_vet)
+
+
+async def _create(kind: _Kind, api: API, request: Request, query: Query) -> Response:
+    require_acl(api, request, write=True)
+    body = request_body(request)
+    if body.get("ID"):
+        raise bad_request(kind.create_with_id)
+    try:
+        obj = kind.parse(body, None)
+    except ACLObjectError as exc:
+        raise invalid(exc, kind.title) from None
+    return await _write(kind, api, request, query, obj)
+
+
+async def _write(kind: _Kind, api: API, request: Request, query: Query, obj: Any) -> Response:
+    await apply_write(api, request, kind.set_command(obj))
+    stored = kind.find(acl_state(api), obj.id) or obj
+    return api.json(stored.to_api(), query)
+
+
+async def _item(kind: _Kind, api: API, request: Request, query: Query, arg: str) -> Response:
+    oid = object_id(arg, f"{kind.name} ID").lower()
+    acl = acl_state(api)
+    if request.method == "GET":
+        return await _show(kind, api, request, query, lambda: kind.find(acl, oid))
+    require_acl(api, request, write=True)
+    existing = kind.find(acl, oid)
+    if request.method == "DELETE":
+        if existing is None:
+            raise HTTPError(404, f"Cannot find {kind.name} to delete")
+        await apply_write(api, request, kind.delete_command(oid))
+        return TRUE
+    body = request_body(request)
+    if existing is None:
+        raise HTTPError(404, f"Cannot find {kind.name} {oid!r}")
+    try:
+        obj = kind.parse(body, oid)
+    except ACLObjectError as exc:
+        text = str(exc)
+        if text.startswith("ID:") and "does not match" in text:
+            raise bad_request(f"{kind.title} ID in URL and payload do not match") from None
+        raise invalid(exc, kind.title) from None
+    kind.vet_update(oid, existing, obj)
+    return await _write(kind, api, request, query, obj)
+
+
+async def _show(kind: _Kind, api: API, request: Request, query: Query, find: Callable[[], Any]) -> Response:
+    require_acl(api, request)
+    headers = await read_meta(api, request, query)
+    obj = find()
+    if obj is None:
+        raise HTTPError(404, f"Requested {kind.name} does not exist: ACL not found")
+    return 200, headers, api.json(obj.to_api(), query)[2]
+
+
 # ------------------------------------------------------------------------------------------- policies
 
 
 @acl_route
 async def policy_create(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/acl/policy: a new policy (its rules parsed and checked first)."""
-    require_acl(api, request, write=True)
-    body = request_body(request)
-    if body.get("ID"):
-        raise bad_request("Cannot specify the ID when creating a new policy")
-    try:
-        policy = policy_from_request(body)
-    except ACLObjectError as exc:
-        raise invalid(exc, "Policy") from None
-    return await _write_policy(api, request, query, policy)
-
-
-async def _write_policy(api: API, request: Request, query: Query, policy: Policy) -> Response:
-    await apply_write(api, request, commands.acl_policy_set(policy))
-    stored = acl_state(api).policy(policy.id) or policy
-    return api.json(stored.to_api(), query)
+    return await _create(_POLICY, api, request, query)
 
 
 @acl_route
 async def policy_item(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET/PUT/DELETE /v1/acl/policy/:id."""
-    pid = object_id(arg, "policy ID").lower()
-    acl = acl_state(api)
-    if request.method == "GET":
-        return await _show_policy(api, request, query, lambda: acl.policy(pid))
-    require_acl(api, request, write=True)
-    existing = acl.policy(pid)
-    if request.method == "DELETE":
-        if existing is None:
-            raise HTTPError(404, "Cannot find policy to delete")
-        await apply_write(api, request, commands.acl_policy_delete(pid))
-        return TRUE
-    body = request_body(request)
-    if existing is None:
-        raise HTTPError(404, f"Cannot find policy {pid!r}")
-    try:
-        policy = policy_from_request(body, policy_id=pid)
-    except ACLObjectError as exc:
-        text = str(exc)
-        if text.startswith("ID:") and "does not match" in text:
-            raise bad_request("Policy ID in URL and payload do not match") from None
-        raise invalid(exc, "Policy") from None
-    if pid == GLOBAL_MANAGEMENT_POLICY_ID and policy.rules != existing.rules:
-        raise bad_request("Changing the Rules for the builtin global-management policy is not permitted")
-    return await _write_policy(api, request, query, policy)
-
-
-async def _show_policy(api: API, request: Request, query: Query, find: Callable[[], Policy | None]) -> Response:
-    require_acl(api, request)
-    headers = await read_meta(api, request, query)
-    policy = find()
-    if policy is None:
-        raise HTTPError(404, "Requested policy does not exist: ACL not found")
-    return 200, headers, api.json(policy.to_api(), query)[2]
+    return await _item(_POLICY, api, request, query, arg)
 
 
 @acl_route
 async def policy_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/acl/policy/name/:name."""
     name = object_id(arg, "policy Name")
-    return await _show_policy(api, request, query, lambda: acl_state(api).policy_by_name(name))
+    return await _show(_POLICY, api, request, query, lambda: acl_state(api).policy_by_name(name))
 
 
 @acl_route
@@ -114,64 +156,20 @@ async def policy_list(api: API, request: Request, query: Query, arg: str) -> Res
 @acl_route
 async def role_create(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/acl/role: a new role."""
-    require_acl(api, request, write=True)
-    body = request_body(request)
-    if body.get("ID"):
-        raise bad_request("Role ID in URL and payload do not match")
-    try:
-        role = role_from_request(body)
-    except ACLObjectError as exc:
-        raise invalid(exc, "Role") from None
-    return await _write_role(api, request, query, role)
-
-
-async def _write_role(api: API, request: Request, query: Query, role: Role) -> Response:
-    await apply_write(api, request, commands.acl_role_set(role))
-    stored = acl_state(api).role(role.id) or role
-    return api.json(stored.to_api(), query)
+    return await _create(_ROLE, api, request, query)
 
 
 @acl_route
 async def role_item(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET/PUT/DELETE /v1/acl/role/:id."""
-    rid = object_id(arg, "role ID").lower()
-    acl = acl_state(api)
-    if request.method == "GET":
-        return await _show_role(api, request, query, lambda: acl.role(rid))
-    require_acl(api, request, write=True)
-    existing = acl.role(rid)
-    if request.method == "DELETE":
-        if existing is None:
-            raise HTTPError(404, "Cannot find role to delete")
-        await apply_write(api, request, commands.acl_role_delete(rid))
-        return TRUE
-    body = request_body(request)
-    if existing is None:
-        raise HTTPError(404, f"Cannot find role {rid!r}")
-    try:
-        role = role_from_request(body, role_id=rid)
-    except ACLObjectError as exc:
-        text = str(exc)
-        if text.startswith("ID:") and "does not match" in text:
-            raise bad_request("Role ID in URL and payload do not match") from None
-        raise invalid(exc, "Role") from None
-    return await _write_role(api, request, query, role)
-
-
-async def _show_role(api: API, request: Request, query: Query, find: Callable[[], Role | None]) -> Response:
-    require_acl(api, request)
-    headers = await read_meta(api, request, query)
-    role = find()
-    if role is None:
-        raise HTTPError(404, "Requested role does not exist: ACL not found")
-    return 200, headers, api.json(role.to_api(), query)[2]
+    return await _item(_ROLE, api, request, query, arg)
 
 
 @acl_route
 async def role_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/acl/role/name/:name."""
     name = object_id(arg, "role Name")
-    return await _show_role(api, request, query, lambda: acl_state(api).role_by_name(name))
+    return await _show(_ROLE, api, request, query, lambda: acl_state(api).role_by_name(name))
 
 
 @acl_route
