@@ -16,13 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import PASSING, Service, commands
 from meshagent.agent.config.types import CheckDefinition, ServiceDefinition
 from meshagent.agent.local_sync import LocalCheck
-from meshagent.agent.store import CatalogStore
 
-from tests.support.http_harness import FakeAgent, FakeLocal, ServerThread, register_instance
+from tests.support.acl_objects import add_token
+from tests.support.http_harness import FakeAgent, FakeLocal, ServerThread, TokenRecorder, register_instance
 
 HOST = "127.0.39.1"  # this suite's addresses: 127.0.39.N (the HTTP port is ephemeral)
 FILTERED = "x-consul-results-filtered-by-acls"
@@ -60,28 +59,12 @@ class RecordingLocal(FakeLocal):
         self.tokens[cdef.id] = token
 
 
-class Forwarder:
-    """Stands in for a client agent's ServerForwarder: applies here, and keeps the token each write carries
-    (the servers re-check writes as that token)."""
-
-    def __init__(self, store: CatalogStore) -> None:
-        self.store = store
-        self.tokens: list[str | None] = []
-
-    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
-        self.tokens.append(token)
-        return self.store.catalog.apply(self.store.catalog.last_index + 1, command)
-
-    async def read_barrier(self, consistent: bool) -> None:
-        return None
-
-
 @dataclass
 class Env:
     srv: ServerThread
     http: httpx.Client
     secrets: dict[str, str]
-    forwarder: Forwarder
+    forwarder: TokenRecorder
 
     def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
@@ -89,11 +72,7 @@ class Env:
 
 
 def _token(srv: ServerThread, name: str, rules: str) -> str:
-    policy_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
-    srv.apply(commands.acl_policy_set(Policy(id=policy_id, name=f"p-{name}", rules=rules)))
-    srv.apply(commands.acl_token_set(Token(accessor_id=str(uuid.uuid4()), secret_id=secret,
-                                           description=name, policies=(Link(policy_id, f"p-{name}"),))))
-    return secret
+    return add_token(srv.apply, name, rules)
 
 
 def _populate(srv: ServerThread) -> None:
@@ -125,7 +104,7 @@ def env() -> Iterator[Env]:
         secrets["mgmt"] = MGMT
         secrets["config_agent"] = agent.config.acl.tokens.agent
         _populate(srv)
-        forwarder = Forwarder(agent.store)
+        forwarder = TokenRecorder(agent.store)
         agent.store.replicator = forwarder
         with httpx.Client(base_url=srv.url, timeout=10) as http:
             yield Env(srv, http, secrets, forwarder)
@@ -418,7 +397,7 @@ def test_acls_off_nothing_changes() -> None:
     srv = ServerThread(agent=FakeAgent(), host=HOST).start()
     try:
         _populate(srv)
-        forwarder = srv.agent.store.replicator = Forwarder(srv.agent.store)
+        forwarder = srv.agent.store.replicator = TokenRecorder(srv.agent.store)
         with httpx.Client(base_url=srv.url, timeout=10) as http:
             bogus = {"X-Consul-Token": str(uuid.uuid4())}  # ignored: nothing resolves with ACLs off
             r = http.get("/v1/health/service/web?passing", headers=bogus)

@@ -26,7 +26,7 @@ from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.http_harness import FakeAgent, ServerThread, node, register_instance, wait_waiting
+from tests.support.http_harness import FakeAgent, ServerThread, TokenRecorder, node, register_instance, wait_waiting
 from tests.support.ports import free_ports
 from tests.support.wait import wait_for
 
@@ -318,25 +318,10 @@ async def _fire(agent: FakeAgent, name: str) -> None:
 # ---------------------------------------------------------------------- F6: ACLs off, no secret travels
 
 
-class Recorder:
-    """Stands in for a client agent's forwarder: applies here and keeps each write's token."""
-
-    def __init__(self, store: CatalogStore) -> None:
-        self.store = store
-        self.tokens: list[str | None] = []
-
-    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
-        self.tokens.append(token)
-        return self.store.catalog.apply(self.store.catalog.last_index + 1, command)
-
-    async def read_barrier(self, consistent: bool) -> None:
-        return None
-
-
 def test_acls_off_writes_carry_no_token() -> None:
     agent = FakeAgent()
     agent.acl.tokens.default = "default-secret"
-    recorder = agent.store.replicator = Recorder(agent.store)
+    recorder = agent.store.replicator = TokenRecorder(agent.store)
     srv = ServerThread(agent=agent, host="127.0.49.3").start()
     try:
         headers = {"X-Consul-Token": "presented-secret"}

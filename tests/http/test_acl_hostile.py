@@ -18,12 +18,12 @@ import consul
 import httpx
 import msgpack
 import pytest
-from meshagent.agent.acl.objects import Link, Policy, Token
 from meshagent.agent.catalog import commands
 from meshagent.agent.http.api import API
 from meshagent.agent.http.messages import Request
 from meshagent.agent.server.acl_endpoints import AclHttpEndpoint
 
+from tests.support.acl_objects import add_token
 from tests.support.http_fuzz import ALLOWED_STATUS, PATHS, run_fuzz
 from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
 from tests.support.ports import port_free
@@ -57,11 +57,7 @@ class Env:
 
 
 def _token(srv: ServerThread, name: str, rules: str) -> str:
-    policy_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
-    srv.apply(commands.acl_policy_set(Policy(id=policy_id, name=f"p-{name}", rules=rules)))
-    srv.apply(commands.acl_token_set(Token(accessor_id=str(uuid.uuid4()), secret_id=secret, description=name,
-                                           policies=(Link(policy_id, f"p-{name}"),))))
-    return secret
+    return add_token(srv.apply, name, rules)
 
 
 @pytest.fixture(scope="module")

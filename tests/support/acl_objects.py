@@ -5,7 +5,7 @@ a 403 or a log line should carry, and re-set a policy's rules under the same ID.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from meshagent.agent.acl.objects import Link, Policy, Token
@@ -37,3 +37,14 @@ def apply_now(store: CatalogStore, cmds: Iterable[dict[str, Any]]) -> None:
     """Apply commands to the store's catalog at the next indexes, at once (no trio loop may be using it)."""
     for cmd in cmds:
         store.catalog.apply(store.catalog.last_index + 1, cmd)
+
+
+def add_token(apply: Callable[[dict[str, Any]], object], name: str, rules: str) -> str:
+    """A new token (fresh random IDs and secret) holding one new policy `p-<name>` of `rules`, written with
+    `apply` (e.g. a harness ServerThread's); its secret."""
+    policy = Policy(id=str(uuid.uuid4()), name=f"p-{name}", rules=rules)
+    secret = str(uuid.uuid4())
+    apply(commands.acl_policy_set(policy))
+    apply(commands.acl_token_set(Token(accessor_id=str(uuid.uuid4()), secret_id=secret, description=name,
+                                       policies=(Link(policy.id, policy.name),))))
+    return secret

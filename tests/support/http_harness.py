@@ -200,6 +200,22 @@ class ServerThread:
             raise self._error
 
 
+class TokenRecorder:
+    """Stands in for a client agent's ServerForwarder (store.replicator): applies each write here and keeps
+    the token it carries (the servers would re-check the write as that token)."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.tokens: list[str | None] = []
+
+    async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+        self.tokens.append(token)
+        return self.store.catalog.apply(self.store.catalog.last_index + 1, command)
+
+    async def read_barrier(self, consistent: bool) -> None:
+        return None
+
+
 def node(name: str, address: str = "10.0.0.1", meta: dict[str, str] | None = None) -> Node:
     """A node row for tests."""
     return Node(node=name, address=address, datacenter="dc1", id=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
