@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.syntax import LINES, START, SyntaxProblem, load_hcl, load_json
+from .rules_scanner import scan_hcl, scan_json
 
-# Bounds: a policy is operator input stored in Raft; parsing is superlinear in the text (about 0.6 s at
-# 64 KiB), so callers parse once per policy version and cache, and the text stays small.
+# Bounds: a policy is operator input stored in Raft. The common shapes are read in linear time
+# (rules_scanner.py); anything else goes through python-hcl2, superlinear (about 0.3 s at 64 KiB).
 MAX_RULES_TEXT = 64 * 1024
 MAX_RULES = 1000
 MAX_NAME = 1024
+# Results (or errors) kept per Rules text, so an agent parses a policy once: the FSM's check on apply,
+# the resolver and the API's check share them. Bounded in entries and in text held.
+_TOO_MANY = f"rules: more than {MAX_RULES} rules"
+MAX_CACHED = 1024
+MAX_CACHED_TEXT = 4 * 1024 * 1024
 
 
 class Access(enum.IntEnum):
@@ -60,13 +67,93 @@ class Policy:
 
 
 def parse_rules(text: str) -> Policy:
-    """Parse Rules text (HCL, or JSON when it starts with `{`); raises RulesError naming line and field."""
-    if len(text.encode()) > MAX_RULES_TEXT:
-        raise RulesError(f"rules: longer than {MAX_RULES_TEXT} bytes")
-    if not text.strip():
+    """Parse Rules text (HCL, or JSON when it starts with `{`); raises RulesError naming line and field.
+    Results are cached per text (bounded): the same text is parsed once per process."""
+    if _blank(text):
         return Policy()
+    return _cache.get(text)
+
+
+def _blank(text: str) -> bool:
+    """Checks the size (raises RulesError); True for blank text (no rules)."""
     try:
-        tree = load_json(text) if text.lstrip().startswith("{") else load_hcl(text)
+        size = len(text) if len(text) > MAX_RULES_TEXT else len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no text Raft or Consul could carry
+        raise RulesError("rules: not valid UTF-8 text") from None
+    if size > MAX_RULES_TEXT:
+        raise RulesError(f"rules: longer than {MAX_RULES_TEXT} bytes")
+    return not text.strip()
+
+
+class _RulesCache:
+    """Parsed Rules (or the RulesError message) by text: LRU, bounded in entries and in text bytes."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, Policy | str] = OrderedDict()
+        self._chars = 0
+        self.misses = 0  # texts parsed (what tests and the bench count)
+
+    def get(self, text: str) -> Policy:
+        entry = self._entries.get(text)
+        if entry is None:
+            self.misses += 1
+            try:
+                entry = _parse(text)
+            except RulesError as exc:
+                entry = str(exc)
+            self._keep(text, entry)
+        else:
+            try:
+                self._entries.move_to_end(text)
+            except KeyError:  # evicted meanwhile (another thread): still a good answer
+                pass
+        if isinstance(entry, str):
+            raise RulesError(entry)
+        return entry
+
+    def _keep(self, text: str, entry: Policy | str) -> None:
+        if text in self._entries:
+            return
+        self._entries[text] = entry
+        self._chars += len(text)
+        while self._entries and (len(self._entries) > MAX_CACHED or self._chars > MAX_CACHED_TEXT):
+            old, _ = self._entries.popitem(last=False)
+            self._chars -= len(old)
+
+    def clear(self) -> None:
+        """Forget every result (tests, benchmarks)."""
+        self._entries.clear()
+        self._chars = 0
+
+
+_cache = _RulesCache()
+
+
+def parse_rules_uncached(text: str) -> Policy:
+    """parse_rules without the cache (tests and benchmarks)."""
+    return Policy() if _blank(text) else _parse(text)
+
+
+def _parse(text: str) -> Policy:
+    """The linear reader when it knows the text and finds no fault, else python-hcl2 (its errors, lines)."""
+    is_json = text.lstrip().startswith("{")
+    tree = scan_json(text) if is_json else scan_hcl(text)
+    if isinstance(tree, dict):
+        try:
+            return _policy(tree)
+        except RulesError as exc:
+            if str(exc) == _TOO_MANY:
+                raise  # names no line: the same text either way, without python-hcl2's 0.5 s on 64 KiB
+            # else the slow path below says it again, with the line
+    return parse_rules_slow(text, is_json)
+
+
+def parse_rules_slow(text: str, is_json: bool | None = None) -> Policy:
+    """The python-hcl2 / annotated-JSON path alone (the reference the linear reader is tested against)."""
+    if is_json is None:
+        is_json = text.lstrip().startswith("{")
+    try:
+        tree = load_json(text) if is_json else load_hcl(text)
     except SyntaxProblem as exc:
         raise RulesError(f"rules: {_at(exc.line)}{exc.reason}") from None
     if not isinstance(tree, dict):
@@ -93,7 +180,7 @@ def _policy(tree: Mapping[str, Any]) -> Policy:
         if base in NAMED:
             named.extend(_named(base, prefix, key, value, line))
             if len(named) > MAX_RULES:
-                raise RulesError(f"rules: more than {MAX_RULES} rules")
+                raise RulesError(_TOO_MANY)
         elif key in SINGLE:
             single[key] = _single(key, value, line)
         else:
@@ -140,6 +227,10 @@ def _named(base: str, prefix: bool, key: str, value: Any, line: int | None) -> I
         lines: Mapping[str, int] = block.get(LINES, {})
         for name in _user_keys(block):
             body = block[name]
+            rule = _plain_rule(base, prefix, name, body)
+            if rule is not None:
+                yield rule
+                continue
             body_line = body.get(START) if isinstance(body, dict) else None
             where = _at(body_line or lines.get(name) or line)
             label = f'{key} "{name}"'
@@ -148,6 +239,27 @@ def _named(base: str, prefix: bool, key: str, value: Any, line: int | None) -> I
             if not isinstance(body, dict):
                 raise RulesError(f"rules: {where}{label}: expected a block with policy")
             yield _named_body(base, prefix, name, label, body, where)
+
+
+def _plain_rule(base: str, prefix: bool, name: str, body: Any) -> NamedRule | None:
+    """The rule of a well-formed block, without building error texts; None: let the checks below say why."""
+    if len(name) > MAX_NAME or not isinstance(body, dict):
+        return None
+    value = body.get("policy")
+    access = ACCESS_NAMES.get(value) if isinstance(value, str) else None
+    if access is None or (access is Access.LIST and base != "key"):
+        return None
+    intentions = None
+    extra = 1
+    if base == "service" and "intentions" in body:
+        value = body["intentions"]
+        intentions = ACCESS_NAMES.get(value) if isinstance(value, str) else None
+        if intentions is None or intentions is Access.LIST:
+            return None
+        extra = 2
+    if len(body) != extra and sum(1 for k in body if not k.startswith("__")) != extra:
+        return None  # a field other than policy/intentions
+    return NamedRule(base, name, prefix, access, intentions)
 
 
 def _named_body(base: str, prefix: bool, name: str, label: str, body: Mapping[str, Any], where: str) -> NamedRule:
