@@ -39,7 +39,7 @@ from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.acl_raft import acl_servers
+from tests.support.acl_raft import acl_servers, running
 from tests.support.agents import AgentProcess
 from tests.support.ports import ports_free
 from tests.support.wait import wait_for, wait_for_async
@@ -67,15 +67,10 @@ async def cluster() -> AsyncIterator[list[tuple[RaftServer, CAManager]]]:
         manager.acl = server.endpoints.acl
         server.endpoints.ca = manager
         nodes.append((server, manager))
-    async with trio.open_nursery() as nursery:
-        for server, manager in nodes:
-            await nursery.start(server.run)
-            await nursery.start(manager.run)
-        await wait_for_async(lambda: sum(s.is_leader() for s, _ in nodes) == 1, 15, what="one leader")
+    async with running([s for s, _ in nodes], also=[m.run for _, m in nodes]):
         await wait_for_async(lambda: all(m.state.active_root is not None for _, m in nodes), 10,
                              what="the CA on every server")
         yield nodes
-        nursery.cancel_scope.cancel()
 
 
 def leaf_ttl(manager: CAManager) -> Any:

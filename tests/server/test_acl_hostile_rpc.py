@@ -29,7 +29,7 @@ from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import ACLDenied, ServerError, Unreachable
 from meshagent.agent.server.raft_server import RaftServer
 
-from tests.support.acl_raft import acl_servers
+from tests.support.acl_raft import acl_servers, running
 from tests.support.http_harness import FakeAgent
 from tests.support.wait import wait_for_async
 
@@ -56,12 +56,8 @@ async def cluster() -> AsyncIterator[list[RaftServer]]:
         view = FakeAgent(node_name=f"acl-red-{i}")
         view.store, view.config, view.acl = acl.store, acl.config, acl
         server.endpoints.acl_http.api = API(view)
-    async with trio.open_nursery() as nursery:
-        for server in servers:
-            await nursery.start(server.run)
-        await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 15, what="one leader")
+    async with running(servers):
         yield servers
-        nursery.cancel_scope.cancel()
 
 
 def _token(rules: str, name: str) -> tuple[Policy, Token]:

@@ -29,7 +29,7 @@ from meshagent.agent.rpc.errors import ACLDenied, ACLNotFound, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
-from tests.support.acl_raft import acl_servers
+from tests.support.acl_raft import acl_servers, running
 from tests.support.wait import wait_for_async
 
 pytestmark = [pytest.mark.slow]  # a 3-server Raft cluster (in-process: ~3 s)
@@ -49,13 +49,8 @@ def denied(accessor: str, permission: str, name: str) -> str:
 
 @asynccontextmanager
 async def cluster() -> AsyncIterator[list[RaftServer]]:
-    servers = acl_servers(HOSTS, "acl-rpc")
-    async with trio.open_nursery() as nursery:
-        for server in servers:
-            await nursery.start(server.run)
-        await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 15, what="one leader")
+    async with running(acl_servers(HOSTS, "acl-rpc")) as servers:
         yield servers
-        nursery.cancel_scope.cancel()
 
 
 def test_writes_over_rpc_are_rechecked_against_their_token() -> None:

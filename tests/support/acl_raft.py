@@ -4,6 +4,9 @@ server resolves tokens from its own FSM with the agent's ACLResolver, as a serve
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -13,6 +16,7 @@ from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.store import CatalogStore
 
 from .ports import free_ports, port_free
+from .wait import wait_for_async
 
 
 def common_port(hosts: list[str]) -> int:
@@ -39,3 +43,18 @@ def acl_servers(hosts: list[str], name: str) -> list[RaftServer]:
         server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
         servers.append(server)
     return servers
+
+
+@asynccontextmanager
+async def running(servers: list[RaftServer],
+                  also: Iterable[Callable[..., Awaitable[Any]]] = ()) -> AsyncIterator[list[RaftServer]]:
+    """Run `servers` (and each of `also`, started with nursery.start) until one of them leads; stop them all
+    on leaving."""
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run)
+        for run in also:
+            await nursery.start(run)
+        await wait_for_async(lambda: sum(s.is_leader() for s in servers) == 1, 15, what="one leader")
+        yield servers
+        nursery.cancel_scope.cancel()
