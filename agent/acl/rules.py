@@ -156,6 +156,9 @@ def parse_rules_slow(text: str, is_json: bool | None = None) -> Policy:
         tree = load_json(text) if is_json else load_hcl(text)
     except SyntaxProblem as exc:
         raise RulesError(f"rules: {_at(exc.line)}{exc.reason}") from None
+    except Exception as exc:  # third-party parsers on hostile text (JSON's 4300-digit int limit): never a crash
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RulesError(f"rules: invalid {'JSON' if is_json else 'HCL'}: {reason}") from None
     if not isinstance(tree, dict):
         raise RulesError("rules: the top level must be an object")
     return _policy(tree)

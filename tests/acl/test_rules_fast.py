@@ -221,9 +221,13 @@ def test_scanner_leaves_what_it_does_not_know() -> None:
     assert scan_json('{"a": 1} x') is None
 
 
-def test_lone_surrogate_is_a_rules_error() -> None:
+def test_hostile_text_is_a_rules_error_never_a_crash() -> None:
     with pytest.raises(RulesError, match="not valid UTF-8"):
         parse_rules('service "\ud800" { policy = "read" }')
+    with pytest.raises(RulesError, match="invalid JSON: Exceeds the limit"):  # was a bare ValueError
+        parse_rules('{"operator": 1' + "1" * 5000 + "}")
+    with pytest.raises(RulesError, match="nested too deeply"):
+        parse_rules('{"a": ' * 5000 + "1" + "}" * 5000)
 
 
 def big_policy() -> str:
