@@ -13,13 +13,13 @@ from ..config.syntax import LINES, START, SyntaxProblem, load_hcl, load_json
 from .rules_scanner import scan_hcl, scan_json
 
 # Bounds: a policy is operator input stored in Raft. The common shapes are read in linear time
-# (rules_scanner.py); anything else goes through python-hcl2, superlinear (about 0.3 s at 64 KiB).
+# (rules_scanner.py); anything else goes through python-hcl2, superlinear (0.4-0.5 s at 64 KiB).
 MAX_RULES_TEXT = 64 * 1024
 MAX_RULES = 1000
 MAX_NAME = 1024
+_TOO_MANY = f"rules: more than {MAX_RULES} rules"
 # Results (or errors) kept per Rules text, so an agent parses a policy once: the FSM's check on apply,
 # the resolver and the API's check share them. Bounded in entries and in text held.
-_TOO_MANY = f"rules: more than {MAX_RULES} rules"
 MAX_CACHED = 1024
 MAX_CACHED_TEXT = 4 * 1024 * 1024
 
@@ -68,7 +68,7 @@ class Policy:
 
 def parse_rules(text: str) -> Policy:
     """Parse Rules text (HCL, or JSON when it starts with `{`); raises RulesError naming line and field.
-    Results are cached per text (bounded): the same text is parsed once per process."""
+    Cached per text (bounded): one parse per process, and callers share the result (never mutate it)."""
     if _blank(text):
         return Policy()
     return _cache.get(text)
