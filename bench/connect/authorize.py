@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 from machine import machine_info  # noqa: E402  (bench/machine.py)
 from meshagent.agent.connect.intentions import Action, Intention, IntentionIndex, decide_l4, ordered  # noqa: E402
-from wrk_tool import ensure_wrk  # noqa: E402  (bench/wrk_tool.py)
+from wrk_tool import ensure_wrk, wrk_summary  # noqa: E402  (bench/wrk_tool.py)
 
 from tests.support.cluster_hosts import Cluster, ClusterWarning, Host  # noqa: E402
 from tests.support.mesh import (  # noqa: E402
@@ -63,16 +62,7 @@ def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | 
     subprocess.run([wrk, "-t1", f"-c{connections}", "-d1s", *extra, url], check=True, capture_output=True)
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url],
                          check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m is None:
-        sys.exit(f"wrk printed no rate:\n{out}")
-    result = {"rps": m.group(1)}
-    for p in ("50%", "99%"):
-        found = re.search(rf"^\s+{p}\s+(\S+)", out, re.M)
-        result[p] = found.group(1) if found else "?"
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    result["errors"] = errors.group(0) if errors else "none"
-    return result
+    return wrk_summary(out)
 
 
 def sources_per_destination(total: int) -> int:
