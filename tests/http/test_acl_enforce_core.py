@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from meshagent.agent.config.types import CheckDefinition, ServiceDefinition
 from meshagent.agent.local_sync import LocalCheck
 
 from tests.support.acl_objects import add_token
-from tests.support.http_harness import FakeAgent, FakeLocal, ServerThread, TokenRecorder, register_instance
+from tests.support.http_harness import ACLEnv, FakeAgent, FakeLocal, ServerThread, TokenRecorder, register_instance
 
 HOST = "127.0.39.1"  # this suite's addresses: 127.0.39.N (the HTTP port is ephemeral)
 FILTERED = "x-consul-results-filtered-by-acls"
@@ -60,15 +59,8 @@ class RecordingLocal(FakeLocal):
 
 
 @dataclass
-class Env:
-    srv: ServerThread
-    http: httpx.Client
-    secrets: dict[str, str]
+class Env(ACLEnv):
     forwarder: TokenRecorder
-
-    def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
-        return self.http.request(method, path, headers=headers, **kw)
 
 
 def _token(srv: ServerThread, name: str, rules: str) -> str:

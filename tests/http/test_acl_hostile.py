@@ -11,7 +11,6 @@ import random
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import consul
@@ -25,7 +24,7 @@ from meshagent.agent.server.acl_endpoints import AclHttpEndpoint
 
 from tests.support.acl_objects import add_token
 from tests.support.http_fuzz import ALLOWED_STATUS, PATHS, run_fuzz
-from tests.support.http_harness import FakeAgent, ServerThread, register_instance, wait_waiting
+from tests.support.http_harness import ACLEnv, FakeAgent, ServerThread, register_instance, wait_waiting
 from tests.support.ports import port_free
 
 HOST = "127.0.46.1"  # this suite's address (127.0.46.N is the red team's); the port is ephemeral
@@ -45,15 +44,7 @@ RULES = {
 }
 
 
-@dataclass
-class Env:
-    srv: ServerThread
-    http: httpx.Client
-    secrets: dict[str, str]
-
-    def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
-        return self.http.request(method, path, headers=headers, **kw)
+Env = ACLEnv
 
 
 def _token(srv: ServerThread, name: str, rules: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 from meshagent.agent.acl.resolver import ACLResolver
 from meshagent.agent.catalog import PASSING, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service, commands
@@ -198,6 +199,20 @@ class ServerThread:
         self._thread.join(10)
         if self._error is not None:
             raise self._error
+
+
+@dataclass
+class ACLEnv:
+    """A running harness server, an httpx client to it, and the suite's test tokens by name."""
+
+    srv: ServerThread
+    http: httpx.Client
+    secrets: dict[str, str]
+
+    def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        """One request as the token named `token` in `secrets` (else `token` is the secret itself; None: none)."""
+        headers = {"X-Consul-Token": self.secrets.get(token, token)} if token else {}
+        return self.http.request(method, path, headers=headers, **kw)
 
 
 class TokenRecorder:
