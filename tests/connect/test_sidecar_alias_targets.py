@@ -9,7 +9,9 @@ from meshagent.agent.config.types import Source
 from meshagent.agent.local_state import LocalState
 from meshagent.agent.store import CatalogStore
 
-from .test_sidecar_leftovers import _catalog_status, _scenario, _until
+from tests.support.wait import wait_for_async
+
+from .test_sidecar_leftovers import _catalog_status, _scenario
 
 MISSING = ("critical", "Service db could not be found on node n1")
 
@@ -30,10 +32,10 @@ def test_an_alias_follows_a_target_without_checks_coming_and_going() -> None:
         assert _status(local, "mirror") == MISSING
         await local.register_service(parse_service({"Name": "db", "Port": 5432}, Source("<api>")))
         assert _status(local, "mirror") == ("passing", "No checks found.")
-        await _until(lambda: _catalog_status(store, "mirror") == "passing")
+        await wait_for_async(lambda: _catalog_status(store, "mirror") == "passing", 30)
         await local.deregister_service("db")
         assert _status(local, "mirror") == MISSING
-        await _until(lambda: _catalog_status(store, "mirror") == "critical")
+        await wait_for_async(lambda: _catalog_status(store, "mirror") == "critical", 30)
 
     _scenario(body)
 
