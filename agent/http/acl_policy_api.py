@@ -11,6 +11,7 @@ from ..acl.objects import ACLObjectError, Policy, policy_from_request, role_from
 from ..catalog import commands
 from .acl_api import (
     TRUE,
+    Endpoint,
     acl_route,
     acl_state,
     apply_write,
@@ -39,6 +40,7 @@ class _Kind:
     title: str  # "Policy" / "Role"
     parse: Callable[[Any, str | None], Any]  # (body, the URL's ID or None) -> the object; ACLObjectError
     find: Callable[[Any, str], Any]  # (AclState, id) -> the object or None
+    find_name: Callable[[Any, str], Any]  # (AclState, name) -> the object or None
     set_command: Callable[[Any], dict[str, Any]]
     delete_command: Callable[[str], dict[str, Any]]
     create_with_id: str  # Consul's text when a create names an ID
@@ -55,10 +57,12 @@ def _vet_policy_update(pid: str, existing: Policy, policy: Policy) -> None:
 
 
 _POLICY = _Kind("policy", "Policy", lambda body, pid: policy_from_request(body, policy_id=pid),
-                lambda acl, pid: acl.policy(pid), commands.acl_policy_set, commands.acl_policy_delete,
+                lambda acl, pid: acl.policy(pid), lambda acl, name: acl.policy_by_name(name),
+                commands.acl_policy_set, commands.acl_policy_delete,
                 "Cannot specify the ID when creating a new policy", _vet_policy_update)
 _ROLE = _Kind("role", "Role", lambda body, rid: role_from_request(body, role_id=rid),
-              lambda acl, rid: acl.role(rid), commands.acl_role_set, commands.acl_role_delete,
+              lambda acl, rid: acl.role(rid), lambda acl, name: acl.role_by_name(name),
+              commands.acl_role_set, commands.acl_role_delete,
               "Role ID in URL and payload do not match", _no_vet)
 
 
@@ -115,26 +119,28 @@ async def _show(kind: _Kind, api: API, request: Request, query: Query, find: Cal
     return 200, headers, api.json(obj.to_api(), query)[2]
 
 
+def _routes(kind: _Kind) -> tuple[Endpoint, Endpoint, Endpoint]:
+    """PUT /v1/acl/<kind> (create), GET/PUT/DELETE /v1/acl/<kind>/:id, GET /v1/acl/<kind>/name/:name."""
+
+    @acl_route
+    async def create(api: API, request: Request, query: Query, arg: str) -> Response:
+        return await _create(kind, api, request, query)
+
+    @acl_route
+    async def item(api: API, request: Request, query: Query, arg: str) -> Response:
+        return await _item(kind, api, request, query, arg)
+
+    @acl_route
+    async def by_name(api: API, request: Request, query: Query, arg: str) -> Response:
+        name = object_id(arg, f"{kind.name} Name")
+        return await _show(kind, api, request, query, lambda: kind.find_name(acl_state(api), name))
+
+    return create, item, by_name
+
+
 # ------------------------------------------------------------------------------------------- policies
 
-
-@acl_route
-async def policy_create(api: API, request: Request, query: Query, arg: str) -> Response:
-    """PUT /v1/acl/policy: a new policy (its rules parsed and checked first)."""
-    return await _create(_POLICY, api, request, query)
-
-
-@acl_route
-async def policy_item(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET/PUT/DELETE /v1/acl/policy/:id."""
-    return await _item(_POLICY, api, request, query, arg)
-
-
-@acl_route
-async def policy_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/acl/policy/name/:name."""
-    name = object_id(arg, "policy Name")
-    return await _show(_POLICY, api, request, query, lambda: acl_state(api).policy_by_name(name))
+policy_create, policy_item, policy_by_name = _routes(_POLICY)
 
 
 @acl_route
@@ -152,24 +158,7 @@ async def policy_list(api: API, request: Request, query: Query, arg: str) -> Res
 
 # ------------------------------------------------------------------------------------------- roles
 
-
-@acl_route
-async def role_create(api: API, request: Request, query: Query, arg: str) -> Response:
-    """PUT /v1/acl/role: a new role."""
-    return await _create(_ROLE, api, request, query)
-
-
-@acl_route
-async def role_item(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET/PUT/DELETE /v1/acl/role/:id."""
-    return await _item(_ROLE, api, request, query, arg)
-
-
-@acl_route
-async def role_by_name(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/acl/role/name/:name."""
-    name = object_id(arg, "role Name")
-    return await _show(_ROLE, api, request, query, lambda: acl_state(api).role_by_name(name))
+role_create, role_item, role_by_name = _routes(_ROLE)
 
 
 @acl_route
