@@ -53,7 +53,12 @@ class ACLResolver:
         self.node_name = config.node_name  # the agent sets its resolved name (agent_recovery's agent rule)
         self._parsed: OrderedDict[tuple[str, int], Rules] = OrderedDict()
         self._identities: dict[str, ACLIdentity] = {}
-        self._generation: tuple[int, str, str] = (-1, "", "")  # what _identities were built under
+        # Presented secret -> identity, for the hot path (no digest, no lookup): only while the replica is
+        # current, dropped with _identities. It holds only secrets presented to this agent, which pass through
+        # its memory anyway.
+        self._by_secret: dict[str | None, ACLIdentity] = {}
+        # What _identities and _by_secret were built under: the ACL state (object and index), default policy, DC.
+        self._generation: tuple[int, int, str, str] = (-1, -1, "", "")
         self._recovery: ACLIdentity | None = None
         self.hits = 0  # resolved to a stored token (or the anonymous one)
         self.not_found = 0  # ACLNotFound raised
@@ -81,6 +86,13 @@ class ACLResolver:
         if down in ("allow", "deny"):
             return self._down_identity(down, secret)
         acl = self.store.catalog.acl
+        generation = (id(acl), acl.index, self.config.acl.default_policy, self.config.datacenter)
+        if down is None and generation == self._generation:
+            known = self._by_secret.get(secret)
+            if known is not None and (known.token is None or known.token.expiration_time is None
+                                      or not known.token.expired(self.wall())):
+                self.hits += 1
+                return known
         token = self._lookup(acl, secret)
         if token is None and down is not None:
             # extend-cache/async-cache with nothing known for this secret: Consul's resolver falls back to
@@ -90,9 +102,10 @@ class ACLResolver:
             self.not_found += 1
             raise ACLNotFound("ACL not found")
         self.hits += 1
-        generation = (acl.index, self.config.acl.default_policy, self.config.datacenter)
-        if generation != self._generation or len(self._identities) >= MAX_IDENTITIES:
+        if generation != self._generation or len(self._identities) >= MAX_IDENTITIES \
+                or len(self._by_secret) >= MAX_IDENTITIES:
             self._identities.clear()
+            self._by_secret.clear()
             self._generation = generation
         identity = self._identities.get(token.accessor_id)
         if identity is None:
@@ -101,6 +114,8 @@ class ACLResolver:
             identity = self._identities[token.accessor_id] = ACLIdentity(
                 accessor_id=token.accessor_id, authorizer=authorizer, token=token,
                 cache_key=f"{token.accessor_id}:{acl.index}")
+        if down is None:
+            self._by_secret[secret] = identity
         return identity
 
     def resolve_rpc(self, secret: str | None) -> ACLIdentity:
