@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from .http_client import AgentClient, fail, http_options
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """Consul-style whitespace-aligned columns, no borders."""
-    table = Table(box=None, show_edge=False, pad_edge=False, show_header=True,
-                  header_style="")
-    for h in headers:
-        table.add_column(h, no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    Console(width=250, highlight=False, soft_wrap=True).print(table)
+from .output import format_option, print_json, print_table  # print_table: kept importable from here
 
 
 @click.group()
@@ -31,8 +18,9 @@ def catalog() -> None:
 @catalog.command("services")
 @click.option("-tags", "--tags", is_flag=True, help="Show tags.")
 @click.option("-node", "--node", default=None, help="Only services on this node.")
+@format_option
 @http_options
-def catalog_services(tags: bool, node: str | None, http_addr: str | None, token: str | None) -> None:
+def catalog_services(tags: bool, node: str | None, fmt: str, http_addr: str | None, token: str | None) -> None:
     """List service names (one per line)."""
     client = AgentClient(http_addr, token)
     if node:
@@ -45,6 +33,9 @@ def catalog_services(tags: bool, node: str | None, http_addr: str | None, token:
             services.setdefault(svc["Service"], []).extend(svc.get("Tags") or [])
     else:
         services = client.request("GET", "/v1/catalog/services").json()
+    if fmt == "json":  # Consul's shape: service name -> tags
+        print_json({name: sorted(set(services[name] or [])) for name in sorted(services)})
+        return
     for name in sorted(services):
         click.echo(f"{name:<20} {','.join(sorted(set(services[name])))}" if tags else name)
 
@@ -52,8 +43,9 @@ def catalog_services(tags: bool, node: str | None, http_addr: str | None, token:
 @catalog.command("nodes")
 @click.option("-detailed", "--detailed", is_flag=True)
 @click.option("-service", "--service", default=None, help="Only nodes providing this service.")
+@format_option
 @http_options
-def catalog_nodes(detailed: bool, service: str | None, http_addr: str | None, token: str | None) -> None:
+def catalog_nodes(detailed: bool, service: str | None, fmt: str, http_addr: str | None, token: str | None) -> None:
     """List nodes: Node, ID, Address, DC."""
     client = AgentClient(http_addr, token)
     if service:
@@ -62,6 +54,9 @@ def catalog_nodes(detailed: bool, service: str | None, http_addr: str | None, to
                   "Meta": e.get("NodeMeta") or {}} for e in entries]
     else:
         nodes = client.request("GET", "/v1/catalog/nodes").json()
+    if fmt == "json":
+        print_json(nodes)
+        return
     if not nodes:
         fail("No nodes match the given query - try expanding your search.")
     headers = ["Node", "ID", "Address", "DC"] + (["Meta"] if detailed else [])
@@ -77,7 +72,7 @@ def catalog_nodes(detailed: bool, service: str | None, http_addr: str | None, to
 @click.command()
 @click.option("-detailed", "--detailed", is_flag=True)
 @click.option("-status", "--status", "status_re", default=None, help="Regexp on the member status.")
-@click.option("-format", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @http_options
 def members(detailed: bool, status_re: str | None, fmt: str, http_addr: str | None, token: str | None) -> None:
     """List gossip members."""
@@ -93,7 +88,7 @@ def members(detailed: bool, status_re: str | None, fmt: str, http_addr: str | No
             continue
         out.append((m, status))
     if fmt == "json":
-        click.echo(json.dumps([m for m, _ in out], indent=2))
+        print_json([m for m, _ in out])
         return
     if detailed:
         rows = [[m["Name"], f"{m['Addr']}:{m['Port']}", s,

@@ -1,5 +1,9 @@
-"""The CLI's connection to an agent's HTTP API: address from -http-addr / MESH_HTTP_ADDR, the ACL token from
--token / -token-file / CONSUL_HTTP_TOKEN(_FILE), one-line errors."""
+"""The CLI's connection to an agent's HTTP API: address from -http-addr / MESH_HTTP_ADDR / CONSUL_HTTP_ADDR, the ACL
+token from -token / -token-file / CONSUL_HTTP_TOKEN(_FILE), one-line errors, and the shared -format option.
+
+httpx is imported on first use: `meshagent --help` and `meshagent version` must start fast (bench/cli/run.py), and
+httpx costs ~90 ms of imports (ssl, email, http.client) plus a CA bundle load for every client it builds.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import functools
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import httpx
+
+from .output import FORMATS, format_option, print_json  # noqa: F401  (the shared -format, re-exported)
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_ADDR = "http://127.0.0.1:8500"
 MAX_ERROR_TEXT = 1000  # characters of an error answer shown: the agent's messages are short, others need not be
@@ -93,19 +101,30 @@ def _checked(token: str, source: str) -> str:
     return token
 
 
+def agent_address(http_addr: str | None) -> str:
+    """The agent's base URL: -http-addr, else MESH_HTTP_ADDR, else Consul's CONSUL_HTTP_ADDR, else the default;
+    a bare host:port gets http://."""
+    addr = http_addr or os.environ.get("MESH_HTTP_ADDR") or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
+    addr = addr.strip()
+    if "://" not in addr:
+        addr = "http://" + addr
+    return addr.rstrip("/")
+
+
 class AgentClient:
     """Thin httpx wrapper: every failure becomes one clear line and exit 1."""
 
     def __init__(self, http_addr: str | None, token: str | None = None) -> None:
-        addr = http_addr or os.environ.get("MESH_HTTP_ADDR") or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
-        if "://" not in addr:
-            addr = "http://" + addr
-        self.addr = addr.rstrip("/")
+        import httpx
+
+        self.addr = agent_address(http_addr)
         headers = {}
         token = resolve_token(token, None)
         if token:
             headers["X-Consul-Token"] = token
-        self._client = httpx.Client(base_url=self.addr, headers=headers, timeout=30.0)
+        # Plain HTTP needs no TLS context: httpx would otherwise load the CA bundle (~20 ms) for nothing.
+        verify = self.addr.startswith("https://")
+        self._client = httpx.Client(base_url=self.addr, headers=headers, timeout=30.0, verify=verify)
 
     @property
     def http(self) -> httpx.Client:
@@ -115,6 +134,8 @@ class AgentClient:
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
                 content: bytes | None = None, ok404: bool = False) -> httpx.Response:
         """Send a request; connection problems and error statuses end the command with one line."""
+        import httpx
+
         try:
             resp = self._client.request(method, path, params=params, json=json, content=content)
         except httpx.ConnectError as exc:
@@ -137,6 +158,8 @@ def _reason(exc: Exception) -> str:
 def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
              body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
     """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
+    import httpx
+
     try:
         resp = client.http.request(method, path, params=params,
                                    content=None if body is None else json.dumps(body).encode(),
