@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..telemetry.config import telemetry_block
 from .acl_settings import LEGACY_TOP_LEVEL as _LEGACY_ACL
 from .acl_settings import acl_block, legacy_acl_key
 from .check_defs import CheckContext, check_from
@@ -82,6 +83,8 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
             out[key] = _ports(col, value, line)
         elif key == "dns_config":
             out[key] = _dns_config(col, value, line)
+        elif key == "telemetry":
+            out[key] = telemetry_block(col, value, line)
         elif key in ("service", "services"):
             out.setdefault("services", []).extend(_services(col, key, value, line))
         elif key in ("check", "checks"):

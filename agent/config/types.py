@@ -96,6 +96,15 @@ class ServiceDefinition:
 
 
 @dataclass(slots=True)
+class TelemetryConfig:
+    """The `telemetry` block (agent/telemetry/config.py parses it)."""
+
+    prometheus_retention_time: float = 0.0  # 0: series are never expired from the Prometheus text
+    disable_hostname: bool = True  # Consul's default is false (gauges as prefix.<host>.name); see docs
+    metrics_prefix: str = "meshagent"
+
+
+@dataclass(slots=True)
 class DNSConfig:
     """The `dns_config` block."""
 
@@ -203,6 +212,7 @@ class AgentConfig:
     node_meta: dict[str, str] = field(default_factory=dict)
     recursors: list[str] = field(default_factory=list)
     dns_config: DNSConfig = field(default_factory=DNSConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     retry_join: list[str] = field(default_factory=list)
     retry_interval: float = 30.0  # seconds between -retry-join attempts
     retry_max: int = 0  # attempts before the agent gives up and exits; 0 retries forever

@@ -16,7 +16,6 @@ _LATER = "not supported yet; remove it"
 TOP_LEVEL: dict[str, str] = {
     "ui": "there is no web UI; remove it (only `ui = false` is accepted)",
     "ui_config": "there is no web UI; remove it (only `ui_config { enabled = false }` is accepted)",
-    "telemetry": f"{_LATER} — the agent sends no metrics to sinks yet",
     "performance": f"{_LATER} — Raft timing cannot be tuned yet",
     "autopilot": f"{_LATER} — autopilot (dead server cleanup, stabilization) does not exist yet",
     "start_join": "not supported (Consul removed it in 1.15); use retry_join",

@@ -47,7 +47,7 @@ def test_validate_refuses_unknown_keys_in_hcl_and_json(tmp_path: Path) -> None:
     ("ports {\n  https = 8501\n}\n", 2, "ports.https", "does not exist yet"),
     ("dns_config {\n  use_cache = true\n}\n", 2, "dns_config.use_cache", "no agent cache"),
     ("dns_config {\n  allow_stale = false\n}\n", 2, "dns_config.allow_stale", "only `true`"),
-    ('telemetry {\n  statsd_address = "x:1"\n}\n', 1, "telemetry", "no metrics"),
+    ('telemetry {\n  statsd_address = "x:1"\n}\n', 2, "telemetry.statsd_address", "no sink"),
     ('watches = [{ type = "key", key = "a", args = ["true"] }]\n', 1, "watches[0].type", "not supported yet"),
     ("disable_update_check = false\n", 1, "disable_update_check", "never checks"),
 ])
