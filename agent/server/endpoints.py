@@ -86,6 +86,7 @@ class Endpoints:
             "connect_ca_sign": self.connect_ca_sign,  # a CSR to sign (followers forward to the leader)
             "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
             "acl_http": self.acl_http.call,           # a client agent's /v1/acl/ request, run by this server
+            "http_forward": self.acl_http.forward,    # a client agent's server-only request (status, operator ...)
         }
         self.ca: CAManager | None = None  # the mesh CA, set by the agent (None: connect disabled)
         # The agent's ACL resolver, set by the agent: with ACLs enabled every write arriving over RPC `apply` is
