@@ -10,6 +10,7 @@ import base64
 import json
 from typing import TYPE_CHECKING, Any
 
+from ...build_info import revision
 from ...gossip.member import Member
 from ..catalog import MAINTENANCE, NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, Check, KVEntry, Node, Service
 from ..catalog.state import Instance
@@ -303,7 +304,7 @@ def agent_self_json(agent: AgentView, member: dict[str, Any], stats: dict[str, d
             "NodeName": agent.node_name,
             "NodeID": agent.node_id,
             "Server": server,
-            "Revision": "",
+            "Revision": revision(),
             "Version": version,
             "BuildDate": "",
         },
