@@ -20,7 +20,8 @@ from .identity import ACLIdentity
 
 SERVICE_KINDS = frozenset({"service-defaults", "service-router", "service-splitter", "service-resolver"})
 MESH_KINDS = frozenset({"proxy-defaults", "mesh"})
-KV_WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas"})
+KV_LOCK_VERBS = frozenset({"lock", "unlock"})  # also session:write on the session's node
+KV_WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas"}) | KV_LOCK_VERBS
 MAX_OP_SHOWN = 64  # an unknown op is named in the refusal, cut to this many characters (it is the caller's text)
 
 
@@ -84,6 +85,10 @@ def _decisions(authz: Authorizer, op: object, cmd: Mapping[str, Any], catalog: C
         yield _deregister(authz, cmd, catalog)
     elif op == "kv":
         yield _kv(authz, cmd)
+        if cmd.get("verb") in KV_LOCK_VERBS:
+            yield from _session_node(authz, cmd.get("session"), catalog, "kv")
+    elif op == "session":
+        yield from _session(authz, cmd, catalog)
     elif op == "config-entry":
         yield from _config_entry(authz, cmd)
     elif isinstance(op, str) and _is_acl_op(op):
@@ -215,6 +220,29 @@ def _kv(authz: Authorizer, cmd: Mapping[str, Any]) -> Decision:
     if verb == "delete-tree":
         return authz.key_write_prefix(key)
     return _refused(f"kv {verb!r}")
+
+
+# ------------------------------------------------------------------------------------------ sessions
+
+
+def _session(authz: Authorizer, cmd: Mapping[str, Any], catalog: Catalog) -> Iterator[Decision]:
+    """session:write on the session's node: the node named in a create, the stored one for a destroy."""
+    verb = cmd.get("verb")
+    if verb == "create":
+        yield authz.session_write(_str_field(_map(cmd.get("session"), "session: session"), "node", "session"))
+    elif verb == "destroy":
+        yield from _session_node(authz, cmd.get("id"), catalog, "session destroy")
+    else:
+        yield _refused(f"session {verb!r}")
+
+
+def _session_node(authz: Authorizer, sid: object, catalog: Catalog, what: str) -> Iterator[Decision]:
+    # An unknown session: nothing to check here, the FSM refuses (lock) or answers False (destroy), as Consul.
+    if not isinstance(sid, str):
+        raise MalformedCommand(f"{what}: session id must be a string")
+    session = catalog.sessions.get(sid)
+    if session is not None:
+        yield authz.session_write(session.node)
 
 
 # ------------------------------------------------------------------------------------------ config entries

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..acl.objects import Policy, Role, Token
 from ..acl.secrets import new_id
 from .acl_state import policy_to_dict, role_to_dict, token_to_dict
 from .model import Check, Node, Service, row_to_dict
+from .session_state import Session, session_to_dict
 
 
 def register(node: Node, service: Service | None = None, checks: list[Check] | None = None) -> dict[str, Any]:
@@ -48,6 +50,31 @@ def kv_delete_cas(key: str, index: int) -> dict[str, Any]:
 def kv_delete_tree(prefix: str) -> dict[str, Any]:
     """Delete every key under a prefix."""
     return {"op": "kv", "verb": "delete-tree", "key": prefix}
+
+
+def kv_lock(key: str, value: bytes, session: str, now: float, flags: int = 0) -> dict[str, Any]:
+    """`?acquire=`: write and lock a key for a session, unless another holds it or it is under lock-delay at
+    `now` (unix seconds, stamped by the proposer)."""
+    return {"op": "kv", "verb": "lock", "key": key, "value": value, "flags": flags, "session": session,
+            "now": now}
+
+
+def kv_unlock(key: str, value: bytes, session: str, flags: int = 0) -> dict[str, Any]:
+    """`?release=`: write a key and clear its lock, only if `session` holds it."""
+    return {"op": "kv", "verb": "unlock", "key": key, "value": value, "flags": flags, "session": session}
+
+
+def session_create(session: Session | Mapping[str, Any]) -> dict[str, Any]:
+    """Create a session (a row or its dict; the proposer picks its UUID `id`). The FSM refuses an unknown
+    node or check, or a critical check, with Consul's text; the result is the session's ID."""
+    row = session_to_dict(session) if isinstance(session, Session) else dict(session)
+    return {"op": "session", "verb": "create", "session": row}
+
+
+def session_destroy(session_id: str, now: float) -> dict[str, Any]:
+    """Invalidate a session at `now` (unix seconds): its locks are released (or keys deleted) and lock-delay
+    starts. Result False for an unknown session."""
+    return {"op": "session", "verb": "destroy", "id": session_id, "now": now}
 
 
 def config_entry_set(entry: dict[str, Any], cas: int | None = None) -> dict[str, Any]:

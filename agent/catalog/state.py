@@ -11,7 +11,8 @@ The mesh CA's state is its own class (connect_state.py); this one only routes it
 Watch keys: `nodes`, `node:<name>`, `services`, `service:<name>`, `checks`, `kv:<key>`, `acl` (any ACL
 token, policy or role change), and `connect:<name>` (lower-case): any change to a mesh-capable instance for
 `name` (a `connect-proxy` whose destination is `name`, or a Connect-native `name`), to a check on it, or to
-its node's health.
+its node's health. Sessions (session_state.py): `sessions` (any created or destroyed), `session:<id>`,
+`node-sessions:<node lower>`; a KV lock or release touches only `kv:<key>`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ from .model import (
     row_from_dict,
     row_to_dict,
     worst_status,
+)
+from .session_state import WATCH_KEY as SESSIONS_WATCH_KEY
+from .session_state import (
+    Session,
+    SessionError,
+    SessionState,
+    node_watch_key,
+    parse_now,
+    parse_session,
+    session_watch_key,
 )
 
 SNAPSHOT_VERSION = 1
@@ -104,6 +115,7 @@ class Catalog:
         self.connect = ConnectState()  # the mesh CA (cluster ID, config, roots)
         self.config_entries = ConfigEntryState()  # service-defaults, intentions, routers, ...
         self.acl = AclState()  # ACL tokens, policies, roles
+        self.sessions = SessionState()  # sessions; the KV rows carry which session holds each key
         self._listeners: list[ChangeListener] = []
         self._changed: set[str] = set()
 
@@ -330,14 +342,15 @@ class Catalog:
             value = cmd.get("value") or b""
             if not isinstance(value, bytes):
                 raise CommandError("kv: value must be bytes")
-            entry = KVEntry(key=key, value=value, flags=int(cmd.get("flags", 0)),
-                            create_index=old.create_index if old else index, modify_index=index)
-            if old is None:
-                bisect.insort(self._kv_keys, key)
-                self._kv_graveyard.pop(key, None)
-            self._kv[key] = entry
-            self._touch(f"kv:{key}")
+            # A plain write keeps the key's lock (Session, LockIndex), as Consul's does.
+            self._kv_put(KVEntry(key=key, value=value, flags=int(cmd.get("flags", 0)),
+                                 lock_index=old.lock_index if old else 0, session=old.session if old else "",
+                                 create_index=old.create_index if old else index, modify_index=index))
             return True
+        if verb == "lock":
+            return self._kv_lock(index, key, cmd)
+        if verb == "unlock":
+            return self._kv_unlock(index, key, cmd)
         if verb == "delete":
             self._kv_delete(index, key)
             return True
@@ -352,6 +365,90 @@ class Catalog:
                 self._kv_delete(index, k)
             return True
         raise CommandError(f"unknown kv verb {verb!r}")
+
+    def _kv_put(self, entry: KVEntry) -> None:
+        if entry.key not in self._kv:
+            bisect.insort(self._kv_keys, entry.key)
+            self._kv_graveyard.pop(entry.key, None)
+        self._kv[entry.key] = entry
+        self._touch(f"kv:{entry.key}")
+
+    def _kv_lock(self, index: int, key: str, cmd: dict[str, Any]) -> bool:
+        """`?acquire=`: refused (False) for an unknown session, a key another session holds, or lock-delay."""
+        sid, value, flags = _lock_fields(cmd)
+        try:
+            now = parse_now(cmd.get("now"))
+        except SessionError as exc:
+            raise CommandError(f"kv lock: {exc}") from None
+        old = self._kv.get(key)
+        if self.sessions.get(sid) is None or (old is not None and old.session not in ("", sid)):
+            return False
+        held = old is not None and old.session == sid
+        if not held and self.sessions.lock_delayed(key, now):
+            return False
+        lock_index = (old.lock_index if old else 0) + (0 if held else 1)
+        self._kv_put(KVEntry(key=key, value=value, flags=flags, lock_index=lock_index, session=sid,
+                             create_index=old.create_index if old else index, modify_index=index))
+        self.sessions.hold(sid, key)
+        return True
+
+    def _kv_unlock(self, index: int, key: str, cmd: dict[str, Any]) -> bool:
+        """`?release=`: False unless `session` holds the key; else value and flags set, the lock cleared."""
+        sid, value, flags = _lock_fields(cmd)
+        old = self._kv.get(key)
+        if old is None or old.session != sid:
+            return False
+        self._kv_put(replace(old, value=value, flags=flags, session="", modify_index=index))
+        self.sessions.drop(sid, key)
+        return True
+
+    def _apply_session(self, index: int, cmd: dict[str, Any]) -> Any:
+        verb = cmd.get("verb")
+        try:
+            if verb == "create":
+                return self._session_create(index, parse_session(cmd.get("session")))
+            if verb == "destroy":
+                sid = cmd.get("id")
+                if not isinstance(sid, str):
+                    raise SessionError("session destroy: id must be a string")
+                return self._session_destroy(index, sid, parse_now(cmd.get("now")))
+        except SessionError as exc:
+            raise CommandError(str(exc)) from None
+        raise CommandError(f"unknown session verb {str(verb)[:64]!r}")
+
+    def _session_create(self, index: int, session: Session) -> str:
+        node = self._nodes.get(session.node.lower())
+        if node is None:
+            raise SessionError("Missing node registration")
+        nkey = node.node.lower()
+
+        def status(cid: str) -> str | None:
+            check = self._checks.get((nkey, cid))
+            return check.status if check is not None else None
+
+        row = self.sessions.create(index, replace(session, node=node.node), status)
+        self._touch(SESSIONS_WATCH_KEY, session_watch_key(row.id), node_watch_key(row.node))
+        return row.id
+
+    def _session_destroy(self, index: int, sid: str, now: float) -> bool:
+        """Invalidation: every key the session holds is released (or deleted, behavior delete) and gets the
+        session's lock-delay (Consul applies it with either behavior). Unknown session: False."""
+        row = self.sessions.get(sid)
+        if row is None:
+            return False
+        self.sessions.prune_delays(now)
+        for key in self.sessions.held_keys(sid):
+            entry = self._kv.get(key)
+            if entry is not None and entry.session == sid:
+                if row.behavior == "delete":
+                    self._kv_delete(index, key)
+                else:
+                    self._kv_put(replace(entry, session="", modify_index=index))
+            if row.lock_delay > 0:
+                self.sessions.delay_lock(key, now + row.lock_delay)
+        self.sessions.remove(index, sid)
+        self._touch(SESSIONS_WATCH_KEY, session_watch_key(sid), node_watch_key(row.node))
+        return True
 
     def _apply_connect_ca(self, index: int, cmd: dict[str, Any]) -> bool:
         try:
@@ -381,8 +478,11 @@ class Catalog:
         return True
 
     def _kv_delete(self, index: int, key: str) -> None:
-        if self._kv.pop(key, None) is None:
+        old = self._kv.pop(key, None)
+        if old is None:
             return
+        if old.session:
+            self.sessions.drop(old.session, key)  # deleting a held key releases it
         pos = bisect.bisect_left(self._kv_keys, key)
         del self._kv_keys[pos]
         self._kv_graveyard[key] = index
@@ -520,6 +620,7 @@ class Catalog:
                 "connect": self.connect.snapshot(redact_secrets),
                 "config_entries": self.config_entries.snapshot(),
                 "acl": self.acl.snapshot(redact_secrets),
+                "sessions": self.sessions.snapshot(),
             },
             use_bin_type=True,
         )
@@ -559,6 +660,9 @@ class Catalog:
             cat.connect = ConnectState.restore(raw.get("connect"))  # absent in snapshots from before the mesh
             cat.config_entries = ConfigEntryState.restore(raw.get("config_entries"))
             cat.acl = AclState.restore(raw.get("acl"))  # absent in snapshots from before ACLs
+            # Absent in snapshots from before sessions; which session holds which key is in the KV rows.
+            cat.sessions = SessionState.restore(raw.get("sessions"),
+                                                ((e.session, e.key) for e in cat._kv.values() if e.session))
             return cat
         except CommandError:
             raise
@@ -570,7 +674,8 @@ class Catalog:
         """True when both catalogs hold the same rows (for round-trip tests and replicas)."""
         return (self._nodes == other._nodes and self._services == other._services
                 and self._checks == other._checks and self._kv == other._kv and self.connect == other.connect
-                and self.config_entries == other.config_entries and self.acl == other.acl)
+                and self.config_entries == other.config_entries and self.acl == other.acl
+                and self.sessions == other.sessions)
 
 
 _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
@@ -580,6 +685,19 @@ _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "connect-ca": Catalog._apply_connect_ca,
     "config-entry": Catalog._apply_config_entry,
     "acl": Catalog._apply_acl,
+    "session": Catalog._apply_session,
 }
+
+def _lock_fields(cmd: dict[str, Any]) -> tuple[str, bytes, int]:
+    """A lock/unlock command's session, value and flags, type-checked (CommandError names the field)."""
+    sid, value, flags = cmd.get("session"), cmd.get("value") or b"", cmd.get("flags", 0) or 0
+    if not isinstance(sid, str) or not sid:
+        raise CommandError("kv lock: session must be a non-empty string")
+    if not isinstance(value, bytes):
+        raise CommandError("kv: value must be bytes")
+    if isinstance(flags, bool) or not isinstance(flags, int) or not 0 <= flags < 2**64:
+        raise CommandError("kv: flags must be an unsigned 64-bit integer")
+    return sid, value, flags
+
 
 __all__ = ["CRITICAL", "PASSING", "WARNING", "Catalog", "CommandError", "Instance", "connect_target"]
