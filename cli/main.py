@@ -59,6 +59,7 @@ SUMMARY: dict[str, str] = {
     "keyring": "Manage gossip encryption keys: exactly one of -install, -use, -remove, -list.",
     "kv": "Read and write the key/value store.",
     "leave": "Gracefully leave and shut down the agent.",
+    "lock": "Run CHILD (through `sh -c`) while holding the lock at PREFIX; exit with the child's code.",
     "maint": "Put the node (or one service with -service) in or out of maintenance mode; no flags lists it.",
     "members": "List gossip members.",
     "operator": "Cluster-level tools for operators.",
