@@ -54,9 +54,15 @@ class LocalCheck:
 
     def row(self, node: str, tags: list[str]) -> Check:
         """The catalog row for this check."""
+        # Interval and Timeout (seconds) ride in the row's definition so /v1/health/* can show them, as Consul's do.
+        timing: dict[str, Any] = {}
+        if self.definition is not None and self.definition.interval:
+            timing["Interval"] = self.definition.interval
+        if self.definition is not None and self.definition.timeout:
+            timing["Timeout"] = self.definition.timeout
         return Check(node=node, check_id=self.check_id, name=self.name, status=self.status,
                      output=self.output, notes=self.notes, service_id=self.service_id,
-                     service_name=self.service_name, service_tags=list(tags), type=self.type)
+                     service_name=self.service_name, service_tags=list(tags), type=self.type, definition=timing)
 
 
 class CatalogSync:

@@ -124,6 +124,19 @@ def _duration(seconds: float | None) -> str:
     return out + f"{secs:g}s"
 
 
+def _definition_duration(definition: dict[str, Any], name: str) -> str:
+    """A check row's interval or timeout as a Go duration: seconds (what anti-entropy writes) are formatted, a
+    short duration string (a /v1/catalog/register body's Definition) is kept, anything else is ""."""
+    value = next((v for k, v in definition.items() if isinstance(k, str) and k.lower() == name), None)
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, (int, float)):
+        return _duration(value) if 0 < value < 1e9 else ""
+    if isinstance(value, str) and len(value) <= 32 and value.isprintable():
+        return value
+    return ""
+
+
 def check_json(check: Check) -> dict[str, Any]:
     """A check as in /v1/health/* and the `Checks` of health entries."""
     definition = check.definition or {}
@@ -138,8 +151,8 @@ def check_json(check: Check) -> dict[str, Any]:
         "ServiceName": check.service_name,
         "ServiceTags": list(check.service_tags),
         "Type": check.type,
-        "Interval": definition.get("Interval", ""),
-        "Timeout": definition.get("Timeout", ""),
+        "Interval": _definition_duration(definition, "interval"),
+        "Timeout": _definition_duration(definition, "timeout"),
         "ExposedPort": 0,
         "Definition": {},
         "CreateIndex": check.create_index,
