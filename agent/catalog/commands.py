@@ -133,3 +133,9 @@ def acl_init(initial_management_secret: str = "", accessor_id: str | None = None
     a global-management token with this secret (its AccessorID chosen here: the FSM draws no randomness)."""
     return {"op": "acl", "verb": "init", "initial_management_secret": initial_management_secret,
             "accessor_id": accessor_id or new_id()}
+
+
+def txn(ops: list[dict[str, Any]], now: float = 0.0) -> dict[str, Any]:
+    """A transaction (agent/catalog/txn.py ops): applied in one log entry, every op or none. `now` (unix
+    seconds, stamped by the proposer) is what its lock ops see for lock-delay."""
+    return {"op": "txn", "ops": ops, "now": now}

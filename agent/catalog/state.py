@@ -42,6 +42,7 @@ from .model import (
     worst_status,
 )
 from .session_state import WATCH_KEY as SESSIONS_WATCH_KEY
+from .txn import apply_txn
 from .session_state import (
     Session,
     SessionError,
@@ -686,6 +687,7 @@ _HANDLERS: dict[str, Callable[[Catalog, int, dict[str, Any]], Any]] = {
     "config-entry": Catalog._apply_config_entry,
     "acl": Catalog._apply_acl,
     "session": Catalog._apply_session,
+    "txn": apply_txn,
 }
 
 def _lock_fields(cmd: dict[str, Any]) -> tuple[str, bytes, int]:

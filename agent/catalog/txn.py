@@ -61,10 +61,17 @@ class _Undo:
             # Rows are replaced, never mutated, so a shallow copy keeps them; index sets are mutated: copy them.
             self.saved[name] = ({k: set(v) for k, v in value.items()} if name in _SET_VALUED else value.copy())
 
+        if tables is _KV_TABLES and "held" not in self.saved:
+            # A lock, release or delete of a held key also moves the session's set of held keys.
+            self.saved["held"] = {k: set(v) for k, v in self.catalog.sessions._held.items()}
+
     def rollback(self) -> None:
         # The copies go back in place of the changed containers (order and all); the originals are dropped.
         for name, value in self.saved.items():
-            setattr(self.catalog, name, value)
+            if name == "held":
+                self.catalog.sessions._held = value
+            else:
+                setattr(self.catalog, name, value)
         self.catalog._changed = set()  # nothing changed: no watch key moves, no listener hears of it
 
 
@@ -203,8 +210,7 @@ def _kv_write(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | No
     if verb in ("lock", "unlock"):
         if not session:
             raise TxnOpError("Missing session")
-        sessions = getattr(catalog, "sessions", None)
-        if verb == "lock" and sessions is not None and sessions.get(session) is None:
+        if verb == "lock" and catalog.sessions.get(session) is None:
             raise TxnOpError(f"invalid session {session!r}")
         cmd.update(session=session, now=now)
     if verb == "delete-cas" and current is None:
