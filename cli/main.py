@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "troubleshoot": ("troubleshoot_cmd", "troubleshoot"),
     "validate": ("agent_ops_cmd", "validate"),
     "version": ("agent_ops_cmd", "version"),
+    "watch": ("watch_cmd", "watch"),
 }
 
 
@@ -70,6 +71,7 @@ SUMMARY: dict[str, str] = {
     "troubleshoot": "Diagnose the service mesh from this agent's point of view.",
     "validate": "Check config files or directories; print every error with file, line and field.",
     "version": "Print the version.",
+    "watch": "Watch a view of the catalog, KV or events; run HANDLER once per change (data on stdin), or print it.",
 }
 
 
