@@ -52,6 +52,8 @@ from .server.leader import MembershipReconciler
 from .server.raft_server import RaftServer
 from .startup import AgentError, load_keyring, lock_data_dir, node_id, rpc_tls
 from .store import CatalogStore
+from .telemetry.http_timing import TimedHandler
+from .telemetry.registry import Registry
 from .user_events import UserEventLog, UserEventRecord
 
 if TYPE_CHECKING:
@@ -161,8 +163,10 @@ class Agent:
         self.api = API(self)
         if self.server is not None:
             self.server.endpoints.acl_http.api = self.api  # client agents' /v1/acl/ requests run through it
-        self.http = HTTPServer(self.api, config.client_addr, config.ports.http)
+        self.telemetry = Registry()  # every part's metrics (agent/metrics.py registers them; issue 16)
+        self.http = HTTPServer(TimedHandler(self.api, self.telemetry), config.client_addr, config.ports.http)
         self.dns = DNSServer(config, self.store, server=self.server, acl=self.acl)  # answers as `default`
+        self.telemetry_parts = agent_metrics.AgentTelemetry(self, self.telemetry)
         self._cancel: trio.CancelScope | None = None
         self._until_leave = trio.CancelScope()
 
@@ -246,6 +250,7 @@ class Agent:
                     self.print_banner(banner)
                 log.info("agent started: node=%s datacenter=%s", self.node_name, self.datacenter)
                 nursery.start_soon(self._trim_heap_once_settled)
+                nursery.start_soon(self.telemetry_parts.run)
                 task_status.started()
         log.info("agent stopped")
         if self._lock_fd is not None:
@@ -285,6 +290,7 @@ class Agent:
 
     def _on_gossip_event(self, event: SerfEvent) -> None:
         if isinstance(event, MemberEvent):
+            self.telemetry_parts.member_event(event)
             if self.reconciler is not None:
                 self.reconciler.member_changed(event.member.name, reaped=event.kind == "member-reap")
             return

@@ -15,6 +15,7 @@ from ...proxy.metrics import render_prometheus
 from ..catalog import MAINTENANCE, PASSING, WARNING
 from ..config.acl_settings import redacted
 from ..config.errors import ConfigErrors
+from ..telemetry.scrape import scrape_json, scrape_prometheus
 from .acl_gate import FILTERED_HEADER, Visibility, acl_identity, acl_keep, request_token, require_acl
 from .agent_acl import vet_check_target, vet_check_update, vet_scripts, vet_service_register, vet_service_update
 from .catalog_api import required
@@ -28,8 +29,6 @@ from .render import (
     local_check_json,
     local_health_json,
     member_json,
-    metrics_json,
-    metrics_prometheus,
 )
 
 if TYPE_CHECKING:
@@ -380,13 +379,15 @@ async def leave(api: API, request: Request, query: Query, arg: str) -> Response:
 
 
 async def metrics(api: API, request: Request, query: Query, arg: str) -> Response:
-    """GET /v1/agent/metrics: counters and gauges in Consul's JSON shape (names prefixed `meshagent.`);
-    `?format=prometheus`: Prometheus text, the agent's own figures and every local sidecar's proxy metrics.
-    Both need agent:read on this node."""
+    """GET /v1/agent/metrics: the agent's registry in Consul's JSON shape (names prefixed `meshagent.` or
+    telemetry.metrics_prefix); `?format=prometheus` or `Accept: application/openmetrics-text`: Prometheus text,
+    the agent's own figures and every local sidecar's proxy metrics. Both need agent:read on this node."""
     require_acl(api, request, lambda a: a.agent_read(api.agent.node_name))
     fmt = query.get("format")
+    if not fmt and b"openmetrics-text" in (request.header(b"accept") or b""):
+        fmt = "prometheus"
     if fmt == "prometheus":
-        text = metrics_prometheus(api.agent.metrics())
+        text = scrape_prometheus(api.agent, time.monotonic())
         runner = api.agent.proxy_runner
         wires = await runner.metrics() if runner is not None else []
         if wires:  # merged across sidecars, rendered once: each family appears once, labels tell them apart
@@ -395,4 +396,4 @@ async def metrics(api: API, request: Request, query: Query, arg: str) -> Respons
     if fmt:
         raise bad_request(f"Invalid format {fmt[:40]!r}: only prometheus is supported")
     timestamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
-    return api.json(metrics_json(api.agent.metrics(), timestamp), query)
+    return api.json(scrape_json(api.agent, timestamp), query)

@@ -22,6 +22,7 @@ from ...raft.storage import LogStore
 from ..rpc.client import RPCClient
 from ..rpc.errors import NoLeader, NotLeader, Rejected, ServerError, Unanswered, Unreachable
 from ..store import CatalogStore
+from ..telemetry.registry import Counter, Summary
 from .autopilot_runner import Autopilot
 from .bootstrap import Bootstrap
 from .driver import RaftDriver
@@ -30,7 +31,7 @@ from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
 from .listener import Reply, ServerListener
-from .peers import RaftPeer
+from .peers import NAMES_FILE, RaftPeer
 from .proposals import Proposal, setter
 
 RPC_HOLD_TIMEOUT = 7.0
@@ -60,12 +61,17 @@ class RaftServer:
                                  self.fsm, self.links)
         self.autopilot = Autopilot(node_id, self.driver)
         self.driver.on_role_change = self.autopilot.role_changed
-        self.bootstrap = Bootstrap(self)
+        self.bootstrap = Bootstrap(self, Path(data_dir) / "raft" / NAMES_FILE if data_dir else None)
         self.endpoints = Endpoints(self)
         # Servers found through gossip tags (the agent sets this), tried like -retry-join addresses.
         self.discover: Callable[[], list[str]] = list
-        self.listener = ServerListener(bind, port, self.driver.receive, self.endpoints.dispatch,
+        self.listener = ServerListener(bind, port, self.driver.receive, self._dispatch,
                                        self._submit_apply, feed=self.feed)
+        # Consul's raft.apply, raft.commitTime (ms, writes proposed through apply_bytes) and rpc.request;
+        # the agent registers these objects (agent/metrics.py).
+        self.applies = Counter()
+        self.commit_time = Summary()
+        self.rpc_requests = Counter()
         self._rpc: dict[str, RPCClient] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -86,6 +92,7 @@ class RaftServer:
             self.links.sync(node.membership)
             nursery.start_soon(self.driver.run)
             nursery.start_soon(self.bootstrap.run)
+            nursery.start_soon(self.bootstrap.keep_names)
             nursery.start_soon(self.autopilot.run)
             nursery.start_soon(self.feed.run)
             task_status.started()
@@ -198,7 +205,15 @@ class RaftServer:
             return True
         p = Proposal(data, self._answer_remote)
         p.reply, p.rid, p.token = reply, rid, token
-        return self.driver.enqueue(p)
+        if not self.driver.enqueue(p):
+            return False  # (a full queue: Endpoints.apply takes it, and counts it)
+        self.rpc_requests.value += 1
+        self.applies.value += 1
+        return True
+
+    async def _dispatch(self, method: str, args: Any) -> Any:
+        self.rpc_requests.value += 1
+        return await self.endpoints.dispatch(method, args)
 
     def _answer_remote(self, p: Proposal) -> None:
         assert p.reply is not None
@@ -235,9 +250,12 @@ class RaftServer:
             if leader is None:
                 finished = trio.Event()
                 p = Proposal(data, setter(finished))
+                started = trio.current_time()
                 while not self.driver.enqueue(p):
                     await trio.sleep(0.01)  # backpressure: the queue is full
+                self.applies.value += 1
                 await finished.wait()
+                self.commit_time.observe((trio.current_time() - started) * 1000.0)
                 if p.error is None:
                     return p.result
                 if not isinstance(p.error, NotLeader) or trio.current_time() > deadline:
@@ -307,6 +325,11 @@ class RaftServer:
         if node is None:
             return 0, []
         names = self.bootstrap.names
+        missing = {s.id for s in node.membership.servers} - names.keys()
+        if missing:  # a server that never sent us a hello since we started: its catalog node has its ID
+            for row in self.store.catalog.nodes():
+                if row.id in missing:
+                    self.bootstrap.remember_name(row.id, row.node)
         return node.membership_index, [RaftPeer(s.id, names.get(s.id, s.id), s.address, s.id == node.leader_id,
                                                 s.voter) for s in node.membership.servers]
 

@@ -16,17 +16,15 @@ _SINKS = frozenset({
     "circonus_api_app", "circonus_api_url", "circonus_submission_interval", "circonus_submission_url",
     "circonus_check_id", "circonus_check_force_metric_activation", "circonus_check_instance_id",
     "circonus_check_search_tag", "circonus_check_display_name", "circonus_check_tags",
-    "circonus_broker_id", "circonus_broker_select_tag", "enable_hostname_label", "filter_default",
-    "prefix_filter", "allowed_prefixes", "blocked_prefixes", "disable_compat_1.9", "retry_failed_connection",
+    "circonus_broker_id", "circonus_broker_select_tag", "retry_failed_connection",
 })
 
 
 def telemetry_block(col: Collector, value: Any, line: int | None,
                     base: TelemetryConfig | None = None) -> TelemetryConfig:
     """The block's settings over `base` (an earlier file's block, or the defaults); errors name the field."""
-    out = TelemetryConfig() if base is None else TelemetryConfig(**{
-        "prometheus_retention_time": base.prometheus_retention_time, "disable_hostname": base.disable_hostname,
-        "metrics_prefix": base.metrics_prefix})
+    out = TelemetryConfig() if base is None else TelemetryConfig(
+        base.prometheus_retention_time, base.disable_hostname, base.metrics_prefix)
     data = one_block(value)
     if not isinstance(data, dict):
         string_map(col, "telemetry", data, line)  # records "must be a map"

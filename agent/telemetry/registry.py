@@ -177,11 +177,11 @@ class Registry:
                 yield Point(name, family.kind, labels, metric, family.help)
         for collector in self._collectors:
             for kind, name, value in collector():
-                metric: Metric
+                figure: Metric
                 if kind == "counter":
-                    metric = Counter()
-                    metric.value = int(value)
+                    figure = Counter()
+                    figure.value = int(value)
                 else:
-                    metric = Gauge()
-                    metric.value = float(value)
-                yield Point(name, kind, (), metric)
+                    figure = Gauge()
+                    figure.value = float(value)
+                yield Point(name, kind, (), figure)
