@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -12,6 +13,7 @@ import trio
 from ...raft.entry import Membership, Server
 from ..rpc.errors import NoLeader, ServerError
 from ..rpc.framing import split_address
+from .peers import encode_names, load_names, save_names
 from .rpc_args import parse_hello
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ log = logging.getLogger("meshagent.server")
 
 MAX_SEEN = 64            # hellos kept from servers that contacted us before we bootstrapped
 MAX_NAMES = 1024
+NAMES_CHECK_INTERVAL = 10.0  # seconds between looks at the configuration for the names file
 
 
 def _bootstrap(driver: RaftDriver, membership: Membership, now: float) -> list[Output]:
@@ -34,15 +37,41 @@ def _bootstrap(driver: RaftDriver, membership: Membership, now: float) -> list[O
 class Bootstrap:
     """Who the other servers are (their hellos and names), and how this one becomes part of a cluster."""
 
-    def __init__(self, server: RaftServer) -> None:
+    def __init__(self, server: RaftServer, names_path: Path | None = None) -> None:
         self.server = server
-        self.names: dict[str, str] = {server.id: server.name}  # server ID -> node name
+        self.names_path = names_path  # where names are kept across restarts (None: not kept)
+        # server ID -> node name: those saved before a restart, then what hellos and the catalog tell
+        self.names: dict[str, str] = {**dict(list(load_names(names_path).items())[:MAX_NAMES - 1]),
+                                      server.id: server.name}
         self._seen: dict[str, dict[str, Any]] = {}  # hellos received from servers that contacted us
+        self._names_changed = trio.Event()
+        self._saved = b""
 
     def remember_name(self, server_id: str, name: str) -> None:
-        """Note a server's node name (bounded)."""
+        """Note a server's node name (bounded); a new one is saved soon (keep_names)."""
+        if self.names.get(server_id) == name:
+            return
         if server_id in self.names or len(self.names) < MAX_NAMES:
             self.names[server_id] = name
+            self._names_changed.set()
+
+    async def keep_names(self) -> None:
+        """Save the configuration's names whenever they (or the configuration) change, off the event loop."""
+        if self.names_path is None:
+            return
+        while True:
+            node = self.server.driver.node
+            keep = {self.server.id} | ({s.id for s in node.membership.servers} if node is not None else set())
+            data = encode_names(self.names, keep)
+            if data != self._saved:
+                try:
+                    await trio.to_thread.run_sync(save_names, self.names_path, data)
+                    self._saved = data
+                except OSError as exc:  # names are a convenience: IDs are shown instead, Raft goes on
+                    log.warning("raft: cannot save peer names to %s: %s", self.names_path, exc)
+            self._names_changed = trio.Event()
+            with trio.move_on_after(NAMES_CHECK_INTERVAL):  # membership changes come without a name
+                await self._names_changed.wait()
 
     def bootstrapped(self) -> bool:
         """Whether this server is part of a cluster (its log knows the peers)."""
