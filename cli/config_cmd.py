@@ -7,7 +7,6 @@ the mesh commands (intention_cmd.py, connect_cmd.py): statuses and connection pr
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import Any
@@ -18,6 +17,7 @@ from meshagent.agent.config.connect_settings import line_of, strip_markers
 from meshagent.agent.config.syntax import SyntaxProblem, load_hcl, load_json
 
 from .http_client import AgentClient, api_call, error_text, fail, http_options, json_of
+from .output import clean, format_option, print_json
 
 MAX_FILE_BYTES = 1024 * 1024  # an entry file; the agent refuses bodies far smaller than this anyway
 
@@ -133,20 +133,23 @@ def write(source: str, cas: bool, modify_index: int | None, http_addr: str | Non
 @config.command("read")
 @click.option("-kind", "--kind", default="", help="The entry's kind.")
 @click.option("-name", "--name", default="", help="The entry's name.")
+@format_option
 @http_options
-def read(kind: str, name: str, http_addr: str | None, token: str | None) -> None:
+def read(kind: str, name: str, fmt: str, http_addr: str | None, token: str | None) -> None:
     """Print one config entry as JSON (with its CreateIndex and ModifyIndex, for -cas)."""
+    del fmt  # an entry is JSON for people too (Consul prints it so): -format is accepted for scripts' sake
     kind, name = _need(kind, "kind"), _need(name, "name")
     what = f'Error reading config entry "{kind}" / "{name}"'
     resp = api_call(AgentClient(http_addr, token), "GET", f"/v1/config/{segment(kind)}/{segment(name)}", what)
-    click.echo(json.dumps(json_of(resp, what), indent=4))
+    print_json(json_of(resp, what))
 
 
 @config.command("list")
 @click.option("-kind", "--kind", default="", help="The kind of entries to list.")
 @click.option("-filter", "--filter", "filter_", default="", help="A filter expression over the entries.")
+@format_option
 @http_options
-def list_(kind: str, filter_: str, http_addr: str | None, token: str | None) -> None:
+def list_(kind: str, filter_: str, fmt: str, http_addr: str | None, token: str | None) -> None:
     """Print the names of every config entry of a kind."""
     kind = _need(kind, "kind")
     what = f'Error listing config entries for kind "{kind}"'
@@ -155,9 +158,12 @@ def list_(kind: str, filter_: str, http_addr: str | None, token: str | None) -> 
     entries = json_of(resp, what)
     if not isinstance(entries, list):
         fail(f"{what}: the agent's answer is not a list")
+    if fmt == "json":
+        print_json(entries)
+        return
     for entry in entries:
         if isinstance(entry, dict):
-            click.echo(str(entry.get("Name", "")))
+            click.echo(clean(entry.get("Name", "")))
 
 
 @config.command("delete")

@@ -10,6 +10,7 @@ import click
 from .config_cmd import MAX_FILE_BYTES
 from .connect_proxy_cmd import proxy
 from .http_client import AgentClient, api_call, fail, http_options, json_of
+from .output import format_option
 
 
 @click.group()
@@ -26,9 +27,11 @@ def ca() -> None:
 
 
 @ca.command("get-config")
+@format_option
 @http_options
-def get_config(http_addr: str | None, token: str | None) -> None:
+def get_config(fmt: str, http_addr: str | None, token: str | None) -> None:
     """Print the CA configuration as JSON ({Provider, Config, ...})."""
+    del fmt  # JSON either way, as Consul prints it: -format is accepted for scripts' sake
     what = "Error querying CA configuration"
     resp = api_call(AgentClient(http_addr, token), "GET", "/v1/connect/ca/configuration", what)
     click.echo(json.dumps(json_of(resp, what), indent="\t"))

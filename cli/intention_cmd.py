@@ -14,6 +14,7 @@ import click
 
 from .config_cmd import segment
 from .http_client import AgentClient, api_call, fail, http_options, json_of
+from .output import format_option, print_json
 
 DEFAULT_NS = "default"
 
@@ -133,11 +134,15 @@ def _fetch(client: AgentClient, args: tuple[str, ...]) -> dict[str, Any]:
 
 
 @intention.command("get")
+@format_option
 @http_options
 @click.argument("args", nargs=-1, metavar="SRC DST | ID")
-def get(args: tuple[str, ...], http_addr: str | None, token: str | None) -> None:
+def get(args: tuple[str, ...], fmt: str, http_addr: str | None, token: str | None) -> None:
     """Show one intention, by source and destination or by ID."""
     ixn = _fetch(AgentClient(http_addr, token), args)
+    if fmt == "json":
+        print_json(ixn)
+        return
     rows = [("Source:", _side(ixn.get("SourceNS"), ixn.get("SourceName"))),
             ("Destination:", _side(ixn.get("DestinationNS"), ixn.get("DestinationName")))]
     if ixn.get("Action"):
@@ -174,13 +179,17 @@ def created_at(value: Any) -> str:
 
 
 @intention.command("list")
+@format_option
 @http_options
-def list_(http_addr: str | None, token: str | None) -> None:
+def list_(fmt: str, http_addr: str | None, token: str | None) -> None:
     """List every intention: ID, Source, Action, Destination, Precedence."""
     what = "Failed to retrieve the intentions list"
     items = json_of(api_call(AgentClient(http_addr, token), "GET", "/v1/connect/intentions", what), what)
     if not isinstance(items, list):
         fail(f"{what}: the agent's answer is not a list")
+    if fmt == "json":  # an empty list is an answer here, not an error: scripts read it
+        print_json(items)
+        return
     if not items:
         fail("There are no intentions.", 2)
     rows = [["ID", "Source", "Action", "Destination", "Precedence"]]
@@ -195,9 +204,11 @@ def list_(http_addr: str | None, token: str | None) -> None:
 @click.option("-source", "--source", "by_source", is_flag=True, help="Match intentions with the given source.")
 @click.option("-destination", "--destination", "by_destination", is_flag=True,
               help="Match intentions with the given destination (the default).")
+@format_option
 @http_options
 @click.argument("name", metavar="SRC|DST")
-def match(name: str, by_source: bool, by_destination: bool, http_addr: str | None, token: str | None) -> None:
+def match(name: str, by_source: bool, by_destination: bool, fmt: str, http_addr: str | None,
+          token: str | None) -> None:
     """Show the intentions that apply to a source or destination, in evaluation order."""
     if by_source and by_destination:
         fail("Error: only one of -source or -destination may be specified")
@@ -206,6 +217,9 @@ def match(name: str, by_source: bool, by_destination: bool, http_addr: str | Non
                     params={"by": "source" if by_source else "destination", "name": name})
     found = json_of(resp, what)
     matches = found.get(name) if isinstance(found, dict) else None
+    if fmt == "json":
+        print_json([i for i in matches if isinstance(i, dict)] if isinstance(matches, list) else [])
+        return
     for ixn in matches if isinstance(matches, list) else []:
         if isinstance(ixn, dict):
             click.echo(describe(ixn))

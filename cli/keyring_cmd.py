@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .http_client import AgentClient, fail, http_options
+from .output import format_option, print_json
 
 
 @click.command()
@@ -12,9 +13,10 @@ from .http_client import AgentClient, fail, http_options
 @click.option("-use", "--use", "use", default=None, help="Make an installed key the primary on every member.")
 @click.option("-remove", "--remove", "remove", default=None, help="Remove a key from every member.")
 @click.option("-list", "--list", "list_", is_flag=True, help="List the keys installed across the cluster.")
+@format_option
 @http_options
-def keyring(install: str | None, use: str | None, remove: str | None, list_: bool, http_addr: str | None,
-            token: str | None) -> None:
+def keyring(install: str | None, use: str | None, remove: str | None, list_: bool, fmt: str,
+            http_addr: str | None, token: str | None) -> None:
     """Manage gossip encryption keys: exactly one of -install, -use, -remove, -list."""
     chosen = [name for name, value in (("install", install), ("use", use), ("remove", remove), ("list", list_))
               if value]
@@ -22,8 +24,12 @@ def keyring(install: str | None, use: str | None, remove: str | None, list_: boo
         fail("Exactly one of -list, -install, -use, or -remove must be provided")
     client = AgentClient(http_addr, token)
     if list_:
+        pools = client.request("GET", "/v1/operator/keyring").json()
+        if fmt == "json":
+            print_json(pools)
+            return
         click.echo("==> Gathering installed encryption keys...")
-        for pool in client.request("GET", "/v1/operator/keyring").json():
+        for pool in pools:
             click.echo("")
             click.echo(f"{'WAN' if pool.get('WAN') else 'LAN'}:")
             for key, count in sorted(pool.get("Keys", {}).items()):

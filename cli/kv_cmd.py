@@ -9,6 +9,7 @@ import sys
 import click
 
 from .http_client import AgentClient, fail, http_options
+from .output import format_option, print_json
 
 
 @click.group()
@@ -21,21 +22,33 @@ def kv() -> None:
 @click.option("-keys", "--keys", "keys_only", is_flag=True)
 @click.option("-separator", "--separator", default="/")
 @click.option("-detailed", "--detailed", is_flag=True)
+@format_option
 @http_options
 @click.argument("key", default="")
-def kv_get(key: str, recurse: bool, keys_only: bool, separator: str, detailed: bool, http_addr: str | None,
-           token: str | None) -> None:
-    """Print a key's value (or keys under a prefix)."""
+def kv_get(key: str, recurse: bool, keys_only: bool, separator: str, detailed: bool, fmt: str,
+           http_addr: str | None, token: str | None) -> None:
+    """Print a key's value (or keys under a prefix); -format json prints the API's entries (Value base64)."""
     client = AgentClient(http_addr, token)
     if keys_only:
         resp = client.request("GET", f"/v1/kv/{key}", params={"keys": "", "separator": separator}, ok404=True)
-        for k in ([] if resp.status_code == 404 else resp.json()):
+        keys = [] if resp.status_code == 404 else resp.json()
+        if fmt == "json":
+            print_json(keys)
+            return
+        for k in keys:
             click.echo(k)
         return
     resp = client.request("GET", f"/v1/kv/{key}", params={"recurse": ""} if recurse else None, ok404=True)
     if resp.status_code == 404:
+        if fmt == "json" and recurse:
+            print_json([])
+            return
         fail(f"Error! No key exists at: {key}")
-    for entry in resp.json():
+    entries = resp.json()
+    if fmt == "json":  # one entry for a key, the list for -recurse (as `consul kv get` would show the API's)
+        print_json(entries if recurse else (entries[0] if entries else None))
+        return
+    for entry in entries:
         value = base64.b64decode(entry["Value"] or "").decode(errors="replace")
         if detailed:
             for field in ("CreateIndex", "Flags", "Key", "LockIndex", "ModifyIndex", "Session"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .catalog_cmd import print_table
 from .http_client import AgentClient, fail, http_options
+from .output import format_option, print_json, print_table
 
 
 @click.group()
@@ -20,15 +20,21 @@ def raft() -> None:
 
 @raft.command("list-peers")
 @click.option("-stale", "--stale", is_flag=True, help="Let any server answer, even without a leader.")
+@format_option
 @http_options
-def list_peers(stale: bool, http_addr: str | None, token: str | None) -> None:
+def list_peers(stale: bool, fmt: str, http_addr: str | None, token: str | None) -> None:
     """List the Raft peers: Node, ID, Address, State, Voter, RaftProtocol."""
     params = {"stale": ""} if stale else None
     config = AgentClient(http_addr, token).request("GET", "/v1/operator/raft/configuration", params=params).json()
+    if not isinstance(config, dict):
+        fail("Error getting peers: the agent's answer is not a Raft configuration")
+    if fmt == "json":  # the API's shape: {Servers: [{ID, Node, Address, Leader, Voter, ProtocolVersion}], Index}
+        print_json(config)
+        return
     rows = [[str(s.get("Node", "")), str(s.get("ID", "")), str(s.get("Address", "")),
              "leader" if s.get("Leader") else "follower", str(bool(s.get("Voter"))).lower(),
              str(s.get("ProtocolVersion") or "3")]
-            for s in config.get("Servers") or []]
+            for s in config.get("Servers") or [] if isinstance(s, dict)]
     print_table(["Node", "ID", "Address", "State", "Voter", "RaftProtocol"], rows)
 
 

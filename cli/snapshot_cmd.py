@@ -10,6 +10,7 @@ from meshagent.atomic_file import write_atomic
 from meshagent.snapshot_archive import ArchiveError, inspect_file, unpack
 
 from .http_client import AgentClient, fail, http_options
+from .output import format_option, print_json
 
 
 def _verify_file(path: str) -> tuple[dict[str, Any], int]:
@@ -68,10 +69,15 @@ def restore(file: str, http_addr: str | None, token: str | None) -> None:
 
 
 @snapshot.command("inspect")
+@format_option
 @click.argument("file")
-def inspect(file: str) -> None:
+def inspect(file: str, fmt: str) -> None:
     """Print a snapshot file's ID, Size, Index, Term and Version (no agent needed)."""
     meta, size = _verify_file(file)
+    if fmt == "json":
+        print_json({"ID": meta["ID"], "Size": size, "Index": meta["Index"], "Term": meta["Term"],
+                    "Version": meta["Version"]})
+        return
     rows = [("ID", meta["ID"]), ("Size", size), ("Index", meta["Index"]), ("Term", meta["Term"]),
             ("Version", meta["Version"])]
     width = max(len(key) for key, _ in rows) + 6  # Consul's tabwriter padding
