@@ -9,58 +9,27 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
 
-from ..rpc.errors import ServerError
-from . import acl_gate
-from .messages import Headers, Request, Response, simple_response
+from . import acl_gate, server_forward
+from .messages import Request, Response, simple_response
 from .query import Query
+from .server_forward import MAX_HEADERS, RELAYED, forward_args
 
 if TYPE_CHECKING:
     from .acl_api import RPCCaller
     from .api import API
 
-METHOD = "acl_http"
+__all__ = ["MAX_HEADERS", "RELAYED", "forward", "forward_args", "parse_answer"]
+
+METHOD = "acl_http"  # server_forward's http_forward under its issue-15 name: servers of either age take it
 SELF_PATH = "/v1/acl/token/self"
 MAX_BODY = 1024 * 1024  # the RPC's bound on a forwarded request body
 MAX_ANSWER = 16 * 1024 * 1024 - 64 * 1024  # an answer must fit one RPC frame
-MAX_HEADERS = 16
-# What a server's answer may set: Consul's query meta and the body's type; anything else is dropped.
-RELAYED = frozenset({b"content-type", b"x-consul-index", b"x-consul-knownleader", b"x-consul-lastcontact",
-                     b"x-consul-effective-consistency", b"x-consul-results-filtered-by-acls"})
-# Parameters the client consumes itself: the token travels as its own field, the blocking wait happens here.
-_LOCAL_PARAMS = frozenset({"token", "index", "wait"})
-
-
-def forward_args(request: Request, token: str) -> dict[str, Any]:
-    """The `acl_http` RPC arguments for a request (token: the secret it acts as, "" for anonymous)."""
-    query = request.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=100)
-        query = urlencode([(k, v) for k, v in pairs if k not in _LOCAL_PARAMS])
-    return {"method": request.method, "path": request.path, "query": query, "body": request.body,
-            "token": token}
 
 
 def parse_answer(answer: Any) -> Response:
     """A server's `[status, [[name, value]...], body]`, checked (a malformed one is a 500, not a crash)."""
-    if not (isinstance(answer, list | tuple) and len(answer) == 3):
-        raise ServerError("acl_http: malformed answer from the server")
-    status, raw_headers, body = answer
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise ServerError("acl_http: malformed status from the server")
-    if not isinstance(body, bytes) or len(body) > MAX_ANSWER:
-        raise ServerError("acl_http: malformed body from the server")
-    if not isinstance(raw_headers, list | tuple) or len(raw_headers) > MAX_HEADERS:
-        raise ServerError("acl_http: malformed headers from the server")
-    headers: Headers = []
-    for item in raw_headers:
-        if not (isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, bytes) for x in item)):
-            raise ServerError("acl_http: malformed header from the server")
-        name, value = item[0].lower(), item[1]
-        if name in RELAYED and len(value) <= 256 and b"\r" not in value and b"\n" not in value:
-            headers.append((name, value))
-    return status, headers, body
+    return server_forward.parse_answer(answer, MAX_ANSWER, METHOD)
 
 
 async def forward(api: API, caller: RPCCaller, request: Request, query: Query) -> Response:

@@ -1,7 +1,9 @@
 """`/v1/status/*`, `/v1/operator/raft/*` and `/v1/snapshot`: the Raft server's operator surface.
 
 Every handler talks to `api.agent.server` (a ServerView, None on client agents); a ServerError it raises
-becomes its status with the message as the body (mapped in API.__call__).
+becomes its status with the message as the body (mapped in API.__call__). On a client agent the status,
+raft and snapshot endpoints are run by a server and relayed (server_forward.py, as Consul's clients forward
+them); the keyring stays local: its Serf queries reach every member from any agent.
 
 ACLs, as Consul: status needs none; raft configuration operator:read, peer removal operator:write; keyring
 listing keyring:read, its changes keyring:write; snapshots a management token (acl:write), and a restore
@@ -13,18 +15,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import zlib
 from typing import TYPE_CHECKING
 
 import trio
 
 from ...snapshot_archive import ArchiveError, StateTooLarge, pack, unpack, unpack_file
 from ..acl.authorizer import Authorizer
+from ..rpc.errors import Unreachable
 from ..rpc.framing import MAX_FRAME
+from . import server_forward
 from .acl_gate import require_acl
 from .agent_api import advertise_address, gossip_of
 from .messages import Request, Response
 from .query import HTTPError, Query, bad_request
 from .render import keyring_json, raft_configuration_json
+from .server_forward import on_a_server
 from .upload import body_to_file, upload_dir
 
 if TYPE_CHECKING:
@@ -36,6 +42,11 @@ CT_GZIP = (b"content-type", b"application/x-gzip")
 # appended on the leader and then refused by every follower, stalling replication.
 MAX_RESTORE_STATE = MAX_FRAME - 1024 * 1024
 NOT_A_SERVER = "this agent is not a server"
+# A client's /v1/status/leader waits this long for a server, then answers "" (no leader known) as a server
+# without one does: readiness probes and scripts polling for a leader get an answer, not a 7 s hold.
+STATUS_WAIT = 2.0
+# Tar headers, meta.json and SHA256SUMS around state.bin: what an archive inflates to beyond its state.
+_ARCHIVE_OVERHEAD = 1024 * 1024
 
 
 def _server(api: API) -> ServerView:
@@ -55,6 +66,14 @@ def _self_address(api: API) -> str:
 
 async def status_leader(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/status/leader: the leader's "ip:port", or "" while there is none."""
+    caller = server_forward.server_caller(api)
+    if caller is not None:
+        with trio.move_on_after(STATUS_WAIT):
+            try:
+                return await server_forward.forward(api, caller, request)
+            except Unreachable:
+                pass
+        return api.json("", query)
     server = api.agent.server
     if server is None:
         # No Raft running here (a single -dev node or an agent under test) leads itself.
@@ -62,6 +81,7 @@ async def status_leader(api: API, request: Request, query: Query, arg: str) -> R
     return api.json(server.leader_address() or "", query)
 
 
+@on_a_server
 async def status_peers(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/status/peers: the voters' "ip:port" addresses."""
     server = api.agent.server
@@ -73,6 +93,7 @@ async def status_peers(api: API, request: Request, query: Query, arg: str) -> Re
 # ---------------------------------------------------------------------- operator raft
 
 
+@on_a_server
 async def raft_configuration(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter, ...}], "Index"}."""
     require_acl(api, request, Authorizer.operator_read)
@@ -80,6 +101,7 @@ async def raft_configuration(api: API, request: Request, query: Query, arg: str)
     return api.json(raft_configuration_json(index, servers), query)
 
 
+@on_a_server
 async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -> Response:
     """DELETE /v1/operator/raft/peer?id=<server id> or ?address=<ip:port>."""
     require_acl(api, request, Authorizer.operator_write)
@@ -96,6 +118,7 @@ async def raft_remove_peer(api: API, request: Request, query: Query, arg: str) -
 # ---------------------------------------------------------------------- snapshot
 
 
+@on_a_server
 async def snapshot_save(api: API, request: Request, query: Query, arg: str) -> Response:
     """GET /v1/snapshot[?stale]: a gzipped tar archive; X-Consul-Index is the snapshot's index."""
     require_acl(api, request, Authorizer.acl_write)  # the whole state, secrets included: management only
@@ -116,17 +139,45 @@ def _too_large(size: int) -> HTTPError:
                           f"at most {MAX_RESTORE_STATE} bytes")
 
 
+def _inflated_size(data: bytes, limit: int) -> int:
+    """How many bytes gzip `data` inflates to (every member), counting no further than just past `limit`."""
+    total = 0
+    while data and total <= limit:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            while data and not inflater.eof and total <= limit:
+                total += len(inflater.decompress(data, 1024 * 1024))
+                data = inflater.unconsumed_tail
+        except zlib.error:
+            return total  # not gzip: unpack names the defect
+        data = inflater.unused_data
+    return total
+
+
+def _unpack_bounded(body: bytes) -> tuple[dict[str, object], bytes]:
+    """(meta, state) of an in-memory archive; 413 before inflating a state larger than a restore takes (a small
+    body of zeros inflates 1000:1), 400 for a bad archive."""
+    limit = MAX_RESTORE_STATE + _ARCHIVE_OVERHEAD
+    if _inflated_size(body, limit) > limit:
+        raise HTTPError(413, f"snapshot archive inflates to more than {limit} bytes; a restore is replicated as "
+                             f"one Raft command of at most {MAX_RESTORE_STATE} bytes")
+    try:
+        return unpack(body)
+    except ArchiveError as exc:
+        raise bad_request(str(exc)) from None
+
+
 async def snapshot_restore(api: API, request: Request, query: Query, arg: str) -> Response:
     """PUT /v1/snapshot with an archive as the body: stream it to a temp file in the data dir, verify it
     there (off the event loop), then replace the cluster's state."""
     # Before the body: a refused restore must not get to fill the disk (the answer closes the connection).
     require_acl(api, request, Authorizer.acl_write)
+    caller = server_forward.server_caller(api)
+    if caller is not None:  # a client agent: a server restores it (and checks the token again)
+        return await server_forward.forward(api, caller, request, max_body=server_forward.MAX_SNAPSHOT_BODY)
     server = _server(api)
-    if request.body_stream is None:  # an in-memory body (a test server without streaming)
-        try:
-            meta, state = unpack(request.body)
-        except ArchiveError as exc:
-            raise bad_request(str(exc)) from None
+    if request.body_stream is None:  # in memory: forwarded by a client agent (or a test server's)
+        meta, state = await trio.to_thread.run_sync(_unpack_bounded, request.body)
     else:
         async with body_to_file(request.body_stream, upload_dir(api.agent.config.data_dir)) as path:
             try:
