@@ -1,4 +1,4 @@
-"""`meshagent catalog services|nodes` and `meshagent members`."""
+"""`meshagent catalog services|nodes|datacenters` and `meshagent members`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import click
 
 from .http_client import AgentClient, fail, http_options
-from .output import format_option, print_json, print_table  # print_table: kept importable from here
+from .output import clean, format_option, print_json, print_table  # print_table: kept importable from here
 
 
 @click.group()
@@ -67,6 +67,23 @@ def catalog_nodes(detailed: bool, service: str | None, fmt: str, http_addr: str 
             row.append(",".join(f"{k}={v}" for k, v in sorted((n.get("Meta") or {}).items())))
         rows.append(row)
     print_table(headers, rows)
+
+
+@catalog.command("datacenters")
+@format_option
+@http_options
+def catalog_datacenters(fmt: str, http_addr: str | None, token: str | None) -> None:
+    """List the known datacenters, one per line (nearest first, as the agent orders them)."""
+    found = AgentClient(http_addr, token).request("GET", "/v1/catalog/datacenters").json()
+    if not isinstance(found, list) or not all(isinstance(dc, str) for dc in found):
+        fail("Error listing datacenters: the agent's answer is not a list of names")
+    if fmt == "json":
+        print_json(found)
+        return
+    if not found:
+        fail("No datacenters found")
+    for dc in found:
+        click.echo(clean(dc))
 
 
 @click.command()
