@@ -26,8 +26,11 @@ from . import (
     health_api,
     intentions_api,
     kv_api,
+    monitor_api,
     operator_api,
     proxy_api,
+    session_api,
+    txn_api,
 )
 from .acl_gate import FILTERED_HEADER, request_token
 from .errors import error_response
@@ -57,6 +60,7 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/agent/self": {"GET": agent_api.self_},
     "/v1/agent/members": {"GET": agent_api.members},
     "/v1/agent/metrics": {"GET": agent_api.metrics},
+    "/v1/agent/monitor": {"GET": monitor_api.monitor},
     "/v1/agent/services": {"GET": agent_api.services},
     "/v1/agent/service/register": {"PUT": agent_api.service_register},
     "/v1/agent/service/deregister/": {"PUT": agent_api.service_deregister},
@@ -93,6 +97,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/health/state/": {"GET": health_api.state},
     "/v1/health/connect/": {"GET": health_api.connect},
     "/v1/kv/": {"GET": kv_api.get, "PUT": kv_api.put, "DELETE": kv_api.delete},
+    "/v1/txn": {"PUT": txn_api.txn},
+    **session_api.ROUTES,  # /v1/session/create, destroy/, renew/, info/, node/, list
     "/v1/status/leader": {"GET": operator_api.status_leader},
     "/v1/status/peers": {"GET": operator_api.status_peers},
     "/v1/operator/raft/configuration": {"GET": operator_api.raft_configuration},
@@ -149,6 +155,8 @@ class API:
         self.cache_hits = 0
         self._cache_bytes = 0
         self._filters: dict[tuple[str, int], Callable[[Any], bool]] = {}
+        # Who restarts a session's TTL timer at the leader (set by the agent; None: renew answers from the catalog).
+        self.sessions: session_api.Renewer | None = None
 
     async def __call__(self, request: Request) -> Response:
         """Route one request; every failure becomes a one-line error response."""

@@ -1,7 +1,9 @@
-"""`/v1/kv/:key`: GET (blocking; ?recurse ?keys ?separator ?raw), PUT (?cas ?flags), DELETE (?recurse ?cas)."""
+"""`/v1/kv/:key`: GET (blocking; ?recurse ?keys ?separator ?raw), PUT (?cas ?flags ?acquire ?release),
+DELETE (?recurse ?cas)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..acl.identity import ALLOW_ALL, ACLIdentity, require
@@ -95,19 +97,44 @@ def _write_rights(api: API, request: Request, key: str, prefix: bool = False) ->
     return write_token(request, api.agent.acl.tokens.default)
 
 
-def _no_sessions(query: Query) -> None:
-    if query.has("acquire") or query.has("release"):
-        raise bad_request("Sessions are not supported by this agent yet (?acquire / ?release)")
+MAX_SESSION_ID = 64  # a UUID is 36 characters
+
+
+def _lock_session(query: Query) -> tuple[str, str] | None:
+    """`?acquire=<session>` ("lock") or `?release=<session>` ("unlock"), or None for a plain write."""
+    for param, verb in (("acquire", "lock"), ("release", "unlock")):
+        if query.has(param):
+            session = query.get(param)
+            if not session or len(session) > MAX_SESSION_ID:
+                raise bad_request(f"Invalid ?{param}: a session ID of at most {MAX_SESSION_ID} characters "
+                                  "is required")
+            return verb, session
+    return None
+
+
+def _session_rights(api: API, request: Request, session: str) -> None:
+    """?acquire/?release also need session:write on the session's node (an unknown session: the FSM refuses)."""
+    identity = acl_identity(api, request)
+    row = api.agent.store.catalog.sessions.get(session)
+    if identity is not None and row is not None:
+        require(identity, identity.authorizer.session_write(row.node))
 
 
 async def put(api: API, request: Request, query: Query, key: str) -> Response:
-    """Write a key; `?cas=0` creates only when absent, `?cas=N` writes only at ModifyIndex N."""
+    """Write a key; `?cas=0` creates only when absent, `?cas=N` writes only at ModifyIndex N; `?acquire=<session>`
+    writes and locks it for the session, `?release=<session>` writes and unlocks it (true/false, as Consul)."""
     if not key:
         raise bad_request("Missing key name")
-    _no_sessions(query)
+    lock = _lock_session(query)
     token = _write_rights(api, request, key)
     flags = parse_uint("flags", query.get("flags")) if query.has("flags") else 0
-    if query.has("cas"):
+    if lock is not None:  # Consul: ?acquire / ?release win over ?cas
+        verb, session = lock
+        _session_rights(api, request, session)
+        command = (commands.kv_lock(key, request.body, session, time.time(), flags) if verb == "lock"
+                   else commands.kv_unlock(key, request.body, session, flags))
+        ok = await api.agent.store.apply(command, token=token)
+    elif query.has("cas"):
         cas = parse_uint("cas", query.get("cas"))
         ok = await api.agent.store.apply(commands.kv_cas(key, request.body, cas, flags), token=token)
     else:

@@ -16,6 +16,7 @@ from ..acl.secrets import ANONYMOUS_SECRET_ID, MAX_SECRET_LEN
 from ..rpc.errors import ACLNotFound, Rejected
 from .acl_endpoints import AclHttpEndpoint
 from .rpc_args import parse_add_server
+from .session_runner import RenewEndpoint
 
 if TYPE_CHECKING:
     from ..acl.resolver import ACLResolver
@@ -76,6 +77,7 @@ class Endpoints:
     def __init__(self, server: RaftServer) -> None:
         self.server = server
         self.acl_http = AclHttpEndpoint()  # client agents' /v1/acl/ requests; the agent sets its api
+        self.session_renew = RenewEndpoint()  # the agent attaches its session runner
         self.table: dict[str, Handler] = {
             "hello": server.bootstrap.on_hello,       # a server looking for its peers (bootstrap/join)
             "apply": self.apply,                      # a write, forwarded to the leader if need be
@@ -86,6 +88,7 @@ class Endpoints:
             "connect_ca_sign": self.connect_ca_sign,  # a CSR to sign (followers forward to the leader)
             "connect_ca_set_config": self.connect_ca_set_config,  # a CA configuration change (the leader's)
             "acl_http": self.acl_http.call,           # a client agent's /v1/acl/ request, run by this server
+            "session_renew": self.session_renew.call,  # a session's TTL restarted at the leader (session_runner.py)
             "http_forward": self.acl_http.forward,    # a client agent's server-only request (status, operator ...)
         }
         self.ca: CAManager | None = None  # the mesh CA, set by the agent (None: connect disabled)

@@ -29,7 +29,8 @@ Role = Literal["server", "client", "bootstrap", "anonymous"]
 # the mesh CA's calls (their services' CSRs, a CA configuration change from their HTTP API); a bootstrap
 # (auto_encrypt) connection only the signing call.
 CLIENT_METHODS = frozenset({"apply", "barrier", "auto_encrypt.sign", "connect_ca_sign", "connect_ca_set_config",
-                            "acl_http", "http_forward"})
+                            "acl_http", "http_forward",
+                            "session_renew"})
 SIGN_METHOD = "auto_encrypt.sign"
 # First byte of a connection that asks for the auto_encrypt channel: TLS without a client certificate, only
 # SIGN_METHOD allowed (Consul's RPCTLSInsecure). A plaintext frame never starts with it (length <= 64 MiB).
