@@ -19,6 +19,7 @@ import trio
 from .body import RECV_SIZE, BodyError, BodyStream, EarlyResponse
 from .messages import Handler, Request, Response, encode_head, simple_response
 from .parking import Parking
+from .streaming import StreamedBody
 
 log = logging.getLogger("meshagent.http")
 
@@ -233,6 +234,9 @@ class HTTPServer:
                     # The handler answered without reading all of the body: it cannot be skipped to
                     # the next request, so this answer ends the connection.
                     await self._final(stream, (status, headers, body))
+                    return
+                if type(body) is StreamedBody:  # /v1/agent/monitor: chunks until either side ends it
+                    await body.serve(stream, request, status, headers, self.write_timeout)
                     return
                 scope.deadline = trio.current_time() + self.write_timeout
                 head = encode_head(status, headers, len(body), close=not keep_alive)
