@@ -165,7 +165,8 @@ def test_kv_roundtrip(client: httpx.Client) -> None:
     assert client.delete("/v1/kv/other").json() is True
     assert client.get("/v1/kv/?keys").json() == []
     assert client.put("/v1/kv/").status_code == 400
-    assert client.put("/v1/kv/k?acquire=abc").status_code == 400
+    assert client.put("/v1/kv/k?acquire=abc").json() is False  # issue 16: an unknown session locks nothing
+    assert client.put("/v1/kv/k?acquire=").status_code == 400
 
 
 def test_kv_value_size_limit(client: httpx.Client) -> None:
