@@ -89,6 +89,12 @@ def _decisions(authz: Authorizer, op: object, cmd: Mapping[str, Any], catalog: C
             yield from _session_node(authz, cmd.get("session"), catalog, "kv")
     elif op == "session":
         yield from _session(authz, cmd, catalog)
+    elif op == "txn":
+        ops = cmd.get("ops")
+        if not isinstance(ops, list):
+            raise MalformedCommand("txn: ops must be a list")
+        for txn_op in ops:
+            yield from txn_op_rights(authz, _map(txn_op, "txn: op"), catalog)
     elif op == "config-entry":
         yield from _config_entry(authz, cmd)
     elif isinstance(op, str) and _is_acl_op(op):
@@ -243,6 +249,57 @@ def _session_node(authz: Authorizer, sid: object, catalog: Catalog, what: str) -
     session = catalog.sessions.get(sid)
     if session is not None:
         yield authz.session_write(session.node)
+
+
+# ------------------------------------------------------------------------------------------ transactions
+
+
+def txn_op_rights(authz: Authorizer, op: Mapping[str, Any], catalog: Catalog) -> Iterator[Decision]:
+    """One transaction op (agent/catalog/txn.py) as its single-op rights, Consul's txn preCheck: KV writes as
+    /v1/kv's (check-not-exists too, as Consul), check-index/check-session key:read, gets nothing (their
+    results are filtered); node ops node:write; service ops service:write (the stored service's name for a
+    delete, a proxy's destination too); check ops node:write or service:write on the check's service."""
+    kind, verb = op.get("type"), op.get("verb")
+    if kind == "kv":
+        key = _str_field(op, "key", "txn kv")
+        if verb in ("get", "get-tree"):
+            return
+        if verb in ("check-index", "check-session"):
+            yield authz.key_read(key)
+        elif verb == "check-not-exists":
+            yield authz.key_write(key)
+        else:
+            yield from _decisions(authz, "kv", {"verb": verb, "key": key, "session": op.get("session", "")},
+                                  catalog)
+    elif verb == "get":
+        return
+    elif kind == "node":
+        yield authz.node_write(_str_field(_map(op.get("node"), "txn node: Node"), "node", "txn node"))
+    elif kind == "service":
+        node = _str_field(op, "node", "txn service")
+        data = _map(op.get("service"), "txn service: Service")
+        name, sid = _str_field(data, "service", "txn service"), _str_field(data, "id", "txn service")
+        stored = next((s for s in catalog.node_services(node) if s.id == (sid or name)), None)
+        if stored is not None and (verb in ("delete", "delete-cas") or stored.service != name):
+            yield authz.service_write(stored.service)
+        if verb not in ("delete", "delete-cas"):
+            yield authz.service_write(name)
+            proxy = data.get("proxy")
+            dest = proxy.get("destination_service_name") if isinstance(proxy, dict) else None
+            if _str_field(data, "kind", "txn service") == "connect-proxy" and isinstance(dest, str) and dest:
+                yield authz.service_write(dest)
+    elif kind == "check":
+        data = _map(op.get("check"), "txn check: Check")
+        node, cid = _str_field(data, "node", "txn check"), _str_field(data, "check_id", "txn check")
+        stored_check = next((c for c in catalog.node_checks(node) if c.check_id == cid), None)
+        sids = {_str_field(data, "service_id", "txn check")} if verb not in ("delete", "delete-cas") else set()
+        if stored_check is not None:
+            sids.add(stored_check.service_id)
+        services = {s.id: s.service for s in catalog.node_services(node)}
+        for sid in sorted(sids):
+            yield authz.service_write(services[sid]) if sid in services else authz.node_write(node)
+    else:
+        yield _refused(f"txn {str(kind)[:32]!r}")
 
 
 # ------------------------------------------------------------------------------------------ config entries
