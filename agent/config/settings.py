@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ...watch_plan import WatchError, parse_watch
 from ..telemetry.config import telemetry_block
 from .acl_settings import LEGACY_TOP_LEVEL as _LEGACY_ACL
 from .acl_settings import acl_block, legacy_acl_key
@@ -17,7 +18,7 @@ from .check_defs import CheckContext, check_from
 from .connect_settings import config_entries_block, connect_block
 from .errors import Collector
 from .services import service_from
-from .syntax import SyntaxProblem, load_hcl, load_json
+from .syntax import LINES, START, SyntaxProblem, load_hcl, load_json
 from .tls import LEGACY as _TLS_LEGACY
 from .tls import auto_encrypt_block, legacy_key, tls_block
 from .types import CheckDefinition, Ports, ServiceDefinition
@@ -117,7 +118,8 @@ def file_settings(data: dict[str, Any], col: Collector) -> dict[str, Any]:
 
 
 def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any]]:
-    """Consul's `watches`: only type "event" exists yet (a handler run for each user event); others are errors."""
+    """Consul's `watches`, checked by meshagent/watch_plan.py as `meshagent watch` checks its flags: each a
+    plan's parameters plus `args` (the handler; `handler` is run through `sh -c`)."""
     items = value if isinstance(value, list) else [value]
     out = []
     for i, item in enumerate(items):
@@ -125,10 +127,18 @@ def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any
         if not isinstance(item, dict):
             col.error(where, "must be an object", line)
             continue
-        kind = item.get("type")
-        if kind != "event":
-            col.error(f"{where}.type", f"watch type {kind!r} is not supported yet (only \"event\"); remove it — "
-                      "its handler would never run", line)
+        lines = item.get(LINES, {}) if isinstance(item.get(LINES), dict) else {}
+        start = item.get(START) if isinstance(item.get(START), int) else line
+        item = {k: v for k, v in item.items() if not str(k).startswith("__")}  # the parser's line marks
+        try:
+            spec = parse_watch(item)
+        except WatchError as exc:
+            col.error(f"{where}.{exc.field}", exc.message, lines.get(exc.field, start))
+            continue
+        kind = item.get("handler_type", "script")
+        if kind != "script":
+            col.error(f"{where}.handler_type", f"{str(kind)[:40]!r} is not supported (only \"script\": `args` or "
+                      "`handler`); an http handler would never run", lines.get("handler_type", start))
             continue
         args = item.get("args")
         if args is None and isinstance(item.get("handler"), str):
@@ -136,11 +146,7 @@ def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any
         if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
             col.error(f"{where}.args", "must be a non-empty list of strings (the handler command)", line)
             continue
-        name = item.get("name", "")
-        if not isinstance(name, str):
-            col.error(f"{where}.name", "must be a string", line)
-            continue
-        out.append({"type": "event", "name": name, "args": list(args)})
+        out.append({**spec.params(), "name": spec.name, "args": list(args)})
     return out
 
 

@@ -48,7 +48,8 @@ def test_validate_refuses_unknown_keys_in_hcl_and_json(tmp_path: Path) -> None:
     ("dns_config {\n  use_cache = true\n}\n", 2, "dns_config.use_cache", "no agent cache"),
     ("dns_config {\n  allow_stale = false\n}\n", 2, "dns_config.allow_stale", "only `true`"),
     ('telemetry {\n  statsd_address = "x:1"\n}\n', 2, "telemetry.statsd_address", "no sink"),
-    ('watches = [{ type = "key", key = "a", args = ["true"] }]\n', 1, "watches[0].type", "not supported yet"),
+    ('watches = [{ type = "key", key = "a", handler_type = "http" }]\n', 1, "watches[0].handler_type",
+     "not supported"),
     ("disable_update_check = false\n", 1, "disable_update_check", "never checks"),
 ])
 def test_not_yet_supported_settings_are_errors(tmp_path: Path, text: str, line: int, key: str, reason: str) -> None:
