@@ -25,7 +25,7 @@ log = logging.getLogger("meshagent.server")
 
 MAX_SEEN = 64            # hellos kept from servers that contacted us before we bootstrapped
 MAX_NAMES = 1024
-NAMES_CHECK_INTERVAL = 10.0  # seconds between looks at the configuration for the names file
+NAMES_CHECK_INTERVAL = 1.0  # seconds between looks at the configuration (a join changes it, not the names)
 
 
 def _bootstrap(driver: RaftDriver, membership: Membership, now: float) -> list[Output]:
