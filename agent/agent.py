@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -42,14 +42,15 @@ from .gossip_link import GossipLink
 from .heap_trim import trim_heap
 from .http.api import API
 from .http.server import HTTPServer
-from .lifecycle import banner, leaves_on, notify_systemd
+from .lifecycle import LogGate, banner, bind_error_text, leaves_on, listen_failure, notify_systemd
 from .local_persist import AgentTokenFile
 from .local_state import LocalState
-from .logs import parse_level
+from .logs import parse_level, set_agent_level
 from .rpc.framing import split_address
 from .server.acl_init import ACLInitializer
 from .server.leader import MembershipReconciler
 from .server.raft_server import RaftServer
+from .server.session_runner import ForwardedSessions, SessionRunner
 from .startup import AgentError, load_keyring, lock_data_dir, node_id, rpc_tls
 from .store import CatalogStore
 from .telemetry.http_timing import TimedHandler
@@ -161,6 +162,16 @@ class Agent:
         if self.ca_manager is not None:
             self.ca_manager.acl = self.acl  # ... and every connect_ca_* call (agent/connect/ca_acl.py)
         self.api = API(self)
+        # Sessions (issue 16): the leader's TTL timers and invalidation on servers (and -dev); renew goes there.
+        self.session_runner: SessionRunner | None = None
+        if self.forwarder is None:
+            self.session_runner = SessionRunner(self.store, self.server)
+            self.session_runner.acl = self.acl  # session_renew calls over RPC are checked with it
+            self.api.sessions = self.session_runner
+            if self.server is not None:
+                self.server.endpoints.session_renew.runner = self.session_runner
+        else:
+            self.api.sessions = ForwardedSessions(self.forwarder)
         if self.server is not None:
             self.server.endpoints.acl_http.api = self.api  # client agents' /v1/acl/ requests run through it
         self.telemetry = Registry()  # every part's metrics (agent/metrics.py registers them; issue 16)
@@ -200,24 +211,42 @@ class Agent:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   banner: TextIO | None = None, handle_signals: bool = False) -> None:
         """Start every component, report readiness, and serve until cancelled or shut down."""
+        # With a banner, log lines wait for it (Consul's order: banner, then "Log data will now stream in").
+        gate = LogGate() if banner is not None else None
+        try:
+            await self._run(task_status, banner, handle_signals, gate)
+        finally:
+            if gate is not None:
+                gate.open()  # a start-up failure's lines still come out
+
+    async def _listen(self, what: str, hosts: list[str], port: int, start: Callable[[], Awaitable[object]],
+                      udp: bool = False) -> None:
+        """nursery.start(...) of a listening part; a failed bind becomes an AgentError naming the address."""
+        try:
+            await start()
+        except BaseException as exc:
+            error = listen_failure(exc)
+            if error is None or isinstance(exc, AgentError):
+                raise
+            raise AgentError(bind_error_text(what, hosts, port, error, udp)) from exc
+
+    async def _run(self, task_status: trio.TaskStatus[None], banner: TextIO | None, handle_signals: bool,
+                   gate: LogGate | None) -> None:
         for warning in self.config.warnings:  # exposure and clamped values, from the config loader
             log.warning("config: %s", warning)
         with trio.CancelScope() as scope:
             self._cancel = scope
             async with trio.open_nursery() as nursery:
                 if self.server is not None:
+                    server = self.server
                     try:
-                        await nursery.start(self.server.run)
+                        await self._listen("server RPC", [server.bind], server.port,
+                                           lambda: nursery.start(server.run))
                     except StorageError as exc:
                         raise AgentError(f"cannot open the Raft log: {exc}") from exc
-                    except OSError as exc:
-                        raise AgentError(f"cannot listen on server port {self.server.port}: {exc}") from exc
                 if self.lan.enabled:
-                    try:
-                        await nursery.start(self.lan.run)
-                    except OSError as exc:
-                        raise AgentError(f"cannot listen on the Serf LAN port {self.config.ports.serf_lan}: "
-                                         f"{exc}") from exc
+                    await self._listen("Serf LAN", [self.config.bind_addr], self.config.ports.serf_lan,
+                                       lambda: nursery.start(self.lan.run), udp=True)
                     if self.config.retry_join:
                         nursery.start_soon(self.lan.retry_join, list(self.config.retry_join), self.shutdown)
                     else:
@@ -225,6 +254,8 @@ class Agent:
                     nursery.start_soon(self.events.run_watches)
                 if self.reconciler is not None:
                     nursery.start_soon(self.reconciler.run)
+                if self.session_runner is not None:
+                    await nursery.start(self.session_runner.run)
                 if self.ca_manager is not None:
                     await nursery.start(self.ca_manager.run)
                 if self.acl_init is not None:
@@ -241,13 +272,17 @@ class Agent:
                 if self.proxy_runner is not None:
                     await nursery.start(self.proxy_runner.run)
                 if self.config.ports.http >= 0:
-                    await nursery.start(self.http.run)
+                    await self._listen("HTTP server", self.http.hosts, self.config.ports.http,
+                                       lambda: nursery.start(self.http.run))
                 if self.config.ports.dns >= 0:
-                    await nursery.start(self.dns.run)
+                    await self._listen("DNS server", self.config.client_addr.split(), self.config.ports.dns,
+                                       lambda: nursery.start(self.dns.run), udp=True)
                 if handle_signals:
                     nursery.start_soon(self._handle_signals)
                 if banner is not None:
                     self.print_banner(banner)
+                if gate is not None:
+                    gate.open()
                 log.info("agent started: node=%s datacenter=%s", self.node_name, self.datacenter)
                 nursery.start_soon(self._trim_heap_once_settled)
                 nursery.start_soon(self.telemetry_parts.run)
@@ -341,7 +376,7 @@ class Agent:
             return
         new = self._reload_config()
         self.config.log_level = new.log_level
-        logging.getLogger("meshagent").setLevel(parse_level(new.log_level))
+        set_agent_level(parse_level(new.log_level))  # stderr's level; monitor clients keep theirs
         self.config.services, self.config.checks = new.services, new.checks
         self.local.sidecar_ports = (new.ports.sidecar_min_port, new.ports.sidecar_max_port)
         await self.local.load_files(new.services, new.checks)

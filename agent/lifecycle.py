@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import signal
 import socket
+import time
 
 log = logging.getLogger("meshagent.agent")
 
@@ -58,3 +60,83 @@ def banner(*, version: str, node_id: str, node_name: str, datacenter: str, serve
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- start-up errors and the banner's order
+
+
+def listen_failure(exc: BaseException) -> OSError | None:
+    """The OSError of a failed listen: `exc` itself, or the first inside (nested) exception groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = listen_failure(sub)
+            if found is not None:
+                return found
+    return None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _taken(host: str, port: int, udp: bool) -> bool:
+    """Whether binding host:port (TCP, and UDP when asked) fails now: which of several addresses clashed."""
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in kinds:
+        try:
+            with socket.socket(family, kind) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners set it
+                sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def bind_error_text(what: str, hosts: list[str], port: int, error: OSError, udp: bool = False) -> str:
+    """Go's wording with the address that failed: `HTTP server: bind 127.0.0.1:8500: address already in use`."""
+    shown = hosts
+    if len(hosts) > 1:  # the listeners don't say which one failed: ask each
+        shown = [h for h in hosts if _taken(h, port, udp)] or hosts
+    # Go's text for the errno ("address already in use"); a wrapped OSError's own words say no more than that
+    reason = os.strerror(error.errno).lower() if error.errno else (str(error) or type(error).__name__)
+    return f"{what}: bind {', '.join(_address(h, port) for h in shown)}: {reason}"
+
+
+class _HeldHandler(logging.handlers.MemoryHandler):
+    """Holds records for its target until closed, until `limit` are held, or past the deadline."""
+
+    def __init__(self, limit: int, target: logging.Handler, deadline: float) -> None:
+        super().__init__(limit, flushLevel=logging.CRITICAL + 1, target=target, flushOnClose=True)
+        self.deadline = deadline
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return super().shouldFlush(record) or time.monotonic() > self.deadline
+
+
+class LogGate:
+    """Holds the agent's log lines until the start-up banner is out, then lets them through in order (Consul's
+    gated writer). Bounded: past `limit` records or `max_wait` seconds (a start that waits on something), lines
+    flow as before and the banner comes when it can."""
+
+    def __init__(self, logger: str = "meshagent", limit: int = 10_000, max_wait: float = 5.0) -> None:
+        self._logger = logging.getLogger(logger)
+        self._originals = list(self._logger.handlers)
+        deadline = time.monotonic() + max_wait
+        self._gates = [_HeldHandler(limit, h, deadline) for h in self._originals]
+        for gate, original in zip(self._gates, self._originals, strict=True):
+            gate.setLevel(original.level)  # a flush skips the target's own level check
+        self._open = False
+        self._logger.handlers[:] = list(self._gates)
+
+    def open(self) -> None:
+        """Let held and future records through (idempotent)."""
+        if self._open:
+            return
+        self._open = True
+        if self._logger.handlers == self._gates:  # unless someone set up logging again meanwhile
+            self._logger.handlers[:] = self._originals
+        for gate in self._gates:
+            gate.close()  # flushes what it held to its target
