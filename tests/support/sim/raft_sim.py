@@ -40,6 +40,7 @@ from meshagent.raft.node import (
 from meshagent.raft.ready import Notice, Storage
 
 from tests.support.linearizability import Op
+from tests.support.sim.lock_workload import LockWorkload
 
 
 def _addr(sid: str) -> str:
@@ -128,6 +129,9 @@ class KV:
         kv.data = dict(msgpack.unpackb(data)) if data else {}
         return kv
 
+    def read(self, key: str) -> str | None:
+        return self.data.get(key)
+
 
 @dataclass
 class PendingOp:
@@ -147,7 +151,7 @@ class SimServer:
         self.durable = Durable()
         self.alive = True
         self.node = self._boot()
-        self.kv = KV()
+        self.kv = sim.machine()
         self.applied_chain: dict[int, bytes] = {}
         self.io = SimIO(sim, self)
         # Client writes queued for the next step, which proposes them with its other inputs, as the
@@ -166,7 +170,7 @@ class SimServer:
         self.io = SimIO(self.sim, self)
         self.node = self._boot()
         d = self.durable
-        self.kv = KV.restore(d.snapshot_data) if d.snapshot else KV()
+        self.kv = self.sim.machine(d.snapshot_data) if d.snapshot else self.sim.machine()
 
     def chain_at(self, index: int) -> bytes | None:
         d = self.durable
@@ -181,8 +185,11 @@ class Simulation:
     """A seeded cluster run."""
 
     def __init__(self, seed: int, servers: int = 3, faults: Faults | None = None, clients: int = 3,
-                 duration: float = 6.0, snapshot_every: int = 40, executor: Executor = EXECUTOR) -> None:
+                 duration: float = 6.0, snapshot_every: int = 40, executor: Executor = EXECUTOR,
+                 locks: LockWorkload | None = None) -> None:
         self.seed = seed
+        # None: the register workload (put/cas/get on KV); a LockWorkload: the catalog FSM's KV locks.
+        self.locks = locks
         self.executor = executor
         # Off only in tests that cut a durable log on purpose (then a commit counted on lost entries is expected).
         self.check_durable_quorum = True
@@ -221,6 +228,12 @@ class Simulation:
             self._schedule(self._exp(self.faults.reconfigure_rate), "reconfigure", None)
 
     # ------------------------------------------------------------------------------------------ plumbing
+
+    def machine(self, data: bytes | None = None) -> Any:
+        """A server's state machine: fresh, or restored from snapshot data."""
+        if self.locks is not None:
+            return self.locks.machine(data)
+        return KV.restore(data) if data is not None else KV()
 
     def _exp(self, rate: float) -> float:
         return self.now + (self.rng.expovariate(rate) if rate > 0 else 1e9)
@@ -357,12 +370,18 @@ class Simulation:
             return
         leaders = [s for s in alive if s.node.role == LEADER]
         s = self.rng.choice(leaders) if leaders and self.rng.random() < 0.8 else self.rng.choice(alive)
-        key = f"k{self.rng.randrange(2)}"
-        kind = self.rng.choice(["put", "cas", "get", "get"])
-        self._next_value += 1
-        oid = self._next_value
-        op = Op(client=client, kind=kind, key=key, invoke=self.now)  # type: ignore[arg-type]
-        if kind == "get":
+        command: dict[str, Any] | None = None
+        if self.locks is not None:
+            self._next_value += 1
+            oid = self._next_value
+            op, command = self.locks.next_op(self.rng, client, oid, self.now)
+        else:
+            key = f"k{self.rng.randrange(2)}"
+            kind = self.rng.choice(["put", "cas", "get", "get"])
+            self._next_value += 1
+            oid = self._next_value
+            op = Op(client=client, kind=kind, key=key, invoke=self.now)  # type: ignore[arg-type]
+        if op.kind == "get":
             self.pending[oid] = PendingOp(op, s.id, deadline=self.now + 1.0)
             if self.rng.random() < 0.3:
                 idx = s.node.lease_read_index(self.now)
@@ -372,10 +391,11 @@ class Simulation:
             self.carry_out(s, s.node.read_index(self.now, oid))
             self._schedule(self.now + 1.0, "timeout", oid)
             return
-        op.value = f"{client}-{oid}"
-        if kind == "cas":
-            op.expected = s.kv.data.get(key) if self.rng.random() < 0.7 else f"nope-{oid}"
-        command = {"id": oid, "op": kind, "key": key, "value": op.value, "expected": op.expected}
+        if command is None:
+            op.value = f"{client}-{oid}"
+            if op.kind == "cas":
+                op.expected = s.kv.data.get(op.key) if self.rng.random() < 0.7 else f"nope-{oid}"
+            command = {"id": oid, "op": op.kind, "key": op.key, "value": op.value, "expected": op.expected}
         if s.node.role != LEADER:
             self._schedule(self.now + self.rng.uniform(0.01, 0.05), "client", client)
             return
@@ -409,7 +429,7 @@ class Simulation:
         if s.node.applied_index < index:
             raise InvariantViolation(f"{s.id}: read at {index} before applying it ({s.node.applied_index})")
         p.op.complete = self.now
-        p.op.result = s.kv.data.get(p.op.key)
+        p.op.result = s.kv.read(p.op.key)
         self.history.append(p.op)
         del self.pending[ctx]  # type: ignore[arg-type]
         self._schedule(self.now + self.rng.uniform(0.0, 0.05), "client", p.op.client)
@@ -623,7 +643,7 @@ class SimIO:
         self.sim._apply(self.s, out.entries)
 
     def install_snapshot(self, out: InstallSnapshot) -> None:
-        self.s.kv = KV.restore(out.data)
+        self.s.kv = self.sim.machine(out.data)
 
     def publish(self, out: Notice) -> None:
         sim = self.sim
