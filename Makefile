@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: dev test test-fast check-imports lint system-deps bench
+.PHONY: dev dev-tools test test-fast check-imports lint system-deps bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # Set up and start a development agent (in-memory, HTTP :8500, DNS :8600, services from ./examples).
-dev: $(BIN)/.installed
+dev: $(BIN)/.installed dev-tools
 	$(BIN)/meshagent agent -dev -config-dir examples/services
+
+# What the README's Quick start runs beside the agent: dig (dnsutils) for its DNS answers. Installed when
+# missing (apt-get; as root, else through sudo); elsewhere it says what to install and carries on.
+dev-tools:
+	@command -v dig >/dev/null || { \
+		if ! command -v apt-get >/dev/null; then echo "dig not found: install your system's dnsutils/bind-utils package"; \
+		elif [ "$$(id -u)" = 0 ]; then echo "installing dnsutils (dig)"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils; \
+		else echo "installing dnsutils (dig) with sudo"; sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsutils; fi; }
 
 # Tools the tests drive as outside clients: dig (dnsutils); openssl (s_client against :8300); ip (iproute2) for the network-namespace hosts;
 # serf (Debian's HashiCorp Serf agent) as the gossip interop peer; dnsperf, dnsmasq, wrk and haproxy (the proxy
