@@ -189,13 +189,12 @@ class SessionState:
         return self._sessions.get(session_id)
 
     def list(self) -> SessionList:
-        """Every session, in creation order (then ID)."""
-        return sorted(self._sessions.values(), key=lambda s: (s.create_index, s.id))
+        """Every session, sorted by ID (Consul's order)."""
+        return sorted(self._sessions.values(), key=lambda s: s.id)
 
     def for_node(self, node: str) -> SessionList:
-        """The sessions of one node (case-insensitive), in creation order."""
-        ids = self._by_node.get(node.lower(), ())
-        return sorted((self._sessions[i] for i in ids), key=lambda s: (s.create_index, s.id))
+        """The sessions of one node (case-insensitive), sorted by ID."""
+        return [self._sessions[i] for i in sorted(self._by_node.get(node.lower(), ()))]
 
     def held_keys(self, session_id: str) -> KeyList:
         """The KV keys a session holds, sorted."""
@@ -258,14 +257,9 @@ class SessionState:
         self.lock_delay_until[key] = max(until, self.lock_delay_until.get(key, until))
 
     def lock_delayed(self, key: str, now: float) -> bool:
-        """True while `key` is under lock-delay at `now`; a passed deadline is forgotten."""
-        until = self.lock_delay_until.get(key)
-        if until is None:
-            return False
-        if now < until:
-            return True
-        del self.lock_delay_until[key]
-        return False
+        """True while `key` is under lock-delay at `now`. A read only (passed deadlines go in `prune_delays`),
+        so a lock refused inside a transaction leaves nothing to roll back."""
+        return now < self.lock_delay_until.get(key, -math.inf)
 
     def prune_delays(self, now: float) -> None:
         """Forget lock-delays that ended before `now` (keeps the table bounded by recent invalidations)."""

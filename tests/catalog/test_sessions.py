@@ -3,6 +3,7 @@ release, lock-delay, behavior release/delete, watch keys, snapshot round trip, h
 
 from __future__ import annotations
 
+import random
 import uuid
 from typing import Any
 
@@ -213,7 +214,6 @@ def test_destroy_release_keeps_keys_and_applies_lock_delay(c: Cat) -> None:
     assert c.cat.sessions.lock_delay_until == {"k1": NOW + 10, "k2": NOW + 10}
     assert not c.lock("k1", b, now=NOW + 9.9)  # lock-delay refuses
     assert c.lock("k1", b, now=NOW + 10)  # ... until it has passed
-    assert "k1" not in c.cat.sessions.lock_delay_until
     assert not c.destroy(a)  # unknown now: False, no error
 
 
@@ -308,3 +308,49 @@ def test_lock_verbs_need_key_write_and_session_write(c: Cat) -> None:
             assert decision is not None and need in decision.denied_message(ACCESSOR)
     with pytest.raises(MalformedCommand):
         authorize(both, {"op": "kv", "verb": "lock", "key": "k", "session": 3}, c.cat)
+
+
+def test_reads_are_in_id_order_per_node(c: Cat) -> None:
+    c.register("n2")
+    ids = {c.session(node=node): node for node in ("n1", "n2", "n1", "N2")}
+    assert [s.id for s in c.cat.sessions.list()] == sorted(ids)
+    assert [s.id for s in c.cat.sessions.for_node("n2")] == sorted(i for i, n in ids.items() if n.lower() == "n2")
+    assert {s.node for s in c.cat.sessions.for_node("n2")} == {"n2"}  # the catalog's spelling of the node
+
+
+def test_random_operations_keep_holds_consistent_and_round_trip() -> None:
+    """Whatever the order of writes, each key's Session names a live session, the held-keys index matches the
+    KV rows, and a snapshot restores to an equal state."""
+    rng = random.Random(16)
+    c = Cat()
+    sessions = [c.session(behavior=rng.choice(["release", "delete"]), lock_delay=rng.choice([0, 5]))
+                for _ in range(4)]
+    keys = [f"k/{i}" for i in range(6)]
+    now, locked, released_by_destroy = NOW, 0, 0
+    for _ in range(400):
+        now += rng.random() * 2
+        key, sid = rng.choice(keys), rng.choice(sessions)
+        roll = rng.random()
+        if roll < 0.35:
+            locked += c.lock(key, sid, now=now)
+        elif roll < 0.55:
+            c.unlock(key, sid)
+        elif roll < 0.65:
+            c.apply(commands.kv_set(key, b"plain"))
+        elif roll < 0.72:
+            c.apply(commands.kv_delete(key))
+        elif roll < 0.75:
+            c.apply(commands.kv_delete_tree("k/"))
+        elif roll < 0.85:
+            released_by_destroy += len(c.cat.sessions.held_keys(sid))
+            c.destroy(sid, now=now)
+            sessions[sessions.index(sid)] = c.session(behavior=rng.choice(["release", "delete"]), lock_delay=5)
+        else:
+            continue
+        live = {s.id for s in c.cat.sessions.list()}
+        holders = {e.key: e.session for e in c.cat.kv_list("k/") if e.session}
+        assert set(holders.values()) <= live
+        for s in live:
+            assert c.cat.sessions.held_keys(s) == sorted(k for k, h in holders.items() if h == s)
+    assert locked > 20 and released_by_destroy > 5, (locked, released_by_destroy)
+    assert Catalog.restore(c.cat.snapshot()).state_equal(c.cat)
