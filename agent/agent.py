@@ -56,6 +56,7 @@ from .store import CatalogStore
 from .telemetry.http_timing import TimedHandler
 from .telemetry.registry import Registry
 from .user_events import UserEventLog, UserEventRecord
+from .watch_runner import WatchRunner
 
 if TYPE_CHECKING:
     from .http.view import AgentView, Metrics
@@ -162,6 +163,7 @@ class Agent:
         if self.ca_manager is not None:
             self.ca_manager.acl = self.acl  # ... and every connect_ca_* call (agent/connect/ca_acl.py)
         self.api = API(self)
+        self.watches = WatchRunner(config.watches, self.api)  # config `watches` but events (user_events.py)
         # Sessions (issue 16): the leader's TTL timers and invalidation on servers (and -dev); renew goes there.
         self.session_runner: SessionRunner | None = None
         if self.forwarder is None:
@@ -277,6 +279,7 @@ class Agent:
                 if self.config.ports.dns >= 0:
                     await self._listen("DNS server", self.config.client_addr.split(), self.config.ports.dns,
                                        lambda: nursery.start(self.dns.run), udp=True)
+                await nursery.start(self.watches.run)
                 if handle_signals:
                     nursery.start_soon(self._handle_signals)
                 if banner is not None:
@@ -380,6 +383,7 @@ class Agent:
         self.config.services, self.config.checks = new.services, new.checks
         self.local.sidecar_ports = (new.ports.sidecar_min_port, new.ports.sidecar_max_port)
         await self.local.load_files(new.services, new.checks)
+        self.watches.reload(new.watches)
         self._reload_acl_tokens(new)
         log.info("reload complete: %d services from files", len(new.services))
 

@@ -146,7 +146,7 @@ def _watches(col: Collector, value: Any, line: int | None) -> list[dict[str, Any
         if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
             col.error(f"{where}.args", "must be a non-empty list of strings (the handler command)", line)
             continue
-        out.append({**spec.params(), "name": spec.name, "args": list(args)})
+        out.append({**spec.params(), "args": list(args)})
     return out
 
 
