@@ -42,8 +42,9 @@ CT_GZIP = (b"content-type", b"application/x-gzip")
 # appended on the leader and then refused by every follower, stalling replication.
 MAX_RESTORE_STATE = MAX_FRAME - 1024 * 1024
 NOT_A_SERVER = "this agent is not a server"
-# A client's /v1/status/leader waits this long for a server, then answers "" (no leader known) as a server
-# without one does: readiness probes and scripts polling for a leader get an answer, not a 7 s hold.
+# A client's /v1/status/leader answers "" (no leader known, as a server without one does) at once while its
+# catalog feed knows no leader, and when no server answers within this: readiness probes and scripts polling
+# for a leader get an answer, not a 7 s hold.
 STATUS_WAIT = 2.0
 # Tar headers, meta.json and SHA256SUMS around state.bin: what an archive inflates to beyond its state.
 _ARCHIVE_OVERHEAD = 1024 * 1024
@@ -68,6 +69,8 @@ async def status_leader(api: API, request: Request, query: Query, arg: str) -> R
     """GET /v1/status/leader: the leader's "ip:port", or "" while there is none."""
     caller = server_forward.server_caller(api)
     if caller is not None:
+        if not api.agent.leader_status()[0]:  # our feed's server knows no leader, or we have no feed yet
+            return api.json("", query)
         with trio.move_on_after(STATUS_WAIT):
             try:
                 return await server_forward.forward(api, caller, request)
