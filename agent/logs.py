@@ -70,7 +70,9 @@ def setup_logging(level: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------- fan-out for /v1/agent/monitor
 
 MONITOR_QUEUE = 512  # lines held per monitor client; beyond that, lines are dropped (and counted) for it
-_STDERR_LEVEL = [logging.INFO]  # the agent's own level (what stderr shows), whatever monitors ask for
+# The agent's own level (what stderr shows), whatever monitors ask for; NOTSET until setup_logging (an agent in
+# a test process: the logger is left as the test harness set it once no monitor is subscribed).
+_STDERR_LEVEL = [logging.NOTSET]
 
 
 class LogSubscriber:
@@ -161,8 +163,10 @@ def _apply_levels() -> None:
     root = logging.getLogger("meshagent")
     if FANOUT not in root.handlers:
         root.addHandler(FANOUT)
-    levels = [_STDERR_LEVEL[0], *(s.level for s in FANOUT.subscribers)]
-    root.setLevel(min(levels))
+    levels = [s.level for s in FANOUT.subscribers]
+    if _STDERR_LEVEL[0] != logging.NOTSET:
+        levels.append(_STDERR_LEVEL[0])
+    root.setLevel(min(levels) if levels else logging.NOTSET)
 
 
 def set_agent_level(level: int) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .http.view import Metrics
+from .logs import FANOUT
 from .telemetry.registry import Counter, Registry, Summary
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def figures(agent: Agent) -> Iterator[tuple[str, str, float]]:
         yield "counter", "raft.bad_messages", server.bad_raft_messages
         yield "counter", "raft.dropped_messages", server.node.dropped if server.node else 0
         yield "counter", "raft.followers_lost_entries", server.followers_lost_entries
+    yield "gauge", "agent.monitor.clients", float(len(FANOUT.subscribers))  # GET /v1/agent/monitor streams
+    yield "counter", "agent.monitor.dropped_lines", FANOUT.dropped  # lines a slow monitor client lost
     runner = agent.proxy_runner
     if runner is not None:
         status = runner.status()
