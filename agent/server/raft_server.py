@@ -387,5 +387,7 @@ class RaftServer:
                 "dropped_raft_messages": str(node.dropped), "bad_frames": str(self.listener.bad_frames),
                 "followers_lost_entries": str(self.followers_lost_entries),
                 "log_tail_cut": self._tail_cut_text(),
-                "latest_configuration": str([{"id": s.id, "address": s.address, "voter": s.voter}
-                                             for s in node.membership.servers])}
+                # Consul's (Go's) text of the configuration, never a Python repr
+                "latest_configuration": "[" + " ".join(
+                    f"{{Suffrage:{'Voter' if s.voter else 'Nonvoter'} ID:{s.id} Address:{s.address}}}"
+                    for s in node.membership.servers) + "]"}
