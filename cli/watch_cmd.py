@@ -67,7 +67,10 @@ def wait_seconds(text: str) -> float:
 def watch(watch_type: str, key: str, prefix: str, service: str, tags: tuple[str, ...], passingonly: str,
           state: str, name: str, datacenter: str, stale: str, shell: str, wait: str, handler: tuple[str, ...],
           http_addr: str | None, token: str | None) -> None:
-    """Watch a view of the catalog, KV or events; run HANDLER once per change (data on stdin), or print it."""
+    """Watch a view of the catalog, KV or events; run HANDLER once per change (data on stdin), or print it.
+
+    With no HANDLER the current data is printed once and the command ends, as Consul's does; a handler such as
+    `cat` prints every change. A failing handler ends the watch with exit code 1."""
     handler_args = list(handler)
     # Go's bool flags never take the next word: `-shell ./h.sh` is -shell=true and a handler.
     if shell not in _TRUE | _FALSE:
@@ -151,7 +154,7 @@ class _Runner:
         path, params = self.state.spec.query(self.state.next_index(), self.wait)
         headers = {"X-Consul-Token": self.state.spec.token} if self.state.spec.token else None
         try:
-            with self.client.http.stream("GET", quote(path, safe="/"), params=params, headers=headers,
+            with self.client.http.stream("GET", quote(path, safe="/"), params=tuple(params), headers=headers,
                                          timeout=httpx.Timeout(10.0, read=self.timeout)) as resp:
                 body = bytearray()
                 for chunk in resp.iter_bytes():
