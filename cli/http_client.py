@@ -1,8 +1,8 @@
 """The CLI's connection to an agent's HTTP API: address from -http-addr / MESH_HTTP_ADDR / CONSUL_HTTP_ADDR, the ACL
 token from -token / -token-file / CONSUL_HTTP_TOKEN(_FILE), one-line errors, and the shared -format option.
 
-httpx is imported on first use: `meshagent --help` and `meshagent version` must start fast (bench/cli/run.py), and
-httpx costs ~90 ms of imports (ssl, email, http.client) plus a CA bundle load for every client it builds.
+httpx is imported on first use (load_httpx): `meshagent --help` and `meshagent version` must start fast
+(bench/cli/run.py), and httpx costs ~140 ms of imports plus a CA bundle load for every client it builds.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -22,6 +23,23 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDR = "http://127.0.0.1:8500"
 MAX_ERROR_TEXT = 1000  # characters of an error answer shown: the agent's messages are short, others need not be
+
+
+def load_httpx() -> ModuleType:
+    """httpx, imported without its own command-line tool: httpx/__init__ imports httpx._main, which loads rich and
+    pygments (~45 ms) for `httpx` the console script; with them unimportable for the moment it skips that."""
+    if "httpx" in sys.modules:
+        return sys.modules["httpx"]
+    blocked = [name for name in ("rich", "pygments") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import machinery's "not importable" marker
+    try:
+        import httpx
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return httpx
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -115,8 +133,7 @@ class AgentClient:
     """Thin httpx wrapper: every failure becomes one clear line and exit 1."""
 
     def __init__(self, http_addr: str | None, token: str | None = None) -> None:
-        import httpx
-
+        httpx = load_httpx()
         self.addr = agent_address(http_addr)
         headers = {}
         token = resolve_token(token, None)
@@ -134,7 +151,7 @@ class AgentClient:
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
                 content: bytes | None = None, ok404: bool = False) -> httpx.Response:
         """Send a request; connection problems and error statuses end the command with one line."""
-        import httpx
+        httpx = load_httpx()
 
         try:
             resp = self._client.request(method, path, params=params, json=json, content=content)
@@ -158,7 +175,7 @@ def _reason(exc: Exception) -> str:
 def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
              body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
     """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
-    import httpx
+    httpx = load_httpx()
 
     try:
         resp = client.http.request(method, path, params=params,
