@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-import httpx
 
-from .http_client import AgentClient, fail, http_options
+from .http_client import AgentClient, fail, http_options, load_httpx
 
 
 @click.command()
@@ -14,6 +13,7 @@ from .http_client import AgentClient, fail, http_options
 def join(addresses: tuple[str, ...], http_addr: str | None, token: str | None) -> None:
     """Tell the local agent to join the cluster through ADDRESSES (host or host:port, Serf LAN port 8301)."""
     client = AgentClient(http_addr, token)
+    httpx = load_httpx()
     joined = 0
     for address in addresses:
         try:
