@@ -2,9 +2,10 @@
 
 Pure. `apply_txn(catalog, index, command)` is the "txn" command's handler: every op runs at the same index, in
 order, each seeing the ones before it; when any fails (as Consul, the rest still run so every error is named),
-the touched tables are put back as they were — the containers themselves, copied on first touch, so the
-catalog is byte-identical (snapshot() before == after) and no watch key moves. `read_txn` answers a read-only
-transaction (get/check verbs only) from the catalog as it is, without Raft.
+what the ops touched is put back from the undo journal (txn_undo.py: before-images of the touched rows, and
+the tables' order when an op deleted one), so the catalog is byte-identical (snapshot() before == after) and
+no watch key moves. `read_txn` answers a read-only transaction (get/check verbs only) from the catalog as it
+is, without Raft.
 
 Ops (the HTTP layer builds them, commands.txn carries them): `{"type": "kv", "verb", "key", "value" (bytes),
 "flags", "index", "session"}`, `{"type": "node", "verb", "node": row, "index"}`, `{"type": "service",
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .model import Check, KVEntry, Node, Service, row_from_dict, row_to_dict
+from .txn_undo import Undo
 
 if TYPE_CHECKING:
     from .state import Catalog
@@ -30,13 +32,6 @@ KV_READ_VERBS = frozenset({"get", "get-tree", "check-index", "check-session", "c
 CATALOG_VERBS = frozenset({"set", "cas", "get", "delete", "delete-cas"})
 TYPES = ("kv", "node", "service", "check")
 
-# The containers each kind of write touches (copied before the first such write of a transaction).
-_KV_TABLES = ("_kv", "_kv_keys", "_kv_graveyard")
-_CATALOG_TABLES = ("_nodes", "_services", "_services_by_name", "_services_by_node", "_connect_by_target",
-                   "_checks", "_checks_by_node")
-_SET_VALUED = frozenset({"_services_by_name", "_services_by_node", "_connect_by_target", "_checks_by_node"})
-
-
 class TxnOpError(Exception):
     """One operation failed; the message is Consul's text for it."""
 
@@ -46,41 +41,12 @@ def is_read_only(ops: list[dict[str, Any]]) -> bool:
     return all(op.get("verb") in (KV_READ_VERBS if op.get("type") == "kv" else ("get",)) for op in ops)
 
 
-class _Undo:
-    """The catalog's containers as they were before this transaction's first write to them."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self.saved: dict[str, Any] = {}
-
-    def touch(self, tables: tuple[str, ...]) -> None:
-        for name in tables:
-            if name in self.saved:
-                continue
-            value = getattr(self.catalog, name)
-            # Rows are replaced, never mutated, so a shallow copy keeps them; index sets are mutated: copy them.
-            self.saved[name] = ({k: set(v) for k, v in value.items()} if name in _SET_VALUED else value.copy())
-
-        if tables is _KV_TABLES and "held" not in self.saved:
-            # A lock, release or delete of a held key also moves the session's set of held keys.
-            self.saved["held"] = {k: set(v) for k, v in self.catalog.sessions._held.items()}
-
-    def rollback(self) -> None:
-        # The copies go back in place of the changed containers (order and all); the originals are dropped.
-        for name, value in self.saved.items():
-            if name == "held":
-                self.catalog.sessions._held = value
-            else:
-                setattr(self.catalog, name, value)
-        self.catalog._changed = set()  # nothing changed: no watch key moves, no listener hears of it
-
-
 def apply_txn(catalog: Catalog, index: int, command: dict[str, Any]) -> dict[str, Any]:
     """The "txn" command: every op at `index`, or (any failing) none; see the module docstring."""
     ops = command["ops"]
     if not isinstance(ops, list) or len(ops) > MAX_OPS:
         return _failed([(0, f"a transaction holds a list of at most {MAX_OPS} operations")])
-    undo = _Undo(catalog)
+    undo = Undo(catalog)
     now = command.get("now", 0.0)
     results, errors = _run(catalog, index, ops, undo, float(now) if isinstance(now, (int, float)) else 0.0)
     if errors:
@@ -101,7 +67,7 @@ def _failed(errors: list[tuple[int, str]]) -> dict[str, Any]:
     return {"results": None, "errors": [{"op_index": i, "what": what} for i, what in errors]}
 
 
-def _run(catalog: Catalog, index: int, ops: list[Any], undo: _Undo | None,
+def _run(catalog: Catalog, index: int, ops: list[Any], undo: Undo | None,
          now: float) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     from .state import CommandError  # state imports this module for its handler table
 
@@ -126,10 +92,10 @@ def _run(catalog: Catalog, index: int, ops: list[Any], undo: _Undo | None,
     return results, errors
 
 
-def _write(undo: _Undo | None, tables: tuple[str, ...]) -> None:
+def _journal(undo: Undo | None) -> Undo:
     if undo is None:
         raise TxnOpError("a write in a read-only transaction")
-    undo.touch(tables)
+    return undo
 
 
 def _int(op: dict[str, Any], name: str) -> int:
@@ -153,16 +119,19 @@ def _str(op: dict[str, Any], name: str) -> str:
 # ------------------------------------------------------------------------------------------ KV
 
 
+def _kv_row(entry: KVEntry, keep_value: bool = True) -> dict[str, Any]:
+    # By hand, not dataclasses.asdict: a result per op, and asdict deep-copies (~15 us per row).
+    return {"key": entry.key, "value": entry.value if keep_value else b"", "flags": entry.flags,
+            "lock_index": entry.lock_index, "session": entry.session, "create_index": entry.create_index,
+            "modify_index": entry.modify_index}
+
+
 def _kv_result(entry: KVEntry | None, keep_value: bool) -> list[dict[str, Any]]:
-    if entry is None:
-        return []
-    row = row_to_dict(entry)
-    if not keep_value:
-        row["value"] = b""  # Consul blanks a write's value in its result
-    return [{"kv": row}]
+    # Consul blanks a write's value in its result
+    return [] if entry is None else [{"kv": _kv_row(entry, keep_value)}]
 
 
-def _kv(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None, now: float) -> list[dict[str, Any]]:
+def _kv(catalog: Catalog, index: int, op: dict[str, Any], undo: Undo | None, now: float) -> list[dict[str, Any]]:
     verb = op.get("verb")
     key = _str(op, "key")
     if verb not in KV_VERBS:
@@ -173,7 +142,7 @@ def _kv(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None, no
             raise TxnOpError(f"key {key!r} doesn't exist")
         return _kv_result(current, True)
     if verb == "get-tree":
-        return [{"kv": row_to_dict(e)} for e in catalog.kv_list(key)]
+        return [{"kv": _kv_row(e)} for e in catalog.kv_list(key)]
     if verb == "check-index":
         if current is None:
             raise TxnOpError(f"key {key!r} doesn't exist")
@@ -195,9 +164,9 @@ def _kv(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None, no
     return _kv_write(catalog, index, op, undo, now, str(verb), key, current)
 
 
-def _kv_write(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None, now: float, verb: str,
+def _kv_write(catalog: Catalog, index: int, op: dict[str, Any], undo: Undo | None, now: float, verb: str,
               key: str, current: KVEntry | None) -> list[dict[str, Any]]:
-    _write(undo, _KV_TABLES)
+    journal = _journal(undo)
     if not key and verb != "delete-tree":
         raise TxnOpError("missing key name")
     value = op.get("value") or b""
@@ -215,6 +184,11 @@ def _kv_write(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | No
         cmd.update(session=session, now=now)
     if verb == "delete-cas" and current is None:
         return []  # Consul: a CAS delete of a key already gone succeeds
+    if verb == "delete-tree":
+        doomed = catalog._kv_prefix_keys(key)
+        journal.kv_keys(doomed, "", deleting=bool(doomed))
+    else:
+        journal.kv_keys((key,), session, deleting=verb.startswith("delete") and current is not None)
     ok = catalog._apply_kv(index, cmd)
     if not ok:
         raise TxnOpError({
@@ -258,7 +232,7 @@ def _verb(op: dict[str, Any], what: str) -> str:
     return str(verb)
 
 
-def _node(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
+def _node(catalog: Catalog, index: int, op: dict[str, Any], undo: Undo | None,
           now: float) -> list[dict[str, Any]]:
     verb = _verb(op, "Node")
     node: Node = _row(Node, op.get("node"), "Node")
@@ -270,9 +244,9 @@ def _node(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
         if existing is None:
             raise TxnOpError(f"node {name!r} doesn't exist")
         return [{"node": row_to_dict(existing)}]
-    _write(undo, _CATALOG_TABLES)
     if _stale(verb, existing, op):
         raise TxnOpError(f"failed to {'set' if verb == 'cas' else 'delete'} node {name!r}, index is stale")
+    _journal(undo).node(name, deleting=verb in ("delete", "delete-cas"))
     if verb in ("delete", "delete-cas"):
         catalog._apply_deregister(index, {"node": name})
         return []
@@ -281,7 +255,7 @@ def _node(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
     return [{"node": row_to_dict(stored)}] if stored is not None else []
 
 
-def _service(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
+def _service(catalog: Catalog, index: int, op: dict[str, Any], undo: Undo | None,
              now: float) -> list[dict[str, Any]]:
     verb = _verb(op, "Service")
     node_name = _str(op, "node")
@@ -296,12 +270,12 @@ def _service(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | Non
         if existing is None:
             raise TxnOpError(f"service {sid!r} on node {node_name!r} doesn't exist")
         return [{"service": row_to_dict(existing)}]
-    _write(undo, _CATALOG_TABLES)
     if not sid:
         raise TxnOpError("Service.ID or Service.Service is required")
     if _stale(verb, existing, op):
         raise TxnOpError(f"failed to {'set' if verb == 'cas' else 'delete'} service {sid!r} on node "
                          f"{node_name!r}, index is stale")
+    _journal(undo).node(node_name, deleting=verb in ("delete", "delete-cas"))
     if verb in ("delete", "delete-cas"):
         catalog._delete_service(nkey, sid)
         return []
@@ -314,7 +288,7 @@ def _service(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | Non
     return [{"service": row_to_dict(stored)}] if stored is not None else []
 
 
-def _check(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
+def _check(catalog: Catalog, index: int, op: dict[str, Any], undo: Undo | None,
            now: float) -> list[dict[str, Any]]:
     verb = _verb(op, "Check")
     data = op.get("check")
@@ -330,10 +304,10 @@ def _check(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
         if existing is None:
             raise TxnOpError(f"check {cid!r} on node {node_name!r} doesn't exist")
         return [{"check": row_to_dict(existing)}]
-    _write(undo, _CATALOG_TABLES)
     if _stale(verb, existing, op):
         raise TxnOpError(f"failed to {'set' if verb == 'cas' else 'delete'} check {cid!r} on node "
                          f"{node_name!r}, index is stale")
+    _journal(undo).node(node_name, deleting=verb in ("delete", "delete-cas"))
     if verb in ("delete", "delete-cas"):
         catalog._delete_check(nkey, cid)
         return []
@@ -346,7 +320,7 @@ def _check(catalog: Catalog, index: int, op: dict[str, Any], undo: _Undo | None,
     return [{"check": row_to_dict(stored)}] if stored is not None else []
 
 
-_Handler = Callable[["Catalog", int, dict[str, Any], "_Undo | None", float], list[dict[str, Any]]]
+_Handler = Callable[["Catalog", int, dict[str, Any], "Undo | None", float], list[dict[str, Any]]]
 _DISPATCH: dict[str, _Handler] = {"kv": _kv, "node": _node, "service": _service, "check": _check}
 
 __all__ = ["CATALOG_VERBS", "KV_READ_VERBS", "KV_VERBS", "MAX_OPS", "TYPES", "TxnOpError", "apply_txn",
