@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import trio
 
-from ..watch_plan import WatchState, parse_watch
+from ..watch_plan import RETRY_BASE, WatchState, parse_watch
 from .http.messages import Request, Response
 
 log = logging.getLogger("meshagent.watch")
@@ -27,10 +27,12 @@ API = Callable[[Request], Awaitable[Response]]
 class WatchRunner:
     """Runs every non-event watch of the config as its own task; `reload` replaces the set."""
 
-    def __init__(self, watches: Sequence[dict[str, Any]], api: API, wait: str = "") -> None:
+    def __init__(self, watches: Sequence[dict[str, Any]], api: API, wait: str = "",
+                 retry_base: float = RETRY_BASE) -> None:
         self._watches = [dict(w) for w in watches if w.get("type") != "event"]
         self._api = api
         self._wait = wait  # "" : the agent's default_query_time, as Consul's watches send no wait
+        self._retry_base = retry_base
         self._scope: trio.CancelScope | None = None
         self.handler_runs = 0  # handlers started, for tests
 
@@ -57,7 +59,7 @@ class WatchRunner:
         """One plan's loop: query, hand over on a change, back off on errors; never raises."""
         spec = parse_watch(watch)  # checked by the config loader already
         args = list(watch["args"])
-        state = WatchState(spec)
+        state = WatchState(spec, retry_base=self._retry_base)
         headers = [(b"x-consul-token", spec.token.encode())] if spec.token else []
         while True:
             path, params = spec.query(state.next_index(), self._wait)

@@ -223,6 +223,7 @@ class WatchState:
     failures: int = 0
     fired: bool = False
     result: Any = field(default=None)
+    retry_base: float = RETRY_BASE  # tests shorten it
 
     def next_index(self) -> int:
         """The `?index=` of the next query (0: answer at once)."""
@@ -250,7 +251,7 @@ class WatchState:
         the error does not run the handler again."""
         self.failures += 1
         self.index = None
-        return min(RETRY_BASE * self.failures * self.failures, RETRY_MAX)
+        return min(self.retry_base * self.failures * self.failures, RETRY_MAX)
 
     def answer(self, status: int, index_header: str | None, body: bytes) -> tuple[bool, int, Any]:
         """An HTTP answer to this watch's query: (run the handler?, the index, its data). QueryError when
