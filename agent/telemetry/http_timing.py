@@ -10,17 +10,25 @@ from ..http.api import ROUTES
 from ..http.messages import Handler, Request, Response
 from .registry import Registry, Summary
 
-_PREFIXES = sorted((p for p in ROUTES if p.endswith("/")), key=len, reverse=True)
+_PREFIXES = frozenset(p for p in ROUTES if p.endswith("/"))
+_PATH_MEMO = 4096  # (method, path) pairs remembered
+_DEPTH = max(p.count("/") for p in _PREFIXES) - 1  # segments in the deepest prefix route
 
 
 def route_of(path: str) -> str | None:
-    """The ROUTES pattern serving `path` (exact first, then the longest prefix), or None (a 404)."""
+    """The ROUTES pattern serving `path` (exact first, then the longest prefix), or None (a 404). Walks the
+    path's first few `/` boundaries (~1 us) rather than testing every prefix route (~5 us for a KV path)."""
     if path in ROUTES:
         return path
-    for prefix in _PREFIXES:
-        if path.startswith(prefix):
-            return prefix
-    return None
+    best = None
+    at = 0
+    for _ in range(_DEPTH):
+        at = path.find("/", at + 1)
+        if at < 0:
+            break
+        if path[: at + 1] in _PREFIXES:
+            best = path[: at + 1]
+    return best
 
 
 def route_key(pattern: str) -> str:
@@ -35,8 +43,19 @@ class TimedHandler:
         self.handler = handler
         self.registry = registry
         self._timers: dict[tuple[str, str], tuple[Summary, Summary]] = {}
+        self._by_path: dict[tuple[str, str], tuple[Summary, Summary] | None] = {}
 
     def _timers_for(self, method: str, path: str) -> tuple[Summary, Summary] | None:
+        key = (method, path)
+        if key in self._by_path:
+            return self._by_path[key]
+        timers = self._lookup(method, path)
+        if len(self._by_path) >= _PATH_MEMO:
+            self._by_path.clear()  # KV paths are endless: a bounded memo of the recent ones
+        self._by_path[key] = timers
+        return timers
+
+    def _lookup(self, method: str, path: str) -> tuple[Summary, Summary] | None:
         pattern = route_of(path)
         if pattern is None:
             return None
