@@ -133,7 +133,9 @@ class AgentClient:
     """Thin httpx wrapper: every failure becomes one clear line and exit 1."""
 
     def __init__(self, http_addr: str | None, token: str | None = None) -> None:
-        httpx = load_httpx()
+        load_httpx()
+        import httpx
+
         self.addr = agent_address(http_addr)
         headers = {}
         token = resolve_token(token, None)
@@ -151,7 +153,8 @@ class AgentClient:
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
                 content: bytes | None = None, ok404: bool = False) -> httpx.Response:
         """Send a request; connection problems and error statuses end the command with one line."""
-        httpx = load_httpx()
+        load_httpx()
+        import httpx
 
         try:
             resp = self._client.request(method, path, params=params, json=json, content=content)
@@ -175,7 +178,8 @@ def _reason(exc: Exception) -> str:
 def api_call(client: AgentClient, method: str, path: str, what: str, *, params: dict[str, Any] | None = None,
              body: Any = None, ok: tuple[int, ...] = (200,), code: int = 1) -> httpx.Response:
     """One API request; anything but a status in `ok` ends the command with "<what>: <problem>" and exit `code`."""
-    httpx = load_httpx()
+    load_httpx()
+    import httpx
 
     try:
         resp = client.http.request(method, path, params=params,
