@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .http_client import AgentClient, error_text, fail, http_options
+from .http_client import AgentClient, error_text, fail, http_options, load_httpx
 
 ENDED = "Remote side ended the monitor! This usually means that the remote side has exited or crashed."
 
@@ -18,8 +18,7 @@ ENDED = "Remote side ended the monitor! This usually means that the remote side 
 @http_options
 def monitor(log_level: str, log_json: bool, http_addr: str | None, token: str | None) -> None:
     """Stream the agent's log lines (at -log-level, more verbose than its own if asked) until Ctrl-C."""
-    import httpx
-
+    httpx = load_httpx()  # without its console tool's imports, as every command loads it
     client = AgentClient(http_addr, token)
     params: dict[str, str] = {"loglevel": log_level}
     if log_json:
