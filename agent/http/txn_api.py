@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 MAX_VALUE = 512 * 1024  # Consul's kv_max_value_size, per KV value
 MAX_TEXT = 1024  # keys, names, IDs and verbs: longer is hostile, not a catalog name
+MAX_OUTPUT = 4096  # a check's Output (Consul keeps 4 KiB of it)
 KINDS = {"kv": "KV", "node": "Node", "service": "Service", "check": "Check"}
 
 
@@ -45,13 +46,41 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return _fold(value)
 
 
-def _text(data: dict[str, Any], name: str, what: str) -> str:
+def _text(data: dict[str, Any], name: str, what: str, limit: int = MAX_TEXT) -> str:
     value = data.get(name.lower())
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise bad_request(f"Failed to parse body: {what}.{name} must be a string of at most {MAX_TEXT} characters")
+    if not isinstance(value, str) or len(value) > limit:
+        raise bad_request(f"Failed to parse body: {what}.{name} must be a string of at most {limit} characters")
     return value
+
+
+def _tagged(data: dict[str, Any], what: str) -> dict[str, Any]:
+    """A service's TaggedAddresses: name -> {Address, Port} (names keep their case)."""
+    value = data.get("taggedaddresses")
+    if value is None:
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for name, addr in value.items():
+            if not isinstance(addr, dict):
+                break
+            folded = _fold(addr)
+            address, port = folded.get("address", ""), folded.get("port", 0)
+            if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+                break
+            out[str(name)] = {"Address": address, "Port": port}
+        else:
+            return out
+    raise bad_request(f"Failed to parse body: {what}.TaggedAddresses must map names to {{Address, Port}}")
+
+
+def _weights(data: dict[str, Any], what: str) -> dict[str, int]:
+    value = _obj(data.get("weights"), what) or {"passing": 1, "warning": 1}
+    passing, warning = value.get("passing", 1), value.get("warning", 1)
+    if not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**31 for w in (passing, warning)):
+        raise bad_request(f"Failed to parse body: {what}.Weights must hold integer Passing and Warning")
+    return {"Passing": passing, "Warning": warning}
 
 
 def _uint(data: dict[str, Any], name: str, what: str) -> int:
@@ -104,22 +133,24 @@ def _service_op(i: int, data: dict[str, Any]) -> dict[str, Any]:
     what = f"operation {i}: Service.Service"
     svc = _obj(data.get("service"), what)
     node = _text(data, "Node", f"operation {i}: Service")
-    tags = svc.get("tags") or []
+    tags = svc.get("tags")
+    tags = [] if tags is None else tags
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) > MAX_TEXT:
         raise bad_request(f"Failed to parse body: {what}.Tags must be a list of strings")
     port = _uint(svc, "Port", what)
     if port > 65535:
         raise bad_request(f"Failed to parse body: {what}.Port {port} is not a port number")
-    weights = svc.get("weights") or {"Passing": 1, "Warning": 1}
-    proxy, connect = svc.get("proxy") or {}, svc.get("connect") or {}
-    if not isinstance(weights, dict) or not isinstance(proxy, dict) or not isinstance(connect, dict):
-        raise bad_request(f"Failed to parse body: {what}.Weights, Proxy and Connect must be objects")
+    proxy, connect = svc.get("proxy"), svc.get("connect")
+    proxy, connect = {} if proxy is None else proxy, {} if connect is None else connect
+    if not isinstance(proxy, dict) or not isinstance(connect, dict):
+        raise bad_request(f"Failed to parse body: {what}.Proxy and Connect must be objects")
+    native = _fold(connect).get("native")
     name = _text(svc, "Service", what)
     row = Service(node=node, id=_text(svc, "ID", what) or name, service=name, tags=list(tags),
                   address=_text(svc, "Address", what), port=port, meta=_str_map(svc, "Meta", what),
-                  weights=dict(weights), enable_tag_override=svc.get("enabletagoverride") is True,
-                  kind=_text(svc, "Kind", what), tagged_addresses=dict(_obj(svc.get("taggedaddresses"), what)),
-                  proxy=_proxy(proxy), connect=dict(connect))
+                  weights=_weights(svc, what), enable_tag_override=svc.get("enabletagoverride") is True,
+                  kind=_text(svc, "Kind", what), tagged_addresses=_tagged(svc, what),
+                  proxy=_proxy(proxy), connect={"native": True} if native is True else {})
     return {"type": "service", "verb": _text(data, "Verb", f"operation {i}: Service"), "node": node,
             "service": row_to_dict(row), "index": _uint(svc, "ModifyIndex", what)}
 
@@ -141,7 +172,7 @@ def _check_op(i: int, data: dict[str, Any]) -> dict[str, Any]:
     definition = _obj(check.get("definition"), what)
     row = Check(node=_text(check, "Node", what), check_id=_text(check, "CheckID", what),
                 name=_text(check, "Name", what), status=status, notes=_text(check, "Notes", what),
-                output=_text(check, "Output", what)[:MAX_TEXT], service_id=_text(check, "ServiceID", what),
+                output=_text(check, "Output", what, MAX_OUTPUT), service_id=_text(check, "ServiceID", what),
                 type=_text(check, "Type", what),
                 definition={k: v for k, v in (("Interval", definition.get("interval")),
                                               ("Timeout", definition.get("timeout"))) if isinstance(v, str)})

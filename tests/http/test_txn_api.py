@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import consul
 import httpx
@@ -16,11 +17,14 @@ from meshagent.agent.acl import command_rights
 from meshagent.agent.catalog import commands
 
 from tests.support.acl_objects import add_token
+from tests.support.agents import AgentProcess
 from tests.support.http_harness import ACLEnv, FakeAgent, ServerThread, TokenRecorder, register_instance
-from tests.support.ports import port_free
+from tests.support.ports import port_free, ports_free
+from tests.support.wait import wait_for
 
 HOST = "127.0.52.1"
 ACL_HOST = "127.0.52.2"
+RAFT_HOST = "127.0.52.10"
 MGMT = str(uuid.uuid4())
 
 
@@ -109,6 +113,13 @@ def test_catalog_ops_and_read_only_fast_path(srv: ServerThread, http: httpx.Clie
     (b'[{"Node": {"Verb": "set", "Node": []}}]', 400, "Node.Node must be an object"),
     (b'[{"Service": {"Verb": "set", "Node": "n1", "Service": {"Service": "x", "Port": 70000}}}]', 400, "Port"),
     (b'[{"Check": {"Verb": "set", "Check": {"Node": "n1", "CheckID": "c", "Status": "ok"}}}]', 400, "Status"),
+    (b'[{"Service": {"Verb": "set", "Node": "n1", "Service": {"Service": "x", "Weights": {"Passing": "1"}}}}]', 400,
+     "Weights"),
+    (b'[{"Service": {"Verb": "set", "Node": "n1", "Service": {"Service": "x", "TaggedAddresses": {"lan": 1}}}}]',
+     400, "TaggedAddresses"),
+    (b'[{"Service": {"Verb": "set", "Node": "n1", "Service": {"Service": "x", "Proxy": []}}}]', 400, "Proxy"),
+    (b'[{"Node": {"Verb": "set", "Node": {"Node": "x", "Meta": {"a": {}}}}}]', 400, "Meta"),
+    (b'[{"KV": {"Verb": "set", "Key": "' + b"k" * 2000 + b'"}}]', 400, "KV.Key"),
     (json.dumps([{"KV": {"Verb": "set", "Key": "k"}}] * 65).encode(), 413, "too many operations (65 > 64)"),
     (b'[{"KV": {"Verb": "frob", "Key": "k"}}]', 409, "unknown KV verb 'frob'"),
     (b'[{"KV": {"Verb": "set", "Key": ""}}]', 409, "missing key name"),
@@ -198,3 +209,33 @@ def test_server_recheck_refuses_a_txn_with_any_denied_op(acl: ACLEnv) -> None:
         command_rights.authorize(app, {"op": "txn", "ops": "x"}, store.catalog)
 
 
+
+
+# ------------------------------------------------------------------------------------------ real Raft
+
+
+@pytest.mark.slow
+def test_through_raft_on_a_real_server_one_entry_all_or_none(tmp_path: Path) -> None:
+    """A bootstrapped `meshagent agent -server`: the txn is one Raft entry (one index for every op), a failing
+    op leaves nothing, and a read-only txn uses no log index. ~2 s."""
+    if not ports_free(RAFT_HOST):
+        pytest.skip(f"{RAFT_HOST} is not usable here")
+    agent = AgentProcess(host=RAFT_HOST, workdir=tmp_path, args=[
+        "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "data"), "-client", RAFT_HOST,
+        "-bind", RAFT_HOST, "-node", "txn-raft", "-log-level", "warn"]).start()
+    try:
+        wait_for(lambda: httpx.get(f"{agent.http_addr}/v1/status/leader", timeout=2).json(), 30, what="a leader")
+        c = consul.Consul(host=RAFT_HOST, port=8500)
+        out = c.txn.put([{"KV": {"Verb": "set", "Key": f"r/{i}", "Value": b64(b"v")}} for i in range(10)])
+        assert out["Errors"] is None and len({r["KV"]["ModifyIndex"] for r in out["Results"]}) == 1
+        with pytest.raises(consul.ConsulException, match="409"):
+            c.txn.put([{"KV": {"Verb": "delete-tree", "Key": "r/"}},
+                       {"KV": {"Verb": "check-not-exists", "Key": "r/0"}}])
+        index, keys = c.kv.get("r/", keys=True)
+        assert len(keys) == 10
+        r = httpx.put(f"{agent.http_addr}/v1/txn?consistent", json=[{"KV": {"Verb": "get-tree", "Key": "r/"}}],
+                      timeout=10, trust_env=False)
+        assert r.status_code == 200 and len(r.json()["Results"]) == 10
+        assert c.kv.get("r/", keys=True)[0] == index  # neither the refused txn's entry nor a read moved r/
+    finally:
+        agent.stop()
