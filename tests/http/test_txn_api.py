@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import httpx
@@ -239,3 +240,46 @@ def test_through_raft_on_a_real_server_one_entry_all_or_none(tmp_path: Path) -> 
         assert c.kv.get("r/", keys=True)[0] == index  # neither the refused txn's entry nor a read moved r/
     finally:
         agent.stop()
+
+
+def test_txn_op_rights_each_op_as_its_single_op_rights() -> None:
+    """command_rights.txn_op_rights, pure: what each op needs (Consul's txn preCheck), both ways."""
+    from meshagent.agent.acl.authorizer import Authorizer
+    from meshagent.agent.acl.rules import parse_rules
+    from meshagent.agent.catalog import Catalog, Check, Node, Service
+
+    cat = Catalog()
+    cat.apply(1, commands.register(Node(node="n1"), Service(node="n1", id="w1", service="web"),
+                                   [Check(node="n1", check_id="wc", service_id="w1"), Check(node="n1", check_id="nc")]))
+    sid = "11111111-2222-3333-4444-555555555555"
+    cat.apply(2, commands.session_create({"id": sid, "node": "n1", "node_checks": []}))
+
+    def needs(op: dict[str, Any], rules: str) -> bool:
+        authz = Authorizer([parse_rules(rules)], False)
+        return all(d.allowed for d in command_rights.txn_op_rights(authz, op, cat))
+
+    kv_w, kv_r = 'key_prefix "a/" { policy = "write" }', 'key_prefix "a/" { policy = "read" }'
+    assert needs({"type": "kv", "verb": "set", "key": "a/1"}, kv_w)
+    assert not needs({"type": "kv", "verb": "set", "key": "a/1"}, kv_r)
+    assert needs({"type": "kv", "verb": "check-index", "key": "a/1"}, kv_r)
+    assert not needs({"type": "kv", "verb": "check-not-exists", "key": "a/1"}, kv_r)  # Consul: key write
+    assert needs({"type": "kv", "verb": "get-tree", "key": ""}, "")  # filtered on output instead
+    assert not needs({"type": "kv", "verb": "delete-tree", "key": "a"}, kv_w)  # "a" covers more than a/
+    assert not needs({"type": "kv", "verb": "lock", "key": "a/1", "session": sid}, kv_w)
+    assert needs({"type": "kv", "verb": "lock", "key": "a/1", "session": sid},
+                 kv_w + '\nsession "n1" { policy = "write" }')
+    node = {"type": "node", "verb": "set", "node": {"node": "n1"}}
+    assert needs(node, 'node "n1" { policy = "write" }') and not needs(node, 'node "n1" { policy = "read" }')
+    web = {"type": "service", "verb": "set", "node": "n1", "service": {"id": "w1", "service": "web"}}
+    assert needs(web, 'service "web" { policy = "write" }')
+    renamed = {**web, "service": {"id": "w1", "service": "api"}}
+    assert not needs(renamed, 'service "api" { policy = "write" }')  # it takes over web's ID
+    gone = {"type": "service", "verb": "delete", "node": "n1", "service": {"id": "w1"}}
+    assert needs(gone, 'service "web" { policy = "write" }') and not needs(gone, 'service "x" { policy = "write" }')
+    svc_check = {"type": "check", "verb": "delete", "check": {"node": "n1", "check_id": "wc"}}
+    assert needs(svc_check, 'service "web" { policy = "write" }')
+    node_check = {"type": "check", "verb": "set", "check": {"node": "n1", "check_id": "nc"}}
+    assert needs(node_check, 'node "n1" { policy = "write" }')
+    assert not needs(node_check, 'service "web" { policy = "write" }')
+    assert needs({"type": "check", "verb": "get", "check": {"node": "n1", "check_id": "nc"}}, "")
+    assert not needs({"type": "acl", "verb": "set"}, 'acl = "write"')
