@@ -255,6 +255,8 @@ async def txn(api: API, request: Request, query: Query, arg: str) -> Response:
     extra: list[tuple[bytes, bytes]] = []
     if is_read_only(ops):
         await store.read_barrier(query.consistency)
+        if identity is not None:
+            identity = api.recheck(request)  # the barrier waited: results are filtered with the rights of now
         outcome = read_txn(store.catalog, ops)
         extra = api.meta_headers(store.catalog.last_index, query)[1:]
         extra = [h for h in extra if h[0] != b"x-consul-index"]  # not a blocking read: no index, as Consul
