@@ -67,7 +67,8 @@ def lock(prefix: str, child: tuple[str, ...], limit: int, timeout: float | None,
     if not prefix or len(prefix) > MAX_PREFIX or any(ord(ch) < 32 for ch in prefix):
         fail(f"Error! PREFIX must be 1 to {MAX_PREFIX} printable characters")
     script = " ".join(child)
-    name = name or f"meshagent lock for '{script}' at '{prefix}'"
+    shown = script if len(script) <= 80 else script[:77] + "..."  # the default name stays within the limit
+    name = name or f"meshagent lock for '{shown}' at '{prefix[:120]}'"
     if len(name) > 256:
         fail("Error! -name is longer than 256 characters")
     signal.signal(signal.SIGTERM, _interrupted)
