@@ -124,7 +124,7 @@ def test_handler_runs_once_per_change_not_per_blocking_timeout(agent: AgentProce
     proxy = CountingProxy(agent.http_addr, agent.host)
     path = "/v1/health/service/db"
     watcher = subprocess.Popen([MESHAGENT, "watch", "-http-addr", proxy.addr, "-type", "service", "-service", "db",
-                                "-wait", "200ms", str(handler)], stderr=subprocess.PIPE, start_new_session=True)
+                                "-wait", "100ms", str(handler)], stderr=subprocess.PIPE, start_new_session=True)
     try:
         def settled(expected: int) -> list[tuple[int, object]]:
             """Wait for `expected` runs, then for two more answered queries (blocking timeouts): still
