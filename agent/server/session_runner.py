@@ -94,6 +94,10 @@ class SessionRunner:
         """TTL timers running (leader only)."""
         return len(self._deadlines)
 
+    def deadline(self, session_id: str) -> float | None:
+        """When a session's TTL timer fires (on `clock`), if one runs here."""
+        return self._deadlines.get(session_id)
+
     # ------------------------------------------------------------------------------------------ running
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -1,19 +1,31 @@
 """SessionRunner (the leader's TTL timers and implicit invalidation) on trio's MockClock over a real catalog store,
-and its `session_renew` RPC handler (a follower forwarding to a leader through a stand-in link)."""
+and its `session_renew` RPC handler (a follower forwarding to a leader through a stand-in link); then (slow) a
+leader failover among three in-process Raft servers on real sockets, and a real server process restarted from a
+Raft snapshot."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import consul
 import pytest
 import trio
 import trio.testing
 from meshagent.agent.catalog import CRITICAL, PASSING, SERF_CHECK_ID, Check, Node, Service, commands
+from meshagent.agent.rpc.client import RPCClient
 from meshagent.agent.rpc.errors import NotLeader, Rejected
+from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.server.session_runner import ForwardedSessions, RenewEndpoint, SessionRunner
 from meshagent.agent.store import CatalogStore
+
+from tests.support.acl_raft import common_port
+from tests.support.agents import AgentProcess
+from tests.support.ports import free_host_in, port_free
+from tests.support.wait import wait_for, wait_for_async
 
 TTL = 10.0  # Consul's smallest TTL
 
@@ -290,3 +302,127 @@ def test_forwarded_sessions_checks_what_the_server_answers() -> None:
                 await ForwardedSessions(Caller(bad)).renew(sid)
 
     run_mock(main)
+
+
+# ------------------------------------------------------------------------------------------ real Raft servers
+
+FAILOVER_HOSTS = ["127.0.50.3", "127.0.50.4", "127.0.50.5"]
+
+
+@pytest.mark.slow
+def test_sessions_survive_a_leader_failover_whose_new_leader_restarts_their_timers() -> None:
+    """Three in-process Raft servers on real :8300 sockets, each with its runner (as server agents have)."""
+    for host in FAILOVER_HOSTS:
+        if not port_free(host, 0):
+            pytest.skip(f"{host} is not usable here")
+
+    async def main() -> None:
+        port = common_port(FAILOVER_HOSTS)
+        servers: list[RaftServer] = []
+        runners: list[SessionRunner] = []
+        scopes: list[trio.CancelScope] = []
+        for i, host in enumerate(FAILOVER_HOSTS):
+            store = CatalogStore()
+            server = RaftServer(node_id=str(uuid.uuid4()), node_name=f"s{i}", bind=host, advertise=host, port=port,
+                                data_dir=None, store=store, bootstrap_expect=3,
+                                join=[h for h in FAILOVER_HOSTS if h != host])
+            store.replicator = server
+            runner = SessionRunner(store, server)
+            server.endpoints.session_renew.runner = runner
+            servers.append(server)
+            runners.append(runner)
+
+        async def run_one(i: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                async with trio.open_nursery() as inner:
+                    await inner.start(servers[i].run)
+                    await inner.start(runners[i].run)
+                    task_status.started()
+
+        def leader() -> int | None:
+            leading = [i for i, s in enumerate(servers) if s.is_leader() and not scopes[i].cancel_called]
+            return leading[0] if len(leading) == 1 else None
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                await nursery.start(run_one, i)
+            await wait_for_async(lambda: leader() is not None, 20, what="a leader")
+            first = leader()
+            assert first is not None
+            store = servers[first].store
+            await store.apply(commands.register(Node(node="n1", address="10.0.0.1"), None,
+                                                [Check(node="n1", check_id=SERF_CHECK_ID, status=PASSING)]))
+            sid = str(uuid.uuid4())
+            assert await store.apply(commands.session_create({"id": sid, "node": "n1", "ttl": "10s"})) == sid
+            assert await store.apply(commands.kv_lock("lock", b"n1", sid, time.time())) is True
+            follower = next(i for i in range(3) if i != first)
+            renewed = await runners[follower].renew(sid)  # over :8300 to the leader
+            assert renewed is not None and renewed.id == sid and runners[follower].forwarded == 1
+            assert runners[first].deadline(sid) is not None
+            await wait_for_async(lambda: all(s.store.catalog.sessions.get(sid) for s in servers), 10,
+                                 what="the session on every server")
+            scopes[first].cancel()  # the leader is gone
+            failed_at = trio.current_time()
+            await wait_for_async(lambda: leader() is not None, 30, what="a new leader")
+            second = leader()
+            assert second is not None and second != first
+            runner = runners[second]
+            await wait_for_async(lambda: runner.deadline(sid) is not None, 10, what="the new leader's timer")
+            deadline = runner.deadline(sid)
+            assert deadline is not None and deadline >= failed_at + 2 * TTL  # started over, not carried
+            new_store = servers[second].store
+            assert new_store.catalog.sessions.get(sid) is not None
+            entry = new_store.catalog.kv_get("lock")
+            assert entry is not None and entry.session == sid
+            other = next(i for i in range(3) if i not in (first, second))
+            assert await runners[other].renew(sid) is not None  # renew reaches the new leader
+            assert await runners[other].renew(str(uuid.uuid4())) is None
+            # As a client agent calls it: RPC session_renew to a follower, which passes it on to the leader.
+            client = RPCClient(f"{FAILOVER_HOSTS[other]}:{port}")
+            answer = await client.call(nursery, "session_renew", {"id": sid}, 5.0)
+            assert answer["id"] == sid and answer["ttl"] == "10s"
+            assert await client.call(nursery, "session_renew", {"id": str(uuid.uuid4())}, 5.0) is None
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+RESTART_CONFIG = "raft_snapshot_threshold = 4\nraft_trailing_logs = 2\n"
+
+
+@pytest.mark.slow
+def test_sessions_and_locks_survive_a_server_restart_from_a_raft_snapshot(tmp_path: Path) -> None:
+    """One real `meshagent agent -server` process: a session with a lock, written past a Raft snapshot, is
+    there after a restart (from the snapshot and the log after it), and renews."""
+    host = free_host_in("127.0.50", 6, 20)
+    config = tmp_path / "raft.hcl"
+    config.write_text(RESTART_CONFIG)
+    data = tmp_path / "data"
+    agent = AgentProcess(host=host, workdir=tmp_path, args=[
+        "-server", "-bootstrap-expect", "1", "-data-dir", str(data), "-client", host, "-bind", host,
+        "-node", "sess-restart", "-config-file", str(config)])
+    agent.start(timeout=20)
+    try:
+        c = consul.Consul(host=host, port=8500)
+
+        def created() -> str | None:
+            try:
+                return str(c.session.create(name="survivor", ttl=60, lock_delay=0))
+            except consul.ConsulException:
+                return None  # the leader has not registered this node's serfHealth yet
+
+        sid = wait_for(created, 15, what="a session on the server's own node")
+        assert c.kv.put("svc/leader", "me", acquire=sid) is True
+        for n in range(6):  # past raft_snapshot_threshold: the state is in a snapshot
+            assert c.kv.put(f"filler/{n}", "x") is True
+        wait_for(lambda: list(data.rglob("*.snap")), 10, what="a Raft snapshot")
+        _, before = c.session.info(sid)
+        assert agent.stop() == 0
+        agent.start(timeout=20)
+        after = wait_for(lambda: c.session.info(sid)[1], 10, what="the session after the restart")
+        assert after == before
+        assert c.kv.get("svc/leader")[1]["Session"] == sid
+        assert wait_for(lambda: c.session.renew(sid), 10, what="a renew at the new leader")["ID"] == sid
+    finally:
+        agent.stop()
