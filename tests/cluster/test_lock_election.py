@@ -73,7 +73,7 @@ def test_one_child_runs_and_another_takes_over_when_the_holders_agent_dies(elect
     handover = kill_holder(election, server, timeout=LOCK_DELAY_S + 40)
     print(f"handover {handover.describe()}")
     assert handover.new != handover.old
-    assert handover.failed <= handover.released <= handover.started, handover
+    assert handover.failed - 0.2 <= handover.released <= handover.started, handover  # 50 ms polls of each
     assert handover.started - handover.released >= LOCK_DELAY_S - 1.0, "the lock-delay was not honoured"
     assert election.overlaps() == [], election.report()
     old = election.contenders[handover.old]
