@@ -11,10 +11,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cli.lock_standin import StandIn
-from tests.support.agents import MESHAGENT
+from tests.support.agents import MESHAGENT, AgentProcess, scratch_dir
 from tests.support.ports import free_host_in
 from tests.support.wait import wait_for
 
@@ -189,3 +190,45 @@ def test_hostile_answers_end_with_one_line(standin: StandIn, runner: Runner) -> 
 def test_bad_flags(runner: Runner, args: list[str], text: str) -> None:
     code, err = finish(runner.start(*args))
     assert code in (1, 2) and text in err, err
+
+
+@pytest.fixture(scope="module")
+def dev_agent() -> Iterator[AgentProcess]:
+    """A real `meshagent agent -dev` on this suite's own 127.0.51.N, stopped by its PID afterwards."""
+    host = free_host_in("127.0.51", 41, 60)
+    proc = AgentProcess(host=host, args=["-dev", "-client", host, "-bind", host, "-node", "lock-dev"],
+                        workdir=scratch_dir()).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow  # ~11 s with the agent's start; the cluster acceptance covers the real API as well
+def test_against_a_real_agent(dev_agent: AgentProcess, tmp_path: Path) -> None:
+    # What the stand-in stands for, against the agent itself: the child's exit code and a clean key, a holder
+    # and a waiting contender, the lock lost when the holder's session is destroyed through the API (lock-delay,
+    # 15 s, then keeps the contender waiting), and a waiting contender's Ctrl-C destroying its session.
+    r = Runner(dev_agent.http_addr, tmp_path)
+    http = httpx.Client(base_url=dev_agent.http_addr, timeout=10)
+    try:
+        code, err = finish(r.start("svc/real", "exit 3"))
+        assert code == 3, err
+        assert http.get("/v1/kv/svc/real/.lock").status_code == 404 and http.get("/v1/session/list").json() == []
+        a = r.hold("a", prefix="svc/real")
+        wait_for(lambda: r.running("a"), 10, what="a's child runs", report=r.report)
+        b = r.hold("b", prefix="svc/real")
+        wait_for(lambda: len(http.get("/v1/session/list").json()) == 2, 10, what="b's session")
+        sid = http.get("/v1/kv/svc/real/.lock").json()[0]["Session"]
+        assert sid and not r.running("b")
+        assert http.put(f"/v1/session/destroy/{sid}").json() is True
+        code, err = finish(a)
+        assert "Lock lost, killing child" in err and code == 7, err
+        assert not r.running("b")  # lock-delay (15 s) holds b back after an invalidation
+        b.send_signal(signal.SIGINT)
+        code, err = finish(b)
+        assert code == 1 and "Shutdown triggered or timeout during lock acquisition" in err, err
+        wait_for(lambda: http.get("/v1/session/list").json() == [], 10, what="every session destroyed")
+    finally:
+        r.stop_all()
+        http.close()
