@@ -19,6 +19,7 @@ LOCK_RETRY_S = 5.0  # Consul's DefaultLockRetryTime: refused with no holder mean
 MONITOR_RETRY_S = 1.0  # the CLI's pause between monitor retries after a 5xx
 RENEW_RETRY_S = 1.0  # after a failed renew, try again this soon (until a whole TTL has passed without one)
 MAX_LIMIT = 1024  # -n: holders of one semaphore
+MAX_CAS_TRIES = 1000  # leaving the holders document: a bound on races (or an agent that always says false)
 
 
 class Session:
@@ -243,7 +244,7 @@ class Semaphore(_Held):
         if not self.held:
             return
         self.held = False
-        while True:
+        for _ in range(MAX_CAS_TRIES):  # each failed CAS means another contender wrote in between
             pair, _ = self.api.get(self.key)
             pair = pair or Pair(self.key, b"", SEMAPHORE_FLAG, "", 0)
             _, holders = self._decode(pair)
@@ -252,6 +253,8 @@ class Semaphore(_Held):
             del holders[self.session.id]
             if self.api.cas(self.key, self._encode(holders), SEMAPHORE_FLAG, pair.modify_index):
                 break
+        else:
+            raise LockError(f"could not leave the holders of {self.key} after {MAX_CAS_TRIES} tries")
         self.api.delete(self.contender)
 
     def destroy(self) -> bool:
