@@ -3,7 +3,7 @@
 agent/server/acl_endpoints.py). Unit checks of the RPC's arguments, its body bounds and the restore's
 inflation bound; then two server processes and a client on 127.0.55.10-19: list-peers, the leader, the peers
 and a snapshot (saved and restored) through the client equal the servers', and a restarted server names its
-peers at once."""
+peers at once; `catalog datacenters` lists ours."""
 
 from __future__ import annotations
 
@@ -216,6 +216,9 @@ def test_status_and_raft_through_a_client_equal_a_servers(trio_of: list[AgentPro
     via_client, via_server = _cli(client, "operator", "raft", "list-peers"), _cli(s1, "operator", "raft", "list-peers")
     assert via_client.exit_code == 0, via_client.output
     assert via_client.output == via_server.output and "fw-s2" in via_client.output
+    # meshagent catalog datacenters, for people and for programs.
+    assert (_cli(client, "catalog", "datacenters").output, _cli(client, "catalog", "datacenters", "-format", "json")
+            .output) == ("dc1\n", '[\n    "dc1"\n]\n')
     # The keyring stays the agent's own (its Serf query reaches every member from any agent).
     assert _get(client, "/v1/operator/keyring").status_code == 200
     # A removal of an unknown peer is the server's refusal, relayed.
