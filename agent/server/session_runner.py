@@ -118,9 +118,10 @@ class SessionRunner:
                 except (ServerError, CommandError) as exc:  # lost leadership, no quorum: try again soon
                     self.failures += 1
                     log.warning("sessions: invalidation failed: %s; retrying", exc)
-                    delay = RETRY_DELAY
-                if self._deadlines:
-                    delay = min(delay, max(0.0, min(self._deadlines.values()) - self.clock()))
+                    delay = RETRY_DELAY  # (an expired timer waits for it too: no spinning on a failing write)
+                else:
+                    if self._deadlines:
+                        delay = min(delay, max(0.0, min(self._deadlines.values()) - self.clock()))
             with trio.move_on_after(delay):
                 await self._wake.wait()
             self._wake = trio.Event()

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from meshagent.agent.catalog import CRITICAL, PASSING, SERF_CHECK_ID, Check, Node, Service, commands
 from meshagent.agent.rpc.client import RPCClient
-from meshagent.agent.rpc.errors import NotLeader, Rejected
+from meshagent.agent.rpc.errors import NoLeader, NotLeader, Rejected
 from meshagent.agent.server.raft_server import RaftServer
 from meshagent.agent.server.session_runner import ForwardedSessions, RenewEndpoint, SessionRunner
 from meshagent.agent.store import CatalogStore
@@ -237,6 +237,38 @@ def test_a_restored_catalog_is_followed() -> None:
             add_node(store, serf=CRITICAL)  # the restored catalog's changes are seen too
             await trio.sleep(0.01)
             assert store.catalog.sessions.get(sid) is None
+            nursery.cancel_scope.cancel()
+
+    run_mock(main)
+
+
+def test_a_failing_destroy_is_retried_once_a_second_not_in_a_spin() -> None:
+    class NoQuorum:
+        """A replicator whose every write fails (no quorum): the expired session cannot be destroyed yet."""
+
+        def __init__(self) -> None:
+            self.writes = 0
+
+        async def apply(self, command: dict[str, Any], token: str | None = None) -> Any:
+            self.writes += 1
+            raise NoLeader()
+
+        async def read_barrier(self, consistent: bool) -> None:
+            return None
+
+    async def main() -> None:
+        store = CatalogStore()
+        add_node(store)
+        sid = create(store, ttl="10s")
+        replicator = store.replicator = NoQuorum()
+        runner = SessionRunner(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await trio.sleep(2 * TTL + 10)
+            assert 5 <= replicator.writes <= 12 and runner.failures == replicator.writes
+            store.replicator = None  # quorum is back
+            await trio.sleep(1.5)
+            assert store.catalog.sessions.get(sid) is None and runner.expired == 1
             nursery.cancel_scope.cancel()
 
     run_mock(main)
