@@ -4,6 +4,7 @@ openmetrics Accept header gives the same text, and the JSON form is Consul's sha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,24 +17,16 @@ from tests.support.ports import free_host_in
 
 pytestmark = pytest.mark.slow
 
-# Prometheus family names (prometheus_client drops a counter's _total), as README.md's metrics list gives them.
-README_METRICS = {
-    # Consul's keys
-    "meshagent_raft_apply": "counter", "meshagent_raft_commitTime": "summary",
-    "meshagent_raft_leader_lastContact": "summary", "meshagent_rpc_request": "counter",
-    "meshagent_serf_member_flap": "counter", "meshagent_serf_members": "gauge",
-    "meshagent_memberlist_health_score": "gauge", "meshagent_dns_stale_queries": "counter",
-    "meshagent_http_GET_v1_kv__": "summary", "meshagent_http_PUT_v1_kv__": "summary",
-    "meshagent_api_http": "summary",
-    "meshagent_acl_resolve_hits": "counter", "meshagent_acl_resolve_not_found": "counter",
-    "meshagent_acl_down_policy": "counter",
-    # the agent's own
-    "meshagent_dns_queries": "counter", "meshagent_dns_cache_hits": "counter", "meshagent_dns_servfail": "counter",
-    "meshagent_dns_dropped": "counter", "meshagent_gossip_bad_packets": "counter",
-    "meshagent_gossip_packets_in": "counter", "meshagent_gossip_packets_out": "counter",
-    "meshagent_agent_monitor_clients": "gauge", "meshagent_agent_monitor_dropped_lines": "counter",
-    "meshagent_proxy_sidecars": "gauge", "meshagent_proxy_supervisor_restarts": "counter",
-}
+def _readme_metrics() -> dict[str, str]:
+    """README.md's metrics list (between its metrics:begin/end markers): `name` (type) pairs."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- metrics:begin -->", 1)[1].split("<!-- metrics:end -->", 1)[0]
+    return dict(re.findall(r"`(meshagent_[A-Za-z0-9_]+)` \((counter|gauge|summary)\)", block))
+
+
+# Prometheus family names (prometheus_client drops a counter's _total) with their types, as README.md lists them.
+README_METRICS = _readme_metrics()
+assert len(README_METRICS) >= 20, "README.md's metrics list went missing"
 
 
 @pytest.fixture(scope="module")
