@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,30 @@ def privileged_op(data: bytes, in_batch: bool = False) -> str | None:
     return op if op in PRIVILEGED_OPS.values() else None
 
 
+def restamp_now(data: bytes, now: float, in_batch: bool = False) -> bytes:
+    """Command bytes with every `now` (KV lock, session destroy, txn; one batch level) set to this server's
+    wall clock: a raw :8300 caller could otherwise stamp one far ahead to skip a key's lock-delay, or to hold
+    a key for years with a destroy. Anything else comes back as it was (the same object)."""
+    if b"now" not in data:  # the cheap check: almost every write
+        return data
+    try:
+        command = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return data  # undecodable: the FSM refuses it anyway
+    if not isinstance(command, dict):
+        return data
+    if command.get("op") == "batch" and isinstance(command.get("commands"), list) and not in_batch:
+        inner = [restamp_now(d, now, True) if isinstance(d, bytes) else d for d in command["commands"]]
+        if all(a is b for a, b in zip(inner, command["commands"], strict=True)):
+            return data
+        command["commands"] = inner
+    elif "now" in command:
+        command["now"] = now
+    else:
+        return data
+    return bytes(msgpack.packb(command, use_bin_type=True))
+
+
 def is_ca_command(data: bytes) -> bool:
     """Whether encoded command bytes are, or (as a batch) hold, a "connect-ca" command."""
     return privileged_op(data) == "connect-ca"
@@ -113,6 +138,7 @@ class Endpoints:
             if self.acl is not None and self.acl.enabled:
                 raise ACLNotFound()
             token = None
+        data = restamp_now(data, time.time())
         op = privileged_op(data)
         if op == "connect-ca":
             raise Rejected("connect-ca commands are written by the leader's CA only, not over RPC apply")

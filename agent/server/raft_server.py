@@ -26,7 +26,7 @@ from ..telemetry.registry import Counter, Summary
 from .autopilot_runner import Autopilot
 from .bootstrap import Bootstrap
 from .driver import RaftDriver
-from .endpoints import Endpoints, parse_apply_args, privileged_op
+from .endpoints import Endpoints, parse_apply_args, privileged_op, restamp_now
 from .feed import CatalogFeed
 from .fsm import CatalogFSM, check_restore, restore_command
 from .links import PeerLinks
@@ -198,6 +198,7 @@ class RaftServer:
             return False  # (Endpoints.apply refuses it, naming why)
         if not self.is_leader() or len(data) > MAX_COMMAND_BYTES or privileged_op(data) is not None:
             return False  # (Endpoints.apply refuses it)
+        data = restamp_now(data, time.time())  # a raw caller's `now` is not trusted (lock-delay)
         try:
             self.endpoints.check_write(data, token)
         except ServerError as exc:
