@@ -28,7 +28,8 @@ def test_restamp_replaces_now_in_lock_destroy_txn_and_batches_only() -> None:
     """Pure: every command carrying `now` (also inside a batch) gets the server's; others keep their bytes."""
     cmds = [commands.kv_lock("k", b"v", "s", FUTURE), commands.session_destroy("s", FUTURE),
             commands.txn([], FUTURE),
-            {"op": "batch", "commands": [_raw(commands.kv_set("x", b"")), _raw(commands.kv_lock("k", b"v", "s", FUTURE))]}]
+            {"op": "batch", "commands": [_raw(commands.kv_set("x", b"")),
+                                         _raw(commands.kv_lock("k", b"v", "s", FUTURE))]}]
     for cmd in cmds:
         out = msgpack.unpackb(restamp_now(msgpack.packb(cmd, use_bin_type=True), 5.0), raw=False)
         inner = msgpack.unpackb(out["commands"][1], raw=False) if out["op"] == "batch" else out
