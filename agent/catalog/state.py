@@ -42,7 +42,6 @@ from .model import (
     worst_status,
 )
 from .session_state import WATCH_KEY as SESSIONS_WATCH_KEY
-from .txn import apply_txn
 from .session_state import (
     Session,
     SessionError,
@@ -52,6 +51,7 @@ from .session_state import (
     parse_session,
     session_watch_key,
 )
+from .txn import apply_txn
 
 SNAPSHOT_VERSION = 1
 
