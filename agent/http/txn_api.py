@@ -106,7 +106,9 @@ def _kv_op(i: int, data: dict[str, Any]) -> dict[str, Any]:
     raw = data.get("value")
     if raw is None:
         value = b""
-    elif not isinstance(raw, str) or len(raw) > MAX_VALUE * 4 // 3 + 4:
+    elif not isinstance(raw, str):
+        raise bad_request(f"Failed to parse body: {what}.Value must be a base64 string")
+    elif len(raw) > MAX_VALUE * 4 // 3 + 4:
         raise HTTPError(413, f"Value for key {_text(data, 'Key', what)[:200]!r} is too large (limit {MAX_VALUE} bytes)")
     else:
         try:

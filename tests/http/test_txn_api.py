@@ -108,6 +108,7 @@ def test_catalog_ops_and_read_only_fast_path(srv: ServerThread, http: httpx.Clie
     (b"[1]", 400, "exactly one of"),
     (b'[{"KV": {"Verb": "set", "Key": "k"}, "Node": {"Verb": "get"}}]', 400, "exactly one of"),
     (b'[{"KV": {"Verb": "set", "Key": "k", "Value": "***"}}]', 400, "not base64"),
+    (b'[{"KV": {"Verb": "set", "Key": "k", "Value": 5}}]', 400, "KV.Value must be a base64 string"),
     (b'[{"KV": {"Verb": "set", "Key": 5}}]', 400, "KV.Key"),
     (b'[{"KV": {"Verb": "set", "Key": "k", "Flags": -1}}]', 400, "KV.Flags"),
     (b'[{"KV": {"Verb": "set", "Key": "k", "Index": 1.5}}]', 400, "KV.Index"),
