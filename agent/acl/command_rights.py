@@ -20,6 +20,7 @@ from .identity import ACLIdentity
 
 SERVICE_KINDS = frozenset({"service-defaults", "service-router", "service-splitter", "service-resolver"})
 MESH_KINDS = frozenset({"proxy-defaults", "mesh"})
+MAX_TXN_OPS = 64  # Consul's limit (agent/catalog/txn.py MAX_OPS; the FSM refuses more anyway)
 KV_LOCK_VERBS = frozenset({"lock", "unlock"})  # also session:write on the session's node
 KV_WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas"}) | KV_LOCK_VERBS
 MAX_OP_SHOWN = 64  # an unknown op is named in the refusal, cut to this many characters (it is the caller's text)
@@ -91,8 +92,9 @@ def _decisions(authz: Authorizer, op: object, cmd: Mapping[str, Any], catalog: C
         yield from _session(authz, cmd, catalog)
     elif op == "txn":
         ops = cmd.get("ops")
-        if not isinstance(ops, list):
-            raise MalformedCommand("txn: ops must be a list")
+        if not isinstance(ops, list) or len(ops) > MAX_TXN_OPS:
+            # Bounded before any op is checked: a 4 MiB command holds ~100k ops, checked on the event loop.
+            raise MalformedCommand(f"txn: ops must be a list of at most {MAX_TXN_OPS} operations")
         for txn_op in ops:
             yield from txn_op_rights(authz, _map(txn_op, "txn: op"), catalog)
     elif op == "config-entry":

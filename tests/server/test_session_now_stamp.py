@@ -75,3 +75,21 @@ def test_a_raw_apply_cannot_skip_lock_delay_or_stamp_one_far_ahead() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_txn_command_over_sixty_four_ops_is_refused_before_its_ops_are_checked() -> None:
+    """command_rights (the servers' re-check of an RPC write) bounds a txn's ops: a 4 MiB command of ~100k ops
+    was checked one by one on the leader's event loop (~0.1-0.3 s each time) before the FSM refused it."""
+    from meshagent.agent.acl import command_rights
+    from meshagent.agent.acl.authorizer import Authorizer
+    from meshagent.agent.acl.identity import ACLIdentity
+    from meshagent.agent.acl.rules import parse_rules
+    from meshagent.agent.catalog.state import Catalog
+    from meshagent.agent.catalog.txn import MAX_OPS
+
+    assert command_rights.MAX_TXN_OPS == MAX_OPS
+    writer = ACLIdentity("a", Authorizer([parse_rules('key_prefix "" { policy = "write" }')], False))
+    ops = [{"type": "kv", "verb": "set", "key": f"k{i}", "value": b""} for i in range(MAX_OPS + 1)]
+    with pytest.raises(command_rights.MalformedCommand, match="at most 64"):
+        command_rights.authorize(writer, commands.txn(ops, 1.0), Catalog())
+    assert command_rights.authorize(writer, commands.txn(ops[:MAX_OPS], 1.0), Catalog()) is None
