@@ -285,6 +285,16 @@ def test_snapshot_save_and_restore_through_a_client(trio_of: list[AgentProcess],
 @pytest.mark.slow
 def test_a_restarted_server_names_its_peers_at_once(trio_of: list[AgentProcess]) -> None:
     _, s2, _ = trio_of
+    # The names are saved once a second, off the loop: kill only once they are on disk (the test is of
+    # the restart, not of a kill racing the first save).
+    names = s2.workdir / "fw-s2" / "raft" / "peer-names.json"
+    def saved() -> bool:
+        try:
+            return {"fw-s1", "fw-s2"} <= set(json.loads(names.read_text()).values())
+        except (OSError, ValueError):
+            return False
+
+    wait_for(saved, 15, what="server 2's peer names saved")
     s2.kill()
     s2.start(wait=False)
     s2.wait_ready(30)
