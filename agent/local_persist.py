@@ -85,6 +85,9 @@ TOKENS_FILE = "acl-tokens.json"
 PERSISTED_TOKEN_TYPES = ("default", "agent", "agent_recovery", "replication", "config_file_service_registration")
 
 
+MAX_TOKENS_FILE = 64 * 1024  # a handful of 256-character secrets fits many times over
+
+
 class AgentTokenFile:
     """The data dir's acl-tokens.json: agent tokens set over HTTP (PUT /v1/agent/token/<type>), kept across
     restarts when acl.enable_token_persistence; they win over the config's at start, as in Consul."""
@@ -99,7 +102,12 @@ class AgentTokenFile:
         if self.path is None or not self.path.exists():
             return {}
         try:
-            raw = json.loads(self.path.read_bytes()[:65536])
+            # Read at most one byte past the bound: a huge file is refused without being read whole.
+            with self.path.open("rb") as f:
+                data = f.read(MAX_TOKENS_FILE + 1)
+            if len(data) > MAX_TOKENS_FILE:
+                raise ValueError(f"larger than {MAX_TOKENS_FILE} bytes")
+            raw = json.loads(data)
         except (OSError, ValueError) as exc:
             log.error("ignoring unreadable ACL tokens file %s: %s", self.path, type(exc).__name__)
             return {}

@@ -260,6 +260,9 @@ def test_a_hostile_tokens_file_is_ignored(tmp_path: Path, caplog: pytest.LogCapt
     path.write_text('["agent-secret"]')
     assert AgentTokenFile(str(tmp_path)).load() == {}
     assert "agent-secret" not in caplog.text and "ok-secret" not in caplog.text
+    # valid JSON past the 64 KiB bound (a padded object) is refused, never half-parsed
+    path.write_text('{"default": "ok-secret"' + " " * (64 * 1024) + "}")
+    assert AgentTokenFile(str(tmp_path)).load() == {}
     assert AgentTokenFile(None).load() == {}
 
 

@@ -28,7 +28,7 @@ from meshagent.agent.store import CatalogStore
 
 from tests.support.http_harness import FakeAgent, ServerThread, TokenRecorder, node, register_instance, wait_waiting
 from tests.support.ports import free_ports
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_for_async
 
 HOST = "127.0.49.1"  # this suite's addresses: 127.0.49.N
 FILTERED = "x-consul-results-filtered-by-acls"
@@ -201,9 +201,7 @@ def test_leader_rechecks_its_own_http_writes() -> None:
         server.endpoints.acl = ACLResolver(config, store, clock=trio.current_time)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            with trio.fail_after(15):
-                while not server.is_leader():
-                    await trio.sleep(0.02)
+            await wait_for_async(server.is_leader, 15, what="the single server leading")
             for command in (commands.acl_init(""), commands.acl_policy_set(policy), commands.acl_token_set(web)):
                 await server.apply(command)  # token None: the server's own write
             n1 = node("n1")
